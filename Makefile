@@ -1,0 +1,32 @@
+# Two commands for a fresh machine: `make run` and `make test`. Each builds .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/agent-rooms quickstart
+	$(BIN)/agent-rooms serve --http
+
+test: $(STAMP)
+	$(BIN)/ruff check agent_rooms_mcp tests bench examples
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent_rooms_mcp tests bench examples
+	$(BIN)/ruff format --check agent_rooms_mcp tests bench examples
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,131 @@
+"""The hash-chained, append-only audit log: append inside a caller's transaction, verify the chain.
+
+Rows hold metadata only (ids, codes, hashes), never message bodies or secrets (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent_rooms_mcp.auth.paseto import pae
+from agent_rooms_mcp.clock import now_utc
+
+_DOMAIN = b"agent-rooms/audit/v1"
+GENESIS = bytes(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did it: an agent (with the credential used), the operator at the CLI, or nobody known."""
+
+    kind: str  # agent | operator | anonymous | system
+    id: str | None = None
+    owner_id: str | None = None
+    cred_id: str | None = None
+
+
+ANONYMOUS = Actor("anonymous")
+
+
+def _opt(value: str | None) -> bytes:
+    # None and "" must hash differently, or a field could be blanked without breaking the chain.
+    return b"" if value is None else b"=" + value.encode()
+
+
+def row_hash(prev: bytes, seq: int, row: Mapping[str, Any]) -> bytes:
+    return hashlib.sha256(
+        pae(
+            _DOMAIN,
+            prev,
+            seq.to_bytes(8, "big"),
+            row["ts"].encode(),
+            row["actor_kind"].encode(),
+            _opt(row["actor_id"]),
+            _opt(row["owner_id"]),
+            row["action"].encode(),
+            _opt(row["target"]),
+            row["outcome"].encode(),
+            _opt(row["reason"]),
+            _opt(row["cred_id"]),
+            row["detail"].encode(),
+        )
+    ).digest()
+
+
+def append(
+    conn: sqlite3.Connection,
+    actor: Actor,
+    action: str,
+    *,
+    target: str | None = None,
+    outcome: str = "ok",
+    reason: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> int:
+    """Append one row in the caller's transaction (its BEGIN IMMEDIATE serialises the chain)."""
+    last = conn.execute("SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    row = {
+        "ts": now_utc(),
+        "actor_kind": actor.kind,
+        "actor_id": actor.id,
+        "owner_id": actor.owner_id,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "reason": reason,
+        "cred_id": actor.cred_id,
+        "detail": json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":")),
+    }
+    conn.execute(
+        "INSERT INTO audit (seq, ts, actor_kind, actor_id, owner_id, action, target, outcome, reason,"
+        " cred_id, detail, prev_hash, row_hash)"
+        " VALUES (:seq, :ts, :actor_kind, :actor_id, :owner_id, :action, :target, :outcome, :reason,"
+        " :cred_id, :detail, :prev_hash, :row_hash)",
+        {**row, "seq": seq, "prev_hash": prev, "row_hash": row_hash(prev, seq, row)},
+    )
+    return seq
+
+
+def denial(
+    actor: Actor, action: str, reason: str, detail: Mapping[str, Any] | None = None
+) -> Callable[[sqlite3.Connection], int]:
+    """The transaction of its own that records a denial, after the denied work rolled back (DESIGN §6)."""
+    return lambda conn: append(conn, actor, action, outcome="denied", reason=reason, detail=detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    rows: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify(conn: sqlite3.Connection) -> Verdict:
+    """Walk the chain from seq 1: gapless, each prev_hash the previous row_hash, each row_hash recomputes."""
+    prev, expected, count = GENESIS, 1, 0
+    for row in conn.execute("SELECT * FROM audit ORDER BY seq"):
+        seq = row["seq"]
+        if seq != expected:
+            return Verdict(False, count, expected, f"row {expected} is missing")
+        if bytes(row["prev_hash"]) != prev:
+            return Verdict(False, count, seq, "prev_hash does not match the previous row")
+        if bytes(row["row_hash"]) != row_hash(prev, seq, row):
+            return Verdict(False, count, seq, "row_hash does not match the row's contents")
+        prev, expected, count = bytes(row["row_hash"]), expected + 1, count + 1
+    return Verdict(True, count)
+
+
+def tail(conn: sqlite3.Connection, n: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT seq, ts, actor_kind, actor_id, owner_id, action, target, outcome, reason, cred_id, detail"
+        " FROM audit ORDER BY seq DESC LIMIT ?",
+        (n,),
+    ).fetchall()
+    return [{**dict(r), "detail": json.loads(r["detail"])} for r in reversed(rows)]

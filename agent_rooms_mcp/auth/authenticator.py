@@ -1,0 +1,91 @@
+"""`authenticate(credential) -> Caller`: the one check every MCP call passes through (DESIGN §2).
+
+Token row, passport signature, agent state and scopes are read afresh on every call, so a
+revocation takes effect on the very next one. Every failure looks the same to the caller; the
+reason goes to an audit row written in a transaction of its own.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import structlog
+
+from agent_rooms_mcp import audit
+from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
+from agent_rooms_mcp.auth.tokens import TOKEN_RE, secret_hash
+from agent_rooms_mcp.errors import unauthenticated
+from agent_rooms_mcp.principals import AgentTool, Caller, Scope
+from agent_rooms_mcp.store.database import Store
+
+log = structlog.get_logger("agent_rooms_mcp.auth")
+
+_LOOKUP = """
+SELECT t.token_id, t.expires_at, t.revoked_at, t.run_id, p.passport, p.jti,
+       a.agent_id, a.handle, a.tool, a.scopes, a.status, a.cred_epoch,
+       o.owner_id, o.handle AS owner_handle, o.verified_at
+  FROM tokens t
+  JOIN passports p ON p.jti = t.jti
+  JOIN agents a ON a.agent_id = t.agent_id
+  JOIN owners o ON o.owner_id = a.owner_id
+ WHERE t.token_hash = ?
+"""
+
+
+class Authenticator:
+    def __init__(self, store: Store, issuer: PassportIssuer) -> None:
+        self._store = store
+        self._issuer = issuer
+
+    async def authenticate(self, credential: str | None, *, transport: str) -> Caller:
+        try:
+            return await self._resolve(credential)
+        except _Denied as denied:
+            detail = {"transport": transport}
+            await self._store.write(audit.denial(denied.actor, "auth.authenticate", denied.reason, detail))
+            log.info("auth.denied", reason=denied.reason, transport=transport)
+            raise unauthenticated(denied.reason) from None
+
+    async def _resolve(self, credential: str | None) -> Caller:
+        if not credential:
+            raise _Denied("missing_credential")
+        if not TOKEN_RE.fullmatch(credential):
+            raise _Denied("malformed_credential")
+        row = await self._store.read(lambda c: c.execute(_LOOKUP, (secret_hash(credential),)).fetchone())
+        if row is None:
+            raise _Denied("unknown_token")
+        # From here on the audit row can name whose credential failed.
+        actor = audit.Actor("agent", row["agent_id"], row["owner_id"], row["token_id"])
+        if row["revoked_at"] is not None:
+            raise _Denied("token_revoked", actor)
+        now = datetime.now(UTC)
+        if datetime.fromisoformat(row["expires_at"]) <= now:
+            raise _Denied("token_expired", actor)
+        try:
+            claims = self._issuer.check(row["passport"], now)
+        except PassportRejected as e:
+            raise _Denied(str(e), actor) from None
+        if (claims.agent_id, claims.jti, claims.owner_id) != (row["agent_id"], row["jti"], row["owner_id"]):
+            raise _Denied("passport_mismatch", actor)
+        if row["status"] != "active":
+            raise _Denied("agent_inactive", actor)
+        if claims.epoch != row["cred_epoch"]:
+            raise _Denied("stale_epoch", actor)
+        return Caller(
+            agent_id=row["agent_id"],
+            handle=row["handle"],
+            tool=AgentTool(row["tool"]),
+            owner_id=row["owner_id"],
+            owner_handle=row["owner_handle"],
+            owner_verified=row["verified_at"] is not None,
+            scopes=frozenset(Scope(s) for s in row["scopes"].split(",") if s),
+            token_id=row["token_id"],
+            run_id=row["run_id"],
+        )
+
+
+class _Denied(Exception):
+    def __init__(self, reason: str, actor: audit.Actor = audit.ANONYMOUS) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.actor = actor

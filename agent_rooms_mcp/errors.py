@@ -1,0 +1,67 @@
+"""The one error type we raise on purpose, and the stable codes of DESIGN §7.
+
+Clients branch on the code string; the message is for people; `audit_reason` is for the audit
+row only and never reaches a caller.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """The stable codes of DESIGN §7. Renaming one breaks every client that checks it."""
+
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN_SCOPE = "FORBIDDEN_SCOPE"
+    NO_GRANT = "NO_GRANT"
+    IDENTITY_UNVERIFIED = "IDENTITY_UNVERIFIED"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    TOO_LARGE = "TOO_LARGE"
+    CONFLICT = "CONFLICT"
+    INVITE_INVALID = "INVITE_INVALID"
+    RATE_LIMITED = "RATE_LIMITED"
+    SPAWN_CAP = "SPAWN_CAP"
+    CONSTRAINED_RUNTIME_REQUIRED = "CONSTRAINED_RUNTIME_REQUIRED"
+    CONSENT_PENDING = "CONSENT_PENDING"
+
+
+class RoomsError(Exception):
+    """`message` reaches the caller; `audit_reason` never does."""
+
+    def __init__(self, code: ErrorCode, message: str, *, audit_reason: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.audit_reason = audit_reason or code.value.lower()
+
+
+# Wherever two cases must look the same for security, the error comes from one of these
+# constructors, so nobody hand-writes a more helpful message that tells them apart.
+
+
+def unauthenticated(reason: str) -> RoomsError:
+    return RoomsError(ErrorCode.UNAUTHENTICATED, "invalid or revoked credentials", audit_reason=reason)
+
+
+def not_found(kind: str) -> RoomsError:
+    # The same words whether it is missing or hidden from this caller (DESIGN §3).
+    return RoomsError(ErrorCode.NOT_FOUND, f"no such {kind}")
+
+
+def invite_invalid(reason: str) -> RoomsError:
+    # Unknown, expired and used codes are indistinguishable to the caller (invariant 37).
+    return RoomsError(ErrorCode.INVITE_INVALID, "this invite code is not valid", audit_reason=reason)
+
+
+def forbidden_scope(scope: str) -> RoomsError:
+    return RoomsError(ErrorCode.FORBIDDEN_SCOPE, f"this credential lacks the '{scope}' scope")
+
+
+def invalid(field: str, problem: str) -> RoomsError:
+    return RoomsError(ErrorCode.INVALID_ARGUMENT, f"{field}: {problem}")
+
+
+def too_large(field: str, limit: int) -> RoomsError:
+    return RoomsError(ErrorCode.TOO_LARGE, f"{field}: larger than the limit of {limit} bytes")

@@ -1,0 +1,106 @@
+"""The one module that uses the SDK's (provisional) server middleware: every `tools/call` passes here.
+
+It resolves the caller before the SDK parses any argument (DESIGN §2), turns argument errors into
+INVALID_ARGUMENT / TOO_LARGE naming the field (DESIGN §7), and hands the tool its caller through a
+context variable. It catches everything it raises: legacy-era clients would see the raw text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.types import CallToolResult, TextContent
+from pydantic import ValidationError
+
+from agent_rooms_mcp.errors import ErrorCode, RoomsError
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.principals import Caller
+
+log = structlog.get_logger("agent_rooms_mcp.gate")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a tool body may use for one call."""
+
+    hub: Hub
+    caller: Caller
+
+
+_call: ContextVar[Call] = ContextVar("agent_rooms_call")
+
+# Set by the HTTP bearer middleware on the ASGI scope's state; stdio and in-memory have none.
+HTTP_CALLER_KEY = "agent_rooms_caller"
+
+
+def current_call() -> Call:
+    return _call.get()  # LookupError here is a wiring bug: every tools/call passes through `gate`
+
+
+def error_result(e: RoomsError) -> CallToolResult:
+    return CallToolResult(
+        is_error=True,
+        content=[TextContent(type="text", text=f"{e.code}: {e.message}")],
+        structured_content={"code": e.code.value, "message": e.message},
+    )
+
+
+def _argument_error(e: ValidationError) -> RoomsError:
+    first = e.errors(include_input=False, include_url=False)[0]
+    field = ".".join(str(p) for p in first["loc"]) or "arguments"
+    code = ErrorCode.TOO_LARGE if first["type"] in ("string_too_long", "bytes_too_long") else ErrorCode.INVALID_ARGUMENT
+    return RoomsError(code, f"{field}: {first['msg']}")
+
+
+class Gate:
+    """`async (ctx, call_next)` middleware; `validators` maps tool name -> its argument validator."""
+
+    def __init__(self, validators: Mapping[str, Any]) -> None:
+        self._validators = validators
+
+    async def __call__(self, ctx: ServerRequestContext[Hub, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        started = time.perf_counter()
+        name = str((ctx.params or {}).get("name", ""))
+        try:
+            call = Call(ctx.lifespan_context, await self._caller(ctx))
+            validator = self._validators.get(name)
+            if validator is not None:
+                try:
+                    validator((ctx.params or {}).get("arguments") or {})
+                except ValidationError as e:
+                    raise _argument_error(e) from None
+        except RoomsError as e:
+            log.info("tool.call", tool=name, outcome="denied", code=e.code.value, ms=_ms(started))
+            return error_result(e)
+        except Exception:
+            log.exception("tool.gate_failed", tool=name)
+            return error_result(RoomsError(ErrorCode.INVALID_ARGUMENT, "the request could not be processed"))
+        token = _call.set(call)
+        try:
+            return await call_next(ctx)
+        finally:
+            _call.reset(token)
+            log.info("tool.call", tool=name, agent_id=call.caller.agent_id, ms=_ms(started))
+
+    async def _caller(self, ctx: ServerRequestContext[Hub, Any]) -> Caller:
+        hub = ctx.lifespan_context
+        request = ctx.request
+        if request is not None:
+            # HTTP: the bearer middleware already authenticated this request, or it never got here.
+            caller = getattr(getattr(request, "state", None), HTTP_CALLER_KEY, None)
+            if not isinstance(caller, Caller):
+                raise RoomsError(ErrorCode.UNAUTHENTICATED, "invalid or revoked credentials")
+            return caller
+        return await hub.auth.authenticate(hub.settings.stdio_token, transport="stdio")
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

@@ -1,0 +1,85 @@
+"""The `Hub`: everything a request may use, opened once per process, and `init_home` for first run."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from agent_rooms_mcp import audit
+from agent_rooms_mcp.auth.authenticator import Authenticator
+from agent_rooms_mcp.auth.passports import PassportIssuer
+from agent_rooms_mcp.home import (
+    HomeError,
+    create_issuer_key,
+    ensure_private_dir,
+    load_issuer_key,
+    secure_database_files,
+)
+from agent_rooms_mcp.services.accounts import Accounts
+from agent_rooms_mcp.services.files import Files
+from agent_rooms_mcp.services.invites import Invites
+from agent_rooms_mcp.services.messages import Messages
+from agent_rooms_mcp.services.rooms import Rooms
+from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.store.database import Store
+
+
+@dataclass(frozen=True)
+class Hub:
+    settings: Settings
+    store: Store
+    auth: Authenticator
+    accounts: Accounts
+    rooms: Rooms
+    messages: Messages
+    files: Files
+    invites: Invites
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Hub]:
+        if not settings.db_path.exists():
+            raise HomeError(f"no hub at {settings.home}; run: agent-rooms init")
+        key = load_issuer_key(settings.issuer_key_path)
+        async with Store.open(settings.db_path, busy_timeout_ms=settings.limits.busy_timeout_ms) as store:
+            deployment_id = await store.read(
+                lambda c: c.execute("SELECT value FROM meta WHERE key = 'deployment_id'").fetchone()[0]
+            )
+            issuer = PassportIssuer(key, deployment_id, skew_s=settings.limits.clock_skew_s)
+            limits = settings.limits
+            yield cls(
+                settings=settings,
+                store=store,
+                auth=Authenticator(store, issuer),
+                accounts=Accounts(store, issuer),
+                rooms=Rooms(store),
+                messages=Messages(store, limits),
+                files=Files(store, limits),
+                invites=Invites(store, limits),
+            )
+
+
+async def init_home(settings: Settings, operator: audit.Actor) -> bool:
+    """Create the home, issuer key and database if missing. Idempotent; True if anything was created."""
+    created = False
+    for d in (settings.home, settings.keys_dir, settings.tokens_dir):
+        ensure_private_dir(d)
+    if not settings.issuer_key_path.exists():
+        create_issuer_key(settings.issuer_key_path)
+        created = True
+    load_issuer_key(settings.issuer_key_path)  # refuses a key that others can read
+    async with Store.open(settings.db_path, busy_timeout_ms=settings.limits.busy_timeout_ms) as store:
+
+        def first_run(conn) -> bool:  # type: ignore[no-untyped-def]
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'deployment_id'").fetchone():
+                return False
+            deployment_id = "dep_" + secrets.token_urlsafe(16)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('deployment_id', ?)", (deployment_id,))
+            audit.append(conn, operator, "hub.init", detail={"deployment_id": deployment_id})
+            return True
+
+        created = await store.write(first_run) or created
+    secure_database_files(settings.db_path)
+    return created

@@ -1,0 +1,207 @@
+"""Pydantic models at the edges: tool results and CLI `--json` documents (DESIGN §3.1)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+Relation = Literal["self", "same_owner", "cross_owner"]
+
+
+class AgentRef(BaseModel):
+    handle: str
+    agent_id: str
+    tool: str
+
+
+class OwnerRef(BaseModel):
+    handle: str
+    owner_id: str
+    verified: bool
+
+
+class WhoAmI(BaseModel):
+    agent: AgentRef
+    owner: OwnerRef
+    scopes: list[str]
+    run_id: str | None
+    rooms: int
+
+
+class RoomSummary(BaseModel):
+    room_id: str
+    name: str
+    member_count: int
+    latest_seq: int
+
+
+class RoomList(BaseModel):
+    rooms: list[RoomSummary]
+
+
+class Member(BaseModel):
+    handle: str
+    owner: str
+    tool: str
+    relation: Relation
+
+
+class RoomDetail(BaseModel):
+    room_id: str
+    name: str
+    created_at: str
+    members: list[Member]
+    consent_mode: str
+    latest_seq: int
+
+
+class MentionOutcome(BaseModel):
+    handle: str
+    outcome: Literal["notified", "woken", "queued", "pending_consent", "refused"]
+    code: str | None = None
+
+
+class PostedMessage(BaseModel):
+    message_id: str
+    seq: int
+    mentions: list[MentionOutcome]
+
+
+class Author(BaseModel):
+    handle: str
+    owner: str
+    tool: str
+
+
+class Message(BaseModel):
+    message_id: str
+    seq: int
+    author: Author
+    relation: Relation
+    created_at: str
+    mentions: list[str]
+    reply_to: int | None
+    text: str
+    flags: list[str]
+
+
+class MessagePage(BaseModel):
+    messages: list[Message]
+    next_after: int
+    has_more: bool
+    boundary: str | None
+    notice: str | None
+
+
+class SharedFile(BaseModel):
+    file_id: str
+    name: str
+    size: int
+    sha256: str
+
+
+class FileInfo(BaseModel):
+    file_id: str
+    name: str
+    size: int
+    sha256: str
+    media_type: str | None
+    author: Author
+    relation: Relation
+    created_at: str
+
+
+class FileList(BaseModel):
+    files: list[FileInfo]
+
+
+class FileRange(BaseModel):
+    file_id: str
+    name: str
+    offset: int
+    length: int
+    size: int
+    eof: bool
+    encoding: Literal["utf-8", "base64"]
+    content: str
+    author: Author
+    relation: Relation
+    flags: list[str]
+    boundary: str | None
+    notice: str | None
+
+
+class Invite(BaseModel):
+    code: str
+    room: str
+    expires_at: str
+    accept_command: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+# CLI documents (`--json`).
+
+
+class OwnerInfo(BaseModel):
+    owner_id: str
+    handle: str
+    created_at: str
+    verified: bool
+    verified_at: str | None
+    verified_method: str | None
+
+
+class OwnerList(BaseModel):
+    owners: list[OwnerInfo]
+
+
+class AgentInfo(BaseModel):
+    agent_id: str
+    handle: str
+    owner: str
+    tool: str
+    scopes: list[str]
+    workdir: str | None
+    created_at: str
+
+
+class AgentList(BaseModel):
+    agents: list[AgentInfo]
+
+
+class IssuedToken(BaseModel):
+    token: str
+    token_id: str
+    agent: str
+    expires_at: str
+
+
+class TokenInfo(BaseModel):
+    token_id: str
+    agent: str
+    created_at: str
+    expires_at: str
+    status: Literal["active", "expired", "revoked"]
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenInfo]
+
+
+class InviteAccepted(BaseModel):
+    room_id: str
+    room: str
+    owner: str
+    agents: list[str]
+
+
+class AuditVerdict(BaseModel):
+    ok: bool
+    rows: int
+    first_bad_seq: int | None
+    problem: str | None

@@ -1,0 +1,64 @@
+"""Who is calling: scopes, tools, and the frozen `Caller` resolved afresh on every call (DESIGN §2)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from agent_rooms_mcp.audit import Actor
+
+
+class Scope(StrEnum):
+    READ = "read"
+    POST = "post"
+    TASK = "task"
+    INVOKE = "invoke"
+    CONSENT = "consent"
+    MANAGE = "manage"
+
+
+DEFAULT_SCOPES = frozenset({Scope.READ, Scope.POST, Scope.TASK})
+
+
+class AgentTool(StrEnum):
+    CLAUDE = "claude"
+    CODEX = "codex"
+    OPENCLAW = "openclaw"
+    CHAT = "chat"
+    OTHER = "other"
+
+
+HANDLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def parse_scopes(text: str) -> frozenset[Scope]:
+    """'read,post' -> {READ, POST}; unknown names raise ValueError naming them."""
+    names = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = names - {s.value for s in Scope}
+    if unknown:
+        raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))} (known: {', '.join(Scope)})")
+    return frozenset(Scope(n) for n in names)
+
+
+def format_scopes(scopes: frozenset[Scope]) -> str:
+    return ",".join(s.value for s in Scope if s in scopes)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated agent for the span of one call. Never stored, never cached."""
+
+    agent_id: str
+    handle: str
+    tool: AgentTool
+    owner_id: str
+    owner_handle: str
+    owner_verified: bool
+    scopes: frozenset[Scope]
+    token_id: str
+    run_id: str | None = None
+
+    @property
+    def actor(self) -> Actor:
+        return Actor("agent", self.agent_id, self.owner_id, self.token_id)

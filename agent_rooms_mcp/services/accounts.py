@@ -1,0 +1,229 @@
+"""Owners, agents and their tokens: human-only actions the CLI performs as the operator (DESIGN §2)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+from agent_rooms_mcp import audit
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.auth.passports import PassportIssuer
+from agent_rooms_mcp.auth.tokens import new_id, new_token, secret_hash
+from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, not_found
+from agent_rooms_mcp.models import (
+    AgentInfo,
+    AgentList,
+    IssuedToken,
+    OwnerInfo,
+    OwnerList,
+    TokenInfo,
+    TokenList,
+)
+from agent_rooms_mcp.principals import HANDLE_RE, AgentTool, Scope, format_scopes
+from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.database import Store
+
+_AGENTS = (
+    "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
+    " WHERE a.status = 'active'"
+)
+
+
+def _check_handle(handle: str) -> None:
+    if not HANDLE_RE.fullmatch(handle):
+        raise invalid("handle", "use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+
+
+def _owner_info(row: sqlite3.Row) -> OwnerInfo:
+    return OwnerInfo(
+        owner_id=row["owner_id"],
+        handle=row["handle"],
+        created_at=row["created_at"],
+        verified=row["verified_at"] is not None,
+        verified_at=row["verified_at"],
+        verified_method=row["verified_method"],
+    )
+
+
+def _agent_info(row: sqlite3.Row) -> AgentInfo:
+    return AgentInfo(
+        agent_id=row["agent_id"],
+        handle=row["handle"],
+        owner=row["owner_handle"],
+        tool=row["tool"],
+        scopes=[s for s in row["scopes"].split(",") if s],
+        workdir=row["workdir"],
+        created_at=row["created_at"],
+    )
+
+
+class Accounts:
+    def __init__(self, store: Store, issuer: PassportIssuer) -> None:
+        self._store = store
+        self._issuer = issuer
+
+    async def add_owner(self, operator: Actor, handle: str) -> OwnerInfo:
+        _check_handle(handle)
+
+        def run(conn: sqlite3.Connection) -> OwnerInfo:
+            if conn.execute("SELECT 1 FROM owners WHERE handle = ?", (handle,)).fetchone():
+                raise RoomsError(ErrorCode.CONFLICT, f"owner {handle!r} already exists")
+            owner_id = new_id("own")
+            conn.execute(
+                "INSERT INTO owners (owner_id, handle, created_at) VALUES (?, ?, ?)",
+                (owner_id, handle, now_utc()),
+            )
+            audit.append(conn, operator, "owner.add", target=owner_id)
+            return _owner_info(queries.owner(conn, owner_id))
+
+        return await self._store.write(run)
+
+    async def list_owners(self) -> OwnerList:
+        return await self._store.read(
+            lambda c: OwnerList(owners=[_owner_info(r) for r in c.execute("SELECT * FROM owners ORDER BY handle")])
+        )
+
+    async def verify_owner(self, operator: Actor, handle: str, method: str) -> OwnerInfo:
+        def run(conn: sqlite3.Connection) -> OwnerInfo:
+            owner = queries.owner(conn, handle)
+            conn.execute(
+                "UPDATE owners SET verified_at = ?, verified_method = ?, verified_by = ? WHERE owner_id = ?",
+                (now_utc(), method, operator.id, owner["owner_id"]),
+            )
+            audit.append(conn, operator, "owner.verify", target=owner["owner_id"], detail={"method": method})
+            return _owner_info(queries.owner(conn, owner["owner_id"]))
+
+        return await self._store.write(run)
+
+    async def add_agent(
+        self,
+        operator: Actor,
+        handle: str,
+        owner_ref: str,
+        tool: AgentTool,
+        scopes: frozenset[Scope],
+        workdir: str | None,
+    ) -> AgentInfo:
+        _check_handle(handle)
+
+        def run(conn: sqlite3.Connection) -> AgentInfo:
+            owner = queries.owner(conn, owner_ref)
+            if conn.execute("SELECT 1 FROM agents WHERE handle = ?", (handle,)).fetchone():
+                raise RoomsError(ErrorCode.CONFLICT, f"agent {handle!r} already exists")
+            agent_id = new_id("agt")
+            conn.execute(
+                "INSERT INTO agents (agent_id, handle, owner_id, tool, scopes, workdir, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (agent_id, handle, owner["owner_id"], tool.value, format_scopes(scopes), workdir, now_utc()),
+            )
+            audit.append(
+                conn,
+                operator,
+                "agent.add",
+                target=agent_id,
+                detail={"owner_id": owner["owner_id"], "tool": tool.value, "scopes": format_scopes(scopes)},
+            )
+            return _agent_info(queries.agent(conn, agent_id))
+
+        return await self._store.write(run)
+
+    async def list_agents(self) -> AgentList:
+        return await self._store.read(
+            lambda c: AgentList(agents=[_agent_info(r) for r in c.execute(_AGENTS + " ORDER BY a.handle")])
+        )
+
+    async def set_scopes(self, operator: Actor, agent_ref: str, scopes: frozenset[Scope]) -> AgentInfo:
+        def run(conn: sqlite3.Connection) -> AgentInfo:
+            agent = queries.agent(conn, agent_ref)
+            conn.execute("UPDATE agents SET scopes = ? WHERE agent_id = ?", (format_scopes(scopes), agent["agent_id"]))
+            audit.append(
+                conn,
+                operator,
+                "agent.scopes",
+                target=agent["agent_id"],
+                detail={"from": agent["scopes"], "to": format_scopes(scopes)},
+            )
+            return _agent_info(queries.agent(conn, agent["agent_id"]))
+
+        return await self._store.write(run)
+
+    async def issue_token(self, operator: Actor, agent_ref: str, ttl: timedelta) -> IssuedToken:
+        """A new passport and the one bearer token bound to it. The token is returned once, never stored."""
+        if ttl <= timedelta(0):
+            raise invalid("ttl", "must be positive")
+        token = new_token()
+
+        def run(conn: sqlite3.Connection) -> IssuedToken:
+            agent = queries.agent(conn, agent_ref)
+            now = datetime.now(UTC)
+            passport, claims = self._issuer.issue(
+                agent_id=agent["agent_id"],
+                owner_id=agent["owner_id"],
+                tool=agent["tool"],
+                epoch=agent["cred_epoch"],
+                ttl=ttl,
+                now=now,
+            )
+            issued, expires = iso(now), iso(claims.exp)
+            conn.execute(
+                "INSERT INTO passports (jti, agent_id, passport, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (claims.jti, agent["agent_id"], passport, issued, expires),
+            )
+            token_id = new_id("tok")
+            conn.execute(
+                "INSERT INTO tokens (token_id, token_hash, agent_id, jti, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (token_id, secret_hash(token), agent["agent_id"], claims.jti, issued, expires),
+            )
+            audit.append(conn, operator, "token.issue", target=agent["agent_id"], detail={"token_id": token_id})
+            return IssuedToken(token=token, token_id=token_id, agent=agent["handle"], expires_at=expires)
+
+        return await self._store.write(run)
+
+    async def list_tokens(self, agent_ref: str | None) -> TokenList:
+        def run(conn: sqlite3.Connection) -> TokenList:
+            sql = (
+                "SELECT t.token_id, t.created_at, t.expires_at, t.revoked_at, a.handle FROM tokens t"
+                " JOIN agents a ON a.agent_id = t.agent_id WHERE t.run_id IS NULL"
+            )
+            args: tuple[str, ...] = ()
+            if agent_ref is not None:
+                sql += " AND t.agent_id = ?"
+                args = (queries.agent(conn, agent_ref)["agent_id"],)
+            now = now_utc()
+            return TokenList(
+                tokens=[
+                    TokenInfo(
+                        token_id=r["token_id"],
+                        agent=r["handle"],
+                        created_at=r["created_at"],
+                        expires_at=r["expires_at"],
+                        status="revoked" if r["revoked_at"] else "expired" if r["expires_at"] <= now else "active",
+                    )
+                    for r in conn.execute(sql + " ORDER BY t.created_at", args)
+                ]
+            )
+
+        return await self._store.read(run)
+
+    async def revoke_token(self, operator: Actor, token_id: str) -> TokenInfo:
+        def run(conn: sqlite3.Connection) -> TokenInfo:
+            row = conn.execute(
+                "SELECT t.*, a.handle FROM tokens t JOIN agents a ON a.agent_id = t.agent_id WHERE t.token_id = ?",
+                (token_id,),
+            ).fetchone()
+            if row is None:
+                raise not_found("token")
+            if row["revoked_at"] is None:
+                conn.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ?", (now_utc(), token_id))
+                audit.append(conn, operator, "token.revoke", target=row["agent_id"], detail={"token_id": token_id})
+            return TokenInfo(
+                token_id=token_id,
+                agent=row["handle"],
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+                status="revoked",
+            )
+
+        return await self._store.write(run)

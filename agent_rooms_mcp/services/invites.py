@@ -1,0 +1,129 @@
+"""One-time room invites (DESIGN §3): created by a member with `manage` or by the operator,
+accepted only by a human at the CLI, claimed atomically so one code makes one set of memberships.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.auth.tokens import INVITE_RE, new_id, new_invite_code, secret_hash
+from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, invite_invalid
+from agent_rooms_mcp.models import Invite, InviteAccepted
+from agent_rooms_mcp.principals import Caller, Scope
+from agent_rooms_mcp.services.rooms import add_member_agent
+from agent_rooms_mcp.settings import Limits
+from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.database import Store
+
+_RoomFinder = Callable[[sqlite3.Connection], sqlite3.Row]
+
+
+class Invites:
+    def __init__(self, store: Store, limits: Limits) -> None:
+        self._store = store
+        self._limits = limits
+
+    async def create_as_agent(self, caller: Caller, room_ref: str, ttl_s: int) -> Invite:
+        policy.require_scope(caller, Scope.MANAGE)
+        return await self._create(caller.actor, ttl_s, lambda c: queries.room_for_member(c, room_ref, caller.agent_id))
+
+    async def create_as_owner(self, operator: Actor, room_ref: str, owner_ref: str, ttl_s: int) -> Invite:
+        def room_of_owner(conn: sqlite3.Connection) -> sqlite3.Row:
+            room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
+            if not conn.execute(
+                "SELECT 1 FROM room_owners WHERE room_id = ? AND owner_id = ?",
+                (room["room_id"], owner["owner_id"]),
+            ).fetchone():
+                raise invalid("by", f"{owner['handle']} is not in room {room['name']}")
+            return room
+
+        return await self._create(operator, ttl_s, room_of_owner)
+
+    async def _create(self, actor: Actor, ttl_s: int, find_room: _RoomFinder) -> Invite:
+        lim = self._limits
+        if not lim.invite_ttl_min_s <= ttl_s <= lim.invite_ttl_max_s:
+            raise invalid("ttl_s", f"must be between {lim.invite_ttl_min_s} and {lim.invite_ttl_max_s} seconds")
+        code = new_invite_code()
+
+        def run(conn: sqlite3.Connection) -> Invite:
+            room = find_room(conn)
+            now = datetime.now(UTC)
+            pending = conn.execute(
+                "SELECT count(*) FROM invites WHERE room_id = ? AND used_at IS NULL AND expires_at > ?",
+                (room["room_id"], iso(now)),
+            ).fetchone()[0]
+            if pending >= lim.pending_invites_per_room:
+                raise RoomsError(
+                    ErrorCode.CONFLICT,
+                    f"room {room['name']} already has {pending} pending invites; let some expire or be used",
+                )
+            invite_id, expires = new_id("invite"), iso(now + timedelta(seconds=ttl_s))
+            conn.execute(
+                "INSERT INTO invites (invite_id, room_id, code_hash, created_by, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (invite_id, room["room_id"], secret_hash(code), actor.id or actor.kind, iso(now), expires),
+            )
+            audit.append(conn, actor, "invite.create", target=room["room_id"], detail={"invite_id": invite_id})
+            return Invite(
+                code=code,
+                room=room["name"],
+                expires_at=expires,
+                accept_command=f"agent-rooms invite accept {code} --owner YOUR_OWNER_HANDLE --agent YOUR_AGENT",
+            )
+
+        return await self._store.write(run)
+
+    async def accept(self, operator: Actor, code: str, owner_ref: str, agent_refs: list[str]) -> InviteAccepted:
+        """Claim the code and add the owner and their named agents, all in one transaction (invariant 38)."""
+
+        def run(conn: sqlite3.Connection) -> InviteAccepted:
+            owner = queries.owner(conn, owner_ref)
+            now = now_utc()
+            claimed = (
+                conn.execute(
+                    "UPDATE invites SET used_at = ?, used_by = ?"
+                    " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING invite_id, room_id",
+                    (now, owner["owner_id"], secret_hash(code), now),
+                ).fetchone()
+                if INVITE_RE.fullmatch(code)
+                else None
+            )
+            if claimed is None:
+                raise invite_invalid(_why_invalid(conn, code))
+            room_id = claimed["room_id"]
+            conn.execute(
+                "INSERT OR IGNORE INTO room_owners (room_id, owner_id, joined_at) VALUES (?, ?, ?)",
+                (room_id, owner["owner_id"], now),
+            )
+            added = [add_member_agent(conn, room_id, owner["owner_id"], ref, now) for ref in agent_refs]
+            audit.append(
+                conn,
+                operator,
+                "invite.accept",
+                target=room_id,
+                detail={"invite_id": claimed["invite_id"], "owner_id": owner["owner_id"], "agents": added},
+            )
+            room = conn.execute("SELECT name FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+            return InviteAccepted(room_id=room_id, room=room["name"], owner=owner["handle"], agents=agent_refs)
+
+        try:
+            return await self._store.write(run)
+        except RoomsError as e:
+            if e.code is ErrorCode.INVITE_INVALID:
+                await self._store.write(audit.denial(operator, "invite.accept", e.audit_reason))
+            raise
+
+
+def _why_invalid(conn: sqlite3.Connection, code: str) -> str:
+    """For the audit row only: the caller sees one answer for every reason (invariant 37)."""
+    if not INVITE_RE.fullmatch(code):
+        return "malformed_code"
+    row = conn.execute("SELECT used_at FROM invites WHERE code_hash = ?", (secret_hash(code),)).fetchone()
+    if row is None:
+        return "unknown_code"
+    return "used_code" if row["used_at"] else "expired_code"

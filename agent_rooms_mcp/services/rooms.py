@@ -1,0 +1,154 @@
+"""Rooms and membership (DESIGN §3): listing and reading for agents, creating and adding for the operator."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.auth.tokens import new_id
+from agent_rooms_mcp.clock import now_utc
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
+from agent_rooms_mcp.models import Member, RoomDetail, RoomList, RoomSummary
+from agent_rooms_mcp.principals import HANDLE_RE, Caller, Scope
+from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.database import Store
+
+# Until per-owner consent modes exist, every room is in the default mode for everyone (DESIGN §4).
+DEFAULT_CONSENT_MODE = "task_by_task"
+
+_SUMMARY = (
+    "SELECT r.room_id, r.name, r.latest_seq,"
+    " (SELECT count(*) FROM room_agents x JOIN agents a ON a.agent_id = x.agent_id"
+    "   WHERE x.room_id = r.room_id AND a.status = 'active') AS member_count FROM rooms r"
+)
+
+
+def _summary(row: sqlite3.Row) -> RoomSummary:
+    return RoomSummary(
+        room_id=row["room_id"],
+        name=row["name"],
+        member_count=row["member_count"],
+        latest_seq=row["latest_seq"],
+    )
+
+
+class Rooms:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def list(self, caller: Caller) -> RoomList:
+        policy.require_scope(caller, Scope.READ)
+
+        def run(conn: sqlite3.Connection) -> RoomList:
+            rows = conn.execute(
+                _SUMMARY + " JOIN room_agents m ON m.room_id = r.room_id AND m.agent_id = ? ORDER BY r.name",
+                (caller.agent_id,),
+            ).fetchall()
+            return RoomList(rooms=[_summary(r) for r in rows])
+
+        return await self._store.read(run)
+
+    async def get(self, caller: Caller, ref: str) -> RoomDetail:
+        policy.require_scope(caller, Scope.READ)
+
+        def run(conn: sqlite3.Connection) -> RoomDetail:
+            room = queries.room_for_member(conn, ref, caller.agent_id)
+            members = [
+                Member(
+                    handle=m["handle"],
+                    owner=m["owner_handle"],
+                    tool=m["tool"],
+                    relation=policy.relation(caller, m["agent_id"], m["owner_id"]),
+                )
+                for m in queries.room_members(conn, room["room_id"])
+            ]
+            return RoomDetail(
+                room_id=room["room_id"],
+                name=room["name"],
+                created_at=room["created_at"],
+                members=members,
+                consent_mode=DEFAULT_CONSENT_MODE,
+                latest_seq=room["latest_seq"],
+            )
+
+        return await self._store.read(run)
+
+    async def count_for(self, caller: Caller) -> int:
+        return await self._store.read(
+            lambda c: c.execute("SELECT count(*) FROM room_agents WHERE agent_id = ?", (caller.agent_id,)).fetchone()[0]
+        )
+
+    # Operator (CLI) actions: human-only, never MCP tools (DESIGN §2).
+
+    async def create(self, operator: Actor, name: str, owner_ref: str, agent_refs: list[str]) -> RoomSummary:
+        if not HANDLE_RE.fullmatch(name) or name.startswith("room_"):
+            raise invalid("name", "use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+
+        def run(conn: sqlite3.Connection) -> RoomSummary:
+            owner = queries.owner(conn, owner_ref)
+            if conn.execute("SELECT 1 FROM rooms WHERE name = ?", (name,)).fetchone():
+                raise RoomsError(ErrorCode.CONFLICT, f"a room named {name!r} already exists")
+            room_id, now = new_id("room"), now_utc()
+            conn.execute(
+                "INSERT INTO rooms (room_id, name, created_by, created_at) VALUES (?, ?, ?, ?)",
+                (room_id, name, owner["owner_id"], now),
+            )
+            conn.execute(
+                "INSERT INTO room_owners (room_id, owner_id, joined_at) VALUES (?, ?, ?)",
+                (room_id, owner["owner_id"], now),
+            )
+            for ref in agent_refs:
+                add_member_agent(conn, room_id, owner["owner_id"], ref, now)
+            audit.append(
+                conn,
+                operator,
+                "room.create",
+                target=room_id,
+                detail={"owner_id": owner["owner_id"], "agents": len(agent_refs)},
+            )
+            return _summary(conn.execute(_SUMMARY + " WHERE r.room_id = ?", (room_id,)).fetchone())
+
+        return await self._store.write(run)
+
+    async def add_agent(self, operator: Actor, room_ref: str, agent_ref: str) -> RoomSummary:
+        def run(conn: sqlite3.Connection) -> RoomSummary:
+            room = queries.room(conn, room_ref)
+            agent = queries.agent(conn, agent_ref)
+            # Only an owner already in the room brings agents in directly; others need an invite.
+            if not conn.execute(
+                "SELECT 1 FROM room_owners WHERE room_id = ? AND owner_id = ?",
+                (room["room_id"], agent["owner_id"]),
+            ).fetchone():
+                raise RoomsError(
+                    ErrorCode.FORBIDDEN_SCOPE,
+                    f"{agent['owner_handle']} is not in room {room['name']}; use an invite",
+                )
+            add_member_agent(conn, room["room_id"], agent["owner_id"], agent["agent_id"], now_utc())
+            audit.append(
+                conn,
+                operator,
+                "room.add_agent",
+                target=room["room_id"],
+                detail={"agent_id": agent["agent_id"]},
+            )
+            return _summary(conn.execute(_SUMMARY + " WHERE r.room_id = ?", (room["room_id"],)).fetchone())
+
+        return await self._store.write(run)
+
+    async def list_all(self) -> RoomList:
+        return await self._store.read(
+            lambda c: RoomList(rooms=[_summary(r) for r in c.execute(_SUMMARY + " ORDER BY r.name").fetchall()])
+        )
+
+
+def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: str, agent_ref: str, now: str) -> str:
+    """Add one of owner_id's own agents to the room (agents of another owner are refused)."""
+    agent = queries.agent(conn, agent_ref)
+    if agent["owner_id"] != owner_id:
+        raise invalid("agent", f"{agent['handle']} does not belong to this owner")
+    conn.execute(
+        "INSERT OR IGNORE INTO room_agents (room_id, agent_id, joined_at) VALUES (?, ?, ?)",
+        (room_id, agent["agent_id"], now),
+    )
+    return agent["agent_id"]

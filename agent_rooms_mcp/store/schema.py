@@ -1,0 +1,131 @@
+"""Schema migrations, applied in order by `PRAGMA user_version`. Append-only: never edit a shipped one."""
+
+from __future__ import annotations
+
+_V1 = """
+CREATE TABLE meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE owners (
+  owner_id TEXT PRIMARY KEY,
+  handle TEXT NOT NULL UNIQUE,
+  created_at TEXT NOT NULL,
+  verified_at TEXT,
+  verified_method TEXT,
+  verified_by TEXT
+) STRICT;
+
+CREATE TABLE agents (
+  agent_id TEXT PRIMARY KEY,
+  handle TEXT NOT NULL UNIQUE,
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  tool TEXT NOT NULL,
+  scopes TEXT NOT NULL,
+  workdir TEXT,
+  status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'deleted')),
+  cred_epoch INTEGER NOT NULL DEFAULT 1,
+  created_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE passports (
+  jti TEXT PRIMARY KEY,
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  passport TEXT NOT NULL,
+  issued_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE tokens (
+  token_id TEXT PRIMARY KEY,
+  token_hash BLOB NOT NULL UNIQUE,
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  jti TEXT NOT NULL REFERENCES passports(jti),
+  run_id TEXT,
+  created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL,
+  revoked_at TEXT
+) STRICT;
+CREATE INDEX tokens_by_agent ON tokens(agent_id);
+
+CREATE TABLE rooms (
+  room_id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  created_by TEXT NOT NULL REFERENCES owners(owner_id),
+  created_at TEXT NOT NULL,
+  latest_seq INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+CREATE TABLE room_owners (
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  joined_at TEXT NOT NULL,
+  PRIMARY KEY (room_id, owner_id)
+) STRICT;
+
+CREATE TABLE room_agents (
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  joined_at TEXT NOT NULL,
+  PRIMARY KEY (room_id, agent_id)
+) STRICT;
+CREATE INDEX room_agents_by_agent ON room_agents(agent_id);
+
+CREATE TABLE messages (
+  message_id TEXT PRIMARY KEY,
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  seq INTEGER NOT NULL,
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  text TEXT NOT NULL,
+  mentions TEXT NOT NULL,
+  reply_to INTEGER,
+  created_at TEXT NOT NULL,
+  UNIQUE (room_id, seq)
+) STRICT;
+
+CREATE TABLE files (
+  file_id TEXT PRIMARY KEY,
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  name TEXT NOT NULL,
+  media_type TEXT,
+  size INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  content BLOB NOT NULL,
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  created_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX files_by_room ON files(room_id, created_at);
+
+CREATE TABLE invites (
+  invite_id TEXT PRIMARY KEY,
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  code_hash BLOB NOT NULL UNIQUE,
+  created_by TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL,
+  used_at TEXT,
+  used_by TEXT
+) STRICT;
+CREATE INDEX invites_by_room ON invites(room_id);
+
+CREATE TABLE audit (
+  seq INTEGER PRIMARY KEY,
+  ts TEXT NOT NULL,
+  actor_kind TEXT NOT NULL,
+  actor_id TEXT,
+  owner_id TEXT,
+  action TEXT NOT NULL,
+  target TEXT,
+  outcome TEXT NOT NULL,
+  reason TEXT,
+  cred_id TEXT,
+  detail TEXT NOT NULL,
+  prev_hash BLOB NOT NULL,
+  row_hash BLOB NOT NULL
+) STRICT;
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1,)

@@ -1,0 +1,119 @@
+"""A real hub on a real SQLite file, populated through the services, and real MCP clients on it."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.hub import Hub, init_home
+from agent_rooms_mcp.principals import AgentTool, parse_scopes
+from agent_rooms_mcp.server import create_server
+from agent_rooms_mcp.settings import Settings
+
+OPERATOR = Actor("operator", "test-operator")
+
+# handle -> (owner, scopes)
+AGENTS: dict[str, tuple[str, str]] = {
+    "alice-claude": ("alice", "read,post,task"),
+    "alice-codex": ("alice", "read,post,task"),
+    "alice-admin": ("alice", "read,post,task,manage"),
+    "alice-mute": ("alice", ""),
+    "bob-claude": ("bob", "read,post,task"),
+    "carol-claude": ("carol", "read,post,task"),
+}
+# room -> (creating owner, its agents); bob joins "shared" through an invite.
+ROOMS: dict[str, tuple[str, list[str]]] = {
+    "lobby": ("alice", ["alice-claude", "alice-codex", "alice-admin", "alice-mute"]),
+    "shared": ("alice", ["alice-claude", "alice-admin"]),
+    "bobs-den": ("bob", ["bob-claude"]),
+}
+
+
+@dataclass
+class World:
+    settings: Settings
+    tokens: dict[str, str] = field(default_factory=dict)
+    token_ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def db(self) -> Path:
+        return self.settings.db_path
+
+    def settings_for(self, token: str | None) -> Settings:
+        return Settings(home=self.settings.home, stdio_token=token)
+
+    def client(self, agent: str | None, mode: str = "auto", *, token: str | None = None) -> Client:
+        """An in-memory MCP client session acting as `agent` (or with a raw `token`)."""
+        settings = self.settings_for(token if agent is None else self.tokens[agent])
+        server = create_server(lambda _: Hub.open(settings))
+        # raise_exceptions surfaces crashes outside tool bodies; it is unusable in legacy mode.
+        return Client(server, mode=mode, raise_exceptions=mode == "auto")
+
+    @asynccontextmanager
+    async def hub(self) -> AsyncIterator[Hub]:
+        async with Hub.open(self.settings) as hub:
+            yield hub
+
+    def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        conn = sqlite3.connect(self.db)
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(query, args).fetchall()
+        finally:
+            conn.close()
+
+    def fingerprint(self) -> str:
+        """A hash of every table but the audit log: equal before and after means nothing changed."""
+        conn = sqlite3.connect(self.db)
+        try:
+            h = hashlib.sha256()
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+            for table in tables:
+                if table == "audit":
+                    continue
+                for row in conn.execute(f"SELECT * FROM {table} ORDER BY rowid"):
+                    h.update(repr((table, row)).encode())
+            return h.hexdigest()
+        finally:
+            conn.close()
+
+    def audit_rows(self) -> list[sqlite3.Row]:
+        return self.sql("SELECT * FROM audit ORDER BY seq")
+
+
+async def build_world(home: Path) -> World:
+    world = World(Settings(home=home))
+    await init_home(world.settings, OPERATOR)
+    async with world.hub() as hub:
+        for owner in ("alice", "bob", "carol"):
+            await hub.accounts.add_owner(OPERATOR, owner)
+        for handle, (owner, scopes) in AGENTS.items():
+            await hub.accounts.add_agent(OPERATOR, handle, owner, AgentTool.CLAUDE, parse_scopes(scopes), None)
+            issued = await hub.accounts.issue_token(OPERATOR, handle, timedelta(days=1))
+            world.tokens[handle], world.token_ids[handle] = issued.token, issued.token_id
+        for room, (owner, agents) in ROOMS.items():
+            await hub.rooms.create(OPERATOR, room, owner, agents)
+        invite = await hub.invites.create_as_owner(OPERATOR, "shared", "alice", 3600)
+        await hub.invites.accept(OPERATOR, invite.code, "bob", ["bob-claude"])
+    return world
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> World:
+    return await build_world(tmp_path / "home")
+
+
+@pytest.fixture(params=["auto", "legacy"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Both protocol eras: 2026-07-28 (auto) and the initialize handshake (legacy)."""
+    return str(request.param)
