@@ -1,0 +1,3 @@
+from agent_rooms_mcp.cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""The `agent-rooms` command: human-only actions and the servers (DESIGN §2, §9). One module per noun."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from agent_rooms_mcp import __version__
+from agent_rooms_mcp.cli.agent import agent
+from agent_rooms_mcp.cli.audit import audit
+from agent_rooms_mcp.cli.hubcmds import connect, init, quickstart, serve
+from agent_rooms_mcp.cli.owner import owner
+from agent_rooms_mcp.cli.room import invite, room
+from agent_rooms_mcp.cli.token import token
+
+
+@click.group()
+@click.version_option(__version__, prog_name="agent-rooms")
+def cli() -> None:
+    """agent-rooms: a hub where AI agents of one or several people share rooms, messages and files."""
+
+
+for command in (init, quickstart, connect, serve, owner, agent, token, room, invite, audit):
+    cli.add_command(command)
+
+
+def main() -> None:
+    # Everything we create (database, WAL, keys, token files) starts private, whatever the shell's umask.
+    os.umask(0o077)
+    cli()

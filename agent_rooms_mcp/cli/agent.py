@@ -1,0 +1,78 @@
+"""`agent-rooms agent`: add agents, list them, set their scopes."""
+
+from __future__ import annotations
+
+import click
+
+from agent_rooms_mcp.cli.common import confirm_or_refuse, emit, guarded, json_option, operator, run, table
+from agent_rooms_mcp.errors import invalid
+from agent_rooms_mcp.models import AgentInfo, AgentList
+from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
+
+INVOKE_WARNING = (
+    "Giving an agent 'invoke' lets the hub wake it: its CLI then runs unsandboxed with your permissions, "
+    "and room content from others is untrusted input to it. Continue?"
+)
+
+
+def _scopes(text: str, as_json: bool) -> frozenset[Scope]:
+    def parse() -> frozenset[Scope]:
+        try:
+            return parse_scopes(text)
+        except ValueError as e:
+            raise invalid("scopes", str(e)) from None
+
+    return guarded(parse, as_json=as_json)
+
+
+@click.group()
+def agent() -> None:
+    """Agents: one tool install (Claude Code, Codex, ...) of one owner."""
+
+
+@agent.command("add")
+@click.argument("handle")
+@click.option("--owner", "owner_ref", required=True, help="The owner's handle.")
+@click.option("--tool", type=click.Choice([t.value for t in AgentTool]), required=True)
+@click.option("--scopes", default=format_scopes(DEFAULT_SCOPES), show_default=True, help="Comma-separated.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Where a woken run works.")
+@click.option("--yes", is_flag=True, help="Confirm giving 'invoke' without asking.")
+@json_option
+def add(handle: str, owner_ref: str, tool: str, scopes: str, workdir: str | None, yes: bool, as_json: bool) -> None:
+    """Add agent HANDLE for OWNER, then give it a token with `agent-rooms connect HANDLE`.
+
+    \b
+    Example:
+        agent-rooms agent add alice-claude --owner alice --tool claude
+    """
+    wanted = _scopes(scopes, as_json)
+    if Scope.INVOKE in wanted:
+        confirm_or_refuse(INVOKE_WARNING, yes)
+    created: AgentInfo = run(
+        lambda hub: hub.accounts.add_agent(operator(), handle, owner_ref, AgentTool(tool), wanted, workdir),
+        as_json=as_json,
+    )
+    emit(created, as_json=as_json, text=lambda a: f"added agent {a.handle} ({a.agent_id}) scopes={','.join(a.scopes)}")
+
+
+@agent.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List agents with their owner, tool and scopes."""
+    agents: AgentList = run(lambda hub: hub.accounts.list_agents(), as_json=as_json)
+    rows = [[a.handle, a.owner, a.tool, ",".join(a.scopes), a.agent_id] for a in agents.agents]
+    emit(agents, as_json=as_json, text=lambda _: table(rows, ["HANDLE", "OWNER", "TOOL", "SCOPES", "AGENT_ID"]))
+
+
+@agent.command("scopes")
+@click.argument("handle")
+@click.argument("scopes")
+@click.option("--yes", is_flag=True, help="Confirm giving 'invoke' without asking.")
+@json_option
+def scopes_(handle: str, scopes: str, yes: bool, as_json: bool) -> None:
+    """Set agent HANDLE's scopes to SCOPES (comma-separated; effective on its next call)."""
+    wanted = _scopes(scopes, as_json)
+    if Scope.INVOKE in wanted:
+        confirm_or_refuse(INVOKE_WARNING, yes)
+    done: AgentInfo = run(lambda hub: hub.accounts.set_scopes(operator(), handle, wanted), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda a: f"{a.handle} scopes={','.join(a.scopes) or '(none)'}")

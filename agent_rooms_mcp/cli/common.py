@@ -1,0 +1,98 @@
+"""What every command shares: the operator principal, `--json`, opening the hub, error output (DESIGN §7)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import click
+from pydantic import BaseModel
+
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.errors import RoomsError
+from agent_rooms_mcp.home import HomeError
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.settings import Settings
+
+T = TypeVar("T")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+def operator() -> Actor:
+    """The human at this terminal: the only principal that may take human-only actions (DESIGN §2)."""
+    return Actor("operator", getpass.getuser())
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+class Failed(click.ClickException):
+    """`CODE: message` on stderr and exit 1, or `{"code", "message"}` on stdout with --json."""
+
+    def __init__(self, code: str, message: str, as_json: bool) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code_name, self.text, self.as_json = code, message, as_json
+
+    def show(self, file: Any = None) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"code": self.code_name, "message": self.text}))
+        else:
+            click.echo(f"{self.code_name}: {self.text}", err=True)
+
+
+def run(call: Callable[[Hub], Awaitable[T]], *, as_json: bool = False) -> T:
+    """Open the hub, make one service call, close it."""
+
+    async def main() -> T:
+        async with Hub.open(settings()) as hub:
+            return await call(hub)
+
+    return guarded(lambda: anyio.run(main), as_json=as_json)
+
+
+def guarded(fn: Callable[[], T], *, as_json: bool = False) -> T:
+    try:
+        return fn()
+    except RoomsError as e:
+        raise Failed(e.code.value, e.message, as_json) from e
+    except (HomeError, PermissionError) as e:
+        raise Failed("HOME", str(e), as_json) from e
+
+
+def emit(result: BaseModel, *, as_json: bool, text: Callable[[Any], str]) -> None:
+    click.echo(result.model_dump_json(indent=2) if as_json else text(result))
+
+
+def confirm_or_refuse(question: str, yes: bool) -> None:
+    """Dangerous switches ask on a terminal, take --yes in scripts, and refuse otherwise (DESIGN §2)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{question} Refusing without a terminal; pass --yes to confirm.")
+    click.confirm(question, abort=True)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '1h', '30d' -> seconds."""
+    text = text.strip().lower()
+    if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit():
+        raise click.BadParameter(f"{text!r}: use a number and a unit, like 90s, 15m, 1h or 30d")
+    return int(text[:-1]) * _UNITS[text[-1]]

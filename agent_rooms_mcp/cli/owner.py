@@ -1,0 +1,46 @@
+"""`agent-rooms owner`: add, list and verify the people whose agents use this hub."""
+
+from __future__ import annotations
+
+import click
+
+from agent_rooms_mcp.cli.common import emit, json_option, operator, run, table
+from agent_rooms_mcp.models import OwnerInfo, OwnerList
+
+
+@click.group()
+def owner() -> None:
+    """Owners: the people whose agents use this hub."""
+
+
+@owner.command("add")
+@click.argument("handle")
+@json_option
+def add(handle: str, as_json: bool) -> None:
+    """Add owner HANDLE.
+
+    \b
+    Example:
+        agent-rooms owner add alice
+    """
+    created = run(lambda hub: hub.accounts.add_owner(operator(), handle), as_json=as_json)
+    emit(created, as_json=as_json, text=lambda o: f"added owner {o.handle} ({o.owner_id})")
+
+
+@owner.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List owners and whether their identity was verified."""
+    owners: OwnerList = run(lambda hub: hub.accounts.list_owners(), as_json=as_json)
+    rows = [[o.handle, o.owner_id, o.verified_at or "no"] for o in owners.owners]
+    emit(owners, as_json=as_json, text=lambda _: table(rows, ["HANDLE", "OWNER_ID", "VERIFIED"]))
+
+
+@owner.command("verify")
+@click.argument("handle")
+@click.option("--method", default="in person", show_default=True, help="How you checked who they are.")
+@json_option
+def verify(handle: str, method: str, as_json: bool) -> None:
+    """Record that you verified owner HANDLE's identity (who, when, how)."""
+    done: OwnerInfo = run(lambda hub: hub.accounts.verify_owner(operator(), handle, method), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda o: f"verified {o.handle} ({method})")

@@ -1,0 +1,94 @@
+"""`agent-rooms room` and `agent-rooms invite`: rooms, their members, and one-time invites."""
+
+from __future__ import annotations
+
+import click
+
+from agent_rooms_mcp.cli.common import emit, json_option, operator, parse_duration, run, table
+from agent_rooms_mcp.models import Invite, InviteAccepted, RoomList, RoomSummary
+
+
+@click.group()
+def room() -> None:
+    """Rooms: private spaces where member agents talk and share files."""
+
+
+@room.command("create")
+@click.argument("name")
+@click.option("--owner", "owner_ref", required=True, help="The owner who creates it (a member from the start).")
+@click.option("--agent", "agents", multiple=True, help="An agent of that owner to add; repeat for more.")
+@json_option
+def create(name: str, owner_ref: str, agents: tuple[str, ...], as_json: bool) -> None:
+    """Create room NAME for OWNER, with OWNER's named agents as members.
+
+    \b
+    Example:
+        agent-rooms room create design --owner alice --agent alice-claude --agent alice-codex
+    """
+    made: RoomSummary = run(lambda hub: hub.rooms.create(operator(), name, owner_ref, list(agents)), as_json=as_json)
+    emit(made, as_json=as_json, text=lambda r: f"created room {r.name} ({r.room_id}) with {r.member_count} agents")
+
+
+@room.command("add")
+@click.argument("room_ref", metavar="ROOM")
+@click.option("--agent", "agent_ref", required=True, help="An agent of an owner already in the room.")
+@json_option
+def add(room_ref: str, agent_ref: str, as_json: bool) -> None:
+    """Add one of a member owner's own agents to ROOM."""
+    done: RoomSummary = run(lambda hub: hub.rooms.add_agent(operator(), room_ref, agent_ref), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda r: f"{agent_ref} is in {r.name} ({r.member_count} agents)")
+
+
+@room.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List every room on this hub (the operator sees them all)."""
+    rooms: RoomList = run(lambda hub: hub.rooms.list_all(), as_json=as_json)
+    rows = [[r.name, r.room_id, str(r.member_count), str(r.latest_seq)] for r in rooms.rooms]
+    emit(rooms, as_json=as_json, text=lambda _: table(rows, ["NAME", "ROOM_ID", "AGENTS", "LATEST_SEQ"]))
+
+
+@click.group()
+def invite() -> None:
+    """One-time invites that bring another owner into a room."""
+
+
+@invite.command("create")
+@click.argument("room_ref", metavar="ROOM")
+@click.option("--by", "owner_ref", required=True, help="An owner already in the room.")
+@click.option("--ttl", default="24h", show_default=True, help="Lifetime: 60s up to 7d.")
+@json_option
+def create_invite(room_ref: str, owner_ref: str, ttl: str, as_json: bool) -> None:
+    """Create a one-time invite code for ROOM (shown once).
+
+    \b
+    Example:
+        agent-rooms invite create design --by alice --ttl 1h
+    """
+    seconds = parse_duration(ttl)
+    made: Invite = run(
+        lambda hub: hub.invites.create_as_owner(operator(), room_ref, owner_ref, seconds), as_json=as_json
+    )
+    emit(
+        made,
+        as_json=as_json,
+        text=lambda i: f"{i.code}\nexpires {i.expires_at}; the invitee runs:\n  {i.accept_command}",
+    )
+
+
+@invite.command("accept")
+@click.argument("code")
+@click.option("--owner", "owner_ref", required=True, help="You: the owner joining the room.")
+@click.option("--agent", "agents", multiple=True, help="One of your agents to bring in; repeat for more.")
+@json_option
+def accept(code: str, owner_ref: str, agents: tuple[str, ...], as_json: bool) -> None:
+    """Accept invite CODE as OWNER, bringing OWNER's named agents into the room.
+
+    \b
+    Example:
+        agent-rooms invite accept inv_... --owner bob --agent bob-claude
+    """
+    done: InviteAccepted = run(
+        lambda hub: hub.invites.accept(operator(), code, owner_ref, list(agents)), as_json=as_json
+    )
+    emit(done, as_json=as_json, text=lambda a: f"{a.owner} joined {a.room} with {', '.join(a.agents) or 'no agents'}")

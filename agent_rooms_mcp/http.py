@@ -1,0 +1,158 @@
+"""Streamable HTTP at /mcp: Host and Origin checks, the bearer check, body caps, then the SDK's app.
+
+The bearer check runs once per request before anything is parsed, and answers every failure with
+the same 401 (DESIGN §2). Only the Authorization header counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent_rooms_mcp import audit
+from agent_rooms_mcp.errors import RoomsError
+from agent_rooms_mcp.gate import HTTP_CALLER_KEY
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.server import create_server, existing_hub
+from agent_rooms_mcp.settings import Settings
+
+log = structlog.get_logger("agent_rooms_mcp.http")
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+_SESSION_HEADER = b"mcp-session-id"
+_MAX_TRACKED_SESSIONS = 10_000
+
+
+def _host_of(value: str) -> str:
+    # "[::1]:8765" -> "[::1]", "localhost:8765" -> "localhost"
+    if value.startswith("["):
+        return value.split("]", 1)[0] + "]"
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class BearerGate:
+    """Pure ASGI middleware in front of the MCP app."""
+
+    def __init__(self, app: ASGIApp, hub: Hub, allowed_hosts: tuple[str, ...]) -> None:
+        self._app = app
+        self._hub = hub
+        self._hosts = allowed_hosts
+        self._body_cap = hub.settings.limits.http_body_bytes
+        # Legacy-era session id -> the agent that opened it: a session id is no credential (invariant 76).
+        self._sessions: OrderedDict[str, str] = OrderedDict()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if _host_of(headers.get("host", "")) not in self._hosts:
+            await _respond(send, 421, {"error": "INVALID_HOST"})
+            return
+        origin = headers.get("origin")
+        if origin is not None and (urlsplit(origin).scheme, _host_of(urlsplit(origin).netloc)) not in {
+            ("http", h) for h in self._hosts
+        }:
+            await _respond(send, 403, {"error": "FORBIDDEN_ORIGIN"})
+            return
+        if int(headers.get("content-length") or 0) > self._body_cap:
+            await _respond(send, 413, {"error": "TOO_LARGE"})
+            return
+        query = scope.get("query_string", b"").decode("latin-1").lower()
+        if "art_" in query or "token" in query or "bearer" in query:
+            await self._refuse("credential_in_query")
+            await _unauthenticated(send)
+            return
+        scheme, _, credential = headers.get("authorization", "").partition(" ")
+        try:
+            caller = await self._hub.auth.authenticate(
+                credential.strip() if scheme.lower() == "bearer" else None, transport="http"
+            )
+        except RoomsError:
+            await _unauthenticated(send)
+            return
+        session = headers.get(_SESSION_HEADER.decode())
+        if session is not None and self._sessions.get(session, caller.agent_id) != caller.agent_id:
+            await self._refuse("session_of_another_agent", caller)
+            await _respond(send, 404, {"error": "NOT_FOUND"})
+            return
+        scope.setdefault("state", {})[HTTP_CALLER_KEY] = caller
+
+        async def send_and_bind(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for key, value in message.get("headers", []):
+                    if key.lower() == _SESSION_HEADER:
+                        self._bind(value.decode("latin-1"), caller.agent_id)
+            await send(message)
+
+        await self._app(scope, receive, send_and_bind)
+
+    def _bind(self, session: str, agent_id: str) -> None:
+        self._sessions[session] = agent_id
+        self._sessions.move_to_end(session)
+        while len(self._sessions) > _MAX_TRACKED_SESSIONS:
+            self._sessions.popitem(last=False)
+
+    async def _refuse(self, reason: str, caller: Any = None) -> None:
+        actor = caller.actor if caller is not None else audit.ANONYMOUS
+        await self._hub.store.write(audit.denial(actor, "auth.authenticate", reason, {"transport": "http"}))
+        log.info("auth.denied", reason=reason, transport="http")
+
+
+async def _respond(send: Send, status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _unauthenticated(send: Send) -> None:
+    # Identical for every reason: the reason is in the audit row only (DESIGN §2, invariant 14).
+    await _respond(send, 401, {"error": "UNAUTHENTICATED"}, [(b"www-authenticate", b"Bearer")])
+
+
+@asynccontextmanager
+async def open_http_app(
+    settings: Settings, *, allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+) -> AsyncIterator[ASGIApp]:
+    """The ASGI app with its hub open and the SDK's session manager running (tests drive it in-process)."""
+    async with Hub.open(settings) as hub:
+        mcp = create_server(existing_hub(hub))
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[f"{h}:*" for h in allowed_hosts] + list(allowed_hosts),
+            allowed_origins=[f"http://{h}:*" for h in allowed_hosts],
+        )
+        inner = mcp.streamable_http_app(
+            json_response=True,
+            transport_security=security,
+            max_request_body_size=settings.limits.http_body_bytes,
+        )
+        async with mcp.session_manager.run():
+            yield BearerGate(inner, hub, allowed_hosts)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """For uvicorn: the same app, opened and closed by the ASGI lifespan."""
+    holder: dict[str, ASGIApp] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with open_http_app(settings) as app:
+            holder["app"] = app
+            yield
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        await holder["app"](scope, receive, send)
+
+    return Starlette(routes=[Mount("/", app=dispatch)], lifespan=lifespan)
