@@ -18,12 +18,12 @@ run: $(STAMP)
 	$(BIN)/agent-rooms serve --http
 
 test: $(STAMP)
-	$(BIN)/ruff check agent_rooms_mcp tests bench examples
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent_rooms_mcp tests bench examples
-	$(BIN)/ruff format --check agent_rooms_mcp tests bench examples
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
