@@ -1,0 +1,189 @@
+"""The `agent-rooms` command against a real home: human-only actions, output shapes, file modes, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from agent_rooms_mcp.cli import cli
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def ar(home: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), env={"AGENT_ROOMS_HOME": str(home)}, catch_exceptions=False)
+
+
+def ok_json(home: Path, *args: str) -> dict:
+    r = ar(home, *args, "--json")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    return json.loads(r.stdout)
+
+
+def populated(home: Path) -> Path:
+    assert ar(home, "init").exit_code == 0
+    ok_json(home, "owner", "add", "alice")
+    ok_json(home, "agent", "add", "alice-claude", "--owner", "alice", "--tool", "claude")
+    ok_json(home, "room", "create", "lobby", "--owner", "alice", "--agent", "alice-claude")
+    return home
+
+
+@pytest.mark.invariant(72)
+def test_init_makes_a_private_home_whatever_the_umask(home: Path) -> None:
+    env = {**os.environ, "AGENT_ROOMS_HOME": str(home)}
+    cmd = [sys.executable, "-c", "import os; os.umask(0); from agent_rooms_mcp.cli import main; main()", "init"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=60)
+    # A write leaves the WAL and SHM files on disk too: they must be private as well.
+    subprocess.run([*cmd[:-1], "owner", "add", "alice"], env=env, check=True, capture_output=True, timeout=60)
+    for d in (home, home / "keys", home / "tokens"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    files = [home / "keys" / "issuer.paserk", *home.glob("hub.db*")]
+    assert len(files) >= 2
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_init_is_idempotent_and_keeps_the_key(home: Path) -> None:
+    assert "initialised" in ar(home, "init").stdout
+    key = (home / "keys" / "issuer.paserk").read_bytes()
+    assert "already initialised" in ar(home, "init").stdout
+    assert (home / "keys" / "issuer.paserk").read_bytes() == key
+
+
+@pytest.mark.invariant(73)
+@pytest.mark.parametrize("spoil", ["group_readable", "world_readable", "symlink"])
+def test_server_refuses_an_unsafe_key_file(home: Path, spoil: str) -> None:
+    populated(home)
+    key = home / "keys" / "issuer.paserk"
+    if spoil == "symlink":
+        real = home / "keys" / "real.paserk"
+        key.rename(real)
+        key.symlink_to(real)
+    else:
+        key.chmod(0o640 if spoil == "group_readable" else 0o604)
+    r = ar(home, "owner", "list")
+    assert r.exit_code == 1
+    assert "HOME:" in r.stderr and "issuer.paserk" in r.stderr
+
+
+def test_quickstart_is_idempotent_and_mints_nothing_the_second_time(home: Path) -> None:
+    first = ar(home, "quickstart")
+    assert first.exit_code == 0, first.stderr
+    token_file = next((home / "tokens").glob("*.token"))
+    token = token_file.read_text()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    second = ar(home, "quickstart")
+    assert "claude mcp add agent-rooms" in second.stdout
+    assert token_file.read_text() == token
+    assert len(ok_json(home, "token", "list")["tokens"]) == 1
+    assert token.strip() not in first.stdout + second.stdout  # printed lines read the file, never paste it
+
+
+def test_token_issue_prints_once_and_revoke_marks_it(home: Path) -> None:
+    populated(home)
+    issued = ok_json(home, "token", "issue", "alice-claude")
+    assert set(issued) == {"token", "token_id"} and issued["token"].startswith("art_")
+    ok_json(home, "token", "revoke", issued["token_id"])
+    [listed] = ok_json(home, "token", "list", "alice-claude")["tokens"]
+    assert listed["status"] == "revoked"
+    assert issued["token"] not in ar(home, "token", "list").stdout
+
+
+def test_errors_are_code_and_message_on_stderr_or_json_on_stdout(home: Path) -> None:
+    populated(home)
+    plain = ar(home, "owner", "add", "alice")
+    assert plain.exit_code == 1
+    assert plain.stderr.strip() == "CONFLICT: owner 'alice' already exists"
+    as_json = ar(home, "owner", "add", "alice", "--json")
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout) == {"code": "CONFLICT", "message": "owner 'alice' already exists"}
+    assert ar(home, "agent", "add", "x", "--owner", "alice", "--tool", "emacs").exit_code == 2
+    bad_scope = ar(home, "agent", "add", "x", "--owner", "alice", "--tool", "codex", "--scopes", "read,root")
+    assert bad_scope.exit_code == 1 and bad_scope.stderr.startswith("INVALID_ARGUMENT: scopes")
+
+
+def test_giving_invoke_needs_confirmation_in_scripts(home: Path) -> None:
+    populated(home)
+    refused = ar(home, "agent", "add", "alice-codex", "--owner", "alice", "--tool", "codex", "--scopes", "read,invoke")
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    assert "alice-codex" not in ar(home, "agent", "list").stdout
+    ok_json(
+        home, "agent", "add", "alice-codex", "--owner", "alice", "--tool", "codex", "--scopes", "read,invoke", "--yes"
+    )
+    assert ar(home, "agent", "scopes", "alice-claude", "read,invoke").exit_code == 2
+
+
+def test_connect_prints_each_client_config_with_the_token_in_a_private_file(home: Path) -> None:
+    populated(home)
+    claude = ar(home, "connect", "alice-claude", "--client", "claude")
+    token_file = home / "tokens" / "alice-claude.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert claude.stdout.startswith("claude mcp add agent-rooms -e AGENT_ROOMS_HOME=")
+    assert f"AGENT_ROOMS_TOKEN_FILE={token_file}" in claude.stdout and claude.stdout.rstrip().endswith(" serve")
+    http = ar(home, "connect", "alice-claude", "--client", "claude", "--http", "http://127.0.0.1:8765/mcp")
+    assert f"$(cat {token_file})" in http.stdout
+    codex = ar(home, "connect", "alice-claude", "--client", "codex").stdout
+    assert "[mcp_servers.agent-rooms]" in codex and 'args = ["serve"]' in codex
+    codex_http = ar(home, "connect", "alice-claude", "--client", "codex", "--http", "http://127.0.0.1:8765/mcp").stdout
+    assert 'bearer_token_env_var = "AGENT_ROOMS_TOKEN"' in codex_http
+    entry = json.loads(ar(home, "connect", "alice-claude", "--client", "json").stdout)["mcpServers"]["agent-rooms"]
+    assert entry["args"] == ["serve"] and entry["env"]["AGENT_ROOMS_TOKEN_FILE"] == str(token_file)
+    everything = claude.stdout + http.stdout + codex + codex_http + json.dumps(entry)
+    assert token not in everything
+    assert ar(home, "connect", "nobody").stderr.startswith("NOT_FOUND")
+
+
+@pytest.mark.invariant(56, 57)
+def test_audit_verify_passes_clean_and_names_the_first_bad_row(home: Path) -> None:
+    populated(home)
+    clean = ar(home, "audit", "verify")
+    assert clean.exit_code == 0 and clean.stdout.startswith("ok: 4 rows")
+    conn = sqlite3.connect(home / "hub.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE audit SET reason = 'x' WHERE seq = 2")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM audit WHERE seq = 2")
+    # Someone with the file drops the guard and edits a row.
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET target = 'room_forged' WHERE seq = 3")
+    conn.commit()
+    edited = ar(home, "audit", "verify", "--json")
+    assert edited.exit_code == 1
+    assert json.loads(edited.stdout)["first_bad_seq"] == 3
+    conn.execute("DROP TRIGGER audit_no_delete")
+    conn.execute("DELETE FROM audit WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    deleted = ar(home, "audit", "verify")
+    assert deleted.exit_code == 1 and "seq 2" in deleted.stderr
+
+
+def test_audit_verify_detects_reordered_rows(home: Path) -> None:
+    populated(home)
+    conn = sqlite3.connect(home / "hub.db")
+    conn.execute("DROP TRIGGER audit_no_update")
+    rows = conn.execute("SELECT seq, action, target FROM audit WHERE seq IN (2, 3)").fetchall()
+    for (seq, _, _), (_, action, target) in zip(rows, reversed(rows), strict=True):
+        conn.execute("UPDATE audit SET action = ?, target = ? WHERE seq = ?", (action, target, seq))
+    conn.commit()
+    conn.close()
+    assert json.loads(ar(home, "audit", "verify", "--json").stdout)["first_bad_seq"] == 2
+
+
+def test_audit_tail_shows_metadata(home: Path) -> None:
+    populated(home)
+    rows = json.loads(ar(home, "audit", "tail", "-n", "2", "--json").stdout)
+    assert [r["action"] for r in rows] == ["agent.add", "room.create"]
+    assert "room.create" in ar(home, "audit", "tail").stdout
