@@ -7,6 +7,7 @@ the same 401 (DESIGN §2). Only the Authorization header counts.
 from __future__ import annotations
 
 import json
+import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,8 +49,11 @@ class BearerGate:
         self._hub = hub
         self._hosts = allowed_hosts
         self._body_cap = hub.settings.limits.http_body_bytes
-        # Legacy-era session id -> the agent that opened it: a session id is no credential (invariant 76).
-        self._sessions: OrderedDict[str, str] = OrderedDict()
+        # Legacy-era sessions: the id we hand out -> (the SDK's id, the agent that opened it). Ours carry
+        # 128 random bits (the SDK's uuid4 has 122), and an id we do not know, or forgot, is refused:
+        # a session id is never a credential (invariant 76).
+        self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._public: dict[str, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,31 +86,45 @@ class BearerGate:
             await _unauthenticated(send)
             return
         session = headers.get(_SESSION_HEADER.decode())
-        if session is not None and self._sessions.get(session, caller.agent_id) != caller.agent_id:
-            await self._refuse("session_of_another_agent", caller)
-            await _respond(send, 404, {"error": "NOT_FOUND"})
-            return
+        if session is not None:
+            bound = self._sessions.get(session)
+            if bound is None or bound[1] != caller.agent_id:
+                await self._refuse("unknown_session" if bound is None else "session_of_another_agent", caller)
+                await _respond(send, 404, {"error": "NOT_FOUND"})
+                return
+            scope = {**scope, "headers": _with_header(scope["headers"], _SESSION_HEADER, bound[0].encode())}
         scope.setdefault("state", {})[HTTP_CALLER_KEY] = caller
 
-        async def send_and_bind(message: Message) -> None:
+        async def send_translated(message: Message) -> None:
             if message["type"] == "http.response.start":
-                for key, value in message.get("headers", []):
+                headers = message.get("headers", [])
+                for key, value in headers:
                     if key.lower() == _SESSION_HEADER:
-                        self._bind(value.decode("latin-1"), caller.agent_id)
+                        public = self._publish(value.decode("latin-1"), caller.agent_id).encode()
+                        message = {**message, "headers": _with_header(headers, _SESSION_HEADER, public)}
             await send(message)
 
-        await self._app(scope, receive, send_and_bind)
+        await self._app(scope, receive, send_translated)
 
-    def _bind(self, session: str, agent_id: str) -> None:
-        self._sessions[session] = agent_id
-        self._sessions.move_to_end(session)
+    def _publish(self, sdk_id: str, agent_id: str) -> str:
+        public = self._public.get(sdk_id)
+        if public is None:
+            public = self._public[sdk_id] = secrets.token_hex(16)
+            self._sessions[public] = (sdk_id, agent_id)
+        self._sessions.move_to_end(public)
         while len(self._sessions) > _MAX_TRACKED_SESSIONS:
-            self._sessions.popitem(last=False)
+            _, (old_sdk_id, _) = self._sessions.popitem(last=False)
+            self._public.pop(old_sdk_id, None)
+        return public
 
     async def _refuse(self, reason: str, caller: Any = None) -> None:
         actor = caller.actor if caller is not None else audit.ANONYMOUS
         await self._hub.store.write(audit.denial(actor, "auth.authenticate", reason, {"transport": "http"}))
         log.info("auth.denied", reason=reason, transport="http")
+
+
+def _with_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    return [(k, value if k.lower() == name else v) for k, v in headers]
 
 
 async def _respond(send: Send, status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]

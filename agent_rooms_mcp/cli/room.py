@@ -39,6 +39,16 @@ def add(room_ref: str, agent_ref: str, as_json: bool) -> None:
     emit(done, as_json=as_json, text=lambda r: f"{agent_ref} is in {r.name} ({r.member_count} agents)")
 
 
+@room.command("remove")
+@click.argument("room_ref", metavar="ROOM")
+@click.option("--agent", "agent_ref", required=True, help="The agent to take out of the room.")
+@json_option
+def remove(room_ref: str, agent_ref: str, as_json: bool) -> None:
+    """Remove an agent from ROOM; from its next call on it sees nothing of the room."""
+    done: RoomSummary = run(lambda hub: hub.rooms.remove_agent(operator(), room_ref, agent_ref), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda r: f"{agent_ref} removed from {r.name} ({r.member_count} agents left)")
+
+
 @room.command("list")
 @json_option
 def list_(as_json: bool) -> None:

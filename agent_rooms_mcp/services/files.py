@@ -56,6 +56,7 @@ class Files:
         digest = hashlib.sha256(data).hexdigest()
 
         def run(conn: sqlite3.Connection) -> SharedFile:
+            queries.recheck_caller(conn, caller, Scope.POST)
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
             file_id = new_id("file")
             conn.execute(

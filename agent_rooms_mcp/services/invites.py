@@ -30,7 +30,12 @@ class Invites:
 
     async def create_as_agent(self, caller: Caller, room_ref: str, ttl_s: int) -> Invite:
         policy.require_scope(caller, Scope.MANAGE)
-        return await self._create(caller.actor, ttl_s, lambda c: queries.room_for_member(c, room_ref, caller.agent_id))
+
+        def member_room(conn: sqlite3.Connection) -> sqlite3.Row:
+            queries.recheck_caller(conn, caller, Scope.MANAGE)
+            return queries.room_for_member(conn, room_ref, caller.agent_id)
+
+        return await self._create(caller.actor, ttl_s, member_room)
 
     async def create_as_owner(self, operator: Actor, room_ref: str, owner_ref: str, ttl_s: int) -> Invite:
         def room_of_owner(conn: sqlite3.Connection) -> sqlite3.Row:

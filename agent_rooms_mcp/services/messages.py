@@ -45,6 +45,7 @@ class Messages:
         wanted = dict.fromkeys([*mentions, *_AT_HANDLE.findall(content.sanitize(text).text)])
 
         def run(conn: sqlite3.Connection) -> PostedMessage:
+            queries.recheck_caller(conn, caller, Scope.POST)
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
             if reply_to is not None and not 1 <= reply_to <= room["latest_seq"]:
                 raise invalid("reply_to", "no message with that seq in this room")

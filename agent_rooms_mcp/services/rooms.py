@@ -136,6 +136,23 @@ class Rooms:
 
         return await self._store.write(run)
 
+    async def remove_agent(self, operator: Actor, room_ref: str, agent_ref: str) -> RoomSummary:
+        """From the next call on, the agent gets nothing of this room from any read path (invariant 29)."""
+
+        def run(conn: sqlite3.Connection) -> RoomSummary:
+            room, agent = queries.room(conn, room_ref), queries.agent(conn, agent_ref)
+            gone = conn.execute(
+                "DELETE FROM room_agents WHERE room_id = ? AND agent_id = ?", (room["room_id"], agent["agent_id"])
+            ).rowcount
+            if not gone:
+                raise invalid("agent", f"{agent['handle']} is not in room {room['name']}")
+            audit.append(
+                conn, operator, "room.remove_agent", target=room["room_id"], detail={"agent_id": agent["agent_id"]}
+            )
+            return _summary(conn.execute(_SUMMARY + " WHERE r.room_id = ?", (room["room_id"],)).fetchone())
+
+        return await self._store.write(run)
+
     async def list_all(self) -> RoomList:
         return await self._store.read(
             lambda c: RoomList(rooms=[_summary(r) for r in c.execute(_SUMMARY + " ORDER BY r.name").fetchall()])

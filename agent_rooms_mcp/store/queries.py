@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from agent_rooms_mcp.errors import not_found
+from agent_rooms_mcp.errors import forbidden_scope, not_found, unauthenticated
+from agent_rooms_mcp.principals import Caller, Scope
 
 
 def room_for_member(conn: sqlite3.Connection, ref: str, agent_id: str) -> sqlite3.Row:
@@ -51,3 +52,16 @@ def room_members(conn: sqlite3.Connection, room_id: str) -> list[sqlite3.Row]:
         " WHERE m.room_id = ? AND a.status = 'active' ORDER BY a.handle",
         (room_id,),
     ).fetchall()
+
+
+def recheck_caller(conn: sqlite3.Connection, caller: Caller, scope: Scope) -> None:
+    """Inside a write: the credential and scope still hold now, not only when the call began (invariant 34)."""
+    row = conn.execute(
+        "SELECT a.scopes FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
+        " WHERE t.token_id = ? AND t.revoked_at IS NULL AND a.status = 'active'",
+        (caller.token_id,),
+    ).fetchone()
+    if row is None:
+        raise unauthenticated("revoked_during_call")
+    if scope.value not in row["scopes"].split(","):
+        raise forbidden_scope(scope.value)

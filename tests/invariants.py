@@ -1,0 +1,92 @@
+"""INVARIANTS.md in our own words: (number, what it says, the piece of work that proves it).
+
+`INVARIANTS.md` lives beside the project, not in it, so the suite keeps its own copy of the rows.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Invariant(NamedTuple):
+    number: int
+    text: str
+    issues: frozenset[str]
+
+
+def _rows() -> list[Invariant]:
+    table = {
+        1: ("no credential: UNAUTHENTICATED, audit row missing_credential, nothing changed", "core"),
+        2: ("a passport whose signature does not verify is refused the same way", "core"),
+        3: ("a foreign kid is refused without trying another key", "core"),
+        4: ("only the exact v4.public. header is accepted", "core"),
+        5: ("a passport for another deployment is refused", "core"),
+        6: ("outside nbf - 10 s .. exp + 10 s is refused", "core"),
+        7: ("an epoch below the agent's current one is refused", "core"),
+        8: ("a revoked token fails on the very next call, stdio too", "core"),
+        14: ("every authentication failure gives the same public answer", "core"),
+        15: ("a token counts only from the Authorization header or the server's environment", "core"),
+        16: ("revoking one token leaves the agent's others working", "core"),
+        18: ("no plaintext token, code or key in logs, audit, results or the database", "core"),
+        19: ("a foreign Origin gets 403 and a foreign Host is refused before tool code", "core"),
+        20: ("no non-loopback bind without TLS, public URL and auth", "later"),
+        21: ("tool x caller x scope matrix equals an independent table; denials change nothing", "core consent wake"),
+        22: ("without the tool's scope: FORBIDDEN_SCOPE", "core"),
+        23: ("cross-owner action without a grant: NO_GRANT", "consent"),
+        24: ("cross-owner action with an unverified owner: IDENTITY_UNVERIFIED", "consent"),
+        25: ("a revoked grant fails the next call and its pending proposals", "consent"),
+        26: ("scope, grant and membership changes apply on the next call", "core"),
+        27: ("a non-member's call on a private room looks like a missing room", "core"),
+        28: ("listings never reveal rooms the caller is not in", "core"),
+        29: ("a removed agent gets nothing of the room afterwards", "core"),
+        31: ("another principal's ids grant nothing: NOT_FOUND", "core"),
+        32: ("no MCP tool changes scopes", "core"),
+        33: ("human-only actions have no tool: tools/list is the documented list", "core"),
+        34: ("authorisation is re-checked inside the write transaction", "core"),
+        35: ("invite codes carry >= 128 bits and only their hash is stored", "core"),
+        36: ("N concurrent accepts of one code: one winner", "core"),
+        37: ("unknown, expired, revoked and used codes get the identical INVITE_INVALID", "core"),
+        38: ("accepting exists only in the CLI and adds that owner's agents only, in one transaction", "core"),
+        39: ("an invite past the room's pending cap is refused and changes nothing", "core"),
+        40: ("connect codes of the approval page", "later"),
+        41: ("a new room's consent mode is task_by_task", "consent"),
+        42: ("task_by_task: cross-owner work starts pending and wakes nobody", "consent wake"),
+        43: ("only the target's owner moves a proposal out of pending", "consent"),
+        44: ("decisions are final", "consent"),
+        45: ("decisions are bound to the payload hash", "consent"),
+        46: ("a consent mode change applies to future proposals and is audited", "consent"),
+        47: ("no content changes consent, scope, grant or membership", "consent"),
+        48: ("deleting an agent kills its credentials at once", "later"),
+        49: ("a deleted agent is invisible at once and purged later", "later"),
+        50: ("purged sentinels are gone from database and WAL bytes", "later"),
+        51: ("quarantining a room ends its runs and answers NOT_FOUND", "later"),
+        52: ("purge is idempotent and keeps the audit chain", "later"),
+        53: ("secure_delete is on for every connection", "core"),
+        54: ("each successful change writes exactly one audit row; failures none", "core"),
+        55: ("every denial writes an audit row naming actor, action, target and reason", "core"),
+        56: ("UPDATE or DELETE on the audit table fails", "core"),
+        57: ("audit verify names the first edited, deleted or reordered row", "core"),
+        58: ("checkpoints catch truncation and re-chaining", "later"),
+        59: ("each checkpoint extends the previous one", "later"),
+        60: ("audit rows hold no bodies or secrets; UTC times", "core"),
+        61: ("another owner's text arrives only inside an envelope with provenance", "core"),
+        62: ("content cannot end an envelope early", "core"),
+        63: ("invisible, bidi, control and ANSI characters never reach output; flags say so", "core"),
+        64: ("tool names, descriptions and schemas are identical for every caller", "core"),
+        65: ("no tool result exceeds its cap", "core"),
+        66: ("HTTP bodies over the cap get 413; stdio lines over the cap are refused with bounded memory", "core"),
+        67: ("past its burst a principal gets RATE_LIMITED", "later"),
+        68: ("failed authentication is limited per source", "later"),
+        69: ("runs never exceed the caps", "wake"),
+        70: ("a run's environment holds only allowlisted variables", "wake"),
+        71: ("a run past its limit is stopped with its descendants", "wake"),
+        72: ("home directories 0700, key and database files 0600 whatever the umask", "core"),
+        73: ("a key file readable by others, a symlink or another user's is refused", "core"),
+        74: ("a stored secret decrypts only under its own purpose and row", "wake"),
+        75: ("the official PASETO and PASERK vectors pass; Ed25519 edge cases are refused", "core"),
+        76: ("legacy session ids are long and bound to the credential that opened them", "core"),
+    }
+    return [Invariant(n, text, frozenset(issues.split())) for n, (text, issues) in table.items()]
+
+
+INVARIANTS = _rows()

@@ -1,0 +1,115 @@
+"""The project keeps its promises about itself: layering, documentation, examples, invariant coverage."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+
+from agent_rooms_mcp import logs
+from agent_rooms_mcp.cli import cli
+from agent_rooms_mcp.errors import ErrorCode
+from agent_rooms_mcp.server import TOOLS
+from tests.invariants import INVARIANTS
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+README = (ROOT / "README.md").read_text()
+
+BANNED = {  # where -> imports it must never make (DESIGN §10: transport -> auth -> service -> store)
+    "agent_rooms_mcp/policy.py": ("agent_rooms_mcp.store", "agent_rooms_mcp.services", "aiosqlite", "anyio", "mcp"),
+    "agent_rooms_mcp/content.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
+    "agent_rooms_mcp/services": ("agent_rooms_mcp.server", "agent_rooms_mcp.cli", "agent_rooms_mcp.http", "mcp"),
+    "agent_rooms_mcp/store": ("agent_rooms_mcp.services", "agent_rooms_mcp.server", "agent_rooms_mcp.cli", "mcp"),
+    "agent_rooms_mcp/auth": ("agent_rooms_mcp.services", "agent_rooms_mcp.server", "agent_rooms_mcp.cli", "mcp"),
+}
+
+# Which pieces of work exist in the code: grows as the task board ("consent") and supervisor ("wake") land.
+BUILT = {"core"}
+
+
+@pytest.mark.parametrize("where, banned", BANNED.items())
+def test_layers_import_one_way(where: str, banned: tuple[str, ...]) -> None:
+    root = ROOT / where
+    for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in names if m.startswith(banned)}, path
+
+
+def command_paths(group: click.Group, prefix: str = "") -> Iterator[str]:
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from command_paths(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}"
+
+
+@pytest.mark.parametrize("path", sorted(command_paths(cli)))
+def test_cli_command_is_documented_and_has_help(path: str) -> None:
+    assert f"`agent-rooms {path}" in README
+    command: click.Command = cli
+    for part in path.split():
+        assert isinstance(command, click.Group)
+        command = command.commands[part]
+    assert command.help and len(command.help.split()) >= 4
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_error_code_is_documented(code: ErrorCode) -> None:
+    assert f"`{code}`" in README
+
+
+@pytest.mark.parametrize("tool", [t for t, _ in TOOLS], ids=lambda t: t.__name__)
+def test_tool_is_documented_with_a_real_sentence(tool: object) -> None:
+    name = tool.__name__  # type: ignore[attr-defined]
+    assert f"| `{name}` |" in README
+    doc = tool.__doc__ or ""  # type: ignore[attr-defined]
+    assert doc.strip().endswith(".") and len(doc.split()) >= 8
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    head = "\n".join(README.splitlines()[:15])
+    assert "make run" in head and "make test" in head
+
+
+def test_every_security_invariant_of_built_work_has_a_test() -> None:
+    owed = {inv.number for inv in INVARIANTS if inv.issues & BUILT}
+    cited = {
+        int(n)
+        for p in TESTS.rglob("test_*.py")
+        for marks in re.findall(r"invariant\(([\d, ]+)\)", p.read_text())
+        for n in marks.split(",")
+    }
+    assert owed - cited == set()
+
+
+def test_redaction_doctest() -> None:
+    assert doctest.testmod(logs).failed == 0
+
+
+def test_examples_match_what_connect_prints() -> None:
+    stdio_toml = (ROOT / "examples" / "codex-config.toml").read_text()
+    assert 'args = ["serve"]' in stdio_toml and "AGENT_ROOMS_TOKEN_FILE" in stdio_toml
+    assert 'bearer_token_env_var = "AGENT_ROOMS_TOKEN"' in stdio_toml
+    claude = (ROOT / "examples" / "claude-stdio.sh").read_text()
+    assert "claude mcp add agent-rooms" in claude and "-- " in claude and " serve" in claude
+    assert "Bearer $(cat " in (ROOT / "examples" / "claude-http.sh").read_text()
+
+
+def test_the_two_agent_demo_runs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "two_agents.py")],
+        env={"PATH": "/usr/bin:/bin", "AGENT_ROOMS_HOME": str(tmp_path / "hub"), "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "5. the room holds 2 messages" in done.stdout
