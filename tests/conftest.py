@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,16 +13,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.home import write_private_file
+from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.hub import Hub, init_home
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import create_server
 from agent_rooms_mcp.settings import Settings
 
 OPERATOR = Actor("operator", "test-operator")
+HTTP_BASE = "http://127.0.0.1:8765"
 
 # handle -> (owner, scopes)
 AGENTS: dict[str, tuple[str, str]] = {
@@ -58,6 +65,29 @@ class World:
         server = create_server(lambda _: Hub.open(settings))
         # raise_exceptions surfaces crashes outside tool bodies; it is unusable in legacy mode.
         return Client(server, mode=mode, raise_exceptions=mode == "auto")
+
+    @asynccontextmanager
+    async def session(self, agent: str, transport: str, mode: str) -> AsyncIterator[Client]:
+        """A real MCP session as `agent` over `transport`: memory, stdio (a subprocess) or http (in-process ASGI)."""
+        token = self.tokens[agent]
+        if transport == "memory":
+            async with self.client(agent, mode) as c:
+                yield c
+        elif transport == "stdio":
+            token_file = self.settings.home / "tokens" / f"{agent}.token"
+            if not token_file.exists():
+                write_private_file(token_file, token.encode())
+            env = {**os.environ, "AGENT_ROOMS_HOME": str(self.settings.home), "AGENT_ROOMS_TOKEN_FILE": str(token_file)}
+            params = StdioServerParameters(command=sys.executable, args=["-m", "agent_rooms_mcp", "serve"], env=env)
+            async with Client(params, mode=mode) as c:
+                yield c
+        else:
+            async with open_http_app(self.settings) as app:
+                http = httpx2.AsyncClient(
+                    transport=httpx2.ASGITransport(app=app), headers={"Authorization": f"Bearer {token}"}
+                )
+                async with http, Client(streamable_http_client(f"{HTTP_BASE}/mcp", http_client=http), mode=mode) as c:
+                    yield c
 
     @asynccontextmanager
     async def hub(self) -> AsyncIterator[Hub]:
@@ -116,4 +146,9 @@ async def world(tmp_path: Path) -> World:
 @pytest.fixture(params=["auto", "legacy"])
 def mode(request: pytest.FixtureRequest) -> str:
     """Both protocol eras: 2026-07-28 (auto) and the initialize handshake (legacy)."""
+    return str(request.param)
+
+
+@pytest.fixture(params=["memory", "stdio", "http"])
+def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -1,4 +1,4 @@
-"""The tools through a real in-memory MCP client session, in both protocol eras."""
+"""The tools through real MCP sessions: in memory, over a stdio subprocess and over HTTP, in both eras."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from agent_rooms_mcp import content
 from tests.conftest import World
 
 
-async def test_whoami_reports_the_agent_its_owner_and_scopes(world: World, mode: str) -> None:
-    async with world.client("alice-claude", mode) as c:
+async def test_whoami_reports_the_agent_its_owner_and_scopes(world: World, transport: str, mode: str) -> None:
+    async with world.session("alice-claude", transport, mode) as c:
         r = await c.call_tool("whoami", {})
     assert not r.is_error, r.content
     body = r.structured_content
@@ -23,8 +23,8 @@ async def test_whoami_reports_the_agent_its_owner_and_scopes(world: World, mode:
     assert body["rooms"] == 2
 
 
-async def test_posted_message_reads_back_with_provenance(world: World, mode: str) -> None:
-    async with world.client("alice-claude", mode) as c:
+async def test_posted_message_reads_back_with_provenance(world: World, transport: str, mode: str) -> None:
+    async with world.session("alice-claude", transport, mode) as c:
         posted = await c.call_tool("post_message", {"room": "lobby", "text": "hello, lobby"})
         assert not posted.is_error, posted.content
         page = await c.call_tool("read_messages", {"room": "lobby"})
@@ -36,8 +36,8 @@ async def test_posted_message_reads_back_with_provenance(world: World, mode: str
     assert page.structured_content["boundary"] is None
 
 
-async def test_mentions_resolve_to_members_and_refuse_strangers(world: World, mode: str) -> None:
-    async with world.client("alice-claude", mode) as c:
+async def test_mentions_resolve_to_members_and_refuse_strangers(world: World, transport: str, mode: str) -> None:
+    async with world.session("alice-claude", transport, mode) as c:
         r = await c.call_tool(
             "post_message",
             {
@@ -58,8 +58,8 @@ async def test_lookalike_handle_never_matches(world: World) -> None:
     assert r.structured_content["mentions"] == []
 
 
-async def test_pagination_walks_every_message_once(world: World, mode: str) -> None:
-    async with world.client("alice-claude", mode) as c:
+async def test_pagination_walks_every_message_once(world: World, transport: str, mode: str) -> None:
+    async with world.session("alice-claude", transport, mode) as c:
         for i in range(7):
             await c.call_tool("post_message", {"room": "lobby", "text": f"m{i}"})
         seen, after, pages = [], 0, 0
@@ -77,9 +77,12 @@ async def test_pagination_walks_every_message_once(world: World, mode: str) -> N
     assert [m["text"] for m in latest["messages"]] == ["m5", "m6"]
 
 
-async def test_long_poll_wakes_when_a_message_arrives(world: World, mode: str) -> None:
+async def test_long_poll_wakes_when_a_message_arrives(world: World, transport: str, mode: str) -> None:
     results = {}
-    async with world.client("alice-codex", mode) as reader, world.client("alice-claude", mode) as writer:
+    async with (
+        world.session("alice-codex", transport, mode) as reader,
+        world.session("alice-claude", transport, mode) as writer,
+    ):
 
         async def wait() -> None:
             results["page"] = await reader.call_tool(
@@ -101,9 +104,9 @@ async def test_long_poll_times_out_with_an_empty_page(world: World) -> None:
     assert r.structured_content["messages"] == []
 
 
-async def test_files_round_trip_text_and_bytes(world: World, mode: str) -> None:
+async def test_files_round_trip_text_and_bytes(world: World, transport: str, mode: str) -> None:
     blob = bytes(range(256)) * 10
-    async with world.client("alice-claude", mode) as c:
+    async with world.session("alice-claude", transport, mode) as c:
         text = await c.call_tool("share_file", {"room": "lobby", "name": "../../etc/notes.md", "content": "# hi\n"})
         raw = await c.call_tool(
             "share_file",
@@ -126,10 +129,10 @@ async def test_files_round_trip_text_and_bytes(world: World, mode: str) -> None:
 
 
 @pytest.mark.invariant(61)
-async def test_cross_owner_text_arrives_inside_an_envelope(world: World, mode: str) -> None:
-    async with world.client("bob-claude", mode) as bob:
+async def test_cross_owner_text_arrives_inside_an_envelope(world: World, transport: str, mode: str) -> None:
+    async with world.session("bob-claude", transport, mode) as bob:
         await bob.call_tool("post_message", {"room": "shared", "text": "from bob"})
-    async with world.client("alice-claude", mode) as alice:
+    async with world.session("alice-claude", transport, mode) as alice:
         await alice.call_tool("post_message", {"room": "shared", "text": "from alice"})
         page = (await alice.call_tool("read_messages", {"room": "shared"})).structured_content
     boundary = page["boundary"]
