@@ -18,7 +18,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.types import CallToolResult, TextContent
 from pydantic import ValidationError
 
-from agent_rooms_mcp.errors import ErrorCode, RoomsError
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, unauthenticated
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 
@@ -97,7 +97,7 @@ class Gate:
             # HTTP: the bearer middleware already authenticated this request, or it never got here.
             caller = getattr(getattr(request, "state", None), HTTP_CALLER_KEY, None)
             if not isinstance(caller, Caller):
-                raise RoomsError(ErrorCode.UNAUTHENTICATED, "invalid or revoked credentials")
+                raise unauthenticated("no_http_caller")
             return caller
         return await hub.auth.authenticate(hub.settings.stdio_token, transport="stdio")
 
