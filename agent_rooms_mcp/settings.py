@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent_rooms_mcp.home import check_private_file
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -80,10 +82,8 @@ class Settings:
 
 def _read_token_file(path: Path) -> tuple[str | None, str | None]:
     """A token file must be ours and private (0600), like a key file."""
-    from agent_rooms_mcp.home import check_private_file
-
     try:
         check_private_file(path)
         return path.read_text(encoding="ascii").strip(), None
-    except (OSError, UnicodeDecodeError, PermissionError) as e:
+    except (OSError, UnicodeDecodeError) as e:
         return None, f"{path}: {e}"

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import BinaryIO
 
 import anyio
 import structlog
 from mcp.server.stdio import stdio_server
 
+from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.server import create_server
 from agent_rooms_mcp.settings import Settings
@@ -56,15 +59,28 @@ class BoundedLines:
         return json.dumps(stand_in) + "\n"
 
 
+_HINT = "set AGENT_ROOMS_TOKEN_FILE (a 0600 file) or AGENT_ROOMS_TOKEN; see `agent-rooms connect AGENT`"
+
+
+@asynccontextmanager
+async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
+    """Open the hub and say once, on stderr, if this process's credential will not work.
+
+    The server still serves: the client lists our tools and every call explains itself as UNAUTHENTICATED.
+    """
+    async with Hub.open(settings) as hub:
+        if settings.stdio_token is None:
+            log.warning("stdio.no_credential", hint=_HINT, problem=settings.stdio_token_problem)
+        else:
+            try:
+                await hub.auth.authenticate(settings.stdio_token, transport="stdio")
+            except RoomsError:
+                log.warning("stdio.credential_rejected", hint="the token is unknown, expired or revoked; " + _HINT)
+        yield hub
+
+
 async def serve_stdio(settings: Settings) -> None:
-    if settings.stdio_token is None:
-        # Still serve: the client lists our tools and every call explains itself as UNAUTHENTICATED.
-        log.warning(
-            "stdio.no_credential",
-            hint="set AGENT_ROOMS_TOKEN_FILE (a 0600 file) or AGENT_ROOMS_TOKEN; see `agent-rooms connect`",
-            problem=settings.stdio_token_problem,
-        )
-    mcp = create_server(lambda _: Hub.open(settings))
+    mcp = create_server(lambda _: _checked_hub(settings))
     # Read our own duplicate of fd 0 so the line cap applies; the SDK still owns stdout.
     raw = os.fdopen(os.dup(0), "rb", buffering=_DISCARD_CHUNK)
     async with stdio_server(stdin=BoundedLines(raw, settings.limits.stdio_line_bytes)) as (reader, writer):  # type: ignore[arg-type]
