@@ -1,0 +1,453 @@
+"""`make bench`: server CPU per call and calls/s for whoami and post_message against a bare SDK echo (DESIGN §11).
+
+One run does, on a fresh hub in a temporary home:
+1. in-memory (`mcp.Client(server)`, one process, information only): process CPU per call;
+2. HTTP: the real server (`python -m agent_rooms_mcp serve --http`, i.e. uvicorn with `create_app`) and
+   bench/echo_server.py, each in its own process, driven by bench/raw_client.py over loopback keep-alive
+   connections. Server CPU is the server process's utime+stime (/proc/<pid>/stat) over the timed window,
+   divided by the calls that came back 200 without `"isError":true`.
+
+The box is noisy, so tools are interleaved within each round (order rotated) and every ratio is
+computed within one round, then the median over rounds is reported with its [min-max].
+Prints tables and writes bench/results.json. An over-budget ratio is reported, not turned into a failing
+exit code: on a shared 2-core VM one run is evidence, not a gate. It fails only if a call fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from raw_client import Connection, tool_call
+from world import AGENT, ROOM, build_hub
+
+BENCH = Path(__file__).resolve().parent
+TOOLS = ("echo", "echo_sync", "whoami", "post_message")
+BASELINES = ("echo", "echo_sync")
+TEXT = "hello from the agent-rooms bench, " + "x" * 30
+WARMUP_S = 0.4
+# DESIGN §11, over HTTP: (aim, must not exceed), as server CPU per call ÷ echo's.
+BUDGET = {"whoami": (1.25, 1.5), "post_message": (1.5, 2.0)}
+PACKAGES = (
+    "mcp",
+    "mcp-types",
+    "uvicorn",
+    "starlette",
+    "h11",
+    "httptools",
+    "uvloop",
+    "httpx2",
+    "anyio",
+    "aiosqlite",
+    "pydantic",
+    "pydantic-core",
+    "pynacl",
+    "structlog",
+    "agent-rooms-mcp",
+)
+
+
+# --- machine ------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "kernel": platform.release(),
+        "sqlite": sqlite3.sqlite_version,
+        "packages": versions,
+        "loadavg_at_start": os.getloadavg(),
+        "git_commit": commit or None,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of every thread of pid, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, logdir: Path) -> None:
+        self.name, self.port = name, port
+        self.profiled = "cProfile" in argv
+        self.log = logdir / f"{name}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH.parent)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on {self.port} within {timeout_s}s:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # uvicorn shuts down gracefully, then re-raises the signal: SIGINT becomes KeyboardInterrupt, which
+            # lets cProfile write its file; SIGTERM's default action would not.
+            self.proc.send_signal(signal.SIGINT if self.profiled else signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def python_argv(args: list[str], profile: Path | None, name: str) -> list[str]:
+    if profile is None:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "cProfile", "-o", str(profile / f"{name}.prof"), *args]
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+async def sanity(servers: dict[str, Server], requests: dict[str, bytes]) -> None:
+    """One call per tool, checked in full, before anything is timed."""
+    for tool in TOOLS:
+        server = servers["echo" if tool in BASELINES else "hub"]
+        conn = await Connection.open(server.port)
+        try:
+            result = json.loads(await conn.call(requests[tool]))["result"]
+        finally:
+            await conn.close()
+        structured = result.get("structuredContent") or {}
+        ok = {
+            "echo": lambda r, s: r["content"][0]["text"] == TEXT,
+            "echo_sync": lambda r, s: r["content"][0]["text"] == TEXT,
+            "whoami": lambda r, s: s.get("agent", {}).get("handle") == AGENT,
+            "post_message": lambda r, s: isinstance(s.get("seq"), int) and s["seq"] >= 1,
+        }[tool](result, structured)
+        if not ok:
+            raise RuntimeError(f"unexpected {tool} result: {result}")
+
+
+async def http_cell(server: Server, request: bytes, conc: int, seconds: float) -> dict[str, float]:
+    conns = [await Connection.open(server.port) for _ in range(conc)]
+    latencies: list[float] = []
+
+    async def loop(conn: Connection, deadline: float, record: bool) -> int:
+        n = 0
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            await conn.call(request)
+            n += 1
+            if record:
+                latencies.append(time.perf_counter() - t)
+        return n
+
+    try:
+        warm_until = time.perf_counter() + WARMUP_S
+        warmup_calls = sum(await asyncio.gather(*(loop(c, warm_until, False) for c in conns)))
+        cpu0, client0, t0 = process_cpu(server.proc.pid), time.process_time(), time.perf_counter()
+        counts = await asyncio.gather(*(loop(c, t0 + seconds, True) for c in conns))
+        wall = time.perf_counter() - t0
+        cpu, client = process_cpu(server.proc.pid) - cpu0, time.process_time() - client0
+    finally:
+        for c in conns:
+            await c.close()
+    n = sum(counts)
+    latencies.sort()
+    return {
+        "calls": n,
+        "warmup_calls": warmup_calls,
+        "calls_s": n / wall,
+        "server_cpu_us_call": cpu / n * 1e6,
+        "server_cores": cpu / wall,
+        "client_cpu_us_call": client / n * 1e6,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+    }
+
+
+async def http_rounds(
+    home: Path, token: str, rounds: int, seconds: float, concs: list[int], logdir: Path, profile: Path | None
+) -> list[dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
+    env["AGENT_ROOMS_HOME"] = str(home)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p)
+    echo_port, hub_port = free_port(), free_port()
+    servers: dict[str, Server] = {}
+    try:
+        servers["echo"] = Server(
+            "echo",
+            python_argv([str(BENCH / "echo_server.py"), str(echo_port)], profile, "echo"),
+            env,
+            echo_port,
+            logdir,
+        )
+        hub_args = ["-m", "agent_rooms_mcp", "serve", "--http", "--host", "127.0.0.1", "--port", str(hub_port)]
+        servers["hub"] = Server("hub", python_argv(hub_args, profile, "hub"), env, hub_port, logdir)
+        for s in servers.values():
+            s.wait_ready()
+        requests = {
+            "echo": tool_call(echo_port, "echo", {"text": TEXT}),
+            "echo_sync": tool_call(echo_port, "echo_sync", {"text": TEXT}),
+            "whoami": tool_call(hub_port, "whoami", {}, token=token),
+            "post_message": tool_call(hub_port, "post_message", {"room": ROOM, "text": TEXT}, token=token),
+        }
+        await sanity(servers, requests)
+        rows = []
+        for r in range(rounds):
+            for conc in concs:
+                k = r % len(TOOLS)
+                for tool in TOOLS[k:] + TOOLS[:k]:  # rotate, so no tool always runs first
+                    server = servers["echo" if tool in BASELINES else "hub"]
+                    cell = await http_cell(server, requests[tool], conc, seconds)
+                    rows.append({"round": r, "conc": conc, "tool": tool, **cell})
+                    print(
+                        f"  http round {r + 1}/{rounds} conns={conc:<2} {tool:<12} {cell['calls_s']:7.0f} calls/s"
+                        f"  server {cell['server_cpu_us_call']:6.0f} µs/call",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        return rows
+    except BaseException:
+        for s in servers.values():
+            print(f"--- {s.name} log tail ---\n{s.tail()}", file=sys.stderr)
+        raise
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
+# --- in-memory ----------------------------------------------------------------------------------
+
+
+def inmemory_rounds(home: Path, token: str, rounds: int, seconds: float, logdir: Path) -> list[dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
+    env.update(AGENT_ROOMS_HOME=str(home), AGENT_ROOMS_TOKEN=token)
+    log = logdir / "inmemory.log"
+    with log.open("wb") as err:
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "inmemory.py"), str(rounds), str(seconds)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=BENCH.parent,
+            timeout=60 + rounds * len(TOOLS) * (seconds + 1),
+        )
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"bench/inmemory.py exited with {done.returncode}:\n{tail}")
+    return list(json.loads(done.stdout))
+
+
+def check_posts(home: Path, rows: list[dict[str, Any]], sanity_posts: int) -> int:
+    """Every post_message counted (and warm-up) must be one message row and one `message.post` audit row."""
+    expected = sanity_posts + sum(r["calls"] + r["warmup_calls"] for r in rows if r["tool"] == "post_message")
+    conn = sqlite3.connect(f"file:{home / 'hub.db'}?mode=ro", uri=True)
+    try:
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        audited = conn.execute("SELECT count(*) FROM audit WHERE action = 'message.post'").fetchone()[0]
+    finally:
+        conn.close()
+    if messages != expected or audited != expected:
+        raise RuntimeError(f"counted {expected} posts, but the hub has {messages} messages and {audited} audit rows")
+    return expected
+
+
+# --- summary ------------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(rows: list[dict[str, Any]], cpu_key: str, concs: list[int | None]) -> list[dict[str, Any]]:
+    """Per (conc, tool): medians over rounds; the ratio to echo is taken within each round first."""
+    out = []
+    for conc in concs:
+        sub = [r for r in rows if r.get("conc") == conc]
+        by_round = {(r["round"], r["tool"]): r for r in sub}
+        for tool in TOOLS:
+            mine = [r for r in sub if r["tool"] == tool]
+            entry: dict[str, Any] = {
+                "conc": conc,
+                "tool": tool,
+                "calls_s": spread([r["calls_s"] for r in mine]),
+                "cpu_us_call": spread([r[cpu_key] for r in mine]),
+            }
+            for base in BASELINES:
+                entry[f"ratio_to_{base}"] = spread(
+                    [r[cpu_key] / by_round[(r["round"], base)][cpu_key] for r in mine if (r["round"], base) in by_round]
+                )
+            if tool in BUDGET and cpu_key == "server_cpu_us_call":
+                aim, limit = BUDGET[tool]
+                median = entry["ratio_to_echo"]["median"]
+                entry["budget"] = {
+                    "aim": aim,
+                    "limit": limit,
+                    "within_limit": median <= limit,
+                    "within_aim": median <= aim,
+                }
+            if "p50_ms" in mine[0]:
+                entry["p50_ms"] = statistics.median(r["p50_ms"] for r in mine)
+                entry["p99_ms"] = statistics.median(r["p99_ms"] for r in mine)
+                entry["client_cpu_us_call"] = statistics.median(r["client_cpu_us_call"] for r in mine)
+            out.append(entry)
+    return out
+
+
+def fmt(s: dict[str, float], digits: int = 0) -> str:
+    return f"{s['median']:,.{digits}f} [{s['min']:,.{digits}f}–{s['max']:,.{digits}f}]"
+
+
+def print_tables(http: list[dict[str, Any]], memory: list[dict[str, Any]]) -> None:
+    print("\nHTTP: raw keep-alive client -> uvicorn, 1 process each; median [min–max] over rounds")
+    print("| conns | tool | calls/s | server CPU µs/call | ÷ echo | budget (aim / limit) | ÷ echo_sync | p50 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for e in http:
+        budget = ""
+        if "budget" in e:
+            b = e["budget"]
+            verdict = "within aim" if b["within_aim"] else "within limit" if b["within_limit"] else "OVER LIMIT"
+            budget = f"{b['aim']}× / {b['limit']}×: {verdict}"
+        print(
+            f"| {e['conc']} | {e['tool']} | {fmt(e['calls_s'])} | {fmt(e['cpu_us_call'])} | "
+            f"{fmt(e['ratio_to_echo'], 2)} | {budget} | {fmt(e['ratio_to_echo_sync'], 2)} | {e['p50_ms']:.2f} |"
+        )
+    if memory:
+        print("\nIn-memory: mcp.Client(server) in one process, 1 caller (information only)")
+        print("| tool | calls/s | process CPU µs/call | ÷ echo | ÷ echo_sync |")
+        print("|---|---|---|---|---|")
+        for e in memory:
+            print(
+                f"| {e['tool']} | {fmt(e['calls_s'])} | {fmt(e['cpu_us_call'])} | {fmt(e['ratio_to_echo'], 2)} | "
+                f"{fmt(e['ratio_to_echo_sync'], 2)} |"
+            )
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=6, help="rounds; every figure is a median over them (>= 3)")
+    ap.add_argument("--seconds", type=float, default=1.5, help="timed seconds per cell, after a warm-up")
+    ap.add_argument("--conns", default="1,8", help="HTTP keep-alive connections per cell, comma-separated")
+    ap.add_argument("--memory-seconds", type=float, default=1.0, help="timed seconds per in-memory cell (0: skip)")
+    ap.add_argument("--profile", type=Path, help="run both servers under cProfile, writing DIR/{hub,echo}.prof")
+    ap.add_argument("--out", type=Path, default=BENCH / "results.json")
+    a = ap.parse_args()
+    if a.rounds < 1 or a.seconds <= 0:
+        ap.error("--rounds must be >= 1 and --seconds > 0")
+    concs = [int(c) for c in a.conns.split(",")]
+    started = time.monotonic()
+    info = machine()
+    print(
+        f"machine: {info['nproc']} CPUs, {info['cpu_model']}, Python {info['python']}, "
+        f"load {info['loadavg_at_start'][0]:.2f}",
+        file=sys.stderr,
+    )
+    if a.profile is not None:
+        a.profile.mkdir(parents=True, exist_ok=True)
+        a.profile = a.profile.resolve()
+    with tempfile.TemporaryDirectory(prefix="agent-rooms-bench-") as tmp:
+        home, logdir = Path(tmp) / "home", Path(tmp)
+        tokens = asyncio.run(build_hub(home))
+        memory_rows = []
+        if a.memory_seconds > 0:
+            print(f"in-memory: {a.rounds} rounds × {len(TOOLS)} tools × {a.memory_seconds}s", file=sys.stderr)
+            memory_rows = inmemory_rounds(home, tokens[AGENT], a.rounds, a.memory_seconds, logdir)
+        print(f"http: {a.rounds} rounds × conns {concs} × {len(TOOLS)} tools × {a.seconds}s", file=sys.stderr)
+        http_rows = asyncio.run(http_rounds(home, tokens[AGENT], a.rounds, a.seconds, concs, logdir, a.profile))
+        posts = check_posts(home, memory_rows + http_rows, sanity_posts=1)
+        print(f"check: {posts} posts counted = messages stored = message.post audit rows", file=sys.stderr)
+    http = summarize(http_rows, "server_cpu_us_call", list(concs))
+    memory = summarize(memory_rows, "cpu_us_call", [None]) if memory_rows else []
+    print_tables(http, memory)
+    elapsed = time.monotonic() - started
+    result = {
+        "machine": info,
+        "method": {
+            "rounds": a.rounds,
+            "seconds_per_cell": a.seconds,
+            "warmup_s": WARMUP_S,
+            "http_conns": concs,
+            "memory_seconds_per_cell": a.memory_seconds,
+            "profiled": a.profile is not None,
+            "budget_over_http": {k: {"aim": v[0], "limit": v[1]} for k, v in BUDGET.items()},
+        },
+        "http": http,
+        "inmemory": memory,
+        "raw": {"http": http_rows, "inmemory": memory_rows},
+        "posts_checked": posts,
+        "elapsed_s": round(elapsed, 1),
+    }
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {a.out} ({elapsed:.0f}s)")
+    over = [e for e in http if "budget" in e and not e["budget"]["within_limit"]]
+    for e in over:
+        print(
+            f"OVER BUDGET: {e['tool']} at {e['conc']} conns costs {e['ratio_to_echo']['median']:.2f}× echo "
+            f"(limit {e['budget']['limit']}×)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
