@@ -51,6 +51,19 @@ def error_result(e: RoomsError) -> CallToolResult:
     )
 
 
+def _error_text(result: HandlerResult) -> str | None:
+    """The text of an error result, whether the SDK hands it back as a model or already serialised."""
+    if isinstance(result, CallToolResult):
+        is_error, content = result.is_error, [c.model_dump() for c in result.content[:1]]
+    elif isinstance(result, dict):
+        is_error, content = bool(result.get("isError")), list(result.get("content") or [])[:1]
+    else:
+        return None
+    if not is_error:
+        return None
+    return str(content[0].get("text", "")) if content and isinstance(content[0], dict) else ""
+
+
 def _argument_error(e: ValidationError) -> RoomsError:
     first = e.errors(include_input=False, include_url=False)[0]
     field = ".".join(str(p) for p in first["loc"]) or "arguments"
@@ -59,7 +72,9 @@ def _argument_error(e: ValidationError) -> RoomsError:
 
 
 class Gate:
-    """`async (ctx, call_next)` middleware; `validators` maps tool name -> its argument validator."""
+    """`async (ctx, call_next)` middleware; `validators` maps tool name -> its argument validator, used to
+    name the bad field once the SDK has refused a call's arguments (validating twice on every call cost
+    more than the argument errors it would explain)."""
 
     def __init__(self, validators: Mapping[str, Any]) -> None:
         self._validators = validators
@@ -71,24 +86,40 @@ class Gate:
         name = str((ctx.params or {}).get("name", ""))
         try:
             call = Call(ctx.lifespan_context, await self._caller(ctx))
-            validator = self._validators.get(name)
-            if validator is not None:
-                try:
-                    validator((ctx.params or {}).get("arguments") or {})
-                except ValidationError as e:
-                    raise _argument_error(e) from None
         except RoomsError as e:
             log.info("tool.call", tool=name, outcome="denied", code=e.code.value, ms=_ms(started))
             return error_result(e)
         except Exception:
             log.exception("tool.gate_failed", tool=name)
-            return error_result(RoomsError(ErrorCode.INVALID_ARGUMENT, "the request could not be processed"))
+            return error_result(unauthenticated("gate_failed"))
         token = _call.set(call)
         try:
-            return await call_next(ctx)
+            result = await call_next(ctx)
         finally:
             _call.reset(token)
-            log.info("tool.call", tool=name, agent_id=call.caller.agent_id, ms=_ms(started))
+        failure = _error_text(result)
+        # The SDK reports arguments it refused as "Error executing tool NAME: <pydantic text>", before the tool
+        # runs; a crash inside a tool has no colon part, and our own errors start with their code.
+        if failure is not None and failure.startswith(f"Error executing tool {name}: "):
+            result = error_result(self._explain_arguments(name, ctx))
+            failure = result.content[0].text  # type: ignore[union-attr]
+        log.info(
+            "tool.call",
+            tool=name,
+            agent_id=call.caller.agent_id,
+            error=failure.split(":", 1)[0] if failure else None,
+            ms=_ms(started),
+        )
+        return result
+
+    def _explain_arguments(self, name: str, ctx: ServerRequestContext[Hub, Any]) -> RoomsError:
+        validator = self._validators.get(name)
+        try:
+            if validator is not None:
+                validator((ctx.params or {}).get("arguments") or {})
+        except ValidationError as e:
+            return _argument_error(e)
+        return RoomsError(ErrorCode.INVALID_ARGUMENT, "arguments: not valid for this tool")
 
     async def _caller(self, ctx: ServerRequestContext[Hub, Any]) -> Caller:
         hub = ctx.lifespan_context

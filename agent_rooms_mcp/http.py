@@ -16,8 +16,6 @@ from urllib.parse import urlsplit
 
 import structlog
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.applications import Starlette
-from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_rooms_mcp import audit
@@ -160,17 +158,31 @@ async def open_http_app(
             yield BearerGate(inner, hub, allowed_hosts)
 
 
-def create_app(settings: Settings) -> Starlette:
-    """For uvicorn: the same app, opened and closed by the ASGI lifespan."""
-    holder: dict[str, ASGIApp] = {}
+class HttpHub:
+    """For uvicorn: the app of `open_http_app`, opened and closed by the ASGI lifespan protocol.
 
-    @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with open_http_app(settings) as app:
-            holder["app"] = app
-            yield
+    Plain ASGI rather than a Starlette router in front: every request would pay for the routing."""
 
-    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        await holder["app"](scope, receive, send)
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._app: ASGIApp | None = None
 
-    return Starlette(routes=[Mount("/", app=dispatch)], lifespan=lifespan)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif self._app is not None:
+            await self._app(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            async with open_http_app(self._settings) as app:
+                self._app = app
+                await send({"type": "lifespan.startup.complete"})
+                await receive()  # lifespan.shutdown
+                self._app = None
+        except Exception as e:
+            # Startup failed (an unsafe key file, no hub): uvicorn prints this and exits.
+            await send({"type": "lifespan.startup.failed", "message": str(e)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})

@@ -2,7 +2,7 @@
 
 One run does, on a fresh hub in a temporary home:
 1. in-memory (`mcp.Client(server)`, one process, information only): process CPU per call;
-2. HTTP: the real server (`python -m agent_rooms_mcp serve --http`, i.e. uvicorn with `create_app`) and
+2. HTTP: the real server (`python -m agent_rooms_mcp serve --http`, i.e. uvicorn with `HttpHub`) and
    bench/echo_server.py, each in its own process, driven by bench/raw_client.py over loopback keep-alive
    connections. Server CPU is the server process's utime+stime (/proc/<pid>/stat) over the timed window,
    divided by the calls that came back 200 without `"isError":true`.

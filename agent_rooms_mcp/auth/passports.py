@@ -21,6 +21,8 @@ from agent_rooms_mcp.auth.paseto import (
     verify_v4_public,
 )
 
+_VERIFIED_CACHE_SIZE = 4096
+
 
 class PassportRejected(Exception):
     """str(e) is the machine reason for the audit row."""
@@ -51,6 +53,10 @@ class PassportIssuer:
         self._implicit = deployment_id.encode()
         self._audience = f"agent-rooms:{deployment_id}"
         self._skew = timedelta(seconds=skew_s)
+        # A passport is immutable signed bytes: verifying the same bytes with the same key always gives
+        # the same answer, so a good verdict is kept. Revocation, expiry, agent state, epoch and scopes
+        # are still read from the database on every call (DESIGN §2); a changed passport is a new key here.
+        self._verified: dict[str, tuple[Claims, datetime]] = {}
 
     def issue(
         self,
@@ -83,6 +89,22 @@ class PassportIssuer:
 
     def check(self, token: str, now: datetime | None = None) -> Claims:
         """Verify signature, key id, deployment and time window; raise PassportRejected with the reason."""
+        verified = self._verified.get(token)
+        if verified is None:
+            verified = self._verify(token)
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = verified
+        claims, nbf = verified
+        # The time window is checked on every call; only the signature's verdict on these exact bytes is kept.
+        now = now or datetime.now(UTC)
+        if now < nbf - self._skew:
+            raise PassportRejected("passport_not_yet_valid")
+        if now > claims.exp + self._skew:
+            raise PassportRejected("passport_expired")
+        return claims
+
+    def _verify(self, token: str) -> tuple[Claims, datetime]:
         try:
             footer = json.loads(untrusted_footer(token))
             # Only our own key is ever tried: a foreign kid is refused, not looked up (invariant 3).
@@ -110,9 +132,4 @@ class PassportIssuer:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise PassportRejected("passport_malformed") from e
-        now = now or datetime.now(UTC)
-        if now < nbf - self._skew:
-            raise PassportRejected("passport_not_yet_valid")
-        if now > exp + self._skew:
-            raise PassportRejected("passport_expired")
-        return claims
+        return claims, nbf

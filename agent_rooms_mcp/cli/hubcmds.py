@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import ipaddress
 import re
-import sys
 from datetime import timedelta
 
 import anyio
@@ -13,8 +12,8 @@ import click
 
 from agent_rooms_mcp.cli import connect as snippets
 from agent_rooms_mcp.cli.common import Failed, guarded, operator, run, settings
-from agent_rooms_mcp.errors import ErrorCode, RoomsError
-from agent_rooms_mcp.home import write_private_file
+from agent_rooms_mcp.errors import ErrorCode
+from agent_rooms_mcp.home import load_issuer_key, write_private_file
 from agent_rooms_mcp.hub import Hub, init_home
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool
@@ -122,6 +121,10 @@ def serve(use_http: bool, host: str, port: int) -> None:
     """Serve MCP: stdio (what `claude mcp add … -- agent-rooms serve` launches) or HTTP with --http."""
     configure_logging()
     s: Settings = settings()
+    # Refuse an unsafe or missing home here, with its fix, rather than after announcing a server.
+    guarded(lambda: load_issuer_key(s.issuer_key_path))
+    if not s.db_path.exists():
+        raise Failed("HOME", f"no hub at {s.home}; run: agent-rooms init", False)
     if not use_http:
         guarded(lambda: anyio.run(_serve_stdio, s))
         return
@@ -133,15 +136,11 @@ def serve(use_http: bool, host: str, port: int) -> None:
         )
     import uvicorn
 
-    from agent_rooms_mcp.http import create_app
+    from agent_rooms_mcp.http import HttpHub
 
     click.echo(f"agent-rooms serving http://{host}:{port}/mcp (Ctrl-C to stop)", err=True)
-    config = uvicorn.Config(create_app(s), host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    try:
-        uvicorn.Server(config).run()
-    except RoomsError as e:  # pragma: no cover - surfaced by the lifespan
-        raise Failed(e.code.value, e.message, False) from e
-    sys.exit(0)
+    config = uvicorn.Config(HttpHub(s), host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    uvicorn.Server(config).run()
 
 
 async def _serve_stdio(s: Settings) -> None:

@@ -49,7 +49,7 @@ class Messages:
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
             if reply_to is not None and not 1 <= reply_to <= room["latest_seq"]:
                 raise invalid("reply_to", "no message with that seq in this room")
-            members = {m["handle"] for m in queries.room_members(conn, room["room_id"])}
+            members = {m["handle"] for m in queries.room_members(conn, room["room_id"])} if wanted else set()
             explicit = set(mentions)
             outcomes = []
             for handle in wanted:

@@ -1,7 +1,11 @@
 """The database: one writer connection and one reader, WAL, pragmas, migrations (DESIGN §8).
 
-Each aiosqlite await is a thread hop, so a whole transaction is one function run on the
-connection's own thread: one hop per call, and nothing can interleave inside it.
+A transaction is one function of a `sqlite3.Connection`, run whole: nothing interleaves inside it.
+A thread hop measured ~300 µs of server CPU per call here, several times the SQL of a call
+(docs/PERFORMANCE.md), so the usual path runs on the event loop: reads always (in WAL mode a reader
+never waits for a writer), and writes when the file's write lock is free at once. When another
+process holds it, the write goes to aiosqlite's thread and waits there, so the loop never sleeps
+in SQLite's busy handler.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from agent_rooms_mcp.home import secure_database_files
 from agent_rooms_mcp.store.schema import MIGRATIONS
 
 T = TypeVar("T")
+
+READER_BUSY_TIMEOUT_MS = 1000
 
 
 def _pragmas(busy_timeout_ms: int) -> str:
@@ -44,6 +50,11 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], begin: str) -> T:
     conn.execute(begin)
+    return _finish(conn, fn)
+
+
+def _finish(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run fn in the transaction already begun; COMMIT, or ROLLBACK on any exception."""
     try:
         result = fn(conn)
     except BaseException:
@@ -55,46 +66,79 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection],
     return result
 
 
+def _begin_if_free(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE without waiting (the writer's busy_timeout is 0); False if another process writes."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        if e.sqlite_errorcode == sqlite3.SQLITE_BUSY and not conn.in_transaction:
+            return False
+        raise
+    return True
+
+
+def _waiting_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], busy_timeout_ms: int) -> T:
+    """On the writer's thread: wait up to busy_timeout_ms for the write lock, then run fn."""
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    try:
+        return _in_transaction(conn, fn, "BEGIN IMMEDIATE")
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
+
+
 class Store:
     """Runs functions of a `sqlite3.Connection` as transactions on the database's own threads."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, path: Path, writer: aiosqlite.Connection, reader: sqlite3.Connection, busy_timeout_ms: int
+    ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._busy_timeout_ms = busy_timeout_ms
+        # One transaction at a time on the writer, wherever it runs (loop or aiosqlite's thread).
+        self._write_lock = anyio.Lock()
         self._changed = anyio.Event()
 
     @classmethod
     @asynccontextmanager
     async def open(cls, path: Path, *, busy_timeout_ms: int = 10_000) -> AsyncIterator[Store]:
-        writer = await aiosqlite.connect(path, isolation_level=None)
+        writer = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
             writer.row_factory = sqlite3.Row
             await writer.executescript(_pragmas(busy_timeout_ms))
             await writer._execute(migrate, writer._conn)
-            reader = await aiosqlite.connect(path, isolation_level=None)
+            await writer.execute("PRAGMA busy_timeout=0")
+            reader = sqlite3.connect(path, isolation_level=None)
             try:
                 reader.row_factory = sqlite3.Row
-                await reader.executescript(_pragmas(busy_timeout_ms) + " PRAGMA query_only=ON;")
+                # Only WAL recovery by another process can make a reader wait: keep that wait short.
+                reader.executescript(_pragmas(READER_BUSY_TIMEOUT_MS) + " PRAGMA query_only=ON;")
                 secure_database_files(path)
-                yield cls(path, writer, reader)
+                yield cls(path, writer, reader, busy_timeout_ms)
             finally:
-                await reader.close()
+                reader.close()
         finally:
             await writer.close()
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn inside BEGIN IMMEDIATE … COMMIT; any exception rolls back.
 
-        The writer's thread runs one function at a time, so transactions of this process never
-        interleave; BEGIN IMMEDIATE takes the file's write lock up front against other processes.
-        A caller cancelled while fn runs loses only the result: the thread finishes the transaction.
+        BEGIN IMMEDIATE takes the file's write lock up front, so the check and the write inside fn see
+        one state and no other process can write between them.
         """
-        return await self._writer._execute(_in_transaction, self._writer._conn, fn, "BEGIN IMMEDIATE")
+        async with self._write_lock:
+            conn = self._writer._conn
+            if _begin_if_free(conn):
+                return _finish(conn, fn)
+            # Held until the thread is done, even if our caller is cancelled: the lock is what keeps
+            # the loop from starting a transaction on this connection while the thread is in one.
+            with anyio.CancelScope(shield=True):
+                return await self._writer._execute(_waiting_transaction, conn, fn, self._busy_timeout_ms)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run fn on the read-only connection, inside one snapshot."""
-        return await self._reader._execute(_in_transaction, self._reader._conn, fn, "BEGIN")
+        """Run fn on the read-only connection, inside one snapshot, on the event loop's thread."""
+        return _in_transaction(self._reader, fn, "BEGIN")
 
     def notify_changed(self) -> None:
         """Wake every long-poller of this process; they re-read and go back to waiting."""

@@ -1,0 +1,67 @@
+"""The store under another process's write lock: writes wait off the event loop, reads go on (DESIGN §8)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import anyio
+import pytest
+
+from agent_rooms_mcp.models import PostedMessage
+from tests.conftest import World
+
+
+async def test_a_write_waits_for_another_writer_while_reads_go_on(world: World) -> None:
+    other = sqlite3.connect(world.db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the file's write lock
+    posted: list[PostedMessage] = []
+    async with world.hub() as hub:
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], transport="test")
+
+        async def post() -> None:
+            posted.append(await hub.messages.post(caller, "lobby", "after the other writer", [], None))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(post)
+                await anyio.sleep(0.3)  # give the post every chance to (wrongly) finish or fail
+                assert posted == []
+                # The event loop is free meanwhile: reads are answered.
+                page = await hub.messages.read(caller, "lobby", None, 10)
+                assert page.messages == []
+                other.execute("COMMIT")
+    other.close()
+    assert [p.seq for p in posted] == [1]
+    assert [r["text"] for r in world.sql("SELECT text FROM messages")] == ["after the other writer"]
+
+
+async def test_a_write_cancelled_while_waiting_still_leaves_the_store_usable(world: World) -> None:
+    other = sqlite3.connect(world.db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    async with world.hub() as hub:
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], transport="test")
+
+        async def cancelled_post() -> None:
+            with anyio.move_on_after(0.2):
+                await hub.messages.post(caller, "lobby", "cancelled", [], None)
+
+        async def other_process_commits_later() -> None:
+            await anyio.sleep(0.5)
+            other.execute("COMMIT")
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancelled_post)
+                tg.start_soon(other_process_commits_later)
+            # The cancelled caller lost only its result: the writer takes the next transaction cleanly.
+            nxt = await hub.messages.post(caller, "lobby", "next", [], None)
+    other.close()
+    texts = [r["text"] for r in world.sql("SELECT text FROM messages ORDER BY seq")]
+    assert texts[-1] == "next" and nxt.seq == len(texts)
+
+
+@pytest.mark.invariant(53)
+async def test_every_connection_has_secure_delete_on(world: World) -> None:
+    async with world.hub() as hub:
+        assert await hub.store.write(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0]) == 1
+        assert await hub.store.read(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0]) == 1
