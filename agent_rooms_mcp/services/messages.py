@@ -42,7 +42,8 @@ class Messages:
         if len(text.encode("utf-8", "surrogatepass")) > self._limits.message_bytes:
             raise too_large("text", self._limits.message_bytes)
         # Mentions follow what readers will see, so hidden characters cannot smuggle one in or out.
-        wanted = dict.fromkeys([*mentions, *_AT_HANDLE.findall(content.sanitize(text).text)])
+        in_text = _AT_HANDLE.findall(content.sanitize(text).text) if "@" in text else []
+        wanted = dict.fromkeys([*mentions, *in_text])
 
         def run(conn: sqlite3.Connection) -> PostedMessage:
             queries.recheck_caller(conn, caller, Scope.POST)
@@ -61,7 +62,6 @@ class Messages:
             resolved = [o.handle for o in outcomes if o.outcome == "notified"]
             seq = room["latest_seq"] + 1
             message_id = new_id("msg")
-            conn.execute("UPDATE rooms SET latest_seq = ? WHERE room_id = ?", (seq, room["room_id"]))
             conn.execute(
                 "INSERT INTO messages (message_id, room_id, seq, agent_id, text, mentions, reply_to, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -18,7 +18,7 @@ from agent_rooms_mcp.store.database import Store
 DEFAULT_CONSENT_MODE = "task_by_task"
 
 _SUMMARY = (
-    "SELECT r.room_id, r.name, r.latest_seq,"
+    f"SELECT r.room_id, r.name, {queries.LATEST_SEQ},"
     " (SELECT count(*) FROM room_agents x JOIN agents a ON a.agent_id = x.agent_id"
     "   WHERE x.room_id = r.room_id AND a.status = 'active') AS member_count FROM rooms r"
 )

@@ -7,11 +7,14 @@ import sqlite3
 from agent_rooms_mcp.errors import forbidden_scope, not_found, unauthenticated
 from agent_rooms_mcp.principals import Caller, Scope
 
+# A room's latest message seq, read off the (room_id, seq) index instead of a counter every post rewrites.
+LATEST_SEQ = "(SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.room_id = r.room_id) AS latest_seq"
+
 
 def room_for_member(conn: sqlite3.Connection, ref: str, agent_id: str) -> sqlite3.Row:
     """The room by id or name, if agent_id is a member; else NOT_FOUND, the same as a missing room."""
     row = conn.execute(
-        "SELECT r.* FROM rooms r JOIN room_agents m ON m.room_id = r.room_id AND m.agent_id = ?"
+        f"SELECT r.*, {LATEST_SEQ} FROM rooms r JOIN room_agents x ON x.room_id = r.room_id AND x.agent_id = ?"
         " WHERE r.room_id = ? OR r.name = ?",
         (agent_id, ref, ref),
     ).fetchone()
@@ -21,7 +24,9 @@ def room_for_member(conn: sqlite3.Connection, ref: str, agent_id: str) -> sqlite
 
 
 def room(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
-    row = conn.execute("SELECT * FROM rooms WHERE room_id = ? OR name = ?", (ref, ref)).fetchone()
+    row = conn.execute(
+        f"SELECT r.*, {LATEST_SEQ} FROM rooms r WHERE r.room_id = ? OR r.name = ?", (ref, ref)
+    ).fetchone()
     if row is None:
         raise not_found("room")
     return row

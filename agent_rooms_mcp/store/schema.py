@@ -53,8 +53,7 @@ CREATE TABLE rooms (
   room_id TEXT PRIMARY KEY,
   name TEXT NOT NULL UNIQUE,
   created_by TEXT NOT NULL REFERENCES owners(owner_id),
-  created_at TEXT NOT NULL,
-  latest_seq INTEGER NOT NULL DEFAULT 0
+  created_at TEXT NOT NULL
 ) STRICT;
 
 CREATE TABLE room_owners (
@@ -72,8 +71,10 @@ CREATE TABLE room_agents (
 ) STRICT;
 CREATE INDEX room_agents_by_agent ON room_agents(agent_id);
 
+-- Messages are found by (room_id, seq); message_id is 128 random bits with no index of its own, so a
+-- post writes one table page and one index page. A room's latest seq is max(seq) on that index.
 CREATE TABLE messages (
-  message_id TEXT PRIMARY KEY,
+  message_id TEXT NOT NULL,
   room_id TEXT NOT NULL REFERENCES rooms(room_id),
   seq INTEGER NOT NULL,
   agent_id TEXT NOT NULL REFERENCES agents(agent_id),
