@@ -97,7 +97,7 @@ class Store:
         self._reader = reader
         self._busy_timeout_ms = busy_timeout_ms
         # One transaction at a time on the writer, wherever it runs (loop or aiosqlite's thread).
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self._changed = anyio.Event()
 
     @classmethod
