@@ -11,7 +11,6 @@ import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -22,6 +21,7 @@ from agent_rooms_mcp import audit
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
 
@@ -67,7 +67,11 @@ class BearerGate:
         }:
             await _respond(send, 403, {"error": "FORBIDDEN_ORIGIN"})
             return
-        if int(headers.get("content-length") or 0) > self._body_cap:
+        length = headers.get("content-length") or "0"
+        if not length.isdigit():
+            await _respond(send, 400, {"error": "INVALID_ARGUMENT"})
+            return
+        if int(length) > self._body_cap:
             await _respond(send, 413, {"error": "TOO_LARGE"})
             return
         query = scope.get("query_string", b"").decode("latin-1").lower()
@@ -115,7 +119,7 @@ class BearerGate:
             self._public.pop(old_sdk_id, None)
         return public
 
-    async def _refuse(self, reason: str, caller: Any = None) -> None:
+    async def _refuse(self, reason: str, caller: Caller | None = None) -> None:
         actor = caller.actor if caller is not None else audit.ANONYMOUS
         await self._hub.store.write(audit.denial(actor, "auth.authenticate", reason, {"transport": "http"}))
         log.info("auth.denied", reason=reason, transport="http")
@@ -125,7 +129,7 @@ def _with_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) 
     return [(k, value if k.lower() == name else v) for k, v in headers]
 
 
-async def _respond(send: Send, status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+async def _respond(send: Send, status: int, body: dict[str, str], extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -134,7 +138,7 @@ async def _respond(send: Send, status: int, body: dict[str, str], extra: list[tu
 
 async def _unauthenticated(send: Send) -> None:
     # Identical for every reason: the reason is in the audit row only (DESIGN §2, invariant 14).
-    await _respond(send, 401, {"error": "UNAUTHENTICATED"}, [(b"www-authenticate", b"Bearer")])
+    await _respond(send, 401, {"error": "UNAUTHENTICATED"}, ((b"www-authenticate", b"Bearer"),))
 
 
 @asynccontextmanager

@@ -689,6 +689,24 @@ async def test_an_http_body_over_four_mib_gets_413(world: World, authorised: boo
     assert world.fingerprint() == before
 
 
+async def test_a_malformed_content_length_is_refused_before_anything_runs(world: World) -> None:
+    raw = [(b"host", b"127.0.0.1:8765"), (b"content-type", b"application/json"), (b"content-length", b"12abc")]
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "raw_path": b"/mcp", "query_string": b"", "headers": raw}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    before = world.fingerprint()
+    async with open_http_app(world.settings) as app:
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert world.fingerprint() == before
+
+
 @pytest.mark.invariant(66)
 async def test_a_chunked_http_body_over_four_mib_gets_413_without_a_content_length(world: World) -> None:
     chunk = b"x" * (1024 * 1024)
