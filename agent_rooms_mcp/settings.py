@@ -23,6 +23,9 @@ class Limits:
     file_name_bytes: int = 255
     page_default: int = 50
     page_max: int = 200
+    # A page of messages also ends once its texts pass this many bytes (invariant 65): 200 messages of
+    # 32 KiB would be 6.4 MiB, far past what MCP clients pass on to a model.
+    page_bytes: int = 256 * KIB
     long_poll_default_s: int = 25
     long_poll_max_s: int = 50
     # Cross-process writers are not notified in-process; a long-poll looks again this often.

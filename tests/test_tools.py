@@ -162,3 +162,18 @@ async def test_hostile_text_cannot_forge_an_envelope_or_smuggle_controls(world: 
     for forbidden in ("\x1b", "\u202e", "\u200b", "\U000e0041", "\x00", "\x07"):
         assert forbidden not in dump
     assert page["messages"][1]["flags"] == ["bidi", "zero_width", "tag_chars", "control", "ansi"]
+
+
+@pytest.mark.invariant(65)
+async def test_a_page_of_long_messages_ends_early_and_says_so(world: World) -> None:
+    body = "y" * (30 * 1024)
+    async with world.client("alice-claude") as c:
+        for _ in range(12):
+            await c.call_tool("post_message", {"room": "lobby", "text": body})
+        first = (await c.call_tool("read_messages", {"room": "lobby", "after": 0, "limit": 50})).structured_content
+        rest = (
+            await c.call_tool("read_messages", {"room": "lobby", "after": first["next_after"], "limit": 50})
+        ).structured_content
+    assert first["has_more"] is True
+    assert sum(len(m["text"]) for m in first["messages"]) <= 256 * 1024
+    assert len(first["messages"]) + len(rest["messages"]) == 12 and rest["has_more"] is False

@@ -30,6 +30,17 @@ _PAGE = (
 )
 
 
+def _within_bytes(rows: list[sqlite3.Row], cap: int) -> int:
+    """How many rows fit in one result of at most `cap` text bytes (always at least one): a page ends
+    early rather than growing past what a client will take, and `has_more` says so."""
+    total = 0
+    for i, row in enumerate(rows):
+        total += len(row["text"].encode("utf-8", "surrogatepass"))
+        if total > cap and i > 0:
+            return i
+    return len(rows)
+
+
 class Messages:
     def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store
@@ -96,8 +107,9 @@ class Messages:
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
             start = max(room["latest_seq"] - limit, 0) if after is None else after
             rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
-            has_more = len(rows) > limit
-            rows = rows[:limit]
+            kept = _within_bytes(rows[:limit], self._limits.page_bytes)
+            has_more = len(rows) > kept
+            rows = rows[:kept]
             rendered, boundary = render(caller, rows, [r["text"] for r in rows])
             messages = [
                 Message(
