@@ -93,10 +93,10 @@ def append(
 
 
 def denial(
-    actor: Actor, action: str, reason: str, detail: Mapping[str, Any] | None = None
+    actor: Actor, action: str, reason: str, detail: Mapping[str, Any] | None = None, *, target: str | None = None
 ) -> Callable[[sqlite3.Connection], int]:
     """The transaction of its own that records a denial, after the denied work rolled back (DESIGN §6)."""
-    return lambda conn: append(conn, actor, action, outcome="denied", reason=reason, detail=detail)
+    return lambda conn: append(conn, actor, action, target=target, outcome="denied", reason=reason, detail=detail)
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,7 +181,11 @@ def map_errors(tool: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T | Cal
             return await tool(*args, **kwargs)
         except RoomsError as e:
             call = current_call()
-            await call.hub.store.write(audit.denial(call.caller.actor, f"tool.{tool.__name__}", e.audit_reason))
+            target = kwargs.get("room")
+            denied = audit.denial(
+                call.caller.actor, f"tool.{tool.__name__}", e.audit_reason, target=str(target) if target else None
+            )
+            await call.hub.store.write(denied)
             return error_result(e)
 
     return wrapper

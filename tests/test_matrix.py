@@ -88,6 +88,17 @@ async def test_tool_against_caller(world: World, mode: str, tool: str, caller: s
         assert world.fingerprint() == before, "a denied call changed something"
         [denial] = audit_after[audit_before:]
         assert denial["outcome"] == "denied"
+        assert denial["reason"]
+        if caller == "revoked":
+            assert denial["action"] == "auth.authenticate"
+        else:
+            # Names who was refused what, and where (invariant 55).
+            assert (denial["action"], denial["actor_id"]) == (f"tool.{tool}", world_agent_id(world, AGENT_OF[caller]))
+            assert denial["target"] == args_for(tool, file_id).get("room")
+
+
+def world_agent_id(world: World, handle: str) -> str:
+    return str(world.sql("SELECT agent_id FROM agents WHERE handle = ?", (handle,))[0]["agent_id"])
 
 
 def test_matrix_covers_every_tool() -> None:
