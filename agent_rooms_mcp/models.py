@@ -139,11 +139,6 @@ class Invite(BaseModel):
     accept_command: str
 
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
 # CLI documents (`--json`).
 
 

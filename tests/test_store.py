@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
 
 from agent_rooms_mcp.models import PostedMessage
+from agent_rooms_mcp.store.schema import MIGRATIONS
 from tests.conftest import World
 
 
@@ -65,3 +70,28 @@ async def test_every_connection_has_secure_delete_on(world: World) -> None:
     async with world.hub() as hub:
         assert await hub.store.write(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0]) == 1
         assert await hub.store.read(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0]) == 1
+
+
+async def test_processes_starting_together_on_a_fresh_database_migrate_it_once(tmp_path: Path) -> None:
+    """Each process reads the schema version only while it holds the migration lock."""
+    db = tmp_path / "hub.db"
+    script = (
+        "import anyio, sys; from pathlib import Path; from agent_rooms_mcp.store.database import Store\n"
+        "async def main():\n"
+        "    async with Store.open(Path(sys.argv[1])) as store:\n"
+        "        print(await store.read(lambda c: c.execute('PRAGMA user_version').fetchone()[0]))\n"
+        "anyio.run(main)\n"
+    )
+    argv = [sys.executable, "-c", script, str(db)]
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            results: list[subprocess.CompletedProcess[bytes]] = []
+
+            async def start() -> None:
+                results.append(await anyio.run_process(argv, check=False))
+
+            for _ in range(4):
+                tg.start_soon(start)
+    assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
+    assert {r.stdout.strip() for r in results} == {str(len(MIGRATIONS)).encode()}
+    assert stat.S_IMODE(db.with_name("hub.db.migrate-lock").stat().st_mode) == 0o600

@@ -10,6 +10,8 @@ in SQLite's busy handler.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,8 +36,22 @@ def _pragmas(busy_timeout_ms: int) -> str:
     )
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to the newest version; each step commits with its user_version bump."""
+def migrate(conn: sqlite3.Connection, lock_path: Path) -> int:
+    """Bring the schema to the newest version; each step commits with its user_version bump.
+
+    Processes starting together on an old database (stdio sessions and the HTTP hub) take turns on a
+    lock file, and each reads the version only once it holds the lock: otherwise two could both read
+    the old version and the second would apply a migration again.
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _migrate_locked(conn)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _migrate_locked(conn: sqlite3.Connection) -> int:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         # executescript() commits any open transaction first, so BEGIN and COMMIT live in the script.
@@ -107,7 +123,7 @@ class Store:
         try:
             writer.row_factory = sqlite3.Row
             await writer.executescript(_pragmas(busy_timeout_ms))
-            await writer._execute(migrate, writer._conn)
+            await writer._execute(migrate, writer._conn, path.with_name(path.name + ".migrate-lock"))
             await writer.execute("PRAGMA busy_timeout=0")
             reader = sqlite3.connect(path, isolation_level=None)
             try:
