@@ -103,6 +103,9 @@ class Gate:
         if failure is not None and failure.startswith(f"Error executing tool {name}: "):
             result = error_result(self._explain_arguments(name, ctx))
             failure = result.content[0].text  # type: ignore[union-attr]
+        elif failure is not None and failure.startswith("Unknown tool"):
+            result = error_result(RoomsError(ErrorCode.NOT_FOUND, "no such tool; tools/list names them"))
+            failure = "NOT_FOUND"
         log.info(
             "tool.call",
             tool=name,

@@ -53,7 +53,7 @@ class Hub:
                 settings=settings,
                 store=store,
                 auth=Authenticator(store, issuer),
-                accounts=Accounts(store, issuer),
+                accounts=Accounts(store, issuer, limits),
                 rooms=Rooms(store),
                 messages=Messages(store, limits),
                 files=Files(store, limits),

@@ -38,6 +38,7 @@ class Limits:
     invite_ttl_min_s: int = 60
     invite_ttl_max_s: int = 7 * 24 * 3600
     token_ttl_default_s: int = 90 * 24 * 3600
+    token_ttl_max_s: int = 366 * 24 * 3600
     # A passport is accepted this far outside its nbf/exp window (clock skew, invariant 6).
     clock_skew_s: int = 10
     # SQLite waits this long for another process's write lock before giving up.

@@ -187,3 +187,35 @@ def test_audit_tail_shows_metadata(home: Path) -> None:
     rows = json.loads(ar(home, "audit", "tail", "-n", "2", "--json").stdout)
     assert [r["action"] for r in rows] == ["agent.add", "room.create"]
     assert "room.create" in ar(home, "audit", "tail").stdout
+
+
+def test_a_new_token_file_revokes_the_token_it_replaces(home: Path) -> None:
+    populated(home)
+    ar(home, "connect", "alice-claude")
+    first = (home / "tokens" / "alice-claude.token").read_text().strip()
+    ar(home, "connect", "alice-claude", "--new-token")
+    second = (home / "tokens" / "alice-claude.token").read_text().strip()
+    statuses = sorted(t["status"] for t in ok_json(home, "token", "list", "alice-claude")["tokens"])
+    assert first != second and statuses == ["active", "revoked"]
+
+
+def test_connect_refuses_a_token_file_others_can_read(home: Path) -> None:
+    populated(home)
+    ar(home, "connect", "alice-claude")
+    (home / "tokens" / "alice-claude.token").chmod(0o644)
+    r = ar(home, "connect", "alice-claude")
+    assert r.exit_code == 1 and r.stderr.startswith("HOME:") and "chmod 600" in r.stderr
+
+
+@pytest.mark.parametrize("ttl", ["9999999999d", "1w", "-5d", "1.5h"])
+def test_nonsense_token_lifetimes_are_usage_errors_not_tracebacks(home: Path, ttl: str) -> None:
+    populated(home)
+    r = ar(home, "token", "issue", "alice-claude", "--ttl", ttl)
+    assert r.exit_code == 2 and "--ttl" in r.stderr
+
+
+def test_token_lifetimes_are_capped(home: Path) -> None:
+    populated(home)
+    r = ar(home, "token", "issue", "alice-claude", "--ttl", "367d")
+    assert r.exit_code == 1 and r.stderr.startswith("INVALID_ARGUMENT: ttl")
+    assert ar(home, "token", "issue", "alice-claude", "--ttl", "366d").exit_code == 0

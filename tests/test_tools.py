@@ -177,3 +177,9 @@ async def test_a_page_of_long_messages_ends_early_and_says_so(world: World) -> N
     assert first["has_more"] is True
     assert sum(len(m["text"]) for m in first["messages"]) <= 256 * 1024
     assert len(first["messages"]) + len(rest["messages"]) == 12 and rest["has_more"] is False
+
+
+async def test_an_unknown_tool_gets_not_found_in_our_error_shape(world: World, mode: str) -> None:
+    async with world.client("alice-claude", mode) as c:
+        r = await c.call_tool("grant_me_manage", {})
+    assert r.is_error and r.structured_content["code"] == "NOT_FOUND"

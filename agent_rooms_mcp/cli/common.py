@@ -93,6 +93,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_duration(text: str) -> int:
     """'90s', '15m', '1h', '30d' -> seconds."""
     text = text.strip().lower()
-    if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit():
-        raise click.BadParameter(f"{text!r}: use a number and a unit, like 90s, 15m, 1h or 30d")
+    # Nine digits at most: anything longer is no lifetime anyone means, and it would overflow a date.
+    if not 2 <= len(text) <= 10 or text[-1] not in _UNITS or not text[:-1].isdigit():
+        raise click.BadParameter(f"{text!r}: use a number and a unit, like 90s, 15m, 1h or 30d", param_hint="--ttl")
     return int(text[:-1]) * _UNITS[text[-1]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import ipaddress
 import re
+import socket
 from datetime import timedelta
 
 import anyio
@@ -13,7 +14,7 @@ import click
 from agent_rooms_mcp.cli import connect as snippets
 from agent_rooms_mcp.cli.common import Failed, guarded, operator, run, settings
 from agent_rooms_mcp.errors import ErrorCode
-from agent_rooms_mcp.home import load_issuer_key, write_private_file
+from agent_rooms_mcp.home import check_private_file, load_issuer_key, write_private_file
 from agent_rooms_mcp.hub import Hub, init_home
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool
@@ -29,12 +30,18 @@ def init() -> None:
 
 
 async def _ensure_token_file(hub: Hub, agent: str, *, new: bool) -> bool:
+    """Mint a token into the agent's 0600 token file if it has none (or `new`); a replaced one is revoked."""
     path = snippets.token_file(hub.settings, agent)
-    if path.exists() and not new:
-        return False
+    if path.exists():
+        check_private_file(path)  # a file others can read would be refused by the server anyway
+        if not new:
+            return False
     issued = await hub.accounts.issue_token(
         operator(), agent, timedelta(seconds=hub.settings.limits.token_ttl_default_s)
     )
+    if path.exists():
+        # Nobody holds the old token once its file is overwritten: it must not stay valid.
+        await hub.accounts.revoke_secret(operator(), path.read_text(encoding="ascii").strip())
     write_private_file(path, issued.token.encode("ascii") + b"\n")
     return True
 
@@ -60,6 +67,10 @@ def quickstart() -> None:
                 await hub.accounts.add_agent(operator(), agent, owner, AgentTool.CLAUDE, DEFAULT_SCOPES, None)
                 await hub.rooms.create(operator(), "lobby", owner, [agent])
                 await _ensure_token_file(hub, agent, new=False)
+                click.echo(
+                    f"created owner {owner}, agent {agent} (scopes read,post,task), room lobby, and a token in "
+                    f"{snippets.token_file(s, agent)}"
+                )
                 return agent
             agents = await hub.accounts.list_agents()
             return agents.agents[0].handle if agents.agents else agent
@@ -70,8 +81,11 @@ def quickstart() -> None:
     click.echo(f"  {snippets.claude_stdio(s, first)}\n")
     click.echo("Or over HTTP, while `agent-rooms serve --http` runs:")
     click.echo(f"  {snippets.claude_http(s, first, snippets.DEFAULT_URL)}\n")
-    click.echo("Next: `agent-rooms agent add NAME --owner OWNER --tool codex` for a second agent,")
-    click.echo("`agent-rooms connect NAME --client codex` for its config, `agent-rooms invite create lobby --by OWNER`")
+    click.echo("Add only one of the two: both register the server as `agent-rooms`.\n")
+    click.echo(f"Next: `agent-rooms agent add NAME --owner {owner} --tool codex` for a second agent,")
+    click.echo(
+        f"`agent-rooms connect NAME --client codex` for its config, `agent-rooms invite create lobby --by {owner}`"
+    )
     click.echo("to bring in another person.")
 
 
@@ -137,6 +151,11 @@ def serve(use_http: bool, host: str, port: int) -> None:
     import uvicorn
 
     from agent_rooms_mcp.http import HttpHub
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        raise Failed(ErrorCode.CONFLICT.value, f"cannot listen on {host}:{port}: {e.strerror}", False) from e
 
     click.echo(f"agent-rooms serving http://{host}:{port}/mcp (Ctrl-C to stop)", err=True)
     config = uvicorn.Config(HttpHub(s), host=host, port=port, log_config=None, access_log=False, lifespan="on")

@@ -21,6 +21,7 @@ from agent_rooms_mcp.models import (
     TokenList,
 )
 from agent_rooms_mcp.principals import HANDLE_RE, AgentTool, Scope, format_scopes
+from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
@@ -59,9 +60,10 @@ def _agent_info(row: sqlite3.Row) -> AgentInfo:
 
 
 class Accounts:
-    def __init__(self, store: Store, issuer: PassportIssuer) -> None:
+    def __init__(self, store: Store, issuer: PassportIssuer, limits: Limits) -> None:
         self._store = store
         self._issuer = issuer
+        self._limits = limits
 
     async def add_owner(self, operator: Actor, handle: str) -> OwnerInfo:
         _check_handle(handle)
@@ -150,8 +152,9 @@ class Accounts:
 
     async def issue_token(self, operator: Actor, agent_ref: str, ttl: timedelta) -> IssuedToken:
         """A new passport and the one bearer token bound to it. The token is returned once, never stored."""
-        if ttl <= timedelta(0):
-            raise invalid("ttl", "must be positive")
+        longest = self._limits.token_ttl_max_s
+        if not timedelta(0) < ttl <= timedelta(seconds=longest):
+            raise invalid("ttl", f"must be positive and at most {longest // 86400} days")
         token = new_token()
 
         def run(conn: sqlite3.Connection) -> IssuedToken:
@@ -206,6 +209,14 @@ class Accounts:
             )
 
         return await self._store.read(run)
+
+    async def revoke_secret(self, operator: Actor, token: str) -> None:
+        """Revoke the token whose secret this is, if the hub knows it (a token file being replaced)."""
+        row = await self._store.read(
+            lambda c: c.execute("SELECT token_id FROM tokens WHERE token_hash = ?", (secret_hash(token),)).fetchone()
+        )
+        if row is not None:
+            await self.revoke_token(operator, row["token_id"])
 
     async def revoke_token(self, operator: Actor, token_id: str) -> TokenInfo:
         def run(conn: sqlite3.Connection) -> TokenInfo:

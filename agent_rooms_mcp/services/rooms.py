@@ -82,8 +82,10 @@ class Rooms:
     # Operator (CLI) actions: human-only, never MCP tools (DESIGN §2).
 
     async def create(self, operator: Actor, name: str, owner_ref: str, agent_refs: list[str]) -> RoomSummary:
-        if not HANDLE_RE.fullmatch(name) or name.startswith("room_"):
+        if not HANDLE_RE.fullmatch(name):
             raise invalid("name", "use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+        if name.startswith("room_"):
+            raise invalid("name", "names starting with 'room_' are kept for room ids")
 
         def run(conn: sqlite3.Connection) -> RoomSummary:
             owner = queries.owner(conn, owner_ref)
@@ -120,9 +122,8 @@ class Rooms:
                 "SELECT 1 FROM room_owners WHERE room_id = ? AND owner_id = ?",
                 (room["room_id"], agent["owner_id"]),
             ).fetchone():
-                raise RoomsError(
-                    ErrorCode.FORBIDDEN_SCOPE,
-                    f"{agent['owner_handle']} is not in room {room['name']}; use an invite",
+                raise invalid(
+                    "agent", f"{agent['owner_handle']} is not in room {room['name']}; bring them in with an invite"
                 )
             add_member_agent(conn, room["room_id"], agent["owner_id"], agent["agent_id"], now_utc())
             audit.append(
