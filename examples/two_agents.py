@@ -1,7 +1,7 @@
 """Two agents of one owner talk in a room, each through its own stdio MCP session.
 
 Run from the repository: `.venv/bin/python examples/two_agents.py`. It sets everything up with the
-`agent-rooms` CLI in a fresh temporary home (or in AGENT_ROOMS_HOME if you set one) and prints each step.
+`agent-rooms` CLI in a fresh temporary home of its own (your own hub is never touched) and prints each step.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 from mcp import Client, StdioServerParameters
 
-HOME = Path(os.environ.get("AGENT_ROOMS_HOME") or Path(tempfile.mkdtemp()) / "hub")
+HOME = Path(tempfile.mkdtemp(prefix="agent-rooms-demo-")) / "hub"
 ENV = {**os.environ, "AGENT_ROOMS_HOME": str(HOME)}
 
 

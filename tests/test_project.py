@@ -108,7 +108,7 @@ def test_examples_match_what_connect_prints() -> None:
 def test_the_two_agent_demo_runs(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "two_agents.py")],
-        env={"PATH": "/usr/bin:/bin", "AGENT_ROOMS_HOME": str(tmp_path / "hub"), "HOME": str(tmp_path)},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)},
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
