@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import MCPServer
@@ -53,7 +53,8 @@ T = TypeVar("T")
 
 async def whoami() -> WhoAmI:
     """Who you are on this hub: your agent, your owner, your scopes, and how many rooms you are in."""
-    hub, caller = current_call().hub, current_call().caller
+    call = current_call()
+    hub, caller = call.hub, call.caller
     return WhoAmI(
         agent=AgentRef(handle=caller.handle, agent_id=caller.agent_id, tool=caller.tool.value),
         owner=OwnerRef(handle=caller.owner_handle, owner_id=caller.owner_id, verified=caller.owner_verified),
@@ -196,19 +197,20 @@ HubLifespan = Callable[[MCPServer[Hub]], AbstractAsyncContextManager[Hub]]
 
 def create_server(lifespan: HubLifespan) -> MCPServer[Hub]:
     """stdio and in-memory pass `lambda _: Hub.open(settings)`; HTTP passes the hub it already opened."""
-    validators = {}
-    mcp: MCPServer[Hub] = MCPServer("agent-rooms", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
-    for tool, hints in TOOLS:
-        wrapped = map_errors(tool)
-        mcp.add_tool(wrapped, annotations=hints)
-        validators[tool.__name__] = Tool.from_function(wrapped).fn_metadata.validate_arguments
-    mcp.middleware.append(Gate(validators))
-    return mcp
+    tools = [Tool.from_function(map_errors(tool), annotations=hints) for tool, hints in TOOLS]
+    gate = Gate({t.name: t.fn_metadata.validate_arguments for t in tools})
+    return MCPServer(
+        "agent-rooms",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        tools=tools,
+        middleware=[gate],
+    )
 
 
 def existing_hub(hub: Hub) -> HubLifespan:
     """A lifespan that lends an already-open hub (the HTTP app opens it before the MCP app starts)."""
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lend(_server: MCPServer[Hub]) -> AsyncIterator[Hub]:
