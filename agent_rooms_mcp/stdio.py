@@ -52,7 +52,8 @@ class BoundedLines:
         while line and not line.endswith(b"\n"):
             line = await self._readline(_DISCARD_CHUNK)
         log.warning("stdio.line_too_large", limit=self._limit)
-        found = _REQUEST_ID.search(head)
+        # Only an id before "params" is the request's own: one inside the arguments must not be answered.
+        found = _REQUEST_ID.search(head.split(b'"params"', 1)[0])
         if found is None:
             return "\n"  # an unparseable line: the SDK logs and drops it
         stand_in = {"jsonrpc": "2.0", "id": json.loads(found.group(1)), "method": "agent-rooms/request-too-large"}
