@@ -18,7 +18,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.types import CallToolResult, TextContent
 from pydantic import ValidationError
 
-from agent_rooms_mcp.errors import ErrorCode, RoomsError, unauthenticated
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, too_large, unauthenticated
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 
@@ -67,8 +67,10 @@ def _error_text(result: HandlerResult) -> str | None:
 def _argument_error(e: ValidationError) -> RoomsError:
     first = e.errors(include_input=False, include_url=False)[0]
     field = ".".join(str(p) for p in first["loc"]) or "arguments"
-    code = ErrorCode.TOO_LARGE if first["type"] in ("string_too_long", "bytes_too_long") else ErrorCode.INVALID_ARGUMENT
-    return RoomsError(code, f"{field}: {first['msg']}")
+    if first["type"] == "string_too_long":
+        # Over the limit in characters is over it in UTF-8 bytes too: one wording for both checks.
+        return too_large(field, int((first.get("ctx") or {}).get("max_length", 0)))
+    return RoomsError(ErrorCode.INVALID_ARGUMENT, f"{field}: {first['msg']}")
 
 
 class Gate:
