@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from nacl.signing import SigningKey
+
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.authenticator import Authenticator
 from agent_rooms_mcp.auth.passports import PassportIssuer
@@ -40,9 +42,7 @@ class Hub:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Hub]:
-        if not settings.db_path.exists():
-            raise HomeError(f"no hub at {settings.home}; run: agent-rooms init")
-        key = load_issuer_key(settings.issuer_key_path)
+        key = check_home(settings)
         async with Store.open(settings.db_path, busy_timeout_ms=settings.limits.busy_timeout_ms) as store:
             deployment_id = await store.read(
                 lambda c: c.execute("SELECT value FROM meta WHERE key = 'deployment_id'").fetchone()[0]
@@ -59,6 +59,13 @@ class Hub:
                 files=Files(store, limits),
                 invites=Invites(store, limits),
             )
+
+
+def check_home(settings: Settings) -> SigningKey:
+    """The issuer key of an initialised, safe home; HomeError naming the fix otherwise."""
+    if not settings.db_path.exists():
+        raise HomeError(f"no hub at {settings.home}; run: agent-rooms init")
+    return load_issuer_key(settings.issuer_key_path)
 
 
 async def init_home(settings: Settings, operator: audit.Actor) -> bool:

@@ -31,7 +31,7 @@ from mcp.types import CallToolResult
 from nacl.signing import SigningKey
 
 from agent_rooms_mcp.auth.paseto import b64url_decode, sign_v4_public
-from agent_rooms_mcp.auth.passports import PassportIssuer
+from agent_rooms_mcp.auth.passports import Claims, PassportIssuer
 from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.home import load_issuer_key, write_private_file
 from agent_rooms_mcp.http import open_http_app
@@ -113,8 +113,17 @@ def issue_and_bind(
     ttl: timedelta = timedelta(hours=1),
 ) -> str:
     """A passport for `handle`'s agent from `issuer`, bound to `handle`'s token; returns that token."""
+    passport, claims = issue_for(world, handle, issuer, now=now, ttl=ttl)
+    bind_passport(world, handle, passport, claims.jti, claims.exp)
+    return world.tokens[handle]
+
+
+def issue_for(
+    world: World, handle: str, issuer: PassportIssuer, *, now: datetime | None = None, ttl: timedelta
+) -> tuple[str, Claims]:
+    """A passport from `issuer` carrying `handle`'s agent, owner, tool and current epoch."""
     agent = agent_row(world, handle)
-    passport, claims = issuer.issue(
+    return issuer.issue(
         agent_id=agent["agent_id"],
         owner_id=agent["owner_id"],
         tool=agent["tool"],
@@ -122,8 +131,6 @@ def issue_and_bind(
         ttl=ttl,
         now=now,
     )
-    bind_passport(world, handle, passport, claims.jti, claims.exp)
-    return world.tokens[handle]
 
 
 def flip_signature(passport: str) -> str:
@@ -207,15 +214,7 @@ async def passport_signed_for_another_deployment(world: World) -> str | None:
 
 async def passport_claiming_another_deployment(world: World) -> str | None:
     # Signed with our key under our implicit assertion, but its iss/aud name another deployment.
-    other = hub_issuer(world, deployment="dep_other")
-    agent = agent_row(world, ALICE)
-    token, claims = other.issue(
-        agent_id=agent["agent_id"],
-        owner_id=agent["owner_id"],
-        tool=agent["tool"],
-        epoch=agent["cred_epoch"],
-        ttl=timedelta(hours=1),
-    )
+    token, claims = issue_for(world, ALICE, hub_issuer(world, deployment="dep_other"), ttl=timedelta(hours=1))
     _, _, body, footer = token.split(".")
     message = b64url_decode(body)[:-SIG_LEN]
     key = load_issuer_key(world.settings.issuer_key_path)

@@ -14,10 +14,10 @@ import click
 from agent_rooms_mcp.cli import connect as snippets
 from agent_rooms_mcp.cli.common import Failed, guarded, operator, run, settings
 from agent_rooms_mcp.errors import ErrorCode
-from agent_rooms_mcp.home import check_private_file, load_issuer_key, write_private_file
-from agent_rooms_mcp.hub import Hub, init_home
+from agent_rooms_mcp.home import check_private_file, write_private_file
+from agent_rooms_mcp.hub import Hub, check_home, init_home
 from agent_rooms_mcp.logs import configure_logging
-from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool
+from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
 from agent_rooms_mcp.settings import Settings
 
 
@@ -67,10 +67,9 @@ def quickstart() -> None:
                 await hub.accounts.add_agent(operator(), agent, owner, AgentTool.CLAUDE, DEFAULT_SCOPES, None)
                 await hub.rooms.create(operator(), "lobby", owner, [agent])
                 await _ensure_token_file(hub, agent, new=False)
-                click.echo(
-                    f"created owner {owner}, agent {agent} (scopes read,post,task), room lobby, and a token in "
-                    f"{snippets.token_file(s, agent)}"
-                )
+                scopes = format_scopes(DEFAULT_SCOPES)
+                token_path = snippets.token_file(s, agent)
+                click.echo(f"created owner {owner}, agent {agent} (scopes {scopes}), room lobby, token in {token_path}")
                 return agent
             agents = await hub.accounts.list_agents()
             return agents.agents[0].handle if agents.agents else agent
@@ -136,9 +135,7 @@ def serve(use_http: bool, host: str, port: int) -> None:
     configure_logging()
     s: Settings = settings()
     # Refuse an unsafe or missing home here, with its fix, rather than after announcing a server.
-    guarded(lambda: load_issuer_key(s.issuer_key_path))
-    if not s.db_path.exists():
-        raise Failed("HOME", f"no hub at {s.home}; run: agent-rooms init", False)
+    guarded(lambda: check_home(s))
     if not use_http:
         guarded(lambda: anyio.run(_serve_stdio, s))
         return

@@ -24,6 +24,10 @@ _SUMMARY = (
 )
 
 
+def _summary_of(conn: sqlite3.Connection, room_id: str) -> RoomSummary:
+    return _summary(conn.execute(_SUMMARY + " WHERE r.room_id = ?", (room_id,)).fetchone())
+
+
 def _summary(row: sqlite3.Row) -> RoomSummary:
     return RoomSummary(
         room_id=row["room_id"],
@@ -109,7 +113,7 @@ class Rooms:
                 target=room_id,
                 detail={"owner_id": owner["owner_id"], "agents": len(agent_refs)},
             )
-            return _summary(conn.execute(_SUMMARY + " WHERE r.room_id = ?", (room_id,)).fetchone())
+            return _summary_of(conn, room_id)
 
         return await self._store.write(run)
 
@@ -133,7 +137,7 @@ class Rooms:
                 target=room["room_id"],
                 detail={"agent_id": agent["agent_id"]},
             )
-            return _summary(conn.execute(_SUMMARY + " WHERE r.room_id = ?", (room["room_id"],)).fetchone())
+            return _summary_of(conn, room["room_id"])
 
         return await self._store.write(run)
 
@@ -150,7 +154,7 @@ class Rooms:
             audit.append(
                 conn, operator, "room.remove_agent", target=room["room_id"], detail={"agent_id": agent["agent_id"]}
             )
-            return _summary(conn.execute(_SUMMARY + " WHERE r.room_id = ?", (room["room_id"],)).fetchone())
+            return _summary_of(conn, room["room_id"])
 
         return await self._store.write(run)
 

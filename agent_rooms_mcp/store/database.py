@@ -103,7 +103,8 @@ def _waiting_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connect
 
 
 class Store:
-    """Runs functions of a `sqlite3.Connection` as transactions on the database's own threads."""
+    """Runs functions of a `sqlite3.Connection` as whole transactions: on the event loop when they need not
+    wait, on aiosqlite's writer thread when another process holds the write lock."""
 
     def __init__(
         self, path: Path, writer: aiosqlite.Connection, reader: sqlite3.Connection, busy_timeout_ms: int
