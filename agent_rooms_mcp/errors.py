@@ -65,3 +65,12 @@ def invalid(field: str, problem: str) -> RoomsError:
 
 def too_large(field: str, limit: int) -> RoomsError:
     return RoomsError(ErrorCode.TOO_LARGE, f"{field}: larger than the limit of {limit} bytes")
+
+
+def forbidden(message: str) -> RoomsError:
+    """FORBIDDEN_SCOPE for a caller whose credential is fine but who is not the one entitled to act."""
+    return RoomsError(ErrorCode.FORBIDDEN_SCOPE, message)
+
+
+def conflict(message: str) -> RoomsError:
+    return RoomsError(ErrorCode.CONFLICT, message)

@@ -20,10 +20,13 @@ from agent_rooms_mcp.home import (
     secure_database_files,
 )
 from agent_rooms_mcp.services.accounts import Accounts
+from agent_rooms_mcp.services.consent import Consent
 from agent_rooms_mcp.services.files import Files
+from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.messages import Messages
 from agent_rooms_mcp.services.rooms import Rooms
+from agent_rooms_mcp.services.tasks import Tasks
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.store.database import Store
 
@@ -38,6 +41,9 @@ class Hub:
     messages: Messages
     files: Files
     invites: Invites
+    tasks: Tasks
+    grants: Grants
+    consent: Consent
 
     @classmethod
     @asynccontextmanager
@@ -58,6 +64,9 @@ class Hub:
                 messages=Messages(store, limits),
                 files=Files(store, limits),
                 invites=Invites(store, limits),
+                tasks=Tasks(store, limits),
+                grants=Grants(store),
+                consent=Consent(store),
             )
 
 

@@ -60,6 +60,8 @@ class MentionOutcome(BaseModel):
     handle: str
     outcome: Literal["notified", "woken", "queued", "pending_consent", "refused"]
     code: str | None = None
+    # For pending_consent: the proposal its owner decides on (list_pending_consents, accept_task).
+    proposal_id: str | None = None
 
 
 class PostedMessage(BaseModel):
@@ -139,6 +141,82 @@ class Invite(BaseModel):
     accept_command: str
 
 
+class Task(BaseModel):
+    task_id: str
+    room: str
+    room_id: str
+    number: int
+    title: str
+    body: str
+    creator: Author
+    relation: Relation
+    assignee: Author | None
+    status: str
+    consent_state: str
+    proposal_id: str | None
+    consent_reason: str | None
+    note: str | None
+    note_by: Author | None
+    created_at: str
+    updated_at: str
+    flags: list[str]
+
+
+class TaskView(Task):
+    """One task as a tool result: its texts are enveloped like a page's when another owner wrote them."""
+
+    boundary: str | None
+    notice: str | None
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+    next_after: int
+    has_more: bool
+    boundary: str | None
+    notice: str | None
+
+
+class ProposerRef(BaseModel):
+    agent: str
+    owner: str
+
+
+class Proposal(BaseModel):
+    proposal_id: str
+    kind: Literal["task", "wake"]
+    room: str
+    room_id: str
+    proposer: ProposerRef
+    target: str
+    task_id: str | None
+    payload: dict[str, object]
+    payload_sha256: str
+    created_at: str
+
+
+class ProposalList(BaseModel):
+    proposals: list[Proposal]
+    has_more: bool
+    boundary: str | None
+    notice: str | None
+
+
+class DecisionResult(BaseModel):
+    proposal_id: str
+    kind: Literal["task", "wake"]
+    task_id: str | None
+    consent_state: str
+
+
+class ConsentModeSet(BaseModel):
+    room: str
+    room_id: str
+    owner: str
+    mode: str
+    collaborator: str | None
+
+
 # CLI documents (`--json`).
 
 
@@ -200,3 +278,16 @@ class AuditVerdict(BaseModel):
     rows: int
     first_bad_seq: int | None
     problem: str | None
+
+
+class GrantInfo(BaseModel):
+    grant_id: str
+    from_owner: str
+    to_owner: str
+    created_at: str
+    revoked_at: str | None
+    active: bool
+
+
+class GrantList(BaseModel):
+    grants: list[GrantInfo]

@@ -1,10 +1,47 @@
-"""Who may do what: pure functions over facts the services load. No I/O, no clock, no awaits."""
+"""Who may do what: pure functions over facts the services load. No I/O, no clock, no awaits.
+
+Rules are numbered after DESIGN and checked in that order: the order decides which code a caller sees.
+"""
 
 from __future__ import annotations
 
-from agent_rooms_mcp.errors import forbidden_scope
+from dataclasses import dataclass
+from enum import StrEnum
+
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, conflict, forbidden, forbidden_scope
 from agent_rooms_mcp.models import Relation
-from agent_rooms_mcp.principals import Caller, Scope
+from agent_rooms_mcp.principals import Caller, Scope, Viewer
+
+
+class ConsentMode(StrEnum):
+    TASK_BY_TASK = "task_by_task"
+    APPROVE_ALL = "approve_all"
+    TRUST_COLLABORATOR = "trust_collaborator"
+    TRUST_ROOM = "trust_room"
+
+
+class ConsentState(StrEnum):
+    AUTO = "auto"
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class TaskStatus(StrEnum):
+    OPEN = "open"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+# Forward along open -> in_progress -> done, back from in_progress to open (work handed back), and
+# cancelled from anywhere not finished. done and cancelled are final.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.OPEN: frozenset({TaskStatus.IN_PROGRESS, TaskStatus.DONE, TaskStatus.CANCELLED}),
+    TaskStatus.IN_PROGRESS: frozenset({TaskStatus.OPEN, TaskStatus.DONE, TaskStatus.CANCELLED}),
+    TaskStatus.DONE: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
 
 
 def require_scope(caller: Caller, scope: Scope) -> None:
@@ -13,10 +50,136 @@ def require_scope(caller: Caller, scope: Scope) -> None:
         raise forbidden_scope(scope.value)
 
 
-def relation(caller: Caller, agent_id: str, owner_id: str) -> Relation:
+def relation(caller: Viewer, agent_id: str, owner_id: str) -> Relation:
     """DESIGN §3 provenance: how the author of an item stands to the caller."""
     if agent_id == caller.agent_id:
         return "self"
     if owner_id == caller.owner_id:
         return "same_owner"
     return "cross_owner"
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """The target owner's consent mode in one room, as loaded inside the transaction."""
+
+    mode: ConsentMode = ConsentMode.TASK_BY_TASK
+    collaborator_id: str | None = None
+    # trust_room trusts the owners who were in the room when the mode was set, not later arrivals:
+    # anyone with `manage` in the room can invite a stranger, and that must not widen the trust.
+    proposer_trusted_by_room: bool = False
+
+
+def starts_accepted(standing: Standing, proposer_owner_id: str) -> bool:
+    """DESIGN §4: the target owner's mode decides whether a cross-owner proposal starts accepted."""
+    match standing.mode:
+        case ConsentMode.TASK_BY_TASK:
+            return False
+        case ConsentMode.APPROVE_ALL:
+            return True
+        case ConsentMode.TRUST_COLLABORATOR:
+            return standing.collaborator_id == proposer_owner_id
+        case ConsentMode.TRUST_ROOM:
+            return standing.proposer_trusted_by_room
+
+
+@dataclass(frozen=True, slots=True)
+class CrossOwner:
+    """Facts about one agent acting on another's agent: giving it a task, or mentioning it so it would wake."""
+
+    actor: Caller
+    target_owner_id: str
+    target_scopes: frozenset[Scope]
+    grant_active: bool  # from the target's owner to the actor's owner
+    owners_verified: bool  # both of them
+    standing: Standing
+
+
+def propose(f: CrossOwner, *, wake: bool) -> ConsentState:
+    """May f.actor give work to (or wake) f.target, and in which consent state does that start? (DESIGN §4)"""
+    # 1. Same owner: nothing crosses a boundary, nothing to consent to.
+    if f.target_owner_id == f.actor.owner_id:
+        return ConsentState.AUTO
+    # 2. The actor's `task` scope, before anything about the other owner is revealed.
+    require_scope(f.actor, Scope.TASK)
+    # 3. A standing grant from the target's owner, then 4. both identities verified.
+    if not f.grant_active:
+        raise RoomsError(ErrorCode.NO_GRANT, "the target agent's owner has not granted your owner")
+    if not f.owners_verified:
+        raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "both owners must be identity-verified")
+    # 5. Only an agent its owner allowed to be woken can be woken.
+    if wake and Scope.INVOKE not in f.target_scopes:
+        raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
+    # 6. The target owner's standing mode in this room.
+    return ConsentState.ACCEPTED if starts_accepted(f.standing, f.actor.owner_id) else ConsentState.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Facts about a decision on one proposal, by an agent of `decider_owner_id` or that owner's CLI."""
+
+    decider_owner_id: str
+    proposal_state: str  # pending | accepted | rejected | superseded | withdrawn
+    proposer_owner_id: str
+    target_owner_id: str
+    target_scopes: frozenset[Scope]
+    wake: bool
+    grant_active: bool
+    owners_verified: bool
+
+
+def decide(f: Decision, *, accept: bool) -> ConsentState:
+    """DESIGN §4: only the target's owner decides, once, and acceptance needs the grant to hold still."""
+    # 1. Nobody decides for another owner's agents.
+    if f.decider_owner_id != f.target_owner_id:
+        raise forbidden("only the target agent's owner decides on this proposal")
+    # 2. Decisions are final; a superseded proposal was replaced by a newer one about the same task.
+    if f.proposal_state != ConsentState.PENDING:
+        hint = "; decide its newest proposal instead" if f.proposal_state == "superseded" else ""
+        raise conflict(f"this proposal is already {f.proposal_state}{hint}")
+    if not accept:
+        return ConsentState.REJECTED
+    # 3. The same conditions as when it was proposed, as they stand now: a revoked grant or a lost
+    #    verification stops pending proposals from being accepted (invariant 25).
+    if not f.grant_active:
+        raise RoomsError(ErrorCode.NO_GRANT, "your owner's grant to the proposer's owner is not active")
+    if not f.owners_verified:
+        raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "both owners must be identity-verified")
+    if f.wake and Scope.INVOKE not in f.target_scopes:
+        raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
+    return ConsentState.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAction:
+    """Facts about an agent acting on an existing task: a status change, a note, an edit or a reassignment."""
+
+    actor: Caller
+    creator_id: str
+    assignee_id: str | None
+    status: TaskStatus
+    consent_state: ConsentState
+
+
+def act_on_task(f: TaskAction, *, new_status: TaskStatus | None = None, edits: bool = False) -> None:
+    """Only the creator or the assignee acts on a task; the assignee only once its owner agreed."""
+    is_creator = f.actor.agent_id == f.creator_id
+    is_assignee = f.assignee_id is not None and f.actor.agent_id == f.assignee_id
+    # 1. Scope, then whose task it is.
+    require_scope(f.actor, Scope.TASK)
+    if not (is_creator or is_assignee):
+        raise forbidden("only the task's creator or its assignee may change it")
+    # 2. Finished tasks stay finished.
+    if f.status not in (TaskStatus.OPEN, TaskStatus.IN_PROGRESS):
+        raise conflict(f"the task is {f.status}; it cannot change any more")
+    # 3. The title and body are the creator's words.
+    if edits and not is_creator:
+        raise forbidden("only the task's creator may edit its title or body")
+    # 4. Acting on work the owner has not accepted would conscript the owner's agent (DESIGN §7).
+    if not is_creator and f.consent_state == ConsentState.PENDING:
+        raise RoomsError(ErrorCode.CONSENT_PENDING, "your owner has not accepted this task yet")
+    if not is_creator and f.consent_state == ConsentState.REJECTED:
+        raise conflict("your owner rejected this task")
+    # 5. The status moves along the board.
+    if new_status is not None and new_status not in TRANSITIONS[f.status]:
+        raise conflict(f"a task cannot go from {f.status} to {new_status}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from agent_rooms_mcp.audit import Actor
 
@@ -19,6 +20,8 @@ class Scope(StrEnum):
 
 
 DEFAULT_SCOPES = frozenset({Scope.READ, Scope.POST, Scope.TASK})
+# A run token acts for a woken run, never for the owner: it cannot decide consent or manage (DESIGN §2).
+RUN_WITHHELD = frozenset({Scope.CONSENT, Scope.MANAGE})
 
 
 class AgentTool(StrEnum):
@@ -41,8 +44,32 @@ def parse_scopes(text: str) -> frozenset[Scope]:
     return frozenset(Scope(n) for n in names)
 
 
+def held_scopes(stored: str, run_id: str | None) -> frozenset[Scope]:
+    """The scopes a credential holds: the agent's stored ones, narrowed for a run token."""
+    scopes = frozenset(Scope(s) for s in stored.split(",") if s)
+    return scopes - RUN_WITHHELD if run_id is not None else scopes
+
+
 def format_scopes(scopes: frozenset[Scope]) -> str:
     return ",".join(s.value for s in Scope if s in scopes)
+
+
+class Viewer(Protocol):
+    """Whoever a result is rendered for: an agent's `Caller`, or an owner at the CLI (`OwnerViewer`)."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def owner_id(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerViewer:
+    """An owner reading at the CLI: every agent's item is "same_owner" or "cross_owner" to them, never "self"."""
+
+    owner_id: str
+    agent_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

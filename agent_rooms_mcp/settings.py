@@ -31,6 +31,9 @@ class Limits:
     # Cross-process writers are not notified in-process; a long-poll looks again this often.
     long_poll_recheck_s: float = 0.25
     mentions_max: int = 20
+    task_title_chars: int = 200
+    # A task's note and a rejection's reason: a sentence or a paragraph, not a document.
+    note_chars: int = 2000
     http_body_bytes: int = 4 * MIB
     stdio_line_bytes: int = 4 * MIB
     pending_invites_per_room: int = 20

@@ -36,14 +36,18 @@ AGENTS: dict[str, tuple[str, str]] = {
     "alice-admin": ("alice", "read,post,task,manage"),
     "alice-mute": ("alice", ""),
     "bob-claude": ("bob", "read,post,task"),
+    "bob-codex": ("bob", "read,post,task,invoke"),
+    "bob-admin": ("bob", "read,post,task,consent,manage"),
     "carol-claude": ("carol", "read,post,task"),
 }
 # room -> (creating owner, its agents); bob joins "shared" through an invite.
 ROOMS: dict[str, tuple[str, list[str]]] = {
     "lobby": ("alice", ["alice-claude", "alice-codex", "alice-admin", "alice-mute"]),
     "shared": ("alice", ["alice-claude", "alice-admin"]),
-    "bobs-den": ("bob", ["bob-claude"]),
+    "bobs-den": ("bob", ["bob-claude", "bob-codex"]),
 }
+# Bob's agents that come into "shared" with his invite; bob-admin decides for him from outside it.
+SHARED_BOB_AGENTS = ["bob-claude", "bob-codex"]
 
 
 @dataclass
@@ -117,6 +121,13 @@ class World:
         finally:
             conn.close()
 
+    async def trust(self, giver: str, taker: str) -> None:
+        """Verify both owners and grant: `giver` lets `taker`'s agents propose work to its agents."""
+        async with self.hub() as hub:
+            for owner in (giver, taker):
+                await hub.accounts.verify_owner(OPERATOR, owner, "test")
+            await hub.grants.add(OPERATOR, giver, taker)
+
     def audit_rows(self) -> list[sqlite3.Row]:
         return self.sql("SELECT * FROM audit ORDER BY seq")
 
@@ -134,7 +145,7 @@ async def build_world(home: Path) -> World:
         for room, (owner, agents) in ROOMS.items():
             await hub.rooms.create(OPERATOR, room, owner, agents)
         invite = await hub.invites.create_as_owner(OPERATOR, "shared", "alice", 3600)
-        await hub.invites.accept(OPERATOR, invite.code, "bob", ["bob-claude"])
+        await hub.invites.accept(OPERATOR, invite.code, "bob", SHARED_BOB_AGENTS)
     return world
 
 

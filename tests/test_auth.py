@@ -36,6 +36,7 @@ from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.home import load_issuer_key, write_private_file
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.principals import Scope
+from agent_rooms_mcp.server import TOOLS
 from tests.conftest import OPERATOR, World
 
 REPO = Path(__file__).resolve().parent.parent
@@ -477,7 +478,7 @@ async def test_a_stdio_server_with_a_group_readable_token_file_starts_and_explai
             tools = await c.list_tools()
             seq = last_audit_seq(world)
             r = await c.call_tool("whoami", {})
-    assert len(tools.tools) == 10 and "whoami" in {t.name for t in tools.tools}
+    assert {t.name for t in tools.tools} == {tool.__name__ for tool, _ in TOOLS}
     assert_denied(r)
     assert_one_denial(world, seq, "missing_credential", transport="stdio")
     lines = [line for line in log.read_text().splitlines() if "stdio.no_credential" in line]

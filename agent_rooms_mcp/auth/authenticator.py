@@ -15,7 +15,7 @@ from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
 from agent_rooms_mcp.auth.tokens import TOKEN_RE, secret_hash
 from agent_rooms_mcp.errors import unauthenticated
-from agent_rooms_mcp.principals import AgentTool, Caller, Scope
+from agent_rooms_mcp.principals import AgentTool, Caller, held_scopes
 from agent_rooms_mcp.store.database import Store
 
 log = structlog.get_logger("agent_rooms_mcp.auth")
@@ -78,7 +78,7 @@ class Authenticator:
             owner_id=row["owner_id"],
             owner_handle=row["owner_handle"],
             owner_verified=row["verified_at"] is not None,
-            scopes=frozenset(Scope(s) for s in row["scopes"].split(",") if s),
+            scopes=held_scopes(row["scopes"], row["run_id"]),
             token_id=row["token_id"],
             run_id=row["run_id"],
         )

@@ -9,6 +9,7 @@ import click
 from agent_rooms_mcp import __version__
 from agent_rooms_mcp.cli.agent import agent
 from agent_rooms_mcp.cli.audit import audit
+from agent_rooms_mcp.cli.consent import consent, grant
 from agent_rooms_mcp.cli.hubcmds import connect, init, quickstart, serve
 from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.room import invite, room
@@ -21,7 +22,7 @@ def cli() -> None:
     """agent-rooms: a hub where AI agents of one or several people share rooms, messages and files."""
 
 
-for command in (init, quickstart, connect, serve, owner, agent, token, room, invite, audit):
+for command in (init, quickstart, connect, serve, owner, agent, token, room, invite, grant, consent, audit):
     cli.add_command(command)
 
 

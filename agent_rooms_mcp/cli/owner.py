@@ -44,3 +44,12 @@ def verify(handle: str, method: str, as_json: bool) -> None:
     """Record that you verified owner HANDLE's identity (who, when, how)."""
     done: OwnerInfo = run(lambda hub: hub.accounts.verify_owner(operator(), handle, method), as_json=as_json)
     emit(done, as_json=as_json, text=lambda o: f"verified {o.handle} ({method})")
+
+
+@owner.command("unverify")
+@click.argument("handle")
+@json_option
+def unverify(handle: str, as_json: bool) -> None:
+    """Withdraw the verification of owner HANDLE: cross-owner work with them is refused until verified again."""
+    done: OwnerInfo = run(lambda hub: hub.accounts.unverify_owner(operator(), handle), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda o: f"{o.handle} is no longer verified")

@@ -98,6 +98,21 @@ class Accounts:
 
         return await self._store.write(run)
 
+    async def unverify_owner(self, operator: Actor, handle: str) -> OwnerInfo:
+        """Withdraw a verification: from the next call on, cross-owner work with this owner is refused
+        with IDENTITY_UNVERIFIED, grants or not (DESIGN §4)."""
+
+        def run(conn: sqlite3.Connection) -> OwnerInfo:
+            owner = queries.owner(conn, handle)
+            conn.execute(
+                "UPDATE owners SET verified_at = NULL, verified_method = NULL, verified_by = NULL WHERE owner_id = ?",
+                (owner["owner_id"],),
+            )
+            audit.append(conn, operator, "owner.unverify", target=owner["owner_id"])
+            return _owner_info(queries.owner(conn, owner["owner_id"]))
+
+        return await self._store.write(run)
+
     async def add_agent(
         self,
         operator: Actor,
@@ -152,6 +167,14 @@ class Accounts:
 
     async def issue_token(self, operator: Actor, agent_ref: str, ttl: timedelta) -> IssuedToken:
         """A new passport and the one bearer token bound to it. The token is returned once, never stored."""
+        return await self._mint(operator, agent_ref, ttl, run_id=None)
+
+    async def issue_run_token(self, actor: Actor, agent_ref: str, run_id: str, ttl: timedelta) -> IssuedToken:
+        """A token for one woken run: it holds the agent's scopes but `consent` and `manage`, and the
+        supervisor revokes it when the run ends (DESIGN §2)."""
+        return await self._mint(actor, agent_ref, ttl, run_id=run_id)
+
+    async def _mint(self, actor: Actor, agent_ref: str, ttl: timedelta, *, run_id: str | None) -> IssuedToken:
         longest = self._limits.token_ttl_max_s
         if not timedelta(0) < ttl <= timedelta(seconds=longest):
             raise invalid("ttl", f"must be positive and at most {longest // 86400} days")
@@ -175,11 +198,12 @@ class Accounts:
             )
             token_id = new_id("tok")
             conn.execute(
-                "INSERT INTO tokens (token_id, token_hash, agent_id, jti, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (token_id, secret_hash(token), agent["agent_id"], claims.jti, issued, expires),
+                "INSERT INTO tokens (token_id, token_hash, agent_id, jti, run_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token_id, secret_hash(token), agent["agent_id"], claims.jti, run_id, issued, expires),
             )
-            audit.append(conn, operator, "token.issue", target=agent["agent_id"], detail={"token_id": token_id})
+            detail = {"token_id": token_id} if run_id is None else {"token_id": token_id, "run_id": run_id}
+            audit.append(conn, actor, "token.issue", target=agent["agent_id"], detail=detail)
             return IssuedToken(token=token, token_id=token_id, agent=agent["handle"], expires_at=expires)
 
         return await self._store.write(run)

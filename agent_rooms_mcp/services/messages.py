@@ -11,10 +11,12 @@ import anyio
 from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
-from agent_rooms_mcp.errors import invalid, too_large
+from agent_rooms_mcp.errors import RoomsError, invalid, too_large
 from agent_rooms_mcp.models import MentionOutcome, Message, MessagePage, PostedMessage
-from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services.render import notice, render
+from agent_rooms_mcp.policy import ConsentState
+from agent_rooms_mcp.principals import Caller, Scope, held_scopes
+from agent_rooms_mcp.services import consent
+from agent_rooms_mcp.services.render import notice, render, within_bytes
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -30,15 +32,26 @@ _PAGE = (
 )
 
 
-def _within_bytes(rows: list[sqlite3.Row], cap: int) -> int:
-    """How many rows fit in one result of at most `cap` text bytes (always at least one): a page ends
-    early rather than growing past what a client will take, and `has_more` says so."""
-    total = 0
-    for i, row in enumerate(rows):
-        total += len(row["text"].encode("utf-8", "surrogatepass"))
-        if total > cap and i > 0:
-            return i
-    return len(rows)
+def _mention(
+    conn: sqlite3.Connection, caller: Caller, room_id: str, member: sqlite3.Row, message_id: str, seq: int, text: str
+) -> MentionOutcome:
+    """What mentioning one member does. A mention of another owner's agent that could be woken (it holds
+    `invoke`) is a cross-owner wake: it needs what DESIGN §4 asks, and its owner's consent mode decides
+    whether it waits as a proposal. Refused or waiting, the message itself is still posted."""
+    handle = member["handle"]
+    if member["owner_id"] == caller.owner_id or Scope.INVOKE not in held_scopes(member["scopes"], None):
+        return MentionOutcome(handle=handle, outcome="notified")
+    try:
+        state = policy.propose(consent.cross_owner(conn, caller, room_id, member), wake=True)
+    except RoomsError as e:
+        return MentionOutcome(handle=handle, outcome="refused", code=e.code.value)
+    payload = {"room_id": room_id, "message_id": message_id, "seq": seq, "text": text, "target_id": member["agent_id"]}
+    offer = consent.Offer(kind="wake", room_id=room_id, target=member, payload=payload, message_id=message_id)
+    proposal_id = consent.record_proposal(conn, caller, offer, state)
+    if state == ConsentState.PENDING:
+        return MentionOutcome(handle=handle, outcome="pending_consent", proposal_id=proposal_id)
+    # Accepted by the owner's standing mode. Waking it is the supervisor's part; until then it is notified.
+    return MentionOutcome(handle=handle, outcome="notified", proposal_id=proposal_id)
 
 
 class Messages:
@@ -61,18 +74,22 @@ class Messages:
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
             if reply_to is not None and not 1 <= reply_to <= room["latest_seq"]:
                 raise invalid("reply_to", "no message with that seq in this room")
-            members = {m["handle"] for m in queries.room_members(conn, room["room_id"])} if wanted else set()
+            members = {m["handle"]: m for m in queries.room_members(conn, room["room_id"])} if wanted else {}
             explicit = set(mentions)
-            outcomes = []
+            message_id, seq = new_id("msg"), room["latest_seq"] + 1
+            outcomes, proposals = [], []
             for handle in wanted:
-                if handle in members:
-                    outcomes.append(MentionOutcome(handle=handle, outcome="notified"))
-                elif handle in explicit:
-                    # Non-members and unknown handles look alike (DESIGN §3).
-                    outcomes.append(MentionOutcome(handle=handle, outcome="refused", code="NOT_FOUND"))
-            resolved = [o.handle for o in outcomes if o.outcome == "notified"]
-            seq = room["latest_seq"] + 1
-            message_id = new_id("msg")
+                member = members.get(handle)
+                if member is None:
+                    if handle in explicit:
+                        # Non-members and unknown handles look alike (DESIGN §3).
+                        outcomes.append(MentionOutcome(handle=handle, outcome="refused", code="NOT_FOUND"))
+                    continue
+                outcome = _mention(conn, caller, room["room_id"], member, message_id, seq, text)
+                outcomes.append(outcome)
+                if outcome.proposal_id:
+                    proposals.append(outcome.proposal_id)
+            resolved = [h for h in wanted if h in members]
             conn.execute(
                 "INSERT INTO messages (message_id, room_id, seq, agent_id, text, mentions, reply_to, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -92,7 +109,13 @@ class Messages:
                 caller.actor,
                 "message.post",
                 target=room["room_id"],
-                detail={"message_id": message_id, "seq": seq, "mentions": len(resolved)},
+                detail={
+                    "message_id": message_id,
+                    "seq": seq,
+                    "mentions": len(resolved),
+                    "refused": sum(o.outcome == "refused" for o in outcomes),
+                    "proposals": proposals,
+                },
             )
             return PostedMessage(message_id=message_id, seq=seq, mentions=outcomes)
 
@@ -107,7 +130,9 @@ class Messages:
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
             start = max(room["latest_seq"] - limit, 0) if after is None else after
             rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
-            kept = _within_bytes(rows[:limit], self._limits.page_bytes)
+            kept = within_bytes(
+                [len(r["text"].encode("utf-8", "surrogatepass")) for r in rows[:limit]], self._limits.page_bytes
+            )
             has_more = len(rows) > kept
             rows = rows[:kept]
             rendered, boundary = render(caller, rows, [r["text"] for r in rows])

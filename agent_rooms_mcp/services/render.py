@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agent_rooms_mcp import content, policy
 from agent_rooms_mcp.models import Author, Relation
-from agent_rooms_mcp.principals import Caller
+from agent_rooms_mcp.principals import Viewer
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,13 +19,15 @@ class Rendered:
     relation: Relation
 
 
-def provenance(caller: Caller, row: sqlite3.Row) -> tuple[Author, Relation]:
+def provenance(caller: Viewer, row: Mapping[str, Any]) -> tuple[Author, Relation]:
     """Who wrote an item (row: agent_id, handle, tool, owner_id, owner_handle) and how they stand to the caller."""
     author = Author(handle=row["handle"], owner=row["owner_handle"], tool=row["tool"])
     return author, policy.relation(caller, row["agent_id"], row["owner_id"])
 
 
-def render(caller: Caller, rows: Sequence[sqlite3.Row], texts: Sequence[str]) -> tuple[list[Rendered], str | None]:
+def render(
+    caller: Viewer, rows: Sequence[Mapping[str, Any]], texts: Sequence[str]
+) -> tuple[list[Rendered], str | None]:
     """Sanitise each text and envelope those another owner wrote; rows as for `provenance`.
 
     One boundary per response, chosen after every cross-owner text is known, so no content holds it.
@@ -45,3 +47,14 @@ def render(caller: Caller, rows: Sequence[sqlite3.Row], texts: Sequence[str]) ->
 
 def notice(boundary: str | None) -> str | None:
     return content.UNTRUSTED_NOTICE if boundary else None
+
+
+def within_bytes(sizes: Sequence[int], cap: int) -> int:
+    """How many items of these text sizes fit in one result of at most `cap` bytes (always at least one):
+    a page ends early rather than growing past what a client will take, and `has_more` says so."""
+    total = 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total > cap and i > 0:
+            return i
+    return len(sizes)

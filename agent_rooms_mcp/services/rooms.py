@@ -10,12 +10,10 @@ from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.models import Member, RoomDetail, RoomList, RoomSummary
+from agent_rooms_mcp.policy import ConsentMode
 from agent_rooms_mcp.principals import HANDLE_RE, Caller, Scope
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
-
-# Until per-owner consent modes exist, every room is in the default mode for everyone (DESIGN §4).
-DEFAULT_CONSENT_MODE = "task_by_task"
 
 _SUMMARY = (
     f"SELECT r.room_id, r.name, {queries.LATEST_SEQ},"
@@ -58,6 +56,7 @@ class Rooms:
 
         def run(conn: sqlite3.Connection) -> RoomDetail:
             room = queries.room_for_member(conn, ref, caller.agent_id)
+            mode = queries.consent_mode(conn, room["room_id"], caller.owner_id)
             members = [
                 Member(
                     handle=m["handle"],
@@ -72,7 +71,7 @@ class Rooms:
                 name=room["name"],
                 created_at=room["created_at"],
                 members=members,
-                consent_mode=DEFAULT_CONSENT_MODE,
+                consent_mode=mode["mode"] if mode else ConsentMode.TASK_BY_TASK.value,
                 latest_seq=room["latest_seq"],
             )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from agent_rooms_mcp.errors import forbidden_scope, not_found, unauthenticated
-from agent_rooms_mcp.principals import Caller, Scope
+from agent_rooms_mcp.principals import Caller, Scope, held_scopes
 
 # A room's latest message seq, read off the (room_id, seq) index instead of a counter every post rewrites.
 LATEST_SEQ = "(SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.room_id = r.room_id) AS latest_seq"
@@ -50,23 +50,66 @@ def agent(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
     return row
 
 
+_MEMBERS = (
+    "SELECT a.agent_id, a.handle, a.tool, a.scopes, a.owner_id, o.handle AS owner_handle"
+    " FROM room_agents m JOIN agents a ON a.agent_id = m.agent_id JOIN owners o ON o.owner_id = a.owner_id"
+    " WHERE m.room_id = ? AND a.status = 'active'"
+)
+
+
 def room_members(conn: sqlite3.Connection, room_id: str) -> list[sqlite3.Row]:
-    return conn.execute(
-        "SELECT a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle"
-        " FROM room_agents m JOIN agents a ON a.agent_id = m.agent_id JOIN owners o ON o.owner_id = a.owner_id"
-        " WHERE m.room_id = ? AND a.status = 'active' ORDER BY a.handle",
-        (room_id,),
-    ).fetchall()
+    return conn.execute(_MEMBERS + " ORDER BY a.handle", (room_id,)).fetchall()
 
 
 def recheck_caller(conn: sqlite3.Connection, caller: Caller, scope: Scope) -> None:
     """Inside a write: the credential and scope still hold now, not only when the call began (invariant 34)."""
     row = conn.execute(
-        "SELECT a.scopes FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
+        "SELECT a.scopes, t.run_id FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
         " WHERE t.token_id = ? AND t.revoked_at IS NULL AND a.status = 'active'",
         (caller.token_id,),
     ).fetchone()
     if row is None:
         raise unauthenticated("revoked_during_call")
-    if scope.value not in row["scopes"].split(","):
+    if scope not in held_scopes(row["scopes"], row["run_id"]):
         raise forbidden_scope(scope.value)
+
+
+def active_grant(conn: sqlite3.Connection, from_owner: str, to_owner: str) -> str | None:
+    """The id of the active grant by which from_owner lets to_owner's agents propose work to its agents."""
+    row = conn.execute(
+        "SELECT grant_id FROM grants WHERE from_owner = ? AND to_owner = ? AND revoked_at IS NULL",
+        (from_owner, to_owner),
+    ).fetchone()
+    return None if row is None else str(row["grant_id"])
+
+
+def owners_verified(conn: sqlite3.Connection, *owner_ids: str) -> bool:
+    wanted = set(owner_ids)
+    marks = ",".join("?" * len(wanted))
+    verified = conn.execute(
+        f"SELECT count(*) FROM owners WHERE owner_id IN ({marks}) AND verified_at IS NOT NULL", tuple(wanted)
+    ).fetchone()[0]
+    return bool(verified == len(wanted))
+
+
+def consent_mode(conn: sqlite3.Connection, room_id: str, owner_id: str) -> sqlite3.Row | None:
+    return conn.execute(
+        "SELECT mode, collaborator_id, set_at FROM consent_modes WHERE room_id = ? AND owner_id = ?",
+        (room_id, owner_id),
+    ).fetchone()
+
+
+def owner_joined(conn: sqlite3.Connection, room_id: str, owner_id: str) -> str | None:
+    """When owner_id joined the room, or None if it is not in it."""
+    row = conn.execute(
+        "SELECT joined_at FROM room_owners WHERE room_id = ? AND owner_id = ?", (room_id, owner_id)
+    ).fetchone()
+    return None if row is None else str(row["joined_at"])
+
+
+def member_agent(conn: sqlite3.Connection, room_id: str, handle: str) -> sqlite3.Row:
+    """An active agent in the room by handle; NOT_FOUND whether it is unknown or simply elsewhere."""
+    row = conn.execute(_MEMBERS + " AND (a.handle = ? OR a.agent_id = ?)", (room_id, handle, handle)).fetchone()
+    if row is None:
+        raise not_found("agent in this room")
+    return row

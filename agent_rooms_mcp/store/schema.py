@@ -129,4 +129,72 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# v2: the task board and cross-owner consent (DESIGN §4). Owners are stored beside agents on tasks and
+# proposals so a row says on its own whose boundary it crossed.
+_V2 = """
+CREATE TABLE grants (
+  grant_id TEXT PRIMARY KEY,
+  from_owner TEXT NOT NULL REFERENCES owners(owner_id),
+  to_owner TEXT NOT NULL REFERENCES owners(owner_id),
+  created_at TEXT NOT NULL,
+  revoked_at TEXT,
+  CHECK (from_owner <> to_owner)
+) STRICT;
+CREATE UNIQUE INDEX grants_one_active ON grants(from_owner, to_owner) WHERE revoked_at IS NULL;
+
+-- No row means the default, task_by_task (invariant 41).
+CREATE TABLE consent_modes (
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  mode TEXT NOT NULL CHECK (mode IN ('task_by_task', 'approve_all', 'trust_collaborator', 'trust_room')),
+  collaborator_id TEXT REFERENCES owners(owner_id),
+  set_at TEXT NOT NULL,
+  PRIMARY KEY (room_id, owner_id)
+) STRICT;
+
+CREATE TABLE tasks (
+  task_id TEXT PRIMARY KEY,
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  number INTEGER NOT NULL,
+  title TEXT NOT NULL,
+  body TEXT NOT NULL,
+  creator_id TEXT NOT NULL REFERENCES agents(agent_id),
+  creator_owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  assignee_id TEXT REFERENCES agents(agent_id),
+  assignee_owner_id TEXT REFERENCES owners(owner_id),
+  status TEXT NOT NULL CHECK (status IN ('open', 'in_progress', 'done', 'cancelled')),
+  consent_state TEXT NOT NULL CHECK (consent_state IN ('auto', 'pending', 'accepted', 'rejected')),
+  proposal_id TEXT,
+  note TEXT,
+  note_by TEXT REFERENCES agents(agent_id),
+  created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL,
+  UNIQUE (room_id, number)
+) STRICT;
+
+-- One row per cross-owner request: a task offered to another owner's agent, or a mention that would
+-- wake one. A decision is bound to payload_sha256; a changed task supersedes its pending proposal.
+CREATE TABLE proposals (
+  proposal_id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('task', 'wake')),
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  proposer_id TEXT NOT NULL REFERENCES agents(agent_id),
+  proposer_owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  target_id TEXT NOT NULL REFERENCES agents(agent_id),
+  target_owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  task_id TEXT REFERENCES tasks(task_id),
+  message_id TEXT,
+  payload TEXT NOT NULL,
+  payload_sha256 TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('pending', 'accepted', 'rejected', 'superseded', 'withdrawn')),
+  decided_by TEXT,
+  decided_via TEXT,
+  reason TEXT,
+  created_at TEXT NOT NULL,
+  decided_at TEXT
+) STRICT;
+CREATE INDEX proposals_by_target_owner ON proposals(target_owner_id, state);
+CREATE INDEX proposals_by_task ON proposals(task_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)

@@ -1,0 +1,360 @@
+"""Cross-owner consent (DESIGN §4): consent modes, proposals, and the target owner's decisions on them.
+
+A proposal is one cross-owner request (a task offered to another owner's agent, or a mention that
+would wake one). Its facts are loaded inside the caller's write transaction and judged by `policy`;
+the same functions serve the tasks and messages services, which open proposals in their own
+transactions, and the decisions below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.auth.tokens import new_id
+from agent_rooms_mcp.clock import now_utc
+from agent_rooms_mcp.errors import conflict, forbidden_scope, invalid, not_found
+from agent_rooms_mcp.models import ConsentModeSet, DecisionResult, Proposal, ProposalList, ProposerRef
+from agent_rooms_mcp.policy import ConsentMode, ConsentState
+from agent_rooms_mcp.principals import Caller, OwnerViewer, Scope, Viewer, held_scopes
+from agent_rooms_mcp.services.render import notice, render
+from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.database import Store
+
+# The payload fields that hold the proposer's words: enveloped when shown, hashed as stored.
+_TEXT_FIELDS = ("title", "body", "text")
+
+_PROPOSALS = (
+    "SELECT p.*, r.name AS room_name, a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle,"
+    " t.handle AS target_handle"
+    " FROM proposals p JOIN rooms r ON r.room_id = p.room_id"
+    " JOIN agents a ON a.agent_id = p.proposer_id JOIN owners o ON o.owner_id = p.proposer_owner_id"
+    " JOIN agents t ON t.agent_id = p.target_id"
+)
+
+
+def canonical(payload: dict[str, Any]) -> tuple[str, str]:
+    """The payload as stored (sorted keys, no spaces) and the SHA-256 a decision is bound to."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def standing(conn: sqlite3.Connection, room_id: str, target_owner_id: str, proposer_owner_id: str) -> policy.Standing:
+    row = queries.consent_mode(conn, room_id, target_owner_id)
+    if row is None:
+        return policy.Standing()
+    joined = queries.owner_joined(conn, room_id, proposer_owner_id)
+    return policy.Standing(
+        mode=ConsentMode(row["mode"]),
+        collaborator_id=row["collaborator_id"],
+        proposer_trusted_by_room=joined is not None and joined <= row["set_at"],
+    )
+
+
+def cross_owner(conn: sqlite3.Connection, actor: Caller, room_id: str, target: sqlite3.Row) -> policy.CrossOwner:
+    """Facts for `policy.propose`; target is a member row (agent_id, scopes, owner_id)."""
+    return policy.CrossOwner(
+        actor=actor,
+        target_owner_id=target["owner_id"],
+        target_scopes=held_scopes(target["scopes"], None),
+        grant_active=queries.active_grant(conn, target["owner_id"], actor.owner_id) is not None,
+        owners_verified=queries.owners_verified(conn, target["owner_id"], actor.owner_id),
+        standing=standing(conn, room_id, target["owner_id"], actor.owner_id),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What a new proposal asks: of whom, in which room, about what."""
+
+    kind: str  # task | wake
+    room_id: str
+    target: sqlite3.Row
+    payload: dict[str, Any]
+    task_id: str | None = None
+    message_id: str | None = None
+
+
+def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, state: ConsentState) -> str:
+    """Write a proposal in `state` (pending, or accepted by the target owner's standing mode)."""
+    text, digest = canonical(offer.payload)
+    proposal_id, now = new_id("prop"), now_utc()
+    by_mode = state == ConsentState.ACCEPTED
+    conn.execute(
+        "INSERT INTO proposals (proposal_id, kind, room_id, proposer_id, proposer_owner_id, target_id,"
+        " target_owner_id, task_id, message_id, payload, payload_sha256, state, decided_by, decided_via,"
+        " created_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            proposal_id,
+            offer.kind,
+            offer.room_id,
+            actor.agent_id,
+            actor.owner_id,
+            offer.target["agent_id"],
+            offer.target["owner_id"],
+            offer.task_id,
+            offer.message_id,
+            text,
+            digest,
+            state.value,
+            offer.target["owner_id"] if by_mode else None,
+            "mode" if by_mode else None,
+            now,
+            now if by_mode else None,
+        ),
+    )
+    return proposal_id
+
+
+def close_proposal(conn: sqlite3.Connection, proposal_id: str | None, state: str) -> None:
+    """A changed or cancelled task leaves its pending proposal `superseded` or `withdrawn`: no decision
+    can land on words the proposer no longer stands behind."""
+    if proposal_id is not None:
+        conn.execute(
+            "UPDATE proposals SET state = ?, decided_at = ? WHERE proposal_id = ? AND state = 'pending'",
+            (state, now_utc(), proposal_id),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decider:
+    """Who decides: an agent holding `consent` for its owner, or that owner at the CLI."""
+
+    owner_id: str
+    actor: Actor
+    via: str  # agent | cli
+    agent_id: str | None  # the agent that decided, shown to the proposer beside the reason
+
+
+class Consent:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    # Consent modes (DESIGN §4): per room, per owner, for that owner's own agents.
+
+    async def set_mode_as_agent(
+        self, caller: Caller, room_ref: str, mode: str, collaborator: str | None
+    ) -> ConsentModeSet:
+        policy.require_scope(caller, Scope.MANAGE)
+
+        def run(conn: sqlite3.Connection) -> ConsentModeSet:
+            queries.recheck_caller(conn, caller, Scope.MANAGE)
+            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            return _set_mode(conn, caller.actor, room, caller.owner_id, mode, collaborator)
+
+        return await self._store.write(run)
+
+    async def set_mode_as_owner(
+        self, operator: Actor, room_ref: str, owner_ref: str, mode: str, collaborator: str | None
+    ) -> ConsentModeSet:
+        def run(conn: sqlite3.Connection) -> ConsentModeSet:
+            room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
+            if queries.owner_joined(conn, room["room_id"], owner["owner_id"]) is None:
+                raise invalid("owner", f"{owner['handle']} is not in room {room['name']}")
+            return _set_mode(conn, operator, room, owner["owner_id"], mode, collaborator)
+
+        return await self._store.write(run)
+
+    # What waits on an owner's say-so.
+
+    async def pending_for_agent(self, caller: Caller, room_ref: str | None, limit: int) -> ProposalList:
+        policy.require_scope(caller, Scope.CONSENT)
+        return await self._store.read(lambda conn: _pending(conn, caller, room_ref, limit))
+
+    async def pending_for_owner(self, owner_ref: str, room_ref: str | None, limit: int) -> ProposalList:
+        def run(conn: sqlite3.Connection) -> ProposalList:
+            return _pending(conn, OwnerViewer(queries.owner(conn, owner_ref)["owner_id"]), room_ref, limit)
+
+        return await self._store.read(run)
+
+    # Decisions: final, audited, bound to the payload each proposal carries.
+
+    async def decide_as_agent(self, caller: Caller, ref: str, *, accept: bool, reason: str | None) -> DecisionResult:
+        policy.require_scope(caller, Scope.CONSENT)
+        if caller.run_id is not None:  # held_scopes already withholds it; a run never decides, whatever changes
+            raise forbidden_scope(Scope.CONSENT.value)
+        decider = Decider(caller.owner_id, caller.actor, "agent", caller.agent_id)
+
+        def run(conn: sqlite3.Connection) -> DecisionResult:
+            queries.recheck_caller(conn, caller, Scope.CONSENT)
+            return _decide(conn, decider, _proposal_for(conn, ref, caller), accept, reason)
+
+        return await self._store.write(run)
+
+    async def decide_as_owner(
+        self, operator: Actor, owner_ref: str, ref: str, *, accept: bool, reason: str | None
+    ) -> DecisionResult:
+        def run(conn: sqlite3.Connection) -> DecisionResult:
+            owner = queries.owner(conn, owner_ref)
+            decider = Decider(owner["owner_id"], operator, "cli", None)
+            return _decide(conn, decider, _proposal_for(conn, ref, OwnerViewer(owner["owner_id"])), accept, reason)
+
+        return await self._store.write(run)
+
+
+def _set_mode(
+    conn: sqlite3.Connection, actor: Actor, room: sqlite3.Row, owner_id: str, mode: str, collaborator: str | None
+) -> ConsentModeSet:
+    try:
+        chosen = ConsentMode(mode)
+    except ValueError:
+        raise invalid("mode", f"one of {', '.join(ConsentMode)}") from None
+    collaborator_id = None
+    if chosen == ConsentMode.TRUST_COLLABORATOR:
+        if not collaborator:
+            raise invalid("collaborator", "trust_collaborator needs the owner you trust")
+        collaborator_id = queries.owner(conn, collaborator)["owner_id"]
+        if collaborator_id == owner_id:
+            raise invalid("collaborator", "name another owner; your own agents never need consent")
+    elif collaborator:
+        raise invalid("collaborator", "only trust_collaborator names a collaborator")
+    previous = queries.consent_mode(conn, room["room_id"], owner_id)
+    # Applies to proposals made from now on; pending ones keep waiting for a decision (invariant 46).
+    conn.execute(
+        "INSERT INTO consent_modes (room_id, owner_id, mode, collaborator_id, set_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (room_id, owner_id) DO UPDATE SET mode = excluded.mode,"
+        " collaborator_id = excluded.collaborator_id, set_at = excluded.set_at",
+        (room["room_id"], owner_id, chosen.value, collaborator_id, now_utc()),
+    )
+    audit.append(
+        conn,
+        actor,
+        "consent.mode",
+        target=room["room_id"],
+        detail={
+            "owner_id": owner_id,
+            "mode": chosen.value,
+            "previous": previous["mode"] if previous else ConsentMode.TASK_BY_TASK.value,
+            "collaborator_id": collaborator_id,
+        },
+    )
+    owner = queries.owner(conn, owner_id)
+    return ConsentModeSet(
+        room=room["name"],
+        room_id=room["room_id"],
+        owner=owner["handle"],
+        mode=chosen.value,
+        collaborator=queries.owner(conn, collaborator_id)["handle"] if collaborator_id else None,
+    )
+
+
+def _pending(conn: sqlite3.Connection, viewer: Viewer, room_ref: str | None, limit: int) -> ProposalList:
+    sql, args = _PROPOSALS + " WHERE p.target_owner_id = ? AND p.state = 'pending'", [viewer.owner_id]
+    if room_ref is not None:
+        room = queries.room(conn, room_ref)
+        if queries.owner_joined(conn, room["room_id"], viewer.owner_id) is None:
+            raise not_found("room")
+        sql += " AND p.room_id = ?"
+        args.append(room["room_id"])
+    rows = conn.execute(sql + " ORDER BY p.created_at, p.proposal_id LIMIT ?", (*args, limit + 1)).fetchall()
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    payloads = [json.loads(r["payload"]) for r in rows]
+    # Every proposal crossed an owner boundary: each text field is rendered as the proposer's words.
+    items = [(r, p, f) for r, p in zip(rows, payloads, strict=True) for f in _TEXT_FIELDS if f in p]
+    rendered, boundary = render(viewer, [r for r, _, _ in items], [p[f] for _, p, f in items])
+    for (_, payload, field), shown in zip(items, rendered, strict=True):
+        payload[field] = shown.text
+    proposals = [
+        Proposal(
+            proposal_id=r["proposal_id"],
+            kind=r["kind"],
+            room=r["room_name"],
+            room_id=r["room_id"],
+            proposer=ProposerRef(agent=r["handle"], owner=r["owner_handle"]),
+            target=r["target_handle"],
+            task_id=r["task_id"],
+            payload=payload,
+            payload_sha256=r["payload_sha256"],
+            created_at=r["created_at"],
+        )
+        for r, payload in zip(rows, payloads, strict=True)
+    ]
+    return ProposalList(proposals=proposals, has_more=has_more, boundary=boundary, notice=notice(boundary))
+
+
+def _proposal_for(conn: sqlite3.Connection, ref: str, viewer: Viewer) -> sqlite3.Row:
+    """A proposal by its id, or a task's current one by the task id. NOT_FOUND unless the viewer's owner
+    is its target or the viewer is in its room: a stranger learns nothing, not even that it exists."""
+    if ref.startswith("task_"):
+        task = conn.execute(
+            "SELECT room_id, proposal_id, assignee_owner_id FROM tasks WHERE task_id = ?", (ref,)
+        ).fetchone()
+        if task is None or (
+            task["assignee_owner_id"] != viewer.owner_id and not _sees_room(conn, viewer, task["room_id"])
+        ):
+            raise not_found("task or proposal")
+        if task["proposal_id"] is None:
+            raise conflict("this task crosses no owner boundary; it needs no consent")
+        ref = task["proposal_id"]
+    row = conn.execute(_PROPOSALS + " WHERE p.proposal_id = ?", (ref,)).fetchone()
+    if row is None or (row["target_owner_id"] != viewer.owner_id and not _sees_room(conn, viewer, row["room_id"])):
+        raise not_found("task or proposal")
+    return row
+
+
+def _sees_room(conn: sqlite3.Connection, viewer: Viewer, room_id: str) -> bool:
+    """An agent sees a room it is in; an owner at the CLI (no agent) one they joined."""
+    if not viewer.agent_id:
+        return queries.owner_joined(conn, room_id, viewer.owner_id) is not None
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM room_agents WHERE room_id = ? AND agent_id = ?", (room_id, viewer.agent_id)
+        ).fetchone()
+    )
+
+
+def _decide(
+    conn: sqlite3.Connection, decider: Decider, proposal: sqlite3.Row, accept: bool, reason: str | None
+) -> DecisionResult:
+    target = queries.agent(conn, proposal["target_id"])
+    proposer_owner, target_owner = proposal["proposer_owner_id"], proposal["target_owner_id"]
+    state = policy.decide(
+        policy.Decision(
+            decider_owner_id=decider.owner_id,
+            proposal_state=proposal["state"],
+            proposer_owner_id=proposer_owner,
+            target_owner_id=target_owner,
+            target_scopes=held_scopes(target["scopes"], None),
+            wake=proposal["kind"] == "wake",
+            grant_active=queries.active_grant(conn, target_owner, proposer_owner) is not None,
+            owners_verified=queries.owners_verified(conn, target_owner, proposer_owner),
+        ),
+        accept=accept,
+    )
+    now = now_utc()
+    conn.execute(
+        "UPDATE proposals SET state = ?, decided_by = ?, decided_via = ?, reason = ?, decided_at = ?"
+        " WHERE proposal_id = ?",
+        (state.value, decider.agent_id or decider.owner_id, decider.via, reason, now, proposal["proposal_id"]),
+    )
+    if proposal["task_id"] is not None:
+        conn.execute(
+            "UPDATE tasks SET consent_state = ?, updated_at = ? WHERE task_id = ? AND proposal_id = ?",
+            (state.value, now, proposal["task_id"], proposal["proposal_id"]),
+        )
+    audit.append(
+        conn,
+        decider.actor,
+        f"consent.{'accept' if accept else 'reject'}",
+        target=proposal["room_id"],
+        detail={
+            "proposal_id": proposal["proposal_id"],
+            "kind": proposal["kind"],
+            "task_id": proposal["task_id"],
+            "payload_sha256": proposal["payload_sha256"],
+            "owner_id": decider.owner_id,
+            "via": decider.via,
+        },
+    )
+    return DecisionResult(
+        proposal_id=proposal["proposal_id"],
+        kind=proposal["kind"],
+        task_id=proposal["task_id"],
+        consent_state=state.value,
+    )

@@ -1,0 +1,372 @@
+"""The task board (DESIGN §4): tasks in a room, handed between agents, with consent where owners differ.
+
+Each call is one transaction: load the task and the facts, let `policy` judge, write the task and any
+proposal, append one audit row. A task given to another owner's agent carries a proposal whose
+payload (title, body, assignee) is what that owner decides on; changing any of it makes a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.auth.tokens import new_id
+from agent_rooms_mcp.clock import now_utc
+from agent_rooms_mcp.errors import invalid, not_found, too_large
+from agent_rooms_mcp.models import Author, Task, TaskList, TaskView
+from agent_rooms_mcp.policy import ConsentState, TaskStatus
+from agent_rooms_mcp.principals import Caller, Scope
+from agent_rooms_mcp.services import consent
+from agent_rooms_mcp.services.render import notice, render, within_bytes
+from agent_rooms_mcp.settings import Limits
+from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.database import Store
+
+_TASKS = (
+    "SELECT t.*, r.name AS room_name, p.reason AS consent_reason, p.decided_via, p.decided_by,"
+    " c.handle AS c_handle, c.tool AS c_tool, co.handle AS c_owner,"
+    " a.handle AS a_handle, a.tool AS a_tool, ao.handle AS a_owner,"
+    " n.handle AS n_handle, n.tool AS n_tool, n.owner_id AS n_owner_id, nbo.handle AS n_owner,"
+    " d.handle AS d_handle, d.tool AS d_tool"
+    " FROM tasks t JOIN rooms r ON r.room_id = t.room_id"
+    " JOIN agents c ON c.agent_id = t.creator_id JOIN owners co ON co.owner_id = t.creator_owner_id"
+    " LEFT JOIN agents a ON a.agent_id = t.assignee_id LEFT JOIN owners ao ON ao.owner_id = t.assignee_owner_id"
+    " LEFT JOIN agents n ON n.agent_id = t.note_by LEFT JOIN owners nbo ON nbo.owner_id = n.owner_id"
+    " LEFT JOIN proposals p ON p.proposal_id = t.proposal_id LEFT JOIN agents d ON d.agent_id = p.decided_by"
+)
+
+
+def _task_payload(task_id: str, room_id: str, title: str, body: str, assignee_id: str) -> dict[str, Any]:
+    return {"task_id": task_id, "room_id": room_id, "title": title, "body": body, "assignee_id": assignee_id}
+
+
+class Tasks:
+    def __init__(self, store: Store, limits: Limits) -> None:
+        self._store = store
+        self._limits = limits
+
+    def _check_texts(self, title: str | None, body: str | None, note: str | None) -> None:
+        if title is not None and not title.strip():
+            raise invalid("title", "must not be blank")
+        if title is not None and len(title) > self._limits.task_title_chars:
+            raise too_large("title", self._limits.task_title_chars)
+        if body is not None and len(body.encode("utf-8", "surrogatepass")) > self._limits.message_bytes:
+            raise too_large("body", self._limits.message_bytes)
+        if note is not None and len(note) > self._limits.note_chars:
+            raise too_large("note", self._limits.note_chars)
+
+    async def create(self, caller: Caller, room_ref: str, title: str, body: str, assignee: str | None) -> TaskView:
+        policy.require_scope(caller, Scope.TASK)
+        self._check_texts(title, body, None)
+
+        def run(conn: sqlite3.Connection) -> TaskView:
+            queries.recheck_caller(conn, caller, Scope.TASK)
+            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            target = queries.member_agent(conn, room["room_id"], assignee) if assignee else None
+            state = (
+                policy.propose(consent.cross_owner(conn, caller, room["room_id"], target), wake=False)
+                if (target is not None)
+                else ConsentState.AUTO
+            )
+            task_id, now = new_id("task"), now_utc()
+            number = conn.execute(
+                "SELECT coalesce(max(number), 0) + 1 FROM tasks WHERE room_id = ?", (room["room_id"],)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO tasks (task_id, room_id, number, title, body, creator_id, creator_owner_id,"
+                " assignee_id, assignee_owner_id, status, consent_state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+                (
+                    task_id,
+                    room["room_id"],
+                    number,
+                    title,
+                    body,
+                    caller.agent_id,
+                    caller.owner_id,
+                    target["agent_id"] if target else None,
+                    target["owner_id"] if target else None,
+                    state.value,
+                    now,
+                    now,
+                ),
+            )
+            proposal_id = _offer(conn, caller, room["room_id"], task_id, title, body, target, state)
+            audit.append(
+                conn,
+                caller.actor,
+                "task.create",
+                target=room["room_id"],
+                detail={
+                    "task_id": task_id,
+                    "assignee_id": target and target["agent_id"],
+                    **_consent(state, proposal_id),
+                },
+            )
+            return self._view(conn, caller, task_id)
+
+        return await self._store.write(run)
+
+    async def assign(self, caller: Caller, task_ref: str, assignee: str) -> TaskView:
+        policy.require_scope(caller, Scope.TASK)
+
+        def run(conn: sqlite3.Connection) -> TaskView:
+            queries.recheck_caller(conn, caller, Scope.TASK)
+            task = _task_for_member(conn, task_ref, caller)
+            policy.act_on_task(_action(caller, task))
+            target = queries.member_agent(conn, task["room_id"], assignee)
+            state = policy.propose(consent.cross_owner(conn, caller, task["room_id"], target), wake=False)
+            # A new assignee is a new request: the old one's pending proposal no longer stands.
+            consent.close_proposal(conn, task["proposal_id"], "superseded")
+            proposal_id = _offer(
+                conn, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, state
+            )
+            conn.execute(
+                "UPDATE tasks SET assignee_id = ?, assignee_owner_id = ?, consent_state = ?, proposal_id = ?,"
+                " status = 'open', updated_at = ? WHERE task_id = ?",
+                (target["agent_id"], target["owner_id"], state.value, proposal_id, now_utc(), task["task_id"]),
+            )
+            audit.append(
+                conn,
+                caller.actor,
+                "task.assign",
+                target=task["room_id"],
+                detail={"task_id": task["task_id"], "assignee_id": target["agent_id"], **_consent(state, proposal_id)},
+            )
+            return self._view(conn, caller, task["task_id"])
+
+        return await self._store.write(run)
+
+    async def update(
+        self,
+        caller: Caller,
+        task_ref: str,
+        status: str | None,
+        note: str | None,
+        title: str | None,
+        body: str | None,
+    ) -> TaskView:
+        policy.require_scope(caller, Scope.TASK)
+        if status is None and note is None and title is None and body is None:
+            raise invalid("status", "give a status, a note, or a new title or body")
+        new_status = _status(status)
+        self._check_texts(title, body, note)
+
+        def run(conn: sqlite3.Connection) -> TaskView:
+            queries.recheck_caller(conn, caller, Scope.TASK)
+            task = _task_for_member(conn, task_ref, caller)
+            moved = new_status if new_status is not None and new_status != task["status"] else None
+            new_title = task["title"] if title is None else title
+            new_body = task["body"] if body is None else body
+            edited = (new_title, new_body) != (task["title"], task["body"])
+            policy.act_on_task(_action(caller, task), new_status=moved, edits=edited)
+            state, proposal_id = ConsentState(task["consent_state"]), task["proposal_id"]
+            if moved == TaskStatus.CANCELLED:
+                consent.close_proposal(conn, proposal_id, "withdrawn")
+            elif edited and task["assignee_id"] is not None:
+                # The owner agreed to the old words, not these: the edit is a new proposal (invariant 45).
+                target = queries.member_agent(conn, task["room_id"], task["assignee_id"])
+                state = policy.propose(consent.cross_owner(conn, caller, task["room_id"], target), wake=False)
+                consent.close_proposal(conn, proposal_id, "superseded")
+                proposal_id = _offer(conn, caller, task["room_id"], task["task_id"], new_title, new_body, target, state)
+            conn.execute(
+                "UPDATE tasks SET status = ?, title = ?, body = ?, consent_state = ?, proposal_id = ?,"
+                " note = coalesce(?, note), note_by = CASE WHEN ? IS NULL THEN note_by ELSE ? END, updated_at = ?"
+                " WHERE task_id = ?",
+                (
+                    (moved or TaskStatus(task["status"])).value,
+                    new_title,
+                    new_body,
+                    state.value,
+                    proposal_id,
+                    note,
+                    note,
+                    caller.agent_id,
+                    now_utc(),
+                    task["task_id"],
+                ),
+            )
+            audit.append(
+                conn,
+                caller.actor,
+                "task.update",
+                target=task["room_id"],
+                detail={
+                    "task_id": task["task_id"],
+                    "status": [task["status"], (moved or task["status"])],
+                    "edited": edited,
+                    "note": note is not None,
+                    **_consent(state, proposal_id),
+                },
+            )
+            return self._view(conn, caller, task["task_id"])
+
+        return await self._store.write(run)
+
+    async def list(
+        self,
+        caller: Caller,
+        room_ref: str,
+        *,
+        status: str | None,
+        assignee: str | None,
+        consent_state: str | None,
+        after: int,
+        limit: int,
+    ) -> TaskList:
+        policy.require_scope(caller, Scope.READ)
+        filters, args = "", []
+        if status is not None:
+            filters += " AND t.status = ?"
+            args.append(_status(status))
+        if consent_state is not None:
+            try:
+                args.append(ConsentState(consent_state).value)
+            except ValueError:
+                raise invalid("consent_state", f"one of {', '.join(ConsentState)}") from None
+            filters += " AND t.consent_state = ?"
+        if assignee is not None:
+            filters += " AND a.handle = ?"
+            args.append(assignee)
+
+        def run(conn: sqlite3.Connection) -> TaskList:
+            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            rows = conn.execute(
+                _TASKS + " WHERE t.room_id = ? AND t.number > ?" + filters + " ORDER BY t.number LIMIT ?",
+                (room["room_id"], after, *args, limit + 1),
+            ).fetchall()
+            kept = within_bytes(
+                [_text_bytes(r, "title", "body", "note") for r in rows[:limit]], self._limits.page_bytes
+            )
+            has_more = len(rows) > kept
+            tasks, boundary = _render(caller, rows[:kept])
+            return TaskList(
+                tasks=tasks,
+                next_after=tasks[-1].number if tasks else after,
+                has_more=has_more,
+                boundary=boundary,
+                notice=notice(boundary),
+            )
+
+        return await self._store.read(run)
+
+    def _view(self, conn: sqlite3.Connection, caller: Caller, task_id: str) -> TaskView:
+        [task], boundary = _render(caller, conn.execute(_TASKS + " WHERE t.task_id = ?", (task_id,)).fetchall())
+        return TaskView(**task.model_dump(), boundary=boundary, notice=notice(boundary))
+
+
+def _status(status: str | None) -> TaskStatus | None:
+    if status is None:
+        return None
+    try:
+        return TaskStatus(status)
+    except ValueError:
+        raise invalid("status", f"one of {', '.join(TaskStatus)}") from None
+
+
+def _consent(state: ConsentState, proposal_id: str | None) -> dict[str, Any]:
+    return {"consent_state": state.value, "proposal_id": proposal_id}
+
+
+def _offer(
+    conn: sqlite3.Connection,
+    caller: Caller,
+    room_id: str,
+    task_id: str,
+    title: str,
+    body: str,
+    target: sqlite3.Row | None,
+    state: ConsentState,
+) -> str | None:
+    """The proposal for a task that crosses to another owner's agent; None when nothing crosses."""
+    if target is None or state == ConsentState.AUTO:
+        return None
+    offer = consent.Offer(
+        kind="task",
+        room_id=room_id,
+        target=target,
+        payload=_task_payload(task_id, room_id, title, body, target["agent_id"]),
+        task_id=task_id,
+    )
+    proposal_id = consent.record_proposal(conn, caller, offer, state)
+    conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
+    return proposal_id
+
+
+def _task_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlite3.Row:
+    """The task if the caller is in its room; NOT_FOUND otherwise, as for a task that does not exist."""
+    row = conn.execute(
+        "SELECT t.* FROM tasks t JOIN room_agents m ON m.room_id = t.room_id AND m.agent_id = ? WHERE t.task_id = ?",
+        (caller.agent_id, ref),
+    ).fetchone()
+    if row is None:
+        raise not_found("task")
+    return row
+
+
+def _action(caller: Caller, task: sqlite3.Row) -> policy.TaskAction:
+    return policy.TaskAction(
+        actor=caller,
+        creator_id=task["creator_id"],
+        assignee_id=task["assignee_id"],
+        status=TaskStatus(task["status"]),
+        consent_state=ConsentState(task["consent_state"]),
+    )
+
+
+def _render(caller: Caller, rows: list[sqlite3.Row]) -> tuple[list[Task], str | None]:
+    """Each task's title and body are its creator's words, its note its note-taker's, and a rejection's
+    reason its assignee's owner's: each is sanitised, and enveloped if another owner wrote it."""
+    sources: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for r in rows:
+        creator = _who(r["creator_id"], r["c_handle"], r["c_tool"], r["creator_owner_id"], r["c_owner"])
+        sources += [creator, creator]
+        texts += [r["title"], r["body"]]
+        if r["note"] is not None:
+            sources.append(_who(r["note_by"], r["n_handle"], r["n_tool"], r["n_owner_id"], r["n_owner"]))
+            texts.append(r["note"])
+        if r["consent_reason"] is not None:
+            # Decided by one of the owner's agents, or by the owner at the CLI.
+            handle, tool = (r["d_handle"], r["d_tool"]) if r["d_handle"] else (r["a_owner"], "cli")
+            sources.append(_who(r["decided_by"], handle, tool, r["assignee_owner_id"], r["a_owner"]))
+            texts.append(r["consent_reason"])
+    rendered, boundary = render(caller, sources, texts)
+    shown = iter(rendered)
+    tasks = []
+    for r in rows:
+        title, body = next(shown), next(shown)
+        note = next(shown) if r["note"] is not None else None
+        reason = next(shown) if r["consent_reason"] is not None else None
+        tasks.append(
+            Task(
+                task_id=r["task_id"],
+                room=r["room_name"],
+                room_id=r["room_id"],
+                number=r["number"],
+                title=title.text,
+                body=body.text,
+                creator=title.author,
+                relation=title.relation,
+                assignee=Author(handle=r["a_handle"], owner=r["a_owner"], tool=r["a_tool"]) if r["a_handle"] else None,
+                status=r["status"],
+                consent_state=r["consent_state"],
+                proposal_id=r["proposal_id"],
+                consent_reason=reason.text if reason else None,
+                note=note.text if note else None,
+                note_by=note.author if note else None,
+                created_at=r["created_at"],
+                updated_at=r["updated_at"],
+                flags=sorted({f for item in (title, body, note, reason) if item for f in item.flags}),
+            )
+        )
+    return tasks, boundary
+
+
+def _text_bytes(row: sqlite3.Row, *fields: str) -> int:
+    return sum(len((row[f] or "").encode("utf-8", "surrogatepass")) for f in fields)
+
+
+def _who(agent_id: str, handle: str, tool: str, owner_id: str, owner_handle: str) -> dict[str, Any]:
+    return {"agent_id": agent_id, "handle": handle, "tool": tool, "owner_id": owner_id, "owner_handle": owner_handle}

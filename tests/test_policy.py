@@ -1,0 +1,195 @@
+"""The consent rules as tables (STYLE P13): one row per rule, rows where rule order decides the code,
+and default-deny rows. Pure functions, no database."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from agent_rooms_mcp import policy
+from agent_rooms_mcp.errors import ErrorCode, RoomsError
+from agent_rooms_mcp.policy import ConsentMode, ConsentState, CrossOwner, Decision, Standing, TaskAction, TaskStatus
+from agent_rooms_mcp.principals import AgentTool, Caller, Scope
+
+ALICE = Caller(
+    agent_id="agt_alice",
+    handle="alice-claude",
+    tool=AgentTool.CLAUDE,
+    owner_id="own_alice",
+    owner_handle="alice",
+    owner_verified=True,
+    scopes=frozenset({Scope.READ, Scope.POST, Scope.TASK}),
+    token_id="tok_alice",
+)
+INVOKE = frozenset({Scope.READ, Scope.INVOKE})
+BASE = CrossOwner(
+    actor=ALICE,
+    target_owner_id="own_bob",
+    target_scopes=INVOKE,
+    grant_active=True,
+    owners_verified=True,
+    standing=Standing(),
+)
+NO_TASK = replace(ALICE, scopes=frozenset({Scope.READ, Scope.POST}))
+
+PROPOSE = [
+    pytest.param(
+        replace(BASE, target_owner_id="own_alice", grant_active=False), False, ConsentState.AUTO, id="same-owner"
+    ),
+    pytest.param(BASE, False, ConsentState.PENDING, id="task_by_task-starts-pending"),
+    pytest.param(replace(BASE, actor=NO_TASK), False, ErrorCode.FORBIDDEN_SCOPE, id="no-task-scope"),
+    pytest.param(replace(BASE, actor=NO_TASK, grant_active=False), False, ErrorCode.FORBIDDEN_SCOPE, id="scope-first"),
+    pytest.param(replace(BASE, grant_active=False), False, ErrorCode.NO_GRANT, id="no-grant"),
+    pytest.param(replace(BASE, grant_active=False, owners_verified=False), False, ErrorCode.NO_GRANT, id="grant-first"),
+    pytest.param(replace(BASE, owners_verified=False), False, ErrorCode.IDENTITY_UNVERIFIED, id="unverified"),
+    pytest.param(
+        replace(BASE, target_scopes=frozenset({Scope.READ})), False, ConsentState.PENDING, id="task-no-invoke"
+    ),
+    pytest.param(
+        replace(BASE, target_scopes=frozenset({Scope.READ})), True, ErrorCode.FORBIDDEN_SCOPE, id="wake-no-invoke"
+    ),
+    pytest.param(
+        replace(BASE, target_scopes=frozenset(), owners_verified=False),
+        True,
+        ErrorCode.IDENTITY_UNVERIFIED,
+        id="identity-before-invoke",
+    ),
+    pytest.param(BASE, True, ConsentState.PENDING, id="wake-pending"),
+    pytest.param(
+        replace(BASE, standing=Standing(ConsentMode.APPROVE_ALL)), True, ConsentState.ACCEPTED, id="approve_all"
+    ),
+    pytest.param(
+        replace(BASE, standing=Standing(ConsentMode.TRUST_COLLABORATOR, "own_alice")),
+        False,
+        ConsentState.ACCEPTED,
+        id="trusted-collaborator",
+    ),
+    pytest.param(
+        replace(BASE, standing=Standing(ConsentMode.TRUST_COLLABORATOR, "own_carol")),
+        False,
+        ConsentState.PENDING,
+        id="other-collaborator",
+    ),
+    pytest.param(
+        replace(BASE, standing=Standing(ConsentMode.TRUST_ROOM, proposer_trusted_by_room=True)),
+        False,
+        ConsentState.ACCEPTED,
+        id="trust_room-member-before",
+    ),
+    pytest.param(
+        replace(BASE, standing=Standing(ConsentMode.TRUST_ROOM)),
+        False,
+        ConsentState.PENDING,
+        id="trust_room-joined-after",
+    ),
+    pytest.param(
+        replace(BASE, grant_active=False, standing=Standing(ConsentMode.APPROVE_ALL)),
+        False,
+        ErrorCode.NO_GRANT,
+        id="no-mode-skips-the-grant",
+    ),
+]
+
+
+def outcome(call: object) -> object:
+    try:
+        return call()  # type: ignore[operator]
+    except RoomsError as e:
+        return e.code
+
+
+@pytest.mark.invariant(23, 24, 41, 42)
+@pytest.mark.parametrize("facts, wake, expected", PROPOSE)
+def test_propose(facts: CrossOwner, wake: bool, expected: object) -> None:
+    assert outcome(lambda: policy.propose(facts, wake=wake)) == expected
+
+
+DECISION = Decision(
+    decider_owner_id="own_bob",
+    proposal_state="pending",
+    proposer_owner_id="own_alice",
+    target_owner_id="own_bob",
+    target_scopes=INVOKE,
+    wake=False,
+    grant_active=True,
+    owners_verified=True,
+)
+
+DECIDE = [
+    pytest.param(DECISION, True, ConsentState.ACCEPTED, id="accept"),
+    pytest.param(DECISION, False, ConsentState.REJECTED, id="reject"),
+    pytest.param(replace(DECISION, decider_owner_id="own_alice"), True, ErrorCode.FORBIDDEN_SCOPE, id="proposer-owner"),
+    pytest.param(
+        replace(DECISION, decider_owner_id="own_carol", proposal_state="accepted"),
+        True,
+        ErrorCode.FORBIDDEN_SCOPE,
+        id="owner-before-state",
+    ),
+    pytest.param(replace(DECISION, proposal_state="accepted"), True, ErrorCode.CONFLICT, id="final-accepted"),
+    pytest.param(replace(DECISION, proposal_state="rejected"), False, ErrorCode.CONFLICT, id="final-rejected"),
+    pytest.param(replace(DECISION, proposal_state="superseded"), True, ErrorCode.CONFLICT, id="superseded"),
+    pytest.param(replace(DECISION, proposal_state="withdrawn"), False, ErrorCode.CONFLICT, id="withdrawn"),
+    pytest.param(replace(DECISION, grant_active=False), True, ErrorCode.NO_GRANT, id="grant-revoked"),
+    pytest.param(replace(DECISION, grant_active=False), False, ConsentState.REJECTED, id="reject-without-grant"),
+    pytest.param(replace(DECISION, owners_verified=False), True, ErrorCode.IDENTITY_UNVERIFIED, id="unverified"),
+    pytest.param(
+        replace(DECISION, wake=True, target_scopes=frozenset()), True, ErrorCode.FORBIDDEN_SCOPE, id="wake-lost-invoke"
+    ),
+    pytest.param(replace(DECISION, wake=True), True, ConsentState.ACCEPTED, id="wake"),
+]
+
+
+@pytest.mark.invariant(25, 43, 44)
+@pytest.mark.parametrize("facts, accept, expected", DECIDE)
+def test_decide(facts: Decision, accept: bool, expected: object) -> None:
+    assert outcome(lambda: policy.decide(facts, accept=accept)) == expected
+
+
+BOB = replace(ALICE, agent_id="agt_bob", owner_id="own_bob", handle="bob-claude")
+OFFERED = TaskAction(
+    actor=BOB,
+    creator_id="agt_alice",
+    assignee_id="agt_bob",
+    status=TaskStatus.OPEN,
+    consent_state=ConsentState.ACCEPTED,
+)
+WORKING, DONE, CANCELLED, OPEN = TaskStatus.IN_PROGRESS, TaskStatus.DONE, TaskStatus.CANCELLED, TaskStatus.OPEN
+
+ACT = [
+    pytest.param(OFFERED, WORKING, False, None, id="assignee-starts"),
+    pytest.param(replace(OFFERED, actor=ALICE), CANCELLED, True, None, id="creator-edits-and-cancels"),
+    pytest.param(
+        replace(OFFERED, consent_state=ConsentState.PENDING), WORKING, False, ErrorCode.CONSENT_PENDING, id="pending"
+    ),
+    pytest.param(
+        replace(OFFERED, consent_state=ConsentState.REJECTED), WORKING, False, ErrorCode.CONFLICT, id="rejected"
+    ),
+    pytest.param(
+        replace(OFFERED, actor=ALICE, consent_state=ConsentState.PENDING),
+        CANCELLED,
+        False,
+        None,
+        id="creator-cancels-pending",
+    ),
+    pytest.param(OFFERED, None, True, ErrorCode.FORBIDDEN_SCOPE, id="assignee-cannot-edit"),
+    pytest.param(replace(OFFERED, assignee_id=None), WORKING, False, ErrorCode.FORBIDDEN_SCOPE, id="stranger"),
+    pytest.param(
+        replace(OFFERED, actor=replace(BOB, scopes=frozenset({Scope.READ}))),
+        WORKING,
+        False,
+        ErrorCode.FORBIDDEN_SCOPE,
+        id="no-task-scope",
+    ),
+    pytest.param(replace(OFFERED, status=DONE), OPEN, False, ErrorCode.CONFLICT, id="done-is-final"),
+    pytest.param(replace(OFFERED, status=CANCELLED), None, False, ErrorCode.CONFLICT, id="cancelled-is-final"),
+    pytest.param(replace(OFFERED, status=WORKING), OPEN, False, None, id="hand-back"),
+    pytest.param(replace(OFFERED, status=WORKING), DONE, False, None, id="finish"),
+    pytest.param(OFFERED, DONE, False, None, id="open-to-done"),
+    pytest.param(replace(OFFERED, status=WORKING), WORKING, False, ErrorCode.CONFLICT, id="no-self-transition"),
+]
+
+
+@pytest.mark.parametrize("facts, status, edits, expected", ACT)
+def test_act_on_task(facts: TaskAction, status: TaskStatus | None, edits: bool, expected: ErrorCode | None) -> None:
+    assert outcome(lambda: policy.act_on_task(facts, new_status=status, edits=edits)) == expected
