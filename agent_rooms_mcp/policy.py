@@ -90,7 +90,7 @@ class CrossOwner:
     actor: Caller
     target_owner_id: str
     target_scopes: frozenset[Scope]
-    grant_active: bool  # from the target's owner to the actor's owner
+    grant_id: str | None  # the active grant from the target's owner to the actor's owner
     owners_verified: bool  # both of them
     standing: Standing
 
@@ -103,7 +103,7 @@ def propose(f: CrossOwner, *, wake: bool) -> ConsentState:
     # 2. The actor's `task` scope, before anything about the other owner is revealed.
     require_scope(f.actor, Scope.TASK)
     # 3. A standing grant from the target's owner, then 4. both identities verified.
-    if not f.grant_active:
+    if f.grant_id is None:
         raise RoomsError(ErrorCode.NO_GRANT, "the target agent's owner has not granted your owner")
     if not f.owners_verified:
         raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "both owners must be identity-verified")
@@ -124,7 +124,7 @@ class Decision:
     target_owner_id: str
     target_scopes: frozenset[Scope]
     wake: bool
-    grant_active: bool
+    grant_active: bool  # the grant the proposal was made under, not merely some grant now
     owners_verified: bool
 
 
@@ -142,7 +142,7 @@ def decide(f: Decision, *, accept: bool) -> ConsentState:
     # 3. The same conditions as when it was proposed, as they stand now: a revoked grant or a lost
     #    verification stops pending proposals from being accepted (invariant 25).
     if not f.grant_active:
-        raise RoomsError(ErrorCode.NO_GRANT, "your owner's grant to the proposer's owner is not active")
+        raise RoomsError(ErrorCode.NO_GRANT, "the grant this was proposed under has been revoked")
     if not f.owners_verified:
         raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "both owners must be identity-verified")
     if f.wake and Scope.INVOKE not in f.target_scopes:

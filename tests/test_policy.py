@@ -27,21 +27,19 @@ BASE = CrossOwner(
     actor=ALICE,
     target_owner_id="own_bob",
     target_scopes=INVOKE,
-    grant_active=True,
+    grant_id="grant_bob_alice",
     owners_verified=True,
     standing=Standing(),
 )
 NO_TASK = replace(ALICE, scopes=frozenset({Scope.READ, Scope.POST}))
 
 PROPOSE = [
-    pytest.param(
-        replace(BASE, target_owner_id="own_alice", grant_active=False), False, ConsentState.AUTO, id="same-owner"
-    ),
+    pytest.param(replace(BASE, target_owner_id="own_alice", grant_id=None), False, ConsentState.AUTO, id="same-owner"),
     pytest.param(BASE, False, ConsentState.PENDING, id="task_by_task-starts-pending"),
     pytest.param(replace(BASE, actor=NO_TASK), False, ErrorCode.FORBIDDEN_SCOPE, id="no-task-scope"),
-    pytest.param(replace(BASE, actor=NO_TASK, grant_active=False), False, ErrorCode.FORBIDDEN_SCOPE, id="scope-first"),
-    pytest.param(replace(BASE, grant_active=False), False, ErrorCode.NO_GRANT, id="no-grant"),
-    pytest.param(replace(BASE, grant_active=False, owners_verified=False), False, ErrorCode.NO_GRANT, id="grant-first"),
+    pytest.param(replace(BASE, actor=NO_TASK, grant_id=None), False, ErrorCode.FORBIDDEN_SCOPE, id="scope-first"),
+    pytest.param(replace(BASE, grant_id=None), False, ErrorCode.NO_GRANT, id="no-grant"),
+    pytest.param(replace(BASE, grant_id=None, owners_verified=False), False, ErrorCode.NO_GRANT, id="grant-first"),
     pytest.param(replace(BASE, owners_verified=False), False, ErrorCode.IDENTITY_UNVERIFIED, id="unverified"),
     pytest.param(
         replace(BASE, target_scopes=frozenset({Scope.READ})), False, ConsentState.PENDING, id="task-no-invoke"
@@ -84,7 +82,7 @@ PROPOSE = [
         id="trust_room-joined-after",
     ),
     pytest.param(
-        replace(BASE, grant_active=False, standing=Standing(ConsentMode.APPROVE_ALL)),
+        replace(BASE, grant_id=None, standing=Standing(ConsentMode.APPROVE_ALL)),
         False,
         ErrorCode.NO_GRANT,
         id="no-mode-skips-the-grant",

@@ -55,7 +55,10 @@ async def test_lookalike_handle_never_matches(world: World) -> None:
     async with world.client("alice-claude") as c:
         # Cyrillic 'а' in place of the Latin 'a'.
         r = await c.call_tool("post_message", {"room": "lobby", "text": "@\u0430lice-codex hi"})
+        # A combining mark makes it read as another handle ("alice-codeẋ"); punctuation just ends it.
+        marked = await c.call_tool("post_message", {"room": "lobby", "text": "@alice-codex\u0307 and @alice-admin."})
     assert r.structured_content["mentions"] == []
+    assert [m["handle"] for m in marked.structured_content["mentions"]] == ["alice-admin"]
 
 
 async def test_pagination_walks_every_message_once(world: World, transport: str, mode: str) -> None:

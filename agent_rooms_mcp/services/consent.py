@@ -62,10 +62,24 @@ def cross_owner(conn: sqlite3.Connection, actor: Caller, room_id: str, target: s
         actor=actor,
         target_owner_id=target["owner_id"],
         target_scopes=held_scopes(target["scopes"], None),
-        grant_active=queries.active_grant(conn, target["owner_id"], actor.owner_id) is not None,
+        grant_id=queries.active_grant(conn, target["owner_id"], actor.owner_id),
         owners_verified=queries.owners_verified(conn, target["owner_id"], actor.owner_id),
         standing=standing(conn, room_id, target["owner_id"], actor.owner_id),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Where a cross-owner request starts, and the grant it crosses (None when nothing crosses)."""
+
+    state: ConsentState
+    grant_id: str | None
+
+
+def judge(conn: sqlite3.Connection, actor: Caller, room_id: str, target: sqlite3.Row, *, wake: bool) -> Verdict:
+    """`policy.propose` on facts loaded now, inside the caller's transaction. Raises its refusal."""
+    facts = cross_owner(conn, actor, room_id, target)
+    return Verdict(policy.propose(facts, wake=wake), facts.grant_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +94,18 @@ class Offer:
     message_id: str | None = None
 
 
-def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, state: ConsentState) -> str:
-    """Write a proposal in `state` (pending, or accepted by the target owner's standing mode)."""
+def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdict: Verdict) -> str:
+    """Write a proposal as judged: pending, or accepted by the target owner's standing mode."""
+    if verdict.grant_id is None:
+        raise RuntimeError("a cross-owner proposal without a grant: policy.propose admits none")
+    state = verdict.state
     text, digest = canonical(offer.payload)
     proposal_id, now = new_id("prop"), now_utc()
     by_mode = state == ConsentState.ACCEPTED
     conn.execute(
         "INSERT INTO proposals (proposal_id, kind, room_id, proposer_id, proposer_owner_id, target_id,"
-        " target_owner_id, task_id, message_id, payload, payload_sha256, state, decided_by, decided_via,"
-        " created_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " target_owner_id, grant_id, task_id, message_id, payload, payload_sha256, state, decided_by, decided_via,"
+        " created_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             proposal_id,
             offer.kind,
@@ -97,6 +114,7 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, state
             actor.owner_id,
             offer.target["agent_id"],
             offer.target["owner_id"],
+            verdict.grant_id,
             offer.task_id,
             offer.message_id,
             text,
@@ -322,7 +340,10 @@ def _decide(
             target_owner_id=target_owner,
             target_scopes=held_scopes(target["scopes"], None),
             wake=proposal["kind"] == "wake",
-            grant_active=queries.active_grant(conn, target_owner, proposer_owner) is not None,
+            grant_active=conn.execute(
+                "SELECT revoked_at IS NULL FROM grants WHERE grant_id = ?", (proposal["grant_id"],)
+            ).fetchone()[0]
+            == 1,
             owners_verified=queries.owners_verified(conn, target_owner, proposer_owner),
         ),
         accept=accept,

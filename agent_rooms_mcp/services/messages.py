@@ -22,7 +22,11 @@ from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
 # ASCII only, exact handles: a look-alike letter ends the match instead of resolving to someone.
-_AT_HANDLE = re.compile(r"(?<![A-Za-z0-9_.@-])@([a-z0-9][a-z0-9_-]{0,62})(?![A-Za-z0-9_-])")
+# A combining mark right after a handle changes how it reads ("@bob-codex\u0301"), so it ends no match.
+_AT_HANDLE = re.compile(
+    r"(?<![A-Za-z0-9_.@-])@([a-z0-9][a-z0-9_-]{0,62})"
+    r"(?![A-Za-z0-9_\-\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f])"
+)
 
 _PAGE = (
     "SELECT m.message_id, m.seq, m.text, m.mentions, m.reply_to, m.created_at,"
@@ -42,13 +46,13 @@ def _mention(
     if member["owner_id"] == caller.owner_id or Scope.INVOKE not in held_scopes(member["scopes"], None):
         return MentionOutcome(handle=handle, outcome="notified")
     try:
-        state = policy.propose(consent.cross_owner(conn, caller, room_id, member), wake=True)
+        verdict = consent.judge(conn, caller, room_id, member, wake=True)
     except RoomsError as e:
         return MentionOutcome(handle=handle, outcome="refused", code=e.code.value)
     payload = {"room_id": room_id, "message_id": message_id, "seq": seq, "text": text, "target_id": member["agent_id"]}
     offer = consent.Offer(kind="wake", room_id=room_id, target=member, payload=payload, message_id=message_id)
-    proposal_id = consent.record_proposal(conn, caller, offer, state)
-    if state == ConsentState.PENDING:
+    proposal_id = consent.record_proposal(conn, caller, offer, verdict)
+    if verdict.state == ConsentState.PENDING:
         return MentionOutcome(handle=handle, outcome="pending_consent", proposal_id=proposal_id)
     # Accepted by the owner's standing mode. Waking it is the supervisor's part; until then it is notified.
     return MentionOutcome(handle=handle, outcome="notified", proposal_id=proposal_id)

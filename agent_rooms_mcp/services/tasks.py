@@ -13,7 +13,7 @@ from typing import Any
 from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
-from agent_rooms_mcp.errors import invalid, not_found, too_large
+from agent_rooms_mcp.errors import conflict, invalid, not_found, too_large
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView
 from agent_rooms_mcp.policy import ConsentState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
@@ -64,10 +64,10 @@ class Tasks:
             queries.recheck_caller(conn, caller, Scope.TASK)
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
             target = queries.member_agent(conn, room["room_id"], assignee) if assignee else None
-            state = (
-                policy.propose(consent.cross_owner(conn, caller, room["room_id"], target), wake=False)
-                if (target is not None)
-                else ConsentState.AUTO
+            verdict = (
+                consent.judge(conn, caller, room["room_id"], target, wake=False)
+                if target is not None
+                else consent.Verdict(ConsentState.AUTO, None)
             )
             task_id, now = new_id("task"), now_utc()
             number = conn.execute(
@@ -87,12 +87,12 @@ class Tasks:
                     caller.owner_id,
                     target["agent_id"] if target else None,
                     target["owner_id"] if target else None,
-                    state.value,
+                    verdict.state.value,
                     now,
                     now,
                 ),
             )
-            proposal_id = _offer(conn, caller, room["room_id"], task_id, title, body, target, state)
+            proposal_id = _offer(conn, caller, room["room_id"], task_id, title, body, target, verdict)
             audit.append(
                 conn,
                 caller.actor,
@@ -101,7 +101,7 @@ class Tasks:
                 detail={
                     "task_id": task_id,
                     "assignee_id": target and target["agent_id"],
-                    **_consent(state, proposal_id),
+                    **_consent(verdict.state, proposal_id),
                 },
             )
             return self._view(conn, caller, task_id)
@@ -116,12 +116,16 @@ class Tasks:
             task = _task_for_member(conn, task_ref, caller)
             policy.act_on_task(_action(caller, task))
             target = queries.member_agent(conn, task["room_id"], assignee)
-            state = policy.propose(consent.cross_owner(conn, caller, task["room_id"], target), wake=False)
+            # Asking the same agent again makes sense only once its owner said no.
+            if target["agent_id"] == task["assignee_id"] and task["consent_state"] != ConsentState.REJECTED:
+                raise conflict(f"the task is already assigned to {target['handle']}")
+            verdict = consent.judge(conn, caller, task["room_id"], target, wake=False)
             # A new assignee is a new request: the old one's pending proposal no longer stands.
             consent.close_proposal(conn, task["proposal_id"], "superseded")
             proposal_id = _offer(
-                conn, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, state
+                conn, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, verdict
             )
+            state = verdict.state
             conn.execute(
                 "UPDATE tasks SET assignee_id = ?, assignee_owner_id = ?, consent_state = ?, proposal_id = ?,"
                 " status = 'open', updated_at = ? WHERE task_id = ?",
@@ -162,14 +166,18 @@ class Tasks:
             edited = (new_title, new_body) != (task["title"], task["body"])
             policy.act_on_task(_action(caller, task), new_status=moved, edits=edited)
             state, proposal_id = ConsentState(task["consent_state"]), task["proposal_id"]
-            if moved == TaskStatus.CANCELLED:
+            if moved in (TaskStatus.DONE, TaskStatus.CANCELLED):
+                # A finished task asks nothing of anyone any more: no decision may land on it.
                 consent.close_proposal(conn, proposal_id, "withdrawn")
             elif edited and task["assignee_id"] is not None:
                 # The owner agreed to the old words, not these: the edit is a new proposal (invariant 45).
                 target = queries.member_agent(conn, task["room_id"], task["assignee_id"])
-                state = policy.propose(consent.cross_owner(conn, caller, task["room_id"], target), wake=False)
+                verdict = consent.judge(conn, caller, task["room_id"], target, wake=False)
                 consent.close_proposal(conn, proposal_id, "superseded")
-                proposal_id = _offer(conn, caller, task["room_id"], task["task_id"], new_title, new_body, target, state)
+                proposal_id = _offer(
+                    conn, caller, task["room_id"], task["task_id"], new_title, new_body, target, verdict
+                )
+                state = verdict.state
             conn.execute(
                 "UPDATE tasks SET status = ?, title = ?, body = ?, consent_state = ?, proposal_id = ?,"
                 " note = coalesce(?, note), note_by = CASE WHEN ? IS NULL THEN note_by ELSE ? END, updated_at = ?"
@@ -277,10 +285,10 @@ def _offer(
     title: str,
     body: str,
     target: sqlite3.Row | None,
-    state: ConsentState,
+    verdict: consent.Verdict,
 ) -> str | None:
     """The proposal for a task that crosses to another owner's agent; None when nothing crosses."""
-    if target is None or state == ConsentState.AUTO:
+    if target is None or verdict.state == ConsentState.AUTO:
         return None
     offer = consent.Offer(
         kind="task",
@@ -289,7 +297,7 @@ def _offer(
         payload=_task_payload(task_id, room_id, title, body, target["agent_id"]),
         task_id=task_id,
     )
-    proposal_id = consent.record_proposal(conn, caller, offer, state)
+    proposal_id = consent.record_proposal(conn, caller, offer, verdict)
     conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
     return proposal_id
 

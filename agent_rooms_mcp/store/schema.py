@@ -182,6 +182,9 @@ CREATE TABLE proposals (
   proposer_owner_id TEXT NOT NULL REFERENCES owners(owner_id),
   target_id TEXT NOT NULL REFERENCES agents(agent_id),
   target_owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  -- The grant it crossed: revoking it ends the proposal's chance of acceptance, and a later grant
+  -- between the same owners does not bring it back.
+  grant_id TEXT NOT NULL REFERENCES grants(grant_id),
   task_id TEXT REFERENCES tasks(task_id),
   message_id TEXT,
   payload TEXT NOT NULL,
