@@ -24,6 +24,7 @@ from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.wake.supervisor import supervising
 
 log = structlog.get_logger("agent_rooms_mcp.http")
 
@@ -146,7 +147,7 @@ async def open_http_app(
     settings: Settings, *, allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 ) -> AsyncIterator[ASGIApp]:
     """The ASGI app with its hub open and the SDK's session manager running (tests drive it in-process)."""
-    async with Hub.open(settings) as hub:
+    async with Hub.open(settings) as hub, supervising(hub):
         mcp = create_server(existing_hub(hub))
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,

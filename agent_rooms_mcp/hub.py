@@ -26,6 +26,7 @@ from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.messages import Messages
 from agent_rooms_mcp.services.rooms import Rooms
+from agent_rooms_mcp.services.runs import Runs
 from agent_rooms_mcp.services.tasks import Tasks
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.store.database import Store
@@ -44,6 +45,7 @@ class Hub:
     tasks: Tasks
     grants: Grants
     consent: Consent
+    runs: Runs
 
     @classmethod
     @asynccontextmanager
@@ -61,12 +63,13 @@ class Hub:
                 auth=Authenticator(store, issuer),
                 accounts=Accounts(store, issuer, limits),
                 rooms=Rooms(store),
-                messages=Messages(store, limits),
+                messages=Messages(store, limits, settings.wake),
                 files=Files(store, limits),
                 invites=Invites(store, limits),
-                tasks=Tasks(store, limits),
+                tasks=Tasks(store, limits, settings.wake),
                 grants=Grants(store),
-                consent=Consent(store),
+                consent=Consent(store, settings.wake),
+                runs=Runs(store),
             )
 
 

@@ -291,3 +291,33 @@ class GrantInfo(BaseModel):
 
 class GrantList(BaseModel):
     grants: list[GrantInfo]
+
+
+class RunInfo(BaseModel):
+    run_id: str
+    agent: str
+    room: str
+    trigger: Literal["mention", "task", "wake_proposal"]
+    cause_id: str
+    state: str
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    outcome: str | None
+    stop_signal: str | None
+    session_id: str | None
+    constrained: bool
+
+
+class RunList(BaseModel):
+    runs: list[RunInfo]
+
+
+class StoppedRun(BaseModel):
+    run_id: str
+    stop_signal: Literal["SIGINT", "SIGTERM", "SIGKILL", "none"]
+    state: str
+
+
+class StopResult(BaseModel):
+    stopped: list[StoppedRun]

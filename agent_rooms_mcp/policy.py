@@ -93,6 +93,7 @@ class CrossOwner:
     grant_id: str | None  # the active grant from the target's owner to the actor's owner
     owners_verified: bool  # both of them
     standing: Standing
+    target_constrainable: bool = True  # its tool can run read-only when another owner wakes it
 
 
 def propose(f: CrossOwner, *, wake: bool) -> ConsentState:
@@ -110,7 +111,14 @@ def propose(f: CrossOwner, *, wake: bool) -> ConsentState:
     # 5. Only an agent its owner allowed to be woken can be woken.
     if wake and Scope.INVOKE not in f.target_scopes:
         raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
-    # 6. The target owner's standing mode in this room.
+    # 6. Another owner's request wakes an agent only in a constrained run; a tool that has none is refused
+    #    here, where the proposer sees it, rather than accepted and then silently never woken.
+    if Scope.INVOKE in f.target_scopes and not f.target_constrainable:
+        raise RoomsError(
+            ErrorCode.CONSTRAINED_RUNTIME_REQUIRED,
+            "the target agent's tool cannot run constrained, as a wake from another owner must",
+        )
+    # 7. The target owner's standing mode in this room.
     return ConsentState.ACCEPTED if starts_accepted(f.standing, f.actor.owner_id) else ConsentState.PENDING
 
 

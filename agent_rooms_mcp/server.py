@@ -31,7 +31,9 @@ from agent_rooms_mcp.models import (
     ProposalList,
     RoomDetail,
     RoomList,
+    RunList,
     SharedFile,
+    StopResult,
     TaskList,
     TaskView,
     WhoAmI,
@@ -61,6 +63,7 @@ PageSize = Annotated[int, Field(ge=1, le=L.page_max, description=f"At most this 
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 IDEMPOTENT_WRITE = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
 )
@@ -270,6 +273,29 @@ async def reject_task(
     return await call.hub.consent.decide_as_agent(call.caller, task, accept=False, reason=reason)
 
 
+async def list_runs(
+    agent: Annotated[Handle | None, Field(description="Only this agent's runs.")] = None,
+    room: Annotated[str | None, Field(min_length=1, max_length=80, description="Only runs woken in this room.")] = None,
+    state: Literal["queued", "running", "stopping", "stopped", "completed", "failed", "rate_limited", "lost"]
+    | None = None,
+    limit: PageSize = L.page_default,
+) -> RunList:
+    """Your owner's woken runs, newest first: which agent, which room, what woke it (mention, task or
+    accepted wake proposal), its state and outcome, and the session it continues."""
+    call = current_call()
+    return await call.hub.runs.list(call.caller, agent=agent, room=room, state=state, limit=limit)
+
+
+async def stop_agent(
+    agent: Annotated[Handle, Field(description="An agent of your owner.")],
+    run_id: Annotated[str | None, Field(min_length=1, max_length=80, description="Only this run.")] = None,
+) -> StopResult:
+    """Stop an agent of your owner (needs `manage`): queued runs end at once; a running CLI gets its own
+    interrupt, then SIGTERM, then SIGKILL of everything it started. Its session stays resumable."""
+    call = current_call()
+    return await call.hub.runs.stop_as_agent(call.caller, agent, run_id)
+
+
 TOOLS: tuple[tuple[Callable[..., Awaitable[Any]], ToolAnnotations], ...] = (
     (whoami, READ_ONLY),
     (list_rooms, READ_ONLY),
@@ -289,6 +315,8 @@ TOOLS: tuple[tuple[Callable[..., Awaitable[Any]], ToolAnnotations], ...] = (
     (list_pending_consents, READ_ONLY),
     (accept_task, WRITES),
     (reject_task, WRITES),
+    (list_runs, READ_ONLY),
+    (stop_agent, DESTRUCTIVE),
 )
 
 
@@ -301,7 +329,7 @@ def map_errors(tool: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T | Cal
             return await tool(*args, **kwargs)
         except RoomsError as e:
             call = current_call()
-            target = kwargs.get("room") or kwargs.get("task")
+            target = kwargs.get("room") or kwargs.get("task") or kwargs.get("agent")
             denied = audit.denial(
                 call.caller.actor, f"tool.{tool.__name__}", e.audit_reason, target=str(target) if target else None
             )

@@ -52,6 +52,43 @@ DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
+class WakeSettings:
+    """DESIGN §5: where the CLIs are, and the caps and grace periods of woken runs."""
+
+    # The supervisor runs in a serving process unless switched off, and never in the `serve` a woken
+    # run starts as its own MCP server: a run must not spawn runs under its own process tree.
+    enabled: bool = True
+    claude_bin: str = "claude"
+    codex_bin: str = "codex"
+    openclaw_bin: str = "openclaw"
+    contain: bool = False  # AGENT_ROOMS_WAKE_CONTAIN=1: Claude wakes run read-only
+    max_running: int = 4
+    max_running_per_owner: int = 2
+    max_running_per_agent: int = 1
+    spawns_per_minute_per_owner: int = 6
+    max_depth: int = 3
+    max_queued_per_owner: int = 50
+    run_limit_s: float = 2 * 3600
+    grace_int_s: float = 10.0
+    grace_term_s: float = 5.0
+    after_result_s: float = 10.0
+    idle_s: float = 600.0
+    # Another process's commits are seen this often; this process's are signalled at once.
+    poll_s: float = 0.25
+    lease_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WakeSettings:
+        return cls(
+            enabled=env.get("AGENT_ROOMS_SUPERVISOR", "1") != "0" and not env.get("AGENT_ROOMS_RUN_ID"),
+            claude_bin=env.get("AGENT_ROOMS_CLAUDE_BIN") or "claude",
+            codex_bin=env.get("AGENT_ROOMS_CODEX_BIN") or "codex",
+            openclaw_bin=env.get("AGENT_ROOMS_OPENCLAW_BIN") or "openclaw",
+            contain=env.get("AGENT_ROOMS_WAKE_CONTAIN") == "1",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
     limits: Limits = field(default=DEFAULT_LIMITS)
@@ -59,6 +96,7 @@ class Settings:
     stdio_token: str | None = None
     # Set when AGENT_ROOMS_TOKEN_FILE named a file we refused to read; the server still starts.
     stdio_token_problem: str | None = None
+    wake: WakeSettings = field(default_factory=WakeSettings)
 
     @property
     def db_path(self) -> Path:
@@ -76,6 +114,10 @@ class Settings:
     def tokens_dir(self) -> Path:
         return self.home / "tokens"
 
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -84,7 +126,12 @@ class Settings:
         problem = None
         if token is None and env.get("AGENT_ROOMS_TOKEN_FILE"):
             token, problem = _read_token_file(Path(env["AGENT_ROOMS_TOKEN_FILE"]).expanduser())
-        return cls(home=home, stdio_token=token.strip() if token else None, stdio_token_problem=problem)
+        return cls(
+            home=home,
+            stdio_token=token.strip() if token else None,
+            stdio_token_problem=problem,
+            wake=WakeSettings.from_env(env),
+        )
 
 
 def _read_token_file(path: Path) -> tuple[str | None, str | None]:

@@ -20,6 +20,7 @@ from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.server import create_server
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.wake.supervisor import supervising
 
 log = structlog.get_logger("agent_rooms_mcp.stdio")
 
@@ -69,7 +70,7 @@ async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
 
     The server still serves: the client lists our tools and every call explains itself as UNAUTHENTICATED.
     """
-    async with Hub.open(settings) as hub:
+    async with Hub.open(settings) as hub, supervising(hub):
         if settings.stdio_token is None:
             log.warning("stdio.no_credential", hint=_HINT, problem=settings.stdio_token_problem)
         else:

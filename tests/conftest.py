@@ -8,7 +8,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,10 @@ from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.hub import Hub, init_home
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import create_server
-from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.settings import Settings, WakeSettings
 
 OPERATOR = Actor("operator", "test-operator")
+NO_SUPERVISOR = WakeSettings(enabled=False)
 HTTP_BASE = "http://127.0.0.1:8765"
 
 # handle -> (owner, scopes)
@@ -61,7 +62,7 @@ class World:
         return self.settings.db_path
 
     def settings_for(self, token: str | None) -> Settings:
-        return Settings(home=self.settings.home, stdio_token=token)
+        return replace(self.settings, stdio_token=token)
 
     def client(self, agent: str | None, mode: str = "auto", *, token: str | None = None) -> Client:
         """An in-memory MCP client session acting as `agent` (or with a raw `token`)."""
@@ -81,7 +82,12 @@ class World:
             token_file = self.settings.home / "tokens" / f"{agent}.token"
             if not token_file.exists():
                 write_private_file(token_file, token.encode())
-            env = {**os.environ, "AGENT_ROOMS_HOME": str(self.settings.home), "AGENT_ROOMS_TOKEN_FILE": str(token_file)}
+            env = {
+                **os.environ,
+                "AGENT_ROOMS_HOME": str(self.settings.home),
+                "AGENT_ROOMS_TOKEN_FILE": str(token_file),
+                "AGENT_ROOMS_SUPERVISOR": "1" if self.settings.wake.enabled else "0",
+            }
             params = StdioServerParameters(command=sys.executable, args=["-m", "agent_rooms_mcp", "serve"], env=env)
             async with Client(params, mode=mode) as c:
                 yield c
@@ -132,8 +138,9 @@ class World:
         return self.sql("SELECT * FROM audit ORDER BY seq")
 
 
-async def build_world(home: Path) -> World:
-    world = World(Settings(home=home))
+async def build_world(home: Path, wake: WakeSettings = NO_SUPERVISOR) -> World:
+    """Without a supervisor unless `wake` asks for one: a mention of an invoke agent then only queues."""
+    world = World(Settings(home=home, wake=wake))
     await init_home(world.settings, OPERATOR)
     async with world.hub() as hub:
         for owner in ("alice", "bob", "carol"):

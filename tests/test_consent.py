@@ -185,7 +185,7 @@ async def test_approve_all_starts_cross_owner_work_accepted(world: World, mcp: C
     row = proposal(world, task["proposal_id"])
     assert (row["state"], row["decided_via"]) == ("accepted", "mode")
     outcomes = await mention(mcp, "alice-claude", "@bob-codex go")
-    assert outcomes["bob-codex"]["outcome"] == "notified"
+    assert outcomes["bob-codex"]["outcome"] == "woken"
     assert proposal(world, outcomes["bob-codex"]["proposal_id"])["state"] == "accepted"
     # Nothing waits, and the assignee may work on it straight away.
     assert (await pending(mcp))["proposals"] == []
@@ -206,7 +206,7 @@ async def test_trust_collaborator_accepts_only_the_named_owner(world: World, mcp
     carol_wake = (await mention(mcp, "carol-claude", "@bob-codex go"))["bob-codex"]
 
     assert from_alice["consent_state"] == "accepted"
-    assert alice_wake["outcome"] == "notified" and proposal(world, alice_wake["proposal_id"])["state"] == "accepted"
+    assert alice_wake["outcome"] == "woken" and proposal(world, alice_wake["proposal_id"])["state"] == "accepted"
     assert from_carol["consent_state"] == "pending"
     assert carol_wake["outcome"] == "pending_consent"
     waiting = {p["proposal_id"] for p in (await pending(mcp))["proposals"]}
@@ -224,7 +224,7 @@ async def test_trust_room_trusts_only_owners_present_when_it_was_set(world: Worl
     from_carol = await new_task(mcp, "bob-claude", creator="carol-claude")
     assert from_alice["consent_state"] == "accepted"
     assert from_carol["consent_state"] == "pending"  # a later arrival does not widen the trust
-    assert (await mention(mcp, "alice-claude", "@bob-codex go"))["bob-codex"]["outcome"] == "notified"
+    assert (await mention(mcp, "alice-claude", "@bob-codex go"))["bob-codex"]["outcome"] == "woken"
     assert (await mention(mcp, "carol-claude", "@bob-codex go"))["bob-codex"]["outcome"] == "pending_consent"
 
     # Setting trust_room again, now that carol is in the room, trusts her from then on; her old one still waits.
@@ -549,7 +549,7 @@ async def test_a_mode_change_applies_only_to_new_proposals_and_is_audited(world:
     assert {p["proposal_id"] for p in (await pending(mcp))["proposals"]} == {old["proposal_id"], old_wake}
     new = await new_task(mcp, "bob-claude", title="new")
     assert new["consent_state"] == "accepted"
-    assert (await mention(mcp, "alice-claude", "@bob-codex new"))["bob-codex"]["outcome"] == "notified"
+    assert (await mention(mcp, "alice-claude", "@bob-codex new"))["bob-codex"]["outcome"] == "woken"
     assert await mcp.refused("bob-claude", "update_task", {"task": old["task_id"], "status": "in_progress"}) == (
         "CONSENT_PENDING"
     )

@@ -48,6 +48,9 @@ EXPECTED: dict[str, dict[str, str]] = {
     "list_pending_consents": {"member": F, "manager": F, "no_scopes": F, "non_member": F},
     "accept_task": {"member": F, "manager": F, "no_scopes": F, "non_member": F},
     "reject_task": {"member": F, "manager": F, "no_scopes": F, "non_member": F},
+    # Runs of the caller's own owner; stopping needs `manage` (withheld from run tokens).
+    "list_runs": {"member": OK, "manager": OK, "no_scopes": F, "non_member": OK},
+    "stop_agent": {"member": F, "manager": OK, "no_scopes": F, "non_member": F, "run_token": F},
 }
 for row in EXPECTED.values():
     row["revoked"] = "UNAUTHENTICATED"
@@ -85,6 +88,8 @@ def args_for(tool: str, file_id: str, task_id: str = "task_x") -> dict[str, Any]
         "list_pending_consents": {},
         "accept_task": {"task": task_id},
         "reject_task": {"task": task_id, "reason": "no"},
+        "list_runs": {},
+        "stop_agent": {"agent": "alice-codex"},
     }[tool]
 
 
@@ -132,7 +137,7 @@ async def test_tool_against_caller(world: World, mode: str, tool: str, caller: s
         else:
             # Names who was refused what, and where (invariant 55).
             assert (denial["action"], denial["actor_id"]) == (f"tool.{tool}", world_agent_id(world, AGENT_OF[caller]))
-            assert denial["target"] == (args.get("room") or args.get("task"))
+            assert denial["target"] == (args.get("room") or args.get("task") or args.get("agent"))
 
 
 def world_agent_id(world: World, handle: str) -> str:
@@ -184,7 +189,8 @@ async def test_tool_list_is_the_documented_one_and_identical_for_every_caller(wo
     assert names == {
         "whoami", "list_rooms", "get_room", "post_message", "read_messages", "wait_for_messages",
         "share_file", "list_files", "read_file", "create_invite", "create_task", "assign_task", "list_tasks",
-        "update_task", "set_consent_mode", "list_pending_consents", "accept_task", "reject_task",
+        "update_task", "set_consent_mode", "list_pending_consents", "accept_task", "reject_task", "list_runs",
+        "stop_agent",
     }  # fmt: skip
     # Human-only actions have no tool (DESIGN §2).
     for human_only in ("scope", "grant", "accept_invite", "revoke", "verify", "add_agent", "delete"):
@@ -283,7 +289,7 @@ CROSS_EXPECTED: dict[str, dict[str, str]] = {
         "alice_no_grant": "refused:NO_GRANT",
         "alice_unverified": "refused:IDENTITY_UNVERIFIED",
         "alice_no_task": "refused:FORBIDDEN_SCOPE",
-        "bob_assignee": "notified",  # bob's own agent
+        "bob_assignee": "woken",  # bob's own agent, which holds invoke
         "bob_consent": NF,
         "bob_run_token": NF,
         "carol_consent": NF,

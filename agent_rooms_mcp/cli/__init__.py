@@ -13,6 +13,7 @@ from agent_rooms_mcp.cli.consent import consent, grant
 from agent_rooms_mcp.cli.hubcmds import connect, init, quickstart, serve
 from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.room import invite, room
+from agent_rooms_mcp.cli.run import run_group
 from agent_rooms_mcp.cli.token import token
 
 
@@ -22,7 +23,7 @@ def cli() -> None:
     """agent-rooms: a hub where AI agents of one or several people share rooms, messages and files."""
 
 
-for command in (init, quickstart, connect, serve, owner, agent, token, room, invite, grant, consent, audit):
+for command in (init, quickstart, connect, serve, owner, agent, token, room, invite, grant, consent, run_group, audit):
     cli.add_command(command)
 
 

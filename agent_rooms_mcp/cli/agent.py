@@ -1,4 +1,4 @@
-"""`agent-rooms agent`: add agents, list them, set their scopes."""
+"""`agent-rooms agent`: add agents, list them, set their scopes, stop their runs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import click
 
 from agent_rooms_mcp.cli.common import confirm_or_refuse, emit, guarded, json_option, operator, run, table
 from agent_rooms_mcp.errors import invalid
-from agent_rooms_mcp.models import AgentInfo, AgentList
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.models import AgentInfo, AgentList, RunInfo, StoppedRun, StopResult
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
+from agent_rooms_mcp.services.runs import FINAL
 
 INVOKE_WARNING = (
     "Giving an agent 'invoke' lets the hub wake it: its CLI then runs unsandboxed with your permissions, "
@@ -76,3 +78,36 @@ def scopes_(handle: str, scopes: str, yes: bool, as_json: bool) -> None:
         confirm_or_refuse(INVOKE_WARNING, yes)
     done: AgentInfo = run(lambda hub: hub.accounts.set_scopes(operator(), handle, wanted), as_json=as_json)
     emit(done, as_json=as_json, text=lambda a: f"{a.handle} scopes={','.join(a.scopes) or '(none)'}")
+
+
+@agent.command("stop")
+@click.argument("handle")
+@click.option("--run", "run_id", help="Only this run.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Return once the runs have ended.")
+@json_option
+def stop(handle: str, run_id: str | None, wait: bool, as_json: bool) -> None:
+    """Stop HANDLE's runs: queued ones end at once; a running CLI gets SIGINT (its own interrupt, so the
+    session stays resumable), then SIGTERM, then SIGKILL of everything it started. Needs no --yes."""
+
+    async def call(hub: Hub) -> StopResult:
+        asked = await hub.runs.stop_as_owner(operator(), handle, run_id)
+        running = [s.run_id for s in asked.stopped if s.state == "stopping"]
+        while wait and running:
+            states = await hub.runs.states(running)
+            if all(states[r] in FINAL for r in running):
+                break
+            await hub.store.wait_changed(0.1)  # the supervisor holding the run may be another process
+        return StopResult(stopped=[_ended(await hub.runs.get(s.run_id)) for s in asked.stopped])
+
+    done: StopResult = run(call, as_json=as_json)
+    rows = [[s.run_id, s.state, s.stop_signal] for s in done.stopped]
+    emit(
+        done,
+        as_json=as_json,
+        text=lambda _: table(rows, ["RUN_ID", "STATE", "SIGNAL"]) if rows else "(nothing to stop)",
+    )
+
+
+def _ended(info: RunInfo) -> StoppedRun:
+    signal = info.stop_signal if info.stop_signal in ("SIGINT", "SIGTERM", "SIGKILL") else "none"
+    return StoppedRun(run_id=info.run_id, stop_signal=signal, state=info.state)  # type: ignore[arg-type]

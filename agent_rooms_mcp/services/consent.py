@@ -21,8 +21,10 @@ from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import conflict, forbidden_scope, invalid, not_found
 from agent_rooms_mcp.models import ConsentModeSet, DecisionResult, Proposal, ProposalList, ProposerRef
 from agent_rooms_mcp.policy import ConsentMode, ConsentState
-from agent_rooms_mcp.principals import Caller, OwnerViewer, Scope, Viewer, held_scopes
+from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
+from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.services.render import notice, render
+from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
@@ -65,6 +67,7 @@ def cross_owner(conn: sqlite3.Connection, actor: Caller, room_id: str, target: s
         grant_id=queries.active_grant(conn, target["owner_id"], actor.owner_id),
         owners_verified=queries.owners_verified(conn, target["owner_id"], actor.owner_id),
         standing=standing(conn, room_id, target["owner_id"], actor.owner_id),
+        target_constrainable=runs.constrainable(AgentTool(target["tool"])),
     )
 
 
@@ -150,8 +153,9 @@ class Decider:
 
 
 class Consent:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, caps: WakeSettings) -> None:
         self._store = store
+        self._caps = caps
 
     # Consent modes (DESIGN §4): per room, per owner, for that owner's own agents.
 
@@ -200,9 +204,11 @@ class Consent:
 
         def run(conn: sqlite3.Connection) -> DecisionResult:
             queries.recheck_caller(conn, caller, Scope.CONSENT)
-            return _decide(conn, decider, _proposal_for(conn, ref, caller), accept, reason)
+            return _decide(conn, self._caps, decider, _proposal_for(conn, ref, caller), accept, reason)
 
-        return await self._store.write(run)
+        decided = await self._store.write(run)
+        self._store.notify_changed()
+        return decided
 
     async def decide_as_owner(
         self, operator: Actor, owner_ref: str, ref: str, *, accept: bool, reason: str | None
@@ -210,9 +216,12 @@ class Consent:
         def run(conn: sqlite3.Connection) -> DecisionResult:
             owner = queries.owner(conn, owner_ref)
             decider = Decider(owner["owner_id"], operator, "cli", None)
-            return _decide(conn, decider, _proposal_for(conn, ref, OwnerViewer(owner["owner_id"])), accept, reason)
+            proposal = _proposal_for(conn, ref, OwnerViewer(owner["owner_id"]))
+            return _decide(conn, self._caps, decider, proposal, accept, reason)
 
-        return await self._store.write(run)
+        decided = await self._store.write(run)
+        self._store.notify_changed()
+        return decided
 
 
 def _set_mode(
@@ -328,7 +337,12 @@ def _sees_room(conn: sqlite3.Connection, viewer: Viewer, room_id: str) -> bool:
 
 
 def _decide(
-    conn: sqlite3.Connection, decider: Decider, proposal: sqlite3.Row, accept: bool, reason: str | None
+    conn: sqlite3.Connection,
+    caps: WakeSettings,
+    decider: Decider,
+    proposal: sqlite3.Row,
+    accept: bool,
+    reason: str | None,
 ) -> DecisionResult:
     target = queries.agent(conn, proposal["target_id"])
     proposer_owner, target_owner = proposal["proposer_owner_id"], proposal["target_owner_id"]
@@ -359,6 +373,17 @@ def _decide(
             "UPDATE tasks SET consent_state = ?, updated_at = ? WHERE task_id = ? AND proposal_id = ?",
             (state.value, now, proposal["task_id"], proposal["proposal_id"]),
         )
+    woke = None
+    if state == ConsentState.ACCEPTED:
+        # Accepted work wakes its agent, if it may be woken: the wake row rides in this transaction.
+        cause = runs.Cause(
+            trigger="task" if proposal["kind"] == "task" else "wake_proposal",
+            cause_id=proposal["task_id"] or proposal["proposal_id"],
+            room_id=proposal["room_id"],
+            by_agent_id=proposal["proposer_id"],
+            by_run_id=None,
+        )
+        woke = runs.enqueue(conn, caps, target, cause, constrained=True).outcome
     audit.append(
         conn,
         decider.actor,
@@ -371,6 +396,7 @@ def _decide(
             "payload_sha256": proposal["payload_sha256"],
             "owner_id": decider.owner_id,
             "via": decider.via,
+            "wake": woke,
         },
     )
     return DecisionResult(

@@ -14,10 +14,10 @@ from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import RoomsError, invalid, too_large
 from agent_rooms_mcp.models import MentionOutcome, Message, MessagePage, PostedMessage
 from agent_rooms_mcp.policy import ConsentState
-from agent_rooms_mcp.principals import Caller, Scope, held_scopes
-from agent_rooms_mcp.services import consent
+from agent_rooms_mcp.principals import Caller, Scope
+from agent_rooms_mcp.services import consent, runs
 from agent_rooms_mcp.services.render import notice, render, within_bytes
-from agent_rooms_mcp.settings import Limits
+from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
@@ -37,14 +37,26 @@ _PAGE = (
 
 
 def _mention(
-    conn: sqlite3.Connection, caller: Caller, room_id: str, member: sqlite3.Row, message_id: str, seq: int, text: str
+    conn: sqlite3.Connection,
+    caps: WakeSettings,
+    caller: Caller,
+    room_id: str,
+    member: sqlite3.Row,
+    message_id: str,
+    seq: int,
+    text: str,
 ) -> MentionOutcome:
-    """What mentioning one member does. A mention of another owner's agent that could be woken (it holds
-    `invoke`) is a cross-owner wake: it needs what DESIGN §4 asks, and its owner's consent mode decides
-    whether it waits as a proposal. Refused or waiting, the message itself is still posted."""
+    """What mentioning one member does. A member that can be woken (it holds `invoke`, its tool can be
+    spawned) is woken: at once for its own owner's agents; for another owner's, only with what DESIGN §4
+    asks, and its owner's consent mode decides whether the wake waits as a proposal. Refused or waiting,
+    the message itself is still posted."""
     handle = member["handle"]
-    if member["owner_id"] == caller.owner_id or Scope.INVOKE not in held_scopes(member["scopes"], None):
+    if member["agent_id"] == caller.agent_id or not runs.wakes(member):
         return MentionOutcome(handle=handle, outcome="notified")
+    cause = runs.Cause("mention", message_id, room_id, caller.agent_id, caller.run_id)
+    if member["owner_id"] == caller.owner_id:
+        woke = runs.enqueue(conn, caps, member, cause, constrained=False)
+        return MentionOutcome(handle=handle, outcome=woke.outcome, code=woke.code)
     try:
         verdict = consent.judge(conn, caller, room_id, member, wake=True)
     except RoomsError as e:
@@ -54,14 +66,16 @@ def _mention(
     proposal_id = consent.record_proposal(conn, caller, offer, verdict)
     if verdict.state == ConsentState.PENDING:
         return MentionOutcome(handle=handle, outcome="pending_consent", proposal_id=proposal_id)
-    # Accepted by the owner's standing mode. Waking it is the supervisor's part; until then it is notified.
-    return MentionOutcome(handle=handle, outcome="notified", proposal_id=proposal_id)
+    # Accepted at once by the owner's standing mode: woken, constrained, as another owner caused it.
+    woke = runs.enqueue(conn, caps, member, cause, constrained=True)
+    return MentionOutcome(handle=handle, outcome=woke.outcome, code=woke.code, proposal_id=proposal_id)
 
 
 class Messages:
-    def __init__(self, store: Store, limits: Limits) -> None:
+    def __init__(self, store: Store, limits: Limits, caps: WakeSettings) -> None:
         self._store = store
         self._limits = limits
+        self._caps = caps
 
     async def post(
         self, caller: Caller, room_ref: str, text: str, mentions: list[str], reply_to: int | None
@@ -89,7 +103,7 @@ class Messages:
                         # Non-members and unknown handles look alike (DESIGN §3).
                         outcomes.append(MentionOutcome(handle=handle, outcome="refused", code="NOT_FOUND"))
                     continue
-                outcome = _mention(conn, caller, room["room_id"], member, message_id, seq, text)
+                outcome = _mention(conn, self._caps, caller, room["room_id"], member, message_id, seq, text)
                 outcomes.append(outcome)
                 if outcome.proposal_id:
                     proposals.append(outcome.proposal_id)

@@ -8,6 +8,7 @@ payload (title, body, assignee) is what that owner decides on; changing any of i
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from agent_rooms_mcp import audit, policy
@@ -17,9 +18,9 @@ from agent_rooms_mcp.errors import conflict, invalid, not_found, too_large
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView
 from agent_rooms_mcp.policy import ConsentState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services import consent
+from agent_rooms_mcp.services import consent, runs
 from agent_rooms_mcp.services.render import notice, render, within_bytes
-from agent_rooms_mcp.settings import Limits
+from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
@@ -42,9 +43,10 @@ def _task_payload(task_id: str, room_id: str, title: str, body: str, assignee_id
 
 
 class Tasks:
-    def __init__(self, store: Store, limits: Limits) -> None:
+    def __init__(self, store: Store, limits: Limits, caps: WakeSettings) -> None:
         self._store = store
         self._limits = limits
+        self._caps = caps
 
     def _check_texts(self, title: str | None, body: str | None, note: str | None) -> None:
         if title is not None and not title.strip():
@@ -92,7 +94,7 @@ class Tasks:
                     now,
                 ),
             )
-            proposal_id = _offer(conn, caller, room["room_id"], task_id, title, body, target, verdict)
+            proposal_id = _offer(conn, self._caps, caller, room["room_id"], task_id, title, body, target, verdict)
             audit.append(
                 conn,
                 caller.actor,
@@ -106,7 +108,7 @@ class Tasks:
             )
             return self._view(conn, caller, task_id)
 
-        return await self._store.write(run)
+        return await self._written(run)
 
     async def assign(self, caller: Caller, task_ref: str, assignee: str) -> TaskView:
         policy.require_scope(caller, Scope.TASK)
@@ -123,7 +125,7 @@ class Tasks:
             # A new assignee is a new request: the old one's pending proposal no longer stands.
             consent.close_proposal(conn, task["proposal_id"], "superseded")
             proposal_id = _offer(
-                conn, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, verdict
+                conn, self._caps, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, verdict
             )
             state = verdict.state
             conn.execute(
@@ -140,7 +142,7 @@ class Tasks:
             )
             return self._view(conn, caller, task["task_id"])
 
-        return await self._store.write(run)
+        return await self._written(run)
 
     async def update(
         self,
@@ -175,7 +177,7 @@ class Tasks:
                 verdict = consent.judge(conn, caller, task["room_id"], target, wake=False)
                 consent.close_proposal(conn, proposal_id, "superseded")
                 proposal_id = _offer(
-                    conn, caller, task["room_id"], task["task_id"], new_title, new_body, target, verdict
+                    conn, self._caps, caller, task["room_id"], task["task_id"], new_title, new_body, target, verdict
                 )
                 state = verdict.state
             conn.execute(
@@ -210,7 +212,7 @@ class Tasks:
             )
             return self._view(conn, caller, task["task_id"])
 
-        return await self._store.write(run)
+        return await self._written(run)
 
     async def list(
         self,
@@ -259,6 +261,12 @@ class Tasks:
 
         return await self._store.read(run)
 
+    async def _written(self, fn: Callable[[sqlite3.Connection], TaskView]) -> TaskView:
+        """Write, then tell this process's waiters (the supervisor among them) to look again."""
+        view = await self._store.write(fn)
+        self._store.notify_changed()
+        return view
+
     def _view(self, conn: sqlite3.Connection, caller: Caller, task_id: str) -> TaskView:
         [task], boundary = _render(caller, conn.execute(_TASKS + " WHERE t.task_id = ?", (task_id,)).fetchall())
         return TaskView(**task.model_dump(), boundary=boundary, notice=notice(boundary))
@@ -279,6 +287,7 @@ def _consent(state: ConsentState, proposal_id: str | None) -> dict[str, Any]:
 
 def _offer(
     conn: sqlite3.Connection,
+    caps: WakeSettings,
     caller: Caller,
     room_id: str,
     task_id: str,
@@ -287,8 +296,14 @@ def _offer(
     target: sqlite3.Row | None,
     verdict: consent.Verdict,
 ) -> str | None:
-    """The proposal for a task that crosses to another owner's agent; None when nothing crosses."""
-    if target is None or verdict.state == ConsentState.AUTO:
+    """Hand the task to `target`: the proposal when it crosses to another owner's agent (None when nothing
+    crosses), and the wake, in this transaction, once the work is agreed (same owner, or accepted)."""
+    if target is None:
+        return None
+    if verdict.state in (ConsentState.AUTO, ConsentState.ACCEPTED) and target["agent_id"] != caller.agent_id:
+        cause = runs.Cause("task", task_id, room_id, caller.agent_id, caller.run_id)
+        runs.enqueue(conn, caps, target, cause, constrained=verdict.state == ConsentState.ACCEPTED)
+    if verdict.state == ConsentState.AUTO:
         return None
     offer = consent.Offer(
         kind="task",

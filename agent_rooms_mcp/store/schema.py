@@ -200,4 +200,46 @@ CREATE INDEX proposals_by_target_owner ON proposals(target_owner_id, state);
 CREATE INDEX proposals_by_task ON proposals(task_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# v3: woken runs (DESIGN §5). A queued run is the durable outbox row written in the same transaction as
+# the mention, task or decision that caused it; a supervisor claims it with a lease, so two server
+# processes never spawn the same one and a crashed holder's runs are found again.
+_V3 = """
+CREATE TABLE runs (
+  run_id TEXT PRIMARY KEY,
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  trigger TEXT NOT NULL CHECK (trigger IN ('mention', 'task', 'wake_proposal')),
+  cause_id TEXT NOT NULL,
+  caused_by TEXT NOT NULL REFERENCES agents(agent_id),
+  constrained INTEGER NOT NULL,
+  depth INTEGER NOT NULL,
+  state TEXT NOT NULL CHECK (state IN
+    ('queued', 'running', 'stopping', 'stopped', 'completed', 'failed', 'rate_limited', 'lost')),
+  resume INTEGER NOT NULL DEFAULT 0,
+  not_before TEXT,
+  lease_holder TEXT,
+  lease_until TEXT,
+  pid INTEGER,
+  session_id TEXT,
+  outcome TEXT,
+  stop_signal TEXT,
+  stop_requested_at TEXT,
+  created_at TEXT NOT NULL,
+  started_at TEXT,
+  ended_at TEXT
+) STRICT;
+CREATE INDEX runs_by_state ON runs(state, created_at);
+CREATE INDEX runs_by_agent ON runs(agent_id, state);
+
+-- While a provider rate-limits an owner's CLI, that owner's wakes for it wait (DESIGN §5).
+CREATE TABLE backoffs (
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  tool TEXT NOT NULL,
+  not_before TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  PRIMARY KEY (owner_id, tool)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)

@@ -1,0 +1,39 @@
+"""`agent-rooms run`: woken runs, and what each one's CLI printed."""
+
+from __future__ import annotations
+
+import click
+
+from agent_rooms_mcp.cli.common import Failed, emit, json_option, run, settings, table
+from agent_rooms_mcp.models import RunInfo
+
+
+@click.group("run")
+def run_group() -> None:
+    """Runs: woken, headless executions of an agent's CLI."""
+
+
+@run_group.command("log")
+@click.argument("run_id")
+@click.option("--stderr", "show_stderr", is_flag=True, help="Show the tail of the CLI's stderr instead.")
+@json_option
+def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
+    """Show RUN_ID's state and the events its CLI printed (kept per run, bounded), or its stderr tail."""
+    info: RunInfo = run(lambda hub: hub.runs.get(run_id), as_json=as_json)
+    run_dir = settings().runs_dir / info.run_id
+    path = run_dir / ("stderr.log" if show_stderr else "events.jsonl")
+    if not path.exists():
+        if as_json:
+            emit(info, as_json=True, text=str)
+            return
+        raise Failed("NOT_FOUND", f"run {run_id} has no {path.name} (it never started)", as_json)
+    if as_json:
+        emit(info, as_json=True, text=str)
+        return
+    click.echo(
+        table(
+            [[info.run_id, info.agent, info.room, info.trigger, info.state, info.outcome or "-"]],
+            ["RUN_ID", "AGENT", "ROOM", "TRIGGER", "STATE", "OUTCOME"],
+        )
+    )
+    click.echo(path.read_text(errors="replace"), nl=False)

@@ -1,0 +1,1 @@
+"""The wake supervisor: runs coding CLIs headless for agents that were mentioned or assigned work."""

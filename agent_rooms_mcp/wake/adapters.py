@@ -1,0 +1,223 @@
+"""How each coding CLI is started headless and how its events are read (research/wake.md §0-§3, §6).
+
+An adapter builds argv (the prompt goes on stdin, secrets only into 0600 files), knows which event ends a
+turn and which carries the session id, and judges how the run went from its events, never from the
+exit code alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent_rooms_mcp.home import write_private_file
+from agent_rooms_mcp.principals import AgentTool
+
+# The MCP server a woken CLI talks to: our own `serve` over stdio, with the run token in a 0600 file.
+SERVE = [sys.executable, "-m", "agent_rooms_mcp", "serve"]
+
+# Background features outlive the turn and so outlive "stop" (wake.md §1.1).
+CLAUDE_BACKGROUND = "ScheduleWakeup,CronCreate,Monitor,Bash(run_in_background:true)"
+CLAUDE_READ_ONLY_TOOLS = "Read,Grep,Glob"
+CLAUDE_WRITE_TOOLS = "Write,Edit,NotebookEdit,Bash,WebFetch,Task"
+
+
+@dataclass
+class Reading:
+    """What the events of one run said, gathered as they arrive."""
+
+    session_id: str | None = None
+    terminal: dict[str, Any] | None = None
+    rate_limited: bool = False
+    reset_at: datetime | None = None
+    auth_failed: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    state: str  # completed | failed | rate_limited | stopped
+    outcome: str  # a short word for people: ok, error, auth, rate_limit, stopped, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One start of a CLI: its binary, where it runs, how it is confined, which session it continues."""
+
+    binary: str
+    workdir: Path
+    run_dir: Path
+    mcp_env: dict[str, str]
+    read_only: bool
+    resume_session: str | None
+    system_prompt: str
+
+
+class Adapter(Protocol):
+    tool: AgentTool
+
+    def argv(self, plan: Plan) -> tuple[list[str], str | None]:
+        """argv, and the session id chosen up front (Claude), if any."""
+        ...
+
+    def is_terminal(self, event: dict[str, Any]) -> bool: ...
+
+    def read(self, event: dict[str, Any], reading: Reading) -> None: ...
+
+
+def judge(reading: Reading, *, stop_requested: bool, returncode: int | None) -> Judgement:
+    """DESIGN §5: outcome from the final events; a stop we sent wins over whatever the CLI said after."""
+    if stop_requested:
+        return Judgement("stopped", "stopped")
+    if reading.rate_limited:
+        return Judgement("rate_limited", "rate_limit")
+    if reading.auth_failed:
+        return Judgement("failed", "auth")
+    terminal = reading.terminal
+    if terminal is None:
+        return Judgement("failed", f"no_result:exit_{returncode}")
+    if terminal.get("_ok"):
+        return Judgement("completed", "ok")
+    return Judgement("failed", str(terminal.get("_why") or "error"))
+
+
+class Claude:
+    tool = AgentTool.CLAUDE
+
+    def argv(self, plan: Plan) -> tuple[list[str], str | None]:
+        config = plan.run_dir / "mcp.json"
+        _write_private_json(config, {"mcpServers": {"agent-rooms": _stdio_server(plan.mcp_env)}})
+        session = plan.resume_session or str(uuid.uuid4())
+        argv = [plan.binary, "-p", "--output-format", "stream-json", "--verbose"]
+        argv += ["--resume", session] if plan.resume_session else ["--session-id", session]
+        argv += ["--strict-mcp-config", "--mcp-config", str(config), "--append-system-prompt", plan.system_prompt]
+        if plan.read_only:
+            # wake.md §0.2: only reading tools exist, and only our MCP tools are pre-approved.
+            argv += ["--tools", CLAUDE_READ_ONLY_TOOLS, "--permission-mode", "dontAsk"]
+            argv += ["--allowedTools", "mcp__agent-rooms__*"]
+            argv += ["--disallowedTools", f"{CLAUDE_WRITE_TOOLS},{CLAUDE_BACKGROUND}"]
+        else:
+            argv += ["--dangerously-skip-permissions", "--disallowedTools", CLAUDE_BACKGROUND]
+        return argv, session
+
+    def is_terminal(self, event: dict[str, Any]) -> bool:
+        return event.get("type") == "result"
+
+    def read(self, event: dict[str, Any], reading: Reading) -> None:
+        kind = event.get("type")
+        if kind == "system" and event.get("subtype") == "init":
+            reading.session_id = str(event.get("session_id") or "") or reading.session_id
+        elif kind == "rate_limit_event":
+            info = event.get("rate_limit_info") or {}
+            if info.get("status") == "rejected":
+                reading.rate_limited = True
+                reading.reset_at = _from_unix(info.get("resetsAt"))
+        elif kind == "assistant":
+            error = event.get("error") or (event.get("message") or {}).get("error")
+            if error == "authentication_failed" or error == "billing_error":
+                reading.auth_failed = True
+            elif error == "rate_limit":
+                reading.rate_limited = True
+        elif kind == "result":
+            status = event.get("api_error_status")
+            if status in (429, 529):
+                reading.rate_limited = True
+            ok = event.get("subtype") == "success" and not event.get("is_error")
+            why = event.get("terminal_reason") or event.get("subtype") or "error"
+            reading.terminal = {"_ok": ok, "_why": why}
+
+
+class Codex:
+    tool = AgentTool.CODEX
+
+    def argv(self, plan: Plan) -> tuple[list[str], str | None]:
+        server = _stdio_server(plan.mcp_env)
+        argv = [plan.binary, "exec", "--json", "--skip-git-repo-check"]
+        argv += ["--sandbox", "read-only"] if plan.read_only else ["--dangerously-bypass-approvals-and-sandbox"]
+        # Model-run shell commands see only the core environment (wake.md §2.6); paths only, no secrets.
+        argv += ["-c", "shell_environment_policy.inherit=core"]
+        argv += ["-c", f"mcp_servers.agent_rooms.command={_toml(server['command'])}"]
+        argv += ["-c", f"mcp_servers.agent_rooms.args=[{', '.join(_toml(a) for a in server['args'])}]"]
+        env = ", ".join(f"{k} = {_toml(v)}" for k, v in server["env"].items())
+        argv += ["-c", f"mcp_servers.agent_rooms.env={{{env}}}"]
+        argv += ["resume", plan.resume_session, "-"] if plan.resume_session else ["-"]
+        return argv, None
+
+    def is_terminal(self, event: dict[str, Any]) -> bool:
+        return event.get("type") in ("turn.completed", "turn.failed")
+
+    def read(self, event: dict[str, Any], reading: Reading) -> None:
+        kind = event.get("type")
+        if kind == "thread.started":
+            reading.session_id = str(event.get("thread_id") or "") or reading.session_id
+        elif kind == "turn.completed":
+            reading.terminal = {"_ok": True}
+        elif kind == "turn.failed":
+            message = str((event.get("error") or {}).get("message") or "")
+            reading.terminal = {"_ok": False, "_why": "turn_failed"}
+            _classify_text(message, reading)
+        elif kind == "error":
+            message = str(event.get("message") or "")
+            if not message.startswith("Reconnecting"):  # the CLI retrying by itself: not terminal
+                _classify_text(message, reading)
+
+
+class OpenClaw:
+    tool = AgentTool.OPENCLAW
+
+    def argv(self, plan: Plan) -> tuple[list[str], str | None]:
+        argv = [plan.binary, "agent", "exec", "--message-file", "-", "--cwd", str(plan.workdir), "--json"]
+        if plan.resume_session:
+            argv += ["--session-id", plan.resume_session]
+        return argv, None
+
+    def is_terminal(self, event: dict[str, Any]) -> bool:
+        return "ok" in event and "status" in event
+
+    def read(self, event: dict[str, Any], reading: Reading) -> None:
+        if not self.is_terminal(event):
+            return
+        reading.session_id = str(event.get("sessionId") or "") or reading.session_id
+        error = event.get("error") or {}
+        if error.get("kind") == "rate_limit":
+            reading.rate_limited = True
+        reading.terminal = {"_ok": bool(event.get("ok")) and event.get("status") == "ok", "_why": event.get("status")}
+
+
+ADAPTERS: dict[AgentTool, Adapter] = {a.tool: a for a in (Claude(), Codex(), OpenClaw())}
+
+_USAGE_LIMIT = re.compile(r"hit your (usage )?limit|usage limit|exceeded retry limit.*429|\b429\b|rate.?limit", re.I)
+_AUTH = re.compile(r"not logged in|invalid api key|unauthori[sz]ed|authentication", re.I)
+
+
+def _classify_text(message: str, reading: Reading) -> None:
+    if _USAGE_LIMIT.search(message):
+        reading.rate_limited = True
+    elif _AUTH.search(message):
+        reading.auth_failed = True
+
+
+def _from_unix(value: object) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(value), UTC)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _stdio_server(env: dict[str, str]) -> dict[str, Any]:
+    return {"type": "stdio", "command": SERVE[0], "args": SERVE[1:], "env": env}
+
+
+def _toml(value: str) -> str:
+    # A TOML basic string: JSON's escaping is a subset TOML accepts.
+    return json.dumps(value)
+
+
+def _write_private_json(path: Path, document: dict[str, Any]) -> None:
+    write_private_file(path, json.dumps(document).encode())

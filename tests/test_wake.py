@@ -1,0 +1,263 @@
+"""The wake supervisor end to end (DESIGN §5): a real hub, real MCP calls, the real supervisor spawning fake
+CLIs (tests/fakes) that speak the real event formats and call back into the hub with their run token."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.principals import AgentTool, parse_scopes
+from agent_rooms_mcp.settings import WakeSettings
+from agent_rooms_mcp.wake.supervisor import Supervisor, supervising
+from tests.conftest import OPERATOR, World, build_world
+from tests.fakes.common import write_wrapper
+
+FINAL = ("stopped", "completed", "failed", "rate_limited", "lost")
+
+
+class Fakes:
+    """Fake CLIs for one test: a scenario file the test may change between wakes, and their FAKE_LOG."""
+
+    def __init__(self, root: Path) -> None:
+        self.scenario_file, self.log = root / "scenario", root / "fake.log"
+        env = {"FAKE_SCENARIO_FILE": str(self.scenario_file), "FAKE_LOG": str(self.log)}
+        self.bins = {tool: str(write_wrapper(tool, root / "bin", env=env)) for tool in ("claude", "codex", "openclaw")}
+
+    def scenario(self, name: str) -> None:
+        self.scenario_file.write_text(name)
+
+    def calls(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+async def fakes(tmp_path: Path) -> Fakes:
+    return Fakes(tmp_path / "fakes")
+
+
+@pytest.fixture
+async def woken(tmp_path: Path, fakes: Fakes) -> World:
+    """A world whose hub wakes agents with the fake CLIs; alice-bot (claude) and alice-cx (codex) hold invoke."""
+    caps = WakeSettings(
+        claude_bin=fakes.bins["claude"],
+        codex_bin=fakes.bins["codex"],
+        openclaw_bin=fakes.bins["openclaw"],
+        grace_int_s=1.0,
+        grace_term_s=1.0,
+        after_result_s=2.0,
+        poll_s=0.05,
+    )
+    world = await build_world(tmp_path / "home", caps)
+    async with world.hub() as hub:
+        for handle, tool in (("alice-bot", AgentTool.CLAUDE), ("alice-cx", AgentTool.CODEX)):
+            scopes = parse_scopes("read,post,task,invoke")
+            await hub.accounts.add_agent(OPERATOR, handle, "alice", tool, scopes, str(tmp_path / handle))
+            (tmp_path / handle).mkdir()
+            issued = await hub.accounts.issue_token(OPERATOR, handle, timedelta(days=1))
+            world.tokens[handle] = issued.token
+            await hub.rooms.add_agent(OPERATOR, "lobby", handle)
+    fakes.scenario("ok")
+    return world
+
+
+@asynccontextmanager
+async def supervisor(world: World) -> AsyncIterator[Supervisor]:
+    async with Hub.open(world.settings) as hub, supervising(hub) as sup:
+        assert sup is not None
+        yield sup
+
+
+async def until(check: Callable[[], Any], what: str, deadline_s: float = 30) -> Any:
+    """Poll the database until `check` is truthy. The deadline only bounds a broken run; it asserts nothing
+    about speed."""
+    with anyio.fail_after(deadline_s):
+        while not (value := check()):
+            await anyio.sleep(0.05)
+    return value
+
+
+def runs(world: World, agent: str) -> list[sqlite3.Row]:
+    return world.sql(
+        "SELECT r.* FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE a.handle = ? ORDER BY r.created_at",
+        (agent,),
+    )
+
+
+def ended(world: World, agent: str, n: int = 1) -> list[sqlite3.Row] | None:
+    rows = runs(world, agent)
+    return rows if len(rows) >= n and all(r["state"] in FINAL for r in rows[:n]) else None
+
+
+async def post(world: World, agent: str, text: str, room: str = "lobby") -> dict[str, Any]:
+    async with world.client(agent) as c:
+        r = await c.call_tool("post_message", {"room": room, "text": text})
+    assert not r.is_error, r.content
+    return r.structured_content  # type: ignore[return-value]
+
+
+async def test_a_mention_wakes_the_agent_which_replies_with_its_run_token(woken: World, fakes: Fakes) -> None:
+    async with supervisor(woken):
+        posted = await post(woken, "alice-claude", "@alice-bot please look at the build")
+        assert posted["mentions"] == [{"handle": "alice-bot", "outcome": "woken", "code": None, "proposal_id": None}]
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    assert (run["state"], run["outcome"], run["trigger"], run["cause_id"]) == (
+        "completed", "ok", "mention", posted["message_id"]
+    )  # fmt: skip
+    [call] = fakes.calls()
+    # The fake called whoami and post_message through `agent-rooms serve` with its run token.
+    assert call["run_id"] == run["run_id"] and call["posted_seq"] == posted["seq"] + 1
+    reply = woken.sql("SELECT m.text, a.handle FROM messages m JOIN agents a USING (agent_id) WHERE seq = ?",
+                      (call["posted_seq"],))[0]  # fmt: skip
+    assert reply["handle"] == "alice-bot"
+    # The prompt came on stdin, naming the room and the trigger; argv holds no secret.
+    assert "room: lobby" in call["stdin"] and "please look at the build" in call["stdin"]
+    token_file = Path(woken.settings.runs_dir / run["run_id"] / "token")
+    assert token_file.read_text() not in " ".join(call["argv"])
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    # The run token died with the run.
+    [token] = woken.sql("SELECT revoked_at FROM tokens WHERE run_id = ?", (run["run_id"],))
+    assert token["revoked_at"] is not None
+    async with woken.client(None, token=token_file.read_text()) as c:
+        late = await c.call_tool("whoami", {})
+    assert late.structured_content["code"] == "UNAUTHENTICATED"
+
+
+async def test_the_next_wake_resumes_the_same_session_in_the_same_directory(woken: World, fakes: Fakes) -> None:
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot one")
+        await until(lambda: ended(woken, "alice-bot"), "first run")
+        await post(woken, "alice-claude", "@alice-bot two")
+        first, second = await until(lambda: ended(woken, "alice-bot", 2), "second run")
+    a, b = fakes.calls()
+    assert a["argv"][a["argv"].index("--session-id") + 1] == first["session_id"]
+    assert b["argv"][b["argv"].index("--resume") + 1] == first["session_id"] == second["session_id"]
+    assert a["cwd"] == b["cwd"]
+
+
+async def test_stop_interrupts_then_the_session_stays_resumable(woken: World, fakes: Fakes) -> None:
+    fakes.scenario("hang")
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot work forever")
+        await until(lambda: (r := runs(woken, "alice-bot")) and r[0]["pid"], "the CLI is running")
+        await until(lambda: fakes.calls(), "the fake logged its start")
+        async with woken.client("alice-admin") as admin:
+            stopped = await admin.call_tool("stop_agent", {"agent": "alice-bot"})
+        assert [s["state"] for s in stopped.structured_content["stopped"]] == ["stopping"]
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    assert (run["state"], run["stop_signal"]) == ("stopped", "SIGINT")
+    assert run["session_id"]
+
+
+async def test_stop_escalates_and_leaves_no_process_behind(woken: World, fakes: Fakes) -> None:
+    fakes.scenario("tool_orphan")
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot start a tool")
+        orphan = (await until(lambda: [c for c in fakes.calls() if c.get("orphan_pid")], "the tool started"))[0]
+        async with woken.hub() as hub:
+            await hub.runs.stop_as_owner(OPERATOR, "alice-bot", None)
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    assert run["state"] == "stopped"
+    await until(lambda: not _alive(orphan["orphan_pid"]), "the tool shell is gone", 10)
+    assert not _alive(orphan["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+async def test_outcome_is_judged_from_events_not_the_exit_code(woken: World, fakes: Fakes) -> None:
+    fakes.scenario("rate_limit")
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot try")
+        run = (await until(lambda: ended(woken, "alice-bot"), "the run ends"))[0]
+        # Back-off: a follow-up that resumes the session waits, queued, for the owner's CLI to be let through.
+        [_, follow_up] = await until(lambda: len(r := runs(woken, "alice-bot")) == 2 and r, "a follow-up")
+    assert (run["state"], run["outcome"]) == ("rate_limited", "rate_limit")
+    assert (follow_up["state"], follow_up["resume"]) == ("queued", 1) and follow_up["not_before"] > run["ended_at"]
+    [backoff] = woken.sql("SELECT * FROM backoffs")
+    assert backoff["tool"] == "claude"
+
+
+async def test_codex_wakes_with_its_own_argv_and_resumes_its_thread(woken: World, fakes: Fakes) -> None:
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-cx one")
+        await until(lambda: ended(woken, "alice-cx"), "first run")
+        await post(woken, "alice-claude", "@alice-cx two")
+        first, second = await until(lambda: ended(woken, "alice-cx", 2), "second run")
+    a, b = fakes.calls()
+    assert a["argv"][:3] == ["exec", "--json", "--skip-git-repo-check"]
+    assert "--dangerously-bypass-approvals-and-sandbox" in a["argv"]
+    assert b["argv"][-3:] == ["resume", first["session_id"], "-"]
+    assert (first["state"], second["state"]) == ("completed", "completed")
+
+
+async def test_no_invoke_no_spawn_and_chat_agents_are_never_spawned(woken: World, fakes: Fakes) -> None:
+    async with woken.hub() as hub:
+        await hub.accounts.set_scopes(OPERATOR, "alice-bot", parse_scopes("read,post"))
+    async with supervisor(woken):
+        posted = await post(woken, "alice-claude", "@alice-bot @alice-codex hi")
+        await anyio.sleep(0.3)  # the supervisor looks several times in this span; nothing is there to claim
+    assert {m["outcome"] for m in posted["mentions"]} == {"notified"}
+    assert woken.sql("SELECT count(*) AS n FROM runs")[0]["n"] == 0 and fakes.calls() == []
+
+
+async def test_a_wake_survives_a_server_that_died_before_spawning_it(woken: World, fakes: Fakes) -> None:
+    # The event commits with no supervisor running (the server died before spawning) ...
+    await post(woken, "alice-claude", "@alice-bot are you there")
+    # ... and one that had claimed it but died before the spawn: its lease runs out.
+    conn = sqlite3.connect(woken.db)
+    with conn:
+        conn.execute(
+            "UPDATE runs SET state = 'running', lease_holder = 'sup_dead', lease_until = '2000-01-01T00:00:00.000000Z',"
+            " started_at = '2000-01-01T00:00:00.000000Z'"
+        )
+    conn.close()
+    async with supervisor(woken):
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    assert run["state"] == "completed"
+    assert len(fakes.calls()) == 1  # exactly once
+
+
+async def test_a_run_whose_process_vanished_is_lost(woken: World, fakes: Fakes) -> None:
+    await post(woken, "alice-claude", "@alice-bot hello")
+    conn = sqlite3.connect(woken.db)
+    with conn:
+        conn.execute(
+            "UPDATE runs SET state = 'running', lease_holder = 'sup_dead', pid = 999999,"
+            " lease_until = '2000-01-01T00:00:00.000000Z', started_at = '2000-01-01T00:00:00.000000Z'"
+        )
+    conn.close()
+    async with supervisor(woken):
+        [run] = await until(lambda: ended(woken, "alice-bot"), "recovery")
+    assert run["state"] == "lost" and fakes.calls() == []
+
+
+async def test_the_environment_is_scrubbed(woken: World, fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    planted = {"AWS_SECRET_ACCESS_KEY": "x", "GITHUB_TOKEN": "x", "ANTHROPIC_API_KEY": "x", "CLAUDECODE": "1",
+               "AGENT_ROOMS_TOKEN": "art_x", "MY_SERVICE_TOKEN": "x", "SSH_AUTH_SOCK": "/x"}  # fmt: skip
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    fakes.scenario("dump_env")
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot env")
+        await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    [call] = fakes.calls()
+    assert not set(planted) & set(call["env_names"])
+    assert {"AGENT_ROOMS_RUN_ID", "AGENT_ROOMS_WAKE_DEPTH", "TMPDIR", "PATH"} <= set(call["env_names"])
