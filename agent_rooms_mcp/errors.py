@@ -63,8 +63,8 @@ def invalid(field: str, problem: str) -> RoomsError:
     return RoomsError(ErrorCode.INVALID_ARGUMENT, f"{field}: {problem}")
 
 
-def too_large(field: str, limit: int) -> RoomsError:
-    return RoomsError(ErrorCode.TOO_LARGE, f"{field}: larger than the limit of {limit} bytes")
+def too_large(field: str, limit: int, unit: str = "bytes") -> RoomsError:
+    return RoomsError(ErrorCode.TOO_LARGE, f"{field}: larger than the limit of {limit} {unit}")
 
 
 def forbidden(message: str) -> RoomsError:

@@ -68,7 +68,7 @@ class Hub:
                 invites=Invites(store, limits),
                 tasks=Tasks(store, limits, settings.wake),
                 grants=Grants(store),
-                consent=Consent(store, settings.wake),
+                consent=Consent(store, limits, settings.wake),
                 runs=Runs(store),
             )
 

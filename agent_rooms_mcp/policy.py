@@ -134,6 +134,9 @@ class Decision:
     wake: bool
     grant_active: bool  # the grant the proposal was made under, not merely some grant now
     owners_verified: bool
+    # Both agents still in the room, and the proposer still holding `task`: scope and membership changes
+    # take effect on the next call, a decision included.
+    parties_present: bool = True
 
 
 def decide(f: Decision, *, accept: bool) -> ConsentState:
@@ -148,7 +151,10 @@ def decide(f: Decision, *, accept: bool) -> ConsentState:
     if not accept:
         return ConsentState.REJECTED
     # 3. The same conditions as when it was proposed, as they stand now: a revoked grant or a lost
-    #    verification stops pending proposals from being accepted (invariant 25).
+    #    verification stops pending proposals from being accepted (invariant 25), and so does a proposer
+    #    who lost `task` or either agent leaving the room.
+    if not f.parties_present:
+        raise conflict("the proposer or the target agent is no longer in the room, or the proposer lost 'task'")
     if not f.grant_active:
         raise RoomsError(ErrorCode.NO_GRANT, "the grant this was proposed under has been revoked")
     if not f.owners_verified:

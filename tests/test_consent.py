@@ -158,8 +158,9 @@ async def test_task_by_task_cross_owner_task_and_wake_start_pending(world: World
     assert outcomes["bob-codex"]["outcome"] == "pending_consent"
     wake = proposal(world, outcomes["bob-codex"]["proposal_id"])
     assert (wake["kind"], wake["state"]) == ("wake", "pending")
-    # bob-claude cannot be woken (no invoke) and alice-admin is alice's own: both merely notified.
-    assert (outcomes["bob-claude"]["outcome"], outcomes["bob-claude"]["proposal_id"]) == ("notified", None)
+    # Mentioning another owner's agent asks to wake it: bob-claude lacks invoke, so that is refused (with a
+    # grant, the caller may learn so); alice-admin is alice's own, merely notified. Both read the message.
+    assert (outcomes["bob-claude"]["outcome"], outcomes["bob-claude"]["code"]) == ("refused", "FORBIDDEN_SCOPE")
     assert (outcomes["alice-admin"]["outcome"], outcomes["alice-admin"]["proposal_id"]) == ("notified", None)
     # Nothing else became a proposal.
     assert len(world.sql("SELECT * FROM proposals")) == 2
@@ -227,10 +228,15 @@ async def test_trust_room_trusts_only_owners_present_when_it_was_set(world: Worl
     assert (await mention(mcp, "alice-claude", "@bob-codex go"))["bob-codex"]["outcome"] == "woken"
     assert (await mention(mcp, "carol-claude", "@bob-codex go"))["bob-codex"]["outcome"] == "pending_consent"
 
-    # Setting trust_room again, now that carol is in the room, trusts her from then on; her old one still waits.
+    # Setting trust_room again changes nothing: it must not silently trust whoever arrived since.
     await set_mode(mcp, "bob-admin", "trust_room")
     again = await new_task(mcp, "bob-claude", creator="carol-claude", title="again")
-    assert again["consent_state"] == "accepted"
+    assert again["consent_state"] == "pending"
+    # Bob trusts carol's agents only by choosing so: another mode first, then trust_room anew.
+    await set_mode(mcp, "bob-admin", "task_by_task")
+    await set_mode(mcp, "bob-admin", "trust_room")
+    third = await new_task(mcp, "bob-claude", creator="carol-claude", title="third")
+    assert third["consent_state"] == "accepted"
     assert proposal(world, from_carol["proposal_id"])["state"] == "pending"
 
 
@@ -249,8 +255,11 @@ async def test_setting_a_mode_needs_manage_and_a_sane_collaborator(world: World,
     ]
     for args in bad:
         assert await mcp.refused("bob-admin", "set_consent_mode", args) == "INVALID_ARGUMENT", args
+    # An unknown owner and one who is not in the room look alike: naming does not probe the hub's owners.
     unknown = {"room": "shared", "mode": "trust_collaborator", "collaborator": "zed"}
-    assert await mcp.refused("bob-admin", "set_consent_mode", unknown) == "NOT_FOUND"
+    elsewhere = {"room": "shared", "mode": "trust_collaborator", "collaborator": "carol"}
+    assert await mcp.refused("bob-admin", "set_consent_mode", unknown) == "INVALID_ARGUMENT"
+    assert await mcp.refused("bob-admin", "set_consent_mode", elsewhere) == "INVALID_ARGUMENT"
     assert world.sql("SELECT * FROM consent_modes") == []
 
 
@@ -289,7 +298,8 @@ async def test_a_wake_needs_the_callers_task_scope(world: World, mcp: Calls) -> 
     await add_agent(world, "alice-poster", "alice", "read,post", rooms=("shared",))
     refusal = await mention(mcp, "alice-poster", "@bob-codex wake up, @bob-claude hi")
     assert (refusal["bob-codex"]["outcome"], refusal["bob-codex"]["code"]) == ("refused", "FORBIDDEN_SCOPE")
-    assert refusal["bob-claude"]["outcome"] == "notified"
+    # Refused the same way whether or not the target could be woken: nothing about its scopes leaks.
+    assert (refusal["bob-claude"]["outcome"], refusal["bob-claude"]["code"]) == ("refused", "FORBIDDEN_SCOPE")
     assert world.sql("SELECT * FROM proposals") == []
 
 
@@ -373,11 +383,11 @@ async def test_a_wake_cannot_be_accepted_once_its_target_lost_invoke(world: Worl
         await hub.accounts.set_scopes(OPERATOR, "bob-codex", parse_scopes("read,post,task"))
     assert await mcp.refused("bob-admin", "accept_task", {"task": wake}) == "FORBIDDEN_SCOPE"
     assert (await mcp.ok("bob-admin", "reject_task", {"task": wake, "reason": "asleep"}))["consent_state"] == "rejected"
-    # And a mention of it now is a plain notification: there is nothing to wake.
+    # And a mention of it now is refused as a wake (the message is still posted): there is nothing to wake.
     assert (await mention(mcp, "alice-claude", "@bob-codex go"))["bob-codex"] == {
         "handle": "bob-codex",
-        "outcome": "notified",
-        "code": None,
+        "outcome": "refused",
+        "code": "FORBIDDEN_SCOPE",
         "proposal_id": None,
     }
 
@@ -621,15 +631,21 @@ async def test_finishing_a_pending_task_leaves_nothing_to_decide(world: World, m
     assert await mcp.refused("bob-admin", "accept_task", {"task": task["proposal_id"]}) == "CONFLICT"
 
 
-async def test_asking_the_same_agent_again_is_only_for_after_a_no(world: World, mcp: Calls) -> None:
+async def test_asking_the_same_agent_again_renews_only_an_unagreed_request(world: World, mcp: Calls) -> None:
     await world.trust("bob", "alice")
     task = await new_task(mcp, "bob-claude")
     again = {"task": task["task_id"], "assignee": "bob-claude"}
-    assert await mcp.refused("alice-claude", "assign_task", again) == "CONFLICT"
-    await mcp.ok("bob-admin", "reject_task", {"task": task["proposal_id"], "reason": "busy"})
+    # Still pending (say, its grant was revoked and granted anew): asking again renews the request.
+    renewed = await mcp.ok("alice-claude", "assign_task", again)
+    assert renewed["proposal_id"] != task["proposal_id"]
+    assert proposal(world, task["proposal_id"])["state"] == "superseded"
+    await mcp.ok("bob-admin", "reject_task", {"task": renewed["proposal_id"], "reason": "busy"})
     asked = await mcp.ok("alice-claude", "assign_task", again)
-    assert asked["consent_state"] == "pending" and asked["proposal_id"] != task["proposal_id"]
-    assert proposal(world, task["proposal_id"])["state"] == "rejected"
+    assert asked["consent_state"] == "pending" and asked["proposal_id"] != renewed["proposal_id"]
+    assert proposal(world, renewed["proposal_id"])["state"] == "rejected"
+    await mcp.ok("bob-admin", "accept_task", {"task": asked["proposal_id"]})
+    # Agreed work needs no asking.
+    assert await mcp.refused("alice-claude", "assign_task", again) == "CONFLICT"
 
 
 # --- nothing is dropped ----------------------------------------------------------------------------
@@ -773,3 +789,64 @@ async def test_the_consent_story_over_every_transport(world: World, transport: s
         board = (await alice.call_tool("list_tasks", {"room": "shared"})).structured_content
     [seen] = board["tasks"]
     assert (seen["status"], seen["consent_state"], seen["relation"]) == ("done", "accepted", "self")
+
+
+# --- what a decision re-checks, and who wrote the words -------------------------------------------
+
+
+@pytest.mark.invariant(26, 43)
+async def test_acceptance_needs_the_proposer_and_the_target_still_able_to_take_part(world: World, mcp: Calls) -> None:
+    await world.trust("bob", "alice")
+    lost_scope, left_room = (
+        await new_task(mcp, "bob-claude", title="one"),
+        await new_task(mcp, "bob-codex", title="two"),
+    )
+    async with world.hub() as hub:
+        await hub.accounts.set_scopes(OPERATOR, "alice-claude", parse_scopes("read,post"))
+    assert await mcp.refused("bob-admin", "accept_task", {"task": lost_scope["proposal_id"]}) == "CONFLICT"
+    async with world.hub() as hub:
+        await hub.accounts.set_scopes(OPERATOR, "alice-claude", parse_scopes("read,post,task"))
+        await hub.rooms.remove_agent(OPERATOR, "shared", "bob-codex")
+    assert await mcp.refused("bob-admin", "accept_task", {"task": left_room["proposal_id"]}) == "CONFLICT"
+    # The first can be accepted again now that its proposer holds `task`; a rejection is always possible.
+    assert (await mcp.ok("bob-admin", "accept_task", {"task": lost_scope["proposal_id"]}))[
+        "consent_state"
+    ] == "accepted"
+    rejected = await mcp.ok("bob-admin", "reject_task", {"task": left_room["proposal_id"], "reason": "gone"})
+    assert rejected["consent_state"] == "rejected"
+
+
+async def test_an_owner_who_left_and_came_back_is_a_later_arrival_for_trust_room(world: World, mcp: Calls) -> None:
+    await world.trust("bob", "alice")
+    await world.trust("bob", "carol")
+    await join(world, "shared", "carol", ["carol-claude"])
+    await admit(world, "shared", "bob-admin")
+    await set_mode(mcp, "bob-admin", "trust_room")
+    assert (await new_task(mcp, "bob-claude", creator="carol-claude"))["consent_state"] == "accepted"
+    async with world.hub() as hub:
+        await hub.rooms.remove_agent(OPERATOR, "shared", "carol-claude")
+    await join(world, "shared", "carol", ["carol-claude"])
+    assert (await new_task(mcp, "bob-claude", creator="carol-claude", title="back"))["consent_state"] == "pending"
+
+
+async def test_a_handed_on_task_shows_its_creators_words_as_the_creators(world: World, mcp: Calls) -> None:
+    await world.trust("bob", "alice")
+    await world.trust("carol", "bob")
+    await join(world, "shared", "carol", ["carol-claude"])
+    await add_agent(world, "carol-desk", "carol", "read,consent")
+    task = await new_task(mcp, "bob-claude", title="alice wrote this")
+    await mcp.ok("bob-admin", "accept_task", {"task": task["proposal_id"]})
+    handed = await mcp.ok("bob-claude", "assign_task", {"task": task["task_id"], "assignee": "carol-claude"})
+    [shown] = (await pending(mcp, "carol-desk"))["proposals"]
+    assert shown["proposal_id"] == handed["proposal_id"]
+    assert shown["proposer"] == {"agent": "bob-claude", "owner": "bob"}
+    assert "author=@alice-claude owner=alice>>\nalice wrote this" in shown["payload"]["title"]
+
+
+async def test_titles_and_reasons_are_checked_as_readers_see_them(world: World, mcp: Calls) -> None:
+    await world.trust("bob", "alice")
+    invisible = {"room": "shared", "title": "\u200b\u2060\u200d"}
+    assert await mcp.refused("alice-claude", "create_task", invisible) == "INVALID_ARGUMENT"
+    task = await new_task(mcp, "bob-claude")
+    blank = {"task": task["proposal_id"], "reason": "\u200b"}
+    assert await mcp.refused("bob-admin", "reject_task", blank) == "INVALID_ARGUMENT"

@@ -235,7 +235,10 @@ def test_consent_list_shows_what_waits_with_the_words_enveloped(world: World) ->
     assert by_id[wake_id]["kind"] == "wake"
 
     text = ar(world, "consent", "list", "--owner", "bob").stdout
-    assert f"{task['proposal_id']}  task for bob-claude in shared from alice-claude (alice)" in text
+    assert (
+        f"{task['proposal_id']}  task (task {task['task_id']}) for bob-claude in shared from alice-claude (alice)"
+        in text
+    )
     assert f"{wake_id}  wake for bob-codex in shared" in text
     assert "port the parser" in text
     assert ar(world, "consent", "list", "--owner", "alice").stdout.strip() == "(nothing waits on your decision)"
@@ -318,8 +321,9 @@ def test_the_cli_decides_only_the_words_it_was_shown(world: World) -> None:
     [now] = ok_json(world, "consent", "list", "--owner", "bob")["proposals"]
     assert now["proposal_id"] == edited["proposal_id"] != shown["proposal_id"]
     assert now["payload_sha256"] != shown["payload_sha256"]
-    # The task id always names the current proposal.
-    assert ok_json(world, "consent", "accept", task["task_id"], "--owner", "bob")["proposal_id"] == now["proposal_id"]
+    # A task id would name whatever the task asks now: once it changed, only the reviewed proposal id is taken.
+    assert fails(world, "consent", "accept", task["task_id"], "--owner", "bob") == "CONFLICT"
+    assert ok_json(world, "consent", "accept", now["proposal_id"], "--owner", "bob")["consent_state"] == "accepted"
 
 
 # --- owner unverify ----------------------------------------------------------------------------------
@@ -364,3 +368,22 @@ def test_help_lists_the_grant_and_consent_commands(world: World) -> None:
     consent_help = ar(world, "consent", "--help").stdout
     assert {"mode", "list", "accept", "reject"} <= set(re.findall(r"^\s+(\w+)\s", consent_help, re.M))
     assert "unverify" in ar(world, "owner", "--help").stdout
+
+
+def test_refused_cli_actions_are_audited_and_reasons_are_checked(world: World) -> None:
+    trust(world)
+    task = propose(world, "words")
+    before = len(world.audit_rows())
+    assert fails(world, "consent", "accept", task["proposal_id"], "--owner", "alice") == "FORBIDDEN_SCOPE"
+    assert fails(world, "consent", "reject", task["proposal_id"], "--owner", "bob", "--reason", "") == (
+        "INVALID_ARGUMENT"
+    )
+    assert fails(world, "consent", "reject", task["proposal_id"], "--owner", "bob", "--reason", "x" * 2001) == (
+        "TOO_LARGE"
+    )
+    denials = world.audit_rows()[before:]
+    assert [(d["action"], d["outcome"], d["actor_kind"]) for d in denials] == [
+        ("cli.consent.accept", "denied", "operator"),
+        ("cli.consent.reject", "denied", "operator"),
+        ("cli.consent.reject", "denied", "operator"),
+    ]

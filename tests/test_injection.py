@@ -204,11 +204,15 @@ async def test_injected_content_changes_no_consent_scope_grant_or_membership(wor
                     prop_texts[m["proposal_id"]], prop_owner[m["proposal_id"]] = {"text": text}, "bob"
             posted = await ok(bob, "post_message", {"room": "shared", "text": text})
             originals[posted["message_id"]] = text
+
             # Bob mentioning his own agents: bob-codex holds invoke, so it is woken (or joins its queued wake).
-            assert all(
-                m["outcome"] in (("woken", "queued") if m["handle"] == "bob-codex" else ("notified",))
-                for m in posted["mentions"]
-            ), posted
+            # Mentioning alice's asks to wake them, across owners, and nothing crosses that way: refused.
+            def allowed(handle: str) -> tuple[str, ...]:
+                if handle == "bob-codex":
+                    return ("woken", "queued")
+                return ("refused",) if handle.startswith("alice-") else ("notified",)
+
+            assert all(m["outcome"] in allowed(m["handle"]) for m in posted["mentions"]), posted
             # Files: name and content.
             for author in (alice, bob) if not preparsed(text) else ():
                 shared = await ok(author, "share_file", {"room": "shared", "name": name, "content": text})

@@ -12,6 +12,7 @@ import anyio
 import click
 from pydantic import BaseModel
 
+from agent_rooms_mcp import audit
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.home import HomeError
@@ -51,9 +52,21 @@ def run(call: Callable[[Hub], Awaitable[T]], *, as_json: bool = False) -> T:
 
     async def main() -> T:
         async with Hub.open(settings()) as hub:
-            return await call(hub)
+            try:
+                return await call(hub)
+            except RoomsError as e:
+                # A refused human action is audited like a refused tool call (DESIGN §6), in its own
+                # transaction after the refused one rolled back.
+                await hub.store.write(audit.denial(operator(), _action(), e.audit_reason, {}))
+                raise
 
     return guarded(lambda: anyio.run(main), as_json=as_json)
+
+
+def _action() -> str:
+    context = click.get_current_context(silent=True)
+    words = context.command_path.split()[1:] if context else []
+    return "cli." + ".".join(words or ["command"])
 
 
 def guarded(fn: Callable[[], T], *, as_json: bool = False) -> T:

@@ -96,11 +96,14 @@ def list_(owner_ref: str, room_ref: str | None, as_json: bool) -> None:
             return "(nothing waits on your decision)"
         blocks = []
         for item in p.proposals:
-            words = "\n".join(f"    {k}: {v}" for k, v in item.payload.items() if k in ("title", "body", "text"))
+            words = "\n".join(f"    {k}: {item.payload[k]}" for k in ("title", "body", "text") if k in item.payload)
+            about = f" (task {item.task_id})" if item.task_id else ""
             blocks.append(
-                f"{item.proposal_id}  {item.kind} for {item.target} in {item.room}"
+                f"{item.proposal_id}  {item.kind}{about} for {item.target} in {item.room}"
                 f" from {item.proposer.agent} ({item.proposer.owner}), {item.created_at}\n{words}"
             )
+        if p.has_more:
+            blocks.append("(more wait: decide these first, or add --json)")
         return "\n".join(blocks)
 
     emit(pending, as_json=as_json, text=text)

@@ -104,11 +104,13 @@ class Accounts:
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
             owner = queries.owner(conn, handle)
-            conn.execute(
-                "UPDATE owners SET verified_at = NULL, verified_method = NULL, verified_by = NULL WHERE owner_id = ?",
-                (owner["owner_id"],),
-            )
-            audit.append(conn, operator, "owner.unverify", target=owner["owner_id"])
+            if owner["verified_at"] is not None:
+                conn.execute(
+                    "UPDATE owners SET verified_at = NULL, verified_method = NULL, verified_by = NULL"
+                    " WHERE owner_id = ?",
+                    (owner["owner_id"],),
+                )
+                audit.append(conn, operator, "owner.unverify", target=owner["owner_id"])
             return _owner_info(queries.owner(conn, owner["owner_id"]))
 
         return await self._store.write(run)

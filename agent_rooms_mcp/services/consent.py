@@ -14,17 +14,17 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
-from agent_rooms_mcp.errors import conflict, forbidden_scope, invalid, not_found
+from agent_rooms_mcp.errors import conflict, forbidden_scope, invalid, not_found, too_large
 from agent_rooms_mcp.models import ConsentModeSet, DecisionResult, Proposal, ProposalList, ProposerRef
 from agent_rooms_mcp.policy import ConsentMode, ConsentState
 from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
 from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.services.render import notice, render
-from agent_rooms_mcp.settings import WakeSettings
+from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
@@ -33,10 +33,15 @@ _TEXT_FIELDS = ("title", "body", "text")
 
 _PROPOSALS = (
     "SELECT p.*, r.name AS room_name, a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle,"
-    " t.handle AS target_handle"
+    " t.handle AS target_handle,"
+    " w.agent_id AS w_agent_id, w.handle AS w_handle, w.tool AS w_tool, w.owner_id AS w_owner_id,"
+    " wo.handle AS w_owner_handle"
     " FROM proposals p JOIN rooms r ON r.room_id = p.room_id"
     " JOIN agents a ON a.agent_id = p.proposer_id JOIN owners o ON o.owner_id = p.proposer_owner_id"
     " JOIN agents t ON t.agent_id = p.target_id"
+    # Who wrote the words: a task's creator (who may not be the agent handing it on), else the proposer.
+    " LEFT JOIN tasks k ON k.task_id = p.task_id"
+    " JOIN agents w ON w.agent_id = coalesce(k.creator_id, p.proposer_id) JOIN owners wo ON wo.owner_id = w.owner_id"
 )
 
 
@@ -153,9 +158,19 @@ class Decider:
 
 
 class Consent:
-    def __init__(self, store: Store, caps: WakeSettings) -> None:
+    def __init__(self, store: Store, limits: Limits, caps: WakeSettings) -> None:
         self._store = store
+        self._limits = limits
         self._caps = caps
+
+    def _check_reason(self, accept: bool, reason: str | None) -> None:
+        """A rejection says why, in a sentence or a paragraph; the proposer reads it."""
+        if accept:
+            return
+        if reason is None or not content.sanitize(reason).text.strip():
+            raise invalid("reason", "say why; the proposer sees it")
+        if len(reason) > self._limits.note_chars:
+            raise too_large("reason", self._limits.note_chars, "characters")
 
     # Consent modes (DESIGN §4): per room, per owner, for that owner's own agents.
 
@@ -198,13 +213,14 @@ class Consent:
 
     async def decide_as_agent(self, caller: Caller, ref: str, *, accept: bool, reason: str | None) -> DecisionResult:
         policy.require_scope(caller, Scope.CONSENT)
+        self._check_reason(accept, reason)
         if caller.run_id is not None:  # held_scopes already withholds it; a run never decides, whatever changes
             raise forbidden_scope(Scope.CONSENT.value)
         decider = Decider(caller.owner_id, caller.actor, "agent", caller.agent_id)
 
         def run(conn: sqlite3.Connection) -> DecisionResult:
             queries.recheck_caller(conn, caller, Scope.CONSENT)
-            return _decide(conn, self._caps, decider, _proposal_for(conn, ref, caller), accept, reason)
+            return _decide(conn, self._caps, decider, _proposal_for(conn, ref, caller, accept=accept), accept, reason)
 
         decided = await self._store.write(run)
         self._store.notify_changed()
@@ -213,10 +229,12 @@ class Consent:
     async def decide_as_owner(
         self, operator: Actor, owner_ref: str, ref: str, *, accept: bool, reason: str | None
     ) -> DecisionResult:
+        self._check_reason(accept, reason)
+
         def run(conn: sqlite3.Connection) -> DecisionResult:
             owner = queries.owner(conn, owner_ref)
             decider = Decider(owner["owner_id"], operator, "cli", None)
-            proposal = _proposal_for(conn, ref, OwnerViewer(owner["owner_id"]))
+            proposal = _proposal_for(conn, ref, OwnerViewer(owner["owner_id"]), accept=accept)
             return _decide(conn, self._caps, decider, proposal, accept, reason)
 
         decided = await self._store.write(run)
@@ -235,12 +253,25 @@ def _set_mode(
     if chosen == ConsentMode.TRUST_COLLABORATOR:
         if not collaborator:
             raise invalid("collaborator", "trust_collaborator needs the owner you trust")
-        collaborator_id = queries.owner(conn, collaborator)["owner_id"]
+        found = conn.execute(
+            "SELECT owner_id FROM owners WHERE handle = ? OR owner_id = ?", (collaborator, collaborator)
+        ).fetchone()
+        # Only owners in the room can be named: naming must not tell who else has an account on the hub.
+        if found is None or queries.owner_joined(conn, room["room_id"], found["owner_id"]) is None:
+            raise invalid("collaborator", "name an owner who is in this room")
+        collaborator_id = found["owner_id"]
         if collaborator_id == owner_id:
             raise invalid("collaborator", "name another owner; your own agents never need consent")
     elif collaborator:
         raise invalid("collaborator", "only trust_collaborator names a collaborator")
     previous = queries.consent_mode(conn, room["room_id"], owner_id)
+    unchanged = (
+        previous is not None and (previous["mode"], previous["collaborator_id"]) == (chosen.value, collaborator_id)
+    ) or (previous is None and chosen == ConsentMode.TASK_BY_TASK)
+    if unchanged:
+        # Setting the mode it already has changes nothing: above all it must not move trust_room's
+        # moment forward and so silently trust owners who arrived since.
+        return _mode_set(conn, room, owner_id, chosen, collaborator_id)
     # Applies to proposals made from now on; pending ones keep waiting for a decision (invariant 46).
     conn.execute(
         "INSERT INTO consent_modes (room_id, owner_id, mode, collaborator_id, set_at) VALUES (?, ?, ?, ?, ?)"
@@ -260,6 +291,12 @@ def _set_mode(
             "collaborator_id": collaborator_id,
         },
     )
+    return _mode_set(conn, room, owner_id, chosen, collaborator_id)
+
+
+def _mode_set(
+    conn: sqlite3.Connection, room: sqlite3.Row, owner_id: str, chosen: ConsentMode, collaborator_id: str | None
+) -> ConsentModeSet:
     owner = queries.owner(conn, owner_id)
     return ConsentModeSet(
         room=room["name"],
@@ -284,7 +321,7 @@ def _pending(conn: sqlite3.Connection, viewer: Viewer, room_ref: str | None, lim
     payloads = [json.loads(r["payload"]) for r in rows]
     # Every proposal crossed an owner boundary: each text field is rendered as the proposer's words.
     items = [(r, p, f) for r, p in zip(rows, payloads, strict=True) for f in _TEXT_FIELDS if f in p]
-    rendered, boundary = render(viewer, [r for r, _, _ in items], [p[f] for _, p, f in items])
+    rendered, boundary = render(viewer, [_writer(r) for r, _, _ in items], [p[f] for _, p, f in items])
     for (_, payload, field), shown in zip(items, rendered, strict=True):
         payload[field] = shown.text
     proposals = [
@@ -305,7 +342,17 @@ def _pending(conn: sqlite3.Connection, viewer: Viewer, room_ref: str | None, lim
     return ProposalList(proposals=proposals, has_more=has_more, boundary=boundary, notice=notice(boundary))
 
 
-def _proposal_for(conn: sqlite3.Connection, ref: str, viewer: Viewer) -> sqlite3.Row:
+def _writer(row: sqlite3.Row) -> dict[str, str]:
+    return {
+        "agent_id": row["w_agent_id"],
+        "handle": row["w_handle"],
+        "tool": row["w_tool"],
+        "owner_id": row["w_owner_id"],
+        "owner_handle": row["w_owner_handle"],
+    }
+
+
+def _proposal_for(conn: sqlite3.Connection, ref: str, viewer: Viewer, *, accept: bool) -> sqlite3.Row:
     """A proposal by its id, or a task's current one by the task id. NOT_FOUND unless the viewer's owner
     is its target or the viewer is in its room: a stranger learns nothing, not even that it exists."""
     if ref.startswith("task_"):
@@ -318,11 +365,26 @@ def _proposal_for(conn: sqlite3.Connection, ref: str, viewer: Viewer) -> sqlite3
             raise not_found("task or proposal")
         if task["proposal_id"] is None:
             raise conflict("this task crosses no owner boundary; it needs no consent")
+        # A task id names whatever the task asks now. Once it has changed (a new assignee, new words),
+        # a decision must name the proposal that was reviewed, or it could land on words never seen.
+        asks = conn.execute("SELECT count(*) FROM proposals WHERE task_id = ?", (ref,)).fetchone()[0]
+        if asks > 1 and accept:
+            raise conflict("this task changed since it was first proposed; accept the proposal_id you reviewed")
         ref = task["proposal_id"]
     row = conn.execute(_PROPOSALS + " WHERE p.proposal_id = ?", (ref,)).fetchone()
     if row is None or (row["target_owner_id"] != viewer.owner_id and not _sees_room(conn, viewer, row["room_id"])):
         raise not_found("task or proposal")
     return row
+
+
+def _present(conn: sqlite3.Connection, proposal: sqlite3.Row) -> bool:
+    members = {m["agent_id"]: m for m in queries.room_members(conn, proposal["room_id"])}
+    proposer = members.get(proposal["proposer_id"])
+    return (
+        proposer is not None
+        and proposal["target_id"] in members
+        and Scope.TASK in held_scopes(proposer["scopes"], None)
+    )
 
 
 def _sees_room(conn: sqlite3.Connection, viewer: Viewer, room_id: str) -> bool:
@@ -359,6 +421,7 @@ def _decide(
             ).fetchone()[0]
             == 1,
             owners_verified=queries.owners_verified(conn, target_owner, proposer_owner),
+            parties_present=_present(conn, proposal),
         ),
         accept=accept,
     )

@@ -101,9 +101,17 @@ class Invites:
             if claimed is None:
                 raise invite_invalid(_why_invalid(conn, code))
             room_id = claimed["room_id"]
+            # An owner with no agent left in the room who comes back arrives anew: trust_room trusts those
+            # present when it was set, and someone who left and returned was not continuously so.
+            returning = not conn.execute(
+                "SELECT 1 FROM room_agents x JOIN agents a ON a.agent_id = x.agent_id"
+                " WHERE x.room_id = ? AND a.owner_id = ?",
+                (room_id, owner["owner_id"]),
+            ).fetchone()
             conn.execute(
-                "INSERT OR IGNORE INTO room_owners (room_id, owner_id, joined_at) VALUES (?, ?, ?)",
-                (room_id, owner["owner_id"], now),
+                "INSERT INTO room_owners (room_id, owner_id, joined_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (room_id, owner_id) DO UPDATE SET joined_at = excluded.joined_at WHERE ?",
+                (room_id, owner["owner_id"], now, returning),
             )
             added = [add_member_agent(conn, room_id, owner["owner_id"], ref, now) for ref in agent_refs]
             audit.append(

@@ -46,12 +46,14 @@ def _mention(
     seq: int,
     text: str,
 ) -> MentionOutcome:
-    """What mentioning one member does. A member that can be woken (it holds `invoke`, its tool can be
-    spawned) is woken: at once for its own owner's agents; for another owner's, only with what DESIGN §4
-    asks, and its owner's consent mode decides whether the wake waits as a proposal. Refused or waiting,
-    the message itself is still posted."""
+    """What mentioning one member does. Its own owner's agent that can be woken (it holds `invoke`, its
+    tool can be spawned) is woken at once. Mentioning another owner's agent is a request to wake it, judged
+    in DESIGN §4's order (the caller's `task` scope, a grant, verified owners, the target's `invoke`), so
+    that a stranger learns nothing about the target's scopes; its owner's consent mode then decides
+    whether the wake waits as a proposal. Refused or waiting, the message itself is still posted and every
+    member reads it."""
     handle = member["handle"]
-    if member["agent_id"] == caller.agent_id or not runs.wakes(member):
+    if member["agent_id"] == caller.agent_id:
         return MentionOutcome(handle=handle, outcome="notified")
     cause = runs.Cause("mention", message_id, room_id, caller.agent_id, caller.run_id)
     if member["owner_id"] == caller.owner_id:
@@ -61,6 +63,8 @@ def _mention(
         verdict = consent.judge(conn, caller, room_id, member, wake=True)
     except RoomsError as e:
         return MentionOutcome(handle=handle, outcome="refused", code=e.code.value)
+    if not runs.wakes(member):  # a pull-only tool (chat, other): there is nothing to spawn
+        return MentionOutcome(handle=handle, outcome="notified")
     payload = {"room_id": room_id, "message_id": message_id, "seq": seq, "text": text, "target_id": member["agent_id"]}
     offer = consent.Offer(kind="wake", room_id=room_id, target=member, payload=payload, message_id=message_id)
     proposal_id = consent.record_proposal(conn, caller, offer, verdict)

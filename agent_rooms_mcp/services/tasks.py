@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import conflict, invalid, not_found, too_large
@@ -49,14 +49,15 @@ class Tasks:
         self._caps = caps
 
     def _check_texts(self, title: str | None, body: str | None, note: str | None) -> None:
-        if title is not None and not title.strip():
+        # Blank as readers will see it: a title of invisible characters is no title.
+        if title is not None and not content.sanitize(title).text.strip():
             raise invalid("title", "must not be blank")
         if title is not None and len(title) > self._limits.task_title_chars:
-            raise too_large("title", self._limits.task_title_chars)
+            raise too_large("title", self._limits.task_title_chars, "characters")
         if body is not None and len(body.encode("utf-8", "surrogatepass")) > self._limits.message_bytes:
             raise too_large("body", self._limits.message_bytes)
         if note is not None and len(note) > self._limits.note_chars:
-            raise too_large("note", self._limits.note_chars)
+            raise too_large("note", self._limits.note_chars, "characters")
 
     async def create(self, caller: Caller, room_ref: str, title: str, body: str, assignee: str | None) -> TaskView:
         policy.require_scope(caller, Scope.TASK)
@@ -118,8 +119,12 @@ class Tasks:
             task = _task_for_member(conn, task_ref, caller)
             policy.act_on_task(_action(caller, task))
             target = queries.member_agent(conn, task["room_id"], assignee)
-            # Asking the same agent again makes sense only once its owner said no.
-            if target["agent_id"] == task["assignee_id"] and task["consent_state"] != ConsentState.REJECTED:
+            # Asking the same agent again renews a request still open or turned down (say, after a new grant);
+            # work its owner already agreed to needs no asking.
+            if target["agent_id"] == task["assignee_id"] and task["consent_state"] in (
+                ConsentState.AUTO,
+                ConsentState.ACCEPTED,
+            ):
                 raise conflict(f"the task is already assigned to {target['handle']}")
             verdict = consent.judge(conn, caller, task["room_id"], target, wake=False)
             # A new assignee is a new request: the old one's pending proposal no longer stands.
