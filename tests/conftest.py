@@ -26,6 +26,9 @@ from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import create_server
 from agent_rooms_mcp.settings import Settings, WakeSettings
 
+# The wake tests' fixtures (fake CLIs, a world that wakes agents) live beside their helpers.
+pytest_plugins = ("tests.wakeworld",)
+
 OPERATOR = Actor("operator", "test-operator")
 NO_SUPERVISOR = WakeSettings(enabled=False)
 HTTP_BASE = "http://127.0.0.1:8765"
