@@ -30,6 +30,7 @@ from agent_rooms_mcp.services.runs import Runs
 from agent_rooms_mcp.services.tasks import Tasks
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.vault import Vault, create_master_key
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Hub:
                 settings=settings,
                 store=store,
                 auth=Authenticator(store, issuer),
-                accounts=Accounts(store, issuer, limits),
+                accounts=Accounts(store, issuer, limits, Vault(settings.master_key_path)),
                 rooms=Rooms(store),
                 messages=Messages(store, limits, settings.wake),
                 files=Files(store, limits),
@@ -87,6 +88,9 @@ async def init_home(settings: Settings, operator: audit.Actor) -> bool:
         ensure_private_dir(d)
     if not settings.issuer_key_path.exists():
         create_issuer_key(settings.issuer_key_path)
+        created = True
+    if not settings.master_key_path.exists():  # homes made before agent secrets existed get one too
+        create_master_key(settings.master_key_path)
         created = True
     load_issuer_key(settings.issuer_key_path)  # refuses a key that others can read
     async with Store.open(settings.db_path, busy_timeout_ms=settings.limits.busy_timeout_ms) as store:

@@ -247,6 +247,11 @@ class AgentList(BaseModel):
     agents: list[AgentInfo]
 
 
+class AgentEnvList(BaseModel):
+    agent: str
+    names: list[str]
+
+
 class IssuedToken(BaseModel):
     token: str
     token_id: str

@@ -111,6 +111,10 @@ class Settings:
         return self.keys_dir / "issuer.paserk"
 
     @property
+    def master_key_path(self) -> Path:
+        return self.keys_dir / "master.key"
+
+    @property
     def tokens_dir(self) -> Path:
         return self.home / "tokens"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from agent_rooms_mcp.cli.common import confirm_or_refuse, emit, guarded, json_option, operator, run, table
 from agent_rooms_mcp.errors import invalid
 from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.models import AgentInfo, AgentList, RunInfo, StoppedRun, StopResult
+from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, RunInfo, StoppedRun, StopResult
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
 from agent_rooms_mcp.services.runs import FINAL
 
@@ -111,3 +113,44 @@ def stop(handle: str, run_id: str | None, wait: bool, as_json: bool) -> None:
 def _ended(info: RunInfo) -> StoppedRun:
     signal = info.stop_signal if info.stop_signal in ("SIGINT", "SIGTERM", "SIGKILL") else "none"
     return StoppedRun(run_id=info.run_id, stop_signal=signal, state=info.state)  # type: ignore[arg-type]
+
+
+@agent.group("env")
+def env() -> None:
+    """Variables for an agent's woken CLI (a provider key, say): sealed at rest, values never shown."""
+
+
+@env.command("set")
+@click.argument("handle")
+@click.argument("name")
+@json_option
+def env_set(handle: str, name: str, as_json: bool) -> None:
+    """Give HANDLE's woken CLI the variable NAME. The value is read from standard input (hidden on a
+    terminal), never from the command line, where other users could see it.
+
+    \b
+    Example:
+        agent-rooms agent env set alice-claude ANTHROPIC_API_KEY < key.txt
+    """
+    value = click.prompt(name, hide_input=True) if sys.stdin.isatty() else sys.stdin.read().rstrip("\r\n")
+    done: AgentEnvList = run(lambda hub: hub.accounts.set_env(operator(), handle, name, value), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda e: f"{e.agent}: {', '.join(e.names)}")
+
+
+@env.command("unset")
+@click.argument("handle")
+@click.argument("name")
+@json_option
+def env_unset(handle: str, name: str, as_json: bool) -> None:
+    """Remove the variable NAME from HANDLE's woken CLI."""
+    done: AgentEnvList = run(lambda hub: hub.accounts.unset_env(operator(), handle, name), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda e: f"{e.agent}: {', '.join(e.names) or '(none)'}")
+
+
+@env.command("list")
+@click.argument("handle")
+@json_option
+def env_list(handle: str, as_json: bool) -> None:
+    """List the names of the variables HANDLE's woken CLI gets (never their values)."""
+    done: AgentEnvList = run(lambda hub: hub.accounts.env_names(handle), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda e: "\n".join(e.names) or "(none)")

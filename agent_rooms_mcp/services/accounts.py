@@ -12,6 +12,7 @@ from agent_rooms_mcp.auth.tokens import new_id, new_token, secret_hash
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, not_found
 from agent_rooms_mcp.models import (
+    AgentEnvList,
     AgentInfo,
     AgentList,
     IssuedToken,
@@ -24,6 +25,8 @@ from agent_rooms_mcp.principals import HANDLE_RE, AgentTool, Scope, format_scope
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.vault import AGENT_ENV, Vault
+from agent_rooms_mcp.wake.env import check_extra
 
 _AGENTS = (
     "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
@@ -59,11 +62,63 @@ def _agent_info(row: sqlite3.Row) -> AgentInfo:
     )
 
 
+def _env_names(conn: sqlite3.Connection, agent: sqlite3.Row) -> AgentEnvList:
+    names = [
+        r[0] for r in conn.execute("SELECT name FROM agent_env WHERE agent_id = ? ORDER BY name", (agent["agent_id"],))
+    ]
+    return AgentEnvList(agent=agent["handle"], names=names)
+
+
 class Accounts:
-    def __init__(self, store: Store, issuer: PassportIssuer, limits: Limits) -> None:
+    def __init__(self, store: Store, issuer: PassportIssuer, limits: Limits, vault: Vault) -> None:
         self._store = store
         self._issuer = issuer
         self._limits = limits
+        self._vault = vault
+
+    # Variables an owner gives one agent's woken CLI: sealed at rest, names only ever shown.
+
+    async def set_env(self, operator: Actor, agent_ref: str, name: str, value: str) -> AgentEnvList:
+        def run(conn: sqlite3.Connection) -> AgentEnvList:
+            agent = queries.agent(conn, agent_ref)
+            try:
+                check_extra(name, value, agent["tool"])
+            except ValueError as e:
+                raise invalid("name", str(e)) from None
+            sealed = self._vault.seal(AGENT_ENV, f"{agent['agent_id']}/{name}", value)
+            conn.execute(
+                "INSERT INTO agent_env (agent_id, name, sealed, set_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (agent_id, name) DO UPDATE SET sealed = excluded.sealed, set_at = excluded.set_at",
+                (agent["agent_id"], name, sealed, now_utc()),
+            )
+            audit.append(conn, operator, "agent.env.set", target=agent["agent_id"], detail={"name": name})
+            return _env_names(conn, agent)
+
+        return await self._store.write(run)
+
+    async def unset_env(self, operator: Actor, agent_ref: str, name: str) -> AgentEnvList:
+        def run(conn: sqlite3.Connection) -> AgentEnvList:
+            agent = queries.agent(conn, agent_ref)
+            gone = conn.execute(
+                "DELETE FROM agent_env WHERE agent_id = ? AND name = ?", (agent["agent_id"], name)
+            ).rowcount
+            if not gone:
+                raise not_found("variable for this agent")
+            audit.append(conn, operator, "agent.env.unset", target=agent["agent_id"], detail={"name": name})
+            return _env_names(conn, agent)
+
+        return await self._store.write(run)
+
+    async def env_names(self, agent_ref: str) -> AgentEnvList:
+        return await self._store.read(lambda conn: _env_names(conn, queries.agent(conn, agent_ref)))
+
+    async def env_for_run(self, agent_id: str) -> dict[str, str]:
+        """The agent's variables, opened for one spawn. Raises HomeError (no master key) or VaultError
+        (a value that does not open): the run then fails, it never starts without or with wrong values."""
+        rows = await self._store.read(
+            lambda c: c.execute("SELECT name, sealed FROM agent_env WHERE agent_id = ?", (agent_id,)).fetchall()
+        )
+        return {r["name"]: self._vault.open(AGENT_ENV, f"{agent_id}/{r['name']}", r["sealed"]) for r in rows}
 
     async def add_owner(self, operator: Actor, handle: str) -> OwnerInfo:
         _check_handle(handle)

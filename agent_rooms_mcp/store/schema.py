@@ -242,4 +242,16 @@ CREATE TABLE backoffs (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# v4: variables an owner gives one agent's woken CLI (a provider key, say), sealed by the vault: the
+# database never holds them in plaintext (DESIGN §8).
+_V4 = """
+CREATE TABLE agent_env (
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  name TEXT NOT NULL,
+  sealed BLOB NOT NULL,
+  set_at TEXT NOT NULL,
+  PRIMARY KEY (agent_id, name)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)

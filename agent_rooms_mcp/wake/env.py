@@ -114,6 +114,21 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def check_extra(name: str, value: str, tool: str) -> None:
+    """May an owner give this variable to an agent of `tool`? ValueError naming it (never its value) if not.
+
+    Checked when the owner sets it and again at every spawn, so a denylist that grows applies to values
+    stored before."""
+    if tool not in TOOL_ALLOW:
+        raise ValueError(f"unknown tool {tool!r}: expected one of {', '.join(sorted(TOOL_ALLOW))}")
+    if not _NAME.fullmatch(name) or "\0" in value:
+        raise ValueError(f"environment variable {name!r} is not a valid name=value pair")
+    if name.upper().startswith("AGENT_ROOMS_"):
+        raise ValueError(f"environment variable {name} is reserved for agent-rooms and cannot be configured")
+    if is_denied(name) and not _auth_allowed(name, tool):
+        raise ValueError(f"environment variable {name} is denied for {tool} (it looks like a credential or marker)")
+
+
 def scrubbed_env(
     parent: Mapping[str, str],
     *,
@@ -133,12 +148,7 @@ def scrubbed_env(
     if depth < 0:
         raise ValueError(f"wake depth must be >= 0, got {depth}")
     for name, value in extra.items():
-        if not _NAME.fullmatch(name) or "\0" in value:
-            raise ValueError(f"environment variable {name!r} is not a valid name=value pair")
-        if name.upper().startswith("AGENT_ROOMS_"):
-            raise ValueError(f"environment variable {name} is reserved for agent-rooms and cannot be configured")
-        if is_denied(name) and not _auth_allowed(name, tool):
-            raise ValueError(f"environment variable {name} is denied for {tool} (it looks like a credential or marker)")
+        check_extra(name, value, tool)
 
     allow = BASE_ALLOW | TOOL_ALLOW[tool]
     env = {name: value for name, value in parent.items() if name in allow and not is_denied(name)}

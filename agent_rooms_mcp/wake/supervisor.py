@@ -21,10 +21,11 @@ import structlog
 
 from agent_rooms_mcp import content
 from agent_rooms_mcp.audit import Actor
-from agent_rooms_mcp.home import ensure_private_dir, write_private_file
+from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.services.runs import CONSTRAINABLE, CauseText, Claimed, RunBook
+from agent_rooms_mcp.vault import VaultError
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import ProcessLimits, run_process
@@ -103,6 +104,15 @@ class Supervisor:
         if not run.workdir:
             ensure_private_dir(workdir.parent)
             ensure_private_dir(workdir)
+        try:
+            # The owner's variables for this agent: sealed at rest; without the key the run fails closed.
+            extra = await self._hub.accounts.env_for_run(run.agent_id)
+            env = scrubbed_env(
+                os.environ, tool=run.tool.value, run_dir=run_dir, run_id=run.run_id, depth=run.depth, extra=extra
+            )
+        except (HomeError, VaultError, ValueError) as e:
+            log.warning("run.env_refused", run_id=run.run_id, agent=run.handle, error=type(e).__name__)
+            return "failed", "env_unavailable", "none"
         token = await self._hub.accounts.issue_run_token(
             Actor("system", self.book.holder), run.agent_id, run.run_id, timedelta(seconds=caps.run_limit_s)
         )
@@ -128,7 +138,6 @@ class Supervisor:
         if chosen_session:
             reading.session_id = chosen_session
             await self.book.session(run.run_id, chosen_session)
-        env = scrubbed_env(os.environ, tool=run.tool.value, run_dir=run_dir, run_id=run.run_id, depth=run.depth)
         prompt = _prompt(run, await self.book.cause(run))
         events = _EventLog(run_dir / "events.jsonl")
         recorded: set[str] = set(filter(None, [chosen_session]))
