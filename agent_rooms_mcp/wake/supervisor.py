@@ -80,6 +80,10 @@ class Supervisor:
         state, outcome, signal = "failed", "error", "none"
         try:
             state, outcome, signal = await self._spawn(run, stop, reading)
+        except anyio.get_cancelled_exc_class():
+            # The server is shutting down: run_process has stopped the CLI and reaped it.
+            state, outcome = "stopped", "shutdown"
+            raise
         except Exception as e:  # a run that cannot start is a failed run, never a dead supervisor
             log.warning("run.error", run_id=run.run_id, error=type(e).__name__)
             outcome = f"error:{type(e).__name__}"
