@@ -169,3 +169,11 @@ async def test_the_environment_is_scrubbed(woken: World, fakes: Fakes, monkeypat
     [call] = fakes.calls()
     assert not set(planted) & set(call["env_names"])
     assert {"AGENT_ROOMS_RUN_ID", "AGENT_ROOMS_WAKE_DEPTH", "TMPDIR", "PATH"} <= set(call["env_names"])
+
+
+async def test_a_claude_run_without_our_mcp_server_is_stopped_as_failed(woken: World, fakes: Fakes) -> None:
+    fakes.scenario("mcp_failed")
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot hello")
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    assert (run["state"], run["outcome"]) == ("failed", "mcp_failed")

@@ -37,6 +37,8 @@ class Reading:
     rate_limited: bool = False
     reset_at: datetime | None = None
     auth_failed: bool = False
+    # The CLI started without our MCP server: it could not read the room or reply, so the run is stopped.
+    mcp_failed: bool = False
     errors: list[str] = field(default_factory=list)
 
 
@@ -73,6 +75,8 @@ class Adapter(Protocol):
 
 def judge(reading: Reading, *, stop_requested: bool, returncode: int | None) -> Judgement:
     """DESIGN §5: outcome from the final events; a stop we sent wins over whatever the CLI said after."""
+    if reading.mcp_failed:
+        return Judgement("failed", "mcp_failed")
     if stop_requested:
         return Judgement("stopped", "stopped")
     if reading.rate_limited:
@@ -113,6 +117,9 @@ class Claude:
         kind = event.get("type")
         if kind == "system" and event.get("subtype") == "init":
             reading.session_id = str(event.get("session_id") or "") or reading.session_id
+            # A broken MCP server does not fail a Claude run by itself (wake.md §1.2): check ours is there.
+            servers = {s.get("name"): s.get("status") for s in event.get("mcp_servers") or [] if isinstance(s, dict)}
+            reading.mcp_failed = servers.get("agent-rooms") != "connected"
         elif kind == "rate_limit_event":
             info = event.get("rate_limit_info") or {}
             if info.get("status") == "rejected":

@@ -151,6 +151,8 @@ class Supervisor:
         def on_event(event: dict[str, Any]) -> None:
             events.write(event)
             adapter.read(event, reading)
+            if reading.mcp_failed:
+                stop.set()
             if reading.session_id and reading.session_id not in recorded:
                 recorded.add(reading.session_id)
                 pending.append(reading.session_id)
