@@ -5,7 +5,8 @@ One run does, on a fresh hub in a temporary home:
 2. HTTP: the real server (`python -m agent_rooms_mcp serve --http`, i.e. uvicorn with `HttpHub`) and
    bench/echo_server.py, each in its own process, driven by bench/raw_client.py over loopback keep-alive
    connections. Server CPU is the server process's utime+stime (/proc/<pid>/stat) over the timed window,
-   divided by the calls that came back 200 without `"isError":true`.
+   divided by the calls that came back 200 without `"isError":true`;
+3. wake and stop latency of the supervisor with a fake CLI (bench/wake.py; `--wake-only`, `--skip-wake`).
 
 The box is noisy, so tools are interleaved within each round (order rotated) and every ratio is
 computed within one round, then the median over rounds is reported with its [min-max].
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import wake
 from raw_client import Connection, tool_call
 from world import AGENT, ROOM, build_hub
 
@@ -392,7 +394,13 @@ def main() -> int:
     ap.add_argument("--memory-seconds", type=float, default=1.0, help="timed seconds per in-memory cell (0: skip)")
     ap.add_argument("--profile", type=Path, help="run both servers under cProfile, writing DIR/{hub,echo}.prof")
     ap.add_argument("--out", type=Path, default=BENCH / "results.json")
+    ap.add_argument("--wake-only", action="store_true", help="only the wake/stop latency bench (bench/wake.py)")
+    ap.add_argument("--skip-wake", action="store_true", help="everything but the wake/stop latency bench")
+    ap.add_argument("--wakes", type=int, default=60, help="wakes per wake-latency series")
+    ap.add_argument("--stops", type=int, default=40, help="stops per stop-latency series")
     a = ap.parse_args()
+    if a.wake_only and a.skip_wake:
+        ap.error("--wake-only and --skip-wake exclude each other")
     if a.rounds < 1 or a.seconds <= 0:
         ap.error("--rounds must be >= 1 and --seconds > 0")
     concs = [int(c) for c in a.conns.split(",")]
@@ -403,6 +411,8 @@ def main() -> int:
         f"load {info['loadavg_at_start'][0]:.2f}",
         file=sys.stderr,
     )
+    if a.wake_only:
+        return wake_only(a.out, info, a.wakes, a.stops, started)
     if a.profile is not None:
         a.profile.mkdir(parents=True, exist_ok=True)
         a.profile = a.profile.resolve()
@@ -420,6 +430,7 @@ def main() -> int:
     http = summarize(http_rows, "server_cpu_us_call", list(concs))
     memory = summarize(memory_rows, "cpu_us_call", [None]) if memory_rows else []
     print_tables(http, memory)
+    wake_result = None if a.skip_wake else wake.run(a.wakes, a.stops)
     elapsed = time.monotonic() - started
     result = {
         "machine": info,
@@ -438,6 +449,8 @@ def main() -> int:
         "posts_checked": posts,
         "elapsed_s": round(elapsed, 1),
     }
+    if wake_result is not None:
+        result["wake"] = wake_result
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out} ({elapsed:.0f}s)")
     over = [e for e in http if "budget" in e and not e["budget"]["within_limit"]]
@@ -446,6 +459,19 @@ def main() -> int:
             f"OVER BUDGET: {e['tool']} at {e['conc']} conns costs {e['ratio_to_echo']['median']:.2f}× echo "
             f"(limit {e['budget']['limit']}×)"
         )
+    return 0
+
+
+def wake_only(out: Path, info: dict[str, Any], wakes: int, stops: int, started: float) -> int:
+    """The wake bench alone: its results replace the "wake" entry of an existing results file."""
+    result = wake.run(wakes, stops)
+    try:
+        document = json.loads(out.read_text())
+    except (OSError, ValueError):
+        document = {}
+    document["wake"] = {"machine": info, **result}
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {out} ({time.monotonic() - started:.0f}s)")
     return 0
 
 

@@ -1,0 +1,79 @@
+"""A minimal fake `claude` for the wake bench (bench/wake.py): Claude's stream-json init and result lines, and
+the moments the bench measures, appended as JSON lines to BENCH_FAKE_LOG.
+
+It is started through a bash wrapper that bench/wake.py writes, which records `$EPOCHREALTIME` as its first
+command (BENCH_EXEC_T: the child's exec, give or take bash's own start-up) and then execs this script with
+`python -I -S`. Two modes, read from the file BENCH_FAKE_MODE at start:
+
+- ok:   read the prompt, print init and a successful result, exit 0 (no call back into the hub);
+- hang: the same init, then wait for SIGINT; the handler's first act is to take `time.time()`, then it
+        prints Claude's interrupted result and exits 0, as the real CLI does (research/wake.md §4).
+
+Only the standard library: the interpreter starts without `site`, and the bench's variables come from the
+wrapper, since the supervisor scrubs the environment it hands on.
+"""
+
+import time
+
+T_PY = time.time()  # first instruction of the script, before any other import
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+
+def record(path: str, **fields: object) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(fields) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def emit(event: dict) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    log = os.environ["BENCH_FAKE_LOG"]
+    try:
+        with open(os.environ["BENCH_FAKE_MODE"]) as f:
+            mode = f.read().strip() or "ok"
+    except OSError:
+        mode = "ok"
+    argv = sys.argv[1:]
+    session = ""
+    for flag in ("--session-id", "--resume"):
+        if flag in argv and argv.index(flag) + 1 < len(argv):
+            session = argv[argv.index(flag) + 1]
+    run_id = os.environ.get("AGENT_ROOMS_RUN_ID", "")
+    exec_t = float(os.environ.get("BENCH_EXEC_T", "nan").replace(",", "."))
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        t = time.time()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        record(log, event="sigint", run_id=run_id, pid=os.getpid(), t=t)
+        emit({"type": "result", "subtype": "error_during_execution", "is_error": True, "session_id": session})
+        os._exit(0)
+
+    if mode == "hang":
+        signal.signal(signal.SIGINT, interrupted)
+    sys.stdin.read()  # the prompt, up to EOF
+    # The supervisor checks that Claude connected our MCP server; this fake does not start it (no callback).
+    servers = [{"name": "agent-rooms", "status": "connected"}]
+    emit({"type": "system", "subtype": "init", "session_id": session, "tools": [], "mcp_servers": servers})
+    record(log, event="start", run_id=run_id, pid=os.getpid(), mode=mode, t_exec=exec_t, t_py=T_PY)
+    if mode == "hang":
+        deadline = time.monotonic() + 120  # a bound, should the bench die before stopping us
+        while time.monotonic() < deadline:
+            time.sleep(1.0)  # a signal interrupts the sleep and the handler runs at once (PEP 475)
+        return 1
+    emit({"type": "assistant", "message": {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}})
+    emit({"type": "result", "subtype": "success", "is_error": False, "result": "ok", "session_id": session})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
