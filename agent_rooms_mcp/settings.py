@@ -73,8 +73,8 @@ class WakeSettings:
     grace_term_s: float = 5.0
     after_result_s: float = 10.0
     idle_s: float = 600.0
-    # Another process's commits are seen this often; this process's are signalled at once.
-    poll_s: float = 0.25
+    # Another process's commits are seen this often (a pragma when nothing changed); this process's at once.
+    poll_s: float = 0.05
     lease_s: float = 30.0
 
     @classmethod

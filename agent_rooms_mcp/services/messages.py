@@ -75,6 +75,19 @@ def _mention(
     return MentionOutcome(handle=handle, outcome=woke.outcome, code=woke.code, proposal_id=proposal_id)
 
 
+def _post_detail(
+    message_id: str, seq: int, resolved: list[str], outcomes: list[MentionOutcome], proposals: list[str]
+) -> dict[str, object]:
+    """The audit detail of a post; mention outcomes only when there were mentions (most posts have none,
+    and every byte here is hashed into the chain)."""
+    detail: dict[str, object] = {"message_id": message_id, "seq": seq, "mentions": len(resolved)}
+    if outcomes:
+        detail["outcomes"] = {o.handle: o.outcome for o in outcomes}
+    if proposals:
+        detail["proposals"] = proposals
+    return detail
+
+
 class Messages:
     def __init__(self, store: Store, limits: Limits, caps: WakeSettings) -> None:
         self._store = store
@@ -131,13 +144,7 @@ class Messages:
                 caller.actor,
                 "message.post",
                 target=room["room_id"],
-                detail={
-                    "message_id": message_id,
-                    "seq": seq,
-                    "mentions": len(resolved),
-                    "refused": sum(o.outcome == "refused" for o in outcomes),
-                    "proposals": proposals,
-                },
+                detail=_post_detail(message_id, seq, resolved, outcomes, proposals),
             )
             return PostedMessage(message_id=message_id, seq=seq, mentions=outcomes)
 

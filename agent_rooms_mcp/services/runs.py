@@ -298,6 +298,9 @@ class RunBook:
     async def claim(self) -> Claimed | None:
         """The oldest queued run that no cap holds back, now held by this supervisor; None if there is none."""
         caps = self._caps
+        # Most looks find nothing: a read costs far less than taking the write lock to find that out.
+        if not await self._store.read(lambda c: c.execute("SELECT 1 FROM runs WHERE state = 'queued'").fetchone()):
+            return None
 
         def run(conn: sqlite3.Connection) -> Claimed | None:
             now = datetime.now(UTC)

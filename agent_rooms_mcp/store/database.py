@@ -157,6 +157,11 @@ class Store:
         """Run fn on the read-only connection, inside one snapshot, on the event loop's thread."""
         return _in_transaction(self._reader, fn, "BEGIN")
 
+    def data_version(self) -> int:
+        """Changes whenever another connection, in any process, commits to the database (SQLite's
+        `PRAGMA data_version`): a poller compares it and skips its work when nothing moved."""
+        return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
+
     def notify_changed(self) -> None:
         """Wake every long-poller of this process; they re-read and go back to waiting."""
         self._changed.set()

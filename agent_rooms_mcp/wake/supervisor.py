@@ -49,12 +49,18 @@ class Supervisor:
 
     async def run(self) -> None:
         """Claim and run wakes until cancelled; on cancellation every child is stopped and reaped."""
+        store = self._hub.store
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_leases)
+            seen = -1
             while True:
-                await self._claim_all(tg)
-                await self._hub.store.wait_changed(self._caps.poll_s)
-                await self._pass_on_stops()
+                # Look again only when something committed: SQLite's data_version moves with every commit
+                # of another connection, so polling often costs one pragma when nothing happened.
+                if (version := store.data_version()) != seen:
+                    seen = version
+                    await self._claim_all(tg)
+                    await self._pass_on_stops()
+                await store.wait_changed(self._caps.poll_s)
 
     async def _claim_all(self, tg: anyio.abc.TaskGroup) -> None:
         while (claimed := await self.book.claim()) is not None:
