@@ -137,6 +137,7 @@ class Decision:
     # Both agents still in the room, and the proposer still holding `task`: scope and membership changes
     # take effect on the next call, a decision included.
     parties_present: bool = True
+    target_constrainable: bool = True
 
 
 def decide(f: Decision, *, accept: bool) -> ConsentState:
@@ -161,6 +162,11 @@ def decide(f: Decision, *, accept: bool) -> ConsentState:
         raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "both owners must be identity-verified")
     if f.wake and Scope.INVOKE not in f.target_scopes:
         raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
+    if Scope.INVOKE in f.target_scopes and not f.target_constrainable:  # it gained invoke since (rule 6 above)
+        raise RoomsError(
+            ErrorCode.CONSTRAINED_RUNTIME_REQUIRED,
+            "the target agent's tool cannot run constrained, as a wake from another owner must",
+        )
     return ConsentState.ACCEPTED
 
 

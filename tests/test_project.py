@@ -31,8 +31,8 @@ BANNED = {  # where -> imports it must never make (DESIGN §10: transport -> aut
     "agent_rooms_mcp/auth": ("agent_rooms_mcp.services", "agent_rooms_mcp.server", "agent_rooms_mcp.cli", "mcp"),
 }
 
-# Which pieces of work exist in the code: grows as the task board ("consent") and supervisor ("wake") land.
-BUILT = {"core", "consent"}
+# Which pieces of work exist in the code: the core hub, the task board ("consent"), the supervisor ("wake").
+BUILT = {"core", "consent", "wake"}
 
 
 @pytest.mark.parametrize("where, banned", BANNED.items())

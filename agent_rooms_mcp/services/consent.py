@@ -422,6 +422,7 @@ def _decide(
             == 1,
             owners_verified=queries.owners_verified(conn, target_owner, proposer_owner),
             parties_present=_present(conn, proposal),
+            target_constrainable=runs.constrainable(AgentTool(target["tool"])),
         ),
         accept=accept,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +28,7 @@ from agent_rooms_mcp.services.runs import CONSTRAINABLE, CauseText, Claimed, Run
 from agent_rooms_mcp.vault import VaultError
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
 from agent_rooms_mcp.wake.env import scrubbed_env
-from agent_rooms_mcp.wake.process import ProcessLimits, run_process
+from agent_rooms_mcp.wake.process import Finished, ProcessLimits, run_process
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
@@ -83,12 +83,14 @@ class Supervisor:
     async def _run_one(self, run: Claimed) -> None:
         stop = self._stops[run.run_id]
         reading = Reading()
+        sent: list[str] = []  # the signals we sent, whoever asked
         state, outcome, signal = "failed", "error", "none"
         try:
-            state, outcome, signal = await self._spawn(run, stop, reading)
+            state, outcome = await self._spawn(run, stop, reading, sent)
+            signal = sent[-1] if sent else "none"
         except anyio.get_cancelled_exc_class():
             # The server is shutting down: run_process has stopped the CLI and reaped it.
-            state, outcome = "stopped", "shutdown"
+            state, outcome, signal = "stopped", "shutdown", sent[-1] if sent else "none"
             raise
         except Exception as e:  # a run that cannot start is a failed run, never a dead supervisor
             log.warning("run.error", run_id=run.run_id, error=type(e).__name__)
@@ -102,11 +104,11 @@ class Supervisor:
                 log.info("run.end", run_id=run.run_id, agent=run.handle, state=state, outcome=outcome, signal=signal)
                 self._hub.store.notify_changed()
 
-    async def _spawn(self, run: Claimed, stop: anyio.Event, reading: Reading) -> tuple[str, str, str]:
+    async def _spawn(self, run: Claimed, stop: anyio.Event, reading: Reading, sent: list[str]) -> tuple[str, str]:
         settings, caps = self._hub.settings, self._caps
         adapter = ADAPTERS[run.tool]
         if run.constrained and run.tool not in CONSTRAINABLE:
-            return "failed", "CONSTRAINED_RUNTIME_REQUIRED", "none"
+            return "failed", "CONSTRAINED_RUNTIME_REQUIRED"
         run_dir = settings.runs_dir / run.run_id
         for d in (settings.runs_dir, run_dir):
             ensure_private_dir(d)
@@ -122,7 +124,7 @@ class Supervisor:
             )
         except (HomeError, VaultError, ValueError) as e:
             log.warning("run.env_refused", run_id=run.run_id, agent=run.handle, error=type(e).__name__)
-            return "failed", "env_unavailable", "none"
+            return "failed", "env_unavailable"
         token = await self._hub.accounts.issue_run_token(
             Actor("system", self.book.holder), run.agent_id, run.run_id, timedelta(seconds=caps.run_limit_s)
         )
@@ -152,7 +154,6 @@ class Supervisor:
         events = _EventLog(run_dir / "events.jsonl")
         recorded: set[str] = set(filter(None, [chosen_session]))
         pending: list[str] = []  # session ids seen in events, recorded once the process is done
-        sent: list[str] = []  # the signals we sent
 
         def on_event(event: dict[str, Any]) -> None:
             events.write(event)
@@ -163,6 +164,34 @@ class Supervisor:
                 recorded.add(reading.session_id)
                 pending.append(reading.session_id)
 
+        try:
+            finished = await self._watch(run, plan, argv, prompt, env, on_event, adapter.is_terminal, stop, sent)
+        finally:
+            events.close()  # on every path: a shutdown mid-run must not leave the log open
+        for session_id in pending:
+            await self.book.session(run.run_id, session_id)
+        write_private_file(run_dir / "stderr.log", finished.stderr_tail)
+        verdict = judge(reading, stop_requested=stop.is_set(), returncode=finished.returncode)
+        if finished.reason in ("wall", "idle", "line_too_long", "output_cap") and not stop.is_set():
+            verdict_state, verdict_outcome = ("stopped", finished.reason)
+        else:
+            verdict_state, verdict_outcome = verdict.state, verdict.outcome
+        return verdict_state, verdict_outcome
+
+    async def _watch(
+        self,
+        run: Claimed,
+        plan: Plan,
+        argv: list[str],
+        prompt: str,
+        env: dict[str, str],
+        on_event: Callable[[dict[str, Any]], None],
+        is_terminal: Callable[[dict[str, Any]], bool],
+        stop: anyio.Event,
+        sent: list[str],
+    ) -> Finished:
+        """Run the CLI to its end, recording its pid as soon as it has one and every signal we send."""
+        caps = self._caps
         limits = ProcessLimits(
             grace_int_s=caps.grace_int_s,
             grace_term_s=caps.grace_term_s,
@@ -174,35 +203,25 @@ class Supervisor:
 
             def on_spawn(pid: int) -> None:
                 log.info("run.spawn", run_id=run.run_id, agent=run.handle, tool=run.tool.value, pid=pid,
-                         read_only=read_only, resume=bool(run.resume_session))  # fmt: skip
+                         read_only=plan.read_only, resume=bool(run.resume_session))  # fmt: skip
                 tg.start_soon(self.book.started, run.run_id, pid)
 
             def on_signal(name: str) -> None:
                 sent.append(name)
                 log.info("run.signal", run_id=run.run_id, signal=name)
 
-            finished = await run_process(
+            return await run_process(
                 argv,
                 prompt=prompt.encode(),
                 env=env,
-                cwd=workdir,
+                cwd=plan.workdir,
                 on_event=on_event,
-                is_terminal=adapter.is_terminal,
+                is_terminal=is_terminal,
                 stop=stop,
                 limits=limits,
                 on_spawn=on_spawn,
                 on_signal=on_signal,
             )
-        for session_id in pending:
-            await self.book.session(run.run_id, session_id)
-        events.close()
-        write_private_file(run_dir / "stderr.log", finished.stderr_tail)
-        verdict = judge(reading, stop_requested=stop.is_set(), returncode=finished.returncode)
-        if finished.reason in ("wall", "idle", "line_too_long", "output_cap") and not stop.is_set():
-            verdict_state, verdict_outcome = ("stopped", finished.reason)
-        else:
-            verdict_state, verdict_outcome = verdict.state, verdict.outcome
-        return verdict_state, verdict_outcome, sent[-1] if sent else "none"
 
 
 def _prompt(run: Claimed, cause: CauseText) -> str:
