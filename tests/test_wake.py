@@ -177,3 +177,24 @@ async def test_a_claude_run_without_our_mcp_server_is_stopped_as_failed(woken: W
         await post(woken, "alice-claude", "@alice-bot hello")
         [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
     assert (run["state"], run["outcome"]) == ("failed", "mcp_failed")
+
+
+async def test_after_a_rate_limit_the_follow_up_resumes_and_never_replays_the_request(
+    woken: World, fakes: Fakes
+) -> None:
+    fakes.scenario("rate_limit")
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot run the migration once")
+        first = (await until(lambda: ended(woken, "alice-bot"), "the rate-limited run ends"))[0]
+        fakes.scenario("ok")
+        # The back-off passes (the test moves the clock's marks rather than waiting for them).
+        conn = sqlite3.connect(woken.db)
+        with conn:
+            conn.execute("UPDATE backoffs SET not_before = '2000-01-01T00:00:00.000000Z'")
+            conn.execute("UPDATE runs SET not_before = '2000-01-01T00:00:00.000000Z' WHERE state = 'queued'")
+        conn.close()
+        _, follow_up = await until(lambda: ended(woken, "alice-bot", 2), "the follow-up ends")
+    assert (first["state"], follow_up["state"]) == ("rate_limited", "completed")
+    retry = fakes.calls()[-1]
+    assert retry["argv"][retry["argv"].index("--resume") + 1] == first["session_id"]
+    assert "rate limit that interrupted" in retry["stdin"] and "run the migration once" not in retry["stdin"]

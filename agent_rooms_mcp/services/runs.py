@@ -244,6 +244,7 @@ class Claimed:
     constrained: bool
     depth: int
     resume_session: str | None  # the agent's last session, to resume
+    retry: bool = False  # a follow-up after a rate limit: continue, never replay the original request
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +357,7 @@ class RunBook:
                 constrained=bool(row["constrained"]),
                 depth=row["depth"],
                 resume_session=last["session_id"] if last else None,
+                retry=bool(row["resume"]),
             )
 
         return await self._store.write(run)

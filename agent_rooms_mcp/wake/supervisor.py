@@ -224,8 +224,18 @@ class Supervisor:
             )
 
 
+RETRY_PROMPT = (
+    "The provider's rate limit that interrupted your last turn has passed. Continue the task you were working"
+    " on; do not repeat steps you already completed. Reply in the room with post_message when done."
+)
+
+
 def _prompt(run: Claimed, cause: CauseText) -> str:
-    """The room, the trigger and who caused it, then their words: enveloped when another owner wrote them."""
+    """The room, the trigger and who caused it, then their words: enveloped when another owner wrote them.
+    A follow-up after a rate limit resumes the session instead: its tools may already have acted, so the
+    original request is never sent again (wake.md §6.4)."""
+    if run.retry and run.resume_session:
+        return f"You were woken by agent-rooms.\nroom: {run.room_name}\ntrigger: retry {run.cause_id}\n\n{RETRY_PROMPT}"
     text = content.sanitize(cause.text).text
     if cause.cross_owner:
         boundary = content.new_boundary([text])
