@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import anyio
 import click
 
 from agent_rooms_mcp.cli.common import confirm_or_refuse, emit, guarded, json_option, operator, run, table
@@ -94,11 +95,15 @@ def stop(handle: str, run_id: str | None, wait: bool, as_json: bool) -> None:
     async def call(hub: Hub) -> StopResult:
         asked = await hub.runs.stop_as_owner(operator(), handle, run_id)
         running = [s.run_id for s in asked.stopped if s.state == "stopping"]
-        while wait and running:
-            states = await hub.runs.states(running)
-            if all(states[r] in FINAL for r in running):
-                break
-            await hub.store.wait_changed(0.1)  # the supervisor holding the run may be another process
+        caps = hub.settings.wake
+        # SIGINT, SIGTERM and SIGKILL take at most the two graces; past that plus a lease, the supervisor
+        # holding the run is gone, and the run shows `stopping` until another one marks it lost.
+        with anyio.move_on_after(caps.grace_int_s + caps.grace_term_s + caps.lease_s):
+            while wait and running:
+                states = await hub.runs.states(running)
+                if all(states[r] in FINAL for r in running):
+                    break
+                await hub.store.wait_changed(0.1)  # the supervisor holding the run may be another process
         return StopResult(stopped=[_ended(await hub.runs.get(s.run_id)) for s in asked.stopped])
 
     done: StopResult = run(call, as_json=as_json)
