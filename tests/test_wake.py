@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -198,3 +199,16 @@ async def test_after_a_rate_limit_the_follow_up_resumes_and_never_replays_the_re
     retry = fakes.calls()[-1]
     assert retry["argv"][retry["argv"].index("--resume") + 1] == first["session_id"]
     assert "rate limit that interrupted" in retry["stdin"] and "run the migration once" not in retry["stdin"]
+
+
+async def test_a_wake_held_back_only_by_time_is_started_when_the_time_comes(woken: World, fakes: Fakes) -> None:
+    """Nothing commits when a back-off simply runs out: the supervisor must notice the clock too."""
+    await post(woken, "alice-claude", "@alice-bot later")
+    soon = (datetime.now(UTC) + timedelta(seconds=1.5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    conn = sqlite3.connect(woken.db)
+    with conn:
+        conn.execute("UPDATE runs SET not_before = ?", (soon,))
+    conn.close()
+    async with supervisor(woken):
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    assert run["state"] == "completed" and run["started_at"] >= soon
