@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
 
+from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import parse_scopes
+from agent_rooms_mcp.wake.supervisor import supervising
 from tests.conftest import OPERATOR, World
 from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
 
@@ -212,3 +215,32 @@ async def test_a_wake_held_back_only_by_time_is_started_when_the_time_comes(woke
     async with supervisor(woken):
         [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
     assert run["state"] == "completed" and run["started_at"] >= soon
+
+
+async def test_a_cli_that_never_started_leaves_no_session_to_resume(woken: World, fakes: Fakes) -> None:
+    broken = replace(woken.settings, wake=replace(woken.settings.wake, claude_bin=str(woken.db.parent / "nope")))
+    async with Hub.open(broken) as hub, supervising(hub):
+        await post(woken, "alice-claude", "@alice-bot first")
+        [failed] = await until(lambda: ended(woken, "alice-bot"), "the run fails")
+    assert (failed["state"], failed["outcome"], failed["session_id"]) == ("failed", "cli_not_found", None)
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot second")
+        _, run = await until(lambda: ended(woken, "alice-bot", 2), "the second run ends")
+    assert run["state"] == "completed"
+    [call] = fakes.calls()
+    assert "--session-id" in call["argv"] and "--resume" not in call["argv"]
+
+
+async def test_a_session_the_cli_lost_is_started_afresh_next_time(woken: World, fakes: Fakes) -> None:
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot one")
+        await until(lambda: ended(woken, "alice-bot"), "first run")
+        fakes.scenario("resume_missing")
+        await post(woken, "alice-claude", "@alice-bot two")
+        await until(lambda: ended(woken, "alice-bot", 2), "second run")
+        fakes.scenario("ok")
+        await post(woken, "alice-claude", "@alice-bot three")
+        _, lost, third = await until(lambda: ended(woken, "alice-bot", 3), "third run")
+    assert (lost["state"], lost["session_id"]) == ("failed", "")
+    assert third["state"] == "completed"
+    assert "--session-id" in fakes.calls()[-1]["argv"]

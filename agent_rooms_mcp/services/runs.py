@@ -356,7 +356,7 @@ class RunBook:
                 caused_by=row["caused_by"],
                 constrained=bool(row["constrained"]),
                 depth=row["depth"],
-                resume_session=last["session_id"] if last else None,
+                resume_session=(last["session_id"] or None) if last else None,  # "" marks a session lost
                 retry=bool(row["resume"]),
             )
 

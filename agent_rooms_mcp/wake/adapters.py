@@ -39,6 +39,8 @@ class Reading:
     auth_failed: bool = False
     # The CLI started without our MCP server: it could not read the room or reply, so the run is stopped.
     mcp_failed: bool = False
+    # A resume of a session the CLI no longer has ("No conversation found").
+    session_lost: bool = False
     errors: list[str] = field(default_factory=list)
 
 
@@ -132,6 +134,8 @@ class Claude:
             elif error == "rate_limit":
                 reading.rate_limited = True
         elif kind == "result":
+            if any("No conversation found" in str(e) for e in event.get("errors") or []):
+                reading.session_lost = True
             status = event.get("api_error_status")
             if status in (429, 529):
                 reading.rate_limited = True

@@ -96,8 +96,9 @@ class Supervisor:
             state, outcome, signal = "stopped", "shutdown", sent[-1] if sent else "none"
             raise
         except Exception as e:  # a run that cannot start is a failed run, never a dead supervisor
-            log.warning("run.error", run_id=run.run_id, error=type(e).__name__)
-            outcome = f"error:{type(e).__name__}"
+            cause = _root_cause(e)
+            log.warning("run.error", run_id=run.run_id, error=type(cause).__name__)
+            outcome = "cli_not_found" if isinstance(cause, FileNotFoundError) else f"error:{type(cause).__name__}"
         finally:
             with anyio.CancelScope(shield=True):
                 await self.book.finish(
@@ -149,13 +150,12 @@ class Supervisor:
             resume_session=run.resume_session,
             system_prompt=SYSTEM_PROMPT,
         )
-        argv, chosen_session = adapter.argv(plan)
-        if chosen_session:
-            reading.session_id = chosen_session
-            await self.book.session(run.run_id, chosen_session)
+        # A session id the supervisor chooses is recorded only once the CLI's events confirm it: a CLI that
+        # never got going must not leave the next wake resuming a session that does not exist.
+        argv, _chosen = adapter.argv(plan)
         prompt = _prompt(run, await self.book.cause(run))
         events = _EventLog(run_dir / "events.jsonl")
-        recorded: set[str] = set(filter(None, [chosen_session]))
+        recorded: set[str] = set()
         pending: list[str] = []  # session ids seen in events, recorded once the process is done
 
         def on_event(event: dict[str, Any]) -> None:
@@ -173,12 +173,17 @@ class Supervisor:
             events.close()  # on every path: a shutdown mid-run must not leave the log open
         for session_id in pending:
             await self.book.session(run.run_id, session_id)
+        if reading.session_lost:  # the CLI no longer has it: the next wake starts afresh
+            await self.book.session(run.run_id, "")
         write_private_file(run_dir / "stderr.log", finished.stderr_tail)
         verdict = judge(reading, stop_requested=stop.is_set(), returncode=finished.returncode)
         if finished.reason in ("wall", "idle", "line_too_long", "output_cap") and not stop.is_set():
             verdict_state, verdict_outcome = ("stopped", finished.reason)
         else:
             verdict_state, verdict_outcome = verdict.state, verdict.outcome
+        if verdict_state == "failed" and b"root/sudo privileges" in finished.stderr_tail:
+            # Claude refuses to skip permissions as root unless IS_SANDBOX=1 (wake.md §1.1): say so.
+            verdict_outcome = "root_refused"
         return verdict_state, verdict_outcome
 
     async def _watch(
@@ -231,6 +236,13 @@ RETRY_PROMPT = (
     "The provider's rate limit that interrupted your last turn has passed. Continue the task you were working"
     " on; do not repeat steps you already completed. Reply in the room with post_message when done."
 )
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The first underlying error of one a task group wrapped."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
 
 
 def _prompt(run: Claimed, cause: CauseText) -> str:
