@@ -130,6 +130,23 @@ class World:
         finally:
             conn.close()
 
+    async def run_token(self, agent: str, room: str) -> str:
+        """A run token of `agent`, for a run recorded as running in `room` (as the supervisor would mint)."""
+        run_id = "run_" + hashlib.sha256(f"{agent}/{room}".encode()).hexdigest()[:22]
+        conn = sqlite3.connect(self.db)
+        with conn:
+            conn.execute(
+                "INSERT INTO runs (run_id, agent_id, owner_id, room_id, trigger, cause_id, caused_by, constrained,"
+                " depth, state, created_at) SELECT ?, a.agent_id, a.owner_id, r.room_id, 'mention', 'msg_test',"
+                " a.agent_id, 0, 1, 'running', '2026-01-01T00:00:00.000000Z' FROM agents a, rooms r"
+                " WHERE a.handle = ? AND r.name = ?",
+                (run_id, agent, room),
+            )
+        conn.close()
+        async with self.hub() as hub:
+            issued = await hub.accounts.issue_run_token(OPERATOR, agent, run_id, timedelta(hours=1))
+        return issued.token
+
     async def trust(self, giver: str, taker: str) -> None:
         """Verify both owners and grant: `giver` lets `taker`'s agents propose work to its agents."""
         async with self.hub() as hub:

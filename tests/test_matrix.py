@@ -100,8 +100,7 @@ async def prepare(world: World) -> tuple[str, str]:
         task = await c.call_tool("create_task", {"room": "lobby", "title": "seed task"})
     async with world.hub() as hub:
         await hub.accounts.revoke_token(OPERATOR, world.token_ids["alice-codex"])
-        run = await hub.accounts.issue_run_token(OPERATOR, "alice-admin", "run_matrix", timedelta(hours=1))
-    world.tokens["run_token"] = run.token
+    world.tokens["run_token"] = await world.run_token("alice-admin", "lobby")
     return str(shared.structured_content["file_id"]), str(task.structured_content["task_id"])
 
 
@@ -314,8 +313,7 @@ async def prepare_cross(world: World, caller: str) -> dict[str, str]:
         elif caller == "alice_no_task":
             await hub.accounts.set_scopes(OPERATOR, "alice-claude", parse_scopes("read,post"))
         elif caller == "bob_run_token":
-            run = await hub.accounts.issue_run_token(OPERATOR, "bob-admin", "run_cross", timedelta(hours=1))
-            world.tokens["bob_run_token"] = run.token
+            world.tokens["bob_run_token"] = await world.run_token("bob-admin", "bobs-den")
         elif caller == "carol_consent":
             scopes = parse_scopes("read,post,task,consent")
             await hub.accounts.add_agent(OPERATOR, "carol-admin", "carol", AgentTool.CLAUDE, scopes, None)

@@ -23,11 +23,12 @@ log = structlog.get_logger("agent_rooms_mcp.auth")
 _LOOKUP = """
 SELECT t.token_id, t.expires_at, t.revoked_at, t.run_id, p.passport, p.jti,
        a.agent_id, a.handle, a.tool, a.scopes, a.status, a.cred_epoch,
-       o.owner_id, o.handle AS owner_handle, o.verified_at
+       o.owner_id, o.handle AS owner_handle, o.verified_at, r.state AS run_state
   FROM tokens t
   JOIN passports p ON p.jti = t.jti
   JOIN agents a ON a.agent_id = t.agent_id
   JOIN owners o ON o.owner_id = a.owner_id
+  LEFT JOIN runs r ON r.run_id = t.run_id
  WHERE t.token_hash = ?
 """
 
@@ -58,6 +59,9 @@ class Authenticator:
         actor = audit.Actor("agent", row["agent_id"], row["owner_id"], row["token_id"])
         if row["revoked_at"] is not None:
             raise _Denied("token_revoked", actor)
+        # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server).
+        if row["run_id"] is not None and row["run_state"] not in ("running", "stopping"):
+            raise _Denied("run_ended", actor)
         now = datetime.now(UTC)
         if datetime.fromisoformat(row["expires_at"]) <= now:
             raise _Denied("token_expired", actor)

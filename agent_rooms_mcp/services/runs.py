@@ -18,7 +18,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import iso, now_utc
-from agent_rooms_mcp.errors import forbidden, invalid
+from agent_rooms_mcp.errors import forbidden, invalid, not_found
 from agent_rooms_mcp.models import RunInfo, RunList, StoppedRun, StopResult
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope, held_scopes
 from agent_rooms_mcp.settings import WakeSettings
@@ -75,23 +75,25 @@ def enqueue(
         return Enqueued("notified")
     depth = 1
     if cause.by_run_id is not None:
-        row = conn.execute("SELECT depth FROM runs WHERE run_id = ?", (cause.by_run_id,)).fetchone()
+        row = conn.execute("SELECT depth, constrained FROM runs WHERE run_id = ?", (cause.by_run_id,)).fetchone()
         depth = (row["depth"] if row else 0) + 1
+        # A constrained run may carry another owner's words: whatever it wakes stays constrained.
+        constrained = constrained or bool(row and row["constrained"])
     if depth > caps.max_depth:
         return Enqueued("refused", "SPAWN_CAP")
     queued = conn.execute(
-        "SELECT 1 FROM runs WHERE agent_id = ? AND state = 'queued'", (target["agent_id"],)
+        "SELECT run_id, constrained FROM runs WHERE agent_id = ? AND state = 'queued'", (target["agent_id"],)
     ).fetchone()
     if queued:
+        # Joining a queued run must not widen it: if either request needs a constrained run, it is one.
+        if constrained and not queued["constrained"]:
+            conn.execute("UPDATE runs SET constrained = 1 WHERE run_id = ?", (queued["run_id"],))
         return Enqueued("queued")
     waiting = conn.execute(
         "SELECT count(*) FROM runs WHERE owner_id = ? AND state = 'queued'", (target["owner_id"],)
     ).fetchone()[0]
     if waiting >= caps.max_queued_per_owner:
         return Enqueued("refused", "SPAWN_CAP")
-    busy = conn.execute(
-        "SELECT 1 FROM runs WHERE agent_id = ? AND state IN ('running', 'stopping')", (target["agent_id"],)
-    ).fetchone()
     conn.execute(
         "INSERT INTO runs (run_id, agent_id, owner_id, room_id, trigger, cause_id, caused_by, constrained, depth,"
         " state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
@@ -108,7 +110,25 @@ def enqueue(
             now_utc(),
         ),
     )
-    return Enqueued("queued" if busy else "woken")
+    return Enqueued("queued" if _held(conn, caps, target) else "woken")
+
+
+def _held(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row) -> bool:
+    """Will a cap or a back-off keep a new run of `target` waiting? Then it is `queued`, not `woken`."""
+    running = "state IN ('running', 'stopping')"
+    agent_busy = conn.execute(f"SELECT count(*) FROM runs WHERE agent_id = ? AND {running}", (target["agent_id"],))
+    owner_busy = conn.execute(f"SELECT count(*) FROM runs WHERE owner_id = ? AND {running}", (target["owner_id"],))
+    all_busy = conn.execute(f"SELECT count(*) FROM runs WHERE {running}")
+    backoff = conn.execute(
+        "SELECT 1 FROM backoffs WHERE owner_id = ? AND tool = ? AND not_before > ?",
+        (target["owner_id"], target["tool"], now_utc()),
+    )
+    return (
+        agent_busy.fetchone()[0] >= caps.max_running_per_agent
+        or owner_busy.fetchone()[0] >= caps.max_running_per_owner
+        or all_busy.fetchone()[0] >= caps.max_running
+        or backoff.fetchone() is not None
+    )
 
 
 def _info(row: sqlite3.Row) -> RunInfo:
@@ -207,7 +227,10 @@ def _request_stop(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, ru
         sql += " AND run_id = ?"
         args.append(run_id)
     now, stopped = now_utc(), []
-    for row in conn.execute(sql, args).fetchall():
+    rows = conn.execute(sql, args).fetchall()
+    if run_id is not None and not rows:
+        raise not_found("run of this agent still queued or running")
+    for row in rows:
         if row["state"] == "queued":
             conn.execute(
                 "UPDATE runs SET state = 'stopped', stop_signal = 'none', outcome = 'stopped', ended_at = ?,"
@@ -267,16 +290,19 @@ class RunBook:
     def _lease(self) -> str:
         return iso(datetime.now(UTC) + timedelta(seconds=self._caps.lease_s))
 
-    async def recover(self) -> list[str]:
-        """Runs whose holder's lease ran out: never started -> queued again; started -> `lost`."""
+    async def recover(self) -> list[tuple[int, int]]:
+        """Runs whose holder's lease ran out: never started -> queued again; started -> `lost`, and the
+        (pid, start time) of each such CLI, for the caller to make sure it is gone."""
 
-        def run(conn: sqlite3.Connection) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[tuple[int, int]]:
             now = now_utc()
             lost = []
             for row in conn.execute(
-                "SELECT run_id, pid, agent_id FROM runs WHERE state IN ('running', 'stopping') AND lease_until < ?",
+                "SELECT run_id, pid, pid_start, agent_id FROM runs"
+                " WHERE state IN ('running', 'stopping') AND lease_until < ?",
                 (now,),
             ).fetchall():
+                _revoke_run_tokens(conn, row["run_id"], now)  # a token minted before the crash dies too
                 if row["pid"] is None:
                     conn.execute(
                         "UPDATE runs SET state = 'queued', lease_holder = NULL, lease_until = NULL, started_at = NULL"
@@ -288,10 +314,10 @@ class RunBook:
                         "UPDATE runs SET state = 'lost', outcome = 'lost', ended_at = ? WHERE run_id = ?",
                         (now, row["run_id"]),
                     )
-                    _revoke_run_tokens(conn, row["run_id"], now)
                     audit.append(conn, Actor("system", self.holder), "run.lost", target=row["agent_id"],
                                  detail={"run_id": row["run_id"]})  # fmt: skip
-                    lost.append(row["run_id"])
+                    if row["pid_start"] is not None:
+                        lost.append((row["pid"], row["pid_start"]))
             return lost
 
         return await self._store.write(run)
@@ -306,6 +332,12 @@ class RunBook:
         def run(conn: sqlite3.Connection) -> Claimed | None:
             now = datetime.now(UTC)
             minute_ago = iso(now - timedelta(seconds=60))
+            # A wake waits in the queue; the agent's owner may take `invoke` away meanwhile. Then it ends.
+            conn.execute(
+                "UPDATE runs SET state = 'failed', outcome = 'invoke_revoked', ended_at = ? WHERE state = 'queued'"
+                " AND agent_id IN (SELECT agent_id FROM agents WHERE instr(',' || scopes || ',', ',invoke,') = 0)",
+                (iso(now),),
+            )
             if conn.execute("SELECT count(*) FROM runs WHERE state IN ('running', 'stopping')").fetchone()[0] >= (
                 caps.max_running
             ):
@@ -337,10 +369,12 @@ class RunBook:
                 "UPDATE runs SET state = 'running', lease_holder = ?, lease_until = ?, started_at = ? WHERE run_id = ?",
                 (self.holder, self._lease(), iso(now), row["run_id"]),
             )
+            # A constrained session may hold another owner's words: an unconstrained run never resumes
+            # it, so each kind of run continues its own kind of session.
             last = conn.execute(
-                "SELECT session_id FROM runs WHERE agent_id = ? AND session_id IS NOT NULL"
+                "SELECT session_id FROM runs WHERE agent_id = ? AND session_id IS NOT NULL AND constrained = ?"
                 " ORDER BY started_at DESC LIMIT 1",
-                (row["agent_id"],),
+                (row["agent_id"], row["constrained"]),
             ).fetchone()
             return Claimed(
                 run_id=row["run_id"],
@@ -392,9 +426,9 @@ class RunBook:
 
         return await self._store.read(load)
 
-    async def started(self, run_id: str, pid: int) -> None:
+    async def started(self, run_id: str, pid: int, pid_start: int | None) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE runs SET pid = ? WHERE run_id = ?", (pid, run_id))
+            conn.execute("UPDATE runs SET pid = ?, pid_start = ? WHERE run_id = ?", (pid, pid_start, run_id))
             row = conn.execute("SELECT agent_id, trigger, cause_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             audit.append(
                 conn,

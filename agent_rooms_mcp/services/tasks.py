@@ -307,7 +307,11 @@ def _offer(
         return None
     if verdict.state in (ConsentState.AUTO, ConsentState.ACCEPTED) and target["agent_id"] != caller.agent_id:
         cause = runs.Cause("task", task_id, room_id, caller.agent_id, caller.run_id)
-        runs.enqueue(conn, caps, target, cause, constrained=verdict.state == ConsentState.ACCEPTED)
+        # The task's words decide too: another owner's task handed on by the target's own owner is still
+        # another owner's words, and runs constrained.
+        author = conn.execute("SELECT creator_owner_id FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        foreign = verdict.state == ConsentState.ACCEPTED or author["creator_owner_id"] != target["owner_id"]
+        runs.enqueue(conn, caps, target, cause, constrained=foreign)
     if verdict.state == ConsentState.AUTO:
         return None
     offer = consent.Offer(

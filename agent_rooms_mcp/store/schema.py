@@ -254,4 +254,10 @@ CREATE TABLE agent_env (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# v5: a run's pid with its start time, so a supervisor that finds a dead holder's run kills that very
+# process and never one that reused its pid.
+_V5 = """
+ALTER TABLE runs ADD COLUMN pid_start INTEGER;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)

@@ -124,6 +124,27 @@ def _below(roots: Iterable[int], table: Mapping[int, _Stat]) -> list[int]:
     return found
 
 
+def start_time(pid: int) -> int | None:
+    """When pid started (clock ticks since boot): with the pid, it names one process even after reuse."""
+    stat = _read_stat(pid)
+    return None if stat is None else stat.start
+
+
+def kill_left_behind(pid: int, started: int) -> int:
+    """SIGKILL a CLI whose supervisor died (and whatever of its session and descendants is still there), if
+    pid still names the process that was started then. Returns how many processes were signalled."""
+    table = _scan()
+    leader = table.get(pid)
+    if leader is None or leader.start != started:
+        return 0  # gone, or the pid now names someone else's process
+    doomed = {pid, *_below([pid], table), *(p for p, st in table.items() if st.sid == pid or st.pgid == pid)}
+    for victim in doomed:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
+    log.info("wake.orphan_killed", pid=pid, count=len(doomed))
+    return len(doomed)
+
+
 def descendants(pid: int) -> list[int]:
     """A snapshot of pid's descendants from /proc PPID links (pid itself excluded)."""
     return _below([pid], _scan())

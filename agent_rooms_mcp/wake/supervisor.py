@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import sqlite3
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -28,7 +31,7 @@ from agent_rooms_mcp.services.runs import CONSTRAINABLE, CauseText, Claimed, Run
 from agent_rooms_mcp.vault import VaultError
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
 from agent_rooms_mcp.wake.env import scrubbed_env
-from agent_rooms_mcp.wake.process import Finished, ProcessLimits, run_process
+from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
@@ -39,6 +42,8 @@ SYSTEM_PROMPT = (
 )
 EVENTS_LOG_BYTES = 1 << 20  # per run: the events kept for `agent-rooms run log`
 TIME_LOOK_S = 1.0
+# util-linux's setpriv (Linux): the kernel signals the child when the process that spawned it dies.
+PDEATHSIG = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 class Supervisor:
@@ -61,8 +66,14 @@ class Supervisor:
                 version, now = store.data_version(), anyio.current_time()
                 if version != seen or now - looked >= TIME_LOOK_S:
                     seen, looked = version, now
-                    await self._claim_all(tg)
-                    await self._pass_on_stops()
+                    try:
+                        await self._claim_all(tg)
+                        await self._pass_on_stops()
+                    except sqlite3.OperationalError as e:
+                        # Another process holding the write lock past the busy timeout must not take the
+                        # server down with it: the next look tries again.
+                        log.warning("supervisor.store_busy", error=str(e))
+                        seen = -1
                 await store.wait_changed(self._caps.poll_s)
 
     async def _claim_all(self, tg: anyio.abc.TaskGroup) -> None:
@@ -79,8 +90,12 @@ class Supervisor:
 
     async def _keep_leases(self) -> None:
         while True:
-            await self.book.recover()
-            await self.book.renew()
+            try:
+                for pid, started in await self.book.recover():
+                    kill_left_behind(pid, started)  # a crashed holder's CLI must not run on unsupervised
+                await self.book.renew()
+            except sqlite3.OperationalError as e:  # a database locked a long while: try again next time
+                log.warning("supervisor.store_busy", error=str(e))
             await anyio.sleep(self._caps.lease_s / 3)
 
     async def _run_one(self, run: Claimed) -> None:
@@ -113,6 +128,9 @@ class Supervisor:
         adapter = ADAPTERS[run.tool]
         if run.constrained and run.tool not in CONSTRAINABLE:
             return "failed", "CONSTRAINED_RUNTIME_REQUIRED"
+        binary = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(run.tool, caps.openclaw_bin)
+        if shutil.which(binary) is None:  # found before spawning: behind setpriv it would read as exit 127
+            return "failed", "cli_not_found"
         run_dir = settings.runs_dir / run.run_id
         for d in (settings.runs_dir, run_dir):
             ensure_private_dir(d)
@@ -136,9 +154,7 @@ class Supervisor:
         write_private_file(token_file, token.token.encode())
         read_only = run.constrained or (caps.contain and run.tool == AgentTool.CLAUDE)
         plan = Plan(
-            binary={AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(
-                run.tool, caps.openclaw_bin
-            ),
+            binary=binary,
             workdir=workdir,
             run_dir=run_dir,
             mcp_env={
@@ -153,6 +169,9 @@ class Supervisor:
         # A session id the supervisor chooses is recorded only once the CLI's events confirm it: a CLI that
         # never got going must not leave the next wake resuming a session that does not exist.
         argv, _chosen = adapter.argv(plan)
+        if PDEATHSIG:
+            # If this server dies, the kernel kills the CLI with it rather than leave it running unsupervised.
+            argv = [PDEATHSIG, "--pdeathsig", "KILL", "--", *argv]
         prompt = _prompt(run, await self.book.cause(run))
         events = _EventLog(run_dir / "events.jsonl")
         recorded: set[str] = set()
@@ -212,7 +231,7 @@ class Supervisor:
             def on_spawn(pid: int) -> None:
                 log.info("run.spawn", run_id=run.run_id, agent=run.handle, tool=run.tool.value, pid=pid,
                          read_only=plan.read_only, resume=bool(run.resume_session))  # fmt: skip
-                tg.start_soon(self.book.started, run.run_id, pid)
+                tg.start_soon(self.book.started, run.run_id, pid, start_time(pid))
 
             def on_signal(name: str) -> None:
                 sent.append(name)

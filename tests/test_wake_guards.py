@@ -1,0 +1,106 @@
+"""What keeps a wake inside its limits when things go sideways (found by a hostile review): merged
+requests, runs woken by constrained runs, run tokens of dead runs, invoke taken away while queued, and a
+CLI whose supervisor crashed."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+
+import pytest
+
+from agent_rooms_mcp.principals import parse_scopes
+from agent_rooms_mcp.wake.process import start_time
+from tests.conftest import OPERATOR, World
+from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
+
+PAST = "2000-01-01T00:00:00.000000Z"
+
+
+def execute(world: World, sql: str, args: tuple[object, ...] = ()) -> None:
+    conn = sqlite3.connect(world.db)
+    with conn:
+        conn.execute(sql, args)
+    conn.close()
+
+
+async def bob_in_lobby_under_approve_all(world: World) -> None:
+    await world.trust("alice", "bob")
+    async with world.hub() as hub:
+        invite = await hub.invites.create_as_owner(OPERATOR, "lobby", "alice", 3600)
+        await hub.invites.accept(OPERATOR, invite.code, "bob", ["bob-claude"])
+        await hub.consent.set_mode_as_owner(OPERATOR, "lobby", "alice", "approve_all", None)
+
+
+async def test_a_request_from_another_owner_joining_a_queued_run_makes_it_constrained(
+    woken: World, fakes: Fakes
+) -> None:
+    await bob_in_lobby_under_approve_all(woken)
+    fakes.scenario("hang")
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot start")
+        await until(lambda: (r := runs(woken, "alice-bot")) and r[0]["pid"], "the first run is running")
+        own = await post(woken, "alice-claude", "@alice-bot and then this")
+        foreign = await post(woken, "bob-claude", "@alice-bot and mine")
+        assert [m["outcome"] for m in own["mentions"] + foreign["mentions"]] == ["queued", "queued"]
+        queued = [r for r in runs(woken, "alice-bot") if r["state"] == "queued"]
+        assert len(queued) == 1 and queued[0]["constrained"] == 1
+        async with woken.hub() as hub:
+            await hub.runs.stop_as_owner(OPERATOR, "alice-bot", None)
+        await until(lambda: ended(woken, "alice-bot", 2), "both end")
+
+
+async def test_what_a_constrained_run_wakes_stays_constrained(woken: World) -> None:
+    token = await woken.run_token("alice-bot", "lobby")
+    execute(woken, "UPDATE runs SET constrained = 1")
+    async with woken.client(None, token=token) as c:
+        posted = await c.call_tool("post_message", {"room": "lobby", "text": "@alice-cx over to you"})
+    assert posted.structured_content["mentions"][0]["outcome"] == "woken"
+    [next_run] = runs(woken, "alice-cx")
+    assert (next_run["constrained"], next_run["depth"]) == (1, 2)
+
+
+@pytest.mark.invariant(8)
+async def test_a_run_token_dies_with_its_run_even_unrevoked(woken: World) -> None:
+    token = await woken.run_token("alice-bot", "lobby")
+    async with woken.client(None, token=token) as c:
+        assert not (await c.call_tool("whoami", {})).is_error
+        execute(woken, "UPDATE runs SET state = 'lost'")  # its server crashed; nobody revoked the token
+        late = await c.call_tool("whoami", {})
+    assert late.structured_content["code"] == "UNAUTHENTICATED"
+    assert woken.audit_rows()[-1]["reason"] == "run_ended"
+
+
+async def test_taking_invoke_away_ends_the_agents_queued_wakes(woken: World, fakes: Fakes) -> None:
+    await post(woken, "alice-claude", "@alice-bot later")
+    async with woken.hub() as hub:
+        await hub.accounts.set_scopes(OPERATOR, "alice-bot", parse_scopes("read,post,task"))
+    async with supervisor(woken):
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the queued wake ends")
+    assert (run["state"], run["outcome"]) == ("failed", "invoke_revoked") and fakes.calls() == []
+
+
+async def test_a_cli_left_behind_by_a_crashed_server_is_killed_when_its_run_is_found_lost(woken: World) -> None:
+    # What a crashed holder leaves: a running CLI (in a session of its own) and a run with an expired lease.
+    orphan = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        await post(woken, "alice-claude", "@alice-bot hello")
+        execute(
+            woken,
+            "UPDATE runs SET state = 'running', lease_holder = 'sup_dead', lease_until = ?, started_at = ?,"
+            " pid = ?, pid_start = ?",
+            (PAST, PAST, orphan.pid, start_time(orphan.pid)),
+        )
+        async with supervisor(woken):
+            [run] = await until(lambda: ended(woken, "alice-bot"), "recovery")
+        assert run["state"] == "lost"
+        assert orphan.wait(timeout=10) == -9
+    finally:
+        orphan.kill()
+        orphan.wait()
+
+
+async def test_stopping_a_run_that_is_not_there_says_so(woken: World) -> None:
+    async with woken.client("alice-admin") as admin:
+        r = await admin.call_tool("stop_agent", {"agent": "alice-bot", "run_id": "run_nope"})
+    assert r.structured_content["code"] == "NOT_FOUND"
