@@ -20,16 +20,12 @@ def run_group() -> None:
 def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
     """Show RUN_ID's state and the events its CLI printed (kept per run, bounded), or its stderr tail."""
     info: RunInfo = run(lambda hub: hub.runs.get(run_id), as_json=as_json)
-    run_dir = settings().runs_dir / info.run_id
-    path = run_dir / ("stderr.log" if show_stderr else "events.jsonl")
-    if not path.exists():
-        if as_json:
-            emit(info, as_json=True, text=str)
-            return
-        raise Failed("NOT_FOUND", f"run {run_id} has no {path.name} (it never started)", as_json)
-    if as_json:
+    if as_json:  # the run's record; the logs themselves are files, for people
         emit(info, as_json=True, text=str)
         return
+    path = settings().runs_dir / info.run_id / ("stderr.log" if show_stderr else "events.jsonl")
+    if not path.exists():
+        raise Failed("NOT_FOUND", f"run {run_id} has no {path.name} (it never started)", as_json)
     click.echo(
         table(
             [[info.run_id, info.agent, info.room, info.trigger, info.state, info.outcome or "-"]],
