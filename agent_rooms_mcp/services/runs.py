@@ -18,7 +18,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import iso, now_utc
-from agent_rooms_mcp.errors import forbidden, invalid, not_found
+from agent_rooms_mcp.errors import forbidden, not_found
 from agent_rooms_mcp.models import RunInfo, RunList, StoppedRun, StopResult
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope, held_scopes
 from agent_rooms_mcp.settings import WakeSettings
@@ -210,7 +210,7 @@ class Runs:
         def run(conn: sqlite3.Connection) -> RunInfo:
             row = conn.execute(_RUNS + " WHERE r.run_id = ?", (run_id,)).fetchone()
             if row is None:
-                raise invalid("run", f"no run {run_id}")
+                raise not_found("run")
             return _info(row)
 
         return await self._store.read(run)
