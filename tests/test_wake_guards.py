@@ -4,13 +4,21 @@ CLI whose supervisor crashed."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
+import sys
 
+import anyio
+import anyio.abc
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp.principals import parse_scopes
 from agent_rooms_mcp.wake.process import start_time
+from tests import test_served as served  # its helpers; a module attribute is not collected twice
 from tests.conftest import OPERATOR, World
 from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
 
@@ -104,3 +112,46 @@ async def test_stopping_a_run_that_is_not_there_says_so(woken: World) -> None:
     async with woken.client("alice-admin") as admin:
         r = await admin.call_tool("stop_agent", {"agent": "alice-bot", "run_id": "run_nope"})
     assert r.structured_content["code"] == "NOT_FOUND"
+
+
+async def test_a_server_killed_between_commit_and_spawn_leaves_the_wake_to_the_next_one(
+    woken: World, fakes: Fakes
+) -> None:
+    """The real `serve --http`, killed with SIGKILL after it committed a mention and before it could spawn
+    (its supervisor is off); the next server runs the wake, exactly once."""
+    fakes.scenario("ok")
+
+    async def serve(supervise: bool) -> anyio.abc.Process:
+        port = served.free_port()
+        env = {
+            **os.environ,
+            "AGENT_ROOMS_HOME": str(woken.settings.home),
+            "AGENT_ROOMS_CLAUDE_BIN": fakes.bins["claude"],
+            "AGENT_ROOMS_SUPERVISOR": "1" if supervise else "0",
+        }
+        argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(port)]
+        process = await anyio.open_process(argv, env=env, stderr=subprocess.DEVNULL)
+        with anyio.fail_after(30):
+            await served.wait_listening(port)
+        process.port = port  # type: ignore[attr-defined]
+        return process
+
+    first = await serve(supervise=False)
+    try:
+        url = f"http://127.0.0.1:{first.port}/mcp"  # type: ignore[attr-defined]
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {woken.tokens['alice-claude']}"})
+        async with http, Client(streamable_http_client(url, http_client=http)) as c:
+            posted = await c.call_tool("post_message", {"room": "lobby", "text": "@alice-bot please"})
+        assert posted.structured_content["mentions"][0]["outcome"] == "woken"
+    finally:
+        first.kill()
+        await first.wait()
+    [queued] = runs(woken, "alice-bot")
+    assert queued["state"] == "queued"
+    second = await serve(supervise=True)
+    try:
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the next server runs it")
+    finally:
+        second.terminate()
+        await second.wait()
+    assert run["state"] == "completed" and len(fakes.calls()) == 1
