@@ -169,10 +169,24 @@ class TaskView(Task):
     notice: str | None
 
 
+class WakeRequest(BaseModel):
+    """A request by your owner's agents to wake another owner's agent in this room, and where it stands."""
+
+    proposal_id: str
+    message_id: str | None
+    target: str
+    state: str  # pending | accepted | rejected
+    reason: str | None
+    created_at: str
+    decided_at: str | None
+
+
 class TaskList(BaseModel):
     tasks: list[Task]
     next_after: int
     has_more: bool
+    # Newest first, at most 20: a mention that waits for another owner's consent is visible here until decided.
+    wake_requests: list[WakeRequest]
     boundary: str | None
     notice: str | None
 

@@ -850,3 +850,19 @@ async def test_titles_and_reasons_are_checked_as_readers_see_them(world: World, 
     task = await new_task(mcp, "bob-claude")
     blank = {"task": task["proposal_id"], "reason": "\u200b"}
     assert await mcp.refused("bob-admin", "reject_task", blank) == "INVALID_ARGUMENT"
+
+
+async def test_the_proposer_sees_its_wake_requests_and_their_decisions(world: World, mcp: Calls) -> None:
+    await world.trust("bob", "alice")
+    waiting = (await mention(mcp, "alice-claude", "@bob-codex please look"))["bob-codex"]
+    listed = await mcp.ok("alice-claude", "list_tasks", {"room": "shared"})
+    assert [(w["proposal_id"], w["target"], w["state"]) for w in listed["wake_requests"]] == [
+        (waiting["proposal_id"], "bob-codex", "pending")
+    ]
+    await mcp.ok("bob-admin", "reject_task", {"task": waiting["proposal_id"], "reason": "not today"})
+    listed = await mcp.ok("alice-claude", "list_tasks", {"room": "shared"})
+    [request] = listed["wake_requests"]
+    assert request["state"] == "rejected" and request["decided_at"]
+    assert content.parse_envelopes(request["reason"], listed["boundary"]) == ["not today"]
+    # Bob's agents see none of alice's requests there: they are alice's.
+    assert (await mcp.ok("bob-claude", "list_tasks", {"room": "shared"}))["wake_requests"] == []

@@ -8,14 +8,14 @@ payload (title, body, assignee) is what that owner decides on; changing any of i
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import conflict, invalid, not_found, too_large
-from agent_rooms_mcp.models import Author, Task, TaskList, TaskView
+from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
 from agent_rooms_mcp.services import consent, runs
@@ -35,6 +35,16 @@ _TASKS = (
     " LEFT JOIN agents a ON a.agent_id = t.assignee_id LEFT JOIN owners ao ON ao.owner_id = t.assignee_owner_id"
     " LEFT JOIN agents n ON n.agent_id = t.note_by LEFT JOIN owners nbo ON nbo.owner_id = n.owner_id"
     " LEFT JOIN proposals p ON p.proposal_id = t.proposal_id LEFT JOIN agents d ON d.agent_id = p.decided_by"
+)
+
+
+# The caller's owner's requests to wake another owner's agents in a room, newest first.
+_WAKES = (
+    "SELECT p.proposal_id, p.message_id, p.state, p.reason, p.created_at, p.decided_at, p.decided_by,"
+    " p.target_owner_id, t.handle AS t_handle, o.handle AS t_owner, d.handle AS d_handle, d.tool AS d_tool"
+    " FROM proposals p JOIN agents t ON t.agent_id = p.target_id JOIN owners o ON o.owner_id = p.target_owner_id"
+    " LEFT JOIN agents d ON d.agent_id = p.decided_by"
+    " WHERE p.kind = 'wake' AND p.room_id = ? AND p.proposer_owner_id = ? ORDER BY p.created_at DESC LIMIT 20"
 )
 
 
@@ -255,11 +265,13 @@ class Tasks:
                 [_text_bytes(r, "title", "body", "note") for r in rows[:limit]], self._limits.page_bytes
             )
             has_more = len(rows) > kept
-            tasks, boundary = _render(caller, rows[:kept])
+            wakes = conn.execute(_WAKES, (room["room_id"], caller.owner_id)).fetchall()
+            tasks, requests, boundary = _render(caller, rows[:kept], wakes)
             return TaskList(
                 tasks=tasks,
                 next_after=tasks[-1].number if tasks else after,
                 has_more=has_more,
+                wake_requests=requests,
                 boundary=boundary,
                 notice=notice(boundary),
             )
@@ -273,7 +285,7 @@ class Tasks:
         return view
 
     def _view(self, conn: sqlite3.Connection, caller: Caller, task_id: str) -> TaskView:
-        [task], boundary = _render(caller, conn.execute(_TASKS + " WHERE t.task_id = ?", (task_id,)).fetchall())
+        [task], _, boundary = _render(caller, conn.execute(_TASKS + " WHERE t.task_id = ?", (task_id,)).fetchall())
         return TaskView(**task.model_dump(), boundary=boundary, notice=notice(boundary))
 
 
@@ -347,9 +359,14 @@ def _action(caller: Caller, task: sqlite3.Row) -> policy.TaskAction:
     )
 
 
-def _render(caller: Caller, rows: list[sqlite3.Row]) -> tuple[list[Task], str | None]:
+def _render(
+    caller: Caller,
+    rows: Sequence[sqlite3.Row],
+    wakes: Sequence[sqlite3.Row] = (),
+) -> tuple[list[Task], list[WakeRequest], str | None]:
     """Each task's title and body are its creator's words, its note its note-taker's, and a rejection's
-    reason its assignee's owner's: each is sanitised, and enveloped if another owner wrote it."""
+    reason its assignee's owner's: each is sanitised, and enveloped if another owner wrote it. The
+    reasons given on wake requests are rendered in the same pass, so one boundary serves the result."""
     sources: list[dict[str, Any]] = []
     texts: list[str] = []
     for r in rows:
@@ -364,6 +381,11 @@ def _render(caller: Caller, rows: list[sqlite3.Row]) -> tuple[list[Task], str | 
             handle, tool = (r["d_handle"], r["d_tool"]) if r["d_handle"] else (r["a_owner"], "cli")
             sources.append(_who(r["decided_by"], handle, tool, r["assignee_owner_id"], r["a_owner"]))
             texts.append(r["consent_reason"])
+    for w in wakes:
+        if w["reason"] is not None:
+            handle, tool = (w["d_handle"], w["d_tool"]) if w["d_handle"] else (w["t_owner"], "cli")
+            sources.append(_who(w["decided_by"], handle, tool, w["target_owner_id"], w["t_owner"]))
+            texts.append(w["reason"])
     rendered, boundary = render(caller, sources, texts)
     shown = iter(rendered)
     tasks = []
@@ -393,7 +415,19 @@ def _render(caller: Caller, rows: list[sqlite3.Row]) -> tuple[list[Task], str | 
                 flags=sorted({f for item in (title, body, note, reason) if item for f in item.flags}),
             )
         )
-    return tasks, boundary
+    requests = [
+        WakeRequest(
+            proposal_id=w["proposal_id"],
+            message_id=w["message_id"],
+            target=w["t_handle"],
+            state=w["state"],
+            reason=next(shown).text if w["reason"] is not None else None,
+            created_at=w["created_at"],
+            decided_at=w["decided_at"],
+        )
+        for w in wakes
+    ]
+    return tasks, requests, boundary
 
 
 def _text_bytes(row: sqlite3.Row, *fields: str) -> int:
