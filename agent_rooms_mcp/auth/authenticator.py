@@ -23,12 +23,11 @@ log = structlog.get_logger("agent_rooms_mcp.auth")
 _LOOKUP = """
 SELECT t.token_id, t.expires_at, t.revoked_at, t.run_id, p.passport, p.jti,
        a.agent_id, a.handle, a.tool, a.scopes, a.status, a.cred_epoch,
-       o.owner_id, o.handle AS owner_handle, o.verified_at, r.state AS run_state
+       o.owner_id, o.handle AS owner_handle, o.verified_at
   FROM tokens t
   JOIN passports p ON p.jti = t.jti
   JOIN agents a ON a.agent_id = t.agent_id
   JOIN owners o ON o.owner_id = a.owner_id
-  LEFT JOIN runs r ON r.run_id = t.run_id
  WHERE t.token_hash = ?
 """
 
@@ -60,7 +59,8 @@ class Authenticator:
         if row["revoked_at"] is not None:
             raise _Denied("token_revoked", actor)
         # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server).
-        if row["run_id"] is not None and row["run_state"] not in ("running", "stopping"):
+        # Asked only for run tokens, so an agent's own token pays nothing for it.
+        if row["run_id"] is not None and await self._run_state(row["run_id"]) not in ("running", "stopping"):
             raise _Denied("run_ended", actor)
         now = datetime.now(UTC)
         if datetime.fromisoformat(row["expires_at"]) <= now:
@@ -86,6 +86,12 @@ class Authenticator:
             token_id=row["token_id"],
             run_id=row["run_id"],
         )
+
+    async def _run_state(self, run_id: str) -> str | None:
+        row = await self._store.read(
+            lambda c: c.execute("SELECT state FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        )
+        return None if row is None else str(row["state"])
 
 
 class _Denied(Exception):
