@@ -31,9 +31,32 @@ CONSTRAINABLE = frozenset({AgentTool.CLAUDE, AgentTool.CODEX})
 FINAL = ("stopped", "completed", "failed", "rate_limited", "lost")
 
 _RUNS = (
-    "SELECT r.*, a.handle, a.tool, m.name AS room_name FROM runs r"
+    "SELECT r.*, a.handle, a.tool, a.workdir, m.name AS room_name FROM runs r"
     " JOIN agents a ON a.agent_id = r.agent_id JOIN rooms m ON m.room_id = r.room_id"
 )
+
+# The one statement of DESIGN §5's caps: a queued run r (of agent a) may start now if no cap or back-off
+# holds it. `claim` picks by it and `enqueue` reports by it, so the two cannot disagree.
+_STARTABLE = (
+    " r.state = 'queued' AND a.status = 'active' AND (r.not_before IS NULL OR r.not_before <= :now)"
+    " AND (SELECT count(*) FROM runs x WHERE x.state IN ('running', 'stopping')) < :all"
+    " AND (SELECT count(*) FROM runs x WHERE x.agent_id = r.agent_id AND x.state IN ('running', 'stopping')) < :agent"
+    " AND (SELECT count(*) FROM runs x WHERE x.owner_id = r.owner_id AND x.state IN ('running', 'stopping')) < :owner"
+    " AND (SELECT count(*) FROM runs x WHERE x.owner_id = r.owner_id AND x.started_at >= :minute_ago) < :per_minute"
+    " AND NOT EXISTS (SELECT 1 FROM backoffs b WHERE b.owner_id = r.owner_id AND b.tool = a.tool"
+    "      AND b.not_before > :now)"
+)
+
+
+def _startable_args(caps: WakeSettings, now: datetime) -> dict[str, object]:
+    return {
+        "now": iso(now),
+        "all": caps.max_running,
+        "agent": caps.max_running_per_agent,
+        "owner": caps.max_running_per_owner,
+        "minute_ago": iso(now - timedelta(seconds=60)),
+        "per_minute": caps.spawns_per_minute_per_owner,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +117,12 @@ def enqueue(
     ).fetchone()[0]
     if waiting >= caps.max_queued_per_owner:
         return Enqueued("refused", "SPAWN_CAP")
+    run_id = new_id("run")
     conn.execute(
         "INSERT INTO runs (run_id, agent_id, owner_id, room_id, trigger, cause_id, caused_by, constrained, depth,"
         " state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
         (
-            new_id("run"),
+            run_id,
             target["agent_id"],
             target["owner_id"],
             cause.room_id,
@@ -110,25 +134,12 @@ def enqueue(
             now_utc(),
         ),
     )
-    return Enqueued("queued" if _held(conn, caps, target) else "woken")
-
-
-def _held(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row) -> bool:
-    """Will a cap or a back-off keep a new run of `target` waiting? Then it is `queued`, not `woken`."""
-    running = "state IN ('running', 'stopping')"
-    agent_busy = conn.execute(f"SELECT count(*) FROM runs WHERE agent_id = ? AND {running}", (target["agent_id"],))
-    owner_busy = conn.execute(f"SELECT count(*) FROM runs WHERE owner_id = ? AND {running}", (target["owner_id"],))
-    all_busy = conn.execute(f"SELECT count(*) FROM runs WHERE {running}")
-    backoff = conn.execute(
-        "SELECT 1 FROM backoffs WHERE owner_id = ? AND tool = ? AND not_before > ?",
-        (target["owner_id"], target["tool"], now_utc()),
-    )
-    return (
-        agent_busy.fetchone()[0] >= caps.max_running_per_agent
-        or owner_busy.fetchone()[0] >= caps.max_running_per_owner
-        or all_busy.fetchone()[0] >= caps.max_running
-        or backoff.fetchone() is not None
-    )
+    # `queued` when a cap or a back-off will keep it waiting (DESIGN §5: "over a cap: queued").
+    startable = conn.execute(
+        "SELECT 1 FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE r.run_id = :run_id AND" + _STARTABLE,
+        {"run_id": run_id, **_startable_args(caps, datetime.now(UTC))},
+    ).fetchone()
+    return Enqueued("woken" if startable else "queued")
 
 
 def _info(row: sqlite3.Row) -> RunInfo:
@@ -331,37 +342,14 @@ class RunBook:
 
         def run(conn: sqlite3.Connection) -> Claimed | None:
             now = datetime.now(UTC)
-            minute_ago = iso(now - timedelta(seconds=60))
             # A wake waits in the queue; the agent's owner may take `invoke` away meanwhile. Then it ends.
             conn.execute(
                 "UPDATE runs SET state = 'failed', outcome = 'invoke_revoked', ended_at = ? WHERE state = 'queued'"
                 " AND agent_id IN (SELECT agent_id FROM agents WHERE instr(',' || scopes || ',', ',invoke,') = 0)",
                 (iso(now),),
             )
-            if conn.execute("SELECT count(*) FROM runs WHERE state IN ('running', 'stopping')").fetchone()[0] >= (
-                caps.max_running
-            ):
-                return None
             row = conn.execute(
-                "SELECT r.*, a.handle, a.tool, a.workdir, m.name AS room_name FROM runs r"
-                " JOIN agents a ON a.agent_id = r.agent_id JOIN rooms m ON m.room_id = r.room_id"
-                " WHERE r.state = 'queued' AND a.status = 'active' AND (r.not_before IS NULL OR r.not_before <= ?)"
-                " AND (SELECT count(*) FROM runs x WHERE x.agent_id = r.agent_id"
-                "      AND x.state IN ('running', 'stopping')) < ?"
-                " AND (SELECT count(*) FROM runs x WHERE x.owner_id = r.owner_id"
-                "      AND x.state IN ('running', 'stopping')) < ?"
-                " AND (SELECT count(*) FROM runs x WHERE x.owner_id = r.owner_id AND x.started_at >= ?) < ?"
-                " AND NOT EXISTS (SELECT 1 FROM backoffs b WHERE b.owner_id = r.owner_id AND b.tool = a.tool"
-                "      AND b.not_before > ?)"
-                " ORDER BY r.created_at LIMIT 1",
-                (
-                    iso(now),
-                    caps.max_running_per_agent,
-                    caps.max_running_per_owner,
-                    minute_ago,
-                    caps.spawns_per_minute_per_owner,
-                    iso(now),
-                ),
+                _RUNS + " WHERE" + _STARTABLE + " ORDER BY r.created_at LIMIT 1", _startable_args(caps, now)
             ).fetchone()
             if row is None:
                 return None
