@@ -222,9 +222,7 @@ class Consent:
             queries.recheck_caller(conn, caller, Scope.CONSENT)
             return _decide(conn, self._caps, decider, _proposal_for(conn, ref, caller, accept=accept), accept, reason)
 
-        decided = await self._store.write(run)
-        self._store.notify_changed()
-        return decided
+        return await self._store.write(run, notify=True)
 
     async def decide_as_owner(
         self, operator: Actor, owner_ref: str, ref: str, *, accept: bool, reason: str | None
@@ -237,9 +235,7 @@ class Consent:
             proposal = _proposal_for(conn, ref, OwnerViewer(owner["owner_id"]), accept=accept)
             return _decide(conn, self._caps, decider, proposal, accept, reason)
 
-        decided = await self._store.write(run)
-        self._store.notify_changed()
-        return decided
+        return await self._store.write(run, notify=True)
 
 
 def _set_mode(

@@ -148,9 +148,7 @@ class Messages:
             )
             return PostedMessage(message_id=message_id, seq=seq, mentions=outcomes)
 
-        posted = await self._store.write(run)
-        self._store.notify_changed()
-        return posted
+        return await self._store.write(run, notify=True)
 
     async def read(self, caller: Caller, room_ref: str, after: int | None, limit: int) -> MessagePage:
         policy.require_scope(caller, Scope.READ)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -198,15 +197,13 @@ class Runs:
                 raise forbidden("you may stop only your own owner's agents")
             return _request_stop(conn, caller.actor, agent, run_id)
 
-        return await self._stopped(run)
+        return await self._store.write(run, notify=True)
 
     async def stop_as_owner(self, operator: Actor, agent_ref: str, run_id: str | None) -> StopResult:
-        return await self._stopped(lambda conn: _request_stop(conn, operator, queries.agent(conn, agent_ref), run_id))
-
-    async def _stopped(self, request: Callable[[sqlite3.Connection], StopResult]) -> StopResult:
-        result = await self._store.write(request)
-        self._store.notify_changed()  # a supervisor in this process signals at once; others see it on their poll
-        return result
+        # notify: a supervisor in this process signals at once; others see the request on their next look.
+        return await self._store.write(
+            lambda conn: _request_stop(conn, operator, queries.agent(conn, agent_ref), run_id), notify=True
+        )
 
     async def states(self, run_ids: list[str]) -> dict[str, str]:
         marks = ",".join("?" * len(run_ids))

@@ -8,7 +8,7 @@ payload (title, body, assignee) is what that owner decides on; changing any of i
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from agent_rooms_mcp import audit, content, policy
@@ -119,7 +119,7 @@ class Tasks:
             )
             return self._view(conn, caller, task_id)
 
-        return await self._written(run)
+        return await self._store.write(run, notify=True)
 
     async def assign(self, caller: Caller, task_ref: str, assignee: str) -> TaskView:
         policy.require_scope(caller, Scope.TASK)
@@ -157,7 +157,7 @@ class Tasks:
             )
             return self._view(conn, caller, task["task_id"])
 
-        return await self._written(run)
+        return await self._store.write(run, notify=True)
 
     async def update(
         self,
@@ -227,7 +227,7 @@ class Tasks:
             )
             return self._view(conn, caller, task["task_id"])
 
-        return await self._written(run)
+        return await self._store.write(run, notify=True)
 
     async def list(
         self,
@@ -277,12 +277,6 @@ class Tasks:
             )
 
         return await self._store.read(run)
-
-    async def _written(self, fn: Callable[[sqlite3.Connection], TaskView]) -> TaskView:
-        """Write, then tell this process's waiters (the supervisor among them) to look again."""
-        view = await self._store.write(fn)
-        self._store.notify_changed()
-        return view
 
     def _view(self, conn: sqlite3.Connection, caller: Caller, task_id: str) -> TaskView:
         [task], _, boundary = _render(caller, conn.execute(_TASKS + " WHERE t.task_id = ?", (task_id,)).fetchall())

@@ -138,8 +138,9 @@ class Store:
         finally:
             await writer.close()
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run fn inside BEGIN IMMEDIATE … COMMIT; any exception rolls back.
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, notify: bool = False) -> T:
+        """Run fn inside BEGIN IMMEDIATE … COMMIT; any exception rolls back. With `notify`, this process's
+        waiters (long-polls, the supervisor) look again once it committed.
 
         BEGIN IMMEDIATE takes the file's write lock up front, so the check and the write inside fn see
         one state and no other process can write between them.
@@ -147,11 +148,15 @@ class Store:
         async with self._write_lock:
             conn = self._writer._conn
             if _begin_if_free(conn):
-                return _finish(conn, fn)
-            # Held until the thread is done, even if our caller is cancelled: the lock is what keeps
-            # the loop from starting a transaction on this connection while the thread is in one.
-            with anyio.CancelScope(shield=True):
-                return await self._writer._execute(_waiting_transaction, conn, fn, self._busy_timeout_ms)
+                result = _finish(conn, fn)
+            else:
+                # Held until the thread is done, even if our caller is cancelled: the lock is what keeps
+                # the loop from starting a transaction on this connection while the thread is in one.
+                with anyio.CancelScope(shield=True):
+                    result = await self._writer._execute(_waiting_transaction, conn, fn, self._busy_timeout_ms)
+        if notify:
+            self.notify_changed()
+        return result
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn on the read-only connection, inside one snapshot, on the event loop's thread."""
