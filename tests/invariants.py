@@ -85,6 +85,31 @@ def _rows() -> list[Invariant]:
         74: ("a stored secret decrypts only under its own purpose and row", "wake"),
         75: ("the official PASETO and PASERK vectors pass; Ed25519 edge cases are refused", "core"),
         76: ("legacy session ids are long and bound to the credential that opened them", "core"),
+        77: ("a wake runs only the accepted payload; edit, reassign or cancel withdraws it", "hardening"),
+        78: ("a handed-on task needs grant and consent for every owner whose words cross", "hardening"),
+        79: ("every free-text field another principal chose is sanitised and enveloped", "hardening"),
+        80: ("no Default_Ignorable_Code_Point or U+2028/2029 reaches output unflagged", "hardening"),
+        81: ("every list is paged and bounded in encoded bytes; every integer argument is bounded", "hardening"),
+        82: ("a refusal never tells exists-but-not-yours from does-not-exist", "hardening"),
+        83: ("a call in flight when its credential is revoked returns no later data", "hardening"),
+        84: ("slow or idle clients cannot exhaust the server", "hardening"),
+        85: (
+            "every state change is audited; no out-of-order insert; no credential-shaped target; bounded floods",
+            "hardening",
+        ),
+        86: ("a failed COMMIT rolls back and leaves the store able to write", "hardening"),
+        87: ("a run token reads and writes only the room of its run", "hardening"),
+        88: ("tool errors carry no structuredContent; the code leads the text and sits in _meta", "hardening"),
+        102: ("a run's causers are carried transitively and constrain what it wakes", "hardening"),
+        103: ("the claim re-checks every condition of the wake; changes during a run withdraw it", "hardening"),
+        105: (
+            "each credential kind is accepted only where it belongs, refused before any lookup",
+            "hardening network connector",
+        ),
+        106: (
+            "an agent only tightens consent modes; agent invites wait for the owner, no usable code in results",
+            "hardening",
+        ),
     }
     return [Invariant(n, text, frozenset(issues.split())) for n, (text, issues) in table.items()]
 
