@@ -52,7 +52,9 @@ class Hub:
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Hub]:
         key = check_home(settings)
-        async with Store.open(settings.db_path, busy_timeout_ms=settings.limits.busy_timeout_ms) as store:
+        async with Store.open(
+            settings.db_path, busy_timeout_ms=settings.limits.busy_timeout_ms, watch_s=settings.limits.waiter_watch_s
+        ) as store:
             deployment_id = await store.read(
                 lambda c: c.execute("SELECT value FROM meta WHERE key = 'deployment_id'").fetchone()[0]
             )

@@ -28,13 +28,27 @@ class Limits:
     page_bytes: int = 256 * KIB
     long_poll_default_s: int = 25
     long_poll_max_s: int = 50
-    # Cross-process writers are not notified in-process; a long-poll looks again this often.
-    long_poll_recheck_s: float = 0.25
+    # Another process's commits (a stdio server, the CLI) reach this process's long-polls this often: one
+    # PRAGMA per look when nothing moved. This process's own commits wake them at once.
+    waiter_watch_s: float = 0.1
+    # Concurrent wait_for_messages calls of one agent; past it RATE_LIMITED, retry after this long.
+    waits_per_agent: int = 8
+    wait_retry_after_ms: int = 1000
     mentions_max: int = 20
     task_title_chars: int = 200
     # A task's note and a rejection's reason: a sentence or a paragraph, not a document.
     note_chars: int = 2000
     http_body_bytes: int = 4 * MIB
+    # HTTP long-lived connections (DESIGN §9): a request head must arrive whole within head_timeout_s and
+    # a body within body_timeout_s; at most http_connections open sockets (past it new ones are closed).
+    http_head_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_connections: int = 256
+    # Legacy-era (initialize) sessions: per agent and in all, closed after this long without a request.
+    http_sessions_per_agent: int = 8
+    http_sessions: int = 512
+    http_session_idle_s: float = 300.0
+    http_retry_after_s: int = 5
     stdio_line_bytes: int = 4 * MIB
     pending_invites_per_room: int = 20
     invite_ttl_default_s: int = 24 * 3600

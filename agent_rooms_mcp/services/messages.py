@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections import Counter
 
 import anyio
 
 from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
-from agent_rooms_mcp.errors import RoomsError, invalid, too_large
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, too_large
 from agent_rooms_mcp.models import MentionOutcome, Message, MessagePage, PostedMessage
 from agent_rooms_mcp.policy import ConsentState
 from agent_rooms_mcp.principals import Caller, Scope
@@ -93,6 +94,8 @@ class Messages:
         self._store = store
         self._limits = limits
         self._caps = caps
+        # wait_for_messages calls in flight, per agent (this process serves them all).
+        self._waits: Counter[str] = Counter()
 
     async def post(
         self, caller: Caller, room_ref: str, text: str, mentions: list[str], reply_to: int | None
@@ -152,48 +155,77 @@ class Messages:
 
     async def read(self, caller: Caller, room_ref: str, after: int | None, limit: int) -> MessagePage:
         policy.require_scope(caller, Scope.READ)
+        return await self._store.read(lambda conn: self._page(conn, caller, room_ref, after, limit)[0])
 
-        def run(conn: sqlite3.Connection) -> MessagePage:
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
-            start = max(room["latest_seq"] - limit, 0) if after is None else after
-            rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
-            kept = within_bytes(
-                [len(r["text"].encode("utf-8", "surrogatepass")) for r in rows[:limit]], self._limits.page_bytes
+    def _page(
+        self, conn: sqlite3.Connection, caller: Caller, room_ref: str, after: int | None, limit: int
+    ) -> tuple[MessagePage, str, int]:
+        """The page after `after` (the latest `limit` when None), the room's id and its latest seq."""
+        room = queries.room_for_member(conn, room_ref, caller.agent_id)
+        start = max(room["latest_seq"] - limit, 0) if after is None else after
+        rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
+        kept = within_bytes(
+            [len(r["text"].encode("utf-8", "surrogatepass")) for r in rows[:limit]], self._limits.page_bytes
+        )
+        has_more = len(rows) > kept
+        rows = rows[:kept]
+        rendered, boundary = render(caller, rows, [r["text"] for r in rows])
+        messages = [
+            Message(
+                message_id=r["message_id"],
+                seq=r["seq"],
+                author=item.author,
+                relation=item.relation,
+                created_at=r["created_at"],
+                mentions=json.loads(r["mentions"]),
+                reply_to=r["reply_to"],
+                text=item.text,
+                flags=item.flags,
             )
-            has_more = len(rows) > kept
-            rows = rows[:kept]
-            rendered, boundary = render(caller, rows, [r["text"] for r in rows])
-            messages = [
-                Message(
-                    message_id=r["message_id"],
-                    seq=r["seq"],
-                    author=item.author,
-                    relation=item.relation,
-                    created_at=r["created_at"],
-                    mentions=json.loads(r["mentions"]),
-                    reply_to=r["reply_to"],
-                    text=item.text,
-                    flags=item.flags,
-                )
-                for r, item in zip(rows, rendered, strict=True)
-            ]
-            next_after = rows[-1]["seq"] if rows else start
-            return MessagePage(
-                messages=messages,
-                next_after=next_after,
-                has_more=has_more,
-                boundary=boundary,
-                notice=notice(boundary),
-            )
-
-        return await self._store.read(run)
+            for r, item in zip(rows, rendered, strict=True)
+        ]
+        next_after = rows[-1]["seq"] if rows else start
+        page = MessagePage(
+            messages=messages, next_after=next_after, has_more=has_more, boundary=boundary, notice=notice(boundary)
+        )
+        return page, str(room["room_id"]), int(room["latest_seq"])
 
     async def wait(self, caller: Caller, room_ref: str, after: int, limit: int, timeout_s: float) -> MessagePage:
-        """Return as soon as there is a message after `after`, or an empty page at the timeout."""
-        with anyio.move_on_after(timeout_s):
-            while True:
-                page = await self.read(caller, room_ref, after, limit)
-                if page.messages:
-                    return page
-                await self._store.wait_changed(self._limits.long_poll_recheck_s)
-        return await self.read(caller, room_ref, after, limit)
+        """Return as soon as there is a message after `after`, or an empty page at the timeout.
+
+        While it waits the call costs nothing: it sleeps until a commit moves its room's latest seq
+        (store/watch.py). Every answer is read in one snapshot with the credential, so a token revoked,
+        an agent stopped or a run ended before a message was posted never sees that message (invariant 83).
+        """
+        policy.require_scope(caller, Scope.READ)
+        if self._waits[caller.agent_id] >= self._limits.waits_per_agent:
+            raise RoomsError(
+                ErrorCode.RATE_LIMITED,
+                f"this agent already has {self._limits.waits_per_agent} wait_for_messages calls in flight;"
+                f" retry after {self._limits.wait_retry_after_ms} ms",
+                audit_reason="waits_per_agent",
+            )
+        self._waits[caller.agent_id] += 1
+        try:
+            floor = after
+            with anyio.move_on_after(timeout_s):
+                while True:
+                    page, room_id, latest = await self._store.read(
+                        lambda conn: self._checked_page(conn, caller, room_ref, after, limit)
+                    )
+                    if page.messages:
+                        return page
+                    # Past what we have read, so a room whose messages went away does not spin.
+                    floor = max(floor, latest)
+                    await self._store.rooms.wait_past(room_id, floor)
+            return (await self._store.read(lambda conn: self._checked_page(conn, caller, room_ref, after, limit)))[0]
+        finally:
+            self._waits[caller.agent_id] -= 1
+            if not self._waits[caller.agent_id]:
+                del self._waits[caller.agent_id]
+
+    def _checked_page(
+        self, conn: sqlite3.Connection, caller: Caller, room_ref: str, after: int, limit: int
+    ) -> tuple[MessagePage, str, int]:
+        queries.recheck_caller(conn, caller, Scope.READ)
+        return self._page(conn, caller, room_ref, after, limit)

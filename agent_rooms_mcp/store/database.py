@@ -22,7 +22,9 @@ import aiosqlite
 import anyio
 
 from agent_rooms_mcp.home import secure_database_files
+from agent_rooms_mcp.settings import DEFAULT_LIMITS
 from agent_rooms_mcp.store.schema import MIGRATIONS
+from agent_rooms_mcp.store.watch import RoomWatch
 
 T = TypeVar("T")
 
@@ -107,7 +109,12 @@ class Store:
     wait, on aiosqlite's writer thread when another process holds the write lock."""
 
     def __init__(
-        self, path: Path, writer: aiosqlite.Connection, reader: sqlite3.Connection, busy_timeout_ms: int
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: sqlite3.Connection,
+        busy_timeout_ms: int,
+        watch_s: float = DEFAULT_LIMITS.waiter_watch_s,
     ) -> None:
         self.path = path
         self._writer = writer
@@ -116,10 +123,14 @@ class Store:
         # One transaction at a time on the writer, wherever it runs (loop or aiosqlite's thread).
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._changed = anyio.Event()
+        # Long-polls wait here, by room (store/watch.py).
+        self.rooms = RoomWatch(reader, watch_s)
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path, *, busy_timeout_ms: int = 10_000) -> AsyncIterator[Store]:
+    async def open(
+        cls, path: Path, *, busy_timeout_ms: int = 10_000, watch_s: float = DEFAULT_LIMITS.waiter_watch_s
+    ) -> AsyncIterator[Store]:
         writer = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
             writer.row_factory = sqlite3.Row
@@ -132,7 +143,13 @@ class Store:
                 # Only WAL recovery by another process can make a reader wait: keep that wait short.
                 reader.executescript(_pragmas(READER_BUSY_TIMEOUT_MS) + " PRAGMA query_only=ON;")
                 secure_database_files(path)
-                yield cls(path, writer, reader, busy_timeout_ms)
+                store = cls(path, writer, reader, busy_timeout_ms, watch_s)
+                async with anyio.create_task_group() as watching:
+                    watching.start_soon(store.rooms.run)
+                    try:
+                        yield store
+                    finally:
+                        watching.cancel_scope.cancel()
             finally:
                 reader.close()
         finally:
@@ -168,9 +185,10 @@ class Store:
         return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
 
     def notify_changed(self) -> None:
-        """Wake every long-poller of this process; they re-read and go back to waiting."""
+        """Wake this process's pollers (the supervisor) and have the room watcher look at once."""
         self._changed.set()
         self._changed = anyio.Event()
+        self.rooms.poke()
 
     async def wait_changed(self, timeout_s: float) -> None:
         """Return when this process commits a change, or after timeout_s (another process may have)."""

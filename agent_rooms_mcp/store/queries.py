@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 
 from agent_rooms_mcp.errors import forbidden_scope, not_found, unauthenticated
 from agent_rooms_mcp.principals import Caller, Scope, held_scopes
@@ -63,12 +64,18 @@ def room_members(conn: sqlite3.Connection, room_id: str) -> list[sqlite3.Row]:
 
 def recheck_caller(conn: sqlite3.Connection, caller: Caller, scope: Scope) -> None:
     """Inside a write: the credential and scope still hold now, not only when the call began (invariant 34)."""
+    # The token row, the agent's state and a run token's run, as `authenticate` judges them.
     row = conn.execute(
-        "SELECT a.scopes, t.run_id FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
+        "SELECT a.scopes, t.run_id, t.expires_at, r.state AS run_state FROM tokens t"
+        " JOIN agents a ON a.agent_id = t.agent_id LEFT JOIN runs r ON r.run_id = t.run_id"
         " WHERE t.token_id = ? AND t.revoked_at IS NULL AND a.status = 'active'",
         (caller.token_id,),
     ).fetchone()
-    if row is None:
+    if (
+        row is None
+        or datetime.fromisoformat(row["expires_at"]) <= datetime.now(UTC)
+        or (row["run_id"] is not None and row["run_state"] not in ("running", "stopping"))
+    ):
         raise unauthenticated("revoked_during_call")
     if scope not in held_scopes(row["scopes"], row["run_id"]):
         raise forbidden_scope(scope.value)
