@@ -61,6 +61,20 @@ class Limits:
     # SQLite waits this long for another process's write lock before giving up.
     busy_timeout_ms: int = 10_000
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Limits:
+        """Any limit can be set as AGENT_ROOMS_LIMIT_<NAME> (AGENT_ROOMS_LIMIT_HTTP_HEAD_TIMEOUT_S=5)."""
+        values: dict[str, int | float] = {}
+        for name in cls.__dataclass_fields__:
+            raw = env.get(f"AGENT_ROOMS_LIMIT_{name.upper()}")
+            if raw is not None:
+                kind = type(getattr(DEFAULT_LIMITS, name))
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"AGENT_ROOMS_LIMIT_{name.upper()}: not a number: {raw!r}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
 
 DEFAULT_LIMITS = Limits()
 
@@ -146,6 +160,7 @@ class Settings:
             token, problem = _read_token_file(Path(env["AGENT_ROOMS_TOKEN_FILE"]).expanduser())
         return cls(
             home=home,
+            limits=Limits.from_env(env),
             stdio_token=token.strip() if token else None,
             stdio_token_problem=problem,
             wake=WakeSettings.from_env(env),

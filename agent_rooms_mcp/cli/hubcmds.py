@@ -148,6 +148,7 @@ def serve(use_http: bool, host: str, port: int) -> None:
     import uvicorn
 
     from agent_rooms_mcp.http import HttpHub
+    from agent_rooms_mcp.serving import bounded_protocol
 
     try:
         socket.create_server((host, port)).close()
@@ -155,7 +156,16 @@ def serve(use_http: bool, host: str, port: int) -> None:
         raise Failed(ErrorCode.CONFLICT.value, f"cannot listen on {host}:{port}: {e.strerror}", False) from e
 
     click.echo(f"agent-rooms serving http://{host}:{port}/mcp (Ctrl-C to stop)", err=True)
-    config = uvicorn.Config(HttpHub(s), host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    # Our protocol: uvicorn's h11 one with head and body timers and a connection cap (serving.py).
+    config = uvicorn.Config(
+        HttpHub(s),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http=bounded_protocol(s.limits),
+    )
     uvicorn.Server(config).run()
 
 
