@@ -7,19 +7,20 @@ the same 401 (DESIGN §2). Only the Authorization header counts.
 from __future__ import annotations
 
 import json
-import secrets
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+import anyio
 import structlog
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
+from agent_rooms_mcp.http_sessions import Sessions
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.server import create_server, existing_hub
@@ -30,7 +31,6 @@ log = structlog.get_logger("agent_rooms_mcp.http")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _SESSION_HEADER = b"mcp-session-id"
-_MAX_TRACKED_SESSIONS = 10_000
 
 
 def _host_of(value: str) -> str:
@@ -48,11 +48,9 @@ class BearerGate:
         self._hub = hub
         self._hosts = allowed_hosts
         self._body_cap = hub.settings.limits.http_body_bytes
-        # Legacy-era sessions: the id we hand out -> (the SDK's id, the agent that opened it). Ours carry
-        # 128 random bits (the SDK's uuid4 has 122), and an id we do not know, or forgot, is refused:
-        # a session id is never a credential (invariant 76).
-        self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._public: dict[str, str] = {}
+        self._retry_after = str(hub.settings.limits.http_retry_after_s).encode()
+        # Legacy-era sessions, capped per agent and in all (http_sessions.py).
+        self._sessions = Sessions(hub.settings.limits, self._terminate_session)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,14 +86,19 @@ class BearerGate:
         except RoomsError:
             await _unauthenticated(send)
             return
-        session = headers.get(_SESSION_HEADER.decode())
-        if session is not None:
-            bound = self._sessions.get(session)
-            if bound is None or bound[1] != caller.agent_id:
-                await self._refuse("unknown_session" if bound is None else "session_of_another_agent", caller)
+        public = headers.get(_SESSION_HEADER.decode())
+        session = None if public is None else self._sessions.get(public, caller.agent_id)
+        if public is not None:
+            if session is None:
+                reason = "session_of_another_agent" if self._sessions.known(public) else "unknown_session"
+                await self._refuse(reason, caller)
                 await _respond(send, 404, {"error": "NOT_FOUND"})
                 return
-            scope = {**scope, "headers": _with_header(scope["headers"], _SESSION_HEADER, bound[0].encode())}
+            scope = {**scope, "headers": _with_header(scope["headers"], _SESSION_HEADER, session.sdk_id.encode())}
+        opening = public is None and _may_open_session(scope, headers)
+        if opening and not await self._sessions.admit(caller.agent_id):
+            await _respond(send, 429, {"error": "RATE_LIMITED"}, ((b"retry-after", self._retry_after),))
+            return
         scope.setdefault("state", {})[HTTP_CALLER_KEY] = caller
 
         async def send_translated(message: Message) -> None:
@@ -103,27 +106,61 @@ class BearerGate:
                 headers = message.get("headers", [])
                 for key, value in headers:
                     if key.lower() == _SESSION_HEADER:
-                        public = self._publish(value.decode("latin-1"), caller.agent_id).encode()
-                        message = {**message, "headers": _with_header(headers, _SESSION_HEADER, public)}
+                        mine = self._sessions.publish(value.decode("latin-1"), caller.agent_id).encode()
+                        message = {**message, "headers": _with_header(headers, _SESSION_HEADER, mine)}
+                ended = message["status"] == 404 or (scope["method"] == "DELETE" and message["status"] < 300)
+                if public is not None and ended:
+                    self._sessions.forget(public)  # the SDK ended it (expired, or the client's DELETE)
             await send(message)
 
-        await self._app(scope, receive, send_translated)
+        if session is not None:
+            session.in_flight += 1
+        try:
+            await self._app(scope, receive, send_translated)
+        finally:
+            if opening:
+                self._sessions.opened(caller.agent_id)
+            if session is not None:
+                session.in_flight -= 1
+                session.last_used = anyio.current_time()
 
-    def _publish(self, sdk_id: str, agent_id: str) -> str:
-        public = self._public.get(sdk_id)
-        if public is None:
-            public = self._public[sdk_id] = secrets.token_hex(16)
-            self._sessions[public] = (sdk_id, agent_id)
-        self._sessions.move_to_end(public)
-        while len(self._sessions) > _MAX_TRACKED_SESSIONS:
-            _, (old_sdk_id, _) = self._sessions.popitem(last=False)
-            self._public.pop(old_sdk_id, None)
-        return public
+    async def _terminate_session(self, sdk_id: str) -> None:
+        """End the SDK's session as its client would: a DELETE through the SDK's own app."""
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "DELETE",
+            "scheme": "http",
+            "path": "/mcp",
+            "raw_path": b"/mcp",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", self._hosts[0].encode()), (_SESSION_HEADER, sdk_id.encode())],
+            "client": None,
+            "server": None,
+            "state": {},
+        }
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def discard(message: Message) -> None:
+            pass
+
+        await self._app(scope, receive, discard)
 
     async def _refuse(self, reason: str, caller: Caller | None = None) -> None:
         actor = caller.actor if caller is not None else audit.ANONYMOUS
         await self._hub.store.write(audit.denial(actor, "auth.authenticate", reason, {"transport": "http"}))
         log.info("auth.denied", reason=reason, transport="http")
+
+
+def _may_open_session(scope: Scope, headers: dict[str, str]) -> bool:
+    """A legacy-era POST without a session id (an initialize) opens a session; the 2026-07-28 era
+    names its protocol version in a header and has no sessions."""
+    version = headers.get("mcp-protocol-version")
+    return scope["method"] == "POST" and (version is None or version in HANDSHAKE_PROTOCOL_VERSIONS)
 
 
 def _with_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
@@ -158,6 +195,9 @@ async def open_http_app(
             json_response=True,
             transport_security=security,
             max_request_body_size=settings.limits.http_body_bytes,
+            # Backstops to our own caps in BearerGate, which close sessions through the SDK.
+            session_idle_timeout=settings.limits.http_session_idle_s,
+            max_sessions=settings.limits.http_sessions,
         )
         async with mcp.session_manager.run():
             yield BearerGate(inner, hub, allowed_hosts)

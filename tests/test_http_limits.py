@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -14,7 +16,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import World
+from agent_rooms_mcp.http import open_http_app
+from tests.conftest import HTTP_BASE, World
 from tests.test_served import free_port, wait_listening
 
 # Small limits for the served process, through the environment as an operator would set them.
@@ -107,3 +110,110 @@ async def test_a_body_that_never_finishes_is_cut_off(world: World) -> None:
                 await stream.aclose()
             assert await whoami(url, token) == "alice-claude"
     assert closed
+
+
+# Legacy-era sessions (initialize handshake), driven by raw HTTP against the in-process app.
+LEGACY = "2025-11-25"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+class Legacy:
+    """One agent's raw HTTP client of the in-process hub, opening and using legacy-era sessions."""
+
+    def __init__(self, http: httpx2.AsyncClient, token: str) -> None:
+        self._http = http
+        self._headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+
+    async def open(self) -> httpx2.Response:
+        r = await self._http.post(f"{HTTP_BASE}/mcp", json=INITIALIZE, headers=self._headers)
+        if r.status_code == 200:
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            await self._http.post(f"{HTTP_BASE}/mcp", json=note, headers=self._session(r.headers["mcp-session-id"]))
+        return r
+
+    async def call(self, session: str, tool: str, arguments: dict[str, Any]) -> httpx2.Response:
+        body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+        return await self._http.post(f"{HTTP_BASE}/mcp", json=body, headers=self._session(session))
+
+    async def works(self, session: str) -> bool:
+        r = await self.call(session, "whoami", {})
+        return r.status_code == 200 and "result" in r.json()
+
+    def _session(self, session: str) -> dict[str, str]:
+        return {**self._headers, "mcp-session-id": session, "mcp-protocol-version": LEGACY}
+
+
+@asynccontextmanager
+async def legacy_hub(world: World, **limits: int | float) -> AsyncIterator[Callable[[str], Legacy]]:
+    settings = replace(world.settings, limits=replace(world.settings.limits, **limits))
+    async with open_http_app(settings) as app:
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
+        async with http:
+            yield lambda agent: Legacy(http, world.tokens[agent])
+
+
+async def open_session(client: Legacy) -> str:
+    r = await client.open()
+    assert r.status_code == 200, r.text
+    return str(r.headers["mcp-session-id"])
+
+
+@pytest.mark.invariant(84)
+async def test_an_agent_past_its_session_cap_closes_only_its_own_oldest_idle_session(world: World) -> None:
+    # The SDK's own cap is `http_sessions` too: were evicted sessions only forgotten by us and left open
+    # in the SDK, the sixth opening below would get the SDK's 503.
+    async with legacy_hub(world, http_sessions_per_agent=2, http_sessions=5) as as_agent:
+        bob, mute = as_agent("bob-claude"), as_agent("alice-mute")
+        bobs = await open_session(bob)
+        # An agent with no scopes at all opens session after session.
+        mine = [await open_session(mute) for _ in range(8)]
+        assert await bob.works(bobs)
+        assert [await mute.works(s) for s in mine] == [False] * 6 + [True, True]
+    refused = world.sql(
+        "SELECT DISTINCT a.handle FROM audit JOIN agents a ON a.agent_id = audit.actor_id"
+        " WHERE audit.reason = 'unknown_session'"
+    )
+    assert [r["handle"] for r in refused] == ["alice-mute"]
+
+
+@pytest.mark.invariant(84)
+async def test_sessions_in_all_are_capped_without_closing_another_agents(world: World) -> None:
+    async with legacy_hub(world, http_sessions_per_agent=2, http_sessions=3) as as_agent:
+        held = {agent: await open_session(as_agent(agent)) for agent in ("alice-claude", "alice-codex", "bob-claude")}
+        refused = await as_agent("carol-claude").open()
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) > 0
+        for agent, session in held.items():
+            assert await as_agent(agent).works(session)
+
+
+@pytest.mark.invariant(84)
+async def test_a_new_session_is_refused_when_all_of_the_agents_sessions_are_busy(world: World) -> None:
+    async with legacy_hub(world, http_sessions_per_agent=2) as as_agent:
+        codex = as_agent("alice-codex")
+        busy = [await open_session(codex) for _ in range(2)]
+        waits: list[httpx2.Response] = []
+
+        async def wait(session: str) -> None:
+            waits.append(await codex.call(session, "wait_for_messages", {"room": "lobby", "after": 0}))
+
+        with anyio.fail_after(EVENTUALLY_S):
+            async with anyio.create_task_group() as tg:
+                for session in busy:
+                    tg.start_soon(wait, session)
+                await anyio.sleep(0.5)  # let both waits start; the refusal below needs them in flight
+                refused = await codex.open()
+                posted = await as_agent("alice-claude").call(
+                    await open_session(as_agent("alice-claude")), "post_message", {"room": "lobby", "text": "go"}
+                )
+                assert posted.status_code == 200
+        assert refused.status_code == 429
+        assert [w.status_code for w in waits] == [200, 200]
+        # Once they are idle again, a new session closes the oldest of them instead.
+        assert (await codex.open()).status_code == 200
