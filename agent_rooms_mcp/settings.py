@@ -43,7 +43,7 @@ class Limits:
     # a body within body_timeout_s; at most http_connections open sockets (past it new ones are closed).
     http_head_timeout_s: float = 10.0
     http_body_timeout_s: float = 30.0
-    http_connections: int = 256
+    http_connections: int = 512
     # Legacy-era (initialize) sessions: per agent and in all, closed after this long without a request.
     http_sessions_per_agent: int = 8
     http_sessions: int = 512

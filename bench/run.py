@@ -6,7 +6,9 @@ One run does, on a fresh hub in a temporary home:
    bench/echo_server.py, each in its own process, driven by bench/raw_client.py over loopback keep-alive
    connections. Server CPU is the server process's utime+stime (/proc/<pid>/stat) over the timed window,
    divided by the calls that came back 200 without `"isError":true`;
-3. wake and stop latency of the supervisor with a fake CLI (bench/wake.py; `--wake-only`, `--skip-wake`).
+3. wake and stop latency of the supervisor with a fake CLI (bench/wake.py; `--wake-only`, `--skip-wake`);
+4. 1,000 idle `wait_for_messages` calls: the server's CPU while they wait and `post_message` latency beside
+   them, against none, and the fan-out of one post to all of them (bench/waiters.py; `--skip-waiters`).
 
 The box is noisy, so tools are interleaved within each round (order rotated) and every ratio is
 computed within one round, then the median over rounds is reported with its [min-max].
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import waiters
 import wake
 from raw_client import Connection, tool_call
 from world import AGENT, ROOM, build_hub
@@ -398,6 +401,8 @@ def main() -> int:
     ap.add_argument("--skip-wake", action="store_true", help="everything but the wake/stop latency bench")
     ap.add_argument("--wakes", type=int, default=60, help="wakes per wake-latency series")
     ap.add_argument("--stops", type=int, default=40, help="stops per stop-latency series")
+    ap.add_argument("--skip-waiters", action="store_true", help="skip the idle long-poll bench (bench/waiters.py)")
+    ap.add_argument("--waiters", type=int, default=1000, help="idle wait_for_messages calls in the long-poll bench")
     a = ap.parse_args()
     if a.wake_only and a.skip_wake:
         ap.error("--wake-only and --skip-wake exclude each other")
@@ -431,6 +436,9 @@ def main() -> int:
     memory = summarize(memory_rows, "cpu_us_call", [None]) if memory_rows else []
     print_tables(http, memory)
     wake_result = None if a.skip_wake else wake.run(a.wakes, a.stops)
+    waiters_result = None if a.skip_waiters else waiters.run(a.waiters)
+    if waiters_result is not None:
+        waiters.print_table(waiters_result)
     elapsed = time.monotonic() - started
     result = {
         "machine": info,
@@ -451,6 +459,8 @@ def main() -> int:
     }
     if wake_result is not None:
         result["wake"] = wake_result
+    if waiters_result is not None:
+        result["waiters"] = waiters_result
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out} ({elapsed:.0f}s)")
     over = [e for e in http if "budget" in e and not e["budget"]["within_limit"]]
