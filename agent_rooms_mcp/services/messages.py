@@ -155,47 +155,49 @@ class Messages:
 
     async def read(self, caller: Caller, room_ref: str, after: int | None, limit: int) -> MessagePage:
         policy.require_scope(caller, Scope.READ)
-        return await self._store.read(lambda conn: self._page(conn, caller, room_ref, after, limit)[0])
 
-    def _page(
-        self, conn: sqlite3.Connection, caller: Caller, room_ref: str, after: int | None, limit: int
-    ) -> tuple[MessagePage, str, int]:
-        """The page after `after` (the latest `limit` when None), the room's id and its latest seq."""
-        room = queries.room_for_member(conn, room_ref, caller.agent_id)
-        start = max(room["latest_seq"] - limit, 0) if after is None else after
-        rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
-        kept = within_bytes(
-            [len(r["text"].encode("utf-8", "surrogatepass")) for r in rows[:limit]], self._limits.page_bytes
-        )
-        has_more = len(rows) > kept
-        rows = rows[:kept]
-        rendered, boundary = render(caller, rows, [r["text"] for r in rows])
-        messages = [
-            Message(
-                message_id=r["message_id"],
-                seq=r["seq"],
-                author=item.author,
-                relation=item.relation,
-                created_at=r["created_at"],
-                mentions=json.loads(r["mentions"]),
-                reply_to=r["reply_to"],
-                text=item.text,
-                flags=item.flags,
+        def run(conn: sqlite3.Connection) -> MessagePage:
+            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            start = max(room["latest_seq"] - limit, 0) if after is None else after
+            rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
+            kept = within_bytes(
+                [len(r["text"].encode("utf-8", "surrogatepass")) for r in rows[:limit]], self._limits.page_bytes
             )
-            for r, item in zip(rows, rendered, strict=True)
-        ]
-        next_after = rows[-1]["seq"] if rows else start
-        page = MessagePage(
-            messages=messages, next_after=next_after, has_more=has_more, boundary=boundary, notice=notice(boundary)
-        )
-        return page, str(room["room_id"]), int(room["latest_seq"])
+            has_more = len(rows) > kept
+            rows = rows[:kept]
+            rendered, boundary = render(caller, rows, [r["text"] for r in rows])
+            messages = [
+                Message(
+                    message_id=r["message_id"],
+                    seq=r["seq"],
+                    author=item.author,
+                    relation=item.relation,
+                    created_at=r["created_at"],
+                    mentions=json.loads(r["mentions"]),
+                    reply_to=r["reply_to"],
+                    text=item.text,
+                    flags=item.flags,
+                )
+                for r, item in zip(rows, rendered, strict=True)
+            ]
+            next_after = rows[-1]["seq"] if rows else start
+            return MessagePage(
+                messages=messages,
+                next_after=next_after,
+                has_more=has_more,
+                boundary=boundary,
+                notice=notice(boundary),
+            )
+
+        return await self._store.read(run)
 
     async def wait(self, caller: Caller, room_ref: str, after: int, limit: int, timeout_s: float) -> MessagePage:
         """Return as soon as there is a message after `after`, or an empty page at the timeout.
 
         While it waits the call costs nothing: it sleeps until a commit moves its room's latest seq
-        (store/watch.py). Every answer is read in one snapshot with the credential, so a token revoked,
-        an agent stopped or a run ended before a message was posted never sees that message (invariant 83).
+        (store/watch.py). Before it answers, the credential is checked again in a snapshot taken after
+        the page's: a token revoked, an agent stopped or a run ended before a message was posted never
+        gets that message (invariant 83).
         """
         policy.require_scope(caller, Scope.READ)
         if self._waits[caller.agent_id] >= self._limits.waits_per_agent:
@@ -207,25 +209,24 @@ class Messages:
             )
         self._waits[caller.agent_id] += 1
         try:
-            floor = after
             with anyio.move_on_after(timeout_s):
                 while True:
-                    page, room_id, latest = await self._store.read(
-                        lambda conn: self._checked_page(conn, caller, room_ref, after, limit)
-                    )
+                    page, room_id = await self._checked_read(caller, room_ref, after, limit)
                     if page.messages:
                         return page
-                    # Past what we have read, so a room whose messages went away does not spin.
-                    floor = max(floor, latest)
-                    await self._store.rooms.wait_past(room_id, floor)
-            return (await self._store.read(lambda conn: self._checked_page(conn, caller, room_ref, after, limit)))[0]
+                    await self._store.rooms.wait_past(room_id, after)
+            return (await self._checked_read(caller, room_ref, after, limit))[0]
         finally:
             self._waits[caller.agent_id] -= 1
             if not self._waits[caller.agent_id]:
                 del self._waits[caller.agent_id]
 
-    def _checked_page(
-        self, conn: sqlite3.Connection, caller: Caller, room_ref: str, after: int, limit: int
-    ) -> tuple[MessagePage, str, int]:
-        queries.recheck_caller(conn, caller, Scope.READ)
-        return self._page(conn, caller, room_ref, after, limit)
+    async def _checked_read(self, caller: Caller, room_ref: str, after: int, limit: int) -> tuple[MessagePage, str]:
+        """The page, then the credential and membership again in a later snapshot, and the room's id."""
+        page = await self.read(caller, room_ref, after, limit)
+
+        def still_reading(conn: sqlite3.Connection) -> str:
+            queries.recheck_caller(conn, caller, Scope.READ)
+            return str(queries.room_for_member(conn, room_ref, caller.agent_id)["room_id"])
+
+        return page, await self._store.read(still_reading)
