@@ -217,3 +217,14 @@ async def test_a_new_session_is_refused_when_all_of_the_agents_sessions_are_busy
         assert [w.status_code for w in waits] == [200, 200]
         # Once they are idle again, a new session closes the oldest of them instead.
         assert (await codex.open()).status_code == 200
+
+
+@pytest.mark.invariant(84)
+async def test_an_idle_session_expires(world: World) -> None:
+    idle_s = 1.0
+    async with legacy_hub(world, http_session_idle_s=idle_s) as as_agent:
+        claude = as_agent("alice-claude")
+        session = await open_session(claude)
+        assert await claude.works(session)
+        await anyio.sleep(idle_s * 5)  # "eventually", with room to spare on a busy machine
+        assert not await claude.works(session)
