@@ -72,8 +72,10 @@ class RoomWatch:
                 await self._poked.wait()
 
     def _look(self) -> None:
+        if not self._rooms:
+            return
         version = int(self._reader.execute("PRAGMA data_version").fetchone()[0])
-        if version == self._seen_version or not self._rooms:
+        if version == self._seen_version:
             return
         self._seen_version = version
         for room_id, latest in self._latest(list(self._rooms)).items():
