@@ -13,6 +13,9 @@ import sqlite3
 from dataclasses import dataclass, field
 
 import anyio
+import structlog
+
+log = structlog.get_logger("agent_rooms_mcp.store")
 
 _LATEST = (
     "SELECT w.value AS room_id,"
@@ -67,7 +70,12 @@ class RoomWatch:
             if not self._rooms:
                 await self._poked.wait()
             self._poked = anyio.Event()
-            self._look()
+            try:
+                self._look()
+            except sqlite3.OperationalError as e:
+                # A file busy past the reader's timeout must not end the hub's task group: look again next tick.
+                log.warning("store.watch_busy", error=str(e))
+                self._seen_version = -1
             with anyio.move_on_after(self._watch_s):
                 await self._poked.wait()
 
