@@ -144,12 +144,19 @@ class Store:
                 reader.executescript(_pragmas(READER_BUSY_TIMEOUT_MS) + " PRAGMA query_only=ON;")
                 secure_database_files(path)
                 store = cls(path, writer, reader, busy_timeout_ms, watch_s)
+                # The body's own exception is re-raised as itself, outside the task group: inside, anyio
+                # would wrap it in an ExceptionGroup and callers catching RoomsError would miss it.
+                failure: Exception | None = None
                 async with anyio.create_task_group() as watching:
                     watching.start_soon(store.rooms.run)
                     try:
                         yield store
+                    except Exception as e:
+                        failure = e
                     finally:
                         watching.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
             finally:
                 reader.close()
         finally:
