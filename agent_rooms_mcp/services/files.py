@@ -13,7 +13,7 @@ from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import invalid, not_found, too_large
 from agent_rooms_mcp.models import FileInfo, FileList, FileRange, SharedFile
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services.render import notice, provenance, render
+from agent_rooms_mcp.services.render import Rendered, notice, provenance, render
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -113,22 +113,30 @@ class Files:
                 _WITH_AUTHOR.format(extra="") + " WHERE f.room_id = ? ORDER BY f.created_at, f.file_id",
                 (room["room_id"],),
             ).fetchall()
+            # A file's name and media type are its sharer's words like its content: the same path renders them.
+            said = [(r, field) for r in rows for field in ("name", "media_type") if r[field] is not None]
+            shown, boundary = render(caller, [r for r, _ in said], [r[field] for r, field in said])
+            by_file: dict[str, dict[str, Rendered]] = {}
+            for (r, field), item in zip(said, shown, strict=True):
+                by_file.setdefault(r["file_id"], {})[field] = item
             files = []
             for r in rows:
                 author, rel = provenance(caller, r)
+                name, media_type = by_file[r["file_id"]]["name"], by_file[r["file_id"]].get("media_type")
                 files.append(
                     FileInfo(
                         file_id=r["file_id"],
-                        name=r["name"],
+                        name=name.text,
                         size=r["size"],
                         sha256=r["sha256"],
-                        media_type=r["media_type"],
+                        media_type=media_type.text if media_type else None,
                         author=author,
                         relation=rel,
                         created_at=r["created_at"],
+                        flags=_flags(name, media_type),
                     )
                 )
-            return FileList(files=files)
+            return FileList(files=files, boundary=boundary, notice=notice(boundary))
 
         return await self._store.read(run)
 
@@ -147,32 +155,31 @@ class Files:
                 raise not_found("file")
             chunk = bytes(row["chunk"] or b"")
             try:
-                [item], boundary = render(caller, [row], [chunk.decode("utf-8")])
-                text, encoding, flags, author, rel = (
-                    item.text,
-                    "utf-8",
-                    item.flags,
-                    item.author,
-                    item.relation,
-                )
+                text, encoding = chunk.decode("utf-8"), "utf-8"
             except UnicodeDecodeError:
-                # Bytes that are not text go out as base64: nothing in them can reach a model as words.
-                text, encoding, flags, boundary = base64.b64encode(chunk).decode("ascii"), "base64", [], None
-                author, rel = provenance(caller, row)
+                # Bytes that are not text go out as base64: still the sharer's, so enveloped like text.
+                text, encoding = base64.b64encode(chunk).decode("ascii"), "base64"
+            (name, body), boundary = render(caller, [row, row], [row["name"], text])
             return FileRange(
                 file_id=row["file_id"],
-                name=row["name"],
+                name=name.text,
                 offset=offset,
                 length=len(chunk),
                 size=row["size"],
                 eof=offset + len(chunk) >= row["size"],
                 encoding=encoding,
-                content=text,
-                author=author,
-                relation=rel,
-                flags=flags,
+                content=body.text,
+                author=body.author,
+                relation=body.relation,
+                flags=_flags(name, body),
                 boundary=boundary,
                 notice=notice(boundary),
             )
 
         return await self._store.read(run)
+
+
+def _flags(*items: Rendered | None) -> list[str]:
+    """What sanitising removed from any of one file's texts, in FLAG_ORDER."""
+    found = {f for item in items if item for f in item.flags}
+    return [f for f in content.FLAG_ORDER if f in found]
