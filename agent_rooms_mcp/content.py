@@ -74,8 +74,22 @@ _IGNORABLE = re.compile(f"[{_ranges(DEFAULT_IGNORABLE)}]")
 _SEPARATORS = re.compile(r"[\u2028\u2029]")
 # CR is in the class because it only runs after CRLF became LF, so any CR left is a lone one.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _coarse(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    """The ranges above U+FFFF merged into one span per plane: the engine tests each such range one by one
+    for every character, and a few spans cost far less than many ranges, at the price of sending a rare
+    character that is only near an ignorable one through the passes for nothing."""
+    spans: dict[int, tuple[int, int]] = {}
+    for a, b in ranges:
+        if plane := a >> 16:
+            low, high = spans.get(plane, (a, b))
+            spans[plane] = (min(low, a), max(high, b))
+    return tuple(r for r in ranges if not r[0] >> 16) + tuple(spans.values())
+
+
 # Union of everything above, so ordinary non-ASCII text (accents, CJK, emoji) also skips the passes.
-_ANY = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufff9-\ufffb" + _ranges(DEFAULT_IGNORABLE) + "]")
+_ANY = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufff9-\ufffb" + _ranges(_coarse(DEFAULT_IGNORABLE)) + "]")
 
 _BOUNDARY_BYTES = 12  # 96 bits, comfortably above the 64 the design requires
 _BOUNDARY_SHAPE = re.compile(r"[A-Za-z0-9]+")
