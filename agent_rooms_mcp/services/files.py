@@ -13,7 +13,7 @@ from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import invalid, not_found, too_large
 from agent_rooms_mcp.models import FileInfo, FileList, FileRange, SharedFile
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services.render import Rendered, notice, provenance, render
+from agent_rooms_mcp.services.render import flags_of, notice, render, render_columns
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -114,15 +114,10 @@ class Files:
                 (room["room_id"],),
             ).fetchall()
             # A file's name and media type are its sharer's words like its content: the same path renders them.
-            said = [(r, field) for r in rows for field in ("name", "media_type") if r[field] is not None]
-            shown, boundary = render(caller, [r for r, _ in said], [r[field] for r, field in said])
-            by_file: dict[str, dict[str, Rendered]] = {}
-            for (r, field), item in zip(said, shown, strict=True):
-                by_file.setdefault(r["file_id"], {})[field] = item
+            shown, boundary = render_columns(caller, rows, ("name", "media_type"))
             files = []
-            for r in rows:
-                author, rel = provenance(caller, r)
-                name, media_type = by_file[r["file_id"]]["name"], by_file[r["file_id"]].get("media_type")
+            for r, cols in zip(rows, shown, strict=True):
+                name, media_type = cols["name"], cols.get("media_type")
                 files.append(
                     FileInfo(
                         file_id=r["file_id"],
@@ -130,10 +125,10 @@ class Files:
                         size=r["size"],
                         sha256=r["sha256"],
                         media_type=media_type.text if media_type else None,
-                        author=author,
-                        relation=rel,
+                        author=name.author,
+                        relation=name.relation,
                         created_at=r["created_at"],
-                        flags=_flags(name, media_type),
+                        flags=flags_of(name, media_type),
                     )
                 )
             return FileList(files=files, boundary=boundary, notice=notice(boundary))
@@ -171,15 +166,9 @@ class Files:
                 content=body.text,
                 author=body.author,
                 relation=body.relation,
-                flags=_flags(name, body),
+                flags=flags_of(name, body),
                 boundary=boundary,
                 notice=notice(boundary),
             )
 
         return await self._store.read(run)
-
-
-def _flags(*items: Rendered | None) -> list[str]:
-    """What sanitising removed from any of one file's texts, in FLAG_ORDER."""
-    found = {f for item in items if item for f in item.flags}
-    return [f for f in content.FLAG_ORDER if f in found]

@@ -40,6 +40,19 @@ def render(
     return [Rendered(c.text, list(c.flags), a, rel) for c, (a, rel) in zip(shown, labels, strict=True)], boundary
 
 
+def render_columns(
+    caller: Viewer, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> tuple[list[dict[str, Rendered]], str | None]:
+    """`render` for several free-text columns of each row, all its writer's (a file's name and media type,
+    a run's outcome and session id): per row, each of those columns that is not null, as shown."""
+    cells = [(i, col) for i, row in enumerate(rows) for col in columns if row[col] is not None]
+    shown, boundary = render(caller, [rows[i] for i, _ in cells], [rows[i][col] for i, col in cells])
+    out: list[dict[str, Rendered]] = [{} for _ in rows]
+    for (i, col), item in zip(cells, shown, strict=True):
+        out[i][col] = item
+    return out, boundary
+
+
 def said(items: Sequence[tuple[str, str, str, Relation]]) -> tuple[list[content.Clean], str | None]:
     """The rendering itself, of (text, author handle, owner handle, relation to the reader): for `render`,
     and for the wake prompt, whose reader is the woken agent. Returns each text as shown, with its flags."""
@@ -54,6 +67,12 @@ def said(items: Sequence[tuple[str, str, str, Relation]]) -> tuple[list[content.
             )
         out.append(clean)
     return out, boundary
+
+
+def flags_of(*items: Rendered | None) -> list[str]:
+    """What sanitising removed from any of one item's texts, in FLAG_ORDER."""
+    found = {f for item in items if item for f in item.flags}
+    return [f for f in content.FLAG_ORDER if f in found]
 
 
 def notice(boundary: str | None) -> str | None:

@@ -21,7 +21,7 @@ from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.errors import forbidden, not_found
 from agent_rooms_mcp.models import RunInfo, RunList, StoppedRun, StopResult
 from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
-from agent_rooms_mcp.services.render import notice, render
+from agent_rooms_mcp.services.render import notice, render_columns
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -147,11 +147,7 @@ def enqueue(
 def _infos(viewer: Viewer, rows: Sequence[sqlite3.Row]) -> tuple[list[RunInfo], str | None]:
     """Runs as their owner sees them. An outcome and a session id are what the agent's CLI reported: its
     words, rendered like any other free text (a CLI may quote whatever its prompt held)."""
-    said = [(r, field) for r in rows for field in ("outcome", "session_id") if r[field] is not None]
-    shown, boundary = render(viewer, [r for r, _ in said], [r[field] for r, field in said])
-    by_run: dict[str, dict[str, str]] = {}
-    for (r, field), item in zip(said, shown, strict=True):
-        by_run.setdefault(r["run_id"], {})[field] = item.text
+    shown, boundary = render_columns(viewer, rows, ("outcome", "session_id"))
     infos = [
         RunInfo(
             run_id=row["run_id"],
@@ -163,12 +159,12 @@ def _infos(viewer: Viewer, rows: Sequence[sqlite3.Row]) -> tuple[list[RunInfo], 
             created_at=row["created_at"],
             started_at=row["started_at"],
             ended_at=row["ended_at"],
-            outcome=by_run.get(row["run_id"], {}).get("outcome"),
+            outcome=cols["outcome"].text if "outcome" in cols else None,
             stop_signal=row["stop_signal"],
-            session_id=by_run.get(row["run_id"], {}).get("session_id"),
+            session_id=cols["session_id"].text if "session_id" in cols else None,
             constrained=bool(row["constrained"]),
         )
-        for row in rows
+        for row, cols in zip(rows, shown, strict=True)
     ]
     return infos, boundary
 
