@@ -326,3 +326,14 @@ def test_the_wake_prompt_sanitises_its_own_owners_words_without_an_envelope() ->
     assert content.sanitize(prompt).text == prompt
     assert "<<untrusted" not in prompt
     assert content.sanitize(f"{ALICE_CLI} {SMUGGLE}").text in prompt
+
+
+@pytest.mark.invariant(80)
+async def test_a_hidden_selector_cannot_carry_a_lookalike_mention_past_the_mark_that_ends_it(world: World) -> None:
+    # Readers see "@alice-codeẋ" (a variation selector is invisible): another handle, so no mention. The
+    # selector used to stay in the text and hide the combining mark from the handle's end.
+    async with world.client("alice-claude") as c:
+        hidden = await _ok(c, "post_message", {"room": "lobby", "text": "@alice-codex\U000e0101\u0307 hi"})
+        shown = await _ok(c, "post_message", {"room": "lobby", "text": "@alice-admin\ufe0f, hi @\u0430lice-codex"})
+    assert hidden["mentions"] == []
+    assert [m["handle"] for m in shown["mentions"]] == ["alice-admin"]
