@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-FLAG_ORDER = ("bidi", "zero_width", "tag_chars", "control", "ansi")
+FLAG_ORDER = ("bidi", "zero_width", "tag_chars", "control", "ansi", "ignorable")
 
 # One check decides the hot path: most content is plain ASCII and must not pay for five passes.
 _PLAIN = re.compile(r"[\t\n\x20-\x7e]*+")
@@ -26,20 +26,70 @@ _ANSI = re.compile(
     # unterminated sequence so its remains are inert text rather than a half-open escape.
     r"|\x1b[\x20-\x2f]*+[\x30-\x7e]"
 )
-_BIDI = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 17.0.0), inclusive ranges: what no
+# renderer shows. Generated from the Unicode data through the `regex` package's tables, not chosen by
+# hand; tests/test_content.py regenerates it and fails on any difference, printing the new table.
+UNICODE_VERSION = "17.0.0"
+DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+# Bidi_Control (PropList.txt, same version and source): the finer `bidi` flag inside the set above.
+BIDI_CONTROL = ((0x061C, 0x061C), (0x200E, 0x200F), (0x202A, 0x202E), (0x2066, 0x2069))
+
+
+def _ranges(ranges: tuple[tuple[int, int], ...]) -> str:
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
+
+
+# The stdlib engine on a class built from the tables: the `regex` package's \p{...} is several times
+# slower on ordinary non-ASCII text, which every sanitised item pays for.
+_BIDI = re.compile(f"[{_ranges(BIDI_CONTROL)}]")
+# Zero-width and blank-looking characters readers know by that name, flagged `zero_width` rather than
+# `ignorable`. U+FFF9-FFFB (interlinear annotation) are format characters outside Default_Ignorable that
+# hide text all the same.
 _ZERO_WIDTH = re.compile(
     r"[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200d\u2060-\u2064\u206a-\u206f"
     r"\u3164\ufeff\uffa0\ufff9-\ufffb]"
 )
 _TAG_CHARS = re.compile(r"[\U000e0000-\U000e007f]")
+_IGNORABLE = re.compile(f"[{_ranges(DEFAULT_IGNORABLE)}]")
+# Line and paragraph separators break lines in some renderers and not in others: they become plain
+# newlines, flagged `control`, so every reader sees the same lines.
+_SEPARATORS = re.compile(r"[\u2028\u2029]")
 # CR is in the class because it only runs after CRLF became LF, so any CR left is a lone one.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _coarse(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    """The ranges above U+FFFF merged into one span per plane: the engine tests each such range one by one
+    for every character, and a few spans cost far less than many ranges, at the price of sending a rare
+    character that is only near an ignorable one through the passes for nothing."""
+    spans: dict[int, tuple[int, int]] = {}
+    for a, b in ranges:
+        if plane := a >> 16:
+            low, high = spans.get(plane, (a, b))
+            spans[plane] = (min(low, a), max(high, b))
+    return tuple(r for r in ranges if not r[0] >> 16) + tuple(spans.values())
+
+
 # Union of everything above, so ordinary non-ASCII text (accents, CJK, emoji) also skips the passes.
-_ANY = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-    r"\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200d\u2060-\u2064\u206a-\u206f"
-    r"\u3164\ufeff\uffa0\ufff9-\ufffb\U000e0000-\U000e007f]"
-)
+_ANY = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufff9-\ufffb" + _ranges(_coarse(DEFAULT_IGNORABLE)) + "]")
 
 _BOUNDARY_BYTES = 12  # 96 bits, comfortably above the 64 the design requires
 _BOUNDARY_SHAPE = re.compile(r"[A-Za-z0-9]+")
@@ -60,7 +110,8 @@ class Clean:
 
 
 def sanitize(text: str) -> Clean:
-    """Remove bidi, invisible, tag, control characters and ANSI sequences; CRLF becomes LF unflagged."""
+    """Remove bidi, invisible (Default_Ignorable), tag, control characters and ANSI sequences; CRLF becomes LF
+    unflagged, U+2028/2029 become LF flagged `control`."""
     if _PLAIN.fullmatch(text) or not _ANY.search(text):
         return Clean(text, ())
     found: set[str] = set()
@@ -70,10 +121,15 @@ def sanitize(text: str) -> Clean:
     if n:
         found.add("ansi")
     text = text.replace("\r\n", "\n")
+    text, n = _SEPARATORS.subn("\n", text)
+    if n:
+        found.add("control")
+    # Finer names first: what they leave of Default_Ignorable is flagged `ignorable`.
     for name, pattern in (
         ("bidi", _BIDI),
         ("zero_width", _ZERO_WIDTH),
         ("tag_chars", _TAG_CHARS),
+        ("ignorable", _IGNORABLE),
         ("control", _CONTROL),
     ):
         text, n = pattern.subn("", text)

@@ -2,36 +2,70 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from pydantic import BaseModel
 
 Relation = Literal["self", "same_owner", "cross_owner"]
 
 
+# Every string of a tool result is one of two kinds, said here once (tests/test_free_text.py walks every
+# result model and checks each string field against its kind; a string field of neither kind fails it).
+
+
+@dataclass(frozen=True, slots=True)
+class FreeText:
+    """Words a principal chose (message and file contents, file names and media types, task titles, bodies,
+    notes and reasons, proposal payload texts, run outcomes a CLI reported). They reach a reader only
+    through `services.render`: sanitised, and enveloped when another owner chose them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """Not free text: ids, handles, enums, codes, hashes, timestamps and the server's own wording. Every
+    value has this shape, so nothing can be hidden or said in one."""
+
+    kind: str
+    pattern: str
+
+
+Text = Annotated[str, FreeText()]
+Id = Annotated[str, Token("id", r"[a-z]+_[A-Za-z0-9_-]+")]
+# Agent and owner handles, and room names: the operator's CLI refuses any other shape (HANDLE_RE), so a
+# room name is an identifier like a handle, shown as chosen, never enveloped.
+Handle = Annotated[str, Token("handle", r"[a-z0-9][a-z0-9_-]{0,62}")]
+Word = Annotated[str, Token("word", r"[A-Za-z][A-Za-z0-9_]*")]  # enum values, codes, scopes, flags, tools
+Stamp = Annotated[str, Token("timestamp", r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|[+-][0-9:]+)?")]
+Hex = Annotated[str, Token("hex", r"[0-9a-f]+")]  # sha256 digests and envelope boundaries
+Wording = Annotated[str, Token("server wording", r"[\x20-\x7e]+")]  # fixed sentences the server writes
+# The keys of a proposal's payload that hold the proposer's words; every other key is an id or a number.
+PAYLOAD_TEXT_FIELDS = ("title", "body", "text")
+
+
 class AgentRef(BaseModel):
-    handle: str
-    agent_id: str
-    tool: str
+    handle: Handle
+    agent_id: Id
+    tool: Word
 
 
 class OwnerRef(BaseModel):
-    handle: str
-    owner_id: str
+    handle: Handle
+    owner_id: Id
     verified: bool
 
 
 class WhoAmI(BaseModel):
     agent: AgentRef
     owner: OwnerRef
-    scopes: list[str]
-    run_id: str | None
+    scopes: list[Word]
+    run_id: Id | None
     rooms: int
 
 
 class RoomSummary(BaseModel):
-    room_id: str
-    name: str
+    room_id: Id
+    name: Handle
     member_count: int
     latest_seq: int
 
@@ -41,144 +75,147 @@ class RoomList(BaseModel):
 
 
 class Member(BaseModel):
-    handle: str
-    owner: str
-    tool: str
+    handle: Handle
+    owner: Handle
+    tool: Word
     relation: Relation
 
 
 class RoomDetail(BaseModel):
-    room_id: str
-    name: str
-    created_at: str
+    room_id: Id
+    name: Handle
+    created_at: Stamp
     members: list[Member]
-    consent_mode: str
+    consent_mode: Word
     latest_seq: int
 
 
 class MentionOutcome(BaseModel):
-    handle: str
+    handle: Handle
     outcome: Literal["notified", "woken", "queued", "pending_consent", "refused"]
-    code: str | None = None
+    code: Word | None = None
     # For pending_consent: the proposal its owner decides on (list_pending_consents, accept_task).
-    proposal_id: str | None = None
+    proposal_id: Id | None = None
 
 
 class PostedMessage(BaseModel):
-    message_id: str
+    message_id: Id
     seq: int
     mentions: list[MentionOutcome]
 
 
 class Author(BaseModel):
-    handle: str
-    owner: str
-    tool: str
+    handle: Handle
+    owner: Handle
+    tool: Word
 
 
 class Message(BaseModel):
-    message_id: str
+    message_id: Id
     seq: int
     author: Author
     relation: Relation
-    created_at: str
-    mentions: list[str]
+    created_at: Stamp
+    mentions: list[Handle]
     reply_to: int | None
-    text: str
-    flags: list[str]
+    text: Text
+    flags: list[Word]
 
 
 class MessagePage(BaseModel):
     messages: list[Message]
     next_after: int
     has_more: bool
-    boundary: str | None
-    notice: str | None
+    boundary: Hex | None
+    notice: Wording | None
 
 
 class SharedFile(BaseModel):
-    file_id: str
-    name: str
+    file_id: Id
+    name: Text
     size: int
-    sha256: str
+    sha256: Hex
 
 
 class FileInfo(BaseModel):
-    file_id: str
-    name: str
+    file_id: Id
+    name: Text
     size: int
-    sha256: str
-    media_type: str | None
+    sha256: Hex
+    media_type: Text | None
     author: Author
     relation: Relation
-    created_at: str
+    created_at: Stamp
+    flags: list[Word]
 
 
 class FileList(BaseModel):
     files: list[FileInfo]
+    boundary: Hex | None
+    notice: Wording | None
 
 
 class FileRange(BaseModel):
-    file_id: str
-    name: str
+    file_id: Id
+    name: Text
     offset: int
     length: int
     size: int
     eof: bool
     encoding: Literal["utf-8", "base64"]
-    content: str
+    content: Text
     author: Author
     relation: Relation
-    flags: list[str]
-    boundary: str | None
-    notice: str | None
+    flags: list[Word]
+    boundary: Hex | None
+    notice: Wording | None
 
 
 class Invite(BaseModel):
-    code: str
-    room: str
-    expires_at: str
-    accept_command: str
+    code: Id
+    room: Handle
+    expires_at: Stamp
+    accept_command: Wording
 
 
 class Task(BaseModel):
-    task_id: str
-    room: str
-    room_id: str
+    task_id: Id
+    room: Handle
+    room_id: Id
     number: int
-    title: str
-    body: str
+    title: Text
+    body: Text
     creator: Author
     relation: Relation
     assignee: Author | None
-    status: str
-    consent_state: str
-    proposal_id: str | None
-    consent_reason: str | None
-    note: str | None
+    status: Word
+    consent_state: Word
+    proposal_id: Id | None
+    consent_reason: Text | None
+    note: Text | None
     note_by: Author | None
-    created_at: str
-    updated_at: str
-    flags: list[str]
+    created_at: Stamp
+    updated_at: Stamp
+    flags: list[Word]
 
 
 class TaskView(Task):
     """One task as a tool result: its texts are enveloped like a page's when another owner wrote them."""
 
-    boundary: str | None
-    notice: str | None
+    boundary: Hex | None
+    notice: Wording | None
 
 
 class WakeRequest(BaseModel):
     """A request by your owner's agents to wake another owner's agent in this room, and where it stands."""
 
-    proposal_id: str
-    message_id: str | None
-    target: str
-    state: str  # pending | accepted | rejected
-    reason: str | None
-    created_at: str
-    decided_at: str | None
+    proposal_id: Id
+    message_id: Id | None
+    target: Handle
+    state: Word  # pending | accepted | rejected
+    reason: Text | None
+    created_at: Stamp
+    decided_at: Stamp | None
 
 
 class TaskList(BaseModel):
@@ -187,48 +224,48 @@ class TaskList(BaseModel):
     has_more: bool
     # Newest first, at most 20: a mention that waits for another owner's consent is visible here until decided.
     wake_requests: list[WakeRequest]
-    boundary: str | None
-    notice: str | None
+    boundary: Hex | None
+    notice: Wording | None
 
 
 class ProposerRef(BaseModel):
-    agent: str
-    owner: str
+    agent: Handle
+    owner: Handle
 
 
 class Proposal(BaseModel):
-    proposal_id: str
+    proposal_id: Id
     kind: Literal["task", "wake"]
-    room: str
-    room_id: str
+    room: Handle
+    room_id: Id
     proposer: ProposerRef
-    target: str
-    task_id: str | None
+    target: Handle
+    task_id: Id | None
     payload: dict[str, object]
-    payload_sha256: str
-    created_at: str
+    payload_sha256: Hex
+    created_at: Stamp
 
 
 class ProposalList(BaseModel):
     proposals: list[Proposal]
     has_more: bool
-    boundary: str | None
-    notice: str | None
+    boundary: Hex | None
+    notice: Wording | None
 
 
 class DecisionResult(BaseModel):
-    proposal_id: str
+    proposal_id: Id
     kind: Literal["task", "wake"]
-    task_id: str | None
-    consent_state: str
+    task_id: Id | None
+    consent_state: Word
 
 
 class ConsentModeSet(BaseModel):
-    room: str
-    room_id: str
-    owner: str
-    mode: str
-    collaborator: str | None
+    room: Handle
+    room_id: Id
+    owner: Handle
+    mode: Word
+    collaborator: Handle | None
 
 
 # CLI documents (`--json`).
@@ -313,29 +350,31 @@ class GrantList(BaseModel):
 
 
 class RunInfo(BaseModel):
-    run_id: str
-    agent: str
-    room: str
+    run_id: Id
+    agent: Handle
+    room: Handle
     trigger: Literal["mention", "task", "wake_proposal"]
-    cause_id: str
-    state: str
-    created_at: str
-    started_at: str | None
-    ended_at: str | None
-    outcome: str | None
-    stop_signal: str | None
-    session_id: str | None
+    cause_id: Id
+    state: Word
+    created_at: Stamp
+    started_at: Stamp | None
+    ended_at: Stamp | None
+    outcome: Text | None
+    stop_signal: Word | None
+    session_id: Text | None
     constrained: bool
 
 
 class RunList(BaseModel):
     runs: list[RunInfo]
+    boundary: Hex | None
+    notice: Wording | None
 
 
 class StoppedRun(BaseModel):
-    run_id: str
+    run_id: Id
     stop_signal: Literal["SIGINT", "SIGTERM", "SIGKILL", "none"]
-    state: str
+    state: Word
 
 
 class StopResult(BaseModel):

@@ -7,7 +7,11 @@ import re
 import secrets
 
 import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from agent_rooms_mcp import content
 from agent_rooms_mcp.content import (
     FLAG_ORDER,
     UNTRUSTED_NOTICE,
@@ -118,7 +122,7 @@ def test_an_unterminated_escape_sequence_leaves_only_inert_text() -> None:
 
 @pytest.mark.invariant(63)
 def test_combined_categories_are_flagged_once_each_in_flag_order() -> None:
-    raw = "\x1b[31m\x00a\u200bb\U000e0041c\u202ed\x1b[0m\x07\u2066e\u200c\U000e0042"
+    raw = "\x1b[31m\x00a\u200bb\U000e0041c\u202ed\x1b[0m\x07\u2066e\u200c\U000e0042\ufe0f"
     assert sanitize(raw) == Clean("abcde", FLAG_ORDER)
     assert sanitize("\x01\u202e").flags == ("bidi", "control")
     assert sanitize("\x1b[1m\u200b").flags == ("zero_width", "ansi")
@@ -198,6 +202,82 @@ def test_a_one_mebibyte_pathological_string_sanitises_in_linear_time(unit: str) 
     result = sanitize(raw)
     _assert_clean(result.text)
     assert "ansi" in result.flags or "control" in result.flags
+
+
+# --- Default_Ignorable_Code_Point, from the Unicode data (invariant 80) ----------------------------------
+
+
+def _property_ranges(prop: str) -> tuple[tuple[int, int], ...]:
+    """Every code point with this Unicode property, as inclusive ranges, from the `regex` package's tables."""
+    # Surrogates cannot be in a str to scan; none of them is ignorable or a bidi control.
+    every = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x110000)))
+
+    def cp(i: int) -> int:
+        return i if i < 0xD800 else i + 0x800
+
+    return tuple((cp(m.start()), cp(m.end() - 1)) for m in regex.finditer(rf"\p{{{prop}}}+", every))
+
+
+IGNORABLE_RANGES = _property_ranges("Default_Ignorable_Code_Point")
+IGNORABLE = [chr(c) for a, b in IGNORABLE_RANGES for c in range(a, b + 1)]
+FINER = {"bidi": frozenset(BIDI), "zero_width": frozenset(ZERO_WIDTH), "tag_chars": frozenset(TAG_CHARS)}
+
+
+@pytest.mark.invariant(80)
+def test_the_tables_are_the_unicode_properties_as_the_regex_package_knows_them() -> None:
+    # Fails when a newer `regex` (a newer Unicode) changes either set: paste the printed table into content.py.
+    assert content.DEFAULT_IGNORABLE == IGNORABLE_RANGES, [f"(0x{a:04X}, 0x{b:04X})" for a, b in IGNORABLE_RANGES]
+    assert _property_ranges("Bidi_Control") == content.BIDI_CONTROL
+
+
+@pytest.mark.invariant(80)
+def test_the_property_holds_what_the_hand_list_missed() -> None:
+    # Variation selectors, musical formatting, Mongolian FVS 4, Hangul fillers, CGJ, unassigned tags plane.
+    for cp in (0xFE00, 0xFE0F, 0xE0100, 0xE01EF, 0x1D173, 0x1D17A, 0x180F, 0x115F, 0x3164, 0x034F, 0xE0FFF):
+        assert chr(cp) in IGNORABLE, hex(cp)
+    assert len(IGNORABLE) > 4000
+
+
+@pytest.mark.invariant(80)
+def test_no_default_ignorable_code_point_survives_and_each_is_flagged() -> None:
+    for ch in IGNORABLE:
+        result = sanitize(f"a{ch}b")
+        expected = next((name for name, chars in FINER.items() if ch in chars), "ignorable")
+        assert result == Clean("ab", (expected,)), f"U+{ord(ch):04X}"
+
+
+@pytest.mark.invariant(80)
+@settings(max_examples=300, database=None, deadline=None)
+@given(st.text(), st.lists(st.sampled_from(IGNORABLE), min_size=1, max_size=5), st.text())
+def test_hidden_characters_anywhere_in_any_text_are_removed_and_flagged(
+    before: str, hidden: list[str], after: str
+) -> None:
+    raw = before + "".join(hidden) + after
+    result = sanitize(raw)
+    survivors = [f"U+{ord(ch):04X}" for ch in result.text if ch in IGNORABLE_SET or ch in "\u2028\u2029"]
+    assert not survivors
+    assert result.flags
+    assert sanitize(result.text) == Clean(result.text, ())
+
+
+IGNORABLE_SET = frozenset(IGNORABLE)
+
+
+@pytest.mark.invariant(80)
+@settings(max_examples=300, database=None, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8")))
+def test_any_text_comes_out_without_an_ignorable_and_flagged_when_it_had_one(raw: str) -> None:
+    result = sanitize(raw)
+    assert not IGNORABLE_SET.intersection(result.text)
+    if IGNORABLE_SET.intersection(raw):
+        assert result.flags
+
+
+@pytest.mark.invariant(80)
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029"])
+def test_line_and_paragraph_separators_become_newlines_flagged_control(sep: str) -> None:
+    assert sanitize(f"one{sep}two") == Clean("one\ntwo", ("control",))
+    assert sanitize(f"one\r{sep}two") == Clean("one\ntwo", ("control",))
 
 
 # --- untrusted envelopes ----------------------------------------------------------------------------

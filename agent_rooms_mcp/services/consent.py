@@ -19,7 +19,14 @@ from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import conflict, forbidden_scope, invalid, not_found, too_large
-from agent_rooms_mcp.models import ConsentModeSet, DecisionResult, Proposal, ProposalList, ProposerRef
+from agent_rooms_mcp.models import (
+    PAYLOAD_TEXT_FIELDS,
+    ConsentModeSet,
+    DecisionResult,
+    Proposal,
+    ProposalList,
+    ProposerRef,
+)
 from agent_rooms_mcp.policy import ConsentMode, ConsentState
 from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
 from agent_rooms_mcp.services import runs
@@ -27,9 +34,6 @@ from agent_rooms_mcp.services.render import notice, render
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
-
-# The payload fields that hold the proposer's words: enveloped when shown, hashed as stored.
-_TEXT_FIELDS = ("title", "body", "text")
 
 _PROPOSALS = (
     "SELECT p.*, r.name AS room_name, a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle,"
@@ -316,7 +320,7 @@ def _pending(conn: sqlite3.Connection, viewer: Viewer, room_ref: str | None, lim
     rows = rows[:limit]
     payloads = [json.loads(r["payload"]) for r in rows]
     # Every proposal crossed an owner boundary: each text field is rendered as the proposer's words.
-    items = [(r, p, f) for r, p in zip(rows, payloads, strict=True) for f in _TEXT_FIELDS if f in p]
+    items = [(r, p, f) for r, p in zip(rows, payloads, strict=True) for f in PAYLOAD_TEXT_FIELDS if f in p]
     rendered, boundary = render(viewer, [_writer(r) for r, _, _ in items], [p[f] for _, p, f in items])
     for (_, payload, field), shown in zip(items, rendered, strict=True):
         payload[field] = shown.text

@@ -13,7 +13,7 @@ from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import invalid, not_found, too_large
 from agent_rooms_mcp.models import FileInfo, FileList, FileRange, SharedFile
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services.render import notice, provenance, render
+from agent_rooms_mcp.services.render import flags_of, notice, render, render_columns
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -113,22 +113,25 @@ class Files:
                 _WITH_AUTHOR.format(extra="") + " WHERE f.room_id = ? ORDER BY f.created_at, f.file_id",
                 (room["room_id"],),
             ).fetchall()
+            # A file's name and media type are its sharer's words like its content: the same path renders them.
+            shown, boundary = render_columns(caller, rows, ("name", "media_type"))
             files = []
-            for r in rows:
-                author, rel = provenance(caller, r)
+            for r, cols in zip(rows, shown, strict=True):
+                name, media_type = cols["name"], cols.get("media_type")
                 files.append(
                     FileInfo(
                         file_id=r["file_id"],
-                        name=r["name"],
+                        name=name.text,
                         size=r["size"],
                         sha256=r["sha256"],
-                        media_type=r["media_type"],
-                        author=author,
-                        relation=rel,
+                        media_type=media_type.text if media_type else None,
+                        author=name.author,
+                        relation=name.relation,
                         created_at=r["created_at"],
+                        flags=flags_of(name, media_type),
                     )
                 )
-            return FileList(files=files)
+            return FileList(files=files, boundary=boundary, notice=notice(boundary))
 
         return await self._store.read(run)
 
@@ -147,30 +150,23 @@ class Files:
                 raise not_found("file")
             chunk = bytes(row["chunk"] or b"")
             try:
-                [item], boundary = render(caller, [row], [chunk.decode("utf-8")])
-                text, encoding, flags, author, rel = (
-                    item.text,
-                    "utf-8",
-                    item.flags,
-                    item.author,
-                    item.relation,
-                )
+                text, encoding = chunk.decode("utf-8"), "utf-8"
             except UnicodeDecodeError:
-                # Bytes that are not text go out as base64: nothing in them can reach a model as words.
-                text, encoding, flags, boundary = base64.b64encode(chunk).decode("ascii"), "base64", [], None
-                author, rel = provenance(caller, row)
+                # Bytes that are not text go out as base64: still the sharer's, so enveloped like text.
+                text, encoding = base64.b64encode(chunk).decode("ascii"), "base64"
+            (name, body), boundary = render(caller, [row, row], [row["name"], text])
             return FileRange(
                 file_id=row["file_id"],
-                name=row["name"],
+                name=name.text,
                 offset=offset,
                 length=len(chunk),
                 size=row["size"],
                 eof=offset + len(chunk) >= row["size"],
                 encoding=encoding,
-                content=text,
-                author=author,
-                relation=rel,
-                flags=flags,
+                content=body.text,
+                author=body.author,
+                relation=body.relation,
+                flags=flags_of(name, body),
                 boundary=boundary,
                 notice=notice(boundary),
             )

@@ -28,21 +28,51 @@ def provenance(caller: Viewer, row: Mapping[str, Any]) -> tuple[Author, Relation
 def render(
     caller: Viewer, rows: Sequence[Mapping[str, Any]], texts: Sequence[str]
 ) -> tuple[list[Rendered], str | None]:
-    """Sanitise each text and envelope those another owner wrote; rows as for `provenance`.
+    """Every free text (models.FreeText) of one result, each with its writer's row as for `provenance`,
+    goes out through here: sanitised, and enveloped when another owner wrote it.
 
     One boundary per response, chosen after every cross-owner text is known, so no content holds it.
     """
-    cleaned = [content.sanitize(t) for t in texts]
-    labels = [provenance(caller, r) for r in rows]
-    foreign = [c.text for c, (_, rel) in zip(cleaned, labels, strict=True) if rel == "cross_owner"]
+    labels = [provenance(caller, row) for row in rows]
+    shown, boundary = said(
+        [(text, author.handle, author.owner, rel) for text, (author, rel) in zip(texts, labels, strict=True)]
+    )
+    return [Rendered(c.text, list(c.flags), a, rel) for c, (a, rel) in zip(shown, labels, strict=True)], boundary
+
+
+def render_columns(
+    caller: Viewer, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> tuple[list[dict[str, Rendered]], str | None]:
+    """`render` for several free-text columns of each row, all its writer's (a file's name and media type,
+    a run's outcome and session id): per row, each of those columns that is not null, as shown."""
+    cells = [(i, col) for i, row in enumerate(rows) for col in columns if row[col] is not None]
+    shown, boundary = render(caller, [rows[i] for i, _ in cells], [rows[i][col] for i, col in cells])
+    out: list[dict[str, Rendered]] = [{} for _ in rows]
+    for (i, col), item in zip(cells, shown, strict=True):
+        out[i][col] = item
+    return out, boundary
+
+
+def said(items: Sequence[tuple[str, str, str, Relation]]) -> tuple[list[content.Clean], str | None]:
+    """The rendering itself, of (text, author handle, owner handle, relation to the reader): for `render`,
+    and for the wake prompt, whose reader is the woken agent. Returns each text as shown, with its flags."""
+    cleaned = [content.sanitize(text) for text, _, _, _ in items]
+    foreign = [c.text for c, item in zip(cleaned, items, strict=True) if item[3] == "cross_owner"]
     boundary = content.new_boundary(foreign) if foreign else None
     out = []
-    for row, clean, (author, rel) in zip(rows, cleaned, labels, strict=True):
-        text = clean.text
+    for clean, (_, author, owner, rel) in zip(cleaned, items, strict=True):
         if boundary is not None and rel == "cross_owner":
-            text = content.envelope(text, boundary=boundary, author=row["handle"], owner=row["owner_handle"])
-        out.append(Rendered(text, list(clean.flags), author, rel))
+            clean = content.Clean(
+                content.envelope(clean.text, boundary=boundary, author=author, owner=owner), clean.flags
+            )
+        out.append(clean)
     return out, boundary
+
+
+def flags_of(*items: Rendered | None) -> list[str]:
+    """What sanitising removed from any of one item's texts, in FLAG_ORDER."""
+    found = {f for item in items if item for f in item.flags}
+    return [f for f in content.FLAG_ORDER if f in found]
 
 
 def notice(boundary: str | None) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,8 @@ from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.errors import forbidden, not_found
 from agent_rooms_mcp.models import RunInfo, RunList, StoppedRun, StopResult
-from agent_rooms_mcp.principals import AgentTool, Caller, Scope, held_scopes
+from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
+from agent_rooms_mcp.services.render import notice, render_columns
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -30,8 +32,9 @@ CONSTRAINABLE = frozenset({AgentTool.CLAUDE, AgentTool.CODEX})
 FINAL = ("stopped", "completed", "failed", "rate_limited", "lost")
 
 _RUNS = (
-    "SELECT r.*, a.handle, a.tool, a.workdir, m.name AS room_name FROM runs r"
+    "SELECT r.*, a.handle, a.tool, a.workdir, m.name AS room_name, o.handle AS owner_handle FROM runs r"
     " JOIN agents a ON a.agent_id = r.agent_id JOIN rooms m ON m.room_id = r.room_id"
+    " JOIN owners o ON o.owner_id = r.owner_id"
 )
 
 # The one statement of DESIGN §5's caps: a queued run r (of agent a) may start now if no cap or back-off
@@ -141,22 +144,29 @@ def enqueue(
     return Enqueued("woken" if startable else "queued")
 
 
-def _info(row: sqlite3.Row) -> RunInfo:
-    return RunInfo(
-        run_id=row["run_id"],
-        agent=row["handle"],
-        room=row["room_name"],
-        trigger=row["trigger"],
-        cause_id=row["cause_id"],
-        state=row["state"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        outcome=row["outcome"],
-        stop_signal=row["stop_signal"],
-        session_id=row["session_id"],
-        constrained=bool(row["constrained"]),
-    )
+def _infos(viewer: Viewer, rows: Sequence[sqlite3.Row]) -> tuple[list[RunInfo], str | None]:
+    """Runs as their owner sees them. An outcome and a session id are what the agent's CLI reported: its
+    words, rendered like any other free text (a CLI may quote whatever its prompt held)."""
+    shown, boundary = render_columns(viewer, rows, ("outcome", "session_id"))
+    infos = [
+        RunInfo(
+            run_id=row["run_id"],
+            agent=row["handle"],
+            room=row["room_name"],
+            trigger=row["trigger"],
+            cause_id=row["cause_id"],
+            state=row["state"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
+            outcome=cols["outcome"].text if "outcome" in cols else None,
+            stop_signal=row["stop_signal"],
+            session_id=cols["session_id"].text if "session_id" in cols else None,
+            constrained=bool(row["constrained"]),
+        )
+        for row, cols in zip(rows, shown, strict=True)
+    ]
+    return infos, boundary
 
 
 class Runs:
@@ -183,7 +193,8 @@ class Runs:
                 sql += " AND r.state = ?"
                 args.append(state)
             rows = conn.execute(sql + " ORDER BY r.created_at DESC LIMIT ?", (*args, limit)).fetchall()
-            return RunList(runs=[_info(r) for r in rows])
+            runs, boundary = _infos(caller, rows)
+            return RunList(runs=runs, boundary=boundary, notice=notice(boundary))
 
         return await self._store.read(run)
 
@@ -219,7 +230,8 @@ class Runs:
             row = conn.execute(_RUNS + " WHERE r.run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise not_found("run")
-            return _info(row)
+            [info], _ = _infos(OwnerViewer(row["owner_id"]), [row])
+            return info
 
         return await self._store.read(run)
 

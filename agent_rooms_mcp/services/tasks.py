@@ -19,7 +19,7 @@ from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
 from agent_rooms_mcp.services import consent, runs
-from agent_rooms_mcp.services.render import notice, render, within_bytes
+from agent_rooms_mcp.services.render import flags_of, notice, render, within_bytes
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -406,7 +406,7 @@ def _render(
                 note_by=note.author if note else None,
                 created_at=r["created_at"],
                 updated_at=r["updated_at"],
-                flags=sorted({f for item in (title, body, note, reason) if item for f in item.flags}),
+                flags=flags_of(title, body, note, reason),
             )
         )
     requests = [

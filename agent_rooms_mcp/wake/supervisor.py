@@ -22,11 +22,11 @@ from typing import Any
 import anyio
 import structlog
 
-from agent_rooms_mcp import content
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import AgentTool
+from agent_rooms_mcp.services.render import said
 from agent_rooms_mcp.services.runs import CONSTRAINABLE, CauseText, Claimed, RunBook
 from agent_rooms_mcp.vault import VaultError
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
@@ -270,10 +270,9 @@ def _prompt(run: Claimed, cause: CauseText) -> str:
     original request is never sent again (wake.md §6.4)."""
     if run.retry and run.resume_session:
         return f"You were woken by agent-rooms.\nroom: {run.room_name}\ntrigger: retry {run.cause_id}\n\n{RETRY_PROMPT}"
-    text = content.sanitize(cause.text).text
-    if cause.cross_owner:
-        boundary = content.new_boundary([text])
-        text = content.envelope(text, boundary=boundary, author=cause.author, owner=cause.owner)
+    # The words go through the same rendering as every tool result's free text.
+    [words], _ = said([(cause.text, cause.author, cause.owner, "cross_owner" if cause.cross_owner else "same_owner")])
+    text = words.text
     return (
         f"You were woken by agent-rooms.\nroom: {run.room_name}\ntrigger: {run.trigger} {run.cause_id}\n"
         f"from: @{cause.author} (owner {cause.owner})\n\n{text}\n\n"
