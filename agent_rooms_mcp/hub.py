@@ -65,14 +65,14 @@ class Hub:
                 store=store,
                 auth=Authenticator(store, issuer),
                 accounts=Accounts(store, issuer, limits, Vault(settings.master_key_path)),
-                rooms=Rooms(store),
+                rooms=Rooms(store, limits),
                 messages=Messages(store, limits, settings.wake),
                 files=Files(store, limits),
                 invites=Invites(store, limits),
                 tasks=Tasks(store, limits, settings.wake),
                 grants=Grants(store),
                 consent=Consent(store, limits, settings.wake),
-                runs=Runs(store),
+                runs=Runs(store, limits),
             )
 
 

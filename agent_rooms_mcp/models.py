@@ -72,6 +72,9 @@ class RoomSummary(BaseModel):
 
 class RoomList(BaseModel):
     rooms: list[RoomSummary]
+    # Every list is paged (DESIGN §3): pass `next_after` as `after` while `has_more`.
+    next_after: int
+    has_more: bool
 
 
 class Member(BaseModel):
@@ -153,6 +156,8 @@ class FileList(BaseModel):
     files: list[FileInfo]
     boundary: Hex | None
     notice: Wording | None
+    next_after: int
+    has_more: bool
 
 
 class FileRange(BaseModel):
@@ -248,6 +253,7 @@ class Proposal(BaseModel):
 
 class ProposalList(BaseModel):
     proposals: list[Proposal]
+    next_after: int
     has_more: bool
     boundary: Hex | None
     notice: Wording | None
@@ -369,6 +375,8 @@ class RunList(BaseModel):
     runs: list[RunInfo]
     boundary: Hex | None
     notice: Wording | None
+    next_after: int
+    has_more: bool
 
 
 class StoppedRun(BaseModel):

@@ -39,6 +39,7 @@ from agent_rooms_mcp.models import (
     WhoAmI,
 )
 from agent_rooms_mcp.settings import DEFAULT_LIMITS as L
+from agent_rooms_mcp.settings import INT_MAX
 
 INSTRUCTIONS = (
     "agent-rooms is a hub where AI agents of one or several people share rooms: post messages with "
@@ -51,7 +52,13 @@ INSTRUCTIONS = (
 
 RoomRef = Annotated[str, Field(min_length=1, max_length=80, description="The room's id (room_…) or its name.")]
 Handle = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="An agent's handle.")]
-Seq = Annotated[int, Field(ge=0, description="A message seq: only messages with a larger seq are returned.")]
+Seq = Annotated[
+    int, Field(ge=0, le=INT_MAX, description="A message seq: only messages with a larger seq are returned.")
+]
+# Every list pages (DESIGN §3): `after` is the previous page's `next_after`, 0 (the default) for the start.
+Cursor = Annotated[
+    int, Field(ge=0, le=INT_MAX, description="Continue after this: the previous result's `next_after` (0: start).")
+]
 TaskRef = Annotated[str, Field(min_length=1, max_length=80, description="A task's id (task_…).")]
 Title = Annotated[
     str, Field(min_length=1, max_length=L.task_title_chars, description="A short title, ≤ 200 characters.")
@@ -59,7 +66,10 @@ Title = Annotated[
 Body = Annotated[str, Field(max_length=L.message_bytes, description="What to do, ≤ 32 KiB.")]
 Note = Annotated[str, Field(min_length=1, max_length=L.note_chars, description="A short note, ≤ 2000 characters.")]
 Status = Literal["open", "in_progress", "done", "cancelled"]
-PageSize = Annotated[int, Field(ge=1, le=L.page_max, description=f"At most this many messages (1-{L.page_max}).")]
+PageSize = Annotated[
+    int,
+    Field(ge=1, le=L.page_max, description=f"At most this many items (1-{L.page_max}); a page also ends at 256 KiB."),
+]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
@@ -85,10 +95,11 @@ async def whoami() -> WhoAmI:
     )
 
 
-async def list_rooms() -> RoomList:
-    """The rooms you are a member of, with their member count and latest message seq."""
+async def list_rooms(after: Cursor = 0, limit: PageSize = L.page_default) -> RoomList:
+    """The rooms you are a member of, with their member count and latest message seq, in the order they
+    were made; while `has_more`, pass `next_after` as `after` for the next page."""
     call = current_call()
-    return await call.hub.rooms.list(call.caller)
+    return await call.hub.rooms.list(call.caller, after, limit)
 
 
 async def get_room(room: RoomRef) -> RoomDetail:
@@ -103,7 +114,9 @@ async def post_message(
     mentions: Annotated[
         list[Handle] | None, Field(max_length=L.mentions_max, description="Handles to notify (≤ 20).")
     ] = None,
-    reply_to: Annotated[int | None, Field(ge=1, description="The seq of the message this replies to.")] = None,
+    reply_to: Annotated[
+        int | None, Field(ge=1, le=INT_MAX, description="The seq of the message this replies to.")
+    ] = None,
 ) -> PostedMessage:
     """Post a message to a room you belong to. @handle in the text, or a handle in `mentions`, notifies
     that member; the result says, per mention, whether it was notified or refused."""
@@ -148,16 +161,17 @@ async def share_file(
     return await call.hub.files.share(call.caller, room, name, content, content_base64, media_type)
 
 
-async def list_files(room: RoomRef) -> FileList:
-    """The files shared in a room you belong to, with who shared each and its size and sha256."""
+async def list_files(room: RoomRef, after: Cursor = 0, limit: PageSize = L.page_default) -> FileList:
+    """The files shared in a room you belong to, oldest first, with who shared each and its size and sha256;
+    while `has_more`, pass `next_after` as `after` for the next page."""
     call = current_call()
-    return await call.hub.files.list(call.caller, room)
+    return await call.hub.files.list(call.caller, room, after, limit)
 
 
 async def read_file(
     room: RoomRef,
     file_id: Annotated[str, Field(min_length=1, max_length=80)],
-    offset: Annotated[int, Field(ge=0, description="Byte offset to start at.")] = 0,
+    offset: Annotated[int, Field(ge=0, le=INT_MAX, description="Byte offset to start at.")] = 0,
     length: Annotated[int, Field(ge=1, le=L.file_range_bytes, description="Bytes to read, ≤ 64 KiB.")] = (
         L.file_range_bytes
     ),
@@ -205,7 +219,7 @@ async def list_tasks(
     status: Status | None = None,
     assignee: Annotated[Handle | None, Field(description="Only tasks given to this agent.")] = None,
     consent_state: Literal["auto", "pending", "accepted", "rejected"] | None = None,
-    after: Annotated[int, Field(ge=0, description="Only tasks numbered above this; pass `next_after`.")] = 0,
+    after: Cursor = 0,
     limit: PageSize = L.page_default,
 ) -> TaskList:
     """List a room's tasks in number order, optionally filtered by status, assignee or consent state. Each
@@ -246,12 +260,13 @@ async def set_consent_mode(
 
 async def list_pending_consents(
     room: Annotated[str | None, Field(min_length=1, max_length=80, description="Only this room.")] = None,
+    after: Cursor = 0,
     limit: PageSize = L.page_default,
 ) -> ProposalList:
     """Requests from other owners' agents that wait on your owner's decision (needs `consent`): tasks for
     your owner's agents and mentions that would wake them, with who asked, where, and the exact payload."""
     call = current_call()
-    return await call.hub.consent.pending_for_agent(call.caller, room, limit)
+    return await call.hub.consent.pending_for_agent(call.caller, room, after, limit)
 
 
 async def accept_task(
@@ -278,12 +293,13 @@ async def list_runs(
     room: Annotated[str | None, Field(min_length=1, max_length=80, description="Only runs woken in this room.")] = None,
     state: Literal["queued", "running", "stopping", "stopped", "completed", "failed", "rate_limited", "lost"]
     | None = None,
+    after: Cursor = 0,
     limit: PageSize = L.page_default,
 ) -> RunList:
     """Your owner's woken runs, newest first: which agent, which room, what woke it (mention, task or
     accepted wake proposal), its state and outcome, and the session it continues."""
     call = current_call()
-    return await call.hub.runs.list(call.caller, agent=agent, room=room, state=state, limit=limit)
+    return await call.hub.runs.list(call.caller, agent=agent, room=room, state=state, after=after, limit=limit)
 
 
 async def stop_agent(

@@ -11,6 +11,9 @@ from agent_rooms_mcp.home import check_private_file
 
 KIB = 1024
 MIB = 1024 * KIB
+# Every integer argument of every tool is at most this (the largest integer a JSON double holds exactly):
+# past it SQLite overflows, and some clients would round it anyway.
+INT_MAX = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +26,12 @@ class Limits:
     file_name_bytes: int = 255
     page_default: int = 50
     page_max: int = 200
-    # A page of messages also ends once its texts pass this many bytes (invariant 65): 200 messages of
-    # 32 KiB would be 6.4 MiB, far past what MCP clients pass on to a model.
+    # Every list result also ends once its answer would pass this many bytes of encoded JSON, structured
+    # content and the SDK's text rendering together (invariants 65, 81): 200 messages of 32 KiB would be
+    # 6.4 MiB raw and several times that encoded, far past what MCP clients pass on to a model.
     page_bytes: int = 256 * KIB
+    # Kept free of a page for what wraps the result on the wire (JSON-RPC envelope, content block keys).
+    result_frame_bytes: int = 1 * KIB
     long_poll_default_s: int = 25
     long_poll_max_s: int = 50
     # Another process's commits (a stdio server, the CLI) reach this process's long-polls this often: one

@@ -30,13 +30,14 @@ from agent_rooms_mcp.models import (
 from agent_rooms_mcp.policy import ConsentMode, ConsentState
 from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
 from agent_rooms_mcp.services import runs
-from agent_rooms_mcp.services.render import notice, render
+from agent_rooms_mcp.services.render import cut_page, notice, render
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
 _PROPOSALS = (
-    "SELECT p.*, r.name AS room_name, a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle,"
+    "SELECT p.rowid AS position, p.*, r.name AS room_name,"
+    " a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle,"
     " t.handle AS target_handle,"
     " w.agent_id AS w_agent_id, w.handle AS w_handle, w.tool AS w_tool, w.owner_id AS w_owner_id,"
     " wo.handle AS w_owner_handle"
@@ -203,13 +204,14 @@ class Consent:
 
     # What waits on an owner's say-so.
 
-    async def pending_for_agent(self, caller: Caller, room_ref: str | None, limit: int) -> ProposalList:
+    async def pending_for_agent(self, caller: Caller, room_ref: str | None, after: int, limit: int) -> ProposalList:
         policy.require_scope(caller, Scope.CONSENT)
-        return await self._store.read(lambda conn: _pending(conn, caller, room_ref, limit))
+        return await self._store.read(lambda conn: _pending(conn, self._limits, caller, room_ref, after, limit))
 
     async def pending_for_owner(self, owner_ref: str, room_ref: str | None, limit: int) -> ProposalList:
         def run(conn: sqlite3.Connection) -> ProposalList:
-            return _pending(conn, OwnerViewer(queries.owner(conn, owner_ref)["owner_id"]), room_ref, limit)
+            viewer = OwnerViewer(queries.owner(conn, owner_ref)["owner_id"])
+            return _pending(conn, self._limits, viewer, room_ref, 0, limit)
 
         return await self._store.read(run)
 
@@ -307,7 +309,9 @@ def _mode_set(
     )
 
 
-def _pending(conn: sqlite3.Connection, viewer: Viewer, room_ref: str | None, limit: int) -> ProposalList:
+def _pending(
+    conn: sqlite3.Connection, limits: Limits, viewer: Viewer, room_ref: str | None, after: int, limit: int
+) -> ProposalList:
     sql, args = _PROPOSALS + " WHERE p.target_owner_id = ? AND p.state = 'pending'", [viewer.owner_id]
     if room_ref is not None:
         room = queries.room(conn, room_ref)
@@ -315,9 +319,9 @@ def _pending(conn: sqlite3.Connection, viewer: Viewer, room_ref: str | None, lim
             raise not_found("room")
         sql += " AND p.room_id = ?"
         args.append(room["room_id"])
-    rows = conn.execute(sql + " ORDER BY p.created_at, p.proposal_id LIMIT ?", (*args, limit + 1)).fetchall()
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+    # In the order they were made, so the rowid is the cursor.
+    fetched = conn.execute(sql + " AND p.rowid > ? ORDER BY p.rowid LIMIT ?", (*args, after, limit + 1)).fetchall()
+    rows = fetched[:limit]
     payloads = [json.loads(r["payload"]) for r in rows]
     # Every proposal crossed an owner boundary: each text field is rendered as the proposer's words.
     items = [(r, p, f) for r, p in zip(rows, payloads, strict=True) for f in PAYLOAD_TEXT_FIELDS if f in p]
@@ -339,7 +343,11 @@ def _pending(conn: sqlite3.Connection, viewer: Viewer, room_ref: str | None, lim
         )
         for r, payload in zip(rows, payloads, strict=True)
     ]
-    return ProposalList(proposals=proposals, has_more=has_more, boundary=boundary, notice=notice(boundary))
+    empty = ProposalList(proposals=[], next_after=after, has_more=True, boundary=boundary, notice=notice(boundary))
+    cut = cut_page(limits, empty, proposals, [r["position"] for r in rows], len(fetched), after)
+    return empty.model_copy(
+        update={"proposals": proposals[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
+    )
 
 
 def _writer(row: sqlite3.Row) -> dict[str, str]:

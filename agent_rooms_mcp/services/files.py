@@ -13,7 +13,7 @@ from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import invalid, not_found, too_large
 from agent_rooms_mcp.models import FileInfo, FileList, FileRange, SharedFile
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services.render import flags_of, notice, render, render_columns
+from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, render_columns
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -104,19 +104,22 @@ class Files:
             raise too_large("content", limit)
         return data
 
-    async def list(self, caller: Caller, room_ref: str) -> FileList:
+    async def list(self, caller: Caller, room_ref: str, after: int, limit: int) -> FileList:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> FileList:
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            # The rowid is the cursor: insertion order, and what files_by_room_position walks.
             rows = conn.execute(
-                _WITH_AUTHOR.format(extra="") + " WHERE f.room_id = ? ORDER BY f.created_at, f.file_id",
-                (room["room_id"],),
+                _WITH_AUTHOR.format(extra=", f.rowid AS position")
+                + " WHERE f.room_id = ? AND f.rowid > ? ORDER BY f.rowid LIMIT ?",
+                (room["room_id"], after, limit + 1),
             ).fetchall()
+            page = rows[:limit]
             # A file's name and media type are its sharer's words like its content: the same path renders them.
-            shown, boundary = render_columns(caller, rows, ("name", "media_type"))
+            shown, boundary = render_columns(caller, page, ("name", "media_type"))
             files = []
-            for r, cols in zip(rows, shown, strict=True):
+            for r, cols in zip(page, shown, strict=True):
                 name, media_type = cols["name"], cols.get("media_type")
                 files.append(
                     FileInfo(
@@ -131,7 +134,11 @@ class Files:
                         flags=flags_of(name, media_type),
                     )
                 )
-            return FileList(files=files, boundary=boundary, notice=notice(boundary))
+            empty = FileList(files=[], boundary=boundary, notice=notice(boundary), next_after=after, has_more=True)
+            cut = cut_page(self._limits, empty, files, [r["position"] for r in page], len(rows), after)
+            return empty.model_copy(
+                update={"files": files[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
+            )
 
         return await self._store.read(run)
 

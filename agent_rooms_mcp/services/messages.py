@@ -13,12 +13,12 @@ from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, too_large
-from agent_rooms_mcp.models import MentionOutcome, Message, MessagePage, PostedMessage
+from agent_rooms_mcp.models import Author, MentionOutcome, Message, MessagePage, PostedMessage
 from agent_rooms_mcp.policy import ConsentState
-from agent_rooms_mcp.principals import Caller, Scope
+from agent_rooms_mcp.principals import AgentTool, Caller, Scope
 from agent_rooms_mcp.services import consent, runs
-from agent_rooms_mcp.services.render import notice, render, within_bytes
-from agent_rooms_mcp.settings import Limits, WakeSettings
+from agent_rooms_mcp.services.render import cut_page, item_bytes, notice, render, text_hint
+from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
@@ -34,6 +34,25 @@ _PAGE = (
     " a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle"
     " FROM messages m JOIN agents a ON a.agent_id = m.agent_id JOIN owners o ON o.owner_id = a.owner_id"
     " WHERE m.room_id = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"
+)
+
+
+# What a message adds to a page besides its text, mentions and flags, at its largest (longest handles, ids and
+# tool, the largest seqs): measured once with the encoder rather than counted by hand, so read_messages need
+# not encode a page an extra time unless it comes near the cap.
+_LONGEST_HANDLE = "h" * 63
+_MESSAGE_FIXED_BYTES = item_bytes(
+    Message(
+        message_id=new_id("msg"),
+        seq=INT_MAX,
+        author=Author(handle=_LONGEST_HANDLE, owner=_LONGEST_HANDLE, tool=max(AgentTool, key=len).value),
+        relation="cross_owner",
+        created_at=now_utc(),
+        mentions=[],
+        reply_to=INT_MAX,
+        text="",
+        flags=[],
+    )
 )
 
 
@@ -160,12 +179,8 @@ class Messages:
             room = queries.room_for_member(conn, room_ref, caller.agent_id)
             start = max(room["latest_seq"] - limit, 0) if after is None else after
             rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
-            kept = within_bytes(
-                [len(r["text"].encode("utf-8", "surrogatepass")) for r in rows[:limit]], self._limits.page_bytes
-            )
-            has_more = len(rows) > kept
-            rows = rows[:kept]
-            rendered, boundary = render(caller, rows, [r["text"] for r in rows])
+            page = rows[:limit]
+            rendered, boundary = render(caller, page, [r["text"] for r in page])
             messages = [
                 Message(
                     message_id=r["message_id"],
@@ -178,15 +193,15 @@ class Messages:
                     text=item.text,
                     flags=item.flags,
                 )
-                for r, item in zip(rows, rendered, strict=True)
+                for r, item in zip(page, rendered, strict=True)
             ]
-            next_after = rows[-1]["seq"] if rows else start
-            return MessagePage(
-                messages=messages,
-                next_after=next_after,
-                has_more=has_more,
-                boundary=boundary,
-                notice=notice(boundary),
+            empty = MessagePage(
+                messages=[], next_after=start, has_more=True, boundary=boundary, notice=notice(boundary)
+            )
+            hints = [_MESSAGE_FIXED_BYTES + text_hint([m.text, *m.mentions, *m.flags]) for m in messages]
+            cut = cut_page(self._limits, empty, messages, [m.seq for m in messages], len(rows), start, hints)
+            return empty.model_copy(
+                update={"messages": messages[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
             )
 
         return await self._store.read(run)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import pydantic_core
+from pydantic import BaseModel
 
 from agent_rooms_mcp import content, policy
 from agent_rooms_mcp.models import Author, Relation
 from agent_rooms_mcp.principals import Viewer
+from agent_rooms_mcp.settings import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +84,85 @@ def notice(boundary: str | None) -> str | None:
     return content.UNTRUSTED_NOTICE if boundary else None
 
 
-def within_bytes(sizes: Sequence[int], cap: int) -> int:
-    """How many items of these text sizes fit in one result of at most `cap` bytes (always at least one):
-    a page ends early rather than growing past what a client will take, and `has_more` says so."""
+# The size of an answer is what the client receives. For a structured result the SDK (mcp 2.x MCPServer) sends
+# the structured content as compact JSON and, again, a text block holding `pydantic_core.to_json(result,
+# indent=2)`, itself a JSON string on the wire: each quote, backslash and newline of that rendering is
+# escaped once more. Both count; they are measured with the encoder the SDK uses.
+
+
+def result_bytes(result: BaseModel) -> int:
+    """The bytes `result` takes in a tool's answer: its structured content plus the SDK's text rendering."""
+    return len(pydantic_core.to_json(result)) + _as_string(pydantic_core.to_json(result, indent=2), 0)
+
+
+def item_bytes(item: BaseModel, depth: int = 2) -> int:
+    """What one item of a result's list adds to `result_bytes`: itself in both renderings, its separators,
+    and the indentation each of its lines gets at `depth` (2: an item of a list at the result's top level)."""
+    # +2: its comma, and once per list the newline that opens it.
+    return len(pydantic_core.to_json(item)) + 2 + _as_string(pydantic_core.to_json(item, indent=2), depth) + 2 * depth
+
+
+def _as_string(rendered: bytes, depth: int) -> int:
+    """Bytes of `rendered` as a JSON string: its quotes and backslashes are escaped, a newline is `\\n`, and
+    nothing else needs escaping (the rendering already escaped every control character)."""
+    newlines = rendered.count(b"\n")
+    return len(rendered) + rendered.count(b'"') + rendered.count(b"\\") + newlines * (1 + 2 * depth) + 4
+
+
+_ESCAPED = re.compile(r'[\x00-\x1f"\\]')
+# A mention or similar short string in a list: its quotes, comma, newline and indentation in both renderings.
+_LISTED_STRING_BYTES = 24
+
+
+def text_hint(texts: Iterable[str]) -> int:
+    """A cheap upper bound on what these strings (each its own list element or field value) add to an
+    answer, without encoding them: a character is at most 2 bytes per UTF-8 byte across both renderings,
+    except those JSON escapes (a quote: 2 then 4; a control character: 6 then 7)."""
     total = 0
-    for i, size in enumerate(sizes):
-        total += size
-        if total > cap and i > 0:
-            return i
-    return len(sizes)
+    for t in texts:
+        size = len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass"))
+        total += 2 * size + 11 * len(_ESCAPED.findall(t)) + _LISTED_STRING_BYTES
+    return total
+
+
+def page_budget(limits: Limits, empty: BaseModel) -> int:
+    """Bytes left for a page's items: the cap less the result without them (`empty`) and the frame around it."""
+    return limits.page_bytes - limits.result_frame_bytes - result_bytes(empty)
+
+
+def within_bytes(items: Sequence[BaseModel], budget: int, hints: Sequence[int] | None = None) -> int:
+    """How many leading items fit in `budget` bytes of answer (always at least one, so a reader always moves
+    on; the input caps keep one item well under the page cap). `hints`, cheap upper bounds of each item's
+    bytes, spare a page far below the budget from being encoded one more time."""
+    if hints is not None and sum(hints) <= budget:
+        return len(items)
+    total = 0
+    for i, item in enumerate(items):
+        total += item_bytes(item)
+        if total > budget:
+            return max(i, 1)
+    return len(items)
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Where a page ends: how many of its items it keeps, the cursor to continue from, and whether more wait."""
+
+    kept: int
+    next_after: int
+    has_more: bool
+
+
+def cut_page(
+    limits: Limits,
+    empty: BaseModel,
+    items: Sequence[BaseModel],
+    cursors: Sequence[int],
+    fetched: int,
+    after: int,
+    hints: Sequence[int] | None = None,
+) -> Cut:
+    """End a page at its count (`fetched` rows were asked for one more than the page holds) or at the byte cap,
+    whichever comes first. `empty` is the result without its items; `cursors[i]` is item i's position."""
+    kept = within_bytes(items, page_budget(limits, empty), hints)
+    return Cut(kept, cursors[kept - 1] if kept else after, fetched > kept)

@@ -12,11 +12,13 @@ from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.models import Member, RoomDetail, RoomList, RoomSummary
 from agent_rooms_mcp.policy import ConsentMode
 from agent_rooms_mcp.principals import HANDLE_RE, Caller, Scope
+from agent_rooms_mcp.services.render import cut_page
+from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
 _SUMMARY = (
-    f"SELECT r.room_id, r.name, {queries.LATEST_SEQ},"
+    f"SELECT r.rowid AS position, r.room_id, r.name, {queries.LATEST_SEQ},"
     " (SELECT count(*) FROM room_agents x JOIN agents a ON a.agent_id = x.agent_id"
     "   WHERE x.room_id = r.room_id AND a.status = 'active') AS member_count FROM rooms r"
 )
@@ -36,18 +38,24 @@ def _summary(row: sqlite3.Row) -> RoomSummary:
 
 
 class Rooms:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store
+        self._limits = limits
 
-    async def list(self, caller: Caller) -> RoomList:
+    async def list(self, caller: Caller, after: int, limit: int) -> RoomList:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> RoomList:
+            # In the order the rooms were made, so the rowid is the cursor.
             rows = conn.execute(
-                _SUMMARY + " JOIN room_agents m ON m.room_id = r.room_id AND m.agent_id = ? ORDER BY r.name",
-                (caller.agent_id,),
+                _SUMMARY + " JOIN room_agents m ON m.room_id = r.room_id AND m.agent_id = ?"
+                " WHERE r.rowid > ? ORDER BY r.rowid LIMIT ?",
+                (caller.agent_id, after, limit + 1),
             ).fetchall()
-            return RoomList(rooms=[_summary(r) for r in rows])
+            rooms = [_summary(r) for r in rows[:limit]]
+            empty = RoomList(rooms=[], next_after=after, has_more=True)
+            cut = cut_page(self._limits, empty, rooms, [r["position"] for r in rows], len(rows), after)
+            return RoomList(rooms=rooms[: cut.kept], next_after=cut.next_after, has_more=cut.has_more)
 
         return await self._store.read(run)
 
@@ -159,7 +167,12 @@ class Rooms:
 
     async def list_all(self) -> RoomList:
         return await self._store.read(
-            lambda c: RoomList(rooms=[_summary(r) for r in c.execute(_SUMMARY + " ORDER BY r.name").fetchall()])
+            # The operator's own listing at the terminal: every room, in one document.
+            lambda c: RoomList(
+                rooms=[_summary(r) for r in c.execute(_SUMMARY + " ORDER BY r.name").fetchall()],
+                next_after=0,
+                has_more=False,
+            )
         )
 
 

@@ -21,8 +21,8 @@ from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.errors import forbidden, not_found
 from agent_rooms_mcp.models import RunInfo, RunList, StoppedRun, StopResult
 from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
-from agent_rooms_mcp.services.render import notice, render_columns
-from agent_rooms_mcp.settings import WakeSettings
+from agent_rooms_mcp.services.render import cut_page, notice, render_columns
+from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
@@ -32,7 +32,8 @@ CONSTRAINABLE = frozenset({AgentTool.CLAUDE, AgentTool.CODEX})
 FINAL = ("stopped", "completed", "failed", "rate_limited", "lost")
 
 _RUNS = (
-    "SELECT r.*, a.handle, a.tool, a.workdir, m.name AS room_name, o.handle AS owner_handle FROM runs r"
+    "SELECT r.rowid AS position, r.*, a.handle, a.tool, a.workdir, m.name AS room_name, o.handle AS owner_handle"
+    " FROM runs r"
     " JOIN agents a ON a.agent_id = r.agent_id JOIN rooms m ON m.room_id = r.room_id"
     " JOIN owners o ON o.owner_id = r.owner_id"
 )
@@ -172,17 +173,18 @@ def _infos(viewer: Viewer, rows: Sequence[sqlite3.Row]) -> tuple[list[RunInfo], 
 class Runs:
     """What agents and owners see and do: list runs, ask for a stop."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store
+        self._limits = limits
 
     async def list(
-        self, caller: Caller, *, agent: str | None, room: str | None, state: str | None, limit: int
+        self, caller: Caller, *, agent: str | None, room: str | None, state: str | None, after: int, limit: int
     ) -> RunList:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> RunList:
             # Runs of the caller's owner only: another owner's runs are not the caller's business.
-            sql, args = _RUNS + " WHERE r.owner_id = ?", [caller.owner_id]
+            sql, args = _RUNS + " WHERE r.owner_id = ?", list[object]([caller.owner_id])
             if agent is not None:
                 sql += " AND (a.handle = ? OR a.agent_id = ?)"
                 args += [agent, agent]
@@ -192,9 +194,17 @@ class Runs:
             if state is not None:
                 sql += " AND r.state = ?"
                 args.append(state)
-            rows = conn.execute(sql + " ORDER BY r.created_at DESC LIMIT ?", (*args, limit)).fetchall()
-            runs, boundary = _infos(caller, rows)
-            return RunList(runs=runs, boundary=boundary, notice=notice(boundary))
+            if after:
+                # Newest first, so the page after a cursor holds the runs made before it.
+                sql += " AND r.rowid < ?"
+                args.append(after)
+            rows = conn.execute(sql + " ORDER BY r.rowid DESC LIMIT ?", (*args, limit + 1)).fetchall()
+            runs, boundary = _infos(caller, rows[:limit])
+            empty = RunList(runs=[], boundary=boundary, notice=notice(boundary), next_after=after, has_more=True)
+            cut = cut_page(self._limits, empty, runs, [r["position"] for r in rows], len(rows), after)
+            return empty.model_copy(
+                update={"runs": runs[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
+            )
 
         return await self._store.read(run)
 

@@ -19,7 +19,7 @@ from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
 from agent_rooms_mcp.services import consent, runs
-from agent_rooms_mcp.services.render import flags_of, notice, render, within_bytes
+from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -261,19 +261,19 @@ class Tasks:
                 _TASKS + " WHERE t.room_id = ? AND t.number > ?" + filters + " ORDER BY t.number LIMIT ?",
                 (room["room_id"], after, *args, limit + 1),
             ).fetchall()
-            kept = within_bytes(
-                [_text_bytes(r, "title", "body", "note") for r in rows[:limit]], self._limits.page_bytes
-            )
-            has_more = len(rows) > kept
             wakes = conn.execute(_WAKES, (room["room_id"], caller.owner_id)).fetchall()
-            tasks, requests, boundary = _render(caller, rows[:kept], wakes)
-            return TaskList(
-                tasks=tasks,
-                next_after=tasks[-1].number if tasks else after,
-                has_more=has_more,
+            tasks, requests, boundary = _render(caller, rows[:limit], wakes)
+            empty = TaskList(
+                tasks=[],
+                next_after=after,
+                has_more=True,
                 wake_requests=requests,
                 boundary=boundary,
                 notice=notice(boundary),
+            )
+            cut = cut_page(self._limits, empty, tasks, [t.number for t in tasks], len(rows), after)
+            return empty.model_copy(
+                update={"tasks": tasks[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
             )
 
         return await self._store.read(run)
@@ -422,10 +422,6 @@ def _render(
         for w in wakes
     ]
     return tasks, requests, boundary
-
-
-def _text_bytes(row: sqlite3.Row, *fields: str) -> int:
-    return sum(len((row[f] or "").encode("utf-8", "surrogatepass")) for f in fields)
 
 
 def _who(agent_id: str, handle: str, tool: str, owner_id: str, owner_handle: str) -> dict[str, Any]:
