@@ -91,6 +91,9 @@ class RoomDetail(BaseModel):
     members: list[Member]
     consent_mode: Word
     latest_seq: int
+    # The members are paged like any list: pass `next_after` as `after` while `has_more`.
+    next_after: int
+    has_more: bool
 
 
 class MentionOutcome(BaseModel):

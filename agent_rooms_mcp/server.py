@@ -102,10 +102,11 @@ async def list_rooms(after: Cursor = 0, limit: PageSize = L.page_default) -> Roo
     return await call.hub.rooms.list(call.caller, after, limit)
 
 
-async def get_room(room: RoomRef) -> RoomDetail:
-    """One room you belong to: its members (with how each relates to you) and its latest message seq."""
+async def get_room(room: RoomRef, after: Cursor = 0, limit: PageSize = L.page_max) -> RoomDetail:
+    """One room you belong to: its members (with how each relates to you, in the order they joined) and its
+    latest message seq. A room with more members than one page says `has_more`: pass `next_after` as `after`."""
     call = current_call()
-    return await call.hub.rooms.get(call.caller, room)
+    return await call.hub.rooms.get(call.caller, room, after, limit)
 
 
 async def post_message(

@@ -137,7 +137,7 @@ async def test_pending_consents_of_escape_heavy_text_page_within_the_cap_without
 
 
 @pytest.mark.invariant(81)
-async def test_rooms_and_runs_page_with_after_and_limit_without_loss(world: World) -> None:
+async def test_rooms_runs_and_members_page_with_after_and_limit_without_loss(world: World) -> None:
     async with world.hub() as hub:
         for i in range(30):
             await hub.rooms.create(OPERATOR, f"room-{i:02d}", "alice", ["alice-claude"])
@@ -155,10 +155,12 @@ async def test_rooms_and_runs_page_with_after_and_limit_without_loss(world: Worl
     async with world.client("alice-claude") as c:
         rooms, _ = await page_all(c, "list_rooms", {"limit": 7}, "rooms", lambda r: r["name"])
         listed, _ = await page_all(c, "list_runs", {"limit": 7}, "runs", lambda r: r["run_id"])
+        members, _ = await page_all(c, "get_room", {"room": "lobby", "limit": 3}, "members", lambda m: m["handle"])
     assert sorted(rooms) == sorted(["lobby", "shared", *(f"room-{i:02d}" for i in range(30))])
     assert len(rooms) == len(set(rooms))
     # Newest first.
     assert listed == runs[::-1]
+    assert members == ["alice-claude", "alice-codex", "alice-admin", "alice-mute"]
 
 
 def _integer_fields(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

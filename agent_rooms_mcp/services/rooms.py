@@ -23,6 +23,12 @@ _SUMMARY = (
     "   WHERE x.room_id = r.room_id AND a.status = 'active') AS member_count FROM rooms r"
 )
 
+_MEMBER_PAGE = (
+    "SELECT m.rowid AS position, a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle"
+    " FROM room_agents m JOIN agents a ON a.agent_id = m.agent_id JOIN owners o ON o.owner_id = a.owner_id"
+    " WHERE m.room_id = ? AND a.status = 'active' AND m.rowid > ? ORDER BY m.rowid LIMIT ?"
+)
+
 
 def _summary_of(conn: sqlite3.Connection, room_id: str) -> RoomSummary:
     return _summary(conn.execute(_SUMMARY + " WHERE r.room_id = ?", (room_id,)).fetchone())
@@ -59,12 +65,14 @@ class Rooms:
 
         return await self._store.read(run)
 
-    async def get(self, caller: Caller, ref: str) -> RoomDetail:
+    async def get(self, caller: Caller, ref: str, after: int, limit: int) -> RoomDetail:
+        """The room, with one page of its members in the order they joined (a room has no cap on members)."""
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> RoomDetail:
             room = queries.room_for_member(conn, ref, caller.agent_id)
             mode = queries.consent_mode(conn, room["room_id"], caller.owner_id)
+            rows = conn.execute(_MEMBER_PAGE, (room["room_id"], after, limit + 1)).fetchall()
             members = [
                 Member(
                     handle=m["handle"],
@@ -72,15 +80,21 @@ class Rooms:
                     tool=m["tool"],
                     relation=policy.relation(caller, m["agent_id"], m["owner_id"]),
                 )
-                for m in queries.room_members(conn, room["room_id"])
+                for m in rows[:limit]
             ]
-            return RoomDetail(
+            empty = RoomDetail(
                 room_id=room["room_id"],
                 name=room["name"],
                 created_at=room["created_at"],
-                members=members,
+                members=[],
                 consent_mode=mode["mode"] if mode else ConsentMode.TASK_BY_TASK.value,
                 latest_seq=room["latest_seq"],
+                next_after=after,
+                has_more=True,
+            )
+            cut = cut_page(self._limits, empty, members, [m["position"] for m in rows], len(rows), after)
+            return empty.model_copy(
+                update={"members": members[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
             )
 
         return await self._store.read(run)

@@ -260,4 +260,10 @@ _V5 = """
 ALTER TABLE runs ADD COLUMN pid_start INTEGER;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+# Paging: list_files walks a room's files by rowid (its cursor); an index on room_id alone keeps them in
+# rowid order, so a page is a range scan, not a sort of every file in the room.
+_V_PAGING = """
+CREATE INDEX files_by_room_position ON files(room_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING)
