@@ -18,6 +18,10 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from agent_rooms_mcp.auth.tokens import new_id
+from agent_rooms_mcp.clock import now_utc
+from agent_rooms_mcp.models import Author, Message
+from agent_rooms_mcp.services.messages import _MESSAGE_FIXED_BYTES
+from agent_rooms_mcp.services.render import item_bytes, text_hint
 from agent_rooms_mcp.settings import DEFAULT_LIMITS as L
 from tests.conftest import OPERATOR, World
 
@@ -27,8 +31,8 @@ NOW = "2026-01-01T00:00:00.000000Z"
 
 
 def answer_bytes(r: CallToolResult) -> int:
-    """The result as the client received it, encoded again the way the server's transport encodes it."""
-    return len(r.model_dump_json(by_alias=True, exclude_none=True).encode())
+    """The result as the client received it (only the fields sent), encoded again as the server's transport does."""
+    return len(r.model_dump_json(by_alias=True, exclude_unset=True).encode())
 
 
 async def page_all(
@@ -206,3 +210,48 @@ async def test_every_integer_argument_of_every_tool_is_bounded_and_out_of_range_
     assert {("list_files", "after"), ("read_file", "offset"), ("post_message", "reply_to")} <= {
         (t, f) for t, f, _ in checked
     }
+
+
+@pytest.mark.invariant(65)
+def test_the_cheap_bound_read_messages_trusts_is_never_below_the_exact_size() -> None:
+    """read_messages skips exact measuring when the cheap bounds fit; they must bound every kind of text."""
+    texts = ["", "plain", HOSTILE[:3000], "é字😀" * 500, "\x01\x1f\x7f\u2028" * 500, "<<>>&" * 500]
+    for text in texts:
+        for mentions in ([], ["h" * 63] * 40):
+            message = Message(
+                message_id=new_id("msg"),
+                seq=2**53 - 1,
+                author=Author(handle="h" * 63, owner="o" * 63, tool="openclaw"),
+                relation="cross_owner",
+                created_at=now_utc(),
+                mentions=mentions,
+                reply_to=2**53 - 1,
+                text=text,
+                flags=["bidi", "zero_width", "tag_chars", "control", "ansi", "ignorable"],
+            )
+            cheap = _MESSAGE_FIXED_BYTES + text_hint([message.text, *message.mentions, *message.flags])
+            assert cheap >= item_bytes(message), text[:20]
+
+
+@pytest.mark.invariant(81)
+@pytest.mark.invariant(65)
+async def test_a_largest_task_beside_twenty_long_wake_reasons_stays_within_the_cap(world: World) -> None:
+    """Everything in a list_tasks answer counts: its largest task, and the wake requests shown beside it."""
+    await world.trust("bob", "alice")
+    reason = '"' * L.note_chars
+    async with world.client("alice-claude") as alice, world.client("bob-admin") as bob:
+        for _ in range(20):
+            posted = await alice.call_tool("post_message", {"room": "shared", "text": "@bob-codex look"})
+            [mention] = posted.structured_content["mentions"]
+            rejected = await bob.call_tool("reject_task", {"task": mention["proposal_id"], "reason": reason})
+            assert not rejected.is_error, rejected.content
+        task = await alice.call_tool(
+            "create_task", {"room": "shared", "title": '"' * L.task_title_chars, "body": HOSTILE[: L.message_bytes]}
+        )
+        number = task.structured_content["number"]
+        noted = await alice.call_tool("update_task", {"task": task.structured_content["task_id"], "note": reason})
+        assert not noted.is_error, noted.content
+        r = await alice.call_tool("list_tasks", {"room": "shared"})
+    assert answer_bytes(r) <= L.page_bytes
+    assert [t["number"] for t in r.structured_content["tasks"]] == [number]
+    assert r.structured_content["wake_requests"], "the room left after the task still shows the newest requests"

@@ -130,17 +130,19 @@ def page_budget(limits: Limits, empty: BaseModel) -> int:
     return limits.page_bytes - limits.result_frame_bytes - result_bytes(empty)
 
 
-def within_bytes(items: Sequence[BaseModel], budget: int, hints: Sequence[int] | None = None) -> int:
-    """How many leading items fit in `budget` bytes of answer (always at least one, so a reader always moves
-    on; the input caps keep one item well under the page cap). `hints`, cheap upper bounds of each item's
-    bytes, spare a page far below the budget from being encoded one more time."""
+def within_bytes(
+    items: Sequence[BaseModel], budget: int, hints: Sequence[int] | None = None, *, keep_one: bool = True
+) -> int:
+    """How many leading items fit in `budget` bytes of answer. A page keeps at least one (`keep_one`), so a
+    reader always moves on: the input caps keep any one item under the page cap, escaped text and all.
+    `hints`, cheap upper bounds of each item's bytes, spare a page far below the budget an extra encoding."""
     if hints is not None and sum(hints) <= budget:
         return len(items)
     total = 0
     for i, item in enumerate(items):
         total += item_bytes(item)
         if total > budget:
-            return max(i, 1)
+            return max(i, 1) if keep_one else i
     return len(items)
 
 

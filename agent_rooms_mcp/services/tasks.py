@@ -19,7 +19,7 @@ from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
 from agent_rooms_mcp.services import consent, runs
-from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render
+from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, result_bytes, within_bytes
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -267,14 +267,19 @@ class Tasks:
                 tasks=[],
                 next_after=after,
                 has_more=True,
-                wake_requests=requests,
+                wake_requests=[],
                 boundary=boundary,
                 notice=notice(boundary),
             )
             cut = cut_page(self._limits, empty, tasks, [t.number for t in tasks], len(rows), after)
-            return empty.model_copy(
+            page = empty.model_copy(
                 update={"tasks": tasks[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
             )
+            # The wake requests are a glance at the newest, not a list to page through: they get the room the
+            # tasks leave, so twenty long reasons cannot push a page past the cap.
+            room_left = self._limits.page_bytes - self._limits.result_frame_bytes - result_bytes(page)
+            shown = within_bytes(requests, room_left, keep_one=False)
+            return page.model_copy(update={"wake_requests": requests[:shown]})
 
         return await self._store.read(run)
 
