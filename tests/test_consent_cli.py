@@ -211,7 +211,7 @@ def test_consent_list_shows_what_waits_with_the_words_enveloped(world: World) ->
     wake_id = posted["mentions"][0]["proposal_id"]
 
     listing = ok_json(world, "consent", "list", "--owner", "bob")
-    assert set(listing) == {"proposals", "has_more", "boundary", "notice"}
+    assert set(listing) == {"proposals", "next_after", "has_more", "boundary", "notice"}
     assert listing["has_more"] is False and listing["boundary"]
     by_id = {p["proposal_id"]: p for p in listing["proposals"]}
     assert set(by_id) == {task["proposal_id"], wake_id}

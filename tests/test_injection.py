@@ -347,7 +347,13 @@ async def check_messages(reader: Client, owner: str, originals: dict[str, str]) 
 
 
 async def check_files(reader: Client, owner: str, originals: dict[str, str]) -> None:
-    files = (await ok(reader, "list_files", {"room": "shared"}))["files"]
+    files, after = [], 0
+    while True:
+        page = await ok(reader, "list_files", {"room": "shared", "after": after, "limit": 200})
+        files += page["files"]
+        after = page["next_after"]
+        if not page["has_more"]:
+            break
     assert {f["file_id"] for f in files} == {k for k in originals if k.startswith("file")}
     for f in files:
         assert not ({*f["name"]} & {"/", "\\", "\x1b", "\u202e", "\u200b", "\x00"})
