@@ -4,14 +4,25 @@ writes again after a COMMIT failed (invariants 68, 85, 86)."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import pytest
 
 from agent_rooms_mcp import audit
+from agent_rooms_mcp.http import open_http_app
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.settings import DEFAULT_LIMITS
 from agent_rooms_mcp.store.database import Store
-from tests.conftest import OPERATOR, World
+from tests.conftest import HTTP_BASE, OPERATOR, World
+from tests.test_auth import INITIALIZE
 
 
 def database_bytes(world: World) -> bytes:
@@ -205,4 +216,158 @@ async def test_a_failed_commit_rolls_back_and_the_next_write_succeeds(world: Wor
         # And this store writes again, on its own connection.
         seq = await store.write(lambda conn: audit.append(conn, OPERATOR, "test.after_failed_commit"))
     assert world.sql("SELECT action FROM audit WHERE seq = ?", (seq,))[0][0] == "test.after_failed_commit"
+    assert chain_verifies(world)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 14. Failed authentication: limited per source and credential, a global budget, a bounded audit trace
+
+JSON_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+POST = {
+    "jsonrpc": "2.0",
+    "id": 2,
+    "method": "tools/call",
+    "params": {"name": "post_message", "arguments": {"room": "lobby", "text": "let me in"}},
+}
+# A window that does not close while a test runs (windows are aligned to multiples of their length), so
+# nothing here depends on the clock; a test "closes" it by reopening the hub with the default window.
+NEVER_CLOSES_S = 10**9
+
+
+def limited(world: World, **limits: int) -> World:
+    """The same world, with failed-authentication limits set for one test."""
+    fields = {"failed_auth_window_s": NEVER_CLOSES_S, **limits}
+    return replace(world, settings=replace(world.settings, limits=replace(world.settings.limits, **fields)))
+
+
+async def close_the_window(world: World) -> None:
+    """Start a hub with the default one-minute window: the test's window began long before the current
+    minute, so it is over, and its summary is written at the start as after any restart."""
+    default = replace(world.settings.limits, failed_auth_window_s=DEFAULT_LIMITS.failed_auth_window_s)
+    async with Hub.open(replace(world.settings, limits=default)):
+        pass
+
+
+def unknown_token() -> str:
+    return "art_" + secrets.token_urlsafe(32)
+
+
+@asynccontextmanager
+async def hub_over_http(world: World) -> AsyncIterator[Callable[[str, str | None], Awaitable[httpx2.Response]]]:
+    """The HTTP hub in-process; `send(source address, token)` posts a message as that peer with that bearer."""
+    async with open_http_app(world.settings) as app:
+
+        async def send(address: str, token: str | None, body: dict[str, Any] = POST) -> httpx2.Response:
+            transport = httpx2.ASGITransport(app=app, client=(address, 40000))
+            headers = JSON_HEADERS if token is None else {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+            async with httpx2.AsyncClient(transport=transport, base_url=HTTP_BASE) as client:
+                return await client.post("/mcp", json=body, headers=headers)
+
+        yield send
+
+
+def audit_after(world: World, seq: int) -> list[sqlite3.Row]:
+    return world.sql("SELECT * FROM audit WHERE seq > ? ORDER BY seq", (seq,))
+
+
+def last_seq(world: World) -> int:
+    return int(world.sql("SELECT max(seq) FROM audit")[0][0])
+
+
+def assert_rate_limited(r: httpx2.Response) -> None:
+    assert (r.status_code, r.json()) == (429, {"error": "RATE_LIMITED"}), r.text
+    assert 1 <= int(r.headers["retry-after"]) <= NEVER_CLOSES_S
+
+
+@pytest.mark.invariant(68)
+async def test_failed_authentication_is_limited_per_source_and_credential_and_survives_a_restart(
+    world: World,
+) -> None:
+    world = limited(world)
+    bad, before = unknown_token(), world.fingerprint()
+    async with hub_over_http(world) as send:
+        for _ in range(world.settings.limits.failed_auth_limit):
+            assert (await send("203.0.113.7", bad)).status_code == 401
+        assert_rate_limited(await send("203.0.113.7", bad))
+        # Separately: the same credential from another source, and a valid one from this source, go on.
+        assert (await send("203.0.113.8", bad)).status_code == 401
+        ok = await send("203.0.113.7", world.tokens["alice-claude"], INITIALIZE)
+        assert ok.status_code == 200, ok.text
+    # A restart forgets nothing: the limit is kept in the database.
+    async with hub_over_http(world) as send:
+        assert_rate_limited(await send("203.0.113.7", bad))
+    assert world.fingerprint() == before
+    assert world.sql("SELECT count(*) FROM messages")[0][0] == 0
+
+
+@pytest.mark.invariant(68)
+async def test_the_global_budget_refuses_every_source_past_it_but_never_a_valid_credential(world: World) -> None:
+    world = limited(world, failed_auth_global_limit=5)
+    async with hub_over_http(world) as send:
+        for n in range(5):
+            assert (await send(f"198.51.100.{n}", unknown_token())).status_code == 401
+        assert_rate_limited(await send("198.51.100.99", unknown_token()))
+        ok = await send("198.51.100.99", world.tokens["alice-claude"], INITIALIZE)
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.invariant(68)
+async def test_ipv6_sources_are_counted_per_64(world: World) -> None:
+    world = limited(world, failed_auth_limit=2)
+    bad, seq = unknown_token(), last_seq(world)
+    async with hub_over_http(world) as send:
+        assert (await send("2001:db8::1", bad)).status_code == 401
+        assert (await send("2001:db8::2:3", bad)).status_code == 401
+        assert_rate_limited(await send("2001:db8::ffff:1", bad))
+        assert (await send("2001:db8:0:1::1", bad)).status_code == 401
+    assert [r["target"] for r in audit_after(world, seq)] == ["2001:db8::/64"] * 3 + ["2001:db8:0:1::/64"]
+
+
+@pytest.mark.invariant(68)
+async def test_stdio_failures_count_against_the_source_stdio(world: World) -> None:
+    world = limited(world, failed_auth_limit=3)
+    async with world.client(None, token=unknown_token()) as c:
+        answers = [await c.call_tool("whoami", {}) for _ in range(4)]
+    assert [r.content[0].text.split(":")[0] for r in answers] == ["UNAUTHENTICATED"] * 3 + ["RATE_LIMITED"]  # type: ignore[union-attr]
+    assert {r["target"] for r in world.sql("SELECT target FROM audit WHERE action = 'auth.authenticate'")} == {"stdio"}
+
+
+@pytest.mark.invariant(85)
+async def test_a_flood_of_failed_authentications_adds_a_bounded_number_of_audit_rows(world: World) -> None:
+    flood, few = 1000, world.settings.limits.failed_auth_rows_per_source
+    world, seq = limited(world), last_seq(world)
+    async with hub_over_http(world) as send:
+        answers = [(await send("192.0.2.10", unknown_token())).status_code for _ in range(flood)]
+    global_budget = world.settings.limits.failed_auth_global_limit
+    assert answers == [401] * global_budget + [429] * (flood - global_budget)
+    rows = audit_after(world, seq)
+    assert [(r["action"], r["target"], r["reason"]) for r in rows] == [
+        ("auth.authenticate", "192.0.2.10", "unknown_token")
+    ] * few
+    # Once the window is over, one summary row holds the count, and the counters are gone.
+    await close_the_window(world)
+    rows = audit_after(world, seq)
+    assert len(rows) == few + 1
+    summary = rows[-1]
+    assert (summary["action"], summary["target"], summary["outcome"]) == ("auth.failures", "192.0.2.10", "denied")
+    assert json.loads(summary["detail"])["failures"] == flood
+    assert json.loads(summary["detail"])["reasons"] == {"unknown_token": flood}
+    assert world.sql("SELECT count(*) FROM auth_failures")[0][0] == 0
+    assert chain_verifies(world)
+
+
+@pytest.mark.invariant(85)
+async def test_sources_past_the_cap_share_one_summary_row(world: World) -> None:
+    world, seq = limited(world, failed_auth_sources_per_window=2, failed_auth_rows_per_source=1), last_seq(world)
+    async with hub_over_http(world) as send:
+        for n in range(6):
+            assert (await send(f"192.0.2.{n % 4}", unknown_token())).status_code == 401
+    assert [r["target"] for r in audit_after(world, seq)] == ["192.0.2.0", "192.0.2.1"]
+    await close_the_window(world)
+    summaries = {
+        r["target"]: json.loads(r["detail"])["failures"]
+        for r in audit_after(world, seq)
+        if r["action"] == "auth.failures"
+    }
+    assert summaries == {"192.0.2.0": 2, "192.0.2.1": 2, "*": 2}
     assert chain_verifies(world)
