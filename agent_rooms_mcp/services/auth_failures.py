@@ -51,6 +51,9 @@ class AuthRateLimited(RoomsError):
             audit_reason="rate_limited",
         )
         self.retry_after_s = retry_after_s
+        # What a tool error result carries beside the code (DESIGN §7); set here, not passed up, so this
+        # works whether or not RoomsError takes it as an argument.
+        self.retry_after_ms = retry_after_s * 1000
 
 
 @dataclass(frozen=True, slots=True)
