@@ -18,13 +18,13 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_rooms_mcp import audit
+from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.http_sessions import Sessions
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.server import create_server, existing_hub
-from agent_rooms_mcp.services.auth_failures import AuthRateLimited
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.wake.supervisor import supervising
 

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import structlog
 
 from agent_rooms_mcp import audit
+from agent_rooms_mcp.auth.failures import FailedAuth, attempt_of
 from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
 from agent_rooms_mcp.auth.tokens import TOKEN_RE, secret_hash
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.principals import AgentTool, Caller, held_scopes
-from agent_rooms_mcp.services.auth_failures import FailedAuth, attempt_of
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store.database import Store
 

@@ -265,7 +265,7 @@ ALTER TABLE runs ADD COLUMN pid_start INTEGER;
 # is on), so v1's triggers let a row be rewritten in place: only the next row of the chain may be inserted.
 # `auth_failures` counts failed authentications per window (a minute by default), source, credential-hash
 # prefix and reason: the failed-authentication limit reads it, so a restart does not reset it, and each closed
-# window is summarised into the audit log and then deleted (services/auth_failures.py).
+# window is summarised into the audit log and then deleted (auth/failures.py).
 _V_AUDIT = """
 CREATE TRIGGER audit_only_next_row BEFORE INSERT ON audit
 WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM audit)
