@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agent_rooms_mcp.auth.paseto import pae
+from agent_rooms_mcp.auth.tokens import INVITE_PREFIX, TOKEN_PREFIX
 from agent_rooms_mcp.clock import now_utc
 
 _DOMAIN = b"agent-rooms/audit/v1"
@@ -92,11 +94,34 @@ def append(
     return seq
 
 
+# The ids `tokens.new_id` makes: a known prefix and 128 random bits. Anything else a caller names is kept
+# only if it is shaped like a handle or a room name; credentials are checked first, since a lowercase
+# token or invite code would pass for a handle.
+_ID_RE = re.compile(r"(?:agt|dep|file|grant|invite|msg|own|prop|room|run|task|tok)_[A-Za-z0-9_-]{22}")
+_SECRET_PREFIXES = (TOKEN_PREFIX, INVITE_PREFIX)
+_HASHED_HEX_CHARS = 16
+
+
+def safe_target(value: str) -> str:
+    """What an audit row may keep of a target a caller supplied (DESIGN §6): a well-formed id, handle or name
+    as it is, anything else (a token or invite code pasted by a confused model, any text) as a hash prefix
+    that still lets rows about the same value be matched."""
+    from agent_rooms_mcp.principals import HANDLE_RE  # here, not at the top: principals imports Actor from us
+
+    if not value.startswith(_SECRET_PREFIXES) and (_ID_RE.fullmatch(value) or HANDLE_RE.fullmatch(value)):
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:_HASHED_HEX_CHARS]
+
+
 def denial(
     actor: Actor, action: str, reason: str, detail: Mapping[str, Any] | None = None, *, target: str | None = None
 ) -> Callable[[sqlite3.Connection], int]:
-    """The transaction of its own that records a denial, after the denied work rolled back (DESIGN §6)."""
-    return lambda conn: append(conn, actor, action, target=target, outcome="denied", reason=reason, detail=detail)
+    """The transaction of its own that records a denial, after the denied work rolled back (DESIGN §6).
+
+    A denial's target is whatever the caller supplied, so it passes through `safe_target` here, once for
+    every caller of this function."""
+    kept = None if target is None else safe_target(target)
+    return lambda conn: append(conn, actor, action, target=kept, outcome="denied", reason=reason, detail=detail)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_rooms_mcp import audit
+from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.http_sessions import Sessions
@@ -74,17 +75,18 @@ class BearerGate:
             await _respond(send, 413, {"error": "TOO_LARGE"})
             return
         query = scope.get("query_string", b"").decode("latin-1").lower()
+        address = (scope.get("client") or (None,))[0]
         if "art_" in query or "token" in query or "bearer" in query:
-            await self._refuse("credential_in_query")
-            await _unauthenticated(send)
+            refused = await self._hub.auth.refuse("credential_in_query", None, transport="http", address=address)
+            await _auth_failed(send, refused)
             return
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         try:
             caller = await self._hub.auth.authenticate(
-                credential.strip() if scheme.lower() == "bearer" else None, transport="http"
+                credential.strip() if scheme.lower() == "bearer" else None, transport="http", address=address
             )
-        except RoomsError:
-            await _unauthenticated(send)
+        except RoomsError as e:
+            await _auth_failed(send, e)
             return
         public = headers.get(_SESSION_HEADER.decode())
         session = None if public is None else self._sessions.get(public, caller.agent_id)
@@ -172,6 +174,13 @@ async def _respond(send: Send, status: int, body: dict[str, str], extra: tuple[t
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _auth_failed(send: Send, e: RoomsError) -> None:
+    if isinstance(e, AuthRateLimited):  # DESIGN §9.3: 429 with Retry-After, before any tool runs
+        await _respond(send, 429, {"error": "RATE_LIMITED"}, ((b"retry-after", str(e.retry_after_s).encode()),))
+    else:
+        await _unauthenticated(send)
 
 
 async def _unauthenticated(send: Send) -> None:

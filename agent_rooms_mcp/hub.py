@@ -60,10 +60,13 @@ class Hub:
             )
             issuer = PassportIssuer(key, deployment_id, skew_s=settings.limits.clock_skew_s)
             limits = settings.limits
+            auth = Authenticator(store, issuer, limits)
+            # A window of failed authentications that closed while no hub ran gets its summary now.
+            await auth.failures.summarise_closed_windows()
             yield cls(
                 settings=settings,
                 store=store,
-                auth=Authenticator(store, issuer),
+                auth=auth,
                 accounts=Accounts(store, issuer, limits, Vault(settings.master_key_path)),
                 rooms=Rooms(store, limits),
                 messages=Messages(store, limits, settings.wake),

@@ -347,6 +347,7 @@ def map_errors(tool: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T | Cal
         except RoomsError as e:
             call = current_call()
             target = kwargs.get("room") or kwargs.get("task") or kwargs.get("agent")
+            # audit.denial keeps the target only if it is a well-formed id, handle or name (safe_target).
             denied = audit.denial(
                 call.caller.actor, f"tool.{tool.__name__}", e.audit_reason, target=str(target) if target else None
             )

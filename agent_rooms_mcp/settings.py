@@ -66,6 +66,16 @@ class Limits:
     clock_skew_s: int = 10
     # SQLite waits this long for another process's write lock before giving up.
     busy_timeout_ms: int = 10_000
+    # Failed authentication (DESIGN §9.3), counted per window: past `failed_auth_limit` failures of one
+    # source with one credential (its hash's first 8 bytes), or past the global budget of all sources,
+    # a failure is answered RATE_LIMITED (HTTP 429). Each window leaves at most `failed_auth_rows_per_source`
+    # audit rows of single failures and one summary row per source, for at most
+    # `failed_auth_sources_per_window` sources; the rest are counted together under one more summary row.
+    failed_auth_window_s: int = 60
+    failed_auth_limit: int = 20
+    failed_auth_global_limit: int = 300
+    failed_auth_rows_per_source: int = 5
+    failed_auth_sources_per_window: int = 50
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:

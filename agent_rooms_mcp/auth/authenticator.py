@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 import structlog
 
 from agent_rooms_mcp import audit
+from agent_rooms_mcp.auth.failures import FailedAuth, attempt_of
 from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
 from agent_rooms_mcp.auth.tokens import TOKEN_RE, secret_hash
-from agent_rooms_mcp.errors import unauthenticated
+from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.principals import AgentTool, Caller, held_scopes
+from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store.database import Store
 
 log = structlog.get_logger("agent_rooms_mcp.auth")
@@ -33,18 +35,35 @@ SELECT t.token_id, t.expires_at, t.revoked_at, t.run_id, p.passport, p.jti,
 
 
 class Authenticator:
-    def __init__(self, store: Store, issuer: PassportIssuer) -> None:
+    def __init__(self, store: Store, issuer: PassportIssuer, limits: Limits) -> None:
         self._store = store
         self._issuer = issuer
+        self.failures = FailedAuth(store, limits)
 
-    async def authenticate(self, credential: str | None, *, transport: str) -> Caller:
+    async def authenticate(self, credential: str | None, *, transport: str, address: str | None = None) -> Caller:
+        """The caller, or RoomsError: UNAUTHENTICATED, or RATE_LIMITED once this source (`address`, None on
+        stdio) has failed too often. A valid credential pays nothing for the limit: failures are counted after
+        the lookup, and the limit keys on the credential's hash, so others' failures never lock it out."""
         try:
             return await self._resolve(credential)
         except _Denied as denied:
-            detail = {"transport": transport}
-            await self._store.write(audit.denial(denied.actor, "auth.authenticate", denied.reason, detail))
-            log.info("auth.denied", reason=denied.reason, transport=transport)
-            raise unauthenticated(denied.reason) from None
+            raise await self.refuse(
+                denied.reason, credential, transport=transport, address=address, actor=denied.actor
+            ) from None
+
+    async def refuse(
+        self,
+        reason: str,
+        credential: str | None,
+        *,
+        transport: str,
+        address: str | None,
+        actor: audit.Actor = audit.ANONYMOUS,
+    ) -> RoomsError:
+        """Count a failed authentication (a transport's own refusal too, such as a token in a URL) and return
+        the error to answer it with; the reason goes to the audit log only (DESIGN §7)."""
+        log.info("auth.denied", reason=reason, transport=transport)
+        return await self.failures.fail(attempt_of(credential, transport, address), reason, actor)
 
     async def _resolve(self, credential: str | None) -> Caller:
         if not credential:

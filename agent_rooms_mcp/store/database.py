@@ -72,15 +72,20 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection],
 
 
 def _finish(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run fn in the transaction already begun; COMMIT, or ROLLBACK on any exception."""
+    """Run fn in the transaction already begun; COMMIT, or ROLLBACK on any exception, COMMIT's own included.
+
+    A COMMIT that fails (a deferred foreign key, a full disk, an I/O error) leaves the transaction open and
+    the file's write lock held: without the ROLLBACK every later write of this process would fail with
+    "cannot start a transaction within a transaction" (sqlite-utils' `atomic()` rolls back the same way).
+    """
     try:
         result = fn(conn)
+        conn.execute("COMMIT")
     except BaseException:
         # SQLite may already have rolled back (a RAISE(ROLLBACK) trigger); a second ROLLBACK would mask why.
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 

@@ -266,4 +266,27 @@ _V_PAGING = """
 CREATE INDEX files_by_room_position ON files(room_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING)
+
+# The audit hardening (DESIGN §6, §9.3, invariants 68, 85).
+# `INSERT OR REPLACE` deletes the row it replaces without firing the DELETE trigger (unless recursive_triggers
+# is on), so v1's triggers let a row be rewritten in place: only the next row of the chain may be inserted.
+# `auth_failures` counts failed authentications per window (a minute by default), source, credential-hash
+# prefix and reason: the failed-authentication limit reads it, so a restart does not reset it, and each closed
+# window is summarised into the audit log and then deleted (auth/failures.py).
+_V_AUDIT = """
+CREATE TRIGGER audit_only_next_row BEFORE INSERT ON audit
+WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM audit)
+  OR NEW.prev_hash IS NOT coalesce((SELECT row_hash FROM audit ORDER BY seq DESC LIMIT 1), zeroblob(32))
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only: only the next row of the chain may be inserted'); END;
+
+CREATE TABLE auth_failures (
+  window_start TEXT NOT NULL,
+  source TEXT NOT NULL,
+  key_prefix BLOB NOT NULL,
+  reason TEXT NOT NULL,
+  failures INTEGER NOT NULL,
+  PRIMARY KEY (window_start, source, key_prefix, reason)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT)
