@@ -16,7 +16,7 @@ from pydantic import Field
 
 from agent_rooms_mcp import __version__, audit
 from agent_rooms_mcp.errors import RoomsError
-from agent_rooms_mcp.gate import Gate, current_call, error_result
+from agent_rooms_mcp.gate import GatedServer, current_call, error_result
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import (
     AgentRef,
@@ -59,7 +59,17 @@ Title = Annotated[
 Body = Annotated[str, Field(max_length=L.message_bytes, description="What to do, ≤ 32 KiB.")]
 Note = Annotated[str, Field(min_length=1, max_length=L.note_chars, description="A short note, ≤ 2000 characters.")]
 Status = Literal["open", "in_progress", "done", "cancelled"]
-PageSize = Annotated[int, Field(ge=1, le=L.page_max, description=f"At most this many messages (1-{L.page_max}).")]
+
+
+def _page_of(counts: str) -> Any:
+    """`limit`'s bounds, with a description naming what the list counts: the model sizes its page by it."""
+    return Field(ge=1, le=L.page_max, description=f"At most this many {counts} (1-{L.page_max}).")
+
+
+MessageLimit = Annotated[int, _page_of("messages")]
+TaskLimit = Annotated[int, _page_of("tasks")]
+ProposalLimit = Annotated[int, _page_of("proposals")]
+RunLimit = Annotated[int, _page_of("runs")]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
@@ -111,7 +121,7 @@ async def post_message(
     return await call.hub.messages.post(call.caller, room, text, mentions or [], reply_to)
 
 
-async def read_messages(room: RoomRef, after: Seq | None = None, limit: PageSize = L.page_default) -> MessagePage:
+async def read_messages(room: RoomRef, after: Seq | None = None, limit: MessageLimit = L.page_default) -> MessagePage:
     """Read a room's messages in seq order. Without `after` you get the latest page; pass the result's
     `next_after` as `after` to continue. Another owner's text is inside <<untrusted ...>> marks."""
     call = current_call()
@@ -124,7 +134,7 @@ async def wait_for_messages(
     timeout_s: Annotated[int, Field(ge=1, le=L.long_poll_max_s, description="Seconds to wait (1-50).")] = (
         L.long_poll_default_s
     ),
-    limit: PageSize = L.page_default,
+    limit: MessageLimit = L.page_default,
 ) -> MessagePage:
     """Wait until the room has a message with seq greater than `after`, then return them like
     read_messages; returns an empty list when `timeout_s` passes first."""
@@ -206,7 +216,7 @@ async def list_tasks(
     assignee: Annotated[Handle | None, Field(description="Only tasks given to this agent.")] = None,
     consent_state: Literal["auto", "pending", "accepted", "rejected"] | None = None,
     after: Annotated[int, Field(ge=0, description="Only tasks numbered above this; pass `next_after`.")] = 0,
-    limit: PageSize = L.page_default,
+    limit: TaskLimit = L.page_default,
 ) -> TaskList:
     """List a room's tasks in number order, optionally filtered by status, assignee or consent state. Each
     says who created it, who has it, its status and whether the assignee's owner has agreed to it."""
@@ -246,7 +256,7 @@ async def set_consent_mode(
 
 async def list_pending_consents(
     room: Annotated[str | None, Field(min_length=1, max_length=80, description="Only this room.")] = None,
-    limit: PageSize = L.page_default,
+    limit: ProposalLimit = L.page_default,
 ) -> ProposalList:
     """Requests from other owners' agents that wait on your owner's decision (needs `consent`): tasks for
     your owner's agents and mentions that would wake them, with who asked, where, and the exact payload."""
@@ -278,7 +288,7 @@ async def list_runs(
     room: Annotated[str | None, Field(min_length=1, max_length=80, description="Only runs woken in this room.")] = None,
     state: Literal["queued", "running", "stopping", "stopped", "completed", "failed", "rate_limited", "lost"]
     | None = None,
-    limit: PageSize = L.page_default,
+    limit: RunLimit = L.page_default,
 ) -> RunList:
     """Your owner's woken runs, newest first: which agent, which room, what woke it (mention, task or
     accepted wake proposal), its state and outcome, and the session it continues."""
@@ -371,15 +381,12 @@ HubLifespan = Callable[[MCPServer[Hub]], AbstractAsyncContextManager[Hub]]
 
 def create_server(lifespan: HubLifespan) -> MCPServer[Hub]:
     """stdio and in-memory pass `lambda _: Hub.open(settings)`; HTTP passes the hub it already opened."""
-    tools = [build_tool(tool, hints) for tool, hints in TOOLS]
-    gate = Gate({t.name: t.fn_metadata.validate_arguments for t in tools})
-    return MCPServer(
+    return GatedServer(
         "agent-rooms",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        tools=tools,
-        middleware=[gate],
+        tools=[build_tool(tool, hints) for tool, hints in TOOLS],
     )
 
 
