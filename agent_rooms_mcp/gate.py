@@ -93,10 +93,10 @@ class GatedServer(MCPServer[Hub]):
         self, name: str, arguments: dict[str, Any], context: Context[Hub, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         started = time.perf_counter()
-        if context is None:  # only a direct in-process call has none; nothing to authenticate it by
-            return error_result(unauthenticated("no_request"))
-        ctx = context.request_context
         try:
+            if context is None:  # only a direct in-process call has none: nothing to authenticate it by
+                raise unauthenticated("no_request")
+            ctx = context.request_context
             call = Call(ctx.lifespan_context, await _caller(ctx))
         except RoomsError as e:
             log.info("tool.call", tool=name, outcome="denied", code=e.code.value, ms=_ms(started))
