@@ -58,7 +58,7 @@ async def test_an_authentication_failure_has_the_same_shape_as_any_other_error(
 ) -> None:
     async with world.session("alice-claude", transport_, mode) as c:
         fine = await c.call_tool("whoami", {})
-    world.tokens["stranger"] = world.tokens["alice-claude"][:-4] + "AAAA"
+    world.tokens["stranger"] = "art_" + "x" * 43  # token-shaped, issued to nobody
     async with world.session("stranger", transport_, mode) as c:
         refused = await c.call_tool("read_messages", {"room": "lobby"})
     assert error_detail(refused) == {"code": "UNAUTHENTICATED", "message": "invalid or revoked credentials"}
