@@ -28,13 +28,22 @@ class ErrorCode(StrEnum):
 
 
 class RoomsError(Exception):
-    """`message` reaches the caller; `audit_reason` never does."""
+    """`message` reaches the caller; `audit_reason` never does. `retry_after_ms` says when trying again
+    may succeed (RATE_LIMITED); the error result carries it beside the code."""
 
-    def __init__(self, code: ErrorCode, message: str, *, audit_reason: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        audit_reason: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.audit_reason = audit_reason or code.value.lower()
+        self.retry_after_ms = retry_after_ms
 
 
 # Wherever two cases must look the same for security, the error comes from one of these

@@ -1,21 +1,29 @@
-"""The one module that uses the SDK's (provisional) server middleware: every `tools/call` passes here.
+"""Every `tools/call` passes here: the server class whose `call_tool` authenticates the caller and shapes
+every tool error the way DESIGN §7 says.
 
-It resolves the caller before the SDK parses any argument (DESIGN §2), turns argument errors into
-INVALID_ARGUMENT / TOO_LARGE naming the field (DESIGN §7), and hands the tool its caller through a
-context variable. It catches everything it raises: legacy-era clients would see the raw text.
+It resolves the caller before the SDK parses any argument (DESIGN §2), turns the SDK's argument and
+unknown-tool errors into INVALID_ARGUMENT / TOO_LARGE / NOT_FOUND naming the field, and hands the tool
+its caller through a context variable.
+
+Why `call_tool` and not the SDK's server middleware: the SDK shapes a handler's result for the
+negotiated protocol era (`resultType` on 2026-07-28 only, the serverInfo stamp) inside the handler
+chain, and trusts a middleware that answers without `call_next` to do all that itself. An error
+answered from middleware therefore went out in a different shape from one answered by a tool. Every
+result returned from here takes the SDK's one path to the wire.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.types import CallToolResult, TextContent
+from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import ValidationError
 
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, too_large, unauthenticated
@@ -23,6 +31,9 @@ from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 
 log = structlog.get_logger("agent_rooms_mcp.gate")
+
+# Where an error result carries its code for programs: `{"code", "message", "retry_after_ms"?}`.
+ERROR_META_KEY = "agent-rooms/error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,28 +51,21 @@ HTTP_CALLER_KEY = "agent_rooms_caller"
 
 
 def current_call() -> Call:
-    return _call.get()  # LookupError here is a wiring bug: every tools/call passes through `gate`
+    return _call.get()  # LookupError here is a wiring bug: every tools/call passes through `GatedServer`
 
 
 def error_result(e: RoomsError) -> CallToolResult:
+    """The one shape of a tool error (DESIGN §7). No `structuredContent`: clients on the TypeScript SDK
+    (the MCP Inspector among them) check it against the tool's `outputSchema` even when `isError` is
+    set, and would show a schema complaint instead of the code."""
+    detail: dict[str, Any] = {"code": e.code.value, "message": e.message}
+    if e.retry_after_ms is not None:
+        detail["retry_after_ms"] = e.retry_after_ms
     return CallToolResult(
         is_error=True,
         content=[TextContent(type="text", text=f"{e.code}: {e.message}")],
-        structured_content={"code": e.code.value, "message": e.message},
+        meta={ERROR_META_KEY: detail},
     )
-
-
-def _error_text(result: HandlerResult) -> str | None:
-    """The text of an error result, whether the SDK hands it back as a model or already serialised."""
-    if isinstance(result, CallToolResult):
-        is_error, content = result.is_error, [c.model_dump() for c in result.content[:1]]
-    elif isinstance(result, dict):
-        is_error, content = bool(result.get("isError")), list(result.get("content") or [])[:1]
-    else:
-        return None
-    if not is_error:
-        return None
-    return str(content[0].get("text", "")) if content and isinstance(content[0], dict) else ""
 
 
 def _argument_error(e: ValidationError) -> RoomsError:
@@ -73,69 +77,69 @@ def _argument_error(e: ValidationError) -> RoomsError:
     return RoomsError(ErrorCode.INVALID_ARGUMENT, f"{field}: {first['msg']}")
 
 
-class Gate:
-    """`async (ctx, call_next)` middleware; `validators` maps tool name -> its argument validator, used to
-    name the bad field once the SDK has refused a call's arguments (validating twice on every call cost
-    more than the argument errors it would explain)."""
+def _sdk_refusal(e: ToolError) -> RoomsError | None:
+    """The SDK's own refusals before a tool body runs, as our codes; None for anything else."""
+    if isinstance(e.__cause__, ValidationError):
+        return _argument_error(e.__cause__)
+    if str(e).startswith("Unknown tool"):
+        return RoomsError(ErrorCode.NOT_FOUND, "no such tool; tools/list names them")
+    return None
 
-    def __init__(self, validators: Mapping[str, Any]) -> None:
-        self._validators = validators
 
-    async def __call__(self, ctx: ServerRequestContext[Hub, Any], call_next: CallNext) -> HandlerResult:
-        if ctx.method != "tools/call":
-            return await call_next(ctx)
+class GatedServer(MCPServer[Hub]):
+    """`MCPServer` whose every tool call is authenticated first and answers errors in one shape."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Hub, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
         started = time.perf_counter()
-        name = str((ctx.params or {}).get("name", ""))
         try:
-            call = Call(ctx.lifespan_context, await self._caller(ctx))
+            if context is None:  # only a direct in-process call has none: nothing to authenticate it by
+                raise unauthenticated("no_request")
+            ctx = context.request_context
+            call = Call(ctx.lifespan_context, await _caller(ctx))
         except RoomsError as e:
             log.info("tool.call", tool=name, outcome="denied", code=e.code.value, ms=_ms(started))
             return error_result(e)
         except Exception:
+            # The SDK would send str() of anything raised here to the caller: never let it.
             log.exception("tool.gate_failed", tool=name)
             return error_result(unauthenticated("gate_failed"))
         token = _call.set(call)
         try:
-            result = await call_next(ctx)
+            result = await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            # A crash: the SDK logs it and answers "Error executing tool NAME", with nothing of its text.
+            log.info("tool.call", tool=name, agent_id=call.caller.agent_id, error="crash", ms=_ms(started))
+            raise
+        except ToolError as e:
+            refusal = _sdk_refusal(e)
+            if refusal is None:
+                raise
+            result = error_result(refusal)
         finally:
             _call.reset(token)
-        failure = _error_text(result)
-        # The SDK reports arguments it refused as "Error executing tool NAME: <pydantic text>", before the tool
-        # runs; a crash inside a tool has no colon part, and our own errors start with their code.
-        if failure is not None and failure.startswith(f"Error executing tool {name}: "):
-            result = error_result(self._explain_arguments(name, ctx))
-            failure = result.content[0].text  # type: ignore[union-attr]
-        elif failure is not None and failure.startswith("Unknown tool"):
-            result = error_result(RoomsError(ErrorCode.NOT_FOUND, "no such tool; tools/list names them"))
-            failure = "NOT_FOUND"
+        error = result.meta.get(ERROR_META_KEY) if isinstance(result, CallToolResult) and result.meta else None
         log.info(
             "tool.call",
             tool=name,
             agent_id=call.caller.agent_id,
-            error=failure.split(":", 1)[0] if failure else None,
+            error=error["code"] if error else None,
             ms=_ms(started),
         )
         return result
 
-    def _explain_arguments(self, name: str, ctx: ServerRequestContext[Hub, Any]) -> RoomsError:
-        validator = self._validators.get(name)
-        try:
-            if validator is not None:
-                validator((ctx.params or {}).get("arguments") or {})
-        except ValidationError as e:
-            return _argument_error(e)
-        return RoomsError(ErrorCode.INVALID_ARGUMENT, "arguments: not valid for this tool")
 
-    async def _caller(self, ctx: ServerRequestContext[Hub, Any]) -> Caller:
-        hub = ctx.lifespan_context
-        request = ctx.request
-        if request is not None:
-            # HTTP: the bearer middleware already authenticated this request, or it never got here.
-            caller = getattr(getattr(request, "state", None), HTTP_CALLER_KEY, None)
-            if not isinstance(caller, Caller):
-                raise unauthenticated("no_http_caller")
-            return caller
-        return await hub.auth.authenticate(hub.settings.stdio_token, transport="stdio")
+async def _caller(ctx: ServerRequestContext[Hub, Any]) -> Caller:
+    hub = ctx.lifespan_context
+    request = ctx.request
+    if request is not None:
+        # HTTP: the bearer middleware already authenticated this request, or it never got here.
+        caller = getattr(getattr(request, "state", None), HTTP_CALLER_KEY, None)
+        if not isinstance(caller, Caller):
+            raise unauthenticated("no_http_caller")
+        return caller
+    return await hub.auth.authenticate(hub.settings.stdio_token, transport="stdio")
 
 
 def _ms(started: float) -> float:

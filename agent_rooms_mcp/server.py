@@ -16,7 +16,7 @@ from pydantic import Field
 
 from agent_rooms_mcp import __version__, audit
 from agent_rooms_mcp.errors import RoomsError
-from agent_rooms_mcp.gate import Gate, current_call, error_result
+from agent_rooms_mcp.gate import GatedServer, current_call, error_result
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import (
     AgentRef,
@@ -66,10 +66,22 @@ Title = Annotated[
 Body = Annotated[str, Field(max_length=L.message_bytes, description="What to do, ≤ 32 KiB.")]
 Note = Annotated[str, Field(min_length=1, max_length=L.note_chars, description="A short note, ≤ 2000 characters.")]
 Status = Literal["open", "in_progress", "done", "cancelled"]
-PageSize = Annotated[
-    int,
-    Field(ge=1, le=L.page_max, description=f"At most this many items (1-{L.page_max}); a page also ends at 256 KiB."),
-]
+
+
+def _page_of(counts: str) -> Any:
+    """`limit`'s bounds, with a description naming what the list counts: the model sizes its page by it."""
+    return Field(
+        ge=1, le=L.page_max, description=f"At most this many {counts} (1-{L.page_max}); a page also ends at 256 KiB."
+    )
+
+
+MessageLimit = Annotated[int, _page_of("messages")]
+TaskLimit = Annotated[int, _page_of("tasks")]
+ProposalLimit = Annotated[int, _page_of("proposals")]
+RunLimit = Annotated[int, _page_of("runs")]
+FileLimit = Annotated[int, _page_of("files")]
+RoomLimit = Annotated[int, _page_of("rooms")]
+MemberLimit = Annotated[int, _page_of("members")]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
@@ -95,14 +107,14 @@ async def whoami() -> WhoAmI:
     )
 
 
-async def list_rooms(after: Cursor = 0, limit: PageSize = L.page_default) -> RoomList:
+async def list_rooms(after: Cursor = 0, limit: RoomLimit = L.page_default) -> RoomList:
     """The rooms you are a member of, with their member count and latest message seq, in the order they
     were made; while `has_more`, pass `next_after` as `after` for the next page."""
     call = current_call()
     return await call.hub.rooms.list(call.caller, after, limit)
 
 
-async def get_room(room: RoomRef, after: Cursor = 0, limit: PageSize = L.page_max) -> RoomDetail:
+async def get_room(room: RoomRef, after: Cursor = 0, limit: MemberLimit = L.page_max) -> RoomDetail:
     """One room you belong to: its members (with how each relates to you, in the order they joined) and its
     latest message seq. A room with more members than one page says `has_more`: pass `next_after` as `after`."""
     call = current_call()
@@ -125,7 +137,7 @@ async def post_message(
     return await call.hub.messages.post(call.caller, room, text, mentions or [], reply_to)
 
 
-async def read_messages(room: RoomRef, after: Seq | None = None, limit: PageSize = L.page_default) -> MessagePage:
+async def read_messages(room: RoomRef, after: Seq | None = None, limit: MessageLimit = L.page_default) -> MessagePage:
     """Read a room's messages in seq order. Without `after` you get the latest page; pass the result's
     `next_after` as `after` to continue. Another owner's text is inside <<untrusted ...>> marks."""
     call = current_call()
@@ -138,7 +150,7 @@ async def wait_for_messages(
     timeout_s: Annotated[int, Field(ge=1, le=L.long_poll_max_s, description="Seconds to wait (1-50).")] = (
         L.long_poll_default_s
     ),
-    limit: PageSize = L.page_default,
+    limit: MessageLimit = L.page_default,
 ) -> MessagePage:
     """Wait until the room has a message with seq greater than `after`, then return them like
     read_messages; returns an empty list when `timeout_s` passes first."""
@@ -162,7 +174,7 @@ async def share_file(
     return await call.hub.files.share(call.caller, room, name, content, content_base64, media_type)
 
 
-async def list_files(room: RoomRef, after: Cursor = 0, limit: PageSize = L.page_default) -> FileList:
+async def list_files(room: RoomRef, after: Cursor = 0, limit: FileLimit = L.page_default) -> FileList:
     """The files shared in a room you belong to, oldest first, with who shared each and its size and sha256;
     while `has_more`, pass `next_after` as `after` for the next page."""
     call = current_call()
@@ -221,7 +233,7 @@ async def list_tasks(
     assignee: Annotated[Handle | None, Field(description="Only tasks given to this agent.")] = None,
     consent_state: Literal["auto", "pending", "accepted", "rejected"] | None = None,
     after: Cursor = 0,
-    limit: PageSize = L.page_default,
+    limit: TaskLimit = L.page_default,
 ) -> TaskList:
     """List a room's tasks in number order, optionally filtered by status, assignee or consent state. Each
     says who created it, who has it, its status and whether the assignee's owner has agreed to it."""
@@ -262,7 +274,7 @@ async def set_consent_mode(
 async def list_pending_consents(
     room: Annotated[str | None, Field(min_length=1, max_length=80, description="Only this room.")] = None,
     after: Cursor = 0,
-    limit: PageSize = L.page_default,
+    limit: ProposalLimit = L.page_default,
 ) -> ProposalList:
     """Requests from other owners' agents that wait on your owner's decision (needs `consent`): tasks for
     your owner's agents and mentions that would wake them, with who asked, where, and the exact payload."""
@@ -295,7 +307,7 @@ async def list_runs(
     state: Literal["queued", "running", "stopping", "stopped", "completed", "failed", "rate_limited", "lost"]
     | None = None,
     after: Cursor = 0,
-    limit: PageSize = L.page_default,
+    limit: RunLimit = L.page_default,
 ) -> RunList:
     """Your owner's woken runs, newest first: which agent, which room, what woke it (mention, task or
     accepted wake proposal), its state and outcome, and the session it continues."""
@@ -389,15 +401,12 @@ HubLifespan = Callable[[MCPServer[Hub]], AbstractAsyncContextManager[Hub]]
 
 def create_server(lifespan: HubLifespan) -> MCPServer[Hub]:
     """stdio and in-memory pass `lambda _: Hub.open(settings)`; HTTP passes the hub it already opened."""
-    tools = [build_tool(tool, hints) for tool, hints in TOOLS]
-    gate = Gate({t.name: t.fn_metadata.validate_arguments for t in tools})
-    return MCPServer(
+    return GatedServer(
         "agent-rooms",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        tools=tools,
-        middleware=[gate],
+        tools=[build_tool(tool, hints) for tool, hints in TOOLS],
     )
 
 

@@ -38,6 +38,7 @@ from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.principals import Scope
 from agent_rooms_mcp.server import TOOLS
 from tests.conftest import OPERATOR, World
+from tests.tool_errors import error_code, error_detail
 
 REPO = Path(__file__).resolve().parent.parent
 ALICE = "alice-claude"
@@ -146,7 +147,7 @@ def flip_signature(passport: str) -> str:
 def assert_denied(r: CallToolResult) -> None:
     assert r.is_error
     assert [c.text for c in r.content] == [DENIED_TEXT]  # type: ignore[union-attr]
-    assert r.structured_content == DENIED_BODY
+    assert error_detail(r) == DENIED_BODY
 
 
 def assert_one_denial(world: World, seq: int, reason: str, *, transport: str) -> sqlite3.Row:
@@ -410,7 +411,7 @@ async def test_a_scope_change_takes_effect_on_the_next_call_of_an_open_session(w
         async with world.hub() as hub:
             await hub.accounts.set_scopes(OPERATOR, ALICE, frozenset({Scope.READ, Scope.POST}))
         again = await c.call_tool("post_message", {"room": "lobby", "text": "three"})
-    assert refused.is_error and refused.structured_content["code"] == "FORBIDDEN_SCOPE"
+    assert refused.is_error and error_code(refused) == "FORBIDDEN_SCOPE"
     assert me.structured_content["scopes"] == ["read", "task"]
     assert [m["text"] for m in readable.structured_content["messages"]] == ["one"]
     assert not again.is_error, again.content
@@ -424,7 +425,7 @@ async def test_a_membership_change_takes_effect_on_the_next_call_of_an_open_sess
         async with world.hub() as hub:
             await hub.rooms.add_agent(OPERATOR, "shared", "alice-codex")
         after = await c.call_tool("read_messages", {"room": "shared"})
-    assert before.is_error and before.structured_content["code"] == "NOT_FOUND"
+    assert before.is_error and error_code(before) == "NOT_FOUND"
     assert not after.is_error, after.content
 
 

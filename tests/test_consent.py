@@ -21,6 +21,7 @@ from mcp.types import CallToolResult
 from agent_rooms_mcp import content
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from tests.conftest import OPERATOR, World
+from tests.tool_errors import error_code
 
 # --- helpers -----------------------------------------------------------------------------------------
 
@@ -54,7 +55,7 @@ class Calls:
         assert self.world.fingerprint() == before, f"{tool} by {agent} was denied but changed state"
         after = self.world.audit_rows()
         assert len(after) == rows + 1 and after[-1]["outcome"] == "denied"
-        return str(r.structured_content["code"])
+        return str(error_code(r))
 
 
 @pytest.fixture
@@ -767,17 +768,17 @@ async def test_the_consent_story_over_every_transport(world: World, transport: s
         assert posted.structured_content["mentions"][0]["outcome"] == "pending_consent"
 
         early = await bob.call_tool("update_task", {"task": task["task_id"], "status": "in_progress"})
-        assert early.is_error and early.structured_content["code"] == "CONSENT_PENDING"
+        assert early.is_error and error_code(early) == "CONSENT_PENDING"
         assert early.content[0].text.startswith("CONSENT_PENDING: ")
         denied = await bob.call_tool("accept_task", {"task": task["proposal_id"]})
-        assert denied.is_error and denied.structured_content["code"] == "FORBIDDEN_SCOPE"
+        assert denied.is_error and error_code(denied) == "FORBIDDEN_SCOPE"
 
         listed = (await admin.call_tool("list_pending_consents", {})).structured_content
         assert {p["kind"] for p in listed["proposals"]} == {"task", "wake"}
         accepted = await admin.call_tool("accept_task", {"task": task["proposal_id"]})
         assert accepted.structured_content["consent_state"] == "accepted"
         again = await admin.call_tool("accept_task", {"task": task["proposal_id"]})
-        assert again.is_error and again.structured_content["code"] == "CONFLICT"
+        assert again.is_error and error_code(again) == "CONFLICT"
         wake = next(p for p in listed["proposals"] if p["kind"] == "wake")
         rejected = await admin.call_tool("reject_task", {"task": wake["proposal_id"], "reason": "not now"})
         assert rejected.structured_content["consent_state"] == "rejected"

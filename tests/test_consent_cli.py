@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.content import parse_envelopes
 from tests.conftest import World, build_world
+from tests.tool_errors import error_detail
 
 
 @pytest.fixture
@@ -67,6 +68,8 @@ def tool(world: World, agent: str, name: str, args: dict[str, Any]) -> dict[str,
     async def go() -> dict[str, Any]:
         async with world.client(agent) as c:
             r = await c.call_tool(name, args)
+        if r.is_error:
+            return error_detail(r)
         assert r.structured_content is not None
         return r.structured_content
 

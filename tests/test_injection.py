@@ -17,6 +17,7 @@ from mcp import Client
 
 from agent_rooms_mcp import content
 from tests.conftest import World
+from tests.tool_errors import error_code
 
 ALL_SCOPES = "read,post,task,invoke,consent,manage"
 TEXT_CAP = 32 * 1024  # message text and task body, UTF-8 bytes (DESIGN §3.2)
@@ -152,7 +153,7 @@ async def ok(c: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
 async def refused(c: Client, tool: str, args: dict[str, Any], *codes: str) -> str:
     r = await c.call_tool(tool, args)
     assert r.is_error, (tool, args)
-    code = (r.structured_content or {}).get("code") or r.content[0].text.split(":", 1)[0]
+    code = error_code(r)
     assert code in codes, (tool, r.content)
     return str(code)
 

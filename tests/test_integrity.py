@@ -14,6 +14,7 @@ import pytest
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.home import write_private_file
 from tests.conftest import OPERATOR, World
+from tests.tool_errors import error_code
 
 
 @pytest.mark.invariant(29)
@@ -30,7 +31,7 @@ async def test_a_removed_agent_gets_nothing_of_the_room_from_any_read_path(world
             ("post_message", {"room": "lobby", "text": "still here?"}),
         ):
             r = await codex.call_tool(tool, args)
-            assert r.structured_content["code"] == "NOT_FOUND", tool
+            assert error_code(r) == "NOT_FOUND", tool
         rooms = (await codex.call_tool("list_rooms", {})).structured_content["rooms"]
     assert rooms == []
 

@@ -13,6 +13,7 @@ from mcp import Client
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import TOOLS
 from tests.conftest import OPERATOR, World
+from tests.tool_errors import error_code
 
 OK = "ok"
 F = "FORBIDDEN_SCOPE"
@@ -125,7 +126,7 @@ async def test_tool_against_caller(world: World, mode: str, tool: str, caller: s
         assert (world.fingerprint() != before) == (tool in WRITES)
     else:
         assert result.is_error
-        assert result.structured_content["code"] == expected
+        assert error_code(result) == expected
         assert result.content[0].text.startswith(f"{expected}: ")
         assert world.fingerprint() == before, "a denied call changed something"
         [denial] = audit_after[audit_before:]
@@ -163,7 +164,7 @@ async def test_a_file_id_from_another_room_grants_nothing(world: World) -> None:
     file_id = shared.structured_content["file_id"]
     async with world.client("alice-claude") as alice:
         r = await alice.call_tool("read_file", {"room": "lobby", "file_id": file_id})
-    assert r.structured_content["code"] == "NOT_FOUND"
+    assert error_code(r) == "NOT_FOUND"
 
 
 @pytest.mark.invariant(28)
@@ -211,8 +212,8 @@ async def test_oversized_arguments_are_refused_with_too_large_and_change_nothing
         == wide_text.content[0].text
         == "TOO_LARGE: text: larger than the limit of 32768 bytes"
     )
-    assert big_file.structured_content["code"] == "TOO_LARGE"
-    assert bad_page.structured_content["code"] == "INVALID_ARGUMENT"
+    assert error_code(big_file) == "TOO_LARGE"
+    assert error_code(bad_page) == "INVALID_ARGUMENT"
     assert bad_type.content[0].text.startswith("INVALID_ARGUMENT: after")
     assert world.fingerprint() == before
 
@@ -359,7 +360,7 @@ async def test_cross_owner_tool_against_caller(world: World, mode: str, tool: st
         assert not result.is_error, result.content
         assert (world.fingerprint() != before) == (tool in CROSS_WRITES)
     else:
-        assert result.structured_content["code"] == expected, result.content
+        assert error_code(result) == expected, result.content
         assert world.fingerprint() == before, "a denied call changed something"
         [denial] = new_audit
         assert (denial["outcome"], denial["action"]) == ("denied", f"tool.{tool}")

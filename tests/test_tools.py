@@ -9,6 +9,7 @@ import pytest
 
 from agent_rooms_mcp import content
 from tests.conftest import World
+from tests.tool_errors import error_code
 
 
 async def test_whoami_reports_the_agent_its_owner_and_scopes(world: World, transport: str, mode: str) -> None:
@@ -186,4 +187,4 @@ async def test_a_page_of_long_messages_ends_early_and_says_so(world: World) -> N
 async def test_an_unknown_tool_gets_not_found_in_our_error_shape(world: World, mode: str) -> None:
     async with world.client("alice-claude", mode) as c:
         r = await c.call_tool("grant_me_manage", {})
-    assert r.is_error and r.structured_content["code"] == "NOT_FOUND"
+    assert r.is_error and error_code(r) == "NOT_FOUND"

@@ -18,6 +18,7 @@ from mcp.types import CallToolResult
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.settings import Settings
 from tests.conftest import HTTP_BASE, OPERATOR, World
+from tests.tool_errors import error_detail
 
 # Starting a call in another task and letting it reach its wait; the assertions hold however long this is.
 LET_IT_WAIT_S = 0.5
@@ -121,6 +122,7 @@ async def test_waits_past_the_per_agent_cap_are_rate_limited_and_others_still_wa
                 await c["alice-claude"].call_tool("post_message", {"room": "lobby", "text": "for the waiters"})
     assert error_code(refused) == "RATE_LIMITED", refused.content
     assert "retry after" in refused.content[0].text  # type: ignore[union-attr]
+    assert error_detail(refused)["retry_after_ms"] == settings.limits.wait_retry_after_ms
     # The capped agent's own waits and another agent's wait all got the message.
     for r in [*held, *others]:
         assert [m["text"] for m in r.structured_content["messages"]] == ["for the waiters"]

@@ -16,6 +16,7 @@ from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import parse_scopes
 from agent_rooms_mcp.wake.supervisor import supervising
 from tests.conftest import OPERATOR, World
+from tests.tool_errors import error_code
 from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
 
 
@@ -43,7 +44,7 @@ async def test_a_mention_wakes_the_agent_which_replies_with_its_run_token(woken:
     assert token["revoked_at"] is not None
     async with woken.client(None, token=token_file.read_text()) as c:
         late = await c.call_tool("whoami", {})
-    assert late.structured_content["code"] == "UNAUTHENTICATED"
+    assert error_code(late) == "UNAUTHENTICATED"
 
 
 async def test_the_next_wake_resumes_the_same_session_in_the_same_directory(woken: World, fakes: Fakes) -> None:

@@ -20,6 +20,7 @@ from agent_rooms_mcp.principals import parse_scopes
 from agent_rooms_mcp.wake.process import start_time
 from tests import test_served as served  # its helpers; a module attribute is not collected twice
 from tests.conftest import OPERATOR, World
+from tests.tool_errors import error_code
 from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
 
 PAST = "2000-01-01T00:00:00.000000Z"
@@ -75,7 +76,7 @@ async def test_a_run_token_dies_with_its_run_even_unrevoked(woken: World) -> Non
         assert not (await c.call_tool("whoami", {})).is_error
         execute(woken, "UPDATE runs SET state = 'lost'")  # its server crashed; nobody revoked the token
         late = await c.call_tool("whoami", {})
-    assert late.structured_content["code"] == "UNAUTHENTICATED"
+    assert error_code(late) == "UNAUTHENTICATED"
     assert woken.audit_rows()[-1]["reason"] == "run_ended"
 
 
@@ -111,7 +112,7 @@ async def test_a_cli_left_behind_by_a_crashed_server_is_killed_when_its_run_is_f
 async def test_stopping_a_run_that_is_not_there_says_so(woken: World) -> None:
     async with woken.client("alice-admin") as admin:
         r = await admin.call_tool("stop_agent", {"agent": "alice-bot", "run_id": "run_nope"})
-    assert r.structured_content["code"] == "NOT_FOUND"
+    assert error_code(r) == "NOT_FOUND"
 
 
 async def test_a_server_killed_between_commit_and_spawn_leaves_the_wake_to_the_next_one(

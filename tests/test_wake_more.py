@@ -29,6 +29,7 @@ from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.settings import WakeSettings
 from tests.conftest import OPERATOR, World, build_world
 from tests.fakes.common import write_wrapper
+from tests.tool_errors import error_detail
 from tests.wakeworld import FINAL, Fakes, ended, post, runs, supervisor, until
 
 # Short graces so a stop that must escalate does so within a second or two.
@@ -81,7 +82,7 @@ async def wake_world(tmp_path: Path, fakes: Fakes, *, reply: bool = True, **caps
 async def call(world: World, agent: str, tool: str, arguments: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     async with world.client(agent) as c:
         r = await c.call_tool(tool, arguments)
-    return bool(r.is_error), r.structured_content or {}
+    return bool(r.is_error), error_detail(r) if r.is_error else r.structured_content or {}
 
 
 def one_call(fakes: Fakes, **match: Any) -> dict[str, Any]:

@@ -49,11 +49,9 @@ class AuthRateLimited(RoomsError):
             ErrorCode.RATE_LIMITED,
             f"too many failed authentications; retry in {retry_after_s} s",
             audit_reason="rate_limited",
+            retry_after_ms=retry_after_s * 1000,
         )
-        self.retry_after_s = retry_after_s
-        # What a tool error result carries beside the code (DESIGN §7); set here, not passed up, so this
-        # works whether or not RoomsError takes it as an argument.
-        self.retry_after_ms = retry_after_s * 1000
+        self.retry_after_s = retry_after_s  # HTTP's Retry-After is in whole seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,6 +221,7 @@ class Messages:
                 f"this agent already has {self._limits.waits_per_agent} wait_for_messages calls in flight;"
                 f" retry after {self._limits.wait_retry_after_ms} ms",
                 audit_reason="waits_per_agent",
+                retry_after_ms=self._limits.wait_retry_after_ms,
             )
         self._waits[caller.agent_id] += 1
         try:
