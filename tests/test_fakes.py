@@ -499,7 +499,7 @@ def hub_server(world: World, tmp_path: Path, agent: str) -> dict[str, Any]:
 
 async def run_async(tool: str, argv: list[str], fx: Env, env: dict[str, str]) -> tuple[int, list[dict[str, Any]]]:
     cmd = [sys.executable, str(FAKES_DIR / SCRIPTS[tool]), *argv]
-    with anyio.fail_after(30):
+    with anyio.fail_after(120):
         p = await anyio.run_process(cmd, input=PROMPT.encode(), env=env, cwd=fx.cwd, check=False)
     assert not p.stderr or p.returncode == 0, p.stderr.decode()
     return p.returncode, [json.loads(line) for line in p.stdout.decode().splitlines()]

@@ -78,7 +78,7 @@ async def supervisor(world: World) -> AsyncIterator[Supervisor]:
         yield sup
 
 
-async def until(check: Callable[[], Any], what: str, deadline_s: float = 30) -> Any:
+async def until(check: Callable[[], Any], what: str, deadline_s: float = 120) -> Any:
     """Poll the database until `check` is truthy. The deadline only bounds a broken run; it asserts nothing
     about speed."""
     with anyio.fail_after(deadline_s):
