@@ -18,6 +18,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.types import CallToolResult, TextContent
 from pydantic import ValidationError
 
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, too_large, unauthenticated
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
@@ -135,7 +136,7 @@ class Gate:
             if not isinstance(caller, Caller):
                 raise unauthenticated("no_http_caller")
             return caller
-        return await hub.auth.authenticate(hub.settings.stdio_token, transport="stdio")
+        return await hub.auth.authenticate(hub.settings.stdio_token, MCP_KINDS, transport="stdio")
 
 
 def _ms(started: float) -> float:

@@ -18,6 +18,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_rooms_mcp import audit
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.http_sessions import Sessions
@@ -81,7 +82,7 @@ class BearerGate:
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         try:
             caller = await self._hub.auth.authenticate(
-                credential.strip() if scheme.lower() == "bearer" else None, transport="http"
+                credential.strip() if scheme.lower() == "bearer" else None, MCP_KINDS, transport="http"
             )
         except RoomsError:
             await _unauthenticated(send)

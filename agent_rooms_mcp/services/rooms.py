@@ -44,8 +44,9 @@ class Rooms:
 
         def run(conn: sqlite3.Connection) -> RoomList:
             rows = conn.execute(
-                _SUMMARY + " JOIN room_agents m ON m.room_id = r.room_id AND m.agent_id = ? ORDER BY r.name",
-                (caller.agent_id,),
+                _SUMMARY + " JOIN room_agents m ON m.room_id = r.room_id AND m.agent_id = ?"
+                " WHERE r.room_id = coalesce(?, r.room_id) ORDER BY r.name",
+                (caller.agent_id, policy.run_room(caller)),
             ).fetchall()
             return RoomList(rooms=[_summary(r) for r in rows])
 
@@ -55,7 +56,7 @@ class Rooms:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> RoomDetail:
-            room = queries.room_for_member(conn, ref, caller.agent_id)
+            room = queries.room_for_member(conn, ref, caller)
             mode = queries.consent_mode(conn, room["room_id"], caller.owner_id)
             members = [
                 Member(
@@ -78,8 +79,12 @@ class Rooms:
         return await self._store.read(run)
 
     async def count_for(self, caller: Caller) -> int:
+        # A run token counts only its run's room, as list_rooms shows it (invariant 87).
         return await self._store.read(
-            lambda c: c.execute("SELECT count(*) FROM room_agents WHERE agent_id = ?", (caller.agent_id,)).fetchone()[0]
+            lambda c: c.execute(
+                "SELECT count(*) FROM room_agents WHERE agent_id = ? AND room_id = coalesce(?, room_id)",
+                (caller.agent_id, policy.run_room(caller)),
+            ).fetchone()[0]
         )
 
     # Operator (CLI) actions: human-only, never MCP tools (DESIGN §2).
