@@ -1,10 +1,11 @@
 """Each credential kind is accepted only where it belongs (DESIGN §2, invariant 105).
 
 MCP (HTTP /mcp, stdio, in-memory) takes `art_` agent tokens and `arr_` run tokens. A device (`ard_`) or
-OAuth refresh (`arf_`) credential is refused from its prefix alone, before the database is asked anything;
-to show the refusal is not merely "unknown", each is stored as if it were a valid token of alice-claude, so
-a lookup would have let it in. A token whose prefix lies about its row (an agent's token spelled `arr_`,
-a run's spelled `art_`) is refused as well. Every refusal is the one public answer of every failure.
+OAuth (`arf_`, and `aro_` until the connector exists) credential is refused from its prefix alone, before
+the database is asked anything; to show the refusal is not merely "unknown", each is stored as if it were
+a valid token of alice-claude, so a lookup would have let it in. A token whose prefix lies about its row
+(an agent's token spelled `arr_`, a run's spelled `art_`) is refused as well. Every refusal is the one
+public answer of every failure.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ async def refresh_token(world: World) -> str:
     return credential
 
 
+async def oauth_access_token(world: World) -> str:
+    """Accepted nowhere yet: the connector that mints and stores them is later work."""
+    credential = secret(CredentialKind.OAUTH_ACCESS)
+    store_as_alices(world, credential)
+    return credential
+
+
 async def agent_token_spelled_as_a_run_token(world: World) -> str:
     credential = secret(CredentialKind.RUN)
     store_as_alices(world, credential)
@@ -83,6 +91,7 @@ Setup = Callable[[World], Awaitable[str]]
 CASES = [
     pytest.param(device_token, False, id="ard_-device"),
     pytest.param(refresh_token, False, id="arf_-oauth-refresh"),
+    pytest.param(oauth_access_token, False, id="aro_-before-the-connector"),
     pytest.param(agent_token_spelled_as_a_run_token, True, id="arr_-of-an-agent"),
     pytest.param(run_token_spelled_as_an_agent_token, True, id="art_-of-a-run"),
 ]
@@ -159,4 +168,4 @@ async def test_a_foreign_kind_is_refused_before_any_lookup(world: World) -> None
 async def test_tokens_are_minted_with_the_prefix_of_their_kind(world: World) -> None:
     assert world.tokens[ALICE].startswith(CredentialKind.AGENT.value)
     assert (await world.run_token(ALICE, "lobby")).startswith(CredentialKind.RUN.value)
-    assert {CredentialKind.AGENT, CredentialKind.RUN, CredentialKind.OAUTH_ACCESS} == MCP_KINDS
+    assert {CredentialKind.AGENT, CredentialKind.RUN} == MCP_KINDS

@@ -22,8 +22,9 @@ class CredentialKind(StrEnum):
     OAUTH_REFRESH = "arf_"  # its refresh token: only ever at /token
 
 
-# Where MCP tools are served (/mcp, stdio, in-memory): agents, runs, and (with the connector) OAuth access.
-MCP_KINDS = frozenset({CredentialKind.AGENT, CredentialKind.RUN, CredentialKind.OAUTH_ACCESS})
+# Where MCP tools are served (/mcp, stdio, in-memory): agents and runs. The Claude.ai connector adds
+# OAUTH_ACCESS here with the store it is looked up in; until then no `aro_` token exists to accept.
+MCP_KINDS = frozenset({CredentialKind.AGENT, CredentialKind.RUN})
 # Every kind is its prefix and 256 random bits in base64url.
 _CREDENTIAL_RE = re.compile("(" + "|".join(kind.value for kind in CredentialKind) + ")[A-Za-z0-9_-]{43}")
 
