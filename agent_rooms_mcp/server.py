@@ -239,7 +239,8 @@ async def set_consent_mode(
 ) -> ConsentModeSet:
     """Set how work from other owners reaches your owner's agents in this room (needs `manage`):
     task_by_task asks every time; approve_all accepts all; trust_collaborator accepts one named owner's;
-    trust_room accepts the owners already in the room. Applies to new requests only."""
+    trust_room accepts the owners already in the room. Applies to new requests only. You may only tighten
+    it (towards task_by_task); widening it is your owner's own decision, at their terminal."""
     call = current_call()
     return await call.hub.consent.set_mode_as_agent(call.caller, room, mode, collaborator)
 
