@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agent_rooms_mcp.cli import cli
-from agent_rooms_mcp.errors import RoomsError
+from agent_rooms_mcp.errors import ErrorCode, RoomsError
+from agent_rooms_mcp.policy import ConsentMode, Standing, agent_may_set_mode
 from tests.conftest import OPERATOR, World, error_code
 
 MANAGER = "alice-admin"  # alice's agent with `manage`, in "lobby" and "shared"
@@ -179,3 +180,43 @@ async def test_the_owner_confirms_at_the_cli_and_only_then_is_there_a_code(world
     [row] = world.sql("SELECT state, used_by FROM invites WHERE invite_id = ?", (made["invite_id"],))
     assert row["state"] == "active" and row["used_by"] is not None
     assert world.sql("SELECT count(*) AS n FROM audit WHERE action = 'invite.confirm'")[0]["n"] == 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The strictness rule against an independent oracle: the set of owners each mode trusts
+# --------------------------------------------------------------------------------------------------------------
+
+# bob was in the room when the current mode was set, carol arrived after; approve_all trusts anyone at all.
+ANYONE = frozenset({"bob", "carol", "a-stranger"})
+CURRENT: dict[str, tuple[ConsentMode, str | None, frozenset[str]]] = {
+    "task_by_task": (ConsentMode.TASK_BY_TASK, None, frozenset()),
+    "collaborator-bob": (ConsentMode.TRUST_COLLABORATOR, "bob", frozenset({"bob"})),
+    "collaborator-carol": (ConsentMode.TRUST_COLLABORATOR, "carol", frozenset({"carol"})),
+    "trust_room-before-carol": (ConsentMode.TRUST_ROOM, None, frozenset({"bob"})),
+    "approve_all": (ConsentMode.APPROVE_ALL, None, ANYONE),
+}
+# Set now, when both bob and carol are in the room.
+CHOSEN: dict[str, tuple[ConsentMode, str | None, frozenset[str]]] = {
+    "task_by_task": (ConsentMode.TASK_BY_TASK, None, frozenset()),
+    "collaborator-bob": (ConsentMode.TRUST_COLLABORATOR, "bob", frozenset({"bob"})),
+    "collaborator-carol": (ConsentMode.TRUST_COLLABORATOR, "carol", frozenset({"carol"})),
+    "trust_room-now": (ConsentMode.TRUST_ROOM, None, frozenset({"bob", "carol"})),
+    "approve_all": (ConsentMode.APPROVE_ALL, None, ANYONE),
+}
+PAIRS = [(c, n) for c in CURRENT for n in CHOSEN if CURRENT[c][:2] != CHOSEN[n][:2]]  # re-setting changes nothing
+
+
+@pytest.mark.invariant(106)
+@pytest.mark.parametrize(("current", "chosen"), PAIRS, ids=[f"{c}->{n}" for c, n in PAIRS])
+def test_an_agent_may_set_a_mode_exactly_when_it_trusts_no_one_new(current: str, chosen: str) -> None:
+    mode, collaborator_id, trusted_before = CURRENT[current]
+    new_mode, new_collaborator, trusted_after = CHOSEN[chosen]
+    # As the service loads it: the standing in force, judged for the collaborator being named.
+    standing = Standing(mode, collaborator_id, proposer_trusted_by_room=new_collaborator == "bob")
+    try:
+        agent_may_set_mode(standing, new_mode, new_collaborator)
+        allowed = True
+    except RoomsError as e:
+        assert e.code is ErrorCode.FORBIDDEN_SCOPE
+        allowed = False
+    assert allowed == (trusted_after <= trusted_before)
