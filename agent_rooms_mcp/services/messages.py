@@ -227,6 +227,6 @@ class Messages:
 
         def still_reading(conn: sqlite3.Connection) -> str:
             queries.recheck_caller(conn, caller, Scope.READ)
-            return str(queries.room_for_member(conn, room_ref, caller.agent_id)["room_id"])
+            return str(queries.room_for_member(conn, room_ref, caller)["room_id"])
 
         return page, await self._store.read(still_reading)
