@@ -26,6 +26,7 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import ValidationError
 
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, too_large, unauthenticated
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
@@ -139,7 +140,7 @@ async def _caller(ctx: ServerRequestContext[Hub, Any]) -> Caller:
         if not isinstance(caller, Caller):
             raise unauthenticated("no_http_caller")
         return caller
-    return await hub.auth.authenticate(hub.settings.stdio_token, transport="stdio")
+    return await hub.auth.authenticate(hub.settings.stdio_token, MCP_KINDS, transport="stdio")
 
 
 def _ms(started: float) -> float:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.failures import AuthRateLimited
+from agent_rooms_mcp.auth.tokens import MCP_KINDS, CredentialKind
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.http_sessions import Sessions
@@ -76,14 +77,17 @@ class BearerGate:
             return
         query = scope.get("query_string", b"").decode("latin-1").lower()
         address = (scope.get("client") or (None,))[0]
-        if "art_" in query or "token" in query or "bearer" in query:
+        if "token" in query or "bearer" in query or any(k.value in query for k in CredentialKind):
             refused = await self._hub.auth.refuse("credential_in_query", None, transport="http", address=address)
             await _auth_failed(send, refused)
             return
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         try:
             caller = await self._hub.auth.authenticate(
-                credential.strip() if scheme.lower() == "bearer" else None, transport="http", address=address
+                credential.strip() if scheme.lower() == "bearer" else None,
+                MCP_KINDS,
+                transport="http",
+                address=address,
             )
         except RoomsError as e:
             await _auth_failed(send, e)

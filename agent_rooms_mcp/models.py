@@ -180,10 +180,23 @@ class FileRange(BaseModel):
 
 
 class Invite(BaseModel):
+    """A usable invite, shown once to its owner at the CLI: never a tool result (invariant 106)."""
+
+    invite_id: Id
     code: Id
     room: Handle
     expires_at: Stamp
     accept_command: Wording
+
+
+class PendingInvite(BaseModel):
+    """What `create_invite` returns: an invite waiting for the owner, and how the owner confirms it."""
+
+    invite_id: Id
+    room: Handle
+    state: Literal["pending_owner"]
+    expires_at: Stamp
+    confirm_command: Wording
 
 
 class Task(BaseModel):

@@ -50,6 +50,26 @@ def require_scope(caller: Caller, scope: Scope) -> None:
         raise forbidden_scope(scope.value)
 
 
+def run_room(caller: Caller) -> str | None:
+    """The one room a run token may see and act in, or None for an agent's own token (DESIGN §2).
+
+    Every room a run was not woken in answers as if the agent were not a member (NOT_FOUND, invariant 87),
+    and every listing it makes is cut to this room.
+    """
+    return caller.run_room_id if caller.run_id is not None else None
+
+
+def reaches_room(caller: Caller, room_id: str) -> bool:
+    """May this credential see room_id, given that its agent is a member? A run only its own room."""
+    bound = run_room(caller)
+    return bound is None or bound == room_id
+
+
+def owns_agent(caller: Caller, agent_owner_id: str) -> bool:
+    """An agent acts on its own owner's agents only; any other answers NOT_FOUND, as a missing one (invariant 82)."""
+    return agent_owner_id == caller.owner_id
+
+
 def relation(caller: Viewer, agent_id: str, owner_id: str) -> Relation:
     """DESIGN §3 provenance: how the author of an item stands to the caller."""
     if agent_id == caller.agent_id:
@@ -57,6 +77,16 @@ def relation(caller: Viewer, agent_id: str, owner_id: str) -> Relation:
     if owner_id == caller.owner_id:
         return "same_owner"
     return "cross_owner"
+
+
+# Strictest first: task_by_task trusts nobody, trust_collaborator one owner, trust_room the owners present
+# when it was set, approve_all everyone (DESIGN §4).
+STRICTNESS: tuple[ConsentMode, ...] = (
+    ConsentMode.TASK_BY_TASK,
+    ConsentMode.TRUST_COLLABORATOR,
+    ConsentMode.TRUST_ROOM,
+    ConsentMode.APPROVE_ALL,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +111,24 @@ def starts_accepted(standing: Standing, proposer_owner_id: str) -> bool:
             return standing.collaborator_id == proposer_owner_id
         case ConsentMode.TRUST_ROOM:
             return standing.proposer_trusted_by_room
+
+
+def agent_may_set_mode(current: Standing, chosen: ConsentMode, collaborator_id: str | None) -> None:
+    """DESIGN §2: an agent may only tighten its owner's consent mode; widening is an owner action.
+
+    Tightening is a strictly stricter mode that trusts no one the current one does not: moving from
+    trust_room to trust_collaborator is one only for a collaborator trust_room already trusted, and
+    `current` is loaded for that collaborator. Setting the mode the owner already has is left to the
+    caller (it changes nothing).
+    """
+    stricter = STRICTNESS.index(chosen) < STRICTNESS.index(current.mode)
+    if chosen is ConsentMode.TRUST_COLLABORATOR:
+        stricter = stricter and collaborator_id is not None and starts_accepted(current, collaborator_id)
+    if not stricter:
+        raise forbidden(
+            "an agent may only tighten its owner's consent mode (towards task_by_task);"
+            " widening it is an owner action: agent-rooms consent mode"
+        )
 
 
 @dataclass(frozen=True, slots=True)

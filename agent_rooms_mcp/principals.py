@@ -85,6 +85,8 @@ class Caller:
     scopes: frozenset[Scope]
     token_id: str
     run_id: str | None = None
+    # A run token acts only in the room whose message or task woke its run (DESIGN §2, invariant 87).
+    run_room_id: str | None = None
 
     @property
     def actor(self) -> Actor:

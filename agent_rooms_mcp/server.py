@@ -24,9 +24,9 @@ from agent_rooms_mcp.models import (
     DecisionResult,
     FileList,
     FileRange,
-    Invite,
     MessagePage,
     OwnerRef,
+    PendingInvite,
     PostedMessage,
     ProposalList,
     RoomDetail,
@@ -200,9 +200,9 @@ async def create_invite(
     ttl_s: Annotated[int, Field(ge=L.invite_ttl_min_s, le=L.invite_ttl_max_s, description="Lifetime in seconds.")] = (
         L.invite_ttl_default_s
     ),
-) -> Invite:
-    """Create a one-time invite code for a room (needs the `manage` scope). Give the code to the other
-    person: they accept it themselves at their terminal with the `agent-rooms invite accept` line shown."""
+) -> PendingInvite:
+    """Propose a one-time invite to a room (needs the `manage` scope). It waits for your owner: they confirm
+    it with the `confirm_command` shown and only then receive the code to pass on. No code is returned here."""
     call = current_call()
     return await call.hub.invites.create_as_agent(call.caller, room, ttl_s)
 
@@ -266,7 +266,8 @@ async def set_consent_mode(
 ) -> ConsentModeSet:
     """Set how work from other owners reaches your owner's agents in this room (needs `manage`):
     task_by_task asks every time; approve_all accepts all; trust_collaborator accepts one named owner's;
-    trust_room accepts the owners already in the room. Applies to new requests only."""
+    trust_room accepts the owners already in the room. Applies to new requests only. You may only tighten
+    it (towards task_by_task); widening it is your owner's own decision, at their terminal."""
     call = current_call()
     return await call.hub.consent.set_mode_as_agent(call.caller, room, mode, collaborator)
 

@@ -16,6 +16,7 @@ import anyio
 import structlog
 from mcp.server.stdio import stdio_server
 
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.server import create_server
@@ -75,7 +76,7 @@ async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
             log.warning("stdio.no_credential", hint=_HINT, problem=settings.stdio_token_problem)
         else:
             try:
-                await hub.auth.authenticate(settings.stdio_token, transport="stdio")
+                await hub.auth.authenticate(settings.stdio_token, MCP_KINDS, transport="stdio")
             except RoomsError:
                 log.warning("stdio.credential_rejected", hint="the token is unknown, expired or revoked; " + _HINT)
         yield hub

@@ -47,6 +47,7 @@ import anyio
 import structlog
 
 from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.hub import Hub, init_home
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.principals import AgentTool, Caller, parse_scopes
@@ -346,7 +347,7 @@ async def warm(side: Side, rotation: Rotation, fake: FakeCli) -> None:
 
 
 async def callers(hub: Hub, pairs: list[Pair]) -> dict[str, Caller]:
-    return {p.poster: await hub.auth.authenticate(p.token, transport="bench") for p in pairs}
+    return {p.poster: await hub.auth.authenticate(p.token, MCP_KINDS, transport="bench") for p in pairs}
 
 
 async def same_process(root: Path, n_wake: int, n_stop: int) -> dict[str, list[dict[str, float]]]:

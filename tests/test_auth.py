@@ -831,7 +831,8 @@ async def test_no_plaintext_secret_reaches_the_database_or_the_server_log(world:
     results: list[CallToolResult] = []
     async with world.client("alice-admin") as admin:
         made = await admin.call_tool("create_invite", {"room": "lobby"})
-    pending = made.structured_content["code"]
+    async with world.hub() as hub:
+        pending = (await hub.invites.confirm(OPERATOR, made.structured_content["invite_id"], "alice")).code
     for credential in (stranger, revoked.token, "art_x"):
         async with world.client(None, token=credential) as c:
             results.append(await c.call_tool("post_message", {"room": "lobby", "text": sentinel}))

@@ -101,11 +101,16 @@ async def mention(mcp: Calls, author: str, text: str, room: str = "shared") -> d
 
 
 async def set_mode(mcp: Calls, agent: str, mode: str, collaborator: str | None = None, room: str = "shared") -> None:
-    args: dict[str, Any] = {"room": room, "mode": mode}
-    if collaborator is not None:
-        args["collaborator"] = collaborator
-    done = await mcp.ok(agent, "set_consent_mode", args)
-    assert (done["mode"], done["collaborator"]) == (mode, collaborator)
+    """`agent` tightens to task_by_task itself; any other mode widens, an owner action (invariant 106): then
+    `agent`'s owner sets it at the CLI."""
+    if mode == "task_by_task":
+        done = await mcp.ok(agent, "set_consent_mode", {"room": room, "mode": mode})
+        assert done["mode"] == mode
+        return
+    [owner] = mcp.world.sql("SELECT o.handle FROM agents a JOIN owners o USING (owner_id) WHERE a.handle = ?", (agent,))
+    async with mcp.world.hub() as hub:
+        made = await hub.consent.set_mode_as_owner(OPERATOR, room, owner["handle"], mode, collaborator)
+    assert (made.mode, made.collaborator) == (mode, collaborator)
 
 
 def proposal(world: World, proposal_id: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import sys
 import anyio
 import pytest
 
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.home import write_private_file
 from tests.conftest import OPERATOR, World
@@ -39,14 +40,14 @@ async def test_a_removed_agent_gets_nothing_of_the_room_from_any_read_path(world
 @pytest.mark.invariant(34)
 async def test_a_write_authenticated_before_a_revoke_is_refused_inside_its_transaction(world: World) -> None:
     async with world.hub() as hub:
-        caller = await hub.auth.authenticate(world.tokens["alice-claude"], transport="test")
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
         await hub.accounts.revoke_token(OPERATOR, world.token_ids["alice-claude"])
         before = world.fingerprint()
         with pytest.raises(RoomsError) as raised:
             await hub.messages.post(caller, "lobby", "sent after the revoke committed", [], None)
         assert raised.value.code is ErrorCode.UNAUTHENTICATED
         assert world.fingerprint() == before
-        caller = await hub.auth.authenticate(world.tokens["alice-admin"], transport="test")
+        caller = await hub.auth.authenticate(world.tokens["alice-admin"], MCP_KINDS, transport="test")
         await hub.accounts.set_scopes(OPERATOR, "alice-admin", frozenset())
         before = world.fingerprint()
         with pytest.raises(RoomsError) as raised:

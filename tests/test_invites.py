@@ -89,7 +89,8 @@ async def test_unknown_expired_and_used_codes_get_the_identical_answer(world: Wo
 async def test_invite_codes_are_long_and_only_their_hash_is_stored(world: World) -> None:
     async with world.client("alice-admin") as admin:
         r = await admin.call_tool("create_invite", {"room": "lobby", "ttl_s": 600})
-    code = r.structured_content["code"]
+    async with world.hub() as hub:
+        code = (await hub.invites.confirm(OPERATOR, r.structured_content["invite_id"], "alice")).code
     assert code.startswith("inv_") and len(code) - 4 >= 32  # 192 bits of base64url
     wal = world.db.with_name("hub.db-wal")
     raw = world.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")

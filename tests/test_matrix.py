@@ -44,7 +44,8 @@ EXPECTED: dict[str, dict[str, str]] = {
     "assign_task": {"member": OK, "manager": F, "no_scopes": F, "non_member": "NOT_FOUND"},
     "list_tasks": READS,
     "update_task": {"member": OK, "manager": F, "no_scopes": F, "non_member": "NOT_FOUND"},
-    "set_consent_mode": {"member": F, "manager": OK, "no_scopes": F, "non_member": F, "run_token": F},
+    # approve_all widens the default task_by_task: an owner action, refused to any agent (invariant 106).
+    "set_consent_mode": {"member": F, "manager": F, "no_scopes": F, "non_member": F, "run_token": F},
     # Nobody here holds `consent`: scope comes first.
     "list_pending_consents": {"member": F, "manager": F, "no_scopes": F, "non_member": F},
     "accept_task": {"member": F, "manager": F, "no_scopes": F, "non_member": F},

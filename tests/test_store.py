@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.models import PostedMessage
 from agent_rooms_mcp.store.schema import MIGRATIONS
 from tests.conftest import World
@@ -21,7 +22,7 @@ async def test_a_write_waits_for_another_writer_while_reads_go_on(world: World) 
     other.execute("BEGIN IMMEDIATE")  # another process holds the file's write lock
     posted: list[PostedMessage] = []
     async with world.hub() as hub:
-        caller = await hub.auth.authenticate(world.tokens["alice-claude"], transport="test")
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
 
         async def post() -> None:
             posted.append(await hub.messages.post(caller, "lobby", "after the other writer", [], None))
@@ -44,7 +45,7 @@ async def test_a_write_cancelled_while_waiting_still_leaves_the_store_usable(wor
     other = sqlite3.connect(world.db, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     async with world.hub() as hub:
-        caller = await hub.auth.authenticate(world.tokens["alice-claude"], transport="test")
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
 
         async def cancelled_post() -> None:
             with anyio.move_on_after(0.2):

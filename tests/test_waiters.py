@@ -15,6 +15,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.settings import Settings
 from tests.conftest import HTTP_BASE, OPERATOR, World
@@ -97,7 +98,7 @@ async def test_a_post_from_another_process_reaches_a_waiter(world: World) -> Non
                 tg.start_soon(lambda: wait_call(waiter, results, timeout_s=30))
                 await anyio.sleep(LET_IT_WAIT_S)
                 async with world.hub() as hub:
-                    caller = await hub.auth.authenticate(world.tokens["alice-claude"], transport="stdio")
+                    caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="stdio")
                     await hub.messages.post(caller, "lobby", "from elsewhere", [], None)
     [answer] = results
     assert [m["text"] for m in answer.structured_content["messages"]] == ["from elsewhere"]

@@ -657,11 +657,12 @@ async def test_list_runs_filters_and_other_owners_see_and_stop_nothing(tmp_path:
     assert await listed("bob-admin", agent="alice-bot") == []
     assert await listed("bob-claude", room="shared") == []
 
-    # Without a supervisor, a wake waits queued; bob's manager cannot stop it, and nothing changes.
+    # Without a supervisor, a wake waits queued; bob's manager cannot stop it, nor learn that alice-bot
+    # exists (invariant 82), and nothing changes.
     await post(world, "alice-claude", "@alice-bot later")
     before = world.fingerprint()
     failed, refused = await call(world, "bob-admin", "stop_agent", {"agent": "alice-bot"})
-    assert failed and refused["code"] == "FORBIDDEN_SCOPE", refused
+    assert failed and refused["code"] == "NOT_FOUND", refused
     assert world.fingerprint() == before
     assert runs(world, "alice-bot")[-1]["state"] == "queued"
     # Alice's own manager can.

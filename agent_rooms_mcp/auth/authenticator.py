@@ -1,4 +1,4 @@
-"""`authenticate(credential) -> Caller`: the one check every MCP call passes through (DESIGN §2).
+"""`authenticate(credential, kinds) -> Caller`: the one check every MCP call passes through (DESIGN §2).
 
 Token row, passport signature, agent state and scopes are read afresh on every call, so a
 revocation takes effect on the very next one. Every failure looks the same to the caller; the
@@ -14,7 +14,7 @@ import structlog
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.failures import FailedAuth, attempt_of
 from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
-from agent_rooms_mcp.auth.tokens import TOKEN_RE, secret_hash
+from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, secret_hash
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.principals import AgentTool, Caller, held_scopes
 from agent_rooms_mcp.settings import Limits
@@ -40,12 +40,20 @@ class Authenticator:
         self._issuer = issuer
         self.failures = FailedAuth(store, limits)
 
-    async def authenticate(self, credential: str | None, *, transport: str, address: str | None = None) -> Caller:
+    async def authenticate(
+        self,
+        credential: str | None,
+        kinds: frozenset[CredentialKind],
+        *,
+        transport: str,
+        address: str | None = None,
+    ) -> Caller:
         """The caller, or RoomsError: UNAUTHENTICATED, or RATE_LIMITED once this source (`address`, None on
         stdio) has failed too often. A valid credential pays nothing for the limit: failures are counted after
-        the lookup, and the limit keys on the credential's hash, so others' failures never lock it out."""
+        the lookup, and the limit keys on the credential's hash, so others' failures never lock it out.
+        `kinds`: the credential kinds this entry point accepts; any other is refused before any lookup."""
         try:
-            return await self._resolve(credential)
+            return await self._resolve(credential, kinds)
         except _Denied as denied:
             raise await self.refuse(
                 denied.reason, credential, transport=transport, address=address, actor=denied.actor
@@ -65,22 +73,34 @@ class Authenticator:
         log.info("auth.denied", reason=reason, transport=transport)
         return await self.failures.fail(attempt_of(credential, transport, address), reason, actor)
 
-    async def _resolve(self, credential: str | None) -> Caller:
+    async def _resolve(self, credential: str | None, kinds: frozenset[CredentialKind]) -> Caller:
         if not credential:
             raise _Denied("missing_credential")
-        if not TOKEN_RE.fullmatch(credential):
+        kind = credential_kind(credential)
+        if kind is None:
             raise _Denied("malformed_credential")
+        # From the prefix alone, before the database is asked anything: a device or refresh token that
+        # reached /mcp is refused without ever being looked up (invariant 105).
+        if kind not in kinds:
+            raise _Denied("wrong_credential_kind")
         row = await self._store.read(lambda c: c.execute(_LOOKUP, (secret_hash(credential),)).fetchone())
         if row is None:
             raise _Denied("unknown_token")
         # From here on the audit row can name whose credential failed.
         actor = audit.Actor("agent", row["agent_id"], row["owner_id"], row["token_id"])
+        # The prefix must say what the row is: a run's token is `arr_`, an agent's `art_`, and nothing else
+        # lives in this table (an OAuth token is looked up where the connector keeps them).
+        if kind is not (CredentialKind.AGENT if row["run_id"] is None else CredentialKind.RUN):
+            raise _Denied("wrong_credential_kind", actor)
         if row["revoked_at"] is not None:
             raise _Denied("token_revoked", actor)
-        # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server).
-        # Asked only for run tokens, so an agent's own token pays nothing for it.
-        if row["run_id"] is not None and await self._run_state(row["run_id"]) not in ("running", "stopping"):
-            raise _Denied("run_ended", actor)
+        # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server),
+        # and acts only in the room that woke it. Asked only for run tokens: an agent's own pays nothing.
+        run_room_id = None
+        if row["run_id"] is not None:
+            state, run_room_id = await self._run_state(row["run_id"])
+            if state not in ("running", "stopping"):
+                raise _Denied("run_ended", actor)
         now = datetime.now(UTC)
         if datetime.fromisoformat(row["expires_at"]) <= now:
             raise _Denied("token_expired", actor)
@@ -104,13 +124,15 @@ class Authenticator:
             scopes=held_scopes(row["scopes"], row["run_id"]),
             token_id=row["token_id"],
             run_id=row["run_id"],
+            run_room_id=run_room_id,
         )
 
-    async def _run_state(self, run_id: str) -> str | None:
+    async def _run_state(self, run_id: str) -> tuple[str | None, str | None]:
+        """The run's state and its room, in one statement."""
         row = await self._store.read(
-            lambda c: c.execute("SELECT state FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            lambda c: c.execute("SELECT state, room_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         )
-        return None if row is None else str(row["state"])
+        return (None, None) if row is None else (str(row["state"]), str(row["room_id"]))
 
 
 class _Denied(Exception):

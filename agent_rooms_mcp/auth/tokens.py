@@ -1,19 +1,42 @@
-"""Bearer secrets: `art_` tokens and invite codes. Only their SHA-256 is ever stored (DESIGN §2, §3)."""
+"""Bearer secrets: credentials of each kind and invite codes. Only their SHA-256 is ever stored (DESIGN §2, §3)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
+from enum import StrEnum
 
-TOKEN_PREFIX = "art_"
-TOKEN_RE = re.compile(r"art_[A-Za-z0-9_-]{43}")
 INVITE_PREFIX = "inv_"
 INVITE_RE = re.compile(r"inv_[A-Za-z0-9_-]{32}")
 
 
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)  # 256 bits
+class CredentialKind(StrEnum):
+    """Each kind of credential has a prefix of its own, so an entry point refuses a kind that does not
+    belong there from the string alone, before it looks anything up (DESIGN §2, invariant 105)."""
+
+    AGENT = "art_"  # an agent's bearer token
+    RUN = "arr_"  # one woken run's token
+    DEVICE = "ard_"  # an owner's enrolled device: the owner API, never MCP
+    OAUTH_ACCESS = "aro_"  # the Claude.ai connector's access token
+    OAUTH_REFRESH = "arf_"  # its refresh token: only ever at /token
+
+
+# Where MCP tools are served (/mcp, stdio, in-memory): agents and runs. The Claude.ai connector adds
+# OAUTH_ACCESS here with the store it is looked up in; until then no `aro_` token exists to accept.
+MCP_KINDS = frozenset({CredentialKind.AGENT, CredentialKind.RUN})
+# Every kind is its prefix and 256 random bits in base64url.
+_CREDENTIAL_RE = re.compile("(" + "|".join(kind.value for kind in CredentialKind) + ")[A-Za-z0-9_-]{43}")
+
+
+def credential_kind(credential: str) -> CredentialKind | None:
+    """The kind a well-formed credential claims by its prefix; None for anything malformed."""
+    found = _CREDENTIAL_RE.fullmatch(credential)
+    return None if found is None else CredentialKind(found.group(1))
+
+
+def new_token(kind: CredentialKind) -> str:
+    return kind.value + secrets.token_urlsafe(32)  # 256 bits
 
 
 def new_invite_code() -> str:

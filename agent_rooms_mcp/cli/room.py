@@ -79,6 +79,26 @@ def create_invite(room_ref: str, owner_ref: str, ttl: str, as_json: bool) -> Non
     made: Invite = run(
         lambda hub: hub.invites.create_as_owner(operator(), room_ref, owner_ref, seconds), as_json=as_json
     )
+    _show_code(made, as_json)
+
+
+@invite.command("confirm")
+@click.argument("invite_id")
+@click.option("--owner", "owner_ref", help="The owner whose agent proposed it (checked when given).")
+@json_option
+def confirm(invite_id: str, owner_ref: str | None, as_json: bool) -> None:
+    """Confirm an invite one of your agents proposed with create_invite; prints its code (shown once).
+
+    \b
+    Example:
+        agent-rooms invite confirm invite_... --owner alice
+    """
+    made: Invite = run(lambda hub: hub.invites.confirm(operator(), invite_id, owner_ref), as_json=as_json)
+    _show_code(made, as_json)
+
+
+def _show_code(made: Invite, as_json: bool) -> None:
+    """The code once, and the line the invitee runs."""
     emit(
         made,
         as_json=as_json,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.passports import PassportIssuer
-from agent_rooms_mcp.auth.tokens import new_id, new_token, secret_hash
+from agent_rooms_mcp.auth.tokens import CredentialKind, new_id, new_token, secret_hash
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, not_found
 from agent_rooms_mcp.models import (
@@ -235,7 +235,7 @@ class Accounts:
         longest = self._limits.token_ttl_max_s
         if not timedelta(0) < ttl <= timedelta(seconds=longest):
             raise invalid("ttl", f"must be positive and at most {longest // 86400} days")
-        token = new_token()
+        token = new_token(CredentialKind.AGENT if run_id is None else CredentialKind.RUN)
 
         def run(conn: sqlite3.Connection) -> IssuedToken:
             agent = queries.agent(conn, agent_ref)

@@ -186,8 +186,8 @@ class Consent:
 
         def run(conn: sqlite3.Connection) -> ConsentModeSet:
             queries.recheck_caller(conn, caller, Scope.MANAGE)
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
-            return _set_mode(conn, caller.actor, room, caller.owner_id, mode, collaborator)
+            room = queries.room_for_member(conn, room_ref, caller)
+            return _set_mode(conn, caller.actor, room, caller.owner_id, mode, collaborator, tighten_only=True)
 
         return await self._store.write(run)
 
@@ -205,6 +205,8 @@ class Consent:
     # What waits on an owner's say-so.
 
     async def pending_for_agent(self, caller: Caller, room_ref: str | None, after: int, limit: int) -> ProposalList:
+        # A run token never holds `consent` (RUN_WITHHELD), so no run lists pending work, in its room or any
+        # other: the scope check is its room binding here (invariant 87).
         policy.require_scope(caller, Scope.CONSENT)
         return await self._store.read(lambda conn: _pending(conn, self._limits, caller, room_ref, after, limit))
 
@@ -245,8 +247,16 @@ class Consent:
 
 
 def _set_mode(
-    conn: sqlite3.Connection, actor: Actor, room: sqlite3.Row, owner_id: str, mode: str, collaborator: str | None
+    conn: sqlite3.Connection,
+    actor: Actor,
+    room: sqlite3.Row,
+    owner_id: str,
+    mode: str,
+    collaborator: str | None,
+    *,
+    tighten_only: bool = False,
 ) -> ConsentModeSet:
+    """`tighten_only`: an agent sets it, and may only make it stricter (invariant 106)."""
     try:
         chosen = ConsentMode(mode)
     except ValueError:
@@ -274,6 +284,10 @@ def _set_mode(
         # Setting the mode it already has changes nothing: above all it must not move trust_room's
         # moment forward and so silently trust owners who arrived since.
         return _mode_set(conn, room, owner_id, chosen, collaborator_id)
+    if tighten_only:
+        # Loaded for the collaborator being named, so the rule can tell whether the mode in force trusts it.
+        current = standing(conn, room["room_id"], owner_id, collaborator_id or owner_id)
+        policy.agent_may_set_mode(current, chosen, collaborator_id)
     # Applies to proposals made from now on; pending ones keep waiting for a decision (invariant 46).
     conn.execute(
         "INSERT INTO consent_modes (room_id, owner_id, mode, collaborator_id, set_at) VALUES (?, ?, ?, ?, ?)"

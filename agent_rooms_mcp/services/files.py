@@ -57,7 +57,7 @@ class Files:
 
         def run(conn: sqlite3.Connection) -> SharedFile:
             queries.recheck_caller(conn, caller, Scope.POST)
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            room = queries.room_for_member(conn, room_ref, caller)
             file_id = new_id("file")
             conn.execute(
                 "INSERT INTO files (file_id, room_id, name, media_type, size, sha256, content, agent_id, created_at)"
@@ -108,7 +108,7 @@ class Files:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> FileList:
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            room = queries.room_for_member(conn, room_ref, caller)
             # The rowid is the cursor: insertion order, and what files_by_room_position walks.
             rows = conn.execute(
                 _WITH_AUTHOR.format(extra=", f.rowid AS position")
@@ -146,7 +146,7 @@ class Files:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> FileRange:
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            room = queries.room_for_member(conn, room_ref, caller)
             # substr() on a BLOB counts bytes from 1: only the range leaves the database.
             row = conn.execute(
                 _WITH_AUTHOR.format(extra=", substr(f.content, ?, ?) AS chunk")

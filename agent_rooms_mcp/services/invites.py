@@ -1,5 +1,6 @@
-"""One-time room invites (DESIGN §3): created by a member with `manage` or by the operator,
-accepted only by a human at the CLI, claimed atomically so one code makes one set of memberships.
+"""One-time room invites (DESIGN §3): created by an owner at the CLI, or proposed by a member agent with
+`manage` and confirmed by its owner at the CLI; accepted only by a human at the CLI, claimed atomically so
+one code makes one set of memberships.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import INVITE_RE, new_id, new_invite_code, secret_hash
 from agent_rooms_mcp.clock import iso, now_utc
-from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, invite_invalid
-from agent_rooms_mcp.models import Invite, InviteAccepted
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, invite_invalid, not_found
+from agent_rooms_mcp.models import Invite, InviteAccepted, PendingInvite
 from agent_rooms_mcp.principals import Caller, Scope
 from agent_rooms_mcp.services.rooms import add_member_agent
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
-_RoomFinder = Callable[[sqlite3.Connection], sqlite3.Row]
+_RoomFinder = Callable[[sqlite3.Connection], tuple[sqlite3.Row, str]]
 
 
 class Invites:
@@ -28,35 +29,76 @@ class Invites:
         self._store = store
         self._limits = limits
 
-    async def create_as_agent(self, caller: Caller, room_ref: str, ttl_s: int) -> Invite:
+    async def create_as_agent(self, caller: Caller, room_ref: str, ttl_s: int) -> PendingInvite:
+        """An agent proposes; its owner confirms in the CLI and only then is there a code (invariant 106):
+        what reaches a model can never bring anyone into a room by itself."""
         policy.require_scope(caller, Scope.MANAGE)
 
-        def member_room(conn: sqlite3.Connection) -> sqlite3.Row:
+        def member_room(conn: sqlite3.Connection) -> tuple[sqlite3.Row, str]:
             queries.recheck_caller(conn, caller, Scope.MANAGE)
-            return queries.room_for_member(conn, room_ref, caller.agent_id)
+            return queries.room_for_member(conn, room_ref, caller), caller.owner_id
 
-        return await self._create(caller.actor, ttl_s, member_room)
+        invite_id, room, expires = await self._create(caller.actor, ttl_s, member_room, code=None)
+        return PendingInvite(
+            invite_id=invite_id,
+            room=room,
+            state="pending_owner",
+            expires_at=expires,
+            confirm_command=f"agent-rooms invite confirm {invite_id} --owner {caller.owner_handle}",
+        )
 
     async def create_as_owner(self, operator: Actor, room_ref: str, owner_ref: str, ttl_s: int) -> Invite:
-        def room_of_owner(conn: sqlite3.Connection) -> sqlite3.Row:
+        def room_of_owner(conn: sqlite3.Connection) -> tuple[sqlite3.Row, str]:
             room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
             if not conn.execute(
                 "SELECT 1 FROM room_owners WHERE room_id = ? AND owner_id = ?",
                 (room["room_id"], owner["owner_id"]),
             ).fetchone():
                 raise invalid("by", f"{owner['handle']} is not in room {room['name']}")
-            return room
+            return room, owner["owner_id"]
 
-        return await self._create(operator, ttl_s, room_of_owner)
+        code = new_invite_code()
+        invite_id, room, expires = await self._create(operator, ttl_s, room_of_owner, code=code)
+        return _usable(invite_id, code, room, expires)
 
-    async def _create(self, actor: Actor, ttl_s: int, find_room: _RoomFinder) -> Invite:
-        lim = self._limits
-        if not lim.invite_ttl_min_s <= ttl_s <= lim.invite_ttl_max_s:
-            raise invalid("ttl_s", f"must be between {lim.invite_ttl_min_s} and {lim.invite_ttl_max_s} seconds")
+    async def confirm(self, operator: Actor, invite_id: str, owner_ref: str | None) -> Invite:
+        """The owner confirms an invite one of their agents proposed: the code is minted now, shown once."""
         code = new_invite_code()
 
         def run(conn: sqlite3.Connection) -> Invite:
-            room = find_room(conn)
+            owner_id = None if owner_ref is None else queries.owner(conn, owner_ref)["owner_id"]
+            now = now_utc()
+            # Missing, already confirmed, expired or another owner's: one answer, as for any id (invariant 82).
+            row = conn.execute(
+                "UPDATE invites SET state = 'active', code_hash = ?, confirmed_at = ?"
+                " WHERE invite_id = ? AND state = 'pending_owner' AND expires_at > ?"
+                " AND owner_id = coalesce(?, owner_id) RETURNING room_id, owner_id, expires_at",
+                (secret_hash(code), now, invite_id, now, owner_id),
+            ).fetchone()
+            if row is None:
+                raise not_found("invite waiting for its owner")
+            audit.append(
+                conn,
+                operator,
+                "invite.confirm",
+                target=row["room_id"],
+                detail={"invite_id": invite_id, "owner_id": row["owner_id"]},
+            )
+            room = conn.execute("SELECT name FROM rooms WHERE room_id = ?", (row["room_id"],)).fetchone()
+            return _usable(invite_id, code, room["name"], row["expires_at"])
+
+        return await self._store.write(run)
+
+    async def _create(
+        self, actor: Actor, ttl_s: int, find_room: _RoomFinder, *, code: str | None
+    ) -> tuple[str, str, str]:
+        """Record an invite: active with `code`, or, with none, waiting for its owner. (id, room, expiry)."""
+        lim = self._limits
+        if not lim.invite_ttl_min_s <= ttl_s <= lim.invite_ttl_max_s:
+            raise invalid("ttl_s", f"must be between {lim.invite_ttl_min_s} and {lim.invite_ttl_max_s} seconds")
+
+        def run(conn: sqlite3.Connection) -> tuple[str, str, str]:
+            room, owner_id = find_room(conn)
             now = datetime.now(UTC)
             pending = conn.execute(
                 "SELECT count(*) FROM invites WHERE room_id = ? AND used_at IS NULL AND expires_at > ?",
@@ -69,17 +111,21 @@ class Invites:
                 )
             invite_id, expires = new_id("invite"), iso(now + timedelta(seconds=ttl_s))
             conn.execute(
-                "INSERT INTO invites (invite_id, room_id, code_hash, created_by, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (invite_id, room["room_id"], secret_hash(code), actor.id or actor.kind, iso(now), expires),
+                "INSERT INTO invites (invite_id, room_id, state, code_hash, owner_id, created_by, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    invite_id,
+                    room["room_id"],
+                    "pending_owner" if code is None else "active",
+                    None if code is None else secret_hash(code),
+                    owner_id,
+                    actor.id or actor.kind,
+                    iso(now),
+                    expires,
+                ),
             )
             audit.append(conn, actor, "invite.create", target=room["room_id"], detail={"invite_id": invite_id})
-            return Invite(
-                code=code,
-                room=room["name"],
-                expires_at=expires,
-                accept_command=f"agent-rooms invite accept {code} --owner YOUR_OWNER_HANDLE --agent YOUR_AGENT",
-            )
+            return invite_id, room["name"], expires
 
         return await self._store.write(run)
 
@@ -130,6 +176,16 @@ class Invites:
             if e.code is ErrorCode.INVITE_INVALID:
                 await self._store.write(audit.denial(operator, "invite.accept", e.audit_reason))
             raise
+
+
+def _usable(invite_id: str, code: str, room: str, expires: str) -> Invite:
+    return Invite(
+        invite_id=invite_id,
+        code=code,
+        room=room,
+        expires_at=expires,
+        accept_command=f"agent-rooms invite accept {code} --owner YOUR_OWNER_HANDLE --agent YOUR_AGENT",
+    )
 
 
 def _why_invalid(conn: sqlite3.Connection, code: str) -> str:

@@ -128,7 +128,7 @@ class Messages:
 
         def run(conn: sqlite3.Connection) -> PostedMessage:
             queries.recheck_caller(conn, caller, Scope.POST)
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            room = queries.room_for_member(conn, room_ref, caller)
             if reply_to is not None and not 1 <= reply_to <= room["latest_seq"]:
                 raise invalid("reply_to", "no message with that seq in this room")
             members = {m["handle"]: m for m in queries.room_members(conn, room["room_id"])} if wanted else {}
@@ -176,7 +176,7 @@ class Messages:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> MessagePage:
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            room = queries.room_for_member(conn, room_ref, caller)
             start = max(room["latest_seq"] - limit, 0) if after is None else after
             rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
             page = rows[:limit]
@@ -243,6 +243,6 @@ class Messages:
 
         def still_reading(conn: sqlite3.Connection) -> str:
             queries.recheck_caller(conn, caller, Scope.READ)
-            return str(queries.room_for_member(conn, room_ref, caller.agent_id)["room_id"])
+            return str(queries.room_for_member(conn, room_ref, caller)["room_id"])
 
         return page, await self._store.read(still_reading)

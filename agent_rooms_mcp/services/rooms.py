@@ -55,8 +55,8 @@ class Rooms:
             # In the order the rooms were made, so the rowid is the cursor.
             rows = conn.execute(
                 _SUMMARY + " JOIN room_agents m ON m.room_id = r.room_id AND m.agent_id = ?"
-                " WHERE r.rowid > ? ORDER BY r.rowid LIMIT ?",
-                (caller.agent_id, after, limit + 1),
+                " WHERE r.room_id = coalesce(?, r.room_id) AND r.rowid > ? ORDER BY r.rowid LIMIT ?",
+                (caller.agent_id, policy.run_room(caller), after, limit + 1),
             ).fetchall()
             rooms = [_summary(r) for r in rows[:limit]]
             empty = RoomList(rooms=[], next_after=after, has_more=True)
@@ -70,7 +70,7 @@ class Rooms:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> RoomDetail:
-            room = queries.room_for_member(conn, ref, caller.agent_id)
+            room = queries.room_for_member(conn, ref, caller)
             mode = queries.consent_mode(conn, room["room_id"], caller.owner_id)
             rows = conn.execute(_MEMBER_PAGE, (room["room_id"], after, limit + 1)).fetchall()
             members = [
@@ -100,8 +100,12 @@ class Rooms:
         return await self._store.read(run)
 
     async def count_for(self, caller: Caller) -> int:
+        # A run token counts only its run's room, as list_rooms shows it (invariant 87).
         return await self._store.read(
-            lambda c: c.execute("SELECT count(*) FROM room_agents WHERE agent_id = ?", (caller.agent_id,)).fetchone()[0]
+            lambda c: c.execute(
+                "SELECT count(*) FROM room_agents WHERE agent_id = ? AND room_id = coalesce(?, room_id)",
+                (caller.agent_id, policy.run_room(caller)),
+            ).fetchone()[0]
         )
 
     # Operator (CLI) actions: human-only, never MCP tools (DESIGN §2).

@@ -18,7 +18,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import iso, now_utc
-from agent_rooms_mcp.errors import forbidden, not_found
+from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.models import RunInfo, RunList, StoppedRun, StopResult
 from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
 from agent_rooms_mcp.services.render import cut_page, notice, render_columns
@@ -183,8 +183,12 @@ class Runs:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> RunList:
-            # Runs of the caller's owner only: another owner's runs are not the caller's business.
-            sql, args = _RUNS + " WHERE r.owner_id = ?", list[object]([caller.owner_id])
+            # Runs of the caller's owner only: another owner's runs are not the caller's business; a run
+            # token sees only its own room's (invariant 87).
+            sql, args = (
+                _RUNS + " WHERE r.owner_id = ? AND r.room_id = coalesce(?, r.room_id)",
+                list[object]([caller.owner_id, policy.run_room(caller)]),
+            )
             if agent is not None:
                 sql += " AND (a.handle = ? OR a.agent_id = ?)"
                 args += [agent, agent]
@@ -214,8 +218,9 @@ class Runs:
         def run(conn: sqlite3.Connection) -> StopResult:
             queries.recheck_caller(conn, caller, Scope.MANAGE)
             agent = queries.agent(conn, agent_ref)
-            if agent["owner_id"] != caller.owner_id:
-                raise forbidden("you may stop only your own owner's agents")
+            # Another owner's agent answers as a missing one: a refusal must not confirm that a handle exists.
+            if not policy.owns_agent(caller, agent["owner_id"]):
+                raise not_found("agent")
             return _request_stop(conn, caller.actor, agent, run_id)
 
         return await self._store.write(run, notify=True)

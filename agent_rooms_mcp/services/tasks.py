@@ -75,7 +75,7 @@ class Tasks:
 
         def run(conn: sqlite3.Connection) -> TaskView:
             queries.recheck_caller(conn, caller, Scope.TASK)
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            room = queries.room_for_member(conn, room_ref, caller)
             target = queries.member_agent(conn, room["room_id"], assignee) if assignee else None
             verdict = (
                 consent.judge(conn, caller, room["room_id"], target, wake=False)
@@ -256,7 +256,7 @@ class Tasks:
             args.append(assignee)
 
         def run(conn: sqlite3.Connection) -> TaskList:
-            room = queries.room_for_member(conn, room_ref, caller.agent_id)
+            room = queries.room_for_member(conn, room_ref, caller)
             rows = conn.execute(
                 _TASKS + " WHERE t.room_id = ? AND t.number > ?" + filters + " ORDER BY t.number LIMIT ?",
                 (room["room_id"], after, *args, limit + 1),
@@ -338,12 +338,13 @@ def _offer(
 
 
 def _task_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlite3.Row:
-    """The task if the caller is in its room; NOT_FOUND otherwise, as for a task that does not exist."""
+    """The task if the caller is in its room (a run token: its run's room); NOT_FOUND otherwise, as for a task
+    that does not exist."""
     row = conn.execute(
         "SELECT t.* FROM tasks t JOIN room_agents m ON m.room_id = t.room_id AND m.agent_id = ? WHERE t.task_id = ?",
         (caller.agent_id, ref),
     ).fetchone()
-    if row is None:
+    if row is None or not policy.reaches_room(caller, row["room_id"]):
         raise not_found("task")
     return row
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 
+from agent_rooms_mcp import policy
 from agent_rooms_mcp.errors import forbidden_scope, not_found, unauthenticated
 from agent_rooms_mcp.principals import Caller, Scope, held_scopes
 
@@ -12,14 +13,15 @@ from agent_rooms_mcp.principals import Caller, Scope, held_scopes
 LATEST_SEQ = "(SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.room_id = r.room_id) AS latest_seq"
 
 
-def room_for_member(conn: sqlite3.Connection, ref: str, agent_id: str) -> sqlite3.Row:
-    """The room by id or name, if agent_id is a member; else NOT_FOUND, the same as a missing room."""
+def room_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlite3.Row:
+    """The room by id or name, if the caller's agent is a member and its credential reaches the room (a run
+    token only its run's room); else NOT_FOUND, the same as a missing room (invariants 27, 87)."""
     row = conn.execute(
         f"SELECT r.*, {LATEST_SEQ} FROM rooms r JOIN room_agents x ON x.room_id = r.room_id AND x.agent_id = ?"
         " WHERE r.room_id = ? OR r.name = ?",
-        (agent_id, ref, ref),
+        (caller.agent_id, ref, ref),
     ).fetchone()
-    if row is None:
+    if row is None or not policy.reaches_room(caller, row["room_id"]):
         raise not_found("room")
     return row
 

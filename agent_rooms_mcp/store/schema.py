@@ -289,4 +289,31 @@ CREATE TABLE auth_failures (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT)
+
+# authz: an invite an agent creates waits for its owner (DESIGN §2, invariant 106). Until the owner confirms
+# it there is no code at all, so nothing an agent saw can be accepted; the code's hash exists only once
+# the owner has it. `owner_id` is whose invite it is, so only that owner confirms it. SQLite cannot drop
+# NOT NULL from code_hash in place, hence the copy.
+_V_AUTHZ = """
+CREATE TABLE invites_v (
+  invite_id TEXT PRIMARY KEY,
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  state TEXT NOT NULL CHECK (state IN ('pending_owner', 'active')),
+  code_hash BLOB UNIQUE,
+  owner_id TEXT REFERENCES owners(owner_id),
+  created_by TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  confirmed_at TEXT,
+  expires_at TEXT NOT NULL,
+  used_at TEXT,
+  used_by TEXT,
+  CHECK ((state = 'active') = (code_hash IS NOT NULL))
+) STRICT;
+INSERT INTO invites_v (invite_id, room_id, state, code_hash, created_by, created_at, expires_at, used_at, used_by)
+  SELECT invite_id, room_id, 'active', code_hash, created_by, created_at, expires_at, used_at, used_by FROM invites;
+DROP TABLE invites;
+ALTER TABLE invites_v RENAME TO invites;
+CREATE INDEX invites_by_room ON invites(room_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ)
