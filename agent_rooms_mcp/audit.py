@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_rooms_mcp.auth.paseto import pae
-from agent_rooms_mcp.auth.tokens import INVITE_PREFIX, TOKEN_PREFIX
+from agent_rooms_mcp.auth.tokens import INVITE_PREFIX, CredentialKind
 from agent_rooms_mcp.clock import now_utc
 
 _DOMAIN = b"agent-rooms/audit/v1"
@@ -98,7 +98,7 @@ def append(
 # only if it is shaped like a handle or a room name; credentials are checked first, since a lowercase
 # token or invite code would pass for a handle.
 _ID_RE = re.compile(r"(?:agt|dep|file|grant|invite|msg|own|prop|room|run|task|tok)_[A-Za-z0-9_-]{22}")
-_SECRET_PREFIXES = (TOKEN_PREFIX, INVITE_PREFIX)
+_SECRET_PREFIXES = (*(kind.value for kind in CredentialKind), INVITE_PREFIX)
 _HASHED_HEX_CHARS = 16
 
 
