@@ -227,6 +227,7 @@ def test_consent_list_shows_what_waits_with_the_words_enveloped(world: World) ->
         "proposer",
         "target",
         "task_id",
+        "causers",
         "payload",
         "payload_sha256",
         "created_at",
