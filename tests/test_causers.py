@@ -13,12 +13,14 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
-from tests.conftest import OPERATOR, World
+from agent_rooms_mcp.settings import WakeSettings
+from tests.conftest import OPERATOR, World, build_world
 from tests.test_consent import Calls, add_agent, join
 from tests.wakeworld import runs
 
@@ -157,3 +159,22 @@ async def test_mentions_coalesce_only_with_the_same_causers_and_constraint(world
     queued = [(r["constrained"], r["causers"]) for r in runs(world, "bob-helper")]
     assert queued == [(0, owner_ids(world, "bob")), (1, owner_ids(world, "alice", "bob"))]
     assert own["run_id"] == runs(world, "bob-helper")[0]["run_id"]
+
+
+@pytest.mark.invariant(102)
+async def test_another_owners_wakes_are_charged_to_that_owners_queue(tmp_path: Path) -> None:
+    """Alice, whom Bob accepts without asking, fills the queue cap with wakes of Bob's agent: the cap is
+    charged to her, and Bob's own agents can still be woken."""
+    world = await build_world(tmp_path / "home", WakeSettings(enabled=False, max_queued_per_owner=2))
+    await world.trust("bob", "alice")
+    await bob_mode(world, "approve_all")
+    async with AsyncExitStack() as stack:
+        mcp = Calls(world, stack)
+        for n in range(3):
+            task = await mcp.ok("alice-claude", "create_task", {"room": "shared", "title": f"t{n}", "body": "b",
+                                                                "assignee": "bob-codex"})  # fmt: skip
+            assert task["consent_state"] == "accepted"
+        assert len(runs(world, "bob-codex")) == 2  # the third was refused SPAWN_CAP, charged to alice
+        posted = await mcp.ok("bob-claude", "post_message", {"room": "bobs-den", "text": "@bob-codex mine"})
+    assert posted["mentions"][0]["outcome"] in ("woken", "queued")
+    assert len(runs(world, "bob-codex")) == 3

@@ -67,6 +67,15 @@ _STARTABLE = (
 )
 
 
+# Queued wakes charged to :owner: those its words caused in another owner's agents, and its own agents'
+# wakes no other owner's words caused.
+_QUEUED_CHARGED_TO = (
+    "SELECT count(*) FROM runs r WHERE r.state = 'queued' AND ("
+    " EXISTS (SELECT 1 FROM json_each(r.causers) j WHERE j.value = :owner AND j.value <> r.owner_id)"
+    " OR (r.owner_id = :owner AND NOT EXISTS (SELECT 1 FROM json_each(r.causers) j WHERE j.value <> r.owner_id)))"
+)
+
+
 def _startable_args(caps: WakeSettings, now: datetime) -> dict[str, object]:
     return {
         "now": iso(now),
@@ -137,11 +146,10 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, c
         ).fetchone()
     ):
         return Enqueued("queued")
-    waiting = conn.execute(
-        "SELECT count(*) FROM runs WHERE owner_id = ? AND state = 'queued'", (target["owner_id"],)
-    ).fetchone()[0]
-    if waiting >= caps.max_queued_per_owner:
-        return Enqueued("refused", "SPAWN_CAP")
+    # The queue cap is charged to the owners whose words ask (DESIGN §5): one owner cannot fill another's queue.
+    for owner_id in crossing.others(cause.causers, target["owner_id"]) or (target["owner_id"],):
+        if conn.execute(_QUEUED_CHARGED_TO, {"owner": owner_id}).fetchone()[0] >= caps.max_queued_per_owner:
+            return Enqueued("refused", "SPAWN_CAP")
     run_id = new_id("run")
     conn.execute(
         "INSERT INTO runs (run_id, agent_id, owner_id, room_id, trigger, cause_id, caused_by, causers, proposal_id,"
