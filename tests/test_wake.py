@@ -3,6 +3,7 @@ CLIs (tests/fakes) that speak the real event formats and call back into the hub 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from dataclasses import replace
@@ -184,6 +185,7 @@ async def test_a_claude_run_without_our_mcp_server_is_stopped_as_failed(woken: W
     assert (run["state"], run["outcome"]) == ("failed", "mcp_failed")
 
 
+@pytest.mark.invariant(85)
 async def test_after_a_rate_limit_the_follow_up_resumes_and_never_replays_the_request(
     woken: World, fakes: Fakes
 ) -> None:
@@ -203,6 +205,9 @@ async def test_after_a_rate_limit_the_follow_up_resumes_and_never_replays_the_re
     retry = fakes.calls()[-1]
     assert retry["argv"][retry["argv"].index("--resume") + 1] == first["session_id"]
     assert "rate limit that interrupted" in retry["stdin"] and "run the migration once" not in retry["stdin"]
+    # The supervisor's follow-up is a state change of its own, audited (invariant 85).
+    [queued] = [json.loads(r["detail"]) for r in woken.audit_rows() if r["action"] == "run.follow_up"]
+    assert (queued["run_id"], queued["after"]) == (follow_up["run_id"], first["run_id"])
 
 
 async def test_a_wake_held_back_only_by_time_is_started_when_the_time_comes(woken: World, fakes: Fakes) -> None:

@@ -705,6 +705,8 @@ class RunBook:
             " payload_sha256, constrained, depth, 'queued', 1, ?, ? FROM runs WHERE run_id = ?",
             (follow_up, retry_at, now, row["run_id"]),
         )
+        audit.append(conn, self._actor, "run.follow_up", target=row["agent_id"],
+                     detail={"run_id": follow_up, "after": row["run_id"], "not_before": retry_at})  # fmt: skip
         return follow_up
 
 
