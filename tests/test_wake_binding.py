@@ -185,6 +185,8 @@ async def test_a_mode_that_no_longer_accepts_withdraws_the_wake_it_accepted(trus
     "change, reason",
     [
         pytest.param("grant", "grant_revoked", id="grant-revoked"),
+        pytest.param("invoke", "invoke_revoked", id="invoke-removed"),
+        pytest.param("member", "membership_ended", id="left-the-room"),
         pytest.param("cancel", "task_cancelled", id="task-cancelled"),
         pytest.param("reassign", "reassigned", id="task-reassigned"),
     ],
@@ -197,9 +199,14 @@ async def test_the_same_changes_during_a_run_stop_it_withdrawn(
     async with supervisor(woken), sessions(woken) as mcp:
         task = await accepted_task(mcp)
         await until(lambda: (r := runs(woken, "bob-codex")) and r[0]["pid"], "bob-codex runs alice's task")
-        if change == "grant":
+        if change in ("grant", "invoke", "member"):
             async with woken.hub() as hub:
-                await hub.grants.revoke(OPERATOR, "bob", "alice")
+                if change == "grant":
+                    await hub.grants.revoke(OPERATOR, "bob", "alice")
+                elif change == "invoke":
+                    await hub.accounts.set_scopes(OPERATOR, "bob-codex", parse_scopes("read,post,task"))
+                else:
+                    await hub.rooms.remove_agent(OPERATOR, "shared", "bob-codex")
         elif change == "cancel":
             await mcp.ok("alice-claude", "update_task", {"task": task["task_id"], "status": "cancelled"})
         else:
