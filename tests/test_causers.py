@@ -178,3 +178,19 @@ async def test_another_owners_wakes_are_charged_to_that_owners_queue(tmp_path: P
         posted = await mcp.ok("bob-claude", "post_message", {"room": "bobs-den", "text": "@bob-codex mine"})
     assert posted["mentions"][0]["outcome"] in ("woken", "queued")
     assert len(runs(world, "bob-codex")) == 3
+
+
+@pytest.mark.invariant(102)
+async def test_a_runs_request_accepted_later_still_counts_towards_the_wake_depth(world: World, mcp: Calls) -> None:
+    """A run at the depth cap asks another owner's consent to wake: accepting it must not restart the chain."""
+    token = await bobs_run_for_alice(world, mcp)
+    async with world.hub() as hub:
+        await hub.store.write(lambda c: c.execute("UPDATE runs SET depth = 3 WHERE state = 'running'"))
+    async with world.client(None, token=token) as run:
+        posted = await run.call_tool("post_message", {"room": "shared", "text": "@bob-helper and again"})
+    [mention] = posted.structured_content["mentions"]
+    assert mention["outcome"] == "pending_consent"
+    await mcp.ok("bob-admin", "accept_task", {"task": mention["proposal_id"]})
+    assert runs(world, "bob-helper") == []
+    [accepted] = [json.loads(r["detail"]) for r in world.audit_rows() if r["action"] == "consent.accept"][-1:]
+    assert accepted["wake"] == "refused"

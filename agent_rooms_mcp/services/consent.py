@@ -114,9 +114,9 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdi
     by_mode = state == ConsentState.ACCEPTED
     conn.execute(
         "INSERT INTO proposals (proposal_id, kind, room_id, proposer_id, proposer_owner_id, target_id,"
-        " target_owner_id, grant_id, grant_ids, causers, task_id, message_id, payload, payload_sha256, state,"
-        " decided_by, decided_via, created_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " ?, ?)",
+        " target_owner_id, grant_id, grant_ids, causers, run_id, task_id, message_id, payload, payload_sha256,"
+        " state, decided_by, decided_via, created_at, decided_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             proposal_id,
             offer.kind,
@@ -128,6 +128,7 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdi
             verdict.grant_ids[0],
             json.dumps(verdict.grant_ids),
             crossing.dumps(verdict.causers),
+            actor.run_id,
             offer.task_id,
             offer.message_id,
             text,
@@ -465,7 +466,7 @@ def _decide(
             cause_id=proposal["task_id"] or proposal["proposal_id"],
             room_id=proposal["room_id"],
             by_agent_id=proposal["proposer_id"],
-            by_run_id=None,
+            by_run_id=proposal["run_id"],  # a run's request keeps counting towards the wake depth once accepted
             causers=causers,
             proposal_id=proposal["proposal_id"],
             payload_sha256=proposal["payload_sha256"],

@@ -350,6 +350,8 @@ ALTER TABLE tasks ADD COLUMN causers TEXT NOT NULL DEFAULT '[]';
 UPDATE tasks SET causers = json_array(creator_owner_id);
 ALTER TABLE proposals ADD COLUMN causers TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE proposals ADD COLUMN grant_ids TEXT NOT NULL DEFAULT '[]';
+-- The run that proposed, if a woken run did: the wake an acceptance causes counts towards its depth.
+ALTER TABLE proposals ADD COLUMN run_id TEXT;
 UPDATE proposals SET causers = json_array(proposer_owner_id), grant_ids = json_array(grant_id);
 """
 
