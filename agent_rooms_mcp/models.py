@@ -262,6 +262,9 @@ class Proposal(BaseModel):
     proposer: ProposerRef
     target: Handle
     task_id: Id | None
+    # Every owner whose words the proposal carries (the creator of a task handed on, a run's causers):
+    # accepting it accepts all of theirs.
+    causers: list[Handle]
     payload: dict[str, object]
     payload_sha256: Hex
     created_at: Stamp

@@ -132,30 +132,41 @@ def agent_may_set_mode(current: Standing, chosen: ConsentMode, collaborator_id: 
 
 
 @dataclass(frozen=True, slots=True)
+class Crosser:
+    """One owner whose words cross to the target's owner: the acting agent's owner, a task's authors, or a
+    run's causers (DESIGN §4). Facts as loaded inside the transaction."""
+
+    owner_id: str
+    grant_id: str | None  # the active grant from the target's owner to this owner
+    verified: bool  # this owner and the target's owner both
+    standing: Standing  # the target owner's mode, as it stands towards this owner
+
+
+@dataclass(frozen=True, slots=True)
 class CrossOwner:
     """Facts about one agent acting on another's agent: giving it a task, or mentioning it so it would wake."""
 
     actor: Caller
     target_owner_id: str
     target_scopes: frozenset[Scope]
-    grant_id: str | None  # the active grant from the target's owner to the actor's owner
-    owners_verified: bool  # both of them
-    standing: Standing
+    # Every owner whose words cross other than the target's own, in a fixed order; empty when none does.
+    crossers: tuple[Crosser, ...]
     target_constrainable: bool = True  # its tool can run read-only when another owner wakes it
 
 
 def propose(f: CrossOwner, *, wake: bool) -> ConsentState:
     """May f.actor give work to (or wake) f.target, and in which consent state does that start? (DESIGN §4)"""
-    # 1. Same owner: nothing crosses a boundary, nothing to consent to.
-    if f.target_owner_id == f.actor.owner_id:
+    # 1. Only the target owner's own words: nothing crosses a boundary, nothing to consent to.
+    if not f.crossers:
         return ConsentState.AUTO
     # 2. The actor's `task` scope, before anything about the other owner is revealed.
     require_scope(f.actor, Scope.TASK)
-    # 3. A standing grant from the target's owner, then 4. both identities verified.
-    if f.grant_id is None:
-        raise RoomsError(ErrorCode.NO_GRANT, "the target agent's owner has not granted your owner")
-    if not f.owners_verified:
-        raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "both owners must be identity-verified")
+    # 3. A standing grant from the target's owner to every owner whose words cross (a task handed on still
+    #    carries its creator's words), then 4. all of them verified.
+    if any(c.grant_id is None for c in f.crossers):
+        raise RoomsError(ErrorCode.NO_GRANT, "the target agent's owner has not granted every owner whose words cross")
+    if not all(c.verified for c in f.crossers):
+        raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "every owner whose words cross must be identity-verified")
     # 5. Only an agent its owner allowed to be woken can be woken.
     if wake and Scope.INVOKE not in f.target_scopes:
         raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
@@ -166,8 +177,13 @@ def propose(f: CrossOwner, *, wake: bool) -> ConsentState:
             ErrorCode.CONSTRAINED_RUNTIME_REQUIRED,
             "the target agent's tool cannot run constrained, as a wake from another owner must",
         )
-    # 7. The target owner's standing mode in this room.
-    return ConsentState.ACCEPTED if starts_accepted(f.standing, f.actor.owner_id) else ConsentState.PENDING
+    # 7. The target owner's standing mode in this room, judged for each owner: the strictest wins.
+    return ConsentState.ACCEPTED if still_accepted(f.crossers) else ConsentState.PENDING
+
+
+def still_accepted(crossers: tuple[Crosser, ...]) -> bool:
+    """Does the target owner's mode accept, without asking, the words of every owner that crosses?"""
+    return all(starts_accepted(c.standing, c.owner_id) for c in crossers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +196,8 @@ class Decision:
     target_owner_id: str
     target_scopes: frozenset[Scope]
     wake: bool
-    grant_active: bool  # the grant the proposal was made under, not merely some grant now
-    owners_verified: bool
+    grant_active: bool  # every grant the proposal was made under, not merely some grant now
+    owners_verified: bool  # the target's owner and every owner whose words cross
     # Both agents still in the room, and the proposer still holding `task`: scope and membership changes
     # take effect on the next call, a decision included.
     parties_present: bool = True
@@ -205,9 +221,9 @@ def decide(f: Decision, *, accept: bool) -> ConsentState:
     if not f.parties_present:
         raise conflict("the proposer or the target agent is no longer in the room, or the proposer lost 'task'")
     if not f.grant_active:
-        raise RoomsError(ErrorCode.NO_GRANT, "the grant this was proposed under has been revoked")
+        raise RoomsError(ErrorCode.NO_GRANT, "a grant this was proposed under has been revoked")
     if not f.owners_verified:
-        raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "both owners must be identity-verified")
+        raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "every owner whose words cross must be identity-verified")
     if f.wake and Scope.INVOKE not in f.target_scopes:
         raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
     if Scope.INVOKE in f.target_scopes and not f.target_constrainable:  # it gained invoke since (rule 6 above)

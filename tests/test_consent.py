@@ -838,6 +838,7 @@ async def test_an_owner_who_left_and_came_back_is_a_later_arrival_for_trust_room
 async def test_a_handed_on_task_shows_its_creators_words_as_the_creators(world: World, mcp: Calls) -> None:
     await world.trust("bob", "alice")
     await world.trust("carol", "bob")
+    await world.trust("carol", "alice")  # alice's words reach carol's agent too (invariant 78)
     await join(world, "shared", "carol", ["carol-claude"])
     await add_agent(world, "carol-desk", "carol", "read,consent")
     task = await new_task(mcp, "bob-claude", title="alice wrote this")
@@ -846,6 +847,7 @@ async def test_a_handed_on_task_shows_its_creators_words_as_the_creators(world: 
     [shown] = (await pending(mcp, "carol-desk"))["proposals"]
     assert shown["proposal_id"] == handed["proposal_id"]
     assert shown["proposer"] == {"agent": "bob-claude", "owner": "bob"}
+    assert shown["causers"] == ["alice", "bob"]
     assert "author=@alice-claude owner=alice>>\nalice wrote this" in shown["payload"]["title"]
 
 

@@ -227,6 +227,7 @@ def test_consent_list_shows_what_waits_with_the_words_enveloped(world: World) ->
         "proposer",
         "target",
         "task_id",
+        "causers",
         "payload",
         "payload_sha256",
         "created_at",
@@ -244,6 +245,7 @@ def test_consent_list_shows_what_waits_with_the_words_enveloped(world: World) ->
     )
     assert f"{wake_id}  wake for bob-codex in shared" in text
     assert "port the parser" in text
+    assert "    words of: alice\n" in text  # every owner whose words the request carries (invariant 78)
     assert ar(world, "consent", "list", "--owner", "alice").stdout.strip() == "(nothing waits on your decision)"
     assert ok_json(world, "consent", "list", "--owner", "bob", "--room", "bobs-den")["proposals"] == []
     # A room bob is not in is one he cannot name.

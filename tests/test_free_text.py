@@ -297,9 +297,11 @@ def _claimed(room: str = "shared") -> Claimed:
         trigger="mention",
         cause_id="msg_x",
         caused_by="agent_b",
+        causers=frozenset({"owner_b"}),
         constrained=True,
         depth=1,
         resume_session=None,
+        words=CauseText("", "bob-claude", "bob", cross_owner=True),  # the tests pass _prompt their own
     )
 
 

@@ -23,24 +23,33 @@ ALICE = Caller(
     token_id="tok_alice",
 )
 INVOKE = frozenset({Scope.READ, Scope.INVOKE})
-BASE = CrossOwner(
-    actor=ALICE,
-    target_owner_id="own_bob",
-    target_scopes=INVOKE,
-    grant_id="grant_bob_alice",
-    owners_verified=True,
-    standing=Standing(),
-)
+ALICE_WORDS = policy.Crosser(owner_id="own_alice", grant_id="grant_bob_alice", verified=True, standing=Standing())
+BASE = CrossOwner(actor=ALICE, target_owner_id="own_bob", target_scopes=INVOKE, crossers=(ALICE_WORDS,))
 NO_TASK = replace(ALICE, scopes=frozenset({Scope.READ, Scope.POST}))
 
+
+def alice(**facts: object) -> CrossOwner:
+    """BASE with alice's words crossing on other facts: no grant, unverified, another standing."""
+    return replace(BASE, crossers=(replace(ALICE_WORDS, **facts),))
+
+
+# Carol, whom bob trusts, hands on alice's task: both owners' words cross to bob.
+CAROL_WORDS = policy.Crosser(
+    owner_id="own_carol",
+    grant_id="grant_bob_carol",
+    verified=True,
+    standing=Standing(ConsentMode.TRUST_COLLABORATOR, "own_carol"),
+)
+TRUSTS_CAROL = Standing(ConsentMode.TRUST_COLLABORATOR, "own_carol")
+
 PROPOSE = [
-    pytest.param(replace(BASE, target_owner_id="own_alice", grant_id=None), False, ConsentState.AUTO, id="same-owner"),
+    pytest.param(replace(BASE, target_owner_id="own_alice", crossers=()), False, ConsentState.AUTO, id="same-owner"),
     pytest.param(BASE, False, ConsentState.PENDING, id="task_by_task-starts-pending"),
     pytest.param(replace(BASE, actor=NO_TASK), False, ErrorCode.FORBIDDEN_SCOPE, id="no-task-scope"),
-    pytest.param(replace(BASE, actor=NO_TASK, grant_id=None), False, ErrorCode.FORBIDDEN_SCOPE, id="scope-first"),
-    pytest.param(replace(BASE, grant_id=None), False, ErrorCode.NO_GRANT, id="no-grant"),
-    pytest.param(replace(BASE, grant_id=None, owners_verified=False), False, ErrorCode.NO_GRANT, id="grant-first"),
-    pytest.param(replace(BASE, owners_verified=False), False, ErrorCode.IDENTITY_UNVERIFIED, id="unverified"),
+    pytest.param(replace(alice(grant_id=None), actor=NO_TASK), False, ErrorCode.FORBIDDEN_SCOPE, id="scope-first"),
+    pytest.param(alice(grant_id=None), False, ErrorCode.NO_GRANT, id="no-grant"),
+    pytest.param(alice(grant_id=None, verified=False), False, ErrorCode.NO_GRANT, id="grant-first"),
+    pytest.param(alice(verified=False), False, ErrorCode.IDENTITY_UNVERIFIED, id="unverified"),
     pytest.param(
         replace(BASE, target_scopes=frozenset({Scope.READ})), False, ConsentState.PENDING, id="task-no-invoke"
     ),
@@ -48,44 +57,53 @@ PROPOSE = [
         replace(BASE, target_scopes=frozenset({Scope.READ})), True, ErrorCode.FORBIDDEN_SCOPE, id="wake-no-invoke"
     ),
     pytest.param(
-        replace(BASE, target_scopes=frozenset(), owners_verified=False),
+        replace(alice(verified=False), target_scopes=frozenset()),
         True,
         ErrorCode.IDENTITY_UNVERIFIED,
         id="identity-before-invoke",
     ),
     pytest.param(BASE, True, ConsentState.PENDING, id="wake-pending"),
+    pytest.param(alice(standing=Standing(ConsentMode.APPROVE_ALL)), True, ConsentState.ACCEPTED, id="approve_all"),
     pytest.param(
-        replace(BASE, standing=Standing(ConsentMode.APPROVE_ALL)), True, ConsentState.ACCEPTED, id="approve_all"
-    ),
-    pytest.param(
-        replace(BASE, standing=Standing(ConsentMode.TRUST_COLLABORATOR, "own_alice")),
+        alice(standing=Standing(ConsentMode.TRUST_COLLABORATOR, "own_alice")),
         False,
         ConsentState.ACCEPTED,
         id="trusted-collaborator",
     ),
+    pytest.param(alice(standing=TRUSTS_CAROL), False, ConsentState.PENDING, id="other-collaborator"),
     pytest.param(
-        replace(BASE, standing=Standing(ConsentMode.TRUST_COLLABORATOR, "own_carol")),
-        False,
-        ConsentState.PENDING,
-        id="other-collaborator",
-    ),
-    pytest.param(
-        replace(BASE, standing=Standing(ConsentMode.TRUST_ROOM, proposer_trusted_by_room=True)),
+        alice(standing=Standing(ConsentMode.TRUST_ROOM, proposer_trusted_by_room=True)),
         False,
         ConsentState.ACCEPTED,
         id="trust_room-member-before",
     ),
     pytest.param(
-        replace(BASE, standing=Standing(ConsentMode.TRUST_ROOM)),
-        False,
-        ConsentState.PENDING,
-        id="trust_room-joined-after",
+        alice(standing=Standing(ConsentMode.TRUST_ROOM)), False, ConsentState.PENDING, id="trust_room-joined-after"
     ),
     pytest.param(
-        replace(BASE, grant_id=None, standing=Standing(ConsentMode.APPROVE_ALL)),
+        alice(grant_id=None, standing=Standing(ConsentMode.APPROVE_ALL)),
         False,
         ErrorCode.NO_GRANT,
         id="no-mode-skips-the-grant",
+    ),
+    # Invariant 78: every owner whose words cross is judged, not only the one handing the task on.
+    pytest.param(
+        replace(BASE, crossers=(replace(ALICE_WORDS, grant_id=None, standing=TRUSTS_CAROL), CAROL_WORDS)),
+        True,
+        ErrorCode.NO_GRANT,
+        id="handed-on-needs-the-creators-grant",
+    ),
+    pytest.param(
+        replace(BASE, crossers=(replace(ALICE_WORDS, standing=TRUSTS_CAROL), CAROL_WORDS)),
+        True,
+        ConsentState.PENDING,
+        id="handed-on-the-strictest-mode-wins",
+    ),
+    pytest.param(
+        replace(BASE, crossers=(replace(ALICE_WORDS, verified=False, standing=TRUSTS_CAROL), CAROL_WORDS)),
+        False,
+        ErrorCode.IDENTITY_UNVERIFIED,
+        id="handed-on-needs-the-creator-verified",
     ),
 ]
 
@@ -97,7 +115,7 @@ def outcome(call: object) -> object:
         return e.code
 
 
-@pytest.mark.invariant(23, 24, 41, 42)
+@pytest.mark.invariant(23, 24, 41, 42, 78)
 @pytest.mark.parametrize("facts, wake, expected", PROPOSE)
 def test_propose(facts: CrossOwner, wake: bool, expected: object) -> None:
     assert outcome(lambda: policy.propose(facts, wake=wake)) == expected

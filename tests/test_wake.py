@@ -3,6 +3,7 @@ CLIs (tests/fakes) that speak the real event formats and call back into the hub 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from dataclasses import replace
@@ -102,7 +103,7 @@ async def test_outcome_is_judged_from_events_not_the_exit_code(woken: World, fak
         run = (await until(lambda: ended(woken, "alice-bot"), "the run ends"))[0]
         # Back-off: a follow-up that resumes the session waits, queued, for the owner's CLI to be let through.
         [_, follow_up] = await until(lambda: len(r := runs(woken, "alice-bot")) == 2 and r, "a follow-up")
-    assert (run["state"], run["outcome"]) == ("rate_limited", "rate_limit")
+    assert (run["state"], run["outcome"]) == ("failed", "rate_limit")
     assert (follow_up["state"], follow_up["resume"]) == ("queued", 1) and follow_up["not_before"] > run["ended_at"]
     [backoff] = woken.sql("SELECT * FROM backoffs")
     assert backoff["tool"] == "claude"
@@ -184,6 +185,7 @@ async def test_a_claude_run_without_our_mcp_server_is_stopped_as_failed(woken: W
     assert (run["state"], run["outcome"]) == ("failed", "mcp_failed")
 
 
+@pytest.mark.invariant(85)
 async def test_after_a_rate_limit_the_follow_up_resumes_and_never_replays_the_request(
     woken: World, fakes: Fakes
 ) -> None:
@@ -199,10 +201,13 @@ async def test_after_a_rate_limit_the_follow_up_resumes_and_never_replays_the_re
             conn.execute("UPDATE runs SET not_before = '2000-01-01T00:00:00.000000Z' WHERE state = 'queued'")
         conn.close()
         _, follow_up = await until(lambda: ended(woken, "alice-bot", 2), "the follow-up ends")
-    assert (first["state"], follow_up["state"]) == ("rate_limited", "completed")
+    assert (first["state"], first["outcome"], follow_up["state"]) == ("failed", "rate_limit", "completed")
     retry = fakes.calls()[-1]
     assert retry["argv"][retry["argv"].index("--resume") + 1] == first["session_id"]
     assert "rate limit that interrupted" in retry["stdin"] and "run the migration once" not in retry["stdin"]
+    # The supervisor's follow-up is a state change of its own, audited (invariant 85).
+    [queued] = [json.loads(r["detail"]) for r in woken.audit_rows() if r["action"] == "run.follow_up"]
+    assert (queued["run_id"], queued["after"]) == (follow_up["run_id"], first["run_id"])
 
 
 async def test_a_wake_held_back_only_by_time_is_started_when_the_time_comes(woken: World, fakes: Fakes) -> None:

@@ -452,7 +452,7 @@ async def test_a_usage_limit_holds_the_follow_up_until_the_reset(tmp_path: Path,
     async with supervisor(world):
         await post(world, "alice-claude", "@alice-bot big job")
         first = (await until(lambda: ended(world, "alice-bot"), "the run ends"))[0]
-        assert (first["state"], first["outcome"]) == ("rate_limited", "rate_limit")
+        assert (first["state"], first["outcome"]) == ("failed", "rate_limit")
         reset = datetime.fromtimestamp(one_call(fakes, tool="claude")["resets_at"], UTC)
         [backoff] = world.sql("SELECT * FROM backoffs")
         assert (backoff["tool"], backoff["owner_id"]) == ("claude", first["owner_id"])

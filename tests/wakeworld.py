@@ -21,7 +21,7 @@ from agent_rooms_mcp.wake.supervisor import Supervisor, supervising
 from tests.conftest import OPERATOR, World, build_world
 from tests.fakes.common import write_wrapper
 
-FINAL = ("stopped", "completed", "failed", "rate_limited", "lost")
+FINAL = ("completed", "failed", "stopped", "lost", "withdrawn", "expired")
 
 
 class Fakes:

@@ -100,7 +100,9 @@ def list_(owner_ref: str, room_ref: str | None, as_json: bool) -> None:
             about = f" (task {item.task_id})" if item.task_id else ""
             blocks.append(
                 f"{item.proposal_id}  {item.kind}{about} for {item.target} in {item.room}"
-                f" from {item.proposer.agent} ({item.proposer.owner}), {item.created_at}\n{words}"
+                f" from {item.proposer.agent} ({item.proposer.owner}), {item.created_at}\n"
+                # Accepting accepts every owner's words it carries, not only the proposer's.
+                f"    words of: {', '.join(item.causers)}\n{words}"
             )
         if p.has_more:
             blocks.append("(more wait: decide these first, or add --json)")

@@ -8,7 +8,6 @@ transactions, and the decisions below.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from agent_rooms_mcp.models import (
 )
 from agent_rooms_mcp.policy import ConsentMode, ConsentState
 from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
-from agent_rooms_mcp.services import runs
+from agent_rooms_mcp.services import crossing, runs
 from agent_rooms_mcp.services.render import cut_page, notice, render
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
@@ -50,49 +49,47 @@ _PROPOSALS = (
 )
 
 
-def canonical(payload: dict[str, Any]) -> tuple[str, str]:
-    """The payload as stored (sorted keys, no spaces) and the SHA-256 a decision is bound to."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+# The hash a decision is bound to (kept here by name: the tests and the tasks service use it).
+canonical = crossing.canonical
 
 
-def standing(conn: sqlite3.Connection, room_id: str, target_owner_id: str, proposer_owner_id: str) -> policy.Standing:
-    row = queries.consent_mode(conn, room_id, target_owner_id)
-    if row is None:
-        return policy.Standing()
-    joined = queries.owner_joined(conn, room_id, proposer_owner_id)
-    return policy.Standing(
-        mode=ConsentMode(row["mode"]),
-        collaborator_id=row["collaborator_id"],
-        proposer_trusted_by_room=joined is not None and joined <= row["set_at"],
-    )
-
-
-def cross_owner(conn: sqlite3.Connection, actor: Caller, room_id: str, target: sqlite3.Row) -> policy.CrossOwner:
-    """Facts for `policy.propose`; target is a member row (agent_id, scopes, owner_id)."""
+def cross_owner(
+    conn: sqlite3.Connection, actor: Caller, room_id: str, target: sqlite3.Row, causers: crossing.Causers
+) -> policy.CrossOwner:
+    """Facts for `policy.propose`; target is a member row (agent_id, scopes, owner_id, tool). `causers` are
+    every owner whose words the request carries: the actor's owner, a task's authors, a run's causers."""
     return policy.CrossOwner(
         actor=actor,
         target_owner_id=target["owner_id"],
         target_scopes=held_scopes(target["scopes"], None),
-        grant_id=queries.active_grant(conn, target["owner_id"], actor.owner_id),
-        owners_verified=queries.owners_verified(conn, target["owner_id"], actor.owner_id),
-        standing=standing(conn, room_id, target["owner_id"], actor.owner_id),
+        crossers=crossing.crossers(conn, room_id, target["owner_id"], causers),
         target_constrainable=runs.constrainable(AgentTool(target["tool"])),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Where a cross-owner request starts, and the grant it crosses (None when nothing crosses)."""
+    """Where a cross-owner request starts, whose words it carries, and the grants it crosses (none when
+    only the target owner's own words are in it)."""
 
     state: ConsentState
-    grant_id: str | None
+    causers: crossing.Causers
+    grant_ids: tuple[str, ...] = ()
 
 
-def judge(conn: sqlite3.Connection, actor: Caller, room_id: str, target: sqlite3.Row, *, wake: bool) -> Verdict:
+def judge(
+    conn: sqlite3.Connection,
+    actor: Caller,
+    room_id: str,
+    target: sqlite3.Row,
+    *,
+    wake: bool,
+    causers: crossing.Causers,
+) -> Verdict:
     """`policy.propose` on facts loaded now, inside the caller's transaction. Raises its refusal."""
-    facts = cross_owner(conn, actor, room_id, target)
-    return Verdict(policy.propose(facts, wake=wake), facts.grant_id)
+    facts = cross_owner(conn, actor, room_id, target, causers)
+    state = policy.propose(facts, wake=wake)
+    return Verdict(state, causers, tuple(c.grant_id for c in facts.crossers if c.grant_id is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +106,7 @@ class Offer:
 
 def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdict: Verdict) -> str:
     """Write a proposal as judged: pending, or accepted by the target owner's standing mode."""
-    if verdict.grant_id is None:
+    if not verdict.grant_ids:
         raise RuntimeError("a cross-owner proposal without a grant: policy.propose admits none")
     state = verdict.state
     text, digest = canonical(offer.payload)
@@ -117,8 +114,9 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdi
     by_mode = state == ConsentState.ACCEPTED
     conn.execute(
         "INSERT INTO proposals (proposal_id, kind, room_id, proposer_id, proposer_owner_id, target_id,"
-        " target_owner_id, grant_id, task_id, message_id, payload, payload_sha256, state, decided_by, decided_via,"
-        " created_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " target_owner_id, grant_id, grant_ids, causers, run_id, task_id, message_id, payload, payload_sha256,"
+        " state, decided_by, decided_via, created_at, decided_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             proposal_id,
             offer.kind,
@@ -127,7 +125,10 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdi
             actor.owner_id,
             offer.target["agent_id"],
             offer.target["owner_id"],
-            verdict.grant_id,
+            verdict.grant_ids[0],
+            json.dumps(verdict.grant_ids),
+            crossing.dumps(verdict.causers),
+            actor.run_id,
             offer.task_id,
             offer.message_id,
             text,
@@ -286,7 +287,7 @@ def _set_mode(
         return _mode_set(conn, room, owner_id, chosen, collaborator_id)
     if tighten_only:
         # Loaded for the collaborator being named, so the rule can tell whether the mode in force trusts it.
-        current = standing(conn, room["room_id"], owner_id, collaborator_id or owner_id)
+        current = crossing.standing(conn, room["room_id"], owner_id, collaborator_id or owner_id)
         policy.agent_may_set_mode(current, chosen, collaborator_id)
     # Applies to proposals made from now on; pending ones keep waiting for a decision (invariant 46).
     conn.execute(
@@ -351,6 +352,7 @@ def _pending(
             proposer=ProposerRef(agent=r["handle"], owner=r["owner_handle"]),
             target=r["target_handle"],
             task_id=r["task_id"],
+            causers=_owner_handles(conn, crossing.loads(r["causers"])),
             payload=payload,
             payload_sha256=r["payload_sha256"],
             created_at=r["created_at"],
@@ -362,6 +364,13 @@ def _pending(
     return empty.model_copy(
         update={"proposals": proposals[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
     )
+
+
+def _owner_handles(conn: sqlite3.Connection, owner_ids: crossing.Causers) -> list[str]:
+    """Every owner whose words a proposal carries, by handle: the target's owner decides on all of them."""
+    marks = ",".join("?" * len(owner_ids))
+    rows = conn.execute(f"SELECT handle FROM owners WHERE owner_id IN ({marks}) ORDER BY handle", tuple(owner_ids))
+    return [r["handle"] for r in rows]
 
 
 def _writer(row: sqlite3.Row) -> dict[str, str]:
@@ -430,6 +439,12 @@ def _decide(
 ) -> DecisionResult:
     target = queries.agent(conn, proposal["target_id"])
     proposer_owner, target_owner = proposal["proposer_owner_id"], proposal["target_owner_id"]
+    causers = crossing.loads(proposal["causers"])
+    grant_ids = json.loads(proposal["grant_ids"])
+    marks = ",".join("?" * len(grant_ids))
+    revoked = conn.execute(
+        f"SELECT count(*) FROM grants WHERE grant_id IN ({marks}) AND revoked_at IS NOT NULL", grant_ids
+    ).fetchone()[0]
     state = policy.decide(
         policy.Decision(
             decider_owner_id=decider.owner_id,
@@ -438,11 +453,8 @@ def _decide(
             target_owner_id=target_owner,
             target_scopes=held_scopes(target["scopes"], None),
             wake=proposal["kind"] == "wake",
-            grant_active=conn.execute(
-                "SELECT revoked_at IS NULL FROM grants WHERE grant_id = ?", (proposal["grant_id"],)
-            ).fetchone()[0]
-            == 1,
-            owners_verified=queries.owners_verified(conn, target_owner, proposer_owner),
+            grant_active=bool(grant_ids) and revoked == 0,
+            owners_verified=queries.owners_verified(conn, target_owner, *causers),
             parties_present=_present(conn, proposal),
             target_constrainable=runs.constrainable(AgentTool(target["tool"])),
         ),
@@ -461,15 +473,19 @@ def _decide(
         )
     woke = None
     if state == ConsentState.ACCEPTED:
-        # Accepted work wakes its agent, if it may be woken: the wake row rides in this transaction.
+        # Accepted work wakes its agent, if it may be woken: the wake row rides in this transaction, bound
+        # to the payload just accepted and carrying every owner whose words it holds.
         cause = runs.Cause(
             trigger="task" if proposal["kind"] == "task" else "wake_proposal",
             cause_id=proposal["task_id"] or proposal["proposal_id"],
             room_id=proposal["room_id"],
             by_agent_id=proposal["proposer_id"],
-            by_run_id=None,
+            by_run_id=proposal["run_id"],  # a run's request keeps counting towards the wake depth once accepted
+            causers=causers,
+            proposal_id=proposal["proposal_id"],
+            payload_sha256=proposal["payload_sha256"],
         )
-        woke = runs.enqueue(conn, caps, target, cause, constrained=True).outcome
+        woke = runs.enqueue(conn, caps, target, cause).outcome
     audit.append(
         conn,
         decider.actor,

@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 from collections import Counter
+from dataclasses import replace
 
 import anyio
 
@@ -16,7 +17,7 @@ from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, too_large
 from agent_rooms_mcp.models import Author, MentionOutcome, Message, MessagePage, PostedMessage
 from agent_rooms_mcp.policy import ConsentState
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
-from agent_rooms_mcp.services import consent, runs
+from agent_rooms_mcp.services import consent, crossing, runs
 from agent_rooms_mcp.services.render import cut_page, item_bytes, notice, render, text_hint
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
 from agent_rooms_mcp.store import queries
@@ -65,22 +66,24 @@ def _mention(
     message_id: str,
     seq: int,
     text: str,
+    causers: crossing.Causers,
 ) -> MentionOutcome:
     """What mentioning one member does. Its own owner's agent that can be woken (it holds `invoke`, its
     tool can be spawned) is woken at once. Mentioning another owner's agent is a request to wake it, judged
     in DESIGN §4's order (the caller's `task` scope, a grant, verified owners, the target's `invoke`), so
     that a stranger learns nothing about the target's scopes; its owner's consent mode then decides
     whether the wake waits as a proposal. Refused or waiting, the message itself is still posted and every
-    member reads it."""
+    member reads it. "Another owner" includes every causer of the run that posts (invariant 102): a run
+    woken by Alice's words mentioning an agent of its own owner makes a request on Alice's behalf too."""
     handle = member["handle"]
     if member["agent_id"] == caller.agent_id:
         return MentionOutcome(handle=handle, outcome="notified")
-    cause = runs.Cause("mention", message_id, room_id, caller.agent_id, caller.run_id)
-    if member["owner_id"] == caller.owner_id:
-        woke = runs.enqueue(conn, caps, member, cause, constrained=False)
+    cause = runs.Cause("mention", message_id, room_id, caller.agent_id, caller.run_id, causers=causers)
+    if not crossing.others(causers, member["owner_id"]):
+        woke = runs.enqueue(conn, caps, member, cause)
         return MentionOutcome(handle=handle, outcome=woke.outcome, code=woke.code)
     try:
-        verdict = consent.judge(conn, caller, room_id, member, wake=True)
+        verdict = consent.judge(conn, caller, room_id, member, wake=True, causers=causers)
     except RoomsError as e:
         return MentionOutcome(handle=handle, outcome="refused", code=e.code.value)
     if not runs.wakes(member):  # a pull-only tool (chat, other): there is nothing to spawn
@@ -91,7 +94,7 @@ def _mention(
     if verdict.state == ConsentState.PENDING:
         return MentionOutcome(handle=handle, outcome="pending_consent", proposal_id=proposal_id)
     # Accepted at once by the owner's standing mode: woken, constrained, as another owner caused it.
-    woke = runs.enqueue(conn, caps, member, cause, constrained=True)
+    woke = runs.enqueue(conn, caps, member, replace(cause, proposal_id=proposal_id))
     return MentionOutcome(handle=handle, outcome=woke.outcome, code=woke.code, proposal_id=proposal_id)
 
 
@@ -133,6 +136,7 @@ class Messages:
                 raise invalid("reply_to", "no message with that seq in this room")
             members = {m["handle"]: m for m in queries.room_members(conn, room["room_id"])} if wanted else {}
             explicit = set(mentions)
+            causers = crossing.of_writer(conn, caller) if wanted else frozenset()
             message_id, seq = new_id("msg"), room["latest_seq"] + 1
             outcomes, proposals = [], []
             for handle in wanted:
@@ -142,7 +146,7 @@ class Messages:
                         # Non-members and unknown handles look alike (DESIGN §3).
                         outcomes.append(MentionOutcome(handle=handle, outcome="refused", code="NOT_FOUND"))
                     continue
-                outcome = _mention(conn, self._caps, caller, room["room_id"], member, message_id, seq, text)
+                outcome = _mention(conn, self._caps, caller, room["room_id"], member, message_id, seq, text, causers)
                 outcomes.append(outcome)
                 if outcome.proposal_id:
                     proposals.append(outcome.proposal_id)

@@ -18,7 +18,7 @@ from agent_rooms_mcp.errors import conflict, invalid, not_found, too_large
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services import consent, runs
+from agent_rooms_mcp.services import consent, crossing, runs
 from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, result_bytes, within_bytes
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
@@ -48,10 +48,6 @@ _WAKES = (
 )
 
 
-def _task_payload(task_id: str, room_id: str, title: str, body: str, assignee_id: str) -> dict[str, Any]:
-    return {"task_id": task_id, "room_id": room_id, "title": title, "body": body, "assignee_id": assignee_id}
-
-
 class Tasks:
     def __init__(self, store: Store, limits: Limits, caps: WakeSettings) -> None:
         self._store = store
@@ -77,10 +73,12 @@ class Tasks:
             queries.recheck_caller(conn, caller, Scope.TASK)
             room = queries.room_for_member(conn, room_ref, caller)
             target = queries.member_agent(conn, room["room_id"], assignee) if assignee else None
+            # The words are the caller's, and, written from a woken run, those of every owner that caused it.
+            causers = crossing.of_writer(conn, caller)
             verdict = (
-                consent.judge(conn, caller, room["room_id"], target, wake=False)
+                consent.judge(conn, caller, room["room_id"], target, wake=False, causers=causers)
                 if target is not None
-                else consent.Verdict(ConsentState.AUTO, None)
+                else consent.Verdict(ConsentState.AUTO, causers)
             )
             task_id, now = new_id("task"), now_utc()
             number = conn.execute(
@@ -88,8 +86,8 @@ class Tasks:
             ).fetchone()[0]
             conn.execute(
                 "INSERT INTO tasks (task_id, room_id, number, title, body, creator_id, creator_owner_id,"
-                " assignee_id, assignee_owner_id, status, consent_state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+                " assignee_id, assignee_owner_id, status, consent_state, causers, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?)",
                 (
                     task_id,
                     room["room_id"],
@@ -101,6 +99,7 @@ class Tasks:
                     target["agent_id"] if target else None,
                     target["owner_id"] if target else None,
                     verdict.state.value,
+                    crossing.dumps(causers),
                     now,
                     now,
                 ),
@@ -136,9 +135,13 @@ class Tasks:
                 ConsentState.ACCEPTED,
             ):
                 raise conflict(f"the task is already assigned to {target['handle']}")
-            verdict = consent.judge(conn, caller, task["room_id"], target, wake=False)
-            # A new assignee is a new request: the old one's pending proposal no longer stands.
+            # Handed on, the task carries its authors' words and the hander's (invariant 78).
+            causers = crossing.loads(task["causers"]) | crossing.of_writer(conn, caller)
+            verdict = consent.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
+            # A new assignee is a new request: the old one's pending proposal no longer stands, and the wake
+            # the old assignee was given is withdrawn (the run handing the task on goes on).
             consent.close_proposal(conn, task["proposal_id"], "superseded")
+            runs.withdraw_task_wakes(conn, caller.actor, task, "reassigned", keep_run_id=caller.run_id)
             proposal_id = _offer(
                 conn, self._caps, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, verdict
             )
@@ -183,20 +186,27 @@ class Tasks:
             edited = (new_title, new_body) != (task["title"], task["body"])
             policy.act_on_task(_action(caller, task), new_status=moved, edits=edited)
             state, proposal_id = ConsentState(task["consent_state"]), task["proposal_id"]
+            # Every owner who ever set the title or body stays among the task's causers.
+            causers = crossing.loads(task["causers"]) | (crossing.of_writer(conn, caller) if edited else set())
+            if moved == TaskStatus.CANCELLED:
+                # Cancelled work is withdrawn from whoever was woken for it, queued or running (invariant 77).
+                runs.withdraw_task_wakes(conn, caller.actor, task, "task_cancelled", keep_run_id=caller.run_id)
             if moved in (TaskStatus.DONE, TaskStatus.CANCELLED):
                 # A finished task asks nothing of anyone any more: no decision may land on it.
                 consent.close_proposal(conn, proposal_id, "withdrawn")
             elif edited and task["assignee_id"] is not None:
-                # The owner agreed to the old words, not these: the edit is a new proposal (invariant 45).
+                # The owner agreed to the old words, not these: the edit is a new proposal (invariant 45), and
+                # the wake queued for the old words is withdrawn, before it starts or while it runs (77).
+                runs.withdraw_task_wakes(conn, caller.actor, task, "edited", keep_run_id=caller.run_id)
                 target = queries.member_agent(conn, task["room_id"], task["assignee_id"])
-                verdict = consent.judge(conn, caller, task["room_id"], target, wake=False)
+                verdict = consent.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
                 consent.close_proposal(conn, proposal_id, "superseded")
                 proposal_id = _offer(
                     conn, self._caps, caller, task["room_id"], task["task_id"], new_title, new_body, target, verdict
                 )
                 state = verdict.state
             conn.execute(
-                "UPDATE tasks SET status = ?, title = ?, body = ?, consent_state = ?, proposal_id = ?,"
+                "UPDATE tasks SET status = ?, title = ?, body = ?, consent_state = ?, proposal_id = ?, causers = ?,"
                 " note = coalesce(?, note), note_by = CASE WHEN ? IS NULL THEN note_by ELSE ? END, updated_at = ?"
                 " WHERE task_id = ?",
                 (
@@ -205,6 +215,7 @@ class Tasks:
                     new_body,
                     state.value,
                     proposal_id,
+                    crossing.dumps(causers),
                     note,
                     note,
                     caller.agent_id,
@@ -312,28 +323,29 @@ def _offer(
     target: sqlite3.Row | None,
     verdict: consent.Verdict,
 ) -> str | None:
-    """Hand the task to `target`: the proposal when it crosses to another owner's agent (None when nothing
-    crosses), and the wake, in this transaction, once the work is agreed (same owner, or accepted)."""
+    """Hand the task to `target`: the proposal when another owner's words cross to its agent (None when
+    none does), and the wake, in this transaction, once the work is agreed (same owner, or accepted). The
+    wake is bound to the payload agreed to and carries every owner whose words are in it."""
     if target is None:
         return None
+    payload = crossing.task_payload(task_id, room_id, title, body, target["agent_id"])
+    proposal_id = None
+    if verdict.state != ConsentState.AUTO:
+        offer = consent.Offer(kind="task", room_id=room_id, target=target, payload=payload, task_id=task_id)
+        proposal_id = consent.record_proposal(conn, caller, offer, verdict)
+        conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
     if verdict.state in (ConsentState.AUTO, ConsentState.ACCEPTED) and target["agent_id"] != caller.agent_id:
-        cause = runs.Cause("task", task_id, room_id, caller.agent_id, caller.run_id)
-        # The task's words decide too: another owner's task handed on by the target's own owner is still
-        # another owner's words, and runs constrained.
-        author = conn.execute("SELECT creator_owner_id FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        foreign = verdict.state == ConsentState.ACCEPTED or author["creator_owner_id"] != target["owner_id"]
-        runs.enqueue(conn, caps, target, cause, constrained=foreign)
-    if verdict.state == ConsentState.AUTO:
-        return None
-    offer = consent.Offer(
-        kind="task",
-        room_id=room_id,
-        target=target,
-        payload=_task_payload(task_id, room_id, title, body, target["agent_id"]),
-        task_id=task_id,
-    )
-    proposal_id = consent.record_proposal(conn, caller, offer, verdict)
-    conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
+        cause = runs.Cause(
+            "task",
+            task_id,
+            room_id,
+            caller.agent_id,
+            caller.run_id,
+            causers=verdict.causers,
+            proposal_id=proposal_id,
+            payload_sha256=crossing.canonical(payload)[1],
+        )
+        runs.enqueue(conn, caps, target, cause)
     return proposal_id
 
 

@@ -316,4 +316,70 @@ ALTER TABLE invites_v RENAME TO invites;
 CREATE INDEX invites_by_room ON invites(room_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ)
+
+# v_wake: a wake runs only what was accepted, and carries whose words caused it (DESIGN §4, §7).
+# The runs table is rebuilt so its state CHECK is DESIGN §7's closed list: `rate_limited` becomes `failed`
+# (outcome `rate_limit`; the follow-up is a queued run) and `invoke_revoked` becomes `withdrawn`.
+# New on runs: `causers` (JSON list of owner ids whose words caused it, transitively), `proposal_id` (the
+# accepted proposal it runs, if any), `payload_sha256` (the hash of the task payload it was agreed on) and
+# `withdraw_reason` (set when a change during the run asks the supervisor to stop it as `withdrawn`).
+# Tasks keep every owner who ever set their title or body; proposals name every owner whose words cross
+# and every grant they crossed.
+_V_WAKE = """
+CREATE TABLE runs_v (
+  run_id TEXT PRIMARY KEY,
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  room_id TEXT NOT NULL REFERENCES rooms(room_id),
+  trigger TEXT NOT NULL CHECK (trigger IN ('mention', 'task', 'wake_proposal')),
+  cause_id TEXT NOT NULL,
+  caused_by TEXT NOT NULL REFERENCES agents(agent_id),
+  causers TEXT NOT NULL DEFAULT '[]',
+  proposal_id TEXT,
+  payload_sha256 TEXT,
+  constrained INTEGER NOT NULL,
+  depth INTEGER NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('queued', 'waiting_for_listener', 'running', 'stopping', 'completed',
+    'failed', 'stopped', 'stop_pending', 'lost', 'withdrawn', 'expired')),
+  resume INTEGER NOT NULL DEFAULT 0,
+  not_before TEXT,
+  lease_holder TEXT,
+  lease_until TEXT,
+  pid INTEGER,
+  pid_start INTEGER,
+  session_id TEXT,
+  outcome TEXT,
+  withdraw_reason TEXT,
+  stop_signal TEXT,
+  stop_requested_at TEXT,
+  created_at TEXT NOT NULL,
+  started_at TEXT,
+  ended_at TEXT
+) STRICT;
+INSERT INTO runs_v (run_id, agent_id, owner_id, room_id, trigger, cause_id, caused_by, causers, constrained, depth,
+  state, resume, not_before, lease_holder, lease_until, pid, pid_start, session_id, outcome, stop_signal,
+  stop_requested_at, created_at, started_at, ended_at)
+SELECT r.run_id, r.agent_id, r.owner_id, r.room_id, r.trigger, r.cause_id, r.caused_by,
+  json_array(coalesce((SELECT a.owner_id FROM agents a WHERE a.agent_id = r.caused_by), r.owner_id)),
+  r.constrained, r.depth,
+  CASE WHEN r.state = 'rate_limited' THEN 'failed' WHEN r.outcome = 'invoke_revoked' THEN 'withdrawn' ELSE r.state END,
+  r.resume, r.not_before, r.lease_holder, r.lease_until, r.pid, r.pid_start, r.session_id,
+  CASE WHEN r.outcome = 'invoke_revoked' THEN 'withdrawn:invoke_revoked' ELSE r.outcome END,
+  r.stop_signal, r.stop_requested_at, r.created_at, r.started_at, r.ended_at
+FROM runs r;
+DROP TABLE runs;
+ALTER TABLE runs_v RENAME TO runs;
+CREATE INDEX runs_by_state ON runs(state, created_at);
+CREATE INDEX runs_by_agent ON runs(agent_id, state);
+CREATE INDEX runs_by_cause ON runs(cause_id, state);
+
+ALTER TABLE tasks ADD COLUMN causers TEXT NOT NULL DEFAULT '[]';
+UPDATE tasks SET causers = json_array(creator_owner_id);
+ALTER TABLE proposals ADD COLUMN causers TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE proposals ADD COLUMN grant_ids TEXT NOT NULL DEFAULT '[]';
+-- The run that proposed, if a woken run did: the wake an acceptance causes counts towards its depth.
+ALTER TABLE proposals ADD COLUMN run_id TEXT;
+UPDATE proposals SET causers = json_array(proposer_owner_id), grant_ids = json_array(grant_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE)

@@ -46,7 +46,7 @@ class Reading:
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    state: str  # completed | failed | rate_limited | stopped
+    state: str  # completed | failed | stopped
     outcome: str  # a short word for people: ok, error, auth, rate_limit, stopped, ...
 
 
@@ -82,7 +82,7 @@ def judge(reading: Reading, *, stop_requested: bool, returncode: int | None) -> 
     if stop_requested:
         return Judgement("stopped", "stopped")
     if reading.rate_limited:
-        return Judgement("rate_limited", "rate_limit")
+        return Judgement("failed", "rate_limit")  # the follow-up that retries it is a queued run of its own
     if reading.auth_failed:
         return Judgement("failed", "auth")
     terminal = reading.terminal

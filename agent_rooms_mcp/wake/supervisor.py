@@ -172,7 +172,7 @@ class Supervisor:
         if PDEATHSIG:
             # If this server dies, the kernel kills the CLI with it rather than leave it running unsupervised.
             argv = [PDEATHSIG, "--pdeathsig", "KILL", "--", *argv]
-        prompt = _prompt(run, await self.book.cause(run))
+        prompt = _prompt(run, run.words)
         events = _EventLog(run_dir / "events.jsonl")
         recorded: set[str] = set()
         pending: list[str] = []  # session ids seen in events, recorded once the process is done
