@@ -32,7 +32,7 @@ BANNED = {  # where -> imports it must never make (DESIGN §10: transport -> aut
 }
 
 # Which pieces of work exist in the code: the core hub, the task board ("consent"), the supervisor ("wake").
-BUILT = {"core", "consent", "wake"}
+BUILT = {"core", "consent", "wake", "hardening"}
 
 
 @pytest.mark.parametrize("where, banned", BANNED.items())
