@@ -8,6 +8,20 @@ from typing import Annotated, Literal
 from pydantic import BaseModel
 
 Relation = Literal["self", "same_owner", "cross_owner"]
+# DESIGN §7's closed list of run states: the `list_runs` filter and the runs table's CHECK say the same.
+RunState = Literal[
+    "queued",
+    "waiting_for_listener",
+    "running",
+    "stopping",
+    "completed",
+    "failed",
+    "stopped",
+    "stop_pending",
+    "lost",
+    "withdrawn",
+    "expired",
+]
 
 
 # Every string of a tool result is one of two kinds, said here once (tests/test_free_text.py walks every

@@ -32,6 +32,7 @@ from agent_rooms_mcp.models import (
     RoomDetail,
     RoomList,
     RunList,
+    RunState,
     SharedFile,
     StopResult,
     TaskList,
@@ -305,20 +306,7 @@ async def reject_task(
 async def list_runs(
     agent: Annotated[Handle | None, Field(description="Only this agent's runs.")] = None,
     room: Annotated[str | None, Field(min_length=1, max_length=80, description="Only runs woken in this room.")] = None,
-    state: Literal[
-        "queued",
-        "waiting_for_listener",
-        "running",
-        "stopping",
-        "completed",
-        "failed",
-        "stopped",
-        "stop_pending",
-        "lost",
-        "withdrawn",
-        "expired",
-    ]
-    | None = None,
+    state: RunState | None = None,
     after: Cursor = 0,
     limit: RunLimit = L.page_default,
 ) -> RunList:

@@ -30,20 +30,7 @@ from agent_rooms_mcp.store.database import Store
 SPAWNABLE = frozenset({AgentTool.CLAUDE, AgentTool.CODEX, AgentTool.OPENCLAW})
 # OpenClaw has no read-only mode to hold a wake another owner caused (DESIGN §5).
 CONSTRAINABLE = frozenset({AgentTool.CLAUDE, AgentTool.CODEX})
-# DESIGN §7's closed list of run states, and those a run never leaves.
-STATES = (
-    "queued",
-    "waiting_for_listener",
-    "running",
-    "stopping",
-    "completed",
-    "failed",
-    "stopped",
-    "stop_pending",
-    "lost",
-    "withdrawn",
-    "expired",
-)
+# The run states (DESIGN §7, models.RunState) a run never leaves.
 FINAL = ("completed", "failed", "stopped", "lost", "withdrawn", "expired")
 
 _RUNS = (
@@ -297,24 +284,6 @@ def _withdraw(conn: sqlite3.Connection, run_id: str, state: str, reason: str, no
             " stop_requested_at = coalesce(stop_requested_at, ?) WHERE run_id = ?",
             (reason, now, run_id),
         )
-
-
-def _info(row: sqlite3.Row) -> RunInfo:
-    return RunInfo(
-        run_id=row["run_id"],
-        agent=row["handle"],
-        room=row["room_name"],
-        trigger=row["trigger"],
-        cause_id=row["cause_id"],
-        state=row["state"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        outcome=row["outcome"],
-        stop_signal=row["stop_signal"],
-        session_id=row["session_id"],
-        constrained=bool(row["constrained"]),
-    )
 
 
 class Runs:
