@@ -215,6 +215,10 @@ async def test_the_same_changes_during_a_run_stop_it_withdrawn(
     assert (run["state"], run["outcome"]) == ("withdrawn", f"withdrawn:{reason}")
     assert run["stop_signal"] not in (None, "none")
     assert [w["reason"] for w in withdrawals(woken)] == [reason]
+    # Its token died in the withdrawing transaction, not seconds later with the process: words no longer
+    # accepted cannot reach the room while the stop ladder runs.
+    [token] = woken.sql("SELECT revoked_at FROM tokens WHERE run_id = ?", (run["run_id"],))
+    assert token["revoked_at"] == run["stop_requested_at"]
 
 
 @pytest.mark.invariant(85)

@@ -34,7 +34,6 @@ from agent_rooms_mcp.store.database import Store
 # Sources past `failed_auth_sources_per_window` in one window are counted together under this one.
 OVERFLOW_SOURCE = "*"
 AUTH_ACTION = "auth.authenticate"
-AUTH_ACTION = "auth.authenticate"
 SUMMARY_ACTION = "auth.failures"
 _SYSTEM = audit.Actor("system")
 _KEY_PREFIX_BYTES = 8

@@ -284,6 +284,9 @@ def _withdraw(conn: sqlite3.Connection, run_id: str, state: str, reason: str, no
             " stop_requested_at = coalesce(stop_requested_at, ?) WHERE run_id = ?",
             (reason, now, run_id),
         )
+        # The stop ladder takes seconds; the run's words stop counting now, so its token dies with the
+        # withdrawal rather than when the process does (invariants 77, 103).
+        _revoke_run_tokens(conn, run_id, now)
 
 
 class Runs:
@@ -637,7 +640,8 @@ class RunBook:
                 "SELECT r.*, a.tool FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE r.run_id = ?", (run_id,)
             ).fetchone()
             final, ended_as = state, outcome
-            if row["withdraw_reason"] is not None and state == "stopped":
+            # Withdrawn whether the signal ended it or the CLI finished first: its causer sees why (DESIGN §5).
+            if row["withdraw_reason"] is not None:
                 final, ended_as = "withdrawn", f"withdrawn:{row['withdraw_reason']}"
             conn.execute(
                 "UPDATE runs SET state = ?, outcome = ?, stop_signal = ?, ended_at = ?, lease_holder = NULL,"
