@@ -192,9 +192,3 @@ def mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=["memory", "stdio", "http"])
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def error_code(result: Any) -> str:
-    """The code a tool error's text leads with (DESIGN §7): read from the text, whatever else the result holds."""
-    assert result.is_error, result.content
-    return str(result.content[0].text.partition(":")[0])

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from agent_rooms_mcp.auth.tokens import CredentialKind
-from tests.conftest import World, error_code
+from tests.conftest import World
+from tests.tool_errors import error_code
 
 AGENT = "alice-claude"
 WOKEN_IN, OTHER_OF_ITS_ROOMS, NOT_ITS_ROOM = "lobby", "shared", "bobs-den"

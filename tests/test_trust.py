@@ -18,7 +18,8 @@ from click.testing import CliRunner, Result
 from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.policy import ConsentMode, Standing, agent_may_set_mode
-from tests.conftest import OPERATOR, World, error_code
+from tests.conftest import OPERATOR, World
+from tests.tool_errors import error_code
 
 MANAGER = "alice-admin"  # alice's agent with `manage`, in "lobby" and "shared"
 
