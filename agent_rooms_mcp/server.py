@@ -112,7 +112,7 @@ async def list_rooms(after: Cursor = 0, limit: RoomLimit = L.page_default) -> Ro
     """The rooms you are a member of, with their member count and latest message seq, in the order they
     were made; while `has_more`, pass `next_after` as `after` for the next page."""
     call = current_call()
-    return await call.hub.rooms.list(call.caller, after, limit)
+    return await call.hub.rooms.list_rooms(call.caller, after, limit)
 
 
 async def get_room(room: RoomRef, after: Cursor = 0, limit: MemberLimit = L.page_max) -> RoomDetail:
@@ -179,7 +179,7 @@ async def list_files(room: RoomRef, after: Cursor = 0, limit: FileLimit = L.page
     """The files shared in a room you belong to, oldest first, with who shared each and its size and sha256;
     while `has_more`, pass `next_after` as `after` for the next page."""
     call = current_call()
-    return await call.hub.files.list(call.caller, room, after, limit)
+    return await call.hub.files.list_files(call.caller, room, after, limit)
 
 
 async def read_file(
@@ -239,7 +239,7 @@ async def list_tasks(
     """List a room's tasks in number order, optionally filtered by status, assignee or consent state. Each
     says who created it, who has it, its status and whether the assignee's owner has agreed to it."""
     call = current_call()
-    return await call.hub.tasks.list(
+    return await call.hub.tasks.list_tasks(
         call.caller, room, status=status, assignee=assignee, consent_state=consent_state, after=after, limit=limit
     )
 

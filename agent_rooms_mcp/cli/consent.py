@@ -47,7 +47,9 @@ def grant_revoke(giver: str, taker: str, as_json: bool) -> None:
 @json_option
 def grant_list(owner_ref: str | None, include_revoked: bool, as_json: bool) -> None:
     """List grants (active ones unless --all)."""
-    grants: GrantList = run(lambda hub: hub.grants.list(owner_ref, include_revoked=include_revoked), as_json=as_json)
+    grants: GrantList = run(
+        lambda hub: hub.grants.list_grants(owner_ref, include_revoked=include_revoked), as_json=as_json
+    )
     rows = [[g.from_owner, g.to_owner, g.created_at, g.revoked_at or "active"] for g in grants.grants]
     emit(grants, as_json=as_json, text=lambda _: table(rows, ["FROM", "TO", "CREATED", "REVOKED"]))
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import sqlite3
+from typing import Literal
 
 from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
@@ -104,7 +105,7 @@ class Files:
             raise too_large("content", limit)
         return data
 
-    async def list(self, caller: Caller, room_ref: str, after: int, limit: int) -> FileList:
+    async def list_files(self, caller: Caller, room_ref: str, after: int, limit: int) -> FileList:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> FileList:
@@ -156,6 +157,7 @@ class Files:
             if row is None:
                 raise not_found("file")
             chunk = bytes(row["chunk"] or b"")
+            encoding: Literal["utf-8", "base64"]
             try:
                 text, encoding = chunk.decode("utf-8"), "utf-8"
             except UnicodeDecodeError:

@@ -88,7 +88,7 @@ class Grants:
 
         return await self._store.write(run)
 
-    async def list(self, owner_ref: str | None, *, include_revoked: bool) -> GrantList:
+    async def list_grants(self, owner_ref: str | None, *, include_revoked: bool) -> GrantList:
         def run(conn: sqlite3.Connection) -> GrantList:
             sql, args = _GRANTS + " WHERE 1", []
             if owner_ref is not None:

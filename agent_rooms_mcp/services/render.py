@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic_core
 from pydantic import BaseModel
@@ -24,15 +24,19 @@ class Rendered:
     relation: Relation
 
 
-def provenance(caller: Viewer, row: Mapping[str, Any]) -> tuple[Author, Relation]:
+class Fields(Protocol):
+    """A row read by column name: a `sqlite3.Row` or any mapping (the type checker sees no Mapping in a Row)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def provenance(caller: Viewer, row: Fields) -> tuple[Author, Relation]:
     """Who wrote an item (row: agent_id, handle, tool, owner_id, owner_handle) and how they stand to the caller."""
     author = Author(handle=row["handle"], owner=row["owner_handle"], tool=row["tool"])
     return author, policy.relation(caller, row["agent_id"], row["owner_id"])
 
 
-def render(
-    caller: Viewer, rows: Sequence[Mapping[str, Any]], texts: Sequence[str]
-) -> tuple[list[Rendered], str | None]:
+def render(caller: Viewer, rows: Sequence[Fields], texts: Sequence[str]) -> tuple[list[Rendered], str | None]:
     """Every free text (models.FreeText) of one result, each with its writer's row as for `provenance`,
     goes out through here: sanitised, and enveloped when another owner wrote it.
 
@@ -46,7 +50,7 @@ def render(
 
 
 def render_columns(
-    caller: Viewer, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+    caller: Viewer, rows: Sequence[Fields], columns: Sequence[str]
 ) -> tuple[list[dict[str, Rendered]], str | None]:
     """`render` for several free-text columns of each row, all its writer's (a file's name and media type,
     a run's outcome and session id): per row, each of those columns that is not null, as shown."""

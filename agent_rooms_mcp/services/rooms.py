@@ -48,7 +48,7 @@ class Rooms:
         self._store = store
         self._limits = limits
 
-    async def list(self, caller: Caller, after: int, limit: int) -> RoomList:
+    async def list_rooms(self, caller: Caller, after: int, limit: int) -> RoomList:
         policy.require_scope(caller, Scope.READ)
 
         def run(conn: sqlite3.Connection) -> RoomList:

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
@@ -90,7 +91,7 @@ class Cause:
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    outcome: str  # woken | queued | notified | refused
+    outcome: Literal["woken", "queued", "notified", "refused"]
     code: str | None = None
 
 
@@ -350,7 +351,7 @@ class Runs:
             lambda conn: _request_stop(conn, operator, queries.agent(conn, agent_ref), run_id), notify=True
         )
 
-    async def states(self, run_ids: list[str]) -> dict[str, str]:
+    async def states(self, run_ids: Sequence[str]) -> dict[str, str]:
         marks = ",".join("?" * len(run_ids))
         return await self._store.read(
             lambda c: {

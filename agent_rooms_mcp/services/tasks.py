@@ -240,7 +240,7 @@ class Tasks:
 
         return await self._store.write(run, notify=True)
 
-    async def list(
+    async def list_tasks(
         self,
         caller: Caller,
         room_ref: str,
@@ -252,7 +252,8 @@ class Tasks:
         limit: int,
     ) -> TaskList:
         policy.require_scope(caller, Scope.READ)
-        filters, args = "", []
+        filters = ""
+        args: list[str | None] = []
         if status is not None:
             filters += " AND t.status = ?"
             args.append(_status(status))

@@ -237,7 +237,8 @@ class Supervisor:
                 sent.append(name)
                 log.info("run.signal", run_id=run.run_id, signal=name)
 
-            return await run_process(
+            # Returned after the block: mypy reads a task group's exit as one that may swallow an error.
+            finished = await run_process(
                 argv,
                 prompt=prompt.encode(),
                 env=env,
@@ -249,6 +250,7 @@ class Supervisor:
                 on_spawn=on_spawn,
                 on_signal=on_signal,
             )
+        return finished
 
 
 RETRY_PROMPT = (
