@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent_rooms_mcp.auth.paseto import pae
 from agent_rooms_mcp.auth.tokens import INVITE_PREFIX, CredentialKind
 from agent_rooms_mcp.clock import now_utc
+from agent_rooms_mcp.encoding import pae
 
 _DOMAIN = b"agent-rooms/audit/v1"
 GENESIS = bytes(32)

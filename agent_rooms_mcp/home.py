@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from agent_rooms_mcp.auth.paseto import b64url_decode, b64url_encode
+from agent_rooms_mcp.encoding import EncodingError, b64url_decode, b64url_encode
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -78,7 +78,10 @@ def load_issuer_key(path: Path) -> SigningKey:
         raise HomeError(str(e)) from e
     if not text.startswith(_SECRET_PREFIX):
         raise HomeError(f"{path} is not a k4.secret key")
-    raw = b64url_decode(text[len(_SECRET_PREFIX) :])
+    try:
+        raw = b64url_decode(text[len(_SECRET_PREFIX) :])
+    except EncodingError:
+        raise HomeError(f"{path} is not a k4.secret key") from None
     if len(raw) != 64:
         raise HomeError(f"{path} is not a k4.secret key")
     key = SigningKey(raw[:32])

@@ -13,7 +13,7 @@ from pathlib import Path
 from nacl.exceptions import CryptoError
 from nacl.secret import Aead
 
-from agent_rooms_mcp.auth.paseto import pae
+from agent_rooms_mcp.encoding import pae
 from agent_rooms_mcp.home import HomeError, check_private_file, write_private_file
 
 _DOMAIN = b"agent-rooms/vault/v1"

@@ -30,9 +30,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 from nacl.signing import SigningKey
 
-from agent_rooms_mcp.auth.paseto import b64url_decode, sign_v4_public
+from agent_rooms_mcp.auth.paseto import sign_v4_public
 from agent_rooms_mcp.auth.passports import Claims, PassportIssuer
 from agent_rooms_mcp.clock import iso
+from agent_rooms_mcp.encoding import b64url_decode
 from agent_rooms_mcp.home import load_issuer_key, write_private_file
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.principals import Scope

@@ -12,14 +12,13 @@ import pytest
 
 from agent_rooms_mcp.auth.paseto import (
     PasetoError,
-    b64url_decode,
-    b64url_encode,
     k4_pid,
-    pae,
     sign_v4_public,
     untrusted_footer,
     verify_v4_public,
 )
+from agent_rooms_mcp.encoding import EncodingError, b64url_decode, b64url_encode, pae
+from agent_rooms_mcp.home import HomeError, load_issuer_key, write_private_file
 
 VECTORS = Path(__file__).parent / "vectors"
 V4 = json.loads((VECTORS / "paseto_v4_public.json").read_text(encoding="utf-8"))["tests"]
@@ -190,7 +189,7 @@ def test_non_canonical_or_foreign_base64_is_refused_as_malformed() -> None:
     for bad in bad_tokens:
         assert _reason(bad) == "malformed", bad
     for text in ("QQ=", "QR", "Q", "a+b/", "QQ\n"):
-        with pytest.raises(PasetoError, match=r"^malformed$"):
+        with pytest.raises(EncodingError, match=r"^malformed$"):
             b64url_decode(text)
 
 
@@ -238,3 +237,11 @@ def test_b64url_helpers_round_trip_every_length_without_padding() -> None:
         text = b64url_encode(data)
         assert "=" not in text
         assert b64url_decode(text) == data
+
+
+@pytest.mark.parametrize("body", ["QQ=", "a+b/", "Q"])
+def test_an_issuer_key_that_is_not_canonical_base64url_is_refused_naming_the_file(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "issuer.key"
+    write_private_file(path, ("k4.secret." + body).encode())
+    with pytest.raises(HomeError, match=r"issuer\.key is not a k4\.secret key"):
+        load_issuer_key(path)

@@ -11,7 +11,8 @@ from typing import Any
 import anyio
 import pytest
 
-from agent_rooms_mcp.wake.env import BASE_ALLOW, TOOL_ALLOW, is_denied, scrubbed_env
+from agent_rooms_mcp.envrules import BASE_ALLOW, TOOL_ALLOW, is_denied
+from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import run_process
 
 TOOLS = sorted(TOOL_ALLOW)

@@ -5,19 +5,17 @@ Parsing is deliberately strict: anything that is not byte-for-byte what the sign
 
 from __future__ import annotations
 
-import base64
 import hmac
-import re
-import struct
 
 import nacl.encoding
 import nacl.exceptions
 import nacl.hash
 import nacl.signing
 
+from agent_rooms_mcp.encoding import EncodingError, b64url_decode, b64url_encode, pae
+
 _HEADER = "v4.public."
 _SIG_LEN = 64
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class PasetoError(Exception):
@@ -25,28 +23,12 @@ class PasetoError(Exception):
     one of: "bad_header", "malformed", "bad_signature", "footer_too_large", "footer_mismatch"."""
 
 
-def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    # urlsafe_b64decode silently drops foreign characters and ignores trailing bits, which would let
-    # many spellings of one token verify; the alphabet check plus the round trip make it one-to-one.
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
-        raise PasetoError("malformed")
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if b64url_encode(data) != text:
-        raise PasetoError("malformed")
-    return data
-
-
-def pae(*pieces: bytes) -> bytes:
-    # The top bit is cleared so that implementations with signed 64-bit integers agree with us.
-    out = [struct.pack("<Q", len(pieces) & 0x7FFF_FFFF_FFFF_FFFF)]
-    for piece in pieces:
-        out.append(struct.pack("<Q", len(piece) & 0x7FFF_FFFF_FFFF_FFFF))
-        out.append(bytes(piece))
-    return b"".join(out)
+def _decode(text: str) -> bytes:
+    # A badly encoded part is a bad token: it fails with the token's own reason, like every other refusal.
+    try:
+        return b64url_decode(text)
+    except EncodingError:
+        raise PasetoError("malformed") from None
 
 
 def _split(token: str) -> tuple[str, str]:
@@ -73,7 +55,7 @@ def untrusted_footer(token: str, *, max_len: int = 256) -> bytes:
     # Bound the work before decoding: the footer is read before any signature has been checked.
     if len(encoded) * 3 // 4 > max_len:
         raise PasetoError("footer_too_large")
-    return b64url_decode(encoded)
+    return _decode(encoded)
 
 
 def verify_v4_public(
@@ -84,8 +66,8 @@ def verify_v4_public(
     expected_footer: bytes | None = None,
 ) -> bytes:
     body_b64, footer_b64 = _split(token)
-    body = b64url_decode(body_b64)
-    footer = b64url_decode(footer_b64)
+    body = _decode(body_b64)
+    footer = _decode(footer_b64)
     if len(body) < _SIG_LEN:
         raise PasetoError("malformed")
     message, sig = body[:-_SIG_LEN], body[-_SIG_LEN:]

@@ -10,6 +10,7 @@ from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.passports import PassportIssuer
 from agent_rooms_mcp.auth.tokens import CredentialKind, new_id, new_token, secret_hash
 from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.envrules import check_extra
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, not_found
 from agent_rooms_mcp.models import (
     AgentEnvList,
@@ -26,7 +27,6 @@ from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 from agent_rooms_mcp.vault import AGENT_ENV, Vault
-from agent_rooms_mcp.wake.env import check_extra
 
 _AGENTS = (
     "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
