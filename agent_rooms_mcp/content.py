@@ -1,4 +1,4 @@
-"""Sanitising of room content and the untrusted envelopes that wrap another owner's text in tool results.
+"""The text rules for room content: sanitising, and the untrusted envelopes that wrap another owner's text.
 
 Pure string functions: this module does no I/O and nothing async.
 """

@@ -1,7 +1,7 @@
-"""Every `tools/call` passes here: the server class whose `call_tool` authenticates the caller and shapes
-every tool error the way DESIGN §7 says.
+"""The per-call boundary of every MCP tool: authentication of the caller, and argument errors as DESIGN §7 codes.
 
-It resolves the caller before the SDK parses any argument (DESIGN §2), turns the SDK's argument and
+Every `tools/call` passes through `GatedServer.call_tool`, which shapes every tool error the way DESIGN §7
+says. It resolves the caller before the SDK parses any argument (DESIGN §2), turns the SDK's argument and
 unknown-tool errors into INVALID_ARGUMENT / TOO_LARGE / NOT_FOUND naming the field, and hands the tool
 its caller through a context variable.
 

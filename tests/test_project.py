@@ -74,6 +74,12 @@ def test_layers_import_one_way(where: str, banned: tuple[str, ...]) -> None:
         assert not {m for m in names if m.startswith(banned)}, path
 
 
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "agent_rooms_mcp").rglob("*.py")))
+def test_every_module_says_what_it_holds_in_its_first_line(path: str) -> None:
+    doc = ast.get_docstring(ast.parse((ROOT / path).read_text()))
+    assert doc and len(doc.splitlines()[0].split()) >= 4, f"{path}: open with a docstring saying what it holds"
+
+
 def command_paths(group: click.Group, prefix: str = "") -> Iterator[str]:
     for name, command in group.commands.items():
         if isinstance(command, click.Group):

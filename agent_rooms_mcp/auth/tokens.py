@@ -1,4 +1,8 @@
-"""Bearer secrets: credentials of each kind and invite codes. Only their SHA-256 is ever stored (DESIGN §2, §3)."""
+"""Credential formats and random ids: bearer secrets of each kind, invite codes, and unguessable row ids.
+
+Only a secret's SHA-256 is ever stored (DESIGN §2, §3). A leaf that imports nothing of ours, so the services
+and the audit log may use it although it is filed under `auth/` (tests/test_project.py pins both).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Room content on its way out: sanitised, labelled with provenance, and enveloped when another owner wrote it."""
+"""Outgoing sanitising: every tool result's free text made safe to show, and its pages cut to the byte cap.
+
+Room content on its way out is sanitised, labelled with provenance, and enveloped when another owner wrote
+it (the text rules themselves are `content.py`'s); a page of results ends where its answer would pass
+the `page_bytes` limit.
+"""
 
 from __future__ import annotations
 
