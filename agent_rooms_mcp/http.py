@@ -17,7 +17,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_rooms_mcp import audit
+from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.auth.tokens import MCP_KINDS, CredentialKind
 from agent_rooms_mcp.errors import RoomsError
@@ -45,10 +45,21 @@ def _host_of(value: str) -> str:
 class BearerGate:
     """Pure ASGI middleware in front of the MCP app."""
 
-    def __init__(self, app: ASGIApp, hub: Hub, allowed_hosts: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        hub: Hub,
+        allowed_hosts: tuple[str, ...],
+        *,
+        only_run: str | None = None,
+        transport: str = "http",
+    ) -> None:
         self._app = app
         self._hub = hub
         self._hosts = allowed_hosts
+        # A run's bridge socket (wake/bridge_socket.py): that run's token only, and named so in the audit.
+        self._only_run = only_run
+        self._transport = transport
         self._body_cap = hub.settings.limits.http_body_bytes
         self._retry_after = str(hub.settings.limits.http_retry_after_s).encode()
         # Legacy-era sessions, capped per agent and in all (http_sessions.py).
@@ -78,17 +89,19 @@ class BearerGate:
         query = scope.get("query_string", b"").decode("latin-1").lower()
         address = (scope.get("client") or (None,))[0]
         if "token" in query or "bearer" in query or any(k.value in query for k in CredentialKind):
-            refused = await self._hub.auth.refuse("credential_in_query", None, transport="http", address=address)
+            refused = await self._hub.auth.refuse(
+                "credential_in_query", None, transport=self._transport, address=address
+            )
             await _auth_failed(send, refused)
             return
         scheme, _, credential = headers.get("authorization", "").partition(" ")
+        presented = credential.strip() if scheme.lower() == "bearer" else None
         try:
-            caller = await self._hub.auth.authenticate(
-                credential.strip() if scheme.lower() == "bearer" else None,
-                MCP_KINDS,
-                transport="http",
-                address=address,
-            )
+            caller = await self._hub.auth.authenticate(presented, MCP_KINDS, transport=self._transport, address=address)
+            if self._only_run is not None and not policy.may_use_run_socket(caller, self._only_run):
+                raise await self._hub.auth.refuse(
+                    "not_this_runs_socket", presented, transport=self._transport, address=address, actor=caller.actor
+                )
         except RoomsError as e:
             await _auth_failed(send, e)
             return
@@ -158,8 +171,8 @@ class BearerGate:
 
     async def _refuse(self, reason: str, caller: Caller | None = None) -> None:
         actor = caller.actor if caller is not None else audit.ANONYMOUS
-        await self._hub.store.write(audit.denial(actor, "auth.authenticate", reason, {"transport": "http"}))
-        log.info("auth.denied", reason=reason, transport="http")
+        await self._hub.store.write(audit.denial(actor, "auth.authenticate", reason, {"transport": self._transport}))
+        log.info("auth.denied", reason=reason, transport=self._transport)
 
 
 def _may_open_session(scope: Scope, headers: dict[str, str]) -> bool:
@@ -197,23 +210,36 @@ async def open_http_app(
     settings: Settings, *, allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 ) -> AsyncIterator[ASGIApp]:
     """The ASGI app with its hub open and the SDK's session manager running (tests drive it in-process)."""
-    async with Hub.open(settings) as hub, supervising(hub):
-        mcp = create_server(existing_hub(hub))
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=[f"{h}:*" for h in allowed_hosts] + list(allowed_hosts),
-            allowed_origins=[f"http://{h}:*" for h in allowed_hosts],
-        )
-        inner = mcp.streamable_http_app(
-            json_response=True,
-            transport_security=security,
-            max_request_body_size=settings.limits.http_body_bytes,
-            # Backstops to our own caps in BearerGate, which close sessions through the SDK.
-            session_idle_timeout=settings.limits.http_session_idle_s,
-            max_sessions=settings.limits.http_sessions,
-        )
-        async with mcp.session_manager.run():
-            yield BearerGate(inner, hub, allowed_hosts)
+    async with Hub.open(settings) as hub, supervising(hub), mcp_app(hub, allowed_hosts=allowed_hosts) as app:
+        yield app
+
+
+@asynccontextmanager
+async def mcp_app(
+    hub: Hub,
+    *,
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+    only_run: str | None = None,
+    transport: str = "http",
+) -> AsyncIterator[ASGIApp]:
+    """The gated MCP app on an open hub: `serve --http`'s, and each run's bridge socket's (`only_run`), so both
+    authenticate, answer errors and audit the same way."""
+    mcp = create_server(existing_hub(hub))
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{h}:*" for h in allowed_hosts] + list(allowed_hosts),
+        allowed_origins=[f"http://{h}:*" for h in allowed_hosts],
+    )
+    inner = mcp.streamable_http_app(
+        json_response=True,
+        transport_security=security,
+        max_request_body_size=hub.settings.limits.http_body_bytes,
+        # Backstops to our own caps in BearerGate, which close sessions through the SDK.
+        session_idle_timeout=hub.settings.limits.http_session_idle_s,
+        max_sessions=hub.settings.limits.http_sessions,
+    )
+    async with mcp.session_manager.run():
+        yield BearerGate(inner, hub, allowed_hosts, only_run=only_run, transport=transport)
 
 
 class HttpHub:

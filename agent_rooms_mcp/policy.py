@@ -65,6 +65,13 @@ def reaches_room(caller: Caller, room_id: str) -> bool:
     return bound is None or bound == room_id
 
 
+def may_use_run_socket(caller: Caller, socket_run_id: str) -> bool:
+    """A run's bridge socket (DESIGN §5) admits that run's token and no other credential: not another run's,
+    not the agent's own. Anything else is refused like a bad token (401), since the socket is the run's alone.
+    """
+    return caller.run_id is not None and caller.run_id == socket_run_id
+
+
 def owns_agent(caller: Caller, agent_owner_id: str) -> bool:
     """An agent acts on its own owner's agents only; any other answers NOT_FOUND, as a missing one (invariant 82)."""
     return agent_owner_id == caller.owner_id

@@ -56,6 +56,8 @@ class Limits:
     http_session_idle_s: float = 300.0
     http_retry_after_s: int = 5
     stdio_line_bytes: int = 4 * MIB
+    # A run's bridge socket closes this long after its run ends, even with a bridge request still open.
+    bridge_close_s: float = 2.0
     pending_invites_per_room: int = 20
     invite_ttl_default_s: int = 24 * 3600
     invite_ttl_min_s: int = 60

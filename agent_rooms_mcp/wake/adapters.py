@@ -19,8 +19,9 @@ from typing import Any, Protocol
 from agent_rooms_mcp.home import write_private_file
 from agent_rooms_mcp.principals import AgentTool
 
-# The MCP server a woken CLI talks to: our own `serve` over stdio, with the run token in a 0600 file.
-SERVE = [sys.executable, "-m", "agent_rooms_mcp", "serve"]
+# The MCP server a woken CLI launches: `agent-rooms bridge`, holding only the run token (DESIGN §5). Through
+# `-m agent_rooms_mcp`, whose entry dispatches `bridge` before importing the rest of the CLI (__main__.py).
+BRIDGE = [sys.executable, "-m", "agent_rooms_mcp", "bridge"]
 
 # Background features outlive the turn and so outlive "stop" (wake.md §1.1).
 CLAUDE_BACKGROUND = "ScheduleWakeup,CronCreate,Monitor,Bash(run_in_background:true)"
@@ -222,7 +223,7 @@ def _from_unix(value: object) -> datetime | None:
 
 
 def _stdio_server(env: dict[str, str]) -> dict[str, Any]:
-    return {"type": "stdio", "command": SERVE[0], "args": SERVE[1:], "env": env}
+    return {"type": "stdio", "command": BRIDGE[0], "args": BRIDGE[1:], "env": env}
 
 
 def _toml(value: str) -> str:

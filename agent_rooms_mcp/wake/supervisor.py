@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -33,6 +33,9 @@ from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
 
+if TYPE_CHECKING:
+    from agent_rooms_mcp.wake.bridge_socket import OpenBridge
+
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
 SYSTEM_PROMPT = (
@@ -47,8 +50,10 @@ PDEATHSIG = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 class Supervisor:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, open_bridge: OpenBridge | None = None) -> None:
         self._hub = hub
+        # How a run's CLI reaches the hub: a socket per run beside this hub unless another way is given.
+        self._open_bridge = open_bridge or _socket_bridge(hub)
         self._caps = hub.settings.wake
         self.book = RunBook(hub.store, self._caps, holder="sup_" + secrets.token_hex(8))
         self._stops: dict[str, anyio.Event] = {}
@@ -153,25 +158,6 @@ class Supervisor:
         token_file = run_dir / "token"
         write_private_file(token_file, token.token.encode())
         read_only = run.constrained or (caps.contain and run.tool == AgentTool.CLAUDE)
-        plan = Plan(
-            binary=binary,
-            workdir=workdir,
-            run_dir=run_dir,
-            mcp_env={
-                "AGENT_ROOMS_HOME": str(settings.home),
-                "AGENT_ROOMS_TOKEN_FILE": str(token_file),
-                "AGENT_ROOMS_RUN_ID": run.run_id,
-            },
-            read_only=read_only,
-            resume_session=run.resume_session,
-            system_prompt=SYSTEM_PROMPT,
-        )
-        # A session id the supervisor chooses is recorded only once the CLI's events confirm it: a CLI that
-        # never got going must not leave the next wake resuming a session that does not exist.
-        argv, _chosen = adapter.argv(plan)
-        if PDEATHSIG:
-            # If this server dies, the kernel kills the CLI with it rather than leave it running unsupervised.
-            argv = [PDEATHSIG, "--pdeathsig", "KILL", "--", *argv]
         prompt = _prompt(run, run.words)
         events = _EventLog(run_dir / "events.jsonl")
         recorded: set[str] = set()
@@ -187,7 +173,24 @@ class Supervisor:
                 pending.append(reading.session_id)
 
         try:
-            finished = await self._watch(run, plan, argv, prompt, env, on_event, adapter.is_terminal, stop, sent)
+            # The CLI's MCP server is `agent-rooms bridge` with the run token only (DESIGN §5): never the home.
+            async with self._open_bridge(run.run_id, run_dir, token_file) as mcp_env:
+                plan = Plan(
+                    binary=binary,
+                    workdir=workdir,
+                    run_dir=run_dir,
+                    mcp_env=mcp_env,
+                    read_only=read_only,
+                    resume_session=run.resume_session,
+                    system_prompt=SYSTEM_PROMPT,
+                )
+                # A session id the supervisor chooses is recorded only once the CLI's events confirm it: a CLI
+                # that never got going must not leave the next wake resuming a session that does not exist.
+                argv, _chosen = adapter.argv(plan)
+                if PDEATHSIG:
+                    # If this server dies, the kernel kills the CLI with it rather than leave it unsupervised.
+                    argv = [PDEATHSIG, "--pdeathsig", "KILL", "--", *argv]
+                finished = await self._watch(run, plan, argv, prompt, env, on_event, adapter.is_terminal, stop, sent)
         finally:
             events.close()  # on every path: a shutdown mid-run must not leave the log open
         for session_id in pending:
@@ -257,6 +260,13 @@ RETRY_PROMPT = (
     "The provider's rate limit that interrupted your last turn has passed. Continue the task you were working"
     " on; do not repeat steps you already completed. Reply in the room with post_message when done."
 )
+
+
+def _socket_bridge(hub: Hub) -> OpenBridge:
+    # Imported here: bridge_socket serves http.py's app, and http.py imports this module.
+    from agent_rooms_mcp.wake.bridge_socket import socket_bridge
+
+    return socket_bridge(hub)
 
 
 def _root_cause(e: BaseException) -> BaseException:
