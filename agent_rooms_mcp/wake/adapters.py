@@ -11,6 +11,7 @@ import json
 import re
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,8 @@ class Plan:
     read_only: bool
     resume_session: str | None
     system_prompt: str
+    # The environment the CLI starts with, for where its own configuration lives (OpenClaw's precedence).
+    child_env: Mapping[str, str] = field(default_factory=dict)
 
 
 class Adapter(Protocol):
@@ -184,7 +187,17 @@ class OpenClaw:
     tool = AgentTool.OPENCLAW
 
     def argv(self, plan: Plan) -> tuple[list[str], str | None]:
+        # OpenClaw takes MCP servers from its config file (`mcp.servers.<name>`, command/args/env). A config of
+        # the run's own replaces the owner's, so it `$include`s theirs (OpenClaw deep-merges includes) and adds
+        # only our server: without it a woken OpenClaw could not read the room or reply (issue 15).
+        document: dict[str, Any] = {"mcp": {"servers": {"agent-rooms": _stdio_server(plan.mcp_env)}}}
+        owners = openclaw_config(plan.child_env)
+        if owners is not None:
+            document["$include"] = str(owners)
+        config = plan.run_dir / "openclaw.json"
+        _write_private_json(config, document)
         argv = [plan.binary, "agent", "exec", "--message-file", "-", "--cwd", str(plan.workdir), "--json"]
+        argv += ["--config", str(config)]
         if plan.resume_session:
             argv += ["--session-id", plan.resume_session]
         return argv, None
@@ -200,6 +213,22 @@ class OpenClaw:
         if error.get("kind") == "rate_limit":
             reading.rate_limited = True
         reading.terminal = {"_ok": bool(event.get("ok")) and event.get("status") == "ok", "_why": event.get("status")}
+
+
+def openclaw_config(env: Mapping[str, str]) -> Path | None:
+    """The owner's OpenClaw config as the CLI would find it: OPENCLAW_CONFIG_PATH, then
+    $OPENCLAW_STATE_DIR/openclaw.json, then ~/.openclaw/openclaw.json (OPENCLAW_HOME replacing HOME); None
+    if there is none, since an include of a missing file would fail the run."""
+    if env.get("OPENCLAW_CONFIG_PATH"):
+        path = Path(env["OPENCLAW_CONFIG_PATH"])
+    elif env.get("OPENCLAW_STATE_DIR"):
+        path = Path(env["OPENCLAW_STATE_DIR"]) / "openclaw.json"
+    elif env.get("OPENCLAW_HOME") or env.get("HOME"):
+        path = Path(env.get("OPENCLAW_HOME") or env["HOME"]) / ".openclaw" / "openclaw.json"
+    else:
+        return None
+    path = path.expanduser()
+    return path if path.is_absolute() and path.is_file() else None
 
 
 ADAPTERS: dict[AgentTool, Adapter] = {a.tool: a for a in (Claude(), Codex(), OpenClaw())}

@@ -183,6 +183,7 @@ class Supervisor:
                     read_only=read_only,
                     resume_session=run.resume_session,
                     system_prompt=SYSTEM_PROMPT,
+                    child_env=env,
                 )
                 # A session id the supervisor chooses is recorded only once the CLI's events confirm it: a CLI
                 # that never got going must not leave the next wake resuming a session that does not exist.
