@@ -166,7 +166,13 @@ class Settings:
 
     @property
     def runs_dir(self) -> Path:
+        """Each run's directory, which a sandbox binds in: token file, MCP config, tmp/ and its bridge socket."""
         return self.home / "runs"
+
+    @property
+    def run_logs_dir(self) -> Path:
+        """The supervisor's record of each run (events, stderr tail), kept apart so no run can rewrite it."""
+        return self.home / "run-logs"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -94,8 +94,10 @@ async def test_a_woken_cli_replies_through_the_bridge_which_holds_no_home(woken:
     home = str(woken.settings.home)
     assert all(not v.startswith(home) or v.startswith(str(run_dir)) for v in server["env"].values())
     assert str(woken.settings.db_path) not in json.dumps(server)
-    # The run's socket is gone with the run.
+    # The run's socket is gone with the run, and its directory holds what DESIGN §5 says and nothing else.
     assert not (run_dir / SOCKET_NAME).exists()
+    assert sorted(os.listdir(run_dir)) == ["mcp.json", "tmp", "token"]
+    assert (woken.settings.run_logs_dir / run["run_id"] / "events.jsonl").exists()
 
 
 @pytest.mark.invariant(100)
@@ -317,3 +319,36 @@ def test_the_bridges_wire_names_are_the_sdks() -> None:
     assert bridge.VERSION_META_KEY == PROTOCOL_VERSION_META_KEY
     for value in ("whoami", "naïve", " padded", "=?base64?x?=", "tab\there"):
         assert bridge._header_value(value) == encode_header_value(value)
+
+
+async def test_a_session_the_hub_closed_is_reopened_by_the_bridge(woken: World, fakes: Fakes) -> None:
+    """The hub closes legacy sessions (idle expiry, or an agent past its cap): the CLI's next call still works."""
+    async with running(woken, fakes) as both:
+        run_dir = woken.settings.runs_dir / both["alice-bot"]["run_id"]
+        token = (run_dir / "token").read_text()
+        env = bridge_env(run_dir / "token", run_dir / SOCKET_NAME)
+        async with bridge_client(env, "legacy") as client:
+            assert not (await client.call_tool("whoami", {})).is_error
+            # As many new sessions of the same run as its cap allows: the bridge's, now the least recently
+            # used, is closed to make room for the last.
+            dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+            transport = httpx2.AsyncHTTPTransport(uds=f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}")
+            init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+            async with httpx2.AsyncClient(transport=transport) as http:
+                for n in range(woken.settings.limits.http_sessions_per_agent):
+                    opened = await http.post(
+                        "http://localhost/mcp",
+                        json={"jsonrpc": "2.0", "id": n, "method": "initialize", "params": init},
+                        headers={"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream"},
+                    )
+                    assert opened.status_code == 200
+            os.close(dir_fd)
+            closed = _not_found(woken)
+            me = await client.call_tool("whoami", {})
+            assert not me.is_error and me.structured_content["run_id"] == both["alice-bot"]["run_id"]
+            # The hub did refuse the closed session once (its audit row), and the bridge opened another.
+            assert _not_found(woken) == closed + 1
+
+
+def _not_found(world: World) -> int:
+    return int(world.sql("SELECT COUNT(*) AS n FROM audit WHERE reason = 'unknown_session'")[0]["n"])

@@ -97,12 +97,12 @@ async def real_world(
 
 
 def events(world: World, run_id: str) -> list[dict[str, Any]]:
-    path = world.settings.runs_dir / run_id / "events.jsonl"
+    path = world.settings.run_logs_dir / run_id / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stderr(world: World, run_id: str) -> str:
-    return (world.settings.runs_dir / run_id / "stderr.log").read_text(errors="replace")
+    return (world.settings.run_logs_dir / run_id / "stderr.log").read_text(errors="replace")
 
 
 def explain(world: World, run: Any) -> str:

@@ -428,7 +428,7 @@ async def test_a_flood_line_stops_the_run_and_the_hub_goes_on(tmp_path: Path, fa
         [after] = await until(lambda: ended(world, "alice-cx"), "the next run ends")
     assert after["state"] == "completed"
     # What the run kept of its events stays bounded.
-    events = world.settings.runs_dir / run["run_id"] / "events.jsonl"
+    events = world.settings.run_logs_dir / run["run_id"] / "events.jsonl"
     assert events.stat().st_size <= (1 << 20) + 200
 
 
@@ -513,7 +513,7 @@ async def test_a_supervisor_shut_down_mid_run_leaves_no_process_and_no_open_file
             await post(world, "alice-claude", "@alice-bot long job")
             [c] = await until(lambda: [c for c in fakes.calls() if c.get("orphan_pid")], "the tool started")
             run = await until(lambda: running(world, "alice-bot"), "the CLI is up")
-        events = str(world.settings.runs_dir / run["run_id"] / "events.jsonl")
+        events = str(world.settings.run_logs_dir / run["run_id"] / "events.jsonl")
         still_open = [fd for fd in os.listdir("/proc/self/fd") if _target(fd) == events]
         gc.collect()
     leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and events in str(w.message)]

@@ -10,7 +10,7 @@ from agent_rooms_mcp import __version__
 from agent_rooms_mcp.cli.agent import agent
 from agent_rooms_mcp.cli.audit import audit
 from agent_rooms_mcp.cli.consent import consent, grant
-from agent_rooms_mcp.cli.hubcmds import connect, init, quickstart, serve
+from agent_rooms_mcp.cli.hubcmds import bridge, connect, init, quickstart, serve
 from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.room import invite, room
 from agent_rooms_mcp.cli.run import run_group
@@ -25,6 +25,7 @@ def cli() -> None:
 
 for command in (init, quickstart, connect, serve, owner, agent, token, room, invite, grant, consent, run_group, audit):
     cli.add_command(command)
+cli.add_command(bridge)
 
 
 def main() -> None:

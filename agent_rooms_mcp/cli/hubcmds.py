@@ -169,6 +169,16 @@ def serve(use_http: bool, host: str, port: int) -> None:
     uvicorn.Server(config).run()
 
 
+@click.command()
+def bridge() -> None:
+    """A woken CLI's MCP server: relay stdio to the hub holding only the run token (AGENT_ROOMS_TOKEN_FILE), over
+    AGENT_ROOMS_BRIDGE_SOCKET or AGENT_ROOMS_HUB_URL. Runs launch it as `python -m agent_rooms_mcp bridge`, which
+    loads nothing of the store."""
+    from agent_rooms_mcp.bridge import main as bridge_main
+
+    raise SystemExit(bridge_main())
+
+
 async def _serve_stdio(s: Settings) -> None:
     from agent_rooms_mcp.stdio import serve_stdio
 

@@ -23,7 +23,7 @@ def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
     if as_json:  # the run's record; the logs themselves are files, for people
         emit(info, as_json=True, text=str)
         return
-    path = settings().runs_dir / info.run_id / ("stderr.log" if show_stderr else "events.jsonl")
+    path = settings().run_logs_dir / info.run_id / ("stderr.log" if show_stderr else "events.jsonl")
     if not path.exists():
         raise Failed("NOT_FOUND", f"run {run_id} has no {path.name} (it never started)", as_json)
     click.echo(

@@ -136,8 +136,8 @@ class Supervisor:
         binary = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(run.tool, caps.openclaw_bin)
         if shutil.which(binary) is None:  # found before spawning: behind setpriv it would read as exit 127
             return "failed", "cli_not_found"
-        run_dir = settings.runs_dir / run.run_id
-        for d in (settings.runs_dir, run_dir):
+        run_dir, logs = settings.runs_dir / run.run_id, settings.run_logs_dir / run.run_id
+        for d in (settings.runs_dir, run_dir, settings.run_logs_dir, logs):
             ensure_private_dir(d)
         workdir = Path(run.workdir) if run.workdir else settings.home / "workdirs" / run.handle
         if not run.workdir:
@@ -159,7 +159,7 @@ class Supervisor:
         write_private_file(token_file, token.token.encode())
         read_only = run.constrained or (caps.contain and run.tool == AgentTool.CLAUDE)
         prompt = _prompt(run, run.words)
-        events = _EventLog(run_dir / "events.jsonl")
+        events = _EventLog(logs / "events.jsonl")
         recorded: set[str] = set()
         pending: list[str] = []  # session ids seen in events, recorded once the process is done
 
@@ -198,7 +198,7 @@ class Supervisor:
             await self.book.session(run.run_id, session_id)
         if reading.session_lost:  # the CLI no longer has it: the next wake starts afresh
             await self.book.session(run.run_id, "")
-        write_private_file(run_dir / "stderr.log", finished.stderr_tail)
+        write_private_file(logs / "stderr.log", finished.stderr_tail)
         verdict = judge(reading, stop_requested=stop.is_set(), returncode=finished.returncode)
         if finished.reason in ("wall", "idle", "line_too_long", "output_cap") and not stop.is_set():
             verdict_state, verdict_outcome = ("stopped", finished.reason)
