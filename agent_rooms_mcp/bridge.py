@@ -18,7 +18,8 @@ Why a raw relay and not an SDK client plus an SDK server (decided on evidence, r
   bridge starts once per wake, before the CLI can read the room.
 What the relay must know of the protocol is small and lives here: the session id of the handshake era
 (replayed when the hub expires an idle session), the routing headers of the stateless era, JSON or SSE
-answers, notifications that get no answer, and the stateless era's cancellation (closing the POST).
+answers, notifications that get no answer, and the stateless era's cancellation (closing the POST). It
+opens no standalone GET stream: the hub sends nothing unasked, and every answer comes on its request's POST.
 """
 
 from __future__ import annotations
