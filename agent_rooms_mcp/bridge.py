@@ -155,7 +155,11 @@ class _Out:
 
     async def line(self, data: bytes) -> None:
         if b"\n" in data or b"\r" in data:
-            data = json.dumps(json.loads(data), separators=(",", ":")).encode()  # one message, one line
+            try:  # one message, one line
+                data = json.dumps(json.loads(data), separators=(",", ":")).encode()
+            except ValueError:
+                log.warning("bridge.unparseable_answer")  # a line break inside it would split it in two
+                return
         async with self._lock:
             await anyio.to_thread.run_sync(self._write, data + b"\n")
 
@@ -185,6 +189,7 @@ class Relay:
         self._reopen = anyio.Lock()
         # The stateless era has no client-to-server notifications on HTTP: cancelling closes the POST.
         self._in_flight: dict[str, anyio.CancelScope] = {}
+        self._stateless = False  # the CLI speaks the 2026-07-28 era (seen on its first request)
 
     async def handle(self, text: str, tg: anyio.abc.TaskGroup) -> None:
         text = text.strip()
@@ -207,10 +212,16 @@ class Relay:
         if method is None or request_id is None:
             if method == "notifications/initialized":
                 self._initialized = message
-            if method == "notifications/cancelled" and self._cancel(message):
+            if self._stateless and method is not None:
+                # The 2026-07-28 HTTP wire takes no notifications from a client: a cancellation closes its
+                # request's POST, and anything else has nowhere to go.
+                if method == "notifications/cancelled":
+                    self._cancel(message)
                 return
             tg.start_soon(self._notify, message)
             return
+        if self._modern(message) is not None:
+            self._stateless = True
         if method == "initialize":
             self._initialize = message
         scope = anyio.CancelScope()
@@ -218,16 +229,12 @@ class Relay:
         self._in_flight[key] = scope
         tg.start_soon(self._request, message, scope, key)
 
-    def _cancel(self, message: dict[str, Any]) -> bool:
-        """A stateless-era cancellation ends its request's POST; True if it did (then nothing is sent)."""
-        params = message.get("params") or {}
-        if not isinstance(params, dict) or not self._modern(message):
-            return False
-        scope = self._in_flight.get(json.dumps(params.get("requestId")))
-        if scope is None:
-            return False
-        scope.cancel()
-        return True
+    def _cancel(self, message: dict[str, Any]) -> None:
+        """A stateless-era cancellation ends its request's POST (the hub sees the stream close)."""
+        params = message.get("params")
+        scope = self._in_flight.get(json.dumps(params.get("requestId"))) if isinstance(params, dict) else None
+        if scope is not None:
+            scope.cancel()
 
     @staticmethod
     def _modern(message: dict[str, Any]) -> str | None:

@@ -44,6 +44,9 @@ BANNED = {  # where -> imports it must never make (DESIGN §10: transport -> aut
     "agent_rooms_mcp/encoding.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
     "agent_rooms_mcp/envrules.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
     "agent_rooms_mcp/auth/tokens.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
+    # A woken CLI's MCP server holds the run token and nothing of the hub (DESIGN §5, invariant 100).
+    "agent_rooms_mcp/bridge.py": ("agent_rooms_mcp.store", "agent_rooms_mcp.services", "agent_rooms_mcp.hub", "mcp"),
+    "agent_rooms_mcp/lines.py": ("agent_rooms_mcp.store", "agent_rooms_mcp.services", "agent_rooms_mcp.hub", "mcp"),
 }  # fmt: skip
 # Leaves every layer may import although they are filed under a banned package: each has its own row
 # above that keeps it a leaf (credential formats and id minting import nothing of ours).
