@@ -57,7 +57,7 @@ class Limits:
     http_retry_after_s: int = 5
     stdio_line_bytes: int = 4 * MIB
     # A run's bridge socket closes this long after its run ends, even with a bridge request still open.
-    bridge_close_s: float = 2.0
+    bridge_close_s: int = 2
     pending_invites_per_room: int = 20
     invite_ttl_default_s: int = 24 * 3600
     invite_ttl_min_s: int = 60
