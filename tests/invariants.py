@@ -29,7 +29,7 @@ def _rows() -> list[Invariant]:
         16: ("revoking one token leaves the agent's others working", "core"),
         18: ("no plaintext token, code or key in logs, audit, results or the database", "core"),
         19: ("a foreign Origin gets 403 and a foreign Host is refused before tool code", "core"),
-        20: ("no non-loopback bind without TLS, public URL and auth", "later"),
+        20: ("no non-loopback bind without TLS, public URL and auth", "network"),
         21: ("tool x caller x scope matrix equals an independent table; denials change nothing", "core consent wake"),
         22: ("without the tool's scope: FORBIDDEN_SCOPE", "core"),
         23: ("cross-owner action without a grant: NO_GRANT", "consent"),
@@ -100,6 +100,7 @@ def _rows() -> list[Invariant]:
         86: ("a failed COMMIT rolls back and leaves the store able to write", "hardening"),
         87: ("a run token reads and writes only the room of its run", "hardening"),
         88: ("tool errors carry no structuredContent; the code leads the text and sits in _meta", "hardening"),
+        95: ("binding beyond loopback needs a public URL; forwarded headers count only when trusted", "network"),
         102: ("a run's causers are carried transitively and constrain what it wakes", "hardening"),
         103: ("the claim re-checks every condition of the wake; changes during a run withdraw it", "hardening"),
         105: (
