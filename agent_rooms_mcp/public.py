@@ -63,13 +63,6 @@ class Exposure:
                 return str(address)
         return peer
 
-    def scheme(self, peer: str | None, headers: dict[str, str], default: str) -> str:
-        """The scheme the client used: the proxy's word for it when a named proxy says so."""
-        if _ip(peer) not in self.proxies:
-            return default
-        proto = headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
-        return proto if proto in ("http", "https") else default
-
 
 def exposure_for(
     host: str, public_url: str | None, trust_proxy: str | None, tls: tuple[str | None, str | None]
@@ -144,20 +137,22 @@ def _ip(text: str | None) -> Address | None:
 
 
 def _forwarded_for(headers: dict[str, str]) -> list[str]:
-    """The client hops a proxy reports, oldest first: RFC 7239 `Forwarded: for=` if present, else
-    `X-Forwarded-For`."""
-    forwarded = headers.get("forwarded")
-    if forwarded:
-        hops = []
-        for element in forwarded.split(","):
-            for pair in element.split(";"):
-                name, _, value = pair.strip().partition("=")
-                if name.lower() == "for":
-                    value = value.strip().strip('"')
-                    if value.startswith("["):
-                        value = value[1:].split("]", 1)[0]  # "[2001:db8::1]:4711" -> "2001:db8::1"
-                    elif value.count(":") == 1:
-                        value = value.split(":", 1)[0]
-                    hops.append(value)
-        return hops
-    return [h.strip() for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    """The client hops a proxy reports, oldest first: `X-Forwarded-For`, or RFC 7239 `Forwarded: for=` when
+    there is none. X-Forwarded-For comes first because it is what Caddy and nginx set (replacing or appending
+    to the client's own): Caddy passes a client's `Forwarded` header through untouched, so preferring it
+    would let any client choose its address."""
+    xff = [h.strip() for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    if xff:
+        return xff
+    hops = []
+    for element in headers.get("forwarded", "").split(","):
+        for pair in element.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name.lower() == "for":
+                value = value.strip().strip('"')
+                if value.startswith("["):
+                    value = value[1:].split("]", 1)[0]  # "[2001:db8::1]:4711" -> "2001:db8::1"
+                elif value.count(":") == 1:
+                    value = value.split(":", 1)[0]
+                hops.append(value)
+    return hops

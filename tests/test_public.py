@@ -142,7 +142,23 @@ async def test_a_forged_forwarded_for_counts_only_from_a_named_proxy(world: Worl
     async with public_hub(world, PUBLIC) as client:
         assert await fail_from_many_forged_addresses(client, "/mcp", 5) == [401] * 5
     sources = {r["target"] for r in world.sql("SELECT target FROM audit WHERE action = 'auth.authenticate'")}
-    assert sources == {"127.0.0.1"} | {f"198.51.100.{n}" for n in range(5)}
+    assert sources == {"127.0.0.1"} | {f"203.0.113.{n}" for n in range(5)}
+
+
+@pytest.mark.invariant(95)
+def test_the_client_address_is_the_last_hop_no_named_proxy_added() -> None:
+    proxy, other = "127.0.0.1", "10.0.0.9"
+    two_proxies = Exposure(proxies=frozenset({ip_address("127.0.0.1"), ip_address("10.0.0.2")}))
+    cases = [
+        (proxy, {"x-forwarded-for": "6.6.6.6, 203.0.113.5, 10.0.0.2"}, "203.0.113.5"),  # forged first hop
+        (proxy, {"forwarded": 'for="[2001:db8::1]:4711";proto=https'}, "2001:db8::1"),
+        (proxy, {"forwarded": "for=198.51.100.7", "x-forwarded-for": "203.0.113.5"}, "203.0.113.5"),
+        (proxy, {"x-forwarded-for": "10.0.0.2"}, proxy),  # only proxies: the peer
+        (proxy, {"x-forwarded-for": "unknown"}, "unknown"),  # never the proxy's own budget
+        (other, {"x-forwarded-for": "203.0.113.5"}, other),  # not a named proxy: its headers are its own
+    ]
+    for peer, headers, expected in cases:
+        assert two_proxies.client_address(peer, headers) == expected, (peer, headers)
 
 
 @asynccontextmanager
