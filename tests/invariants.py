@@ -75,7 +75,7 @@ def _rows() -> list[Invariant]:
         64: ("tool names, descriptions and schemas are identical for every caller", "core"),
         65: ("no tool result exceeds its cap", "core"),
         66: ("HTTP bodies over the cap get 413; stdio lines over the cap are refused with bounded memory", "core"),
-        67: ("past its burst a principal gets RATE_LIMITED", "later"),
+        67: ("past its burst a principal gets RATE_LIMITED", "network"),
         68: ("failed authentication is limited per source", "later"),
         69: ("runs never exceed the caps", "wake"),
         70: ("a run's environment holds only allowlisted variables", "wake"),
