@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import ip_address
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -65,11 +69,10 @@ async def test_a_bind_beyond_loopback_needs_a_public_url_and_tls_or_a_private_pr
 
 
 @pytest.mark.invariant(20)
-async def test_tls_cert_and_key_go_together(world: World, tmp_path: os.PathLike[str]) -> None:
-    cert = os.path.join(tmp_path, "cert.pem")
-    with open(cert, "w") as f:
-        f.write("not used: refused before it is read\n")
-    code, output = serve(world, "--host", "0.0.0.0", "--public-url", "https://hub.example", "--tls-cert", cert)
+async def test_tls_cert_and_key_go_together(world: World, tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not used: refused before it is read\n")
+    code, output = serve(world, "--host", "0.0.0.0", "--public-url", "https://hub.example", "--tls-cert", str(cert))
     assert code == 2 and "--tls-key" in output
 
 
@@ -184,3 +187,41 @@ async def test_the_served_hub_ignores_forwarded_headers_unless_a_proxy_is_named(
         assert await fail_from_many_forged_addresses(client, url, 5) == [401, 401, 401, 429, 429]
     async with served(world, "--trust-proxy", "127.0.0.1", env=env) as url, httpx2.AsyncClient() as client:
         assert await fail_from_many_forged_addresses(client, url, 5) == [401] * 5
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and its key, made by openssl for this test only."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificate to serve TLS with")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    argv = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    argv += ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "2"]
+    subprocess.run([*argv, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.invariant(20)
+async def test_the_hub_serves_tls_of_its_own(world: World, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    flags = ["--public-url", f"https://localhost:{port}", "--tls-cert", str(cert), "--tls-key", str(key)]
+    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(port), *flags]
+    env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home)}
+    async with await anyio.open_process(argv, env=env) as server:
+        try:
+            with anyio.fail_after(30):
+                await wait_listening(port)
+            tls = ssl.create_default_context(cafile=str(cert))
+            bearer = {"Authorization": f"Bearer {world.tokens['alice-claude']}"}
+            http = httpx2.AsyncClient(verify=tls, headers=bearer)
+            async with http, Client(streamable_http_client(f"https://localhost:{port}/mcp", http_client=http)) as c:
+                who = await c.call_tool("whoami", {})
+            assert who.structured_content["agent"]["handle"] == "alice-claude"
+            # Plaintext to the TLS port gets no answer from the hub.
+            async with httpx2.AsyncClient() as plain:
+                with pytest.raises(httpx2.HTTPError):
+                    await plain.post(f"http://localhost:{port}/mcp", json=POST, headers=JSON_HEADERS)
+        finally:
+            server.terminate()
+            await server.wait()
