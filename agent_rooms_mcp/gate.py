@@ -99,6 +99,8 @@ class GatedServer(MCPServer[Hub]):
                 raise unauthenticated("no_request")
             ctx = context.request_context
             call = Call(ctx.lifespan_context, await _caller(ctx))
+            # Per-agent abuse limits, before the tool runs: a refused call changes nothing (DESIGN §9.3).
+            await call.hub.rates.charge(call.caller, name)
         except RoomsError as e:
             log.info("tool.call", tool=name, outcome="denied", code=e.code.value, ms=_ms(started))
             return error_result(e)

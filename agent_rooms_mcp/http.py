@@ -25,21 +25,14 @@ from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.http_sessions import Sessions
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
+from agent_rooms_mcp.public import Exposure, host_of
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.wake.supervisor import supervising
 
 log = structlog.get_logger("agent_rooms_mcp.http")
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _SESSION_HEADER = b"mcp-session-id"
-
-
-def _host_of(value: str) -> str:
-    # "[::1]:8765" -> "[::1]", "localhost:8765" -> "localhost"
-    if value.startswith("["):
-        return value.split("]", 1)[0] + "]"
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 class BearerGate:
@@ -49,14 +42,16 @@ class BearerGate:
         self,
         app: ASGIApp,
         hub: Hub,
-        allowed_hosts: tuple[str, ...],
+        exposure: Exposure,
         *,
         only_run: str | None = None,
         transport: str = "http",
     ) -> None:
         self._app = app
         self._hub = hub
-        self._hosts = allowed_hosts
+        self._exposure = exposure
+        self._hosts = exposure.hosts
+        self._origins = exposure.origins
         # A run's bridge socket (wake/bridge_socket.py): that run's token only, and named so in the audit.
         self._only_run = only_run
         self._transport = transport
@@ -70,13 +65,19 @@ class BearerGate:
             await self._app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if _host_of(headers.get("host", "")) not in self._hosts:
+        peer = (scope.get("client") or (None,))[0]
+        if not self._exposure.peer_allowed(peer):
+            # Public mode behind a named proxy: a request straight from elsewhere skipped its TLS (DESIGN §9.3).
+            log.info("http.peer_refused", peer=peer)
+            await _respond(send, 403, {"error": "FORBIDDEN_PEER"})
+            return
+        if host_of(headers.get("host", "")).lower() not in self._hosts:
             await _respond(send, 421, {"error": "INVALID_HOST"})
             return
         origin = headers.get("origin")
-        if origin is not None and (urlsplit(origin).scheme, _host_of(urlsplit(origin).netloc)) not in {
-            ("http", h) for h in self._hosts
-        }:
+        if origin is not None and (urlsplit(origin).scheme, host_of(urlsplit(origin).netloc).lower()) not in (
+            self._origins
+        ):
             await _respond(send, 403, {"error": "FORBIDDEN_ORIGIN"})
             return
         length = headers.get("content-length") or "0"
@@ -87,7 +88,8 @@ class BearerGate:
             await _respond(send, 413, {"error": "TOO_LARGE"})
             return
         query = scope.get("query_string", b"").decode("latin-1").lower()
-        address = (scope.get("client") or (None,))[0]
+        # Whom a failed authentication counts against: forwarded headers count only from a named proxy.
+        address = self._exposure.client_address(peer, headers)
         if "token" in query or "bearer" in query or any(k.value in query for k in CredentialKind):
             refused = await self._hub.auth.refuse(
                 "credential_in_query", None, transport=self._transport, address=address
@@ -206,11 +208,10 @@ async def _unauthenticated(send: Send) -> None:
 
 
 @asynccontextmanager
-async def open_http_app(
-    settings: Settings, *, allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
-) -> AsyncIterator[ASGIApp]:
-    """The ASGI app with its hub open and the SDK's session manager running (tests drive it in-process)."""
-    async with Hub.open(settings) as hub, supervising(hub), mcp_app(hub, allowed_hosts=allowed_hosts) as app:
+async def open_http_app(settings: Settings, *, exposure: Exposure | None = None) -> AsyncIterator[ASGIApp]:
+    """The ASGI app with its hub open and the SDK's session manager running (tests drive it in-process).
+    `exposure`: public mode's hosts, origins and proxies (public.py); loopback only by default."""
+    async with Hub.open(settings) as hub, supervising(hub), mcp_app(hub, exposure=exposure) as app:
         yield app
 
 
@@ -218,17 +219,19 @@ async def open_http_app(
 async def mcp_app(
     hub: Hub,
     *,
-    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+    exposure: Exposure | None = None,
     only_run: str | None = None,
     transport: str = "http",
 ) -> AsyncIterator[ASGIApp]:
     """The gated MCP app on an open hub: `serve --http`'s, and each run's bridge socket's (`only_run`), so both
     authenticate, answer errors and audit the same way."""
+    exposure = exposure or Exposure()
     mcp = create_server(existing_hub(hub))
+    hosts = exposure.hosts
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"{h}:*" for h in allowed_hosts] + list(allowed_hosts),
-        allowed_origins=[f"http://{h}:*" for h in allowed_hosts],
+        allowed_hosts=[f"{h}:*" for h in hosts] + list(hosts),
+        allowed_origins=[f"{scheme}://{h}{port}" for scheme, h in exposure.origins for port in (":*", "")],
     )
     inner = mcp.streamable_http_app(
         json_response=True,
@@ -239,7 +242,7 @@ async def mcp_app(
         max_sessions=hub.settings.limits.http_sessions,
     )
     async with mcp.session_manager.run():
-        yield BearerGate(inner, hub, allowed_hosts, only_run=only_run, transport=transport)
+        yield BearerGate(inner, hub, exposure, only_run=only_run, transport=transport)
 
 
 class HttpHub:
@@ -247,8 +250,9 @@ class HttpHub:
 
     Plain ASGI rather than a Starlette router in front: every request would pay for the routing."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, exposure: Exposure | None = None) -> None:
         self._settings = settings
+        self._exposure = exposure
         self._app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -260,7 +264,7 @@ class HttpHub:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         try:
-            async with open_http_app(self._settings) as app:
+            async with open_http_app(self._settings, exposure=self._exposure) as app:
                 self._app = app
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown

@@ -19,6 +19,7 @@ from agent_rooms_mcp.home import (
     load_issuer_key,
     secure_database_files,
 )
+from agent_rooms_mcp.ratelimit import RateLimits
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.consent import Consent
 from agent_rooms_mcp.services.files import Files
@@ -47,6 +48,7 @@ class Hub:
     grants: Grants
     consent: Consent
     runs: Runs
+    rates: RateLimits
 
     @classmethod
     @asynccontextmanager
@@ -76,6 +78,7 @@ class Hub:
                 grants=Grants(store),
                 consent=Consent(store, limits, settings.wake),
                 runs=Runs(store, limits),
+                rates=RateLimits(store, limits),
             )
 
 

@@ -78,6 +78,14 @@ class Limits:
     failed_auth_global_limit: int = 300
     failed_auth_rows_per_source: int = 5
     failed_auth_sources_per_window: int = 50
+    # Per-agent token buckets (DESIGN §9.3, ratelimit.py): calls a minute, which is also the burst. Each
+    # process answers up to `rate_local_calls` calls from credit before it settles with the shared bucket
+    # in the database (1: every call settles; more: cheaper, and a process may run that far ahead).
+    rate_posts_per_min: int = 60
+    rate_file_writes_per_min: int = 20
+    rate_task_writes_per_min: int = 120
+    rate_reads_per_min: int = 300
+    rate_local_calls: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:

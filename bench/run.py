@@ -38,7 +38,7 @@ from typing import Any
 import waiters
 import wake
 from raw_client import Connection, tool_call
-from world import AGENT, ROOM, build_hub
+from world import AGENT, ROOM, UNLIMITED_RATES, build_hub
 
 BENCH = Path(__file__).resolve().parent
 TOOLS = ("echo", "echo_sync", "whoami", "post_message")
@@ -233,6 +233,7 @@ async def http_rounds(
 ) -> list[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
     env["AGENT_ROOMS_HOME"] = str(home)
+    env.update(UNLIMITED_RATES)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p)
     echo_port, hub_port = free_port(), free_port()
     servers: dict[str, Server] = {}
@@ -284,7 +285,7 @@ async def http_rounds(
 
 def inmemory_rounds(home: Path, token: str, rounds: int, seconds: float, logdir: Path) -> list[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
-    env.update(AGENT_ROOMS_HOME=str(home), AGENT_ROOMS_TOKEN=token)
+    env.update(AGENT_ROOMS_HOME=str(home), AGENT_ROOMS_TOKEN=token, **UNLIMITED_RATES)
     log = logdir / "inmemory.log"
     with log.open("wb") as err:
         done = subprocess.run(

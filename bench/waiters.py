@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from raw_client import Connection, tool_call
-from world import OPERATOR, build_hub
+from world import OPERATOR, UNLIMITED_RATES, build_hub
 
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.settings import Settings
@@ -150,6 +150,7 @@ def run(waiters: int = 1000, idle_s: float = 3.0, posts: int = 200) -> dict[str,
             AGENT_ROOMS_SUPERVISOR="0",
             AGENT_ROOMS_LIMIT_WAITS_PER_AGENT=str(waiters + 8),
             AGENT_ROOMS_LIMIT_HTTP_CONNECTIONS=str(waiters + 64),
+            **UNLIMITED_RATES,
             PYTHONPATH=os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p),
         )
         port = free_port()

@@ -56,6 +56,7 @@ from agent_rooms_mcp.wake.supervisor import supervising
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from raw_client import Connection, tool_call
+from world import UNLIMITED_RATES
 
 BENCH = Path(__file__).resolve().parent
 OPERATOR = Actor("operator", "bench-operator")
@@ -380,7 +381,7 @@ async def across_processes(root: Path, n_wake: int, n_stop: int) -> dict[str, li
     fake = FakeCli(root / "fake-across")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
-    env.update(AGENT_ROOMS_HOME=str(home), AGENT_ROOMS_CLAUDE_BIN=str(fake.bin))
+    env.update(AGENT_ROOMS_HOME=str(home), AGENT_ROOMS_CLAUDE_BIN=str(fake.bin), **UNLIMITED_RATES)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--host", "127.0.0.1", "--port", str(port)]
     log = root / "wake-server.log"

@@ -14,6 +14,11 @@ OPERATOR = Actor("operator", "bench-operator")
 AGENT = "alice-claude"
 ROOM = "lobby"
 SCOPES = parse_scopes("read,post,task")
+# The bench calls far faster than an agent may (DESIGN §9.3's per-agent buckets): the limits are raised out of
+# its way, while every call still pays for being counted.
+UNLIMITED_RATES = {
+    f"AGENT_ROOMS_LIMIT_RATE_{kind}_PER_MIN": str(10**9) for kind in ("POSTS", "FILE_WRITES", "TASK_WRITES", "READS")
+}
 
 
 async def build_hub(home: Path) -> dict[str, str]:

@@ -24,13 +24,19 @@ from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.hub import Hub, init_home
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import create_server
-from agent_rooms_mcp.settings import Settings, WakeSettings
+from agent_rooms_mcp.settings import DEFAULT_LIMITS, Settings, WakeSettings
 
 # The wake tests' fixtures (fake CLIs, a world that wakes agents) live beside their helpers.
 pytest_plugins = ("tests.wakeworld",)
 
 OPERATOR = Actor("operator", "test-operator")
 NO_SUPERVISOR = WakeSettings(enabled=False)
+# The suite makes far more calls per agent and minute than an agent may (DESIGN §9.3). Tests of other things
+# run with the per-agent buckets out of their way, in process and in every server process they start (whose
+# limits come from the environment); tests/test_ratelimit.py sets the limits it tests.
+SUITE_RATES = {f"rate_{kind}_per_min": 10**6 for kind in ("posts", "file_writes", "task_writes", "reads")}
+for _name, _value in SUITE_RATES.items():
+    os.environ.setdefault(f"AGENT_ROOMS_LIMIT_{_name.upper()}", str(_value))
 HTTP_BASE = "http://127.0.0.1:8765"
 
 # handle -> (owner, scopes)
@@ -124,7 +130,8 @@ class World:
             tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
             for table in tables:
                 # The audit log, and the failed-authentication counters a refusal is allowed to move.
-                if table in ("audit", "auth_failures"):
+                # So are the rate-limit buckets every call, a read included, draws on.
+                if table in ("audit", "auth_failures", "rate_buckets"):
                     continue
                 for row in conn.execute(f"SELECT * FROM {table} ORDER BY rowid"):
                     h.update(repr((table, row)).encode())
@@ -162,7 +169,7 @@ class World:
 
 async def build_world(home: Path, wake: WakeSettings = NO_SUPERVISOR) -> World:
     """Without a supervisor unless `wake` asks for one: a mention of an invoke agent then only queues."""
-    world = World(Settings(home=home, wake=wake))
+    world = World(Settings(home=home, limits=replace(DEFAULT_LIMITS, **SUITE_RATES), wake=wake))
     await init_home(world.settings, OPERATOR)
     async with world.hub() as hub:
         for owner in ("alice", "bob", "carol"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import ipaddress
 import re
 import socket
 from datetime import timedelta
@@ -18,6 +17,7 @@ from agent_rooms_mcp.home import check_private_file, write_private_file
 from agent_rooms_mcp.hub import Hub, check_home, init_home
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
+from agent_rooms_mcp.public import BindRefused, exposure_for
 from agent_rooms_mcp.settings import Settings
 
 
@@ -117,54 +117,72 @@ def connect(agent: str, client: str, url: str | None, new_token: bool) -> None:
         click.echo(snippets.mcp_json(s, agent, url))
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @click.command()
 @click.option("--http", "use_http", is_flag=True, help="Serve streamable HTTP at /mcp instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
-def serve(use_http: bool, host: str, port: int) -> None:
-    """Serve MCP: stdio (what `claude mcp add … -- agent-rooms serve` launches) or HTTP with --http."""
+@click.option("--public-url", default=None, help="The https:// address clients reach the hub at (public mode).")
+@click.option("--trust-proxy", default=None, help="ADDR[,ADDR]: the TLS proxy in front; only it may connect.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="Serve TLS: cert.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="Serve TLS: key.")
+def serve(
+    use_http: bool,
+    host: str,
+    port: int,
+    public_url: str | None,
+    trust_proxy: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
+    """Serve MCP: stdio (what `claude mcp add … -- agent-rooms serve` launches) or HTTP with --http.
+
+    \b
+    Public mode (DESIGN §9.3), behind a TLS proxy on this machine:
+        agent-rooms serve --http --public-url https://hub.example.com --trust-proxy 127.0.0.1
+    """
     configure_logging()
     s: Settings = settings()
+    network = (public_url, trust_proxy, tls_cert, tls_key)
+    if not use_http and any(v is not None for v in network):
+        raise click.UsageError("--public-url, --trust-proxy and --tls-* apply to --http only")
+    if use_http:
+        # Refused before the home is even read: an unsafe bind is a usage error (exit 2) naming its fix.
+        try:
+            exposure = exposure_for(host, public_url, trust_proxy, (tls_cert, tls_key))
+        except BindRefused as e:
+            raise click.UsageError(str(e)) from None
     # Refuse an unsafe or missing home here, with its fix, rather than after announcing a server.
     guarded(lambda: check_home(s))
     if not use_http:
         guarded(lambda: anyio.run(_serve_stdio, s))
         return
-    if not _loopback(host):
-        raise Failed(
-            ErrorCode.INVALID_ARGUMENT.value,
-            f"refusing to bind {host}: only loopback is supported until TLS and a public URL are configured",
-            False,
-        )
     import uvicorn
 
     from agent_rooms_mcp.http import HttpHub
     from agent_rooms_mcp.serving import bounded_protocol
 
     try:
-        socket.create_server((host, port)).close()
+        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
     except OSError as e:
         raise Failed(ErrorCode.CONFLICT.value, f"cannot listen on {host}:{port}: {e.strerror}", False) from e
 
-    click.echo(f"agent-rooms serving http://{host}:{port}/mcp (Ctrl-C to stop)", err=True)
+    scheme = "https" if tls_cert else "http"
+    shown = f" as {public_url}" if public_url else ""
+    click.echo(f"agent-rooms serving {scheme}://{host}:{port}/mcp{shown} (Ctrl-C to stop)", err=True)
     # Our protocol: uvicorn's h11 one with head and body timers and a connection cap (serving.py).
     config = uvicorn.Config(
-        HttpHub(s),
+        HttpHub(s, exposure),
         host=host,
         port=port,
         log_config=None,
         access_log=False,
         lifespan="on",
         http=bounded_protocol(s.limits),
+        # uvicorn believes X-Forwarded-* from 127.0.0.1 by default, rewriting the client address the
+        # failed-authentication limit counts against: forwarded headers are ours to judge (public.py).
+        proxy_headers=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
     uvicorn.Server(config).run()
 

@@ -382,4 +382,18 @@ ALTER TABLE proposals ADD COLUMN run_id TEXT;
 UPDATE proposals SET causers = json_array(proposer_owner_id), grant_ids = json_array(grant_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE)
+# Per-agent abuse limits (DESIGN §9.3, invariant 67): one token bucket per agent and kind of call, kept here
+# so every server process on this database draws on the same one (ratelimit.py). `refused` counts the
+# refusals of the current episode for its summary audit row.
+_V_RATES = """
+CREATE TABLE rate_buckets (
+  agent_id TEXT NOT NULL,
+  bucket TEXT NOT NULL CHECK (bucket IN ('posts', 'file_writes', 'task_writes', 'reads')),
+  level REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  refused INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (agent_id, bucket)
+) STRICT, WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES)
