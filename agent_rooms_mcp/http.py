@@ -28,6 +28,7 @@ from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.wake.supervisor import supervising
+from agent_rooms_mcp.web.owner_api import OwnerApi, beside
 
 log = structlog.get_logger("agent_rooms_mcp.http")
 
@@ -213,7 +214,8 @@ async def open_http_app(
             max_sessions=settings.limits.http_sessions,
         )
         async with mcp.session_manager.run():
-            yield BearerGate(inner, hub, allowed_hosts)
+            # The owner API (DESIGN §9.1) sits beside /mcp, with a gate of its own: devices, never agents.
+            yield beside(BearerGate(inner, hub, allowed_hosts), OwnerApi(hub, allowed_hosts))
 
 
 class HttpHub:

@@ -21,6 +21,7 @@ from agent_rooms_mcp.home import (
 )
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.consent import Consent
+from agent_rooms_mcp.services.devices import Devices
 from agent_rooms_mcp.services.files import Files
 from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
@@ -47,6 +48,7 @@ class Hub:
     grants: Grants
     consent: Consent
     runs: Runs
+    devices: Devices
 
     @classmethod
     @asynccontextmanager
@@ -76,6 +78,7 @@ class Hub:
                 grants=Grants(store),
                 consent=Consent(store, limits, settings.wake),
                 runs=Runs(store, limits),
+                devices=Devices(store, limits, issuer.kid, deployment_id),
             )
 
 
