@@ -265,3 +265,17 @@ async def test_the_chain_covers_via_and_old_rows_still_verify(world: World, api:
         assert audit.row_hash(bytes(row["prev_hash"]), row["seq"], edited) != bytes(row["row_hash"])
     finally:
         conn.close()
+
+
+async def test_the_owner_api_names_a_bad_argument_and_an_unknown_action(world: World, api: httpx2.AsyncClient) -> None:
+    credential = (await login(api, await enroll(world))).json()["credential"]
+    before = world.fingerprint()
+    extra = await api.post("/owner/v1/actions/agent.list", json={"everyone": True}, headers=bearer(credential))
+    assert extra.status_code == 400 and extra.json()["code"] == "INVALID_ARGUMENT"
+    assert extra.json()["message"].startswith("everyone:")
+    ttl = await api.post("/owner/v1/actions/token.issue", json={"agent": "bob-claude"}, headers=bearer(credential))
+    assert ttl.json()["code"] == "INVALID_ARGUMENT" and ttl.json()["message"].startswith("ttl_s:")
+    unknown = await api.post("/owner/v1/actions/agent.delete_everything", json={}, headers=bearer(credential))
+    assert unknown.status_code == 404 and unknown.json()["code"] == "NOT_FOUND"
+    assert (await api.get("/owner/v1/actions/agent.list", headers=bearer(credential))).status_code == 405
+    assert world.fingerprint() == before
