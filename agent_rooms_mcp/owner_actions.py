@@ -43,7 +43,7 @@ from agent_rooms_mcp.models import (
     TokenInfo,
     TokenList,
 )
-from agent_rooms_mcp.principals import AgentTool, Human, parse_scopes
+from agent_rooms_mcp.principals import AgentTool, Human, Scope, parse_scopes
 from agent_rooms_mcp.services.runs import FINAL
 from agent_rooms_mcp.store import queries
 
@@ -99,7 +99,8 @@ async def perform(hub: Hub, who: Human, name: str, raw: object) -> BaseModel:
     of its own after the refused one rolled back, as every refused human action is (DESIGN §6)."""
     try:
         action = lookup(name)
-        return await action.fn(hub, who, parse_args(action, raw))
+        result: BaseModel = await action.fn(hub, who, parse_args(action, raw))
+        return result
     except RoomsError as e:
         await hub.store.write(audit.denial(who.actor, "cli." + name, e.audit_reason, {}))
         raise
@@ -121,7 +122,7 @@ async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> None:
 
 
 async def _own_token(hub: Hub, who: Human, token_id: str) -> None:
-    def read(c: sqlite3.Connection) -> sqlite3.Row:
+    def read(c: sqlite3.Connection) -> str:
         row = c.execute(
             "SELECT a.owner_id FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
             " WHERE t.token_id = ? AND t.run_id IS NULL",
@@ -129,9 +130,9 @@ async def _own_token(hub: Hub, who: Human, token_id: str) -> None:
         ).fetchone()
         if row is None:
             raise not_found("token")
-        return row
+        return str(row["owner_id"])
 
-    policy.require_own(who, (await hub.store.read(read))["owner_id"], "token")
+    policy.require_own(who, await hub.store.read(read), "token")
 
 
 async def _own_room(hub: Hub, who: Human, room_ref: str) -> None:
@@ -172,7 +173,7 @@ async def agent_add(hub: Hub, who: Human, a: AgentAdd) -> AgentInfo:
     return await hub.accounts.add_agent(who.actor, a.handle, a.owner, a.tool, _scopes(a.scopes), a.workdir)
 
 
-def _scopes(text: str) -> Any:
+def _scopes(text: str) -> frozenset[Scope]:
     try:
         return parse_scopes(text)
     except ValueError as e:
@@ -435,7 +436,7 @@ class AuditTail(Args):
 
 @_action("audit.tail", AuditTail, AuditRows)
 async def audit_tail(hub: Hub, who: Human, a: AuditTail) -> AuditRows:
-    return AuditRows(rows=await hub.store.read(lambda c: audit.tail(c, a.count, who.owner_id)))  # type: ignore[arg-type]
+    return AuditRows(rows=await hub.store.read(lambda c: audit.tail(c, a.count, who.owner_id)))
 
 
 @_action("device.list", NoArgs, DeviceList)

@@ -109,12 +109,11 @@ class Remote:
 
     settings: Settings
     device: Device
-    base: str
 
     def call(self, name: str, args: dict[str, Any], result: type[R]) -> R:
-        with _client(self.settings) as http, _reaching(self.base):
+        with _client(self.settings) as http, _reaching(self.device.hub):
             answer = http.post(
-                self.base + _API + "actions/" + name,
+                self.device.hub + _API + "actions/" + name,
                 json=args,
                 headers={"Authorization": f"Bearer {self.device.credential}"},
             )
@@ -138,10 +137,10 @@ def _answer(response: httpx2.Response) -> Any:
     if response.status_code == 200 and body is not None:
         return body
     if isinstance(body, dict):
-        code = body.get("code") or body.get("error")
+        code = str(body.get("code") or body.get("error"))
         if code in ErrorCode.__members__:
             retry = response.headers.get("retry-after")
-            message = body.get("message") or _GENERIC.get(code, code)
+            message = str(body.get("message") or _GENERIC.get(code, code))
             retry_ms = body.get("retry_after_ms") or (int(retry) * 1000 if retry and retry.isdigit() else None)
             raise RoomsError(ErrorCode(code), message, retry_after_ms=retry_ms)
     raise HomeError(f"the hub answered HTTP {response.status_code} without a code: is {response.url} agent-rooms?")

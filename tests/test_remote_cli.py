@@ -167,6 +167,7 @@ async def test_an_owner_works_from_their_own_machine_audited_via_device(hub: Hub
     assert [p["target"] for p in pending] == ["bob-claude"]
     decided = await bob.ok("consent", "accept", pending[0]["proposal_id"], "--owner", "bob")
     assert decided["consent_state"] == "accepted"
+    assert hub.sql("SELECT decided_via FROM proposals")[0][0] == "device"
 
     rows = via_device(hub, "bob")
     for action in ("agent.add", "agent.scopes", "token.issue", "token.revoke", "grant.add", "room.create"):
@@ -206,6 +207,11 @@ async def test_a_device_cannot_act_as_the_operator_or_for_another_owner(hub: Hub
         mcp = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert mcp.status_code == 401 and mcp.json() == {"error": "UNAUTHENTICATED"}
     assert hub.sql("SELECT 1 FROM audit WHERE action = 'cli.owner.add' AND via = 'device' AND outcome = 'denied'")
+
+    # The credential goes only to the hub that issued it, whatever URL a command names.
+    other = await bob.ar("--hub", "http://127.0.0.1:9", "agent", "list", "--json")
+    assert other.code == 1 and other.json()["code"] == "HOME" and "enrolled with" in other.json()["message"]
+    assert (await bob.ok("--hub", hub.url, "agent", "list"))["agents"] == []
 
     # Logging in: plain http only to a loopback hub, and a wrong code gets nothing (the rest of the code
     # rules are proven in-process, in test_devices.py).

@@ -133,7 +133,10 @@ def remote(as_json: bool) -> Remote | None:
             return None
         if device is None:
             raise HomeError(f"this machine is not enrolled with {url}; run: agent-rooms login {url} --code CODE")
-        return Remote(here, device, remote_device.hub_url(url or device.hub))
+        # The credential goes only to the hub that issued it, never to whatever URL a command names.
+        if url is not None and remote_device.hub_url(url) != device.hub:
+            raise HomeError(f"this machine is enrolled with {device.hub}, not {url}; log in there first")
+        return Remote(here, device)
 
     return guarded(find, as_json=as_json)
 
