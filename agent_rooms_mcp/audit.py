@@ -25,10 +25,12 @@ GENESIS = bytes(32)
 class Actor:
     """Who did it: an agent (with the credential used), the operator at the CLI, or nobody known."""
 
-    kind: str  # agent | operator | anonymous | system
+    kind: str  # agent | operator | owner | anonymous | system
     id: str | None = None
     owner_id: str | None = None
     cred_id: str | None = None
+    # The path a human action came by (DESIGN §2): `cli` on the hub's machine, `device`, `console`.
+    via: str | None = None
 
 
 ANONYMOUS = Actor("anonymous")
@@ -40,6 +42,10 @@ def _opt(value: str | None) -> bytes:
 
 
 def row_hash(prev: bytes, seq: int, row: Mapping[str, Any]) -> bytes:
+    # `via` came later: a row without one hashes exactly as rows did before it existed, so old chains still
+    # verify, and a row with one hashes it too (blanking it breaks the chain).
+    via = row["via"] if "via" in row.keys() else None  # noqa: SIM118 (sqlite3.Row has keys(), not __contains__)
+    tail = () if via is None else (b"via", via.encode())
     return hashlib.sha256(
         pae(
             _DOMAIN,
@@ -55,6 +61,7 @@ def row_hash(prev: bytes, seq: int, row: Mapping[str, Any]) -> bytes:
             _opt(row["reason"]),
             _opt(row["cred_id"]),
             row["detail"].encode(),
+            *tail,
         )
     ).digest()
 
@@ -83,12 +90,13 @@ def append(
         "reason": reason,
         "cred_id": actor.cred_id,
         "detail": json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":")),
+        "via": actor.via,
     }
     conn.execute(
         "INSERT INTO audit (seq, ts, actor_kind, actor_id, owner_id, action, target, outcome, reason,"
-        " cred_id, detail, prev_hash, row_hash)"
+        " cred_id, detail, via, prev_hash, row_hash)"
         " VALUES (:seq, :ts, :actor_kind, :actor_id, :owner_id, :action, :target, :outcome, :reason,"
-        " :cred_id, :detail, :prev_hash, :row_hash)",
+        " :cred_id, :detail, :via, :prev_hash, :row_hash)",
         {**row, "seq": seq, "prev_hash": prev, "row_hash": row_hash(prev, seq, row)},
     )
     return seq
@@ -97,7 +105,7 @@ def append(
 # The ids `tokens.new_id` makes: a known prefix and 128 random bits. Anything else a caller names is kept
 # only if it is shaped like a handle or a room name; credentials are checked first, since a lowercase
 # token or invite code would pass for a handle.
-_ID_RE = re.compile(r"(?:agt|dep|file|grant|invite|msg|own|prop|room|run|task|tok)_[A-Za-z0-9_-]{22}")
+_ID_RE = re.compile(r"(?:agt|dep|dev|enr|file|grant|invite|msg|own|prop|room|run|task|tok)_[A-Za-z0-9_-]{22}")
 _SECRET_PREFIXES = (*(kind.value for kind in CredentialKind), INVITE_PREFIX)
 _HASHED_HEX_CHARS = 16
 
@@ -147,10 +155,11 @@ def verify(conn: sqlite3.Connection) -> Verdict:
     return Verdict(True, count)
 
 
-def tail(conn: sqlite3.Connection, n: int) -> list[dict[str, Any]]:
+def tail(conn: sqlite3.Connection, n: int, owner_id: str | None = None) -> list[dict[str, Any]]:
+    """The latest n rows, or the latest n rows about one owner (their own actions and their agents')."""
     rows = conn.execute(
-        "SELECT seq, ts, actor_kind, actor_id, owner_id, action, target, outcome, reason, cred_id, detail"
-        " FROM audit ORDER BY seq DESC LIMIT ?",
-        (n,),
+        "SELECT seq, ts, actor_kind, actor_id, owner_id, action, target, outcome, reason, cred_id, via, detail"
+        " FROM audit WHERE ?1 IS NULL OR owner_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        (owner_id, n),
     ).fetchall()
     return [{**dict(r), "detail": json.loads(r["detail"])} for r in reversed(rows)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 import anyio
 import structlog
@@ -25,10 +24,11 @@ from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.http_sessions import Sessions
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
-from agent_rooms_mcp.public import Exposure, host_of
+from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.wake.supervisor import supervising
+from agent_rooms_mcp.web.owner_api import OwnerApi, beside
 
 log = structlog.get_logger("agent_rooms_mcp.http")
 
@@ -51,7 +51,6 @@ class BearerGate:
         self._hub = hub
         self._exposure = exposure
         self._hosts = exposure.hosts
-        self._origins = exposure.origins
         # A run's bridge socket (wake/bridge_socket.py): that run's token only, and named so in the audit.
         self._only_run = only_run
         self._transport = transport
@@ -66,19 +65,10 @@ class BearerGate:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         peer = (scope.get("client") or (None,))[0]
-        if not self._exposure.peer_allowed(peer):
-            # Public mode behind a named proxy: a request straight from elsewhere skipped its TLS (DESIGN §9.3).
-            log.info("http.peer_refused", peer=peer)
-            await _respond(send, 403, {"error": "FORBIDDEN_PEER"})
-            return
-        if host_of(headers.get("host", "")).lower() not in self._hosts:
-            await _respond(send, 421, {"error": "INVALID_HOST"})
-            return
-        origin = headers.get("origin")
-        if origin is not None and (urlsplit(origin).scheme, host_of(urlsplit(origin).netloc).lower()) not in (
-            self._origins
-        ):
-            await _respond(send, 403, {"error": "FORBIDDEN_ORIGIN"})
+        refusal = self._exposure.refusal(peer, headers)
+        if refusal is not None:
+            log.info("http.refused", peer=peer, code=refusal[1])
+            await _respond(send, refusal[0], {"error": refusal[1]})
             return
         length = headers.get("content-length") or "0"
         if not length.isdigit():
@@ -211,8 +201,10 @@ async def _unauthenticated(send: Send) -> None:
 async def open_http_app(settings: Settings, *, exposure: Exposure | None = None) -> AsyncIterator[ASGIApp]:
     """The ASGI app with its hub open and the SDK's session manager running (tests drive it in-process).
     `exposure`: public mode's hosts, origins and proxies (public.py); loopback only by default."""
+    exposure = exposure or Exposure()
     async with Hub.open(settings) as hub, supervising(hub), mcp_app(hub, exposure=exposure) as app:
-        yield app
+        # The owner API (DESIGN §9.1) sits beside /mcp, with a gate of its own: devices, never agents.
+        yield beside(app, OwnerApi(hub, exposure))
 
 
 @asynccontextmanager

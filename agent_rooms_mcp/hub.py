@@ -22,6 +22,7 @@ from agent_rooms_mcp.home import (
 from agent_rooms_mcp.ratelimit import RateLimits
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.consent import Consent
+from agent_rooms_mcp.services.devices import Devices
 from agent_rooms_mcp.services.files import Files
 from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
@@ -49,6 +50,7 @@ class Hub:
     consent: Consent
     runs: Runs
     rates: RateLimits
+    devices: Devices
 
     @classmethod
     @asynccontextmanager
@@ -79,6 +81,7 @@ class Hub:
                 consent=Consent(store, limits, settings.wake),
                 runs=Runs(store, limits),
                 rates=RateLimits(store, limits),
+                devices=Devices(store, limits, issuer.kid, deployment_id),
             )
 
 

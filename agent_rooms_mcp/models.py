@@ -420,3 +420,51 @@ class StoppedRun(BaseModel):
 
 class StopResult(BaseModel):
     stopped: list[StoppedRun]
+
+
+# Devices (DESIGN §9.1): CLI and owner API results, never tool results.
+
+
+class Enrollment(BaseModel):
+    """A one-time enrollment code, shown once to the operator, with the line the owner runs."""
+
+    owner: str
+    code: str
+    expires_at: str
+    login_command: str
+
+
+class DeviceLogin(BaseModel):
+    """What the hub answers a redeemed code with: the device credential (once) and the key to pin."""
+
+    device_id: str
+    owner: str
+    name: str
+    credential: str
+    issuer_kid: str
+
+
+class DeviceInfo(BaseModel):
+    device_id: str
+    owner: str
+    name: str
+    created_at: str
+    last_used_at: str
+    status: Literal["active", "expired", "revoked"]
+
+
+class DeviceList(BaseModel):
+    devices: list[DeviceInfo]
+
+
+class HubIdentity(BaseModel):
+    """What a hub says about itself at /owner/v1/hub, before any credential: the key `login` pins."""
+
+    deployment_id: str
+    issuer_kid: str
+
+
+class AuditRows(BaseModel):
+    """`audit tail`: the latest rows, metadata only."""
+
+    rows: list[dict[str, object]]

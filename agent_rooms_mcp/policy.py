@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent_rooms_mcp.errors import ErrorCode, RoomsError, conflict, forbidden, forbidden_scope
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, conflict, forbidden, forbidden_scope, not_found
 from agent_rooms_mcp.models import Relation
-from agent_rooms_mcp.principals import Caller, Scope, Viewer
+from agent_rooms_mcp.principals import Caller, Human, Scope, Viewer
 
 
 class ConsentMode(StrEnum):
@@ -274,3 +274,64 @@ def act_on_task(f: TaskAction, *, new_status: TaskStatus | None = None, edits: b
     # 5. The status moves along the board.
     if new_status is not None and new_status not in TRANSITIONS[f.status]:
         raise conflict(f"a task cannot go from {f.status} to {new_status}")
+
+
+# Owner actions from a device (DESIGN §2, §9.1). The operator at the hub's CLI acts for any owner; an owner on
+# a device acts only on their own things. Naming another owner as yourself is FORBIDDEN_SCOPE (owners are no
+# secret: the device knows who it is); naming another owner's agent, token, room or device is NOT_FOUND, as
+# for one that does not exist (invariant 82).
+
+# What only the operator does, on the hub's machine: a device asking for one of these is refused by name.
+OPERATOR_ACTIONS = frozenset(
+    {
+        "owner.add",
+        "owner.enroll",
+        "owner.verify",
+        "owner.unverify",
+        "owner.list",
+        "agent.env.set",
+        "agent.env.unset",
+        "agent.env.list",
+        "room.remove",
+        "run.log",
+        "audit.verify",
+        "purge",
+        "room.quarantine",
+    }
+)
+
+
+def acts_for(who: Human, owner_id: str) -> bool:
+    """Whether `who` may act on things of owner `owner_id`."""
+    return who.owner_id is None or who.owner_id == owner_id
+
+
+def require_self(who: Human, owner_id: str, handle: str) -> None:
+    """`who` names owner `handle` as the one acting (`--owner`, `--from`, `--by`): only themselves."""
+    if not acts_for(who, owner_id):
+        raise forbidden(f"this device acts for its own owner only, not for {handle}")
+
+
+def require_own(who: Human, owner_id: str, kind: str) -> None:
+    """`who` names a thing of owner `owner_id`: another owner's looks missing (invariant 82)."""
+    if not acts_for(who, owner_id):
+        raise not_found(kind)
+
+
+def require_not_operator_action(name: str) -> None:
+    if name in OPERATOR_ACTIONS:
+        raise forbidden(f"{name} is an operator action: run it with the agent-rooms CLI on the hub's machine")
+
+
+def require_operator(what: str) -> None:
+    """Something only the operator sets, on the hub's machine (DESIGN §5: a hub-spawned run's workdir)."""
+    raise forbidden(f"{what} is the operator's to set, on the hub's machine")
+
+
+def may_revoke_device(who: Human, device_owner_id: str, device_id: str) -> None:
+    """The operator revokes any device; a device revokes only itself (DESIGN §9.1): another device of the same
+    owner is a console or operator action, another owner's device does not exist for it."""
+    if who.is_operator or who.device_id == device_id:
+        return
+    require_own(who, device_owner_id, "device")
+    raise forbidden("a device may revoke only itself; revoke another one at the console or on the hub's machine")

@@ -91,3 +91,17 @@ class Caller:
     @property
     def actor(self) -> Actor:
         return Actor("agent", self.agent_id, self.owner_id, self.token_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Human:
+    """A person taking owner actions (DESIGN §2): the operator at the hub's CLI, who may act for any owner,
+    or an owner on an enrolled device (§9.1), who acts only on their own things."""
+
+    actor: Actor
+    owner_id: str | None = None  # None: the operator
+    device_id: str | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.owner_id is None

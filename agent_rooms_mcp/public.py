@@ -49,6 +49,21 @@ class Exposure:
         the limits the proxy applies."""
         return not self.proxies or _ip(peer) in self.proxies
 
+    def refusal(self, peer: str | None, headers: dict[str, str]) -> tuple[int, str] | None:
+        """Why a request may not be served at all, as (HTTP status, code), before anything reads its body:
+        the same rule in front of /mcp and the owner API."""
+        if not self.peer_allowed(peer):
+            # Public mode behind a named proxy: a request straight from elsewhere skipped its TLS (DESIGN §9.3).
+            return 403, "FORBIDDEN_PEER"
+        if host_of(headers.get("host", "")).lower() not in self.hosts:
+            return 421, "INVALID_HOST"
+        origin = headers.get("origin")
+        if origin is not None:
+            parts = urlsplit(origin)
+            if (parts.scheme, host_of(parts.netloc).lower()) not in self.origins:
+                return 403, "FORBIDDEN_ORIGIN"
+        return None
+
     def client_address(self, peer: str | None, headers: dict[str, str]) -> str | None:
         """The address to count a request against: the peer's, or, when the peer is a named proxy, the first
         address the proxies did not add themselves (read from the right, the end a proxy appends to)."""

@@ -86,6 +86,17 @@ class Limits:
     rate_task_writes_per_min: int = 120
     rate_reads_per_min: int = 300
     rate_local_calls: int = 4
+    # Devices (DESIGN §9.1): an enrollment code lives 15 minutes and is void after 5 failed attempts at it;
+    # a device credential expires once it has gone this long unused.
+    enrollment_ttl_s: int = 15 * 60
+    enrollment_failures_max: int = 5
+    device_idle_expiry_s: int = 90 * 24 * 3600
+    # A device's last use is written at most this often (the expiry above needs no finer clock).
+    device_touch_s: int = 3600
+    device_name_chars: int = 64
+    # How long the remote CLI waits for the hub to answer one owner action (`agent stop` waits for the
+    # stop ladder, about a minute at most).
+    owner_api_timeout_s: int = 120
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:

@@ -100,6 +100,8 @@ def _rows() -> list[Invariant]:
         86: ("a failed COMMIT rolls back and leaves the store able to write", "hardening"),
         87: ("a run token reads and writes only the room of its run", "hardening"),
         88: ("tool errors carry no structuredContent; the code leads the text and sits in _meta", "hardening"),
+        91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
+        92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
         95: ("binding beyond loopback needs a public URL; forwarded headers count only when trusted", "network"),
         100: ("no sandboxed process opens the hub's database or home: a woken CLI has only the bridge", "containment"),
         102: ("a run's causers are carried transitively and constrain what it wakes", "hardening"),

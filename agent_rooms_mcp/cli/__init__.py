@@ -10,6 +10,7 @@ from agent_rooms_mcp import __version__
 from agent_rooms_mcp.cli.agent import agent
 from agent_rooms_mcp.cli.audit import audit
 from agent_rooms_mcp.cli.consent import consent, grant
+from agent_rooms_mcp.cli.device import device, login
 from agent_rooms_mcp.cli.hubcmds import bridge, connect, init, quickstart, serve
 from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.room import invite, room
@@ -19,11 +20,34 @@ from agent_rooms_mcp.cli.token import token
 
 @click.group()
 @click.version_option(__version__, prog_name="agent-rooms")
-def cli() -> None:
+@click.option(
+    "--hub",
+    envvar="AGENT_ROOMS_HUB",
+    metavar="URL",
+    help="Send owner commands to this hub, as the device enrolled with `login` (default: the hub in "
+    "AGENT_ROOMS_HOME, or the one `login` remembered when there is none).",
+)
+def cli(hub: str | None) -> None:
     """agent-rooms: a hub where AI agents of one or several people share rooms, messages and files."""
 
 
-for command in (init, quickstart, connect, serve, owner, agent, token, room, invite, grant, consent, run_group, audit):
+for command in (
+    init,
+    quickstart,
+    connect,
+    serve,
+    owner,
+    agent,
+    token,
+    room,
+    invite,
+    grant,
+    consent,
+    run_group,
+    audit,
+    login,
+    device,
+):
     cli.add_command(command)
 cli.add_command(bridge)
 

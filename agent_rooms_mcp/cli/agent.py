@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import sys
 
-import anyio
 import click
 
-from agent_rooms_mcp.cli.common import confirm_or_refuse, emit, guarded, json_option, operator, run, table
+from agent_rooms_mcp.cli.common import (
+    confirm_or_refuse,
+    emit,
+    guarded,
+    json_option,
+    operator,
+    perform,
+    run,
+    table,
+)
 from agent_rooms_mcp.errors import invalid
-from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, RunInfo, StoppedRun, StopResult
+from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, StopResult
+from agent_rooms_mcp.owner_actions import AgentAdd, AgentScopes, AgentStop, NoArgs
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
-from agent_rooms_mcp.services.runs import FINAL
 
 INVOKE_WARNING = (
     "Giving an agent 'invoke' lets the hub wake it: its CLI then runs unsandboxed with your permissions, "
@@ -53,10 +60,8 @@ def add(handle: str, owner_ref: str, tool: str, scopes: str, workdir: str | None
     wanted = _scopes(scopes, as_json)
     if Scope.INVOKE in wanted:
         confirm_or_refuse(INVOKE_WARNING, yes)
-    created: AgentInfo = run(
-        lambda hub: hub.accounts.add_agent(operator(), handle, owner_ref, AgentTool(tool), wanted, workdir),
-        as_json=as_json,
-    )
+    args = AgentAdd(handle=handle, owner=owner_ref, tool=AgentTool(tool), scopes=format_scopes(wanted), workdir=workdir)
+    created: AgentInfo = perform("agent.add", args, as_json=as_json)
     emit(created, as_json=as_json, text=lambda a: f"added agent {a.handle} ({a.agent_id}) scopes={','.join(a.scopes)}")
 
 
@@ -64,7 +69,7 @@ def add(handle: str, owner_ref: str, tool: str, scopes: str, workdir: str | None
 @json_option
 def list_(as_json: bool) -> None:
     """List agents with their owner, tool and scopes."""
-    agents: AgentList = run(lambda hub: hub.accounts.list_agents(), as_json=as_json)
+    agents: AgentList = perform("agent.list", NoArgs(), as_json=as_json)
     rows = [[a.handle, a.owner, a.tool, ",".join(a.scopes), a.agent_id] for a in agents.agents]
     emit(agents, as_json=as_json, text=lambda _: table(rows, ["HANDLE", "OWNER", "TOOL", "SCOPES", "AGENT_ID"]))
 
@@ -79,7 +84,7 @@ def scopes_(handle: str, scopes: str, yes: bool, as_json: bool) -> None:
     wanted = _scopes(scopes, as_json)
     if Scope.INVOKE in wanted:
         confirm_or_refuse(INVOKE_WARNING, yes)
-    done: AgentInfo = run(lambda hub: hub.accounts.set_scopes(operator(), handle, wanted), as_json=as_json)
+    done: AgentInfo = perform("agent.scopes", AgentScopes(handle=handle, scopes=format_scopes(wanted)), as_json=as_json)
     emit(done, as_json=as_json, text=lambda a: f"{a.handle} scopes={','.join(a.scopes) or '(none)'}")
 
 
@@ -92,32 +97,13 @@ def stop(handle: str, run_id: str | None, wait: bool, as_json: bool) -> None:
     """Stop HANDLE's runs: queued ones end at once; a running CLI gets SIGINT (its own interrupt, so the
     session stays resumable), then SIGTERM, then SIGKILL of everything it started. Needs no --yes."""
 
-    async def call(hub: Hub) -> StopResult:
-        asked = await hub.runs.stop_as_owner(operator(), handle, run_id)
-        running = [s.run_id for s in asked.stopped if s.state == "stopping"]
-        caps = hub.settings.wake
-        # SIGINT, SIGTERM and SIGKILL take at most the two graces; past that plus a lease, the supervisor
-        # holding the run is gone, and the run shows `stopping` until another one marks it lost.
-        with anyio.move_on_after(caps.grace_int_s + caps.grace_term_s + caps.lease_s):
-            while wait and running:
-                states = await hub.runs.states(running)
-                if all(states[r] in FINAL for r in running):
-                    break
-                await hub.store.wait_changed(0.1)  # the supervisor holding the run may be another process
-        return StopResult(stopped=[_ended(await hub.runs.get(s.run_id)) for s in asked.stopped])
-
-    done: StopResult = run(call, as_json=as_json)
+    done: StopResult = perform("agent.stop", AgentStop(handle=handle, run_id=run_id, wait=wait), as_json=as_json)
     rows = [[s.run_id, s.state, s.stop_signal] for s in done.stopped]
     emit(
         done,
         as_json=as_json,
         text=lambda _: table(rows, ["RUN_ID", "STATE", "SIGNAL"]) if rows else "(nothing to stop)",
     )
-
-
-def _ended(info: RunInfo) -> StoppedRun:
-    signal = info.stop_signal if info.stop_signal in ("SIGINT", "SIGTERM", "SIGKILL") else "none"
-    return StoppedRun(run_id=info.run_id, stop_signal=signal, state=info.state)  # type: ignore[arg-type]
 
 
 @agent.group("env")

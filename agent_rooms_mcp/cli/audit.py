@@ -8,8 +8,9 @@ import sys
 import click
 
 from agent_rooms_mcp import audit as audit_log
-from agent_rooms_mcp.cli.common import json_option, run
+from agent_rooms_mcp.cli.common import json_option, perform, run
 from agent_rooms_mcp.models import AuditVerdict
+from agent_rooms_mcp.owner_actions import AuditTail
 
 
 @click.group()
@@ -40,11 +41,11 @@ def verify(as_json: bool) -> None:
 @json_option
 def tail(count: int, as_json: bool) -> None:
     """Show the latest audit rows (metadata only: never bodies or secrets)."""
-    rows = run(lambda hub: hub.store.read(lambda c: audit_log.tail(c, count)), as_json=as_json)
+    rows = perform("audit.tail", AuditTail(count=count), as_json=as_json).rows
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        who = f"{r['actor_kind']}:{r['actor_id'] or '-'}"
+        who = f"{r['actor_kind']}:{r['actor_id'] or '-'}" + (f" via {r['via']}" if r.get("via") else "")
         why = f" ({r['reason']})" if r["reason"] else ""
         click.echo(f"{r['seq']:>6} {r['ts']} {who} {r['action']} {r['target'] or '-'} {r['outcome']}{why}")

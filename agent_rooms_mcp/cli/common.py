@@ -12,11 +12,14 @@ import anyio
 import click
 from pydantic import BaseModel
 
-from agent_rooms_mcp import audit
+from agent_rooms_mcp import audit, owner_actions
+from agent_rooms_mcp import remote as remote_device
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.remote import Remote
 from agent_rooms_mcp.settings import Settings
 
 T = TypeVar("T")
@@ -26,7 +29,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 def operator() -> Actor:
     """The human at this terminal: the only principal that may take human-only actions (DESIGN §2)."""
-    return Actor("operator", getpass.getuser())
+    return Actor("operator", getpass.getuser(), via="cli")
 
 
 def settings() -> Settings:
@@ -49,6 +52,8 @@ class Failed(click.ClickException):
 
 def run(call: Callable[[Hub], Awaitable[T]], *, as_json: bool = False) -> T:
     """Open the hub, make one service call, close it."""
+
+    refuse_on_device(as_json)
 
     async def main() -> T:
         async with Hub.open(settings()) as hub:
@@ -110,3 +115,50 @@ def parse_duration(text: str) -> int:
     if not 2 <= len(text) <= 10 or text[-1] not in _UNITS or not text[:-1].isdigit():
         raise click.BadParameter(f"{text!r}: use a number and a unit, like 90s, 15m, 1h or 30d", param_hint="--ttl")
     return int(text[:-1]) * _UNITS[text[-1]]
+
+
+# Owner actions run here or on the hub this machine is enrolled with (DESIGN §9.1): one dispatch for both.
+
+
+def remote(as_json: bool) -> Remote | None:
+    """The hub this command goes to: `--hub` (or AGENT_ROOMS_HUB), else the one `login` remembered when this
+    home holds no hub of its own; None to run on the hub in this home."""
+    context = click.get_current_context(silent=True)
+    url = context.find_root().params.get("hub") if context else None
+    here = settings()
+
+    def find() -> Remote | None:
+        device = remote_device.load(here)
+        if url is None and (device is None or here.db_path.exists()):
+            return None
+        if device is None:
+            raise HomeError(f"this machine is not enrolled with {url}; run: agent-rooms login {url} --code CODE")
+        # The credential goes only to the hub that issued it, never to whatever URL a command names.
+        if url is not None and remote_device.hub_url(url) != device.hub:
+            raise HomeError(f"this machine is enrolled with {device.hub}, not {url}; log in there first")
+        return Remote(here, device)
+
+    return guarded(find, as_json=as_json)
+
+
+def refuse_on_device(as_json: bool) -> None:
+    """Operator actions run only on the hub's machine (DESIGN §2): refused on a device before anything."""
+    if remote(as_json) is not None:
+        raise Failed(
+            "FORBIDDEN_SCOPE", f"{_action()[4:]} is an operator action: run it on the hub's machine", as_json
+        )
+
+
+def perform(name: str, args: BaseModel, *, as_json: bool = False) -> Any:
+    """Owner action `name` (owner_actions): sent to the enrolled hub, or run here as the operator."""
+    action = owner_actions.ACTIONS[name]
+    raw = args.model_dump(mode="json")
+    far = remote(as_json)
+    if far is not None:
+        return guarded(lambda: far.call(name, raw, action.result), as_json=as_json)
+
+    async def main() -> BaseModel:
+        async with Hub.open(settings()) as hub:
+            return await owner_actions.perform(hub, Human(operator()), name, raw)
+
+    return guarded(lambda: anyio.run(main), as_json=as_json)

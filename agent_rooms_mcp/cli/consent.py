@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from agent_rooms_mcp.cli.common import emit, json_option, operator, run, table
+from agent_rooms_mcp.cli.common import emit, json_option, perform, table
 from agent_rooms_mcp.models import ConsentModeSet, DecisionResult, GrantInfo, GrantList, ProposalList
+from agent_rooms_mcp.owner_actions import ConsentDecide, ConsentListArgs, ConsentModeArgs, GrantChange, GrantListArgs
 from agent_rooms_mcp.policy import ConsentMode
 
 
@@ -26,7 +27,7 @@ def grant_add(giver: str, taker: str, as_json: bool) -> None:
     Example:
         agent-rooms grant add --from bob --to alice
     """
-    made: GrantInfo = run(lambda hub: hub.grants.add(operator(), giver, taker), as_json=as_json)
+    made: GrantInfo = perform("grant.add", GrantChange(giver=giver, taker=taker), as_json=as_json)
     emit(made, as_json=as_json, text=lambda g: f"{g.from_owner} now grants {g.to_owner} ({g.grant_id})")
 
 
@@ -37,7 +38,7 @@ def grant_add(giver: str, taker: str, as_json: bool) -> None:
 def grant_revoke(giver: str, taker: str, as_json: bool) -> None:
     """Revoke FROM's grant to TO: from the next call on, their cross-owner requests are refused with
     NO_GRANT, and requests still pending can no longer be accepted (they can still be rejected)."""
-    done: GrantInfo = run(lambda hub: hub.grants.revoke(operator(), giver, taker), as_json=as_json)
+    done: GrantInfo = perform("grant.revoke", GrantChange(giver=giver, taker=taker), as_json=as_json)
     emit(done, as_json=as_json, text=lambda g: f"{g.from_owner} no longer grants {g.to_owner}")
 
 
@@ -47,9 +48,8 @@ def grant_revoke(giver: str, taker: str, as_json: bool) -> None:
 @json_option
 def grant_list(owner_ref: str | None, include_revoked: bool, as_json: bool) -> None:
     """List grants (active ones unless --all)."""
-    grants: GrantList = run(
-        lambda hub: hub.grants.list_grants(owner_ref, include_revoked=include_revoked), as_json=as_json
-    )
+    args = GrantListArgs(owner=owner_ref, include_revoked=include_revoked)
+    grants: GrantList = perform("grant.list", args, as_json=as_json)
     rows = [[g.from_owner, g.to_owner, g.created_at, g.revoked_at or "active"] for g in grants.grants]
     emit(grants, as_json=as_json, text=lambda _: table(rows, ["FROM", "TO", "CREATED", "REVOKED"]))
 
@@ -74,10 +74,8 @@ def mode(room_ref: str, mode: str, owner_ref: str, collaborator: str | None, as_
     Example:
         agent-rooms consent mode design trust_collaborator --owner bob --collaborator alice
     """
-    done: ConsentModeSet = run(
-        lambda hub: hub.consent.set_mode_as_owner(operator(), room_ref, owner_ref, mode, collaborator),
-        as_json=as_json,
-    )
+    args = ConsentModeArgs(room=room_ref, mode=mode, owner=owner_ref, collaborator=collaborator)
+    done: ConsentModeSet = perform("consent.mode", args, as_json=as_json)
     emit(
         done,
         as_json=as_json,
@@ -91,7 +89,7 @@ def mode(room_ref: str, mode: str, owner_ref: str, collaborator: str | None, as_
 @json_option
 def list_(owner_ref: str, room_ref: str | None, as_json: bool) -> None:
     """List requests waiting on OWNER's decision, with who asked and the exact payload."""
-    pending: ProposalList = run(lambda hub: hub.consent.pending_for_owner(owner_ref, room_ref, 200), as_json=as_json)
+    pending: ProposalList = perform("consent.list", ConsentListArgs(owner=owner_ref, room=room_ref), as_json=as_json)
 
     def text(p: ProposalList) -> str:
         if not p.proposals:
@@ -119,9 +117,7 @@ def list_(owner_ref: str, room_ref: str | None, as_json: bool) -> None:
 @json_option
 def accept(ref: str, owner_ref: str, as_json: bool) -> None:
     """Accept a pending request for one of OWNER's agents. Decisions are final."""
-    done: DecisionResult = run(
-        lambda hub: hub.consent.decide_as_owner(operator(), owner_ref, ref, accept=True, reason=None), as_json=as_json
-    )
+    done: DecisionResult = perform("consent.accept", ConsentDecide(ref=ref, owner=owner_ref), as_json=as_json)
     emit(done, as_json=as_json, text=lambda d: f"{d.proposal_id}: {d.consent_state}")
 
 
@@ -132,8 +128,6 @@ def accept(ref: str, owner_ref: str, as_json: bool) -> None:
 @json_option
 def reject(ref: str, owner_ref: str, reason: str, as_json: bool) -> None:
     """Reject a pending request for one of OWNER's agents, with a reason. Decisions are final."""
-    done: DecisionResult = run(
-        lambda hub: hub.consent.decide_as_owner(operator(), owner_ref, ref, accept=False, reason=reason),
-        as_json=as_json,
-    )
+    args = ConsentDecide(ref=ref, owner=owner_ref, reason=reason)
+    done: DecisionResult = perform("consent.reject", args, as_json=as_json)
     emit(done, as_json=as_json, text=lambda d: f"{d.proposal_id}: {d.consent_state}")

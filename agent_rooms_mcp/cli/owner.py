@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from agent_rooms_mcp.cli.common import emit, json_option, operator, run, table
-from agent_rooms_mcp.models import OwnerInfo, OwnerList
+from agent_rooms_mcp.models import Enrollment, OwnerInfo, OwnerList
 
 
 @click.group()
@@ -53,3 +53,19 @@ def unverify(handle: str, as_json: bool) -> None:
     """Withdraw the verification of owner HANDLE: cross-owner work with them is refused until verified again."""
     done: OwnerInfo = run(lambda hub: hub.accounts.unverify_owner(operator(), handle), as_json=as_json)
     emit(done, as_json=as_json, text=lambda o: f"{o.handle} is no longer verified")
+
+
+@owner.command("enroll")
+@click.argument("handle")
+@click.option("--url", "hub_url", default="https://HUB", show_default=True, help="This hub's URL, for the login line.")
+@json_option
+def enroll(handle: str, hub_url: str, as_json: bool) -> None:
+    """Print a one-time code with which owner HANDLE enrolls their own machine (15 minutes, single use,
+    void after 5 failed attempts). Give it to that person only.
+
+    \b
+    Example:
+        agent-rooms owner enroll bob --url https://hub.example.org
+    """
+    made: Enrollment = run(lambda hub: hub.devices.enroll(operator(), handle, hub_url), as_json=as_json)
+    emit(made, as_json=as_json, text=lambda e: f"{e.code}\nexpires {e.expires_at}; {e.owner} runs:\n {e.login_command}")

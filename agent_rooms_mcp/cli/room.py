@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from agent_rooms_mcp.cli.common import emit, json_option, operator, parse_duration, run, table
+from agent_rooms_mcp.cli.common import emit, json_option, operator, parse_duration, perform, run, table
 from agent_rooms_mcp.models import Invite, InviteAccepted, RoomList, RoomSummary
+from agent_rooms_mcp.owner_actions import InviteAccept, InviteConfirm, InviteCreate, NoArgs, RoomAdd, RoomCreate
 
 
 @click.group()
@@ -25,7 +26,8 @@ def create(name: str, owner_ref: str, agents: tuple[str, ...], as_json: bool) ->
     Example:
         agent-rooms room create design --owner alice --agent alice-claude --agent alice-codex
     """
-    made: RoomSummary = run(lambda hub: hub.rooms.create(operator(), name, owner_ref, list(agents)), as_json=as_json)
+    args = RoomCreate(name=name, owner=owner_ref, agents=list(agents))
+    made: RoomSummary = perform("room.create", args, as_json=as_json)
     emit(made, as_json=as_json, text=lambda r: f"created room {r.name} ({r.room_id}) with {r.member_count} agents")
 
 
@@ -35,7 +37,7 @@ def create(name: str, owner_ref: str, agents: tuple[str, ...], as_json: bool) ->
 @json_option
 def add(room_ref: str, agent_ref: str, as_json: bool) -> None:
     """Add one of a member owner's own agents to ROOM."""
-    done: RoomSummary = run(lambda hub: hub.rooms.add_agent(operator(), room_ref, agent_ref), as_json=as_json)
+    done: RoomSummary = perform("room.add", RoomAdd(room=room_ref, agent=agent_ref), as_json=as_json)
     emit(done, as_json=as_json, text=lambda r: f"{agent_ref} is in {r.name} ({r.member_count} agents)")
 
 
@@ -53,7 +55,7 @@ def remove(room_ref: str, agent_ref: str, as_json: bool) -> None:
 @json_option
 def list_(as_json: bool) -> None:
     """List every room on this hub (the operator sees them all)."""
-    rooms: RoomList = run(lambda hub: hub.rooms.list_all(), as_json=as_json)
+    rooms: RoomList = perform("room.list", NoArgs(), as_json=as_json)
     rows = [[r.name, r.room_id, str(r.member_count), str(r.latest_seq)] for r in rooms.rooms]
     emit(rooms, as_json=as_json, text=lambda _: table(rows, ["NAME", "ROOM_ID", "AGENTS", "LATEST_SEQ"]))
 
@@ -76,9 +78,7 @@ def create_invite(room_ref: str, owner_ref: str, ttl: str, as_json: bool) -> Non
         agent-rooms invite create design --by alice --ttl 1h
     """
     seconds = parse_duration(ttl)
-    made: Invite = run(
-        lambda hub: hub.invites.create_as_owner(operator(), room_ref, owner_ref, seconds), as_json=as_json
-    )
+    made: Invite = perform("invite.create", InviteCreate(room=room_ref, by=owner_ref, ttl_s=seconds), as_json=as_json)
     _show_code(made, as_json)
 
 
@@ -93,7 +93,7 @@ def confirm(invite_id: str, owner_ref: str | None, as_json: bool) -> None:
     Example:
         agent-rooms invite confirm invite_... --owner alice
     """
-    made: Invite = run(lambda hub: hub.invites.confirm(operator(), invite_id, owner_ref), as_json=as_json)
+    made: Invite = perform("invite.confirm", InviteConfirm(invite_id=invite_id, owner=owner_ref), as_json=as_json)
     _show_code(made, as_json)
 
 
@@ -118,7 +118,6 @@ def accept(code: str, owner_ref: str, agents: tuple[str, ...], as_json: bool) ->
     Example:
         agent-rooms invite accept inv_... --owner bob --agent bob-claude
     """
-    done: InviteAccepted = run(
-        lambda hub: hub.invites.accept(operator(), code, owner_ref, list(agents)), as_json=as_json
-    )
+    args = InviteAccept(code=code, owner=owner_ref, agents=list(agents))
+    done: InviteAccepted = perform("invite.accept", args, as_json=as_json)
     emit(done, as_json=as_json, text=lambda a: f"{a.owner} joined {a.room} with {', '.join(a.agents) or 'no agents'}")

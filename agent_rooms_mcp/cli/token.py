@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import click
 
-from agent_rooms_mcp.cli.common import emit, json_option, operator, parse_duration, run, table
+from agent_rooms_mcp.cli.common import emit, json_option, parse_duration, perform, table
 from agent_rooms_mcp.models import IssuedToken, TokenInfo, TokenList
+from agent_rooms_mcp.owner_actions import TokenIssue, TokenListArgs, TokenRevoke
 
 
 @click.group()
@@ -27,9 +26,7 @@ def issue(agent: str, ttl: str, as_json: bool) -> None:
         agent-rooms token issue alice-claude --json
     """
     seconds = parse_duration(ttl)
-    issued: IssuedToken = run(
-        lambda hub: hub.accounts.issue_token(operator(), agent, timedelta(seconds=seconds)), as_json=as_json
-    )
+    issued: IssuedToken = perform("token.issue", TokenIssue(agent=agent, ttl_s=seconds), as_json=as_json)
     if as_json:
         click.echo(issued.model_dump_json(include={"token", "token_id"}))
     else:
@@ -42,7 +39,7 @@ def issue(agent: str, ttl: str, as_json: bool) -> None:
 @json_option
 def list_(agent: str | None, as_json: bool) -> None:
     """List tokens (all, or AGENT's) as active, expired or revoked."""
-    tokens: TokenList = run(lambda hub: hub.accounts.list_tokens(agent), as_json=as_json)
+    tokens: TokenList = perform("token.list", TokenListArgs(agent=agent), as_json=as_json)
     rows = [[t.token_id, t.agent, t.status, t.expires_at] for t in tokens.tokens]
     emit(tokens, as_json=as_json, text=lambda _: table(rows, ["TOKEN_ID", "AGENT", "STATUS", "EXPIRES_AT"]))
 
@@ -52,5 +49,5 @@ def list_(agent: str | None, as_json: bool) -> None:
 @json_option
 def revoke(token_id: str, as_json: bool) -> None:
     """Revoke one token; the agent's other tokens keep working. Effective on its next call."""
-    done: TokenInfo = run(lambda hub: hub.accounts.revoke_token(operator(), token_id), as_json=as_json)
+    done: TokenInfo = perform("token.revoke", TokenRevoke(token_id=token_id), as_json=as_json)
     emit(done, as_json=as_json, text=lambda t: f"revoked {t.token_id} of {t.agent}")

@@ -159,7 +159,7 @@ class Decider:
 
     owner_id: str
     actor: Actor
-    via: str  # agent | cli
+    via: str  # agent | cli | device | console
     agent_id: str | None  # the agent that decided, shown to the proposer beside the reason
 
 
@@ -240,7 +240,8 @@ class Consent:
 
         def run(conn: sqlite3.Connection) -> DecisionResult:
             owner = queries.owner(conn, owner_ref)
-            decider = Decider(owner["owner_id"], operator, "cli", None)
+            # A person decides at the hub's CLI, on a device, or at the console: the row says which.
+            decider = Decider(owner["owner_id"], operator, operator.via or "cli", None)
             proposal = _proposal_for(conn, ref, OwnerViewer(owner["owner_id"]), accept=accept)
             return _decide(conn, self._caps, decider, proposal, accept, reason)
 

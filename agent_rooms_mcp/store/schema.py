@@ -396,4 +396,37 @@ CREATE TABLE rate_buckets (
 ) STRICT, WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES)
+# devices: an owner's own machines (DESIGN §9.1). `audit.via` says which path a human action came by
+# (`cli`, `device`, `console`); rows from before it have none, and their hash is computed as it always was.
+# An enrollment code is `ENROLLMENT_ID.SECRET`: the id finds the row, so failed attempts at one code can be
+# counted on it (void after 5, from any source); only the secret's hash is kept. A device's credential is
+# kept as a hash too; `last_used_at` makes a device that went unused for 90 days expire.
+_V_DEVICES = """
+ALTER TABLE audit ADD COLUMN via TEXT;
+
+CREATE TABLE enrollments (
+  enrollment_id TEXT PRIMARY KEY,
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  secret_hash BLOB NOT NULL,
+  created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL,
+  failures INTEGER NOT NULL DEFAULT 0,
+  used_at TEXT,
+  device_id TEXT
+) STRICT;
+
+CREATE TABLE devices (
+  device_id TEXT PRIMARY KEY,
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  name TEXT NOT NULL,
+  cred_hash BLOB NOT NULL UNIQUE,
+  created_at TEXT NOT NULL,
+  last_used_at TEXT NOT NULL,
+  revoked_at TEXT
+) STRICT;
+CREATE INDEX devices_by_owner ON devices(owner_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES,
+)

@@ -1,0 +1,63 @@
+"""`agent-rooms login` and `agent-rooms device`: an owner's own machine, enrolled with a hub (DESIGN §9.1)."""
+
+from __future__ import annotations
+
+import socket
+
+import click
+
+from agent_rooms_mcp import remote as remote_device
+from agent_rooms_mcp.cli.common import emit, guarded, json_option, perform, remote, settings, table
+from agent_rooms_mcp.models import DeviceInfo, DeviceList
+from agent_rooms_mcp.owner_actions import DeviceRevoke, NoArgs
+
+
+@click.command("login")
+@click.argument("hub_url", metavar="URL")
+@click.option("--code", required=True, help="The one-time code the hub's operator gave you (owner enroll).")
+@click.option("--name", default=None, help="What to call this machine (default: its host name).")
+@json_option
+def login(hub_url: str, code: str, name: str | None, as_json: bool) -> None:
+    """Enroll this machine with the hub at URL as a device of yours. Its credential is kept in
+    device.json (0600) in this machine's AGENT_ROOMS_HOME, with the hub's issuer key pinned; from then on
+    the owner commands here (agent, token, grant, consent, room, invite, audit tail) act on that hub.
+    Plain http:// is refused except for a hub on this machine's loopback.
+
+    \b
+    Example:
+        agent-rooms login https://hub.example.org --code enr_...
+    """
+    here = settings()
+    device = guarded(lambda: remote_device.login(here, hub_url, code, name or socket.gethostname()), as_json=as_json)
+    if as_json:
+        click.echo(device.model_dump_json(indent=2, exclude={"credential"}))
+    else:
+        click.echo(f"logged in to {device.hub} as {device.owner}, device {device.name} ({device.device_id})")
+        click.echo(f"pinned issuer key {device.issuer_kid}; credential in {remote_device.device_path(here)}")
+
+
+@click.group()
+def device() -> None:
+    """Devices: the owners' own machines, enrolled with `agent-rooms login`."""
+
+
+@device.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List devices: on a device, its owner's; on the hub's machine, everyone's."""
+    found: DeviceList = perform("device.list", NoArgs(), as_json=as_json)
+    rows = [[d.device_id, d.owner, d.name, d.status, d.last_used_at] for d in found.devices]
+    emit(found, as_json=as_json, text=lambda _: table(rows, ["DEVICE_ID", "OWNER", "NAME", "STATUS", "LAST_USED"]))
+
+
+@device.command("revoke")
+@click.argument("device_id", required=False)
+@json_option
+def revoke(device_id: str | None, as_json: bool) -> None:
+    """Revoke a device: on a device, only itself (DEVICE_ID left out, or its own); on the hub's machine,
+    any. It is refused on its next request."""
+    far = remote(as_json)
+    done: DeviceInfo = perform("device.revoke", DeviceRevoke(device_id=device_id), as_json=as_json)
+    if far is not None and done.device_id == far.device.device_id:
+        remote_device.forget(far.settings)  # the credential is dead; keep no copy of it
+    emit(done, as_json=as_json, text=lambda d: f"revoked device {d.name} ({d.device_id}) of {d.owner}")

@@ -1,0 +1,453 @@
+"""Owner actions (DESIGN §2), each once: a named function (hub, who, args) -> result model.
+
+The CLI on the hub's machine runs one in-process as the operator; the CLI on an enrolled device sends its
+name and arguments to the owner API, which runs the same function as that device's owner. Each calls the
+same service with the same arguments and writes the same audit row; only the row's actor and `via` differ.
+An owner on a device acts only on their own things: each function resolves what it is given and asks
+`policy` before the service writes. What it resolves never changes owner (an agent's, a token's), so the
+check and the write may sit in two transactions; whether an owner is in a room is re-checked by the service.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.errors import RoomsError, invalid, not_found
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.models import (
+    AgentInfo,
+    AgentList,
+    AuditRows,
+    ConsentModeSet,
+    DecisionResult,
+    DeviceInfo,
+    DeviceList,
+    GrantInfo,
+    GrantList,
+    Invite,
+    InviteAccepted,
+    IssuedToken,
+    ProposalList,
+    RoomList,
+    RoomSummary,
+    StoppedRun,
+    StopResult,
+    TokenInfo,
+    TokenList,
+)
+from agent_rooms_mcp.principals import AgentTool, Human, Scope, parse_scopes
+from agent_rooms_mcp.services.runs import FINAL
+from agent_rooms_mcp.store import queries
+
+A = TypeVar("A", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class OwnerAction(Generic[A, R]):
+    name: str
+    args: type[A]
+    result: type[R]
+    fn: Callable[[Hub, Human, A], Awaitable[R]]
+
+
+ACTIONS: dict[str, OwnerAction[Any, Any]] = {}
+
+
+def _action(
+    name: str, args: type[A], result: type[R]
+) -> Callable[[Callable[[Hub, Human, A], Awaitable[R]]], Callable[[Hub, Human, A], Awaitable[R]]]:
+    def register(fn: Callable[[Hub, Human, A], Awaitable[R]]) -> Callable[[Hub, Human, A], Awaitable[R]]:
+        ACTIONS[name] = OwnerAction(name, args, result, fn)
+        return fn
+
+    return register
+
+
+def lookup(name: str) -> OwnerAction[Any, Any]:
+    """The action called `name`; an operator action is refused by name, anything else is NOT_FOUND."""
+    policy.require_not_operator_action(name)
+    found = ACTIONS.get(name)
+    if found is None:
+        raise not_found("owner action")
+    return found
+
+
+def parse_args(action: OwnerAction[A, Any], raw: object) -> A:
+    try:
+        return action.args.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "arguments"
+        raise invalid(field, first["msg"]) from None
+
+
+async def perform(hub: Hub, who: Human, name: str, raw: object) -> BaseModel:
+    """Run one owner action on its arguments as JSON would carry them; a refusal is audited in a transaction
+    of its own after the refused one rolled back, as every refused human action is (DESIGN §6)."""
+    try:
+        action = lookup(name)
+        result: BaseModel = await action.fn(hub, who, parse_args(action, raw))
+        return result
+    except RoomsError as e:
+        await hub.store.write(audit.denial(who.actor, "cli." + name, e.audit_reason, {}))
+        raise
+
+
+# What each action resolves before its service writes.
+
+
+async def _self(hub: Hub, who: Human, owner_ref: str) -> str:
+    """The owner `who` names as the one acting; a device may name only its own."""
+    row = await hub.store.read(lambda c: queries.owner(c, owner_ref))
+    policy.require_self(who, row["owner_id"], row["handle"])
+    return str(row["owner_id"])
+
+
+async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> None:
+    row = await hub.store.read(lambda c: queries.agent(c, agent_ref))
+    policy.require_own(who, row["owner_id"], "agent")
+
+
+async def _own_token(hub: Hub, who: Human, token_id: str) -> None:
+    def read(c: sqlite3.Connection) -> str:
+        row = c.execute(
+            "SELECT a.owner_id FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
+            " WHERE t.token_id = ? AND t.run_id IS NULL",
+            (token_id,),
+        ).fetchone()
+        if row is None:
+            raise not_found("token")
+        return str(row["owner_id"])
+
+    policy.require_own(who, await hub.store.read(read), "token")
+
+
+async def _own_room(hub: Hub, who: Human, room_ref: str) -> None:
+    """A room `who`'s owner is in; any other room looks missing."""
+    if who.owner_id is None:
+        return
+    owner_id = who.owner_id
+
+    def read(c: sqlite3.Connection) -> None:
+        room = queries.room(c, room_ref)
+        if queries.owner_joined(c, room["room_id"], owner_id) is None:
+            raise not_found("room")
+
+    await hub.store.read(read)
+
+
+async def _handle(hub: Hub, owner_id: str) -> str:
+    return str((await hub.store.read(lambda c: queries.owner(c, owner_id)))["handle"])
+
+
+# Agents.
+
+
+class AgentAdd(Args):
+    handle: str
+    owner: str
+    tool: AgentTool
+    scopes: str
+    workdir: str | None = None
+
+
+@_action("agent.add", AgentAdd, AgentInfo)
+async def agent_add(hub: Hub, who: Human, a: AgentAdd) -> AgentInfo:
+    await _self(hub, who, a.owner)
+    if a.workdir is not None and not who.is_operator:
+        # Where a hub-spawned run works is the operator's to say (DESIGN §5); a listener decides its own.
+        policy.require_operator("--workdir")
+    return await hub.accounts.add_agent(who.actor, a.handle, a.owner, a.tool, _scopes(a.scopes), a.workdir)
+
+
+def _scopes(text: str) -> frozenset[Scope]:
+    try:
+        return parse_scopes(text)
+    except ValueError as e:
+        raise invalid("scopes", str(e)) from None
+
+
+class AgentScopes(Args):
+    handle: str
+    scopes: str
+
+
+@_action("agent.scopes", AgentScopes, AgentInfo)
+async def agent_scopes(hub: Hub, who: Human, a: AgentScopes) -> AgentInfo:
+    await _own_agent(hub, who, a.handle)
+    return await hub.accounts.set_scopes(who.actor, a.handle, _scopes(a.scopes))
+
+
+class NoArgs(Args):
+    pass
+
+
+@_action("agent.list", NoArgs, AgentList)
+async def agent_list(hub: Hub, who: Human, a: NoArgs) -> AgentList:
+    agents = await hub.accounts.list_agents()
+    if who.owner_id is None:
+        return agents
+    mine = await _handle(hub, who.owner_id)
+    return AgentList(agents=[x for x in agents.agents if x.owner == mine])
+
+
+class AgentStop(Args):
+    handle: str
+    run_id: str | None = None
+    wait: bool = True
+
+
+@_action("agent.stop", AgentStop, StopResult)
+async def agent_stop(hub: Hub, who: Human, a: AgentStop) -> StopResult:
+    await _own_agent(hub, who, a.handle)
+    asked = await hub.runs.stop_as_owner(who.actor, a.handle, a.run_id)
+    running = [s.run_id for s in asked.stopped if s.state == "stopping"]
+    caps = hub.settings.wake
+    # SIGINT, SIGTERM and SIGKILL take at most the two graces; past that plus a lease, the supervisor
+    # holding the run is gone, and the run shows `stopping` until another one marks it lost.
+    with anyio.move_on_after(caps.grace_int_s + caps.grace_term_s + caps.lease_s):
+        while a.wait and running:
+            states = await hub.runs.states(running)
+            if all(states[r] in FINAL for r in running):
+                break
+            await hub.store.wait_changed(0.1)  # the supervisor holding the run may be another process
+    stopped = []
+    for s in asked.stopped:
+        info = await hub.runs.get(s.run_id)
+        signal = info.stop_signal if info.stop_signal in ("SIGINT", "SIGTERM", "SIGKILL") else "none"
+        stopped.append(StoppedRun(run_id=info.run_id, stop_signal=signal, state=info.state))  # type: ignore[arg-type]
+    return StopResult(stopped=stopped)
+
+
+# Tokens.
+
+
+class TokenIssue(Args):
+    agent: str
+    ttl_s: int = Field(gt=0)
+
+
+@_action("token.issue", TokenIssue, IssuedToken)
+async def token_issue(hub: Hub, who: Human, a: TokenIssue) -> IssuedToken:
+    await _own_agent(hub, who, a.agent)
+    return await hub.accounts.issue_token(who.actor, a.agent, timedelta(seconds=a.ttl_s))
+
+
+class TokenListArgs(Args):
+    agent: str | None = None
+
+
+@_action("token.list", TokenListArgs, TokenList)
+async def token_list(hub: Hub, who: Human, a: TokenListArgs) -> TokenList:
+    if a.agent is not None:
+        await _own_agent(hub, who, a.agent)
+    tokens = await hub.accounts.list_tokens(a.agent)
+    if who.owner_id is None or a.agent is not None:
+        return tokens
+    mine = {x.handle for x in (await agent_list(hub, who, NoArgs())).agents}
+    return TokenList(tokens=[t for t in tokens.tokens if t.agent in mine])
+
+
+class TokenRevoke(Args):
+    token_id: str
+
+
+@_action("token.revoke", TokenRevoke, TokenInfo)
+async def token_revoke(hub: Hub, who: Human, a: TokenRevoke) -> TokenInfo:
+    await _own_token(hub, who, a.token_id)
+    return await hub.accounts.revoke_token(who.actor, a.token_id)
+
+
+# Grants: an owner grants and revokes from themselves only.
+
+
+class GrantChange(Args):
+    giver: str
+    taker: str
+
+
+@_action("grant.add", GrantChange, GrantInfo)
+async def grant_add(hub: Hub, who: Human, a: GrantChange) -> GrantInfo:
+    await _self(hub, who, a.giver)
+    return await hub.grants.add(who.actor, a.giver, a.taker)
+
+
+@_action("grant.revoke", GrantChange, GrantInfo)
+async def grant_revoke(hub: Hub, who: Human, a: GrantChange) -> GrantInfo:
+    await _self(hub, who, a.giver)
+    return await hub.grants.revoke(who.actor, a.giver, a.taker)
+
+
+class GrantListArgs(Args):
+    owner: str | None = None
+    include_revoked: bool = False
+
+
+@_action("grant.list", GrantListArgs, GrantList)
+async def grant_list(hub: Hub, who: Human, a: GrantListArgs) -> GrantList:
+    owner = a.owner
+    if who.owner_id is not None:  # a device sees the grants given by or to its own owner
+        owner = await _handle(hub, who.owner_id) if owner is None else owner
+        await _self(hub, who, owner)
+    return await hub.grants.list_grants(owner, include_revoked=a.include_revoked)
+
+
+# Consent: decisions and modes for the owner's own agents.
+
+
+class ConsentModeArgs(Args):
+    room: str
+    mode: str
+    owner: str
+    collaborator: str | None = None
+
+
+@_action("consent.mode", ConsentModeArgs, ConsentModeSet)
+async def consent_mode(hub: Hub, who: Human, a: ConsentModeArgs) -> ConsentModeSet:
+    await _self(hub, who, a.owner)
+    return await hub.consent.set_mode_as_owner(who.actor, a.room, a.owner, a.mode, a.collaborator)
+
+
+class ConsentListArgs(Args):
+    owner: str
+    room: str | None = None
+
+
+@_action("consent.list", ConsentListArgs, ProposalList)
+async def consent_list(hub: Hub, who: Human, a: ConsentListArgs) -> ProposalList:
+    await _self(hub, who, a.owner)
+    return await hub.consent.pending_for_owner(a.owner, a.room, hub.settings.limits.page_max)
+
+
+class ConsentDecide(Args):
+    ref: str
+    owner: str
+    reason: str | None = None
+
+
+@_action("consent.accept", ConsentDecide, DecisionResult)
+async def consent_accept(hub: Hub, who: Human, a: ConsentDecide) -> DecisionResult:
+    await _self(hub, who, a.owner)
+    return await hub.consent.decide_as_owner(who.actor, a.owner, a.ref, accept=True, reason=None)
+
+
+@_action("consent.reject", ConsentDecide, DecisionResult)
+async def consent_reject(hub: Hub, who: Human, a: ConsentDecide) -> DecisionResult:
+    await _self(hub, who, a.owner)
+    return await hub.consent.decide_as_owner(who.actor, a.owner, a.ref, accept=False, reason=a.reason)
+
+
+# Rooms and invites.
+
+
+class RoomCreate(Args):
+    name: str
+    owner: str
+    agents: list[str] = []
+
+
+@_action("room.create", RoomCreate, RoomSummary)
+async def room_create(hub: Hub, who: Human, a: RoomCreate) -> RoomSummary:
+    await _self(hub, who, a.owner)
+    return await hub.rooms.create(who.actor, a.name, a.owner, list(a.agents))
+
+
+class RoomAdd(Args):
+    room: str
+    agent: str
+
+
+@_action("room.add", RoomAdd, RoomSummary)
+async def room_add(hub: Hub, who: Human, a: RoomAdd) -> RoomSummary:
+    await _own_agent(hub, who, a.agent)
+    await _own_room(hub, who, a.room)
+    return await hub.rooms.add_agent(who.actor, a.room, a.agent)
+
+
+@_action("room.list", NoArgs, RoomList)
+async def room_list(hub: Hub, who: Human, a: NoArgs) -> RoomList:
+    rooms = await hub.rooms.list_all()
+    if who.owner_id is None:
+        return rooms
+    owner_id = who.owner_id
+    joined = await hub.store.read(
+        lambda c: {r[0] for r in c.execute("SELECT room_id FROM room_owners WHERE owner_id = ?", (owner_id,))}
+    )
+    return RoomList(rooms=[r for r in rooms.rooms if r.room_id in joined], next_after=0, has_more=False)
+
+
+class InviteCreate(Args):
+    room: str
+    by: str
+    ttl_s: int
+
+
+@_action("invite.create", InviteCreate, Invite)
+async def invite_create(hub: Hub, who: Human, a: InviteCreate) -> Invite:
+    await _self(hub, who, a.by)
+    return await hub.invites.create_as_owner(who.actor, a.room, a.by, a.ttl_s)
+
+
+class InviteConfirm(Args):
+    invite_id: str
+    owner: str | None = None
+
+
+@_action("invite.confirm", InviteConfirm, Invite)
+async def invite_confirm(hub: Hub, who: Human, a: InviteConfirm) -> Invite:
+    owner = a.owner
+    if who.owner_id is not None:  # the service then confirms only an invite of this owner's agents
+        owner = await _handle(hub, who.owner_id) if owner is None else owner
+        await _self(hub, who, owner)
+    return await hub.invites.confirm(who.actor, a.invite_id, owner)
+
+
+class InviteAccept(Args):
+    code: str
+    owner: str
+    agents: list[str] = []
+
+
+@_action("invite.accept", InviteAccept, InviteAccepted)
+async def invite_accept(hub: Hub, who: Human, a: InviteAccept) -> InviteAccepted:
+    await _self(hub, who, a.owner)
+    return await hub.invites.accept(who.actor, a.code, a.owner, list(a.agents))
+
+
+# The owner's own audit trail, and devices.
+
+
+class AuditTail(Args):
+    count: int = Field(default=20, ge=1, le=10_000)
+
+
+@_action("audit.tail", AuditTail, AuditRows)
+async def audit_tail(hub: Hub, who: Human, a: AuditTail) -> AuditRows:
+    return AuditRows(rows=await hub.store.read(lambda c: audit.tail(c, a.count, who.owner_id)))
+
+
+@_action("device.list", NoArgs, DeviceList)
+async def device_list(hub: Hub, who: Human, a: NoArgs) -> DeviceList:
+    return await hub.devices.list_devices(who)
+
+
+class DeviceRevoke(Args):
+    device_id: str | None = None
+
+
+@_action("device.revoke", DeviceRevoke, DeviceInfo)
+async def device_revoke(hub: Hub, who: Human, a: DeviceRevoke) -> DeviceInfo:
+    return await hub.devices.revoke(who, a.device_id)

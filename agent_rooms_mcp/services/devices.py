@@ -1,0 +1,223 @@
+"""Devices: an owner's own machines, enrolled by a one-time code, acting for that owner only (DESIGN §9.1).
+
+An enrollment code is `ENROLLMENT_ID.SECRET`. The id (128 random bits, like every id) finds the row, so a
+wrong secret counts against that one code whichever source tries it, and the code is void after
+`enrollment_failures_max` of them; the secret (192 bits) is stored only as a hash. Redeeming one makes a
+device and its credential (`ard_` + 256 bits, stored as a hash), which expires once it goes
+`device_idle_expiry_s` unused. A device credential is never valid for MCP tools: it is looked up here only,
+never by the agents' authenticator (invariant 105).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, new_id, new_token, secret_hash
+from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.errors import invalid, not_found
+from agent_rooms_mcp.models import DeviceInfo, DeviceList, DeviceLogin, Enrollment, HubIdentity
+from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.settings import Limits
+from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.database import Store
+
+ENROLLMENT_PREFIX = "enr"
+_SECRET_BYTES = 24  # 192 bits
+
+
+class DeviceDenied(Exception):
+    """Authentication of a device or an enrollment code failed: `reason` is for the audit row only, and the
+    caller answers it like every other failed authentication (through the failed-auth limiter)."""
+
+    def __init__(self, reason: str, actor: audit.Actor = audit.ANONYMOUS) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.actor = actor
+
+
+def device_actor(owner_id: str, device_id: str) -> audit.Actor:
+    return audit.Actor("owner", owner_id, owner_id, device_id, via="device")
+
+
+def _info(row: sqlite3.Row, now: datetime, idle: timedelta) -> DeviceInfo:
+    if row["revoked_at"] is not None:
+        status = "revoked"
+    elif datetime.fromisoformat(row["last_used_at"]) + idle <= now:
+        status = "expired"
+    else:
+        status = "active"
+    return DeviceInfo(
+        device_id=row["device_id"],
+        owner=row["owner_handle"],
+        name=row["name"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+_DEVICES = "SELECT d.*, o.handle AS owner_handle FROM devices d JOIN owners o ON o.owner_id = d.owner_id"
+
+
+class Devices:
+    def __init__(self, store: Store, limits: Limits, issuer_kid: str, deployment_id: str) -> None:
+        self._store = store
+        self._limits = limits
+        self._kid = issuer_kid
+        self._deployment_id = deployment_id
+
+    def identity(self) -> HubIdentity:
+        """What `login` pins: the issuer key's id, public by nature."""
+        return HubIdentity(deployment_id=self._deployment_id, issuer_kid=self._kid)
+
+    async def enroll(self, operator: audit.Actor, owner_ref: str, hub_url: str) -> Enrollment:
+        """A one-time code for owner `owner_ref` (operator action, on the hub's machine)."""
+        enrollment_id = new_id(ENROLLMENT_PREFIX)
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
+        now = datetime.now(UTC)
+        expires = iso(now + timedelta(seconds=self._limits.enrollment_ttl_s))
+
+        def run(conn: sqlite3.Connection) -> Enrollment:
+            owner = queries.owner(conn, owner_ref)
+            conn.execute(
+                "INSERT INTO enrollments (enrollment_id, owner_id, secret_hash, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (enrollment_id, owner["owner_id"], secret_hash(secret), iso(now), expires),
+            )
+            audit.append(conn, operator, "owner.enroll", target=owner["owner_id"], detail={"enrollment": enrollment_id})
+            code = f"{enrollment_id}.{secret}"
+            return Enrollment(
+                owner=owner["handle"],
+                code=code,
+                expires_at=expires,
+                login_command=f"agent-rooms login {hub_url} --code {code}",
+            )
+
+        return await self._store.write(run)
+
+    async def redeem(self, code: str, name: str) -> DeviceLogin:
+        """Make a device of the code's owner; DeviceDenied for an unknown, expired, used or void code (and a
+        wrong secret is counted on its code, in a transaction of its own that stays committed)."""
+        name = name.strip()
+        if not name or len(name) > self._limits.device_name_chars or not name.isprintable():
+            raise invalid("name", f"give the device a printable name of at most {self._limits.device_name_chars}")
+        enrollment_id, dot, secret = code.partition(".")
+        if not dot or not enrollment_id.startswith(ENROLLMENT_PREFIX + "_"):
+            raise DeviceDenied("malformed_enrollment_code")
+        credential = new_token(CredentialKind.DEVICE)
+        device_id = new_id("dev")
+
+        def run(conn: sqlite3.Connection) -> DeviceLogin | str:
+            row = conn.execute(
+                "SELECT e.*, o.handle AS owner_handle FROM enrollments e JOIN owners o ON o.owner_id = e.owner_id"
+                " WHERE e.enrollment_id = ?",
+                (enrollment_id,),
+            ).fetchone()
+            if row is None:
+                return "unknown_enrollment_code"
+            now = now_utc()
+            if row["used_at"] is not None:
+                return "used_enrollment_code"
+            if row["failures"] >= self._limits.enrollment_failures_max:
+                return "void_enrollment_code"
+            if row["expires_at"] <= now:
+                return "expired_enrollment_code"
+            if not secrets.compare_digest(bytes(row["secret_hash"]), secret_hash(secret)):
+                conn.execute(
+                    "UPDATE enrollments SET failures = failures + 1 WHERE enrollment_id = ?", (enrollment_id,)
+                )
+                return "wrong_enrollment_secret"
+            conn.execute(
+                "UPDATE enrollments SET used_at = ?, device_id = ? WHERE enrollment_id = ?",
+                (now, device_id, enrollment_id),
+            )
+            conn.execute(
+                "INSERT INTO devices (device_id, owner_id, name, cred_hash, created_at, last_used_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (device_id, row["owner_id"], name, secret_hash(credential), now, now),
+            )
+            audit.append(
+                conn,
+                device_actor(row["owner_id"], device_id),
+                "device.enroll",
+                target=device_id,
+                detail={"enrollment": enrollment_id},
+            )
+            return DeviceLogin(
+                device_id=device_id,
+                owner=row["owner_handle"],
+                name=name,
+                credential=credential,
+                issuer_kid=self._kid,
+            )
+
+        # A refusal is returned, not raised: the failure count must commit (a raise would roll it back).
+        outcome = await self._store.write(run)
+        if isinstance(outcome, str):
+            raise DeviceDenied(outcome)
+        return outcome
+
+    async def authenticate(self, credential: str | None) -> Human:
+        """The owner a device credential acts for, or DeviceDenied. Only `ard_` is looked up here, and only
+        here: any other kind is refused from its prefix, before any lookup (invariant 105)."""
+        if not credential:
+            raise DeviceDenied("missing_credential")
+        kind = credential_kind(credential)
+        if kind is None:
+            raise DeviceDenied("malformed_credential")
+        if kind is not CredentialKind.DEVICE:
+            raise DeviceDenied("wrong_credential_kind")
+        idle = timedelta(seconds=self._limits.device_idle_expiry_s)
+        row = await self._store.read(
+            lambda c: c.execute("SELECT * FROM devices WHERE cred_hash = ?", (secret_hash(credential),)).fetchone()
+        )
+        if row is None:
+            raise DeviceDenied("unknown_device")
+        actor = device_actor(row["owner_id"], row["device_id"])
+        if row["revoked_at"] is not None:
+            raise DeviceDenied("device_revoked", actor)
+        now, last_used = datetime.now(UTC), datetime.fromisoformat(row["last_used_at"])
+        if last_used + idle <= now:
+            raise DeviceDenied("device_expired", actor)
+        # Use is recorded coarsely: the 90-day expiry needs no more, and most requests then write nothing.
+        if last_used + timedelta(seconds=self._limits.device_touch_s) <= now:
+            await self._store.write(
+                lambda c: c.execute(
+                    "UPDATE devices SET last_used_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+                    (iso(now), row["device_id"]),
+                )
+            )
+        return Human(actor, owner_id=row["owner_id"], device_id=row["device_id"])
+
+    async def list_devices(self, who: Human) -> DeviceList:
+        """The operator sees every device; a device sees its owner's."""
+        now, idle = datetime.now(UTC), timedelta(seconds=self._limits.device_idle_expiry_s)
+        rows = await self._store.read(
+            lambda c: c.execute(
+                _DEVICES + " WHERE ?1 IS NULL OR d.owner_id = ?1 ORDER BY d.created_at, d.device_id",
+                (who.owner_id,),
+            ).fetchall()
+        )
+        return DeviceList(devices=[_info(r, now, idle) for r in rows])
+
+    async def revoke(self, who: Human, device_id: str | None) -> DeviceInfo:
+        """Revoke a device: on a device, `None` means itself. Effective on its next request."""
+        target = device_id or who.device_id
+        if target is None:
+            raise invalid("device_id", "name the device to revoke (see: agent-rooms device list)")
+        now, idle = datetime.now(UTC), timedelta(seconds=self._limits.device_idle_expiry_s)
+
+        def run(conn: sqlite3.Connection) -> DeviceInfo:
+            row = conn.execute(_DEVICES + " WHERE d.device_id = ?", (target,)).fetchone()
+            if row is None:
+                raise not_found("device")
+            policy.may_revoke_device(who, row["owner_id"], row["device_id"])
+            if row["revoked_at"] is None:
+                conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ?", (iso(now), target))
+                audit.append(conn, who.actor, "device.revoke", target=target, detail={"owner_id": row["owner_id"]})
+            return _info(conn.execute(_DEVICES + " WHERE d.device_id = ?", (target,)).fetchone(), now, idle)
+
+        return await self._store.write(run)

@@ -1,0 +1,1 @@
+"""What the hub serves over HTTP beside `/mcp` for people and their devices."""

@@ -1,0 +1,281 @@
+"""Devices (DESIGN §9.1): enrollment codes, device credentials, and the owner API they use.
+
+The rules are table-tested as pure functions; the codes and credentials against the hub's real HTTP app
+(in-process, over ASGI). `test_remote_cli.py` runs the same through a real hub process and a second home.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.auth.tokens import MCP_KINDS
+from agent_rooms_mcp.errors import ErrorCode, RoomsError
+from agent_rooms_mcp.http import open_http_app
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.settings import Settings
+from tests.conftest import HTTP_BASE, OPERATOR, World
+
+ALICE, BOB = "own_alice", "own_bob"
+OPERATOR_HUMAN = Human(OPERATOR)
+ALICE_LAPTOP = Human(audit.Actor("owner", ALICE, ALICE, "dev_laptop", via="device"), ALICE, "dev_laptop")
+
+
+def _outcome(check: object) -> str:
+    try:
+        check()  # type: ignore[operator]
+    except RoomsError as e:
+        return e.code.value
+    return "ok"
+
+
+@pytest.mark.invariant(92)
+@pytest.mark.parametrize(
+    "who, owner, expected",
+    [
+        (OPERATOR_HUMAN, ALICE, "ok"),
+        (OPERATOR_HUMAN, BOB, "ok"),
+        (ALICE_LAPTOP, ALICE, "ok"),
+        (ALICE_LAPTOP, BOB, "FORBIDDEN_SCOPE"),
+    ],
+)
+def test_a_device_names_only_its_own_owner_as_the_one_acting(who: Human, owner: str, expected: str) -> None:
+    assert _outcome(lambda: policy.require_self(who, owner, "someone")) == expected
+
+
+@pytest.mark.invariant(82, 92)
+@pytest.mark.parametrize(
+    "who, owner, expected",
+    [(OPERATOR_HUMAN, BOB, "ok"), (ALICE_LAPTOP, ALICE, "ok"), (ALICE_LAPTOP, BOB, "NOT_FOUND")],
+)
+def test_another_owners_things_look_missing_to_a_device(who: Human, owner: str, expected: str) -> None:
+    assert _outcome(lambda: policy.require_own(who, owner, "agent")) == expected
+
+
+@pytest.mark.parametrize(
+    "who, device_owner, device_id, expected",
+    [
+        (OPERATOR_HUMAN, BOB, "dev_any", "ok"),
+        (ALICE_LAPTOP, ALICE, "dev_laptop", "ok"),
+        (ALICE_LAPTOP, ALICE, "dev_desktop", "FORBIDDEN_SCOPE"),
+        (ALICE_LAPTOP, BOB, "dev_bobs", "NOT_FOUND"),
+    ],
+)
+def test_a_device_revokes_only_itself(who: Human, device_owner: str, device_id: str, expected: str) -> None:
+    assert _outcome(lambda: policy.may_revoke_device(who, device_owner, device_id)) == expected
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("owner.add", "FORBIDDEN_SCOPE"),
+        ("owner.enroll", "FORBIDDEN_SCOPE"),
+        ("owner.verify", "FORBIDDEN_SCOPE"),
+        ("audit.verify", "FORBIDDEN_SCOPE"),
+        ("purge", "FORBIDDEN_SCOPE"),
+        ("room.quarantine", "FORBIDDEN_SCOPE"),
+        ("agent.env.set", "FORBIDDEN_SCOPE"),
+        ("agent.add", "ok"),
+        ("consent.accept", "ok"),
+    ],
+)
+def test_operator_actions_are_refused_by_name(name: str, expected: str) -> None:
+    assert _outcome(lambda: policy.require_not_operator_action(name)) == expected
+
+
+# The hub's HTTP app, in-process.
+
+
+@asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[httpx2.AsyncClient]:
+    async with open_http_app(settings) as app, httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url=HTTP_BASE
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+async def api(world: World) -> AsyncIterator[httpx2.AsyncClient]:
+    async with served(world.settings) as http:
+        yield http
+
+
+async def enroll(world: World, owner: str = "bob", settings: Settings | None = None) -> str:
+    async with Hub.open(settings or world.settings) as hub:
+        return (await hub.devices.enroll(OPERATOR, owner, HTTP_BASE)).code
+
+
+async def login(http: httpx2.AsyncClient, code: str, name: str = "laptop") -> httpx2.Response:
+    return await http.post("/owner/v1/login", json={"code": code, "name": name})
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+@pytest.mark.invariant(91, 18)
+async def test_an_enrollment_code_has_128_bits_is_hashed_at_rest_and_works_once(
+    world: World, api: httpx2.AsyncClient
+) -> None:
+    code = await enroll(world)
+    enrollment_id, _, secret = code.partition(".")
+    assert len(secret) * 6 >= 128 and enrollment_id.startswith("enr_")
+    first = await login(api, code)
+    assert first.status_code == 200, first.text
+    made = first.json()
+    assert made["owner"] == "bob" and made["credential"].startswith("ard_") and made["issuer_kid"].startswith("k4.pid.")
+    identity = (await api.get("/owner/v1/hub")).json()
+    assert identity["issuer_kid"] == made["issuer_kid"]
+    before = world.fingerprint()
+    again = await login(api, code, "desktop")
+    assert again.status_code == 401 and again.json() == {"error": "UNAUTHENTICATED"}
+    assert world.fingerprint() == before
+    raw = world.db.read_bytes() + Path(str(world.db) + "-wal").read_bytes()
+    assert secret.encode() not in raw and made["credential"].encode() not in raw
+    reasons = [r["reason"] for r in world.sql("SELECT reason FROM audit WHERE outcome = 'denied'")]
+    assert "used_enrollment_code" in reasons
+
+
+@pytest.mark.invariant(91)
+async def test_five_wrong_secrets_void_a_code_even_for_the_right_one(world: World, api: httpx2.AsyncClient) -> None:
+    code = await enroll(world)
+    enrollment_id = code.partition(".")[0]
+    for _ in range(world.settings.limits.enrollment_failures_max):
+        wrong = await login(api, f"{enrollment_id}.{'A' * 32}")
+        assert wrong.status_code == 401
+    right = await login(api, code)
+    assert right.status_code == 401 and right.json() == {"error": "UNAUTHENTICATED"}
+    assert world.sql("SELECT count(*) FROM devices")[0][0] == 0
+    assert world.sql("SELECT failures FROM enrollments")[0][0] == 5
+    # Past a source's first few failures in a window only the counters hold the reason (auth/failures.py).
+    assert "void_enrollment_code" in [r["reason"] for r in world.sql("SELECT reason FROM auth_failures")]
+
+
+@pytest.mark.invariant(91)
+async def test_an_expired_code_is_refused(world: World) -> None:
+    # A code that lives 0 s has expired by the time anyone presents it.
+    settings = replace(world.settings, limits=replace(world.settings.limits, enrollment_ttl_s=0))
+    code = await enroll(world, settings=settings)
+    async with served(world.settings) as http:
+        refused = await login(http, code)
+    assert refused.status_code == 401
+    assert world.sql("SELECT count(*) FROM devices")[0][0] == 0
+    assert "expired_enrollment_code" in [r["reason"] for r in world.sql("SELECT reason FROM audit")]
+
+
+@pytest.mark.invariant(92)
+async def test_a_device_credential_expires_after_going_unused(world: World) -> None:
+    async with served(world.settings) as http:
+        credential = (await login(http, await enroll(world))).json()["credential"]
+        assert (await http.post("/owner/v1/actions/agent.list", json={}, headers=bearer(credential))).is_success
+    idle = replace(world.settings, limits=replace(world.settings.limits, device_idle_expiry_s=0))
+    async with served(idle) as http:
+        refused = await http.post("/owner/v1/actions/agent.list", json={}, headers=bearer(credential))
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert "device_expired" in [r["reason"] for r in world.sql("SELECT reason FROM audit")]
+
+
+@pytest.mark.invariant(105, 92)
+async def test_a_device_credential_is_refused_at_mcp_before_any_lookup(world: World, api: httpx2.AsyncClient) -> None:
+    credential = (await login(api, await enroll(world))).json()["credential"]
+    async with world.hub() as hub:
+        with pytest.raises(RoomsError) as refused:
+            await hub.auth.authenticate(credential, MCP_KINDS, transport="http")
+    assert refused.value.code is ErrorCode.UNAUTHENTICATED
+    answer = await api.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={**bearer(credential), "Accept": "application/json, text/event-stream"},
+    )
+    assert answer.status_code == 401 and answer.json() == {"error": "UNAUTHENTICATED"}
+    assert world.sql("SELECT reason FROM audit ORDER BY seq DESC LIMIT 1")[0]["reason"] == "wrong_credential_kind"
+    # And an agent's token is no device credential at the owner API.
+    agent = await api.post("/owner/v1/actions/agent.list", json={}, headers=bearer(world.tokens["bob-claude"]))
+    assert agent.status_code == 401
+
+
+@pytest.mark.invariant(92, 82)
+async def test_a_device_acts_for_its_owner_only_and_changes_nothing_when_refused(
+    world: World, api: httpx2.AsyncClient
+) -> None:
+    credential = (await login(api, await enroll(world))).json()["credential"]
+
+    async def act(name: str, **args: object) -> httpx2.Response:
+        return await api.post(f"/owner/v1/actions/{name}", json=args, headers=bearer(credential))
+
+    before = world.fingerprint()
+    refusals = {
+        "agent.add as alice": await act("agent.add", handle="x", owner="alice", tool="claude", scopes="read"),
+        "token.issue of alice's agent": await act("token.issue", agent="alice-claude", ttl_s=60),
+        "token.revoke of alice's token": await act("token.revoke", token_id=world.token_ids["alice-claude"]),
+        "grant.add from alice": await act("grant.add", giver="alice", taker="bob"),
+        "consent.mode for alice": await act("consent.mode", room="shared", mode="approve_all", owner="alice"),
+        "room.add into alice's lobby": await act("room.add", room="lobby", agent="bob-claude"),
+        "agent.stop of alice's agent": await act("agent.stop", handle="alice-claude"),
+        "owner.add": await act("owner.add", handle="mallory"),
+        "workdir": await act("agent.add", handle="y", owner="bob", tool="claude", scopes="read", workdir="/"),
+    }
+    codes = {what: (r.status_code, r.json()["code"]) for what, r in refusals.items()}
+    assert codes == {
+        "agent.add as alice": (403, "FORBIDDEN_SCOPE"),
+        "token.issue of alice's agent": (404, "NOT_FOUND"),
+        "token.revoke of alice's token": (404, "NOT_FOUND"),
+        "grant.add from alice": (403, "FORBIDDEN_SCOPE"),
+        "consent.mode for alice": (403, "FORBIDDEN_SCOPE"),
+        "room.add into alice's lobby": (404, "NOT_FOUND"),
+        "agent.stop of alice's agent": (404, "NOT_FOUND"),
+        "owner.add": (403, "FORBIDDEN_SCOPE"),
+        "workdir": (403, "FORBIDDEN_SCOPE"),
+    }
+    assert world.fingerprint() == before
+    denials = world.sql("SELECT * FROM audit WHERE outcome = 'denied' AND via = 'device'")
+    assert len(denials) == len(refusals) and {r["actor_kind"] for r in denials} == {"owner"}
+    # Missing and another owner's look the same (invariant 82).
+    assert (await act("token.revoke", token_id="tok_" + "x" * 22)).json() == refusals[
+        "token.revoke of alice's token"
+    ].json()
+    listed = (await act("agent.list")).json()["agents"]
+    assert {a["owner"] for a in listed} == {"bob"}
+    rooms = {r["name"] for r in (await act("room.list")).json()["rooms"]}
+    assert rooms == {"shared", "bobs-den"}
+    tail = (await act("audit.tail", count=1000)).json()["rows"]
+    assert tail and {r["owner_id"] for r in tail} == {world.sql("SELECT owner_id FROM owners WHERE handle='bob'")[0][0]}
+
+
+@pytest.mark.invariant(57)
+async def test_the_chain_covers_via_and_old_rows_still_verify(world: World, api: httpx2.AsyncClient) -> None:
+    await login(api, await enroll(world))
+    conn = sqlite3.connect(world.db)
+    conn.row_factory = sqlite3.Row
+    try:
+        assert audit.verify(conn).ok
+        rows = conn.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+        assert any(r["via"] is None for r in rows) and any(r["via"] == "device" for r in rows)
+        # Blanking a row's `via` breaks the chain at that row.
+        row = next(r for r in rows if r["via"] == "device")
+        edited = {**dict(row), "via": None}
+        assert audit.row_hash(bytes(row["prev_hash"]), row["seq"], edited) != bytes(row["row_hash"])
+    finally:
+        conn.close()
+
+
+async def test_the_owner_api_names_a_bad_argument_and_an_unknown_action(world: World, api: httpx2.AsyncClient) -> None:
+    credential = (await login(api, await enroll(world))).json()["credential"]
+    before = world.fingerprint()
+    extra = await api.post("/owner/v1/actions/agent.list", json={"everyone": True}, headers=bearer(credential))
+    assert extra.status_code == 400 and extra.json()["code"] == "INVALID_ARGUMENT"
+    assert extra.json()["message"].startswith("everyone:")
+    ttl = await api.post("/owner/v1/actions/token.issue", json={"agent": "bob-claude"}, headers=bearer(credential))
+    assert ttl.json()["code"] == "INVALID_ARGUMENT" and ttl.json()["message"].startswith("ttl_s:")
+    unknown = await api.post("/owner/v1/actions/agent.delete_everything", json={}, headers=bearer(credential))
+    assert unknown.status_code == 404 and unknown.json()["code"] == "NOT_FOUND"
+    assert (await api.get("/owner/v1/actions/agent.list", headers=bearer(credential))).status_code == 405
+    assert world.fingerprint() == before

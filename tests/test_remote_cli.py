@@ -1,0 +1,245 @@
+"""Two machines, honestly separated: a real hub process (`serve --http`, its own home) and an owner's machine
+(another `AGENT_ROOMS_HOME` and `HOME`) running the `agent-rooms` CLI as separate processes (DESIGN §9.1).
+
+The owner's machine never sees the hub's home: everything it does goes through `login` and the owner API.
+The operator's commands run with the CLI on the hub's home, as they would on the hub's machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from click.testing import CliRunner
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from agent_rooms_mcp import audit
+from agent_rooms_mcp.cli import cli
+from tests.test_served import free_port, wait_listening
+
+_CLI = [sys.executable, "-m", "agent_rooms_mcp"]
+
+
+@dataclass
+class Done:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Machine:
+    """An owner's machine: its own home and HOME, each command a process of its own."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.home = root / name / "agent-rooms"
+        (root / name).mkdir(parents=True)
+        self.env = {**os.environ, "HOME": str(root / name), "AGENT_ROOMS_HOME": str(self.home)}
+        self.env.pop("AGENT_ROOMS_HUB", None)
+
+    async def ar(self, *args: str) -> Done:
+        done = await anyio.run_process([*_CLI, *args], env=self.env, check=False)
+        return Done(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+    async def ok(self, *args: str) -> Any:
+        done = await self.ar(*args, "--json")
+        assert done.code == 0, (args, done.out, done.err)
+        return done.json()
+
+    async def refused(self, code: str, *args: str) -> Done:
+        done = await self.ar(*args, "--json")
+        assert done.code == 1 and done.json()["code"] == code, (args, done.out, done.err)
+        return done
+
+
+class HubCli(Machine):
+    """The hub's machine. The operator's CLI runs in-process here (the box is slow to start processes); what
+    it does is not under test, only that it happens on the hub's home."""
+
+    async def ar(self, *args: str) -> Done:
+        def invoke() -> Done:
+            done = CliRunner().invoke(cli, list(args), env={"AGENT_ROOMS_HOME": str(self.home)})
+            return Done(done.exit_code, done.stdout, done.stderr)
+
+        return await anyio.to_thread.run_sync(invoke)
+
+
+@dataclass
+class HubMachine:
+    machine: Machine
+    url: str
+
+    def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        conn = sqlite3.connect(self.machine.home / "hub.db")
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(query, args).fetchall()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[HubMachine]:
+    machine = HubCli(tmp_path, "hub")
+    assert (await machine.ar("init")).code == 0
+    for owner in ("alice", "bob"):
+        await machine.ok("owner", "add", owner)
+        await machine.ok("owner", "verify", owner)
+    await machine.ok("agent", "add", "alice-claude", "--owner", "alice", "--tool", "claude")
+    await machine.ok("room", "create", "lobby", "--owner", "alice", "--agent", "alice-claude")
+    port = free_port()
+    serve = [*_CLI, "serve", "--http", "--port", str(port)]
+    async with await anyio.open_process(serve, env=machine.env) as server:
+        try:
+            with anyio.fail_after(60):
+                await wait_listening(port)
+            yield HubMachine(machine, f"http://127.0.0.1:{port}")
+        finally:
+            server.terminate()
+            await server.wait()
+
+
+async def enrolled(hub: HubMachine, root: Path, name: str, owner: str = "bob") -> Machine:
+    made = await hub.machine.ok("owner", "enroll", owner, "--url", hub.url)
+    assert made["login_command"] == f"agent-rooms login {hub.url} --code {made['code']}"
+    machine = Machine(root, name)
+    logged = await machine.ok("login", hub.url, "--code", made["code"], "--name", name)
+    assert logged["owner"] == owner and "credential" not in logged
+    return machine
+
+
+def via_device(hub: HubMachine, owner: str) -> Callable[[str], list[Any]]:
+    def rows(action: str) -> list[Any]:
+        return hub.sql(
+            "SELECT a.* FROM audit a JOIN owners o ON o.owner_id = a.owner_id"
+            " WHERE a.action = ? AND a.via = 'device' AND a.actor_kind = 'owner' AND a.outcome = 'ok'"
+            " AND o.handle = ?",
+            (action, owner),
+        )
+
+    return rows
+
+
+@pytest.mark.invariant(92, 91)
+async def test_an_owner_works_from_their_own_machine_audited_via_device(hub: HubMachine, tmp_path: Path) -> None:
+    bob = await enrolled(hub, tmp_path, "bob-laptop")
+    device_file = bob.home / "device.json"
+    assert stat.S_IMODE(device_file.stat().st_mode) == 0o600
+    kept = json.loads(device_file.read_text())
+    assert kept["hub"] == hub.url and kept["issuer_kid"].startswith("k4.pid.") and kept["credential"].startswith("ard_")
+    assert not (bob.home / "hub.db").exists()
+
+    added = await bob.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
+    assert added["owner"] == "bob"
+    await bob.ok("agent", "scopes", "bob-claude", "read,post,task")
+    issued = await bob.ok("token", "issue", "bob-claude")
+    assert issued["token"].startswith("art_")
+    assert [t["status"] for t in (await bob.ok("token", "list"))["tokens"]] == ["active"]
+    assert (await bob.ok("token", "revoke", issued["token_id"]))["status"] == "revoked"
+    await bob.ok("grant", "add", "--from", "bob", "--to", "alice")
+    await bob.ok("room", "create", "den", "--owner", "bob", "--agent", "bob-claude")
+
+    # Alice (at the hub) invites Bob; Bob accepts from his machine, bringing his agent.
+    invite = await hub.machine.ok("invite", "create", "lobby", "--by", "alice")
+    joined = await bob.ok("invite", "accept", invite["code"], "--owner", "bob", "--agent", "bob-claude")
+    assert joined["room"] == "lobby"
+
+    # Alice's agent hands Bob's agent a task over /mcp; it waits on Bob, who accepts it from his machine.
+    alice_token = (await hub.machine.ok("token", "issue", "alice-claude"))["token"]
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {alice_token}"})
+    async with http, Client(streamable_http_client(f"{hub.url}/mcp", http_client=http)) as client:
+        made = await client.call_tool("create_task", {"room": "lobby", "title": "review", "assignee": "bob-claude"})
+    assert made.structured_content["consent_state"] == "pending"
+    pending = (await bob.ok("consent", "list", "--owner", "bob"))["proposals"]
+    assert [p["target"] for p in pending] == ["bob-claude"]
+    decided = await bob.ok("consent", "accept", pending[0]["proposal_id"], "--owner", "bob")
+    assert decided["consent_state"] == "accepted"
+    assert hub.sql("SELECT decided_via FROM proposals")[0][0] == "device"
+
+    rows = via_device(hub, "bob")
+    for action in ("agent.add", "agent.scopes", "token.issue", "token.revoke", "grant.add", "room.create"):
+        assert len(rows(action)) == 1, action
+    assert rows("invite.accept") and hub.sql("SELECT 1 FROM audit WHERE via = 'device' AND action LIKE 'consent.%'")
+    assert {r["cred_id"] for r in hub.sql("SELECT cred_id FROM audit WHERE via = 'device'")} == {kept["device_id"]}
+    # The operator's own rows say `cli`; the chain, old rows and new, verifies.
+    assert hub.sql("SELECT count(*) FROM audit WHERE via = 'cli'")[0][0] > 0
+    assert (await hub.machine.ok("audit", "verify"))["ok"]
+    # Bob's audit tail holds Bob's rows only.
+    tail = (await bob.ok("audit", "tail", "-n", "500"))
+    bob_id = hub.sql("SELECT owner_id FROM owners WHERE handle = 'bob'")[0][0]
+    assert tail and {r["owner_id"] for r in tail} == {bob_id}
+    # Bob's lists are his: his agents, the rooms he is in.
+    assert [a["handle"] for a in (await bob.ok("agent", "list"))["agents"]] == ["bob-claude"]
+    assert sorted(r["name"] for r in (await bob.ok("room", "list"))["rooms"]) == ["den", "lobby"]
+
+
+@pytest.mark.invariant(92, 105, 91)
+async def test_a_device_cannot_act_as_the_operator_or_for_another_owner(hub: HubMachine, tmp_path: Path) -> None:
+    bob = await enrolled(hub, tmp_path, "bob-laptop")
+    before = hub.sql("SELECT count(*) FROM owners")[0][0], hub.sql("SELECT count(*) FROM agents")[0][0]
+    for command in (("owner", "add", "mallory"), ("audit", "verify")):
+        done = await bob.refused("FORBIDDEN_SCOPE", *command)
+        assert "operator action" in done.json()["message"]
+    await bob.refused("FORBIDDEN_SCOPE", "agent", "add", "x", "--owner", "alice", "--tool", "claude")
+    await bob.refused("NOT_FOUND", "token", "issue", "alice-claude")
+    await bob.refused("FORBIDDEN_SCOPE", "grant", "add", "--from", "alice", "--to", "bob")
+    assert (hub.sql("SELECT count(*) FROM owners")[0][0], hub.sql("SELECT count(*) FROM agents")[0][0]) == before
+
+    # The API itself refuses an operator action by name, audited as the device's.
+    credential = json.loads((bob.home / "device.json").read_text())["credential"]
+    async with httpx2.AsyncClient(base_url=hub.url, headers={"Authorization": f"Bearer {credential}"}) as http:
+        refused = await http.post("/owner/v1/actions/owner.add", json={"handle": "mallory"})
+        assert refused.status_code == 403 and refused.json()["code"] == "FORBIDDEN_SCOPE"
+        # And the device credential is nothing at /mcp.
+        mcp = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert mcp.status_code == 401 and mcp.json() == {"error": "UNAUTHENTICATED"}
+    assert hub.sql("SELECT 1 FROM audit WHERE action = 'cli.owner.add' AND via = 'device' AND outcome = 'denied'")
+
+    # The credential goes only to the hub that issued it, whatever URL a command names.
+    other = await bob.ar("--hub", "http://127.0.0.1:9", "agent", "list", "--json")
+    assert other.code == 1 and other.json()["code"] == "HOME" and "enrolled with" in other.json()["message"]
+    assert (await bob.ok("--hub", hub.url, "agent", "list"))["agents"] == []
+
+    # Logging in: plain http only to a loopback hub, and a wrong code gets nothing (the rest of the code
+    # rules are proven in-process, in test_devices.py).
+    elsewhere = Machine(tmp_path, "elsewhere")
+    far = await elsewhere.refused("INVALID_ARGUMENT", "login", "http://hub.example.org", "--code", "enr_x.y")
+    assert "https" in far.json()["message"]
+    made = await hub.machine.ok("owner", "enroll", "bob", "--url", hub.url)
+    wrong = made["code"].partition(".")[0] + "." + "A" * 32
+    await elsewhere.refused("UNAUTHENTICATED", "login", hub.url, "--code", wrong)
+    assert not (elsewhere.home / "device.json").exists()
+    assert audit.safe_target(made["code"]).startswith("sha256:")
+
+
+@pytest.mark.invariant(92)
+async def test_a_revoked_device_is_refused_on_its_next_request(hub: HubMachine, tmp_path: Path) -> None:
+    laptop = await enrolled(hub, tmp_path, "bob-laptop")
+    desktop = await enrolled(hub, tmp_path, "bob-desktop")
+    devices = (await laptop.ok("device", "list"))["devices"]
+    assert sorted(d["name"] for d in devices) == ["bob-desktop", "bob-laptop"]
+    ids = {d["name"]: d["device_id"] for d in devices}
+    # A device revokes itself only.
+    await desktop.refused("FORBIDDEN_SCOPE", "device", "revoke", ids["bob-laptop"])
+    gone = await laptop.ok("device", "revoke")
+    assert gone["device_id"] == ids["bob-laptop"] and gone["status"] == "revoked"
+    assert not (laptop.home / "device.json").exists()
+    # The operator revokes any; the desktop is refused on its very next request.
+    await desktop.ok("agent", "list")
+    await hub.machine.ok("device", "revoke", ids["bob-desktop"])
+    await desktop.refused("UNAUTHENTICATED", "agent", "list")
+    assert hub.sql("SELECT reason FROM audit ORDER BY seq DESC LIMIT 1")[0]["reason"] == "device_revoked"
+    assert {d["status"] for d in (await hub.machine.ok("device", "list"))["devices"]} == {"revoked"}
