@@ -11,11 +11,14 @@ import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_rooms_mcp.auth.tokens import INVITE_PREFIX, CredentialKind
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.encoding import pae
+
+if TYPE_CHECKING:  # the store runs our writes; the audit log never needs more of it than its type
+    from agent_rooms_mcp.store.database import Store
 
 _DOMAIN = b"agent-rooms/audit/v1"
 GENESIS = bytes(32)
@@ -113,15 +116,29 @@ def safe_target(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:_HASHED_HEX_CHARS]
 
 
-def denial(
-    actor: Actor, action: str, reason: str, detail: Mapping[str, Any] | None = None, *, target: str | None = None
+def _denial(
+    actor: Actor, action: str, reason: str, detail: Mapping[str, Any] | None, target: str | None
 ) -> Callable[[sqlite3.Connection], int]:
-    """The transaction of its own that records a denial, after the denied work rolled back (DESIGN §6).
+    kept = None if target is None else safe_target(target)
+    return lambda conn: append(conn, actor, action, target=kept, outcome="denied", reason=reason, detail=detail)
+
+
+async def record_denial(
+    store: Store,
+    actor: Actor,
+    action: str,
+    reason: str,
+    *,
+    detail: Mapping[str, Any] | None = None,
+    target: str | None = None,
+) -> None:
+    """The one path by which a refused call leaves its audit row, whatever refused it (a tool, the gate, the
+    HTTP bearer layer, a CLI command, a service): a transaction of its own, after the denied work rolled
+    back, so the row survives the rollback and nothing the denied call did is kept (DESIGN §6).
 
     A denial's target is whatever the caller supplied, so it passes through `safe_target` here, once for
     every caller of this function."""
-    kept = None if target is None else safe_target(target)
-    return lambda conn: append(conn, actor, action, target=kept, outcome="denied", reason=reason, detail=detail)
+    await store.write(_denial(actor, action, reason, detail, target))
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,7 +174,7 @@ class Invites:
             return await self._store.write(run)
         except RoomsError as e:
             if e.code is ErrorCode.INVITE_INVALID:
-                await self._store.write(audit.denial(operator, "invite.accept", e.audit_reason))
+                await audit.record_denial(self._store, operator, "invite.accept", e.audit_reason)
             raise
 
 
