@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable
 
-import anyio
 import click
 
 from agent_rooms_mcp.cli.common import confirm_or_refuse, emit, guarded, json_option, operator, run, table
 from agent_rooms_mcp.errors import invalid
 from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, RunInfo, StoppedRun, StopResult
+from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, StopResult
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
-from agent_rooms_mcp.services.runs import FINAL
+from agent_rooms_mcp.services import stopping
 
 INVOKE_WARNING = (
     "Giving an agent 'invoke' lets the hub wake it: its CLI then runs unsandboxed with your permissions, "
@@ -92,19 +92,8 @@ def stop(handle: str, run_id: str | None, wait: bool, as_json: bool) -> None:
     """Stop HANDLE's runs: queued ones end at once; a running CLI gets SIGINT (its own interrupt, so the
     session stays resumable), then SIGTERM, then SIGKILL of everything it started. Needs no --yes."""
 
-    async def call(hub: Hub) -> StopResult:
-        asked = await hub.runs.stop_as_owner(operator(), handle, run_id)
-        running = [s.run_id for s in asked.stopped if s.state == "stopping"]
-        caps = hub.settings.wake
-        # SIGINT, SIGTERM and SIGKILL take at most the two graces; past that plus a lease, the supervisor
-        # holding the run is gone, and the run shows `stopping` until another one marks it lost.
-        with anyio.move_on_after(caps.grace_int_s + caps.grace_term_s + caps.lease_s):
-            while wait and running:
-                states = await hub.runs.states(running)
-                if all(states[r] in FINAL for r in running):
-                    break
-                await hub.store.wait_changed(0.1)  # the supervisor holding the run may be another process
-        return StopResult(stopped=[_ended(await hub.runs.get(s.run_id)) for s in asked.stopped])
+    def call(hub: Hub) -> Awaitable[StopResult]:
+        return stopping.stop_and_wait(hub.runs, hub.store, hub.settings.wake, operator(), handle, run_id, wait=wait)
 
     done: StopResult = run(call, as_json=as_json)
     rows = [[s.run_id, s.state, s.stop_signal] for s in done.stopped]
@@ -113,11 +102,6 @@ def stop(handle: str, run_id: str | None, wait: bool, as_json: bool) -> None:
         as_json=as_json,
         text=lambda _: table(rows, ["RUN_ID", "STATE", "SIGNAL"]) if rows else "(nothing to stop)",
     )
-
-
-def _ended(info: RunInfo) -> StoppedRun:
-    signal = info.stop_signal if info.stop_signal in ("SIGINT", "SIGTERM", "SIGKILL") else "none"
-    return StoppedRun(run_id=info.run_id, stop_signal=signal, state=info.state)  # type: ignore[arg-type]
 
 
 @agent.group("env")
