@@ -211,10 +211,12 @@ class Consent:
         policy.require_scope(caller, Scope.CONSENT)
         return await self._store.read(lambda conn: _pending(conn, self._limits, caller, room_ref, after, limit))
 
-    async def pending_for_owner(self, owner_ref: str, room_ref: str | None, limit: int) -> ProposalList:
+    async def pending_for_owner(self, owner_ref: str, room_ref: str | None, after: int, limit: int) -> ProposalList:
+        """One page, from the cursor `after`: the same page size and byte bound as the tool's."""
+
         def run(conn: sqlite3.Connection) -> ProposalList:
             viewer = OwnerViewer(queries.owner(conn, owner_ref)["owner_id"])
-            return _pending(conn, self._limits, viewer, room_ref, 0, limit)
+            return _pending(conn, self._limits, viewer, room_ref, after, min(limit, self._limits.page_max))
 
         return await self._store.read(run)
 
