@@ -8,7 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent_rooms_mcp.errors import ErrorCode, RoomsError, conflict, forbidden, forbidden_scope, invalid
+from agent_rooms_mcp.errors import (
+    ErrorCode,
+    RoomsError,
+    conflict,
+    forbidden,
+    forbidden_scope,
+    invalid,
+    unauthenticated,
+)
 from agent_rooms_mcp.models import Relation
 from agent_rooms_mcp.principals import Caller, Scope, Viewer
 
@@ -77,6 +85,29 @@ def relation(caller: Viewer, agent_id: str, owner_id: str) -> Relation:
     if owner_id == caller.owner_id:
         return "same_owner"
     return "cross_owner"
+
+
+# A run token lives while its run does: queued runs have none yet, and an ended run's token is dead.
+RUN_TOKEN_LIVE_STATES = frozenset({"running", "stopping"})
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialNow:
+    """A credential as it stands inside a write transaction, for `credential_holds` (invariant 34)."""
+
+    expired: bool
+    run_state: str | None  # the run's state for a run token, None for an agent's own token
+    scopes: frozenset[Scope]  # what it holds now: the agent's scopes, narrowed for a run token
+
+
+def credential_holds(now: CredentialNow | None, scope: Scope) -> None:
+    """Inside a write, the credential and scope must still hold, not only when the call began: a revoked or
+    expired token, a stopped agent (None: no live token row) or an ended run answers UNAUTHENTICATED, a lost
+    scope FORBIDDEN_SCOPE."""
+    if now is None or now.expired or (now.run_state is not None and now.run_state not in RUN_TOKEN_LIVE_STATES):
+        raise unauthenticated("revoked_during_call")
+    if scope not in now.scopes:
+        raise forbidden_scope(scope.value)
 
 
 # Strictest first: task_by_task trusts nobody, trust_collaborator one owner, trust_room the owners present
