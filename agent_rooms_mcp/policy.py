@@ -315,16 +315,6 @@ class MentionEffect(StrEnum):
     PROPOSE = "propose"  # another owner's words cross: a request judged by `propose`, waiting or refused
 
 
-class Mentioned(StrEnum):
-    """A mention's outcome as the poster sees it (models.MentionOutcome.outcome)."""
-
-    NOTIFIED = "notified"
-    WOKEN = "woken"
-    QUEUED = "queued"
-    PENDING_CONSENT = "pending_consent"
-    REFUSED = "refused"
-
-
 def mention_effect(actor_agent_id: str, member_agent_id: str, *, others_cross: bool) -> MentionEffect:
     """DESIGN §3.1: mentioning oneself only notifies; an agent whose owner's words are the only ones in the
     post is woken as its owner's own; any other owner's words make it a request. Whether a tool can be spawned

@@ -12,6 +12,7 @@ import sqlite3
 from agent_rooms_mcp import content, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.errors import invalid, too_large
+from agent_rooms_mcp.ids import AgentId, OwnerId
 from agent_rooms_mcp.models import ConsentModeSet, DecisionResult, ProposalList
 from agent_rooms_mcp.principals import Caller, OwnerViewer, Scope
 from agent_rooms_mcp.services import consent_modes, decisions, proposals
@@ -86,7 +87,7 @@ class Consent:
     async def decide_as_agent(self, caller: Caller, ref: str, *, accept: bool, reason: str | None) -> DecisionResult:
         policy.may_decide(caller)
         self._check_reason(accept, reason)
-        decider = decisions.Decider(caller.owner_id, caller.actor, "agent", caller.agent_id)
+        decider = decisions.Decider(OwnerId(caller.owner_id), caller.actor, "agent", AgentId(caller.agent_id))
 
         def run(conn: sqlite3.Connection) -> DecisionResult:
             queries.recheck_caller(conn, caller, Scope.CONSENT)
@@ -102,7 +103,7 @@ class Consent:
 
         def run(conn: sqlite3.Connection) -> DecisionResult:
             owner = queries.owner(conn, owner_ref)
-            decider = decisions.Decider(owner["owner_id"], operator, "cli", None)
+            decider = decisions.Decider(OwnerId(owner["owner_id"]), operator, "cli", None)
             proposal = decisions.proposal_for(conn, ref, OwnerViewer(owner["owner_id"]), accept=accept)
             return decisions.decide(conn, self._caps, decider, proposal, accept, reason)
 

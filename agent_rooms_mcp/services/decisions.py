@@ -11,6 +11,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import not_found
+from agent_rooms_mcp.ids import AgentId, OwnerId
 from agent_rooms_mcp.models import DecisionResult
 from agent_rooms_mcp.policy import ConsentState, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Scope, Viewer, held_scopes
@@ -24,10 +25,10 @@ from agent_rooms_mcp.store import queries
 class Decider:
     """Who decides: an agent holding `consent` for its owner, or that owner at the CLI."""
 
-    owner_id: str
+    owner_id: OwnerId
     actor: Actor
     via: str  # agent | cli
-    agent_id: str | None  # the agent that decided, shown to the proposer beside the reason
+    agent_id: AgentId | None  # the agent that decided, shown to the proposer beside the reason
 
 
 def proposal_for(conn: sqlite3.Connection, ref: str, viewer: Viewer, *, accept: bool) -> ProposalRow:

@@ -16,7 +16,7 @@ from agent_rooms_mcp import policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import not_found
-from agent_rooms_mcp.ids import AgentId, OwnerId, ProposalId, RoomId, TaskId
+from agent_rooms_mcp.ids import AgentId, GrantId, MessageId, OwnerId, ProposalId, RoomId, TaskId
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, Proposal, ProposalList, ProposerRef
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState
 from agent_rooms_mcp.principals import AgentTool, Caller, Viewer, held_scopes
@@ -56,7 +56,7 @@ class ProposalRow:
     target_id: AgentId
     target_handle: str
     target_owner_id: OwnerId
-    grant_ids: tuple[str, ...]  # every grant it was made under
+    grant_ids: tuple[GrantId, ...]  # every grant it was made under
     causers: crossing.Causers  # every owner whose words it carries
     run_id: str | None  # the run that made it, if a run did
     task_id: TaskId | None
@@ -81,7 +81,7 @@ class ProposalRow:
             target_id=AgentId(r["target_id"]),
             target_handle=r["target_handle"],
             target_owner_id=OwnerId(r["target_owner_id"]),
-            grant_ids=tuple(json.loads(r["grant_ids"] or "[]")),
+            grant_ids=tuple(GrantId(g) for g in json.loads(r["grant_ids"] or "[]")),
             causers=crossing.loads(r["causers"]),
             run_id=r["run_id"],
             task_id=None if r["task_id"] is None else TaskId(r["task_id"]),
@@ -119,7 +119,7 @@ class Verdict:
 
     state: ConsentState
     causers: crossing.Causers
-    grant_ids: tuple[str, ...] = ()
+    grant_ids: tuple[GrantId, ...] = ()
 
 
 def judge(
@@ -134,7 +134,7 @@ def judge(
     """`policy.propose` on facts loaded now, inside the caller's transaction. Raises its refusal."""
     facts = cross_owner(conn, actor, room_id, target, causers)
     state = policy.propose(facts, wake=wake)
-    return Verdict(state, causers, tuple(c.grant_id for c in facts.crossers if c.grant_id is not None))
+    return Verdict(state, causers, tuple(GrantId(c.grant_id) for c in facts.crossers if c.grant_id is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +142,11 @@ class Offer:
     """What a new proposal asks: of whom, in which room, about what."""
 
     kind: ProposalKind
-    room_id: str
+    room_id: RoomId
     target: sqlite3.Row
     payload: dict[str, Any]
-    task_id: str | None = None
-    message_id: str | None = None
+    task_id: TaskId | None = None
+    message_id: MessageId | None = None
 
 
 def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdict: Verdict) -> ProposalId:

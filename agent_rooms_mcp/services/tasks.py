@@ -15,6 +15,7 @@ from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import invalid, not_found, too_large
+from agent_rooms_mcp.ids import RoomId, TaskId
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
@@ -249,10 +250,10 @@ class Tasks:
     ) -> TaskList:
         policy.require_scope(caller, Scope.READ)
         filters = ""
-        args: list[str | None] = []
+        args: list[str] = []
         if status is not None:
             filters += " AND t.status = ?"
-            args.append(_status(status))
+            args.append(_parse_status(status).value)
         if consent_state is not None:
             try:
                 args.append(ConsentState(consent_state).value)
@@ -297,8 +298,10 @@ class Tasks:
 
 
 def _status(status: str | None) -> TaskStatus | None:
-    if status is None:
-        return None
+    return None if status is None else _parse_status(status)
+
+
+def _parse_status(status: str) -> TaskStatus:
     try:
         return TaskStatus(status)
     except ValueError:
@@ -329,7 +332,7 @@ def _offer(
     proposal_id = None
     if verdict.state != ConsentState.AUTO:
         offer = proposals.Offer(
-            kind=ProposalKind.TASK, room_id=room_id, target=target, payload=payload, task_id=task_id
+            kind=ProposalKind.TASK, room_id=RoomId(room_id), target=target, payload=payload, task_id=TaskId(task_id)
         )
         proposal_id = proposals.record_proposal(conn, caller, offer, verdict)
         conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
