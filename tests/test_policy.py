@@ -360,7 +360,6 @@ UNCHANGED = [
 ]
 
 
-@pytest.mark.invariant(46)
 @pytest.mark.parametrize("previous, chosen, collaborator, expected", UNCHANGED)
 def test_mode_unchanged(
     previous: tuple[ConsentMode, str | None] | None, chosen: ConsentMode, collaborator: str | None, expected: bool
@@ -427,7 +426,6 @@ TASK_WAKES = [
 ]
 
 
-@pytest.mark.invariant(43)
 @pytest.mark.parametrize("state, assignee, expected", TASK_WAKES)
 def test_task_wakes(state: ConsentState, assignee: str, expected: bool) -> None:
     assert policy.task_wakes(state, assignee, "agt_alice") is expected
