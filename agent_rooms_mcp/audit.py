@@ -11,14 +11,11 @@ import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agent_rooms_mcp.auth.tokens import INVITE_PREFIX, CredentialKind
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.encoding import pae
-
-if TYPE_CHECKING:  # the store runs our writes; the audit log never needs more of it than its type
-    from agent_rooms_mcp.store.database import Store
 
 _DOMAIN = b"agent-rooms/audit/v1"
 GENESIS = bytes(32)
@@ -123,8 +120,15 @@ def _denial(
     return lambda conn: append(conn, actor, action, target=kept, outcome="denied", reason=reason, detail=detail)
 
 
+class Writer(Protocol):
+    """What the audit log needs of the store (`store.database.Store`): a write transaction of its own. Said as
+    a protocol, so the audit chain stays below the store it is kept in (tests/test_project.py's layering)."""
+
+    async def write(self, fn: Callable[[sqlite3.Connection], int], *, notify: bool = ...) -> int: ...
+
+
 async def record_denial(
-    store: Store,
+    store: Writer,
     actor: Actor,
     action: str,
     reason: str,
