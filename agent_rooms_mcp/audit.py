@@ -11,7 +11,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent_rooms_mcp.auth.tokens import INVITE_PREFIX, CredentialKind
 from agent_rooms_mcp.clock import now_utc
@@ -121,15 +121,36 @@ def safe_target(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:_HASHED_HEX_CHARS]
 
 
-def denial(
-    actor: Actor, action: str, reason: str, detail: Mapping[str, Any] | None = None, *, target: str | None = None
+def _denial(
+    actor: Actor, action: str, reason: str, detail: Mapping[str, Any] | None, target: str | None
 ) -> Callable[[sqlite3.Connection], int]:
-    """The transaction of its own that records a denial, after the denied work rolled back (DESIGN §6).
+    kept = None if target is None else safe_target(target)
+    return lambda conn: append(conn, actor, action, target=kept, outcome="denied", reason=reason, detail=detail)
+
+
+class Writer(Protocol):
+    """What the audit log needs of the store (`store.database.Store`): a write transaction of its own. Said as
+    a protocol, so the audit chain stays below the store it is kept in (tests/test_project.py's layering)."""
+
+    async def write(self, fn: Callable[[sqlite3.Connection], int], *, notify: bool = ...) -> int: ...
+
+
+async def record_denial(
+    store: Writer,
+    actor: Actor,
+    action: str,
+    reason: str,
+    *,
+    detail: Mapping[str, Any] | None = None,
+    target: str | None = None,
+) -> None:
+    """The one path by which a refused call leaves its audit row, whatever refused it (a tool, the gate, the
+    HTTP bearer layer, a CLI command, a service): a transaction of its own, after the denied work rolled
+    back, so the row survives the rollback and nothing the denied call did is kept (DESIGN §6).
 
     A denial's target is whatever the caller supplied, so it passes through `safe_target` here, once for
     every caller of this function."""
-    kept = None if target is None else safe_target(target)
-    return lambda conn: append(conn, actor, action, target=kept, outcome="denied", reason=reason, detail=detail)
+    await store.write(_denial(actor, action, reason, detail, target))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ result returned from here takes the SDK's one path to the wire.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +28,16 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import ValidationError
 
+from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, too_large, unauthenticated
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 
 log = structlog.get_logger("agent_rooms_mcp.gate")
+
+# How a server opens (stdio, in-memory) or lends (HTTP) the hub its tools use.
+HubLifespan = Callable[[MCPServer[Hub]], AbstractAsyncContextManager[Hub]]
 
 # Where an error result carries its code for programs: `{"code", "message", "retry_after_ms"?}`.
 ERROR_META_KEY = "agent-rooms/error"
@@ -90,23 +96,44 @@ def _sdk_refusal(e: ToolError) -> RoomsError | None:
 class GatedServer(MCPServer[Hub]):
     """`MCPServer` whose every tool call is authenticated first and answers errors in one shape."""
 
+    def __init__(self, name: str, *, lifespan: HubLifespan, **kwargs: Any) -> None:
+        # The hubs open under this server, newest last: a call that arrives without a request context has
+        # no other way to reach the store its refusal is audited in.
+        self._open_hubs: list[Hub] = []
+        super().__init__(name, lifespan=self._holding(lifespan), **kwargs)
+
+    def _holding(self, lifespan: HubLifespan) -> HubLifespan:
+        @asynccontextmanager
+        async def hold(server: MCPServer[Hub]) -> AsyncIterator[Hub]:
+            async with lifespan(server) as hub:
+                self._open_hubs.append(hub)
+                try:
+                    yield hub
+                finally:
+                    self._open_hubs.remove(hub)
+
+        return hold
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Hub, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         started = time.perf_counter()
+        hub = context.request_context.lifespan_context if context is not None else None
         try:
             if context is None:  # only a direct in-process call has none: nothing to authenticate it by
                 raise unauthenticated("no_request")
-            ctx = context.request_context
-            call = Call(ctx.lifespan_context, await _caller(ctx))
+            call = Call(context.request_context.lifespan_context, await _caller(context.request_context))
             # Per-agent abuse limits, before the tool runs: a refused call changes nothing (DESIGN §9.3).
             await call.hub.rates.charge(call.caller, name)
         except RoomsError as e:
             log.info("tool.call", tool=name, outcome="denied", code=e.code.value, ms=_ms(started))
+            if e.audit_reason in _GATE_REASONS:  # authentication's own refusals are audited where they happen
+                await self._audit_refusal(hub, name, e.audit_reason)
             return error_result(e)
         except Exception:
             # The SDK would send str() of anything raised here to the caller: never let it.
             log.exception("tool.gate_failed", tool=name)
+            await self._audit_refusal(hub, name, "gate_failed")
             return error_result(unauthenticated("gate_failed"))
         token = _call.set(call)
         try:
@@ -131,6 +158,24 @@ class GatedServer(MCPServer[Hub]):
             ms=_ms(started),
         )
         return result
+
+    async def _audit_refusal(self, hub: Hub | None, tool: str, reason: str) -> None:
+        """The gate's own refusals (no request, no HTTP caller, a crash while authenticating) are denials
+        like any other (issue 12): audited on the one denial path, by nobody known."""
+        hub = hub if hub is not None else (self._open_hubs[-1] if self._open_hubs else None)
+        if hub is None:  # no hub open under this server: there is no audit log to write to
+            log.warning("tool.refusal_unaudited", tool=tool, reason=reason)
+            return
+        try:
+            await audit.record_denial(hub.store, audit.ANONYMOUS, GATE_ACTION, reason, target=tool)
+        except Exception:
+            # The caller still gets its refusal; the failure to audit it is logged, never sent to it.
+            log.exception("tool.refusal_audit_failed", tool=tool, reason=reason)
+
+
+# The audit action of a refusal by the gate itself, and the reasons it writes (authentication writes its own).
+GATE_ACTION = "tool.gate"
+_GATE_REASONS = frozenset({"no_request", "no_http_caller"})
 
 
 async def _caller(ctx: ServerRequestContext[Hub, Any]) -> Caller:

@@ -163,7 +163,9 @@ class BearerGate:
 
     async def _refuse(self, reason: str, caller: Caller | None = None) -> None:
         actor = caller.actor if caller is not None else audit.ANONYMOUS
-        await self._hub.store.write(audit.denial(actor, "auth.authenticate", reason, {"transport": self._transport}))
+        await audit.record_denial(
+            self._hub.store, actor, "auth.authenticate", reason, detail={"transport": self._transport}
+        )
         log.info("auth.denied", reason=reason, transport=self._transport)
 
 

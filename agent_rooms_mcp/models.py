@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel
@@ -108,6 +109,16 @@ class RoomDetail(BaseModel):
     # The members are paged like any list: pass `next_after` as `after` while `has_more`.
     next_after: int
     has_more: bool
+
+
+class Mentioned(StrEnum):
+    """What mentioning one member did, as services name it; `MentionOutcome.outcome` is its closed list."""
+
+    NOTIFIED = "notified"
+    WOKEN = "woken"
+    QUEUED = "queued"
+    PENDING_CONSENT = "pending_consent"
+    REFUSED = "refused"
 
 
 class MentionOutcome(BaseModel):

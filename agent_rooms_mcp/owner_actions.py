@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent_rooms_mcp import audit, policy
@@ -38,13 +37,13 @@ from agent_rooms_mcp.models import (
     ProposalList,
     RoomList,
     RoomSummary,
-    StoppedRun,
     StopResult,
     TokenInfo,
     TokenList,
 )
 from agent_rooms_mcp.principals import AgentTool, Human, Scope, parse_scopes
-from agent_rooms_mcp.services.runs import FINAL
+from agent_rooms_mcp.services import stopping
+from agent_rooms_mcp.settings import INT_MAX
 from agent_rooms_mcp.store import queries
 
 A = TypeVar("A", bound=BaseModel)
@@ -102,7 +101,7 @@ async def perform(hub: Hub, who: Human, name: str, raw: object) -> BaseModel:
         result: BaseModel = await action.fn(hub, who, parse_args(action, raw))
         return result
     except RoomsError as e:
-        await hub.store.write(audit.denial(who.actor, "cli." + name, e.audit_reason, {}))
+        await audit.record_denial(hub.store, who.actor, "cli." + name, e.audit_reason)
         raise
 
 
@@ -213,23 +212,9 @@ class AgentStop(Args):
 @_action("agent.stop", AgentStop, StopResult)
 async def agent_stop(hub: Hub, who: Human, a: AgentStop) -> StopResult:
     await _own_agent(hub, who, a.handle)
-    asked = await hub.runs.stop_as_owner(who.actor, a.handle, a.run_id)
-    running = [s.run_id for s in asked.stopped if s.state == "stopping"]
-    caps = hub.settings.wake
-    # SIGINT, SIGTERM and SIGKILL take at most the two graces; past that plus a lease, the supervisor
-    # holding the run is gone, and the run shows `stopping` until another one marks it lost.
-    with anyio.move_on_after(caps.grace_int_s + caps.grace_term_s + caps.lease_s):
-        while a.wait and running:
-            states = await hub.runs.states(running)
-            if all(states[r] in FINAL for r in running):
-                break
-            await hub.store.wait_changed(0.1)  # the supervisor holding the run may be another process
-    stopped = []
-    for s in asked.stopped:
-        info = await hub.runs.get(s.run_id)
-        signal = info.stop_signal if info.stop_signal in ("SIGINT", "SIGTERM", "SIGKILL") else "none"
-        stopped.append(StoppedRun(run_id=info.run_id, stop_signal=signal, state=info.state))  # type: ignore[arg-type]
-    return StopResult(stopped=stopped)
+    return await stopping.stop_and_wait(
+        hub.runs, hub.store, hub.settings.wake, who.actor, a.handle, a.run_id, wait=a.wait
+    )
 
 
 # Tokens.
@@ -324,12 +309,13 @@ async def consent_mode(hub: Hub, who: Human, a: ConsentModeArgs) -> ConsentModeS
 class ConsentListArgs(Args):
     owner: str
     room: str | None = None
+    after: int = Field(default=0, ge=0, le=INT_MAX)
 
 
 @_action("consent.list", ConsentListArgs, ProposalList)
 async def consent_list(hub: Hub, who: Human, a: ConsentListArgs) -> ProposalList:
     await _self(hub, who, a.owner)
-    return await hub.consent.pending_for_owner(a.owner, a.room, hub.settings.limits.page_max)
+    return await hub.consent.pending_for_owner(a.owner, a.room, a.after, hub.settings.limits.page_max)
 
 
 class ConsentDecide(Args):

@@ -8,7 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent_rooms_mcp.errors import ErrorCode, RoomsError, conflict, forbidden, forbidden_scope, not_found
+from agent_rooms_mcp.errors import (
+    ErrorCode,
+    RoomsError,
+    conflict,
+    forbidden,
+    forbidden_scope,
+    invalid,
+    not_found,
+    unauthenticated,
+)
 from agent_rooms_mcp.models import Relation
 from agent_rooms_mcp.principals import Caller, Human, Scope, Viewer
 
@@ -84,6 +93,29 @@ def relation(caller: Viewer, agent_id: str, owner_id: str) -> Relation:
     if owner_id == caller.owner_id:
         return "same_owner"
     return "cross_owner"
+
+
+# A run token lives while its run does: queued runs have none yet, and an ended run's token is dead.
+RUN_TOKEN_LIVE_STATES = frozenset({"running", "stopping"})
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialNow:
+    """A credential as it stands inside a write transaction, for `credential_holds` (invariant 34)."""
+
+    expired: bool
+    run_state: str | None  # the run's state for a run token, None for an agent's own token
+    scopes: frozenset[Scope]  # what it holds now: the agent's scopes, narrowed for a run token
+
+
+def credential_holds(now: CredentialNow | None, scope: Scope) -> None:
+    """Inside a write, the credential and scope must still hold, not only when the call began: a revoked or
+    expired token, a stopped agent (None: no live token row) or an ended run answers UNAUTHENTICATED, a lost
+    scope FORBIDDEN_SCOPE."""
+    if now is None or now.expired or (now.run_state is not None and now.run_state not in RUN_TOKEN_LIVE_STATES):
+        raise unauthenticated("revoked_during_call")
+    if scope not in now.scopes:
+        raise forbidden_scope(scope.value)
 
 
 # Strictest first: task_by_task trusts nobody, trust_collaborator one owner, trust_room the owners present
@@ -173,17 +205,11 @@ def propose(f: CrossOwner, *, wake: bool) -> ConsentState:
     if any(c.grant_id is None for c in f.crossers):
         raise RoomsError(ErrorCode.NO_GRANT, "the target agent's owner has not granted every owner whose words cross")
     if not all(c.verified for c in f.crossers):
-        raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "every owner whose words cross must be identity-verified")
-    # 5. Only an agent its owner allowed to be woken can be woken.
-    if wake and Scope.INVOKE not in f.target_scopes:
-        raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
-    # 6. Another owner's request wakes an agent only in a constrained run; a tool that has none is refused
-    #    here, where the proposer sees it, rather than accepted and then silently never woken.
-    if Scope.INVOKE in f.target_scopes and not f.target_constrainable:
-        raise RoomsError(
-            ErrorCode.CONSTRAINED_RUNTIME_REQUIRED,
-            "the target agent's tool cannot run constrained, as a wake from another owner must",
-        )
+        raise _unverified()
+    # 5. Only an agent its owner allowed to be woken can be woken. 6. Another owner's request wakes an agent
+    #    only in a constrained run; a tool that has none is refused here, where the proposer sees it, rather
+    #    than accepted and then silently never woken.
+    _may_wake(f.target_scopes, wake=wake, constrainable=f.target_constrainable)
     # 7. The target owner's standing mode in this room, judged for each owner: the strictest wins.
     return ConsentState.ACCEPTED if still_accepted(f.crossers) else ConsentState.PENDING
 
@@ -198,7 +224,7 @@ class Decision:
     """Facts about a decision on one proposal, by an agent of `decider_owner_id` or that owner's CLI."""
 
     decider_owner_id: str
-    proposal_state: str  # pending | accepted | rejected | superseded | withdrawn
+    proposal_state: ProposalState
     proposer_owner_id: str
     target_owner_id: str
     target_scopes: frozenset[Scope]
@@ -217,8 +243,8 @@ def decide(f: Decision, *, accept: bool) -> ConsentState:
     if f.decider_owner_id != f.target_owner_id:
         raise forbidden("only the target agent's owner decides on this proposal")
     # 2. Decisions are final; a superseded proposal was replaced by a newer one about the same task.
-    if f.proposal_state != ConsentState.PENDING:
-        hint = "; decide its newest proposal instead" if f.proposal_state == "superseded" else ""
+    if f.proposal_state != ProposalState.PENDING:
+        hint = "; decide its newest proposal instead" if f.proposal_state == ProposalState.SUPERSEDED else ""
         raise conflict(f"this proposal is already {f.proposal_state}{hint}")
     if not accept:
         return ConsentState.REJECTED
@@ -230,14 +256,9 @@ def decide(f: Decision, *, accept: bool) -> ConsentState:
     if not f.grant_active:
         raise RoomsError(ErrorCode.NO_GRANT, "a grant this was proposed under has been revoked")
     if not f.owners_verified:
-        raise RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "every owner whose words cross must be identity-verified")
-    if f.wake and Scope.INVOKE not in f.target_scopes:
-        raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
-    if Scope.INVOKE in f.target_scopes and not f.target_constrainable:  # it gained invoke since (rule 6 above)
-        raise RoomsError(
-            ErrorCode.CONSTRAINED_RUNTIME_REQUIRED,
-            "the target agent's tool cannot run constrained, as a wake from another owner must",
-        )
+        raise _unverified()
+    # Rules 5 and 6 of `propose`, as they stand now: the target may have lost or gained `invoke` since.
+    _may_wake(f.target_scopes, wake=f.wake, constrainable=f.target_constrainable)
     return ConsentState.ACCEPTED
 
 
@@ -335,3 +356,174 @@ def may_revoke_device(who: Human, device_owner_id: str, device_id: str) -> None:
         return
     require_own(who, device_owner_id, "device")
     raise forbidden("a device may revoke only itself; revoke another one at the console or on the hub's machine")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Proposals and decisions: their kinds and states, who sees one, who decides, what a mention does.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ProposalKind(StrEnum):
+    TASK = "task"  # a task given to another owner's agent
+    WAKE = "wake"  # a mention that would wake another owner's agent
+
+
+class ProposalState(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # its task changed (new words, new assignee): a newer proposal stands instead
+    WITHDRAWN = "withdrawn"  # its task finished: nothing is asked any more
+
+
+class MentionEffect(StrEnum):
+    """What mentioning one member of a room sets off, before any other rule is applied."""
+
+    NOTIFY = "notify"  # the member reads it; nothing is woken
+    WAKE = "wake"  # only its own owner's words: woken or queued under the wake rules, no consent asked
+    PROPOSE = "propose"  # another owner's words cross: a request judged by `propose`, waiting or refused
+
+
+def mention_effect(actor_agent_id: str, member_agent_id: str, *, others_cross: bool) -> MentionEffect:
+    """DESIGN §3.1: mentioning oneself only notifies; an agent whose owner's words are the only ones in the
+    post is woken as its owner's own; any other owner's words make it a request. Whether a tool can be spawned
+    at all is asked only after that request is judged, so a refusal reveals nothing about the target."""
+    if actor_agent_id == member_agent_id:
+        return MentionEffect.NOTIFY
+    return MentionEffect.PROPOSE if others_cross else MentionEffect.WAKE
+
+
+def whose_words_cross(causers: frozenset[str], target_owner_id: str) -> tuple[str, ...]:
+    """DESIGN §4 "Causers": every owner whose words reach the target's agent other than its own owner, in a
+    fixed order. Empty means nothing crosses an owner boundary and there is nothing to consent to."""
+    return tuple(sorted(c for c in causers if c != target_owner_id))
+
+
+def may_decide(caller: Caller) -> None:
+    """Only an agent holding `consent` decides for its owner, and never from a woken run: a run acts on
+    someone's words, and letting it decide would let those words consent to themselves (DESIGN §2).
+    `held_scopes` already withholds the scope from run tokens; this holds even if that changed."""
+    require_scope(caller, Scope.CONSENT)
+    if caller.run_id is not None:
+        raise forbidden_scope(Scope.CONSENT.value)
+
+
+def sees_proposal(viewer_owner_id: str, target_owner_id: str, *, viewer_in_room: bool) -> bool:
+    """A proposal is visible to its target's owner and to those in its room; to anyone else it answers
+    NOT_FOUND like one that does not exist (invariant 82)."""
+    return target_owner_id == viewer_owner_id or viewer_in_room
+
+
+def decide_by_task_id(*, crosses: bool, proposals_for_task: int, accept: bool) -> None:
+    """Naming a task instead of a proposal: it must have crossed an owner boundary, and once the task changed
+    (new words, a new assignee) acceptance must name the proposal that was reviewed, or it could land on
+    words never seen. Rejecting by task id stays possible: it agrees to nothing."""
+    if not crosses:
+        raise conflict("this task crosses no owner boundary; it needs no consent")
+    if proposals_for_task > 1 and accept:
+        raise conflict("this task changed since it was first proposed; accept the proposal_id you reviewed")
+
+
+def _may_wake(target_scopes: frozenset[Scope], *, wake: bool, constrainable: bool) -> None:
+    """Rules 5 and 6 of `propose`, and again in `decide`: only an `invoke` agent is woken, and another owner's
+    request may reach an `invoke` agent only if its tool can run constrained."""
+    if wake and Scope.INVOKE not in target_scopes:
+        raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "the target agent lacks the 'invoke' scope")
+    if Scope.INVOKE in target_scopes and not constrainable:
+        raise RoomsError(
+            ErrorCode.CONSTRAINED_RUNTIME_REQUIRED,
+            "the target agent's tool cannot run constrained, as a wake from another owner must",
+        )
+
+
+def _unverified() -> RoomsError:
+    return RoomsError(ErrorCode.IDENTITY_UNVERIFIED, "every owner whose words cross must be identity-verified")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The operator's and owners' rules for consent modes, rooms, grants and tasks handed on.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_mode_choice(
+    chosen: ConsentMode,
+    owner_id: str,
+    *,
+    collaborator: str | None,
+    collaborator_id: str | None,
+    collaborator_in_room: bool,
+) -> None:
+    """A consent mode names a collaborator exactly when it is trust_collaborator, and that collaborator is
+    another owner in the room: naming must not tell who else has an account on the hub, so an unknown owner
+    and one elsewhere get the same answer."""
+    if chosen is not ConsentMode.TRUST_COLLABORATOR:
+        if collaborator:
+            raise invalid("collaborator", "only trust_collaborator names a collaborator")
+        return
+    if not collaborator:
+        raise invalid("collaborator", "trust_collaborator needs the owner you trust")
+    if collaborator_id is None or not collaborator_in_room:
+        raise invalid("collaborator", "name an owner who is in this room")
+    if collaborator_id == owner_id:
+        raise invalid("collaborator", "name another owner; your own agents never need consent")
+
+
+def mode_unchanged(
+    previous: tuple[ConsentMode, str | None] | None, chosen: ConsentMode, collaborator_id: str | None
+) -> bool:
+    """Setting the mode already in force (task_by_task when none was ever set) changes nothing: above all it
+    must not move trust_room's moment forward and so silently trust owners who arrived since."""
+    if previous is None:
+        return chosen is ConsentMode.TASK_BY_TASK
+    return previous == (chosen, collaborator_id)
+
+
+def require_owner_in_room(in_room: bool, field: str, owner: str, room: str, way_out: str = "") -> None:
+    """The operator acts for an owner in a room (a consent mode, an invite, an agent brought in directly) only
+    if that owner is in it; anyone else comes in through an invite."""
+    if not in_room:
+        raise invalid(field, f"{owner} is not in room {room}{way_out}")
+
+
+def require_own_agent(agent_owner_id: str, owner_id: str, agent: str) -> None:
+    """An owner brings only their own agents into a room; another owner's come with that owner's invite."""
+    if agent_owner_id != owner_id:
+        raise invalid("agent", f"{agent} does not belong to this owner")
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRequest:
+    """Facts about one owner granting another: handles for the messages, who is unverified, any active grant."""
+
+    giver_id: str
+    taker_id: str
+    giver: str
+    taker: str
+    unverified: tuple[str, ...]  # handles of the two owners not yet identity-verified
+    already_granted: bool
+
+
+def may_grant(f: GrantRequest) -> None:
+    """DESIGN §4: a grant is between two different owners, both identity-verified, and exists once."""
+    if f.giver_id == f.taker_id:
+        raise invalid("to", "an owner's own agents need no grant")
+    if f.unverified:
+        raise RoomsError(
+            ErrorCode.IDENTITY_UNVERIFIED,
+            f"verify {' and '.join(f.unverified)} first: agent-rooms owner verify HANDLE",
+        )
+    if f.already_granted:
+        raise conflict(f"{f.giver} already grants {f.taker}")
+
+
+def may_reassign(target_agent_id: str, assignee_id: str | None, consent_state: ConsentState, target: str) -> None:
+    """Asking the same agent again renews a request still open or turned down (say, after a new grant); work
+    its owner already agreed to needs no asking."""
+    if target_agent_id == assignee_id and consent_state in (ConsentState.AUTO, ConsentState.ACCEPTED):
+        raise conflict(f"the task is already assigned to {target}")
+
+
+def task_wakes(state: ConsentState, assignee_id: str, actor_agent_id: str) -> bool:
+    """Agreed work wakes its assignee (its owner's own, or accepted), unless the assignee is the one handing
+    it over: an agent never wakes itself."""
+    return state in (ConsentState.AUTO, ConsentState.ACCEPTED) and assignee_id != actor_agent_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from types import UnionType
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union, get_args, get_origin
 
@@ -16,7 +16,7 @@ from pydantic import Field
 
 from agent_rooms_mcp import __version__, audit
 from agent_rooms_mcp.errors import RoomsError
-from agent_rooms_mcp.gate import GatedServer, current_call, error_result
+from agent_rooms_mcp.gate import GatedServer, HubLifespan, current_call, error_result
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import (
     AgentRef,
@@ -360,11 +360,14 @@ def map_errors(tool: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T | Cal
         except RoomsError as e:
             call = current_call()
             target = kwargs.get("room") or kwargs.get("task") or kwargs.get("agent")
-            # audit.denial keeps the target only if it is a well-formed id, handle or name (safe_target).
-            denied = audit.denial(
-                call.caller.actor, f"tool.{tool.__name__}", e.audit_reason, target=str(target) if target else None
+            # record_denial keeps the target only if it is a well-formed id, handle or name (safe_target).
+            await audit.record_denial(
+                call.hub.store,
+                call.caller.actor,
+                f"tool.{tool.__name__}",
+                e.audit_reason,
+                target=str(target) if target else None,
             )
-            await call.hub.store.write(denied)
             return error_result(e)
 
     return wrapper
@@ -395,9 +398,6 @@ def build_tool(fn: Callable[..., Awaitable[Any]], hints: ToolAnnotations) -> Too
     tool = Tool.from_function(map_errors(fn), annotations=hints)
     tool.fn_metadata = TextArguments.model_validate(dict(tool.fn_metadata))
     return tool
-
-
-HubLifespan = Callable[[MCPServer[Hub]], AbstractAsyncContextManager[Hub]]
 
 
 def create_server(lifespan: HubLifespan) -> MCPServer[Hub]:

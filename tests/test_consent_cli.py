@@ -254,6 +254,35 @@ def test_consent_list_shows_what_waits_with_the_words_enveloped(world: World) ->
     assert ar(world, "consent", "list").exit_code == 2
 
 
+def test_consent_list_pages_through_and_says_when_more_wait(world: World) -> None:
+    """Issue 12: the list once printed its first page only. Each page now says when more wait and names the
+    --after that shows the next one; following it shows every request exactly once."""
+    trust(world)
+    made = [propose(world, f"job {n}")["proposal_id"] for n in range(5)]
+    small = {"AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_LIMIT_PAGE_MAX": "2"}
+
+    def page(*args: str) -> Result:
+        r = CliRunner().invoke(cli, ["consent", "list", "--owner", "bob", *args], env=small, catch_exceptions=False)
+        assert r.exit_code == 0, (r.stdout, r.stderr)
+        return r
+
+    seen: list[str] = []
+    after: list[str] = []
+    for _ in range(len(made)):
+        text = page(*after).stdout
+        seen += re.findall(r"^(prop_\S+)  task", text, re.MULTILINE)
+        more = re.search(r"\(more wait: agent-rooms consent list --owner bob --after (\d+)\)$", text.strip())
+        if more is None:
+            break
+        after = ["--after", more.group(1)]
+    assert seen == made
+    assert page(*after, "--json").stdout and json.loads(page(*after, "--json").stdout)["has_more"] is False
+    first = json.loads(page("--json").stdout)
+    assert (len(first["proposals"]), first["has_more"]) == (2, True)
+    assert page("--after", "999999").stdout.strip() == "(nothing more waits on your decision)"
+    assert ar(world, "consent", "list", "--owner", "bob", "--after", "-1").exit_code == 2
+
+
 @pytest.mark.invariant(43, 44)
 def test_consent_accept_and_reject_at_the_cli_are_final(world: World) -> None:
     trust(world)

@@ -9,7 +9,20 @@ import pytest
 
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
-from agent_rooms_mcp.policy import ConsentMode, ConsentState, CrossOwner, Decision, Standing, TaskAction, TaskStatus
+from agent_rooms_mcp.policy import (
+    ConsentMode,
+    ConsentState,
+    CredentialNow,
+    CrossOwner,
+    Decision,
+    GrantRequest,
+    MentionEffect,
+    ProposalState,
+    Standing,
+    TaskAction,
+    TaskStatus,
+)
+from agent_rooms_mcp.policy import ProposalState as PS
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
 
 ALICE = Caller(
@@ -123,7 +136,7 @@ def test_propose(facts: CrossOwner, wake: bool, expected: object) -> None:
 
 DECISION = Decision(
     decider_owner_id="own_bob",
-    proposal_state="pending",
+    proposal_state=ProposalState.PENDING,
     proposer_owner_id="own_alice",
     target_owner_id="own_bob",
     target_scopes=INVOKE,
@@ -137,15 +150,15 @@ DECIDE = [
     pytest.param(DECISION, False, ConsentState.REJECTED, id="reject"),
     pytest.param(replace(DECISION, decider_owner_id="own_alice"), True, ErrorCode.FORBIDDEN_SCOPE, id="proposer-owner"),
     pytest.param(
-        replace(DECISION, decider_owner_id="own_carol", proposal_state="accepted"),
+        replace(DECISION, decider_owner_id="own_carol", proposal_state=ProposalState.ACCEPTED),
         True,
         ErrorCode.FORBIDDEN_SCOPE,
         id="owner-before-state",
     ),
-    pytest.param(replace(DECISION, proposal_state="accepted"), True, ErrorCode.CONFLICT, id="final-accepted"),
-    pytest.param(replace(DECISION, proposal_state="rejected"), False, ErrorCode.CONFLICT, id="final-rejected"),
-    pytest.param(replace(DECISION, proposal_state="superseded"), True, ErrorCode.CONFLICT, id="superseded"),
-    pytest.param(replace(DECISION, proposal_state="withdrawn"), False, ErrorCode.CONFLICT, id="withdrawn"),
+    pytest.param(replace(DECISION, proposal_state=PS.ACCEPTED), True, ErrorCode.CONFLICT, id="final-accepted"),
+    pytest.param(replace(DECISION, proposal_state=PS.REJECTED), False, ErrorCode.CONFLICT, id="final-rejected"),
+    pytest.param(replace(DECISION, proposal_state=PS.SUPERSEDED), True, ErrorCode.CONFLICT, id="superseded"),
+    pytest.param(replace(DECISION, proposal_state=PS.WITHDRAWN), False, ErrorCode.CONFLICT, id="withdrawn"),
     pytest.param(replace(DECISION, grant_active=False), True, ErrorCode.NO_GRANT, id="grant-revoked"),
     pytest.param(replace(DECISION, grant_active=False), False, ConsentState.REJECTED, id="reject-without-grant"),
     pytest.param(replace(DECISION, owners_verified=False), True, ErrorCode.IDENTITY_UNVERIFIED, id="unverified"),
@@ -209,3 +222,210 @@ ACT = [
 @pytest.mark.parametrize("facts, status, edits, expected", ACT)
 def test_act_on_task(facts: TaskAction, status: TaskStatus | None, edits: bool, expected: ErrorCode | None) -> None:
     assert outcome(lambda: policy.act_on_task(facts, new_status=status, edits=edits)) == expected
+
+
+# --- who decides, who sees a proposal, what a mention does, whose words cross ------------------------------------
+
+RUN = replace(ALICE, scopes=frozenset({Scope.READ, Scope.CONSENT}), run_id="run_1", run_room_id="room_1")
+DECIDER = replace(ALICE, scopes=frozenset({Scope.READ, Scope.CONSENT}))
+
+MAY_DECIDE = [
+    pytest.param(DECIDER, None, id="agent-with-consent"),
+    pytest.param(ALICE, ErrorCode.FORBIDDEN_SCOPE, id="no-consent-scope"),
+    # A run never decides, even if its token somehow held `consent`: its words would consent to themselves.
+    pytest.param(RUN, ErrorCode.FORBIDDEN_SCOPE, id="run-never-decides"),
+]
+
+
+@pytest.mark.parametrize("caller, expected", MAY_DECIDE)
+def test_may_decide(caller: Caller, expected: ErrorCode | None) -> None:
+    assert outcome(lambda: policy.may_decide(caller)) == expected
+
+
+SEES = [
+    pytest.param("own_bob", "own_bob", False, True, id="target-owner-from-anywhere"),
+    pytest.param("own_alice", "own_bob", True, True, id="in-the-room"),
+    pytest.param("own_carol", "own_bob", False, False, id="stranger-sees-nothing"),
+]
+
+
+@pytest.mark.invariant(82)
+@pytest.mark.parametrize("viewer, target, in_room, expected", SEES)
+def test_sees_proposal(viewer: str, target: str, in_room: bool, expected: bool) -> None:
+    assert policy.sees_proposal(viewer, target, viewer_in_room=in_room) is expected
+
+
+BY_TASK = [
+    pytest.param(True, 1, True, None, id="accept-unchanged"),
+    pytest.param(True, 2, True, ErrorCode.CONFLICT, id="accept-changed-needs-proposal-id"),
+    pytest.param(True, 2, False, None, id="reject-changed"),
+    pytest.param(False, 0, True, ErrorCode.CONFLICT, id="no-boundary-no-consent"),
+    pytest.param(False, 0, False, ErrorCode.CONFLICT, id="no-boundary-no-rejection"),
+]
+
+
+@pytest.mark.invariant(45)
+@pytest.mark.parametrize("crosses, asks, accept, expected", BY_TASK)
+def test_decide_by_task_id(crosses: bool, asks: int, accept: bool, expected: ErrorCode | None) -> None:
+    call = lambda: policy.decide_by_task_id(crosses=crosses, proposals_for_task=asks, accept=accept)  # noqa: E731
+    assert outcome(call) == expected
+
+
+MENTION = [
+    pytest.param("agt_alice", "agt_alice", True, MentionEffect.NOTIFY, id="self-even-with-causers"),
+    pytest.param("agt_alice", "agt_alice2", False, MentionEffect.WAKE, id="own-owner"),
+    pytest.param("agt_alice", "agt_bob", True, MentionEffect.PROPOSE, id="other-owner"),
+    # A run woken by bob's words mentioning its own owner's agent asks on bob's behalf (invariant 102).
+    pytest.param("agt_alice", "agt_alice2", True, MentionEffect.PROPOSE, id="own-owner-with-foreign-causer"),
+]
+
+
+@pytest.mark.invariant(102)
+@pytest.mark.parametrize("actor, member, others_cross, expected", MENTION)
+def test_mention_effect(actor: str, member: str, others_cross: bool, expected: MentionEffect) -> None:
+    assert policy.mention_effect(actor, member, others_cross=others_cross) is expected
+
+
+CROSS = [
+    pytest.param({"own_alice"}, "own_alice", (), id="own-words-only"),
+    pytest.param({"own_alice"}, "own_bob", ("own_alice",), id="another-owner"),
+    pytest.param(
+        {"own_carol", "own_alice", "own_bob"}, "own_bob", ("own_alice", "own_carol"), id="sorted-minus-target"
+    ),
+    pytest.param(set(), "own_bob", (), id="nobody"),
+]
+
+
+@pytest.mark.invariant(78)
+@pytest.mark.parametrize("causers, target, expected", CROSS)
+def test_whose_words_cross(causers: set[str], target: str, expected: tuple[str, ...]) -> None:
+    assert policy.whose_words_cross(frozenset(causers), target) == expected
+
+
+# --- a credential inside the write --------------------------------------------------------------------------------
+
+HOLDS = CredentialNow(expired=False, run_state=None, scopes=frozenset({Scope.POST}))
+CREDENTIAL = [
+    pytest.param(HOLDS, None, id="holds"),
+    pytest.param(None, ErrorCode.UNAUTHENTICATED, id="revoked-or-agent-stopped"),
+    pytest.param(replace(HOLDS, expired=True), ErrorCode.UNAUTHENTICATED, id="expired"),
+    pytest.param(replace(HOLDS, run_state="running"), None, id="run-running"),
+    pytest.param(replace(HOLDS, run_state="stopping"), None, id="run-stopping"),
+    pytest.param(replace(HOLDS, run_state="completed"), ErrorCode.UNAUTHENTICATED, id="run-ended"),
+    pytest.param(replace(HOLDS, run_state="queued"), ErrorCode.UNAUTHENTICATED, id="run-not-started"),
+    pytest.param(replace(HOLDS, scopes=frozenset()), ErrorCode.FORBIDDEN_SCOPE, id="scope-lost"),
+    pytest.param(replace(HOLDS, expired=True, scopes=frozenset()), ErrorCode.UNAUTHENTICATED, id="credential-first"),
+]
+
+
+@pytest.mark.invariant(34)
+@pytest.mark.parametrize("now, expected", CREDENTIAL)
+def test_credential_holds(now: CredentialNow | None, expected: ErrorCode | None) -> None:
+    assert outcome(lambda: policy.credential_holds(now, Scope.POST)) == expected
+
+
+# --- the operator's and owners' rules: consent modes, rooms, grants, tasks handed on -------------------------------
+
+TC = ConsentMode.TRUST_COLLABORATOR
+MODE_CHOICE = [
+    pytest.param(ConsentMode.APPROVE_ALL, None, None, False, None, id="no-collaborator-needed"),
+    pytest.param(ConsentMode.TASK_BY_TASK, "alice", "own_alice", True, ErrorCode.INVALID_ARGUMENT, id="only-tc-names"),
+    pytest.param(TC, None, None, False, ErrorCode.INVALID_ARGUMENT, id="tc-needs-one"),
+    pytest.param(TC, "zed", None, False, ErrorCode.INVALID_ARGUMENT, id="unknown-owner"),
+    pytest.param(TC, "carol", "own_carol", False, ErrorCode.INVALID_ARGUMENT, id="owner-elsewhere-same-answer"),
+    pytest.param(TC, "bob", "own_bob", True, ErrorCode.INVALID_ARGUMENT, id="not-yourself"),
+    pytest.param(TC, "alice", "own_alice", True, None, id="collaborator-in-room"),
+]
+
+
+@pytest.mark.parametrize("chosen, named, found, in_room, expected", MODE_CHOICE)
+def test_check_mode_choice(
+    chosen: ConsentMode, named: str | None, found: str | None, in_room: bool, expected: ErrorCode | None
+) -> None:
+    def call() -> None:
+        policy.check_mode_choice(
+            chosen, "own_bob", collaborator=named, collaborator_id=found, collaborator_in_room=in_room
+        )
+
+    assert outcome(call) == expected
+
+
+UNCHANGED = [
+    pytest.param(None, ConsentMode.TASK_BY_TASK, None, True, id="default-is-task_by_task"),
+    pytest.param(None, ConsentMode.TRUST_ROOM, None, False, id="first-mode"),
+    # Setting trust_room again must not move its moment forward: it is unchanged, so nothing is written.
+    pytest.param((ConsentMode.TRUST_ROOM, None), ConsentMode.TRUST_ROOM, None, True, id="same-trust_room"),
+    pytest.param((TC, "own_alice"), TC, "own_carol", False, id="other-collaborator"),
+    pytest.param((TC, "own_alice"), TC, "own_alice", True, id="same-collaborator"),
+]
+
+
+@pytest.mark.parametrize("previous, chosen, collaborator, expected", UNCHANGED)
+def test_mode_unchanged(
+    previous: tuple[ConsentMode, str | None] | None, chosen: ConsentMode, collaborator: str | None, expected: bool
+) -> None:
+    assert policy.mode_unchanged(previous, chosen, collaborator) is expected
+
+
+GRANT = GrantRequest(
+    giver_id="own_bob", taker_id="own_alice", giver="bob", taker="alice", unverified=(), already_granted=False
+)
+GRANTS = [
+    pytest.param(GRANT, None, id="grant"),
+    pytest.param(replace(GRANT, taker_id="own_bob"), ErrorCode.INVALID_ARGUMENT, id="not-to-oneself"),
+    pytest.param(replace(GRANT, unverified=("alice",)), ErrorCode.IDENTITY_UNVERIFIED, id="unverified"),
+    pytest.param(replace(GRANT, already_granted=True), ErrorCode.CONFLICT, id="once"),
+    pytest.param(
+        replace(GRANT, unverified=("bob",), already_granted=True), ErrorCode.IDENTITY_UNVERIFIED, id="verify-first"
+    ),
+]
+
+
+@pytest.mark.invariant(24)
+@pytest.mark.parametrize("facts, expected", GRANTS)
+def test_may_grant(facts: GrantRequest, expected: ErrorCode | None) -> None:
+    assert outcome(lambda: policy.may_grant(facts)) == expected
+
+
+@pytest.mark.parametrize(
+    "in_room, expected", [pytest.param(True, None, id="in-room"), pytest.param(False, ErrorCode.INVALID_ARGUMENT)]
+)
+def test_require_owner_in_room(in_room: bool, expected: ErrorCode | None) -> None:
+    assert outcome(lambda: policy.require_owner_in_room(in_room, "owner", "bob", "shared")) == expected
+
+
+@pytest.mark.parametrize(
+    "agent_owner, expected",
+    [pytest.param("own_bob", None, id="own-agent"), pytest.param("own_alice", ErrorCode.INVALID_ARGUMENT, id="other")],
+)
+def test_require_own_agent(agent_owner: str, expected: ErrorCode | None) -> None:
+    assert outcome(lambda: policy.require_own_agent(agent_owner, "own_bob", "alice-claude")) == expected
+
+
+REASSIGN = [
+    pytest.param("agt_bob", "agt_bob", ConsentState.ACCEPTED, ErrorCode.CONFLICT, id="already-agreed"),
+    pytest.param("agt_bob", "agt_bob", ConsentState.AUTO, ErrorCode.CONFLICT, id="already-own-owners"),
+    pytest.param("agt_bob", "agt_bob", ConsentState.REJECTED, None, id="ask-again-after-rejection"),
+    pytest.param("agt_bob", "agt_bob", ConsentState.PENDING, None, id="renew-pending"),
+    pytest.param("agt_carol", "agt_bob", ConsentState.ACCEPTED, None, id="someone-else"),
+    pytest.param("agt_bob", None, ConsentState.AUTO, None, id="unassigned"),
+]
+
+
+@pytest.mark.parametrize("target, assignee, state, expected", REASSIGN)
+def test_may_reassign(target: str, assignee: str | None, state: ConsentState, expected: ErrorCode | None) -> None:
+    assert outcome(lambda: policy.may_reassign(target, assignee, state, "bob-claude")) == expected
+
+
+TASK_WAKES = [
+    pytest.param(ConsentState.AUTO, "agt_bob", True, id="own-owner-work"),
+    pytest.param(ConsentState.ACCEPTED, "agt_bob", True, id="accepted-at-once"),
+    pytest.param(ConsentState.PENDING, "agt_bob", False, id="waits-for-consent"),
+    pytest.param(ConsentState.REJECTED, "agt_bob", False, id="rejected"),
+    pytest.param(ConsentState.AUTO, "agt_alice", False, id="never-wakes-itself"),
+]
+
+
+@pytest.mark.parametrize("state, assignee, expected", TASK_WAKES)
+def test_task_wakes(state: ConsentState, assignee: str, expected: bool) -> None:
+    assert policy.task_wakes(state, assignee, "agt_alice") is expected

@@ -62,7 +62,7 @@ def run(call: Callable[[Hub], Awaitable[T]], *, as_json: bool = False) -> T:
             except RoomsError as e:
                 # A refused human action is audited like a refused tool call (DESIGN §6), in its own
                 # transaction after the refused one rolled back.
-                await hub.store.write(audit.denial(operator(), _action(), e.audit_reason, {}))
+                await audit.record_denial(hub.store, operator(), _action(), e.audit_reason)
                 raise
 
     return guarded(lambda: anyio.run(main), as_json=as_json)

@@ -8,6 +8,7 @@ from agent_rooms_mcp.cli.common import emit, json_option, perform, table
 from agent_rooms_mcp.models import ConsentModeSet, DecisionResult, GrantInfo, GrantList, ProposalList
 from agent_rooms_mcp.owner_actions import ConsentDecide, ConsentListArgs, ConsentModeArgs, GrantChange, GrantListArgs
 from agent_rooms_mcp.policy import ConsentMode
+from agent_rooms_mcp.settings import INT_MAX
 
 
 @click.group()
@@ -86,14 +87,18 @@ def mode(room_ref: str, mode: str, owner_ref: str, collaborator: str | None, as_
 @consent.command("list")
 @click.option("--owner", "owner_ref", required=True, help="The owner whose decisions these are.")
 @click.option("--room", "room_ref", help="Only this room.")
+@click.option("--after", type=click.IntRange(0, INT_MAX), default=0, show_default=True, help="Start after this cursor.")
 @json_option
-def list_(owner_ref: str, room_ref: str | None, as_json: bool) -> None:
-    """List requests waiting on OWNER's decision, with who asked and the exact payload."""
-    pending: ProposalList = perform("consent.list", ConsentListArgs(owner=owner_ref, room=room_ref), as_json=as_json)
+def list_(owner_ref: str, room_ref: str | None, after: int, as_json: bool) -> None:
+    """List requests waiting on OWNER's decision, with who asked and the exact payload, oldest first, one
+    page at a time: when more wait, the output says so and names the --after that shows the next page."""
+    pending: ProposalList = perform(
+        "consent.list", ConsentListArgs(owner=owner_ref, room=room_ref, after=after), as_json=as_json
+    )
 
     def text(p: ProposalList) -> str:
         if not p.proposals:
-            return "(nothing waits on your decision)"
+            return "(nothing waits on your decision)" if not after else "(nothing more waits on your decision)"
         blocks = []
         for item in p.proposals:
             words = "\n".join(f"    {k}: {item.payload[k]}" for k in ("title", "body", "text") if k in item.payload)
@@ -105,7 +110,9 @@ def list_(owner_ref: str, room_ref: str | None, as_json: bool) -> None:
                 f"    words of: {', '.join(item.causers)}\n{words}"
             )
         if p.has_more:
-            blocks.append("(more wait: decide these first, or add --json)")
+            # Nothing is cut silently: the next page is one command away.
+            room = f" --room {room_ref}" if room_ref else ""
+            blocks.append(f"(more wait: agent-rooms consent list --owner {owner_ref}{room} --after {p.next_after})")
         return "\n".join(blocks)
 
     emit(pending, as_json=as_json, text=text)

@@ -55,8 +55,8 @@ def of_writer(conn: sqlite3.Connection, caller: Caller) -> Causers:
 
 
 def others(causers: Causers, owner_id: str) -> tuple[str, ...]:
-    """The causers other than `owner_id`, in a fixed order."""
-    return tuple(sorted(c for c in causers if c != owner_id))
+    """The causers other than `owner_id`, in a fixed order: `policy.whose_words_cross`."""
+    return policy.whose_words_cross(causers, owner_id)
 
 
 def standing(conn: sqlite3.Connection, room_id: str, target_owner_id: str, proposer_owner_id: str) -> policy.Standing:

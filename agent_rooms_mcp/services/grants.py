@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 
-from agent_rooms_mcp import audit
+from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
-from agent_rooms_mcp.errors import ErrorCode, RoomsError, conflict, invalid, not_found
+from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.models import GrantInfo, GrantList
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -41,16 +41,16 @@ class Grants:
     async def add(self, operator: Actor, from_ref: str, to_ref: str) -> GrantInfo:
         def run(conn: sqlite3.Connection) -> GrantInfo:
             giver, taker = queries.owner(conn, from_ref), queries.owner(conn, to_ref)
-            if giver["owner_id"] == taker["owner_id"]:
-                raise invalid("to", "an owner's own agents need no grant")
-            if not queries.owners_verified(conn, giver["owner_id"], taker["owner_id"]):
-                unverified = [o["handle"] for o in (giver, taker) if o["verified_at"] is None]
-                raise RoomsError(
-                    ErrorCode.IDENTITY_UNVERIFIED,
-                    f"verify {' and '.join(unverified)} first: agent-rooms owner verify HANDLE",
+            policy.may_grant(
+                policy.GrantRequest(
+                    giver_id=giver["owner_id"],
+                    taker_id=taker["owner_id"],
+                    giver=giver["handle"],
+                    taker=taker["handle"],
+                    unverified=tuple(o["handle"] for o in (giver, taker) if o["verified_at"] is None),
+                    already_granted=queries.active_grant(conn, giver["owner_id"], taker["owner_id"]) is not None,
                 )
-            if queries.active_grant(conn, giver["owner_id"], taker["owner_id"]):
-                raise conflict(f"{giver['handle']} already grants {taker['handle']}")
+            )
             grant_id = new_id("grant")
             conn.execute(
                 "INSERT INTO grants (grant_id, from_owner, to_owner, created_at) VALUES (?, ?, ?, ?)",

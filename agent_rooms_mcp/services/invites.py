@@ -50,11 +50,8 @@ class Invites:
     async def create_as_owner(self, operator: Actor, room_ref: str, owner_ref: str, ttl_s: int) -> Invite:
         def room_of_owner(conn: sqlite3.Connection) -> tuple[sqlite3.Row, str]:
             room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
-            if not conn.execute(
-                "SELECT 1 FROM room_owners WHERE room_id = ? AND owner_id = ?",
-                (room["room_id"], owner["owner_id"]),
-            ).fetchone():
-                raise invalid("by", f"{owner['handle']} is not in room {room['name']}")
+            in_room = queries.owner_joined(conn, room["room_id"], owner["owner_id"]) is not None
+            policy.require_owner_in_room(in_room, "by", owner["handle"], room["name"])
             return room, owner["owner_id"]
 
         code = new_invite_code()
@@ -174,7 +171,7 @@ class Invites:
             return await self._store.write(run)
         except RoomsError as e:
             if e.code is ErrorCode.INVITE_INVALID:
-                await self._store.write(audit.denial(operator, "invite.accept", e.audit_reason))
+                await audit.record_denial(self._store, operator, "invite.accept", e.audit_reason)
             raise
 
 

@@ -14,10 +14,11 @@ from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, too_large
-from agent_rooms_mcp.models import Author, MentionOutcome, Message, MessagePage, PostedMessage
-from agent_rooms_mcp.policy import ConsentState
+from agent_rooms_mcp.ids import MessageId, RoomId
+from agent_rooms_mcp.models import Author, Mentioned, MentionOutcome, Message, MessagePage, PostedMessage
+from agent_rooms_mcp.policy import ConsentState, MentionEffect, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
-from agent_rooms_mcp.services import consent, crossing, runs
+from agent_rooms_mcp.services import crossing, proposals, runs
 from agent_rooms_mcp.services.render import cut_page, item_bytes, notice, render, text_hint
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
 from agent_rooms_mcp.store import queries
@@ -57,6 +58,13 @@ _MESSAGE_FIXED_BYTES = item_bytes(
 )
 
 
+def _said(handle: str, outcome: Mentioned, code: str | None = None, proposal_id: str | None = None) -> MentionOutcome:
+    """A mention's outcome as the poster reads it: the enum's value in the result's closed list."""
+    return MentionOutcome.model_validate(
+        {"handle": handle, "outcome": outcome.value, "code": code, "proposal_id": proposal_id}
+    )
+
+
 def _mention(
     conn: sqlite3.Connection,
     caps: WakeSettings,
@@ -76,26 +84,34 @@ def _mention(
     member reads it. "Another owner" includes every causer of the run that posts (invariant 102): a run
     woken by Alice's words mentioning an agent of its own owner makes a request on Alice's behalf too."""
     handle = member["handle"]
-    if member["agent_id"] == caller.agent_id:
-        return MentionOutcome(handle=handle, outcome="notified")
+    others_cross = bool(policy.whose_words_cross(causers, member["owner_id"]))
+    effect = policy.mention_effect(caller.agent_id, member["agent_id"], others_cross=others_cross)
+    if effect is MentionEffect.NOTIFY:
+        return _said(handle, Mentioned.NOTIFIED)
     cause = runs.Cause("mention", message_id, room_id, caller.agent_id, caller.run_id, causers=causers)
-    if not crossing.others(causers, member["owner_id"]):
+    if effect is MentionEffect.WAKE:
         woke = runs.enqueue(conn, caps, member, cause)
-        return MentionOutcome(handle=handle, outcome=woke.outcome, code=woke.code)
+        return _said(handle, Mentioned(woke.outcome), code=woke.code)
     try:
-        verdict = consent.judge(conn, caller, room_id, member, wake=True, causers=causers)
+        verdict = proposals.judge(conn, caller, room_id, member, wake=True, causers=causers)
     except RoomsError as e:
-        return MentionOutcome(handle=handle, outcome="refused", code=e.code.value)
+        return _said(handle, Mentioned.REFUSED, code=e.code.value)
     if not runs.wakes(member):  # a pull-only tool (chat, other): there is nothing to spawn
-        return MentionOutcome(handle=handle, outcome="notified")
+        return _said(handle, Mentioned.NOTIFIED)
     payload = {"room_id": room_id, "message_id": message_id, "seq": seq, "text": text, "target_id": member["agent_id"]}
-    offer = consent.Offer(kind="wake", room_id=room_id, target=member, payload=payload, message_id=message_id)
-    proposal_id = consent.record_proposal(conn, caller, offer, verdict)
+    offer = proposals.Offer(
+        kind=ProposalKind.WAKE,
+        room_id=RoomId(room_id),
+        target=member,
+        payload=payload,
+        message_id=MessageId(message_id),
+    )
+    proposal_id = proposals.record_proposal(conn, caller, offer, verdict)
     if verdict.state == ConsentState.PENDING:
-        return MentionOutcome(handle=handle, outcome="pending_consent", proposal_id=proposal_id)
+        return _said(handle, Mentioned.PENDING_CONSENT, proposal_id=proposal_id)
     # Accepted at once by the owner's standing mode: woken, constrained, as another owner caused it.
     woke = runs.enqueue(conn, caps, member, replace(cause, proposal_id=proposal_id))
-    return MentionOutcome(handle=handle, outcome=woke.outcome, code=woke.code, proposal_id=proposal_id)
+    return _said(handle, Mentioned(woke.outcome), code=woke.code, proposal_id=proposal_id)
 
 
 def _post_detail(
@@ -144,7 +160,7 @@ class Messages:
                 if member is None:
                     if handle in explicit:
                         # Non-members and unknown handles look alike (DESIGN §3).
-                        outcomes.append(MentionOutcome(handle=handle, outcome="refused", code="NOT_FOUND"))
+                        outcomes.append(_said(handle, Mentioned.REFUSED, code="NOT_FOUND"))
                     continue
                 outcome = _mention(conn, self._caps, caller, room["room_id"], member, message_id, seq, text, causers)
                 outcomes.append(outcome)

@@ -147,13 +147,9 @@ class Rooms:
             room = queries.room(conn, room_ref)
             agent = queries.agent(conn, agent_ref)
             # Only an owner already in the room brings agents in directly; others need an invite.
-            if not conn.execute(
-                "SELECT 1 FROM room_owners WHERE room_id = ? AND owner_id = ?",
-                (room["room_id"], agent["owner_id"]),
-            ).fetchone():
-                raise invalid(
-                    "agent", f"{agent['owner_handle']} is not in room {room['name']}; bring them in with an invite"
-                )
+            in_room = queries.owner_joined(conn, room["room_id"], agent["owner_id"]) is not None
+            way_out = "; bring them in with an invite"
+            policy.require_owner_in_room(in_room, "agent", agent["owner_handle"], room["name"], way_out)
             add_member_agent(conn, room["room_id"], agent["owner_id"], agent["agent_id"], now_utc())
             audit.append(
                 conn,
@@ -197,8 +193,7 @@ class Rooms:
 def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: str, agent_ref: str, now: str) -> str:
     """Add one of owner_id's own agents to the room (agents of another owner are refused)."""
     agent = queries.agent(conn, agent_ref)
-    if agent["owner_id"] != owner_id:
-        raise invalid("agent", f"{agent['handle']} does not belong to this owner")
+    policy.require_own_agent(agent["owner_id"], owner_id, agent["handle"])
     conn.execute(
         "INSERT OR IGNORE INTO room_agents (room_id, agent_id, joined_at) VALUES (?, ?, ?)",
         (room_id, agent["agent_id"], now),

@@ -14,11 +14,12 @@ from typing import Any
 from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
-from agent_rooms_mcp.errors import conflict, invalid, not_found, too_large
+from agent_rooms_mcp.errors import invalid, not_found, too_large
+from agent_rooms_mcp.ids import RoomId, TaskId
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
-from agent_rooms_mcp.policy import ConsentState, TaskStatus
+from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services import consent, crossing, runs
+from agent_rooms_mcp.services import crossing, proposals, runs
 from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, result_bytes, within_bytes
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
@@ -76,9 +77,9 @@ class Tasks:
             # The words are the caller's, and, written from a woken run, those of every owner that caused it.
             causers = crossing.of_writer(conn, caller)
             verdict = (
-                consent.judge(conn, caller, room["room_id"], target, wake=False, causers=causers)
+                proposals.judge(conn, caller, room["room_id"], target, wake=False, causers=causers)
                 if target is not None
-                else consent.Verdict(ConsentState.AUTO, causers)
+                else proposals.Verdict(ConsentState.AUTO, causers)
             )
             task_id, now = new_id("task"), now_utc()
             number = conn.execute(
@@ -128,19 +129,15 @@ class Tasks:
             task = _task_for_member(conn, task_ref, caller)
             policy.act_on_task(_action(caller, task))
             target = queries.member_agent(conn, task["room_id"], assignee)
-            # Asking the same agent again renews a request still open or turned down (say, after a new grant);
-            # work its owner already agreed to needs no asking.
-            if target["agent_id"] == task["assignee_id"] and task["consent_state"] in (
-                ConsentState.AUTO,
-                ConsentState.ACCEPTED,
-            ):
-                raise conflict(f"the task is already assigned to {target['handle']}")
+            policy.may_reassign(
+                target["agent_id"], task["assignee_id"], ConsentState(task["consent_state"]), target["handle"]
+            )
             # Handed on, the task carries its authors' words and the hander's (invariant 78).
             causers = crossing.loads(task["causers"]) | crossing.of_writer(conn, caller)
-            verdict = consent.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
+            verdict = proposals.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
             # A new assignee is a new request: the old one's pending proposal no longer stands, and the wake
             # the old assignee was given is withdrawn (the run handing the task on goes on).
-            consent.close_proposal(conn, task["proposal_id"], "superseded")
+            proposals.close_proposal(conn, task["proposal_id"], ProposalState.SUPERSEDED)
             runs.withdraw_task_wakes(conn, caller.actor, task, "reassigned", keep_run_id=caller.run_id)
             proposal_id = _offer(
                 conn, self._caps, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, verdict
@@ -193,14 +190,14 @@ class Tasks:
                 runs.withdraw_task_wakes(conn, caller.actor, task, "task_cancelled", keep_run_id=caller.run_id)
             if moved in (TaskStatus.DONE, TaskStatus.CANCELLED):
                 # A finished task asks nothing of anyone any more: no decision may land on it.
-                consent.close_proposal(conn, proposal_id, "withdrawn")
+                proposals.close_proposal(conn, proposal_id, ProposalState.WITHDRAWN)
             elif edited and task["assignee_id"] is not None:
                 # The owner agreed to the old words, not these: the edit is a new proposal (invariant 45), and
                 # the wake queued for the old words is withdrawn, before it starts or while it runs (77).
                 runs.withdraw_task_wakes(conn, caller.actor, task, "edited", keep_run_id=caller.run_id)
                 target = queries.member_agent(conn, task["room_id"], task["assignee_id"])
-                verdict = consent.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
-                consent.close_proposal(conn, proposal_id, "superseded")
+                verdict = proposals.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
+                proposals.close_proposal(conn, proposal_id, ProposalState.SUPERSEDED)
                 proposal_id = _offer(
                     conn, self._caps, caller, task["room_id"], task["task_id"], new_title, new_body, target, verdict
                 )
@@ -253,10 +250,10 @@ class Tasks:
     ) -> TaskList:
         policy.require_scope(caller, Scope.READ)
         filters = ""
-        args: list[str | None] = []
+        args: list[str] = []
         if status is not None:
             filters += " AND t.status = ?"
-            args.append(_status(status))
+            args.append(_parse_status(status).value)
         if consent_state is not None:
             try:
                 args.append(ConsentState(consent_state).value)
@@ -301,8 +298,10 @@ class Tasks:
 
 
 def _status(status: str | None) -> TaskStatus | None:
-    if status is None:
-        return None
+    return None if status is None else _parse_status(status)
+
+
+def _parse_status(status: str) -> TaskStatus:
     try:
         return TaskStatus(status)
     except ValueError:
@@ -322,7 +321,7 @@ def _offer(
     title: str,
     body: str,
     target: sqlite3.Row | None,
-    verdict: consent.Verdict,
+    verdict: proposals.Verdict,
 ) -> str | None:
     """Hand the task to `target`: the proposal when another owner's words cross to its agent (None when
     none does), and the wake, in this transaction, once the work is agreed (same owner, or accepted). The
@@ -332,10 +331,12 @@ def _offer(
     payload = crossing.task_payload(task_id, room_id, title, body, target["agent_id"])
     proposal_id = None
     if verdict.state != ConsentState.AUTO:
-        offer = consent.Offer(kind="task", room_id=room_id, target=target, payload=payload, task_id=task_id)
-        proposal_id = consent.record_proposal(conn, caller, offer, verdict)
+        offer = proposals.Offer(
+            kind=ProposalKind.TASK, room_id=RoomId(room_id), target=target, payload=payload, task_id=TaskId(task_id)
+        )
+        proposal_id = proposals.record_proposal(conn, caller, offer, verdict)
         conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
-    if verdict.state in (ConsentState.AUTO, ConsentState.ACCEPTED) and target["agent_id"] != caller.agent_id:
+    if policy.task_wakes(verdict.state, target["agent_id"], caller.agent_id):
         cause = runs.Cause(
             "task",
             task_id,

@@ -1,4 +1,5 @@
-"""Small named queries shared by services. Each takes the connection of the caller's transaction."""
+"""Queries that load the facts services and `policy` judge; no rule is decided here. Each takes the connection
+of the caller's transaction."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sqlite3
 from datetime import UTC, datetime
 
 from agent_rooms_mcp import policy
-from agent_rooms_mcp.errors import forbidden_scope, not_found, unauthenticated
+from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.principals import Caller, Scope, held_scopes
 
 # A room's latest message seq, read off the (room_id, seq) index instead of a counter every post rewrites.
@@ -65,22 +66,25 @@ def room_members(conn: sqlite3.Connection, room_id: str) -> list[sqlite3.Row]:
 
 
 def recheck_caller(conn: sqlite3.Connection, caller: Caller, scope: Scope) -> None:
-    """Inside a write: the credential and scope still hold now, not only when the call began (invariant 34)."""
-    # The token row, the agent's state and a run token's run, as `authenticate` judges them.
+    """Inside a write: the credential and scope still hold now, not only when the call began (invariant 34).
+    The facts are loaded here as `authenticate` loads them; `policy.credential_holds` judges them."""
     row = conn.execute(
         "SELECT a.scopes, t.run_id, t.expires_at, r.state AS run_state FROM tokens t"
         " JOIN agents a ON a.agent_id = t.agent_id LEFT JOIN runs r ON r.run_id = t.run_id"
         " WHERE t.token_id = ? AND t.revoked_at IS NULL AND a.status = 'active'",
         (caller.token_id,),
     ).fetchone()
-    if (
-        row is None
-        or datetime.fromisoformat(row["expires_at"]) <= datetime.now(UTC)
-        or (row["run_id"] is not None and row["run_state"] not in ("running", "stopping"))
-    ):
-        raise unauthenticated("revoked_during_call")
-    if scope not in held_scopes(row["scopes"], row["run_id"]):
-        raise forbidden_scope(scope.value)
+    now = (
+        None
+        if row is None
+        else policy.CredentialNow(
+            expired=datetime.fromisoformat(row["expires_at"]) <= datetime.now(UTC),
+            # A run token whose run row is gone has no live run: it must not pass as an agent's own token.
+            run_state=None if row["run_id"] is None else (row["run_state"] or "missing"),
+            scopes=held_scopes(row["scopes"], row["run_id"]),
+        )
+    )
+    policy.credential_holds(now, scope)
 
 
 def active_grant(conn: sqlite3.Connection, from_owner: str, to_owner: str) -> str | None:

@@ -1,0 +1,60 @@
+"""Stopping an agent's runs and returning once they have ended: `agent stop`'s one service call.
+
+A thin layer over the runs service's stop request and its state read, so the CLI holds no loop of its
+own and the rule for how long a stop may take lives beside the settings it comes from.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.models import StoppedRun, StopResult
+from agent_rooms_mcp.services.runs import FINAL, Runs
+from agent_rooms_mcp.settings import WakeSettings
+from agent_rooms_mcp.store.database import Store
+
+# The signals a stop may have reached; anything else recorded (nothing, a queued run's end) shows as none.
+_SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL")
+
+
+def stop_deadline_s(caps: WakeSettings) -> float:
+    """How long a stop may take: SIGINT, SIGTERM and SIGKILL take at most the two graces; past that plus a
+    lease the supervisor holding the run is gone, and the run shows `stopping` until another one marks it
+    lost. Waiting longer would wait on nothing."""
+    return caps.grace_int_s + caps.grace_term_s + caps.lease_s
+
+
+async def stop_and_wait(
+    runs: Runs,
+    store: Store,
+    caps: WakeSettings,
+    operator: Actor,
+    agent_ref: str,
+    run_id: str | None,
+    *,
+    wait: bool = True,
+) -> StopResult:
+    """The owner's stop of agent_ref's runs (or one run), then, with `wait`, each run as it ended (or as it
+    stands at the deadline). Queued runs end inside the stop request itself."""
+    asked = await runs.stop_as_owner(operator, agent_ref, run_id)
+    running = [s.run_id for s in asked.stopped if s.state == "stopping"]
+    with anyio.move_on_after(stop_deadline_s(caps)):
+        while wait and running:
+            states = await runs.states(running)
+            if all(states[r] in FINAL for r in running):
+                break
+            # The supervisor holding the run may be another process: look again after a short while even
+            # when nothing in this one committed.
+            await store.wait_changed(caps.poll_s)
+    ended = [await runs.get(s.run_id) for s in asked.stopped]
+    return StopResult(
+        stopped=[
+            StoppedRun(
+                run_id=info.run_id,
+                stop_signal=info.stop_signal if info.stop_signal in _SIGNALS else "none",  # type: ignore[arg-type]
+                state=info.state,
+            )
+            for info in ended
+        ]
+    )
