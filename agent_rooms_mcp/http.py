@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.auth.tokens import MCP_KINDS, CredentialKind
+from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.http_sessions import Sessions
@@ -27,7 +28,6 @@ from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
-from agent_rooms_mcp.wake.supervisor import supervising
 
 log = structlog.get_logger("agent_rooms_mcp.http")
 

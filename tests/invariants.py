@@ -100,6 +100,7 @@ def _rows() -> list[Invariant]:
         86: ("a failed COMMIT rolls back and leaves the store able to write", "hardening"),
         87: ("a run token reads and writes only the room of its run", "hardening"),
         88: ("tool errors carry no structuredContent; the code leads the text and sits in _meta", "hardening"),
+        99: ("the hub spawns only local owners' agents; other owners' wakes wait for a listener or expire", "network"),
         102: ("a run's causers are carried transitively and constrain what it wakes", "hardening"),
         103: ("the claim re-checks every condition of the wake; changes during a run withdraw it", "hardening"),
         105: (

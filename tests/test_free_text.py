@@ -22,7 +22,7 @@ from agent_rooms_mcp import content, models
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, FreeText, Token
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import TOOLS
-from agent_rooms_mcp.services.runs import CauseText, Claimed
+from agent_rooms_mcp.wake.book import CauseText, Claimed
 from agent_rooms_mcp.wake.supervisor import _prompt
 from tests.conftest import OPERATOR, World
 
@@ -297,7 +297,7 @@ def _claimed(room: str = "shared") -> Claimed:
         trigger="mention",
         cause_id="msg_x",
         caused_by="agent_b",
-        causers=frozenset({"owner_b"}),
+        causers=("owner_b",),
         constrained=True,
         depth=1,
         resume_session=None,

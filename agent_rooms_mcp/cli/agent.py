@@ -12,7 +12,7 @@ from agent_rooms_mcp.errors import invalid
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, RunInfo, StoppedRun, StopResult
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
-from agent_rooms_mcp.services.runs import FINAL
+from agent_rooms_mcp.run_states import FINAL_STATES
 
 INVOKE_WARNING = (
     "Giving an agent 'invoke' lets the hub wake it: its CLI then runs unsandboxed with your permissions, "
@@ -101,7 +101,7 @@ def stop(handle: str, run_id: str | None, wait: bool, as_json: bool) -> None:
         with anyio.move_on_after(caps.grace_int_s + caps.grace_term_s + caps.lease_s):
             while wait and running:
                 states = await hub.runs.states(running)
-                if all(states[r] in FINAL for r in running):
+                if all(states[r] in FINAL_STATES for r in running):
                     break
                 await hub.store.wait_changed(0.1)  # the supervisor holding the run may be another process
         return StopResult(stopped=[_ended(await hub.runs.get(s.run_id)) for s in asked.stopped])

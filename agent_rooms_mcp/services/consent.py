@@ -28,6 +28,7 @@ from agent_rooms_mcp.models import (
 )
 from agent_rooms_mcp.policy import ConsentMode, ConsentState
 from agent_rooms_mcp.principals import AgentTool, Caller, OwnerViewer, Scope, Viewer, held_scopes
+from agent_rooms_mcp.run_states import Trigger
 from agent_rooms_mcp.services import crossing, runs
 from agent_rooms_mcp.services.render import cut_page, notice, render
 from agent_rooms_mcp.settings import Limits, WakeSettings
@@ -63,7 +64,7 @@ def cross_owner(
         target_owner_id=target["owner_id"],
         target_scopes=held_scopes(target["scopes"], None),
         crossers=crossing.crossers(conn, room_id, target["owner_id"], causers),
-        target_constrainable=runs.constrainable(AgentTool(target["tool"])),
+        target_constrainable=policy.constrainable(AgentTool(target["tool"])),
     )
 
 
@@ -456,7 +457,7 @@ def _decide(
             grant_active=bool(grant_ids) and revoked == 0,
             owners_verified=queries.owners_verified(conn, target_owner, *causers),
             parties_present=_present(conn, proposal),
-            target_constrainable=runs.constrainable(AgentTool(target["tool"])),
+            target_constrainable=policy.constrainable(AgentTool(target["tool"])),
         ),
         accept=accept,
     )
@@ -476,7 +477,7 @@ def _decide(
         # Accepted work wakes its agent, if it may be woken: the wake row rides in this transaction, bound
         # to the payload just accepted and carrying every owner whose words it holds.
         cause = runs.Cause(
-            trigger="task" if proposal["kind"] == "task" else "wake_proposal",
+            trigger=Trigger.TASK if proposal["kind"] == "task" else Trigger.WAKE_PROPOSAL,
             cause_id=proposal["task_id"] or proposal["proposal_id"],
             room_id=proposal["room_id"],
             by_agent_id=proposal["proposer_id"],

@@ -17,6 +17,7 @@ from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, too_large
 from agent_rooms_mcp.models import Author, MentionOutcome, Message, MessagePage, PostedMessage
 from agent_rooms_mcp.policy import ConsentState
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
+from agent_rooms_mcp.run_states import Trigger
 from agent_rooms_mcp.services import consent, crossing, runs
 from agent_rooms_mcp.services.render import cut_page, item_bytes, notice, render, text_hint
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
@@ -78,7 +79,7 @@ def _mention(
     handle = member["handle"]
     if member["agent_id"] == caller.agent_id:
         return MentionOutcome(handle=handle, outcome="notified")
-    cause = runs.Cause("mention", message_id, room_id, caller.agent_id, caller.run_id, causers=causers)
+    cause = runs.Cause(Trigger.MENTION, message_id, room_id, caller.agent_id, caller.run_id, causers=causers)
     if not crossing.others(causers, member["owner_id"]):
         woke = runs.enqueue(conn, caps, member, cause)
         return MentionOutcome(handle=handle, outcome=woke.outcome, code=woke.code)

@@ -18,7 +18,8 @@ from agent_rooms_mcp.errors import conflict, invalid, not_found, too_large
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services import consent, crossing, runs
+from agent_rooms_mcp.run_states import Trigger
+from agent_rooms_mcp.services import consent, crossing, runs, withdrawal
 from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, result_bytes, within_bytes
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
@@ -141,7 +142,7 @@ class Tasks:
             # A new assignee is a new request: the old one's pending proposal no longer stands, and the wake
             # the old assignee was given is withdrawn (the run handing the task on goes on).
             consent.close_proposal(conn, task["proposal_id"], "superseded")
-            runs.withdraw_task_wakes(conn, caller.actor, task, "reassigned", keep_run_id=caller.run_id)
+            withdrawal.withdraw_task_wakes(conn, caller.actor, task, "reassigned", keep_run_id=caller.run_id)
             proposal_id = _offer(
                 conn, self._caps, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, verdict
             )
@@ -190,14 +191,14 @@ class Tasks:
             causers = crossing.loads(task["causers"]) | (crossing.of_writer(conn, caller) if edited else set())
             if moved == TaskStatus.CANCELLED:
                 # Cancelled work is withdrawn from whoever was woken for it, queued or running (invariant 77).
-                runs.withdraw_task_wakes(conn, caller.actor, task, "task_cancelled", keep_run_id=caller.run_id)
+                withdrawal.withdraw_task_wakes(conn, caller.actor, task, "task_cancelled", keep_run_id=caller.run_id)
             if moved in (TaskStatus.DONE, TaskStatus.CANCELLED):
                 # A finished task asks nothing of anyone any more: no decision may land on it.
                 consent.close_proposal(conn, proposal_id, "withdrawn")
             elif edited and task["assignee_id"] is not None:
                 # The owner agreed to the old words, not these: the edit is a new proposal (invariant 45), and
                 # the wake queued for the old words is withdrawn, before it starts or while it runs (77).
-                runs.withdraw_task_wakes(conn, caller.actor, task, "edited", keep_run_id=caller.run_id)
+                withdrawal.withdraw_task_wakes(conn, caller.actor, task, "edited", keep_run_id=caller.run_id)
                 target = queries.member_agent(conn, task["room_id"], task["assignee_id"])
                 verdict = consent.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
                 consent.close_proposal(conn, proposal_id, "superseded")
@@ -337,7 +338,7 @@ def _offer(
         conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
     if verdict.state in (ConsentState.AUTO, ConsentState.ACCEPTED) and target["agent_id"] != caller.agent_id:
         cause = runs.Cause(
-            "task",
+            Trigger.TASK,
             task_id,
             room_id,
             caller.agent_id,

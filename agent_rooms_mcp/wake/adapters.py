@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from agent_rooms_mcp.home import write_private_file
 from agent_rooms_mcp.principals import AgentTool
+from agent_rooms_mcp.run_states import Outcome, RunState
 
 # The MCP server a woken CLI talks to: our own `serve` over stdio, with the run token in a 0600 file.
 SERVE = [sys.executable, "-m", "agent_rooms_mcp", "serve"]
@@ -46,8 +47,8 @@ class Reading:
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    state: str  # completed | failed | stopped
-    outcome: str  # a short word for people: ok, error, auth, rate_limit, stopped, ...
+    state: RunState  # completed | failed | stopped
+    outcome: Outcome  # DESIGN §7's closed list: never a CLI's own words
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,22 +76,40 @@ class Adapter(Protocol):
     def read(self, event: dict[str, Any], reading: Reading) -> None: ...
 
 
+# A shell's "command not found" / "not executable", as the CLI's wrapper (setpriv, a script) reports it.
+_EXEC_FAILED = (126, 127)
+# Claude's terminal reasons for a limit its run was given (wake.md §1): usage ran out, not the provider.
+_USAGE_LIMITS = frozenset({"error_max_turns", "error_max_budget_usd"})
+# An interrupt that reached the CLI from elsewhere than our stop: it stopped, it did not fail.
+_INTERRUPTED = frozenset({"aborted_streaming", "aborted_tools"})
+
+
 def judge(reading: Reading, *, stop_requested: bool, returncode: int | None) -> Judgement:
-    """DESIGN §5: outcome from the final events; a stop we sent wins over whatever the CLI said after."""
+    """DESIGN §5: outcome from the final events; a stop we sent wins over whatever the CLI said after.
+
+    Outcomes are DESIGN §7's closed list. A CLI that ended without a result, or failed in a way none of its
+    events names, ends `lost`: the hub cannot tell what it did, which is what `lost` says."""
     if reading.mcp_failed:
-        return Judgement("failed", "mcp_failed")
+        return Judgement(RunState.FAILED, Outcome.MCP_FAILED)
     if stop_requested:
-        return Judgement("stopped", "stopped")
-    if reading.rate_limited:
-        return Judgement("failed", "rate_limit")  # the follow-up that retries it is a queued run of its own
+        return Judgement(RunState.STOPPED, Outcome.STOPPED)
+    if reading.rate_limited:  # the follow-up that retries it is a queued run of its own
+        return Judgement(RunState.FAILED, Outcome.RATE_LIMIT)
     if reading.auth_failed:
-        return Judgement("failed", "auth")
+        return Judgement(RunState.FAILED, Outcome.AUTH)
     terminal = reading.terminal
     if terminal is None:
-        return Judgement("failed", f"no_result:exit_{returncode}")
+        if returncode in _EXEC_FAILED:
+            return Judgement(RunState.FAILED, Outcome.CLI_NOT_FOUND)
+        return Judgement(RunState.FAILED, Outcome.LOST)
     if terminal.get("_ok"):
-        return Judgement("completed", "ok")
-    return Judgement("failed", str(terminal.get("_why") or "error"))
+        return Judgement(RunState.COMPLETED, Outcome.OK)
+    why = terminal.get("_why")
+    if why in _USAGE_LIMITS:
+        return Judgement(RunState.FAILED, Outcome.USAGE_LIMIT)
+    if why in _INTERRUPTED:
+        return Judgement(RunState.STOPPED, Outcome.STOPPED)
+    return Judgement(RunState.FAILED, Outcome.LOST)
 
 
 class Claude:
