@@ -405,7 +405,7 @@ class RunList(BaseModel):
 
 class StoppedRun(BaseModel):
     run_id: Id
-    stop_signal: Literal["SIGINT", "SIGTERM", "SIGKILL", "none"]
+    stop_signal: run_states.StopSignal
     state: Word
 
 

@@ -7,6 +7,7 @@ every string (free text or a token of a fixed shape), fails on any string that s
 
 from __future__ import annotations
 
+import enum
 import re
 import sqlite3
 import types
@@ -94,6 +95,9 @@ def _walk_value(
     elif origin is Literal:
         if value not in get_args(tp):
             out.append(f"{path}: {value!r} is none of {get_args(tp)}")
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):  # a closed vocabulary, like a Literal
+        if value not in {m.value for m in tp}:
+            out.append(f"{path}: {value!r} is none of {tp.__name__}'s words")
     elif isinstance(tp, type) and issubclass(tp, BaseModel):
         walk(tp, value, boundary, path, out, seen)
     elif tp is str:
@@ -171,7 +175,9 @@ async def _hostile_world(world: World) -> dict[str, str]:
         await _ok(bob_admin, "reject_task", {"task": asked["proposal_id"], "reason": hostile("reason")})
         wake_proposal = woke["mentions"][0]["proposal_id"]
         await _ok(bob_admin, "reject_task", {"task": wake_proposal, "reason": hostile("wake-reason")})
-    # A run of Alice's agent whose CLI reported hostile words (what a CLI quotes is its own to say).
+    # A run of Alice's agent whose CLI reported hostile words (what a CLI quotes is its own to say). Its
+    # outcome is a code of DESIGN §7's closed list (the store refuses any other, tests/test_run_outcomes.py);
+    # the session id is the CLI's own word.
     conn = sqlite3.connect(world.db)
     with conn:
         conn.execute(
@@ -181,7 +187,7 @@ async def _hostile_world(world: World) -> dict[str, str]:
             " 'completed', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:01.000000Z',"
             " '2026-01-01T00:00:02.000000Z', ?, ? FROM agents a, rooms r"
             " WHERE a.handle = 'alice-claude' AND r.name = 'shared'",
-            (f"{ALICE_CLI} {SMUGGLE}", f"{ALICE_CLI}{SMUGGLE}"),
+            ("ok", f"{ALICE_CLI}{SMUGGLE}"),
         )
         # And one still queued, for stop_agent to stop.
         conn.execute(

@@ -129,7 +129,7 @@ async def test_the_same_supervisor_runs_a_wake_through_a_book_that_speaks_only_j
     async with Hub.open(woken.settings) as hub, anyio.create_task_group() as tg:
         embedded = embedded_supervisor(hub)
         wire = JsonWireBook(embedded.book)
-        tg.start_soon(Supervisor(wire, embedded._local).run)
+        tg.start_soon(Supervisor(wire, embedded.local).run)
         await post(woken, "alice-claude", "@alice-bot please answer")
         [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
         tg.cancel_scope.cancel()

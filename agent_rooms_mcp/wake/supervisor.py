@@ -57,7 +57,7 @@ class Local:
 class Supervisor:
     def __init__(self, book: WakeBook, local: Local) -> None:
         self.book = book
-        self._local = local
+        self.local = local
         self._caps = local.wake
         self._stops: dict[str, anyio.Event] = {}
 
@@ -128,7 +128,7 @@ class Supervisor:
     async def _spawn(
         self, run: Claimed, stop: anyio.Event, reading: Reading, sent: list[str]
     ) -> tuple[RunState, Outcome]:
-        local, caps = self._local, self._caps
+        local, caps = self.local, self._caps
         tool = AgentTool(run.tool)
         adapter = ADAPTERS[tool]
         if run.constrained and not policy.constrainable(tool):
