@@ -23,6 +23,7 @@ from agent_rooms_mcp import content, models
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, FreeText, Token
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import TOOLS
+from agent_rooms_mcp.services.runbook import rendered
 from agent_rooms_mcp.wake.book import CauseText, Claimed
 from agent_rooms_mcp.wake.supervisor import _prompt
 from tests.conftest import OPERATOR, World
@@ -313,7 +314,7 @@ def _claimed(room: str = "shared") -> Claimed:
 
 @pytest.mark.invariant(79)
 def test_the_wake_prompt_envelopes_another_owners_words_and_hides_nothing() -> None:
-    prompt = _prompt(_claimed(), CauseText(hostile("prompt"), "bob-claude", "bob", cross_owner=True))
+    prompt = _prompt(_claimed(), rendered(CauseText(hostile("prompt"), "bob-claude", "bob", cross_owner=True)))
     assert content.sanitize(prompt).text == prompt
     opening = re.search(r"<<untrusted boundary=([0-9a-f]+) author=@bob-claude owner=bob>>\n", prompt)
     assert opening is not None
@@ -330,7 +331,8 @@ def test_the_wake_prompt_envelopes_another_owners_words_and_hides_nothing() -> N
 
 @pytest.mark.invariant(79)
 def test_the_wake_prompt_sanitises_its_own_owners_words_without_an_envelope() -> None:
-    prompt = _prompt(_claimed(), CauseText(f"{ALICE_CLI} {SMUGGLE}", "alice-codex", "alice", cross_owner=False))
+    words = CauseText(f"{ALICE_CLI} {SMUGGLE}", "alice-codex", "alice", cross_owner=False)
+    prompt = _prompt(_claimed(), rendered(words))
     assert content.sanitize(prompt).text == prompt
     assert "<<untrusted" not in prompt
     assert content.sanitize(f"{ALICE_CLI} {SMUGGLE}").text in prompt

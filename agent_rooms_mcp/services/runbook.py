@@ -26,6 +26,7 @@ from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.run_states import HELD_STATES, Outcome, RunState, Trigger, sql_words, withdrawn
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.accounts import Accounts
+from agent_rooms_mcp.services.render import said
 from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, startable_args
 from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, withdrawal
 from agent_rooms_mcp.settings import WakeSettings
@@ -402,7 +403,17 @@ def _words(conn: sqlite3.Connection, run: sqlite3.Row) -> CauseText | None:
         " JOIN owners o ON o.owner_id = a.owner_id WHERE a.agent_id = ?",
         (author_id,),
     ).fetchone()
-    return CauseText(text, author["handle"], author["owner_handle"], foreign or author["owner_id"] != run["owner_id"])
+    cross = foreign or author["owner_id"] != run["owner_id"]
+    return rendered(CauseText(text, author["handle"], author["owner_handle"], cross))
+
+
+def rendered(words: CauseText) -> CauseText:
+    """The words as the woken CLI reads them: sanitised, and enveloped when another owner wrote them, by
+    the same rendering as every tool result's free text. Done at the claim, on the hub, so a supervisor
+    anywhere is handed exactly what its CLI will read and never renders another owner's words itself."""
+    relation = "cross_owner" if words.cross_owner else "same_owner"
+    [shown], _ = said([(words.text, words.author, words.owner, relation)])
+    return replace(words, text=shown.text)
 
 
 def backoff_until(now: datetime, reset_at: datetime | None, attempts: int) -> datetime:

@@ -23,7 +23,7 @@ class BookUnavailable(Exception):
 class CauseText:
     """The words that woke a run, fixed when it was claimed, and who wrote them."""
 
-    text: str
+    text: str  # as the CLI reads them: sanitised, and enveloped when another owner wrote them
     author: str
     owner: str
     cross_owner: bool  # another owner wrote them, or another owner's words caused them

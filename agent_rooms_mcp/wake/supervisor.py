@@ -24,7 +24,6 @@ from agent_rooms_mcp import policy
 from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
-from agent_rooms_mcp.services.render import said
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
 from agent_rooms_mcp.wake.book import BookUnavailable, CauseText, Claimed, Ending, WakeBook
@@ -287,12 +286,11 @@ def _prompt(run: Claimed, cause: CauseText) -> str:
     original request is never sent again (wake.md §6.4)."""
     if run.retry and run.resume_session:
         return f"You were woken by agent-rooms.\nroom: {run.room_name}\ntrigger: retry {run.cause_id}\n\n{RETRY_PROMPT}"
-    # The words go through the same rendering as every tool result's free text.
-    [words], _ = said([(cause.text, cause.author, cause.owner, "cross_owner" if cause.cross_owner else "same_owner")])
-    text = words.text
+    # cause.text was rendered where the wake was claimed, like every tool result's free text: sanitised,
+    # and inside the untrusted envelope when another owner wrote it. Nothing here adds another's words.
     return (
         f"You were woken by agent-rooms.\nroom: {run.room_name}\ntrigger: {run.trigger} {run.cause_id}\n"
-        f"from: @{cause.author} (owner {cause.owner})\n\n{text}\n\n"
+        f"from: @{cause.author} (owner {cause.owner})\n\n{cause.text}\n\n"
         "Read the room with read_messages, do what is asked if it is yours to do, and reply with post_message"
         " in the room. For a task, move it along with update_task."
     )
