@@ -141,6 +141,12 @@ async def test_the_same_supervisor_runs_a_wake_through_a_book_that_speaks_only_j
     )
     assert replies, "the woken CLI did not reply in the room"
     assert {"claim", "started", "session", "finish"} <= set(wire.calls)
+    # What crossed back of the run's use: token counts and tool names with counts, no event body.
+    [end] = [json.loads(r["detail"]) for r in woken.audit_rows() if r["action"] == "run.end"]
+    usage = end["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (10, 5)
+    assert usage["tools"] and all(n > 0 for n in usage["tools"].values())
+    assert any("post_message" in name for name in usage["tools"]), usage
 
 
 async def test_a_lease_names_its_host(woken: World, fakes: Fakes) -> None:
@@ -181,3 +187,32 @@ async def test_recovery_kills_a_left_behind_process_only_on_its_own_host(woken: 
         for proc in (here, there):
             proc.kill()
             proc.wait()
+
+
+def test_usage_and_tool_counts_are_read_from_each_clis_events_and_stay_bounded() -> None:
+    from agent_rooms_mcp.principals import AgentTool
+    from agent_rooms_mcp.wake.adapters import ADAPTERS, MAX_TOOL_NAMES, TOOL_NAME_CHARS, Reading
+
+    codex = Reading()
+    for event in (
+        {"type": "item.completed", "item": {"type": "mcp_tool_call", "server": "agent-rooms", "tool": "post_message"}},
+        {"type": "item.completed", "item": {"type": "command_execution", "command": "ls"}},
+        {"type": "item.completed", "item": {"type": "agent_message", "text": "words are not counted"}},
+        {"type": "turn.completed", "usage": {"input_tokens": 7, "output_tokens": 3}},
+    ):
+        ADAPTERS[AgentTool.CODEX].read(event, codex)
+    assert (codex.tools, codex.input_tokens, codex.output_tokens) == (
+        {"agent-rooms.post_message": 1, "shell": 1},
+        7,
+        3,
+    )
+    flood = Reading()
+    for i in range(MAX_TOOL_NAMES + 10):
+        block = {"type": "tool_use", "name": f"{i}{'x' * 100}"}
+        ADAPTERS[AgentTool.CLAUDE].read({"type": "assistant", "message": {"content": [block]}}, flood)
+    assert len(flood.tools) == MAX_TOOL_NAMES + 1 and flood.tools["_other"] == 10
+    assert all(len(n) <= TOOL_NAME_CHARS for n in flood.tools)
+    assert sum(flood.tools.values()) == MAX_TOOL_NAMES + 10
+    bogus = Reading()
+    ADAPTERS[AgentTool.CLAUDE].read({"type": "result", "usage": {"input_tokens": -4, "output_tokens": True}}, bogus)
+    assert (bogus.input_tokens, bogus.output_tokens) == (0, 0)

@@ -330,6 +330,13 @@ class LocalWakeBook:
             revoke_run_tokens(conn, run_id, now)
             detail: dict[str, object] = {"run_id": run_id, "state": final, "outcome": ended_as}
             detail["stop_signal"] = ending.stop_signal
+            if ending.input_tokens or ending.output_tokens or ending.tool_counts:
+                detail["usage"] = {
+                    "input_tokens": ending.input_tokens,
+                    "output_tokens": ending.output_tokens,
+                    "cost_usd_micros": ending.cost_usd_micros,
+                    "tools": ending.tool_counts,
+                }
             if ended_as == Outcome.RATE_LIMIT:
                 detail["follow_up"] = self._back_off(conn, row, reset_at, now)
             elif final == RunState.COMPLETED:

@@ -29,6 +29,15 @@ CLAUDE_READ_ONLY_TOOLS = "Read,Grep,Glob"
 CLAUDE_WRITE_TOOLS = "Write,Edit,NotebookEdit,Bash,WebFetch,Task"
 
 
+TOOL_NAME_CHARS = 64
+MAX_TOOL_NAMES = 32
+
+
+def _count(value: object) -> int:
+    """A usage count from an event: a non-negative int, or 0 for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 @dataclass
 class Reading:
     """What the events of one run said, gathered as they arrive."""
@@ -43,6 +52,18 @@ class Reading:
     # A resume of a session the CLI no longer has ("No conversation found").
     session_lost: bool = False
     errors: list[str] = field(default_factory=list)
+    # What the run used, as its events report it: all a listener sends the hub of them (DESIGN §9.1).
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd_micros: int = 0
+    tools: dict[str, int] = field(default_factory=dict)  # tool name -> calls
+
+    def used_tool(self, name: object) -> None:
+        """Count a tool call by name; names are the CLI's words, so bounded in length and in number."""
+        key = str(name)[:TOOL_NAME_CHARS]
+        if key not in self.tools and len(self.tools) >= MAX_TOOL_NAMES:
+            key = "_other"
+        self.tools[key] = self.tools.get(key, 0) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +168,9 @@ class Claude:
                 reading.rate_limited = True
                 reading.reset_at = _from_unix(info.get("resetsAt"))
         elif kind == "assistant":
+            for block in (event.get("message") or {}).get("content") or []:
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    reading.used_tool(block.get("name"))
             error = event.get("error") or (event.get("message") or {}).get("error")
             if error == "authentication_failed" or error == "billing_error":
                 reading.auth_failed = True
@@ -158,6 +182,13 @@ class Claude:
             status = event.get("api_error_status")
             if status in (429, 529):
                 reading.rate_limited = True
+            usage = event.get("usage") or {}
+            if isinstance(usage, dict):  # the result carries the run's totals
+                reading.input_tokens = _count(usage.get("input_tokens"))
+                reading.output_tokens = _count(usage.get("output_tokens"))
+            cost = event.get("total_cost_usd")
+            if isinstance(cost, int | float) and 0 <= cost < 1e9:
+                reading.cost_usd_micros = round(cost * 1_000_000)
             ok = event.get("subtype") == "success" and not event.get("is_error")
             why = event.get("terminal_reason") or event.get("subtype") or "error"
             reading.terminal = {"_ok": ok, "_why": why}
@@ -188,6 +219,16 @@ class Codex:
             reading.session_id = str(event.get("thread_id") or "") or reading.session_id
         elif kind == "turn.completed":
             reading.terminal = {"_ok": True}
+            usage = event.get("usage") or {}
+            if isinstance(usage, dict):  # per turn: a resumed exec may run more than one
+                reading.input_tokens += _count(usage.get("input_tokens"))
+                reading.output_tokens += _count(usage.get("output_tokens"))
+        elif kind == "item.completed":
+            item = event.get("item") or {}
+            if isinstance(item, dict) and item.get("type") == "mcp_tool_call":
+                reading.used_tool(f"{item.get('server')}.{item.get('tool')}")
+            elif isinstance(item, dict) and item.get("type") == "command_execution":
+                reading.used_tool("shell")
         elif kind == "turn.failed":
             message = str((event.get("error") or {}).get("message") or "")
             reading.terminal = {"_ok": False, "_why": "turn_failed"}

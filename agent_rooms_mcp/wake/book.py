@@ -75,6 +75,12 @@ class Ending:
     outcome: str  # an Outcome value (DESIGN §7's closed list)
     stop_signal: str  # a StopSignal value
     reset_at: str | None = None  # ISO time the provider's rate limit resets, when its events said
+    # What the run used, as its CLI's events reported it (DESIGN §9.1: usage, cost, tool names with counts;
+    # never an event body).
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd_micros: int = 0
+    tool_counts: dict[str, int] = field(default_factory=dict)
 
 
 class WakeBook(Protocol):

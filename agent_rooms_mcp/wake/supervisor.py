@@ -120,7 +120,17 @@ class Supervisor:
         finally:
             with anyio.CancelScope(shield=True):
                 reset_at = reading.reset_at.isoformat() if reading.reset_at else None
-                await self.book.finish(run.run_id, Ending(state, outcome, signal, reset_at))
+                ending = Ending(
+                    state,
+                    outcome,
+                    signal,
+                    reset_at,
+                    input_tokens=reading.input_tokens,
+                    output_tokens=reading.output_tokens,
+                    cost_usd_micros=reading.cost_usd_micros,
+                    tool_counts=dict(reading.tools),
+                )
+                await self.book.finish(run.run_id, ending)
                 self._stops.pop(run.run_id, None)
                 log.info("run.end", run_id=run.run_id, agent=run.handle, state=state, outcome=outcome, signal=signal)
 
