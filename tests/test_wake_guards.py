@@ -164,7 +164,6 @@ async def test_a_server_killed_between_commit_and_spawn_leaves_the_wake_to_the_n
     assert run["state"] == "completed" and len(fakes.calls()) == 1
 
 
-@pytest.mark.invariant(102)
 async def test_the_spawn_rate_is_charged_to_the_owner_whose_words_cause_the_wake(tmp_path: Path, fakes: Fakes) -> None:
     """DESIGN §5 Caps: bob's words waking alice's agents spend bob's spawns a minute, not alice's, so bob
     cannot use up the spawns alice's own agents need (and alice's own wakes never spend bob's)."""
