@@ -63,7 +63,7 @@ STARTABLE = (
     "      AND b.not_before > :now)"
 )
 
-# Queued wakes charged to :owner.
+# Waiting wakes (queued here, or for a listener) charged to :owner: the queue cap counts them all.
 _QUEUED_CHARGED_TO = f"SELECT count(*) FROM runs r WHERE r.state IN ({_WAITING}) AND {_charged_to('r', ':owner')}"
 
 
