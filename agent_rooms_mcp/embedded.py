@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from agent_rooms_mcp.book import this_host
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.services.runbook import LocalWakeBook
-from agent_rooms_mcp.wake.book import this_host
 from agent_rooms_mcp.wake.supervisor import Local, Supervisor
 
 

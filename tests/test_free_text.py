@@ -20,11 +20,11 @@ from mcp import Client
 from pydantic import BaseModel
 
 from agent_rooms_mcp import content, models
+from agent_rooms_mcp.book import CauseText, Claimed
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, FreeText, Token
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import TOOLS
 from agent_rooms_mcp.services.runbook import rendered
-from agent_rooms_mcp.wake.book import CauseText, Claimed
 from agent_rooms_mcp.wake.supervisor import _prompt
 from tests.conftest import OPERATOR, World
 

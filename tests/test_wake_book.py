@@ -18,10 +18,10 @@ import anyio
 import pytest
 
 import agent_rooms_mcp.wake.supervisor as supervisor_module
+from agent_rooms_mcp import book as book_module
+from agent_rooms_mcp.book import CauseText, Claimed, Ending, LeftBehind, WakeBook
 from agent_rooms_mcp.embedded import embedded_supervisor
 from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.wake import book as book_module
-from agent_rooms_mcp.wake.book import CauseText, Claimed, Ending, LeftBehind, WakeBook
 from agent_rooms_mcp.wake.process import start_time
 from agent_rooms_mcp.wake.supervisor import Supervisor
 from tests.conftest import World
@@ -41,7 +41,7 @@ def test_the_supervisor_imports_nothing_but_the_book_of_the_hub() -> None:
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     reached = sorted(m for m in imported if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
     assert reached == [], reached
-    assert "agent_rooms_mcp.wake.book" in imported
+    assert "agent_rooms_mcp.book" in imported
 
 
 def _wire_leaf(kind: Any) -> bool:

@@ -21,8 +21,10 @@ import structlog
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
+from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, LeftBehind
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.home import HomeError
+from agent_rooms_mcp.models import Relation
 from agent_rooms_mcp.run_states import HELD_STATES, Outcome, RunState, Trigger, sql_words, withdrawn
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.accounts import Accounts
@@ -32,7 +34,6 @@ from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, wit
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
 from agent_rooms_mcp.vault import VaultError
-from agent_rooms_mcp.wake.book import BookUnavailable, CauseText, Claimed, Ending, LeftBehind
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
@@ -418,7 +419,7 @@ def rendered(words: CauseText) -> CauseText:
     """The words as the woken CLI reads them: sanitised, and enveloped when another owner wrote them, by
     the same rendering as every tool result's free text. Done at the claim, on the hub, so a supervisor
     anywhere is handed exactly what its CLI will read and never renders another owner's words itself."""
-    relation = "cross_owner" if words.cross_owner else "same_owner"
+    relation: Relation = "cross_owner" if words.cross_owner else "same_owner"
     [shown], _ = said([(words.text, words.author, words.owner, relation)])
     return replace(words, text=shown.text)
 

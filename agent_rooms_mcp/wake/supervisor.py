@@ -1,6 +1,6 @@
 """The supervisor (DESIGN §5): claims wakes and runs each agent's CLI headless, stoppable.
 
-Everything it asks of the hub goes through a `WakeBook` (wake/book.py): it never touches accounts, the
+Everything it asks of the hub goes through a `WakeBook` (book.py): it never touches accounts, the
 vault or SQL, and never calls back into a transport, so the same code runs embedded in a serving hub and,
 later, in an owner's listener. Leases keep two supervisors from spawning the same wake, and a crashed
 holder's runs are found again by whichever supervisor looks next.
@@ -21,12 +21,12 @@ import anyio
 import structlog
 
 from agent_rooms_mcp import policy
+from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, WakeBook
 from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
-from agent_rooms_mcp.wake.book import BookUnavailable, CauseText, Claimed, Ending, WakeBook
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
 
