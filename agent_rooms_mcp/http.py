@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.auth.tokens import MCP_KINDS, CredentialKind
+from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.http_sessions import Sessions
@@ -27,7 +28,6 @@ from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
-from agent_rooms_mcp.wake.supervisor import supervising
 from agent_rooms_mcp.web.owner_api import OwnerApi, beside
 
 log = structlog.get_logger("agent_rooms_mcp.http")
@@ -51,7 +51,7 @@ class BearerGate:
         self._hub = hub
         self._exposure = exposure
         self._hosts = exposure.hosts
-        # A run's bridge socket (wake/bridge_socket.py): that run's token only, and named so in the audit.
+        # A run's bridge socket (run_socket.py): that run's token only, and named so in the audit.
         self._only_run = only_run
         self._transport = transport
         self._body_cap = hub.settings.limits.http_body_bytes

@@ -28,7 +28,7 @@ from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.messages import Messages
 from agent_rooms_mcp.services.rooms import Rooms
-from agent_rooms_mcp.services.runs import Runs
+from agent_rooms_mcp.services.run_control import Runs
 from agent_rooms_mcp.services.tasks import Tasks
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.store.database import Store

@@ -8,21 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel
 
+from agent_rooms_mcp import run_states
+
 Relation = Literal["self", "same_owner", "cross_owner"]
-# DESIGN §7's closed list of run states: the `list_runs` filter and the runs table's CHECK say the same.
-RunState = Literal[
-    "queued",
-    "waiting_for_listener",
-    "running",
-    "stopping",
-    "completed",
-    "failed",
-    "stopped",
-    "stop_pending",
-    "lost",
-    "withdrawn",
-    "expired",
-]
+# DESIGN §7's closed list of run states, stated once in run_states: the `list_runs` filter takes it.
+RunState = run_states.RunState
 
 
 # Every string of a tool result is one of two kinds, said here once (tests/test_free_text.py walks every
@@ -328,6 +318,7 @@ class OwnerInfo(BaseModel):
     verified: bool
     verified_at: str | None
     verified_method: str | None
+    local: bool  # the hub's own supervisor spawns this owner's agents (DESIGN §5); others wait for a listener
 
 
 class OwnerList(BaseModel):
@@ -425,7 +416,7 @@ class RunList(BaseModel):
 
 class StoppedRun(BaseModel):
     run_id: Id
-    stop_signal: Literal["SIGINT", "SIGTERM", "SIGKILL", "none"]
+    stop_signal: run_states.StopSignal
     state: Word
 
 

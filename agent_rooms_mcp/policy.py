@@ -19,7 +19,8 @@ from agent_rooms_mcp.errors import (
     unauthenticated,
 )
 from agent_rooms_mcp.models import Relation
-from agent_rooms_mcp.principals import Caller, Human, Scope, Viewer
+from agent_rooms_mcp.principals import AgentTool, Caller, Human, Scope, Viewer
+from agent_rooms_mcp.run_states import RunState
 
 
 class ConsentMode(StrEnum):
@@ -527,3 +528,92 @@ def task_wakes(state: ConsentState, assignee_id: str, actor_agent_id: str) -> bo
     """Agreed work wakes its assignee (its owner's own, or accepted), unless the assignee is the one handing
     it over: an agent never wakes itself."""
     return state in (ConsentState.AUTO, ConsentState.ACCEPTED) and assignee_id != actor_agent_id
+
+
+# --- Runs and wakes (DESIGN §5, §6) ------------------------------------------------------------------------
+
+# The tools a supervisor can start headless; `chat` and `other` agents are pull-only and never spawned.
+SPAWNABLE = frozenset({AgentTool.CLAUDE, AgentTool.CODEX, AgentTool.OPENCLAW})
+# The tools whose wake can run read-only. OpenClaw has no read-only mode to hold a wake another owner caused.
+CONSTRAINABLE = frozenset({AgentTool.CLAUDE, AgentTool.CODEX})
+
+
+def waiting_state(owner_local: bool) -> RunState:
+    """Where a new wake waits (DESIGN §5 "Where a wake runs"): the hub's own supervisor spawns only local
+    owners' agents; any other owner's wake waits for that owner's listener. Without this rule a remote owner
+    could point an agent at `/` with the sandbox off and run code on the hub."""
+    return RunState.QUEUED if owner_local else RunState.WAITING_FOR_LISTENER
+
+
+def spawnable(tool: AgentTool) -> bool:
+    return tool in SPAWNABLE
+
+
+def constrainable(tool: AgentTool) -> bool:
+    """Can a wake of this tool run read-only? Tools never spawned have nothing to constrain."""
+    return tool in CONSTRAINABLE or tool not in SPAWNABLE
+
+
+@dataclass(frozen=True, slots=True)
+class WakeTask:
+    """A task wake's task, as loaded where the wake is re-checked."""
+
+    status: TaskStatus | None  # None: the task is gone
+    still_assigned: bool  # assigned to the woken agent, under the proposal the wake runs
+    payload_bound: bool  # the wake holds the hash of the words agreed to
+    words_unchanged: bool  # the task's words still hash to it
+
+
+@dataclass(frozen=True, slots=True)
+class WakeFacts:
+    """Everything a wake needed when it was proposed, loaded again where it is claimed or while it runs
+    (DESIGN §4 "Starts means the claim")."""
+
+    agent_active: bool
+    holds_invoke: bool
+    member: bool  # the agent is still in the wake's room
+    room_quarantined: bool
+    crossers: tuple[Crosser, ...]  # every causer's owner other than the agent's own
+    runs_proposal: bool  # the wake runs an accepted proposal
+    proposal_accepted: bool  # that proposal still stands accepted
+    auto_accepted: bool  # a consent mode, not a person, accepted it
+    task: WakeTask | None  # set for a task wake
+
+
+def withdrawal_reason(f: WakeFacts, *, started: bool) -> str | None:
+    """Why a wake may no longer run (the `withdrawn:<reason>` it ends with), or None.
+
+    Before the start (`started` False) that includes the consent mode that auto-accepted it, and the task
+    still open and assigned to it; during the run, only the changes that stop it: the agent, `invoke`,
+    membership, quarantine, a grant or verification, the proposal, the task cancelled or its words edited.
+    A reassignment during a run is stopped where it happens, so the run that hands its own task on is not
+    stopped by it."""
+    if not f.agent_active:
+        return "agent_deleted"
+    if not f.holds_invoke:
+        return "invoke_revoked"
+    if not f.member:
+        return "membership_ended"
+    if f.room_quarantined:
+        return "room_quarantined"
+    if any(c.grant_id is None for c in f.crossers):
+        return "grant_revoked"
+    if not all(c.verified for c in f.crossers):
+        return "identity_unverified"
+    if f.runs_proposal:
+        if not f.proposal_accepted:
+            return "consent_withdrawn"
+        if not started and f.auto_accepted and not still_accepted(f.crossers):
+            return "consent_mode_changed"
+    if f.task is not None:
+        if f.task.status is None or f.task.status == TaskStatus.CANCELLED:
+            return "task_cancelled"
+        if not started and f.task.status == TaskStatus.DONE:
+            return "task_done"
+        if not started and not f.task.still_assigned:
+            return "reassigned"
+        if not f.task.payload_bound:  # queued before wakes were bound: what was agreed cannot be shown
+            return "payload_unbound"
+        if not f.task.words_unchanged:
+            return "edited"
+    return None

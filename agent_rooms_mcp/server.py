@@ -313,7 +313,7 @@ async def list_runs(
     """Your owner's woken runs, newest first: which agent, which room, what woke it (mention, task or
     accepted wake proposal), its state and outcome, and the session it continues."""
     call = current_call()
-    return await call.hub.runs.list(call.caller, agent=agent, room=room, state=state, after=after, limit=limit)
+    return await call.hub.runs.list_runs(call.caller, agent=agent, room=room, state=state, after=after, limit=limit)
 
 
 async def stop_agent(

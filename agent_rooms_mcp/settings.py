@@ -141,6 +141,11 @@ class WakeSettings:
     # Another process's commits are seen this often (a pragma when nothing changed); this process's at once.
     poll_s: float = 0.05
     lease_s: float = 30.0
+    # Leases name the host their processes run on; recovery kills left-behind processes only on its own.
+    # Empty: the machine's host name. Set it when two homes share a machine (AGENT_ROOMS_HOST_ID).
+    host_id: str = ""
+    # A wake of an owner who is not local waits this long for that owner's listener, then ends `expired`.
+    listener_wait_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WakeSettings:
@@ -150,6 +155,7 @@ class WakeSettings:
             codex_bin=env.get("AGENT_ROOMS_CODEX_BIN") or "codex",
             openclaw_bin=env.get("AGENT_ROOMS_OPENCLAW_BIN") or "openclaw",
             contain=env.get("AGENT_ROOMS_WAKE_CONTAIN") == "1",
+            host_id=env.get("AGENT_ROOMS_HOST_ID") or "",
         )
 
 

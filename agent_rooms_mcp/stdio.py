@@ -14,12 +14,12 @@ import structlog
 from mcp.server.stdio import stdio_server
 
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
+from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.lines import DISCARD_CHUNK, BoundedLines
 from agent_rooms_mcp.server import create_server
 from agent_rooms_mcp.settings import Settings
-from agent_rooms_mcp.wake.supervisor import supervising
 
 log = structlog.get_logger("agent_rooms_mcp.stdio")
 

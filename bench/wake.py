@@ -48,11 +48,11 @@ import structlog
 
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
+from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.hub import Hub, init_home
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.principals import AgentTool, Caller, parse_scopes
 from agent_rooms_mcp.settings import Settings, WakeSettings
-from agent_rooms_mcp.wake.supervisor import supervising
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from raw_client import Connection, tool_call
@@ -105,7 +105,7 @@ async def build_world(home: Path, workroot: Path) -> list[Pair]:
         for i in range(OWNERS):
             owner = f"owner{i:02d}"
             poster, bot, room = f"{owner}-poster", f"{owner}-bot", f"room{i:02d}"
-            await hub.accounts.add_owner(OPERATOR, owner)
+            await hub.accounts.add_owner(OPERATOR, owner, local=True)  # this hub spawns their agents
             scopes = parse_scopes("read,post,task,manage")
             await hub.accounts.add_agent(OPERATOR, poster, owner, AgentTool.CLAUDE, scopes, None)
             workdir = workroot / bot

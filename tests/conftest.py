@@ -172,8 +172,9 @@ async def build_world(home: Path, wake: WakeSettings = NO_SUPERVISOR) -> World:
     world = World(Settings(home=home, limits=replace(DEFAULT_LIMITS, **SUITE_RATES), wake=wake))
     await init_home(world.settings, OPERATOR)
     async with world.hub() as hub:
+        # Local owners: the wake tests' hub spawns their agents itself (DESIGN §5 "Where a wake runs").
         for owner in ("alice", "bob", "carol"):
-            await hub.accounts.add_owner(OPERATOR, owner)
+            await hub.accounts.add_owner(OPERATOR, owner, local=True)
         for handle, (owner, scopes) in AGENTS.items():
             await hub.accounts.add_agent(OPERATOR, handle, owner, AgentTool.CLAUDE, parse_scopes(scopes), None)
             issued = await hub.accounts.issue_token(OPERATOR, handle, timedelta(days=1))

@@ -103,6 +103,7 @@ def _rows() -> list[Invariant]:
         91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
         92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
         95: ("binding beyond loopback needs a public URL; forwarded headers count only when trusted", "network"),
+        99: ("the hub spawns only local owners' agents; other owners' wakes wait for a listener or expire", "network"),
         100: ("no sandboxed process opens the hub's database or home: a woken CLI has only the bridge", "containment"),
         102: ("a run's causers are carried transitively and constrain what it wakes", "hardening"),
         103: ("the claim re-checks every condition of the wake; changes during a run withdraw it", "hardening"),

@@ -25,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 from agent_rooms_mcp import bridge
 from agent_rooms_mcp.home import write_private_file
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
-from agent_rooms_mcp.wake.bridge_socket import SOCKET_NAME
+from agent_rooms_mcp.run_socket import SOCKET_NAME
 from tests.conftest import OPERATOR, World
 from tests.tool_errors import error_code
 from tests.wakeworld import Fakes, ended, post, runs, supervisor, until

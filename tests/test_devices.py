@@ -96,9 +96,10 @@ def test_operator_actions_are_refused_by_name(name: str, expected: str) -> None:
 
 @asynccontextmanager
 async def served(settings: Settings) -> AsyncIterator[httpx2.AsyncClient]:
-    async with open_http_app(settings) as app, httpx2.AsyncClient(
-        transport=httpx2.ASGITransport(app=app), base_url=HTTP_BASE
-    ) as http:
+    async with (
+        open_http_app(settings) as app,
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url=HTTP_BASE) as http,
+    ):
         yield http
 
 

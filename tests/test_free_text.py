@@ -7,6 +7,7 @@ every string (free text or a token of a fixed shape), fails on any string that s
 
 from __future__ import annotations
 
+import enum
 import re
 import sqlite3
 import types
@@ -19,10 +20,11 @@ from mcp import Client
 from pydantic import BaseModel
 
 from agent_rooms_mcp import content, models
+from agent_rooms_mcp.book import CauseText, Claimed
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, FreeText, Token
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.server import TOOLS
-from agent_rooms_mcp.services.runs import CauseText, Claimed
+from agent_rooms_mcp.services.runbook import rendered
 from agent_rooms_mcp.wake.supervisor import _prompt
 from tests.conftest import OPERATOR, World
 
@@ -94,6 +96,9 @@ def _walk_value(
     elif origin is Literal:
         if value not in get_args(tp):
             out.append(f"{path}: {value!r} is none of {get_args(tp)}")
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):  # a closed vocabulary, like a Literal
+        if value not in {m.value for m in tp}:
+            out.append(f"{path}: {value!r} is none of {tp.__name__}'s words")
     elif isinstance(tp, type) and issubclass(tp, BaseModel):
         walk(tp, value, boundary, path, out, seen)
     elif tp is str:
@@ -171,7 +176,9 @@ async def _hostile_world(world: World) -> dict[str, str]:
         await _ok(bob_admin, "reject_task", {"task": asked["proposal_id"], "reason": hostile("reason")})
         wake_proposal = woke["mentions"][0]["proposal_id"]
         await _ok(bob_admin, "reject_task", {"task": wake_proposal, "reason": hostile("wake-reason")})
-    # A run of Alice's agent whose CLI reported hostile words (what a CLI quotes is its own to say).
+    # A run of Alice's agent whose CLI reported hostile words (what a CLI quotes is its own to say). Its
+    # outcome is a code of DESIGN §7's closed list (the store refuses any other, tests/test_run_outcomes.py);
+    # the session id is the CLI's own word.
     conn = sqlite3.connect(world.db)
     with conn:
         conn.execute(
@@ -181,7 +188,7 @@ async def _hostile_world(world: World) -> dict[str, str]:
             " 'completed', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:01.000000Z',"
             " '2026-01-01T00:00:02.000000Z', ?, ? FROM agents a, rooms r"
             " WHERE a.handle = 'alice-claude' AND r.name = 'shared'",
-            (f"{ALICE_CLI} {SMUGGLE}", f"{ALICE_CLI}{SMUGGLE}"),
+            ("ok", f"{ALICE_CLI}{SMUGGLE}"),
         )
         # And one still queued, for stop_agent to stop.
         conn.execute(
@@ -297,7 +304,7 @@ def _claimed(room: str = "shared") -> Claimed:
         trigger="mention",
         cause_id="msg_x",
         caused_by="agent_b",
-        causers=frozenset({"owner_b"}),
+        causers=("owner_b",),
         constrained=True,
         depth=1,
         resume_session=None,
@@ -307,7 +314,7 @@ def _claimed(room: str = "shared") -> Claimed:
 
 @pytest.mark.invariant(79)
 def test_the_wake_prompt_envelopes_another_owners_words_and_hides_nothing() -> None:
-    prompt = _prompt(_claimed(), CauseText(hostile("prompt"), "bob-claude", "bob", cross_owner=True))
+    prompt = _prompt(_claimed(), rendered(CauseText(hostile("prompt"), "bob-claude", "bob", cross_owner=True)))
     assert content.sanitize(prompt).text == prompt
     opening = re.search(r"<<untrusted boundary=([0-9a-f]+) author=@bob-claude owner=bob>>\n", prompt)
     assert opening is not None
@@ -324,7 +331,8 @@ def test_the_wake_prompt_envelopes_another_owners_words_and_hides_nothing() -> N
 
 @pytest.mark.invariant(79)
 def test_the_wake_prompt_sanitises_its_own_owners_words_without_an_envelope() -> None:
-    prompt = _prompt(_claimed(), CauseText(f"{ALICE_CLI} {SMUGGLE}", "alice-codex", "alice", cross_owner=False))
+    words = CauseText(f"{ALICE_CLI} {SMUGGLE}", "alice-codex", "alice", cross_owner=False)
+    prompt = _prompt(_claimed(), rendered(words))
     assert content.sanitize(prompt).text == prompt
     assert "<<untrusted" not in prompt
     assert content.sanitize(f"{ALICE_CLI} {SMUGGLE}").text in prompt

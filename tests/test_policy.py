@@ -429,3 +429,83 @@ TASK_WAKES = [
 @pytest.mark.parametrize("state, assignee, expected", TASK_WAKES)
 def test_task_wakes(state: ConsentState, assignee: str, expected: bool) -> None:
     assert policy.task_wakes(state, assignee, "agt_alice") is expected
+
+
+# --- Runs and wakes ---------------------------------------------------------------------------------------
+
+WAKE = policy.WakeFacts(
+    agent_active=True,
+    holds_invoke=True,
+    member=True,
+    room_quarantined=False,
+    crossers=(replace(ALICE_WORDS, standing=Standing(ConsentMode.APPROVE_ALL)),),
+    runs_proposal=True,
+    proposal_accepted=True,
+    auto_accepted=True,
+    task=policy.WakeTask(status=TaskStatus.OPEN, still_assigned=True, payload_bound=True, words_unchanged=True),
+)
+
+
+def wake(**facts: object) -> policy.WakeFacts:
+    return replace(WAKE, **facts)
+
+
+def task(**facts: object) -> policy.WakeFacts:
+    assert WAKE.task is not None
+    return replace(WAKE, task=replace(WAKE.task, **facts))
+
+
+WITHDRAW = [
+    pytest.param(WAKE, False, None, id="everything-holds"),
+    pytest.param(wake(task=None, runs_proposal=False, crossers=()), False, None, id="own-mention"),
+    pytest.param(wake(agent_active=False), False, "agent_deleted", id="agent-deleted"),
+    pytest.param(wake(holds_invoke=False), True, "invoke_revoked", id="invoke-revoked"),
+    pytest.param(wake(holds_invoke=False, agent_active=False), False, "agent_deleted", id="agent-first"),
+    pytest.param(wake(member=False), True, "membership_ended", id="left-room"),
+    pytest.param(wake(room_quarantined=True), True, "room_quarantined", id="quarantined"),
+    pytest.param(wake(crossers=(replace(ALICE_WORDS, grant_id=None),)), True, "grant_revoked", id="grant-revoked"),
+    pytest.param(wake(crossers=(replace(ALICE_WORDS, verified=False),)), True, "identity_unverified", id="unverified"),
+    pytest.param(
+        wake(crossers=(replace(ALICE_WORDS, grant_id=None, verified=False),)), True, "grant_revoked", id="grant-first"
+    ),
+    pytest.param(wake(proposal_accepted=False), True, "consent_withdrawn", id="proposal-gone"),
+    # The mode that auto-accepted it was tightened: judged before the start only.
+    pytest.param(wake(crossers=(ALICE_WORDS,)), False, "consent_mode_changed", id="mode-tightened-before-start"),
+    pytest.param(wake(crossers=(ALICE_WORDS,)), True, None, id="mode-tightened-while-running"),
+    pytest.param(wake(crossers=(ALICE_WORDS,), auto_accepted=False), False, None, id="accepted-by-a-person"),
+    pytest.param(task(status=None), True, "task_cancelled", id="task-gone"),
+    pytest.param(task(status=TaskStatus.CANCELLED), True, "task_cancelled", id="task-cancelled"),
+    pytest.param(task(status=TaskStatus.DONE), False, "task_done", id="task-done-before-start"),
+    pytest.param(task(status=TaskStatus.DONE), True, None, id="task-done-while-running"),
+    pytest.param(task(still_assigned=False), False, "reassigned", id="reassigned-before-start"),
+    pytest.param(task(still_assigned=False), True, None, id="reassigned-while-running-stopped-elsewhere"),
+    pytest.param(task(payload_bound=False), True, "payload_unbound", id="payload-unbound"),
+    pytest.param(task(words_unchanged=False), True, "edited", id="edited"),
+    pytest.param(task(words_unchanged=False, status=TaskStatus.CANCELLED), True, "task_cancelled", id="cancel-first"),
+]
+
+
+@pytest.mark.parametrize("facts, started, expected", WITHDRAW)
+def test_withdrawal_reason(facts: policy.WakeFacts, started: bool, expected: str | None) -> None:
+    assert policy.withdrawal_reason(facts, started=started) == expected
+
+
+@pytest.mark.parametrize(
+    "tool, spawnable, constrainable",
+    [
+        (AgentTool.CLAUDE, True, True),
+        (AgentTool.CODEX, True, True),
+        (AgentTool.OPENCLAW, True, False),  # no read-only mode to hold another owner's words
+        (AgentTool.CHAT, False, True),  # never spawned: nothing to constrain
+        (AgentTool.OTHER, False, True),
+    ],
+)
+def test_which_tools_are_spawned_and_constrained(tool: AgentTool, spawnable: bool, constrainable: bool) -> None:
+    assert (policy.spawnable(tool), policy.constrainable(tool)) == (spawnable, constrainable)
+
+
+@pytest.mark.parametrize(
+    "agent_owner, expected", [("own_alice", True), ("own_bob", False)], ids=["own-agent", "another-owners-agent"]
+)
+def test_only_your_owners_agents_may_be_stopped(agent_owner: str, expected: bool) -> None:
+    assert policy.owns_agent(ALICE, agent_owner) is expected

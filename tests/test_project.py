@@ -47,6 +47,14 @@ BANNED = {  # where -> imports it must never make (DESIGN §10: transport -> aut
     # A woken CLI's MCP server holds the run token and nothing of the hub (DESIGN §5, invariant 100).
     "agent_rooms_mcp/bridge.py": ("agent_rooms_mcp.store", "agent_rooms_mcp.services", "agent_rooms_mcp.hub", "mcp"),
     "agent_rooms_mcp/lines.py": ("agent_rooms_mcp.store", "agent_rooms_mcp.services", "agent_rooms_mcp.hub", "mcp"),
+    # A supervisor works through the wake book alone (DESIGN §5): never the hub, services, store, vault or auth.
+    "agent_rooms_mcp/wake": (
+        "agent_rooms_mcp.hub", "agent_rooms_mcp.services", "agent_rooms_mcp.store", "agent_rooms_mcp.vault",
+        "agent_rooms_mcp.auth", "agent_rooms_mcp.server", "agent_rooms_mcp.cli", "sqlite3", "aiosqlite", "mcp",
+    ),
+    # What crosses the wake book and the run words: leaves every layer (and a remote listener) can use.
+    "agent_rooms_mcp/book.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
+    "agent_rooms_mcp/run_states.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
 }  # fmt: skip
 # Leaves every layer may import although they are filed under a banned package: each has its own row
 # above that keeps it a leaf (credential formats and id minting import nothing of ours).

@@ -178,7 +178,7 @@ async def test_an_owner_works_from_their_own_machine_audited_via_device(hub: Hub
     assert hub.sql("SELECT count(*) FROM audit WHERE via = 'cli'")[0][0] > 0
     assert (await hub.machine.ok("audit", "verify"))["ok"]
     # Bob's audit tail holds Bob's rows only.
-    tail = (await bob.ok("audit", "tail", "-n", "500"))
+    tail = await bob.ok("audit", "tail", "-n", "500")
     bob_id = hub.sql("SELECT owner_id FROM owners WHERE handle = 'bob'")[0][0]
     assert tail and {r["owner_id"] for r in tail} == {bob_id}
     # Bob's lists are his: his agents, the rooms he is in.

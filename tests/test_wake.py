@@ -13,9 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import parse_scopes
-from agent_rooms_mcp.wake.supervisor import supervising
 from tests.conftest import OPERATOR, World
 from tests.tool_errors import error_code
 from tests.wakeworld import Fakes, ended, post, runs, supervisor, until

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -21,6 +22,7 @@ from agent_rooms_mcp.principals import parse_scopes
 from agent_rooms_mcp.wake.process import start_time
 from tests import test_served as served  # its helpers; a module attribute is not collected twice
 from tests.conftest import OPERATOR, World
+from tests.test_wake_more import wake_world
 from tests.tool_errors import error_code
 from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
 
@@ -160,3 +162,26 @@ async def test_a_server_killed_between_commit_and_spawn_leaves_the_wake_to_the_n
         second.terminate()
         await second.wait()
     assert run["state"] == "completed" and len(fakes.calls()) == 1
+
+
+async def test_the_spawn_rate_is_charged_to_the_owner_whose_words_cause_the_wake(tmp_path: Path, fakes: Fakes) -> None:
+    """DESIGN §5 Caps: bob's words waking alice's agents spend bob's spawns a minute, not alice's, so bob
+    cannot use up the spawns alice's own agents need (and alice's own wakes never spend bob's)."""
+    world = await wake_world(tmp_path, fakes, reply=False, spawns_per_minute_per_owner=1)
+    await bob_in_lobby_under_approve_all(world)
+    fakes.scenario("hang")
+    async with supervisor(world):
+        first = await post(world, "bob-claude", "@alice-bot have a look")
+        assert first["mentions"][0]["outcome"] == "woken"
+        await until(lambda: (r := runs(world, "alice-bot")) and r[0]["started_at"], "bob's first wake starts")
+        # Bob's one spawn this minute is spent: his next wake of alice's agents waits ...
+        again = await post(world, "bob-claude", "@alice-cx and you")
+        assert again["mentions"][0]["outcome"] == "queued"
+        # ... while alice's own words still wake her agent: her minute is untouched.
+        own = await post(world, "alice-claude", "@alice-cx your own owner asks")
+        assert own["mentions"][0]["outcome"] == "woken"
+        await until(lambda: [r for r in runs(world, "alice-cx") if r["pid"]], "alice's own wake starts")
+        alice = world.sql("SELECT owner_id FROM owners WHERE handle = 'alice'")[0][0]
+        [held] = [r for r in runs(world, "alice-cx") if r["state"] == "queued"]
+        [started] = [r for r in runs(world, "alice-cx") if r["state"] != "queued"]
+        assert json.loads(started["causers"]) == [alice] and json.loads(held["causers"]) != [alice]

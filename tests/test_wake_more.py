@@ -381,7 +381,7 @@ async def test_a_run_past_its_time_limit_is_stopped_with_its_descendants(tmp_pat
         await post(world, "alice-claude", "@alice-bot work on it")
         [orphan] = await until(lambda: [c for c in fakes.calls() if c.get("orphan_pid")], "the tool started")
         [run] = await until(lambda: ended(world, "alice-bot"), "the time limit ends the run")
-    assert (run["state"], run["outcome"], run["stop_signal"]) == ("stopped", "wall", "SIGKILL")
+    assert (run["state"], run["outcome"], run["stop_signal"]) == ("stopped", "time_limit", "SIGKILL")
     await until(lambda: not alive(orphan["orphan_pid"]), "the tool shell is gone", 10)
     assert not alive(orphan["pid"])
     [token] = world.sql("SELECT revoked_at FROM tokens WHERE run_id = ?", (run["run_id"],))
@@ -420,7 +420,7 @@ async def test_a_flood_line_stops_the_run_and_the_hub_goes_on(tmp_path: Path, fa
     async with supervisor(world):
         await post(world, "alice-claude", "@alice-bot flood")
         [run] = await until(lambda: ended(world, "alice-bot"), "the flooding run ends")
-        assert (run["state"], run["outcome"]) == ("stopped", "line_too_long")
+        assert (run["state"], run["outcome"]) == ("stopped", "output_cap")
         [c] = fakes.calls()
         await until(lambda: not alive(c["pid"]), "the flooding CLI is gone", 10)
         fakes.scenario("ok")
@@ -695,4 +695,4 @@ async def test_an_openclaw_agent_given_invoke_while_a_task_waits_is_never_spawne
         assert runs(world, "bob-claw") == []
     else:
         [run] = runs(world, "bob-claw")
-        assert (run["state"], run["outcome"], run["pid"]) == ("failed", "CONSTRAINED_RUNTIME_REQUIRED", None)
+        assert (run["state"], run["outcome"], run["pid"]) == ("failed", "sandbox_required", None)

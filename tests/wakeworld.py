@@ -14,10 +14,11 @@ from typing import Any
 import anyio
 import pytest
 
+from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.settings import WakeSettings
-from agent_rooms_mcp.wake.supervisor import Supervisor, supervising
+from agent_rooms_mcp.wake.supervisor import Supervisor
 from tests.conftest import OPERATOR, World, build_world
 from tests.fakes.common import write_wrapper
 

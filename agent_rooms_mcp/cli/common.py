@@ -144,9 +144,7 @@ def remote(as_json: bool) -> Remote | None:
 def refuse_on_device(as_json: bool) -> None:
     """Operator actions run only on the hub's machine (DESIGN §2): refused on a device before anything."""
     if remote(as_json) is not None:
-        raise Failed(
-            "FORBIDDEN_SCOPE", f"{_action()[4:]} is an operator action: run it on the hub's machine", as_json
-        )
+        raise Failed("FORBIDDEN_SCOPE", f"{_action()[4:]} is an operator action: run it on the hub's machine", as_json)
 
 
 def perform(name: str, args: BaseModel, *, as_json: bool = False) -> Any:

@@ -63,7 +63,8 @@ def quickstart() -> None:
         async with Hub.open(s) as hub:
             owners = await hub.accounts.list_owners()
             if not owners.owners:
-                await hub.accounts.add_owner(operator(), owner)
+                # The person at this machine: the hub spawns their agents here (DESIGN §5).
+                await hub.accounts.add_owner(operator(), owner, local=True)
                 await hub.accounts.add_agent(operator(), agent, owner, AgentTool.CLAUDE, DEFAULT_SCOPES, None)
                 await hub.rooms.create(operator(), "lobby", owner, [agent])
                 await _ensure_token_file(hub, agent, new=False)

@@ -13,18 +13,45 @@ def owner() -> None:
     """Owners: the people whose agents use this hub."""
 
 
+LOCAL_HELP = (
+    "This hub's own supervisor spawns the owner's agents, on this machine, as this OS user. Without it their "
+    "wakes wait for the owner's listener on their own machine."
+)
+
+
 @owner.command("add")
 @click.argument("handle")
+@click.option("--local", is_flag=True, help=LOCAL_HELP)
 @json_option
-def add(handle: str, as_json: bool) -> None:
+def add(handle: str, local: bool, as_json: bool) -> None:
     """Add owner HANDLE.
 
     \b
     Example:
         agent-rooms owner add alice
+        agent-rooms owner add me --local
     """
-    created = run(lambda hub: hub.accounts.add_owner(operator(), handle), as_json=as_json)
-    emit(created, as_json=as_json, text=lambda o: f"added owner {o.handle} ({o.owner_id})")
+    created = run(lambda hub: hub.accounts.add_owner(operator(), handle, local=local), as_json=as_json)
+    emit(created, as_json=as_json, text=lambda o: f"added owner {o.handle} ({o.owner_id}){_where(o)}")
+
+
+@owner.command("set")
+@click.argument("handle")
+@click.option("--local/--no-local", required=True, help=LOCAL_HELP)
+@json_option
+def set_(handle: str, local: bool, as_json: bool) -> None:
+    """Set whether this hub spawns owner HANDLE's agents; their waiting wakes move with it.
+
+    \b
+    Example:
+        agent-rooms owner set alice --no-local
+    """
+    done: OwnerInfo = run(lambda hub: hub.accounts.set_owner_local(operator(), handle, local), as_json=as_json)
+    emit(done, as_json=as_json, text=lambda o: f"{o.handle}{_where(o)}")
+
+
+def _where(o: OwnerInfo) -> str:
+    return ": local, woken by this hub" if o.local else ": woken by their own listener"
 
 
 @owner.command("list")
@@ -32,8 +59,8 @@ def add(handle: str, as_json: bool) -> None:
 def list_(as_json: bool) -> None:
     """List owners and whether their identity was verified."""
     owners: OwnerList = run(lambda hub: hub.accounts.list_owners(), as_json=as_json)
-    rows = [[o.handle, o.owner_id, o.verified_at or "no"] for o in owners.owners]
-    emit(owners, as_json=as_json, text=lambda _: table(rows, ["HANDLE", "OWNER_ID", "VERIFIED"]))
+    rows = [[o.handle, o.owner_id, o.verified_at or "no", "yes" if o.local else "no"] for o in owners.owners]
+    emit(owners, as_json=as_json, text=lambda _: table(rows, ["HANDLE", "OWNER_ID", "VERIFIED", "LOCAL"]))
 
 
 @owner.command("verify")

@@ -23,6 +23,7 @@ from agent_rooms_mcp.models import (
     TokenList,
 )
 from agent_rooms_mcp.principals import HANDLE_RE, AgentTool, Scope, format_scopes
+from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -47,6 +48,7 @@ def _owner_info(row: sqlite3.Row) -> OwnerInfo:
         verified=row["verified_at"] is not None,
         verified_at=row["verified_at"],
         verified_method=row["verified_method"],
+        local=bool(row["local"]),
     )
 
 
@@ -120,7 +122,8 @@ class Accounts:
         )
         return {r["name"]: self._vault.open(AGENT_ENV, f"{agent_id}/{r['name']}", r["sealed"]) for r in rows}
 
-    async def add_owner(self, operator: Actor, handle: str) -> OwnerInfo:
+    async def add_owner(self, operator: Actor, handle: str, *, local: bool = False) -> OwnerInfo:
+        """A new owner. `local`: their agents are spawned by this hub's own supervisor (DESIGN §5)."""
         _check_handle(handle)
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
@@ -128,10 +131,10 @@ class Accounts:
                 raise RoomsError(ErrorCode.CONFLICT, f"owner {handle!r} already exists")
             owner_id = new_id("own")
             conn.execute(
-                "INSERT INTO owners (owner_id, handle, created_at) VALUES (?, ?, ?)",
-                (owner_id, handle, now_utc()),
+                "INSERT INTO owners (owner_id, handle, created_at, local) VALUES (?, ?, ?, ?)",
+                (owner_id, handle, now_utc(), int(local)),
             )
-            audit.append(conn, operator, "owner.add", target=owner_id)
+            audit.append(conn, operator, "owner.add", target=owner_id, detail={"local": local})
             return _owner_info(queries.owner(conn, owner_id))
 
         return await self._store.write(run)
@@ -140,6 +143,19 @@ class Accounts:
         return await self._store.read(
             lambda c: OwnerList(owners=[_owner_info(r) for r in c.execute("SELECT * FROM owners ORDER BY handle")])
         )
+
+    async def set_owner_local(self, operator: Actor, handle: str, local: bool) -> OwnerInfo:
+        """Mark whether this hub spawns the owner's agents (DESIGN §5, an operator action). Their waiting
+        wakes move with the mark in the same transaction: to the hub's queue, or to wait for a listener."""
+
+        def run(conn: sqlite3.Connection) -> OwnerInfo:
+            owner = queries.owner(conn, handle)
+            conn.execute("UPDATE owners SET local = ? WHERE owner_id = ?", (int(local), owner["owner_id"]))
+            moved = runs.rehome_waiting_wakes(conn, owner["owner_id"], local=local)
+            audit.append(conn, operator, "owner.set", target=owner["owner_id"], detail={"local": local, "wakes": moved})
+            return _owner_info(queries.owner(conn, owner["owner_id"]))
+
+        return await self._store.write(run, notify=True)
 
     async def verify_owner(self, operator: Actor, handle: str, method: str) -> OwnerInfo:
         def run(conn: sqlite3.Connection) -> OwnerInfo:

@@ -15,6 +15,7 @@ from agent_rooms_mcp.ids import AgentId, OwnerId
 from agent_rooms_mcp.models import DecisionResult
 from agent_rooms_mcp.policy import ConsentState, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Scope, Viewer, held_scopes
+from agent_rooms_mcp.run_states import Trigger
 from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.services.proposals import PROPOSALS, ProposalRow
 from agent_rooms_mcp.settings import WakeSettings
@@ -97,7 +98,7 @@ def decide(
             grant_active=bool(grant_ids) and revoked == 0,
             owners_verified=queries.owners_verified(conn, proposal.target_owner_id, *proposal.causers),
             parties_present=_present(conn, proposal),
-            target_constrainable=runs.constrainable(AgentTool(target["tool"])),
+            target_constrainable=policy.constrainable(AgentTool(target["tool"])),
         ),
         accept=accept,
     )
@@ -117,7 +118,7 @@ def decide(
         # Accepted work wakes its agent, if it may be woken: the wake row rides in this transaction, bound
         # to the payload just accepted and carrying every owner whose words it holds.
         cause = runs.Cause(
-            trigger="task" if proposal.kind is ProposalKind.TASK else "wake_proposal",
+            trigger=Trigger.TASK if proposal.kind is ProposalKind.TASK else Trigger.WAKE_PROPOSAL,
             cause_id=proposal.task_id or proposal.proposal_id,
             room_id=proposal.room_id,
             by_agent_id=proposal.proposer_id,

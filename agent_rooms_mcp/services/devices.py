@@ -126,9 +126,7 @@ class Devices:
             if row["expires_at"] <= now:
                 return "expired_enrollment_code"
             if not secrets.compare_digest(bytes(row["secret_hash"]), secret_hash(secret)):
-                conn.execute(
-                    "UPDATE enrollments SET failures = failures + 1 WHERE enrollment_id = ?", (enrollment_id,)
-                )
+                conn.execute("UPDATE enrollments SET failures = failures + 1 WHERE enrollment_id = ?", (enrollment_id,))
                 return "wrong_enrollment_secret"
             conn.execute(
                 "UPDATE enrollments SET used_at = ?, device_id = ? WHERE enrollment_id = ?",

@@ -18,6 +18,7 @@ from agent_rooms_mcp.ids import MessageId, RoomId
 from agent_rooms_mcp.models import Author, Mentioned, MentionOutcome, Message, MessagePage, PostedMessage
 from agent_rooms_mcp.policy import ConsentState, MentionEffect, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
+from agent_rooms_mcp.run_states import Trigger
 from agent_rooms_mcp.services import crossing, proposals, runs
 from agent_rooms_mcp.services.render import cut_page, item_bytes, notice, render, text_hint
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
@@ -88,7 +89,7 @@ def _mention(
     effect = policy.mention_effect(caller.agent_id, member["agent_id"], others_cross=others_cross)
     if effect is MentionEffect.NOTIFY:
         return _said(handle, Mentioned.NOTIFIED)
-    cause = runs.Cause("mention", message_id, room_id, caller.agent_id, caller.run_id, causers=causers)
+    cause = runs.Cause(Trigger.MENTION, message_id, room_id, caller.agent_id, caller.run_id, causers=causers)
     if effect is MentionEffect.WAKE:
         woke = runs.enqueue(conn, caps, member, cause)
         return _said(handle, Mentioned(woke.outcome), code=woke.code)

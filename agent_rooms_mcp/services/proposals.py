@@ -20,7 +20,7 @@ from agent_rooms_mcp.ids import AgentId, GrantId, MessageId, OwnerId, ProposalId
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, Proposal, ProposalList, ProposerRef
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState
 from agent_rooms_mcp.principals import AgentTool, Caller, Viewer, held_scopes
-from agent_rooms_mcp.services import crossing, runs
+from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.render import cut_page, notice, render
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
@@ -108,7 +108,7 @@ def cross_owner(
         target_owner_id=target["owner_id"],
         target_scopes=held_scopes(target["scopes"], None),
         crossers=crossing.crossers(conn, room_id, target["owner_id"], causers),
-        target_constrainable=runs.constrainable(AgentTool(target["tool"])),
+        target_constrainable=policy.constrainable(AgentTool(target["tool"])),
     )
 
 

@@ -10,12 +10,10 @@ import anyio
 
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.models import StoppedRun, StopResult
-from agent_rooms_mcp.services.runs import FINAL, Runs
+from agent_rooms_mcp.run_states import FINAL_STATES, RunState, StopSignal
+from agent_rooms_mcp.services.run_control import Runs
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
-
-# The signals a stop may have reached; anything else recorded (nothing, a queued run's end) shows as none.
-_SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL")
 
 
 def stop_deadline_s(caps: WakeSettings) -> float:
@@ -38,11 +36,11 @@ async def stop_and_wait(
     """The owner's stop of agent_ref's runs (or one run), then, with `wait`, each run as it ended (or as it
     stands at the deadline). Queued runs end inside the stop request itself."""
     asked = await runs.stop_as_owner(operator, agent_ref, run_id)
-    running = [s.run_id for s in asked.stopped if s.state == "stopping"]
+    running = [s.run_id for s in asked.stopped if s.state == RunState.STOPPING]
     with anyio.move_on_after(stop_deadline_s(caps)):
         while wait and running:
             states = await runs.states(running)
-            if all(states[r] in FINAL for r in running):
+            if all(states[r] in FINAL_STATES for r in running):
                 break
             # The supervisor holding the run may be another process: look again after a short while even
             # when nothing in this one committed.
@@ -52,9 +50,18 @@ async def stop_and_wait(
         stopped=[
             StoppedRun(
                 run_id=info.run_id,
-                stop_signal=info.stop_signal if info.stop_signal in _SIGNALS else "none",  # type: ignore[arg-type]
+                # Anything else recorded (nothing, a queued run's end) shows as none.
+                stop_signal=_signal(info.stop_signal),
                 state=info.state,
             )
             for info in ended
         ]
     )
+
+
+def _signal(recorded: str | None) -> StopSignal:
+    """The signal that ended a run; anything else recorded (nothing, a queued run's end) shows as none."""
+    try:
+        return StopSignal(recorded or StopSignal.NONE)
+    except ValueError:
+        return StopSignal.NONE

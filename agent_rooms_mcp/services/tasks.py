@@ -19,7 +19,8 @@ from agent_rooms_mcp.ids import RoomId, TaskId
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
-from agent_rooms_mcp.services import crossing, proposals, runs
+from agent_rooms_mcp.run_states import Trigger
+from agent_rooms_mcp.services import crossing, proposals, runs, withdrawal
 from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, result_bytes, within_bytes
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
@@ -138,7 +139,7 @@ class Tasks:
             # A new assignee is a new request: the old one's pending proposal no longer stands, and the wake
             # the old assignee was given is withdrawn (the run handing the task on goes on).
             proposals.close_proposal(conn, task["proposal_id"], ProposalState.SUPERSEDED)
-            runs.withdraw_task_wakes(conn, caller.actor, task, "reassigned", keep_run_id=caller.run_id)
+            withdrawal.withdraw_task_wakes(conn, caller.actor, task, "reassigned", keep_run_id=caller.run_id)
             proposal_id = _offer(
                 conn, self._caps, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, verdict
             )
@@ -187,14 +188,14 @@ class Tasks:
             causers = crossing.loads(task["causers"]) | (crossing.of_writer(conn, caller) if edited else set())
             if moved == TaskStatus.CANCELLED:
                 # Cancelled work is withdrawn from whoever was woken for it, queued or running (invariant 77).
-                runs.withdraw_task_wakes(conn, caller.actor, task, "task_cancelled", keep_run_id=caller.run_id)
+                withdrawal.withdraw_task_wakes(conn, caller.actor, task, "task_cancelled", keep_run_id=caller.run_id)
             if moved in (TaskStatus.DONE, TaskStatus.CANCELLED):
                 # A finished task asks nothing of anyone any more: no decision may land on it.
                 proposals.close_proposal(conn, proposal_id, ProposalState.WITHDRAWN)
             elif edited and task["assignee_id"] is not None:
                 # The owner agreed to the old words, not these: the edit is a new proposal (invariant 45), and
                 # the wake queued for the old words is withdrawn, before it starts or while it runs (77).
-                runs.withdraw_task_wakes(conn, caller.actor, task, "edited", keep_run_id=caller.run_id)
+                withdrawal.withdraw_task_wakes(conn, caller.actor, task, "edited", keep_run_id=caller.run_id)
                 target = queries.member_agent(conn, task["room_id"], task["assignee_id"])
                 verdict = proposals.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
                 proposals.close_proposal(conn, proposal_id, ProposalState.SUPERSEDED)
@@ -338,7 +339,7 @@ def _offer(
         conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
     if policy.task_wakes(verdict.state, target["agent_id"], caller.agent_id):
         cause = runs.Cause(
-            "task",
+            Trigger.TASK,
             task_id,
             room_id,
             caller.agent_id,

@@ -427,6 +427,45 @@ CREATE TABLE devices (
 CREATE INDEX devices_by_owner ON devices(owner_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (
-    _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES,
+# v_runs_book: a lease names the host its holder runs on (DESIGN §5): recovery kills a left-behind process
+# only when the lease's host is its own, since a pid means nothing on another machine. Run outcomes become
+# DESIGN §7's closed list: older words are mapped to the listed code that says the most (README "Run
+# outcomes"), and triggers refuse any other, so no write path can bring one back. Owners get `local`
+# (DESIGN §5 "Where a wake runs": the embedded supervisor spawns only local owners' agents); every owner
+# of an existing home is marked local, so a home that woke agents before goes on doing so.
+_V_RUNS_BOOK = """
+ALTER TABLE runs ADD COLUMN lease_host TEXT;
+ALTER TABLE owners ADD COLUMN local INTEGER NOT NULL DEFAULT 0;
+UPDATE owners SET local = 1;
+UPDATE runs SET outcome = CASE
+  WHEN outcome IN ('wall', 'idle') THEN 'time_limit'
+  WHEN outcome = 'line_too_long' THEN 'output_cap'
+  WHEN outcome = 'CONSTRAINED_RUNTIME_REQUIRED' THEN 'sandbox_required'
+  WHEN outcome IN ('no_result:exit_126', 'no_result:exit_127') THEN 'cli_not_found'
+  WHEN outcome IN ('error_max_turns', 'error_max_budget_usd') THEN 'usage_limit'
+  WHEN outcome IN (%(listed)s) OR outcome GLOB 'withdrawn:[a-z]*' THEN outcome
+  ELSE 'lost' END
+WHERE outcome IS NOT NULL;
+CREATE TRIGGER runs_outcome_listed_insert BEFORE INSERT ON runs
+WHEN NEW.outcome IS NOT NULL AND NOT %(ok)s
+BEGIN SELECT RAISE(ABORT, 'run outcome outside the closed list (DESIGN 7)'); END;
+CREATE TRIGGER runs_outcome_listed_update BEFORE UPDATE OF outcome ON runs
+WHEN NEW.outcome IS NOT NULL AND NOT %(ok)s
+BEGIN SELECT RAISE(ABORT, 'run outcome outside the closed list (DESIGN 7)'); END;
+"""
+# DESIGN §7's outcomes as this migration shipped them (tests/test_run_outcomes.py checks them against
+# run_states.Outcome); `withdrawn` is written only with its reason, a lower-case word.
+_LISTED_OUTCOMES = (
+    "'ok', 'cli_not_found', 'workdir_missing', 'sandbox_unavailable', 'sandbox_required', 'root_refused',"
+    " 'env_unavailable', 'mcp_failed', 'auth', 'rate_limit', 'usage_limit', 'output_cap', 'time_limit',"
+    " 'stopped', 'shutdown', 'lost', 'expired'"
 )
+_OUTCOME_OK = (
+    f"(NEW.outcome IN ({_LISTED_OUTCOMES}) OR (NEW.outcome GLOB 'withdrawn:[a-z]*'"
+    " AND NOT NEW.outcome GLOB 'withdrawn:*[^a-z_]*'))"
+)
+_V_RUNS_BOOK = _V_RUNS_BOOK % {"listed": _LISTED_OUTCOMES, "ok": _OUTCOME_OK}
+
+MIGRATIONS: tuple[str, ...] = (
+    _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
+)  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from agent_rooms_mcp.home import write_private_file
 from agent_rooms_mcp.principals import AgentTool
+from agent_rooms_mcp.run_states import Outcome, RunState
 
 # The MCP server a woken CLI launches: `agent-rooms bridge`, holding only the run token (DESIGN §5). Through
 # `-m agent_rooms_mcp`, whose entry dispatches `bridge` before importing the rest of the CLI (__main__.py).
@@ -28,6 +29,15 @@ BRIDGE = [sys.executable, "-m", "agent_rooms_mcp", "bridge"]
 CLAUDE_BACKGROUND = "ScheduleWakeup,CronCreate,Monitor,Bash(run_in_background:true)"
 CLAUDE_READ_ONLY_TOOLS = "Read,Grep,Glob"
 CLAUDE_WRITE_TOOLS = "Write,Edit,NotebookEdit,Bash,WebFetch,Task"
+
+
+TOOL_NAME_CHARS = 64
+MAX_TOOL_NAMES = 32
+
+
+def _count(value: object) -> int:
+    """A usage count from an event: a non-negative int, or 0 for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 @dataclass
@@ -44,12 +54,24 @@ class Reading:
     # A resume of a session the CLI no longer has ("No conversation found").
     session_lost: bool = False
     errors: list[str] = field(default_factory=list)
+    # What the run used, as its events report it: all a listener sends the hub of them (DESIGN §9.1).
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd_micros: int = 0
+    tools: dict[str, int] = field(default_factory=dict)  # tool name -> calls
+
+    def used_tool(self, name: object) -> None:
+        """Count a tool call by name; names are the CLI's words, so bounded in length and in number."""
+        key = str(name)[:TOOL_NAME_CHARS]
+        if key not in self.tools and len(self.tools) >= MAX_TOOL_NAMES:
+            key = "_other"
+        self.tools[key] = self.tools.get(key, 0) + 1
 
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    state: str  # completed | failed | stopped
-    outcome: str  # a short word for people: ok, error, auth, rate_limit, stopped, ...
+    state: RunState  # completed | failed | stopped
+    outcome: Outcome  # DESIGN §7's closed list: never a CLI's own words
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,22 +101,40 @@ class Adapter(Protocol):
     def read(self, event: dict[str, Any], reading: Reading) -> None: ...
 
 
+# A shell's "command not found" / "not executable", as the CLI's wrapper (setpriv, a script) reports it.
+_EXEC_FAILED = (126, 127)
+# Claude's terminal reasons for a limit its run was given (wake.md §1): usage ran out, not the provider.
+_USAGE_LIMITS = frozenset({"error_max_turns", "error_max_budget_usd"})
+# An interrupt that reached the CLI from elsewhere than our stop: it stopped, it did not fail.
+_INTERRUPTED = frozenset({"aborted_streaming", "aborted_tools"})
+
+
 def judge(reading: Reading, *, stop_requested: bool, returncode: int | None) -> Judgement:
-    """DESIGN §5: outcome from the final events; a stop we sent wins over whatever the CLI said after."""
+    """DESIGN §5: outcome from the final events; a stop we sent wins over whatever the CLI said after.
+
+    Outcomes are DESIGN §7's closed list. A CLI that ended without a result, or failed in a way none of its
+    events names, ends `lost`: the hub cannot tell what it did, which is what `lost` says."""
     if reading.mcp_failed:
-        return Judgement("failed", "mcp_failed")
+        return Judgement(RunState.FAILED, Outcome.MCP_FAILED)
     if stop_requested:
-        return Judgement("stopped", "stopped")
-    if reading.rate_limited:
-        return Judgement("failed", "rate_limit")  # the follow-up that retries it is a queued run of its own
+        return Judgement(RunState.STOPPED, Outcome.STOPPED)
+    if reading.rate_limited:  # the follow-up that retries it is a queued run of its own
+        return Judgement(RunState.FAILED, Outcome.RATE_LIMIT)
     if reading.auth_failed:
-        return Judgement("failed", "auth")
+        return Judgement(RunState.FAILED, Outcome.AUTH)
     terminal = reading.terminal
     if terminal is None:
-        return Judgement("failed", f"no_result:exit_{returncode}")
+        if returncode in _EXEC_FAILED:
+            return Judgement(RunState.FAILED, Outcome.CLI_NOT_FOUND)
+        return Judgement(RunState.FAILED, Outcome.LOST)
     if terminal.get("_ok"):
-        return Judgement("completed", "ok")
-    return Judgement("failed", str(terminal.get("_why") or "error"))
+        return Judgement(RunState.COMPLETED, Outcome.OK)
+    why = terminal.get("_why")
+    if why in _USAGE_LIMITS:
+        return Judgement(RunState.FAILED, Outcome.USAGE_LIMIT)
+    if why in _INTERRUPTED:
+        return Judgement(RunState.STOPPED, Outcome.STOPPED)
+    return Judgement(RunState.FAILED, Outcome.LOST)
 
 
 class Claude:
@@ -132,6 +172,9 @@ class Claude:
                 reading.rate_limited = True
                 reading.reset_at = _from_unix(info.get("resetsAt"))
         elif kind == "assistant":
+            for block in (event.get("message") or {}).get("content") or []:
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    reading.used_tool(block.get("name"))
             error = event.get("error") or (event.get("message") or {}).get("error")
             if error == "authentication_failed" or error == "billing_error":
                 reading.auth_failed = True
@@ -143,6 +186,13 @@ class Claude:
             status = event.get("api_error_status")
             if status in (429, 529):
                 reading.rate_limited = True
+            usage = event.get("usage") or {}
+            if isinstance(usage, dict):  # the result carries the run's totals
+                reading.input_tokens = _count(usage.get("input_tokens"))
+                reading.output_tokens = _count(usage.get("output_tokens"))
+            cost = event.get("total_cost_usd")
+            if isinstance(cost, int | float) and 0 <= cost < 1e9:
+                reading.cost_usd_micros = round(cost * 1_000_000)
             ok = event.get("subtype") == "success" and not event.get("is_error")
             why = event.get("terminal_reason") or event.get("subtype") or "error"
             reading.terminal = {"_ok": ok, "_why": why}
@@ -173,6 +223,16 @@ class Codex:
             reading.session_id = str(event.get("thread_id") or "") or reading.session_id
         elif kind == "turn.completed":
             reading.terminal = {"_ok": True}
+            usage = event.get("usage") or {}
+            if isinstance(usage, dict):  # per turn: a resumed exec may run more than one
+                reading.input_tokens += _count(usage.get("input_tokens"))
+                reading.output_tokens += _count(usage.get("output_tokens"))
+        elif kind == "item.completed":
+            item = event.get("item") or {}
+            if isinstance(item, dict) and item.get("type") == "mcp_tool_call":
+                reading.used_tool(f"{item.get('server')}.{item.get('tool')}")
+            elif isinstance(item, dict) and item.get("type") == "command_execution":
+                reading.used_tool("shell")
         elif kind == "turn.failed":
             message = str((event.get("error") or {}).get("message") or "")
             reading.terminal = {"_ok": False, "_why": "turn_failed"}

@@ -1,42 +1,41 @@
-"""The embedded supervisor (DESIGN §5): claims queued wakes and runs each agent's CLI headless, stoppable.
+"""The supervisor (DESIGN §5): claims wakes and runs each agent's CLI headless, stoppable.
 
-It reads and writes runs only through `RunBook` and mints run tokens through `Accounts`; it never calls
-back into a transport. One supervisor per serving process; leases keep two processes from spawning the
-same wake, and a crashed holder's runs are found again by whichever supervisor looks next.
+Everything it asks of the hub goes through a `WakeBook` (book.py): it never touches accounts, the
+vault or SQL, and never calls back into a transport, so the same code runs embedded in a serving hub and,
+later, in an owner's listener. Leases keep two supervisors from spawning the same wake, and a crashed
+holder's runs are found again by whichever supervisor looks next.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from datetime import timedelta
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import structlog
 
-from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp import policy
+from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, WakeBook
 from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
-from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import AgentTool
-from agent_rooms_mcp.services.render import said
-from agent_rooms_mcp.services.runs import CONSTRAINABLE, CauseText, Claimed, RunBook
-from agent_rooms_mcp.vault import VaultError
+from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
+from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
 
-if TYPE_CHECKING:
-    from agent_rooms_mcp.wake.bridge_socket import OpenBridge
-
 log = structlog.get_logger("agent_rooms_mcp.wake")
+
+# How a run's CLI reaches the hub (DESIGN §5): (run id, run directory, token file) -> a context that keeps
+# the way open for the run and yields its MCP server's environment (`agent-rooms bridge`'s variables).
+OpenBridge = Callable[[str, Path, Path], AbstractAsyncContextManager[dict[str, str]]]
 
 SYSTEM_PROMPT = (
     "You were woken by agent-rooms, a hub where agents of several people share rooms. Use the agent-rooms "
@@ -49,37 +48,41 @@ TIME_LOOK_S = 1.0
 PDEATHSIG = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
+@dataclass(frozen=True, slots=True)
+class Local:
+    """What a supervisor knows of its own machine: the CLIs and caps (`wake`), where run directories and
+    default workdirs go (`home`), and where a run's event log stays: out of the run directory, which holds
+    only what the CLI may see (its token file, MCP config and tmp/)."""
+
+    wake: WakeSettings
+    home: Path
+    runs_dir: Path
+    run_logs_dir: Path
+
+
 class Supervisor:
-    def __init__(self, hub: Hub, open_bridge: OpenBridge | None = None) -> None:
-        self._hub = hub
-        # How a run's CLI reaches the hub: a socket per run beside this hub unless another way is given.
-        self._open_bridge = open_bridge or _socket_bridge(hub)
-        self._caps = hub.settings.wake
-        self.book = RunBook(hub.store, self._caps, holder="sup_" + secrets.token_hex(8))
+    def __init__(self, book: WakeBook, local: Local, open_bridge: OpenBridge) -> None:
+        self.book = book
+        self.local = local
+        self.open_bridge = open_bridge
+        self._caps = local.wake
         self._stops: dict[str, anyio.Event] = {}
 
     async def run(self) -> None:
         """Claim and run wakes until cancelled; on cancellation every child is stopped and reaped."""
-        store = self._hub.store
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_leases)
-            seen, looked = -1, 0.0
             while True:
-                # Look again when something committed: SQLite's data_version moves with every commit of
-                # another connection, so polling often costs one pragma when nothing happened. Time alone
-                # also frees runs (a back-off or a spawn-rate minute passing), hence a look every second.
-                version, now = store.data_version(), anyio.current_time()
-                if version != seen or now - looked >= TIME_LOOK_S:
-                    seen, looked = version, now
-                    try:
-                        await self._claim_all(tg)
-                        await self._pass_on_stops()
-                    except sqlite3.OperationalError as e:
-                        # Another process holding the write lock past the busy timeout must not take the
-                        # server down with it: the next look tries again.
-                        log.warning("supervisor.store_busy", error=str(e))
-                        seen = -1
-                await store.wait_changed(self._caps.poll_s)
+                try:
+                    await self._claim_all(tg)
+                    await self._pass_on_stops()
+                except BookUnavailable as e:
+                    # A book that cannot answer now (a write lock held elsewhere past the busy timeout)
+                    # must not take the server down with it: the next look tries again.
+                    log.warning("supervisor.book_unavailable", error=str(e))
+                # Time alone also frees wakes (a back-off or a spawn-rate minute passing): a look at least
+                # every TIME_LOOK_S, at once when the book says something moved.
+                await self.book.wait_for_work(TIME_LOOK_S)
 
     async def _claim_all(self, tg: anyio.abc.TaskGroup) -> None:
         while (claimed := await self.book.claim()) is not None:
@@ -96,68 +99,85 @@ class Supervisor:
     async def _keep_leases(self) -> None:
         while True:
             try:
-                for pid, started in await self.book.recover():
-                    kill_left_behind(pid, started)  # a crashed holder's CLI must not run on unsupervised
+                for left in await self.book.recover():
+                    kill_left_behind(left.pid, left.pid_start)  # a crashed holder's CLI must not run on unsupervised
                 await self.book.renew()
-            except sqlite3.OperationalError as e:  # a database locked a long while: try again next time
-                log.warning("supervisor.store_busy", error=str(e))
+            except BookUnavailable as e:  # a database locked a long while: try again next time
+                log.warning("supervisor.book_unavailable", error=str(e))
             await anyio.sleep(self._caps.lease_s / 3)
 
     async def _run_one(self, run: Claimed) -> None:
         stop = self._stops[run.run_id]
         reading = Reading()
         sent: list[str] = []  # the signals we sent, whoever asked
-        state, outcome, signal = "failed", "error", "none"
+        # An unexpected error leaves the hub not knowing what the run did: DESIGN §7's word for that is lost.
+        state, outcome, signal = RunState.FAILED, Outcome.LOST, StopSignal.NONE
         try:
             state, outcome = await self._spawn(run, stop, reading, sent)
-            signal = sent[-1] if sent else "none"
+            signal = StopSignal(sent[-1]) if sent else StopSignal.NONE
         except anyio.get_cancelled_exc_class():
             # The server is shutting down: run_process has stopped the CLI and reaped it.
-            state, outcome, signal = "stopped", "shutdown", sent[-1] if sent else "none"
+            state, outcome = RunState.STOPPED, Outcome.SHUTDOWN
+            signal = StopSignal(sent[-1]) if sent else StopSignal.NONE
             raise
         except Exception as e:  # a run that cannot start is a failed run, never a dead supervisor
             cause = _root_cause(e)
             log.warning("run.error", run_id=run.run_id, error=type(cause).__name__)
-            outcome = "cli_not_found" if isinstance(cause, FileNotFoundError) else f"error:{type(cause).__name__}"
+            if isinstance(cause, FileNotFoundError):
+                outcome = Outcome.CLI_NOT_FOUND
         finally:
             with anyio.CancelScope(shield=True):
-                await self.book.finish(
-                    run.run_id, state=state, outcome=outcome, stop_signal=signal, reset_at=reading.reset_at
+                reset_at = reading.reset_at.isoformat() if reading.reset_at else None
+                ending = Ending(
+                    state,
+                    outcome,
+                    signal,
+                    reset_at,
+                    input_tokens=reading.input_tokens,
+                    output_tokens=reading.output_tokens,
+                    cost_usd_micros=reading.cost_usd_micros,
+                    tool_counts=dict(reading.tools),
                 )
+                await self.book.finish(run.run_id, ending)
                 self._stops.pop(run.run_id, None)
                 log.info("run.end", run_id=run.run_id, agent=run.handle, state=state, outcome=outcome, signal=signal)
-                self._hub.store.notify_changed()
 
-    async def _spawn(self, run: Claimed, stop: anyio.Event, reading: Reading, sent: list[str]) -> tuple[str, str]:
-        settings, caps = self._hub.settings, self._caps
-        adapter = ADAPTERS[run.tool]
-        if run.constrained and run.tool not in CONSTRAINABLE:
-            return "failed", "CONSTRAINED_RUNTIME_REQUIRED"
-        binary = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(run.tool, caps.openclaw_bin)
+    async def _spawn(
+        self, run: Claimed, stop: anyio.Event, reading: Reading, sent: list[str]
+    ) -> tuple[RunState, Outcome]:
+        local, caps = self.local, self._caps
+        tool = AgentTool(run.tool)
+        adapter = ADAPTERS[tool]
+        if run.constrained and not policy.constrainable(tool):
+            # Refused at the request already (CONSTRAINED_RUNTIME_REQUIRED); should one reach a spawn, the
+            # contained runtime another owner's words require is missing: DESIGN §7's sandbox_required.
+            return RunState.FAILED, Outcome.SANDBOX_REQUIRED
+        binary = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(tool, caps.openclaw_bin)
         if shutil.which(binary) is None:  # found before spawning: behind setpriv it would read as exit 127
-            return "failed", "cli_not_found"
-        run_dir, logs = settings.runs_dir / run.run_id, settings.run_logs_dir / run.run_id
-        for d in (settings.runs_dir, run_dir, settings.run_logs_dir, logs):
+            return RunState.FAILED, Outcome.CLI_NOT_FOUND
+        run_dir, logs = local.runs_dir / run.run_id, local.run_logs_dir / run.run_id
+        for d in (local.runs_dir, run_dir, local.run_logs_dir, logs):
             ensure_private_dir(d)
-        workdir = Path(run.workdir) if run.workdir else settings.home / "workdirs" / run.handle
+        workdir = Path(run.workdir) if run.workdir else local.home / "workdirs" / run.handle
         if not run.workdir:
             ensure_private_dir(workdir.parent)
             ensure_private_dir(workdir)
+        if not workdir.is_dir():  # moved or deleted since the operator set it: say so, not "CLI not found"
+            return RunState.FAILED, Outcome.WORKDIR_MISSING
+        if run.env is None:  # the book could not open the owner's sealed variables: fail closed
+            return RunState.FAILED, Outcome.ENV_UNAVAILABLE
         try:
-            # The owner's variables for this agent: sealed at rest; without the key the run fails closed.
-            extra = await self._hub.accounts.env_for_run(run.agent_id)
             env = scrubbed_env(
-                os.environ, tool=run.tool.value, run_dir=run_dir, run_id=run.run_id, depth=run.depth, extra=extra
+                os.environ, tool=tool.value, run_dir=run_dir, run_id=run.run_id, depth=run.depth, extra=run.env
             )
-        except (HomeError, VaultError, ValueError) as e:
+        except (HomeError, ValueError) as e:
             log.warning("run.env_refused", run_id=run.run_id, agent=run.handle, error=type(e).__name__)
-            return "failed", "env_unavailable"
-        token = await self._hub.accounts.issue_run_token(
-            Actor("system", self.book.holder), run.agent_id, run.run_id, timedelta(seconds=caps.run_limit_s)
-        )
+            return RunState.FAILED, Outcome.ENV_UNAVAILABLE
+        if not run.run_token:  # without its credential the CLI could not reach the room
+            return RunState.FAILED, Outcome.MCP_FAILED
         token_file = run_dir / "token"
-        write_private_file(token_file, token.token.encode())
-        read_only = run.constrained or (caps.contain and run.tool == AgentTool.CLAUDE)
+        write_private_file(token_file, run.run_token.encode())
+        read_only = run.constrained or (caps.contain and tool == AgentTool.CLAUDE)
         prompt = _prompt(run, run.words)
         events = _EventLog(logs / "events.jsonl")
         recorded: set[str] = set()
@@ -174,7 +194,7 @@ class Supervisor:
 
         try:
             # The CLI's MCP server is `agent-rooms bridge` with the run token only (DESIGN §5): never the home.
-            async with self._open_bridge(run.run_id, run_dir, token_file) as mcp_env:
+            async with self.open_bridge(run.run_id, run_dir, token_file) as mcp_env:
                 plan = Plan(
                     binary=binary,
                     workdir=workdir,
@@ -200,14 +220,13 @@ class Supervisor:
             await self.book.session(run.run_id, "")
         write_private_file(logs / "stderr.log", finished.stderr_tail)
         verdict = judge(reading, stop_requested=stop.is_set(), returncode=finished.returncode)
-        if finished.reason in ("wall", "idle", "line_too_long", "output_cap") and not stop.is_set():
-            verdict_state, verdict_outcome = ("stopped", finished.reason)
-        else:
-            verdict_state, verdict_outcome = verdict.state, verdict.outcome
-        if verdict_state == "failed" and b"root/sudo privileges" in finished.stderr_tail:
+        state, outcome = verdict.state, verdict.outcome
+        if finished.reason in LIMIT_OUTCOMES and not stop.is_set():
+            state, outcome = RunState.STOPPED, LIMIT_OUTCOMES[finished.reason]
+        if state == RunState.FAILED and b"root/sudo privileges" in finished.stderr_tail:
             # Claude refuses to skip permissions as root unless IS_SANDBOX=1 (wake.md §1.1): say so.
-            verdict_outcome = "root_refused"
-        return verdict_state, verdict_outcome
+            outcome = Outcome.ROOT_REFUSED
+        return state, outcome
 
     async def _watch(
         self,
@@ -233,7 +252,7 @@ class Supervisor:
         async with anyio.create_task_group() as tg:
 
             def on_spawn(pid: int) -> None:
-                log.info("run.spawn", run_id=run.run_id, agent=run.handle, tool=run.tool.value, pid=pid,
+                log.info("run.spawn", run_id=run.run_id, agent=run.handle, tool=run.tool, pid=pid,
                          read_only=plan.read_only, resume=bool(run.resume_session))  # fmt: skip
                 tg.start_soon(self.book.started, run.run_id, pid, start_time(pid))
 
@@ -257,17 +276,18 @@ class Supervisor:
         return finished
 
 
+# Why the process layer stopped a run by itself, as DESIGN §7's outcomes: the time limits and the output caps.
+LIMIT_OUTCOMES = {
+    "wall": Outcome.TIME_LIMIT,
+    "idle": Outcome.TIME_LIMIT,
+    "line_too_long": Outcome.OUTPUT_CAP,
+    "output_cap": Outcome.OUTPUT_CAP,
+}
+
 RETRY_PROMPT = (
     "The provider's rate limit that interrupted your last turn has passed. Continue the task you were working"
     " on; do not repeat steps you already completed. Reply in the room with post_message when done."
 )
-
-
-def _socket_bridge(hub: Hub) -> OpenBridge:
-    # Imported here: bridge_socket serves http.py's app, and http.py imports this module.
-    from agent_rooms_mcp.wake.bridge_socket import socket_bridge
-
-    return socket_bridge(hub)
 
 
 def _root_cause(e: BaseException) -> BaseException:
@@ -283,12 +303,11 @@ def _prompt(run: Claimed, cause: CauseText) -> str:
     original request is never sent again (wake.md §6.4)."""
     if run.retry and run.resume_session:
         return f"You were woken by agent-rooms.\nroom: {run.room_name}\ntrigger: retry {run.cause_id}\n\n{RETRY_PROMPT}"
-    # The words go through the same rendering as every tool result's free text.
-    [words], _ = said([(cause.text, cause.author, cause.owner, "cross_owner" if cause.cross_owner else "same_owner")])
-    text = words.text
+    # cause.text was rendered where the wake was claimed, like every tool result's free text: sanitised,
+    # and inside the untrusted envelope when another owner wrote it. Nothing here adds another's words.
     return (
         f"You were woken by agent-rooms.\nroom: {run.room_name}\ntrigger: {run.trigger} {run.cause_id}\n"
-        f"from: @{cause.author} (owner {cause.owner})\n\n{text}\n\n"
+        f"from: @{cause.author} (owner {cause.owner})\n\n{cause.text}\n\n"
         "Read the room with read_messages, do what is asked if it is yours to do, and reply with post_message"
         " in the room. For a task, move it along with update_task."
     )
@@ -315,18 +334,3 @@ class _EventLog:
         if self._dropped:
             self._file.write(json.dumps({"type": "_log", "dropped_events": self._dropped}).encode() + b"\n")
         self._file.close()
-
-
-@asynccontextmanager
-async def supervising(hub: Hub) -> AsyncIterator[Supervisor | None]:
-    """Run the supervisor beside a serving hub, if this process should (DESIGN §5)."""
-    if not hub.settings.wake.enabled:
-        yield None
-        return
-    supervisor = Supervisor(hub)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(supervisor.run)
-        try:
-            yield supervisor
-        finally:
-            tg.cancel_scope.cancel()

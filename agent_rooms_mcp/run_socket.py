@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import anyio
@@ -26,13 +26,11 @@ from agent_rooms_mcp.http import mcp_app
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.serving import bounded_protocol
 from agent_rooms_mcp.settings import Limits
+from agent_rooms_mcp.wake.supervisor import OpenBridge
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
 SOCKET_NAME = "bridge.sock"
-
-# (run id, run directory, token file) -> a context that serves the run and yields its MCP server's env.
-OpenBridge = Callable[[str, Path, Path], AbstractAsyncContextManager[dict[str, str]]]
 
 
 def socket_bridge(hub: Hub) -> OpenBridge:

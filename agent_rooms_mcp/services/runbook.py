@@ -1,0 +1,433 @@
+"""The wake book over the store (DESIGN §5): what the embedded supervisor asks of the hub, in process.
+
+It claims a queued wake (re-checking everything the wake needed, reading the words that were accepted,
+opening the agent's sealed variables and minting the run's token), records the run's start, session and
+end, renews and recovers leases, and reports stop requests. Every state change writes its audit row in
+the same transaction (invariant 85). An owner's listener will implement the same `WakeBook` over HTTPS.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from agent_rooms_mcp import audit
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.auth.tokens import new_id
+from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, LeftBehind
+from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.home import HomeError
+from agent_rooms_mcp.models import Relation
+from agent_rooms_mcp.run_states import HELD_STATES, Outcome, RunState, Trigger, sql_words, withdrawn
+from agent_rooms_mcp.services import crossing
+from agent_rooms_mcp.services.accounts import Accounts
+from agent_rooms_mcp.services.render import said
+from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, startable_args
+from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, withdrawal
+from agent_rooms_mcp.settings import WakeSettings
+from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.vault import VaultError
+
+log = structlog.get_logger("agent_rooms_mcp.wake")
+
+_SYSTEM = "system"
+
+
+@contextmanager
+def _busy_is_unavailable() -> Iterator[None]:
+    """A database locked past the busy timeout (another process's long write) is the book being unavailable
+    for now, which the supervisor rides out, not a failure of its own."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise BookUnavailable(str(e)) from e
+
+
+class LocalWakeBook:
+    """The `WakeBook` of a supervisor embedded in a serving process: every call is a store transaction."""
+
+    def __init__(self, store: Store, caps: WakeSettings, accounts: Accounts, *, holder: str, host: str) -> None:
+        self._store = store
+        self._caps = caps
+        self._accounts = accounts
+        self._holder = holder
+        self._host = host
+        self._seen = -1  # the data_version last acted on: the first look always acts
+
+    @property
+    def holder(self) -> str:
+        return self._holder
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def _actor(self) -> Actor:
+        return Actor(_SYSTEM, self._holder)
+
+    def _lease(self) -> str:
+        return iso(datetime.now(UTC) + timedelta(seconds=self._caps.lease_s))
+
+    async def wait_for_work(self, timeout_s: float) -> bool:
+        # SQLite's data_version moves with every commit of another connection (this process's writer
+        # included), so polling it often costs one pragma when nothing happened; a commit of this process
+        # wakes the wait at once.
+        deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
+        while True:
+            version = self._store.data_version()
+            if version != self._seen:
+                self._seen = version
+                return True
+            left = (deadline - datetime.now(UTC)).total_seconds()
+            if left <= 0:
+                return False
+            await self._store.wait_changed(min(left, self._caps.poll_s))
+
+    async def recover(self) -> list[LeftBehind]:
+        """Runs whose holder's lease ran out: never started -> queued again; started -> `lost`, and the CLI
+        of each such run that ran on this host, for the caller to make sure it is gone. A process on another
+        host is not ours to kill: its pid here names some unrelated process. Wakes that waited for their
+        owner's listener longer than `listener_wait_s` end `expired`, which their causer sees."""
+
+        def run(conn: sqlite3.Connection) -> list[LeftBehind]:
+            now = now_utc()
+            self._expire(conn, now)
+            lost = []
+            for row in conn.execute(
+                "SELECT run_id, pid, pid_start, agent_id, lease_holder, lease_host, withdraw_reason FROM runs"
+                f" WHERE state IN ({sql_words(*HELD_STATES)}) AND lease_until < ?",
+                (now,),
+            ).fetchall():
+                revoke_run_tokens(conn, row["run_id"], now)  # a token minted before the crash dies too
+                detail = {"run_id": row["run_id"], "lease_holder": row["lease_holder"], "lease_host": row["lease_host"]}
+                if row["pid"] is None and row["withdraw_reason"] is not None:
+                    # Withdrawn before its CLI ever started: it ends so, rather than queue again.
+                    withdraw(conn, row["run_id"], RunState.QUEUED, row["withdraw_reason"], now)
+                    audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
+                                 detail={**detail, "reason": row["withdraw_reason"]})  # fmt: skip
+                elif row["pid"] is None:
+                    conn.execute(
+                        "UPDATE runs SET state = ?, lease_holder = NULL, lease_host = NULL, lease_until = NULL,"
+                        " started_at = NULL WHERE run_id = ?",
+                        (RunState.QUEUED, row["run_id"]),
+                    )
+                    audit.append(conn, self._actor, "run.requeue", target=row["agent_id"], detail=detail)
+                else:
+                    conn.execute(
+                        "UPDATE runs SET state = ?, outcome = ?, ended_at = ? WHERE run_id = ?",
+                        (RunState.LOST, Outcome.LOST, now, row["run_id"]),
+                    )
+                    audit.append(conn, self._actor, "run.lost", target=row["agent_id"], detail=detail)
+                    # A lease written before leases named their host was written on the hub's own machine.
+                    ours = row["lease_host"] in (None, self._host)
+                    if row["pid_start"] is not None and ours:
+                        lost.append(LeftBehind(row["run_id"], row["pid"], row["pid_start"]))
+            return lost
+
+        with _busy_is_unavailable():
+            return await self._store.write(run)
+
+    def _expire(self, conn: sqlite3.Connection, now: str) -> None:
+        oldest = iso(datetime.now(UTC) - timedelta(seconds=self._caps.listener_wait_s))
+        for row in conn.execute(
+            "SELECT run_id, agent_id FROM runs WHERE state = ? AND created_at < ?",
+            (RunState.WAITING_FOR_LISTENER, oldest),
+        ).fetchall():
+            conn.execute(
+                "UPDATE runs SET state = ?, outcome = ?, ended_at = ? WHERE run_id = ? AND state = ?",
+                (RunState.EXPIRED, Outcome.EXPIRED, now, row["run_id"], RunState.WAITING_FOR_LISTENER),
+            )
+            audit.append(conn, self._actor, "run.expire", target=row["agent_id"], detail={"run_id": row["run_id"]})
+
+    async def claim(self) -> Claimed | None:
+        """The oldest queued run that no cap holds back, now held by this supervisor; None if there is none.
+
+        "Starts" means this claim (DESIGN §4): in its transaction every condition the wake needed is checked
+        again, a wake that fails one ends `withdrawn` with the reason (audited) and the next is looked at,
+        and the words the run will be given are read from what was accepted. Then the agent's variables are
+        opened and the run's token minted: a run holds both before it spawns anything."""
+        with _busy_is_unavailable():
+            claimed = await self._claim()
+        return None if claimed is None else await self._equip(claimed)
+
+    async def _claim(self) -> Claimed | None:
+        caps = self._caps
+        # Most looks find nothing: a read costs far less than taking the write lock to find that out.
+        if not await self._store.read(
+            lambda c: c.execute("SELECT 1 FROM runs WHERE state = ?", (RunState.QUEUED,)).fetchone()
+        ):
+            return None
+
+        def run(conn: sqlite3.Connection) -> Claimed | None:
+            now = datetime.now(UTC)
+            while True:
+                row = conn.execute(
+                    RUNS_SELECT + " WHERE" + STARTABLE + " ORDER BY r.created_at LIMIT 1", startable_args(caps, now)
+                ).fetchone()
+                if row is None:
+                    return None
+                reason = withdrawal(conn, row, started=False)
+                words = _words(conn, row) if reason is None else None
+                if words is None:
+                    reason = reason or "payload_missing"
+                    withdraw(conn, row["run_id"], RunState.QUEUED, reason, iso(now))
+                    audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
+                                 detail={"run_id": row["run_id"], "reason": reason})  # fmt: skip
+                    continue
+                return self._hold(conn, row, words, now)
+
+        return await self._store.write(run)
+
+    async def _equip(self, claimed: Claimed) -> Claimed:
+        """Open the agent's variables and mint the run's token. Neither failing leaves the claim dangling:
+        the supervisor ends a run without variables `env_unavailable` and one without a token as unable
+        to reach the hub."""
+        try:
+            # Sealed at rest; without the master key the run fails closed rather than start without them.
+            env: dict[str, str] | None = await self._accounts.env_for_run(claimed.agent_id)
+        except (HomeError, VaultError) as e:
+            log.warning("run.env_refused", run_id=claimed.run_id, agent=claimed.handle, error=type(e).__name__)
+            return replace(claimed, env=None)
+        try:
+            issued = await self._accounts.issue_run_token(
+                self._actor, claimed.agent_id, claimed.run_id, timedelta(seconds=self._caps.run_limit_s)
+            )
+        except Exception as e:  # the supervisor ends it; a claim must never leave a run held and idle
+            log.warning("run.token_refused", run_id=claimed.run_id, error=type(e).__name__)
+            return replace(claimed, env=env)
+        return replace(claimed, env=env, run_token=issued.token)
+
+    def _hold(self, conn: sqlite3.Connection, row: sqlite3.Row, words: CauseText, now: datetime) -> Claimed:
+        conn.execute(
+            "UPDATE runs SET state = ?, lease_holder = ?, lease_host = ?, lease_until = ?, started_at = ?"
+            " WHERE run_id = ?",
+            (RunState.RUNNING, self._holder, self._host, self._lease(), iso(now), row["run_id"]),
+        )
+        audit.append(conn, self._actor, "run.claim", target=row["agent_id"],
+                     detail={"run_id": row["run_id"], "host": self._host})  # fmt: skip
+        # A constrained session may hold another owner's words: an unconstrained run never resumes
+        # it, so each kind of run continues its own kind of session.
+        last = conn.execute(
+            "SELECT session_id FROM runs WHERE agent_id = ? AND session_id IS NOT NULL AND constrained = ?"
+            " ORDER BY started_at DESC LIMIT 1",
+            (row["agent_id"], row["constrained"]),
+        ).fetchone()
+        return Claimed(
+            run_id=row["run_id"],
+            agent_id=row["agent_id"],
+            handle=row["handle"],
+            owner_id=row["owner_id"],
+            tool=row["tool"],
+            workdir=row["workdir"],
+            room_id=row["room_id"],
+            room_name=row["room_name"],
+            trigger=row["trigger"],
+            cause_id=row["cause_id"],
+            caused_by=row["caused_by"],
+            causers=tuple(sorted(crossing.loads(row["causers"]))),
+            constrained=bool(row["constrained"]),
+            depth=row["depth"],
+            resume_session=(last["session_id"] or None) if last else None,  # "" marks a session lost
+            words=words,
+            retry=bool(row["resume"]),
+        )
+
+    async def started(self, run_id: str, pid: int, pid_start: int | None) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET pid = ?, pid_start = ? WHERE run_id = ?", (pid, pid_start, run_id))
+            row = conn.execute("SELECT agent_id, trigger, cause_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            audit.append(
+                conn,
+                self._actor,
+                "run.spawn",
+                target=row["agent_id"],
+                detail={"run_id": run_id, "trigger": row["trigger"], "cause_id": row["cause_id"]},
+            )
+
+        await self._store.write(run)
+
+    async def session(self, run_id: str, session_id: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET session_id = ? WHERE run_id = ?", (session_id, run_id))
+            row = conn.execute("SELECT agent_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            # "" records a session the CLI lost: the next wake starts afresh.
+            audit.append(conn, self._actor, "run.session", target=row["agent_id"],
+                         detail={"run_id": run_id, "session_id": session_id or None})  # fmt: skip
+
+        await self._store.write(run)
+
+    async def renew(self) -> None:
+        # Extending a lease changes no state a reader sees (the run stays where it was): no audit row.
+        with _busy_is_unavailable():
+            await self._store.write(
+                lambda c: c.execute(
+                    f"UPDATE runs SET lease_until = ? WHERE lease_holder = ? AND state IN ({sql_words(*HELD_STATES)})",
+                    (self._lease(), self._holder),
+                )
+            )
+
+    async def stop_requests(self) -> set[str]:
+        """The runs this supervisor holds that must stop: asked to, or withdrawn because something their
+        wake needed has changed since it started (invariant 103), which is marked here, audited."""
+        with _busy_is_unavailable():
+            return await self._stop_requests()
+
+    async def _stop_requests(self) -> set[str]:
+
+        def changed(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            rows = conn.execute(
+                "SELECT * FROM runs WHERE lease_holder = ? AND state = ?", (self._holder, RunState.RUNNING)
+            ).fetchall()
+            return [(r["run_id"], r["agent_id"], why) for r in rows if (why := withdrawal(conn, r, started=True))]
+
+        if await self._store.read(changed):
+
+            def mark(conn: sqlite3.Connection) -> None:
+                now = now_utc()
+                for run_id, agent_id, reason in changed(conn):  # again, under the write lock
+                    withdraw(conn, run_id, RunState.RUNNING, reason, now)
+                    audit.append(conn, self._actor, "run.withdraw", target=agent_id,
+                                 detail={"run_id": run_id, "reason": reason})  # fmt: skip
+
+            await self._store.write(mark)
+        return await self._store.read(
+            lambda c: {
+                r[0]
+                for r in c.execute(
+                    "SELECT run_id FROM runs WHERE lease_holder = ? AND state = ?", (self._holder, RunState.STOPPING)
+                )
+            }
+        )
+
+    async def finish(self, run_id: str, ending: Ending) -> None:
+        """Record how a run ended and revoke its token. A run stopped because its wake was withdrawn ends
+        `withdrawn`. A rate-limited run (`failed`, outcome `rate_limit`) puts its (owner, tool) into back-off
+        (until the provider's reset time when known) and queues a follow-up that resumes the session once
+        the back-off passes."""
+        reset_at = datetime.fromisoformat(ending.reset_at) if ending.reset_at else None
+
+        def run(conn: sqlite3.Connection) -> None:
+            now = now_utc()
+            row = conn.execute(
+                "SELECT r.*, a.tool FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE r.run_id = ?", (run_id,)
+            ).fetchone()
+            final, ended_as = ending.state, ending.outcome
+            # Withdrawn whether the signal ended it or the CLI finished first: its causer sees why (DESIGN §5).
+            if row["withdraw_reason"] is not None:
+                final, ended_as = RunState.WITHDRAWN, withdrawn(row["withdraw_reason"])
+            conn.execute(
+                "UPDATE runs SET state = ?, outcome = ?, stop_signal = ?, ended_at = ?, lease_holder = NULL,"
+                " lease_host = NULL, lease_until = NULL WHERE run_id = ?",
+                (final, ended_as, ending.stop_signal, now, run_id),
+            )
+            revoke_run_tokens(conn, run_id, now)
+            detail: dict[str, object] = {"run_id": run_id, "state": final, "outcome": ended_as}
+            detail["stop_signal"] = ending.stop_signal
+            if ending.input_tokens or ending.output_tokens or ending.tool_counts:
+                detail["usage"] = {
+                    "input_tokens": ending.input_tokens,
+                    "output_tokens": ending.output_tokens,
+                    "cost_usd_micros": ending.cost_usd_micros,
+                    "tools": ending.tool_counts,
+                }
+            if ended_as == Outcome.RATE_LIMIT:
+                detail["follow_up"] = self._back_off(conn, row, reset_at, now)
+            elif final == RunState.COMPLETED:
+                conn.execute("DELETE FROM backoffs WHERE owner_id = ? AND tool = ?", (row["owner_id"], row["tool"]))
+            audit.append(conn, self._actor, "run.end", target=row["agent_id"], detail=detail)
+
+        # notify: a run ending frees a cap, so this process's supervisor looks for the next wake at once.
+        await self._store.write(run, notify=True)
+
+    def _back_off(self, conn: sqlite3.Connection, row: sqlite3.Row, reset_at: datetime | None, now: str) -> str | None:
+        """Back-off for the run's (owner, tool), and the follow-up run queued to resume it (None when the
+        agent already has a queued wake, which will resume the session anyway)."""
+        tries = conn.execute(
+            "SELECT attempts FROM backoffs WHERE owner_id = ? AND tool = ?", (row["owner_id"], row["tool"])
+        ).fetchone()
+        retry_at = iso(backoff_until(datetime.now(UTC), reset_at, tries["attempts"] if tries else 0))
+        conn.execute(
+            "INSERT INTO backoffs (owner_id, tool, not_before, attempts) VALUES (?, ?, ?, 1)"
+            " ON CONFLICT (owner_id, tool) DO UPDATE SET not_before = excluded.not_before,"
+            " attempts = attempts + 1",
+            (row["owner_id"], row["tool"], retry_at),
+        )
+        if conn.execute(
+            "SELECT 1 FROM runs WHERE agent_id = ? AND state = ?", (row["agent_id"], RunState.QUEUED)
+        ).fetchone():
+            return None
+        follow_up = new_id("run")
+        # The follow-up carries what bound the original: its causers, its accepted payload, its constraint.
+        conn.execute(
+            "INSERT INTO runs (run_id, agent_id, owner_id, room_id, trigger, cause_id, caused_by, causers,"
+            " proposal_id, payload_sha256, constrained, depth, state, resume, not_before, created_at)"
+            " SELECT ?, agent_id, owner_id, room_id, trigger, cause_id, caused_by, causers, proposal_id,"
+            " payload_sha256, constrained, depth, ?, 1, ?, ? FROM runs WHERE run_id = ?",
+            (follow_up, RunState.QUEUED, retry_at, now, row["run_id"]),
+        )
+        audit.append(conn, self._actor, "run.follow_up", target=row["agent_id"],
+                     detail={"run_id": follow_up, "after": row["run_id"], "not_before": retry_at})  # fmt: skip
+        return follow_up
+
+
+def _words(conn: sqlite3.Connection, run: sqlite3.Row) -> CauseText | None:
+    """The words a claimed run is given: an accepted proposal's payload, a task's agreed words (the hash
+    `withdrawal` checked proves the row still holds them), or the message that mentioned it. None when
+    they are gone."""
+    causers = crossing.loads(run["causers"])
+    foreign = bool(crossing.others(causers, run["owner_id"]))
+    payload = None
+    if run["proposal_id"] is not None:
+        stored = conn.execute(
+            "SELECT payload, payload_sha256 FROM proposals WHERE proposal_id = ?", (run["proposal_id"],)
+        ).fetchone()
+        if stored is None or crossing.canonical(json.loads(stored["payload"]))[1] != stored["payload_sha256"]:
+            return None
+        payload = json.loads(stored["payload"])
+    if run["trigger"] == Trigger.TASK:
+        task = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (run["cause_id"],)).fetchone()
+        if task is None:
+            return None
+        words = payload or {"title": task["title"], "body": task["body"]}
+        text, author_id = f"{words['title']}\n\n{words['body']}", task["creator_id"]
+    else:
+        message_id = payload["message_id"] if payload and run["trigger"] == "wake_proposal" else run["cause_id"]
+        message = conn.execute(
+            "SELECT text, agent_id FROM messages WHERE room_id = ? AND message_id = ?", (run["room_id"], message_id)
+        ).fetchone()
+        if message is None:
+            return None
+        text, author_id = (payload["text"] if payload else message["text"]), message["agent_id"]
+    author = conn.execute(
+        "SELECT a.handle, a.owner_id, o.handle AS owner_handle FROM agents a"
+        " JOIN owners o ON o.owner_id = a.owner_id WHERE a.agent_id = ?",
+        (author_id,),
+    ).fetchone()
+    cross = foreign or author["owner_id"] != run["owner_id"]
+    return rendered(CauseText(text, author["handle"], author["owner_handle"], cross))
+
+
+def rendered(words: CauseText) -> CauseText:
+    """The words as the woken CLI reads them: sanitised, and enveloped when another owner wrote them, by
+    the same rendering as every tool result's free text. Done at the claim, on the hub, so a supervisor
+    anywhere is handed exactly what its CLI will read and never renders another owner's words itself."""
+    relation: Relation = "cross_owner" if words.cross_owner else "same_owner"
+    [shown], _ = said([(words.text, words.author, words.owner, relation)])
+    return replace(words, text=shown.text)
+
+
+def backoff_until(now: datetime, reset_at: datetime | None, attempts: int) -> datetime:
+    """wake.md §6.4: a known reset time plus up to 30 s of jitter, else an exponential wait from 30 s up to
+    30 min, half fixed and half random, so owners' retries spread out rather than arrive together."""
+    if reset_at is not None:
+        return max(reset_at, now) + timedelta(seconds=random.uniform(0, 30))
+    base = min(1800.0, 30.0 * 2 ** min(attempts, 10))
+    return now + timedelta(seconds=base / 2 + random.uniform(0, base / 2))
