@@ -141,8 +141,6 @@ def serve(
     Public mode (DESIGN §9.3), behind a TLS proxy on this machine:
         agent-rooms serve --http --public-url https://hub.example.com --trust-proxy 127.0.0.1
     """
-    configure_logging()
-    s: Settings = settings()
     network = (public_url, trust_proxy, tls_cert, tls_key)
     if not use_http and any(v is not None for v in network):
         raise click.UsageError("--public-url, --trust-proxy and --tls-* apply to --http only")
@@ -152,6 +150,8 @@ def serve(
             exposure = exposure_for(host, public_url, trust_proxy, (tls_cert, tls_key))
         except BindRefused as e:
             raise click.UsageError(str(e)) from None
+    configure_logging()
+    s: Settings = settings()
     # Refuse an unsafe or missing home here, with its fix, rather than after announcing a server.
     guarded(lambda: check_home(s))
     if not use_http:
