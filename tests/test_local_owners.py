@@ -14,6 +14,11 @@ from typing import Any
 import anyio
 import pytest
 
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.book import Ending
+from agent_rooms_mcp.embedded import embedded_supervisor
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.store import schema
 from agent_rooms_mcp.store.database import Store
@@ -61,6 +66,48 @@ async def test_the_hub_never_spawns_an_agent_of_an_owner_who_is_not_local(woken:
     [seen] = await list_runs(world, "alice-claude")
     assert (seen["run_id"], seen["state"], seen["outcome"]) == (run["run_id"], "expired", "expired")
     assert [r["action"] for r in world.audit_rows() if r["action"].startswith("run.")][-1] == "run.expire"
+
+
+OPERATOR = Actor("operator", "op", via="cli")
+
+
+@pytest.mark.invariant(99)
+async def test_a_follow_up_after_the_owner_stopped_being_local_waits_for_their_listener(woken: World) -> None:
+    """A rate-limited run's follow-up is a new wake: it waits where its owner's wakes wait now, not on the hub
+    (found by a hostile review: it was queued for the hub's supervisor whatever the owner had become)."""
+    async with Hub.open(woken.settings) as hub:
+        book = embedded_supervisor(hub).book
+        await post(woken, "alice-claude", "@alice-bot please")
+        claimed = await book.claim()
+        assert claimed is not None
+        await hub.accounts.set_owner_local(OPERATOR, "alice", False)
+        await book.finish(claimed.run_id, Ending(RunState.FAILED, Outcome.RATE_LIMIT, StopSignal.NONE, None))
+        assert runs(woken, "alice-bot")[-1]["state"] == "waiting_for_listener"
+        assert await book.claim() is None
+
+
+@pytest.mark.invariant(99)
+async def test_a_wake_requeued_after_a_lapsed_lease_is_never_claimed_for_an_owner_no_longer_local(woken: World) -> None:
+    async with Hub.open(woken.settings) as hub:
+        book = embedded_supervisor(hub).book
+        await post(woken, "alice-claude", "@alice-bot please")
+        assert await book.claim() is not None
+        await hub.accounts.set_owner_local(OPERATOR, "alice", False)
+        await hub.store.write(lambda c: c.execute("UPDATE runs SET lease_until = '2000-01-01T00:00:00.000000Z'"))
+        await book.recover()
+        assert runs(woken, "alice-bot")[-1]["state"] == "waiting_for_listener"
+        assert await book.claim() is None
+
+
+@pytest.mark.invariant(99)
+async def test_a_queued_row_of_an_owner_who_is_not_local_is_never_claimed(woken: World) -> None:
+    """The claim itself asks whether the owner is local, whatever path left a row `queued`."""
+    async with Hub.open(woken.settings) as hub:
+        book = embedded_supervisor(hub).book
+        await post(woken, "alice-claude", "@alice-bot please")
+        await hub.store.write(lambda c: c.execute("UPDATE owners SET local = 0 WHERE handle = 'alice'"))
+        assert runs(woken, "alice-bot")[-1]["state"] == "queued"
+        assert await book.claim() is None
 
 
 async def test_marking_an_owner_local_hands_their_waiting_wakes_to_the_hub(woken: World, fakes: Fakes) -> None:

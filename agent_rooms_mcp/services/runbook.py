@@ -29,7 +29,7 @@ from agent_rooms_mcp.run_states import HELD_STATES, Outcome, RunState, Trigger, 
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.render import said
-from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, startable_args
+from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, startable_args, waiting_state_of
 from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, withdrawal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
@@ -102,7 +102,7 @@ class LocalWakeBook:
             self._expire(conn, now)
             lost = []
             for row in conn.execute(
-                "SELECT run_id, pid, pid_start, agent_id, lease_holder, lease_host, withdraw_reason FROM runs"
+                "SELECT run_id, pid, pid_start, agent_id, owner_id, lease_holder, lease_host, withdraw_reason FROM runs"
                 f" WHERE state IN ({sql_words(*HELD_STATES)}) AND lease_until < ?",
                 (now,),
             ).fetchall():
@@ -114,10 +114,11 @@ class LocalWakeBook:
                     audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
                                  detail={**detail, "reason": row["withdraw_reason"]})  # fmt: skip
                 elif row["pid"] is None:
+                    # Back to where its owner's wakes wait now: the owner may have stopped being local.
                     conn.execute(
                         "UPDATE runs SET state = ?, lease_holder = NULL, lease_host = NULL, lease_until = NULL,"
                         " started_at = NULL WHERE run_id = ?",
-                        (RunState.QUEUED, row["run_id"]),
+                        (waiting_state_of(conn, row["owner_id"]), row["run_id"]),
                     )
                     audit.append(conn, self._actor, "run.requeue", target=row["agent_id"], detail=detail)
                 else:
@@ -371,7 +372,7 @@ class LocalWakeBook:
             " proposal_id, payload_sha256, constrained, depth, state, resume, not_before, created_at)"
             " SELECT ?, agent_id, owner_id, room_id, trigger, cause_id, caused_by, causers, proposal_id,"
             " payload_sha256, constrained, depth, ?, 1, ?, ? FROM runs WHERE run_id = ?",
-            (follow_up, RunState.QUEUED, retry_at, now, row["run_id"]),
+            (follow_up, waiting_state_of(conn, row["owner_id"]), retry_at, now, row["run_id"]),
         )
         audit.append(conn, self._actor, "run.follow_up", target=row["agent_id"],
                      detail={"run_id": follow_up, "after": row["run_id"], "not_before": retry_at})  # fmt: skip

@@ -53,6 +53,9 @@ _CHARGED_OWNERS_OF_R = (
 STARTABLE = (
     # A deleted agent's wake is picked too: the claim's re-check ends it `withdrawn`, so it never waits forever.
     f" r.state = {_QUEUED} AND (r.not_before IS NULL OR r.not_before <= :now)"
+    # Only a local owner's agent is ever spawned here (invariant 99), whatever state a row reached and by
+    # which path: checked at the claim itself, not only where a wake is first written.
+    " AND EXISTS (SELECT 1 FROM owners lo WHERE lo.owner_id = r.owner_id AND lo.local = 1)"
     f" AND (SELECT count(*) FROM runs x WHERE x.state IN ({_HELD})) < :all"
     f" AND (SELECT count(*) FROM runs x WHERE x.agent_id = r.agent_id AND x.state IN ({_HELD})) < :agent"
     f" AND (SELECT count(*) FROM runs x WHERE x.owner_id = r.owner_id AND x.state IN ({_HELD})) < :owner"
@@ -65,6 +68,12 @@ STARTABLE = (
 
 # Waiting wakes (queued here, or for a listener) charged to :owner: the queue cap counts them all.
 _QUEUED_CHARGED_TO = f"SELECT count(*) FROM runs r WHERE r.state IN ({_WAITING}) AND {_charged_to('r', ':owner')}"
+
+
+def waiting_state_of(conn: sqlite3.Connection, owner_id: str) -> RunState:
+    """Where a wake of this owner's agent waits now: queued for the hub, or for the owner's listener."""
+    row = conn.execute("SELECT local FROM owners WHERE owner_id = ?", (owner_id,)).fetchone()
+    return policy.waiting_state(bool(row and row["local"]))
 
 
 def rehome_waiting_wakes(conn: sqlite3.Connection, owner_id: str, *, local: bool) -> int:
@@ -130,8 +139,7 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, c
     if depth > caps.max_depth:
         return Enqueued("refused", "SPAWN_CAP")
     causers = crossing.dumps(cause.causers)
-    local = conn.execute("SELECT local FROM owners WHERE owner_id = ?", (target["owner_id"],)).fetchone()
-    state = policy.waiting_state(bool(local and local["local"]))
+    state = waiting_state_of(conn, target["owner_id"])
     if (
         cause.trigger == Trigger.MENTION
         and conn.execute(
