@@ -101,7 +101,11 @@ async def perform(hub: Hub, who: Human, name: str, raw: object) -> BaseModel:
         result: BaseModel = await action.fn(hub, who, parse_args(action, raw))
         return result
     except RoomsError as e:
-        await audit.record_denial(hub.store, who.actor, "cli." + name, e.audit_reason)
+        # The name came off the wire: only a known action's name goes into the row's action; any other is kept
+        # as the target, where the audit's own rule stores it only if it is id- or handle-shaped, else hashed.
+        known = name in ACTIONS
+        action_name = "cli." + (name if known else "unknown")
+        await audit.record_denial(hub.store, who.actor, action_name, e.audit_reason, target=None if known else name)
         raise
 
 
@@ -222,13 +226,16 @@ async def agent_stop(hub: Hub, who: Human, a: AgentStop) -> StopResult:
 
 class TokenIssue(Args):
     agent: str
-    ttl_s: int = Field(gt=0)
+    ttl_s: int = Field(gt=0, le=INT_MAX)
 
 
 @_action("token.issue", TokenIssue, IssuedToken)
 async def token_issue(hub: Hub, who: Human, a: TokenIssue) -> IssuedToken:
     await _own_agent(hub, who, a.agent)
-    return await hub.accounts.issue_token(who.actor, a.agent, timedelta(seconds=a.ttl_s))
+    # Clamped just past the longest lifetime before it becomes a timedelta (which overflows near 2^46 s): the
+    # service then refuses it with the limit in its message, as for any other lifetime too long.
+    ttl_s = min(a.ttl_s, hub.settings.limits.token_ttl_max_s + 1)
+    return await hub.accounts.issue_token(who.actor, a.agent, timedelta(seconds=ttl_s))
 
 
 class TokenListArgs(Args):
@@ -348,6 +355,8 @@ class RoomCreate(Args):
 @_action("room.create", RoomCreate, RoomSummary)
 async def room_create(hub: Hub, who: Human, a: RoomCreate) -> RoomSummary:
     await _self(hub, who, a.owner)
+    for agent in a.agents:  # another owner's agent looks missing, as one that does not exist (invariant 82)
+        await _own_agent(hub, who, agent)
     return await hub.rooms.create(who.actor, a.name, a.owner, list(a.agents))
 
 
@@ -410,6 +419,8 @@ class InviteAccept(Args):
 @_action("invite.accept", InviteAccept, InviteAccepted)
 async def invite_accept(hub: Hub, who: Human, a: InviteAccept) -> InviteAccepted:
     await _self(hub, who, a.owner)
+    for agent in a.agents:  # another owner's agent looks missing, as one that does not exist (invariant 82)
+        await _own_agent(hub, who, agent)
     return await hub.invites.accept(who.actor, a.code, a.owner, list(a.agents))
 
 

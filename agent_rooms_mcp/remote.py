@@ -50,7 +50,9 @@ def hub_url(text: str) -> str:
         raise invalid("hub", f"{text!r}: give the hub's URL, like https://hub.example.org")
     if parts.scheme == "http" and not _loopback(parts.hostname):
         raise invalid("hub", f"{text!r}: plain http is refused except for a loopback hub; use https://")
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    # People paste the MCP URL they already use (`…/mcp`): the owner API sits beside it, so take its base.
+    path = parts.path.rstrip("/").removesuffix("/mcp")
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def _loopback(host: str) -> bool:

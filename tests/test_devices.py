@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp import audit, policy, remote
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.http import open_http_app
@@ -209,8 +209,8 @@ async def test_a_device_acts_for_its_owner_only_and_changes_nothing_when_refused
 ) -> None:
     credential = (await login(api, await enroll(world))).json()["credential"]
 
-    async def act(name: str, **args: object) -> httpx2.Response:
-        return await api.post(f"/owner/v1/actions/{name}", json=args, headers=bearer(credential))
+    async def act(action: str, **args: object) -> httpx2.Response:
+        return await api.post(f"/owner/v1/actions/{action}", json=args, headers=bearer(credential))
 
     before = world.fingerprint()
     refusals = {
@@ -221,6 +221,10 @@ async def test_a_device_acts_for_its_owner_only_and_changes_nothing_when_refused
         "consent.mode for alice": await act("consent.mode", room="shared", mode="approve_all", owner="alice"),
         "room.add into alice's lobby": await act("room.add", room="lobby", agent="bob-claude"),
         "agent.stop of alice's agent": await act("agent.stop", handle="alice-claude"),
+        "room.create with alice's agent": await act("room.create", name="mine", owner="bob", agents=["alice-claude"]),
+        "invite.accept for alice's agent": await act(
+            "invite.accept", code="inv_" + "x" * 30, owner="bob", agents=["alice-claude"]
+        ),
         "owner.add": await act("owner.add", handle="mallory"),
         "workdir": await act("agent.add", handle="y", owner="bob", tool="claude", scopes="read", workdir="/"),
     }
@@ -233,6 +237,8 @@ async def test_a_device_acts_for_its_owner_only_and_changes_nothing_when_refused
         "consent.mode for alice": (403, "FORBIDDEN_SCOPE"),
         "room.add into alice's lobby": (404, "NOT_FOUND"),
         "agent.stop of alice's agent": (404, "NOT_FOUND"),
+        "room.create with alice's agent": (404, "NOT_FOUND"),
+        "invite.accept for alice's agent": (404, "NOT_FOUND"),
         "owner.add": (403, "FORBIDDEN_SCOPE"),
         "workdir": (403, "FORBIDDEN_SCOPE"),
     }
@@ -243,6 +249,8 @@ async def test_a_device_acts_for_its_owner_only_and_changes_nothing_when_refused
     assert (await act("token.revoke", token_id="tok_" + "x" * 22)).json() == refusals[
         "token.revoke of alice's token"
     ].json()
+    nobody = await act("room.create", name="mine", owner="bob", agents=["nobody-here"])
+    assert nobody.json() == refusals["room.create with alice's agent"].json()
     listed = (await act("agent.list")).json()["agents"]
     assert {a["owner"] for a in listed} == {"bob"}
     rooms = {r["name"] for r in (await act("room.list")).json()["rooms"]}
@@ -280,3 +288,34 @@ async def test_the_owner_api_names_a_bad_argument_and_an_unknown_action(world: W
     assert unknown.status_code == 404 and unknown.json()["code"] == "NOT_FOUND"
     assert (await api.get("/owner/v1/actions/agent.list", headers=bearer(credential))).status_code == 405
     assert world.fingerprint() == before
+
+
+@pytest.mark.invariant(18, 81)
+async def test_what_a_device_sends_is_bounded_and_never_lands_raw_in_the_audit(
+    world: World, api: httpx2.AsyncClient
+) -> None:
+    """Found by a hostile review: an unknown action's name went into the audit row's action as sent, and a
+    lifetime past what a timedelta holds crashed the request instead of naming the field."""
+    credential = (await login(api, await enroll(world))).json()["credential"]
+    before = world.fingerprint()
+    hostile = await api.post(
+        "/owner/v1/actions/art_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%1b%5b31mEVIL%0a",
+        json={},
+        headers=bearer(credential),
+    )
+    assert hostile.status_code == 404 and hostile.json()["code"] == "NOT_FOUND"
+    row = world.sql("SELECT action, target FROM audit ORDER BY seq DESC LIMIT 1")[0]
+    assert row["action"] == "cli.unknown"
+    assert "art_" not in (row["target"] or "") and "\x1b" not in (row["target"] or "")
+    huge = await api.post(
+        "/owner/v1/actions/token.issue", json={"agent": "bob-claude", "ttl_s": 10**17}, headers=bearer(credential)
+    )
+    assert huge.status_code == 400 and huge.json()["code"] == "INVALID_ARGUMENT"
+    assert world.fingerprint() == before
+
+
+def test_a_hub_url_ending_in_mcp_is_taken_as_the_hub() -> None:
+    """People paste the MCP URL they already use; `login` and `--hub` reach the owner API beside it."""
+    assert remote.hub_url("https://hub.example.org/mcp") == "https://hub.example.org"
+    assert remote.hub_url("https://hub.example.org/rooms/mcp/") == "https://hub.example.org/rooms"
+    assert remote.hub_url("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
