@@ -124,6 +124,14 @@ async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> None:
     policy.require_own(who, row["owner_id"], "agent")
 
 
+async def _self_with_agents(hub: Hub, who: Human, owner_ref: str, agents: list[str]) -> None:
+    """`who` acts as `owner_ref` with these agents of theirs: another owner's agent looks missing, exactly as
+    one that does not exist (invariant 82), before the service's own rule could name it as someone else's."""
+    await _self(hub, who, owner_ref)
+    for agent in agents:
+        await _own_agent(hub, who, agent)
+
+
 async def _own_token(hub: Hub, who: Human, token_id: str) -> None:
     def read(c: sqlite3.Connection) -> str:
         row = c.execute(
@@ -354,9 +362,7 @@ class RoomCreate(Args):
 
 @_action("room.create", RoomCreate, RoomSummary)
 async def room_create(hub: Hub, who: Human, a: RoomCreate) -> RoomSummary:
-    await _self(hub, who, a.owner)
-    for agent in a.agents:  # another owner's agent looks missing, as one that does not exist (invariant 82)
-        await _own_agent(hub, who, agent)
+    await _self_with_agents(hub, who, a.owner, a.agents)
     return await hub.rooms.create(who.actor, a.name, a.owner, list(a.agents))
 
 
@@ -418,9 +424,7 @@ class InviteAccept(Args):
 
 @_action("invite.accept", InviteAccept, InviteAccepted)
 async def invite_accept(hub: Hub, who: Human, a: InviteAccept) -> InviteAccepted:
-    await _self(hub, who, a.owner)
-    for agent in a.agents:  # another owner's agent looks missing, as one that does not exist (invariant 82)
-        await _own_agent(hub, who, agent)
+    await _self_with_agents(hub, who, a.owner, a.agents)
     return await hub.invites.accept(who.actor, a.code, a.owner, list(a.agents))
 
 
