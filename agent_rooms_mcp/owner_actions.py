@@ -103,7 +103,7 @@ async def perform(hub: Hub, who: Human, name: str, raw: object) -> BaseModel:
     except RoomsError as e:
         # The name came off the wire: only a known action's name goes into the row's action; any other is kept
         # as the target, where the audit's own rule stores it only if it is id- or handle-shaped, else hashed.
-        known = name in ACTIONS
+        known = name in ACTIONS or name in policy.OPERATOR_ACTIONS
         action_name = "cli." + (name if known else "unknown")
         await audit.record_denial(hub.store, who.actor, action_name, e.audit_reason, target=None if known else name)
         raise
