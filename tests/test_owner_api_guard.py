@@ -50,9 +50,7 @@ async def test_a_device_revoked_after_its_request_authenticated_writes_nothing(w
                 await owner_actions.perform(hub, who, name, args)
             assert refused.value.code is ErrorCode.UNAUTHENTICATED, name
         assert world.fingerprint() == before and _tokens(world) == tokens
-        reasons = world.sql(
-            "SELECT action, reason FROM audit WHERE outcome = 'denied' AND via = 'device' ORDER BY seq"
-        )
+        reasons = world.sql("SELECT action, reason FROM audit WHERE outcome = 'denied' AND via = 'device' ORDER BY seq")
         assert [tuple(r) for r in reasons] == [("cli." + n, "device_revoked_during_call") for n in writes]
 
 

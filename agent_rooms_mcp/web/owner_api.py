@@ -7,6 +7,9 @@
 
 Failed authentication, of a device credential or of an enrollment code, goes through the hub's failed-auth
 limiter and gets the same 401 as `/mcp` (429 with Retry-After past the limit). Only `ard_` is accepted here.
+An action's body is read only once its device authenticated, and each device draws on a bucket of owner
+actions a minute (429 with Retry-After and `retry_after_ms` past it). A defect answers `{"error": "INTERNAL"}`
+with 500, never the server's bare error page.
 """
 
 from __future__ import annotations
