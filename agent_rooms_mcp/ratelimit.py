@@ -1,5 +1,6 @@
 """Per-agent abuse limits (DESIGN §9.3, invariant 67): a token bucket per agent and kind of call (posts, file
-writes, task writes, reads), shared by every server process on the database.
+writes, task writes, reads), shared by every server process on the database; and one per enrolled device
+for its owner actions at the owner API ("and per device"), since each refused action writes an audit row.
 
 A bucket holds up to its per-minute rate and refills continuously. Its state is a row of `rate_buckets`
 (level and the time it was measured), so stdio servers, the HTTP hub and a restart all draw on the same
