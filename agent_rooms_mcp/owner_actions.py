@@ -45,6 +45,7 @@ from agent_rooms_mcp.principals import AgentTool, Human, Scope, parse_scopes
 from agent_rooms_mcp.services import stopping
 from agent_rooms_mcp.settings import INT_MAX
 from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.database import guarded_writes
 
 A = TypeVar("A", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -98,7 +99,14 @@ async def perform(hub: Hub, who: Human, name: str, raw: object) -> BaseModel:
     of its own after the refused one rolled back, as every refused human action is (DESIGN §6)."""
     try:
         action = lookup(name)
-        result: BaseModel = await action.fn(hub, who, parse_args(action, raw))
+        args = parse_args(action, raw)
+        if who.device_id is None:  # the operator, on the hub's own machine
+            result: BaseModel = await action.fn(hub, who, args)
+        else:
+            # Each write re-checks the device in its own transaction: the action's checks and its writes
+            # come after the request authenticated, and a revoke in between must stop them.
+            with guarded_writes(hub.devices.still_active(who.device_id)):
+                result = await action.fn(hub, who, args)
         return result
     except RoomsError as e:
         # The name came off the wire: only a known action's name goes into the row's action; any other is kept

@@ -119,6 +119,13 @@ def credential_holds(now: CredentialNow | None, scope: Scope) -> None:
         raise forbidden_scope(scope.value)
 
 
+def device_holds(revoked: bool, expired: bool) -> None:
+    """Inside a write an owner action makes from a device, the device must still be enrolled: one revoked or
+    gone idle since its request authenticated answers UNAUTHENTICATED, and the write rolls back."""
+    if revoked or expired:
+        raise unauthenticated("device_revoked_during_call")
+
+
 # Strictest first: task_by_task trusts nobody, trust_collaborator one owner, trust_room the owners present
 # when it was set, approve_all everyone (DESIGN §4).
 STRICTNESS: tuple[ConsentMode, ...] = (

@@ -1,5 +1,6 @@
 """Per-agent abuse limits (DESIGN §9.3, invariant 67): a token bucket per agent and kind of call (posts, file
-writes, task writes, reads), shared by every server process on the database.
+writes, task writes, reads), shared by every server process on the database; and one per enrolled device
+for its owner actions at the owner API ("and per device"), since each refused action writes an audit row.
 
 A bucket holds up to its per-minute rate and refills continuously. Its state is a row of `rate_buckets`
 (level and the time it was measured), so stdio servers, the HTTP hub and a restart all draw on the same
@@ -26,7 +27,7 @@ import structlog
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
-from agent_rooms_mcp.principals import Caller
+from agent_rooms_mcp.principals import Caller, Human
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store.database import Store
 
@@ -41,6 +42,7 @@ class Bucket(StrEnum):
     FILE_WRITES = "file_writes"
     TASK_WRITES = "task_writes"
     READS = "reads"
+    OWNER_ACTIONS = "owner_actions"  # an enrolled device's owner actions, keyed by the device
 
 
 # Which bucket each tool draws on. Writes that are neither posts nor files (invites, consent modes, stops)
@@ -65,14 +67,15 @@ def per_minute(limits: Limits, bucket: Bucket) -> int:
         Bucket.FILE_WRITES: limits.rate_file_writes_per_min,
         Bucket.TASK_WRITES: limits.rate_task_writes_per_min,
         Bucket.READS: limits.rate_reads_per_min,
+        Bucket.OWNER_ACTIONS: limits.rate_owner_actions_per_min,
     }[bucket]
 
 
 class RateLimited(RoomsError):
-    def __init__(self, bucket: Bucket, rate: int, retry_after_ms: int) -> None:
+    def __init__(self, bucket: Bucket, rate: int, retry_after_ms: int, whose: str = "agent") -> None:
         super().__init__(
             ErrorCode.RATE_LIMITED,
-            f"over {rate} {bucket.value.replace('_', ' ')} a minute for this agent; retry in {retry_after_ms} ms",
+            f"over {rate} {bucket.value.replace('_', ' ')} a minute for this {whose}; retry in {retry_after_ms} ms",
             audit_reason="rate_limited",
             retry_after_ms=retry_after_ms,
         )
@@ -85,6 +88,16 @@ class _Credit:
     level: float = 0.0
     at: float = 0.0
     spent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    """Whose bucket: `key` is its row's id (an agent's, or a device's), `actor` and `target` its audit rows'."""
+
+    key: str
+    actor: audit.Actor
+    target: str
+    whose: str  # for the refusal's message and log: "agent" or "device"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +116,18 @@ class RateLimits:
     async def charge(self, caller: Caller, tool: str) -> None:
         """Take one call from `caller`'s bucket for `tool`, or raise RATE_LIMITED (with retry_after_ms)."""
         bucket = TOOL_BUCKETS.get(tool, Bucket.READS)
+        await self._take(_Holder(caller.agent_id, caller.actor, caller.handle, "agent"), bucket)
+
+    async def charge_device(self, who: Human) -> None:
+        """Take one owner action from the bucket of `who`'s device, or raise RATE_LIMITED (DESIGN §9.3)."""
+        if who.device_id is None:
+            raise ValueError("only a device's owner actions are rate limited; the operator's are not")
+        await self._take(_Holder(who.device_id, who.actor, who.device_id, "device"), Bucket.OWNER_ACTIONS)
+
+    async def _take(self, holder: _Holder, bucket: Bucket) -> None:
         rate = per_minute(self._limits, bucket)
         refill = rate / 60.0
-        credit = self._credit.setdefault((caller.agent_id, bucket), _Credit())
+        credit = self._credit.setdefault((holder.key, bucket), _Credit())
         now = time.time()
         level = min(float(rate), credit.level + (now - credit.at) * refill) - credit.spent
         if credit.at and level >= 1 and credit.spent + 1 < self._limits.rate_local_calls:
@@ -114,19 +136,19 @@ class RateLimits:
         spent, credit.spent = credit.spent, 0
         # A refusal settles too (one write, as a failed authentication is): each is counted where every
         # process sees it, for the episode's summary row.
-        settled = await self._store.write(lambda conn: _settle(conn, caller, bucket, rate, now, spent + 1))
+        settled = await self._store.write(lambda conn: _settle(conn, holder, bucket, rate, now, spent + 1))
         credit.level, credit.at = settled.level, now
         if not settled.allowed:
-            log.info("rate.limited", agent_id=caller.agent_id, bucket=bucket.value)
-            raise RateLimited(bucket, rate, _ms(settled.retry_after_s))
+            log.info("rate.limited", **{f"{holder.whose}_id": holder.key}, bucket=bucket.value)
+            raise RateLimited(bucket, rate, _ms(settled.retry_after_s), holder.whose)
 
 
-def _settle(conn: sqlite3.Connection, caller: Caller, bucket: Bucket, rate: int, now: float, spend: int) -> _Settled:
+def _settle(conn: sqlite3.Connection, holder: _Holder, bucket: Bucket, rate: int, now: float, spend: int) -> _Settled:
     """One transaction: refill the shared bucket to `now`, pay what this process spent, and take the call
     that asked (the last of `spend`) if a whole token is left; audit a refusal and an episode's end."""
     row = conn.execute(
         "SELECT level, updated_at, refused FROM rate_buckets WHERE agent_id = ? AND bucket = ?",
-        (caller.agent_id, bucket.value),
+        (holder.key, bucket.value),
     ).fetchone()
     refill = rate / 60.0
     level, earlier_refusals = float(rate), 0
@@ -140,13 +162,13 @@ def _settle(conn: sqlite3.Connection, caller: Caller, bucket: Bucket, rate: int,
         level -= 1
         if refusals > 1:  # a lone refusal's own row says it all
             detail = {"bucket": bucket.value, "per_min": rate, "refused": refusals}
-            audit.append(conn, caller.actor, SUMMARY_ACTION, target=caller.handle, outcome="denied", detail=detail)
+            audit.append(conn, holder.actor, SUMMARY_ACTION, target=holder.target, outcome="denied", detail=detail)
         refusals = 0
     else:
         if earlier_refusals == 0:
             detail = {"bucket": bucket.value, "per_min": rate}
             audit.append(
-                conn, caller.actor, DENIED_ACTION, target=caller.handle, outcome="denied", reason="rate_limited",
+                conn, holder.actor, DENIED_ACTION, target=holder.target, outcome="denied", reason="rate_limited",
                 detail=detail,
             )  # fmt: skip
         refusals += 1
@@ -154,7 +176,7 @@ def _settle(conn: sqlite3.Connection, caller: Caller, bucket: Bucket, rate: int,
         "INSERT INTO rate_buckets (agent_id, bucket, level, updated_at, refused) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT DO UPDATE SET level = excluded.level, updated_at = excluded.updated_at,"
         " refused = excluded.refused",
-        (caller.agent_id, bucket.value, level, now, refusals),
+        (holder.key, bucket.value, level, now, refusals),
     )
     retry_after_s = 0.0 if allowed else (1 - level) / refill
     return _Settled(allowed, level, retry_after_s)

@@ -145,6 +145,8 @@ def _answer(response: httpx2.Response) -> Any:
             message = str(body.get("message") or _GENERIC.get(code, code))
             retry_ms = body.get("retry_after_ms") or (int(retry) * 1000 if retry and retry.isdigit() else None)
             raise RoomsError(ErrorCode(code), message, retry_after_ms=retry_ms)
+        if code == "INTERNAL":  # the hub failed on its side (and logged it); nothing was changed
+            raise HomeError(f"the hub at {response.url} failed on its side; its log says why (HTTP 500)")
     raise HomeError(f"the hub answered HTTP {response.status_code} without a code: is {response.url} agent-rooms?")
 
 

@@ -86,6 +86,9 @@ class Limits:
     rate_task_writes_per_min: int = 120
     rate_reads_per_min: int = 300
     rate_local_calls: int = 4
+    # Owner actions an enrolled device may send a minute (DESIGN §9.3 "and per device"), counted like the
+    # agents' buckets: each refused action writes an audit row, so this bounds what a device can write.
+    rate_owner_actions_per_min: int = 120
     # Devices (DESIGN §9.1): an enrollment code lives 15 minutes and is void after 5 failed attempts at it;
     # a device credential expires once it has gone this long unused.
     enrollment_ttl_s: int = 15 * 60

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from agent_rooms_mcp import audit, policy
@@ -189,6 +190,22 @@ class Devices:
                 )
             )
         return Human(actor, owner_id=row["owner_id"], device_id=row["device_id"])
+
+    def still_active(self, device_id: str) -> Callable[[sqlite3.Connection], None]:
+        """A write guard (`store.database.guarded_writes`): the device is still active, not revoked nor
+        idle-expired, in the transaction of the write it guards (invariant 92's revoke, checked at write
+        time and not only when the request began)."""
+        idle = timedelta(seconds=self._limits.device_idle_expiry_s)
+
+        def check(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT revoked_at, last_used_at FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            revoked = row is None or row["revoked_at"] is not None
+            expired = row is not None and datetime.fromisoformat(row["last_used_at"]) + idle <= datetime.now(UTC)
+            policy.device_holds(revoked, expired)
+
+        return check
 
     async def list_devices(self, who: Human) -> DeviceList:
         """The operator sees every device; a device sees its owner's."""

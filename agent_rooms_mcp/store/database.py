@@ -13,8 +13,9 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +30,23 @@ from agent_rooms_mcp.store.watch import RoomWatch
 T = TypeVar("T")
 
 READER_BUSY_TIMEOUT_MS = 1000
+
+Guard = Callable[[sqlite3.Connection], None]
+# A check every write of the current request runs first, inside its transaction (see `guarded_writes`).
+_write_guard: ContextVar[Guard | None] = ContextVar("write_guard", default=None)
+
+
+@contextmanager
+def guarded_writes(guard: Guard) -> Iterator[None]:
+    """Within this block, every `Store.write` of this task (and of tasks it starts) runs `guard` first, in the
+    same transaction: a request that authenticated once (an owner's device) has its credential re-checked by
+    each write it makes, however many services and transactions lie between, so a revoke that lands between
+    authentication and a write stops the write. The guard raises to refuse; the transaction rolls back."""
+    token = _write_guard.set(guard)
+    try:
+        yield
+    finally:
+        _write_guard.reset(token)
 
 
 def _pragmas(busy_timeout_ms: int) -> str:
@@ -109,6 +127,14 @@ def _waiting_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connect
         conn.execute("PRAGMA busy_timeout=0")
 
 
+def _guarded(guard: Guard, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    def run(conn: sqlite3.Connection) -> T:
+        guard(conn)
+        return fn(conn)
+
+    return run
+
+
 class Store:
     """Runs functions of a `sqlite3.Connection` as whole transactions: on the event loop when they need not
     wait, on aiosqlite's writer thread when another process holds the write lock."""
@@ -174,6 +200,9 @@ class Store:
         BEGIN IMMEDIATE takes the file's write lock up front, so the check and the write inside fn see
         one state and no other process can write between them.
         """
+        guard = _write_guard.get()
+        if guard is not None:
+            fn = _guarded(guard, fn)
         async with self._write_lock:
             conn = self._writer._conn
             if _begin_if_free(conn):

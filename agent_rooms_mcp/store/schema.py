@@ -466,6 +466,23 @@ _OUTCOME_OK = (
 )
 _V_RUNS_BOOK = _V_RUNS_BOOK % {"listed": _LISTED_OUTCOMES, "ok": _OUTCOME_OK}
 
+# A bucket per enrolled device for its owner actions (DESIGN §9.3 "and per device"): `agent_id` then holds
+# the device's id. SQLite cannot alter a CHECK, so the table is rebuilt with its rows.
+_V_DEVICE_RATES = """
+CREATE TABLE rate_buckets_new (
+  agent_id TEXT NOT NULL,
+  bucket TEXT NOT NULL CHECK (bucket IN ('posts', 'file_writes', 'task_writes', 'reads', 'owner_actions')),
+  level REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  refused INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (agent_id, bucket)
+) STRICT, WITHOUT ROWID;
+INSERT INTO rate_buckets_new SELECT agent_id, bucket, level, updated_at, refused FROM rate_buckets;
+DROP TABLE rate_buckets;
+ALTER TABLE rate_buckets_new RENAME TO rate_buckets;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
+    _V_DEVICE_RATES,
 )  # fmt: skip

@@ -7,11 +7,15 @@
 
 Failed authentication, of a device credential or of an enrollment code, goes through the hub's failed-auth
 limiter and gets the same 401 as `/mcp` (429 with Retry-After past the limit). Only `ard_` is accepted here.
+An action's body is read only once its device authenticated, and each device draws on a bucket of owner
+actions a minute (429 with Retry-After and `retry_after_ms` past it). A defect answers `{"error": "INTERNAL"}`
+with 500, never the server's bare error page.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import structlog
@@ -53,11 +57,17 @@ class OwnerApi:
         self._cap = hub.settings.limits.http_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
             status, body = await self._handle(scope, receive)
-            await _respond(send, status, body)
         except _Answer as a:
-            await _respond(send, a.status, a.body, a.headers)
+            status, body, headers = a.status, a.body, a.headers
+        except Exception as e:
+            # A defect must still get our JSON answer, not the server's bare one. Only the exception's type
+            # is logged: its message may carry an argument (a secret, a body).
+            log.error("owner_api.internal_error", path=scope.get("path"), error=type(e).__name__)
+            status, body = 500, {"error": "INTERNAL"}
+        await _respond(send, status, body, headers)
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -73,9 +83,8 @@ class OwnerApi:
             return 200, self._hub.devices.identity().model_dump()
         if method != "POST":
             raise _Answer(405, {"error": "METHOD_NOT_ALLOWED"})
-        body = await _body(receive, headers, self._cap)
-        if path == PREFIX + "login":
-            return 200, (await self._login(body, address)).model_dump()
+        if path == PREFIX + "login":  # no credential yet: the enrollment code is in the body
+            return 200, (await self._login(await _body(receive, headers, self._cap), address)).model_dump()
         name = path.removeprefix(PREFIX + "actions/")
         if name == path:
             raise _Answer(404, {"code": "NOT_FOUND", "message": "no such path"})
@@ -86,6 +95,10 @@ class OwnerApi:
         except DeviceDenied as denied:
             raise await self._refused(denied, presented, address) from None
         try:
+            # Charged before the body is read: a device past its bucket costs one settlement, nothing more.
+            await self._hub.rates.charge_device(who)
+            # Parsed only now, for an authenticated device: a stranger's body is never read (DESIGN §2).
+            body = await _body(receive, headers, self._cap)
             result = await owner_actions.perform(self._hub, who, name, body)
         except RoomsError as e:
             raise _error(e) from None
@@ -113,10 +126,15 @@ class OwnerApi:
 
 
 def _error(e: RoomsError) -> _Answer:
+    if e.code is ErrorCode.UNAUTHENTICATED:
+        # A device revoked while its request ran gets the very answer any refused credential gets.
+        return _Answer(401, {"error": "UNAUTHENTICATED"}, ((b"www-authenticate", b"Bearer"),))
     body: dict[str, Any] = {"code": e.code.value, "message": e.message}
+    headers: tuple[tuple[bytes, bytes], ...] = ()
     if e.retry_after_ms is not None:
         body["retry_after_ms"] = e.retry_after_ms
-    return _Answer(_STATUS.get(e.code, 400), body)
+        headers = ((b"retry-after", str(math.ceil(e.retry_after_ms / 1000)).encode()),)
+    return _Answer(_STATUS.get(e.code, 400), body, headers)
 
 
 async def _body(receive: Receive, headers: dict[str, str], cap: int) -> Any:
