@@ -19,6 +19,12 @@ class BookUnavailable(Exception):
     supervisor tries again on its next look, it never dies of it."""
 
 
+class LeaseLost(Exception):
+    """The supervisor no longer holds this run (DESIGN §9.1 fencing): its lease ran out and another
+    supervisor's recovery ended it `lost` or queued it again, perhaps to be claimed anew. Nothing was
+    written; the caller stops its CLI and records nothing over the run's current holder."""
+
+
 @dataclass(frozen=True, slots=True)
 class CauseText:
     """The words that woke a run, fixed when it was claimed, and who wrote them."""
@@ -55,6 +61,10 @@ class Claimed:
     # The agent's variables for the child, already opened; None when they could not be (the run then
     # fails closed with `env_unavailable`, it never starts without them).
     env: dict[str, str] | None = field(default_factory=dict)
+    # The claim's fencing number: every claim of the run raises it, so a report carrying an older one (a
+    # supervisor that slept past its lease while the run was queued again and claimed anew, even by this
+    # same holder) is refused with `LeaseLost` rather than written over the new claim's run.
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,24 +110,27 @@ class WakeBook(Protocol):
         """The next wake this supervisor may start, now held by it; None when there is none."""
         ...
 
-    async def started(self, run_id: str, pid: int, pid_start: int | None) -> None:
-        """The run's CLI was spawned with this pid (and start time, which names it even after pid reuse)."""
+    async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:
+        """The run's CLI was spawned with this pid (and start time, which names it even after pid reuse).
+        `lease` is the claim's; raises `LeaseLost` when that claim no longer holds the run."""
         ...
 
-    async def session(self, run_id: str, session_id: str) -> None:
-        """The CLI confirmed this session id ("" records a session it no longer has)."""
+    async def session(self, run_id: str, lease: int, session_id: str) -> None:
+        """The CLI confirmed this session id ("" records a session it no longer has); `LeaseLost` as
+        `started`."""
         ...
 
-    async def renew(self) -> None:
-        """Extend the lease on every run this supervisor holds."""
+    async def renew(self) -> dict[str, int]:
+        """Extend the lease on every run this supervisor holds, and name them with their claims' leases:
+        a run missing is one this supervisor lost, whose CLI it stops."""
         ...
 
     async def stop_requests(self) -> set[str]:
         """The held runs that must stop now."""
         ...
 
-    async def finish(self, run_id: str, ending: Ending) -> None:
-        """Record the run's end and revoke its credential."""
+    async def finish(self, run_id: str, lease: int, ending: Ending) -> None:
+        """Record the run's end and revoke its credential; `LeaseLost` (and nothing written) as `started`."""
         ...
 
     async def recover(self) -> list[LeftBehind]:

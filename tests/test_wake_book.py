@@ -99,23 +99,23 @@ class JsonWireBook:
         claimed = await self._inner.claim()
         return None if claimed is None else _from_wire(Claimed, _to_wire(claimed))
 
-    async def started(self, run_id: str, pid: int, pid_start: int | None) -> None:
+    async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:
         self.calls.append("started")
-        await self._inner.started(*_to_wire([run_id, pid, pid_start]))
+        await self._inner.started(*_to_wire([run_id, lease, pid, pid_start]))
 
-    async def session(self, run_id: str, session_id: str) -> None:
+    async def session(self, run_id: str, lease: int, session_id: str) -> None:
         self.calls.append("session")
-        await self._inner.session(*_to_wire([run_id, session_id]))
+        await self._inner.session(*_to_wire([run_id, lease, session_id]))
 
-    async def renew(self) -> None:
-        await self._inner.renew()
+    async def renew(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in _to_wire(await self._inner.renew()).items()}
 
     async def stop_requests(self) -> set[str]:
         return set(_to_wire(sorted(await self._inner.stop_requests())))
 
-    async def finish(self, run_id: str, ending: Ending) -> None:
+    async def finish(self, run_id: str, lease: int, ending: Ending) -> None:
         self.calls.append("finish")
-        await self._inner.finish(_to_wire(run_id), _from_wire(Ending, _to_wire(ending)))
+        await self._inner.finish(*_to_wire([run_id, lease]), _from_wire(Ending, _to_wire(ending)))
 
     async def recover(self) -> list[LeftBehind]:
         return [_from_wire(LeftBehind, _to_wire(left)) for left in await self._inner.recover()]

@@ -21,7 +21,7 @@ import structlog
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
-from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, LeftBehind
+from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, LeaseLost, LeftBehind
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.models import Relation
@@ -207,11 +207,11 @@ class LocalWakeBook:
         return replace(claimed, env=env, run_token=issued.token)
 
     def _hold(self, conn: sqlite3.Connection, row: sqlite3.Row, words: CauseText, now: datetime) -> Claimed:
-        conn.execute(
-            "UPDATE runs SET state = ?, lease_holder = ?, lease_host = ?, lease_until = ?, started_at = ?"
-            " WHERE run_id = ?",
+        [lease] = conn.execute(
+            "UPDATE runs SET state = ?, lease_holder = ?, lease_host = ?, lease_until = ?, started_at = ?,"
+            " lease_epoch = lease_epoch + 1 WHERE run_id = ? RETURNING lease_epoch",
             (RunState.RUNNING, self._holder, self._host, self._lease(), iso(now), row["run_id"]),
-        )
+        ).fetchone()
         audit.append(conn, self._actor, "run.claim", target=row["agent_id"],
                      detail={"run_id": row["run_id"], "host": self._host})  # fmt: skip
         # A constrained session may hold another owner's words: an unconstrained run never resumes
@@ -239,11 +239,25 @@ class LocalWakeBook:
             resume_session=(last["session_id"] or None) if last else None,  # "" marks a session lost
             words=words,
             retry=bool(row["resume"]),
+            lease=lease,
         )
 
-    async def started(self, run_id: str, pid: int, pid_start: int | None) -> None:
+    def _held(self, conn: sqlite3.Connection, run_id: str, lease: int, sets: str, args: tuple[object, ...]) -> None:
+        """Apply `sets` to the run only while this claim holds it: this holder, this claim's epoch, a held
+        state. Otherwise the lease ran out and another supervisor's recovery ended or re-queued the run
+        (perhaps claimed anew since): nothing is written over it, and the caller hears `LeaseLost`."""
+        changed = conn.execute(
+            f"UPDATE runs SET {sets} WHERE run_id = ? AND lease_holder = ? AND lease_epoch = ?"
+            f" AND state IN ({sql_words(*HELD_STATES)})",
+            (*args, run_id, self._holder, lease),
+        ).rowcount
+        if not changed:
+            log.warning("run.lease_lost", run_id=run_id, holder=self._holder, lease=lease)
+            raise LeaseLost(f"run {run_id} is no longer held by {self._holder} under lease {lease}")
+
+    async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE runs SET pid = ?, pid_start = ? WHERE run_id = ?", (pid, pid_start, run_id))
+            self._held(conn, run_id, lease, "pid = ?, pid_start = ?", (pid, pid_start))
             row = conn.execute("SELECT agent_id, trigger, cause_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             audit.append(
                 conn,
@@ -255,9 +269,9 @@ class LocalWakeBook:
 
         await self._store.write(run)
 
-    async def session(self, run_id: str, session_id: str) -> None:
+    async def session(self, run_id: str, lease: int, session_id: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE runs SET session_id = ? WHERE run_id = ?", (session_id, run_id))
+            self._held(conn, run_id, lease, "session_id = ?", (session_id,))
             row = conn.execute("SELECT agent_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             # "" records a session the CLI lost: the next wake starts afresh.
             audit.append(conn, self._actor, "run.session", target=row["agent_id"],
@@ -265,14 +279,20 @@ class LocalWakeBook:
 
         await self._store.write(run)
 
-    async def renew(self) -> None:
-        # Extending a lease changes no state a reader sees (the run stays where it was): no audit row.
+    async def renew(self) -> dict[str, int]:
+        # Extending a lease changes no state a reader sees (the run stays where it was): no audit row. Only
+        # runs still held are extended (a run recovered from this holder is in another state or queued with
+        # no holder), and they are named, so the supervisor stops the CLI of any run it lost.
         with _busy_is_unavailable():
-            await self._store.write(
-                lambda c: c.execute(
-                    f"UPDATE runs SET lease_until = ? WHERE lease_holder = ? AND state IN ({sql_words(*HELD_STATES)})",
-                    (self._lease(), self._holder),
-                )
+            return await self._store.write(
+                lambda c: {
+                    r[0]: r[1]
+                    for r in c.execute(
+                        "UPDATE runs SET lease_until = ? WHERE lease_holder = ?"
+                        f" AND state IN ({sql_words(*HELD_STATES)}) RETURNING run_id, lease_epoch",
+                        (self._lease(), self._holder),
+                    )
+                }
             )
 
     async def stop_requests(self) -> set[str]:
@@ -308,7 +328,7 @@ class LocalWakeBook:
             }
         )
 
-    async def finish(self, run_id: str, ending: Ending) -> None:
+    async def finish(self, run_id: str, lease: int, ending: Ending) -> None:
         """Record how a run ended and revoke its token. A run stopped because its wake was withdrawn ends
         `withdrawn`. A rate-limited run (`failed`, outcome `rate_limit`) puts its (owner, tool) into back-off
         (until the provider's reset time when known) and queues a follow-up that resumes the session once
@@ -324,11 +344,10 @@ class LocalWakeBook:
             # Withdrawn whether the signal ended it or the CLI finished first: its causer sees why (DESIGN §5).
             if row["withdraw_reason"] is not None:
                 final, ended_as = RunState.WITHDRAWN, withdrawn(row["withdraw_reason"])
-            conn.execute(
-                "UPDATE runs SET state = ?, outcome = ?, stop_signal = ?, ended_at = ?, lease_holder = NULL,"
-                " lease_host = NULL, lease_until = NULL WHERE run_id = ?",
-                (final, ended_as, ending.stop_signal, now, run_id),
-            )
+            # Fenced: a holder that lost the run must neither end it again nor revoke its new holder's token.
+            self._held(conn, run_id, lease, "state = ?, outcome = ?, stop_signal = ?, ended_at = ?,"
+                       " lease_holder = NULL, lease_host = NULL, lease_until = NULL",
+                       (final, ended_as, ending.stop_signal, now))  # fmt: skip
             revoke_run_tokens(conn, run_id, now)
             detail: dict[str, object] = {"run_id": run_id, "state": final, "outcome": ended_as}
             detail["stop_signal"] = ending.stop_signal

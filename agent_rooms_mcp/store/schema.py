@@ -482,7 +482,14 @@ DROP TABLE rate_buckets;
 ALTER TABLE rate_buckets_new RENAME TO rate_buckets;
 """
 
+# v_lease_epoch: fencing (DESIGN §9.1). Each claim of a run raises its lease_epoch, and a supervisor's
+# reports (spawned, session, ended) apply only while its holder id and epoch still hold the run: one whose
+# lease ran out and whose run was recovered, re-queued and claimed again never writes over the new claim.
+_V_LEASE_EPOCH = """
+ALTER TABLE runs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
-    _V_DEVICE_RATES,
+    _V_DEVICE_RATES, _V_LEASE_EPOCH,
 )  # fmt: skip

@@ -22,7 +22,7 @@ import anyio
 import structlog
 
 from agent_rooms_mcp import policy
-from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, WakeBook
+from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, LeaseLost, WakeBook
 from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
@@ -66,7 +66,8 @@ class Supervisor:
         self.local = local
         self.open_bridge = open_bridge
         self._caps = local.wake
-        self._stops: dict[str, anyio.Event] = {}
+        # Keyed by claim, not run: a run this supervisor lost and then claimed anew has two CLIs to tell apart.
+        self._stops: dict[tuple[str, int], anyio.Event] = {}
 
     async def run(self) -> None:
         """Claim and run wakes until cancelled; on cancellation every child is stopped and reaped."""
@@ -86,35 +87,49 @@ class Supervisor:
 
     async def _claim_all(self, tg: anyio.abc.TaskGroup) -> None:
         while (claimed := await self.book.claim()) is not None:
-            self._stops[claimed.run_id] = anyio.Event()
+            self._stops[claimed.run_id, claimed.lease] = anyio.Event()
             tg.start_soon(self._run_one, claimed)
 
     async def _pass_on_stops(self) -> None:
         if not self._stops:
             return
-        for run_id in await self.book.stop_requests():
-            if run_id in self._stops:
-                self._stops[run_id].set()
+        asked = await self.book.stop_requests()
+        for (run_id, _lease), stop in self._stops.items():
+            if run_id in asked:
+                stop.set()
 
     async def _keep_leases(self) -> None:
         while True:
             try:
                 for left in await self.book.recover():
                     kill_left_behind(left.pid, left.pid_start)  # a crashed holder's CLI must not run on unsupervised
-                await self.book.renew()
+                # Only claims made before the renewal began can be judged by it: one claimed meanwhile is
+                # not lost for being missing from its answer.
+                before = list(self._stops.items())
+                held = await self.book.renew()
+                for (run_id, lease), stop in before:
+                    if held.get(run_id) != lease and not stop.is_set():
+                        # Another supervisor recovered the run while this one's lease had run out (a sleep,
+                        # a long lock): its CLI is stopped by the ladder and nothing more is recorded.
+                        log.warning("run.lease_lost", run_id=run_id, lease=lease)
+                        stop.set()
             except BookUnavailable as e:  # a database locked a long while: try again next time
                 log.warning("supervisor.book_unavailable", error=str(e))
             await anyio.sleep(self._caps.lease_s / 3)
 
     async def _run_one(self, run: Claimed) -> None:
-        stop = self._stops[run.run_id]
+        stop = self._stops[run.run_id, run.lease]
         reading = Reading()
         sent: list[str] = []  # the signals we sent, whoever asked
         # An unexpected error leaves the hub not knowing what the run did: DESIGN §7's word for that is lost.
         state, outcome, signal = RunState.FAILED, Outcome.LOST, StopSignal.NONE
+        lost = False
         try:
             state, outcome = await self._spawn(run, stop, reading, sent)
             signal = StopSignal(sent[-1]) if sent else StopSignal.NONE
+        except LeaseLost:
+            # Another holder has the run now: its state is theirs to record (DESIGN §9.1 fencing).
+            lost = True
         except anyio.get_cancelled_exc_class():
             # The server is shutting down: run_process has stopped the CLI and reaped it.
             state, outcome = RunState.STOPPED, Outcome.SHUTDOWN
@@ -138,9 +153,14 @@ class Supervisor:
                     cost_usd_micros=reading.cost_usd_micros,
                     tool_counts=dict(reading.tools),
                 )
-                await self.book.finish(run.run_id, ending)
-                self._stops.pop(run.run_id, None)
-                log.info("run.end", run_id=run.run_id, agent=run.handle, state=state, outcome=outcome, signal=signal)
+                try:
+                    if not lost:
+                        await self.book.finish(run.run_id, run.lease, ending)
+                except LeaseLost:
+                    lost = True
+                self._stops.pop((run.run_id, run.lease), None)
+                log.info("run.end", run_id=run.run_id, agent=run.handle, state=state, outcome=outcome, signal=signal,
+                         recorded=not lost)  # fmt: skip
 
     async def _spawn(
         self, run: Claimed, stop: anyio.Event, reading: Reading, sent: list[str]
@@ -215,9 +235,9 @@ class Supervisor:
         finally:
             events.close()  # on every path: a shutdown mid-run must not leave the log open
         for session_id in pending:
-            await self.book.session(run.run_id, session_id)
+            await self.book.session(run.run_id, run.lease, session_id)
         if reading.session_lost:  # the CLI no longer has it: the next wake starts afresh
-            await self.book.session(run.run_id, "")
+            await self.book.session(run.run_id, run.lease, "")
         write_private_file(logs / "stderr.log", finished.stderr_tail)
         verdict = judge(reading, stop_requested=stop.is_set(), returncode=finished.returncode)
         state, outcome = verdict.state, verdict.outcome
@@ -254,7 +274,7 @@ class Supervisor:
             def on_spawn(pid: int) -> None:
                 log.info("run.spawn", run_id=run.run_id, agent=run.handle, tool=run.tool, pid=pid,
                          read_only=plan.read_only, resume=bool(run.resume_session))  # fmt: skip
-                tg.start_soon(self.book.started, run.run_id, pid, start_time(pid))
+                tg.start_soon(self._report_start, run, pid, stop)
 
             def on_signal(name: str) -> None:
                 sent.append(name)
@@ -274,6 +294,14 @@ class Supervisor:
                 on_signal=on_signal,
             )
         return finished
+
+    async def _report_start(self, run: Claimed, pid: int, stop: anyio.Event) -> None:
+        """Record the spawn; a claim that no longer holds the run (its lease ran out and another supervisor
+        took the run over) stops its CLI by the ladder instead, leaving the run to its current holder."""
+        try:
+            await self.book.started(run.run_id, run.lease, pid, start_time(pid))
+        except LeaseLost:
+            stop.set()
 
 
 # Why the process layer stopped a run by itself, as DESIGN §7's outcomes: the time limits and the output caps.
