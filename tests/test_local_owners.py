@@ -81,7 +81,8 @@ async def test_a_follow_up_after_the_owner_stopped_being_local_waits_for_their_l
         claimed = await book.claim()
         assert claimed is not None
         await hub.accounts.set_owner_local(OPERATOR, "alice", False)
-        await book.finish(claimed.run_id, Ending(RunState.FAILED, Outcome.RATE_LIMIT, StopSignal.NONE, None))
+        limited = Ending(RunState.FAILED, Outcome.RATE_LIMIT, StopSignal.NONE, None)
+        await book.finish(claimed.run_id, claimed.lease, limited)
         assert runs(woken, "alice-bot")[-1]["state"] == "waiting_for_listener"
         assert await book.claim() is None
 
