@@ -2,7 +2,7 @@
 the hub. Claim a wake, record what its run did, renew leases, finish it, wait for work, read stop requests.
 
 Two implementations drive the same supervisor: in process over the store (`services/runbook.py`, the
-embedded supervisor) and, later, over HTTPS (an owner's listener, DESIGN §9.1). So everything that crosses
+embedded supervisor) and over HTTPS (`listener.py`, an owner's listener, DESIGN §9.1). So everything that crosses
 this interface is a plain frozen dataclass of str, int, bool (and tuples or str maps of them): no database
 row, no `Hub`, nothing a JSON body could not carry.
 """
@@ -17,6 +17,11 @@ from typing import Protocol
 class BookUnavailable(Exception):
     """The book could not answer now (a database locked past its busy timeout, a hub out of reach): the
     supervisor tries again on its next look, it never dies of it."""
+
+
+class BookRevoked(Exception):
+    """The hub refused this supervisor's credential (401 or 403: a device revoked, expired or unknown).
+    DESIGN §9.1: every run is stopped by the ladder, nothing more is reported, and the listener ends."""
 
 
 class LeaseLost(Exception):
@@ -65,6 +70,8 @@ class Claimed:
     # supervisor that slept past its lease while the run was queued again and claimed anew, even by this
     # same holder) is refused with `LeaseLost` rather than written over the new claim's run.
     lease: int = 0
+    # Run it only inside a sandbox (DESIGN §5): a listener's local policy says so per agent.
+    sandbox: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,12 @@ class WakeBook(Protocol):
 
     async def claim(self) -> Claimed | None:
         """The next wake this supervisor may start, now held by it; None when there is none."""
+        ...
+
+    async def spawning(self, run_id: str, lease: int) -> None:
+        """The run's CLI is about to be executed (DESIGN §9.1): reported before the exec, so a run whose
+        holder dies from here on is ended `lost`, never queued to run a second time. `LeaseLost` as
+        `started`, and then nothing is executed."""
         ...
 
     async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:

@@ -99,6 +99,10 @@ class JsonWireBook:
         claimed = await self._inner.claim()
         return None if claimed is None else _from_wire(Claimed, _to_wire(claimed))
 
+    async def spawning(self, run_id: str, lease: int) -> None:
+        self.calls.append("spawning")
+        await self._inner.spawning(*_to_wire([run_id, lease]))
+
     async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:
         self.calls.append("started")
         await self._inner.started(*_to_wire([run_id, lease, pid, pid_start]))
@@ -140,7 +144,9 @@ async def test_the_same_supervisor_runs_a_wake_through_a_book_that_speaks_only_j
         "SELECT m.text FROM messages m JOIN agents a ON a.agent_id = m.agent_id WHERE a.handle = 'alice-bot'"
     )
     assert replies, "the woken CLI did not reply in the room"
-    assert {"claim", "started", "session", "finish"} <= set(wire.calls)
+    assert {"claim", "spawning", "started", "session", "finish"} <= set(wire.calls)
+    # The spawn is reported before the CLI is executed (DESIGN §9.1), so before its pid is.
+    assert wire.calls.index("spawning") < wire.calls.index("started")
     # What crossed back of the run's use: token counts and tool names with counts, no event body.
     [end] = [json.loads(r["detail"]) for r in woken.audit_rows() if r["action"] == "run.end"]
     usage = end["usage"]

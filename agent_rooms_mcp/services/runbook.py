@@ -38,6 +38,9 @@ from agent_rooms_mcp.vault import VaultError
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
 _SYSTEM = "system"
+_ABANDONED_COLUMNS = (
+    "run_id, pid, pid_start, spawned_at, agent_id, owner_id, lease_holder, lease_host, withdraw_reason"
+)
 
 
 @contextmanager
@@ -100,41 +103,49 @@ class LocalWakeBook:
         def run(conn: sqlite3.Connection) -> list[LeftBehind]:
             now = now_utc()
             self._expire(conn, now)
-            lost = []
-            for row in conn.execute(
-                "SELECT run_id, pid, pid_start, agent_id, owner_id, lease_holder, lease_host, withdraw_reason FROM runs"
-                f" WHERE state IN ({sql_words(*HELD_STATES)}) AND lease_until < ?",
+            rows = conn.execute(
+                f"SELECT {_ABANDONED_COLUMNS} FROM runs WHERE state IN ({sql_words(*HELD_STATES)}) AND lease_until < ?",
                 (now,),
-            ).fetchall():
-                revoke_run_tokens(conn, row["run_id"], now)  # a token minted before the crash dies too
-                detail = {"run_id": row["run_id"], "lease_holder": row["lease_holder"], "lease_host": row["lease_host"]}
-                if row["pid"] is None and row["withdraw_reason"] is not None:
-                    # Withdrawn before its CLI ever started: it ends so, rather than queue again.
-                    withdraw(conn, row["run_id"], RunState.QUEUED, row["withdraw_reason"], now)
-                    audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
-                                 detail={**detail, "reason": row["withdraw_reason"]})  # fmt: skip
-                elif row["pid"] is None:
-                    # Back to where its owner's wakes wait now: the owner may have stopped being local.
-                    conn.execute(
-                        "UPDATE runs SET state = ?, lease_holder = NULL, lease_host = NULL, lease_until = NULL,"
-                        " started_at = NULL WHERE run_id = ?",
-                        (waiting_state_of(conn, row["owner_id"]), row["run_id"]),
-                    )
-                    audit.append(conn, self._actor, "run.requeue", target=row["agent_id"], detail=detail)
-                else:
-                    conn.execute(
-                        "UPDATE runs SET state = ?, outcome = ?, ended_at = ? WHERE run_id = ?",
-                        (RunState.LOST, Outcome.LOST, now, row["run_id"]),
-                    )
-                    audit.append(conn, self._actor, "run.lost", target=row["agent_id"], detail=detail)
-                    # A lease written before leases named their host was written on the hub's own machine.
-                    ours = row["lease_host"] in (None, self._host)
-                    if row["pid_start"] is not None and ours:
-                        lost.append(LeftBehind(row["run_id"], row["pid"], row["pid_start"]))
-            return lost
+            ).fetchall()
+            return [left for row in rows if (left := self._end_abandoned(conn, row, now)) is not None]
 
         with _busy_is_unavailable():
             return await self._store.write(run)
+
+    def _end_abandoned(self, conn: sqlite3.Connection, row: sqlite3.Row, now: str) -> LeftBehind | None:
+        """A held run whose holder is gone (its lease ran out, or its listener restarted): never spawned ->
+        waiting again; its spawn reported -> `lost` (DESIGN §9.1: never run twice), with its CLI returned
+        when it ran on this host, for the caller to make sure it is gone. A process on another host is not
+        ours to kill: its pid here names some unrelated process."""
+        revoke_run_tokens(conn, row["run_id"], now)  # a token minted before the crash dies too
+        detail = {"run_id": row["run_id"], "lease_holder": row["lease_holder"], "lease_host": row["lease_host"]}
+        spawned = row["spawned_at"] is not None or row["pid"] is not None
+        if not spawned and row["withdraw_reason"] is not None:
+            # Withdrawn before its CLI ever started: it ends so, rather than queue again.
+            withdraw(conn, row["run_id"], RunState.QUEUED, row["withdraw_reason"], now)
+            audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
+                         detail={**detail, "reason": row["withdraw_reason"]})  # fmt: skip
+            return None
+        if not spawned:
+            # Back to where its owner's wakes wait now: the owner may have stopped being local.
+            conn.execute(
+                "UPDATE runs SET state = ?, lease_holder = NULL, lease_host = NULL, lease_until = NULL,"
+                " started_at = NULL WHERE run_id = ?",
+                (waiting_state_of(conn, row["owner_id"]), row["run_id"]),
+            )
+            audit.append(conn, self._actor, "run.requeue", target=row["agent_id"], detail=detail)
+            return None
+        conn.execute(
+            "UPDATE runs SET state = ?, outcome = ?, ended_at = ?, lease_holder = NULL, lease_until = NULL"
+            " WHERE run_id = ?",
+            (RunState.LOST, Outcome.LOST, now, row["run_id"]),
+        )
+        audit.append(conn, self._actor, "run.lost", target=row["agent_id"], detail=detail)
+        # A lease written before leases named their host was written on the hub's own machine.
+        ours = row["lease_host"] in (None, self._host)
+        if row["pid"] is not None and row["pid_start"] is not None and ours:
+            return LeftBehind(row["run_id"], row["pid"], row["pid_start"])
+        return None
 
     def _expire(self, conn: sqlite3.Connection, now: str) -> None:
         oldest = iso(datetime.now(UTC) - timedelta(seconds=self._caps.listener_wait_s))
@@ -159,20 +170,26 @@ class LocalWakeBook:
             claimed = await self._claim()
         return None if claimed is None else await self._equip(claimed)
 
+    # Where the wakes this book claims wait, and which of them it may start now: the hub's own supervisor
+    # starts local owners' queued wakes (a listener's book, services/listeners.py, says otherwise).
+    _waits_in = RunState.QUEUED
+
+    def _startable(self, now: datetime) -> tuple[str, dict[str, object]]:
+        return STARTABLE, startable_args(self._caps, now)
+
     async def _claim(self) -> Claimed | None:
-        caps = self._caps
         # Most looks find nothing: a read costs far less than taking the write lock to find that out.
         if not await self._store.read(
-            lambda c: c.execute("SELECT 1 FROM runs WHERE state = ?", (RunState.QUEUED,)).fetchone()
+            lambda c: c.execute("SELECT 1 FROM runs WHERE state = ?", (self._waits_in,)).fetchone()
         ):
             return None
 
         def run(conn: sqlite3.Connection) -> Claimed | None:
             now = datetime.now(UTC)
             while True:
-                row = conn.execute(
-                    RUNS_SELECT + " WHERE" + STARTABLE + " ORDER BY r.created_at LIMIT 1", startable_args(caps, now)
-                ).fetchone()
+                startable, args = self._startable(now)
+                first = RUNS_SELECT + " WHERE" + startable + " ORDER BY r.created_at LIMIT 1"
+                row = conn.execute(first, args).fetchone()
                 if row is None:
                     return None
                 reason = withdrawal(conn, row, started=False)
@@ -255,6 +272,13 @@ class LocalWakeBook:
             log.warning("run.lease_lost", run_id=run_id, holder=self._holder, lease=lease)
             raise LeaseLost(f"run {run_id} is no longer held by {self._holder} under lease {lease}")
 
+    async def spawning(self, run_id: str, lease: int) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            self._held(conn, run_id, lease, "spawned_at = ?", (now_utc(),))
+
+        with _busy_is_unavailable():
+            await self._store.write(run)
+
     async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:
         def run(conn: sqlite3.Connection) -> None:
             self._held(conn, run_id, lease, "pid = ?, pid_start = ?", (pid, pid_start))
@@ -267,7 +291,8 @@ class LocalWakeBook:
                 detail={"run_id": run_id, "trigger": row["trigger"], "cause_id": row["cause_id"]},
             )
 
-        await self._store.write(run)
+        with _busy_is_unavailable():
+            await self._store.write(run)
 
     async def session(self, run_id: str, lease: int, session_id: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -277,7 +302,8 @@ class LocalWakeBook:
             audit.append(conn, self._actor, "run.session", target=row["agent_id"],
                          detail={"run_id": run_id, "session_id": session_id or None})  # fmt: skip
 
-        await self._store.write(run)
+        with _busy_is_unavailable():
+            await self._store.write(run)
 
     async def renew(self) -> dict[str, int]:
         # Extending a lease changes no state a reader sees (the run stays where it was): no audit row. Only
@@ -365,7 +391,8 @@ class LocalWakeBook:
             audit.append(conn, self._actor, "run.end", target=row["agent_id"], detail=detail)
 
         # notify: a run ending frees a cap, so this process's supervisor looks for the next wake at once.
-        await self._store.write(run, notify=True)
+        with _busy_is_unavailable():
+            await self._store.write(run, notify=True)
 
     def _back_off(self, conn: sqlite3.Connection, row: sqlite3.Row, reset_at: datetime | None, now: str) -> str | None:
         """Back-off for the run's (owner, tool), and the follow-up run queued to resume it (None when the

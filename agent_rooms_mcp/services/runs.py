@@ -47,23 +47,43 @@ _CHARGED_OWNERS_OF_R = (
     " UNION SELECT r.owner_id WHERE NOT EXISTS (SELECT 1 FROM json_each(r.causers) k WHERE k.value <> r.owner_id)"
 )
 
-# The one statement of DESIGN §5's caps: a queued run r (of agent a) may start now if no cap or back-off
-# holds it. `claim` picks by it and `enqueue` reports by it, so the two cannot disagree. Running caps are
-# where the run executes (its agent's owner); the spawn rate is charged as the queue is (`_charged_to`).
+# What frees a wake wherever it runs: its not-before time passed, no spawn-rate minute of an owner it is
+# charged to is full (`_charged_to`), and no back-off holds its (owner, tool).
+_SPAWN_RATE_AND_BACKOFF = (
+    " AND (r.not_before IS NULL OR r.not_before <= :now)"
+    f" AND NOT EXISTS (SELECT 1 FROM ({_CHARGED_OWNERS_OF_R}) c WHERE"
+    f"      (SELECT count(*) FROM runs x WHERE x.started_at >= :minute_ago AND {_charged_to('x', 'c.owner')})"
+    "       >= :per_minute)"
+    " AND NOT EXISTS (SELECT 1 FROM backoffs b WHERE b.owner_id = r.owner_id AND b.tool = a.tool"
+    "      AND b.not_before > :now)"
+)
+
+# The one statement of DESIGN §5's caps for the hub's own supervisor: a queued run r (of agent a) may start
+# now if no cap or back-off holds it. `claim` picks by it and `enqueue` reports by it, so the two cannot
+# disagree. Running caps are where the run executes (its agent's owner); the spawn rate is charged as the
+# queue is (`_charged_to`).
 STARTABLE = (
     # A deleted agent's wake is picked too: the claim's re-check ends it `withdrawn`, so it never waits forever.
-    f" r.state = {_QUEUED} AND (r.not_before IS NULL OR r.not_before <= :now)"
+    f" r.state = {_QUEUED}"
     # Only a local owner's agent is ever spawned here (invariant 99), whatever state a row reached and by
     # which path: checked at the claim itself, not only where a wake is first written.
     " AND EXISTS (SELECT 1 FROM owners lo WHERE lo.owner_id = r.owner_id AND lo.local = 1)"
     f" AND (SELECT count(*) FROM runs x WHERE x.state IN ({_HELD})) < :all"
     f" AND (SELECT count(*) FROM runs x WHERE x.agent_id = r.agent_id AND x.state IN ({_HELD})) < :agent"
     f" AND (SELECT count(*) FROM runs x WHERE x.owner_id = r.owner_id AND x.state IN ({_HELD})) < :owner"
-    f" AND NOT EXISTS (SELECT 1 FROM ({_CHARGED_OWNERS_OF_R}) c WHERE"
-    f"      (SELECT count(*) FROM runs x WHERE x.started_at >= :minute_ago AND {_charged_to('x', 'c.owner')})"
-    "       >= :per_minute)"
-    " AND NOT EXISTS (SELECT 1 FROM backoffs b WHERE b.owner_id = r.owner_id AND b.tool = a.tool"
-    "      AND b.not_before > :now)"
+    + _SPAWN_RATE_AND_BACKOFF
+)
+
+# The same for a listener `:holder` of owner `:owner` (DESIGN §9.1): only that owner's wakes waiting for a
+# listener, only of agents this listener holds now, under the listener's own running caps (caps apply where
+# the run executes); the spawn rate and back-offs are the hub's, since they are charged across owners.
+LISTENER_STARTABLE = (
+    f" r.state = {sql_words(RunState.WAITING_FOR_LISTENER)} AND r.owner_id = :owner"
+    " AND EXISTS (SELECT 1 FROM listener_holds h WHERE h.agent_id = r.agent_id AND h.holder = :holder"
+    "      AND h.until > :now)"
+    f" AND (SELECT count(*) FROM runs x WHERE x.lease_holder = :holder AND x.state IN ({_HELD})) < :all"
+    f" AND (SELECT count(*) FROM runs x WHERE x.agent_id = r.agent_id AND x.state IN ({_HELD})) < :agent"
+    + _SPAWN_RATE_AND_BACKOFF
 )
 
 # Waiting wakes (queued here, or for a listener) charged to :owner: the queue cap counts them all.

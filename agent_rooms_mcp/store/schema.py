@@ -489,7 +489,35 @@ _V_LEASE_EPOCH = """
 ALTER TABLE runs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
 """
 
+# Listeners (DESIGN §9.1): each listener process a device runs, the agents it holds (one holder per agent at
+# a time, under a fencing epoch), and the moment a run's spawn was reported, before its CLI was executed: a
+# run with one is never queued again, only ended `lost`.
+_V_LISTENERS = """
+CREATE TABLE listeners (
+  holder TEXT PRIMARY KEY,
+  device_id TEXT NOT NULL REFERENCES devices(device_id),
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  host TEXT NOT NULL,
+  max_running INTEGER NOT NULL,
+  max_running_per_agent INTEGER NOT NULL,
+  started_at TEXT NOT NULL,
+  seen_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX listeners_device ON listeners (device_id);
+
+CREATE TABLE listener_holds (
+  agent_id TEXT PRIMARY KEY REFERENCES agents(agent_id),
+  holder TEXT NOT NULL REFERENCES listeners(holder),
+  epoch INTEGER NOT NULL,
+  until TEXT NOT NULL
+) STRICT;
+CREATE INDEX listener_holds_holder ON listener_holds (holder);
+
+ALTER TABLE runs ADD COLUMN spawned_at TEXT;
+UPDATE runs SET spawned_at = started_at WHERE pid IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
-    _V_DEVICE_RATES, _V_LEASE_EPOCH,
+    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS,
 )  # fmt: skip

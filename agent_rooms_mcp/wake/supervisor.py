@@ -22,7 +22,7 @@ import anyio
 import structlog
 
 from agent_rooms_mcp import policy
-from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, LeaseLost, WakeBook
+from agent_rooms_mcp.book import BookRevoked, BookUnavailable, CauseText, Claimed, Ending, LeaseLost, WakeBook
 from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
@@ -68,22 +68,42 @@ class Supervisor:
         self._caps = local.wake
         # Keyed by claim, not run: a run this supervisor lost and then claimed anew has two CLIs to tell apart.
         self._stops: dict[tuple[str, int], anyio.Event] = {}
+        self._revoked = anyio.Event()
 
     async def run(self) -> None:
-        """Claim and run wakes until cancelled; on cancellation every child is stopped and reaped."""
+        """Claim and run wakes until cancelled; on cancellation every child is stopped and reaped. When the
+        hub refuses this supervisor's credential (`BookRevoked`), every run is stopped by the ladder, and
+        once all have ended `BookRevoked` is raised to the caller."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_leases)
-            while True:
+            while not self._revoked.is_set():
                 try:
                     await self._claim_all(tg)
                     await self._pass_on_stops()
+                    # Time alone also frees wakes (a back-off or a spawn-rate minute passing): a look at
+                    # least every TIME_LOOK_S, at once when the book says something moved.
+                    await self.book.wait_for_work(TIME_LOOK_S)
                 except BookUnavailable as e:
-                    # A book that cannot answer now (a write lock held elsewhere past the busy timeout)
-                    # must not take the server down with it: the next look tries again.
+                    # A book that cannot answer now (a write lock held elsewhere past the busy timeout, a
+                    # hub out of reach) must not take the supervisor down with it: the next look tries again.
                     log.warning("supervisor.book_unavailable", error=str(e))
-                # Time alone also frees wakes (a back-off or a spawn-rate minute passing): a look at least
-                # every TIME_LOOK_S, at once when the book says something moved.
-                await self.book.wait_for_work(TIME_LOOK_S)
+                    await anyio.sleep(TIME_LOOK_S)
+                except BookRevoked:
+                    self._revoke()
+            while self._stops:  # each run ends by the ladder, its CLI reaped, before the supervisor goes
+                await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
+        raise BookRevoked("the hub refused this supervisor's credential; every run was stopped")
+
+    def _revoke(self) -> None:
+        if not self._revoked.is_set():
+            log.warning("supervisor.revoked", runs=len(self._stops))
+        self._revoked.set()
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        for stop in self._stops.values():
+            stop.set()
 
     async def _claim_all(self, tg: anyio.abc.TaskGroup) -> None:
         while (claimed := await self.book.claim()) is not None:
@@ -99,6 +119,7 @@ class Supervisor:
                 stop.set()
 
     async def _keep_leases(self) -> None:
+        renewed = anyio.current_time()
         while True:
             try:
                 for left in await self.book.recover():
@@ -107,14 +128,24 @@ class Supervisor:
                 # not lost for being missing from its answer.
                 before = list(self._stops.items())
                 held = await self.book.renew()
+                renewed = anyio.current_time()
                 for (run_id, lease), stop in before:
-                    if held.get(run_id) != lease and not stop.is_set():
+                    # Still ours to judge: a run that ended meanwhile is missing from the answer for that.
+                    if held.get(run_id) != lease and (run_id, lease) in self._stops and not stop.is_set():
                         # Another supervisor recovered the run while this one's lease had run out (a sleep,
                         # a long lock): its CLI is stopped by the ladder and nothing more is recorded.
                         log.warning("run.lease_lost", run_id=run_id, lease=lease)
                         stop.set()
-            except BookUnavailable as e:  # a database locked a long while: try again next time
+            except BookUnavailable as e:  # a database locked a long while, a hub out of reach: try again
                 log.warning("supervisor.book_unavailable", error=str(e))
+                if anyio.current_time() - renewed >= self._caps.lease_s and self._stops:
+                    # A dead-man switch (DESIGN §9.1): past the lease time another supervisor may recover
+                    # these runs and wake them again, so none may go on unrenewed.
+                    log.warning("supervisor.lease_lapsed", runs=len(self._stops))
+                    self._stop_all()
+            except BookRevoked:
+                self._revoke()
+                return
             await anyio.sleep(self._caps.lease_s / 3)
 
     async def _run_one(self, run: Claimed) -> None:
@@ -130,6 +161,10 @@ class Supervisor:
         except LeaseLost:
             # Another holder has the run now: its state is theirs to record (DESIGN §9.1 fencing).
             lost = True
+        except BookRevoked:
+            # The hub refused this supervisor: it records nothing more, and stops every other run too.
+            lost = True
+            self._revoke()
         except anyio.get_cancelled_exc_class():
             # The server is shutting down: run_process has stopped the CLI and reaped it.
             state, outcome = RunState.STOPPED, Outcome.SHUTDOWN
@@ -158,6 +193,14 @@ class Supervisor:
                         await self.book.finish(run.run_id, run.lease, ending)
                 except LeaseLost:
                     lost = True
+                except BookRevoked:
+                    lost = True
+                    self._revoke()
+                except BookUnavailable as e:
+                    # Left held: its lease lapses and the hub's recovery ends it `lost`, as it must for a
+                    # run whose end nobody could confirm.
+                    lost = True
+                    log.warning("run.end_unreported", run_id=run.run_id, error=str(e))
                 self._stops.pop((run.run_id, run.lease), None)
                 log.info("run.end", run_id=run.run_id, agent=run.handle, state=state, outcome=outcome, signal=signal,
                          recorded=not lost)  # fmt: skip
@@ -172,6 +215,11 @@ class Supervisor:
             # Refused at the request already (CONSTRAINED_RUNTIME_REQUIRED); should one reach a spawn, the
             # contained runtime another owner's words require is missing: DESIGN §7's sandbox_required.
             return RunState.FAILED, Outcome.SANDBOX_REQUIRED
+        if run.sandbox:
+            # The sandbox fails closed (DESIGN §5): this version has none to start the CLI in (it lands with
+            # the containment work), so a run its owner requires one for never starts without it.
+            log.warning("run.sandbox_unavailable", run_id=run.run_id, agent=run.handle)
+            return RunState.FAILED, Outcome.SANDBOX_UNAVAILABLE
         binary = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(tool, caps.openclaw_bin)
         if shutil.which(binary) is None:  # found before spawning: behind setpriv it would read as exit 127
             return RunState.FAILED, Outcome.CLI_NOT_FOUND
@@ -231,6 +279,9 @@ class Supervisor:
                 if PDEATHSIG:
                     # If this server dies, the kernel kills the CLI with it rather than leave it unsupervised.
                     argv = [PDEATHSIG, "--pdeathsig", "KILL", "--", *argv]
+                # Reported before the exec (DESIGN §9.1): from here on a holder that dies leaves the run
+                # `lost`, never queued to run twice. A claim that no longer holds the run executes nothing.
+                await self.book.spawning(run.run_id, run.lease)
                 finished = await self._watch(run, plan, argv, prompt, env, on_event, adapter.is_terminal, stop, sent)
         finally:
             events.close()  # on every path: a shutdown mid-run must not leave the log open
@@ -302,6 +353,10 @@ class Supervisor:
             await self.book.started(run.run_id, run.lease, pid, start_time(pid))
         except LeaseLost:
             stop.set()
+        except BookRevoked:
+            self._revoke()
+        except BookUnavailable as e:  # the spawn is already reported; the pid only helps a recovery here
+            log.warning("run.pid_unreported", run_id=run.run_id, error=str(e))
 
 
 # Why the process layer stopped a run by itself, as DESIGN §7's outcomes: the time limits and the output caps.
