@@ -26,6 +26,7 @@ from agent_rooms_mcp.services.devices import Devices
 from agent_rooms_mcp.services.files import Files
 from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
+from agent_rooms_mcp.services.listeners import Listeners
 from agent_rooms_mcp.services.messages import Messages
 from agent_rooms_mcp.services.rooms import Rooms
 from agent_rooms_mcp.services.run_control import Runs
@@ -51,6 +52,7 @@ class Hub:
     runs: Runs
     rates: RateLimits
     devices: Devices
+    listeners: Listeners
 
     @classmethod
     @asynccontextmanager
@@ -67,11 +69,12 @@ class Hub:
             auth = Authenticator(store, issuer, limits)
             # A window of failed authentications that closed while no hub ran gets its summary now.
             await auth.failures.summarise_closed_windows()
+            accounts = Accounts(store, issuer, limits, Vault(settings.master_key_path))
             yield cls(
                 settings=settings,
                 store=store,
                 auth=auth,
-                accounts=Accounts(store, issuer, limits, Vault(settings.master_key_path)),
+                accounts=accounts,
                 rooms=Rooms(store, limits),
                 messages=Messages(store, limits, settings.wake),
                 files=Files(store, limits),
@@ -81,7 +84,8 @@ class Hub:
                 consent=Consent(store, limits, settings.wake),
                 runs=Runs(store, limits),
                 rates=RateLimits(store, limits),
-                devices=Devices(store, limits, issuer.kid, deployment_id),
+                devices=Devices(store, limits, key.verify_key, deployment_id),
+                listeners=Listeners(store, settings.wake, accounts, key, deployment_id),
             )
 
 

@@ -446,6 +446,33 @@ class DeviceLogin(BaseModel):
     issuer_kid: str
 
 
+class HeldElsewhere(BaseModel):
+    """An agent another listener of its owner holds now."""
+
+    agent: str
+    device: str
+    host: str
+
+
+class Abandoned(BaseModel):
+    """A run a restarted listener's former process held, ended `lost`: its CLI, if it still runs there."""
+
+    run_id: str
+    pid: int
+    pid_start: int
+
+
+class ListenerHello(BaseModel):
+    """What the hub answers a listener's hello with (DESIGN §9.1)."""
+
+    holder: str
+    lease_s: float
+    held: list[str] = []
+    elsewhere: list[HeldElsewhere] = []
+    unknown: list[str] = []  # not this owner's agents, or none by that handle
+    left_behind: list[Abandoned] = []
+
+
 class DeviceInfo(BaseModel):
     device_id: str
     owner: str
@@ -464,6 +491,7 @@ class HubIdentity(BaseModel):
 
     deployment_id: str
     issuer_kid: str
+    issuer_key: str = ""  # the public key itself (base64url), whose k4.pid is issuer_kid
 
 
 class AuditRows(BaseModel):

@@ -552,6 +552,23 @@ def waiting_state(owner_local: bool) -> RunState:
     return RunState.QUEUED if owner_local else RunState.WAITING_FOR_LISTENER
 
 
+def listener_refusal(*, named: bool, wake: bool, cross_owner: bool, accepts_cross_owner: bool,
+                     workdir_inside_root: bool) -> str | None:  # fmt: skip
+    """Why a listener refuses a claimed wake by its owner's local policy (DESIGN §9.1, listen.toml), or None.
+    The hub's word never widens it: an agent the file does not name, or says may not be woken, never runs;
+    a wake another owner's words caused runs only where the file accepts them; a workdir must lie under the
+    allowed root when the run starts. The reason becomes the run's `withdrawn:` outcome, which the causer sees."""
+    if not named:
+        return "not_in_local_policy"
+    if not wake:
+        return "not_wakeable_here"
+    if cross_owner and not accepts_cross_owner:
+        return "cross_owner_refused_here"
+    if not workdir_inside_root:
+        return "workdir_outside_root"
+    return None
+
+
 def spawnable(tool: AgentTool) -> bool:
     return tool in SPAWNABLE
 

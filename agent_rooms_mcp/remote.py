@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
+from nacl.signing import VerifyKey
 from pydantic import BaseModel, ValidationError
 
+from agent_rooms_mcp.auth.paseto import k4_pid
+from agent_rooms_mcp.encoding import EncodingError, b64url_decode
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.home import HomeError, check_private_file, ensure_private_dir, write_private_file
 from agent_rooms_mcp.models import DeviceLogin, HubIdentity
@@ -37,6 +40,11 @@ class Device(BaseModel):
     name: str
     issuer_kid: str
     credential: str
+    # The issuer key itself (base64url), checked against issuer_kid at login: a listener verifies each
+    # claimed wake with it. Empty in device files written before listeners; `listen` then fetches it once
+    # and keeps it only if its id is the pinned one.
+    issuer_key: str = ""
+    deployment_id: str = ""
 
 
 def device_path(settings: Settings) -> Path:
@@ -90,7 +98,7 @@ def login(settings: Settings, url: str, code: str, name: str) -> Device:
     with _client(settings) as http, _reaching(base):
         identity = HubIdentity.model_validate(_answer(http.get(base + _API + "hub")))
         made = DeviceLogin.model_validate(_answer(http.post(base + _API + "login", json={"code": code, "name": name})))
-    if made.issuer_kid != identity.issuer_kid:
+    if made.issuer_kid != identity.issuer_kid or not key_matches(identity.issuer_key, identity.issuer_kid):
         raise RoomsError(ErrorCode.UNAUTHENTICATED, "the hub named two different issuer keys; not logging in")
     device = Device(
         hub=base,
@@ -99,10 +107,35 @@ def login(settings: Settings, url: str, code: str, name: str) -> Device:
         name=made.name,
         issuer_kid=made.issuer_kid,
         credential=made.credential,
+        issuer_key=identity.issuer_key,
+        deployment_id=identity.deployment_id,
     )
     ensure_private_dir(settings.home)
     write_private_file(device_path(settings), device.model_dump_json(indent=2).encode())
     return device
+
+
+def key_matches(key: str, kid: str) -> bool:
+    """Is `key` (base64url) the public key whose PASERK id is `kid`?"""
+    try:
+        return k4_pid(VerifyKey(b64url_decode(key))) == kid
+    except (EncodingError, ValueError, TypeError):
+        return False
+
+
+def pinned_key(settings: Settings, device: Device) -> tuple[VerifyKey, str]:
+    """The issuer key pinned at login, and the hub's deployment id. A device file from before listeners
+    holds only the key's id: the key is fetched once, kept only if its id is that one."""
+    if not device.issuer_key or not device.deployment_id:
+        with _client(settings) as http, _reaching(device.hub):
+            identity = HubIdentity.model_validate(_answer(http.get(device.hub + _API + "hub")))
+        if not key_matches(identity.issuer_key, device.issuer_kid):
+            raise HomeError(f"the hub at {device.hub} now signs with another key than the one pinned at login")
+        device = device.model_copy(update={"issuer_key": identity.issuer_key, "deployment_id": identity.deployment_id})
+        write_private_file(device_path(settings), device.model_dump_json(indent=2).encode())
+    if not key_matches(device.issuer_key, device.issuer_kid):
+        raise HomeError(f"{device_path(settings)}: the pinned issuer key does not match its id; log in again")
+    return VerifyKey(b64url_decode(device.issuer_key)), device.deployment_id
 
 
 @dataclass(frozen=True)

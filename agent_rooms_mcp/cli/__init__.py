@@ -12,6 +12,7 @@ from agent_rooms_mcp.cli.audit import audit
 from agent_rooms_mcp.cli.consent import consent, grant
 from agent_rooms_mcp.cli.device import device, login
 from agent_rooms_mcp.cli.hubcmds import bridge, connect, init, quickstart, serve
+from agent_rooms_mcp.cli.listen import listen
 from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.room import invite, room
 from agent_rooms_mcp.cli.run import run_group
@@ -47,6 +48,7 @@ for command in (
     audit,
     login,
     device,
+    listen,
 ):
     cli.add_command(command)
 cli.add_command(bridge)

@@ -15,12 +15,17 @@ import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from nacl.signing import VerifyKey
+
 from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.auth.paseto import k4_pid
 from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, new_id, new_token, secret_hash
 from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.encoding import b64url_encode
 from agent_rooms_mcp.errors import invalid, not_found
 from agent_rooms_mcp.models import DeviceInfo, DeviceList, DeviceLogin, Enrollment, HubIdentity
 from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.services.listeners import release_device
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -64,15 +69,18 @@ _DEVICES = "SELECT d.*, o.handle AS owner_handle FROM devices d JOIN owners o ON
 
 
 class Devices:
-    def __init__(self, store: Store, limits: Limits, issuer_kid: str, deployment_id: str) -> None:
+    def __init__(self, store: Store, limits: Limits, issuer_key: VerifyKey, deployment_id: str) -> None:
         self._store = store
         self._limits = limits
-        self._kid = issuer_kid
+        self._key = issuer_key
+        self._kid = k4_pid(issuer_key)
         self._deployment_id = deployment_id
 
     def identity(self) -> HubIdentity:
-        """What `login` pins: the issuer key's id, public by nature."""
-        return HubIdentity(deployment_id=self._deployment_id, issuer_kid=self._kid)
+        """What `login` pins: the issuer key and its id, public by nature."""
+        return HubIdentity(
+            deployment_id=self._deployment_id, issuer_kid=self._kid, issuer_key=b64url_encode(bytes(self._key))
+        )
 
     async def enroll(self, operator: audit.Actor, owner_ref: str, hub_url: str) -> Enrollment:
         """A one-time code for owner `owner_ref` (operator action, on the hub's machine)."""
@@ -232,7 +240,10 @@ class Devices:
             policy.may_revoke_device(who, row["owner_id"], row["device_id"])
             if row["revoked_at"] is None:
                 conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ?", (iso(now), target))
-                audit.append(conn, who.actor, "device.revoke", target=target, detail={"owner_id": row["owner_id"]})
+                # Its listener's runs lose their tokens in this same transaction (DESIGN §9.1).
+                runs = release_device(conn, who.actor, target, iso(now))
+                audit.append(conn, who.actor, "device.revoke", target=target,
+                             detail={"owner_id": row["owner_id"], "runs": runs})  # fmt: skip
             return _info(conn.execute(_DEVICES + " WHERE d.device_id = ?", (target,)).fetchone(), now, idle)
 
         return await self._store.write(run)

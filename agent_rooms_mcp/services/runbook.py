@@ -38,7 +38,7 @@ from agent_rooms_mcp.vault import VaultError
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
 _SYSTEM = "system"
-_ABANDONED_COLUMNS = (
+ABANDONED_COLUMNS = (
     "run_id, pid, pid_start, spawned_at, agent_id, owner_id, lease_holder, lease_host, withdraw_reason"
 )
 
@@ -104,15 +104,15 @@ class LocalWakeBook:
             now = now_utc()
             self._expire(conn, now)
             rows = conn.execute(
-                f"SELECT {_ABANDONED_COLUMNS} FROM runs WHERE state IN ({sql_words(*HELD_STATES)}) AND lease_until < ?",
+                f"SELECT {ABANDONED_COLUMNS} FROM runs WHERE state IN ({sql_words(*HELD_STATES)}) AND lease_until < ?",
                 (now,),
             ).fetchall()
-            return [left for row in rows if (left := self._end_abandoned(conn, row, now)) is not None]
+            return [left for row in rows if (left := self.end_abandoned(conn, row, now)) is not None]
 
         with _busy_is_unavailable():
             return await self._store.write(run)
 
-    def _end_abandoned(self, conn: sqlite3.Connection, row: sqlite3.Row, now: str) -> LeftBehind | None:
+    def end_abandoned(self, conn: sqlite3.Connection, row: sqlite3.Row, now: str) -> LeftBehind | None:
         """A held run whose holder is gone (its lease ran out, or its listener restarted): never spawned ->
         waiting again; its spawn reported -> `lost` (DESIGN §9.1: never run twice), with its CLI returned
         when it ran on this host, for the caller to make sure it is gone. A process on another host is not
@@ -210,7 +210,7 @@ class LocalWakeBook:
         to reach the hub."""
         try:
             # Sealed at rest; without the master key the run fails closed rather than start without them.
-            env: dict[str, str] | None = await self._accounts.env_for_run(claimed.agent_id)
+            env: dict[str, str] | None = await self._open_env(claimed.agent_id)
         except (HomeError, VaultError) as e:
             log.warning("run.env_refused", run_id=claimed.run_id, agent=claimed.handle, error=type(e).__name__)
             return replace(claimed, env=None)
@@ -222,6 +222,9 @@ class LocalWakeBook:
             log.warning("run.token_refused", run_id=claimed.run_id, error=type(e).__name__)
             return replace(claimed, env=env)
         return replace(claimed, env=env, run_token=issued.token)
+
+    async def _open_env(self, agent_id: str) -> dict[str, str]:
+        return await self._accounts.env_for_run(agent_id)
 
     def _hold(self, conn: sqlite3.Connection, row: sqlite3.Row, words: CauseText, now: datetime) -> Claimed:
         [lease] = conn.execute(
@@ -366,6 +369,8 @@ class LocalWakeBook:
             row = conn.execute(
                 "SELECT r.*, a.tool FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE r.run_id = ?", (run_id,)
             ).fetchone()
+            if row is None:  # no such run: certainly not held by this claim
+                raise LeaseLost(f"run {run_id} is not held by {self._holder}")
             final, ended_as = ending.state, ending.outcome
             # Withdrawn whether the signal ended it or the CLI finished first: its causer sees why (DESIGN §5).
             if row["withdraw_reason"] is not None:

@@ -74,11 +74,11 @@ STARTABLE = (
     + _SPAWN_RATE_AND_BACKOFF
 )
 
-# The same for a listener `:holder` of owner `:owner` (DESIGN §9.1): only that owner's wakes waiting for a
+# The same for a listener `:holder` of owner `:owner_id` (DESIGN §9.1): only that owner's wakes waiting for a
 # listener, only of agents this listener holds now, under the listener's own running caps (caps apply where
 # the run executes); the spawn rate and back-offs are the hub's, since they are charged across owners.
 LISTENER_STARTABLE = (
-    f" r.state = {sql_words(RunState.WAITING_FOR_LISTENER)} AND r.owner_id = :owner"
+    f" r.state = {sql_words(RunState.WAITING_FOR_LISTENER)} AND r.owner_id = :owner_id"
     " AND EXISTS (SELECT 1 FROM listener_holds h WHERE h.agent_id = r.agent_id AND h.holder = :holder"
     "      AND h.until > :now)"
     f" AND (SELECT count(*) FROM runs x WHERE x.lease_holder = :holder AND x.state IN ({_HELD})) < :all"

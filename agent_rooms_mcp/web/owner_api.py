@@ -2,6 +2,7 @@
 
 - `GET /owner/v1/hub`: the hub's deployment id and issuer key id (`k4.pid`), which `login` pins.
 - `POST /owner/v1/login` `{"code", "name"}`: redeem an enrollment code for a device credential (shown once).
+- `POST /owner/v1/listener/OP` with the same credential: the listener's wake book (`web/listener_api.py`).
 - `POST /owner/v1/actions/NAME` with `Authorization: Bearer ard_…`: one owner action of `owner_actions`, its
   arguments as the JSON body; the answer is the action's result model, or `{"code", "message"}`.
 
@@ -28,10 +29,12 @@ from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.services.devices import DeviceDenied
+from agent_rooms_mcp.web import listener_api
 
 log = structlog.get_logger("agent_rooms_mcp.owner_api")
 
 PREFIX = "/owner/v1/"
+LISTENER = "listener/"
 _TRANSPORT = "owner_api"
 _STATUS = {
     ErrorCode.UNAUTHENTICATED: 401,
@@ -86,7 +89,9 @@ class OwnerApi:
         if path == PREFIX + "login":  # no credential yet: the enrollment code is in the body
             return 200, (await self._login(await _body(receive, headers, self._cap), address)).model_dump()
         name = path.removeprefix(PREFIX + "actions/")
-        if name == path:
+        if path.startswith(PREFIX + LISTENER):
+            name = path.removeprefix(PREFIX)
+        elif name == path:
             raise _Answer(404, {"code": "NOT_FOUND", "message": "no such path"})
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         presented = credential.strip() if scheme.lower() == "bearer" else None
@@ -95,6 +100,11 @@ class OwnerApi:
         except DeviceDenied as denied:
             raise await self._refused(denied, presented, address) from None
         try:
+            if name.startswith(LISTENER):
+                # A listener's long polls and lease renewals are its heartbeat, not owner actions: they draw
+                # on no owner-action bucket (a listener idles at a few requests a minute).
+                body = await _body(receive, headers, self._cap)
+                return 200, await listener_api.handle(self._hub, who, name.removeprefix(LISTENER), body)
             # Charged before the body is read: a device past its bucket costs one settlement, nothing more.
             await self._hub.rates.charge_device(who)
             # Parsed only now, for an authenticated device: a stranger's body is never read (DESIGN §2).
@@ -102,6 +112,10 @@ class OwnerApi:
             result = await owner_actions.perform(self._hub, who, name, body)
         except RoomsError as e:
             raise _error(e) from None
+        except listener_api.LeaseLostAnswer as e:
+            raise _Answer(409, {"code": "CONFLICT", "message": str(e), "lease_lost": True}) from None
+        except listener_api.Unavailable:
+            raise _Answer(503, {"error": "UNAVAILABLE"}, ((b"retry-after", b"1"),)) from None
         return 200, result.model_dump(mode="json")
 
     async def _login(self, body: Any, address: str | None) -> BaseModel:

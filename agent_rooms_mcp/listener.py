@@ -1,0 +1,270 @@
+"""`agent-rooms listen`: the supervisor on an owner's own machine, over the HTTP wake book (DESIGN §9.1).
+
+The listener dials out to the hub it is enrolled with (no inbound port here), holds the agents its local
+policy names (`listen.toml`), and runs the very supervisor the hub embeds, with `HttpWakeBook` in place of
+the store's book. What crosses to the hub is only what DESIGN §9.1 lists: states, session ids, times, the
+outcome, usage and tool counts. The events, stderr and the agents' variables stay here.
+
+Each claimed wake is verified against the issuer key pinned at `login` and then judged by the local policy
+(`policy.listener_refusal`): a refusal ends the run `withdrawn:<reason>`, and what the hub sent about the
+workdir or the constraint never widens what the file allows. A 401 or 403 stops every run and ends the
+listener; a lease it could not renew for the lease time stops every run (the supervisor's dead-man switch).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import structlog
+from nacl.signing import VerifyKey
+
+from agent_rooms_mcp import policy
+from agent_rooms_mcp.auth.wake_claims import ClaimRefused, verify_claim
+from agent_rooms_mcp.book import BookRevoked, BookUnavailable, Claimed, Ending, LeaseLost, LeftBehind, this_host
+from agent_rooms_mcp.bridge import HUB_URL_ENV, TOKEN_FILE_ENV
+from agent_rooms_mcp.encoding import EncodingError, b64url_decode
+from agent_rooms_mcp.home import HomeError, ensure_private_dir
+from agent_rooms_mcp.listen_policy import ListenPolicy
+from agent_rooms_mcp.local_env import LocalEnv
+from agent_rooms_mcp.models import ListenerHello
+from agent_rooms_mcp.remote import Device
+from agent_rooms_mcp.run_states import RunState, StopSignal, withdrawn
+from agent_rooms_mcp.settings import Settings, WakeSettings
+from agent_rooms_mcp.vault import VaultError
+from agent_rooms_mcp.wake.supervisor import Local, OpenBridge, Supervisor
+
+log = structlog.get_logger("agent_rooms_mcp.listener")
+
+_API = "/owner/v1/listener/"
+# The hub answers a long poll within this (web/listener_api.WAIT_MAX_MS caps it); the read timeout is longer.
+WAIT_MS = 20_000
+TIMEOUT = httpx2.Timeout(10.0, read=WAIT_MS / 1000 + 15)
+# Passed to the bridge so it trusts the same certificates this listener does (a private CA, say).
+_TRUST_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+class HttpWakeBook:
+    """The `WakeBook` of a listener: each call one POST to the hub's listener API."""
+
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        device: Device,
+        key: VerifyKey,
+        deployment_id: str,
+        rules: ListenPolicy,
+        env: LocalEnv,
+        caps: WakeSettings,
+        *,
+        take_over: bool = False,
+    ) -> None:
+        self._http = http
+        self._device = device
+        self._key = key
+        self._deployment_id = deployment_id
+        self._rules = rules
+        self._env = env
+        self._caps = caps
+        self._take_over = take_over
+        self._holder = "lst_" + secrets.token_hex(8)
+        # The device in the host id: the hub's own supervisor never takes these processes for its own.
+        self._host = f"{device.device_id}@{this_host(caps.host_id)}"
+        self.hello_answer: ListenerHello | None = None
+
+    @property
+    def holder(self) -> str:
+        return self._holder
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    async def _post(self, op: str, body: dict[str, Any]) -> Any:
+        try:
+            answer = await self._http.post(
+                self._device.hub + _API + op,
+                json={"holder": self._holder, **body},
+                headers={"Authorization": f"Bearer {self._device.credential}"},
+            )
+        except httpx2.HTTPError as e:
+            raise BookUnavailable(f"cannot reach the hub at {self._device.hub}: {type(e).__name__}") from None
+        if answer.status_code in (401, 403):
+            raise BookRevoked(f"the hub answered {answer.status_code} to {op}")
+        try:
+            data = answer.json()
+        except ValueError:
+            data = None
+        if answer.status_code == 409 and isinstance(data, dict) and data.get("lease_lost"):
+            raise LeaseLost(str(data.get("message")))
+        if answer.status_code != 200 or not isinstance(data, dict):
+            # A busy hub (503, 429) or a defect on either side: the supervisor tries again on its next look.
+            raise BookUnavailable(f"the hub answered HTTP {answer.status_code} to {op}: {str(data)[:200]}")
+        return data
+
+    async def hello(self) -> ListenerHello:
+        answer = ListenerHello.model_validate(
+            await self._post(
+                "hello",
+                {
+                    "host": self._host,
+                    "agents": sorted(self._rules.agents),
+                    "take_over": self._take_over,
+                    "max_running": self._caps.max_running,
+                    "max_running_per_agent": self._caps.max_running_per_agent,
+                },
+            )
+        )
+        self.hello_answer = answer
+        return answer
+
+    async def claim(self) -> Claimed | None:
+        while True:
+            token = (await self._post("claim", {}))["claim"]
+            if token is None:
+                return None
+            try:
+                claimed = verify_claim(token, self._key, self._deployment_id, self._holder)
+            except ClaimRefused as e:
+                await self._refuse_unverified(token, str(e))
+                continue
+            judged = await self._judge(claimed)
+            if judged is not None:
+                return judged
+
+    async def _judge(self, claimed: Claimed) -> Claimed | None:
+        """The claim as this machine's policy lets it run, or None after ending it `withdrawn:<reason>`."""
+        rule = self._rules.agents.get(claimed.handle)
+        workdir = rule.workdir if rule is not None else None
+        cross_owner = claimed.words.cross_owner or any(o != claimed.owner_id for o in claimed.causers)
+        reason = policy.listener_refusal(
+            named=rule is not None,
+            wake=rule is not None and rule.wake,
+            cross_owner=cross_owner,
+            accepts_cross_owner=rule is not None and rule.cross_owner,
+            workdir_inside_root=workdir is None or self._rules.inside_root(workdir),
+        )
+        if reason is not None or rule is None:
+            log.warning("listener.refused", run_id=claimed.run_id, agent=claimed.handle, reason=reason)
+            # Ended here, so its causer sees why (DESIGN §5 receipts that settle).
+            ending = Ending(RunState.WITHDRAWN, withdrawn(reason or "not_in_local_policy"), StopSignal.NONE)
+            with suppress(LeaseLost):
+                await self.finish(claimed.run_id, claimed.lease, ending)
+            return None
+        try:
+            env: dict[str, str] | None = self._env.open_for(claimed.handle, claimed.tool)
+        except (HomeError, VaultError) as e:  # the run fails closed with env_unavailable
+            log.warning("listener.env_refused", run_id=claimed.run_id, agent=claimed.handle, error=type(e).__name__)
+            env = None
+        # The hub's workdir is never used, and a cross-owner wake runs constrained whatever the hub said.
+        return replace(
+            claimed,
+            workdir=str(workdir) if workdir is not None else None,
+            constrained=claimed.constrained or cross_owner,
+            sandbox=rule.sandbox,
+            env=env,
+        )
+
+    async def _refuse_unverified(self, token: str, why: str) -> None:
+        """A claim that does not verify is never run. Its run is ended so it does not stay held here for
+        ever, by the run id and lease its unverified body names: a forged one only earns a 409."""
+        log.warning("listener.claim_refused", reason=why)
+        try:
+            body = _unverified_body(token)
+            run_id, lease = str(body["run_id"]), int(body["lease"])
+        except (KeyError, TypeError, ValueError, EncodingError):
+            return
+        ending = Ending(RunState.WITHDRAWN, withdrawn("claim_unverified"), StopSignal.NONE)
+        with suppress(LeaseLost):
+            await self.finish(run_id, lease, ending)
+
+    async def spawning(self, run_id: str, lease: int) -> None:
+        await self._post("spawning", {"run_id": run_id, "lease": lease})
+
+    async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:
+        await self._post("started", {"run_id": run_id, "lease": lease, "pid": pid, "pid_start": pid_start})
+
+    async def session(self, run_id: str, lease: int, session_id: str) -> None:
+        await self._post("session", {"run_id": run_id, "lease": lease, "session_id": session_id})
+
+    async def renew(self) -> dict[str, int]:
+        if self.hello_answer is None or self.hello_answer.elsewhere:
+            await self.hello()  # agents another listener held may be free by now
+        held = (await self._post("renew", {}))["held"]
+        return {str(k): int(v) for k, v in held.items()}
+
+    async def stop_requests(self) -> set[str]:
+        return {str(r) for r in (await self._post("stops", {}))["run_ids"]}
+
+    async def finish(self, run_id: str, lease: int, ending: Ending) -> None:
+        await self._post(
+            "finish",
+            {
+                "run_id": run_id,
+                "lease": lease,
+                "state": ending.state,
+                "outcome": ending.outcome,
+                "stop_signal": ending.stop_signal,
+                "reset_at": ending.reset_at,
+                "input_tokens": ending.input_tokens,
+                "output_tokens": ending.output_tokens,
+                "cost_usd_micros": ending.cost_usd_micros,
+                "tool_counts": ending.tool_counts,
+            },
+        )
+
+    async def recover(self) -> list[LeftBehind]:
+        left = (await self._post("recover", {}))["left_behind"]
+        return [LeftBehind(str(x["run_id"]), int(x["pid"]), int(x["pid_start"])) for x in left]
+
+    async def wait_for_work(self, timeout_s: float) -> bool:
+        # A long poll: the hub answers as soon as there is a wake to claim or a run to stop, and re-checks
+        # time-freed wakes itself, so an idle listener costs a request every WAIT_MS, not every timeout_s.
+        return bool((await self._post("wait", {"timeout_ms": WAIT_MS}))["work"])
+
+
+def _unverified_body(token: str) -> dict[str, Any]:
+    payload = b64url_decode(token.removeprefix("v4.public.").split(".")[0])[:-64]
+    body = json.loads(payload)
+    if not isinstance(body, dict):
+        raise ValueError("not an object")
+    return body
+
+
+def https_bridge(device: Device) -> OpenBridge:
+    """A listener's runs reach the hub over HTTPS with their run token (`agent-rooms bridge`)."""
+
+    @asynccontextmanager
+    async def open_bridge(run_id: str, run_dir: Path, token_file: Path) -> AsyncIterator[dict[str, str]]:
+        env = {TOKEN_FILE_ENV: str(token_file), HUB_URL_ENV: device.hub + "/mcp", "AGENT_ROOMS_RUN_ID": run_id}
+        env.update({name: os.environ[name] for name in _TRUST_VARS if os.environ.get(name)})
+        yield env
+
+    return open_bridge
+
+
+@contextmanager
+def only_listener(home: Path) -> Iterator[None]:
+    """One listener per home: a second would hold the same device's agents against the first."""
+    ensure_private_dir(home)
+    with (home / "listen.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HomeError(f"another listener already runs from {home}") from None
+        yield
+
+
+def listener_supervisor(settings: Settings, book: HttpWakeBook, device: Device) -> Supervisor:
+    local = Local(
+        wake=settings.wake, home=settings.home, runs_dir=settings.runs_dir, run_logs_dir=settings.run_logs_dir
+    )
+    return Supervisor(book, local, https_bridge(device))

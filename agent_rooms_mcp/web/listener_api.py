@@ -1,0 +1,163 @@
+"""The listener's wake book over HTTP, hub side: `POST /owner/v1/listener/OP` (DESIGN §9.1).
+
+The owner API authenticates the device and hands the operation here; each one is one call of the listener's
+book (`services/listeners.py`), with its body checked by a model first. What a listener may report is
+bounded to what DESIGN §9.1 lets it send: states, session ids, times, the outcome, usage and tool counts.
+
+- `hello` {holder, host, agents, take_over, max_running, max_running_per_agent} -> ListenerHello
+- `wait` {holder, timeout_ms} -> {work}: a long poll, answered as soon as there is something to do
+- `claim` {holder} -> {claim}: a signed claim (auth/wake_claims.py), or null
+- `spawning`, `started`, `session`, `finish` {holder, run_id, lease, ...} -> {}; 409 with `lease_lost` when
+  the claim no longer holds the run
+- `renew` {holder} -> {held}; `stops` {holder} -> {run_ids}; `recover` {holder} -> {left_behind}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from agent_rooms_mcp.book import BookUnavailable, Ending, LeaseLost
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.run_states import FINAL_STATES, RunState, StopSignal, is_listed_outcome
+
+# A long poll never outlasts this, so a proxy's idle timeout (Caddy's and nginx's are 60 s or more) never
+# cuts one short.
+WAIT_MAX_MS = 25_000
+
+_Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+_Count = Annotated[int, Field(ge=0, le=2**53)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    holder: _Id
+
+
+class Hello(_Body):
+    host: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    agents: Annotated[list[_Id], Field(max_length=256)]
+    take_over: bool = False
+    max_running: Annotated[int, Field(ge=1, le=64)]
+    max_running_per_agent: Annotated[int, Field(ge=1, le=64)]
+
+
+class Wait(_Body):
+    timeout_ms: Annotated[int, Field(ge=0, le=WAIT_MAX_MS)]
+
+
+class _Run(_Body):
+    run_id: _Id
+    lease: Annotated[int, Field(ge=0)]
+
+
+class Started(_Run):
+    pid: Annotated[int, Field(ge=1, le=2**31)]
+    pid_start: Annotated[int, Field(ge=0)] | None
+
+
+class Session(_Run):
+    session_id: Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9_\-]*$")]
+
+
+class Finish(_Run):
+    state: str
+    outcome: Annotated[str, StringConstraints(max_length=64)]
+    stop_signal: Annotated[StopSignal, Field(strict=False)]  # the enum from its JSON word
+    reset_at: Annotated[str, StringConstraints(max_length=40)] | None = None
+    input_tokens: _Count = 0
+    output_tokens: _Count = 0
+    cost_usd_micros: _Count = 0
+    tool_counts: Annotated[dict[_Name, _Count], Field(max_length=128)] = {}
+
+    @field_validator("state")
+    @classmethod
+    def _final(cls, v: str) -> str:
+        if v not in FINAL_STATES:
+            raise ValueError(f"a run ends in one of {', '.join(sorted(FINAL_STATES))}")
+        return v
+
+    @field_validator("outcome")
+    @classmethod
+    def _listed(cls, v: str) -> str:
+        if not is_listed_outcome(v):
+            raise ValueError("not an outcome of DESIGN §7's list")
+        return v
+
+    def ending(self) -> Ending:
+        return Ending(RunState(self.state), self.outcome, self.stop_signal, self.reset_at, self.input_tokens,
+                      self.output_tokens, self.cost_usd_micros, dict(self.tool_counts))  # fmt: skip
+
+
+class LeaseLostAnswer(Exception):
+    """409: the claim no longer holds the run; the listener stops its CLI and records nothing."""
+
+
+class Unavailable(Exception):
+    """503: the hub's book cannot answer now (its database busy); the listener tries again."""
+
+
+def _parse(model: type[_Body], body: Any) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise invalid(field, first["msg"]) from None
+
+
+async def handle(hub: Hub, who: Human, op: str, body: Any) -> dict[str, Any]:
+    listeners = hub.listeners
+    try:
+        if op == "hello":
+            h: Hello = _parse(Hello, body)
+            answer = await listeners.hello(who, h.holder, h.host, h.agents, take_over=h.take_over,
+                                           max_running=h.max_running,
+                                           max_running_per_agent=h.max_running_per_agent)  # fmt: skip
+            return answer.model_dump(mode="json")
+        model = _MODELS.get(op)
+        if model is None:
+            raise RoomsError(ErrorCode.NOT_FOUND, f"no listener operation {op[:40]!r}")
+        args = _parse(model, body)
+        book = await listeners.book(who, args.holder)
+        if op == "wait":
+            return {"work": await book.wait_for_work(args.timeout_ms / 1000)}
+        if op == "claim":
+            return {"claim": await book.signed_claim()}
+        if op == "renew":
+            return {"held": await book.renew()}
+        if op == "stops":
+            return {"run_ids": sorted(await book.stop_requests())}
+        if op == "recover":
+            return {"left_behind": [{"run_id": x.run_id, "pid": x.pid, "pid_start": x.pid_start}
+                                    for x in await book.recover()]}  # fmt: skip
+        if op == "spawning":
+            await book.spawning(args.run_id, args.lease)
+        elif op == "started":
+            await book.started(args.run_id, args.lease, args.pid, args.pid_start)
+        elif op == "session":
+            await book.session(args.run_id, args.lease, args.session_id)
+        else:
+            await book.finish(args.run_id, args.lease, args.ending())
+        return {}
+    except LeaseLost as e:
+        raise LeaseLostAnswer(str(e)) from None
+    except BookUnavailable as e:
+        raise Unavailable(str(e)) from None
+
+
+_MODELS: dict[str, type[_Body]] = {
+    "wait": Wait,
+    "claim": _Body,
+    "renew": _Body,
+    "stops": _Body,
+    "recover": _Body,
+    "spawning": _Run,
+    "started": Started,
+    "session": Session,
+    "finish": Finish,
+}

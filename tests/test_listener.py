@@ -1,0 +1,139 @@
+"""Listeners (DESIGN §9.1): an owner's own machine wakes their agents. A real hub process (`serve --http`, its
+own home) and the owner's machine (another AGENT_ROOMS_HOME and HOME, enrolled by code) running `agent-rooms
+listen` as a process of its own, with the fake CLIs. Agents post through in-memory MCP sessions on the hub's
+home; the served hub sees their commits as any second process would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+
+from agent_rooms_mcp.audit import Actor
+from tests.conftest import World
+from tests.test_remote_cli import Machine
+from tests.test_served import free_port, wait_listening
+from tests.wakeworld import Fakes, post, until
+
+OPERATOR = Actor("operator", "op", via="cli")
+_CLI = [sys.executable, "-m", "agent_rooms_mcp"]
+
+
+def sql(world: World, query: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(world.settings.home / "hub.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(query, args).fetchall()
+    finally:
+        conn.close()
+
+
+@asynccontextmanager
+async def served(world: World) -> AsyncIterator[str]:
+    port = free_port()
+    env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_HOST_ID": "hub-machine"}
+    async with await anyio.open_process([*_CLI, "serve", "--http", "--port", str(port)], env=env) as server:
+        try:
+            with anyio.fail_after(60):
+                await wait_listening(port)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            await server.wait()
+
+
+async def enroll(world: World, url: str, root: Path, name: str, owner: str = "alice") -> Machine:
+    """`owner enroll` on the hub's home, `login` from the other machine."""
+    async with world.hub() as hub:
+        made = await hub.devices.enroll(OPERATOR, owner, url)
+    machine = Machine(root, name)
+    done = await machine.ar("login", url, "--code", made.code, "--name", name)
+    assert done.code == 0, done.err
+    return machine
+
+
+def policy(machine: Machine, root: Path, text: str) -> Path:
+    workdir_root = root / "work"
+    (workdir_root / "app").mkdir(parents=True, exist_ok=True)
+    path = machine.home / "listen.toml"
+    path.write_text(f'workdir_root = "{workdir_root}"\n' + text.replace("ROOT", str(workdir_root)))
+    path.chmod(0o600)
+    return path
+
+
+@asynccontextmanager
+async def listening(machine: Machine, fakes: Fakes, *flags: str) -> AsyncIterator[Process]:
+    env = {**machine.env, "AGENT_ROOMS_CLAUDE_BIN": fakes.bins["claude"], "AGENT_ROOMS_HOST_ID": "owner-machine"}
+    log = machine.home.parent / "listen.log"
+    with log.open("ab") as err:
+        proc = await anyio.open_process([*_CLI, "listen", *flags], env=env, stdout=err, stderr=err)
+    async with proc:
+        try:
+            yield proc
+        finally:
+            print(log.read_text(errors="replace")[-6000:])  # shown when the test fails
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(30):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+
+def ended(world: World, agent: str) -> list[sqlite3.Row]:
+    return sql(
+        world,
+        "SELECT r.* FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE a.handle = ?"
+        " AND r.state IN ('completed', 'failed', 'stopped', 'lost', 'withdrawn', 'expired') ORDER BY r.created_at",
+        (agent,),
+    )
+
+
+@pytest.fixture
+async def remote_world(woken: World) -> World:
+    """The wake world with alice no longer local: the hub never spawns her agents, her listener does."""
+    async with woken.hub() as hub:
+        await hub.accounts.set_owner_local(OPERATOR, "alice", False)
+    return woken
+
+
+@pytest.mark.invariant(92, 94, 99)
+async def test_a_listener_wakes_its_owners_agent_on_its_own_machine(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    fakes.scenario("reply")
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nworkdir = "ROOT/app"\nsandbox = "off"\n')
+        async with listening(alice, fakes):
+            posted = await post(world, "alice-claude", "@alice-bot please answer")
+            assert posted["mentions"][0]["outcome"] == "queued"
+            [run] = await until(lambda: ended(world, "alice-bot"), "the listener's run ends")
+    assert (run["state"], run["outcome"]) == ("completed", "ok"), dict(run)
+    # It ran on the owner's machine: the listener's host and device, its run directory and events there.
+    assert run["lease_host"] is None and run["spawned_at"] is not None
+    claim = sql(world, "SELECT detail FROM audit WHERE action = 'run.claim' AND detail LIKE ?", (f"%{run['run_id']}%",))
+    assert "owner-machine" in claim[0]["detail"]
+    events = alice.home / "run-logs" / run["run_id"] / "events.jsonl"
+    assert events.exists() and events.stat().st_size > 0
+    assert not (world.settings.home / "run-logs" / run["run_id"]).exists()
+    # The CLI replied in the room through the bridge over HTTP, with its run token.
+    replies = sql(world, "SELECT m.text FROM messages m JOIN agents a ON a.agent_id = m.agent_id WHERE a.handle = ?",
+                  ("alice-bot",))  # fmt: skip
+    assert replies, "the woken CLI posted nothing"
+    # The hub never received the event bodies (invariant 94): the session's events stay in alice's home.
+    dump = "\n".join(sqlite3.connect(world.settings.home / "hub.db").iterdump())
+    assert '"type": "system"' not in dump and "stream-json" not in dump
+    # In the workdir listen.toml names, not the one the hub holds for the agent.
+    assert [c["cwd"] for c in fakes.calls()] == [str(tmp_path / "work" / "app")]
