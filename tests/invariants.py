@@ -102,7 +102,15 @@ def _rows() -> list[Invariant]:
         88: ("tool errors carry no structuredContent; the code leads the text and sits in _meta", "hardening"),
         91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
         92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
-        93: ("a holder whose lease ran out records nothing over the run's new holder and stops its CLI", "network"),
+        93: (
+            "one listener holds an agent at a time; a reported spawn is never re-queued; a restart marks runs lost",
+            "network",
+        ),
+        94: ("an agent's variables on a listener and its runs' event bodies never leave the owner's machine", "network"),
+        104: (
+            "a listener refuses an unverified claim, never widens its local policy, stops runs on 401/403 or a lapse",
+            "network",
+        ),
         95: ("binding beyond loopback needs a public URL; forwarded headers count only when trusted", "network"),
         99: ("the hub spawns only local owners' agents; other owners' wakes wait for a listener or expire", "network"),
         100: ("no sandboxed process opens the hub's database or home: a woken CLI has only the bridge", "containment"),

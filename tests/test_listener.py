@@ -19,6 +19,8 @@ import pytest
 from anyio.abc import Process
 
 from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.services.stopping import stop_and_wait
 from tests.conftest import World
 from tests.test_remote_cli import Machine
 from tests.test_served import free_port, wait_listening
@@ -137,3 +139,139 @@ async def test_a_listener_wakes_its_owners_agent_on_its_own_machine(
     assert '"type": "system"' not in dump and "stream-json" not in dump
     # In the workdir listen.toml names, not the one the hub holds for the agent.
     assert [c["cwd"] for c in fakes.calls()] == [str(tmp_path / "work" / "app")]
+
+
+def running(world: World, agent: str) -> list[sqlite3.Row]:
+    return sql(
+        world,
+        "SELECT r.* FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE a.handle = ?"
+        " AND r.state = 'running' AND r.pid IS NOT NULL",
+        (agent,),
+    )
+
+
+@pytest.mark.invariant(104)
+async def test_a_stop_typed_on_the_hub_ends_the_run_on_the_owners_machine(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    fakes.scenario("hang")
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
+        async with listening(alice, fakes):
+            await post(world, "alice-claude", "@alice-bot please hang")
+            await until(lambda: running(world, "alice-bot"), "the listener's CLI runs")
+            async with world.hub() as hub:
+                done = await stop_and_wait(hub.runs, hub.store, hub.settings.wake, OPERATOR, "alice-bot", None)
+            [stopped] = done.stopped
+            assert (stopped.state, stopped.stop_signal) == ("stopped", "SIGINT")
+    [run] = ended(world, "alice-bot")
+    assert (run["state"], run["stop_signal"]) == ("stopped", "SIGINT")
+
+
+@pytest.mark.invariant(104)
+async def test_the_local_policy_refuses_what_the_hub_may_not_widen(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    """An agent the file says may not be woken here never runs, whatever the hub sends; the causer sees why."""
+    world = remote_world
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nwake = false\n')
+        async with listening(alice, fakes):
+            await post(world, "alice-claude", "@alice-bot please")
+            [run] = await until(lambda: ended(world, "alice-bot"), "the listener refuses the wake")
+    assert (run["state"], run["outcome"], run["spawned_at"]) == ("withdrawn", "withdrawn:not_wakeable_here", None)
+    assert fakes.calls() == []
+
+
+@pytest.mark.invariant(104)
+async def test_a_listener_refuses_a_policy_whose_workdir_leaves_the_allowed_root(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nworkdir = "/etc"\n')
+        done = await alice.ar("listen")
+    assert done.code == 1 and "agents.alice-bot.workdir: /etc is not under workdir_root" in done.err, done.err
+
+
+@pytest.mark.invariant(93)
+async def test_a_killed_listener_never_runs_a_wake_twice_and_its_restart_marks_the_run_lost(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    fakes.scenario("hang")
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
+        async with listening(alice, fakes) as first:
+            await post(world, "alice-claude", "@alice-bot please hang")
+            [held] = await until(lambda: running(world, "alice-bot"), "the listener's CLI runs")
+            first.kill()  # SIGKILL: no goodbye to the hub
+            await first.wait()
+        async with listening(alice, fakes):
+            [run] = await until(lambda: ended(world, "alice-bot"), "the restart ends the run")
+            assert (run["run_id"], run["state"], run["outcome"]) == (held["run_id"], "lost", "lost")
+            await anyio.sleep(2)  # a look or two of the new listener: it must not run the wake again
+    # Claimed and spawned once: the restart never queued it again.
+    assert len(sql(world, "SELECT 1 FROM audit WHERE action = 'run.claim'")) == 1
+    assert len(sql(world, "SELECT 1 FROM runs")) == 1
+
+
+@pytest.mark.invariant(93)
+async def test_a_second_listener_for_the_same_agent_waits_and_never_claims_its_wakes(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    fakes.scenario("ok")
+    async with served(world) as url:
+        laptop = await enroll(world, url, tmp_path, "alice-laptop")
+        desktop = await enroll(world, url, tmp_path, "alice-desktop")
+        for machine in (laptop, desktop):
+            policy(machine, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
+        async with listening(laptop, fakes):
+            await until(lambda: sql(world, "SELECT 1 FROM listener_holds"), "the first listener holds the agent")
+            async with listening(desktop, fakes):
+                await until(lambda: len(sql(world, "SELECT 1 FROM listeners")) == 2 or None, "the second says hello")
+                for n in range(3):
+                    await post(world, "alice-claude", f"@alice-bot please {n}")
+                    await until(lambda n=n: len(ended(world, "alice-bot")) == n + 1 or None, "the run ends")
+    hosts = {r["lease_holder"] for r in sql(world, "SELECT lease_holder FROM runs")}
+    claimers = sql(world, "SELECT DISTINCT json_extract(detail, '$.host') AS host FROM audit WHERE action = ?",
+                   ("run.claim",))  # fmt: skip
+    assert hosts == {None} and len(claimers) == 1
+    laptop_id = sql(world, "SELECT device_id FROM devices WHERE name = 'alice-laptop'")[0][0]
+    assert claimers[0]["host"].startswith(laptop_id)
+    assert len(fakes.calls()) == 3
+
+
+@pytest.mark.invariant(92, 104)
+async def test_revoking_the_device_stops_its_listener_and_its_runs(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    fakes.scenario("hang")
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
+        async with listening(alice, fakes) as proc:
+            await post(world, "alice-claude", "@alice-bot please hang")
+            [held] = await until(lambda: running(world, "alice-bot"), "the listener's CLI runs")
+            async with world.hub() as hub:
+                device_id = sql(world, "SELECT device_id FROM devices")[0][0]
+                await hub.devices.revoke(Human(OPERATOR), device_id)
+            # In the revoking transaction: the run's token is revoked and the run awaits its stop.
+            assert sql(world, "SELECT state FROM runs WHERE run_id = ?", (held["run_id"],))[0][0] == "stop_pending"
+            assert not sql(world, "SELECT 1 FROM tokens WHERE run_id = ? AND revoked_at IS NULL", (held["run_id"],))
+            with anyio.fail_after(60):
+                await proc.wait()
+            assert proc.returncode == 1
+        # The CLI was stopped by the ladder before the listener left: nothing of the run still lives.
+        pid = held["pid"]
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        done = await alice.ar("agent", "list", "--json")
+        assert done.code == 1 and "UNAUTHENTICATED" in done.out
