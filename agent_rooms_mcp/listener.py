@@ -196,8 +196,11 @@ class HttpWakeBook:
         await self._post("session", {"run_id": run_id, "lease": lease, "session_id": session_id})
 
     async def renew(self) -> dict[str, int]:
-        if self.hello_answer is None or self.hello_answer.elsewhere:
-            await self.hello()  # agents another listener held may be free by now
+        # Said again at each renewal: an agent another listener held may be free by now, and one this
+        # listener held may have been taken over (it then stops claiming it). Only the first hello takes
+        # over, so two listeners started with --take-over do not take an agent back and forth.
+        self._take_over = False
+        await self.hello()
         held = (await self._post("renew", {}))["held"]
         return {str(k): int(v) for k, v in held.items()}
 

@@ -106,9 +106,8 @@ def _rows() -> list[Invariant]:
             "one listener holds an agent at a time; a reported spawn is never re-queued; a restart marks runs lost",
             "network",
         ),
-        94: ("an agent's variables on a listener and its runs' event bodies never leave the owner's machine", "network"),
-        104: (
-            "a listener refuses an unverified claim, never widens its local policy, stops runs on 401/403 or a lapse",
+        94: (
+            "an agent's variables on a listener and its runs' event bodies never leave the owner's machine",
             "network",
         ),
         95: ("binding beyond loopback needs a public URL; forwarded headers count only when trusted", "network"),
@@ -116,6 +115,10 @@ def _rows() -> list[Invariant]:
         100: ("no sandboxed process opens the hub's database or home: a woken CLI has only the bridge", "containment"),
         102: ("a run's causers are carried transitively and constrain what it wakes", "hardening"),
         103: ("the claim re-checks every condition of the wake; changes during a run withdraw it", "hardening"),
+        104: (
+            "a listener refuses an unverified claim, never widens its local policy, stops runs on 401/403 or a lapse",
+            "network",
+        ),
         105: (
             "each credential kind is accepted only where it belongs, refused before any lookup",
             "hardening network connector",

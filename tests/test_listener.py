@@ -5,12 +5,13 @@ home; the served hub sees their commits as any second process would."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,8 @@ def sql(world: World, query: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Ro
 
 
 @asynccontextmanager
-async def served(world: World) -> AsyncIterator[str]:
-    port = free_port()
+async def served(world: World, port: int | None = None) -> AsyncIterator[str]:
+    port = port or free_port()
     env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_HOST_ID": "hub-machine"}
     async with await anyio.open_process([*_CLI, "serve", "--http", "--port", str(port)], env=env) as server:
         try:
@@ -275,3 +276,50 @@ async def test_revoking_the_device_stops_its_listener_and_its_runs(
             os.kill(pid, 0)
         done = await alice.ar("agent", "list", "--json")
         assert done.code == 1 and "UNAUTHENTICATED" in done.out
+
+
+@pytest.mark.invariant(93)
+async def test_a_hub_restart_loses_nothing_queued_and_the_listener_rides_it_out(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    port = free_port()
+    async with AsyncExitStack() as stack:
+        first = AsyncExitStack()
+        url = await first.enter_async_context(served(world, port))
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
+        await stack.enter_async_context(listening(alice, fakes))
+        await until(lambda: sql(world, "SELECT 1 FROM listener_holds"), "the listener holds the agent")
+        await first.aclose()  # the hub goes away under the listener
+        await post(world, "alice-claude", "@alice-bot while the hub is down")
+        assert [r["state"] for r in sql(world, "SELECT state FROM runs")] == ["waiting_for_listener"]
+        async with served(world, port):
+            [run] = await until(lambda: ended(world, "alice-bot"), "the queued wake runs after the restart")
+    assert (run["state"], run["outcome"]) == ("completed", "ok")
+
+
+@pytest.mark.invariant(93)
+async def test_take_over_moves_an_agent_to_another_listener_audited(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    async with served(world) as url:
+        laptop = await enroll(world, url, tmp_path, "alice-laptop")
+        desktop = await enroll(world, url, tmp_path, "alice-desktop")
+        for machine in (laptop, desktop):
+            policy(machine, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
+        async with listening(laptop, fakes):
+            await until(lambda: sql(world, "SELECT 1 FROM listener_holds"), "the laptop holds the agent")
+            async with listening(desktop, fakes, "--take-over"):
+                await until(lambda: sql(world, "SELECT 1 FROM audit WHERE action = 'listener.take_over'"), "taken")
+                await post(world, "alice-claude", "@alice-bot please")
+                [run] = await until(lambda: ended(world, "alice-bot"), "the run ends")
+                await anyio.sleep(1)  # the laptop renews meanwhile: it must not take the agent back
+                holder = sql(world, "SELECT holder FROM listener_holds")[0][0]
+    desktop_id = sql(world, "SELECT device_id FROM devices WHERE name = 'alice-desktop'")[0][0]
+    assert sql(world, "SELECT device_id FROM listeners WHERE holder = ?", (holder,))[0][0] == desktop_id
+    claim = sql(world, "SELECT json_extract(detail, '$.host') FROM audit WHERE action = 'run.claim'")[0][0]
+    assert claim.startswith(desktop_id) and run["state"] == "completed"
+    [taken] = sql(world, "SELECT detail, via FROM audit WHERE action = 'listener.take_over'")
+    assert json.loads(taken["detail"])["explicit"] is True and taken["via"] == "device"
