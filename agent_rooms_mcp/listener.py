@@ -37,9 +37,10 @@ from agent_rooms_mcp.listen_policy import ListenPolicy
 from agent_rooms_mcp.local_env import LocalEnv
 from agent_rooms_mcp.models import ListenerHello
 from agent_rooms_mcp.remote import Device
-from agent_rooms_mcp.run_states import RunState, StopSignal, withdrawn
+from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal, withdrawn
 from agent_rooms_mcp.settings import Settings, WakeSettings
 from agent_rooms_mcp.vault import VaultError
+from agent_rooms_mcp.wake.process import kill_left_behind
 from agent_rooms_mcp.wake.supervisor import Local, OpenBridge, Supervisor
 
 log = structlog.get_logger("agent_rooms_mcp.listener")
@@ -76,8 +77,11 @@ class HttpWakeBook:
         self._caps = caps
         self._take_over = take_over
         self._holder = "lst_" + secrets.token_hex(8)
-        # The device in the host id: the hub's own supervisor never takes these processes for its own.
-        self._host = f"{device.device_id}@{this_host(caps.host_id)}"
+        self._machine = this_host(caps.host_id)
+        # As the hub names it: with the device in it, so the hub's own supervisor never takes these
+        # processes for its own (the hub composes it itself, whatever a listener says).
+        self._host = f"{device.device_id}@{self._machine}"
+        self._timeout = httpx2.Timeout(min(10.0, caps.lease_s / 3))
         self.hello_answer: ListenerHello | None = None
 
     @property
@@ -94,6 +98,9 @@ class HttpWakeBook:
                 self._device.hub + _API + op,
                 json={"holder": self._holder, **body},
                 headers={"Authorization": f"Bearer {self._device.credential}"},
+                # Below a third of the lease, so a hub that stops answering trips the dead-man switch on time;
+                # only the long poll waits longer.
+                timeout=TIMEOUT if op == "wait" else self._timeout,
             )
         except httpx2.HTTPError as e:
             raise BookUnavailable(f"cannot reach the hub at {self._device.hub}: {type(e).__name__}") from None
@@ -115,8 +122,10 @@ class HttpWakeBook:
             await self._post(
                 "hello",
                 {
-                    "host": self._host,
-                    "agents": sorted(self._rules.agents),
+                    "host": self._machine,
+                    # Only the agents it would run: holding one it refuses would keep another listener of
+                    # the owner, which might run it, from holding it.
+                    "agents": sorted(h for h, rule in self._rules.agents.items() if rule.wake),
                     "take_over": self._take_over,
                     "max_running": self._caps.max_running,
                     "max_running_per_agent": self._caps.max_running_per_agent,
@@ -124,6 +133,9 @@ class HttpWakeBook:
             )
         )
         self.hello_answer = answer
+        for left in answer.left_behind:
+            # This listener restarted: its former process's CLIs, ended `lost` by the hub, must not run on.
+            kill_left_behind(left.pid, left.pid_start)
         return answer
 
     async def claim(self) -> Claimed | None:
@@ -150,12 +162,16 @@ class HttpWakeBook:
             wake=rule is not None and rule.wake,
             cross_owner=cross_owner,
             accepts_cross_owner=rule is not None and rule.cross_owner,
+            sandboxed=rule is not None and rule.sandbox,
             workdir_inside_root=workdir is None or self._rules.inside_root(workdir),
         )
         if reason is not None or rule is None:
             log.warning("listener.refused", run_id=claimed.run_id, agent=claimed.handle, reason=reason)
             # Ended here, so its causer sees why (DESIGN §5 receipts that settle).
-            ending = Ending(RunState.WITHDRAWN, withdrawn(reason or "not_in_local_policy"), StopSignal.NONE)
+            if reason == Outcome.SANDBOX_REQUIRED:
+                ending = Ending(RunState.FAILED, Outcome.SANDBOX_REQUIRED, StopSignal.NONE)
+            else:
+                ending = Ending(RunState.WITHDRAWN, withdrawn(reason or "not_in_local_policy"), StopSignal.NONE)
             with suppress(LeaseLost):
                 await self.finish(claimed.run_id, claimed.lease, ending)
             return None
@@ -266,8 +282,13 @@ def only_listener(home: Path) -> Iterator[None]:
         yield
 
 
-def listener_supervisor(settings: Settings, book: HttpWakeBook, device: Device) -> Supervisor:
+def listener_supervisor(settings: Settings, book: HttpWakeBook, device: Device, lease_s: float) -> Supervisor:
+    """The supervisor over this listener's book, its leases kept on the hub's lease time (`lease_s`, from
+    the hello): its renewals and its dead-man switch must keep the hub's time, not this machine's setting."""
     local = Local(
-        wake=settings.wake, home=settings.home, runs_dir=settings.runs_dir, run_logs_dir=settings.run_logs_dir
+        wake=replace(settings.wake, lease_s=lease_s),
+        home=settings.home,
+        runs_dir=settings.runs_dir,
+        run_logs_dir=settings.run_logs_dir,
     )
     return Supervisor(book, local, https_bridge(device))

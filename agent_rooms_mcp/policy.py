@@ -20,7 +20,7 @@ from agent_rooms_mcp.errors import (
 )
 from agent_rooms_mcp.models import Relation
 from agent_rooms_mcp.principals import AgentTool, Caller, Human, Scope, Viewer
-from agent_rooms_mcp.run_states import RunState
+from agent_rooms_mcp.run_states import Outcome, RunState
 
 
 class ConsentMode(StrEnum):
@@ -553,17 +553,20 @@ def waiting_state(owner_local: bool) -> RunState:
 
 
 def listener_refusal(*, named: bool, wake: bool, cross_owner: bool, accepts_cross_owner: bool,
-                     workdir_inside_root: bool) -> str | None:  # fmt: skip
+                     sandboxed: bool, workdir_inside_root: bool) -> str | None:  # fmt: skip
     """Why a listener refuses a claimed wake by its owner's local policy (DESIGN §9.1, listen.toml), or None.
     The hub's word never widens it: an agent the file does not name, or says may not be woken, never runs;
-    a wake another owner's words caused runs only where the file accepts them; a workdir must lie under the
-    allowed root when the run starts. The reason becomes the run's `withdrawn:` outcome, which the causer sees."""
+    a wake another owner's words caused runs only where the file accepts them, and only in a sandbox (DESIGN
+    §5: else `sandbox_required`, a failed run); a workdir must lie under the allowed root when the run
+    starts. Any other reason becomes the run's `withdrawn:` outcome, which the causer sees."""
     if not named:
         return "not_in_local_policy"
     if not wake:
         return "not_wakeable_here"
     if cross_owner and not accepts_cross_owner:
         return "cross_owner_refused_here"
+    if cross_owner and not sandboxed:
+        return Outcome.SANDBOX_REQUIRED
     if not workdir_inside_root:
         return "workdir_outside_root"
     return None

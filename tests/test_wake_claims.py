@@ -9,7 +9,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from agent_rooms_mcp.auth.passports import PassportIssuer
-from agent_rooms_mcp.auth.wake_claims import ClaimRefused, sign_claim, verify_claim
+from agent_rooms_mcp.auth.wake_claims import SKEW, ClaimRefused, sign_claim, verify_claim
 from agent_rooms_mcp.book import CauseText, Claimed
 from agent_rooms_mcp.encoding import b64url_decode, b64url_encode
 
@@ -44,8 +44,13 @@ def test_a_listener_refuses_a_claim_altered_in_transit_signed_by_another_key_or_
         "another key": (other, DEP, "lst_a"),
         "another deployment": (token, "dep_other", "lst_a"),
         "another listener": (token, DEP, "lst_b"),
-        "expired": (sign_claim(KEY, DEP, CLAIM, "lst_a", timedelta(seconds=-1)), DEP, "lst_a"),
+        "expired": (sign_claim(KEY, DEP, CLAIM, "lst_a", -SKEW - timedelta(seconds=1)), DEP, "lst_a"),
         "garbage": ("v4.public.AAAA", DEP, "lst_a"),
+        # Signed, but naming a path where a directory name belongs.
+        "a path for a run id": (sign_claim(KEY, DEP, replace(CLAIM, run_id="../../x"), "lst_a", timedelta(seconds=30)),
+                                DEP, "lst_a"),
+        "a wrong type": (sign_claim(KEY, DEP, replace(CLAIM, lease="3"), "lst_a", timedelta(seconds=30)),  # type: ignore[arg-type]
+                         DEP, "lst_a"),
     }
     for name, (presented, dep, holder) in cases.items():
         with pytest.raises(ClaimRefused):

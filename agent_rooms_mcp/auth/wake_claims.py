@@ -11,6 +11,7 @@ that does not verify, is for another listener or has expired, before anything is
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,10 @@ from agent_rooms_mcp.auth.paseto import PasetoError, k4_pid, sign_v4_public, ver
 from agent_rooms_mcp.book import CauseText, Claimed
 
 _PURPOSE = b"agent-rooms/wake-claim/v1|"
+# A listener's clock may run ahead of the hub's by this much before a fresh claim reads as expired.
+SKEW = timedelta(seconds=30)
+# The run id and the handle name directories on the listener's machine: plain names, never a path.
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ClaimRefused(Exception):
@@ -56,7 +61,7 @@ def verify_claim(token: str, key: VerifyKey, deployment_id: str, holder: str) ->
     if body.pop("holder", None) != holder:
         raise ClaimRefused("for another listener")
     try:
-        if datetime.fromisoformat(str(body.pop("exp"))) <= datetime.now(UTC):
+        if datetime.fromisoformat(str(body.pop("exp"))) + SKEW <= datetime.now(UTC):
             raise ClaimRefused("expired")
         return _claimed(body)
     except (KeyError, TypeError, ValueError) as e:
@@ -66,9 +71,18 @@ def verify_claim(token: str, key: VerifyKey, deployment_id: str, holder: str) ->
 def _claimed(body: dict[str, Any]) -> Claimed:
     words = body.pop("words")
     claimed = Claimed(**{**body, "words": CauseText(**words), "causers": tuple(body["causers"]), "env": {}})
-    # Signed means the hub wrote it, not that it is well formed: a wrong type must not reach a spawn.
+    # Signed means the hub wrote it, not that it is well formed: a wrong type must not reach a spawn, and the
+    # run id names a directory here, so it must be one (never `../..`).
     for name, kind in (("run_id", str), ("agent_id", str), ("handle", str), ("tool", str), ("lease", int),
-                       ("constrained", bool), ("depth", int), ("run_token", str)):  # fmt: skip
+                       ("constrained", bool), ("depth", int), ("run_token", str), ("room_name", str),
+                       ("trigger", str), ("cause_id", str), ("owner_id", str)):  # fmt: skip
         if not isinstance(getattr(claimed, name), kind):
             raise TypeError(name)
+    words = claimed.words
+    if not all(isinstance(x, str) for x in (*claimed.causers, words.text, words.author, words.owner)):
+        raise TypeError("words")
+    if not (claimed.resume_session is None or isinstance(claimed.resume_session, str)):
+        raise TypeError("resume_session")
+    if not _NAME.fullmatch(claimed.run_id) or not _NAME.fullmatch(claimed.handle):
+        raise ValueError("run_id or handle")
     return claimed

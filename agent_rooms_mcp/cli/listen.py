@@ -66,8 +66,9 @@ def listen(policy_path: Path | None, take_over: bool) -> None:
                 book = HttpWakeBook(
                     http, device, key, deployment_id, rules, LocalEnv(here.home), here.wake, take_over=take_over
                 )
-                _announce(device, await book.hello())
-                supervisor = listener_supervisor(here, book, device)
+                hello = await book.hello()
+                _announce(device, hello)
+                supervisor = listener_supervisor(here, book, device, hello.lease_s)
                 revoked = False
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_cancel_on_signal, tg.cancel_scope)

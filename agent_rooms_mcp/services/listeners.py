@@ -11,6 +11,8 @@ the store's book with the listener's claim rule). Each claim goes out signed wit
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -28,7 +30,7 @@ from agent_rooms_mcp.run_states import HELD_STATES, RunState, sql_words
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.runbook import ABANDONED_COLUMNS, LocalWakeBook
 from agent_rooms_mcp.services.runs import LISTENER_STARTABLE, RUNS_SELECT, startable_args
-from agent_rooms_mcp.services.withdrawal import revoke_run_tokens
+from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdrawal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
 
@@ -38,6 +40,8 @@ _HELD = sql_words(*HELD_STATES)
 # A listener re-checks its hold and its wakes at least this often while it waits: time alone frees wakes
 # (a back-off or a spawn-rate minute passing), which no commit announces.
 _RECHECK_S = 1.0
+# Listener processes one device may run at once (a laptop's, restarted; not a flood of hellos).
+_LIVE_PER_DEVICE = 4
 
 
 class ListenerBook(LocalWakeBook):
@@ -46,15 +50,25 @@ class ListenerBook(LocalWakeBook):
 
     _waits_in = RunState.WAITING_FOR_LISTENER
 
+    # A listener's recovery ends only its own device's abandoned runs (a restart's, a crash's), never another
+    # owner's, and expires nobody's wakes: that sweep is the hub's own supervisor's.
+    _recovers = " AND lease_holder IN (SELECT holder FROM listeners WHERE device_id = ?)"
+    _expires = False
+
     def __init__(
         self, store: Store, caps: WakeSettings, accounts: Accounts, row: sqlite3.Row, *, key: SigningKey, dep: str
     ) -> None:
         super().__init__(store, caps, accounts, holder=row["holder"], host=row["host"])
+        self._device_id = row["device_id"]
         self._owner_id = row["owner_id"]
         self._max_running = row["max_running"]
         self._max_per_agent = row["max_running_per_agent"]
         self._key = key
         self._deployment_id = dep
+
+    @property
+    def _recovers_args(self) -> tuple[object, ...]:
+        return (self._device_id,)
 
     def _startable(self, now: datetime) -> tuple[str, dict[str, object]]:
         args = startable_args(self._caps, now)
@@ -104,7 +118,14 @@ class ListenerBook(LocalWakeBook):
         held = conn.execute(
             f"SELECT state FROM runs WHERE lease_holder = ? AND state IN ({_HELD})", (self.holder,)
         ).fetchall()
-        return any(r["state"] == RunState.STOPPING for r in held) or (changed and bool(held))
+        if any(r["state"] == RunState.STOPPING for r in held):
+            return True
+        # A change while it runs something may withdraw a run's wake (invariant 103): judged here, by the
+        # rule the book's stop_requests applies, so a busy room costs the listener no request per commit.
+        running = "SELECT * FROM runs WHERE lease_holder = ? AND state = ?"
+        return changed and any(
+            withdrawal(conn, r, started=True) for r in conn.execute(running, (self.holder, RunState.RUNNING))
+        )
 
 
 class Listeners:
@@ -116,6 +137,7 @@ class Listeners:
         self._accounts = accounts
         self._key = key
         self._deployment_id = deployment_id
+        self._waiting: set[str] = set()
 
     async def hello(
         self,
@@ -138,6 +160,9 @@ class Listeners:
             raise invalid("holder", "a listener's holder id is lst_ and random characters")
         if not host or len(host) > 255 or not host.isprintable():
             raise invalid("host", "name this listener's host in at most 255 printable characters")
+        # The hub names the host, with the device in it: a listener's word alone must never make its runs
+        # look like processes of the hub's own machine, whose recovery would then kill those pids there.
+        host = f"{device_id}@{host}"
         if not 1 <= max_running <= 64 or not 1 <= max_running_per_agent <= max_running:
             raise invalid("max_running", "give caps between 1 and 64, per agent at most the total")
         lease = iso(datetime.now(UTC) + timedelta(seconds=self._caps.lease_s))
@@ -147,6 +172,8 @@ class Listeners:
             known = conn.execute("SELECT device_id FROM listeners WHERE holder = ?", (holder,)).fetchone()
             if known is not None and known["device_id"] != device_id:
                 raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "that holder id belongs to another device's listener")
+            if known is None:
+                self._admit(conn, who, device_id, holder, host, now)
             conn.execute(
                 "INSERT INTO listeners (holder, device_id, owner_id, host, max_running, max_running_per_agent,"
                 " started_at, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (holder) DO UPDATE SET"
@@ -179,6 +206,8 @@ class Listeners:
                     audit.append(conn, who.actor, "listener.take_over", target=agent["agent_id"],
                                  detail={"holder": holder, "from_device": hold["device_id"],
                                          "restart": restart, "explicit": take_over})  # fmt: skip
+                elif hold is None:
+                    audit.append(conn, who.actor, "listener.hold", target=agent["agent_id"], detail={"holder": holder})
                 epoch = (hold["epoch"] if hold is not None else 0) + (hold is None or hold["holder"] != holder)
                 conn.execute(
                     "INSERT INTO listener_holds (agent_id, holder, epoch, until) VALUES (?, ?, ?, ?)"
@@ -191,6 +220,25 @@ class Listeners:
 
         return await self._store.write(run)
 
+    def _admit(self, conn: sqlite3.Connection, who: Human, device_id: str, holder: str, host: str, now: str) -> None:
+        """A new listener process of this device: audited, and bounded, since each hello with a fresh holder
+        id would otherwise add a row for ever. Rows of the device's listeners gone a day, holding nothing,
+        are dropped; at most `_LIVE_PER_DEVICE` may be live at once."""
+        day_ago = iso(datetime.now(UTC) - timedelta(days=1))
+        conn.execute(
+            "DELETE FROM listeners WHERE device_id = ? AND seen_at < ?"
+            " AND holder NOT IN (SELECT holder FROM listener_holds)"
+            " AND holder NOT IN (SELECT lease_holder FROM runs WHERE lease_holder IS NOT NULL)",
+            (device_id, day_ago),
+        )
+        fresh = iso(datetime.now(UTC) - timedelta(seconds=self._caps.lease_s))
+        [live] = conn.execute(
+            "SELECT count(*) FROM listeners WHERE device_id = ? AND seen_at >= ?", (device_id, fresh)
+        ).fetchone()
+        if live >= _LIVE_PER_DEVICE:
+            raise RoomsError(ErrorCode.CONFLICT, f"{live} listeners of this device run already; stop one first")
+        audit.append(conn, who.actor, "listener.start", target=device_id, detail={"holder": holder, "host": host})
+
     def _release(
         self, conn: sqlite3.Connection, book: ListenerBook, old: str, agent_id: str, now: str
     ) -> list[Abandoned]:
@@ -201,12 +249,25 @@ class Listeners:
         left = [book.end_abandoned(conn, row, now) for row in rows]
         return [Abandoned(run_id=x.run_id, pid=x.pid, pid_start=x.pid_start) for x in left if x is not None]
 
+    @contextmanager
+    def waiting(self, holder: str) -> Iterator[None]:
+        """One long poll at a time per listener: each holds a connection for up to 25 s, and the hub's
+        connections are shared by every owner."""
+        if holder in self._waiting:
+            raise RoomsError(ErrorCode.RATE_LIMITED, "this listener is waiting already", retry_after_ms=1000)
+        self._waiting.add(holder)
+        try:
+            yield
+        finally:
+            self._waiting.discard(holder)
+
     async def book(self, who: Human, holder: str) -> ListenerBook:
         """The book of this device's listener `holder`; refused for a holder of another device."""
         device_id, _ = _device_of(who)
         row = await self._store.read(lambda c: _listener(c, holder))
         if row is None or row["device_id"] != device_id:
-            raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "no listener of this device has that holder id; say hello")
+            # Not a refusal of the device (that is a 401): the listener says hello again and goes on.
+            raise RoomsError(ErrorCode.CONFLICT, "no listener of this device has that holder id; say hello")
         return ListenerBook(self._store, self._caps, self._accounts, row, key=self._key, dep=self._deployment_id)
 
 
@@ -227,20 +288,26 @@ def release_device(conn: sqlite3.Connection, actor: audit.Actor, device_id: str,
     stops them on its next request's 401), and its holds end so another listener of the owner may take
     the agents. Returns the runs."""
     rows = conn.execute(
-        f"SELECT run_id, agent_id FROM runs WHERE state IN ({_HELD}) AND lease_holder IN"
+        f"SELECT run_id, agent_id, spawned_at, pid FROM runs WHERE state IN ({_HELD}) AND lease_holder IN"
         " (SELECT holder FROM listeners WHERE device_id = ?)",
         (device_id,),
     ).fetchall()
     for row in rows:
         revoke_run_tokens(conn, row["run_id"], now)
+        if row["spawned_at"] is None and row["pid"] is None:
+            # Never executed: its lease ends now, and the next recovery puts the wake back to wait.
+            conn.execute("UPDATE runs SET lease_until = ? WHERE run_id = ?", (now, row["run_id"]))
+            continue
+        # Its lease stays: when it passes, recovery ends the run `lost`, the end nobody could confirm.
         conn.execute(
-            "UPDATE runs SET state = ?, stop_requested_at = coalesce(stop_requested_at, ?), lease_holder = NULL,"
-            " lease_until = NULL WHERE run_id = ?",
+            "UPDATE runs SET state = ?, stop_requested_at = coalesce(stop_requested_at, ?) WHERE run_id = ?",
             (RunState.STOP_PENDING, now, row["run_id"]),
         )
         audit.append(conn, actor, "run.stop_pending", target=row["agent_id"],
                      detail={"run_id": row["run_id"], "reason": "device_revoked"})  # fmt: skip
-    conn.execute(
+    released = conn.execute(
         "DELETE FROM listener_holds WHERE holder IN (SELECT holder FROM listeners WHERE device_id = ?)", (device_id,)
-    )
+    ).rowcount
+    if released:
+        audit.append(conn, actor, "listener.release", target=device_id, detail={"holds": released})
     return [r["run_id"] for r in rows]

@@ -25,7 +25,7 @@ from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, Le
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.models import Relation
-from agent_rooms_mcp.run_states import HELD_STATES, Outcome, RunState, Trigger, sql_words, withdrawn
+from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, Outcome, RunState, Trigger, sql_words, withdrawn
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.render import said
@@ -38,6 +38,9 @@ from agent_rooms_mcp.vault import VaultError
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
 _SYSTEM = "system"
+# A run whose holder is gone, found by its lease: held, or marked stop_pending by a device revoke (DESIGN
+# §9.1: the hub asked, only the listener could confirm; once its lease passes it is `lost`).
+_ABANDONABLE = sql_words(*HELD_STATES, RunState.STOP_PENDING)
 ABANDONED_COLUMNS = (
     "run_id, pid, pid_start, spawned_at, agent_id, owner_id, lease_holder, lease_host, withdraw_reason"
 )
@@ -102,10 +105,12 @@ class LocalWakeBook:
 
         def run(conn: sqlite3.Connection) -> list[LeftBehind]:
             now = now_utc()
-            self._expire(conn, now)
+            if self._expires:
+                self._expire(conn, now)
             rows = conn.execute(
-                f"SELECT {ABANDONED_COLUMNS} FROM runs WHERE state IN ({sql_words(*HELD_STATES)}) AND lease_until < ?",
-                (now,),
+                f"SELECT {ABANDONED_COLUMNS} FROM runs WHERE state IN ({_ABANDONABLE}) AND lease_until < ?"
+                + self._recovers,
+                (now, *self._recovers_args),
             ).fetchall()
             return [left for row in rows if (left := self.end_abandoned(conn, row, now)) is not None]
 
@@ -142,7 +147,7 @@ class LocalWakeBook:
         )
         audit.append(conn, self._actor, "run.lost", target=row["agent_id"], detail=detail)
         # A lease written before leases named their host was written on the hub's own machine.
-        ours = row["lease_host"] in (None, self._host)
+        ours = row["lease_host"] == self._host or (row["lease_host"] is None and self._expires)
         if row["pid"] is not None and row["pid_start"] is not None and ours:
             return LeftBehind(row["run_id"], row["pid"], row["pid_start"])
         return None
@@ -173,6 +178,15 @@ class LocalWakeBook:
     # Where the wakes this book claims wait, and which of them it may start now: the hub's own supervisor
     # starts local owners' queued wakes (a listener's book, services/listeners.py, says otherwise).
     _waits_in = RunState.QUEUED
+    # Which abandoned runs this book's recovery ends (an SQL condition on `runs` and its arguments), and
+    # whether it also expires wakes that waited too long for a listener: the hub's own supervisor does both,
+    # for everyone; a listener only for its own device's runs.
+    _recovers = ""
+    _expires = True
+
+    @property
+    def _recovers_args(self) -> tuple[object, ...]:
+        return ()
 
     def _startable(self, now: datetime) -> tuple[str, dict[str, object]]:
         return STARTABLE, startable_args(self._caps, now)
@@ -277,14 +291,9 @@ class LocalWakeBook:
 
     async def spawning(self, run_id: str, lease: int) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            self._held(conn, run_id, lease, "spawned_at = ?", (now_utc(),))
-
-        with _busy_is_unavailable():
-            await self._store.write(run)
-
-    async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            self._held(conn, run_id, lease, "pid = ?, pid_start = ?", (pid, pid_start))
+            # The spawn is the state change the reader sees (DESIGN §9.1: reported before the exec), so its
+            # audit row is written here; the pid that follows only helps a recovery find the process.
+            self._held(conn, run_id, lease, "spawned_at = coalesce(spawned_at, ?)", (now_utc(),))
             row = conn.execute("SELECT agent_id, trigger, cause_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             audit.append(
                 conn,
@@ -293,6 +302,13 @@ class LocalWakeBook:
                 target=row["agent_id"],
                 detail={"run_id": run_id, "trigger": row["trigger"], "cause_id": row["cause_id"]},
             )
+
+        with _busy_is_unavailable():
+            await self._store.write(run)
+
+    async def started(self, run_id: str, lease: int, pid: int, pid_start: int | None) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            self._held(conn, run_id, lease, "pid = ?, pid_start = ?", (pid, pid_start))
 
         with _busy_is_unavailable():
             await self._store.write(run)
@@ -413,7 +429,7 @@ class LocalWakeBook:
             (row["owner_id"], row["tool"], retry_at),
         )
         if conn.execute(
-            "SELECT 1 FROM runs WHERE agent_id = ? AND state = ?", (row["agent_id"], RunState.QUEUED)
+            f"SELECT 1 FROM runs WHERE agent_id = ? AND state IN ({sql_words(*WAITING_STATES)})", (row["agent_id"],)
         ).fetchone():
             return None
         follow_up = new_id("run")

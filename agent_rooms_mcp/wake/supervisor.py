@@ -127,8 +127,9 @@ class Supervisor:
                 # Only claims made before the renewal began can be judged by it: one claimed meanwhile is
                 # not lost for being missing from its answer.
                 before = list(self._stops.items())
+                sent = anyio.current_time()
                 held = await self.book.renew()
-                renewed = anyio.current_time()
+                renewed = sent  # the lease runs from when the renewal left, not when its answer came
                 for (run_id, lease), stop in before:
                     # Still ours to judge: a run that ended meanwhile is missing from the answer for that.
                     if held.get(run_id) != lease and (run_id, lease) in self._stops and not stop.is_set():

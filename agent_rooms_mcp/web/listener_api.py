@@ -14,15 +14,18 @@ bounded to what DESIGN §9.1 lets it send: states, session ids, times, the outco
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from agent_rooms_mcp.auth.tokens import credential_kind
 from agent_rooms_mcp.book import BookUnavailable, Ending, LeaseLost
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.run_states import FINAL_STATES, RunState, StopSignal, is_listed_outcome
+from agent_rooms_mcp.store.database import guarded_writes
 
 # A long poll never outlasts this, so a proxy's idle timeout (Caddy's and nginx's are 60 s or more) never
 # cuts one short.
@@ -31,6 +34,7 @@ WAIT_MAX_MS = 25_000
 _Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 _Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 _Count = Annotated[int, Field(ge=0, le=2**53)]
+_Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]  # what SQLite stores
 
 
 class _Body(BaseModel):
@@ -52,23 +56,24 @@ class Wait(_Body):
 
 class _Run(_Body):
     run_id: _Id
-    lease: Annotated[int, Field(ge=0)]
+    lease: _Int64
 
 
 class Started(_Run):
     pid: Annotated[int, Field(ge=1, le=2**31)]
-    pid_start: Annotated[int, Field(ge=0)] | None
+    pid_start: _Int64 | None
 
 
 class Session(_Run):
-    session_id: Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9_\-]*$")]
+    # A CLI's session id is a UUID or alike; no underscore, so nothing credential-shaped reaches the audit.
+    session_id: Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9.:\-]*$")]
 
 
 class Finish(_Run):
     state: str
     outcome: Annotated[str, StringConstraints(max_length=64)]
     stop_signal: Annotated[StopSignal, Field(strict=False)]  # the enum from its JSON word
-    reset_at: Annotated[str, StringConstraints(max_length=40)] | None = None
+    reset_at: Annotated[str, StringConstraints(max_length=40)] | None = None  # ISO 8601 with its offset
     input_tokens: _Count = 0
     output_tokens: _Count = 0
     cost_usd_micros: _Count = 0
@@ -79,6 +84,21 @@ class Finish(_Run):
     def _final(cls, v: str) -> str:
         if v not in FINAL_STATES:
             raise ValueError(f"a run ends in one of {', '.join(sorted(FINAL_STATES))}")
+        return v
+
+    @field_validator("reset_at")
+    @classmethod
+    def _instant(cls, v: str | None) -> str | None:
+        if v is not None and datetime.fromisoformat(v).utcoffset() is None:
+            raise ValueError("give the time with its offset, like 2026-01-01T00:00:00+00:00")
+        return v
+
+    @field_validator("tool_counts")
+    @classmethod
+    def _names(cls, v: dict[str, int]) -> dict[str, int]:
+        # Tool names reach the audit row: none may be shaped like a credential (invariant 85).
+        if any(credential_kind(name) is not None for name in v):
+            raise ValueError("a tool name shaped like a credential")
         return v
 
     @field_validator("outcome")
@@ -111,6 +131,15 @@ def _parse(model: type[_Body], body: Any) -> Any:
 
 
 async def handle(hub: Hub, who: Human, op: str, body: Any) -> dict[str, Any]:
+    if who.device_id is None:
+        raise RoomsError(ErrorCode.FORBIDDEN_SCOPE, "only an enrolled device runs a listener (agent-rooms login)")
+    # Every write re-checks the device, as an owner action's do: a revoke that lands while a listener's
+    # request runs stops its hello, claim or report (invariant 92).
+    with guarded_writes(hub.devices.still_active(who.device_id)):
+        return await _handle(hub, who, op, body)
+
+
+async def _handle(hub: Hub, who: Human, op: str, body: Any) -> dict[str, Any]:
     listeners = hub.listeners
     try:
         if op == "hello":
@@ -125,7 +154,8 @@ async def handle(hub: Hub, who: Human, op: str, body: Any) -> dict[str, Any]:
         args = _parse(model, body)
         book = await listeners.book(who, args.holder)
         if op == "wait":
-            return {"work": await book.wait_for_work(args.timeout_ms / 1000)}
+            with listeners.waiting(args.holder):
+                return {"work": await book.wait_for_work(args.timeout_ms / 1000)}
         if op == "claim":
             return {"claim": await book.signed_claim()}
         if op == "renew":
