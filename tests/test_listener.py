@@ -175,15 +175,39 @@ async def test_a_stop_typed_on_the_hub_ends_the_run_on_the_owners_machine(
 async def test_the_local_policy_refuses_what_the_hub_may_not_widen(
     remote_world: World, fakes: Fakes, tmp_path: Path
 ) -> None:
-    """An agent the file says may not be woken here never runs, whatever the hub sends; the causer sees why."""
+    """The workdir is judged on the owner's machine when the run starts: a link that now leads out of the
+    allowed root is refused there, whatever the hub sends, and the causer sees why."""
+    world = remote_world
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nworkdir = "ROOT/link"\nsandbox = "off"\n')
+        link = tmp_path / "work" / "link"
+        link.symlink_to(tmp_path / "work" / "app")  # inside the root when the listener reads its policy
+        async with listening(alice, fakes):
+            await until(lambda: sql(world, "SELECT 1 FROM listener_holds"), "the listener holds the agent")
+            link.unlink()
+            link.symlink_to("/etc")  # and outside it when the wake comes
+            await post(world, "alice-claude", "@alice-bot please")
+            [run] = await until(lambda: ended(world, "alice-bot"), "the listener refuses the wake")
+    assert (run["state"], run["outcome"], run["spawned_at"]) == ("withdrawn", "withdrawn:workdir_outside_root", None)
+    assert fakes.calls() == []
+
+
+@pytest.mark.invariant(104)
+async def test_an_agent_the_local_policy_will_not_wake_is_not_held_here(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    """`wake = false`: this listener does not hold the agent, so its wakes stay for a listener that would."""
     world = remote_world
     async with served(world) as url:
         alice = await enroll(world, url, tmp_path, "alice-laptop")
         policy(alice, tmp_path, '[agents.alice-bot]\nwake = false\n')
         async with listening(alice, fakes):
+            await until(lambda: sql(world, "SELECT 1 FROM listeners"), "the listener says hello")
             await post(world, "alice-claude", "@alice-bot please")
-            [run] = await until(lambda: ended(world, "alice-bot"), "the listener refuses the wake")
-    assert (run["state"], run["outcome"], run["spawned_at"]) == ("withdrawn", "withdrawn:not_wakeable_here", None)
+            await anyio.sleep(3)  # several looks of the listener
+    assert not sql(world, "SELECT 1 FROM listener_holds")
+    assert [r["state"] for r in sql(world, "SELECT state FROM runs")] == ["waiting_for_listener"]
     assert fakes.calls() == []
 
 

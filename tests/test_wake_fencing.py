@@ -69,6 +69,7 @@ async def test_a_claim_whose_lease_ran_out_records_nothing_over_the_runs_new_cla
 
         before = state(woken, old.run_id)
         for report in (
+            lambda: sleeper.spawning(old.run_id, old.lease),
             lambda: sleeper.started(old.run_id, old.lease, os.getpid(), None),
             lambda: sleeper.session(old.run_id, old.lease, "sess-of-the-old-claim"),
             lambda: sleeper.finish(old.run_id, old.lease, Ending("stopped", "stopped", "sigint")),
@@ -83,6 +84,7 @@ async def test_a_claim_whose_lease_ran_out_records_nothing_over_the_runs_new_cla
         if taker is not sleeper:
             assert await sleeper.renew() == {}
 
+        await taker.spawning(new.run_id, new.lease)
         await taker.started(new.run_id, new.lease, os.getpid(), None)
         await taker.session(new.run_id, new.lease, "sess-of-the-new-claim")
         await taker.finish(new.run_id, new.lease, DONE)
