@@ -103,6 +103,7 @@ def _rows() -> list[Invariant]:
         91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
         92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
         93: ("a holder whose lease ran out records nothing over the run's new holder and stops its CLI", "network"),
+        94: ("an agent's variables given on a listener's machine stay sealed there, never sent to the hub", "network"),
         95: ("binding beyond loopback needs a public URL; forwarded headers count only when trusted", "network"),
         99: ("the hub spawns only local owners' agents; other owners' wakes wait for a listener or expire", "network"),
         100: ("no sandboxed process opens the hub's database or home: a woken CLI has only the bridge", "containment"),
