@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,29 @@ def test_an_unsafe_or_foreign_file_is_not_used(tmp_path: Path) -> None:
     (tmp_path / ENV_FILE).symlink_to(tmp_path / "keys" / "master.key")
     with pytest.raises(HomeError, match="symlink"):
         env.open_for("bob-coder", "codex")
+
+
+def test_concurrent_sets_lose_nothing_and_share_one_master_key(tmp_path: Path) -> None:
+    # Each writer reads, adds and replaces the whole file: without the lock they would drop each other's
+    # variables, trip over one temporary file, or each make a master key the others' values do not open with.
+    failures: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        env = LocalEnv(tmp_path)  # one instance each, as separate commands would have
+        for j in range(15):
+            try:
+                env.set("bob-coder", f"V{i}_{j}_API_KEY", f"value-{i}-{j}")
+            except Exception as e:  # collected, then asserted on below
+                failures.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    opened = LocalEnv(tmp_path).open_for("bob-coder", "openclaw")
+    assert opened == {f"V{i}_{j}_API_KEY": f"value-{i}-{j}" for i in range(6) for j in range(15)}
 
 
 def test_names_are_checked_like_the_hub_and_fully_once_the_tool_is_known(tmp_path: Path) -> None:
