@@ -69,10 +69,17 @@ class LocalEnv:
         check_handle(handle)
         _check(name, value, tool)
         with self._locked():
+            stored = self._read()
             if not self._key_path.exists():
+                if stored.agents:
+                    # A new key would seal this value and leave every earlier one unopenable, unnoticed until
+                    # a run fails: say so now instead.
+                    raise HomeError(
+                        f"no master key at {self._key_path}, though {self._path} holds variables sealed under "
+                        f"one; they cannot be opened: move {self._path} away and set them again"
+                    )
                 ensure_private_dir(self._key_path.parent)
                 create_master_key(self._key_path)
-            stored = self._read()
             sealed = self._vault.seal(PURPOSE, _row(handle, name), value)
             stored.agents.setdefault(handle, {})[name] = b64url_encode(sealed)
             self._write(stored)

@@ -100,6 +100,10 @@ def test_a_wrong_or_missing_master_key_opens_nothing(tmp_path: Path) -> None:
     key.unlink()
     with pytest.raises(HomeError, match="no master key"):
         LocalEnv(tmp_path).open_for("bob-coder", "codex")
+    # Nor does a set quietly make a new key that would strand the values sealed under the old one.
+    with pytest.raises(HomeError, match=r"move .* away"):
+        LocalEnv(tmp_path).set("bob-coder", "CODEX_API_KEY", "x")
+    assert not key.exists() and list(stored(tmp_path)["bob-coder"]) == ["OPENAI_API_KEY"]
 
 
 def test_an_unsafe_or_foreign_file_is_not_used(tmp_path: Path) -> None:
