@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.errors import invalid
 
 
 class Scope(StrEnum):
@@ -33,6 +34,12 @@ class AgentTool(StrEnum):
 
 
 HANDLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_handle(handle: str) -> None:
+    """INVALID_ARGUMENT unless `handle` has the one shape of owner and agent handles, wherever it is given."""
+    if not HANDLE_RE.fullmatch(handle):
+        raise invalid("handle", "use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
 
 
 def parse_scopes(text: str) -> frozenset[Scope]:

@@ -13,10 +13,14 @@ from agent_rooms_mcp.cli.common import (
     json_option,
     operator,
     perform,
+    remote,
     run,
+    settings,
     table,
 )
 from agent_rooms_mcp.errors import invalid
+from agent_rooms_mcp.local_env import LocalEnv
+from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, StopResult
 from agent_rooms_mcp.owner_actions import AgentAdd, AgentScopes, AgentStop, NoArgs
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
@@ -111,19 +115,41 @@ def env() -> None:
     """Variables for an agent's woken CLI (a provider key, say): sealed at rest, values never shown."""
 
 
+# On an enrolled device the variables stay on this machine for its listener's runs (DESIGN §9.1, invariant 94):
+# they are sealed here, and no request goes to the hub, which never holds them and so has nothing to audit.
+SEALED_HERE = "(sealed on this machine; never sent to the hub)"
+
+
+def _on_device(as_json: bool) -> LocalEnv | None:
+    if remote(as_json) is None:
+        return None
+    configure_logging()  # the `listener.env.*` lines go to stderr, never into the JSON on stdout
+    return LocalEnv(settings().home)
+
+
+def _show_sealed(handle: str, names: list[str], as_json: bool) -> None:
+    listed = AgentEnvList(agent=handle, names=names)
+    emit(listed, as_json=as_json, text=lambda e: f"{e.agent}: {', '.join(e.names) or '(none)'} {SEALED_HERE}")
+
+
 @env.command("set")
 @click.argument("handle")
 @click.argument("name")
 @json_option
 def env_set(handle: str, name: str, as_json: bool) -> None:
     """Give HANDLE's woken CLI the variable NAME. The value is read from standard input (hidden on a
-    terminal), never from the command line, where other users could see it.
+    terminal), never from the command line, where other users could see it. On a machine enrolled with
+    `login` it is sealed on that machine for its listener's runs and never sent to the hub.
 
     \b
     Example:
         agent-rooms agent env set alice-claude ANTHROPIC_API_KEY < key.txt
     """
+    here = _on_device(as_json)
     value = click.prompt(name, hide_input=True) if sys.stdin.isatty() else sys.stdin.read().rstrip("\r\n")
+    if here is not None:
+        _show_sealed(handle, guarded(lambda: here.set(handle, name, value), as_json=as_json), as_json)
+        return
     done: AgentEnvList = run(lambda hub: hub.accounts.set_env(operator(), handle, name, value), as_json=as_json)
     emit(done, as_json=as_json, text=lambda e: f"{e.agent}: {', '.join(e.names)}")
 
@@ -133,7 +159,11 @@ def env_set(handle: str, name: str, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 def env_unset(handle: str, name: str, as_json: bool) -> None:
-    """Remove the variable NAME from HANDLE's woken CLI."""
+    """Remove the variable NAME from HANDLE's woken CLI (on an enrolled machine, from this machine)."""
+    here = _on_device(as_json)
+    if here is not None:
+        _show_sealed(handle, guarded(lambda: here.unset(handle, name), as_json=as_json), as_json)
+        return
     done: AgentEnvList = run(lambda hub: hub.accounts.unset_env(operator(), handle, name), as_json=as_json)
     emit(done, as_json=as_json, text=lambda e: f"{e.agent}: {', '.join(e.names) or '(none)'}")
 
@@ -142,6 +172,11 @@ def env_unset(handle: str, name: str, as_json: bool) -> None:
 @click.argument("handle")
 @json_option
 def env_list(handle: str, as_json: bool) -> None:
-    """List the names of the variables HANDLE's woken CLI gets (never their values)."""
+    """List the names of the variables HANDLE's woken CLI gets (never their values; on an enrolled machine,
+    those sealed on this machine)."""
+    here = _on_device(as_json)
+    if here is not None:
+        _show_sealed(handle, guarded(lambda: here.names(handle), as_json=as_json), as_json)
+        return
     done: AgentEnvList = run(lambda hub: hub.accounts.env_names(handle), as_json=as_json)
     emit(done, as_json=as_json, text=lambda e: "\n".join(e.names) or "(none)")

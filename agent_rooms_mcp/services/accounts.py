@@ -22,7 +22,7 @@ from agent_rooms_mcp.models import (
     TokenInfo,
     TokenList,
 )
-from agent_rooms_mcp.principals import HANDLE_RE, AgentTool, Scope, format_scopes
+from agent_rooms_mcp.principals import AgentTool, Scope, check_handle, format_scopes
 from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
@@ -33,11 +33,6 @@ _AGENTS = (
     "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
     " WHERE a.status = 'active'"
 )
-
-
-def _check_handle(handle: str) -> None:
-    if not HANDLE_RE.fullmatch(handle):
-        raise invalid("handle", "use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
 
 
 def _owner_info(row: sqlite3.Row) -> OwnerInfo:
@@ -124,7 +119,7 @@ class Accounts:
 
     async def add_owner(self, operator: Actor, handle: str, *, local: bool = False) -> OwnerInfo:
         """A new owner. `local`: their agents are spawned by this hub's own supervisor (DESIGN §5)."""
-        _check_handle(handle)
+        check_handle(handle)
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
             if conn.execute("SELECT 1 FROM owners WHERE handle = ?", (handle,)).fetchone():
@@ -195,7 +190,7 @@ class Accounts:
         scopes: frozenset[Scope],
         workdir: str | None,
     ) -> AgentInfo:
-        _check_handle(handle)
+        check_handle(handle)
 
         def run(conn: sqlite3.Connection) -> AgentInfo:
             owner = queries.owner(conn, owner_ref)
