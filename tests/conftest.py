@@ -18,6 +18,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from agent_rooms_mcp import audit
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.home import write_private_file
 from agent_rooms_mcp.http import open_http_app
@@ -118,6 +119,15 @@ class World:
         conn.row_factory = sqlite3.Row
         try:
             return conn.execute(query, args).fetchall()
+        finally:
+            conn.close()
+
+    def chain_verifies(self) -> bool:
+        """Whether the audit log's hash chain, read straight from the file, is intact."""
+        conn = sqlite3.connect(self.db)
+        conn.row_factory = sqlite3.Row
+        try:
+            return audit.verify(conn).ok
         finally:
             conn.close()
 
