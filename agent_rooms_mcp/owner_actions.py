@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.content import UNENCODABLE, unencodable_field
 from agent_rooms_mcp.errors import RoomsError, invalid, not_found
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import (
@@ -86,6 +87,9 @@ def lookup(name: str) -> OwnerAction[Any, Any]:
 
 
 def parse_args(action: OwnerAction[A, Any], raw: object) -> A:
+    unencodable = unencodable_field(raw)
+    if unencodable is not None:  # as for a tool's arguments (gate.py): never as far as SQLite
+        raise invalid(unencodable, UNENCODABLE)
     try:
         return action.args.model_validate(raw)
     except ValidationError as e:
