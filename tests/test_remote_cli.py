@@ -11,7 +11,6 @@ import json
 import os
 import sqlite3
 import stat
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.cli import cli
-from tests.test_served import free_port, wait_listening
-
-_CLI = [sys.executable, "-m", "agent_rooms_mcp"]
+from tests.hubprocess import CLI, serve_http
 
 
 @dataclass
@@ -51,7 +48,7 @@ class Machine:
         self.env.pop("AGENT_ROOMS_HUB", None)
 
     async def ar(self, *args: str) -> Done:
-        done = await anyio.run_process([*_CLI, *args], env=self.env, check=False)
+        done = await anyio.run_process([*CLI, *args], env=self.env, check=False)
         return Done(done.returncode, done.stdout.decode(), done.stderr.decode())
 
     async def ok(self, *args: str) -> Any:
@@ -100,16 +97,8 @@ async def hub(tmp_path: Path) -> AsyncIterator[HubMachine]:
         await machine.ok("owner", "verify", owner)
     await machine.ok("agent", "add", "alice-claude", "--owner", "alice", "--tool", "claude")
     await machine.ok("room", "create", "lobby", "--owner", "alice", "--agent", "alice-claude")
-    port = free_port()
-    serve = [*_CLI, "serve", "--http", "--port", str(port)]
-    async with await anyio.open_process(serve, env=machine.env) as server:
-        try:
-            with anyio.fail_after(60):
-                await wait_listening(port)
-            yield HubMachine(machine, f"http://127.0.0.1:{port}")
-        finally:
-            server.terminate()
-            await server.wait()
+    async with serve_http(machine.home, env=machine.env) as served:
+        yield HubMachine(machine, served.base)
 
 
 async def enrolled(hub: HubMachine, root: Path, name: str, owner: str = "bob") -> Machine:
