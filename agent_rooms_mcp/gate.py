@@ -139,6 +139,7 @@ class GatedServer(MCPServer[Hub]):
         token = _call.set(call)
         try:
             unencodable = unencodable_field(arguments)
+            result: CallToolResult | InputRequiredResult
             if unencodable is not None:
                 # Refused before the SDK parses: its types take such a string, and SQLite would crash on it.
                 result = error_result(invalid(unencodable, UNENCODABLE))
