@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import ssl
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,40 +115,49 @@ def _issuer_key(settings: Settings) -> DoctorCheck:
 
 
 def exposure_checks(e: Exposed) -> list[DoctorCheck]:
-    url, url_check = _public_url(e.public_url)
-    proxy, proxy_check = _proxy(e.trust_proxy)
+    url, url_check = _alone(
+        "public.url",
+        e.public_url,
+        lambda url: exposure_for(LOOPBACK, url, None, NO_TLS),
+        quiet="no public URL: the hub is reached on this machine only",
+        fine=f"clients reach the hub at {e.public_url}",
+        fix="give --public-url https://HOST[:PORT], the address clients use (TLS ends at the hub or its proxy)",
+    )
+    proxy, proxy_check = _alone(
+        "public.proxy",
+        e.trust_proxy,
+        lambda proxy: exposure_for(LOOPBACK, None, proxy, NO_TLS),
+        quiet="no proxy named: forwarded headers are ignored",
+        fine=f"forwarded headers count from {e.trust_proxy} only, and only it may connect",
+        fix="name the TLS proxy by its IP address on this machine or a private network, e.g. --trust-proxy 127.0.0.1",
+    )
     tls, tls_check = _tls(e.tls_cert, e.tls_key)
     return [url_check, proxy_check, tls_check, _bind(e.host, url, proxy, tls)]
 
 
-def _public_url(url: str | None) -> tuple[str | None, DoctorCheck]:
-    if url is None:
-        return None, _ok("public.url", "no public URL: the hub is reached on this machine only")
-    try:
-        exposure_for("127.0.0.1", url, None, (None, None))
-    except BindRefused as refused:
-        fix = "give --public-url https://HOST[:PORT], the address clients use (TLS ends at the hub or its proxy)"
-        return None, _fail("public.url", str(refused), fix)
-    return url, _ok("public.url", f"clients reach the hub at {url}")
+LOOPBACK = "127.0.0.1"
+NO_TLS: tuple[str | None, str | None] = (None, None)
 
 
-def _proxy(trust_proxy: str | None) -> tuple[str | None, DoctorCheck]:
-    if trust_proxy is None:
-        return None, _ok("public.proxy", "no proxy named: forwarded headers are ignored")
+def _alone(
+    check_id: str, value: str | None, judge: Callable[[str], object], *, quiet: str, fine: str, fix: str
+) -> tuple[str | None, DoctorCheck]:
+    """One flag judged on its own by serve's rule: the value if it passed (else None), and its check."""
+    if value is None:
+        return None, _ok(check_id, quiet)
     try:
-        exposure_for("127.0.0.1", None, trust_proxy, (None, None))
+        judge(value)
     except BindRefused as refused:
-        fix = "name the TLS proxy by its IP address on this machine or a private network, e.g. --trust-proxy 127.0.0.1"
-        return None, _fail("public.proxy", str(refused), fix)
-    return trust_proxy, _ok("public.proxy", f"forwarded headers count from {trust_proxy} only, and only it may connect")
+        return None, _fail(check_id, str(refused), fix)
+    return value, _ok(check_id, fine)
 
 
 def _tls(cert: str | None, key: str | None) -> tuple[tuple[str | None, str | None], DoctorCheck]:
-    none: tuple[str | None, str | None] = (None, None)
+    none = NO_TLS
     if cert is None and key is None:
         return none, _ok("public.tls", "no TLS of the hub's own")
     try:
-        exposure_for("127.0.0.1", None, None, (cert, key))
+        exposure_for(LOOPBACK, None, None, (cert, key))
     except BindRefused as refused:
         return none, _fail("public.tls", str(refused), "give --tls-cert F --tls-key F")
     assert cert is not None and key is not None  # exposure_for refuses one without the other

@@ -436,7 +436,8 @@ async def invite_confirm(hub: Hub, who: Human, a: InviteConfirm) -> Invite:
     owner = a.owner
     if who.owner_id is not None:  # the service then confirms only an invite of this owner's agents
         owner = await _handle(hub, who.owner_id) if owner is None else owner
-        await _self(hub, who, owner)
+    if owner is not None:
+        who = await _self(hub, who, owner)
     return await hub.invites.confirm(who.actor, a.invite_id, owner)
 
 
