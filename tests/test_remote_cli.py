@@ -268,7 +268,6 @@ async def test_a_revoked_device_is_refused_on_its_next_request(hub: HubMachine, 
     assert {d["status"] for d in (await hub.machine.ok("device", "list"))["devices"]} == {"revoked"}
 
 
-@pytest.mark.invariant(92)
 async def test_the_operator_acting_for_an_owner_who_is_not_local_is_audited_on_their_behalf(
     hub: HubMachine, tmp_path: Path
 ) -> None:
