@@ -31,9 +31,13 @@ class Actor:
     cred_id: str | None = None
     # The path a human action came by (DESIGN §2): `cli` on the hub's machine, `device`, `console`.
     via: str | None = None
+    # The owner the operator acted for, when that owner is not a local one (DESIGN §2): the row then shows in
+    # that owner's audit tail, since the operator of a shared hub can act as any owner.
+    on_behalf_of: str | None = None
 
 
 ANONYMOUS = Actor("anonymous")
+ON_BEHALF_OF = "on_behalf_of"
 
 
 def _opt(value: str | None) -> bytes:
@@ -79,6 +83,10 @@ def append(
     """Append one row in the caller's transaction (its BEGIN IMMEDIATE serialises the chain)."""
     last = conn.execute("SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    detail = dict(detail or {})
+    if actor.on_behalf_of is not None:
+        # In the detail, which the chain already covers: no column, and every older row hashes as it did.
+        detail[ON_BEHALF_OF] = actor.on_behalf_of
     row = {
         "ts": now_utc(),
         "actor_kind": actor.kind,
@@ -89,7 +97,7 @@ def append(
         "outcome": outcome,
         "reason": reason,
         "cred_id": actor.cred_id,
-        "detail": json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":")),
+        "detail": json.dumps(detail, sort_keys=True, separators=(",", ":")),
         "via": actor.via,
     }
     conn.execute(
@@ -177,10 +185,12 @@ def verify(conn: sqlite3.Connection) -> Verdict:
 
 
 def tail(conn: sqlite3.Connection, n: int, owner_id: str | None = None) -> list[dict[str, Any]]:
-    """The latest n rows, or the latest n rows about one owner (their own actions and their agents')."""
+    """The latest n rows, or the latest n rows about one owner: their own actions, their agents', and the
+    operator's on their behalf."""
     rows = conn.execute(
         "SELECT seq, ts, actor_kind, actor_id, owner_id, action, target, outcome, reason, cred_id, via, detail"
-        " FROM audit WHERE ?1 IS NULL OR owner_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        f" FROM audit WHERE ?1 IS NULL OR owner_id = ?1 OR json_extract(detail, '$.{ON_BEHALF_OF}') = ?1"
+        " ORDER BY seq DESC LIMIT ?2",
         (owner_id, n),
     ).fetchall()
     return [{**dict(r), "detail": json.loads(r["detail"])} for r in reversed(rows)]

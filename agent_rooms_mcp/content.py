@@ -109,6 +109,30 @@ class Clean:
     flags: tuple[str, ...]
 
 
+UNENCODABLE = "not valid Unicode text (it holds a lone surrogate)"
+
+
+def unencodable_field(value: object, path: tuple[str, ...] = ()) -> str | None:
+    """The dotted path of the first string in a JSON-shaped value that UTF-8 cannot hold (a lone surrogate,
+    which JSON's `\\ud800` escape decodes to), or None. Such a string passes every type check and fails only
+    when SQLite encodes it, as an uncoded crash: callers refuse it up front, naming the field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ".".join(path) or "arguments"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        key_path = (*path, str(key))
+        if isinstance(key, str) and unencodable_field(key) is not None:
+            return ".".join(path) or "arguments"
+        found = unencodable_field(item, key_path)
+        if found is not None:
+            return found
+    return None
+
+
 def sanitize(text: str) -> Clean:
     """Remove bidi, invisible (Default_Ignorable), tag, control characters and ANSI sequences; CRLF becomes LF
     unflagged, U+2028/2029 become LF flagged `control`."""

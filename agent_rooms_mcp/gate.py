@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
-from agent_rooms_mcp.errors import ErrorCode, RoomsError, too_large, unauthenticated
+from agent_rooms_mcp.content import UNENCODABLE, unencodable_field
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, too_large, unauthenticated
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
 
@@ -137,7 +138,13 @@ class GatedServer(MCPServer[Hub]):
             return error_result(unauthenticated("gate_failed"))
         token = _call.set(call)
         try:
-            result = await super().call_tool(name, arguments, context)
+            unencodable = unencodable_field(arguments)
+            result: CallToolResult | InputRequiredResult
+            if unencodable is not None:
+                # Refused before the SDK parses: its types take such a string, and SQLite would crash on it.
+                result = error_result(invalid(unencodable, UNENCODABLE))
+            else:
+                result = await super().call_tool(name, arguments, context)
         except UnexpectedToolError:
             # A crash: the SDK logs it and answers "Error executing tool NAME", with nothing of its text.
             log.info("tool.call", tool=name, agent_id=call.caller.agent_id, error="crash", ms=_ms(started))

@@ -377,6 +377,26 @@ class AuditVerdict(BaseModel):
     problem: str | None
 
 
+class CheckStatus(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+class DoctorCheck(BaseModel):
+    """One check of `agent-rooms doctor`: `id` is stable (scripts match on it), `fix` says what to do."""
+
+    id: str
+    status: CheckStatus
+    message: str
+    fix: str | None
+
+
+class DoctorReport(BaseModel):
+    ok: bool  # no check failed (a warning leaves it true)
+    checks: list[DoctorCheck]
+
+
 class GrantInfo(BaseModel):
     grant_id: str
     from_owner: str

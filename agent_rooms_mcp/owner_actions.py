@@ -2,7 +2,8 @@
 
 The CLI on the hub's machine runs one in-process as the operator; the CLI on an enrolled device sends its
 name and arguments to the owner API, which runs the same function as that device's owner. Each calls the
-same service with the same arguments and writes the same audit row; only the row's actor and `via` differ.
+same service with the same arguments and writes the same audit row; only the row's actor and `via` differ
+(and the operator acting for an owner who is not local says for whom: `on_behalf_of`, DESIGN §2).
 An owner on a device acts only on their own things: each function resolves what it is given and asks
 `policy` before the service writes. What it resolves never changes owner (an agent's, a token's), so the
 check and the write may sit in two transactions; whether an owner is in a room is re-checked by the service.
@@ -19,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.content import UNENCODABLE, unencodable_field
 from agent_rooms_mcp.errors import RoomsError, invalid, not_found
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import (
@@ -86,6 +88,9 @@ def lookup(name: str) -> OwnerAction[Any, Any]:
 
 
 def parse_args(action: OwnerAction[A, Any], raw: object) -> A:
+    unencodable = unencodable_field(raw)
+    if unencodable is not None:  # as for a tool's arguments (gate.py): never as far as SQLite
+        raise invalid(unencodable, UNENCODABLE)
     try:
         return action.args.model_validate(raw)
     except ValidationError as e:
@@ -120,38 +125,49 @@ async def perform(hub: Hub, who: Human, name: str, raw: object) -> BaseModel:
 # What each action resolves before its service writes.
 
 
-async def _self(hub: Hub, who: Human, owner_ref: str) -> str:
-    """The owner `who` names as the one acting; a device may name only its own."""
+async def _self(hub: Hub, who: Human, owner_ref: str) -> Human:
+    """`who`, acting as the owner they name: a device may name only its own, and the operator acting for an
+    owner who is not local acts on their behalf (policy.acting_for)."""
     row = await hub.store.read(lambda c: queries.owner(c, owner_ref))
     policy.require_self(who, row["owner_id"], row["handle"])
-    return str(row["owner_id"])
+    return policy.acting_for(who, row["owner_id"], bool(row["local"]))
 
 
-async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> None:
-    row = await hub.store.read(lambda c: queries.agent(c, agent_ref))
-    policy.require_own(who, row["owner_id"], "agent")
+async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
+    """`who`, acting on an agent of their own (or, the operator, on anyone's)."""
+
+    def read(c: sqlite3.Connection) -> tuple[str, bool]:
+        owner_id = str(queries.agent(c, agent_ref)["owner_id"])
+        return owner_id, bool(queries.owner(c, owner_id)["local"])
+
+    owner_id, local = await hub.store.read(read)
+    policy.require_own(who, owner_id, "agent")
+    return policy.acting_for(who, owner_id, local)
 
 
-async def _self_with_agents(hub: Hub, who: Human, owner_ref: str, agents: list[str]) -> None:
+async def _self_with_agents(hub: Hub, who: Human, owner_ref: str, agents: list[str]) -> Human:
     """`who` acts as `owner_ref` with these agents of theirs: another owner's agent looks missing, exactly as
     one that does not exist (invariant 82), before the service's own rule could name it as someone else's."""
-    await _self(hub, who, owner_ref)
+    acting = await _self(hub, who, owner_ref)
     for agent in agents:
         await _own_agent(hub, who, agent)
+    return acting
 
 
-async def _own_token(hub: Hub, who: Human, token_id: str) -> None:
-    def read(c: sqlite3.Connection) -> str:
+async def _own_token(hub: Hub, who: Human, token_id: str) -> Human:
+    def read(c: sqlite3.Connection) -> tuple[str, bool]:
         row = c.execute(
-            "SELECT a.owner_id FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
-            " WHERE t.token_id = ? AND t.run_id IS NULL",
+            "SELECT a.owner_id, o.local FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
+            " JOIN owners o ON o.owner_id = a.owner_id WHERE t.token_id = ? AND t.run_id IS NULL",
             (token_id,),
         ).fetchone()
         if row is None:
             raise not_found("token")
-        return str(row["owner_id"])
+        return str(row["owner_id"]), bool(row["local"])
 
-    policy.require_own(who, await hub.store.read(read), "token")
+    owner_id, local = await hub.store.read(read)
+    policy.require_own(who, owner_id, "token")
+    return policy.acting_for(who, owner_id, local)
 
 
 async def _own_room(hub: Hub, who: Human, room_ref: str) -> None:
@@ -185,7 +201,7 @@ class AgentAdd(Args):
 
 @_action("agent.add", AgentAdd, AgentInfo)
 async def agent_add(hub: Hub, who: Human, a: AgentAdd) -> AgentInfo:
-    await _self(hub, who, a.owner)
+    who = await _self(hub, who, a.owner)
     if a.workdir is not None and not who.is_operator:
         # Where a hub-spawned run works is the operator's to say (DESIGN §5); a listener decides its own.
         policy.require_operator("--workdir")
@@ -206,7 +222,7 @@ class AgentScopes(Args):
 
 @_action("agent.scopes", AgentScopes, AgentInfo)
 async def agent_scopes(hub: Hub, who: Human, a: AgentScopes) -> AgentInfo:
-    await _own_agent(hub, who, a.handle)
+    who = await _own_agent(hub, who, a.handle)
     return await hub.accounts.set_scopes(who.actor, a.handle, _scopes(a.scopes))
 
 
@@ -231,7 +247,7 @@ class AgentStop(Args):
 
 @_action("agent.stop", AgentStop, StopResult)
 async def agent_stop(hub: Hub, who: Human, a: AgentStop) -> StopResult:
-    await _own_agent(hub, who, a.handle)
+    who = await _own_agent(hub, who, a.handle)
     return await stopping.stop_and_wait(
         hub.runs, hub.store, hub.settings.wake, who.actor, a.handle, a.run_id, wait=a.wait
     )
@@ -247,7 +263,7 @@ class TokenIssue(Args):
 
 @_action("token.issue", TokenIssue, IssuedToken)
 async def token_issue(hub: Hub, who: Human, a: TokenIssue) -> IssuedToken:
-    await _own_agent(hub, who, a.agent)
+    who = await _own_agent(hub, who, a.agent)
     # Clamped just past the longest lifetime before it becomes a timedelta (which overflows near 2^46 s): the
     # service then refuses it with the limit in its message, as for any other lifetime too long.
     ttl_s = min(a.ttl_s, hub.settings.limits.token_ttl_max_s + 1)
@@ -275,7 +291,7 @@ class TokenRevoke(Args):
 
 @_action("token.revoke", TokenRevoke, TokenInfo)
 async def token_revoke(hub: Hub, who: Human, a: TokenRevoke) -> TokenInfo:
-    await _own_token(hub, who, a.token_id)
+    who = await _own_token(hub, who, a.token_id)
     return await hub.accounts.revoke_token(who.actor, a.token_id)
 
 
@@ -289,13 +305,13 @@ class GrantChange(Args):
 
 @_action("grant.add", GrantChange, GrantInfo)
 async def grant_add(hub: Hub, who: Human, a: GrantChange) -> GrantInfo:
-    await _self(hub, who, a.giver)
+    who = await _self(hub, who, a.giver)
     return await hub.grants.add(who.actor, a.giver, a.taker)
 
 
 @_action("grant.revoke", GrantChange, GrantInfo)
 async def grant_revoke(hub: Hub, who: Human, a: GrantChange) -> GrantInfo:
-    await _self(hub, who, a.giver)
+    who = await _self(hub, who, a.giver)
     return await hub.grants.revoke(who.actor, a.giver, a.taker)
 
 
@@ -325,7 +341,7 @@ class ConsentModeArgs(Args):
 
 @_action("consent.mode", ConsentModeArgs, ConsentModeSet)
 async def consent_mode(hub: Hub, who: Human, a: ConsentModeArgs) -> ConsentModeSet:
-    await _self(hub, who, a.owner)
+    who = await _self(hub, who, a.owner)
     return await hub.consent.set_mode_as_owner(who.actor, a.room, a.owner, a.mode, a.collaborator)
 
 
@@ -337,7 +353,7 @@ class ConsentListArgs(Args):
 
 @_action("consent.list", ConsentListArgs, ProposalList)
 async def consent_list(hub: Hub, who: Human, a: ConsentListArgs) -> ProposalList:
-    await _self(hub, who, a.owner)
+    who = await _self(hub, who, a.owner)
     return await hub.consent.pending_for_owner(a.owner, a.room, a.after, hub.settings.limits.page_max)
 
 
@@ -349,13 +365,13 @@ class ConsentDecide(Args):
 
 @_action("consent.accept", ConsentDecide, DecisionResult)
 async def consent_accept(hub: Hub, who: Human, a: ConsentDecide) -> DecisionResult:
-    await _self(hub, who, a.owner)
+    who = await _self(hub, who, a.owner)
     return await hub.consent.decide_as_owner(who.actor, a.owner, a.ref, accept=True, reason=None)
 
 
 @_action("consent.reject", ConsentDecide, DecisionResult)
 async def consent_reject(hub: Hub, who: Human, a: ConsentDecide) -> DecisionResult:
-    await _self(hub, who, a.owner)
+    who = await _self(hub, who, a.owner)
     return await hub.consent.decide_as_owner(who.actor, a.owner, a.ref, accept=False, reason=a.reason)
 
 
@@ -370,7 +386,7 @@ class RoomCreate(Args):
 
 @_action("room.create", RoomCreate, RoomSummary)
 async def room_create(hub: Hub, who: Human, a: RoomCreate) -> RoomSummary:
-    await _self_with_agents(hub, who, a.owner, a.agents)
+    who = await _self_with_agents(hub, who, a.owner, a.agents)
     return await hub.rooms.create(who.actor, a.name, a.owner, list(a.agents))
 
 
@@ -381,7 +397,7 @@ class RoomAdd(Args):
 
 @_action("room.add", RoomAdd, RoomSummary)
 async def room_add(hub: Hub, who: Human, a: RoomAdd) -> RoomSummary:
-    await _own_agent(hub, who, a.agent)
+    who = await _own_agent(hub, who, a.agent)
     await _own_room(hub, who, a.room)
     return await hub.rooms.add_agent(who.actor, a.room, a.agent)
 
@@ -406,7 +422,7 @@ class InviteCreate(Args):
 
 @_action("invite.create", InviteCreate, Invite)
 async def invite_create(hub: Hub, who: Human, a: InviteCreate) -> Invite:
-    await _self(hub, who, a.by)
+    who = await _self(hub, who, a.by)
     return await hub.invites.create_as_owner(who.actor, a.room, a.by, a.ttl_s)
 
 
@@ -420,7 +436,8 @@ async def invite_confirm(hub: Hub, who: Human, a: InviteConfirm) -> Invite:
     owner = a.owner
     if who.owner_id is not None:  # the service then confirms only an invite of this owner's agents
         owner = await _handle(hub, who.owner_id) if owner is None else owner
-        await _self(hub, who, owner)
+    if owner is not None:
+        who = await _self(hub, who, owner)
     return await hub.invites.confirm(who.actor, a.invite_id, owner)
 
 
@@ -432,7 +449,7 @@ class InviteAccept(Args):
 
 @_action("invite.accept", InviteAccept, InviteAccepted)
 async def invite_accept(hub: Hub, who: Human, a: InviteAccept) -> InviteAccepted:
-    await _self_with_agents(hub, who, a.owner, a.agents)
+    who = await _self_with_agents(hub, who, a.owner, a.agents)
     return await hub.invites.accept(who.actor, a.code, a.owner, list(a.agents))
 
 

@@ -5,7 +5,7 @@ Rules are numbered after DESIGN and checked in that order: the order decides whi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from agent_rooms_mcp.errors import (
@@ -333,6 +333,14 @@ OPERATOR_ACTIONS = frozenset(
 def acts_for(who: Human, owner_id: str) -> bool:
     """Whether `who` may act on things of owner `owner_id`."""
     return who.owner_id is None or who.owner_id == owner_id
+
+
+def acting_for(who: Human, owner_id: str, owner_is_local: bool) -> Human:
+    """Who acts on a thing of owner `owner_id`, as its audit rows will say (DESIGN §2): the operator acting
+    for an owner who is not local to the hub acts on that owner's behalf; anyone else acts as themselves."""
+    if who.is_operator and not owner_is_local:
+        return Human(replace(who.actor, on_behalf_of=owner_id), who.owner_id, who.device_id)
+    return who
 
 
 def require_self(who: Human, owner_id: str, handle: str) -> None:

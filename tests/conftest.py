@@ -18,6 +18,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from agent_rooms_mcp import audit
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.home import write_private_file
 from agent_rooms_mcp.http import open_http_app
@@ -121,23 +122,17 @@ class World:
         finally:
             conn.close()
 
-    def fingerprint(self) -> str:
-        """A hash of every table but the audit log and its bookkeeping: equal before and after means nothing
-        changed."""
+    def chain_verifies(self) -> bool:
+        """Whether the audit log's hash chain, read straight from the file, is intact."""
         conn = sqlite3.connect(self.db)
+        conn.row_factory = sqlite3.Row
         try:
-            h = hashlib.sha256()
-            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
-            for table in tables:
-                # The audit log, and the failed-authentication counters a refusal is allowed to move.
-                # So are the rate-limit buckets every call, a read included, draws on.
-                if table in ("audit", "auth_failures", "rate_buckets"):
-                    continue
-                for row in conn.execute(f"SELECT * FROM {table} ORDER BY rowid"):
-                    h.update(repr((table, row)).encode())
-            return h.hexdigest()
+            return audit.verify(conn).ok
         finally:
             conn.close()
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.db)
 
     async def run_token(self, agent: str, room: str) -> str:
         """A run token of `agent`, for a run recorded as running in `room` (as the supervisor would mint)."""
@@ -165,6 +160,25 @@ class World:
 
     def audit_rows(self) -> list[sqlite3.Row]:
         return self.sql("SELECT * FROM audit ORDER BY seq")
+
+
+def fingerprint(db: Path) -> str:
+    """A hash of every table of the hub's database but the audit log and its bookkeeping: equal before and
+    after means nothing changed."""
+    conn = sqlite3.connect(db)
+    try:
+        h = hashlib.sha256()
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        for table in tables:
+            # The audit log, and the failed-authentication counters a refusal is allowed to move.
+            # So are the rate-limit buckets every call, a read included, draws on.
+            if table in ("audit", "auth_failures", "rate_buckets"):
+                continue
+            for row in conn.execute(f"SELECT * FROM {table} ORDER BY rowid"):
+                h.update(repr((table, row)).encode())
+        return h.hexdigest()
+    finally:
+        conn.close()
 
 
 async def build_world(home: Path, wake: WakeSettings = NO_SUPERVISOR) -> World:

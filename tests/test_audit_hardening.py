@@ -30,15 +30,6 @@ def database_bytes(world: World) -> bytes:
     return b"".join(p.read_bytes() for p in (world.db, Path(f"{world.db}-wal")) if p.exists())
 
 
-def chain_verifies(world: World) -> bool:
-    conn = sqlite3.connect(world.db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return audit.verify(conn).ok
-    finally:
-        conn.close()
-
-
 # --------------------------------------------------------------------------------------------------------------
 # 12. A denied call's target is kept only when it is a well-formed id, handle or name
 
@@ -63,7 +54,7 @@ async def test_a_credential_passed_as_a_room_is_never_stored_in_the_audit_log(wo
     stored = database_bytes(world)
     for secret in (token, code):
         assert secret.encode() not in stored
-    assert chain_verifies(world)
+    assert world.chain_verifies()
 
 
 @pytest.mark.parametrize(
@@ -166,7 +157,7 @@ async def test_an_out_of_order_insert_into_the_audit_log_is_refused(
         assert [tuple(r) for r in conn.execute("SELECT * FROM audit ORDER BY seq")] == before
     finally:
         conn.close()
-    assert chain_verifies(world)
+    assert world.chain_verifies()
 
 
 @pytest.mark.invariant(85)
@@ -184,7 +175,7 @@ async def test_the_next_row_is_still_appended_and_the_chain_verifies(world: Worl
         conn.close()
     async with world.client("alice-claude") as c:
         assert not (await c.call_tool("post_message", {"room": "lobby", "text": "after"})).is_error
-    assert chain_verifies(world)
+    assert world.chain_verifies()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -216,7 +207,7 @@ async def test_a_failed_commit_rolls_back_and_the_next_write_succeeds(world: Wor
         # And this store writes again, on its own connection.
         seq = await store.write(lambda conn: audit.append(conn, OPERATOR, "test.after_failed_commit"))
     assert world.sql("SELECT action FROM audit WHERE seq = ?", (seq,))[0][0] == "test.after_failed_commit"
-    assert chain_verifies(world)
+    assert world.chain_verifies()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -353,7 +344,7 @@ async def test_a_flood_of_failed_authentications_adds_a_bounded_number_of_audit_
     assert json.loads(summary["detail"])["failures"] == flood
     assert json.loads(summary["detail"])["reasons"] == {"unknown_token": flood}
     assert world.sql("SELECT count(*) FROM auth_failures")[0][0] == 0
-    assert chain_verifies(world)
+    assert world.chain_verifies()
 
 
 @pytest.mark.invariant(85)
@@ -370,4 +361,4 @@ async def test_sources_past_the_cap_share_one_summary_row(world: World) -> None:
         if r["action"] == "auth.failures"
     }
     assert summaries == {"192.0.2.0": 2, "192.0.2.1": 2, "*": 2}
-    assert chain_verifies(world)
+    assert world.chain_verifies()

@@ -356,26 +356,17 @@ def _not_found(world: World) -> int:
 
 async def test_the_bridge_reaches_a_hub_over_http_by_url(world: World, tmp_path: Path) -> None:
     """A listener's runs use AGENT_ROOMS_HUB_URL (issue 15): the same relay over TCP, here to `serve --http`."""
-    from tests.test_served import free_port, wait_listening
+    from tests.hubprocess import serve_http
 
-    port = free_port()
-    env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_SUPERVISOR": "0"}
-    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(port)]
     token = tmp_path / "token"
     write_private_file(token, world.tokens["alice-claude"].encode())
-    async with await anyio.open_process(argv, env=env) as server:
-        try:
-            with anyio.fail_after(30):
-                await wait_listening(port)
-            relay_env = {"PATH": os.environ["PATH"], bridge.TOKEN_FILE_ENV: str(token)}
-            relay_env[bridge.HUB_URL_ENV] = f"http://127.0.0.1:{port}"
-            for mode in ("auto", "legacy"):
-                async with bridge_client(relay_env, mode) as client:
-                    me = await client.call_tool("whoami", {})
-                    posted = await client.call_tool("post_message", {"room": "lobby", "text": f"bridged {mode}"})
-                assert me.structured_content["agent"]["handle"] == "alice-claude" and not posted.is_error
-        finally:
-            server.terminate()
-            await server.wait()
+    async with serve_http(world.settings.home, env={"AGENT_ROOMS_SUPERVISOR": "0"}) as served:
+        relay_env = {"PATH": os.environ["PATH"], bridge.TOKEN_FILE_ENV: str(token)}
+        relay_env[bridge.HUB_URL_ENV] = served.base
+        for mode in ("auto", "legacy"):
+            async with bridge_client(relay_env, mode) as client:
+                me = await client.call_tool("whoami", {})
+                posted = await client.call_tool("post_message", {"room": "lobby", "text": f"bridged {mode}"})
+            assert me.structured_content["agent"]["handle"] == "alice-claude" and not posted.is_error
     texts = [r["text"] for r in world.sql("SELECT text FROM messages ORDER BY seq")]
     assert texts == ["bridged auto", "bridged legacy"]

@@ -38,12 +38,7 @@ def assert_gate_denial(world: World, seq: int, reason: str, tool: str) -> None:
         (GATE_ACTION, "denied", reason, "anonymous")
     ]
     assert rows[0]["target"] == audit.safe_target(tool)
-    conn = sqlite3.connect(world.db)
-    conn.row_factory = sqlite3.Row
-    try:
-        assert audit.verify(conn).ok
-    finally:
-        conn.close()
+    assert world.chain_verifies()
 
 
 @pytest.mark.anyio

@@ -17,6 +17,7 @@ import pytest
 
 from agent_rooms_mcp import audit, policy, remote
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
+from agent_rooms_mcp.content import UNENCODABLE
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.hub import Hub
@@ -319,3 +320,18 @@ def test_a_hub_url_ending_in_mcp_is_taken_as_the_hub() -> None:
     assert remote.hub_url("https://hub.example.org/mcp") == "https://hub.example.org"
     assert remote.hub_url("https://hub.example.org/rooms/mcp/") == "https://hub.example.org/rooms"
     assert remote.hub_url("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
+
+
+async def test_a_lone_surrogate_in_an_owner_actions_arguments_is_refused_naming_the_field(
+    world: World, api: httpx2.AsyncClient
+) -> None:
+    credential = (await login(api, await enroll(world))).json()["credential"]
+    before = world.fingerprint()
+    # JSON's escape of a lone surrogate: what a client in another language may send; Python's cannot.
+    body = b'{"handle": "bob-new", "owner": "bob", "tool": "claude", "scopes": "read\\ud800"}'
+    refused = await api.post(
+        "/owner/v1/actions/agent.add", content=body, headers={**bearer(credential), "Content-Type": "application/json"}
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json() == {"code": "INVALID_ARGUMENT", "message": f"scopes: {UNENCODABLE}"}
+    assert world.fingerprint() == before

@@ -13,6 +13,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
+from agent_rooms_mcp.content import UNENCODABLE, unencodable_field
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.gate import ERROR_META_KEY, error_result
 from agent_rooms_mcp.http import open_http_app
@@ -150,3 +151,51 @@ async def test_each_list_tools_limit_says_what_it_counts(world: World) -> None:
     for name, what in counts.items():
         description = tools[name].input_schema["properties"]["limit"]["description"]
         assert description.startswith(f"At most this many {what} "), (name, description)
+
+
+class Surrogates(httpx2.AsyncBaseTransport):
+    """Sends what a client in another language may: JSON's escape of a lone surrogate, which Python's own
+    client cannot encode, written over a marker in the request body."""
+
+    MARK = "@SURROGATE@"
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = await request.aread()
+        if self.MARK.encode() in body:
+            headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
+            body = body.replace(self.MARK.encode(), b"\\ud800")
+            request = httpx2.Request(request.method, request.url, headers=headers, content=body)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_lone_surrogate_in_a_string_argument_is_refused_naming_the_field(world: World) -> None:
+    """JSON's `\\ud800` decodes to a string UTF-8 cannot hold: every type check passes it, and SQLite then
+    failed on it with a crash that is no code of ours. Sent over the wire, as any client could."""
+    mark = Surrogates.MARK
+    async with open_http_app(world.settings) as app:
+        http = httpx2.AsyncClient(
+            transport=Surrogates(httpx2.ASGITransport(app=app)),
+            headers={"Authorization": f"Bearer {world.tokens['alice-claude']}"},
+        )
+        async with http, Client(streamable_http_client(f"{HTTP_BASE}/mcp", http_client=http)) as c:
+            before = world.fingerprint()
+            posted = await c.call_tool("post_message", {"room": "lobby", "text": f"hi {mark} there"})
+            task = await c.call_tool("create_task", {"room": "lobby", "title": "fine", "description": mark})
+            room = await c.call_tool("read_messages", {"room": f"lob{mark}by"})
+            assert world.fingerprint() == before
+            # The control: the same call with valid text goes through.
+            assert not (await c.call_tool("post_message", {"room": "lobby", "text": "hi \U0001f600"})).is_error
+    assert error_detail(posted) == {"code": "INVALID_ARGUMENT", "message": f"text: {UNENCODABLE}"}
+    assert error_detail(task) == {"code": "INVALID_ARGUMENT", "message": f"description: {UNENCODABLE}"}
+    assert error_detail(room) == {"code": "INVALID_ARGUMENT", "message": f"room: {UNENCODABLE}"}
+    assert world.fingerprint() != before
+
+
+def test_the_unencodable_field_is_named_by_its_path() -> None:
+    assert unencodable_field({"a": ["ok", {"b": "x\ud800"}]}) == "a.1.b"
+    assert unencodable_field({"a": {"\ud800": "ok"}}) == "a"  # a bad key: its parent, never the key itself
+    assert unencodable_field("\udc80") == "arguments"
+    assert unencodable_field({"a": ["ok", 1, None, {"b": "é\U0001f600"}]}) is None

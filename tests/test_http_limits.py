@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -18,7 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp.http import open_http_app
 from tests.conftest import HTTP_BASE, World
-from tests.test_served import free_port, wait_listening
+from tests.hubprocess import serve_http
 
 # Small limits for the served process, through the environment as an operator would set them.
 CONNECTIONS = 16
@@ -30,22 +28,9 @@ EVENTUALLY_S = 60
 
 @asynccontextmanager
 async def served(world: World, **limits: int | float) -> AsyncIterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "AGENT_ROOMS_HOME": str(world.settings.home),
-        "AGENT_ROOMS_SUPERVISOR": "0",
-        **{f"AGENT_ROOMS_LIMIT_{k.upper()}": str(v) for k, v in limits.items()},
-    }
-    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(port)]
-    async with await anyio.open_process(argv, env=env) as server:
-        try:
-            with anyio.fail_after(30):
-                await wait_listening(port)
-            yield f"http://127.0.0.1:{port}/mcp"
-        finally:
-            server.terminate()
-            await server.wait()
+    env = {"AGENT_ROOMS_SUPERVISOR": "0", **{f"AGENT_ROOMS_LIMIT_{k.upper()}": str(v) for k, v in limits.items()}}
+    async with serve_http(world.settings.home, env=env) as served:
+        yield served.mcp
 
 
 async def half_open(port: int, head: bytes) -> anyio.abc.SocketStream:

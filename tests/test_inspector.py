@@ -27,7 +27,7 @@ from agent_rooms_mcp.gate import ERROR_META_KEY
 from agent_rooms_mcp.home import write_private_file
 from agent_rooms_mcp.server import TOOLS
 from tests.conftest import World
-from tests.test_served import free_port, wait_listening
+from tests.hubprocess import serve_http
 
 PINS = Path(__file__).parent / "inspector"
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "inspector"
@@ -153,18 +153,6 @@ async def test_the_inspector_shows_an_error_code_over_stdio(world: World, inspec
 
 @pytest.mark.invariant(88)
 async def test_the_inspector_shows_an_error_code_over_http(world: World, inspector: Inspector) -> None:
-    port = free_port()
-    env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home)}
-    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(port)]
-    async with await anyio.open_process(argv, env=env) as server:
-        try:
-            with anyio.fail_after(CALL_TIMEOUT_S):
-                await wait_listening(port)
-            target = [
-                f"http://127.0.0.1:{port}/mcp",
-                *("--header", f"Authorization: Bearer {world.tokens['alice-claude']}"),
-            ]
-            await show_tools_a_success_and_a_coded_error(inspector, target)
-        finally:
-            server.terminate()
-            await server.wait()
+    async with serve_http(world.settings.home) as served:
+        target = [served.mcp, *("--header", f"Authorization: Bearer {world.tokens['alice-claude']}")]
+        await show_tools_a_success_and_a_coded_error(inspector, target)

@@ -122,15 +122,18 @@ async def test_an_unauthenticated_request_gets_401_before_its_body_is_read(world
 
 
 async def test_an_action_that_fails_unexpectedly_gets_a_json_500(world: World) -> None:
-    async with served(world.settings) as api:
+    # Another process holds the write lock past the hub's busy timeout: the store's error is no RoomsError.
+    impatient = replace(world.settings, limits=replace(world.settings.limits, busy_timeout_ms=50))
+    async with served(impatient) as api:
         credential = (await login(api, await enroll(world))).json()["credential"]
         before = world.fingerprint()
-        # A lone surrogate is valid JSON but cannot be encoded for SQLite: nothing catches it before the store.
-        r = await api.post(
-            "/owner/v1/actions/token.revoke",
-            content=b'{"token_id": "\\ud800"}',
-            headers={**bearer(credential), "content-type": "application/json"},
-        )
+        other = sqlite3.connect(world.db, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            r = await api.post("/owner/v1/actions/token.revoke", json={"token_id": "tok_x"}, headers=bearer(credential))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
         assert (r.status_code, r.json()) == (500, {"error": "INTERNAL"})
         assert world.fingerprint() == before
         # The hub still answers afterwards.

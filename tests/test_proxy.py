@@ -25,7 +25,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import World
-from tests.test_served import free_port, wait_listening
+from tests.hubprocess import free_port, wait_listening
 
 CADDYFILE = Path(__file__).resolve().parent.parent / "examples" / "Caddyfile"
 CADDY = shutil.which("caddy")

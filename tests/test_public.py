@@ -4,19 +4,16 @@ test_proxy.py."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import ssl
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
-import anyio
 import httpx2
 import pytest
 from click.testing import CliRunner
@@ -27,7 +24,7 @@ from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.public import Exposure
 from tests.conftest import World
-from tests.test_served import free_port, wait_listening
+from tests.hubprocess import free_port, serve_http
 
 JSON_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 POST = {
@@ -164,29 +161,15 @@ def test_the_client_address_is_the_last_hop_no_named_proxy_added() -> None:
         assert two_proxies.client_address(peer, headers) == expected, (peer, headers)
 
 
-@asynccontextmanager
-async def served(world: World, *flags: str, env: dict[str, str]) -> AsyncIterator[str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(port), *flags]
-    full_env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home), **env}
-    async with await anyio.open_process(argv, env=full_env) as server:
-        try:
-            with anyio.fail_after(30):
-                await wait_listening(port)
-            yield f"http://127.0.0.1:{port}/mcp"
-        finally:
-            server.terminate()
-            await server.wait()
-
-
 @pytest.mark.invariant(68, 95)
 async def test_the_served_hub_ignores_forwarded_headers_unless_a_proxy_is_named(world: World) -> None:
     """uvicorn on its own believes X-Forwarded-For from 127.0.0.1: the real `serve` process must not."""
     env = {"AGENT_ROOMS_LIMIT_FAILED_AUTH_LIMIT": "3", "AGENT_ROOMS_LIMIT_FAILED_AUTH_WINDOW_S": str(10**9)}
-    async with served(world, env=env) as url, httpx2.AsyncClient() as client:
-        assert await fail_from_many_forged_addresses(client, url, 5) == [401, 401, 401, 429, 429]
-    async with served(world, "--trust-proxy", "127.0.0.1", env=env) as url, httpx2.AsyncClient() as client:
-        assert await fail_from_many_forged_addresses(client, url, 5) == [401] * 5
+    async with serve_http(world.settings.home, env=env) as served, httpx2.AsyncClient() as client:
+        assert await fail_from_many_forged_addresses(client, served.mcp, 5) == [401, 401, 401, 429, 429]
+    trusting = serve_http(world.settings.home, "--trust-proxy", "127.0.0.1", env=env)
+    async with trusting as served, httpx2.AsyncClient() as client:
+        assert await fail_from_many_forged_addresses(client, served.mcp, 5) == [401] * 5
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -206,22 +189,14 @@ async def test_the_hub_serves_tls_of_its_own(world: World, tmp_path: Path) -> No
     cert, key = self_signed(tmp_path)
     port = free_port()
     flags = ["--public-url", f"https://localhost:{port}", "--tls-cert", str(cert), "--tls-key", str(key)]
-    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(port), *flags]
-    env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home)}
-    async with await anyio.open_process(argv, env=env) as server:
-        try:
-            with anyio.fail_after(30):
-                await wait_listening(port)
-            tls = ssl.create_default_context(cafile=str(cert))
-            bearer = {"Authorization": f"Bearer {world.tokens['alice-claude']}"}
-            http = httpx2.AsyncClient(verify=tls, headers=bearer)
-            async with http, Client(streamable_http_client(f"https://localhost:{port}/mcp", http_client=http)) as c:
-                who = await c.call_tool("whoami", {})
-            assert who.structured_content["agent"]["handle"] == "alice-claude"
-            # Plaintext to the TLS port gets no answer from the hub.
-            async with httpx2.AsyncClient() as plain:
-                with pytest.raises(httpx2.HTTPError):
-                    await plain.post(f"http://localhost:{port}/mcp", json=POST, headers=JSON_HEADERS)
-        finally:
-            server.terminate()
-            await server.wait()
+    async with serve_http(world.settings.home, *flags, port=port, base="https://localhost") as served:
+        tls = ssl.create_default_context(cafile=str(cert))
+        bearer = {"Authorization": f"Bearer {world.tokens['alice-claude']}"}
+        http = httpx2.AsyncClient(verify=tls, headers=bearer)
+        async with http, Client(streamable_http_client(served.mcp, http_client=http)) as c:
+            who = await c.call_tool("whoami", {})
+        assert who.structured_content["agent"]["handle"] == "alice-claude"
+        # Plaintext to the TLS port gets no answer from the hub.
+        async with httpx2.AsyncClient() as plain:
+            with pytest.raises(httpx2.HTTPError):
+                await plain.post(f"http://localhost:{port}/mcp", json=POST, headers=JSON_HEADERS)

@@ -11,8 +11,7 @@ import json
 import os
 import sqlite3
 import stat
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.cli import cli
-from tests.test_served import free_port, wait_listening
-
-_CLI = [sys.executable, "-m", "agent_rooms_mcp"]
+from tests.conftest import fingerprint
+from tests.hubprocess import CLI, serve_http
 
 
 @dataclass
@@ -51,7 +49,7 @@ class Machine:
         self.env.pop("AGENT_ROOMS_HUB", None)
 
     async def ar(self, *args: str) -> Done:
-        done = await anyio.run_process([*_CLI, *args], env=self.env, check=False)
+        done = await anyio.run_process([*CLI, *args], env=self.env, check=False)
         return Done(done.returncode, done.stdout.decode(), done.stderr.decode())
 
     async def ok(self, *args: str) -> Any:
@@ -82,6 +80,17 @@ class HubMachine:
     machine: Machine
     url: str
 
+    def fingerprint(self) -> str:
+        return fingerprint(self.machine.home / "hub.db")
+
+    async def owner_id(self, handle: str) -> str:
+        return next(o["owner_id"] for o in (await self.machine.ok("owner", "list"))["owners"] if o["handle"] == handle)
+
+    async def audit(self) -> list[dict[str, Any]]:
+        """Every row of the hub's audit log, as the operator reads it on the hub's machine."""
+        rows: list[dict[str, Any]] = await self.machine.ok("audit", "tail", "-n", "10000")
+        return rows
+
     def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
         conn = sqlite3.connect(self.machine.home / "hub.db")
         conn.row_factory = sqlite3.Row
@@ -100,16 +109,8 @@ async def hub(tmp_path: Path) -> AsyncIterator[HubMachine]:
         await machine.ok("owner", "verify", owner)
     await machine.ok("agent", "add", "alice-claude", "--owner", "alice", "--tool", "claude")
     await machine.ok("room", "create", "lobby", "--owner", "alice", "--agent", "alice-claude")
-    port = free_port()
-    serve = [*_CLI, "serve", "--http", "--port", str(port)]
-    async with await anyio.open_process(serve, env=machine.env) as server:
-        try:
-            with anyio.fail_after(60):
-                await wait_listening(port)
-            yield HubMachine(machine, f"http://127.0.0.1:{port}")
-        finally:
-            server.terminate()
-            await server.wait()
+    async with serve_http(machine.home, env=machine.env) as served:
+        yield HubMachine(machine, served.base)
 
 
 async def enrolled(hub: HubMachine, root: Path, name: str, owner: str = "bob") -> Machine:
@@ -121,16 +122,15 @@ async def enrolled(hub: HubMachine, root: Path, name: str, owner: str = "bob") -
     return machine
 
 
-def via_device(hub: HubMachine, owner: str) -> Callable[[str], list[Any]]:
-    def rows(action: str) -> list[Any]:
-        return hub.sql(
-            "SELECT a.* FROM audit a JOIN owners o ON o.owner_id = a.owner_id"
-            " WHERE a.action = ? AND a.via = 'device' AND a.actor_kind = 'owner' AND a.outcome = 'ok'"
-            " AND o.handle = ?",
-            (action, owner),
-        )
-
-    return rows
+def by(rows: list[dict[str, Any]], action: str, **match: Any) -> list[dict[str, Any]]:
+    """The successful audit rows of `action` whose fields (or detail keys) hold the values given."""
+    return [
+        r
+        for r in rows
+        if r["action"] == action
+        and r["outcome"] == "ok"
+        and all(r.get(k, r["detail"].get(k)) == v for k, v in match.items())
+    ]
 
 
 @pytest.mark.invariant(92, 91)
@@ -169,13 +169,14 @@ async def test_an_owner_works_from_their_own_machine_audited_via_device(hub: Hub
     assert decided["consent_state"] == "accepted"
     assert hub.sql("SELECT decided_via FROM proposals")[0][0] == "device"
 
-    rows = via_device(hub, "bob")
-    for action in ("agent.add", "agent.scopes", "token.issue", "token.revoke", "grant.add", "room.create"):
-        assert len(rows(action)) == 1, action
-    assert rows("invite.accept") and hub.sql("SELECT 1 FROM audit WHERE via = 'device' AND action LIKE 'consent.%'")
-    assert {r["cred_id"] for r in hub.sql("SELECT cred_id FROM audit WHERE via = 'device'")} == {kept["device_id"]}
+    # The hub's own audit log, read by the operator: each of Bob's commands left its row, via his device.
+    logged, bob_id = await hub.audit(), await hub.owner_id("bob")
+    done = ("agent.add", "agent.scopes", "token.issue", "token.revoke", "grant.add", "room.create", "invite.accept")
+    for action in (*done, "consent.accept"):
+        assert len(by(logged, action, actor_kind="owner", owner_id=bob_id, via="device")) == 1, action
+    assert {r["cred_id"] for r in logged if r["via"] == "device"} == {kept["device_id"]}
     # The operator's own rows say `cli`; the chain, old rows and new, verifies.
-    assert hub.sql("SELECT count(*) FROM audit WHERE via = 'cli'")[0][0] > 0
+    assert any(r["via"] == "cli" for r in logged)
     assert (await hub.machine.ok("audit", "verify"))["ok"]
     # Bob's audit tail holds Bob's rows only.
     tail = await bob.ok("audit", "tail", "-n", "500")
@@ -186,17 +187,39 @@ async def test_an_owner_works_from_their_own_machine_audited_via_device(hub: Hub
     assert sorted(r["name"] for r in (await bob.ok("room", "list"))["rooms"]) == ["den", "lobby"]
 
 
+# Operator actions (DESIGN §2), as a device would type them: each refused on the device, before any request.
+OPERATOR_COMMANDS = (
+    ("owner", "add", "mallory"),
+    ("owner", "add", "mallory", "--local"),
+    ("owner", "enroll", "alice"),
+    ("owner", "set", "bob", "--local"),  # a local owner's agents are spawned by the hub itself
+    ("owner", "verify", "bob"),
+    ("owner", "list"),
+    ("room", "remove", "lobby", "--agent", "alice-claude"),
+    ("run", "log", "run_x"),
+    ("audit", "verify"),
+)
+
+
 @pytest.mark.invariant(92, 105, 91)
 async def test_a_device_cannot_act_as_the_operator_or_for_another_owner(hub: HubMachine, tmp_path: Path) -> None:
     bob = await enrolled(hub, tmp_path, "bob-laptop")
-    before = hub.sql("SELECT count(*) FROM owners")[0][0], hub.sql("SELECT count(*) FROM agents")[0][0]
-    for command in (("owner", "add", "mallory"), ("audit", "verify")):
+    await bob.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
+    before = hub.fingerprint()
+    for command in OPERATOR_COMMANDS:
         done = await bob.refused("FORBIDDEN_SCOPE", *command)
-        assert "operator action" in done.json()["message"]
+        assert "operator action" in done.json()["message"], command
+    # Where a hub-spawned run works is the operator's to say, even for Bob's own agent.
+    workdir = await bob.refused(
+        "FORBIDDEN_SCOPE", "agent", "add", "bob-codex", "--owner", "bob", "--tool", "codex", "--workdir", "/"
+    )
+    assert "--workdir" in workdir.json()["message"]
     await bob.refused("FORBIDDEN_SCOPE", "agent", "add", "x", "--owner", "alice", "--tool", "claude")
     await bob.refused("NOT_FOUND", "token", "issue", "alice-claude")
     await bob.refused("FORBIDDEN_SCOPE", "grant", "add", "--from", "alice", "--to", "bob")
-    assert (hub.sql("SELECT count(*) FROM owners")[0][0], hub.sql("SELECT count(*) FROM agents")[0][0]) == before
+    await bob.refused("NOT_FOUND", "agent", "stop", "alice-claude")
+    await bob.refused("FORBIDDEN_SCOPE", "consent", "accept", "prop_x", "--owner", "alice")
+    assert hub.fingerprint() == before
 
     # The API itself refuses an operator action by name, audited as the device's.
     credential = json.loads((bob.home / "device.json").read_text())["credential"]
@@ -211,7 +234,7 @@ async def test_a_device_cannot_act_as_the_operator_or_for_another_owner(hub: Hub
     # The credential goes only to the hub that issued it, whatever URL a command names.
     other = await bob.ar("--hub", "http://127.0.0.1:9", "agent", "list", "--json")
     assert other.code == 1 and other.json()["code"] == "HOME" and "enrolled with" in other.json()["message"]
-    assert (await bob.ok("--hub", hub.url, "agent", "list"))["agents"] == []
+    assert [a["handle"] for a in (await bob.ok("--hub", hub.url, "agent", "list"))["agents"]] == ["bob-claude"]
 
     # Logging in: plain http only to a loopback hub, and a wrong code gets nothing (the rest of the code
     # rules are proven in-process, in test_devices.py).
@@ -243,3 +266,46 @@ async def test_a_revoked_device_is_refused_on_its_next_request(hub: HubMachine, 
     await desktop.refused("UNAUTHENTICATED", "agent", "list")
     assert hub.sql("SELECT reason FROM audit ORDER BY seq DESC LIMIT 1")[0]["reason"] == "device_revoked"
     assert {d["status"] for d in (await hub.machine.ok("device", "list"))["devices"]} == {"revoked"}
+
+
+async def test_the_operator_acting_for_an_owner_who_is_not_local_is_audited_on_their_behalf(
+    hub: HubMachine, tmp_path: Path
+) -> None:
+    """DESIGN §2: the operator of a shared hub can act as any owner; a row says so, and that owner sees it."""
+    bob = await enrolled(hub, tmp_path, "bob-laptop")
+    op = hub.machine
+    await op.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
+    issued = await op.ok("token", "issue", "bob-claude")
+    await op.ok("token", "revoke", issued["token_id"])
+    await op.ok("grant", "add", "--from", "bob", "--to", "alice")
+    invite = await op.ok("invite", "create", "lobby", "--by", "alice")
+    await op.ok("invite", "accept", invite["code"], "--owner", "bob", "--agent", "bob-claude")
+    alice_token = (await op.ok("token", "issue", "alice-claude"))["token"]
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {alice_token}"})
+    async with http, Client(streamable_http_client(f"{hub.url}/mcp", http_client=http)) as client:
+        await client.call_tool("create_task", {"room": "lobby", "title": "review", "assignee": "bob-claude"})
+    pending = (await op.ok("consent", "list", "--owner", "bob"))["proposals"]
+    await op.ok("consent", "accept", pending[0]["proposal_id"], "--owner", "bob")
+    await op.ok("agent", "stop", "bob-claude")
+    # The control: for a local owner (the person at the hub) the operator acts as themselves.
+    await op.ok("owner", "add", "carol", "--local")
+    await op.ok("agent", "add", "carol-claude", "--owner", "carol", "--tool", "claude")
+
+    bob_id, alice_id = [await hub.owner_id(h) for h in ("bob", "alice")]
+    actions = ("agent.add", "token.issue", "token.revoke", "grant.add", "invite.accept", "consent.accept", "agent.stop")
+    logged = await hub.audit()
+    for action in actions:
+        assert len(by(logged, action, actor_kind="operator", via="cli", on_behalf_of=bob_id)) == 1, action
+    assert by(logged, "invite.create", actor_kind="operator", on_behalf_of=alice_id)
+    # Of the three agents the operator added (alice's, bob's, carol's) only carol's says for nobody.
+    plain = [r for r in by(logged, "agent.add", actor_kind="operator") if "on_behalf_of" not in r["detail"]]
+    assert len(plain) == 1 and len(by(logged, "agent.add", actor_kind="operator")) == 3
+    assert (await op.ok("audit", "verify"))["ok"]
+
+    # Bob sees each of them from his own machine, and nothing done for Alice.
+    tail = await bob.ok("audit", "tail", "-n", "500")
+    for action in actions:
+        assert by(tail, action, actor_kind="operator", on_behalf_of=bob_id), action
+    assert {r["detail"].get("on_behalf_of") or r["owner_id"] for r in tail} == {bob_id}
+    text = await bob.ar("audit", "tail", "-n", "500")
+    assert f"via cli for {bob_id}" in text.out

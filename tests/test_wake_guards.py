@@ -20,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp.principals import parse_scopes
 from agent_rooms_mcp.wake.process import start_time
-from tests import test_served as served  # its helpers; a module attribute is not collected twice
+from tests import hubprocess as served
 from tests.conftest import OPERATOR, World
 from tests.test_wake_more import wake_world
 from tests.tool_errors import error_code

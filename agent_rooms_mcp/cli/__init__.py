@@ -11,7 +11,7 @@ from agent_rooms_mcp.cli.agent import agent
 from agent_rooms_mcp.cli.audit import audit
 from agent_rooms_mcp.cli.consent import consent, grant
 from agent_rooms_mcp.cli.device import device, login
-from agent_rooms_mcp.cli.hubcmds import bridge, connect, init, quickstart, serve
+from agent_rooms_mcp.cli.hubcmds import bridge, connect, doctor, init, quickstart, serve
 from agent_rooms_mcp.cli.listen import listen
 from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.room import invite, room
@@ -37,6 +37,7 @@ for command in (
     quickstart,
     connect,
     serve,
+    doctor,
     owner,
     agent,
     token,

@@ -47,5 +47,7 @@ def tail(count: int, as_json: bool) -> None:
         return
     for r in rows:
         who = f"{r['actor_kind']}:{r['actor_id'] or '-'}" + (f" via {r['via']}" if r.get("via") else "")
+        if audit_log.ON_BEHALF_OF in r["detail"]:
+            who += f" for {r['detail'][audit_log.ON_BEHALF_OF]}"
         why = f" ({r['reason']})" if r["reason"] else ""
         click.echo(f"{r['seq']:>6} {r['ts']} {who} {r['action']} {r['target'] or '-'} {r['outcome']}{why}")

@@ -1,21 +1,27 @@
-"""`agent-rooms init | quickstart | connect | serve`: the hub's own lifecycle and first run (DESIGN §9)."""
+"""`agent-rooms init | quickstart | connect | serve | doctor`: the hub's own lifecycle and first run (DESIGN §9)."""
 
 from __future__ import annotations
 
 import getpass
 import re
 import socket
+import sys
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import anyio
 import click
 
 from agent_rooms_mcp.cli import connect as snippets
-from agent_rooms_mcp.cli.common import Failed, guarded, operator, run, settings
+from agent_rooms_mcp.cli.common import Failed, emit, guarded, json_option, operator, run, settings
+from agent_rooms_mcp.doctor import Exposed
+from agent_rooms_mcp.doctor import check as check_all
 from agent_rooms_mcp.errors import ErrorCode
 from agent_rooms_mcp.home import check_private_file, write_private_file
 from agent_rooms_mcp.hub import Hub, check_home, init_home
 from agent_rooms_mcp.logs import configure_logging
+from agent_rooms_mcp.models import DoctorReport
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
 from agent_rooms_mcp.public import BindRefused, exposure_for
 from agent_rooms_mcp.settings import Settings
@@ -118,14 +124,36 @@ def connect(agent: str, client: str, url: str | None, new_token: bool) -> None:
         click.echo(snippets.mcp_json(s, agent, url))
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exposure_options(*, files_must_exist: bool) -> Callable[[F], F]:
+    """The flags that say how `serve --http` is reached (DESIGN §9.3): `serve` takes them, `doctor` judges
+    them, one definition for both. Doctor reports a missing TLS file as a check, so it need not exist."""
+    tls = click.Path(exists=files_must_exist, dir_okay=False)
+
+    def apply(fn: F) -> F:
+        for option in (
+            click.option("--tls-key", type=tls, default=None, help="Serve TLS: key."),
+            click.option("--tls-cert", type=tls, default=None, help="Serve TLS: cert."),
+            click.option(
+                "--trust-proxy", default=None, help="ADDR[,ADDR]: the TLS proxy in front; only it may connect."
+            ),
+            click.option(
+                "--public-url", default=None, help="The https:// address clients reach the hub at (public mode)."
+            ),
+            click.option("--host", default="127.0.0.1", show_default=True),
+        ):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
 @click.command()
 @click.option("--http", "use_http", is_flag=True, help="Serve streamable HTTP at /mcp instead of stdio.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@exposure_options(files_must_exist=True)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--public-url", default=None, help="The https:// address clients reach the hub at (public mode).")
-@click.option("--trust-proxy", default=None, help="ADDR[,ADDR]: the TLS proxy in front; only it may connect.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="Serve TLS: cert.")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="Serve TLS: key.")
 def serve(
     use_http: bool,
     host: str,
@@ -186,6 +214,34 @@ def serve(
         ssl_keyfile=tls_key,
     )
     uvicorn.Server(config).run()
+
+
+@click.command()
+@exposure_options(files_must_exist=False)
+@json_option
+def doctor(
+    host: str, public_url: str | None, trust_proxy: str | None, tls_cert: str | None, tls_key: str | None, as_json: bool
+) -> None:
+    """Check this hub's home, and the public-mode flags `serve --http` would be given; exit 1 on any failure.
+
+    \b
+    Example, before serving behind a TLS proxy:
+        agent-rooms doctor --host 0.0.0.0 --public-url https://hub.example.com --trust-proxy 127.0.0.1
+    """
+    exposed = Exposed(host, public_url, trust_proxy, tls_cert, tls_key)
+    report = guarded(lambda: check_all(settings(), exposed), as_json=as_json)
+    emit(report, as_json=as_json, text=_report_text)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _report_text(report: DoctorReport) -> str:
+    lines = []
+    for c in report.checks:
+        lines.append(f"{c.status.value:<5} {c.id:<17} {c.message}")
+        if c.fix:
+            lines.append(f"{'':<23} fix: {c.fix}")
+    return "\n".join(lines)
 
 
 @click.command()

@@ -1,0 +1,177 @@
+"""`agent-rooms doctor` (DESIGN §9.3, §9.5): each problem planted in a real home, or in the flags `serve --http`
+would be given, is reported under its own check id with its fix, and fails the command (exit 1).
+
+The command runs in-process on a real home; its public-mode verdicts come from the rule `serve` applies, so
+each flag set doctor fails, `serve` refuses too (checked below for every case that `serve` judges)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from agent_rooms_mcp.cli import cli
+from tests.conftest import World
+from tests.test_public import self_signed
+
+HOME_CHECKS = ["home.dir", "home.database", "home.issuer_key", "home.master_key", "home.tokens"]
+PUBLIC_CHECKS = ["public.url", "public.proxy", "public.tls", "public.bind"]
+
+
+def doctor(home: Path, *flags: str) -> tuple[int, dict[str, Any]]:
+    done = CliRunner().invoke(cli, ["doctor", "--json", *flags], env={"AGENT_ROOMS_HOME": str(home)})
+    return done.exit_code, json.loads(done.stdout)
+
+
+def statuses(report: dict[str, Any]) -> dict[str, str]:
+    return {c["id"]: c["status"] for c in report["checks"]}
+
+
+def the(report: dict[str, Any], check_id: str) -> dict[str, Any]:
+    return next(c for c in report["checks"] if c["id"] == check_id)
+
+
+def serve_refuses(home: Path, *flags: str) -> bool:
+    done = CliRunner().invoke(cli, ["serve", "--http", "--port", "1", *flags], env={"AGENT_ROOMS_HOME": str(home)})
+    return done.exit_code == 2
+
+
+async def test_a_healthy_home_on_loopback_passes_every_check(world: World) -> None:
+    code, report = doctor(world.settings.home)
+    assert code == 0 and report["ok"], report
+    assert list(statuses(report)) == HOME_CHECKS + PUBLIC_CHECKS
+    assert set(statuses(report).values()) == {"ok"}
+    assert all(c["fix"] is None for c in report["checks"])
+    # Text for people: one line per check.
+    text = CliRunner().invoke(cli, ["doctor"], env={"AGENT_ROOMS_HOME": str(world.settings.home)})
+    assert text.exit_code == 0 and text.stdout.count("\nok ") == len(HOME_CHECKS + PUBLIC_CHECKS) - 1
+
+
+@pytest.mark.invariant(20)
+@pytest.mark.parametrize(
+    "flags, failed, said, fix",
+    [
+        (["--public-url", "http://hub.example"], {"public.url"}, "https://", "--public-url https://"),
+        (["--trust-proxy", "1.1.1.1"], {"public.proxy"}, "loopback or private", "--trust-proxy 127.0.0.1"),
+        (["--trust-proxy", "proxy.lan"], {"public.proxy"}, "IP address", "--trust-proxy 127.0.0.1"),
+        (["--host", "0.0.0.0"], {"public.bind"}, "--public-url https://HUB", "bind 127.0.0.1"),
+        (["--host", "0.0.0.0", "--public-url", "https://hub.example"], {"public.bind"}, "without TLS", "--tls-cert"),
+        # A proxy across the internet is no proxy: the bind is judged without it, and fails too.
+        (
+            ["--host", "0.0.0.0", "--public-url", "https://hub.example", "--trust-proxy", "8.8.8.8"],
+            {"public.proxy", "public.bind"},
+            "8.8.8.8",
+            "private network",
+        ),
+        (
+            ["--host", "0.0.0.0", "--public-url", "http://hub.example", "--trust-proxy", "127.0.0.1"],
+            {"public.url", "public.bind"},
+            "https://",
+            "https://HOST",
+        ),
+    ],
+)
+async def test_each_unsafe_exposure_fails_under_its_own_id_with_its_fix(
+    world: World, flags: list[str], failed: set[str], said: str, fix: str
+) -> None:
+    code, report = doctor(world.settings.home, *flags)
+    assert code == 1 and not report["ok"]
+    assert {k for k, v in statuses(report).items() if v == "fail"} == failed
+    first = the(report, sorted(failed, key=PUBLIC_CHECKS.index)[0])
+    assert said in first["message"] and fix in first["fix"], first
+    # Doctor judges by serve's own rule: what it fails, serve refuses to start with.
+    assert serve_refuses(world.settings.home, *flags)
+
+
+@pytest.mark.invariant(20)
+async def test_a_public_hub_behind_a_named_private_proxy_passes(world: World) -> None:
+    flags = ["--host", "0.0.0.0", "--public-url", "https://hub.example", "--trust-proxy", "127.0.0.1,10.0.0.2"]
+    code, report = doctor(world.settings.home, *flags)
+    assert code == 0 and set(statuses(report).values()) == {"ok"}, report
+    assert "beyond loopback" in the(report, "public.bind")["message"]
+
+
+async def test_a_public_url_over_an_unnamed_proxy_warns_and_passes(world: World) -> None:
+    code, report = doctor(world.settings.home, "--public-url", "https://hub.example")
+    assert code == 0 and report["ok"]
+    bind = the(report, "public.bind")
+    assert bind["status"] == "warn" and "--trust-proxy 127.0.0.1" in bind["fix"]
+
+
+@pytest.mark.invariant(20)
+async def test_tls_files_must_pair_be_readable_private_and_belong_together(world: World, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    public = ["--host", "0.0.0.0", "--public-url", "https://hub.example"]
+    code, report = doctor(world.settings.home, *public, "--tls-cert", str(cert), "--tls-key", str(key))
+    assert code == 0 and set(statuses(report).values()) == {"ok"}, report
+
+    def tls_failure(*flags: str) -> dict[str, Any]:
+        code, report = doctor(world.settings.home, *public, *flags)
+        assert code == 1 and statuses(report)["public.tls"] == "fail", report
+        # Without usable TLS the bind beyond loopback fails as well.
+        assert statuses(report)["public.bind"] == "fail"
+        return the(report, "public.tls")
+
+    assert "--tls-key" in tls_failure("--tls-cert", str(cert))["message"]
+    missing = tls_failure("--tls-cert", str(cert), "--tls-key", str(tmp_path / "nope.pem"))
+    assert "nope.pem" in missing["message"]
+    os.chmod(key, 0o644)
+    loose = tls_failure("--tls-cert", str(cert), "--tls-key", str(key))
+    assert "0o644" in loose["message"] and loose["fix"] == f"chmod 600 {key}"
+    os.chmod(key, 0o600)
+    # A key that is not the certificate's: both files fine alone, useless together.
+    (tmp_path / "other").mkdir()
+    other_key = self_signed(tmp_path / "other")[1]
+    mismatched = tls_failure("--tls-cert", str(cert), "--tls-key", str(other_key))
+    assert str(other_key) in mismatched["message"] and "belongs" in mismatched["fix"]
+
+
+def loose_token(path: Path) -> None:
+    path.write_text("art_x")
+    os.chmod(path, 0o644)
+
+
+@pytest.mark.parametrize(
+    "plant, check_id, fix",
+    [
+        (lambda s: os.chmod(s.home, 0o755), "home.dir", "chmod 700"),
+        (lambda s: os.chmod(s.tokens_dir, 0o750), "home.dir", "chmod 700"),
+        (lambda s: os.chmod(s.db_path, 0o644), "home.database", "chmod 600"),
+        (lambda s: os.chmod(s.issuer_key_path, 0o640), "home.issuer_key", "chmod 600"),
+        (lambda s: s.issuer_key_path.write_text("k4.secret.garbage"), "home.issuer_key", "from a backup"),
+        (lambda s: os.chmod(s.master_key_path, 0o604), "home.master_key", "chmod 600"),
+        (lambda s: s.master_key_path.unlink(), "home.master_key", "agent-rooms init"),
+        (lambda s: loose_token(s.tokens_dir / "x.token"), "home.tokens", "chmod 600"),
+        (lambda s: s.db_path.unlink(), "home.database", "agent-rooms init"),
+    ],
+)
+async def test_each_unsafe_file_in_the_home_fails_under_its_own_id(
+    world: World, plant: Any, check_id: str, fix: str
+) -> None:
+    plant(world.settings)
+    code, report = doctor(world.settings.home)
+    assert code == 1 and not report["ok"]
+    assert [c["id"] for c in report["checks"] if c["status"] == "fail"] == [check_id], report
+    assert fix in the(report, check_id)["fix"]
+
+
+async def test_a_missing_home_fails_and_says_to_init(tmp_path: Path) -> None:
+    code, report = doctor(tmp_path / "nowhere")
+    assert code == 1 and the(report, "home.dir")["fix"] == "run: agent-rooms init"
+
+
+async def test_an_owners_machine_is_checked_for_its_device_credential(tmp_path: Path) -> None:
+    home = tmp_path / "laptop"
+    home.mkdir(mode=0o700)
+    device = home / "device.json"
+    device.write_text("{}")
+    os.chmod(device, 0o600)
+    code, report = doctor(home)
+    assert code == 0 and statuses(report)["home.device"] == "ok" and "home.database" not in statuses(report)
+    os.chmod(device, 0o644)
+    code, report = doctor(home)
+    assert code == 1 and the(report, "home.device")["fix"] == f"chmod 600 {device}"
