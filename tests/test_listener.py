@@ -23,8 +23,8 @@ from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.services.stopping import stop_and_wait
 from tests.conftest import World
+from tests.hubprocess import free_port, serve_http
 from tests.test_remote_cli import Machine
-from tests.test_served import free_port, wait_listening
 from tests.wakeworld import Fakes, post, until
 
 OPERATOR = Actor("operator", "op", via="cli")
@@ -42,16 +42,9 @@ def sql(world: World, query: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Ro
 
 @asynccontextmanager
 async def served(world: World, port: int | None = None) -> AsyncIterator[str]:
-    port = port or free_port()
-    env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_HOST_ID": "hub-machine"}
-    async with await anyio.open_process([*_CLI, "serve", "--http", "--port", str(port)], env=env) as server:
-        try:
-            with anyio.fail_after(60):
-                await wait_listening(port)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.terminate()
-            await server.wait()
+    """The hub's machine: `serve --http` on the world's home, its leases naming a host of its own."""
+    async with serve_http(world.settings.home, env={"AGENT_ROOMS_HOST_ID": "hub-machine"}, port=port) as hub:
+        yield hub.base
 
 
 async def enroll(world: World, url: str, root: Path, name: str, owner: str = "alice") -> Machine:
@@ -347,3 +340,27 @@ async def test_take_over_moves_an_agent_to_another_listener_audited(
     assert claim.startswith(desktop_id) and run["state"] == "completed"
     [taken] = sql(world, "SELECT detail, via FROM audit WHERE action = 'listener.take_over'")
     assert json.loads(taken["detail"])["explicit"] is True and taken["via"] == "device"
+
+
+@pytest.mark.invariant(94)
+async def test_a_variable_sealed_on_the_owners_machine_reaches_the_cli_and_never_the_hub(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    world = remote_world
+    fakes.scenario("dump_env")
+    secret = "sealed-on-the-laptop-" + os.urandom(8).hex()
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
+        set_env = await anyio.run_process([*_CLI, "agent", "env", "set", "alice-bot", "PROJECT_NOTE"],
+                                          input=secret.encode(), env=alice.env, check=False)  # fmt: skip
+        assert set_env.returncode == 0, set_env.stderr
+        async with listening(alice, fakes):
+            await post(world, "alice-claude", "@alice-bot please")
+            [run] = await until(lambda: ended(world, "alice-bot"), "the run ends")
+    assert (run["state"], run["outcome"]) == ("completed", "ok")
+    [call] = fakes.calls()
+    assert call["env"]["PROJECT_NOTE"] == secret
+    hub_files = b"".join(p.read_bytes() for p in world.settings.home.rglob("*") if p.is_file())
+    assert secret.encode() not in hub_files
+    assert not sql(world, "SELECT 1 FROM agent_env")
