@@ -1,0 +1,64 @@
+"""The dead-man switch (DESIGN §9.1, invariant 104): a supervisor that cannot renew its leases for the lease
+time stops every run it holds, since by then the hub may give those wakes to another holder. Driven through
+the real supervisor and the store's book, with the way to the hub cut once the run has started, as a
+listener's network would fail."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any
+
+import anyio
+import pytest
+
+from agent_rooms_mcp.book import BookUnavailable
+from agent_rooms_mcp.embedded import embedded_supervisor
+from agent_rooms_mcp.wake.supervisor import Supervisor
+from tests.conftest import World
+from tests.wakeworld import Fakes, post, runs, until
+
+
+class CutOff:
+    """The hub's book behind a network that can be cut: once cut, every call fails as unreachable."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.cut = False
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if not callable(value):
+            return value
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.cut:
+                raise BookUnavailable("the hub is out of reach")
+            return await value(*args, **kwargs)
+
+        return call
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.invariant(104)
+async def test_a_supervisor_that_cannot_renew_for_the_lease_time_stops_every_run(woken: World, fakes: Fakes) -> None:
+    fakes.scenario("hang")
+    world = replace(woken, settings=replace(woken.settings, wake=replace(woken.settings.wake, lease_s=1.5)))
+    async with world.hub() as hub, anyio.create_task_group() as tg:
+        embedded = embedded_supervisor(hub)
+        book = CutOff(embedded.book)
+        tg.start_soon(Supervisor(book, embedded.local, embedded.open_bridge).run)  # type: ignore[arg-type]
+        await post(world, "alice-claude", "@alice-bot please hang")
+        [run] = await until(lambda: [r for r in runs(world, "alice-bot") if r["pid"]] or None, "the CLI runs")
+        book.cut = True
+        await until(lambda: not _alive(run["pid"]) or None, "the CLI is stopped without a word from the hub")
+        tg.cancel_scope.cancel()
+    # Its end was never reported (the hub was out of reach): the hub still sees it held, for its recovery.
+    assert runs(world, "alice-bot")[0]["state"] == "running"
