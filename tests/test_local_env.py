@@ -25,8 +25,8 @@ from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.local_env import ENV_FILE, LocalEnv
 from agent_rooms_mcp.models import AgentEnvList
 from agent_rooms_mcp.vault import VaultError, create_master_key
-from tests.test_remote_cli import _CLI, Done, HubCli, HubMachine, Machine, enrolled
-from tests.test_served import free_port, wait_listening
+from tests.hubprocess import CLI, serve_http
+from tests.test_remote_cli import Done, HubCli, HubMachine, Machine, enrolled
 
 SECRET = "sk-local-" + "5" * 24
 SEALED_HERE = "(sealed on this machine; never sent to the hub)"
@@ -192,22 +192,13 @@ async def network(tmp_path: Path) -> AsyncIterator[Network]:
     await machine.ok("owner", "add", "bob")
     await machine.ok("agent", "add", "bob-coder", "--owner", "bob", "--tool", "codex")
     await machine.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
-    port = free_port()
-    serve = [*_CLI, "serve", "--http", "--port", str(port)]
-    async with await anyio.open_process(serve, env=machine.env) as server:
-        try:
-            with anyio.fail_after(60):
-                await wait_listening(port)
-            hub = HubMachine(machine, f"http://127.0.0.1:{port}")
-            yield Network(hub, await enrolled(hub, tmp_path, "bob-laptop"), server)
-        finally:
-            if server.returncode is None:
-                server.terminate()
-                await server.wait()
+    async with serve_http(machine.home) as served:
+        hub = HubMachine(machine, served.base)
+        yield Network(hub, await enrolled(hub, tmp_path, "bob-laptop"), served.process)
 
 
 async def on_device(bob: Machine, *args: str, stdin: str = "") -> Done:
-    done = await anyio.run_process([*_CLI, *args], input=stdin.encode(), env=bob.env, check=False)
+    done = await anyio.run_process([*CLI, *args], input=stdin.encode(), env=bob.env, check=False)
     return Done(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
