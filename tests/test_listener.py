@@ -13,7 +13,6 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -31,15 +30,6 @@ OPERATOR = Actor("operator", "op", via="cli")
 _CLI = [sys.executable, "-m", "agent_rooms_mcp"]
 
 
-def sql(world: World, query: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(world.settings.home / "hub.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(query, args).fetchall()
-    finally:
-        conn.close()
-
-
 @asynccontextmanager
 async def served(world: World, port: int | None = None) -> AsyncIterator[str]:
     """The hub's machine: `serve --http` on the world's home, its leases naming a host of its own."""
@@ -47,13 +37,17 @@ async def served(world: World, port: int | None = None) -> AsyncIterator[str]:
         yield hub.base
 
 
-async def enroll(world: World, url: str, root: Path, name: str, owner: str = "alice") -> Machine:
-    """`owner enroll` on the hub's home, `login` from the other machine."""
+RUNS_IT = '[agents.alice-bot]\nsandbox = "off"\n'
+
+
+async def enroll(world: World, url: str, root: Path, name: str, rules: str = RUNS_IT) -> Machine:
+    """Alice's machine: `owner enroll` on the hub's home, `login` from there, and its listen.toml."""
     async with world.hub() as hub:
-        made = await hub.devices.enroll(OPERATOR, owner, url)
+        made = await hub.devices.enroll(OPERATOR, "alice", url)
     machine = Machine(root, name)
     done = await machine.ar("login", url, "--code", made.code, "--name", name)
     assert done.code == 0, done.err
+    policy(machine, root, rules)
     return machine
 
 
@@ -87,8 +81,7 @@ async def listening(machine: Machine, fakes: Fakes, *flags: str) -> AsyncIterato
 
 
 def ended(world: World, agent: str) -> list[sqlite3.Row]:
-    return sql(
-        world,
+    return world.sql(
         "SELECT r.* FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE a.handle = ?"
         " AND r.state IN ('completed', 'failed', 'stopped', 'lost', 'withdrawn', 'expired') ORDER BY r.created_at",
         (agent,),
@@ -110,8 +103,7 @@ async def test_a_listener_wakes_its_owners_agent_on_its_own_machine(
     world = remote_world
     fakes.scenario("reply")
     async with served(world) as url:
-        alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nworkdir = "ROOT/app"\nsandbox = "off"\n')
+        alice = await enroll(world, url, tmp_path, "alice-laptop", RUNS_IT + 'workdir = "ROOT/app"\n')
         async with listening(alice, fakes):
             posted = await post(world, "alice-claude", "@alice-bot please answer")
             assert posted["mentions"][0]["outcome"] == "queued"
@@ -119,13 +111,13 @@ async def test_a_listener_wakes_its_owners_agent_on_its_own_machine(
     assert (run["state"], run["outcome"]) == ("completed", "ok"), dict(run)
     # It ran on the owner's machine: the listener's host and device, its run directory and events there.
     assert run["lease_host"] is None and run["spawned_at"] is not None
-    claim = sql(world, "SELECT detail FROM audit WHERE action = 'run.claim' AND detail LIKE ?", (f"%{run['run_id']}%",))
+    claim = world.sql("SELECT detail FROM audit WHERE action = 'run.claim' AND detail LIKE ?", (f"%{run['run_id']}%",))
     assert "owner-machine" in claim[0]["detail"]
     events = alice.home / "run-logs" / run["run_id"] / "events.jsonl"
     assert events.exists() and events.stat().st_size > 0
     assert not (world.settings.home / "run-logs" / run["run_id"]).exists()
     # The CLI replied in the room through the bridge over HTTP, with its run token.
-    replies = sql(world, "SELECT m.text FROM messages m JOIN agents a ON a.agent_id = m.agent_id WHERE a.handle = ?",
+    replies = world.sql("SELECT m.text FROM messages m JOIN agents a ON a.agent_id = m.agent_id WHERE a.handle = ?",
                   ("alice-bot",))  # fmt: skip
     assert replies, "the woken CLI posted nothing"
     # The hub never received the event bodies (invariant 94): the session's events stay in alice's home.
@@ -136,8 +128,7 @@ async def test_a_listener_wakes_its_owners_agent_on_its_own_machine(
 
 
 def running(world: World, agent: str) -> list[sqlite3.Row]:
-    return sql(
-        world,
+    return world.sql(
         "SELECT r.* FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE a.handle = ?"
         " AND r.state = 'running' AND r.pid IS NOT NULL",
         (agent,),
@@ -152,7 +143,6 @@ async def test_a_stop_typed_on_the_hub_ends_the_run_on_the_owners_machine(
     fakes.scenario("hang")
     async with served(world) as url:
         alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
         async with listening(alice, fakes):
             await post(world, "alice-claude", "@alice-bot please hang")
             await until(lambda: running(world, "alice-bot"), "the listener's CLI runs")
@@ -172,12 +162,11 @@ async def test_the_local_policy_refuses_what_the_hub_may_not_widen(
     allowed root is refused there, whatever the hub sends, and the causer sees why."""
     world = remote_world
     async with served(world) as url:
-        alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nworkdir = "ROOT/link"\nsandbox = "off"\n')
+        alice = await enroll(world, url, tmp_path, "alice-laptop", RUNS_IT + 'workdir = "ROOT/link"\n')
         link = tmp_path / "work" / "link"
         link.symlink_to(tmp_path / "work" / "app")  # inside the root when the listener reads its policy
         async with listening(alice, fakes):
-            await until(lambda: sql(world, "SELECT 1 FROM listener_holds"), "the listener holds the agent")
+            await until(lambda: world.sql("SELECT 1 FROM listener_holds"), "the listener holds the agent")
             link.unlink()
             link.symlink_to("/etc")  # and outside it when the wake comes
             await post(world, "alice-claude", "@alice-bot please")
@@ -193,14 +182,13 @@ async def test_an_agent_the_local_policy_will_not_wake_is_not_held_here(
     """`wake = false`: this listener does not hold the agent, so its wakes stay for a listener that would."""
     world = remote_world
     async with served(world) as url:
-        alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nwake = false\n')
+        alice = await enroll(world, url, tmp_path, "alice-laptop", '[agents.alice-bot]\nwake = false\n')
         async with listening(alice, fakes):
-            await until(lambda: sql(world, "SELECT 1 FROM listeners"), "the listener says hello")
+            await until(lambda: world.sql("SELECT 1 FROM listeners"), "the listener says hello")
             await post(world, "alice-claude", "@alice-bot please")
             await anyio.sleep(3)  # several looks of the listener
-    assert not sql(world, "SELECT 1 FROM listener_holds")
-    assert [r["state"] for r in sql(world, "SELECT state FROM runs")] == ["waiting_for_listener"]
+    assert not world.sql("SELECT 1 FROM listener_holds")
+    assert [r["state"] for r in world.sql("SELECT state FROM runs")] == ["waiting_for_listener"]
     assert fakes.calls() == []
 
 
@@ -210,8 +198,7 @@ async def test_a_listener_refuses_a_policy_whose_workdir_leaves_the_allowed_root
 ) -> None:
     world = remote_world
     async with served(world) as url:
-        alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nworkdir = "/etc"\n')
+        alice = await enroll(world, url, tmp_path, "alice-laptop", '[agents.alice-bot]\nworkdir = "/etc"\n')
         done = await alice.ar("listen")
     assert done.code == 1 and "agents.alice-bot.workdir: /etc is not under workdir_root" in done.err, done.err
 
@@ -224,7 +211,6 @@ async def test_a_killed_listener_never_runs_a_wake_twice_and_its_restart_marks_t
     fakes.scenario("hang")
     async with served(world) as url:
         alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
         async with listening(alice, fakes) as first:
             await post(world, "alice-claude", "@alice-bot please hang")
             [held] = await until(lambda: running(world, "alice-bot"), "the listener's CLI runs")
@@ -235,8 +221,8 @@ async def test_a_killed_listener_never_runs_a_wake_twice_and_its_restart_marks_t
             assert (run["run_id"], run["state"], run["outcome"]) == (held["run_id"], "lost", "lost")
             await anyio.sleep(2)  # a look or two of the new listener: it must not run the wake again
     # Claimed and spawned once: the restart never queued it again.
-    assert len(sql(world, "SELECT 1 FROM audit WHERE action = 'run.claim'")) == 1
-    assert len(sql(world, "SELECT 1 FROM runs")) == 1
+    assert len(world.sql("SELECT 1 FROM audit WHERE action = 'run.claim'")) == 1
+    assert len(world.sql("SELECT 1 FROM runs")) == 1
 
 
 @pytest.mark.invariant(93)
@@ -248,20 +234,18 @@ async def test_a_second_listener_for_the_same_agent_waits_and_never_claims_its_w
     async with served(world) as url:
         laptop = await enroll(world, url, tmp_path, "alice-laptop")
         desktop = await enroll(world, url, tmp_path, "alice-desktop")
-        for machine in (laptop, desktop):
-            policy(machine, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
         async with listening(laptop, fakes):
-            await until(lambda: sql(world, "SELECT 1 FROM listener_holds"), "the first listener holds the agent")
+            await until(lambda: world.sql("SELECT 1 FROM listener_holds"), "the first listener holds the agent")
             async with listening(desktop, fakes):
-                await until(lambda: len(sql(world, "SELECT 1 FROM listeners")) == 2 or None, "the second says hello")
+                await until(lambda: len(world.sql("SELECT 1 FROM listeners")) == 2 or None, "the second says hello")
                 for n in range(3):
                     await post(world, "alice-claude", f"@alice-bot please {n}")
                     await until(lambda n=n: len(ended(world, "alice-bot")) == n + 1 or None, "the run ends")
-    hosts = {r["lease_holder"] for r in sql(world, "SELECT lease_holder FROM runs")}
-    claimers = sql(world, "SELECT DISTINCT json_extract(detail, '$.host') AS host FROM audit WHERE action = ?",
+    hosts = {r["lease_holder"] for r in world.sql("SELECT lease_holder FROM runs")}
+    claimers = world.sql("SELECT DISTINCT json_extract(detail, '$.host') AS host FROM audit WHERE action = ?",
                    ("run.claim",))  # fmt: skip
     assert hosts == {None} and len(claimers) == 1
-    laptop_id = sql(world, "SELECT device_id FROM devices WHERE name = 'alice-laptop'")[0][0]
+    laptop_id = world.sql("SELECT device_id FROM devices WHERE name = 'alice-laptop'")[0][0]
     assert claimers[0]["host"].startswith(laptop_id)
     assert len(fakes.calls()) == 3
 
@@ -274,16 +258,15 @@ async def test_revoking_the_device_stops_its_listener_and_its_runs(
     fakes.scenario("hang")
     async with served(world) as url:
         alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
         async with listening(alice, fakes) as proc:
             await post(world, "alice-claude", "@alice-bot please hang")
             [held] = await until(lambda: running(world, "alice-bot"), "the listener's CLI runs")
             async with world.hub() as hub:
-                device_id = sql(world, "SELECT device_id FROM devices")[0][0]
+                device_id = world.sql("SELECT device_id FROM devices")[0][0]
                 await hub.devices.revoke(Human(OPERATOR), device_id)
             # In the revoking transaction: the run's token is revoked and the run awaits its stop.
-            assert sql(world, "SELECT state FROM runs WHERE run_id = ?", (held["run_id"],))[0][0] == "stop_pending"
-            assert not sql(world, "SELECT 1 FROM tokens WHERE run_id = ? AND revoked_at IS NULL", (held["run_id"],))
+            assert world.sql("SELECT state FROM runs WHERE run_id = ?", (held["run_id"],))[0][0] == "stop_pending"
+            assert not world.sql("SELECT 1 FROM tokens WHERE run_id = ? AND revoked_at IS NULL", (held["run_id"],))
             with anyio.fail_after(60):
                 await proc.wait()
             assert proc.returncode == 1
@@ -305,12 +288,11 @@ async def test_a_hub_restart_loses_nothing_queued_and_the_listener_rides_it_out(
         first = AsyncExitStack()
         url = await first.enter_async_context(served(world, port))
         alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
         await stack.enter_async_context(listening(alice, fakes))
-        await until(lambda: sql(world, "SELECT 1 FROM listener_holds"), "the listener holds the agent")
+        await until(lambda: world.sql("SELECT 1 FROM listener_holds"), "the listener holds the agent")
         await first.aclose()  # the hub goes away under the listener
         await post(world, "alice-claude", "@alice-bot while the hub is down")
-        assert [r["state"] for r in sql(world, "SELECT state FROM runs")] == ["waiting_for_listener"]
+        assert [r["state"] for r in world.sql("SELECT state FROM runs")] == ["waiting_for_listener"]
         async with served(world, port):
             [run] = await until(lambda: ended(world, "alice-bot"), "the queued wake runs after the restart")
     assert (run["state"], run["outcome"]) == ("completed", "ok")
@@ -324,21 +306,19 @@ async def test_take_over_moves_an_agent_to_another_listener_audited(
     async with served(world) as url:
         laptop = await enroll(world, url, tmp_path, "alice-laptop")
         desktop = await enroll(world, url, tmp_path, "alice-desktop")
-        for machine in (laptop, desktop):
-            policy(machine, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
         async with listening(laptop, fakes):
-            await until(lambda: sql(world, "SELECT 1 FROM listener_holds"), "the laptop holds the agent")
+            await until(lambda: world.sql("SELECT 1 FROM listener_holds"), "the laptop holds the agent")
             async with listening(desktop, fakes, "--take-over"):
-                await until(lambda: sql(world, "SELECT 1 FROM audit WHERE action = 'listener.take_over'"), "taken")
+                await until(lambda: world.sql("SELECT 1 FROM audit WHERE action = 'listener.take_over'"), "taken")
                 await post(world, "alice-claude", "@alice-bot please")
                 [run] = await until(lambda: ended(world, "alice-bot"), "the run ends")
                 await anyio.sleep(1)  # the laptop renews meanwhile: it must not take the agent back
-                holder = sql(world, "SELECT holder FROM listener_holds")[0][0]
-    desktop_id = sql(world, "SELECT device_id FROM devices WHERE name = 'alice-desktop'")[0][0]
-    assert sql(world, "SELECT device_id FROM listeners WHERE holder = ?", (holder,))[0][0] == desktop_id
-    claim = sql(world, "SELECT json_extract(detail, '$.host') FROM audit WHERE action = 'run.claim'")[0][0]
+                holder = world.sql("SELECT holder FROM listener_holds")[0][0]
+    desktop_id = world.sql("SELECT device_id FROM devices WHERE name = 'alice-desktop'")[0][0]
+    assert world.sql("SELECT device_id FROM listeners WHERE holder = ?", (holder,))[0][0] == desktop_id
+    claim = world.sql("SELECT json_extract(detail, '$.host') FROM audit WHERE action = 'run.claim'")[0][0]
     assert claim.startswith(desktop_id) and run["state"] == "completed"
-    [taken] = sql(world, "SELECT detail, via FROM audit WHERE action = 'listener.take_over'")
+    [taken] = world.sql("SELECT detail, via FROM audit WHERE action = 'listener.take_over'")
     assert json.loads(taken["detail"])["explicit"] is True and taken["via"] == "device"
 
 
@@ -351,7 +331,6 @@ async def test_a_variable_sealed_on_the_owners_machine_reaches_the_cli_and_never
     secret = "sealed-on-the-laptop-" + os.urandom(8).hex()
     async with served(world) as url:
         alice = await enroll(world, url, tmp_path, "alice-laptop")
-        policy(alice, tmp_path, '[agents.alice-bot]\nsandbox = "off"\n')
         set_env = await anyio.run_process([*_CLI, "agent", "env", "set", "alice-bot", "PROJECT_NOTE"],
                                           input=secret.encode(), env=alice.env, check=False)  # fmt: skip
         assert set_env.returncode == 0, set_env.stderr
@@ -363,4 +342,4 @@ async def test_a_variable_sealed_on_the_owners_machine_reaches_the_cli_and_never
     assert call["env"]["PROJECT_NOTE"] == secret
     hub_files = b"".join(p.read_bytes() for p in world.settings.home.rglob("*") if p.is_file())
     assert secret.encode() not in hub_files
-    assert not sql(world, "SELECT 1 FROM agent_env")
+    assert not world.sql("SELECT 1 FROM agent_env")
