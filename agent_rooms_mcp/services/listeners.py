@@ -101,15 +101,20 @@ class ListenerBook(LocalWakeBook):
         """True as soon as this listener has something to do: a wake it may claim, a run it must stop, or
         a change while it holds running runs (whose wakes may need withdrawing); False after timeout_s."""
         deadline = anyio.current_time() + timeout_s
-        version, changed = self._store.data_version(), False
+        start = seen = self._store.data_version()
+        looked = -_RECHECK_S  # look at once
         while True:
-            if await self._store.read(partial(self._has_work, changed=changed)):
-                return True
-            left = deadline - anyio.current_time()
+            now, version = anyio.current_time(), self._store.data_version()
+            # A commit of any process (SQLite's data_version moves with each; a pragma, polled every poll_s)
+            # is looked at at once; without one, time-freed wakes are looked for every _RECHECK_S.
+            if version != seen or now - looked >= _RECHECK_S:
+                seen, looked = version, now
+                if await self._store.read(partial(self._has_work, changed=version != start)):
+                    return True
+            left = deadline - now
             if left <= 0:
                 return False
-            await self._store.wait_changed(min(left, _RECHECK_S))
-            changed = changed or self._store.data_version() != version
+            await self._store.wait_changed(min(left, self._caps.poll_s))
 
     def _has_work(self, conn: sqlite3.Connection, *, changed: bool) -> bool:
         startable, args = self._startable(datetime.now(UTC))
