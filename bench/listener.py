@@ -7,11 +7,13 @@ owner, a machine of its own: another AGENT_ROOMS_HOME and HOME, enrolled by code
 Series, in this order, each with one uncounted wake and stop first:
 
 - embedded: owners local to the hub, woken and stopped by the hub's own supervisor (the baseline);
-- listener over HTTP: the listeners logged in to the hub's loopback URL;
+- listener over HTTP: the listeners logged in to the hub's loopback URL; then the same with the mention or the
+  stop committed by another process on the hub's home (as a stdio server or the CLI would), which the hub's
+  long poll sees only at its next look (services/listeners.py `_RECHECK_S`, 1 s);
 - listener over HTTPS: the same behind Caddy (examples/Caddyfile with its local CA, as tests/test_proxy.py
   runs it), when `caddy` is on PATH; otherwise skipped with the reason printed.
 
-Every mention and stop is a `post_message` / `stop_agent` call over HTTP to the hub by the bot's owner's
+Every other mention and stop is a `post_message` / `stop_agent` call over HTTP to the hub by the bot's owner's
 poster, so it commits in the hub's process, as a connected agent's would. The times are bench/wake.py's: the
 commit when the post's response has been read; the exec from the fake's bash wrapper (`$EPOCHREALTIME`);
 SIGINT from the fake's handler; all CLOCK_REALTIME on this one machine. The hub allows six spawns a minute
@@ -45,19 +47,20 @@ import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.services.listeners import _RECHECK_S
 from agent_rooms_mcp.settings import Settings, WakeSettings
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(BENCH.parent))  # tests/test_proxy.py: the Caddy set-up the proxy test runs
 import wake  # noqa: E402
-from wake import OPERATOR, POLL_S, FakeCli, HttpSide, Pair, Rotation  # noqa: E402
+from wake import OPERATOR, POLL_S, FakeCli, HttpSide, HubSide, Pair, Rotation  # noqa: E402
 
 from tests.test_proxy import CADDYFILE, ROOT_CERT, caddy_env, until_tls_answers  # noqa: E402
 
 # Owners (each its own device and listener) per listener series: with wake.SPAWNS_PER_OWNER spawns a
 # minute each, enough that the rotation seldom waits for a minute to pass.
-LISTENERS = 6
+LISTENERS = 8
 IDLE_S = 60.0
 SETTLE_S = 3.0  # after a listener says hello, before its idle window: its start-up is not its idle cost
 # DESIGN §11, p50 in ms: (series, measure) -> (aim, must not exceed).
@@ -66,6 +69,8 @@ AIMS = {
     ("wake, listener over HTTPS (Caddy)", "commit → exec"): (300.0, 1000.0),
     ("stop, listener over HTTP", "stop call → SIGINT"): (1000.0, 2000.0),
     ("stop, listener over HTTPS (Caddy)", "stop call → SIGINT"): (1000.0, 2000.0),
+    ("wake, listener over HTTP, committed by another process", "commit → exec"): (300.0, 1000.0),
+    ("stop, listener over HTTP, committed by another process", "stop call → SIGINT"): (1000.0, 2000.0),
 }
 _OP = re.compile(rb"POST /owner/v1/listener/([a-z]+) ")
 
@@ -232,14 +237,21 @@ async def caddy_in_front(root: Path, hub_port: int) -> AsyncIterator[tuple[str, 
 
 async def listener_series(
     hub: Hub, side: HttpSide, fake: FakeCli, machines: list[Machine], pairs: list[Pair], logs: Path, way: str,
-    n_wake: int, n_stop: int,
+    n_wake: int, n_stop: int, other: HubSide | None = None,
 ) -> dict[str, list[dict[str, float]]]:  # fmt: skip
+    """The wake and stop series through these machines' listeners; with `other`, also a mention and a stop
+    committed by another process on the hub's home (a stdio server, the CLI), which the hub's long poll sees
+    only at its next look (`_RECHECK_S`), so a random delay spreads them over that look's phase."""
     out = {}
     async with listening(hub, machines, pairs, logs):
         rotation = Rotation(pairs)
         await wake.warm(side, rotation, fake, "queued")
         out[f"wake, listener {way}"] = await wake.wake_series(side, rotation, fake, n_wake, 0.05, "queued")
         out[f"stop, listener {way}"] = await wake.stop_series(side, rotation, fake, n_stop, 0.05, "queued")
+        if other is not None:
+            what = f"listener {way}, committed by another process"
+            out[f"wake, {what}"] = await wake.wake_series(other, rotation, fake, n_wake, _RECHECK_S, "queued")
+            out[f"stop, {what}"] = await wake.stop_series(other, rotation, fake, n_stop, _RECHECK_S, "queued")
     return out
 
 
@@ -271,7 +283,8 @@ async def measure(root: Path, n_wake: int, n_stop: int, idle_s: float) -> dict[s
 
         print(f"listener bench: {LISTENERS} listeners over HTTP", file=sys.stderr, flush=True)
         machines = [await machine_for(hub, root, p, url, fake) for p in over_http]
-        raw |= await listener_series(hub, side, fake, machines, over_http, root, "over HTTP", n_wake, n_stop)
+        other = HubSide(hub, await wake.callers(hub, over_http))
+        raw |= await listener_series(hub, side, fake, machines, over_http, root, "over HTTP", n_wake, n_stop, other)
 
         if shutil.which("caddy") is None:
             result["https_skipped"] = "caddy is not installed (apt-get install caddy): no HTTPS series"
@@ -347,6 +360,7 @@ def run(n_wake: int = 25, n_stop: int = 15, idle_s: float = IDLE_S) -> dict[str,
             "listeners_per_series": LISTENERS,
             "idle_s": idle_s,
             "hub_poll_s": POLL_S,
+            "listener_recheck_s": _RECHECK_S,
             "aims_ms": {f"{s}: {m}": {"aim": a, "limit": lim} for (s, m), (a, lim) in AIMS.items()},
         },
         "summary": summarize(result["raw"]),
