@@ -9,6 +9,8 @@ One run does, on a fresh hub in a temporary home:
 3. wake and stop latency of the supervisor with a fake CLI (bench/wake.py; `--wake-only`, `--skip-wake`);
 4. 1,000 idle `wait_for_messages` calls: the server's CPU while they wait and `post_message` latency beside
    them, against none, and the fan-out of one post to all of them (bench/waiters.py; `--skip-waiters`).
+5. wake and stop latency through `agent-rooms listen` over HTTP and HTTPS (Caddy), against the hub's own
+   supervisor, and an idle listener's cost (bench/listener.py; `--listener-only`, `--skip-listener`).
 
 The box is noisy, so tools are interleaved within each round (order rotated) and every ratio is
 computed within one round, then the median over rounds is reported with its [min-max].
@@ -32,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import listener
 import waiters
 import wake
 from raw_client import Connection, tool_call
@@ -404,9 +408,13 @@ def main() -> int:
     ap.add_argument("--stops", type=int, default=40, help="stops per stop-latency series")
     ap.add_argument("--skip-waiters", action="store_true", help="skip the idle long-poll bench (bench/waiters.py)")
     ap.add_argument("--waiters", type=int, default=1000, help="idle wait_for_messages calls in the long-poll bench")
+    ap.add_argument("--listener-only", action="store_true", help="only the listener bench (bench/listener.py)")
+    ap.add_argument("--skip-listener", action="store_true", help="skip the listener bench")
     a = ap.parse_args()
     if a.wake_only and a.skip_wake:
         ap.error("--wake-only and --skip-wake exclude each other")
+    if a.listener_only and (a.skip_listener or a.wake_only):
+        ap.error("--listener-only excludes --skip-listener and --wake-only")
     if a.rounds < 1 or a.seconds <= 0:
         ap.error("--rounds must be >= 1 and --seconds > 0")
     concs = [int(c) for c in a.conns.split(",")]
@@ -418,7 +426,9 @@ def main() -> int:
         file=sys.stderr,
     )
     if a.wake_only:
-        return wake_only(a.out, info, a.wakes, a.stops, started)
+        return part_only(a.out, info, "wake", lambda: wake.run(a.wakes, a.stops), started)
+    if a.listener_only:
+        return part_only(a.out, info, "listener", listener.run, started)
     if a.profile is not None:
         a.profile.mkdir(parents=True, exist_ok=True)
         a.profile = a.profile.resolve()
@@ -440,6 +450,7 @@ def main() -> int:
     waiters_result = None if a.skip_waiters else waiters.run(a.waiters)
     if waiters_result is not None:
         waiters.print_table(waiters_result)
+    listener_result = None if a.skip_listener else listener.run()
     elapsed = time.monotonic() - started
     result = {
         "machine": info,
@@ -462,6 +473,8 @@ def main() -> int:
         result["wake"] = wake_result
     if waiters_result is not None:
         result["waiters"] = waiters_result
+    if listener_result is not None:
+        result["listener"] = listener_result
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out} ({elapsed:.0f}s)")
     over = [e for e in http if "budget" in e and not e["budget"]["within_limit"]]
@@ -473,14 +486,15 @@ def main() -> int:
     return 0
 
 
-def wake_only(out: Path, info: dict[str, Any], wakes: int, stops: int, started: float) -> int:
-    """The wake bench alone: its results replace the "wake" entry of an existing results file."""
-    result = wake.run(wakes, stops)
+def part_only(out: Path, info: dict[str, Any], part: str, bench: Callable[[], dict[str, Any]], started: float) -> int:
+    """One part alone (the wake or the listener bench): its results replace that entry of an existing results
+    file."""
+    result = bench()
     try:
         document = json.loads(out.read_text())
     except (OSError, ValueError):
         document = {}
-    document["wake"] = {"machine": info, **result}
+    document[part] = {"machine": info, **result}
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwrote {out} ({time.monotonic() - started:.0f}s)")
     return 0

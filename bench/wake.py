@@ -37,7 +37,8 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -260,7 +261,10 @@ async def wait_run(side: Side, message_id: str, done: Callable[[dict[str, Any]],
 # --- series -------------------------------------------------------------------------------------
 
 
-async def wake_series(side: Side, rotation: Rotation, fake: FakeCli, n: int, jitter_s: float) -> list[dict[str, float]]:
+async def wake_series(
+    side: Side, rotation: Rotation, fake: FakeCli, n: int, jitter_s: float, outcome_is: str = "woken"
+) -> list[dict[str, float]]:
+    """`outcome_is`: the mention's outcome when the post returns ("queued" for a wake a listener will claim)."""
     fake.mode("ok")
     rows = []
     for i in range(n):
@@ -269,8 +273,8 @@ async def wake_series(side: Side, rotation: Rotation, fake: FakeCli, n: int, jit
         t_call = time.time()
         message_id, outcome = await side.post(pair, f"@{pair.bot} wake {i}")
         t_commit = time.time()
-        if outcome != "woken":
-            raise RuntimeError(f"mention of {pair.bot} was {outcome!r}, not 'woken'")
+        if outcome != outcome_is:
+            raise RuntimeError(f"mention of {pair.bot} was {outcome!r}, not {outcome_is!r}")
         run = await wait_run(side, message_id, lambda r: r["state"] in FINAL)
         if run["state"] != "completed":
             raise RuntimeError(f"wake run {run['run_id']} ended {run['state']}/{run['outcome']}")
@@ -290,15 +294,17 @@ async def wake_series(side: Side, rotation: Rotation, fake: FakeCli, n: int, jit
     return rows
 
 
-async def stop_series(side: Side, rotation: Rotation, fake: FakeCli, n: int, jitter_s: float) -> list[dict[str, float]]:
+async def stop_series(
+    side: Side, rotation: Rotation, fake: FakeCli, n: int, jitter_s: float, outcome_is: str = "woken"
+) -> list[dict[str, float]]:
     fake.mode("hang")
     rows = []
     for i in range(n):
         pair = await rotation.take()
         message_id, outcome = await side.post(pair, f"@{pair.bot} hang {i}")
-        if outcome != "woken":
-            raise RuntimeError(f"mention of {pair.bot} was {outcome!r}, not 'woken'")
-        run = await wait_run(side, message_id, lambda r: r["state"] != "queued")
+        if outcome != outcome_is:
+            raise RuntimeError(f"mention of {pair.bot} was {outcome!r}, not {outcome_is!r}")
+        run = await wait_run(side, message_id, lambda r: True)  # the run row is written with the post
         await fake.wait("start", run["run_id"])  # the handler is in place
         await anyio.sleep(random.uniform(0, jitter_s))
         t_stop = time.time()
@@ -338,10 +344,10 @@ async def spawn_floor(fake: FakeCli, n: int) -> list[dict[str, float]]:
     return rows
 
 
-async def warm(side: Side, rotation: Rotation, fake: FakeCli) -> None:
+async def warm(side: Side, rotation: Rotation, fake: FakeCli, outcome_is: str = "woken") -> None:
     """One uncounted wake and one uncounted stop: first calls pay for imports and caches."""
-    await wake_series(side, rotation, fake, 1, 0.0)
-    await stop_series(side, rotation, fake, 1, 0.0)
+    await wake_series(side, rotation, fake, 1, 0.0, outcome_is)
+    await stop_series(side, rotation, fake, 1, 0.0, outcome_is)
 
 
 # --- the two settings ---------------------------------------------------------------------------
@@ -375,31 +381,64 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def scrubbed_env(home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without its AGENT_ROOMS_ settings, for a hub or a machine of `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
+    env.update(AGENT_ROOMS_HOME=str(home), **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not listen on {port}") from None
+            await anyio.sleep(0.05)
+
+
+@asynccontextmanager
+async def hub_server(home: Path, fake: FakeCli, log: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], int]]:
+    """`serve --http` on `home` (defaults but the fake claude and the raised rates), as (process, port);
+    its log's tail is printed if the block fails."""
+    port = free_port()
+    env = scrubbed_env(home, AGENT_ROOMS_CLAUDE_BIN=str(fake.bin), **UNLIMITED_RATES)
+    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out_file:
+        proc = subprocess.Popen(argv, env=env, stdout=out_file, stderr=subprocess.STDOUT, cwd=BENCH.parent)
+    try:
+        await wait_port(port, proc)
+        yield proc, port
+    except BaseException:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        print(f"--- hub server log tail ({log.name}) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        stop_process(proc)
+
+
 async def across_processes(root: Path, n_wake: int, n_stop: int) -> dict[str, list[dict[str, float]]]:
     home = root / "home-across"
     pairs = await build_world(home, root / "work-across")
     fake = FakeCli(root / "fake-across")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
-    env.update(AGENT_ROOMS_HOME=str(home), AGENT_ROOMS_CLAUDE_BIN=str(fake.bin), **UNLIMITED_RATES)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--host", "127.0.0.1", "--port", str(port)]
-    log = root / "wake-server.log"
-    with log.open("wb") as out_file:
-        proc = subprocess.Popen(argv, env=env, stdout=out_file, stderr=subprocess.STDOUT, cwd=BENCH.parent)
     out: dict[str, list[dict[str, float]]] = {}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not listen on {port}") from None
-                await anyio.sleep(0.05)
+    async with hub_server(home, fake, root / "wake-server.log") as (_proc, port):
         # This process runs no supervisor: the server's is the only one.
         settings = Settings(home=home, wake=WakeSettings(enabled=False))
         async with Hub.open(settings) as hub:
@@ -411,18 +450,6 @@ async def across_processes(root: Path, n_wake: int, n_stop: int) -> dict[str, li
             out["wake, across processes"] = await wake_series(remote, rotation, fake, n_wake, POLL_S)
             out["stop, over HTTP"] = await stop_series(http, rotation, fake, n_stop, POLL_S)
             out["stop, across processes"] = await stop_series(remote, rotation, fake, n_stop, POLL_S)
-    except BaseException:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        print(f"--- wake server log tail ---\n{tail}", file=sys.stderr)
-        raise
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
     return out
 
 
