@@ -105,8 +105,8 @@ class ListenerBook(LocalWakeBook):
         looked = -_RECHECK_S  # look at once
         while True:
             now, version = anyio.current_time(), self._store.data_version()
-            # A commit of any process (SQLite's data_version moves with each; a pragma, polled every poll_s)
-            # is looked at at once; without one, time-freed wakes are looked for every _RECHECK_S.
+            # A commit of any process is looked at at once (the store's one watch for every waiting listener
+            # sees another process's within watch_s); without one, time-freed wakes every _RECHECK_S.
             if version != seen or now - looked >= _RECHECK_S:
                 seen, looked = version, now
                 if await self._store.read(partial(self._has_work, changed=version != start)):
@@ -114,7 +114,7 @@ class ListenerBook(LocalWakeBook):
             left = deadline - now
             if left <= 0:
                 return False
-            await self._store.wait_changed(min(left, self._caps.poll_s))
+            await self._store.wait_any_change(min(left, _RECHECK_S))
 
     def _has_work(self, conn: sqlite3.Connection, *, changed: bool) -> bool:
         startable, args = self._startable(datetime.now(UTC))
