@@ -74,20 +74,34 @@ async def stop(process: Process) -> None:
     await process.wait()
 
 
+def caddy_root(tmp: Path) -> Path:
+    """The root certificate of the Caddy that `served_behind_caddy(…, tmp, …)` runs: what a client trusts."""
+    return tmp / "data" / ROOT_CERT
+
+
 @asynccontextmanager
 async def hub_behind_caddy(world: World, tmp: Path) -> AsyncIterator[tuple[str, ssl.SSLContext, int]]:
     """(the public https URL of /mcp, a TLS context trusting Caddy's CA only, the hub's own port)."""
-    caddy = need_caddy()
-    hub_port, https_port = free_port(), free_port()
-    public = f"https://localhost:{https_port}"
-    hub_argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(hub_port)]
-    hub_argv += ["--public-url", public, "--trust-proxy", "127.0.0.1"]
     hub_env = {
         **os.environ,
         "AGENT_ROOMS_HOME": str(world.settings.home),
         "AGENT_ROOMS_LIMIT_FAILED_AUTH_LIMIT": "3",
         "AGENT_ROOMS_LIMIT_FAILED_AUTH_WINDOW_S": str(10**9),
     }
+    async with served_behind_caddy(hub_env, tmp) as (public, context, hub_port):
+        yield f"{public}/mcp", context, hub_port
+
+
+@asynccontextmanager
+async def served_behind_caddy(hub_env: dict[str, str], tmp: Path) -> AsyncIterator[tuple[str, ssl.SSLContext, int]]:
+    """A `serve --http --public-url https://localhost:PORT --trust-proxy 127.0.0.1` process with exactly
+    `hub_env` (its home in AGENT_ROOMS_HOME), behind Caddy: (the public origin, a TLS context trusting
+    Caddy's CA only, the hub's own port)."""
+    caddy = need_caddy()
+    hub_port, https_port = free_port(), free_port()
+    public = f"https://localhost:{https_port}"
+    hub_argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(hub_port)]
+    hub_argv += ["--public-url", public, "--trust-proxy", "127.0.0.1"]
     env = caddy_env(tmp, https_port, hub_port)
     caddy_argv = [caddy, "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
     async with AsyncExitStack() as stack:
@@ -100,12 +114,12 @@ async def hub_behind_caddy(world: World, tmp: Path) -> AsyncIterator[tuple[str, 
         with anyio.fail_after(60):
             await wait_listening(hub_port)
             await wait_listening(https_port)
-            root = tmp / "data" / ROOT_CERT
+            root = caddy_root(tmp)
             while not root.exists():
                 await anyio.sleep(0.1)  # Caddy makes its CA once it runs; nothing to wait on but the file
             context = ssl.create_default_context(cafile=str(root))
             await until_tls_answers(f"{public}/mcp", context)
-        yield f"{public}/mcp", context, hub_port
+        yield public, context, hub_port
 
 
 async def until_tls_answers(url: str, context: ssl.SSLContext) -> None:
