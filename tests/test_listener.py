@@ -80,6 +80,17 @@ async def listening(machine: Machine, fakes: Fakes, *flags: str) -> AsyncIterato
                     await proc.wait()
 
 
+@asynccontextmanager
+async def alice_listening(
+    world: World, fakes: Fakes, tmp_path: Path, rules: str = RUNS_IT
+) -> AsyncIterator[tuple[Machine, Process]]:
+    """A hub process, Alice's machine enrolled with `rules` as its listen.toml, and her listener running."""
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop", rules)
+        async with listening(alice, fakes) as proc:
+            yield alice, proc
+
+
 def ended(world: World, agent: str) -> list[sqlite3.Row]:
     return world.sql(
         "SELECT r.* FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE a.handle = ?"
@@ -102,12 +113,10 @@ async def test_a_listener_wakes_its_owners_agent_on_its_own_machine(
 ) -> None:
     world = remote_world
     fakes.scenario("reply")
-    async with served(world) as url:
-        alice = await enroll(world, url, tmp_path, "alice-laptop", RUNS_IT + 'workdir = "ROOT/app"\n')
-        async with listening(alice, fakes):
-            posted = await post(world, "alice-claude", "@alice-bot please answer")
-            assert posted["mentions"][0]["outcome"] == "queued"
-            [run] = await until(lambda: ended(world, "alice-bot"), "the listener's run ends")
+    async with alice_listening(world, fakes, tmp_path, RUNS_IT + 'workdir = "ROOT/app"\n') as (alice, _):
+        posted = await post(world, "alice-claude", "@alice-bot please answer")
+        assert posted["mentions"][0]["outcome"] == "queued"
+        [run] = await until(lambda: ended(world, "alice-bot"), "the listener's run ends")
     assert (run["state"], run["outcome"]) == ("completed", "ok"), dict(run)
     # It ran on the owner's machine: the listener's host and device, its run directory and events there.
     assert run["lease_host"] is None and run["spawned_at"] is not None
@@ -141,15 +150,13 @@ async def test_a_stop_typed_on_the_hub_ends_the_run_on_the_owners_machine(
 ) -> None:
     world = remote_world
     fakes.scenario("hang")
-    async with served(world) as url:
-        alice = await enroll(world, url, tmp_path, "alice-laptop")
-        async with listening(alice, fakes):
-            await post(world, "alice-claude", "@alice-bot please hang")
-            await until(lambda: running(world, "alice-bot"), "the listener's CLI runs")
-            async with world.hub() as hub:
-                done = await stop_and_wait(hub.runs, hub.store, hub.settings.wake, OPERATOR, "alice-bot", None)
-            [stopped] = done.stopped
-            assert (stopped.state, stopped.stop_signal) == ("stopped", "SIGINT")
+    async with alice_listening(world, fakes, tmp_path):
+        await post(world, "alice-claude", "@alice-bot please hang")
+        await until(lambda: running(world, "alice-bot"), "the listener's CLI runs")
+        async with world.hub() as hub:
+            done = await stop_and_wait(hub.runs, hub.store, hub.settings.wake, OPERATOR, "alice-bot", None)
+        [stopped] = done.stopped
+        assert (stopped.state, stopped.stop_signal) == ("stopped", "SIGINT")
     [run] = ended(world, "alice-bot")
     assert (run["state"], run["stop_signal"]) == ("stopped", "SIGINT")
 
@@ -181,12 +188,10 @@ async def test_an_agent_the_local_policy_will_not_wake_is_not_held_here(
 ) -> None:
     """`wake = false`: this listener does not hold the agent, so its wakes stay for a listener that would."""
     world = remote_world
-    async with served(world) as url:
-        alice = await enroll(world, url, tmp_path, "alice-laptop", '[agents.alice-bot]\nwake = false\n')
-        async with listening(alice, fakes):
-            await until(lambda: world.sql("SELECT 1 FROM listeners"), "the listener says hello")
-            await post(world, "alice-claude", "@alice-bot please")
-            await anyio.sleep(3)  # several looks of the listener
+    async with alice_listening(world, fakes, tmp_path, '[agents.alice-bot]\nwake = false\n'):
+        await until(lambda: world.sql("SELECT 1 FROM listeners"), "the listener says hello")
+        await post(world, "alice-claude", "@alice-bot please")
+        await anyio.sleep(3)  # several looks of the listener
     assert not world.sql("SELECT 1 FROM listener_holds")
     assert [r["state"] for r in world.sql("SELECT state FROM runs")] == ["waiting_for_listener"]
     assert fakes.calls() == []
