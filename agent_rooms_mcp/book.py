@@ -70,8 +70,9 @@ class Claimed:
     # supervisor that slept past its lease while the run was queued again and claimed anew, even by this
     # same holder) is refused with `LeaseLost` rather than written over the new claim's run.
     lease: int = 0
-    # Run it only inside a sandbox (DESIGN §5): a listener's local policy says so per agent.
-    sandbox: bool = False
+    # Run it inside the sandbox (DESIGN §5): the agent's setting on the hub, a listener's local policy on an
+    # owner's machine. On unless turned off: a claim that forgot to say runs sandboxed, never the reverse.
+    sandbox: bool = True
 
 
 @dataclass(frozen=True, slots=True)

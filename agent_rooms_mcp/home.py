@@ -23,13 +23,15 @@ class HomeError(Exception):
     """The home is unsafe or unusable; the message names the file and the fix."""
 
 
-def ensure_private_dir(path: Path) -> None:
+def ensure_private_dir(path: Path, *, also_owner: int | None = None) -> None:
+    """A 0700 directory of ours, made if missing. `also_owner`: a uid that may own it instead (a directory a
+    root supervisor handed to the unprivileged user its CLIs run as)."""
     # mkdir's mode is filtered by the umask, so the mode is set again explicitly.
     path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise HomeError(f"{path} must be a directory, not a symlink")
-    if st.st_uid != os.geteuid():
+    if st.st_uid not in (os.geteuid(), also_owner):
         raise HomeError(f"{path} is owned by another user")
     os.chmod(path, PRIVATE_DIR)
 

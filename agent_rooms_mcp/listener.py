@@ -156,7 +156,7 @@ class HttpWakeBook:
         """The claim as this machine's policy lets it run, or None after ending it `withdrawn:<reason>`."""
         rule = self._rules.agents.get(claimed.handle)
         workdir = rule.workdir if rule is not None else None
-        cross_owner = claimed.words.cross_owner or any(o != claimed.owner_id for o in claimed.causers)
+        cross_owner = policy.cross_owner_wake(claimed.owner_id, claimed.causers, claimed.words.cross_owner)
         reason = policy.listener_refusal(
             named=rule is not None,
             wake=rule is not None and rule.wake,

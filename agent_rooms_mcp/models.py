@@ -332,6 +332,7 @@ class AgentInfo(BaseModel):
     tool: str
     scopes: list[str]
     workdir: str | None
+    sandbox: bool  # its woken runs run in the sandbox (DESIGN §5); off only by the operator's confirmed choice
     created_at: str
 
 

@@ -208,6 +208,26 @@ async def agent_add(hub: Hub, who: Human, a: AgentAdd) -> AgentInfo:
     return await hub.accounts.add_agent(who.actor, a.handle, a.owner, a.tool, _scopes(a.scopes), a.workdir)
 
 
+class AgentSet(Args):
+    handle: str
+    workdir: str | None = None
+    tool: AgentTool | None = None
+    sandbox: bool | None = None
+
+
+@_action("agent.set", AgentSet, AgentInfo)
+async def agent_set(hub: Hub, who: Human, a: AgentSet) -> AgentInfo:
+    who = await _own_agent(hub, who, a.handle)
+    if not who.is_operator:
+        # A hub-spawned run's workdir and sandbox are the operator's to set (DESIGN §5); a listener's owner
+        # sets them in listen.toml on their own machine.
+        if a.workdir is not None:
+            policy.require_operator("--workdir")
+        if a.sandbox is not None:
+            policy.require_operator("--sandbox")
+    return await hub.accounts.set_agent(who.actor, a.handle, workdir=a.workdir, tool=a.tool, sandbox=a.sandbox)
+
+
 def _scopes(text: str) -> frozenset[Scope]:
     try:
         return parse_scopes(text)

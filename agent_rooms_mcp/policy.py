@@ -5,6 +5,7 @@ Rules are numbered after DESIGN and checked in that order: the order decides whi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -573,11 +574,36 @@ def listener_refusal(*, named: bool, wake: bool, cross_owner: bool, accepts_cros
         return "not_wakeable_here"
     if cross_owner and not accepts_cross_owner:
         return "cross_owner_refused_here"
-    if cross_owner and not sandboxed:
-        return Outcome.SANDBOX_REQUIRED
+    if (refused := sandbox_refusal(cross_owner=cross_owner, sandbox=sandboxed)) is not None:
+        return refused
     if not workdir_inside_root:
         return "workdir_outside_root"
     return None
+
+
+def cross_owner_wake(owner_id: str, causers: Iterable[str], words_cross_owner: bool) -> bool:
+    """Did anyone but the agent's own owner cause this wake, or write the words it carries?"""
+    return words_cross_owner or any(causer != owner_id for causer in causers)
+
+
+def sandbox_refusal(*, cross_owner: bool, sandbox: bool) -> Outcome | None:
+    """DESIGN §5: a wake with any causer other than its own owner runs only inside a sandbox; an agent whose
+    owner turned its sandbox off is then refused, never run open. The same rule on the hub and a listener."""
+    return Outcome.SANDBOX_REQUIRED if cross_owner and not sandbox else None
+
+
+def spawn_refusal(*, as_root: bool, run_as_set: bool, cross_owner: bool, sandbox: bool) -> Outcome | None:
+    """Why a supervisor refuses to start this CLI at all (DESIGN §5), or None. Never root: a root supervisor
+    starts CLIs only as its configured unprivileged user."""
+    if as_root and not run_as_set:
+        return Outcome.ROOT_REFUSED
+    return sandbox_refusal(cross_owner=cross_owner, sandbox=sandbox)
+
+
+def sandbox_broken(*, cross_owner: bool) -> Outcome:
+    """What a run whose sandbox probe failed ends with: it never runs unsandboxed (`sandbox_unavailable`), and
+    a wake another owner caused says that it needed one (`sandbox_required`, which its causer sees)."""
+    return Outcome.SANDBOX_REQUIRED if cross_owner else Outcome.SANDBOX_UNAVAILABLE
 
 
 def spawnable(tool: AgentTool) -> bool:

@@ -149,6 +149,14 @@ class WakeSettings:
     host_id: str = ""
     # A wake of an owner who is not local waits this long for that owner's listener, then ends `expired`.
     listener_wait_s: float = 3600.0
+    # DESIGN §5 "Never root": the unprivileged user (name or UID[:GID]) a root supervisor runs CLIs as.
+    run_as: str = ""
+    bwrap: str = "bwrap"
+    # The operator's own sandbox paths (os.pathsep-separated in the environment): read-only additions (a
+    # toolchain outside /usr), read-write ones (a build cache), and paths hidden on top of the system's.
+    sandbox_ro: tuple[str, ...] = ()
+    sandbox_rw: tuple[str, ...] = ()
+    sandbox_hide: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WakeSettings:
@@ -159,7 +167,16 @@ class WakeSettings:
             openclaw_bin=env.get("AGENT_ROOMS_OPENCLAW_BIN") or "openclaw",
             contain=env.get("AGENT_ROOMS_WAKE_CONTAIN") == "1",
             host_id=env.get("AGENT_ROOMS_HOST_ID") or "",
+            run_as=env.get("AGENT_ROOMS_RUN_AS") or "",
+            bwrap=env.get("AGENT_ROOMS_BWRAP") or "bwrap",
+            sandbox_ro=_paths(env.get("AGENT_ROOMS_SANDBOX_RO")),
+            sandbox_rw=_paths(env.get("AGENT_ROOMS_SANDBOX_RW")),
+            sandbox_hide=_paths(env.get("AGENT_ROOMS_SANDBOX_HIDE")),
         )
+
+
+def _paths(value: str | None) -> tuple[str, ...]:
+    return tuple(p for p in (value or "").split(os.pathsep) if p)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,11 @@ def _rows() -> list[Invariant]:
         88: ("tool errors carry no structuredContent; the code leads the text and sits in _meta", "hardening"),
         91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
         92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
+        89: (
+            "a sandboxed CLI reads no home, key or other workdir, writes only its own, reaches no host socket but its"
+            " bridge, runs with no capability as a non-root uid, and all it starts ends with it",
+            "containment",
+        ),
         93: (
             "one listener holds an agent at a time; a reported spawn is never re-queued; a restart marks runs lost",
             "network",
@@ -113,6 +118,10 @@ def _rows() -> list[Invariant]:
         95: ("binding beyond loopback needs a public URL; forwarded headers count only when trusted", "network"),
         99: ("the hub spawns only local owners' agents; other owners' wakes wait for a listener or expire", "network"),
         100: ("no sandboxed process opens the hub's database or home: a woken CLI has only the bridge", "containment"),
+        101: (
+            "the sandbox fails closed: a failed probe fails the run; a cross-owner wake needs a working one",
+            "containment",
+        ),
         102: ("a run's causers are carried transitively and constrain what it wakes", "hardening"),
         103: ("the claim re-checks every condition of the wake; changes during a run withdraw it", "hardening"),
         104: (

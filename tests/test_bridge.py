@@ -40,6 +40,14 @@ def bridge_env(token_file: Path, socket: Path | str, **extra: str) -> dict[str, 
     return {"PATH": os.environ["PATH"], bridge.TOKEN_FILE_ENV: str(token_file), bridge.SOCKET_ENV: str(socket), **extra}
 
 
+def own_copy(token_file: Path, where: Path) -> Path:
+    """The run's token as this test's own file: a root supervisor hands the run's files to the user its CLIs
+    run as, and the bridge refuses a token file another user owns."""
+    copy = where / f"copy-{token_file.parent.name}.token"
+    write_private_file(copy, token_file.read_bytes())
+    return copy
+
+
 def bridge_client(env: dict[str, str], mode: str = "auto") -> Client:
     return Client(StdioServerParameters(command=BRIDGE[0], args=BRIDGE[1:], env=env), mode=mode)
 
@@ -119,7 +127,7 @@ async def test_a_stdio_client_through_the_bridge_is_the_run_in_both_eras(
         # A HOME and a working directory with no database anywhere: the bridge needs neither.
         empty = tmp_path / "empty-home"
         empty.mkdir()
-        env = bridge_env(run_dir / "token", run_dir / SOCKET_NAME, HOME=str(empty))
+        env = bridge_env(own_copy(run_dir / "token", tmp_path), run_dir / SOCKET_NAME, HOME=str(empty))
         for mode in ("auto", "legacy"):
             async with bridge_client(env, mode) as client:
                 me = await client.call_tool("whoami", {})
@@ -188,7 +196,7 @@ async def test_the_run_socket_refuses_every_credential_but_its_runs_own(
         assert messages(woken) == before
         assert _denials(woken) > denials
         # The other run's token still works on its own socket; this run's on this one.
-        for token_file, sock_of in ((wrong, both["alice-cx"]), (run_dir / "token", run)):
+        for token_file, sock_of in ((wrong, both["alice-cx"]), (own_copy(run_dir / "token", tmp_path), run)):
             env = bridge_env(token_file, woken.settings.runs_dir / sock_of["run_id"] / SOCKET_NAME)
             async with bridge_client(env) as client:
                 me = await client.call_tool("whoami", {})
@@ -321,12 +329,12 @@ def test_the_bridges_wire_names_are_the_sdks() -> None:
         assert bridge._header_value(value) == encode_header_value(value)
 
 
-async def test_a_session_the_hub_closed_is_reopened_by_the_bridge(woken: World, fakes: Fakes) -> None:
+async def test_a_session_the_hub_closed_is_reopened_by_the_bridge(woken: World, fakes: Fakes, tmp_path: Path) -> None:
     """The hub closes legacy sessions (idle expiry, or an agent past its cap): the CLI's next call still works."""
     async with running(woken, fakes) as both:
         run_dir = woken.settings.runs_dir / both["alice-bot"]["run_id"]
         token = (run_dir / "token").read_text()
-        env = bridge_env(run_dir / "token", run_dir / SOCKET_NAME)
+        env = bridge_env(own_copy(run_dir / "token", tmp_path), run_dir / SOCKET_NAME)
         async with bridge_client(env, "legacy") as client:
             assert not (await client.call_tool("whoami", {})).is_error
             # As many new sessions of the same run as its cap allows: the bridge's, now the least recently

@@ -24,7 +24,7 @@ from agent_rooms_mcp.services.stopping import stop_and_wait
 from tests.conftest import World
 from tests.hubprocess import free_port, serve_http
 from tests.test_remote_cli import Machine
-from tests.wakeworld import Fakes, post, until
+from tests.wakeworld import SANDBOX, Fakes, give_to_run_as, post, until, wake_env
 
 OPERATOR = Actor("operator", "op", via="cli")
 _CLI = [sys.executable, "-m", "agent_rooms_mcp"]
@@ -37,7 +37,7 @@ async def served(world: World, port: int | None = None) -> AsyncIterator[str]:
         yield hub.base
 
 
-RUNS_IT = '[agents.alice-bot]\nsandbox = "off"\n'
+RUNS_IT = f'[agents.alice-bot]\n{SANDBOX}\n'
 
 
 async def enroll(world: World, url: str, root: Path, name: str, rules: str = RUNS_IT) -> Machine:
@@ -54,6 +54,7 @@ async def enroll(world: World, url: str, root: Path, name: str, rules: str = RUN
 def policy(machine: Machine, root: Path, text: str) -> Path:
     workdir_root = root / "work"
     (workdir_root / "app").mkdir(parents=True, exist_ok=True)
+    give_to_run_as(workdir_root)
     path = machine.home / "listen.toml"
     path.write_text(f'workdir_root = "{workdir_root}"\n' + text.replace("ROOT", str(workdir_root)))
     path.chmod(0o600)
@@ -62,7 +63,7 @@ def policy(machine: Machine, root: Path, text: str) -> Path:
 
 @asynccontextmanager
 async def listening(machine: Machine, fakes: Fakes, *flags: str) -> AsyncIterator[Process]:
-    env = {**machine.env, "AGENT_ROOMS_CLAUDE_BIN": fakes.bins["claude"], "AGENT_ROOMS_HOST_ID": "owner-machine"}
+    env = {**machine.env, **wake_env(fakes), "AGENT_ROOMS_HOST_ID": "owner-machine"}
     log = machine.home.parent / "listen.log"
     with log.open("ab") as err:
         proc = await anyio.open_process([*_CLI, "listen", *flags], env=env, stdout=err, stderr=err)

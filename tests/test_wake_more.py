@@ -26,11 +26,21 @@ from click.testing import CliRunner, Result
 
 from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
-from agent_rooms_mcp.settings import WakeSettings
-from tests.conftest import OPERATOR, World, build_world
+from tests.conftest import AGENTS, OPERATOR, World, build_world
 from tests.fakes.common import write_wrapper
 from tests.tool_errors import error_detail
-from tests.wakeworld import FINAL, Fakes, ended, post, runs, supervisor, until
+from tests.wakeworld import (
+    FINAL,
+    Fakes,
+    ended,
+    give_to_run_as,
+    post,
+    runs,
+    supervisor,
+    unsandboxed_unless_available,
+    until,
+    wake_caps,
+)
 
 # Short graces so a stop that must escalate does so within a second or two.
 QUICK: dict[str, Any] = {"grace_int_s": 0.5, "grace_term_s": 0.5, "after_result_s": 2.0, "poll_s": 0.05}
@@ -53,8 +63,10 @@ async def add_agent(
     """An agent with a token and its own work directory, member of `rooms`."""
     workdir = world.settings.home.parent / "work" / handle
     workdir.mkdir(parents=True)
+    give_to_run_as(workdir)
     async with world.hub() as hub:
         await hub.accounts.add_agent(OPERATOR, handle, owner, tool, parse_scopes(scopes), str(workdir))
+        await unsandboxed_unless_available(hub, handle)
         world.tokens[handle] = (await hub.accounts.issue_token(OPERATOR, handle, timedelta(days=1))).token
         for room in rooms:
             await hub.rooms.add_agent(OPERATOR, room, handle)
@@ -66,13 +78,10 @@ async def wake_world(tmp_path: Path, fakes: Fakes, *, reply: bool = True, **caps
     if not reply:
         for tool in fakes.bins:
             rewrap(fakes, tool, FAKE_REPLY="0")
-    settings = WakeSettings(
-        claude_bin=fakes.bins["claude"],
-        codex_bin=fakes.bins["codex"],
-        openclaw_bin=fakes.bins["openclaw"],
-        **{**QUICK, **caps},
-    )
+    settings = wake_caps(fakes, **{**QUICK, **caps})
     world = await build_world(tmp_path / "home", settings)
+    async with world.hub() as hub:
+        await unsandboxed_unless_available(hub, *AGENTS)
     await add_agent(world, "alice-bot", "alice", AgentTool.CLAUDE, ["lobby"])
     await add_agent(world, "alice-cx", "alice", AgentTool.CODEX, ["lobby"])
     fakes.scenario("ok")

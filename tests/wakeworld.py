@@ -3,8 +3,13 @@ supervisor, and polling the database for a run's end (a deadline bounds a broken
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import pwd
+import shutil
 import sqlite3
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -19,19 +24,92 @@ from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.supervisor import Supervisor
-from tests.conftest import OPERATOR, World, build_world
-from tests.fakes.common import write_wrapper
+from tests.conftest import AGENTS, OPERATOR, World, build_world
+from tests.fakes.common import FAKES_DIR, write_wrapper
 
 FINAL = ("completed", "failed", "stopped", "lost", "withdrawn", "expired")
+
+
+# DESIGN §5 "Never root": a root supervisor runs CLIs only as an unprivileged user, here Debian's `nobody`.
+AS_ROOT = os.geteuid() == 0
+RUN_AS = "nobody" if AS_ROOT else ""
+
+
+@functools.cache
+def sandbox_problem() -> str | None:
+    """Why woken CLIs cannot run in bubblewrap on this machine, or None when they can."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    probe = [bwrap, "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "true"]
+    if not AS_ROOT:
+        probe[1:1] = ["--unshare-user"]
+    done = subprocess.run(probe, capture_output=True, check=False)
+    return None if done.returncode == 0 else f"bwrap cannot start a sandbox here: {done.stderr.decode().strip()}"
+
+
+def give_to_run_as(*paths: Path) -> None:
+    """As root, hand directories a woken CLI writes in (its workdir, the fakes' log) to the run-as user."""
+    if not AS_ROOT:
+        return
+    user = pwd.getpwnam(RUN_AS)
+    for top in paths:
+        for found in (top, *top.rglob("*")):
+            os.lchown(found, user.pw_uid, user.pw_gid)
+
+
+def wake_caps(fakes: Fakes, **overrides: Any) -> WakeSettings:
+    """A supervisor's settings for the fake CLIs, whoever runs the suite: as root the CLIs run as `nobody`, and
+    in the sandbox they see the fakes' scripts (read-only) and their scenario and log directory."""
+    if AS_ROOT and sandbox_problem() is not None:
+        pytest.skip(f"as root, woken CLIs run only as an unprivileged user inside the sandbox: {sandbox_problem()}")
+    return WakeSettings(
+        claude_bin=fakes.bins["claude"],
+        codex_bin=fakes.bins["codex"],
+        openclaw_bin=fakes.bins["openclaw"],
+        run_as=RUN_AS,
+        sandbox_ro=(str(FAKES_DIR),),
+        sandbox_rw=(str(fakes.root),),
+        **overrides,
+    )
+
+
+def wake_env(fakes: Fakes) -> dict[str, str]:
+    """`wake_caps` as a separate process (a hub or listener) reads it from its environment."""
+    caps = wake_caps(fakes)
+    return {
+        "AGENT_ROOMS_CLAUDE_BIN": caps.claude_bin,
+        "AGENT_ROOMS_CODEX_BIN": caps.codex_bin,
+        "AGENT_ROOMS_OPENCLAW_BIN": caps.openclaw_bin,
+        "AGENT_ROOMS_RUN_AS": caps.run_as,
+        "AGENT_ROOMS_SANDBOX_RO": os.pathsep.join(caps.sandbox_ro),
+        "AGENT_ROOMS_SANDBOX_RW": os.pathsep.join(caps.sandbox_rw),
+    }
+
+
+async def unsandboxed_unless_available(hub: Hub, *handles: str) -> None:
+    """Where bubblewrap cannot run (a non-root machine without it), the wake tests' agents run with the sandbox
+    off, the operator's explicit choice: everything but the sandbox is still tested there."""
+    if sandbox_problem() is not None:
+        for handle in handles:
+            await hub.accounts.set_agent(OPERATOR, handle, sandbox=False)
+
+
+# The same choice for a listener's agents, as a line of listen.toml.
+SANDBOX = 'sandbox = "off"' if sandbox_problem() is not None else 'sandbox = "on"'
 
 
 class Fakes:
     """Fake CLIs for one test: a scenario file the test may change between wakes, and their FAKE_LOG."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.scenario_file, self.log = root / "scenario", root / "fake.log"
-        env = {"FAKE_SCENARIO_FILE": str(self.scenario_file), "FAKE_LOG": str(self.log)}
+        self.escapes_file = root / "escapes.json"  # the `escape` scenario's attempts (tests/fakes/escapes.py)
+        env = {"FAKE_SCENARIO_FILE": str(self.scenario_file), "FAKE_LOG": str(self.log),
+               "FAKE_ESCAPES_FILE": str(self.escapes_file)}  # fmt: skip
         self.bins = {tool: str(write_wrapper(tool, root / "bin", env=env)) for tool in ("claude", "codex", "openclaw")}
+        give_to_run_as(root)
 
     def scenario(self, name: str) -> None:
         self.scenario_file.write_text(name)
@@ -50,24 +128,18 @@ async def fakes(tmp_path: Path) -> Fakes:
 @pytest.fixture
 async def woken(tmp_path: Path, fakes: Fakes) -> World:
     """A world whose hub wakes agents with the fake CLIs; alice-bot (claude) and alice-cx (codex) hold invoke."""
-    caps = WakeSettings(
-        claude_bin=fakes.bins["claude"],
-        codex_bin=fakes.bins["codex"],
-        openclaw_bin=fakes.bins["openclaw"],
-        grace_int_s=1.0,
-        grace_term_s=1.0,
-        after_result_s=2.0,
-        poll_s=0.05,
-    )
+    caps = wake_caps(fakes, grace_int_s=1.0, grace_term_s=1.0, after_result_s=2.0, poll_s=0.05)
     world = await build_world(tmp_path / "home", caps)
     async with world.hub() as hub:
         for handle, tool in (("alice-bot", AgentTool.CLAUDE), ("alice-cx", AgentTool.CODEX)):
             scopes = parse_scopes("read,post,task,invoke")
-            await hub.accounts.add_agent(OPERATOR, handle, "alice", tool, scopes, str(tmp_path / handle))
             (tmp_path / handle).mkdir()
+            give_to_run_as(tmp_path / handle)
+            await hub.accounts.add_agent(OPERATOR, handle, "alice", tool, scopes, str(tmp_path / handle))
             issued = await hub.accounts.issue_token(OPERATOR, handle, timedelta(days=1))
             world.tokens[handle] = issued.token
             await hub.rooms.add_agent(OPERATOR, "lobby", handle)
+        await unsandboxed_unless_available(hub, *AGENTS, "alice-bot", "alice-cx")
     fakes.scenario("ok")
     return world
 

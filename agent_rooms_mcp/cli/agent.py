@@ -22,12 +22,17 @@ from agent_rooms_mcp.errors import invalid
 from agent_rooms_mcp.local_env import LocalEnv
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, StopResult
-from agent_rooms_mcp.owner_actions import AgentAdd, AgentScopes, AgentStop, NoArgs
+from agent_rooms_mcp.owner_actions import AgentAdd, AgentScopes, AgentSet, AgentStop, NoArgs
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
 
 INVOKE_WARNING = (
-    "Giving an agent 'invoke' lets the hub wake it: its CLI then runs unsandboxed with your permissions, "
-    "and room content from others is untrusted input to it. Continue?"
+    "Giving an agent 'invoke' lets the hub wake it: its CLI then runs with your permissions inside the sandbox "
+    "(where there is one), and room content from others is untrusted input to it. Continue?"
+)
+SANDBOX_OFF_WARNING = (
+    "Turning the sandbox off lets this agent's woken CLI read and write everything its OS user can: your keys, "
+    "other projects, the hub's own home when it runs on the hub. Wakes caused by other owners are then refused "
+    "(sandbox_required). Continue?"
 )
 
 
@@ -90,6 +95,34 @@ def scopes_(handle: str, scopes: str, yes: bool, as_json: bool) -> None:
         confirm_or_refuse(INVOKE_WARNING, yes)
     done: AgentInfo = perform("agent.scopes", AgentScopes(handle=handle, scopes=format_scopes(wanted)), as_json=as_json)
     emit(done, as_json=as_json, text=lambda a: f"{a.handle} scopes={','.join(a.scopes) or '(none)'}")
+
+
+@agent.command("set")
+@click.argument("handle")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Where a woken run works.")
+@click.option("--tool", type=click.Choice([t.value for t in AgentTool]), default=None)
+@click.option("--sandbox", type=click.Choice(["on", "off"]), default=None, help="Run woken CLIs in the sandbox.")
+@click.option("--yes", is_flag=True, help="Confirm turning the sandbox off without asking.")
+@json_option
+def set_(handle: str, workdir: str | None, tool: str | None, sandbox: str | None, yes: bool, as_json: bool) -> None:
+    """Change agent HANDLE's workdir, tool or sandbox (effective from its next wake).
+
+    \b
+    Example:
+        agent-rooms agent set alice-claude --workdir ~/src/project
+    """
+    if sandbox == "off":
+        confirm_or_refuse(SANDBOX_OFF_WARNING, yes)
+    args = AgentSet(
+        handle=handle,
+        workdir=workdir,
+        tool=AgentTool(tool) if tool else None,
+        sandbox=None if sandbox is None else sandbox == "on",
+    )
+    done: AgentInfo = perform("agent.set", args, as_json=as_json)
+    where = done.workdir or "(default)"
+    emit(done, as_json=as_json,
+         text=lambda a: f"{a.handle} tool={a.tool} workdir={where} sandbox={'on' if a.sandbox else 'off'}")  # fmt: skip
 
 
 @agent.command("stop")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.audit import Actor
@@ -47,6 +48,17 @@ def _owner_info(row: sqlite3.Row) -> OwnerInfo:
     )
 
 
+def checked_workdir(workdir: str) -> str:
+    """An agent's workdir as stored: absolute and an existing directory now, so a typo is caught when it is
+    typed, not at the first wake (which would end `workdir_missing`)."""
+    path = Path(workdir).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if not path.is_dir():
+        raise invalid("workdir", f"{workdir!r} is not an existing directory: create it first, or give another")
+    return str(path.resolve())
+
+
 def _agent_info(row: sqlite3.Row) -> AgentInfo:
     return AgentInfo(
         agent_id=row["agent_id"],
@@ -55,6 +67,7 @@ def _agent_info(row: sqlite3.Row) -> AgentInfo:
         tool=row["tool"],
         scopes=[s for s in row["scopes"].split(",") if s],
         workdir=row["workdir"],
+        sandbox=bool(row["sandbox"]),
         created_at=row["created_at"],
     )
 
@@ -191,6 +204,8 @@ class Accounts:
         workdir: str | None,
     ) -> AgentInfo:
         check_handle(handle)
+        if workdir is not None:
+            workdir = checked_workdir(workdir)
 
         def run(conn: sqlite3.Connection) -> AgentInfo:
             owner = queries.owner(conn, owner_ref)
@@ -210,6 +225,43 @@ class Accounts:
                 detail={"owner_id": owner["owner_id"], "tool": tool.value, "scopes": format_scopes(scopes)},
             )
             return _agent_info(queries.agent(conn, agent_id))
+
+        return await self._store.write(run)
+
+    async def set_agent(
+        self,
+        operator: Actor,
+        agent_ref: str,
+        *,
+        workdir: str | None = None,
+        tool: AgentTool | None = None,
+        sandbox: bool | None = None,
+    ) -> AgentInfo:
+        """Change where the agent's woken runs work, which CLI it is, or whether they run sandboxed; what is
+        None stays. One audit row says what changed (a workdir only that it did: the audit log keeps no paths)."""
+        if workdir is not None:
+            workdir = checked_workdir(workdir)
+
+        def run(conn: sqlite3.Connection) -> AgentInfo:
+            agent = queries.agent(conn, agent_ref)
+            changes = {
+                name: value
+                for name, value in (
+                    ("workdir", workdir and "changed"),
+                    ("tool", tool and tool.value),
+                    ("sandbox", sandbox),
+                )
+                if value is not None
+            }
+            if not changes:
+                raise invalid("changes", "say what to change: --workdir DIR, --tool TOOL or --sandbox on|off")
+            conn.execute(
+                "UPDATE agents SET workdir = coalesce(?, workdir), tool = coalesce(?, tool),"
+                " sandbox = coalesce(?, sandbox) WHERE agent_id = ?",
+                (workdir, tool and tool.value, None if sandbox is None else int(sandbox), agent["agent_id"]),
+            )
+            audit.append(conn, operator, "agent.set", target=agent["agent_id"], detail=changes)
+            return _agent_info(queries.agent(conn, agent["agent_id"]))
 
         return await self._store.write(run)
 

@@ -41,9 +41,7 @@ _SYSTEM = "system"
 # A run whose holder is gone, found by its lease: held, or marked stop_pending by a device revoke (DESIGN
 # §9.1: the hub asked, only the listener could confirm; once its lease passes it is `lost`).
 _ABANDONABLE = sql_words(*HELD_STATES, RunState.STOP_PENDING)
-ABANDONED_COLUMNS = (
-    "run_id, pid, pid_start, spawned_at, agent_id, owner_id, lease_holder, lease_host, withdraw_reason"
-)
+ABANDONED_COLUMNS = "run_id, pid, pid_start, spawned_at, agent_id, owner_id, lease_holder, lease_host, withdraw_reason"
 
 
 @contextmanager
@@ -274,6 +272,7 @@ class LocalWakeBook:
             words=words,
             retry=bool(row["resume"]),
             lease=lease,
+            sandbox=bool(row["sandbox"]),
         )
 
     def _held(self, conn: sqlite3.Connection, run_id: str, lease: int, sets: str, args: tuple[object, ...]) -> None:

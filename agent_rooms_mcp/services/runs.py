@@ -22,7 +22,8 @@ from agent_rooms_mcp.settings import WakeSettings
 _QUEUED, _HELD, _WAITING = sql_words(RunState.QUEUED), sql_words(*HELD_STATES), sql_words(*WAITING_STATES)
 
 RUNS_SELECT = (
-    "SELECT r.rowid AS position, r.*, a.handle, a.tool, a.workdir, m.name AS room_name, o.handle AS owner_handle"
+    "SELECT r.rowid AS position, r.*, a.handle, a.tool, a.workdir, a.sandbox, m.name AS room_name,"
+    " o.handle AS owner_handle"
     " FROM runs r"
     " JOIN agents a ON a.agent_id = r.agent_id JOIN rooms m ON m.room_id = r.room_id"
     " JOIN owners o ON o.owner_id = r.owner_id"

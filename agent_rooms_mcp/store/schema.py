@@ -517,7 +517,13 @@ ALTER TABLE runs ADD COLUMN spawned_at TEXT;
 UPDATE runs SET spawned_at = started_at WHERE pid IS NOT NULL;
 """
 
+# DESIGN §5: every woken CLI runs in a sandbox unless its owner turned it off for that agent (`agent set
+# HANDLE --sandbox off`, confirmed); on by default, so an agent added before the sandbox existed gets one too.
+_V_SANDBOX = """
+ALTER TABLE agents ADD COLUMN sandbox INTEGER NOT NULL DEFAULT 1 CHECK (sandbox IN (0, 1));
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
-    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS,
+    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_SANDBOX,
 )  # fmt: skip

@@ -205,8 +205,15 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 class _Run:
     """The state of one child: what was read, why it is being stopped, and which signal went last."""
 
-    def __init__(self, proc: Process, limits: ProcessLimits, on_signal: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        proc: Process,
+        limits: ProcessLimits,
+        on_signal: Callable[[str], None] | None,
+        interrupt_pid: Callable[[], int | None] | None = None,
+    ) -> None:
         self._proc = proc
+        self._interrupt_pid = interrupt_pid
         self._limits = limits
         self._on_signal = on_signal
         self._strays = _Strays(proc.pid)
@@ -287,8 +294,13 @@ class _Run:
         for sig, grace in ladder:
             if self._proc.returncode is not None:
                 return
+            # Under a sandbox the gentle steps go to the CLI itself, not to the sandbox that leads (which
+            # would kill without grace); one whose CLI is not known yet has nothing to interrupt: kill it.
+            target = self._proc.pid if self._interrupt_pid is None else self._interrupt_pid()
+            if target is None:
+                break
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, sig)
+                os.kill(target, sig)
             self._sent(sig)
             with anyio.move_on_after(grace):
                 await self._proc.wait()
@@ -501,12 +513,18 @@ async def run_process(
     limits: ProcessLimits = ProcessLimits(),
     on_spawn: Callable[[int], None] | None = None,
     on_signal: Callable[[str], None] | None = None,
+    pass_fds: Sequence[int] = (),
+    interrupt_pid: Callable[[], int | None] | None = None,
 ) -> Finished:
     """Run argv in its own session with prompt on stdin, calling on_event for each JSON object line.
 
     Returns once the child has exited and been reaped and every process it started is gone. If the
     calling task is cancelled, or a callback raises, the child is stopped quickly (SIGTERM, then
     SIGKILL) before the cancellation or the callback's exception propagates.
+
+    `interrupt_pid` names the process the stop ladder's SIGINT and SIGTERM go to when that is not the leader
+    (a sandboxed CLI, whose leader is bwrap); None from it means there is none yet, and the ladder goes
+    straight to killing everything. `pass_fds` are kept open in the child (bwrap's `--info-fd`).
     """
     # Shielded: a cancellation that lands mid-spawn would leave a child nobody holds. Deferred,
     # it lands at the first checkpoint below instead, where the finally stops the child.
@@ -521,8 +539,9 @@ async def run_process(
             # Own session and group (PGID = PID): nothing the CLI starts shares the server's group,
             # and a Ctrl-C in the owner's terminal does not reach it.
             start_new_session=True,
+            pass_fds=pass_fds,
         )
-    run = _Run(proc, limits, on_signal)
+    run = _Run(proc, limits, on_signal, interrupt_pid)
     try:
         if on_spawn is not None:
             on_spawn(proc.pid)

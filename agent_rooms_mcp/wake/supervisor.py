@@ -8,6 +8,7 @@ holder's runs are found again by whichever supervisor looks next.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,21 @@ from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
+from agent_rooms_mcp.wake.sandbox import (
+    RunAs,
+    SandboxError,
+    SandboxPlan,
+    as_user,
+    bwrap_argv,
+    cli_dirs,
+    cli_pid,
+    existing_protected,
+    probe,
+    protected_created,
+    read_info,
+    run_as,
+    runtime_dirs,
+)
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
@@ -216,21 +232,31 @@ class Supervisor:
             # Refused at the request already (CONSTRAINED_RUNTIME_REQUIRED); should one reach a spawn, the
             # contained runtime another owner's words require is missing: DESIGN §7's sandbox_required.
             return RunState.FAILED, Outcome.SANDBOX_REQUIRED
-        if run.sandbox:
-            # The sandbox fails closed (DESIGN §5): this version has none to start the CLI in (it lands with
-            # the containment work), so a run its owner requires one for never starts without it.
-            log.warning("run.sandbox_unavailable", run_id=run.run_id, agent=run.handle)
-            return RunState.FAILED, Outcome.SANDBOX_UNAVAILABLE
+        cross_owner = policy.cross_owner_wake(run.owner_id, run.causers, run.words.cross_owner)
+        as_root = os.geteuid() == 0
+        refused = policy.spawn_refusal(as_root=as_root, run_as_set=bool(caps.run_as), cross_owner=cross_owner,
+                                       sandbox=run.sandbox)  # fmt: skip
+        if refused is not None:
+            log.warning("run.refused", run_id=run.run_id, agent=run.handle, outcome=refused)
+            return RunState.FAILED, refused
+        user: RunAs | None = None
+        if as_root:
+            try:
+                user = run_as(caps.run_as)
+            except SandboxError as e:
+                log.warning("run.run_as_refused", run_id=run.run_id, error=str(e))
+                return RunState.FAILED, Outcome.ROOT_REFUSED
         binary = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(tool, caps.openclaw_bin)
         if shutil.which(binary) is None:  # found before spawning: behind setpriv it would read as exit 127
             return RunState.FAILED, Outcome.CLI_NOT_FOUND
         run_dir, logs = local.runs_dir / run.run_id, local.run_logs_dir / run.run_id
         for d in (local.runs_dir, run_dir, local.run_logs_dir, logs):
             ensure_private_dir(d)
+        theirs = user.uid if user is not None else None  # what a root supervisor handed to its run-as user
         workdir = Path(run.workdir) if run.workdir else local.home / "workdirs" / run.handle
         if not run.workdir:
             ensure_private_dir(workdir.parent)
-            ensure_private_dir(workdir)
+            ensure_private_dir(workdir, also_owner=theirs)
         if not workdir.is_dir():  # moved or deleted since the operator set it: say so, not "CLI not found"
             return RunState.FAILED, Outcome.WORKDIR_MISSING
         if run.env is None:  # the book could not open the owner's sealed variables: fail closed
@@ -244,6 +270,16 @@ class Supervisor:
             return RunState.FAILED, Outcome.ENV_UNAVAILABLE
         if not run.run_token:  # without its credential the CLI could not reach the room
             return RunState.FAILED, Outcome.MCP_FAILED
+        config_dir = None
+        if run.sandbox:
+            # The agent's own CLI configuration, never the owner's ~/.claude or ~/.codex (DESIGN §5); its HOME
+            # too, so whatever the CLI keeps "at home" stays in the agent's directory.
+            config_dir = local.home / "agent-config" / run.agent_id
+            ensure_private_dir(config_dir.parent)
+            for d in (config_dir, config_dir / ".claude", config_dir / ".codex"):
+                ensure_private_dir(d, also_owner=theirs)
+            env.update(HOME=str(config_dir), CLAUDE_CONFIG_DIR=str(config_dir / ".claude"),
+                       CODEX_HOME=str(config_dir / ".codex"))  # fmt: skip
         token_file = run_dir / "token"
         write_private_file(token_file, run.run_token.encode())
         read_only = run.constrained or (caps.contain and tool == AgentTool.CLAUDE)
@@ -277,13 +313,34 @@ class Supervisor:
                 # A session id the supervisor chooses is recorded only once the CLI's events confirm it: a CLI
                 # that never got going must not leave the next wake resuming a session that does not exist.
                 argv, _chosen = adapter.argv(plan)
-                if PDEATHSIG:
-                    # If this server dies, the kernel kills the CLI with it rather than leave it unsupervised.
-                    argv = [PDEATHSIG, "--pdeathsig", "KILL", "--", *argv]
+                if user is not None:
+                    # What the CLI must reach as its own user: everything it writes lives in these.
+                    _give(user, run_dir, *([config_dir] if config_dir else []), *([] if run.workdir else [workdir]))
+                box: _Box | None = None
+                if config_dir is not None:
+                    box = _Box(self._sandbox_plan(run, binary, workdir, run_dir, config_dir, read_only, user))
+                    if (why := await probe(self._bwrap(), box.plan)) is not None:
+                        # Fails closed (DESIGN §5): a run whose sandbox does not start never runs without it.
+                        log.warning("run.sandbox_unavailable", run_id=run.run_id, agent=run.handle, why=why[-200:])
+                        return RunState.FAILED, policy.sandbox_broken(cross_owner=cross_owner)
                 # Reported before the exec (DESIGN §9.1): from here on a holder that dies leaves the run
                 # `lost`, never queued to run twice. A claim that no longer holds the run executes nothing.
                 await self.book.spawning(run.run_id, run.lease)
-                finished = await self._watch(run, plan, argv, prompt, env, on_event, adapter.is_terminal, stop, sent)
+                try:
+                    if box is not None:
+                        argv = box.wrap(self._bwrap(), argv)
+                    elif user is not None:
+                        argv = as_user(user, argv)
+                    if PDEATHSIG:
+                        # If this server dies, the kernel kills the CLI with it rather than leave it unsupervised.
+                        argv = [PDEATHSIG, "--pdeathsig", "KILL", "--", *argv]
+                    finished = await self._watch(
+                        run, plan, argv, prompt, env, on_event, adapter.is_terminal, stop, sent, box
+                    )
+                finally:
+                    if box is not None:
+                        box.close()
+                        box.move_aside(logs)
         finally:
             events.close()  # on every path: a shutdown mid-run must not leave the log open
         for session_id in pending:
@@ -311,6 +368,7 @@ class Supervisor:
         is_terminal: Callable[[dict[str, Any]], bool],
         stop: anyio.Event,
         sent: list[str],
+        box: _Box | None,
     ) -> Finished:
         """Run the CLI to its end, recording its pid as soon as it has one and every signal we send."""
         caps = self._caps
@@ -327,6 +385,8 @@ class Supervisor:
                 log.info("run.spawn", run_id=run.run_id, agent=run.handle, tool=run.tool, pid=pid,
                          read_only=plan.read_only, resume=bool(run.resume_session))  # fmt: skip
                 tg.start_soon(self._report_start, run, pid, stop)
+                if box is not None:
+                    tg.start_soon(box.find_cli)
 
             def on_signal(name: str) -> None:
                 sent.append(name)
@@ -344,8 +404,30 @@ class Supervisor:
                 limits=limits,
                 on_spawn=on_spawn,
                 on_signal=on_signal,
+                pass_fds=box.pass_fds if box is not None else (),
+                interrupt_pid=box.interrupt_pid if box is not None else None,
             )
         return finished
+
+    def _bwrap(self) -> str:
+        return shutil.which(self._caps.bwrap) or self._caps.bwrap
+
+    def _sandbox_plan(self, run: Claimed, binary: str, workdir: Path, run_dir: Path, config_dir: Path,
+                      read_only: bool, user: RunAs | None) -> SandboxPlan:  # fmt: skip
+        caps = self._caps
+        return SandboxPlan(
+            workdir=workdir.resolve(),
+            run_dir=run_dir.resolve(),
+            config_dir=config_dir.resolve(),
+            read_only=read_only,
+            cli_dirs=cli_dirs(binary),
+            runtime_dirs=runtime_dirs(),
+            extra_ro=tuple(Path(p) for p in caps.sandbox_ro),
+            extra_rw=tuple(Path(p) for p in caps.sandbox_rw),
+            # The hub's (or listener's) own home above all: its database, keys and other runs.
+            hidden=(self.local.home.resolve(), *(Path(p) for p in caps.sandbox_hide)),
+            run_as=user,
+        )
 
     async def _report_start(self, run: Claimed, pid: int, stop: anyio.Event) -> None:
         """Record the spawn; a claim that no longer holds the run (its lease ran out and another supervisor
@@ -372,6 +454,65 @@ RETRY_PROMPT = (
     "The provider's rate limit that interrupted your last turn has passed. Continue the task you were working"
     " on; do not repeat steps you already completed. Reply in the room with post_message when done."
 )
+
+
+class _Box:
+    """One run's sandbox while it runs: bwrap's info pipe, the CLI's own PID once known, and the protected
+    workdir files that did not exist at the start (bwrap can bind only what exists read-only)."""
+
+    def __init__(self, plan: SandboxPlan) -> None:
+        self.plan = plan
+        self._read = self._write = -1
+        self._cli: int | None = None
+        self._before = existing_protected(plan.workdir)
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self._write,)
+
+    def wrap(self, bwrap: str, argv: list[str]) -> list[str]:
+        self._read, self._write = os.pipe()
+        return bwrap_argv(bwrap, self.plan, argv, info_fd=self._write)
+
+    def interrupt_pid(self) -> int | None:
+        return self._cli
+
+    async def find_cli(self) -> None:
+        """Read the sandbox's init PID from bwrap, then find the CLI under it (called once it is spawned)."""
+        os.close(self._write)  # the child has its copy: bwrap's close then ends our read
+        self._write = -1
+        init = await anyio.to_thread.run_sync(read_info, self._read, abandon_on_cancel=True)
+        if init is not None:
+            self._cli = await cli_pid(init)
+        log.info("run.sandboxed", init=init, cli=self._cli)
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._read = self._write = -1
+
+    def move_aside(self, logs: Path) -> None:
+        """What the run created at a protected path of the workdir is moved out of it, into the run's log
+        directory, so the next tool that opens the repository does not execute it."""
+        if self.plan.read_only:
+            return
+        for name in protected_created(self.plan.workdir, self._before):
+            aside = logs / "moved-aside" / name.replace("/", "_")
+            ensure_private_dir(aside.parent)
+            with contextlib.suppress(OSError):
+                os.replace(self.plan.workdir / name, aside)
+                log.warning("run.protected_moved_aside", path=name)
+
+
+def _give(user: RunAs, *paths: Path) -> None:
+    """Hand these trees to the run-as user: the CLI writes its config, temp files and socket there."""
+    for top in paths:
+        for root, dirs, files in os.walk(top):
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(root, name), user.uid, user.gid)
+        os.lchown(top, user.uid, user.gid)
 
 
 def _root_cause(e: BaseException) -> BaseException:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import escapes
 from common import (
     FLOOD_BYTES,
     Callback,
@@ -441,6 +442,9 @@ class Claude:
     def scenario_run(self, prompt: str) -> int:
         s = self.scenario
         if s in OK_LIKE:
+            return self.ok(prompt)
+        if s == "escape":  # a prompt-injected CLI's attempts, then the ordinary reply (tests/fakes/escapes.py)
+            self.fake.log_fields["escapes"] = escapes.attempt_all(self.fake.knob("FAKE_ESCAPES_FILE"))
             return self.ok(prompt)
         if s in ("hang", "ignore_sigint", "tool_orphan"):
             return self.hang()
