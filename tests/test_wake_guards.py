@@ -24,7 +24,7 @@ from tests import hubprocess as served
 from tests.conftest import OPERATOR, World
 from tests.test_wake_more import wake_world
 from tests.tool_errors import error_code
-from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
+from tests.wakeworld import Fakes, ended, post, runs, supervisor, until, wake_env
 
 PAST = "2000-01-01T00:00:00.000000Z"
 
@@ -133,7 +133,7 @@ async def test_a_server_killed_between_commit_and_spawn_leaves_the_wake_to_the_n
         env = {
             **os.environ,
             "AGENT_ROOMS_HOME": str(woken.settings.home),
-            "AGENT_ROOMS_CLAUDE_BIN": fakes.bins["claude"],
+            **wake_env(fakes),
             "AGENT_ROOMS_SUPERVISOR": "1" if supervise else "0",
         }
         argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--port", str(port)]

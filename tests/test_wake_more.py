@@ -34,6 +34,7 @@ from tests.wakeworld import (
     Fakes,
     ended,
     give_to_run_as,
+    gone,
     post,
     runs,
     supervisor,
@@ -391,8 +392,8 @@ async def test_a_run_past_its_time_limit_is_stopped_with_its_descendants(tmp_pat
         [orphan] = await until(lambda: [c for c in fakes.calls() if c.get("orphan_pid")], "the tool started")
         [run] = await until(lambda: ended(world, "alice-bot"), "the time limit ends the run")
     assert (run["state"], run["outcome"], run["stop_signal"]) == ("stopped", "time_limit", "SIGKILL")
-    await until(lambda: not alive(orphan["orphan_pid"]), "the tool shell is gone", 10)
-    assert not alive(orphan["pid"])
+    await until(lambda: gone(orphan, "orphan_pid"), "the tool shell is gone", 10)
+    assert gone(orphan)
     [token] = world.sql("SELECT revoked_at FROM tokens WHERE run_id = ?", (run["run_id"],))
     assert token["revoked_at"] is not None
 
@@ -408,7 +409,7 @@ async def test_a_cli_that_hangs_after_its_result_completes_and_is_ended(tmp_path
         [run] = await until(lambda: ended(world, "alice-bot"), "the run ends")
     assert (run["state"], run["outcome"]) == ("completed", "ok")
     [c] = fakes.calls()
-    await until(lambda: not alive(c["pid"]), "the CLI is gone", 10)
+    await until(lambda: gone(c), "the CLI is gone", 10)
 
 
 async def test_non_json_lines_are_skipped(tmp_path: Path, fakes: Fakes) -> None:
@@ -431,7 +432,7 @@ async def test_a_flood_line_stops_the_run_and_the_hub_goes_on(tmp_path: Path, fa
         [run] = await until(lambda: ended(world, "alice-bot"), "the flooding run ends")
         assert (run["state"], run["outcome"]) == ("stopped", "output_cap")
         [c] = fakes.calls()
-        await until(lambda: not alive(c["pid"]), "the flooding CLI is gone", 10)
+        await until(lambda: gone(c), "the flooding CLI is gone", 10)
         fakes.scenario("ok")
         await post(world, "alice-claude", "@alice-cx still there?")
         [after] = await until(lambda: ended(world, "alice-cx"), "the next run ends")
@@ -526,7 +527,7 @@ async def test_a_supervisor_shut_down_mid_run_leaves_no_process_and_no_open_file
         still_open = [fd for fd in os.listdir("/proc/self/fd") if _target(fd) == events]
         gc.collect()
     leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and events in str(w.message)]
-    assert not alive(c["pid"]) and not alive(c["orphan_pid"])
+    assert gone(c) and gone(c, "orphan_pid")
     [ended_run] = runs(world, "alice-bot")
     assert ended_run["state"] in FINAL and ended_run["ended_at"]
     assert not still_open, f"the run's events.jsonl is still open after shutdown (fd {still_open})"

@@ -95,6 +95,30 @@ async def unsandboxed_unless_available(hub: Hub, *handles: str) -> None:
             await hub.accounts.set_agent(OPERATOR, handle, sandbox=False)
 
 
+def gone(call: dict[str, Any], key: str = "pid") -> bool:
+    """Has the process a fake reported (its own pid, or another it logged under `key`) ended? A sandboxed
+    fake's pids are its PID namespace's, meaningless here: it has ended when no process of that namespace is
+    left, which also says everything it started ended with it."""
+    own = os.readlink("/proc/self/ns/pid")
+    if call.get("pid_ns") in (None, own):
+        return not _alive(int(call[key]))
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") == call["pid_ns"] and _alive(int(pid)):
+                return False
+        except OSError:
+            continue
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, OSError):
+        return False
+
+
 # The same choice for a listener's agents, as a line of listen.toml.
 SANDBOX = 'sandbox = "off"' if sandbox_problem() is not None else 'sandbox = "on"'
 

@@ -149,6 +149,8 @@ class Fake:
             "stdin": None,
             "cwd": os.getcwd(),
             "pid": os.getpid(),
+            # Which PID namespace that pid is of: a sandboxed fake has its own (tests/wakeworld.py `gone`).
+            "pid_ns": os.readlink("/proc/self/ns/pid") if os.path.exists("/proc/self/ns/pid") else None,
             "scenario": self.scenario,
             **self.log_fields,
         }
