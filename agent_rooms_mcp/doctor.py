@@ -10,6 +10,7 @@ the flags that passed.
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import stat
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from agent_rooms_mcp.home import PRIVATE_DIR, HomeError, check_private_file, loa
 from agent_rooms_mcp.models import CheckStatus, DoctorCheck, DoctorReport
 from agent_rooms_mcp.public import BindRefused, exposure_for, is_loopback
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.wake.sandbox import RunAs, SandboxError, probe_here, run_as
 
 OK, WARN, FAIL = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL
 
@@ -37,7 +39,7 @@ class Exposed:
 
 
 def check(settings: Settings, exposed: Exposed) -> DoctorReport:
-    checks = [*home_checks(settings), *exposure_checks(exposed)]
+    checks = [*home_checks(settings), *exposure_checks(exposed), *wake_checks(settings)]
     return DoctorReport(ok=all(c.status is not FAIL for c in checks), checks=checks)
 
 
@@ -196,3 +198,38 @@ def _bind(host: str, url: str | None, proxy: str | None, tls: tuple[str | None, 
         )
     where = "loopback only" if is_loopback(host) else "beyond loopback, behind TLS"
     return _ok("public.bind", f"{host}: {where}")
+
+
+# Woken CLIs (DESIGN §5): never as root, and in a sandbox that starts here.
+
+
+def wake_checks(settings: Settings) -> list[DoctorCheck]:
+    wake = settings.wake
+    checks: list[DoctorCheck] = []
+    user: RunAs | None = None
+    if os.geteuid() == 0:
+        if not wake.run_as:
+            checks.append(DoctorCheck(
+                id="wake.run_as", status=WARN,
+                message="this hub runs as root and AGENT_ROOMS_RUN_AS is not set: every wake ends root_refused",
+                fix="set AGENT_ROOMS_RUN_AS to an unprivileged user (e.g. nobody)",
+            ))  # fmt: skip
+        else:
+            try:
+                user = run_as(wake.run_as)
+                checks.append(_ok("wake.run_as", f"woken CLIs run as {user.name} (uid {user.uid}), never root"))
+            except SandboxError as e:
+                checks.append(_fail("wake.run_as", str(e), "set AGENT_ROOMS_RUN_AS to an existing unprivileged user"))
+    bwrap = shutil.which(wake.bwrap)
+    why = "bubblewrap (bwrap) is not installed" if bwrap is None else probe_here(bwrap, user)
+    if why is None:
+        checks.append(_ok("wake.sandbox", "woken CLIs start in bubblewrap (a probe sandbox started)"))
+    else:
+        checks.append(DoctorCheck(
+            id="wake.sandbox", status=WARN,
+            message=f"no sandbox can start here ({why}): a sandboxed agent's wakes end sandbox_unavailable, and "
+            "wakes another owner caused end sandbox_required",
+            fix="install bubblewrap (Debian: apt install bubblewrap); or, for one agent of your own, "
+            "agent-rooms agent set HANDLE --sandbox off (it then runs with your permissions)",
+        ))  # fmt: skip
+    return checks

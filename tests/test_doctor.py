@@ -17,13 +17,19 @@ from click.testing import CliRunner
 from agent_rooms_mcp.cli import cli
 from tests.conftest import World
 from tests.test_public import self_signed
+from tests.wakeworld import AS_ROOT, RUN_AS, sandbox_problem
 
 HOME_CHECKS = ["home.dir", "home.database", "home.issuer_key", "home.master_key", "home.tokens"]
 PUBLIC_CHECKS = ["public.url", "public.proxy", "public.tls", "public.bind"]
 
 
-def doctor(home: Path, *flags: str) -> tuple[int, dict[str, Any]]:
-    done = CliRunner().invoke(cli, ["doctor", "--json", *flags], env={"AGENT_ROOMS_HOME": str(home)})
+# Woken CLIs: as root, which user they run as; everywhere, whether the sandbox starts.
+WAKE_CHECKS = [*(["wake.run_as"] if AS_ROOT else []), "wake.sandbox"]
+
+
+def doctor(home: Path, *flags: str, **env: str) -> tuple[int, dict[str, Any]]:
+    env = {"AGENT_ROOMS_HOME": str(home), "AGENT_ROOMS_RUN_AS": RUN_AS, **env}
+    done = CliRunner().invoke(cli, ["doctor", "--json", *flags], env=env)
     return done.exit_code, json.loads(done.stdout)
 
 
@@ -43,12 +49,36 @@ def serve_refuses(home: Path, *flags: str) -> bool:
 async def test_a_healthy_home_on_loopback_passes_every_check(world: World) -> None:
     code, report = doctor(world.settings.home)
     assert code == 0 and report["ok"], report
-    assert list(statuses(report)) == HOME_CHECKS + PUBLIC_CHECKS
-    assert set(statuses(report).values()) == {"ok"}
-    assert all(c["fix"] is None for c in report["checks"])
+    assert list(statuses(report)) == HOME_CHECKS + PUBLIC_CHECKS + WAKE_CHECKS
+    if sandbox_problem() is None:
+        assert set(statuses(report).values()) == {"ok"}
+        assert all(c["fix"] is None for c in report["checks"])
     # Text for people: one line per check.
-    text = CliRunner().invoke(cli, ["doctor"], env={"AGENT_ROOMS_HOME": str(world.settings.home)})
-    assert text.exit_code == 0 and text.stdout.count("\nok ") == len(HOME_CHECKS + PUBLIC_CHECKS) - 1
+    env = {"AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_RUN_AS": RUN_AS}
+    text = CliRunner().invoke(cli, ["doctor"], env=env)
+    assert (
+        text.exit_code == 0
+        and text.stdout.count("\nok ") + text.stdout.count("\nwarn ")
+        == len(HOME_CHECKS + PUBLIC_CHECKS + WAKE_CHECKS) - 1
+    )
+
+
+async def test_a_sandbox_that_cannot_start_is_a_warning_naming_bubblewrap(world: World, tmp_path: Path) -> None:
+    """Where bubblewrap is missing (here: named wrong), every sandboxed wake would end sandbox_unavailable: doctor
+    says so, with the fix. A warning, not a failure: a hub need not wake anyone."""
+    code, report = doctor(world.settings.home, AGENT_ROOMS_BWRAP=str(tmp_path / "no-bwrap"))
+    assert code == 0 and report["ok"]
+    sandbox = the(report, "wake.sandbox")
+    assert sandbox["status"] == "warn" and "sandbox_unavailable" in sandbox["message"]
+    assert "bubblewrap" in sandbox["fix"] and "--sandbox off" in sandbox["fix"]
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="only a hub running as root needs AGENT_ROOMS_RUN_AS")
+async def test_a_root_hub_without_a_run_as_user_is_warned_every_wake_is_refused(world: World) -> None:
+    for run_as, said in (("", "root_refused"), ("no-such-user-here", "names no user"), ("root", "is root")):
+        _, report = doctor(world.settings.home, AGENT_ROOMS_RUN_AS=run_as)
+        check = the(report, "wake.run_as")
+        assert check["status"] in ("warn", "fail") and said in check["message"], (run_as, check)
 
 
 @pytest.mark.invariant(20)

@@ -37,7 +37,7 @@ async def served(world: World, port: int | None = None) -> AsyncIterator[str]:
         yield hub.base
 
 
-RUNS_IT = f'[agents.alice-bot]\n{SANDBOX}\n'
+RUNS_IT = f"[agents.alice-bot]\n{SANDBOX}\n"
 
 
 async def enroll(world: World, url: str, root: Path, name: str, rules: str = RUNS_IT) -> Machine:
@@ -189,7 +189,7 @@ async def test_an_agent_the_local_policy_will_not_wake_is_not_held_here(
 ) -> None:
     """`wake = false`: this listener does not hold the agent, so its wakes stay for a listener that would."""
     world = remote_world
-    async with alice_listening(world, fakes, tmp_path, '[agents.alice-bot]\nwake = false\n'):
+    async with alice_listening(world, fakes, tmp_path, "[agents.alice-bot]\nwake = false\n"):
         await until(lambda: world.sql("SELECT 1 FROM listeners"), "the listener says hello")
         await post(world, "alice-claude", "@alice-bot please")
         await anyio.sleep(3)  # several looks of the listener

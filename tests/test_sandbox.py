@@ -30,14 +30,21 @@ from tests.wakeworld import (
     give_to_run_as,
     post,
     runs,
-    sandbox_problem,
+    skip_without_sandbox,
     supervisor,
     until,
     wake_caps,
 )
 
 QUICK: dict[str, Any] = {"grace_int_s": 0.5, "grace_term_s": 0.5, "after_result_s": 2.0, "poll_s": 0.05}
-needs_bwrap = pytest.mark.skipif(sandbox_problem() is not None, reason=f"no sandbox here: {sandbox_problem()}")
+
+
+@pytest.fixture
+def needs_sandbox() -> None:
+    skip_without_sandbox("no sandbox can start here")
+
+
+needs_bwrap = pytest.mark.usefixtures("needs_sandbox")
 
 
 async def sandbox_world(tmp_path: Path, fakes: Fakes, **caps: Any) -> World:

@@ -47,10 +47,16 @@ def test_a_listener_refuses_a_claim_altered_in_transit_signed_by_another_key_or_
         "expired": (sign_claim(KEY, DEP, CLAIM, "lst_a", -SKEW - timedelta(seconds=1)), DEP, "lst_a"),
         "garbage": ("v4.public.AAAA", DEP, "lst_a"),
         # Signed, but naming a path where a directory name belongs.
-        "a path for a run id": (sign_claim(KEY, DEP, replace(CLAIM, run_id="../../x"), "lst_a", timedelta(seconds=30)),
-                                DEP, "lst_a"),
-        "a wrong type": (sign_claim(KEY, DEP, replace(CLAIM, lease="3"), "lst_a", timedelta(seconds=30)),  # type: ignore[arg-type]
-                         DEP, "lst_a"),
+        "a path for a run id": (
+            sign_claim(KEY, DEP, replace(CLAIM, run_id="../../x"), "lst_a", timedelta(seconds=30)),
+            DEP,
+            "lst_a",
+        ),
+        "a wrong type": (
+            sign_claim(KEY, DEP, replace(CLAIM, lease="3"), "lst_a", timedelta(seconds=30)),  # type: ignore[arg-type]
+            DEP,
+            "lst_a",
+        ),
     }
     for name, (presented, dep, holder) in cases.items():
         with pytest.raises(ClaimRefused):

@@ -48,6 +48,16 @@ def sandbox_problem() -> str | None:
     return None if done.returncode == 0 else f"bwrap cannot start a sandbox here: {done.stderr.decode().strip()}"
 
 
+def skip_without_sandbox(why: str) -> None:
+    """Skip, saying why, where no sandbox can start; where CI installed bubblewrap
+    (AGENT_ROOMS_REQUIRE_BWRAP=1), fail instead: a broken install must not pass unseen."""
+    if (problem := sandbox_problem()) is None:
+        return
+    if os.environ.get("AGENT_ROOMS_REQUIRE_BWRAP") == "1":
+        pytest.fail(f"AGENT_ROOMS_REQUIRE_BWRAP=1 but {problem}")
+    pytest.skip(f"{why}: {problem}")
+
+
 def give_to_run_as(*paths: Path) -> None:
     """As root, hand directories a woken CLI writes in (its workdir, the fakes' log) to the run-as user."""
     if not AS_ROOT:
@@ -61,8 +71,8 @@ def give_to_run_as(*paths: Path) -> None:
 def wake_caps(fakes: Fakes, **overrides: Any) -> WakeSettings:
     """A supervisor's settings for the fake CLIs, whoever runs the suite: as root the CLIs run as `nobody`, and
     in the sandbox they see the fakes' scripts (read-only) and their scenario and log directory."""
-    if AS_ROOT and sandbox_problem() is not None:
-        pytest.skip(f"as root, woken CLIs run only as an unprivileged user inside the sandbox: {sandbox_problem()}")
+    if AS_ROOT:
+        skip_without_sandbox("as root, woken CLIs run only as an unprivileged user inside the sandbox")
     return WakeSettings(
         claude_bin=fakes.bins["claude"],
         codex_bin=fakes.bins["codex"],

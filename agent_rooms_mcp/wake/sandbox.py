@@ -47,6 +47,7 @@ __all__ = [
     "bwrap_argv",
     "cli_pid",
     "probe",
+    "probe_here",
     "read_info",
     "run_as",
 ]
@@ -253,18 +254,35 @@ async def probe(bwrap: str, plan: SandboxPlan) -> str | None:
     """Run `true` in a sandbox with the run's own mounts and user: None if it works, else why (bwrap's own
     words, which name paths and never secrets). Called at every spawn: a host that lost its user
     namespaces, or a workdir that moved, fails the run instead of running it unsandboxed."""
+    return await anyio.to_thread.run_sync(probe_now, bwrap, plan)
+
+
+def probe_now(bwrap: str, plan: SandboxPlan) -> str | None:
+    """`probe`, blocking (for `doctor`)."""
     argv = bwrap_argv(bwrap, plan, ["/usr/bin/true"])
-
-    def run() -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_S, env={}, check=False)
-
     try:
-        done = await anyio.to_thread.run_sync(run)
+        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_S, env={}, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"bwrap could not run: {type(e).__name__}"
     if done.returncode != 0:
         return done.stderr.decode(errors="replace").strip()[-500:] or f"exit {done.returncode}"
     return None
+
+
+def probe_here(bwrap: str, user: RunAs | None) -> str | None:
+    """Can this machine start a sandbox at all, for this user? A probe over empty directories of its own."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="agent-rooms-probe-") as tmp:
+        root = Path(tmp)
+        for name in ("work", "run", "config"):
+            (root / name).mkdir()
+            if user is not None:
+                os.chown(root / name, user.uid, user.gid)
+        os.chmod(root, 0o755)
+        plan = SandboxPlan(workdir=root / "work", run_dir=root / "run", config_dir=root / "config", read_only=False,
+                           cli_dirs=(), runtime_dirs=runtime_dirs(), run_as=user)  # fmt: skip
+        return probe_now(bwrap, plan)
 
 
 def read_info(fd: int) -> int | None:
