@@ -228,6 +228,10 @@ async def test_a_device_acts_for_its_owner_only_and_changes_nothing_when_refused
         ),
         "owner.add": await act("owner.add", handle="mallory"),
         "workdir": await act("agent.add", handle="y", owner="bob", tool="claude", scopes="read", workdir="/"),
+        # A hub-spawned run's workdir and sandbox are the operator's (DESIGN §5), even for bob's own agent.
+        "set workdir": await act("agent.set", handle="bob-claude", workdir="/"),
+        "sandbox off": await act("agent.set", handle="bob-claude", sandbox=False),
+        "agent.set of alice's agent": await act("agent.set", handle="alice-claude", tool="codex"),
     }
     codes = {what: (r.status_code, r.json()["code"]) for what, r in refusals.items()}
     assert codes == {
@@ -242,6 +246,9 @@ async def test_a_device_acts_for_its_owner_only_and_changes_nothing_when_refused
         "invite.accept for alice's agent": (404, "NOT_FOUND"),
         "owner.add": (403, "FORBIDDEN_SCOPE"),
         "workdir": (403, "FORBIDDEN_SCOPE"),
+        "set workdir": (403, "FORBIDDEN_SCOPE"),
+        "sandbox off": (403, "FORBIDDEN_SCOPE"),
+        "agent.set of alice's agent": (404, "NOT_FOUND"),
     }
     assert world.fingerprint() == before
     denials = world.sql("SELECT * FROM audit WHERE outcome = 'denied' AND via = 'device'")

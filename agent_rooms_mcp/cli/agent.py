@@ -79,8 +79,11 @@ def add(handle: str, owner_ref: str, tool: str, scopes: str, workdir: str | None
 def list_(as_json: bool) -> None:
     """List agents with their owner, tool and scopes."""
     agents: AgentList = perform("agent.list", NoArgs(), as_json=as_json)
-    rows = [[a.handle, a.owner, a.tool, ",".join(a.scopes), a.agent_id] for a in agents.agents]
-    emit(agents, as_json=as_json, text=lambda _: table(rows, ["HANDLE", "OWNER", "TOOL", "SCOPES", "AGENT_ID"]))
+    rows = [
+        [a.handle, a.owner, a.tool, ",".join(a.scopes), "on" if a.sandbox else "OFF", a.agent_id] for a in agents.agents
+    ]
+    emit(agents, as_json=as_json,
+         text=lambda _: table(rows, ["HANDLE", "OWNER", "TOOL", "SCOPES", "SANDBOX", "AGENT_ID"]))  # fmt: skip
 
 
 @agent.command("scopes")
