@@ -28,6 +28,7 @@ from tests.wakeworld import (
     Fakes,
     ended,
     give_to_run_as,
+    gone,
     post,
     runs,
     skip_without_sandbox,
@@ -248,3 +249,23 @@ async def test_a_root_supervisor_without_a_run_as_user_refuses_root_refused(tmp_
             done = await until(lambda n=n: ended(world, "alice-bot", n), "the wake ends")
         assert (done[-1]["state"], done[-1]["outcome"]) == ("failed", "root_refused"), run_as
     assert fakes.calls() == []
+
+
+@needs_bwrap
+async def test_a_stop_interrupts_the_cli_inside_the_sandbox_not_the_sandbox(tmp_path: Path, fakes: Fakes) -> None:
+    """DESIGN §5: SIGINT goes to the CLI's own PID (read from bwrap's --info-fd). Sent to bwrap it would kill
+    without grace, and the namespace's init ignores it: only the CLI's own handler writes the interrupted turn
+    (the fake does so on SIGINT alone), which keeps the session resumable."""
+    world = await sandbox_world(tmp_path, fakes)
+    fakes.scenario("hang")
+    async with supervisor(world):
+        await post(world, "alice-claude", "@alice-bot wait here")
+        [running] = await until(lambda: [r for r in runs(world, "alice-bot") if r["pid"]] or None, "the CLI runs")
+        await until(fakes.calls, "the fake is up")
+        async with world.hub() as hub:
+            await hub.runs.stop_as_owner(OPERATOR, "alice-bot", None)
+        [run] = await until(lambda: ended(world, "alice-bot"), "the run ends")
+    assert (run["state"], run["stop_signal"]) == ("stopped", "SIGINT")
+    events = (world.settings.run_logs_dir / run["run_id"] / "events.jsonl").read_text()
+    assert "[Request interrupted by user]" in events
+    assert gone(fakes.calls()[0]) and running["pid"]
