@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from pathlib import Path
 
 from agent_rooms_mcp.errors import (
     ErrorCode,
@@ -604,6 +605,27 @@ def sandbox_broken(*, cross_owner: bool) -> Outcome:
     """What a run whose sandbox probe failed ends with: it never runs unsandboxed (`sandbox_unavailable`), and
     a wake another owner caused says that it needed one (`sandbox_required`, which its causer sees)."""
     return Outcome.SANDBOX_REQUIRED if cross_owner else Outcome.SANDBOX_UNAVAILABLE
+
+
+# What no workdir may be or lie in: the kernel's and the system's own trees.
+_SYSTEM_TREES = tuple(Path(p) for p in ("/proc", "/sys", "/dev", "/run", "/etc", "/usr", "/boot", "/var/run"))
+
+
+def workdir_exposure(workdir: Path, *, hub_home: Path, user_home: Path) -> str | None:
+    """Why a sandboxed run must not work in `workdir` (resolved), or None. Bound read-write, a workdir of `/`,
+    of a home or of the hub's home would hand the CLI everything the sandbox hides: keys, the database, the
+    owner's own ~/.claude. The default workdirs under the hub's home are the supervisor's own, and allowed."""
+    if hub_home / "workdirs" in workdir.parents:
+        return None
+    for secret in (hub_home, user_home):
+        if workdir == secret or workdir in secret.parents:
+            return f"{workdir} contains {secret}, which no woken CLI may see"
+    if hub_home in workdir.parents:
+        return f"{workdir} lies inside the hub's home {hub_home}"
+    for tree in _SYSTEM_TREES:
+        if workdir == tree or tree in workdir.parents:
+            return f"{workdir} is a system directory"
+    return None
 
 
 def spawnable(tool: AgentTool) -> bool:

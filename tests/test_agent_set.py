@@ -59,3 +59,15 @@ def test_turning_the_sandbox_off_asks_first_and_a_refusal_changes_nothing(tmp_pa
     nothing = ar(home, "agent", "set", "alice-claude", "--json")
     assert nothing.exit_code != 0 and "--sandbox" in nothing.stdout + nothing.stderr
     assert fingerprint(home / "hub.db") == before
+
+
+def test_a_workdir_that_would_show_a_woken_cli_what_its_sandbox_hides_is_refused(tmp_path: Path) -> None:
+    home = populated(tmp_path / "home")
+    before = fingerprint(home / "hub.db")
+    for exposed, said in (("/", "contains"), (str(Path.home()), "contains"), (str(home), "contains"),
+                          (str(home / "keys"), "inside the hub's home"), ("/etc", "system directory")):  # fmt: skip
+        refused = ar(home, "agent", "set", "alice-claude", "--workdir", exposed, "--json")
+        error = json.loads(refused.stdout or refused.stderr)
+        assert refused.exit_code != 0 and error["code"] == "INVALID_ARGUMENT", (exposed, error)
+        assert said in error["message"], (exposed, error)
+    assert fingerprint(home / "hub.db") == before

@@ -7,9 +7,13 @@ everywhere, since they need the sandbox not to start."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -63,12 +67,37 @@ async def sandbox_world(tmp_path: Path, fakes: Fakes, **caps: Any) -> World:
                                          str(workdir))  # fmt: skip
             world.tokens[handle] = (await hub.accounts.issue_token(OPERATOR, handle, timedelta(days=1))).token
             await hub.rooms.add_agent(OPERATOR, "lobby" if owner == "alice" else "bobs-den", handle)
-    owner_home = tmp_path / "owner-home"
+    # The owner's secrets, readable by the run-as user on the host (a directory of /tmp's own, not pytest's
+    # 0700 one): only the sandbox stands between them and the CLI.
+    owner_home = decoy_home(tmp_path)
     for name, text in ((".ssh/id_ed25519", "PRIVATE KEY"), (".claude.json", "{}"), (".claude/settings.json", "{}")):
         (owner_home / name).parent.mkdir(parents=True, exist_ok=True)
         (owner_home / name).write_text(text)
+        (owner_home / name).chmod(0o666)
+    for d in (owner_home / ".ssh", owner_home / ".claude"):
+        d.chmod(0o777)
     fakes.scenario("escape")
     return world
+
+
+def decoy_home(tmp_path: Path) -> Path:
+    """A directory every user can enter, named in tmp_path (pytest's own directories are 0700 root's)."""
+    link = tmp_path / "owner-home"
+    if not link.exists():
+        made = Path(tempfile.mkdtemp(prefix="agent-rooms-decoy-"))
+        made.chmod(0o755)
+        atexit.register(shutil.rmtree, made, True)
+        link.symlink_to(made)
+    return link.resolve()
+
+
+def readable_by_run_as(path: Path) -> bool:
+    """Could the run-as user read `path` on the host, with no sandbox in the way? (As root: otherwise the
+    file's own mode, not the sandbox, would be what the test saw refuse the read.)"""
+    if not AS_ROOT:
+        return os.access(path, os.R_OK)
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(path)]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
 def attempts(fakes: Fakes, *tried: tuple[str, str | Path]) -> None:
@@ -111,7 +140,8 @@ def sleepers(marker: str) -> list[int]:
 async def test_a_woken_cli_reaches_nothing_but_its_workdir_config_and_bridge(tmp_path: Path, fakes: Fakes) -> None:
     world = await sandbox_world(tmp_path, fakes)
     home, alice_work, bob_work = world.settings.home, tmp_path / "work" / "alice-bot", tmp_path / "work" / "bob-bot"
-    owner_home = tmp_path / "owner-home"
+    owner_home = decoy_home(tmp_path)
+    assert readable_by_run_as(owner_home / ".ssh" / "id_ed25519")  # so the sandbox is what must refuse it
     marker = "987.654321"
     with host_listeners(tmp_path) as (_, host_socket):
         attempts(
@@ -134,6 +164,7 @@ async def test_a_woken_cli_reaches_nothing_but_its_workdir_config_and_bridge(tmp
             ("write", tmp_path / "outside.txt"),
             ("write", "/usr/local/bin/evil"),
             ("connect_unix", host_socket),
+            ("rename", alice_work / ".git"),
             ("fork_away", marker),
         )
         async with supervisor(world):
@@ -151,7 +182,7 @@ async def test_a_woken_cli_reaches_nothing_but_its_workdir_config_and_bridge(tmp
     controls = {f"write {alice_work / 'notes.txt'}", f"read {alice_work / 'secret.txt'}", "whoami -",
                 f"fork_away {marker}"}  # fmt: skip
     refused = {k: v for k, v in tried.items() if k not in controls}
-    assert len(refused) == 13
+    assert len(refused) == 14
     for what, how in refused.items():
         assert not how["ok"], f"{what} should have failed inside the sandbox: {how}"
     # Nothing of it reached the host: the hooks, the owner's settings, the host's /tmp.
@@ -159,6 +190,7 @@ async def test_a_woken_cli_reaches_nothing_but_its_workdir_config_and_bridge(tmp
     assert (alice_work / ".git" / "config").read_text() == "[core]\n"
     assert (owner_home / ".claude" / "settings.json").read_text() == "{}"
     assert not (tmp_path / "outside.txt").exists()
+    assert not (alice_work / ".git.x").exists() and not (alice_work / ".git" / "hooks" / "hooks").exists()
     assert (alice_work / "notes.txt").exists()  # the one place it may write
     # The double-forked, setsid'd sleeper ended with the run's PID namespace.
     assert tried[f"fork_away {marker}"]["ok"]
@@ -269,3 +301,16 @@ async def test_a_stop_interrupts_the_cli_inside_the_sandbox_not_the_sandbox(tmp_
     events = (world.settings.run_logs_dir / run["run_id"] / "events.jsonl").read_text()
     assert "[Request interrupted by user]" in events
     assert gone(fakes.calls()[0]) and running["pid"]
+
+
+@needs_bwrap
+async def test_a_hook_file_that_is_a_symlink_fails_the_run_closed(tmp_path: Path, fakes: Fakes) -> None:
+    """A protected name that is a symlink would bind its target, wherever that is: the run never starts."""
+    world = await sandbox_world(tmp_path, fakes)
+    alice_work = tmp_path / "work" / "alice-bot"
+    (alice_work / ".claude").symlink_to(tmp_path)
+    async with supervisor(world):
+        await post(world, "alice-claude", "@alice-bot please look")
+        [run] = await until(lambda: ended(world, "alice-bot"), "the run ends")
+    assert (run["state"], run["outcome"]) == ("failed", "sandbox_unavailable")
+    assert fakes.calls() == []

@@ -6,7 +6,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent_rooms_mcp import audit
+from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.passports import PassportIssuer
 from agent_rooms_mcp.auth.tokens import CredentialKind, new_id, new_token, secret_hash
@@ -48,15 +48,19 @@ def _owner_info(row: sqlite3.Row) -> OwnerInfo:
     )
 
 
-def checked_workdir(workdir: str) -> str:
+def checked_workdir(workdir: str, hub_home: Path) -> str:
     """An agent's workdir as stored: absolute and an existing directory now, so a typo is caught when it is
-    typed, not at the first wake (which would end `workdir_missing`)."""
+    typed, not at the first wake (which would end `workdir_missing`), and none that would show a woken CLI
+    what its sandbox hides (checked again at every spawn)."""
     path = Path(workdir).expanduser()
     if not path.is_absolute():
         path = Path.cwd() / path
     if not path.is_dir():
         raise invalid("workdir", f"{workdir!r} is not an existing directory: create it first, or give another")
-    return str(path.resolve())
+    resolved = path.resolve()
+    if why := policy.workdir_exposure(resolved, hub_home=hub_home.resolve(), user_home=Path.home().resolve()):
+        raise invalid("workdir", f"{why}: give a project directory of its own")
+    return str(resolved)
 
 
 def _agent_info(row: sqlite3.Row) -> AgentInfo:
@@ -205,7 +209,7 @@ class Accounts:
     ) -> AgentInfo:
         check_handle(handle)
         if workdir is not None:
-            workdir = checked_workdir(workdir)
+            workdir = checked_workdir(workdir, self._store.path.parent)
 
         def run(conn: sqlite3.Connection) -> AgentInfo:
             owner = queries.owner(conn, owner_ref)
@@ -240,7 +244,7 @@ class Accounts:
         """Change where the agent's woken runs work, which CLI it is, or whether they run sandboxed; what is
         None stays. One audit row says what changed (a workdir only that it did: the audit log keeps no paths)."""
         if workdir is not None:
-            workdir = checked_workdir(workdir)
+            workdir = checked_workdir(workdir, self._store.path.parent)
 
         def run(conn: sqlite3.Connection) -> AgentInfo:
             agent = queries.agent(conn, agent_ref)

@@ -25,6 +25,7 @@ whose probe fails never starts (the supervisor ends it `sandbox_unavailable`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pwd
@@ -46,17 +47,26 @@ __all__ = [
     "as_user",
     "bwrap_argv",
     "cli_pid",
+    "home_secrets",
+    "move_aside",
     "probe",
     "probe_here",
     "read_info",
     "run_as",
+    "unprotectable",
 ]
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
 # Files inside a workdir that other tools execute later (git, Claude Code, Codex, editors, direnv): a woken
 # CLI may edit the code, never what runs the next time its owner opens the repository.
-PROTECTED = (".git/hooks", ".git/config", ".claude", ".mcp.json", ".codex", ".vscode", ".idea", ".envrc", ".direnv")
+PROTECTED = (
+    ".git/hooks", ".git/config", ".git/commondir", ".git/config.worktree", ".git/info", ".git/modules",
+    ".claude", ".mcp.json", ".codex", ".vscode", ".idea", ".envrc", ".direnv",
+)  # fmt: skip
+# What else the host user keeps that a CLI bound with a home-wide directory (a CLI installed in ~) must not see.
+_HOME_SECRETS = (".ssh", ".gnupg", ".claude", ".claude.json", ".codex", ".aws", ".kube", ".docker", ".netrc",
+                 ".config", ".local/share/keyrings")  # fmt: skip
 # The system, read-only. On a merged-/usr host the top-level ones are symlinks, recreated as such.
 _SYSTEM = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # Secrets of the system itself, hidden even from a read-only /etc.
@@ -105,7 +115,8 @@ def run_as(spec: str) -> RunAs:
 
 
 def as_user(who: RunAs, argv: Sequence[str]) -> list[str]:
-    """argv run as `who` with no capability at all, in any set, and none to be regained (no_new_privs)."""
+    """argv run as `who` with no capability at all, in any set, and none to be regained (no_new_privs). The
+    kernel clears a parent-death signal when the uid changes, so it is set again once the user is `who`."""
     return [
         SETPRIV,
         f"--reuid={who.uid}",
@@ -114,6 +125,9 @@ def as_user(who: RunAs, argv: Sequence[str]) -> list[str]:
         "--inh-caps=-all",
         "--bounding-set=-all",
         "--no-new-privs",
+        "--",
+        SETPRIV,
+        "--pdeathsig=KILL",
         "--",
         *argv,
     ]
@@ -216,13 +230,38 @@ def _bind(how: str, path: Path) -> list[str]:
 
 
 def _workdir(plan: SandboxPlan) -> list[str]:
-    argv = _bind("--ro-bind" if plan.read_only else "--bind", plan.workdir)
+    how = "--ro-bind" if plan.read_only else "--bind"
+    argv = _bind(how, plan.workdir)
+    git = plan.workdir / ".git"
+    if git.is_dir() and not git.is_symlink():
+        # A mount point of its own cannot be renamed: `mv .git .x; mkdir -p .git/hooks` would otherwise leave
+        # the read-only hooks behind under another name and a fresh, writable .git in their place.
+        argv += [how, str(git), str(git)]
     for name in PROTECTED:
         inside = plan.workdir / name
-        # A symlink is left alone: binding it would bind its target, which may lie outside the workdir.
-        if os.path.lexists(inside) and not inside.is_symlink():
+        if os.path.lexists(inside):  # a symlink among them never gets this far (`unprotectable`)
             argv += ["--ro-bind", str(inside), str(inside)]
+    if git.is_file() and not git.is_symlink():  # a worktree's `gitdir:` pointer
+        argv += ["--ro-bind", str(git), str(git)]
     return argv
+
+
+def unprotectable(workdir: Path) -> str | None:
+    """Why this workdir's hook files cannot be held read-only, or None. A protected name that is a symlink
+    (or lies under one) would bind its target, which may lie outside the workdir; such a workdir fails
+    closed rather than run with its hooks writable."""
+    for name in (".git", *PROTECTED):
+        path = workdir
+        for part in Path(name).parts:
+            path = path / part
+            if path.is_symlink():
+                return f"{path} is a symlink: the sandbox cannot hold it read-only; replace it with the real file"
+    return None
+
+
+def home_secrets(home: Path) -> tuple[Path, ...]:
+    """The host user's own secrets under `home`, hidden in every sandbox whatever was bound around them."""
+    return tuple(home / name for name in _HOME_SECRETS)
 
 
 def _hide(path: Path) -> list[str]:
@@ -244,6 +283,31 @@ def protected_created(workdir: Path, before: Iterable[str]) -> list[str]:
     what exists read-only, so the supervisor moves these aside after the run instead."""
     existed = set(before)
     return [name for name in PROTECTED if name not in existed and os.path.lexists(workdir / name)]
+
+
+def move_aside(workdir: Path, name: str, aside: Path) -> str:
+    """Move workdir/name (created by a run) to `aside`, never through a symlink the run planted: the parent
+    is opened without following links, and the name renamed relative to it. Across filesystems it is renamed
+    in place to an inert name instead. Returns where it went."""
+    parts = Path(name).parts
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(workdir, flags)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, flags, dir_fd=fd)  # ELOOP/ENOTDIR on a symlink: nothing is moved
+            os.close(fd)
+            fd = inner
+        try:
+            os.rename(parts[-1], aside, src_dir_fd=fd)
+            return str(aside)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            inert = f"{parts[-1]}.agent-rooms-moved-aside-{aside.parent.parent.name}"
+            os.rename(parts[-1], inert, src_dir_fd=fd, dst_dir_fd=fd)
+            return str(workdir.joinpath(*parts[:-1], inert))
+    finally:
+        os.close(fd)
 
 
 def existing_protected(workdir: Path) -> list[str]:

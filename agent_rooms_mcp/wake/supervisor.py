@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -40,11 +41,14 @@ from agent_rooms_mcp.wake.sandbox import (
     cli_dirs,
     cli_pid,
     existing_protected,
+    home_secrets,
+    move_aside,
     probe,
     protected_created,
     read_info,
     run_as,
     runtime_dirs,
+    unprotectable,
 )
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
@@ -277,6 +281,8 @@ class Supervisor:
             config_dir = local.home / "agent-config" / run.agent_id
             ensure_private_dir(config_dir.parent)
             for d in (config_dir, config_dir / ".claude", config_dir / ".codex"):
+                if d.is_symlink():  # planted by an earlier run of the agent, whose directory this is
+                    d.unlink()
                 ensure_private_dir(d, also_owner=theirs)
             env.update(HOME=str(config_dir), CLAUDE_CONFIG_DIR=str(config_dir / ".claude"),
                        CODEX_HOME=str(config_dir / ".codex"))  # fmt: skip
@@ -319,7 +325,7 @@ class Supervisor:
                 box: _Box | None = None
                 if config_dir is not None:
                     box = _Box(self._sandbox_plan(run, binary, workdir, run_dir, config_dir, read_only, user))
-                    if (why := await probe(self._bwrap(), box.plan)) is not None:
+                    if (why := await self._sandbox_problem(box.plan)) is not None:
                         # Fails closed (DESIGN §5): a run whose sandbox does not start never runs without it.
                         log.warning("run.sandbox_unavailable", run_id=run.run_id, agent=run.handle, why=why[-200:])
                         return RunState.FAILED, policy.sandbox_broken(cross_owner=cross_owner)
@@ -409,6 +415,13 @@ class Supervisor:
             )
         return finished
 
+    async def _sandbox_problem(self, plan: SandboxPlan) -> str | None:
+        """Why this run's sandbox cannot start as it must, or None: a workdir that would show the CLI what the
+        sandbox hides, hook files it could not hold read-only, or a probe with the run's own mounts failing."""
+        exposed = policy.workdir_exposure(plan.workdir, hub_home=self.local.home.resolve(),
+                                          user_home=Path.home().resolve())  # fmt: skip
+        return exposed or unprotectable(plan.workdir) or await probe(self._bwrap(), plan)
+
     def _bwrap(self) -> str:
         return shutil.which(self._caps.bwrap) or self._caps.bwrap
 
@@ -425,7 +438,7 @@ class Supervisor:
             extra_ro=tuple(Path(p) for p in caps.sandbox_ro),
             extra_rw=tuple(Path(p) for p in caps.sandbox_rw),
             # The hub's (or listener's) own home above all: its database, keys and other runs.
-            hidden=(self.local.home.resolve(), *(Path(p) for p in caps.sandbox_hide)),
+            hidden=(self.local.home.resolve(), *home_secrets(Path.home()), *(Path(p) for p in caps.sandbox_hide)),
             run_as=user,
         )
 
@@ -478,15 +491,21 @@ class _Box:
         return self._cli
 
     async def find_cli(self) -> None:
-        """Read the sandbox's init PID from bwrap, then find the CLI under it (called once it is spawned)."""
+        """Read the sandbox's init PID from bwrap, then find the CLI under it (called once it is spawned).
+        The read end is this task's alone: the read returns when bwrap writes its info or ends, and only
+        then is the descriptor closed, so a number another file got meanwhile is never read."""
         os.close(self._write)  # the child has its copy: bwrap's close then ends our read
-        self._write = -1
-        init = await anyio.to_thread.run_sync(read_info, self._read, abandon_on_cancel=True)
+        read, self._write, self._read = self._read, -1, -1
+        try:
+            init = await anyio.to_thread.run_sync(read_info, read)
+        finally:
+            os.close(read)
         if init is not None:
             self._cli = await cli_pid(init)
         log.info("run.sandboxed", init=init, cli=self._cli)
 
     def close(self) -> None:
+        """Close what `find_cli` never took (a spawn that failed)."""
         for fd in (self._read, self._write):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -501,18 +520,26 @@ class _Box:
         for name in protected_created(self.plan.workdir, self._before):
             aside = logs / "moved-aside" / name.replace("/", "_")
             ensure_private_dir(aside.parent)
-            with contextlib.suppress(OSError):
-                os.replace(self.plan.workdir / name, aside)
-                log.warning("run.protected_moved_aside", path=name)
+            try:
+                moved_to = move_aside(self.plan.workdir, name, aside)
+            except OSError as e:  # a symlinked parent, say: said loudly, never followed
+                log.error("run.protected_left_in_workdir", path=name, error=type(e).__name__)
+            else:
+                log.warning("run.protected_moved_aside", path=name, to=moved_to)
 
 
 def _give(user: RunAs, *paths: Path) -> None:
-    """Hand these trees to the run-as user: the CLI writes its config, temp files and socket there."""
+    """Hand these trees to the run-as user: the CLI writes its config, temp files and socket there. The user
+    may have shaped them in an earlier run, so the walk never follows a link (by directory descriptor, each
+    name changed relative to its directory) and skips a file with other names elsewhere (a hard link to
+    something of the system's would otherwise change owner)."""
     for top in paths:
-        for root, dirs, files in os.walk(top):
+        os.chown(top, user.uid, user.gid, follow_symlinks=False)
+        for _root, dirs, files, fd in os.fwalk(top, follow_symlinks=False):
             for name in (*dirs, *files):
-                os.lchown(os.path.join(root, name), user.uid, user.gid)
-        os.lchown(top, user.uid, user.gid)
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode) or st.st_nlink == 1:
+                    os.chown(name, user.uid, user.gid, dir_fd=fd, follow_symlinks=False)
 
 
 def _root_cause(e: BaseException) -> BaseException:

@@ -5,6 +5,7 @@ An attempt is {"kind": ..., "target": ...}:
 - read:         read one byte of a file (or list a directory)
 - write:        append to a file, creating it (its directory must exist)
 - mkdir:        create a directory
+- rename:       rename <target> to <target>.x, then recreate <target>/hooks (the `.git` swap)
 - connect_tcp:  connect to 127.0.0.1:<target>
 - connect_unix: connect to the Unix socket at <target>
 - fork_away:    double-fork, setsid, and leave `sleep <target>` running (the test finds it by that argv)
@@ -50,6 +51,10 @@ def _do(kind: str, target: str) -> str:
     if kind == "mkdir":
         os.mkdir(target)
         return "made"
+    if kind == "rename":
+        os.rename(target, target + ".x")
+        os.makedirs(os.path.join(target, "hooks"))
+        return "swapped"
     if kind == "connect_tcp":
         with socket.create_connection(("127.0.0.1", int(target)), timeout=2):
             return "connected"
