@@ -405,10 +405,17 @@ def sandbox_argv(run_dir: Path, *, pid_ns: bool, as_nobody: bool) -> list[str]:
             argv += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    python_home = str(Path(sys.base_prefix).resolve())
-    argv += ["--ro-bind", python_home, python_home, "--ro-bind", str(ROOT), str(ROOT)]
-    argv += ["--bind", str(run_dir), str(run_dir), "--chdir", str(run_dir)]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    python_home = Path(sys.base_prefix).resolve()
+    # bwrap makes a bound path's missing parents 0700, which a run-as user cannot pass: each is made 0755.
+    made: set[Path] = set()
+    for path, how in ((python_home, "--ro-bind"), (ROOT, "--ro-bind"), (run_dir, "--bind")):
+        for parent in reversed(path.parents[:-1]):
+            if parent not in made and str(parent) not in ("/usr", "/etc", "/tmp"):
+                made.add(parent)
+                argv += ["--dir", str(parent)]
+        argv += [how, str(path), str(path)]
+    argv += ["--chdir", str(run_dir)]
     argv += ["--unshare-net", "--die-with-parent", "--new-session"]
     argv += ["--unshare-pid"] if pid_ns else []
     argv += ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] if as_nobody else []
@@ -474,8 +481,9 @@ def test_a_sandboxed_cli_reaches_only_the_proxy_and_through_it_only_its_listed_h
                 # The CLI is the relay's own process, exec'd (the PID the supervisor signals), and the relay
                 # child is the CLI's child: the only process left running the relay's code.
                 ps = processes()
-                (cli_pid,) = [p for p, (_, _, cmd) in ps.items() if str(run_dir / "probe.py") in cmd]
-                (relay_pid,) = [p for p, (_, _, cmd) in ps.items() if f"egress-relay --socket {proxy.path}" in cmd]
+                (cli_pid,) = [p for p, (_, _, cmd) in ps.items() if cmd.startswith(" ".join(probe[:2]))]
+                relay = " ".join(relay_argv(sys.executable, proxy.path))
+                (relay_pid,) = [p for p, (_, _, cmd) in ps.items() if cmd.startswith(relay)]
                 assert ps[relay_pid][0] == cli_pid
                 os.kill(cli_pid, signal.SIGTERM)  # as the stop ladder does
                 sandbox.wait(DEADLINE_S)
