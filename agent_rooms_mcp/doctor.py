@@ -10,6 +10,7 @@ the flags that passed.
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import stat
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from agent_rooms_mcp.home import PRIVATE_DIR, HomeError, check_private_file, loa
 from agent_rooms_mcp.models import CheckStatus, DoctorCheck, DoctorReport
 from agent_rooms_mcp.public import BindRefused, exposure_for, is_loopback
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.wake.egress import loopback_listeners, network_namespace_problem
 
 OK, WARN, FAIL = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL
 
@@ -37,7 +39,7 @@ class Exposed:
 
 
 def check(settings: Settings, exposed: Exposed) -> DoctorReport:
-    checks = [*home_checks(settings), *exposure_checks(exposed)]
+    checks = [*home_checks(settings), *exposure_checks(exposed), sandbox_network()]
     return DoctorReport(ok=all(c.status is not FAIL for c in checks), checks=checks)
 
 
@@ -196,3 +198,36 @@ def _bind(host: str, url: str | None, proxy: str | None, tls: tuple[str | None, 
         )
     where = "loopback only" if is_loopback(host) else "beyond loopback, behind TLS"
     return _ok("public.bind", f"{host}: {where}")
+
+
+# The sandbox's network (DESIGN §5): a namespace of its own whose one way out is the egress proxy, or else
+# the host's network, with the loopback ports a woken CLI could reach listed for the owner to judge.
+
+PORTS_SHOWN = 20
+
+
+def sandbox_network() -> DoctorCheck:
+    bwrap = shutil.which("bwrap")
+    problem = network_namespace_problem(bwrap)
+    if problem is None:
+        says = "bwrap --unshare-net works: a sandboxed run reaches only its model API and the hub, by its proxy"
+        return _ok("sandbox.network", says)
+    ports = loopback_listeners()
+    if ports is None:
+        reach = "the ports it could reach cannot be listed here (no /proc/net)"
+    elif not ports:
+        reach = "no TCP port listens on loopback now"
+    else:
+        more = f" and {len(ports) - PORTS_SHOWN} more" if len(ports) > PORTS_SHOWN else ""
+        reach = f"it could reach these loopback TCP ports: {', '.join(ports[:PORTS_SHOWN])}{more}"
+    if bwrap is None:
+        fix = "install bubblewrap (Debian: apt install bubblewrap)"
+    else:
+        fix = "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu also "
+        fix += "kernel.apparmor_restrict_unprivileged_userns=0)"
+    return DoctorCheck(
+        id="sandbox.network",
+        status=WARN,
+        message=f"{problem}: a woken CLI shares this host's network; {reach}",
+        fix=f"{fix}, or stop or firewall the services behind those ports",
+    )

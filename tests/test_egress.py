@@ -26,12 +26,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.policy import allowed_hosts
 from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.sockets import connect_unix
-from agent_rooms_mcp.wake.egress import BadRequest, canonical_host, parse_head
+from agent_rooms_mcp.wake.egress import BadRequest, canonical_host, loopback_listeners, parse_head
 from agent_rooms_mcp.wake.relay import RELAY_PORT, SOCKET_NAME, parse, proxy_env, relay_argv
+from tests.conftest import World
 
 ROOT = Path(__file__).resolve().parent.parent
 # Generous: only to end a hang on a loaded box, never a measure of speed.
@@ -517,3 +520,55 @@ def test_a_sandboxed_cli_reaches_only_the_proxy_and_through_it_only_its_listed_h
         assert out["sockets"] == [str(proxy.path)]
         assert accepted_nothing(closed)
         assert [e["port"] for e in proxy.refusals()] == [closed_port, 443]
+
+
+# doctor: whether this host gives a sandbox a network namespace, and if not, what a run could reach.
+
+
+def sandbox_network(home: Path, path: str) -> tuple[dict[str, object], bool]:
+    done = CliRunner().invoke(cli, ["doctor", "--json"], env={"AGENT_ROOMS_HOME": str(home), "PATH": path})
+    report = json.loads(done.stdout)
+    return next(c for c in report["checks"] if c["id"] == "sandbox.network"), report["ok"]
+
+
+async def test_doctor_lists_the_loopback_ports_a_run_could_reach_where_bwrap_gives_no_network_namespace(
+    world: World, tmp_path: Path
+) -> None:
+    refusing, empty = tmp_path / "refusing", tmp_path / "empty"
+    refusing.mkdir()
+    empty.mkdir()
+    fake = refusing / "bwrap"  # a host where user namespaces are off answers like this
+    fake.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with silent_listener() as local:
+        port = local.getsockname()[1]
+        check, ok = sandbox_network(world.settings.home, f"{refusing}:{os.environ['PATH']}")
+        assert check["status"] == "warn" and ok, check  # a warning: the owner judges the ports
+        assert "setting up uid map: Permission denied" in str(check["message"])
+        assert f"127.0.0.1:{port}" in str(check["message"]) and "user namespaces" in str(check["fix"])
+        check, ok = sandbox_network(world.settings.home, str(empty))
+        assert check["status"] == "warn" and "bwrap is not installed" in str(check["message"]), check
+        assert f"127.0.0.1:{port}" in str(check["message"]) and "apt install bubblewrap" in str(check["fix"])
+    if bwrap_unshare_net() is None:
+        check, ok = sandbox_network(world.settings.home, os.environ["PATH"])
+        assert check["status"] == "ok" and check["fix"] is None, check
+
+
+def test_the_listed_ports_are_those_listening_on_loopback_or_every_address() -> None:
+    with silent_listener() as local, socket.socket() as every, socket.socket() as unlistened:
+        every.bind(("0.0.0.0", 0))
+        every.listen(1)
+        unlistened.bind(("127.0.0.1", 0))  # bound, not listening: nothing to reach
+        ports = loopback_listeners()
+        assert ports is not None
+        assert f"127.0.0.1:{local.getsockname()[1]}" in ports
+        assert f"0.0.0.0:{every.getsockname()[1]}" in ports
+        assert not any(p.endswith(f":{unlistened.getsockname()[1]}") for p in ports)
+        if socket.has_ipv6:
+            with socket.socket(socket.AF_INET6) as six:
+                try:
+                    six.bind(("::1", 0))
+                except OSError:
+                    return  # no IPv6 loopback on this host
+                six.listen(1)
+                assert f"[::1]:{six.getsockname()[1]}" in (loopback_listeners() or [])

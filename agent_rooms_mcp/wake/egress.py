@@ -21,10 +21,11 @@ time and the time to connect upstream (Limits.egress_*).
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,7 +38,14 @@ from agent_rooms_mcp.settings import DEFAULT_LIMITS, Limits
 from agent_rooms_mcp.sockets import bind_private_unix
 from agent_rooms_mcp.wake.relay import SOCKET_NAME, splice
 
-__all__ = ["SOCKET_NAME", "EgressProxy", "canonical_host", "egress_proxy"]
+__all__ = [
+    "SOCKET_NAME",
+    "EgressProxy",
+    "canonical_host",
+    "egress_proxy",
+    "loopback_listeners",
+    "network_namespace_problem",
+]
 
 log = structlog.get_logger("agent_rooms_mcp.wake.egress")
 
@@ -221,3 +229,66 @@ async def egress_proxy(
         await listener.aclose()
         with suppress(FileNotFoundError):
             socket_path.unlink()
+
+
+# Where the host gives no network namespace (doctor, DESIGN §5): a sandboxed run then shares the host's
+# network, and the owner should know which local services it could reach.
+
+PROBE_TIMEOUT_S = 30.0
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
+
+
+def network_namespace_problem(bwrap: str | None) -> str | None:
+    """Why bwrap cannot give a sandbox a network namespace of its own here, or None when it can."""
+    if bwrap is None:
+        return "bwrap is not installed"
+    try:
+        done = subprocess.run(
+            [bwrap, "--ro-bind", "/", "/", "--unshare-net", "--", "true"],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bwrap --unshare-net did not run: {e}"
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return f"bwrap --unshare-net failed: {said[:200]}"
+    return None
+
+
+def _proc_address(text: str) -> IPv4Address | IPv6Address:
+    """/proc/net/tcp{,6} print addresses as 32-bit words in host (little-endian) order."""
+    raw = bytes.fromhex(text)
+    return ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
+def _reachable_from_loopback(address: IPv4Address | IPv6Address) -> bool:
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
+
+
+def loopback_listeners(proc_net: Path = Path("/proc/net")) -> list[str] | None:
+    """`127.0.0.1:5432`, `[::1]:631`, `0.0.0.0:22`...: the TCP ports listening on this host's loopback or on
+    every address, sorted by port. None where /proc/net cannot be read (not Linux)."""
+    found: set[tuple[int, str]] = set()
+    readable = False
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != _LISTEN:
+                continue
+            address_text, _, port_text = fields[1].partition(":")
+            try:
+                address, port = _proc_address(address_text), int(port_text, 16)
+            except ValueError:
+                continue
+            if _reachable_from_loopback(address):
+                found.add((port, f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"))
+    return [where for _, where in sorted(found)] if readable else None
