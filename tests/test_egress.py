@@ -56,6 +56,14 @@ def host_http_server() -> Iterator[int]:
             self.end_headers()
             self.wfile.write(body)
 
+        def do_POST(self) -> None:
+            sent = self.rfile.read(int(self.headers["Content-Length"]))
+            body = f"{self.path} got {len(sent)} bytes: {sent[:10].decode()}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def log_message(self, *args: object) -> None:
             pass
 
@@ -174,6 +182,10 @@ def test_the_proxy_lets_through_exactly_the_listed_destinations(tmp_path: Path) 
         # A plain request to the listed loopback API is forwarded, in origin form, with its answer.
         answer = ask(proxy.path, f"GET http://127.0.0.1:{api}/v1/messages?x=1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert status(answer) == 200 and answer.endswith(b"hello from the host /v1/messages?x=1")
+        # ...with its body, however it was split into reads (the head's read may hold its first bytes).
+        body = '{"model":"x"}' + "b" * 100_000
+        post = f"POST http://127.0.0.1:{api}/v1/messages HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+        assert ask(proxy.path, post.encode()).endswith(b'/v1/messages got 100013 bytes: {"model":"')
         # A tunnel to it carries whatever the client sends (here plain HTTP; TLS in real runs).
         tunnel, head = exchange(proxy.path, f"CONNECT 127.0.0.1:{api} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         with tunnel:

@@ -155,6 +155,10 @@ class EgressProxy:
                 await self._serve(client)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
                 pass  # the client went away mid-answer: nothing to tell it
+            except Exception as e:
+                # One connection's surprise must not end the listener's task group, and with it every other
+                # connection of the run: logged by its type alone (its text could quote what was sent).
+                log.error("egress.failed", error=type(e).__name__)
             finally:
                 self.open -= 1
 
