@@ -279,6 +279,14 @@ def test_request_heads_are_read_strictly() -> None:
     assert forwarded.head == b"POST /v1/x HTTP/1.1\r\nHost: h\r\nX-Api-Key: k\r\nConnection: close\r\n\r\n"
     assert parse_head(b"GET http://Example.COM/ HTTP/1.1\r\n\r\n").host == "example.com"
     assert parse_head(b"CONNECT [::1]:443 HTTP/1.1\r\n\r\n").host == "::1"
+    for bad in (
+        b"GET http://h:0/ HTTP/1.1",
+        b"GET http://h:x/ HTTP/1.1",
+        b"CONNECT h:0 HTTP/1.1",
+        b"GET http:// HTTP/1.1",
+    ):
+        with pytest.raises(BadRequest):
+            parse_head(bad + b"\r\n\r\n")
 
 
 def test_each_tool_reaches_its_model_api_its_base_url_and_the_hub() -> None:

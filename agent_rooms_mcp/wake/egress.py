@@ -116,7 +116,7 @@ def parse_head(head: bytes) -> Request:
     if "@" in url.netloc or not url.netloc:
         raise BadRequest("the URI has no host, or has user information")
     try:
-        host, port = _authority(url.netloc) if url.port else (canonical_host(url.hostname or ""), 80)
+        host, port = _authority(url.netloc) if url.port is not None else (canonical_host(url.hostname or ""), 80)
     except ValueError:
         raise BadRequest("the URI's port is not 1..65535") from None
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
