@@ -592,3 +592,18 @@ def test_the_listed_ports_are_those_listening_on_loopback_or_every_address() -> 
                     return  # no IPv6 loopback on this host
                 six.listen(1)
                 assert f"[::1]:{six.getsockname()[1]}" in (loopback_listeners() or [])
+
+
+def test_the_cli_starts_with_no_signal_ignored_that_the_relay_ignored(tmp_path: Path) -> None:
+    """Python ignores SIGPIPE for itself; a CLI exec'd from it would inherit that (`yes | head` never ends)."""
+    if (why := bwrap_unshare_net()) is not None:
+        pytest.skip(why)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    grep = shutil.which("grep") or "/usr/bin/grep"
+    with running_proxy(run_dir, []) as proxy:
+        argv = sandbox_argv(run_dir, pid_ns=True, as_nobody=False) + relay_argv(sys.executable, proxy.path)
+        done = subprocess.run([*argv, grep, "^SigIgn", "/proc/self/status"], capture_output=True, timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr
+    ignored = int(done.stdout.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1)), hex(ignored)

@@ -112,6 +112,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         _child(listener, socket_path, parent)
     listener.close()  # also close-on-exec (Python's sockets are not inheritable): the CLI never holds it
     child_env = {**env, **proxy_env(port)}
+    # Python ignores SIGPIPE and SIGXFSZ for itself, and an ignored signal stays ignored across exec: the CLI
+    # (and every shell command it runs) must get the defaults back, as subprocess's restore_signals does.
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
     try:
         os.execvpe(cli[0], cli, child_env)
     except OSError as e:
