@@ -9,6 +9,13 @@ if sys.argv[1:2] == ["bridge"]:
 
     sys.exit(bridge())
 
+if sys.argv[1:2] == ["egress-relay"]:
+    # A sandboxed CLI's command prefix (wake/relay.py): it runs ahead of every sandboxed wake's CLI, so it
+    # loads nothing but the standard library before it execs the CLI.
+    from agent_rooms_mcp.wake.relay import main as egress_relay
+
+    sys.exit(egress_relay())
+
 from agent_rooms_mcp.cli import main
 
 main()

@@ -45,6 +45,7 @@ from agent_rooms_mcp.home import check_private_file
 from agent_rooms_mcp.lines import DISCARD_CHUNK, TOO_LARGE_METHOD, BoundedLines
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.settings import Limits
+from agent_rooms_mcp.sockets import SUN_PATH_MAX
 
 log = structlog.get_logger("agent_rooms_mcp.bridge")
 
@@ -65,8 +66,6 @@ NAME_BEARING_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/
 HUB_UNREACHABLE = -32000
 HUB_REFUSED = -32001
 INVALID_REQUEST = -32600
-# A Unix socket path longer than this is reached relative to its directory (sun_path is 108 bytes on Linux).
-SUN_PATH_MAX = 100
 # A socket or URL that does not answer within this long is reported, not waited on.
 CONNECT_TIMEOUT_S = 10.0
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]*")

@@ -22,6 +22,7 @@ from agent_rooms_mcp.home import PRIVATE_DIR, HomeError, check_private_file, loa
 from agent_rooms_mcp.models import CheckStatus, DoctorCheck, DoctorReport
 from agent_rooms_mcp.public import BindRefused, exposure_for, is_loopback
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.wake.egress import loopback_listeners, network_namespace_problem
 from agent_rooms_mcp.wake.sandbox import RunAs, SandboxError, probe_here, run_as
 
 OK, WARN, FAIL = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL
@@ -232,4 +233,37 @@ def wake_checks(settings: Settings) -> list[DoctorCheck]:
             fix="install bubblewrap (Debian: apt install bubblewrap); or, for one agent of your own, "
             "agent-rooms agent set HANDLE --sandbox off (it then runs with your permissions)",
         ))  # fmt: skip
+    checks.append(sandbox_network(bwrap))
     return checks
+
+
+# The sandbox's network (DESIGN §5): a namespace of its own whose one way out is the egress proxy, or else
+# the host's network, with the loopback ports a woken CLI could reach listed for the owner to judge.
+
+PORTS_SHOWN = 20
+
+
+def sandbox_network(bwrap: str | None) -> DoctorCheck:
+    problem = network_namespace_problem(bwrap)
+    if problem is None:
+        says = "bwrap --unshare-net works: a sandboxed run reaches only its model API and the hub, by its proxy"
+        return _ok("wake.network", says)
+    ports = loopback_listeners()
+    if ports is None:
+        reach = "the ports it could reach cannot be listed here (no /proc/net)"
+    elif not ports:
+        reach = "no TCP port listens on loopback now"
+    else:
+        more = f" and {len(ports) - PORTS_SHOWN} more" if len(ports) > PORTS_SHOWN else ""
+        reach = f"it could reach these loopback TCP ports: {', '.join(ports[:PORTS_SHOWN])}{more}"
+    if bwrap is None:
+        fix = "install bubblewrap (Debian: apt install bubblewrap)"
+    else:
+        fix = "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu also "
+        fix += "kernel.apparmor_restrict_unprivileged_userns=0)"
+    return DoctorCheck(
+        id="wake.network",
+        status=WARN,
+        message=f"{problem}: a woken CLI shares this host's network; {reach}",
+        fix=f"{fix}, or stop or firewall the services behind those ports",
+    )

@@ -9,8 +9,6 @@ bridge`, which relays stdio to this socket holding only the run token (bridge.py
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -20,12 +18,12 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
-from agent_rooms_mcp.bridge import SOCKET_ENV, SUN_PATH_MAX, TOKEN_FILE_ENV
-from agent_rooms_mcp.home import PRIVATE_FILE
+from agent_rooms_mcp.bridge import SOCKET_ENV, TOKEN_FILE_ENV
 from agent_rooms_mcp.http import mcp_app
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.serving import bounded_protocol
 from agent_rooms_mcp.settings import Limits
+from agent_rooms_mcp.sockets import bind_private_unix
 from agent_rooms_mcp.wake.supervisor import OpenBridge
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
@@ -48,33 +46,9 @@ def socket_bridge(hub: Hub) -> OpenBridge:
     return open_bridge
 
 
-def _bind(path: Path) -> socket.socket:
-    with suppress(FileNotFoundError):
-        path.unlink()  # a socket left by a crashed server: the run directory is this run's alone
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        if len(os.fsencode(path)) <= SUN_PATH_MAX:
-            sock.bind(str(path))
-        else:
-            # A longer path is bound through the run directory's descriptor (Linux's /proc/self/fd).
-            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                sock.bind(f"/proc/self/fd/{fd}/{path.name}")
-            finally:
-                os.close(fd)
-        # Before listen(): nobody can connect before the mode is ours (the 0700 directory already shuts
-        # out other users; this keeps the socket private even if the directory's mode were widened).
-        os.chmod(path, PRIVATE_FILE)
-        sock.listen(16)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 @asynccontextmanager
 async def _serve_unix(app: ASGIApp, path: Path, limits: Limits) -> AsyncIterator[None]:
-    sock = _bind(path)
+    sock = bind_private_unix(path, 16)
     config = uvicorn.Config(
         app,
         lifespan="off",

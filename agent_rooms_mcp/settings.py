@@ -58,6 +58,15 @@ class Limits:
     stdio_line_bytes: int = 4 * MIB
     # A run's bridge socket closes this long after its run ends, even with a bridge request still open.
     bridge_close_s: int = 2
+    # A sandboxed run's egress proxy (wake/egress.py): a request head larger than egress_head_bytes, or not
+    # whole within egress_head_timeout_s, is refused; at most egress_connections tunnels at once per run;
+    # a tunnel with no byte either way for egress_idle_s is closed (model APIs stream, with pings, well
+    # inside it); an upstream that does not accept within egress_connect_timeout_s gets 502.
+    egress_head_bytes: int = 16 * KIB
+    egress_head_timeout_s: float = 10.0
+    egress_connections: int = 32
+    egress_idle_s: float = 300.0
+    egress_connect_timeout_s: float = 10.0
     pending_invites_per_room: int = 20
     invite_ttl_default_s: int = 24 * 3600
     invite_ttl_min_s: int = 60

@@ -100,13 +100,13 @@ def _rows() -> list[Invariant]:
         86: ("a failed COMMIT rolls back and leaves the store able to write", "hardening"),
         87: ("a run token reads and writes only the room of its run", "hardening"),
         88: ("tool errors carry no structuredContent; the code leads the text and sits in _meta", "hardening"),
-        91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
-        92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
         89: (
-            "a sandboxed CLI reads no home, key or other workdir, writes only its own, reaches no host socket but its"
-            " bridge, runs with no capability as a non-root uid, and all it starts ends with it",
+            "a sandboxed CLI reads and writes only what DESIGN 5 binds, reaches no host socket but its bridge "
+            "(and its egress proxy), runs with no capability and a non-zero uid, and leaves no process behind",
             "containment",
         ),
+        91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
+        92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
         93: (
             "one listener holds an agent at a time; a reported spawn is never re-queued; a restart marks runs lost",
             "network",

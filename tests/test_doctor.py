@@ -24,7 +24,8 @@ PUBLIC_CHECKS = ["public.url", "public.proxy", "public.tls", "public.bind"]
 
 
 # Woken CLIs: as root, which user they run as; everywhere, whether the sandbox starts.
-WAKE_CHECKS = [*(["wake.run_as"] if AS_ROOT else []), "wake.sandbox"]
+# (wake.network is judged on the host's own powers: tests/test_egress.py drives it both ways.)
+WAKE_CHECKS = [*(["wake.run_as"] if AS_ROOT else []), "wake.sandbox", "wake.network"]
 
 
 def doctor(home: Path, *flags: str, **env: str) -> tuple[int, dict[str, Any]]:

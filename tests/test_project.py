@@ -52,6 +52,13 @@ BANNED = {  # where -> imports it must never make (DESIGN §10: transport -> aut
         "agent_rooms_mcp.hub", "agent_rooms_mcp.services", "agent_rooms_mcp.store", "agent_rooms_mcp.vault",
         "agent_rooms_mcp.auth", "agent_rooms_mcp.server", "agent_rooms_mcp.cli", "sqlite3", "aiosqlite", "mcp",
     ),
+    # A sandboxed CLI's command prefix runs before every sandboxed CLI: the standard library, then (in its
+    # relay child) anyio and the socket helper; nothing that reads the hub's home or settings (wake/relay.py).
+    "agent_rooms_mcp/wake/relay.py": (
+        "agent_rooms_mcp.store", "agent_rooms_mcp.services", "agent_rooms_mcp.hub", "agent_rooms_mcp.settings",
+        "agent_rooms_mcp.home", "agent_rooms_mcp.logs", "structlog", "mcp",
+    ),
+    "agent_rooms_mcp/sockets.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
     # What crosses the wake book and the run words: leaves every layer (and a remote listener) can use.
     "agent_rooms_mcp/book.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
     "agent_rooms_mcp/run_states.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
