@@ -28,7 +28,11 @@ def embedded_supervisor(hub: Hub) -> Supervisor:
         host=this_host(settings.wake.host_id),
     )
     local = Local(
-        wake=settings.wake, home=settings.home, runs_dir=settings.runs_dir, run_logs_dir=settings.run_logs_dir
+        wake=settings.wake,
+        home=settings.home,
+        runs_dir=settings.runs_dir,
+        run_logs_dir=settings.run_logs_dir,
+        limits=settings.limits,
     )
     return Supervisor(book, local, socket_bridge(hub))
 

@@ -290,5 +290,6 @@ def listener_supervisor(settings: Settings, book: HttpWakeBook, device: Device, 
         home=settings.home,
         runs_dir=settings.runs_dir,
         run_logs_dir=settings.run_logs_dir,
+        limits=settings.limits,
     )
     return Supervisor(book, local, https_bridge(device))

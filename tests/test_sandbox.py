@@ -26,6 +26,7 @@ import pytest
 from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
+from agent_rooms_mcp.wake.egress import network_namespace_problem
 from tests.conftest import OPERATOR, World, build_world
 from tests.wakeworld import (
     AS_ROOT,
@@ -111,14 +112,21 @@ def outcome(fakes: Fakes) -> dict[str, dict[str, Any]]:
 
 
 @contextmanager
-def host_listeners(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A loopback TCP port and a Unix socket of the host, both listening."""
-    with socket.create_server(("127.0.0.1", 0)) as tcp, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+def host_listeners(tmp_path: Path) -> Iterator[tuple[int, Path, str]]:
+    """A loopback TCP port, a Unix socket and an abstract Unix socket of the host, all listening."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as tcp,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as abstract,
+    ):
         path = tmp_path / "host.sock"
         unix.bind(str(path))
         unix.listen()
         os.chmod(path, 0o777)  # reachable by any user: only the sandbox may stand in the way
-        yield tcp.getsockname()[1], path
+        name = f"agent-rooms-test-{os.getpid()}-{tmp_path.name}"
+        abstract.bind("\0" + name)  # abstract: no file, no mode; only a network namespace stands in the way
+        abstract.listen()
+        yield tcp.getsockname()[1], path, "@" + name
 
 
 def sleepers(marker: str) -> list[int]:
@@ -142,8 +150,11 @@ async def test_a_woken_cli_reaches_nothing_but_its_workdir_config_and_bridge(tmp
     home, alice_work, bob_work = world.settings.home, tmp_path / "work" / "alice-bot", tmp_path / "work" / "bob-bot"
     owner_home = decoy_home(tmp_path)
     assert readable_by_run_as(owner_home / ".ssh" / "id_ed25519")  # so the sandbox is what must refuse it
+    # Where the host gives the sandbox a network of its own, host ports and abstract sockets are out of reach
+    # too (else doctor's wake.network lists the ports: tests/test_egress.py).
+    own_network = network_namespace_problem(shutil.which("bwrap")) is None
     marker = "987.654321"
-    with host_listeners(tmp_path) as (_, host_socket):
+    with host_listeners(tmp_path) as (port, host_socket, abstract):
         attempts(
             fakes,
             # what must work: the run's own workdir and config, so the test can fail
@@ -165,6 +176,7 @@ async def test_a_woken_cli_reaches_nothing_but_its_workdir_config_and_bridge(tmp
             ("write", "/usr/local/bin/evil"),
             ("connect_unix", host_socket),
             ("rename", alice_work / ".git"),
+            *([("connect_tcp", port), ("connect_unix", abstract)] if own_network else []),
             ("fork_away", marker),
         )
         async with supervisor(world):
@@ -182,7 +194,7 @@ async def test_a_woken_cli_reaches_nothing_but_its_workdir_config_and_bridge(tmp
     controls = {f"write {alice_work / 'notes.txt'}", f"read {alice_work / 'secret.txt'}", "whoami -",
                 f"fork_away {marker}"}  # fmt: skip
     refused = {k: v for k, v in tried.items() if k not in controls}
-    assert len(refused) == 14
+    assert len(refused) == 14 + 2 * own_network
     for what, how in refused.items():
         assert not how["ok"], f"{what} should have failed inside the sandbox: {how}"
     # Nothing of it reached the host: the hooks, the owner's settings, the host's /tmp.

@@ -25,13 +25,17 @@ import structlog
 
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.book import BookRevoked, BookUnavailable, CauseText, Claimed, Ending, LeaseLost, WakeBook
+from agent_rooms_mcp.bridge import HUB_URL_ENV
 from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
-from agent_rooms_mcp.settings import WakeSettings
+from agent_rooms_mcp.settings import DEFAULT_LIMITS, Limits, WakeSettings
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
+from agent_rooms_mcp.wake.egress import egress_proxy, network_namespace_problem
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
+from agent_rooms_mcp.wake.relay import RELAY_PORT, proxy_env, relay_argv
+from agent_rooms_mcp.wake.relay import SOCKET_NAME as EGRESS_SOCKET
 from agent_rooms_mcp.wake.sandbox import (
     RunAs,
     SandboxError,
@@ -78,6 +82,7 @@ class Local:
     home: Path
     runs_dir: Path
     run_logs_dir: Path
+    limits: Limits = DEFAULT_LIMITS  # the egress proxy's bounds
 
 
 class Supervisor:
@@ -89,6 +94,7 @@ class Supervisor:
         # Keyed by claim, not run: a run this supervisor lost and then claimed anew has two CLIs to tell apart.
         self._stops: dict[tuple[str, int], anyio.Event] = {}
         self._revoked = anyio.Event()
+        self._netns: bool | None = None  # whether sandboxes get a network namespace here (`_own_network`)
 
     async def run(self) -> None:
         """Claim and run wakes until cancelled; on cancellation every child is stopped and reaped. When the
@@ -305,7 +311,16 @@ class Supervisor:
 
         try:
             # The CLI's MCP server is `agent-rooms bridge` with the run token only (DESIGN §5): never the home.
-            async with self.open_bridge(run.run_id, run_dir, token_file) as mcp_env:
+            async with (
+                self.open_bridge(run.run_id, run_dir, token_file) as mcp_env,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                # Where the host gives the sandbox a network of its own, its one way out is the egress proxy.
+                isolated = config_dir is not None and await self._own_network()
+                if isolated and HUB_URL_ENV in mcp_env:
+                    # Codex hands an MCP server only the variables it is given: a bridge to an https hub (a
+                    # listener's run) reaches it through the relay, like the CLI itself.
+                    mcp_env = {**mcp_env, **proxy_env(RELAY_PORT)}
                 plan = Plan(
                     binary=binary,
                     workdir=workdir,
@@ -324,11 +339,20 @@ class Supervisor:
                     _give(user, run_dir, *([config_dir] if config_dir else []), *([] if run.workdir else [workdir]))
                 box: _Box | None = None
                 if config_dir is not None:
-                    box = _Box(self._sandbox_plan(run, binary, workdir, run_dir, config_dir, read_only, user))
+                    box = _Box(self._sandbox_plan(run, binary, workdir, run_dir, config_dir, read_only, user, isolated))
                     if (why := await self._sandbox_problem(box.plan)) is not None:
                         # Fails closed (DESIGN §5): a run whose sandbox does not start never runs without it.
                         log.warning("run.sandbox_unavailable", run_id=run.run_id, agent=run.handle, why=why[-200:])
                         return RunState.FAILED, policy.sandbox_broken(cross_owner=cross_owner)
+                    if isolated:
+                        allowed = policy.allowed_hosts(tool, env, mcp_env.get(HUB_URL_ENV))
+                        egress = await stack.enter_async_context(
+                            egress_proxy(run_dir / EGRESS_SOCKET, allowed, local.limits)
+                        )
+                        if user is not None:
+                            os.chown(egress.path, user.uid, user.gid)
+                        # The relay listens on the sandbox's own loopback and execs the CLI (same PID).
+                        argv = [*relay_argv(sys.executable, egress.path), *argv]
                 # Reported before the exec (DESIGN §9.1): from here on a holder that dies leaves the run
                 # `lost`, never queued to run twice. A claim that no longer holds the run executes nothing.
                 await self.book.spawning(run.run_id, run.lease)
@@ -425,8 +449,18 @@ class Supervisor:
     def _bwrap(self) -> str:
         return shutil.which(self._caps.bwrap) or self._caps.bwrap
 
+    async def _own_network(self) -> bool:
+        """Can this host give a sandbox a network namespace of its own? Asked once; each run's probe, which
+        carries the run's own flags, still fails it closed should that change."""
+        if self._netns is None:
+            problem = await anyio.to_thread.run_sync(network_namespace_problem, shutil.which(self._caps.bwrap))
+            if problem is not None:
+                log.warning("supervisor.shared_network", why=problem)
+            self._netns = problem is None
+        return self._netns
+
     def _sandbox_plan(self, run: Claimed, binary: str, workdir: Path, run_dir: Path, config_dir: Path,
-                      read_only: bool, user: RunAs | None) -> SandboxPlan:  # fmt: skip
+                      read_only: bool, user: RunAs | None, isolated: bool) -> SandboxPlan:  # fmt: skip
         caps = self._caps
         return SandboxPlan(
             workdir=workdir.resolve(),
@@ -440,6 +474,7 @@ class Supervisor:
             # The hub's (or listener's) own home above all: its database, keys and other runs.
             hidden=(self.local.home.resolve(), *home_secrets(Path.home()), *(Path(p) for p in caps.sandbox_hide)),
             run_as=user,
+            share_net=not isolated,
         )
 
     async def _report_start(self, run: Claimed, pid: int, stop: anyio.Event) -> None:

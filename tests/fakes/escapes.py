@@ -7,7 +7,7 @@ An attempt is {"kind": ..., "target": ...}:
 - mkdir:        create a directory
 - rename:       rename <target> to <target>.x, then recreate <target>/hooks (the `.git` swap)
 - connect_tcp:  connect to 127.0.0.1:<target>
-- connect_unix: connect to the Unix socket at <target>
+- connect_unix: connect to the Unix socket at <target> (a leading "@" names an abstract socket)
 - fork_away:    double-fork, setsid, and leave `sleep <target>` running (the test finds it by that argv)
 - whoami:       the uid and effective capabilities (always "ok": the result is in `detail`)
 """
@@ -61,7 +61,7 @@ def _do(kind: str, target: str) -> str:
     if kind == "connect_unix":
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2)
-            s.connect(target)
+            s.connect("\0" + target[1:] if target.startswith("@") else target)
             return "connected"
     if kind == "fork_away":
         _fork_away(target)
