@@ -26,6 +26,7 @@ from agent_rooms_mcp.wake.egress import loopback_listeners, network_namespace_pr
 from agent_rooms_mcp.wake.sandbox import RunAs, SandboxError, probe_here, run_as
 
 OK, WARN, FAIL = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL
+NOBODY = 65534  # the overflow uid Debian names `nobody`
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +219,16 @@ def wake_checks(settings: Settings) -> list[DoctorCheck]:
         else:
             try:
                 user = run_as(wake.run_as)
-                checks.append(_ok("wake.run_as", f"woken CLIs run as {user.name} (uid {user.uid}), never root"))
+                if user.uid == NOBODY:
+                    # Processes of the same uid can read a CLI's environment and files through /proc.
+                    checks.append(DoctorCheck(
+                        id="wake.run_as", status=WARN,
+                        message=f"woken CLIs run as {user.name}, a uid system daemons share: any of them could read "
+                        "a running CLI's environment and files",
+                        fix="create a dedicated user (useradd --system agent-rooms-run) and set AGENT_ROOMS_RUN_AS",
+                    ))  # fmt: skip
+                else:
+                    checks.append(_ok("wake.run_as", f"woken CLIs run as {user.name} (uid {user.uid}), never root"))
             except SandboxError as e:
                 checks.append(_fail("wake.run_as", str(e), "set AGENT_ROOMS_RUN_AS to an existing unprivileged user"))
     bwrap = shutil.which(wake.bwrap)

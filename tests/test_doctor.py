@@ -35,7 +35,8 @@ def doctor(home: Path, *flags: str, **env: str) -> tuple[int, dict[str, Any]]:
 
 
 def statuses(report: dict[str, Any]) -> dict[str, str]:
-    return {c["id"]: c["status"] for c in report["checks"]}
+    """The home's and the flags' checks; the wake.* ones are judged on the host (and tested below)."""
+    return {c["id"]: c["status"] for c in report["checks"] if not c["id"].startswith("wake.")}
 
 
 def the(report: dict[str, Any], check_id: str) -> dict[str, Any]:
@@ -50,10 +51,12 @@ def serve_refuses(home: Path, *flags: str) -> bool:
 async def test_a_healthy_home_on_loopback_passes_every_check(world: World) -> None:
     code, report = doctor(world.settings.home)
     assert code == 0 and report["ok"], report
-    assert list(statuses(report)) == HOME_CHECKS + PUBLIC_CHECKS + WAKE_CHECKS
+    assert [c["id"] for c in report["checks"]] == HOME_CHECKS + PUBLIC_CHECKS + WAKE_CHECKS
+    assert set(statuses(report).values()) == {"ok"}
     if sandbox_problem() is None:
-        assert set(statuses(report).values()) == {"ok"}
-        assert all(c["fix"] is None for c in report["checks"])
+        # (the suite's run-as user is `nobody`, which doctor rightly warns is shared)
+        wake = {c["id"]: c["status"] for c in report["checks"] if c["id"] in ("wake.sandbox", "wake.network")}
+        assert wake == {"wake.sandbox": "ok", "wake.network": "ok"}
     # Text for people: one line per check.
     env = {"AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_RUN_AS": RUN_AS}
     text = CliRunner().invoke(cli, ["doctor"], env=env)
