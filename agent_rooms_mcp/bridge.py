@@ -52,6 +52,9 @@ log = structlog.get_logger("agent_rooms_mcp.bridge")
 TOKEN_FILE_ENV = "AGENT_ROOMS_TOKEN_FILE"
 SOCKET_ENV = "AGENT_ROOMS_BRIDGE_SOCKET"
 HUB_URL_ENV = "AGENT_ROOMS_HUB_URL"
+# Passed to a listener's bridge so it trusts the same certificates the listener does (a private CA, say);
+# the sandbox binds what they name, read-only.
+TRUST_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 
 # The wire names of the SDK's streamable HTTP transport (mcp.shared.inbound, mcp_types), kept here so the
 # bridge need not import the SDK; tests/test_bridge.py checks they still match it.

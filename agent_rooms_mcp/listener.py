@@ -30,9 +30,9 @@ from nacl.signing import VerifyKey
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.auth.wake_claims import ClaimRefused, verify_claim
 from agent_rooms_mcp.book import BookRevoked, BookUnavailable, Claimed, Ending, LeaseLost, LeftBehind, this_host
-from agent_rooms_mcp.bridge import HUB_URL_ENV, TOKEN_FILE_ENV
+from agent_rooms_mcp.bridge import HUB_URL_ENV, TOKEN_FILE_ENV, TRUST_VARS
 from agent_rooms_mcp.encoding import EncodingError, b64url_decode
-from agent_rooms_mcp.home import HomeError, ensure_private_dir
+from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.listen_policy import ListenPolicy
 from agent_rooms_mcp.local_env import LocalEnv
 from agent_rooms_mcp.models import ListenerHello
@@ -49,8 +49,6 @@ _API = "/owner/v1/listener/"
 # The hub answers a long poll within this (web/listener_api.WAIT_MAX_MS caps it); the read timeout is longer.
 WAIT_MS = 20_000
 TIMEOUT = httpx2.Timeout(10.0, read=WAIT_MS / 1000 + 15)
-# Passed to the bridge so it trusts the same certificates this listener does (a private CA, say).
-_TRUST_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
 class HttpWakeBook:
@@ -264,7 +262,13 @@ def https_bridge(device: Device) -> OpenBridge:
     @asynccontextmanager
     async def open_bridge(run_id: str, run_dir: Path, token_file: Path) -> AsyncIterator[dict[str, str]]:
         env = {TOKEN_FILE_ENV: str(token_file), HUB_URL_ENV: device.hub + "/mcp", "AGENT_ROOMS_RUN_ID": run_id}
-        env.update({name: os.environ[name] for name in _TRUST_VARS if os.environ.get(name)})
+        env.update({name: os.environ[name] for name in TRUST_VARS if os.environ.get(name)})
+        if env.get("SSL_CERT_FILE"):
+            # A copy in the run directory, which the sandbox binds and a root listener hands to its run-as user:
+            # the certificates are public, the file they came from may be neither visible nor readable there.
+            copy = run_dir / "ca.pem"
+            write_private_file(copy, Path(env["SSL_CERT_FILE"]).read_bytes())
+            env["SSL_CERT_FILE"] = str(copy)
         yield env
 
     return open_bridge

@@ -223,7 +223,7 @@ async def test_bobs_listener_runs_his_agent_on_his_machine_behind_a_tls_proxy(tm
             replies = hub.sql(
                 "SELECT m.seq FROM messages m JOIN agents a ON a.agent_id = m.agent_id WHERE a.handle = 'bob-bot'"
             )
-            assert [r["seq"] for r in replies] == [call["posted_seq"]]
+            assert [r["seq"] for r in replies][before:] == [call["posted_seq"]]
             [token] = hub.sql("SELECT token_id FROM tokens WHERE run_id = ?", (run["run_id"],))
             posts = hub.sql("SELECT 1 FROM audit WHERE cred_id = ? AND outcome = 'ok' AND action = 'message.post'",
                             (token["token_id"],))  # fmt: skip
@@ -241,6 +241,8 @@ async def test_bobs_listener_runs_his_agent_on_his_machine_behind_a_tls_proxy(tm
             fakes.scenario("hang")
             await two.bobs_own("please hang")
             [held] = await until(two.spawned, "bob's CLI runs")
+            # Up, with its interrupt handler in place: a stop that lands while it starts has no turn to end.
+            await until(lambda: len(fakes.calls()) == before + 2, "bob's CLI is up")
             stopped = await hub.machine.ok("agent", "stop", "bob-bot")
             assert [(s["run_id"], s["state"], s["stop_signal"]) for s in stopped["stopped"]] == [
                 (held["run_id"], "stopped", "SIGINT")
@@ -254,6 +256,7 @@ async def test_bobs_listener_runs_his_agent_on_his_machine_behind_a_tls_proxy(tm
             # 3. Revoking Bob's device at the hub: his listener stops its run and exits 1; his CLI is refused.
             await two.bobs_own("please hang again")
             [running] = await until(two.spawned, "bob's third run runs")
+            await until(lambda: len(fakes.calls()) == before + 3, "bob's third CLI is up")
             await hub.machine.ok("device", "revoke", device["device_id"])
             with anyio.fail_after(60):
                 await listener.wait()  # it leaves by itself, having stopped its run first

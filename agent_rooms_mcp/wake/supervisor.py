@@ -25,7 +25,7 @@ import structlog
 
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.book import BookRevoked, BookUnavailable, CauseText, Claimed, Ending, LeaseLost, WakeBook
-from agent_rooms_mcp.bridge import HUB_URL_ENV
+from agent_rooms_mcp.bridge import HUB_URL_ENV, TRUST_VARS
 from agent_rooms_mcp.home import HomeError, ensure_private_dir, write_private_file
 from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
@@ -339,7 +339,9 @@ class Supervisor:
                     _give(user, run_dir, *([config_dir] if config_dir else []), *([] if run.workdir else [workdir]))
                 box: _Box | None = None
                 if config_dir is not None:
-                    box = _Box(self._sandbox_plan(run, binary, workdir, run_dir, config_dir, read_only, user, isolated))
+                    trusted = tuple(Path(mcp_env[n]) for n in TRUST_VARS if mcp_env.get(n))
+                    box = _Box(self._sandbox_plan(run, binary, workdir, run_dir, config_dir, read_only, user,
+                                                  isolated, trusted))  # fmt: skip
                     if (why := await self._sandbox_problem(box.plan)) is not None:
                         # Fails closed (DESIGN §5): a run whose sandbox does not start never runs without it.
                         log.warning("run.sandbox_unavailable", run_id=run.run_id, agent=run.handle, why=why[-200:])
@@ -460,7 +462,8 @@ class Supervisor:
         return self._netns
 
     def _sandbox_plan(self, run: Claimed, binary: str, workdir: Path, run_dir: Path, config_dir: Path,
-                      read_only: bool, user: RunAs | None, isolated: bool) -> SandboxPlan:  # fmt: skip
+                      read_only: bool, user: RunAs | None, isolated: bool,
+                      trusted: tuple[Path, ...]) -> SandboxPlan:  # fmt: skip
         caps = self._caps
         return SandboxPlan(
             workdir=workdir.resolve(),
@@ -469,7 +472,8 @@ class Supervisor:
             read_only=read_only,
             cli_dirs=cli_dirs(binary),
             runtime_dirs=runtime_dirs(),
-            extra_ro=tuple(Path(p) for p in caps.sandbox_ro),
+            # The certificates the bridge trusts (a listener's private CA) and the operator's own paths.
+            extra_ro=(*trusted, *(Path(p) for p in caps.sandbox_ro)),
             extra_rw=tuple(Path(p) for p in caps.sandbox_rw),
             # The hub's (or listener's) own home above all: its database, keys and other runs.
             hidden=(self.local.home.resolve(), *home_secrets(Path.home()), *(Path(p) for p in caps.sandbox_hide)),
