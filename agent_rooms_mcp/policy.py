@@ -596,10 +596,13 @@ def sandbox_refusal(*, cross_owner: bool, sandbox: bool) -> Outcome | None:
 
 def spawn_refusal(*, as_root: bool, run_as_set: bool, cross_owner: bool, sandbox: bool) -> Outcome | None:
     """Why a supervisor refuses to start this CLI at all (DESIGN §5), or None. Never root: a root supervisor
-    starts CLIs only as its configured unprivileged user."""
-    if as_root and not run_as_set:
+    starts CLIs only as its configured unprivileged user, and only in the sandbox, which alone can give that
+    user the run's own directory without opening the hub's home to it."""
+    if (refused := sandbox_refusal(cross_owner=cross_owner, sandbox=sandbox)) is not None:
+        return refused  # what another owner's wake needed, said to its causer first
+    if as_root and not (run_as_set and sandbox):
         return Outcome.ROOT_REFUSED
-    return sandbox_refusal(cross_owner=cross_owner, sandbox=sandbox)
+    return None
 
 
 def sandbox_broken(*, cross_owner: bool) -> Outcome:

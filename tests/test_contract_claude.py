@@ -29,7 +29,7 @@ from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.supervisor import SYSTEM_PROMPT
 from tests.conftest import OPERATOR, World, build_world
 from tests.fake_anthropic import FakeAnthropic, Hang, Reply, Request, Text, ToolUse
-from tests.wakeworld import ended, post, runs, supervisor, until
+from tests.wakeworld import RUN_AS, ended, give_to_run_as, post, runs, supervisor, unsandboxed_unless_available, until
 
 CLAUDE = os.environ.get("AGENT_ROOMS_TEST_CLAUDE_BIN") or shutil.which("claude")
 pytestmark = pytest.mark.skipif(CLAUDE is None, reason="no Claude Code CLI (PATH or AGENT_ROOMS_TEST_CLAUDE_BIN)")
@@ -73,16 +73,19 @@ async def real_world(
     monkeypatch.setenv("HOME", str(tmp_path / "home-dir"))
     (tmp_path / "home-dir").mkdir()
     caps = WakeSettings(
-        claude_bin=CLAUDE, contain=contain, grace_int_s=10.0, grace_term_s=3.0, after_result_s=5.0, poll_s=0.05
-    )
+        claude_bin=CLAUDE, contain=contain, grace_int_s=10.0, grace_term_s=3.0, after_result_s=5.0, poll_s=0.05,
+        run_as=RUN_AS,  # as root, the CLI runs as an unprivileged user (DESIGN §5)
+    )  # fmt: skip
     world = await build_world(tmp_path / "home", caps)
     workdir = tmp_path / "alice-bot"
     workdir.mkdir()
+    give_to_run_as(workdir)
     async with world.hub() as hub:
         await hub.accounts.add_agent(
             OPERATOR, "alice-bot", "alice", AgentTool.CLAUDE, parse_scopes("read,post,task,invoke"), str(workdir)
         )
         world.tokens["alice-bot"] = (await hub.accounts.issue_token(OPERATOR, "alice-bot", timedelta(days=1))).token
+        await unsandboxed_unless_available(hub, "alice-bot")
         await hub.rooms.add_agent(OPERATOR, "lobby", "alice-bot")
         variables = {
             "ANTHROPIC_API_KEY": "sk-ant-fake",
@@ -149,7 +152,7 @@ def carrying(run_id: str) -> list[int]:
     return found
 
 
-MODES = [pytest.param(True, False, id="contain"), pytest.param(False, ROOT, id="full")]
+MODES = [pytest.param(True, False, id="contain"), pytest.param(False, False, id="full")]
 
 
 @pytest.mark.parametrize(("contain", "sandbox"), MODES)
@@ -220,16 +223,18 @@ async def test_a_mention_wakes_the_real_cli_which_posts_through_our_mcp_server_a
 
 
 @pytest.mark.skipif(not ROOT, reason="Claude refuses --dangerously-skip-permissions only as root")
-async def test_full_mode_as_root_without_is_sandbox_is_a_failed_run(
+async def test_as_root_the_real_cli_runs_unprivileged_and_needs_no_is_sandbox(
     tmp_path: Path, fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """DESIGN §5 "Never root": a root hub starts the CLI as AGENT_ROOMS_RUN_AS, so Claude's refusal to skip
+    permissions as root never fires, and the supervisor never sets IS_SANDBOX."""
     world = await real_world(tmp_path, fake, monkeypatch, contain=False, sandbox=False)
     async with supervisor(world):
         await post(world, "alice-claude", "@alice-bot please say hello")
         [run] = await until(lambda: ended(world, "alice-bot"), "the run ends", DEADLINE_S)
-    assert (run["state"], run["outcome"]) == ("failed", "root_refused"), explain(world, run)
-    assert "--dangerously-skip-permissions cannot be used with root/sudo privileges" in stderr(world, run["run_id"])
-    assert events(world, run["run_id"]) == [] and fake.messages() == []
+    assert (run["state"], run["outcome"]) == ("completed", "ok"), explain(world, run)
+    assert "root/sudo privileges" not in stderr(world, run["run_id"])
+    assert fake.messages()
 
 
 async def test_stop_interrupts_the_real_cli_mid_stream(

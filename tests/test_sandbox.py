@@ -326,3 +326,26 @@ async def test_a_hook_file_that_is_a_symlink_fails_the_run_closed(tmp_path: Path
         [run] = await until(lambda: ended(world, "alice-bot"), "the run ends")
     assert (run["state"], run["outcome"]) == ("failed", "sandbox_unavailable")
     assert fakes.calls() == []
+
+
+@pytest.mark.invariant(101)
+def test_who_runs_where_is_one_rule_for_the_hub_and_a_listener() -> None:
+    """policy.spawn_refusal, every case: another owner's wake needs the sandbox; a root supervisor runs only
+    sandboxed CLIs, and only as its run-as user."""
+    from agent_rooms_mcp import policy
+
+    cases = {
+        # (as_root, run_as_set, cross_owner, sandbox): outcome
+        (False, False, False, True): None,
+        (False, False, False, False): None,  # the operator's confirmed choice, for the owner's own wakes
+        (False, False, True, False): "sandbox_required",
+        (False, False, True, True): None,
+        (True, True, False, True): None,
+        (True, False, False, True): "root_refused",
+        (True, True, False, False): "root_refused",
+        (True, True, True, False): "sandbox_required",
+        (True, False, True, True): "root_refused",
+    }
+    for (as_root, run_as_set, cross_owner, sandbox), expected in cases.items():
+        got = policy.spawn_refusal(as_root=as_root, run_as_set=run_as_set, cross_owner=cross_owner, sandbox=sandbox)
+        assert got == expected, (as_root, run_as_set, cross_owner, sandbox, got)

@@ -32,7 +32,7 @@ INVOKE_WARNING = (
 SANDBOX_OFF_WARNING = (
     "Turning the sandbox off lets this agent's woken CLI read and write everything its OS user can: your keys, "
     "other projects, the hub's own home when it runs on the hub. Wakes caused by other owners are then refused "
-    "(sandbox_required). Continue?"
+    "(sandbox_required), and a hub running as root refuses them all (root_refused). Continue?"
 )
 
 

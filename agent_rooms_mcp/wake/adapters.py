@@ -165,7 +165,9 @@ class Claude:
             reading.session_id = str(event.get("session_id") or "") or reading.session_id
             # A broken MCP server does not fail a Claude run by itself (wake.md §1.2): check ours is there.
             servers = {s.get("name"): s.get("status") for s in event.get("mcp_servers") or [] if isinstance(s, dict)}
-            reading.mcp_failed = servers.get("agent-rooms") != "connected"
+            # "pending": Claude Code 2.1.x in full mode reports its MCP servers while they still connect
+            # (seen with the real CLI in the sandbox, whose bridge starts a little later): not a failure.
+            reading.mcp_failed = servers.get("agent-rooms") not in ("connected", "pending")
         elif kind == "rate_limit_event":
             info = event.get("rate_limit_info") or {}
             if info.get("status") == "rejected":
