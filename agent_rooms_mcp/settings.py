@@ -89,6 +89,10 @@ class Limits:
     # Owner actions an enrolled device may send a minute (DESIGN §9.3 "and per device"), counted like the
     # agents' buckets: each refused action writes an audit row, so this bounds what a device can write.
     rate_owner_actions_per_min: int = 120
+    # Requests a device's listeners may send a minute to /owner/v1/listener/ (hello, wait, claim, renew,
+    # reports), counted like the buckets above. An idle listener sends about 24 a minute, a busy one a few
+    # per run; the bound keeps one device from flooding the hub's database with writes and reads.
+    rate_listener_requests_per_min: int = 600
     # Devices (DESIGN §9.1): an enrollment code lives 15 minutes and is void after 5 failed attempts at it;
     # a device credential expires once it has gone this long unused.
     enrollment_ttl_s: int = 15 * 60

@@ -517,7 +517,23 @@ ALTER TABLE runs ADD COLUMN spawned_at TEXT;
 UPDATE runs SET spawned_at = started_at WHERE pid IS NOT NULL;
 """
 
+# A second bucket per device, for its listeners' requests (DESIGN §9.3 "and per device"; ratelimit.py).
+_V_LISTENER_RATES = """
+CREATE TABLE rate_buckets_new (
+  agent_id TEXT NOT NULL,
+  bucket TEXT NOT NULL CHECK (bucket IN ('posts', 'file_writes', 'task_writes', 'reads', 'owner_actions',
+                                         'listener_requests')),
+  level REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  refused INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (agent_id, bucket)
+) STRICT, WITHOUT ROWID;
+INSERT INTO rate_buckets_new SELECT agent_id, bucket, level, updated_at, refused FROM rate_buckets;
+DROP TABLE rate_buckets;
+ALTER TABLE rate_buckets_new RENAME TO rate_buckets;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
-    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS,
+    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_LISTENER_RATES,
 )  # fmt: skip
