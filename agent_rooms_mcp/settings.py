@@ -153,6 +153,11 @@ class WakeSettings:
     host_id: str = ""
     # A wake of an owner who is not local waits this long for that owner's listener, then ends `expired`.
     listener_wait_s: float = 3600.0
+    # A provider's rate-limit reset time, as a run reported it, is trusted for the back-off of its (owner,
+    # tool) only within these bounds: a listener (or a CLI's output) saying "now" or "next year" must not
+    # make the owner's other machines retry at once or never. Five hours is Claude's longest usual window.
+    backoff_min_s: float = 30.0
+    backoff_max_s: float = 6 * 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WakeSettings:

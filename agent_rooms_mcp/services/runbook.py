@@ -421,7 +421,7 @@ class LocalWakeBook:
         tries = conn.execute(
             "SELECT attempts FROM backoffs WHERE owner_id = ? AND tool = ?", (row["owner_id"], row["tool"])
         ).fetchone()
-        retry_at = iso(backoff_until(datetime.now(UTC), reset_at, tries["attempts"] if tries else 0))
+        retry_at = iso(backoff_until(datetime.now(UTC), reset_at, tries["attempts"] if tries else 0, self._caps))
         conn.execute(
             "INSERT INTO backoffs (owner_id, tool, not_before, attempts) VALUES (?, ?, ?, 1)"
             " ON CONFLICT (owner_id, tool) DO UPDATE SET not_before = excluded.not_before,"
@@ -492,10 +492,13 @@ def rendered(words: CauseText) -> CauseText:
     return replace(words, text=shown.text)
 
 
-def backoff_until(now: datetime, reset_at: datetime | None, attempts: int) -> datetime:
+def backoff_until(now: datetime, reset_at: datetime | None, attempts: int, caps: WakeSettings) -> datetime:
     """wake.md §6.4: a known reset time plus up to 30 s of jitter, else an exponential wait from 30 s up to
-    30 min, half fixed and half random, so owners' retries spread out rather than arrive together."""
+    30 min, half fixed and half random, so owners' retries spread out rather than arrive together. The reset
+    time is a run's word (a listener's report, a CLI's output): it counts only within `backoff_min_s` and
+    `backoff_max_s` from now."""
     if reset_at is not None:
-        return max(reset_at, now) + timedelta(seconds=random.uniform(0, 30))
+        earliest, latest = now + timedelta(seconds=caps.backoff_min_s), now + timedelta(seconds=caps.backoff_max_s)
+        return min(max(reset_at, earliest), latest) + timedelta(seconds=random.uniform(0, 30))
     base = min(1800.0, 30.0 * 2 ** min(attempts, 10))
     return now + timedelta(seconds=base / 2 + random.uniform(0, base / 2))
