@@ -305,16 +305,34 @@ def https_bridge(device: Device) -> OpenBridge:
     return open_bridge
 
 
+LOCK_FILE = "listen.lock"
+
+
 @contextmanager
 def only_listener(home: Path) -> Iterator[None]:
     """One listener per home: a second would hold the same device's agents against the first."""
     ensure_private_dir(home)
-    with (home / "listen.lock").open("a") as lock:
+    with (home / LOCK_FILE).open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise HomeError(f"another listener already runs from {home}") from None
         yield
+
+
+def listener_holds_lock(home: Path) -> bool:
+    """Does a listener run from `home` now? Asked by trying its lock shared, and letting go at once: a
+    listener starting in that instant would be told another runs, and is simply started again."""
+    try:
+        with (home / LOCK_FILE).open("rb") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
 
 
 def listener_supervisor(settings: Settings, book: HttpWakeBook, device: Device, lease_s: float) -> Supervisor:

@@ -104,6 +104,9 @@ class Limits:
     # How long the remote CLI waits for the hub to answer one owner action (`agent stop` waits for the
     # stop ladder, about a minute at most).
     owner_api_timeout_s: int = 120
+    # How long `doctor` on an owner's machine waits for the hub: a check, not an action, so a hub out of
+    # reach is reported soon rather than after the owner API's two minutes.
+    doctor_hub_timeout_s: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
