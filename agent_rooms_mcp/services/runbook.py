@@ -346,19 +346,20 @@ class LocalWakeBook:
         with _busy_is_unavailable():
             return await self._stop_requests()
 
+    def withdrawn_runs(self, conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+        """(run id, agent id, reason) of each running run this holder holds whose wake no longer stands:
+        something it needed changed since it started (invariant 103). The one scan for both books' uses."""
+        rows = conn.execute(
+            "SELECT * FROM runs WHERE lease_holder = ? AND state = ?", (self._holder, RunState.RUNNING)
+        ).fetchall()
+        return [(r["run_id"], r["agent_id"], why) for r in rows if (why := withdrawal(conn, r, started=True))]
+
     async def _stop_requests(self) -> set[str]:
-
-        def changed(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-            rows = conn.execute(
-                "SELECT * FROM runs WHERE lease_holder = ? AND state = ?", (self._holder, RunState.RUNNING)
-            ).fetchall()
-            return [(r["run_id"], r["agent_id"], why) for r in rows if (why := withdrawal(conn, r, started=True))]
-
-        if await self._store.read(changed):
+        if await self._store.read(self.withdrawn_runs):
 
             def mark(conn: sqlite3.Connection) -> None:
                 now = now_utc()
-                for run_id, agent_id, reason in changed(conn):  # again, under the write lock
+                for run_id, agent_id, reason in self.withdrawn_runs(conn):  # again, under the write lock
                     withdraw(conn, run_id, RunState.RUNNING, reason, now)
                     audit.append(conn, self._actor, "run.withdraw", target=agent_id,
                                  detail={"run_id": run_id, "reason": reason})  # fmt: skip
