@@ -171,9 +171,9 @@ def _device_checks(settings: Settings, device: remote.Device) -> list[DoctorChec
     except HomeError as e:
         return [reached, _fail("device.credential", str(e), "try again; the hub's log says more"), pinned]
     mine = next((d for d in listed.devices if d.device_id == device.device_id), None)
-    unused = mine.last_used_at if mine is not None else "?"
+    last_used = mine.last_used_at if mine is not None else "?"
     credential = _ok("device.credential", f"{device.hub} accepts device {device.name} of {device.owner} (last used"
-                     f" {unused})")  # fmt: skip
+                     f" {last_used})")  # fmt: skip
     return [reached, credential, pinned]
 
 
