@@ -186,7 +186,6 @@ async def test_an_owners_machine_is_checked_for_its_device_credential(tmp_path: 
     assert code == 1 and the(report, "home.device")["fix"] == f"chmod 600 {device}"
 
 
-
 # An owner's machine (DESIGN §9.1): a real hub process, and a home enrolled with it by `login`.
 
 LISTENER_CHECKS = ["device.hub", "device.credential", "device.issuer_key", "listen.policy", "listen.workdirs",

@@ -466,6 +466,7 @@ _OUTCOME_OK = (
 )
 _V_RUNS_BOOK = _V_RUNS_BOOK % {"listed": _LISTED_OUTCOMES, "ok": _OUTCOME_OK}
 
+
 def _rate_buckets_allowing(*buckets: str) -> str:
     """`rate_buckets` rebuilt with its rows to allow these buckets: SQLite cannot alter a CHECK."""
     listed = ", ".join(f"'{b}'" for b in buckets)
