@@ -233,6 +233,7 @@ async def test_bobs_listener_runs_his_agent_on_his_machine_behind_a_tls_proxy(tm
             fakes.scenario("hang")
             await two.bobs_own("please hang")
             [held] = await until(two.spawned, "bob's CLI runs")
+            await until(lambda: len(fakes.calls()) == 2, "bob's CLI has started (and handles SIGINT)")
             stopped = await hub.machine.ok("agent", "stop", "bob-bot")
             assert [(s["run_id"], s["state"], s["stop_signal"]) for s in stopped["stopped"]] == [
                 (held["run_id"], "stopped", "SIGINT")
@@ -246,6 +247,7 @@ async def test_bobs_listener_runs_his_agent_on_his_machine_behind_a_tls_proxy(tm
             # 3. Revoking Bob's device at the hub: his listener stops its run and exits 1; his CLI is refused.
             await two.bobs_own("please hang again")
             [running] = await until(two.spawned, "bob's third run runs")
+            await until(lambda: len(fakes.calls()) == 3, "bob's third CLI has started")
             await hub.machine.ok("device", "revoke", device["device_id"])
             with anyio.fail_after(60):
                 await listener.wait()  # it leaves by itself, having stopped its run first
