@@ -17,9 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_rooms_mcp import remote
+from agent_rooms_mcp import listen_policy, remote
+from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.home import PRIVATE_DIR, HomeError, check_private_file, load_issuer_key
-from agent_rooms_mcp.models import CheckStatus, DoctorCheck, DoctorReport
+from agent_rooms_mcp.listen_policy import ListenPolicy
+from agent_rooms_mcp.listener import listener_holds_lock
+from agent_rooms_mcp.models import CheckStatus, DeviceList, DoctorCheck, DoctorReport
 from agent_rooms_mcp.public import BindRefused, exposure_for, is_loopback
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.wake.egress import loopback_listeners, network_namespace_problem
@@ -41,7 +44,7 @@ class Exposed:
 
 
 def check(settings: Settings, exposed: Exposed) -> DoctorReport:
-    checks = [*home_checks(settings), *exposure_checks(exposed), *wake_checks(settings)]
+    checks = [*home_checks(settings), *listener_checks(settings), *exposure_checks(exposed), *wake_checks(settings)]
     return DoctorReport(ok=all(c.status is not FAIL for c in checks), checks=checks)
 
 
@@ -113,6 +116,130 @@ def _issuer_key(settings: Settings) -> DoctorCheck:
         fix = f"restore {path} from a backup (a new key, made by moving it away and running init, voids every token)"
         return _fail("home.issuer_key", str(e), fix)
     return _ok("home.issuer_key", f"{path}: a k4.secret key, 0600")
+
+
+# An owner's machine (DESIGN §9.1): enrolled with `login` (device.json), perhaps running `listen`.
+
+_LOGIN_AGAIN = "log in again with a new code from the operator: agent-rooms login https://HUB --code CODE"
+
+
+def listener_checks(settings: Settings) -> list[DoctorCheck]:
+    """The device's standing at its hub, the key pinned at login, and the listener's policy and lock. Only on
+    a machine with a private device.json: a loose one is home.device's failure, and is not read."""
+    path = remote.device_path(settings)
+    if settings.db_path.exists() or not path.exists() or _private_files("", [path]).status is FAIL:
+        return []
+    try:
+        device = remote.load(settings)
+    except HomeError as e:
+        return [_fail("device.file", str(e), _LOGIN_AGAIN)]
+    assert device is not None  # the file exists
+    rules, policy_check = _policy(settings)
+    checks = [*_device_checks(settings, device), policy_check]
+    if rules is not None:
+        checks.append(_workdirs(rules))
+    checks.append(_listener_running(settings, configured=rules is not None))
+    return checks
+
+
+def _device_checks(settings: Settings, device: remote.Device) -> list[DoctorCheck]:
+    """Reach the hub, have it judge the credential (a read of the owner's devices: no write, no audit row),
+    and hold the key the hub now names against the one pinned at login."""
+    timeout = settings.limits.doctor_hub_timeout_s
+    pinned = _pinned_key(device)
+    try:
+        identity = remote.hub_identity(settings, device.hub, timeout)
+    except (HomeError, RoomsError) as e:
+        fix = f"start the hub, or check {device.hub} is reachable from here (a private CA: set SSL_CERT_FILE)"
+        unchecked = DoctorCheck(id="device.credential", status=WARN, message="not checked: the hub is out of reach",
+                                fix=None)  # fmt: skip
+        return [_fail("device.hub", f"{device.hub}: {e}", fix), unchecked, pinned]
+    reached = _ok("device.hub", f"{device.hub} answers (deployment {identity.deployment_id})")
+    if pinned.status is OK and (identity.issuer_kid, identity.deployment_id) != (
+        device.issuer_kid,
+        device.deployment_id or identity.deployment_id,
+    ):
+        pinned = _fail(
+            "device.issuer_key",
+            f"{device.hub} now names issuer key {identity.issuer_kid} of deployment {identity.deployment_id}, not"
+            f" {device.issuer_kid} pinned at login: its wake claims would be refused",
+            "if the operator replaced the hub's key or home on purpose, " + _LOGIN_AGAIN + "; otherwise something"
+            " else answers at that address: do not log in to it",
+        )
+    try:
+        listed = remote.Remote(settings, device, timeout).call("device.list", {}, DeviceList)
+    except RoomsError as e:
+        fix = _LOGIN_AGAIN if e.code is ErrorCode.UNAUTHENTICATED else "try again; the hub's log says more"
+        return [reached, _fail("device.credential", f"{device.hub} refused device {device.name}: {e.message}", fix),
+                pinned]  # fmt: skip
+    except HomeError as e:
+        return [reached, _fail("device.credential", str(e), "try again; the hub's log says more"), pinned]
+    mine = next((d for d in listed.devices if d.device_id == device.device_id), None)
+    last_used = mine.last_used_at if mine is not None else "?"
+    credential = _ok("device.credential", f"{device.hub} accepts device {device.name} of {device.owner} (last used"
+                     f" {last_used})")  # fmt: skip
+    return [reached, credential, pinned]
+
+
+def _pinned_key(device: remote.Device) -> DoctorCheck:
+    if not device.issuer_key:
+        return DoctorCheck(
+            id="device.issuer_key",
+            status=WARN,
+            message=f"only the key's id {device.issuer_kid} is pinned (a device file from before listeners)",
+            fix="run agent-rooms listen once: it fetches the key and keeps it if its id is the pinned one",
+        )
+    if not remote.key_matches(device.issuer_key, device.issuer_kid):
+        return _fail("device.issuer_key", f"the pinned issuer key is not {device.issuer_kid}", _LOGIN_AGAIN)
+    return _ok("device.issuer_key", f"{device.issuer_kid}, pinned at login")
+
+
+def _policy(settings: Settings) -> tuple[ListenPolicy | None, DoctorCheck]:
+    path = settings.home / listen_policy.POLICY_FILE
+    if not path.exists():
+        return None, DoctorCheck(
+            id="listen.policy",
+            status=WARN,
+            message=f"no {path}: this machine wakes none of your agents",
+            fix=f"to run them here, write {path} (0600); agent-rooms listen --help shows its keys",
+        )
+    try:
+        rules = listen_policy.load(path)
+    except PermissionError as e:
+        return None, _fail("listen.policy", str(e).split(";")[0], f"chmod 600 {path}")
+    except HomeError as e:
+        return None, _fail("listen.policy", str(e), "mend the key it names; agent-rooms listen --help shows the format")
+    return rules, _ok("listen.policy", f"{path}: 0600, {len(rules.agents)} agent(s)")
+
+
+def _workdirs(rules: ListenPolicy) -> DoctorCheck:
+    """Each workdir the policy names exists and, its links followed now, lies under the root (`listen` checks
+    again at each claim; a run in a missing one fails `workdir_missing`)."""
+    for rule in rules.agents.values():
+        where = f"agents.{rule.handle}.workdir"
+        if rule.workdir is None:
+            continue
+        if not rule.workdir.is_dir():
+            fix = f"mkdir -p {rule.workdir}, or name an existing directory under {rules.workdir_root}"
+            return _fail("listen.workdirs", f"{rules.path}: {where}: {rule.workdir} is not a directory", fix)
+        if not rules.inside_root(rule.workdir):
+            fix = f"name a directory under {rules.workdir_root}, or point the link back inside it"
+            return _fail("listen.workdirs", f"{rules.path}: {where}: {rule.workdir} leads out of"
+                         f" {rules.workdir_root}", fix)  # fmt: skip
+    return _ok("listen.workdirs", f"every workdir exists under {rules.workdir_root}")
+
+
+def _listener_running(settings: Settings, *, configured: bool) -> DoctorCheck:
+    if listener_holds_lock(settings.home):
+        return _ok("listen.running", f"a listener runs from {settings.home} (it holds listen.lock)")
+    if not configured:
+        return _ok("listen.running", "no listener runs here")
+    return DoctorCheck(
+        id="listen.running",
+        status=WARN,
+        message=f"no listener runs from {settings.home}: your agents' wakes wait for one, then expire",
+        fix="run: agent-rooms listen",
+    )
 
 
 # Public mode (DESIGN §9.3): what `serve --http` with these flags would expose.

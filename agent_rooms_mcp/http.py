@@ -1,4 +1,5 @@
-"""Streamable HTTP at /mcp: Host and Origin checks, the bearer check, body caps, then the SDK's app.
+"""Streamable HTTP at /mcp: Host and Origin checks, the bearer check, body caps, then the SDK's app; and
+`GET /healthz`, answered 200 after the Host and Origin checks, without a credential.
 
 The bearer check runs once per request before anything is parsed, and answers every failure with
 the same 401 (DESIGN §2). Only the Authorization header counts.
@@ -33,6 +34,7 @@ from agent_rooms_mcp.web.owner_api import OwnerApi, beside
 log = structlog.get_logger("agent_rooms_mcp.http")
 
 _SESSION_HEADER = b"mcp-session-id"
+HEALTH_PATH = "/healthz"
 
 
 class BearerGate:
@@ -69,6 +71,11 @@ class BearerGate:
         if refusal is not None:
             log.info("http.refused", peer=peer, code=refusal[1])
             await _respond(send, refusal[0], {"error": refusal[1]})
+            return
+        if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
+            # DESIGN §9.5: a monitor's probe needs no credential, so it is answered before the bearer check,
+            # and it says that the hub serves and nothing else.
+            await _respond(send, 200, {"status": "ok"})
             return
         length = headers.get("content-length") or "0"
         if not length.isdigit():

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import structlog
 from nacl.signing import VerifyKey
@@ -79,7 +80,10 @@ class HttpWakeBook:
         # As the hub names it: with the device in it, so the hub's own supervisor never takes these
         # processes for its own (the hub composes it itself, whatever a listener says).
         self._host = f"{device.device_id}@{self._machine}"
-        self._timeout = httpx2.Timeout(min(10.0, caps.lease_s / 3))
+        self._patience = min(10.0, caps.lease_s / 3)
+        self._timeout = httpx2.Timeout(self._patience)
+        # Nothing is sent before this (anyio's clock): the hub's Retry-After, once it rate-limited the device.
+        self._quiet_until = 0.0
         self.hello_answer: ListenerHello | None = None
 
     @property
@@ -91,8 +95,24 @@ class HttpWakeBook:
         return self._host
 
     async def _post(self, op: str, body: dict[str, Any]) -> Any:
+        """One request of the book. Past the device's bucket (429) the book goes quiet for as long as the
+        hub says, every request of it, and tries again while that stays within its patience (a third of the
+        lease, so the dead-man switch keeps its time); beyond, the caller hears the book is unavailable."""
+        began = anyio.current_time()
+        while True:
+            await anyio.sleep_until(self._quiet_until)
+            answer = await self._send(op, body)
+            if answer.status_code != 429:
+                return self._read(op, answer)
+            pause = _pause(answer, self._patience)
+            self._quiet_until = max(self._quiet_until, anyio.current_time() + pause)
+            log.info("listener.rate_limited", op=op, pause_s=pause)
+            if self._quiet_until - began > self._patience:
+                raise BookUnavailable(f"the hub rate-limits this device; quiet for {pause:.1f} s")
+
+    async def _send(self, op: str, body: dict[str, Any]) -> httpx2.Response:
         try:
-            answer = await self._http.post(
+            return await self._http.post(
                 self._device.hub + _API + op,
                 json={"holder": self._holder, **body},
                 headers={"Authorization": f"Bearer {self._device.credential}"},
@@ -102,6 +122,8 @@ class HttpWakeBook:
             )
         except httpx2.HTTPError as e:
             raise BookUnavailable(f"cannot reach the hub at {self._device.hub}: {type(e).__name__}") from None
+
+    def _read(self, op: str, answer: httpx2.Response) -> Any:
         if answer.status_code in (401, 403):
             raise BookRevoked(f"the hub answered {answer.status_code} to {op}")
         try:
@@ -111,7 +133,7 @@ class HttpWakeBook:
         if answer.status_code == 409 and isinstance(data, dict) and data.get("lease_lost"):
             raise LeaseLost(str(data.get("message")))
         if answer.status_code != 200 or not isinstance(data, dict):
-            # A busy hub (503, 429) or a defect on either side: the supervisor tries again on its next look.
+            # A busy hub (503) or a defect on either side: the supervisor tries again on its next look.
             raise BookUnavailable(f"the hub answered HTTP {answer.status_code} to {op}: {str(data)[:200]}")
         return data
 
@@ -248,6 +270,19 @@ class HttpWakeBook:
         return bool((await self._post("wait", {"timeout_ms": WAIT_MS}))["work"])
 
 
+def _pause(answer: httpx2.Response, longest: float) -> float:
+    """How long a 429 asks the book to wait: its `retry_after_ms`, else its Retry-After seconds, else a second;
+    at most `longest`, and never less than a tenth of a second, so a hub saying 0 cannot make it spin."""
+    try:
+        data = answer.json()
+        ms = data.get("retry_after_ms") if isinstance(data, dict) else None
+    except ValueError:
+        ms = None
+    header = answer.headers.get("retry-after", "")
+    seconds = ms / 1000 if isinstance(ms, int) else float(header) if header.isdigit() else 1.0
+    return min(longest, max(0.1, seconds))
+
+
 def _unverified_body(token: str) -> dict[str, Any]:
     payload = b64url_decode(token.removeprefix("v4.public.").split(".")[0])[:-64]
     body = json.loads(payload)
@@ -274,16 +309,34 @@ def https_bridge(device: Device) -> OpenBridge:
     return open_bridge
 
 
+LOCK_FILE = "listen.lock"
+
+
 @contextmanager
 def only_listener(home: Path) -> Iterator[None]:
     """One listener per home: a second would hold the same device's agents against the first."""
     ensure_private_dir(home)
-    with (home / "listen.lock").open("a") as lock:
+    with (home / LOCK_FILE).open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise HomeError(f"another listener already runs from {home}") from None
         yield
+
+
+def listener_holds_lock(home: Path) -> bool:
+    """Does a listener run from `home` now? Asked by trying its lock shared, and letting go at once: a
+    listener starting in that instant would be told another runs, and is simply started again."""
+    try:
+        with (home / LOCK_FILE).open("rb") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
 
 
 def listener_supervisor(settings: Settings, book: HttpWakeBook, device: Device, lease_s: float) -> Supervisor:

@@ -145,6 +145,12 @@ async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
     return policy.acting_for(who, owner_id, local)
 
 
+async def acting_on_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
+    """`who` acting on agent `agent_ref`, as its audit rows must say, for a command that is no action of this
+    module (`connect` minting the agent's token file); NOT_FOUND for an agent that is not there."""
+    return await _own_agent(hub, who, agent_ref)
+
+
 async def _self_with_agents(hub: Hub, who: Human, owner_ref: str, agents: list[str]) -> Human:
     """`who` acts as `owner_ref` with these agents of theirs: another owner's agent looks missing, exactly as
     one that does not exist (invariant 82), before the service's own rule could name it as someone else's."""

@@ -1,6 +1,7 @@
 """Per-agent abuse limits (DESIGN §9.3, invariant 67): a token bucket per agent and kind of call (posts, file
-writes, task writes, reads), shared by every server process on the database; and one per enrolled device
-for its owner actions at the owner API ("and per device"), since each refused action writes an audit row.
+writes, task writes, reads), shared by every server process on the database; and two per enrolled device
+("and per device"): its owner actions at the owner API, since each refused action writes an audit row, and
+its listeners' requests, each a read or a write of the hub's database.
 
 A bucket holds up to its per-minute rate and refills continuously. Its state is a row of `rate_buckets`
 (level and the time it was measured), so stdio servers, the HTTP hub and a restart all draw on the same
@@ -43,6 +44,7 @@ class Bucket(StrEnum):
     TASK_WRITES = "task_writes"
     READS = "reads"
     OWNER_ACTIONS = "owner_actions"  # an enrolled device's owner actions, keyed by the device
+    LISTENER_REQUESTS = "listener_requests"  # its listeners' requests, keyed by the device, a bucket apart
 
 
 # Which bucket each tool draws on. Writes that are neither posts nor files (invites, consent modes, stops)
@@ -68,6 +70,7 @@ def per_minute(limits: Limits, bucket: Bucket) -> int:
         Bucket.TASK_WRITES: limits.rate_task_writes_per_min,
         Bucket.READS: limits.rate_reads_per_min,
         Bucket.OWNER_ACTIONS: limits.rate_owner_actions_per_min,
+        Bucket.LISTENER_REQUESTS: limits.rate_listener_requests_per_min,
     }[bucket]
 
 
@@ -118,11 +121,13 @@ class RateLimits:
         bucket = TOOL_BUCKETS.get(tool, Bucket.READS)
         await self._take(_Holder(caller.agent_id, caller.actor, caller.handle, "agent"), bucket)
 
-    async def charge_device(self, who: Human) -> None:
-        """Take one owner action from the bucket of `who`'s device, or raise RATE_LIMITED (DESIGN §9.3)."""
+    async def charge_device(self, who: Human, bucket: Bucket = Bucket.OWNER_ACTIONS) -> None:
+        """Take one call from `who`'s device's bucket (its owner actions, or its listeners' requests), or
+        raise RATE_LIMITED (DESIGN §9.3 "and per device"). The two are apart: a listener busy with runs
+        must not use up its owner's actions, nor a script of owner actions starve the listener."""
         if who.device_id is None:
-            raise ValueError("only a device's owner actions are rate limited; the operator's are not")
-        await self._take(_Holder(who.device_id, who.actor, who.device_id, "device"), Bucket.OWNER_ACTIONS)
+            raise ValueError("only a device's calls are rate limited here; the operator's are not")
+        await self._take(_Holder(who.device_id, who.actor, who.device_id, "device"), bucket)
 
     async def _take(self, holder: _Holder, bucket: Bucket) -> None:
         rate = per_minute(self._limits, bucket)

@@ -87,16 +87,26 @@ def forget(settings: Settings) -> None:
     device_path(settings).unlink(missing_ok=True)
 
 
-def _client(settings: Settings) -> httpx2.Client:
+def _client(settings: Settings, timeout_s: float | None = None) -> httpx2.Client:
     # Redirects are not followed: a credential goes to the URL the owner logged in to, nowhere else.
-    return httpx2.Client(timeout=settings.limits.owner_api_timeout_s, follow_redirects=False)
+    return httpx2.Client(timeout=timeout_s or settings.limits.owner_api_timeout_s, follow_redirects=False)
+
+
+def _identity(http: httpx2.Client, base: str) -> HubIdentity:
+    return HubIdentity.model_validate(_answer(http.get(base + _API + "hub")))
+
+
+def hub_identity(settings: Settings, base: str, timeout_s: float | None = None) -> HubIdentity:
+    """What the hub at `base` says about itself (no credential needed): its deployment and issuer key."""
+    with _client(settings, timeout_s) as http, _reaching(base):
+        return _identity(http, base)
 
 
 def login(settings: Settings, url: str, code: str, name: str) -> Device:
     """Redeem an enrollment code at the hub, pin its issuer key, and keep the credential in device.json."""
     base = hub_url(url)
     with _client(settings) as http, _reaching(base):
-        identity = HubIdentity.model_validate(_answer(http.get(base + _API + "hub")))
+        identity = _identity(http, base)
         made = DeviceLogin.model_validate(_answer(http.post(base + _API + "login", json={"code": code, "name": name})))
     if made.issuer_kid != identity.issuer_kid or not key_matches(identity.issuer_key, identity.issuer_kid):
         raise RoomsError(ErrorCode.UNAUTHENTICATED, "the hub named two different issuer keys; not logging in")
@@ -127,8 +137,7 @@ def pinned_key(settings: Settings, device: Device) -> tuple[VerifyKey, str]:
     """The issuer key pinned at login, and the hub's deployment id. A device file from before listeners
     holds only the key's id: the key is fetched once, kept only if its id is that one."""
     if not device.issuer_key or not device.deployment_id:
-        with _client(settings) as http, _reaching(device.hub):
-            identity = HubIdentity.model_validate(_answer(http.get(device.hub + _API + "hub")))
+        identity = hub_identity(settings, device.hub)
         if not key_matches(identity.issuer_key, device.issuer_kid):
             raise HomeError(f"the hub at {device.hub} now signs with another key than the one pinned at login")
         device = device.model_copy(update={"issuer_key": identity.issuer_key, "deployment_id": identity.deployment_id})
@@ -144,9 +153,10 @@ class Remote:
 
     settings: Settings
     device: Device
+    timeout_s: float | None = None  # default: the settings' owner_api_timeout_s
 
     def call(self, name: str, args: dict[str, Any], result: type[R]) -> R:
-        with _client(self.settings) as http, _reaching(self.device.hub):
+        with _client(self.settings, self.timeout_s) as http, _reaching(self.device.hub):
             answer = http.post(
                 self.device.hub + _API + "actions/" + name,
                 json=args,

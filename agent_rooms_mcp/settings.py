@@ -98,6 +98,10 @@ class Limits:
     # Owner actions an enrolled device may send a minute (DESIGN §9.3 "and per device"), counted like the
     # agents' buckets: each refused action writes an audit row, so this bounds what a device can write.
     rate_owner_actions_per_min: int = 120
+    # Requests a device's listeners may send a minute to /owner/v1/listener/ (hello, wait, claim, renew,
+    # reports), counted like the buckets above. An idle listener sends about 24 a minute, a busy one a few
+    # per run; the bound keeps one device from flooding the hub's database with writes and reads.
+    rate_listener_requests_per_min: int = 600
     # Devices (DESIGN §9.1): an enrollment code lives 15 minutes and is void after 5 failed attempts at it;
     # a device credential expires once it has gone this long unused.
     enrollment_ttl_s: int = 15 * 60
@@ -109,6 +113,9 @@ class Limits:
     # How long the remote CLI waits for the hub to answer one owner action (`agent stop` waits for the
     # stop ladder, about a minute at most).
     owner_api_timeout_s: int = 120
+    # How long `doctor` on an owner's machine waits for the hub: a check, not an action, so a hub out of
+    # reach is reported soon rather than after the owner API's two minutes.
+    doctor_hub_timeout_s: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
@@ -166,6 +173,11 @@ class WakeSettings:
     sandbox_ro: tuple[str, ...] = ()
     sandbox_rw: tuple[str, ...] = ()
     sandbox_hide: tuple[str, ...] = ()
+    # A provider's rate-limit reset time, as a run reported it, is trusted for the back-off of its (owner,
+    # tool) only within these bounds: a listener (or a CLI's output) saying "now" or "next year" must not
+    # make the owner's other machines retry at once or never. Five hours is Claude's longest usual window.
+    backoff_min_s: float = 30.0
+    backoff_max_s: float = 6 * 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WakeSettings:

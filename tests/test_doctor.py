@@ -13,9 +13,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from nacl.signing import SigningKey
 
+from agent_rooms_mcp.auth.paseto import k4_pid
 from agent_rooms_mcp.cli import cli
-from tests.conftest import World
+from agent_rooms_mcp.encoding import b64url_encode
+from agent_rooms_mcp.listener import only_listener
+from agent_rooms_mcp.principals import Human
+from tests.conftest import OPERATOR, World
+from tests.hubprocess import free_port, serve_http
 from tests.test_public import self_signed
 from tests.wakeworld import AS_ROOT, RUN_AS, sandbox_problem
 
@@ -205,7 +211,104 @@ async def test_an_owners_machine_is_checked_for_its_device_credential(tmp_path: 
     device.write_text("{}")
     os.chmod(device, 0o600)
     code, report = doctor(home)
-    assert code == 0 and statuses(report)["home.device"] == "ok" and "home.database" not in statuses(report)
+    assert statuses(report)["home.device"] == "ok" and "home.database" not in statuses(report)
+    # Private, but no device file: the machine is told to log in again, and nothing more is tried.
+    assert code == 1 and the(report, "device.file")["fix"].startswith("log in again"), report
+    assert not any(c.startswith("listen.") for c in statuses(report))
     os.chmod(device, 0o644)
     code, report = doctor(home)
     assert code == 1 and the(report, "home.device")["fix"] == f"chmod 600 {device}"
+
+
+# An owner's machine (DESIGN §9.1): a real hub process, and a home enrolled with it by `login`.
+
+LISTENER_CHECKS = ["device.hub", "device.credential", "device.issuer_key", "listen.policy", "listen.workdirs",
+                   "listen.running"]  # fmt: skip
+
+
+async def logged_in(world: World, url: str, root: Path) -> Path:
+    """Bob's laptop: a home of its own, logged in to the hub at `url` by code, and a listen.toml whose workdir
+    exists."""
+    async with world.hub() as hub:
+        made = await hub.devices.enroll(OPERATOR, "bob", url)
+    home = root / "laptop"
+    done = CliRunner().invoke(cli, ["login", url, "--code", made.code, "--name", "laptop"],
+                              env={"AGENT_ROOMS_HOME": str(home)})  # fmt: skip
+    assert done.exit_code == 0, done.output
+    (root / "work" / "app").mkdir(parents=True)
+    policy = home / "listen.toml"
+    policy.write_text(f'workdir_root = "{root / "work"}"\n[agents.bob-claude]\nworkdir = "{root / "work" / "app"}"\n')
+    policy.chmod(0o600)
+    return home
+
+
+def failing(home: Path) -> dict[str, dict[str, Any]]:
+    code, report = doctor(home)
+    failed = {c["id"]: c for c in report["checks"] if c["status"] == "fail"}
+    assert (code == 1) == bool(failed) and report["ok"] == (not failed), report
+    return failed
+
+
+async def test_an_owners_machine_is_checked_against_its_hub_and_by_its_listener_policy(
+    world: World, tmp_path: Path
+) -> None:
+    async with serve_http(world.settings.home) as served:
+        home = await logged_in(world, served.base, tmp_path)
+        code, report = doctor(home)
+        assert code == 0, report
+        assert list(statuses(report)) == ["home.dir", "home.device", *LISTENER_CHECKS, *PUBLIC_CHECKS]
+        assert {k: v for k, v in statuses(report).items() if v != "ok"} == {"listen.running": "warn"}, report
+        assert the(report, "listen.running")["fix"] == "run: agent-rooms listen"
+        assert "laptop of bob" in the(report, "device.credential")["message"]
+        # With a listener holding the home's lock (the very lock `listen` takes), it is seen running.
+        with only_listener(home):
+            code, report = doctor(home)
+        assert code == 0 and set(statuses(report).values()) == {"ok"}, report
+
+
+async def test_each_problem_of_an_owners_machine_fails_under_its_own_id_with_its_fix(
+    world: World, tmp_path: Path
+) -> None:
+    async with serve_http(world.settings.home) as served:
+        home = await logged_in(world, served.base, tmp_path)
+        policy, device_file = home / "listen.toml", home / "device.json"
+        good_policy, good_device = policy.read_text(), device_file.read_text()
+        assert failing(home) == {}
+
+        policy.chmod(0o644)
+        assert failing(home)["listen.policy"]["fix"] == f"chmod 600 {policy}"
+        policy.chmod(0o600)
+
+        policy.write_text(good_policy + 'sandbx = "on"\n')
+        [(check_id, check)] = failing(home).items()
+        assert check_id == "listen.policy" and "sandbx" in check["message"], check
+        policy.write_text(good_policy)
+
+        (tmp_path / "work" / "app").rmdir()
+        [(check_id, check)] = failing(home).items()
+        assert check_id == "listen.workdirs" and str(tmp_path / "work" / "app") in check["message"], check
+        assert "mkdir -p" in check["fix"]
+        (tmp_path / "work" / "app").mkdir()
+
+        def plant(**fields: str) -> None:
+            device_file.write_text(json.dumps({**json.loads(good_device), **fields}))
+
+        other = SigningKey.generate().verify_key
+        plant(issuer_key=b64url_encode(bytes(other)))  # a key that is not the pinned id's
+        [(check_id, check)] = failing(home).items()
+        assert check_id == "device.issuer_key" and "log in again" in check["fix"], check
+        plant(issuer_key=b64url_encode(bytes(other)), issuer_kid=k4_pid(other))  # the hub names another key
+        [(check_id, check)] = failing(home).items()
+        assert check_id == "device.issuer_key" and "now names issuer key" in check["message"], check
+
+        plant(hub=f"http://127.0.0.1:{free_port()}")  # nobody answers there
+        failed = failing(home)
+        assert list(failed) == ["device.hub"] and "reachable" in failed["device.hub"]["fix"], failed
+        device_file.write_text(good_device)
+        assert failing(home) == {}
+
+        async with world.hub() as hub:
+            [laptop] = (await hub.devices.list_devices(Human(OPERATOR))).devices
+            await hub.devices.revoke(Human(OPERATOR), laptop.device_id)
+        [(check_id, check)] = failing(home).items()
+        assert check_id == "device.credential" and "agent-rooms login" in check["fix"], check

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -183,3 +184,29 @@ def test_a_listener_refuses_by_its_own_policy_whatever_the_hub_sends() -> None:
     ]
     for change, expected in cases:
         assert policy.listener_refusal(**{**base, **change}) == expected, change  # type: ignore[arg-type]
+
+
+async def test_a_listeners_reported_reset_time_moves_the_back_off_only_within_its_bounds(remote: World) -> None:
+    """A listener reports a provider's rate limit with a reset time: "now" still holds the owner's other
+    machines back for the least back-off, and "next year" for no more than the longest, not for a year."""
+    caps = remote.settings.wake
+    holder = {"holder": "lst_0123456789abcdef"}
+    await post(remote, "alice-claude", "@alice-bot please")
+    async with remote.hub() as hub:
+        who = await device(hub)
+        for reset_in, least, most in (
+            (timedelta(0), caps.backoff_min_s, caps.backoff_min_s + 30),
+            (timedelta(days=365), caps.backoff_max_s, caps.backoff_max_s + 30),
+        ):
+            run = await claimed(hub, who, holder["holder"])
+            before = datetime.now(UTC)
+            await call(hub, who, "finish", **holder, **run, state="failed", outcome="rate_limit", stop_signal="none",
+                       reset_at=(before + reset_in).isoformat())  # fmt: skip
+            after = datetime.now(UTC)
+            [backoff] = remote.sql("SELECT not_before FROM backoffs")
+            not_before = datetime.fromisoformat(backoff[0])
+            assert before + timedelta(seconds=least) <= not_before <= after + timedelta(seconds=most), reset_in
+            # The follow-up waits as long; let it be claimed now, for the next report.
+            with sqlite3.connect(remote.db) as conn:
+                conn.execute("UPDATE backoffs SET not_before = '2000-01-01T00:00:00.000000Z'")
+                conn.execute("UPDATE runs SET not_before = NULL WHERE state = 'waiting_for_listener'")

@@ -287,6 +287,10 @@ async def test_the_operator_acting_for_an_owner_who_is_not_local_is_audited_on_t
     pending = (await op.ok("consent", "list", "--owner", "bob"))["proposals"]
     await op.ok("consent", "accept", pending[0]["proposal_id"], "--owner", "bob")
     await op.ok("agent", "stop", "bob-claude")
+    # `connect` mints the agent's token file, and with --new-token replaces it (revoking the old): for bob too.
+    for flags in ((), ("--new-token",)):
+        connected = await op.ar("connect", "bob-claude", *flags)
+        assert connected.code == 0, connected.err
     # The control: for a local owner (the person at the hub) the operator acts as themselves.
     await op.ok("owner", "add", "carol", "--local")
     await op.ok("agent", "add", "carol-claude", "--owner", "carol", "--tool", "claude")
@@ -294,8 +298,10 @@ async def test_the_operator_acting_for_an_owner_who_is_not_local_is_audited_on_t
     bob_id, alice_id = [await hub.owner_id(h) for h in ("bob", "alice")]
     actions = ("agent.add", "token.issue", "token.revoke", "grant.add", "invite.accept", "consent.accept", "agent.stop")
     logged = await hub.audit()
+    times = {"token.issue": 3, "token.revoke": 2}  # once each by `token`, twice and once by `connect`
     for action in actions:
-        assert len(by(logged, action, actor_kind="operator", via="cli", on_behalf_of=bob_id)) == 1, action
+        done = by(logged, action, actor_kind="operator", via="cli", on_behalf_of=bob_id)
+        assert len(done) == times.get(action, 1), action
     assert by(logged, "invite.create", actor_kind="operator", on_behalf_of=alice_id)
     # Of the three agents the operator added (alice's, bob's, carol's) only carol's says for nobody.
     plain = [r for r in by(logged, "agent.add", actor_kind="operator") if "on_behalf_of" not in r["detail"]]

@@ -26,3 +26,18 @@ async def test_served_http_answers_both_eras_and_refuses_without_a_token(world: 
         "over auto http",
         "over legacy http",
     ]
+
+
+async def test_healthz_answers_200_without_credentials_and_says_nothing_else(world: World) -> None:
+    """DESIGN §9.5: a monitor's probe. Only GET, only that path, and the Host check still holds."""
+    async with serve_http(world.settings.home) as served, httpx2.AsyncClient() as raw:
+        before = world.sql("SELECT count(*) FROM audit")[0][0]
+        health = await raw.get(f"{served.base}/healthz")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        # Nothing was counted against anyone: no failed authentication, no audit row.
+        assert world.sql("SELECT count(*) FROM audit")[0][0] == before
+        assert not world.sql("SELECT 1 FROM auth_failures")
+        # Anything else there still needs a credential, and a foreign Host is refused as everywhere.
+        assert (await raw.post(f"{served.base}/healthz")).status_code == 401
+        assert (await raw.get(f"{served.base}/healthz/x")).status_code == 401
+        assert (await raw.get(f"{served.base}/healthz", headers={"Host": "evil.example"})).status_code == 421

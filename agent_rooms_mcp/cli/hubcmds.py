@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
+from agent_rooms_mcp import owner_actions
 from agent_rooms_mcp.cli import connect as snippets
 from agent_rooms_mcp.cli.common import Failed, emit, guarded, json_option, operator, run, settings
 from agent_rooms_mcp.doctor import Exposed
@@ -22,7 +23,7 @@ from agent_rooms_mcp.home import check_private_file, write_private_file
 from agent_rooms_mcp.hub import Hub, check_home, init_home
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.models import DoctorReport
-from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
+from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Human, format_scopes
 from agent_rooms_mcp.public import BindRefused, exposure_for
 from agent_rooms_mcp.settings import Settings
 
@@ -36,18 +37,18 @@ def init() -> None:
 
 
 async def _ensure_token_file(hub: Hub, agent: str, *, new: bool) -> bool:
-    """Mint a token into the agent's 0600 token file if it has none (or `new`); a replaced one is revoked."""
+    """Mint a token into the agent's 0600 token file if it has none (or `new`); a replaced one is revoked.
+    For an agent of an owner who is not local, the operator does both on that owner's behalf (DESIGN §2)."""
     path = snippets.token_file(hub.settings, agent)
     if path.exists():
         check_private_file(path)  # a file others can read would be refused by the server anyway
         if not new:
             return False
-    issued = await hub.accounts.issue_token(
-        operator(), agent, timedelta(seconds=hub.settings.limits.token_ttl_default_s)
-    )
+    actor = (await owner_actions.acting_on_agent(hub, Human(operator()), agent)).actor
+    issued = await hub.accounts.issue_token(actor, agent, timedelta(seconds=hub.settings.limits.token_ttl_default_s))
     if path.exists():
         # Nobody holds the old token once its file is overwritten: it must not stay valid.
-        await hub.accounts.revoke_secret(operator(), path.read_text(encoding="ascii").strip())
+        await hub.accounts.revoke_secret(actor, path.read_text(encoding="ascii").strip())
     write_private_file(path, issued.token.encode("ascii") + b"\n")
     return True
 

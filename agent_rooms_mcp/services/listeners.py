@@ -30,7 +30,7 @@ from agent_rooms_mcp.run_states import HELD_STATES, RunState, sql_words
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.runbook import ABANDONED_COLUMNS, LocalWakeBook
 from agent_rooms_mcp.services.runs import LISTENER_STARTABLE, RUNS_SELECT, startable_args
-from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdrawal
+from agent_rooms_mcp.services.withdrawal import revoke_run_tokens
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
 
@@ -126,11 +126,8 @@ class ListenerBook(LocalWakeBook):
         if any(r["state"] == RunState.STOPPING for r in held):
             return True
         # A change while it runs something may withdraw a run's wake (invariant 103): judged here, by the
-        # rule the book's stop_requests applies, so a busy room costs the listener no request per commit.
-        running = "SELECT * FROM runs WHERE lease_holder = ? AND state = ?"
-        return changed and any(
-            withdrawal(conn, r, started=True) for r in conn.execute(running, (self.holder, RunState.RUNNING))
-        )
+        # scan the book's stop_requests makes, so a busy room costs the listener no request per commit.
+        return changed and bool(self.withdrawn_runs(conn))
 
 
 class Listeners:

@@ -345,19 +345,20 @@ class LocalWakeBook:
         with _busy_is_unavailable():
             return await self._stop_requests()
 
+    def withdrawn_runs(self, conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+        """(run id, agent id, reason) of each running run this holder holds whose wake no longer stands:
+        something it needed changed since it started (invariant 103). The one scan for both books' uses."""
+        rows = conn.execute(
+            "SELECT * FROM runs WHERE lease_holder = ? AND state = ?", (self._holder, RunState.RUNNING)
+        ).fetchall()
+        return [(r["run_id"], r["agent_id"], why) for r in rows if (why := withdrawal(conn, r, started=True))]
+
     async def _stop_requests(self) -> set[str]:
-
-        def changed(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-            rows = conn.execute(
-                "SELECT * FROM runs WHERE lease_holder = ? AND state = ?", (self._holder, RunState.RUNNING)
-            ).fetchall()
-            return [(r["run_id"], r["agent_id"], why) for r in rows if (why := withdrawal(conn, r, started=True))]
-
-        if await self._store.read(changed):
+        if await self._store.read(self.withdrawn_runs):
 
             def mark(conn: sqlite3.Connection) -> None:
                 now = now_utc()
-                for run_id, agent_id, reason in changed(conn):  # again, under the write lock
+                for run_id, agent_id, reason in self.withdrawn_runs(conn):  # again, under the write lock
                     withdraw(conn, run_id, RunState.RUNNING, reason, now)
                     audit.append(conn, self._actor, "run.withdraw", target=agent_id,
                                  detail={"run_id": run_id, "reason": reason})  # fmt: skip
@@ -420,7 +421,7 @@ class LocalWakeBook:
         tries = conn.execute(
             "SELECT attempts FROM backoffs WHERE owner_id = ? AND tool = ?", (row["owner_id"], row["tool"])
         ).fetchone()
-        retry_at = iso(backoff_until(datetime.now(UTC), reset_at, tries["attempts"] if tries else 0))
+        retry_at = iso(backoff_until(datetime.now(UTC), reset_at, tries["attempts"] if tries else 0, self._caps))
         conn.execute(
             "INSERT INTO backoffs (owner_id, tool, not_before, attempts) VALUES (?, ?, ?, 1)"
             " ON CONFLICT (owner_id, tool) DO UPDATE SET not_before = excluded.not_before,"
@@ -491,10 +492,13 @@ def rendered(words: CauseText) -> CauseText:
     return replace(words, text=shown.text)
 
 
-def backoff_until(now: datetime, reset_at: datetime | None, attempts: int) -> datetime:
+def backoff_until(now: datetime, reset_at: datetime | None, attempts: int, caps: WakeSettings) -> datetime:
     """wake.md §6.4: a known reset time plus up to 30 s of jitter, else an exponential wait from 30 s up to
-    30 min, half fixed and half random, so owners' retries spread out rather than arrive together."""
+    30 min, half fixed and half random, so owners' retries spread out rather than arrive together. The reset
+    time is a run's word (a listener's report, a CLI's output): it counts only within `backoff_min_s` and
+    `backoff_max_s` from now."""
     if reset_at is not None:
-        return max(reset_at, now) + timedelta(seconds=random.uniform(0, 30))
+        earliest, latest = now + timedelta(seconds=caps.backoff_min_s), now + timedelta(seconds=caps.backoff_max_s)
+        return min(max(reset_at, earliest), latest) + timedelta(seconds=random.uniform(0, 30))
     base = min(1800.0, 30.0 * 2 ** min(attempts, 10))
     return now + timedelta(seconds=base / 2 + random.uniform(0, base / 2))

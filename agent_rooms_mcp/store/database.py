@@ -154,12 +154,8 @@ class Store:
         # One transaction at a time on the writer, wherever it runs (loop or aiosqlite's thread).
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._changed = anyio.Event()
-        # Long-polls wait here, by room (store/watch.py).
-        self.rooms = RoomWatch(reader, watch_s)
-        # Waiters that also want other processes' commits (a listener's long poll), and one look for them all.
-        self._outside_waiters = 0
-        self._outside_wanted = anyio.Event()
-        self._watch_s = watch_s
+        # Long-polls wait here, by room, and for any process's commit (store/watch.py): one watcher for both.
+        self.rooms = RoomWatch(reader, watch_s, self._wake_pollers)
 
     @classmethod
     @asynccontextmanager
@@ -184,7 +180,6 @@ class Store:
                 failure: Exception | None = None
                 async with anyio.create_task_group() as watching:
                     watching.start_soon(store.rooms.run)
-                    watching.start_soon(store._watch_outside)
                     try:
                         yield store
                     except Exception as e:
@@ -232,9 +227,12 @@ class Store:
 
     def notify_changed(self) -> None:
         """Wake this process's pollers (the supervisor) and have the room watcher look at once."""
+        self._wake_pollers()
+        self.rooms.poke()
+
+    def _wake_pollers(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
-        self.rooms.poke()
 
     async def wait_changed(self, timeout_s: float) -> None:
         """Return when this process commits a change, or after timeout_s (another process may have)."""
@@ -243,26 +241,6 @@ class Store:
 
     async def wait_any_change(self, timeout_s: float) -> None:
         """Return when any process commits a change (seen within `watch_s`), or after timeout_s. However many
-        wait, one look of `PRAGMA data_version` every `watch_s` serves them all, and none while nobody waits."""
-        self._outside_waiters += 1
-        self._outside_wanted.set()
-        try:
+        wait, the one watcher of the rooms' long-polls looks for them all, and not at all while nobody waits."""
+        with self.rooms.wanting_any():
             await self.wait_changed(timeout_s)
-        finally:
-            self._outside_waiters -= 1
-
-    async def _watch_outside(self) -> None:
-        seen = -1
-        while True:
-            if not self._outside_waiters:
-                self._outside_wanted = anyio.Event()
-                await self._outside_wanted.wait()
-                seen = self.data_version()
-            await anyio.sleep(self._watch_s)
-            try:
-                version = self.data_version()
-            except sqlite3.OperationalError:  # busy past the reader's timeout: look again next tick
-                continue
-            if version != seen:
-                seen = version
-                self.notify_changed()

@@ -466,12 +466,14 @@ _OUTCOME_OK = (
 )
 _V_RUNS_BOOK = _V_RUNS_BOOK % {"listed": _LISTED_OUTCOMES, "ok": _OUTCOME_OK}
 
-# A bucket per enrolled device for its owner actions (DESIGN §9.3 "and per device"): `agent_id` then holds
-# the device's id. SQLite cannot alter a CHECK, so the table is rebuilt with its rows.
-_V_DEVICE_RATES = """
+
+def _rate_buckets_allowing(*buckets: str) -> str:
+    """`rate_buckets` rebuilt with its rows to allow these buckets: SQLite cannot alter a CHECK."""
+    listed = ", ".join(f"'{b}'" for b in buckets)
+    return f"""
 CREATE TABLE rate_buckets_new (
   agent_id TEXT NOT NULL,
-  bucket TEXT NOT NULL CHECK (bucket IN ('posts', 'file_writes', 'task_writes', 'reads', 'owner_actions')),
+  bucket TEXT NOT NULL CHECK (bucket IN ({listed})),
   level REAL NOT NULL,
   updated_at REAL NOT NULL,
   refused INTEGER NOT NULL DEFAULT 0,
@@ -481,6 +483,12 @@ INSERT INTO rate_buckets_new SELECT agent_id, bucket, level, updated_at, refused
 DROP TABLE rate_buckets;
 ALTER TABLE rate_buckets_new RENAME TO rate_buckets;
 """
+
+
+_AGENT_BUCKETS = ("posts", "file_writes", "task_writes", "reads")
+# A bucket per enrolled device for its owner actions (DESIGN §9.3 "and per device"): `agent_id` then holds
+# the device's id.
+_V_DEVICE_RATES = _rate_buckets_allowing(*_AGENT_BUCKETS, "owner_actions")
 
 # v_lease_epoch: fencing (DESIGN §9.1). Each claim of a run raises its lease_epoch, and a supervisor's
 # reports (spawned, session, ended) apply only while its holder id and epoch still hold the run: one whose
@@ -523,7 +531,10 @@ _V_SANDBOX = """
 ALTER TABLE agents ADD COLUMN sandbox INTEGER NOT NULL DEFAULT 1 CHECK (sandbox IN (0, 1));
 """
 
+# A second bucket per device, for its listeners' requests (DESIGN §9.3 "and per device"; ratelimit.py).
+_V_LISTENER_RATES = _rate_buckets_allowing(*_AGENT_BUCKETS, "owner_actions", "listener_requests")
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
-    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_SANDBOX,
+    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_SANDBOX, _V_LISTENER_RATES,
 )  # fmt: skip

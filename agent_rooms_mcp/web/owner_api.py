@@ -9,8 +9,8 @@
 Failed authentication, of a device credential or of an enrollment code, goes through the hub's failed-auth
 limiter and gets the same 401 as `/mcp` (429 with Retry-After past the limit). Only `ard_` is accepted here.
 An action's body is read only once its device authenticated, and each device draws on a bucket of owner
-actions a minute (429 with Retry-After and `retry_after_ms` past it). A defect answers `{"error": "INTERNAL"}`
-with 500, never the server's bare error page.
+actions a minute, and another of listener requests (429 with Retry-After and `retry_after_ms` past either).
+A defect answers `{"error": "INTERNAL"}` with 500, never the server's bare error page.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.public import Exposure
+from agent_rooms_mcp.ratelimit import Bucket
 from agent_rooms_mcp.services.devices import DeviceDenied
 from agent_rooms_mcp.web import listener_api
 
@@ -102,7 +103,8 @@ class OwnerApi:
         try:
             if name.startswith(LISTENER):
                 # A listener's long polls and lease renewals are its heartbeat, not owner actions: they draw
-                # on no owner-action bucket (a listener idles at a few requests a minute).
+                # on a bucket of the device's listeners, charged before the body is read as an action's is.
+                await self._hub.rates.charge_device(who, Bucket.LISTENER_REQUESTS)
                 body = await _body(receive, headers, self._cap)
                 return 200, await listener_api.handle(self._hub, who, name.removeprefix(LISTENER), body)
             # Charged before the body is read: a device past its bucket costs one settlement, nothing more.
