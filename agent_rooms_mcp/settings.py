@@ -119,6 +119,10 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+# A run's process cap: far above what a CLI and its tools use (tens), far below what hurts the machine.
+RUN_PIDS_MAX = 512
+
+
 @dataclass(frozen=True, slots=True)
 class WakeSettings:
     """DESIGN §5: where the CLIs are, and the caps and grace periods of woken runs."""
@@ -149,9 +153,18 @@ class WakeSettings:
     host_id: str = ""
     # A wake of an owner who is not local waits this long for that owner's listener, then ends `expired`.
     listener_wait_s: float = 3600.0
+    # A cgroup per run (DESIGN §5 "Process containment"): "auto" takes the first the OS grants of cgroup2,
+    # cgroup1, systemd-scope; a named one is that or the process-group sweep; "off" is the sweep only
+    # (AGENT_ROOMS_CGROUP). `run_pids_max` bounds the processes of one run, fork bombs included
+    # (AGENT_ROOMS_LIMIT_RUN_PIDS_MAX).
+    cgroup: str = "auto"
+    run_pids_max: int = RUN_PIDS_MAX
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WakeSettings:
+        raw_pids = env.get("AGENT_ROOMS_LIMIT_RUN_PIDS_MAX", str(RUN_PIDS_MAX))
+        if not raw_pids.isdigit() or int(raw_pids) < 1:
+            raise ValueError(f"AGENT_ROOMS_LIMIT_RUN_PIDS_MAX: not a positive whole number: {raw_pids!r}")
         return cls(
             enabled=env.get("AGENT_ROOMS_SUPERVISOR", "1") != "0" and not env.get("AGENT_ROOMS_RUN_ID"),
             claude_bin=env.get("AGENT_ROOMS_CLAUDE_BIN") or "claude",
@@ -159,6 +172,8 @@ class WakeSettings:
             openclaw_bin=env.get("AGENT_ROOMS_OPENCLAW_BIN") or "openclaw",
             contain=env.get("AGENT_ROOMS_WAKE_CONTAIN") == "1",
             host_id=env.get("AGENT_ROOMS_HOST_ID") or "",
+            cgroup=env.get("AGENT_ROOMS_CGROUP") or "auto",
+            run_pids_max=int(raw_pids),
         )
 
 

@@ -100,6 +100,11 @@ def _rows() -> list[Invariant]:
         86: ("a failed COMMIT rolls back and leaves the store able to write", "hardening"),
         87: ("a run token reads and writes only the room of its run", "hardening"),
         88: ("tool errors carry no structuredContent; the code leads the text and sits in _meta", "hardening"),
+        89: (
+            "a sandboxed CLI reaches none of the owner's secrets or hooks, no host socket but its bridge, no"
+            " capability; every process it starts ends when the run ends, double-forked or not",
+            "containment",
+        ),
         91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
         92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
         93: (

@@ -28,6 +28,7 @@ from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
+from agent_rooms_mcp.wake.cgroups import in_force, open_run_cgroup
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
 
@@ -321,7 +322,12 @@ class Supervisor:
             idle_s=caps.idle_s,
             wall_s=caps.run_limit_s,
         )
-        async with anyio.create_task_group() as tg:
+        containment = await anyio.to_thread.run_sync(in_force, caps.cgroup, caps.run_pids_max)
+        # The run's own cgroup, joined by its first process before the CLI execs (outermost, so the pdeathsig
+        # wrapper and everything after it are inside); removed, with anything left in it, when the run ends.
+        async with open_run_cgroup(containment, run.run_id) as cgroup, anyio.create_task_group() as tg:
+            if cgroup is not None:
+                argv = [*cgroup.prefix(), *argv]
 
             def on_spawn(pid: int) -> None:
                 log.info("run.spawn", run_id=run.run_id, agent=run.handle, tool=run.tool, pid=pid,
@@ -344,6 +350,7 @@ class Supervisor:
                 limits=limits,
                 on_spawn=on_spawn,
                 on_signal=on_signal,
+                cgroup=cgroup,
             )
         return finished
 
