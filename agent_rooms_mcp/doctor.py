@@ -21,6 +21,7 @@ from agent_rooms_mcp.home import PRIVATE_DIR, HomeError, check_private_file, loa
 from agent_rooms_mcp.models import CheckStatus, DoctorCheck, DoctorReport
 from agent_rooms_mcp.public import BindRefused, exposure_for, is_loopback
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.wake import cgroups
 
 OK, WARN, FAIL = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL
 
@@ -37,7 +38,7 @@ class Exposed:
 
 
 def check(settings: Settings, exposed: Exposed) -> DoctorReport:
-    checks = [*home_checks(settings), *exposure_checks(exposed)]
+    checks = [*home_checks(settings), *exposure_checks(exposed), run_containment(settings)]
     return DoctorReport(ok=all(c.status is not FAIL for c in checks), checks=checks)
 
 
@@ -109,6 +110,24 @@ def _issuer_key(settings: Settings) -> DoctorCheck:
         fix = f"restore {path} from a backup (a new key, made by moving it away and running init, voids every token)"
         return _fail("home.issuer_key", str(e), fix)
     return _ok("home.issuer_key", f"{path}: a k4.secret key, 0600")
+
+
+# Woken runs (DESIGN §5 "Process containment"): which mechanism ends every process a run starts.
+
+
+def run_containment(settings: Settings) -> DoctorCheck:
+    """What a run started by a process like this one gets. Detection only reads: nothing is created or moved."""
+    caps = settings.wake
+    found = cgroups.detect(caps.cgroup, caps.run_pids_max)
+    if found.mechanism is not cgroups.Mechanism.PROCESS_GROUP:
+        return _ok("wake.cgroup", f"{found.mechanism.value}: {found.why}")
+    if caps.cgroup != "auto":
+        fix = "unset AGENT_ROOMS_CGROUP (auto takes the first mechanism the OS grants)"
+    else:
+        fix = ("run the hub with a cgroup of its own: a systemd unit with Delegate=yes (examples/), a user session "
+               "where systemd-run --user answers, or root")  # fmt: skip
+    message = f"process-group sweep only: a double-forked daemon can outlive its run, forks are unbounded ({found.why})"
+    return DoctorCheck(id="wake.cgroup", status=WARN, message=message, fix=fix)
 
 
 # Public mode (DESIGN §9.3): what `serve --http` with these flags would expose.

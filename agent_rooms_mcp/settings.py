@@ -119,6 +119,8 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+# AGENT_ROOMS_CGROUP's values (wake/cgroups.py): a mechanism by name, the first granted, or none.
+CGROUP_CHOICES = ("auto", "cgroup2", "cgroup1", "systemd-scope", "process-group", "off")
 # A run's process cap: far above what a CLI and its tools use (tens), far below what hurts the machine.
 RUN_PIDS_MAX = 512
 
@@ -165,6 +167,9 @@ class WakeSettings:
         raw_pids = env.get("AGENT_ROOMS_LIMIT_RUN_PIDS_MAX", str(RUN_PIDS_MAX))
         if not raw_pids.isdigit() or int(raw_pids) < 1:
             raise ValueError(f"AGENT_ROOMS_LIMIT_RUN_PIDS_MAX: not a positive whole number: {raw_pids!r}")
+        cgroup = env.get("AGENT_ROOMS_CGROUP") or "auto"
+        if cgroup not in CGROUP_CHOICES:
+            raise ValueError(f"AGENT_ROOMS_CGROUP: {cgroup!r} is not one of {', '.join(CGROUP_CHOICES)}")
         return cls(
             enabled=env.get("AGENT_ROOMS_SUPERVISOR", "1") != "0" and not env.get("AGENT_ROOMS_RUN_ID"),
             claude_bin=env.get("AGENT_ROOMS_CLAUDE_BIN") or "claude",
@@ -172,7 +177,7 @@ class WakeSettings:
             openclaw_bin=env.get("AGENT_ROOMS_OPENCLAW_BIN") or "openclaw",
             contain=env.get("AGENT_ROOMS_WAKE_CONTAIN") == "1",
             host_id=env.get("AGENT_ROOMS_HOST_ID") or "",
-            cgroup=env.get("AGENT_ROOMS_CGROUP") or "auto",
+            cgroup=cgroup,
             run_pids_max=int(raw_pids),
         )
 

@@ -15,17 +15,21 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+from agent_rooms_mcp.services.stopping import stop_and_wait
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake import cgroups
 from agent_rooms_mcp.wake.cgroups import Containment, Mechanism, RunCgroup, detect, open_run_cgroup
 from agent_rooms_mcp.wake.process import Finished, run_process
+from tests.conftest import OPERATOR, World
 from tests.test_wake_process import CHILD, DEADLINE_S, FAST, Probe, assert_dead, assert_reaped, stat_of
+from tests.wakeworld import Fakes, post, runs, supervisor, until
 
 pytestmark = pytest.mark.anyio
 
@@ -138,7 +142,7 @@ async def test_a_fork_bomb_is_bounded_by_pids_max_and_nothing_of_it_outlives_the
         async def stop_once_refused() -> None:
             await probe.first.wait()
             # The kernel refused a fork for the cgroup's bound: the bomb is at its ceiling and stays there.
-            while not refused_forks(cgroup):
+            while not refused_in(dirs_of(cgroup)):
                 await anyio.sleep(0.05)
             probe.events.append({"type": "_members", "n": len(cgroup.members())})
             probe.stop.set()
@@ -155,17 +159,6 @@ async def test_a_fork_bomb_is_bounded_by_pids_max_and_nothing_of_it_outlives_the
     await assert_removed(cgroup)
     assert_reaped(probe.spawned[0])
     assert carrying(marker) == [], "a process of the bomb outlived the stop"
-
-
-def refused_forks(cgroup: RunCgroup) -> int:
-    """How many forks the pids controller refused (pids.events "max N")."""
-    for d in dirs_of(cgroup):
-        try:
-            words = (d / "pids.events").read_text().split()
-        except OSError:
-            continue
-        return int(words[words.index("max") + 1]) if "max" in words else 0
-    return 0
 
 
 def carrying(marker: str) -> list[int]:
@@ -277,3 +270,64 @@ def test_the_settings_name_the_mechanism_and_the_bound() -> None:
     assert (WakeSettings.from_env(env).cgroup, WakeSettings.from_env(env).run_pids_max) == ("off", 64)
     with pytest.raises(ValueError, match="AGENT_ROOMS_LIMIT_RUN_PIDS_MAX: not a positive whole number: 'lots'"):
         WakeSettings.from_env({"AGENT_ROOMS_LIMIT_RUN_PIDS_MAX": "lots"})
+
+
+# --- through the supervisor: a woken fake CLI, stopped by its owner ---------------------------------------------
+
+
+def running_cmdline(*words: str) -> list[int]:
+    """Live processes whose command line holds every one of words (a fork keeps its parent's command line)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(w.encode() in argv for w in words) and (stat := stat_of(int(name))) is not None and stat[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.invariant(89)
+@pytest.mark.parametrize("scenario", ["fork_bomb", "daemon"])
+async def test_an_owner_stop_ends_every_process_of_the_woken_cli_and_removes_its_cgroup(
+    woken: World, fakes: Fakes, scenario: str
+) -> None:
+    contained = detect("auto", PIDS_MAX)
+    if contained.mechanism is Mechanism.PROCESS_GROUP:
+        pytest.skip(f"no cgroup is granted here, and a fork bomb without one would take the box: {contained.why}")
+    woken.settings = replace(woken.settings, wake=replace(woken.settings.wake, run_pids_max=PIDS_MAX))
+    fakes.scenario(scenario)
+    escaped: list[int] = []
+    with reaping(escaped):
+        async with supervisor(woken):
+            await post(woken, "alice-claude", "@alice-bot make it all")
+            [call] = await until(fakes.calls, "the fake CLI is up")
+            escaped.append(call.get("daemon_pid") or call["bomb_pid"])
+            [run] = await until(lambda: [r for r in runs(woken, "alice-bot") if r["pid"]], "the run has its pid")
+            dirs = [p / run["run_id"] for p in contained.parents]
+            if scenario == "fork_bomb" and contained.mechanism is not Mechanism.SYSTEMD_SCOPE:
+                await until(lambda: refused_in(dirs), "the bomb reaches pids.max")
+            async with woken.hub() as hub:
+                done = await stop_and_wait(hub.runs, hub.store, hub.settings.wake, OPERATOR, "alice-bot", None)
+        [stopped] = done.stopped
+        assert (stopped.state, stopped.stop_signal) == ("stopped", "SIGKILL")
+        if scenario == "fork_bomb":
+            assert running_cmdline(str(CHILD), "fork_bomb") == []
+        else:
+            await assert_dead(escaped[0])
+        left = [d for d in dirs if d.exists()]
+        assert left == [], f"cgroup directories left behind: {left}"
+
+
+def refused_in(dirs: list[Path]) -> bool:
+    """The pids controller refused a fork for the bound (pids.events "max N", N > 0)."""
+    for d in dirs:
+        try:
+            words = (d / "pids.events").read_text().split()
+        except OSError:
+            continue
+        return "max" in words and int(words[words.index("max") + 1]) > 0
+    return False

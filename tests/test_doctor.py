@@ -15,15 +15,19 @@ import pytest
 from click.testing import CliRunner
 
 from agent_rooms_mcp.cli import cli
+from agent_rooms_mcp.wake.cgroups import Mechanism, detect
 from tests.conftest import World
 from tests.test_public import self_signed
 
 HOME_CHECKS = ["home.dir", "home.database", "home.issuer_key", "home.master_key", "home.tokens"]
 PUBLIC_CHECKS = ["public.url", "public.proxy", "public.tls", "public.bind"]
+WAKE_CHECKS = ["wake.cgroup"]
+# This machine's answer: a run's cgroup where the OS grants one (ok), else the process-group sweep (a warning).
+CGROUP_STATUS = "warn" if detect().mechanism is Mechanism.PROCESS_GROUP else "ok"
 
 
-def doctor(home: Path, *flags: str) -> tuple[int, dict[str, Any]]:
-    done = CliRunner().invoke(cli, ["doctor", "--json", *flags], env={"AGENT_ROOMS_HOME": str(home)})
+def doctor(home: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    done = CliRunner().invoke(cli, ["doctor", "--json", *flags], env={"AGENT_ROOMS_HOME": str(home), **(env or {})})
     return done.exit_code, json.loads(done.stdout)
 
 
@@ -43,12 +47,13 @@ def serve_refuses(home: Path, *flags: str) -> bool:
 async def test_a_healthy_home_on_loopback_passes_every_check(world: World) -> None:
     code, report = doctor(world.settings.home)
     assert code == 0 and report["ok"], report
-    assert list(statuses(report)) == HOME_CHECKS + PUBLIC_CHECKS
-    assert set(statuses(report).values()) == {"ok"}
-    assert all(c["fix"] is None for c in report["checks"])
+    assert list(statuses(report)) == HOME_CHECKS + PUBLIC_CHECKS + WAKE_CHECKS
+    assert statuses(report) == {**dict.fromkeys(HOME_CHECKS + PUBLIC_CHECKS, "ok"), "wake.cgroup": CGROUP_STATUS}
+    assert all(c["fix"] is None for c in report["checks"] if c["status"] == "ok")
     # Text for people: one line per check.
     text = CliRunner().invoke(cli, ["doctor"], env={"AGENT_ROOMS_HOME": str(world.settings.home)})
-    assert text.exit_code == 0 and text.stdout.count("\nok ") == len(HOME_CHECKS + PUBLIC_CHECKS) - 1
+    oks = len(HOME_CHECKS + PUBLIC_CHECKS) + (CGROUP_STATUS == "ok")
+    assert text.exit_code == 0 and text.stdout.count("\nok ") == oks - 1
 
 
 @pytest.mark.invariant(20)
@@ -175,3 +180,15 @@ async def test_an_owners_machine_is_checked_for_its_device_credential(tmp_path: 
     os.chmod(device, 0o644)
     code, report = doctor(home)
     assert code == 1 and the(report, "home.device")["fix"] == f"chmod 600 {device}"
+
+
+async def test_doctor_names_the_run_containment_in_force_and_warns_when_it_is_the_sweep_only(world: World) -> None:
+    code, report = doctor(world.settings.home)
+    found = the(report, "wake.cgroup")
+    assert found["message"].startswith(detect().mechanism.value)
+    # Switched off: a warning that says what is lost and how to get it back, and no failure.
+    code, report = doctor(world.settings.home, env={"AGENT_ROOMS_CGROUP": "off"})
+    off = the(report, "wake.cgroup")
+    assert code == 0 and report["ok"] and off["status"] == "warn"
+    assert off["message"].startswith("process-group sweep only") and "AGENT_ROOMS_CGROUP=off" in off["message"]
+    assert "unset AGENT_ROOMS_CGROUP" in off["fix"]

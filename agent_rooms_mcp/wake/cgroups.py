@@ -37,6 +37,8 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from agent_rooms_mcp.settings import CGROUP_CHOICES
+
 __all__ = ["Containment", "Mechanism", "RunCgroup", "detect", "in_force", "open_run_cgroup"]
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
@@ -66,7 +68,6 @@ class Mechanism(StrEnum):
     PROCESS_GROUP = "process-group"
 
 
-CHOICES = ("auto", *(m.value for m in Mechanism), "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,8 +491,8 @@ def _systemd_scope(pids_max: int) -> Containment | str:
 def detect(choice: str = "auto", pids_max: int = 512) -> Containment:
     """The mechanism in force, by `choice` ("auto" tries each in DESIGN's order; a named one is that or the
     process-group sweep; "off" is the sweep). Reads only: `prepare` does the writes."""
-    if choice not in CHOICES:
-        raise ValueError(f"AGENT_ROOMS_CGROUP: {choice!r} is not one of {', '.join(CHOICES)}")
+    if choice not in CGROUP_CHOICES:
+        raise ValueError(f"AGENT_ROOMS_CGROUP: {choice!r} is not one of {', '.join(CGROUP_CHOICES)}")
     if choice in ("off", Mechanism.PROCESS_GROUP):
         return fallback("switched off (AGENT_ROOMS_CGROUP=off): the process-group sweep only")
     mounts = _mounts()
