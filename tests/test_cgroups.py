@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ from agent_rooms_mcp.services.stopping import stop_and_wait
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake import cgroups
 from agent_rooms_mcp.wake.cgroups import Containment, Mechanism, RunCgroup, detect, open_run_cgroup
-from agent_rooms_mcp.wake.process import Finished, run_process
+from agent_rooms_mcp.wake.process import Finished, run_process, start_time
 from tests.conftest import OPERATOR, World
+from tests.test_wake_guards import PAST, execute
 from tests.test_wake_process import CHILD, DEADLINE_S, FAST, Probe, assert_dead, assert_reaped, stat_of
-from tests.wakeworld import Fakes, post, runs, supervisor, until
+from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
 
 pytestmark = pytest.mark.anyio
 
@@ -91,6 +93,15 @@ def reaping(pids: list[int]) -> Iterator[None]:
         for pid in pids:
             if (stat := stat_of(pid)) is not None and stat[0] != "Z":
                 os.kill(pid, signal.SIGKILL)
+
+
+@asynccontextmanager
+async def removing(cgroup: RunCgroup) -> AsyncIterator[None]:
+    """A test that failed before the code under test removed its cgroup still leaves nothing behind."""
+    try:
+        yield
+    finally:
+        await cgroup.remove()  # kills what is left; no-op once removed
 
 
 async def run_in(cgroup: RunCgroup, mode: str, probe: Probe, env: dict[str, str] | None = None) -> Finished:
@@ -331,3 +342,47 @@ def refused_in(dirs: list[Path]) -> bool:
             continue
         return "max" in words and int(words[words.index("max") + 1]) > 0
     return False
+
+
+@pytest.mark.invariant(89)
+async def test_recovery_empties_and_removes_the_cgroup_a_crashed_supervisor_left(woken: World) -> None:
+    """What a crashed holder leaves: its CLI and a daemon the CLI double-forked, both in the run's cgroup, and a
+    run with an expired lease. Recovery kills the CLI by PID and the daemon through the cgroup, then removes it."""
+    contained = detect("auto")
+    if contained.mechanism is Mechanism.PROCESS_GROUP:
+        pytest.skip(f"no cgroup is granted here: {contained.why}")
+    if contained.mechanism is Mechanism.SYSTEMD_SCOPE:
+        pytest.skip("a systemd scope ends with its supervisor's session: nothing is left to recover")
+    await post(woken, "alice-claude", "@alice-bot hello")
+    [queued] = runs(woken, "alice-bot")
+    cgroup = contained.prepare().open(queued["run_id"])
+    assert cgroup is not None
+    # The "CLI" joins the cgroup as a run's first process does, double-forks a daemon out of its session (a
+    # subshell starts it and exits: no PPID link leads back), and waits.
+    cli = subprocess.Popen(
+        [*cgroup.prefix(), "sh", "-c", '(setsid sleep 600 </dev/null >/dev/null 2>&1 & echo "$!"); exec sleep 600'],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+    )
+    assert cli.stdout is not None
+    with cli.stdout:
+        escaped = [cli.pid, int(cli.stdout.readline())]
+    try:
+        async with removing(cgroup):
+            # The subshell is gone once it has printed; the daemon and the CLI stay, both in the cgroup.
+            await until(lambda: sorted(cgroup.members()) == sorted(escaped), "the subshell exits", deadline_s=10)
+            execute(
+                woken,
+                "UPDATE runs SET state = 'running', lease_holder = 'sup_dead', lease_until = ?, started_at = ?,"
+                " pid = ?, pid_start = ?",
+                (PAST, PAST, cli.pid, start_time(cli.pid)),
+            )
+            async with supervisor(woken):
+                [run] = await until(lambda: ended(woken, "alice-bot"), "recovery")
+            assert run["state"] == "lost"
+            assert cli.wait(timeout=10) == -9
+            await assert_dead(escaped[1])
+            await assert_removed(cgroup)
+    finally:
+        cli.kill()  # a no-op once reaped
+        cli.wait()

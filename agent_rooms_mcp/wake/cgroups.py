@@ -39,7 +39,7 @@ import structlog
 
 from agent_rooms_mcp.settings import CGROUP_CHOICES
 
-__all__ = ["Containment", "Mechanism", "RunCgroup", "detect", "in_force", "open_run_cgroup"]
+__all__ = ["Containment", "Mechanism", "RunCgroup", "detect", "in_force", "open_run_cgroup", "remove_left_behind"]
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
 
@@ -109,9 +109,10 @@ class Containment:
             return fallback(f"{self.mechanism.value} detected but could not be set up: {e}")
         return self
 
-    def open(self, run_id: str) -> RunCgroup | None:
+    def open(self, run_id: str, *, create: bool = True) -> RunCgroup | None:
         """Create the run's cgroup (None where there is none to create, or the OS refused it: the run then
-        has the process-group sweep only, which is logged)."""
+        has the process-group sweep only, which is logged). `create=False` finds the one a crashed
+        supervisor left instead (None if there is none)."""
         if self.mechanism is Mechanism.PROCESS_GROUP:
             return None
         if not _SAFE_NAME.fullmatch(run_id):
@@ -119,6 +120,13 @@ class Containment:
             return None
         if self.mechanism is Mechanism.SYSTEMD_SCOPE:
             return _ScopeCgroup(run_id, self.pids_max)
+        if not create:
+            dirs = [parent / run_id for parent in self.parents]
+            if not any(d.is_dir() for d in dirs):
+                return None
+            if self.mechanism is Mechanism.CGROUP1:
+                return _V1Cgroup(run_id, pids_dir=dirs[0], freezer_dir=dirs[1])
+            return _V2Cgroup(run_id, dirs[0])
         made: list[Path] = []
         try:
             for parent in self.parents:
@@ -353,6 +361,20 @@ async def open_run_cgroup(containment: Containment, run_id: str) -> AsyncIterato
                 await cgroup.remove()
                 if cgroup.killed:
                     log.info("cgroup.emptied", run_id=run_id, mechanism=cgroup.mechanism.value, count=cgroup.killed)
+
+
+async def remove_left_behind(choice: str, pids_max: int, run_id: str) -> int:
+    """Empty and remove the cgroup of a run whose supervisor died (recovery found it on this host): whatever
+    its CLI left running there, daemons included, ends now. Returns how many processes were killed."""
+    containment = await anyio.to_thread.run_sync(in_force, choice, pids_max)
+    left = containment.open(run_id, create=False)
+    if left is None:
+        return 0
+    with anyio.CancelScope(shield=True):
+        await left.remove()
+    if left.killed:
+        log.info("cgroup.left_behind_emptied", run_id=run_id, mechanism=left.mechanism.value, count=left.killed)
+    return left.killed
 
 
 # --- detection -------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
-from agent_rooms_mcp.wake.cgroups import in_force, open_run_cgroup
+from agent_rooms_mcp.wake.cgroups import in_force, open_run_cgroup, remove_left_behind
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
 
@@ -125,6 +125,7 @@ class Supervisor:
             try:
                 for left in await self.book.recover():
                     kill_left_behind(left.pid, left.pid_start)  # a crashed holder's CLI must not run on unsupervised
+                    await remove_left_behind(self._caps.cgroup, self._caps.run_pids_max, left.run_id)  # and its daemons
                 # Only claims made before the renewal began can be judged by it: one claimed meanwhile is
                 # not lost for being missing from its answer.
                 before = list(self._stops.items())
