@@ -37,7 +37,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from agent_rooms_mcp.settings import CGROUP_CHOICES
+from agent_rooms_mcp.settings import CGROUP_CHOICES, RUN_PIDS_MAX
 
 __all__ = ["Containment", "Mechanism", "RunCgroup", "detect", "in_force", "open_run_cgroup", "remove_left_behind"]
 
@@ -68,8 +68,6 @@ class Mechanism(StrEnum):
     PROCESS_GROUP = "process-group"
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Containment:
     """The mechanism in force for this process's runs, and where their cgroups go.
@@ -82,9 +80,9 @@ class Containment:
     mechanism: Mechanism
     why: str
     parents: tuple[Path, ...] = ()
-    pids_max: int = 512
-    # cgroup2 only: controller files to write before the parent is usable ((path, "+pids") pairs), done once
-    # by `prepare` (never by `detect`, which `doctor` runs and which must change nothing).
+    pids_max: int = RUN_PIDS_MAX
+    # cgroup2 only: the `cgroup.subtree_control` files that must hand the pids controller down before the
+    # parent is usable; written once by `prepare` (never by `detect`, which `doctor` runs: it changes nothing).
     enable: tuple[Path, ...] = ()
     # cgroup2 delegated only: the leaf this process moves itself into, so its own cgroup may have children
     # with controllers (cgroup v2's rule: no processes in a cgroup that hands controllers down).
@@ -510,7 +508,7 @@ def _systemd_scope(pids_max: int) -> Containment | str:
                        pids_max=pids_max)  # fmt: skip
 
 
-def detect(choice: str = "auto", pids_max: int = 512) -> Containment:
+def detect(choice: str = "auto", pids_max: int = RUN_PIDS_MAX) -> Containment:
     """The mechanism in force, by `choice` ("auto" tries each in DESIGN's order; a named one is that or the
     process-group sweep; "off" is the sweep). Reads only: `prepare` does the writes."""
     if choice not in CGROUP_CHOICES:
