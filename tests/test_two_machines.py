@@ -233,6 +233,9 @@ async def test_bobs_listener_runs_his_agent_on_his_machine_behind_a_tls_proxy(tm
             fakes.scenario("hang")
             await two.bobs_own("please hang")
             [held] = await until(two.spawned, "bob's CLI runs")
+            # The pid is reported at the spawn, before the CLI has started (behind the cgroup join and setpriv):
+            # a stop sent then would find it still starting. The fake logs its start as it takes SIGINT over.
+            await until(lambda: len(fakes.calls()) == 2, "bob's CLI is up")
             stopped = await hub.machine.ok("agent", "stop", "bob-bot")
             assert [(s["run_id"], s["state"], s["stop_signal"]) for s in stopped["stopped"]] == [
                 (held["run_id"], "stopped", "SIGINT")
