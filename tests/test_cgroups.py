@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -386,3 +387,20 @@ async def test_recovery_empties_and_removes_the_cgroup_a_crashed_supervisor_left
     finally:
         cli.kill()  # a no-op once reaped
         cli.wait()
+
+
+async def test_a_supervisor_start_removes_only_the_old_empty_cgroups_a_crashed_one_left(
+    containment: Containment,
+) -> None:
+    if containment.mechanism is Mechanism.SYSTEMD_SCOPE:
+        pytest.skip("systemd collects an empty scope itself")
+    stale, young = containment.open(run_name()), containment.open(run_name())
+    assert stale is not None and young is not None
+    async with removing(stale), removing(young):
+        an_hour_ago = time.time() - 3600
+        for d in dirs_of(stale):
+            os.utime(d, (an_hour_ago, an_hour_ago))
+        containment.prepare()
+        assert [d for d in dirs_of(stale) if d.exists()] == []
+        # One made a moment ago may be about to be joined by its run's first process (another hub's, say).
+        assert all(d.exists() for d in dirs_of(young))

@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ _JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done
 _FREEZE_S = 2.0
 _EMPTY_S = 5.0
 _POLL_S = 0.01
+# An empty run cgroup older than this is a crashed supervisor's leftover (a run's first process joins its
+# cgroup within milliseconds of its creation).
+_STALE_S = 600.0
 # systemd-run/systemctl answer in milliseconds when a user manager is there; a hung bus must not hang us.
 _SYSTEMD_S = 10.0
 
@@ -102,6 +106,8 @@ class Containment:
                 parent.mkdir(exist_ok=True)
             if self.mechanism is Mechanism.CGROUP2 and self.pids_max:
                 _enable_pids(self.parents[0] / "cgroup.subtree_control")
+            for parent in self.parents:
+                _remove_stale(parent)
         except OSError as e:
             log.warning("cgroup.unavailable", mechanism=self.mechanism.value, error=str(e))
             return fallback(f"{self.mechanism.value} detected but could not be set up: {e}")
@@ -143,6 +149,20 @@ class Containment:
         if self.mechanism is Mechanism.CGROUP1:
             return _V1Cgroup(run_id, pids_dir=made[0], freezer_dir=made[1])
         return _V2Cgroup(run_id, made[0])
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove the empty run cgroups a supervisor that died left (its CLI died with it, by the parent-death
+    signal, but nobody removed the directory; a recovery removes only those of runs it finds). Only old ones:
+    another hub on this machine may have made one a moment ago that its run's first process is about to join."""
+    now = time.time()
+    for d in parent.iterdir():
+        try:
+            if d.is_dir() and _SAFE_NAME.fullmatch(d.name) and now - d.stat().st_mtime > _STALE_S and not _procs(d):
+                d.rmdir()  # refused (EBUSY) if a process joined meanwhile: then it is not stale
+                log.info("cgroup.stale_removed", path=str(d))
+        except OSError:
+            continue
 
 
 def fallback(why: str) -> Containment:
