@@ -25,6 +25,7 @@ from agent_rooms_mcp.listener import listener_holds_lock
 from agent_rooms_mcp.models import CheckStatus, DeviceList, DoctorCheck, DoctorReport
 from agent_rooms_mcp.public import BindRefused, exposure_for, is_loopback
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.wake import cgroups
 from agent_rooms_mcp.wake.egress import loopback_listeners, network_namespace_problem
 from agent_rooms_mcp.wake.sandbox import RunAs, SandboxError, probe_here, run_as
 
@@ -242,6 +243,24 @@ def _listener_running(settings: Settings, *, configured: bool) -> DoctorCheck:
     )
 
 
+# Woken runs (DESIGN §5 "Process containment"): which mechanism ends every process a run starts.
+
+
+def run_containment(settings: Settings) -> DoctorCheck:
+    """What a run started by a process like this one gets. Detection only reads: nothing is created or moved."""
+    caps = settings.wake
+    found = cgroups.detect(caps.cgroup, caps.run_pids_max)
+    if found.mechanism is not cgroups.Mechanism.PROCESS_GROUP:
+        return _ok("wake.cgroup", f"{found.mechanism.value}: {found.why}")
+    if caps.cgroup != "auto":
+        fix = "unset AGENT_ROOMS_CGROUP (auto takes the first mechanism the OS grants)"
+    else:
+        fix = ("run the hub with a cgroup of its own: a systemd unit with Delegate=yes (examples/), a user session "
+               "where systemd-run --user answers, or root")  # fmt: skip
+    message = f"process-group sweep only: a double-forked daemon can outlive its run, forks are unbounded ({found.why})"
+    return DoctorCheck(id="wake.cgroup", status=WARN, message=message, fix=fix)
+
+
 # Public mode (DESIGN §9.3): what `serve --http` with these flags would expose.
 
 
@@ -371,6 +390,7 @@ def wake_checks(settings: Settings) -> list[DoctorCheck]:
             "agent-rooms agent set HANDLE --sandbox off (it then runs with your permissions)",
         ))  # fmt: skip
     checks.append(sandbox_network(bwrap))
+    checks.append(run_containment(settings))
     return checks
 
 

@@ -41,6 +41,7 @@ from agent_rooms_mcp.remote import Device
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal, withdrawn
 from agent_rooms_mcp.settings import Settings, WakeSettings
 from agent_rooms_mcp.vault import VaultError
+from agent_rooms_mcp.wake.cgroups import remove_left_behind
 from agent_rooms_mcp.wake.process import kill_left_behind
 from agent_rooms_mcp.wake.supervisor import Local, OpenBridge, Supervisor
 
@@ -156,6 +157,7 @@ class HttpWakeBook:
         for left in answer.left_behind:
             # This listener restarted: its former process's CLIs, ended `lost` by the hub, must not run on.
             kill_left_behind(left.pid, left.pid_start)
+            await remove_left_behind(self._caps.cgroup, self._caps.run_pids_max, left.run_id)  # and its daemons
         return answer
 
     async def claim(self) -> Claimed | None:

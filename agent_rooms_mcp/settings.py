@@ -135,6 +135,12 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+# AGENT_ROOMS_CGROUP's values (wake/cgroups.py): a mechanism by name, the first granted, or none.
+CGROUP_CHOICES = ("auto", "cgroup2", "cgroup1", "systemd-scope", "process-group", "off")
+# A run's process cap: far above what a CLI and its tools use (tens), far below what hurts the machine.
+RUN_PIDS_MAX = 512
+
+
 @dataclass(frozen=True, slots=True)
 class WakeSettings:
     """DESIGN §5: where the CLIs are, and the caps and grace periods of woken runs."""
@@ -178,9 +184,21 @@ class WakeSettings:
     # make the owner's other machines retry at once or never. Five hours is Claude's longest usual window.
     backoff_min_s: float = 30.0
     backoff_max_s: float = 6 * 3600.0
+    # A cgroup per run (DESIGN §5 "Process containment"): "auto" takes the first the OS grants of cgroup2,
+    # cgroup1, systemd-scope; a named one is that or the process-group sweep; "off" is the sweep only
+    # (AGENT_ROOMS_CGROUP). `run_pids_max` bounds the processes of one run, fork bombs included
+    # (AGENT_ROOMS_LIMIT_RUN_PIDS_MAX).
+    cgroup: str = "auto"
+    run_pids_max: int = RUN_PIDS_MAX
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WakeSettings:
+        raw_pids = env.get("AGENT_ROOMS_LIMIT_RUN_PIDS_MAX", str(RUN_PIDS_MAX))
+        if not raw_pids.isdigit() or int(raw_pids) < 1:
+            raise ValueError(f"AGENT_ROOMS_LIMIT_RUN_PIDS_MAX: not a positive whole number: {raw_pids!r}")
+        cgroup = env.get("AGENT_ROOMS_CGROUP") or "auto"
+        if cgroup not in CGROUP_CHOICES:
+            raise ValueError(f"AGENT_ROOMS_CGROUP: {cgroup!r} is not one of {', '.join(CGROUP_CHOICES)}")
         return cls(
             enabled=env.get("AGENT_ROOMS_SUPERVISOR", "1") != "0" and not env.get("AGENT_ROOMS_RUN_ID"),
             claude_bin=env.get("AGENT_ROOMS_CLAUDE_BIN") or "claude",
@@ -193,6 +211,8 @@ class WakeSettings:
             sandbox_ro=_paths(env.get("AGENT_ROOMS_SANDBOX_RO")),
             sandbox_rw=_paths(env.get("AGENT_ROOMS_SANDBOX_RW")),
             sandbox_hide=_paths(env.get("AGENT_ROOMS_SANDBOX_HIDE")),
+            cgroup=cgroup,
+            run_pids_max=int(raw_pids),
         )
 
 

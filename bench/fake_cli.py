@@ -8,6 +8,8 @@ command (BENCH_EXEC_T: the child's exec, give or take bash's own start-up) and t
 - ok:   read the prompt, print init and a successful result, exit 0 (no call back into the hub);
 - hang: the same init, then wait for SIGINT; the handler's first act is to take `time.time()`, then it
         prints Claude's interrupted result and exits 0, as the real CLI does (research/wake.md §4).
+- hang_tool: hang, with a tool shell (`sleep`) in a session of its own started before init, its PID recorded;
+- wedged: hang_tool, but SIGINT and SIGTERM are ignored: only the ladder's last step (SIGKILL) ends it.
 
 Only the standard library: the interpreter starts without `site`, and the bench's variables come from the
 wrapper, since the supervisor scrubs the environment it hands on.
@@ -58,14 +60,22 @@ def main() -> int:
         emit({"type": "result", "subtype": "error_during_execution", "is_error": True, "session_id": session})
         os._exit(0)
 
-    if mode == "hang":
+    tool = 0
+    if mode in ("hang_tool", "wedged"):
+        import subprocess  # only here: the other modes start faster without it
+
+        tool = subprocess.Popen(["sleep", "120"], start_new_session=True, stdin=subprocess.DEVNULL).pid
+    if mode in ("hang", "hang_tool"):
         signal.signal(signal.SIGINT, interrupted)
+    elif mode == "wedged":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.stdin.read()  # the prompt, up to EOF
     # The supervisor checks that Claude connected our MCP server; this fake does not start it (no callback).
     servers = [{"name": "agent-rooms", "status": "connected"}]
     emit({"type": "system", "subtype": "init", "session_id": session, "tools": [], "mcp_servers": servers})
-    record(log, event="start", run_id=run_id, pid=os.getpid(), mode=mode, t_exec=exec_t, t_py=T_PY)
-    if mode == "hang":
+    record(log, event="start", run_id=run_id, pid=os.getpid(), mode=mode, t_exec=exec_t, t_py=T_PY, tool=tool)
+    if mode != "ok":
         deadline = time.monotonic() + 120  # a bound, should the bench die before stopping us
         while time.monotonic() < deadline:
             time.sleep(1.0)  # a signal interrupts the sleep and the handler runs at once (PEP 475)

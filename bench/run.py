@@ -11,6 +11,8 @@ One run does, on a fresh hub in a temporary home:
    them, against none, and the fan-out of one post to all of them (bench/waiters.py; `--skip-waiters`).
 5. wake and stop latency through `agent-rooms listen` over HTTP and HTTPS (Caddy), against the hub's own
    supervisor, and an idle listener's cost (bench/listener.py; `--listener-only`, `--skip-listener`).
+6. stop latency with a cgroup per run against the process-group sweep alone (bench/containment.py;
+   `--containment-only`, `--skip-containment`).
 
 The box is noisy, so tools are interleaved within each round (order rotated) and every ratio is
 computed within one round, then the median over rounds is reported with its [min-max].
@@ -38,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import containment
 import listener
 import waiters
 import wake
@@ -410,6 +413,8 @@ def main() -> int:
     ap.add_argument("--waiters", type=int, default=1000, help="idle wait_for_messages calls in the long-poll bench")
     ap.add_argument("--listener-only", action="store_true", help="only the listener bench (bench/listener.py)")
     ap.add_argument("--skip-listener", action="store_true", help="skip the listener bench")
+    ap.add_argument("--containment-only", action="store_true", help="only the cgroup stop bench (bench/containment.py)")
+    ap.add_argument("--skip-containment", action="store_true", help="skip the cgroup stop bench")
     a = ap.parse_args()
     if a.wake_only and a.skip_wake:
         ap.error("--wake-only and --skip-wake exclude each other")
@@ -429,6 +434,8 @@ def main() -> int:
         return part_only(a.out, info, "wake", lambda: wake.run(a.wakes, a.stops), started)
     if a.listener_only:
         return part_only(a.out, info, "listener", listener.run, started)
+    if a.containment_only:
+        return part_only(a.out, info, "containment", containment.run, started)
     if a.profile is not None:
         a.profile.mkdir(parents=True, exist_ok=True)
         a.profile = a.profile.resolve()
@@ -451,6 +458,7 @@ def main() -> int:
     if waiters_result is not None:
         waiters.print_table(waiters_result)
     listener_result = None if a.skip_listener else listener.run()
+    containment_result = None if a.skip_containment else containment.run()
     elapsed = time.monotonic() - started
     result = {
         "machine": info,
@@ -475,6 +483,8 @@ def main() -> int:
         result["waiters"] = waiters_result
     if listener_result is not None:
         result["listener"] = listener_result
+    if containment_result is not None:
+        result["containment"] = containment_result
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out} ({elapsed:.0f}s)")
     over = [e for e in http if "budget" in e and not e["budget"]["within_limit"]]

@@ -20,6 +20,7 @@ from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.encoding import b64url_encode
 from agent_rooms_mcp.listener import only_listener
 from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.wake.cgroups import Mechanism, detect
 from tests.conftest import OPERATOR, World
 from tests.hubprocess import free_port, serve_http
 from tests.test_public import self_signed
@@ -27,11 +28,13 @@ from tests.wakeworld import AS_ROOT, RUN_AS, sandbox_problem
 
 HOME_CHECKS = ["home.dir", "home.database", "home.issuer_key", "home.master_key", "home.tokens"]
 PUBLIC_CHECKS = ["public.url", "public.proxy", "public.tls", "public.bind"]
+# This machine's answer: a run's cgroup where the OS grants one (ok), else the process-group sweep (a warning).
+CGROUP_STATUS = "warn" if detect().mechanism is Mechanism.PROCESS_GROUP else "ok"
 
 
 # Woken CLIs: as root, which user they run as; everywhere, whether the sandbox starts.
 # (wake.network is judged on the host's own powers: tests/test_egress.py drives it both ways.)
-WAKE_CHECKS = [*(["wake.run_as"] if AS_ROOT else []), "wake.sandbox", "wake.network"]
+WAKE_CHECKS = [*(["wake.run_as"] if AS_ROOT else []), "wake.sandbox", "wake.network", "wake.cgroup"]
 
 
 def doctor(home: Path, *flags: str, **env: str) -> tuple[int, dict[str, Any]]:
@@ -63,6 +66,7 @@ async def test_a_healthy_home_on_loopback_passes_every_check(world: World) -> No
         # (the suite's run-as user is `nobody`, which doctor rightly warns is shared)
         wake = {c["id"]: c["status"] for c in report["checks"] if c["id"] in ("wake.sandbox", "wake.network")}
         assert wake == {"wake.sandbox": "ok", "wake.network": "ok"}
+    assert the(report, "wake.cgroup")["status"] == CGROUP_STATUS
     # Text for people: one line per check.
     env = {"AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_RUN_AS": RUN_AS}
     text = CliRunner().invoke(cli, ["doctor"], env=env)
@@ -312,3 +316,15 @@ async def test_each_problem_of_an_owners_machine_fails_under_its_own_id_with_its
             await hub.devices.revoke(Human(OPERATOR), laptop.device_id)
         [(check_id, check)] = failing(home).items()
         assert check_id == "device.credential" and "agent-rooms login" in check["fix"], check
+
+
+async def test_doctor_names_the_run_containment_in_force_and_warns_when_it_is_the_sweep_only(world: World) -> None:
+    code, report = doctor(world.settings.home)
+    found = the(report, "wake.cgroup")
+    assert found["message"].startswith(detect().mechanism.value)
+    # Switched off: a warning that says what is lost and how to get it back, and no failure.
+    code, report = doctor(world.settings.home, AGENT_ROOMS_CGROUP="off")
+    off = the(report, "wake.cgroup")
+    assert code == 0 and report["ok"] and off["status"] == "warn"
+    assert off["message"].startswith("process-group sweep only") and "AGENT_ROOMS_CGROUP=off" in off["message"]
+    assert "unset AGENT_ROOMS_CGROUP" in off["fix"]

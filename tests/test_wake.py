@@ -75,7 +75,10 @@ async def test_stop_interrupts_then_the_session_stays_resumable(woken: World, fa
     assert run["session_id"]
 
 
-async def test_stop_escalates_and_leaves_no_process_behind(woken: World, fakes: Fakes) -> None:
+@pytest.mark.parametrize("cgroup", ["auto", "off"])
+async def test_stop_escalates_and_leaves_no_process_behind(woken: World, fakes: Fakes, cgroup: str) -> None:
+    # With the run's cgroup where the OS grants one, and with the process-group sweep alone (the fallback).
+    woken.settings = replace(woken.settings, wake=replace(woken.settings.wake, cgroup=cgroup))
     fakes.scenario("tool_orphan")
     async with supervisor(woken):
         await post(woken, "alice-claude", "@alice-bot start a tool")

@@ -33,6 +33,8 @@ import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from agent_rooms_mcp.wake.cgroups import RunCgroup
+
 __all__ = ["Finished", "ProcessLimits", "descendants", "run_process"]
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
@@ -210,9 +212,11 @@ class _Run:
         proc: Process,
         limits: ProcessLimits,
         on_signal: Callable[[str], None] | None,
+        cgroup: RunCgroup | None,
         interrupt_pid: Callable[[], int | None] | None = None,
     ) -> None:
         self._proc = proc
+        self._cgroup = cgroup
         self._interrupt_pid = interrupt_pid
         self._limits = limits
         self._on_signal = on_signal
@@ -329,6 +333,10 @@ class _Run:
 
     async def _sweep(self) -> None:
         """Kill every remembered process still running. Only called once the leader is gone or being killed."""
+        if self._cgroup is not None:
+            # Frozen and emptied first: it holds what the snapshots below cannot see (a double fork whose
+            # middle process exited before any scan, so no PPID link leads back to the run).
+            await self._cgroup.kill()
         killed = 0
         for _ in range(_SWEEP_PASSES):
             table = await anyio.to_thread.run_sync(_scan)
@@ -515,10 +523,12 @@ async def run_process(
     on_signal: Callable[[str], None] | None = None,
     pass_fds: Sequence[int] = (),
     interrupt_pid: Callable[[], int | None] | None = None,
+    cgroup: RunCgroup | None = None,
 ) -> Finished:
     """Run argv in its own session with prompt on stdin, calling on_event for each JSON object line.
 
-    Returns once the child has exited and been reaped and every process it started is gone. If the
+    Returns once the child has exited and been reaped and every process it started is gone. `cgroup` is the
+    run's own (argv already joins it), emptied with every sweep; its removal is the caller's. If the
     calling task is cancelled, or a callback raises, the child is stopped quickly (SIGTERM, then
     SIGKILL) before the cancellation or the callback's exception propagates.
 
@@ -541,7 +551,7 @@ async def run_process(
             start_new_session=True,
             pass_fds=pass_fds,
         )
-    run = _Run(proc, limits, on_signal, interrupt_pid)
+    run = _Run(proc, limits, on_signal, cgroup, interrupt_pid)
     try:
         if on_spawn is not None:
             on_spawn(proc.pid)

@@ -31,6 +31,7 @@ from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import Outcome, RunState, StopSignal
 from agent_rooms_mcp.settings import DEFAULT_LIMITS, Limits, WakeSettings
 from agent_rooms_mcp.wake.adapters import ADAPTERS, Plan, Reading, judge
+from agent_rooms_mcp.wake.cgroups import in_force, open_run_cgroup, remove_left_behind
 from agent_rooms_mcp.wake.egress import egress_proxy, network_namespace_problem
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import Finished, ProcessLimits, kill_left_behind, run_process, start_time
@@ -150,6 +151,7 @@ class Supervisor:
             try:
                 for left in await self.book.recover():
                     kill_left_behind(left.pid, left.pid_start)  # a crashed holder's CLI must not run on unsupervised
+                    await remove_left_behind(self._caps.cgroup, self._caps.run_pids_max, left.run_id)  # and its daemons
                 # Only claims made before the renewal began can be judged by it: one claimed meanwhile is
                 # not lost for being missing from its answer.
                 before = list(self._stops.items())
@@ -411,7 +413,12 @@ class Supervisor:
             idle_s=caps.idle_s,
             wall_s=caps.run_limit_s,
         )
-        async with anyio.create_task_group() as tg:
+        containment = await anyio.to_thread.run_sync(in_force, caps.cgroup, caps.run_pids_max)
+        # The run's own cgroup, joined by its first process before the CLI execs (outermost, so the pdeathsig
+        # wrapper and everything after it are inside); removed, with anything left in it, when the run ends.
+        async with open_run_cgroup(containment, run.run_id) as cgroup, anyio.create_task_group() as tg:
+            if cgroup is not None:
+                argv = [*cgroup.prefix(), *argv]
 
             def on_spawn(pid: int) -> None:
                 log.info("run.spawn", run_id=run.run_id, agent=run.handle, tool=run.tool, pid=pid,
@@ -438,6 +445,7 @@ class Supervisor:
                 on_signal=on_signal,
                 pass_fds=box.pass_fds if box is not None else (),
                 interrupt_pid=box.interrupt_pid if box is not None else None,
+                cgroup=cgroup,
             )
         return finished
 

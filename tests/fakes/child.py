@@ -46,6 +46,40 @@ def spawn_orphan() -> int:
     return subprocess.Popen(["sleep", "600"], start_new_session=True).pid
 
 
+def fork_bomb() -> NoReturn:
+    """Every process forks for ever, each child in a session of its own (so no group kill reaches it); a
+    refused fork (the cgroup's pids.max) is waited out and tried again, as a real bomb would."""
+    while True:
+        try:
+            if os.fork() == 0:
+                os.setsid()
+        except OSError:
+            time.sleep(0.05)
+
+
+def double_fork() -> int:
+    """A daemon's escape: a middle process calls setsid, forks the grandchild and exits at once, so no PPID
+    link leads back to us and no snapshot is likely to have caught the middle. The grandchild reports its PID,
+    lets go of our stdout (the run's end must not wait on it) and sleeps."""
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(write_end, str(os.getpid()).encode())
+            os.close(write_end)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            time.sleep(600)
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(middle, 0)
+    pid = int(os.read(read_end, 32))
+    os.close(read_end)
+    return pid
+
+
 def wait_for_flag() -> None:
     # The test creates CHILD_FLAG from on_event, which run_process calls only after its descendant
     # snapshot for that line: exiting after it is the worst case that is still guaranteed covered.
@@ -84,6 +118,17 @@ def main(mode: str) -> None:
     elif mode == "orphan_then_exit":
         emit(type="spawned", pid=spawn_orphan())
         wait_for_flag()
+        emit(type="result")
+    elif mode == "fork_bomb":  # only SIGKILL ends us, and our children are in sessions of their own
+        ignore(signal.SIGINT, signal.SIGTERM)
+        emit(type="started", pid=os.getpid())
+        fork_bomb()
+    elif mode == "double_fork_stubborn":  # the escaped grandchild is there; only SIGKILL ends us
+        ignore(signal.SIGINT, signal.SIGTERM)
+        emit(type="spawned", pid=double_fork())
+        hang()
+    elif mode == "double_fork_then_exit":  # the escaped grandchild outlives a normal end, unless it is killed
+        emit(type="spawned", pid=double_fork())
         emit(type="result")
     elif mode == "hang_after_result":
         exit_on_sigint()

@@ -446,7 +446,7 @@ class Claude:
         if s == "escape":  # a prompt-injected CLI's attempts, then the ordinary reply (tests/fakes/escapes.py)
             self.fake.log_fields["escapes"] = escapes.attempt_all(self.fake.knob("FAKE_ESCAPES_FILE"))
             return self.ok(prompt)
-        if s in ("hang", "ignore_sigint", "tool_orphan"):
+        if s in ("hang", "ignore_sigint", "tool_orphan", "fork_bomb", "daemon"):
             return self.hang()
         if s == "rate_limit":
             self.fake.log()
@@ -567,9 +567,26 @@ class Claude:
                 return 143
         return 0
 
+    def escape(self, s: str) -> None:
+        child = [sys.executable, str(Path(__file__).with_name("child.py"))]
+        quiet = {"stdin": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        if s == "fork_bomb":
+            bomb = subprocess.Popen([*child, "fork_bomb"], start_new_session=True, stdout=subprocess.DEVNULL, **quiet)
+            self.fake.log(bomb_pid=bomb.pid)
+            return
+        # child.py reports the daemon's PID first and exits; the daemon has let go of the pipe by then.
+        said = subprocess.run([*child, "double_fork_then_exit"], stdout=subprocess.PIPE, timeout=30, **quiet)
+        self.fake.log(daemon_pid=json.loads(said.stdout.splitlines()[0])["pid"])
+
     def hang(self) -> int:
         s = self.scenario
-        if s == "tool_orphan":
+        if s in ("fork_bomb", "daemon"):
+            # A tool that forks for ever (each child in a session of its own), or one that leaves a daemon
+            # behind by a double fork with setsid: only the run's cgroup reaches all of them. The CLI is wedged.
+            self.escape(s)
+            self.fake.on_sigint("ignore")
+            self.fake.on_sigterm("ignore")
+        elif s == "tool_orphan":
             # A Bash tool's shell in its own session: a process-group kill of the CLI never reaches it.
             sleep = shutil.which("sleep") or "/bin/sleep"
             orphan = subprocess.Popen(
