@@ -37,11 +37,12 @@ from agent_rooms_mcp.models import (
     InviteAccepted,
     IssuedToken,
     ProposalList,
+    Receipt,
     RoomList,
     RoomSummary,
     StopResult,
-    TokenInfo,
     TokenList,
+    TokenRevoked,
 )
 from agent_rooms_mcp.principals import AgentTool, Human, Scope, parse_scopes
 from agent_rooms_mcp.services import stopping
@@ -158,7 +159,8 @@ async def _own_token(hub: Hub, who: Human, token_id: str) -> Human:
     def read(c: sqlite3.Connection) -> tuple[str, bool]:
         row = c.execute(
             "SELECT a.owner_id, o.local FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
-            " JOIN owners o ON o.owner_id = a.owner_id WHERE t.token_id = ? AND t.run_id IS NULL",
+            " JOIN owners o ON o.owner_id = a.owner_id"
+            " WHERE t.token_id = ? AND t.run_id IS NULL AND a.status = 'active'",
             (token_id,),
         ).fetchone()
         if row is None:
@@ -253,6 +255,17 @@ async def agent_stop(hub: Hub, who: Human, a: AgentStop) -> StopResult:
     )
 
 
+class AgentDelete(Args):
+    handle: str
+
+
+@_action("agent.delete", AgentDelete, Receipt)
+async def agent_delete(hub: Hub, who: Human, a: AgentDelete) -> Receipt:
+    """Delete an agent of the owner's own (DESIGN §6); another owner's looks missing (invariant 82)."""
+    who = await _own_agent(hub, who, a.handle)
+    return await hub.containment.delete_agent(who.actor, a.handle)
+
+
 # Tokens.
 
 
@@ -289,10 +302,10 @@ class TokenRevoke(Args):
     token_id: str
 
 
-@_action("token.revoke", TokenRevoke, TokenInfo)
-async def token_revoke(hub: Hub, who: Human, a: TokenRevoke) -> TokenInfo:
+@_action("token.revoke", TokenRevoke, TokenRevoked)
+async def token_revoke(hub: Hub, who: Human, a: TokenRevoke) -> TokenRevoked:
     who = await _own_token(hub, who, a.token_id)
-    return await hub.accounts.revoke_token(who.actor, a.token_id)
+    return await hub.containment.revoke_token(hub.accounts, who.actor, a.token_id)
 
 
 # Grants: an owner grants and revokes from themselves only.

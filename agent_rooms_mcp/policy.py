@@ -326,6 +326,7 @@ OPERATOR_ACTIONS = frozenset(
         "audit.verify",
         "purge",
         "room.quarantine",
+        "room.export",
     }
 )
 

@@ -194,8 +194,19 @@ class Accounts:
 
         def run(conn: sqlite3.Connection) -> AgentInfo:
             owner = queries.owner(conn, owner_ref)
-            if conn.execute("SELECT 1 FROM agents WHERE handle = ?", (handle,)).fetchone():
+            if conn.execute("SELECT 1 FROM agents WHERE handle = ? AND status = 'active'", (handle,)).fetchone():
                 raise RoomsError(ErrorCode.CONFLICT, f"agent {handle!r} already exists")
+            # A deleted agent's handle is retired for good (DESIGN §6): whoever knew it must never meet
+            # someone else's agent under it. The retired list outlives the purge of the archived row.
+            if conn.execute(
+                "SELECT 1 FROM agents WHERE handle = ? UNION SELECT 1 FROM retired_handles"
+                " WHERE kind = 'agent' AND handle = ?",
+                (handle, handle),
+            ).fetchone():
+                raise RoomsError(
+                    ErrorCode.CONFLICT,
+                    f"agent handle {handle!r} belonged to a deleted agent and is never reused; choose another handle",
+                )
             agent_id = new_id("agt")
             conn.execute(
                 "INSERT INTO agents (agent_id, handle, owner_id, tool, scopes, workdir, created_at)"
@@ -280,7 +291,7 @@ class Accounts:
         def run(conn: sqlite3.Connection) -> TokenList:
             sql = (
                 "SELECT t.token_id, t.created_at, t.expires_at, t.revoked_at, a.handle FROM tokens t"
-                " JOIN agents a ON a.agent_id = t.agent_id WHERE t.run_id IS NULL"
+                " JOIN agents a ON a.agent_id = t.agent_id WHERE t.run_id IS NULL AND a.status = 'active'"
             )
             args: tuple[str, ...] = ()
             if agent_ref is not None:
@@ -319,8 +330,12 @@ class Accounts:
             if row is None:
                 raise not_found("token")
             if row["revoked_at"] is None:
-                conn.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ?", (now_utc(), token_id))
-                audit.append(conn, operator, "token.revoke", target=row["agent_id"], detail={"token_id": token_id})
+                now = now_utc()
+                conn.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ?", (now, token_id))
+                # A revocation row beside the audit row, in the same transaction (DESIGN §6, invariant 48).
+                revocation = record_revocation(conn, "token", token_id, "token_revoke", now)
+                detail = {"token_id": token_id, "revocation_id": revocation}
+                audit.append(conn, operator, "token.revoke", target=row["agent_id"], detail=detail)
             return TokenInfo(
                 token_id=token_id,
                 agent=row["handle"],
@@ -330,3 +345,14 @@ class Accounts:
             )
 
         return await self._store.write(run)
+
+
+def record_revocation(conn: sqlite3.Connection, kind: str, subject_id: str, cause: str, now: str) -> str:
+    """One row in `revocations` for a token, an agent's every credential, a room's run tokens or an owner,
+    written in the revoking transaction (DESIGN §6); its id goes into the audit row beside it."""
+    revocation_id = new_id("rev")
+    conn.execute(
+        "INSERT INTO revocations (revocation_id, kind, subject_id, cause, created_at) VALUES (?, ?, ?, ?, ?)",
+        (revocation_id, kind, subject_id, cause, now),
+    )
+    return revocation_id

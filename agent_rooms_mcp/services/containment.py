@@ -1,0 +1,309 @@
+"""Kill switches (DESIGN §6): delete an agent, quarantine a room, revoke a token, each with a receipt.
+
+Each switch is one transaction that revokes, withdraws, ends memberships, marks runs for the stop ladder and
+writes its revocation row and audit rows. Only after it committed does the receipt get written, and only
+from what can be shown: every credential named is looked up as `authenticate()` would look it up, on a fresh
+connection (auth/authenticator.prove_refused), and every run is waited for as `agent stop` waits for it
+(services/stopping), so a run is called stopped only once its supervisor recorded that its processes are gone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+import anyio
+
+from agent_rooms_mcp import audit
+from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.auth.authenticator import prove_refused
+from agent_rooms_mcp.auth.passports import PassportIssuer
+from agent_rooms_mcp.clock import now_utc
+from agent_rooms_mcp.errors import not_found
+from agent_rooms_mcp.models import (
+    CredentialReceipt,
+    Receipt,
+    RoomArchive,
+    RunReceipt,
+    TokenRevoked,
+    WithdrawnItem,
+)
+from agent_rooms_mcp.run_states import FINAL_STATES, HELD_STATES, WAITING_STATES, RunState, sql_words
+from agent_rooms_mcp.services import stopping
+from agent_rooms_mcp.services.accounts import Accounts, record_revocation
+from agent_rooms_mcp.services.run_control import Runs
+from agent_rooms_mcp.services.withdrawal import withdraw
+from agent_rooms_mcp.settings import WakeSettings
+from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.database import Store
+
+_LIVE_RUNS = sql_words(*WAITING_STATES, *HELD_STATES)
+
+
+class Containment:
+    def __init__(self, store: Store, issuer: PassportIssuer, runs: Runs, caps: WakeSettings) -> None:
+        self._store = store
+        self._issuer = issuer
+        self._runs = runs
+        self._caps = caps
+
+    async def delete_agent(self, actor: Actor, agent_ref: str) -> Receipt:
+        """In one transaction: every token of the agent (its own and its runs') revoked and its credential epoch
+        raised, so no passport of it holds; memberships ended; waiting wakes and pending proposals withdrawn;
+        running ones marked for the stop ladder; a revocation row and an audit row (invariant 48). The row
+        stays, archived: every lookup but its owner's export answers NOT_FOUND from then on (invariant 49)."""
+
+        def run(conn: sqlite3.Connection) -> _Done:
+            agent = queries.agent(conn, agent_ref)
+            agent_id, now = str(agent["agent_id"]), now_utc()
+            done = _Done(agent_id, str(agent["handle"]), now)
+            _withdraw_runs(conn, actor, done, "agent_id = ?", (agent_id,), "agent_deleted")
+            done.token_ids += _revoke_tokens(conn, "agent_id = ?", (agent_id,), now)
+            conn.execute(
+                "UPDATE agents SET status = 'deleted', deleted_at = ?, cred_epoch = cred_epoch + 1 WHERE agent_id = ?",
+                (now, agent_id),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO retired_handles (kind, handle, retired_at) VALUES ('agent', ?, ?)",
+                (agent["handle"], now),
+            )
+            done.withdrawn += _end_memberships(conn, "x.agent_id = ?", (agent_id,), "agent_deleted", now)
+            done.withdrawn += _withdraw_proposals(conn, "(proposer_id = ? OR target_id = ?)", (agent_id, agent_id), now)
+            revocation = record_revocation(conn, "agent", agent_id, "agent_delete", now)
+            audit.append(conn, actor, "agent.delete", target=agent_id, detail=done.detail(revocation))
+            return done
+
+        done = await self._store.write(run, notify=True)
+        return await self._receipt("agent.delete", done)
+
+    async def quarantine_room(self, actor: Actor, room_ref: str) -> Receipt:
+        """In one transaction: every waiting wake of the room withdrawn and every running one marked for the stop
+        ladder, its run tokens revoked, all agent memberships ended, pending proposals and invites withdrawn, a
+        revocation row and an audit row; from then on the room answers NOT_FOUND to everyone (invariant 51)."""
+
+        def run(conn: sqlite3.Connection) -> _Done:
+            room = queries.room(conn, room_ref)
+            room_id, now = str(room["room_id"]), now_utc()
+            done = _Done(room_id, str(room["name"]), now)
+            _withdraw_runs(conn, actor, done, "room_id = ?", (room_id,), "room_quarantined")
+            done.token_ids += _revoke_tokens(
+                conn, "run_id IN (SELECT run_id FROM runs WHERE room_id = ?)", (room_id,), now
+            )
+            conn.execute("UPDATE rooms SET quarantined_at = ? WHERE room_id = ?", (now, room_id))
+            done.withdrawn += _end_memberships(conn, "x.room_id = ?", (room_id,), "room_quarantined", now)
+            done.withdrawn += _withdraw_proposals(conn, "room_id = ?", (room_id,), now)
+            for row in conn.execute(
+                "UPDATE invites SET withdrawn_at = ? WHERE room_id = ? AND used_at IS NULL AND withdrawn_at IS NULL"
+                " AND expires_at > ? RETURNING invite_id",
+                (now, room_id, now),
+            ).fetchall():
+                done.withdrawn.append(WithdrawnItem(kind="invite", id=row["invite_id"], room=room["name"]))
+            revocation = record_revocation(conn, "room", room_id, "room_quarantine", now)
+            audit.append(conn, actor, "room.quarantine", target=room_id, detail=done.detail(revocation))
+            return done
+
+        done = await self._store.write(run, notify=True)
+        return await self._receipt("room.quarantine", done)
+
+    async def revoke_token(self, accounts: Accounts, actor: Actor, token_id: str) -> TokenRevoked:
+        """One token revoked (the agent's others untouched), with the proof that it is now refused."""
+        info = await accounts.revoke_token(actor, token_id)
+        done = _Done(token_id, token_id, now_utc())
+        done.token_ids.append(token_id)
+        receipt = await self._receipt("token.revoke", done)
+        return TokenRevoked(**receipt.model_dump(), **info.model_dump())
+
+    async def export_room(self, room_ref: str) -> RoomArchive:
+        """A room's archive, quarantined or not, for its owners' review (an operator action)."""
+
+        def run(conn: sqlite3.Connection) -> RoomArchive:
+            room = conn.execute("SELECT * FROM rooms WHERE room_id = ? OR name = ?", (room_ref, room_ref)).fetchone()
+            if room is None:
+                raise not_found("room")
+            room_id = room["room_id"]
+
+            def rows(sql: str) -> list[dict[str, object]]:
+                return [dict(r) for r in conn.execute(sql, (room_id,))]
+
+            owners = rows(
+                "SELECT o.owner_id, o.handle, x.joined_at FROM room_owners x JOIN owners o ON o.owner_id = x.owner_id"
+                " WHERE x.room_id = ? ORDER BY x.joined_at"
+            )
+            members = [
+                dict(r)
+                for r in conn.execute(
+                    "SELECT a.agent_id, a.handle, x.joined_at, NULL AS ended_at, NULL AS reason FROM room_agents x"
+                    " JOIN agents a ON a.agent_id = x.agent_id WHERE x.room_id = ?"
+                    " UNION ALL SELECT a.agent_id, a.handle, e.joined_at, e.ended_at, e.reason"
+                    " FROM ended_memberships e JOIN agents a ON a.agent_id = e.agent_id WHERE e.room_id = ?"
+                    " ORDER BY 3",
+                    (room_id, room_id),
+                )
+            ]
+            return RoomArchive(
+                room_id=room_id,
+                name=room["name"],
+                created_at=room["created_at"],
+                quarantined_at=room["quarantined_at"],
+                owners=[{k: str(v) for k, v in o.items()} for o in owners],
+                members=[{k: None if v is None else str(v) for k, v in m.items()} for m in members],
+                messages=rows(
+                    "SELECT m.seq, m.message_id, a.handle AS agent, m.text, m.mentions, m.reply_to, m.created_at"
+                    " FROM messages m JOIN agents a ON a.agent_id = m.agent_id WHERE m.room_id = ? ORDER BY m.seq"
+                ),
+                tasks=rows(
+                    "SELECT task_id, number, title, body, status, consent_state, creator_id, assignee_id, note,"
+                    " created_at, updated_at FROM tasks WHERE room_id = ? ORDER BY number"
+                ),
+                files=rows(
+                    "SELECT file_id, name, media_type, size, sha256, agent_id, created_at FROM files"
+                    " WHERE room_id = ? ORDER BY created_at"
+                ),
+            )
+
+        return await self._store.read(run)
+
+    async def _receipt(self, action: str, done: _Done) -> Receipt:
+        # The proof runs on a fresh connection of its own, off the event loop: it may wait on the file.
+        answers = await anyio.to_thread.run_sync(prove_refused, self._store.path, self._issuer, done.token_ids)
+        credentials = [
+            CredentialReceipt(
+                token_id=token_id,
+                kind="agent_token" if done.run_of.get(token_id) is None else "run_token",
+                run_id=done.run_of.get(token_id),
+                refused=answer is not None,
+                answer=answer or "accepted",
+            )
+            for token_id, answer in answers.items()
+        ]
+        runs = await self._wait(done.stopping)
+        return Receipt(
+            action=action,  # type: ignore[arg-type]
+            subject_id=done.subject_id,
+            subject=done.subject,
+            at=done.at,
+            credentials=credentials,
+            runs=[*done.ended, *runs],
+            withdrawn=done.withdrawn,
+            proven=all(c.refused for c in credentials) and all(r.processes_gone for r in runs),
+        )
+
+    async def _wait(self, run_ids: Sequence[str]) -> list[RunReceipt]:
+        """Each run marked for the stop ladder, as it ended, or as it stands when the ladder's time is up."""
+        await stopping.wait_for_end(self._runs, self._store, self._caps, run_ids)
+
+        def read(conn: sqlite3.Connection) -> list[RunReceipt]:
+            out = []
+            for run_id in run_ids:
+                row = conn.execute(
+                    "SELECT r.run_id, r.state, r.stop_signal, r.lease_holder, a.handle, l.seen_at FROM runs r"
+                    " JOIN agents a ON a.agent_id = r.agent_id LEFT JOIN listeners l ON l.holder = r.lease_holder"
+                    " WHERE r.run_id = ?",
+                    (run_id,),
+                ).fetchone()
+                gone = row["state"] in FINAL_STATES
+                out.append(
+                    RunReceipt(
+                        run_id=run_id,
+                        agent=row["handle"],
+                        # Not confirmed ended: never called stopped (DESIGN §6).
+                        state=row["state"] if gone else RunState.STOP_PENDING,
+                        stop_signal=stopping.signal_of(row["stop_signal"]),
+                        processes_gone=gone,
+                        listener=None if gone or row["seen_at"] is None else row["lease_holder"],
+                        last_contact=None if gone else row["seen_at"],
+                    )
+                )
+            return out
+
+        return await self._store.read(read)
+
+
+class _Done:
+    """What one kill switch's transaction did, for its audit row and its receipt."""
+
+    def __init__(self, subject_id: str, subject: str, at: str) -> None:
+        self.subject_id, self.subject, self.at = subject_id, subject, at
+        self.token_ids: list[str] = []
+        self.run_of: dict[str, str] = {}
+        self.withdrawn: list[WithdrawnItem] = []
+        self.stopping: list[str] = []  # runs the stop ladder ends
+        self.ended: list[RunReceipt] = []  # wakes withdrawn before any process existed
+
+    def detail(self, revocation: str) -> dict[str, object]:
+        return {
+            "revocation_id": revocation,
+            "tokens": len(self.token_ids),
+            "runs_stopping": self.stopping,
+            "withdrawn": {kind: sum(1 for w in self.withdrawn if w.kind == kind)
+                          for kind in ("membership", "wake", "proposal", "invite")},
+        }  # fmt: skip
+
+
+def _withdraw_runs(
+    conn: sqlite3.Connection, actor: Actor, done: _Done, where: str, args: tuple[str, ...], reason: str
+) -> None:
+    """Waiting wakes end `withdrawn` now; held runs are marked for their supervisor's stop ladder (the one
+    `agent stop` uses) and lose their tokens in this transaction (services/withdrawal.withdraw)."""
+    rows = conn.execute(
+        f"SELECT r.run_id, r.state, r.room_id, a.handle, m.name FROM runs r JOIN agents a ON a.agent_id = r.agent_id"
+        f" JOIN rooms m ON m.room_id = r.room_id WHERE r.{where} AND r.state IN ({_LIVE_RUNS})",
+        args,
+    ).fetchall()
+    for row in rows:
+        withdraw(conn, row["run_id"], row["state"], reason, done.at)
+        if row["state"] in WAITING_STATES:
+            done.withdrawn.append(WithdrawnItem(kind="wake", id=row["run_id"], room=row["name"]))
+            done.ended.append(
+                RunReceipt(
+                    run_id=row["run_id"],
+                    agent=row["handle"],
+                    state=RunState.WITHDRAWN,
+                    stop_signal=stopping.signal_of(None),
+                    processes_gone=True,  # none was ever started
+                )
+            )
+        else:
+            done.stopping.append(row["run_id"])
+    if rows:
+        audit.append(conn, actor, "run.withdraw", target=done.subject_id,
+                     detail={"reason": reason, "runs": [r["run_id"] for r in rows]})  # fmt: skip
+    for row in conn.execute(
+        f"SELECT token_id, run_id FROM tokens WHERE run_id IN (SELECT run_id FROM runs WHERE {where})", args
+    ):
+        done.run_of[row["token_id"]] = row["run_id"]
+
+
+def _revoke_tokens(conn: sqlite3.Connection, where: str, args: tuple[str, ...], now: str) -> list[str]:
+    """Revoke every live token matching `where`; the ids of those the receipt must prove refused: the ones
+    revoked now and those that were already revoked or ended (each is named, and each must be refused)."""
+    conn.execute(f"UPDATE tokens SET revoked_at = ? WHERE {where} AND revoked_at IS NULL", (now, *args))
+    return [r["token_id"] for r in conn.execute(f"SELECT token_id FROM tokens WHERE {where} ORDER BY created_at", args)]
+
+
+def _end_memberships(
+    conn: sqlite3.Connection, where: str, args: tuple[str, ...], reason: str, now: str
+) -> list[WithdrawnItem]:
+    """Memberships move to `ended_memberships`: gone for every query, kept for the archive."""
+    rows = conn.execute(
+        f"SELECT x.room_id, x.agent_id, x.joined_at, m.name FROM room_agents x JOIN rooms m ON m.room_id = x.room_id"
+        f" WHERE {where}",
+        args,
+    ).fetchall()
+    for row in rows:
+        conn.execute(
+            "INSERT INTO ended_memberships (room_id, agent_id, joined_at, ended_at, reason) VALUES (?, ?, ?, ?, ?)",
+            (row["room_id"], row["agent_id"], row["joined_at"], now, reason),
+        )
+        conn.execute("DELETE FROM room_agents WHERE room_id = ? AND agent_id = ?", (row["room_id"], row["agent_id"]))
+    return [WithdrawnItem(kind="membership", id=r["agent_id"], room=r["name"]) for r in rows]
+
+
+def _withdraw_proposals(conn: sqlite3.Connection, where: str, args: tuple[str, ...], now: str) -> list[WithdrawnItem]:
+    rows = conn.execute(
+        f"UPDATE proposals SET state = 'withdrawn', decided_at = ? WHERE {where} AND state = 'pending'"
+        " RETURNING proposal_id, room_id",
+        (now, *args),
+    ).fetchall()
+    names = {r["room_id"]: r["name"] for r in conn.execute("SELECT room_id, name FROM rooms")} if rows else {}
+    return [WithdrawnItem(kind="proposal", id=r["proposal_id"], room=names.get(r["room_id"])) for r in rows]
