@@ -592,3 +592,29 @@ class RoomArchive(BaseModel):
     messages: list[dict[str, object]]
     tasks: list[dict[str, object]]
     files: list[dict[str, object]]
+
+
+class ArchivedMembership(BaseModel):
+    room: Handle
+    joined_at: Stamp
+    ended_at: Stamp | None
+    reason: Word | None
+
+
+class ArchivedToken(BaseModel):
+    token_id: Id
+    run_id: Id | None
+    created_at: Stamp
+    expires_at: Stamp
+    revoked_at: Stamp | None
+
+
+class AgentExport(BaseModel):
+    """`agent export`: one agent's record for its owner, a deleted (archived) one too: the only place a
+    deleted agent still shows, to its owner and the operator alone, until the purge (invariant 49)."""
+
+    agent: AgentInfo
+    status: Literal["active", "deleted"]
+    deleted_at: str | None
+    memberships: list[ArchivedMembership]
+    tokens: list[ArchivedToken]

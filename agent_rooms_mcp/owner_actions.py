@@ -24,6 +24,7 @@ from agent_rooms_mcp.content import UNENCODABLE, unencodable_field
 from agent_rooms_mcp.errors import RoomsError, invalid, not_found
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import (
+    AgentExport,
     AgentInfo,
     AgentList,
     AuditRows,
@@ -264,6 +265,28 @@ async def agent_delete(hub: Hub, who: Human, a: AgentDelete) -> Receipt:
     """Delete an agent of the owner's own (DESIGN §6); another owner's looks missing (invariant 82)."""
     who = await _own_agent(hub, who, a.handle)
     return await hub.containment.delete_agent(who.actor, a.handle)
+
+
+class AgentExportArgs(Args):
+    handle: str
+
+
+@_action("agent.export", AgentExportArgs, AgentExport)
+async def agent_export(hub: Hub, who: Human, a: AgentExportArgs) -> AgentExport:
+    """An agent's record for its owner, a deleted one too: the only lookup that finds an archived agent, and
+    only for its own owner (or the operator); anyone else gets NOT_FOUND, as for a handle never used."""
+
+    def read(c: sqlite3.Connection) -> tuple[str, str]:
+        row = c.execute(
+            "SELECT agent_id, owner_id FROM agents WHERE agent_id = ? OR handle = ?", (a.handle, a.handle)
+        ).fetchone()
+        if row is None:
+            raise not_found("agent")
+        return str(row["agent_id"]), str(row["owner_id"])
+
+    agent_id, owner_id = await hub.store.read(read)
+    policy.require_own(who, owner_id, "agent")
+    return await hub.containment.export_agent(agent_id)
 
 
 # Tokens.

@@ -309,3 +309,37 @@ async def test_the_owner_api_deletes_an_owners_own_agent_with_its_receipt(world:
     [row] = world.sql("SELECT actor_kind, via FROM audit WHERE action = 'agent.delete'")
     assert (row["actor_kind"], row["via"]) == ("owner", "device")
 
+
+
+@pytest.mark.invariant(49)
+async def test_a_deleted_agent_shows_only_in_its_owners_export(world: World) -> None:
+    async with world.hub() as hub:
+        await hub.containment.delete_agent(OPERATOR, "bob-codex")
+    bobs, alices = await enroll(world, "bob"), await enroll(world, "alice")
+    async with world.hub() as hub:
+        bob = await hub.devices.authenticate((await hub.devices.redeem(bobs, "bob-laptop")).credential)
+        alice = await hub.devices.authenticate((await hub.devices.redeem(alices, "alice-laptop")).credential)
+        # Its owner sees the archive: the memberships it had, ended by the delete, and its revoked tokens.
+        mine = (await owner_actions.perform(hub, bob, "agent.export", {"handle": "bob-codex"})).model_dump()
+        assert (mine["status"], mine["agent"]["handle"]) == ("deleted", "bob-codex") and mine["deleted_at"]
+        assert {(m["room"], m["reason"]) for m in mine["memberships"]} == {
+            ("bobs-den", "agent_deleted"),
+            ("shared", "agent_deleted"),
+        }
+        assert mine["tokens"] and all(t["revoked_at"] for t in mine["tokens"])
+        # Anyone else meets what a handle never used meets; bob's own listings no longer show it either.
+        answers = []
+        for ref in ("bob-codex", "never-was"):
+            with pytest.raises(RoomsError) as refused:
+                await owner_actions.perform(hub, alice, "agent.export", {"handle": ref})
+            answers.append((refused.value.code, refused.value.message))
+        assert answers[0] == answers[1] and answers[0][0] is ErrorCode.NOT_FOUND
+        listed = (await owner_actions.perform(hub, bob, "agent.list", {})).model_dump()
+        assert "bob-codex" not in {a["handle"] for a in listed["agents"]}
+        tokens = (await owner_actions.perform(hub, bob, "token.list", {})).model_dump()
+        assert "bob-codex" not in {t["agent"] for t in tokens["tokens"]}
+    members = await _members(world, "bob-claude", "bobs-den")
+    assert members == {"bob-claude"}
+    # The operator's CLI reads the export too.
+    exported = await cli(world, "agent", "export", "bob-codex")
+    assert json.loads(exported.stdout)["status"] == "deleted"

@@ -22,8 +22,8 @@ from agent_rooms_mcp.cli.common import (
 from agent_rooms_mcp.errors import invalid
 from agent_rooms_mcp.local_env import LocalEnv
 from agent_rooms_mcp.logs import configure_logging
-from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, Receipt, StopResult
-from agent_rooms_mcp.owner_actions import AgentAdd, AgentDelete, AgentScopes, AgentStop, NoArgs
+from agent_rooms_mcp.models import AgentEnvList, AgentExport, AgentInfo, AgentList, Receipt, StopResult
+from agent_rooms_mcp.owner_actions import AgentAdd, AgentDelete, AgentExportArgs, AgentScopes, AgentStop, NoArgs
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
 
 INVOKE_WARNING = (
@@ -127,6 +127,16 @@ def delete(handle: str, yes: bool, as_json: bool) -> None:
     confirm_or_refuse(f"Delete agent {handle} and revoke every credential it holds? This cannot be undone.", yes)
     done: Receipt = perform("agent.delete", AgentDelete(handle=handle), as_json=as_json)
     emit_receipt(done, as_json=as_json)
+
+
+@agent.command("export")
+@click.argument("handle")
+@json_option
+def export(handle: str, as_json: bool) -> None:
+    """One of your agents' record as JSON, a deleted one too (until the purge): its memberships past and
+    present and its tokens. Another owner's agent answers NOT_FOUND, deleted or not."""
+    done: AgentExport = perform("agent.export", AgentExportArgs(handle=handle), as_json=as_json)
+    click.echo(done.model_dump_json(indent=2))
 
 
 @agent.group("env")

@@ -47,7 +47,7 @@ def _owner_info(row: sqlite3.Row) -> OwnerInfo:
     )
 
 
-def _agent_info(row: sqlite3.Row) -> AgentInfo:
+def agent_info(row: sqlite3.Row) -> AgentInfo:
     return AgentInfo(
         agent_id=row["agent_id"],
         handle=row["handle"],
@@ -220,13 +220,13 @@ class Accounts:
                 target=agent_id,
                 detail={"owner_id": owner["owner_id"], "tool": tool.value, "scopes": format_scopes(scopes)},
             )
-            return _agent_info(queries.agent(conn, agent_id))
+            return agent_info(queries.agent(conn, agent_id))
 
         return await self._store.write(run)
 
     async def list_agents(self) -> AgentList:
         return await self._store.read(
-            lambda c: AgentList(agents=[_agent_info(r) for r in c.execute(_AGENTS + " ORDER BY a.handle")])
+            lambda c: AgentList(agents=[agent_info(r) for r in c.execute(_AGENTS + " ORDER BY a.handle")])
         )
 
     async def set_scopes(self, operator: Actor, agent_ref: str, scopes: frozenset[Scope]) -> AgentInfo:
@@ -240,7 +240,7 @@ class Accounts:
                 target=agent["agent_id"],
                 detail={"from": agent["scopes"], "to": format_scopes(scopes)},
             )
-            return _agent_info(queries.agent(conn, agent["agent_id"]))
+            return agent_info(queries.agent(conn, agent["agent_id"]))
 
         return await self._store.write(run)
 

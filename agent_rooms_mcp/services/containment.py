@@ -21,6 +21,9 @@ from agent_rooms_mcp.auth.passports import PassportIssuer
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.models import (
+    AgentExport,
+    ArchivedMembership,
+    ArchivedToken,
     CredentialReceipt,
     Receipt,
     RoomArchive,
@@ -30,7 +33,7 @@ from agent_rooms_mcp.models import (
 )
 from agent_rooms_mcp.run_states import FINAL_STATES, HELD_STATES, WAITING_STATES, RunState, sql_words
 from agent_rooms_mcp.services import stopping
-from agent_rooms_mcp.services.accounts import Accounts, record_revocation
+from agent_rooms_mcp.services.accounts import Accounts, agent_info, record_revocation
 from agent_rooms_mcp.services.run_control import Runs
 from agent_rooms_mcp.services.withdrawal import withdraw
 from agent_rooms_mcp.settings import WakeSettings
@@ -159,6 +162,39 @@ class Containment:
                     "SELECT file_id, name, media_type, size, sha256, agent_id, created_at FROM files"
                     " WHERE room_id = ? ORDER BY created_at"
                 ),
+            )
+
+        return await self._store.read(run)
+
+    async def export_agent(self, agent_id: str) -> AgentExport:
+        """An agent's record, deleted or not, by id (its owner resolved and checked by the caller)."""
+
+        def run(conn: sqlite3.Connection) -> AgentExport:
+            row = conn.execute(
+                "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
+                " WHERE a.agent_id = ?",
+                (agent_id,),
+            ).fetchone()
+            if row is None:
+                raise not_found("agent")
+            memberships = conn.execute(
+                "SELECT m.name AS room, x.joined_at, NULL AS ended_at, NULL AS reason FROM room_agents x"
+                " JOIN rooms m ON m.room_id = x.room_id WHERE x.agent_id = ?"
+                " UNION ALL SELECT m.name, e.joined_at, e.ended_at, e.reason FROM ended_memberships e"
+                " JOIN rooms m ON m.room_id = e.room_id WHERE e.agent_id = ? ORDER BY 2",
+                (agent_id, agent_id),
+            ).fetchall()
+            tokens = conn.execute(
+                "SELECT token_id, run_id, created_at, expires_at, revoked_at FROM tokens WHERE agent_id = ?"
+                " ORDER BY created_at",
+                (agent_id,),
+            ).fetchall()
+            return AgentExport(
+                agent=agent_info(row),
+                status=row["status"],
+                deleted_at=row["deleted_at"],
+                memberships=[ArchivedMembership(**dict(m)) for m in memberships],
+                tokens=[ArchivedToken(**dict(t)) for t in tokens],
             )
 
         return await self._store.read(run)
