@@ -528,8 +528,8 @@ class CredentialReceipt(BaseModel):
     call passes through was run by the credential's hash on a fresh connection, and `answer` is why it now
     refuses (`token_revoked`, `run_ended`, ...); `refused` false means it would still be accepted."""
 
-    token_id: Id
-    kind: Literal["agent_token", "run_token"]
+    token_id: Id  # a device's id for kind `device`
+    kind: Literal["agent_token", "run_token", "device"]
     run_id: Id | None
     refused: bool
     answer: Word
@@ -550,7 +550,8 @@ class RunReceipt(BaseModel):
 
 
 class WithdrawnItem(BaseModel):
-    kind: Literal["membership", "wake", "proposal", "invite"]
+    # `membership`: an agent's (id: the agent); `room_membership`: a removed owner's (id: the room).
+    kind: Literal["membership", "wake", "proposal", "invite", "grant", "room_membership"]
     id: Id
     room: Handle | None = None
 

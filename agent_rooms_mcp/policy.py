@@ -318,6 +318,7 @@ OPERATOR_ACTIONS = frozenset(
         "owner.verify",
         "owner.unverify",
         "owner.list",
+        "owner.remove",
         "agent.env.set",
         "agent.env.unset",
         "agent.env.list",

@@ -23,6 +23,7 @@ import pytest
 from agent_rooms_mcp import owner_actions
 from agent_rooms_mcp.auth.authenticator import prove_refused
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
+from agent_rooms_mcp.services.devices import DeviceDenied
 from agent_rooms_mcp.settings import WakeSettings
 from tests.conftest import OPERATOR, World, build_world
 from tests.test_auth import assert_401, in_session, open_legacy_session, raw_http, tool_call
@@ -171,13 +172,19 @@ async def test_quarantine_mid_run_stops_the_room_and_it_answers_like_a_room_that
     assert (credential["kind"], credential["run_id"], credential["refused"]) == ("run_token", run["run_id"], True)
     withdrawn = {(w["kind"], w["id"]) for w in receipt["withdrawn"]}
     assert {i for k, i in withdrawn if k == "membership"} == before and ("invite", invite.invite_id) in withdrawn
-    assert woken.sql("SELECT count(*) AS n FROM room_agents x JOIN rooms r USING (room_id) WHERE r.name = 'lobby'")[
-        0
-    ]["n"] == 0
+    assert (
+        woken.sql("SELECT count(*) AS n FROM room_agents x JOIN rooms r USING (room_id) WHERE r.name = 'lobby'")[0]["n"]
+        == 0
+    )
     assert woken.chain_verifies()
 
     # Former members get exactly what a name that never existed gets.
-    for tool, args in (("read_messages", {}), ("post_message", {"text": "hello?"}), ("get_room", {}), ("list_files", {})):
+    for tool, args in (
+        ("read_messages", {}),
+        ("post_message", {"text": "hello?"}),
+        ("get_room", {}),
+        ("list_files", {}),
+    ):
         gone = await tool_error(woken, "alice-claude", "memory", tool, {"room": "lobby", **args})
         never = await tool_error(woken, "alice-claude", "memory", tool, {"room": "no-such-room", **args})
         assert gone == never and gone.startswith("NOT_FOUND"), (tool, gone)
@@ -280,9 +287,10 @@ async def test_denied_kill_switches_change_nothing(world: World) -> None:
             ("token.revoke", world.token_ids["alice-claude"]): ErrorCode.NOT_FOUND,
             ("room.quarantine", "bobs-den"): ErrorCode.FORBIDDEN_SCOPE,  # an operator action
             ("room.export", "bobs-den"): ErrorCode.FORBIDDEN_SCOPE,
+            ("owner.remove", "alice"): ErrorCode.FORBIDDEN_SCOPE,
         }
         for (name, ref), code_wanted in denied.items():
-            key = {"agent.delete": "handle", "token.revoke": "token_id"}.get(name, "room")
+            key = {"agent.delete": "handle", "token.revoke": "token_id", "owner.remove": "handle"}.get(name, "room")
             with pytest.raises(RoomsError) as refused:
                 await owner_actions.perform(hub, bob, name, {key: ref})
             assert refused.value.code is code_wanted, name
@@ -308,7 +316,6 @@ async def test_the_owner_api_deletes_an_owners_own_agent_with_its_receipt(world:
     assert receipt["proven"] and {c["answer"] for c in receipt["credentials"]} == {"token_revoked"}
     [row] = world.sql("SELECT actor_kind, via FROM audit WHERE action = 'agent.delete'")
     assert (row["actor_kind"], row["via"]) == ("owner", "device")
-
 
 
 @pytest.mark.invariant(49)
@@ -343,3 +350,49 @@ async def test_a_deleted_agent_shows_only_in_its_owners_export(world: World) -> 
     # The operator's CLI reads the export too.
     exported = await cli(world, "agent", "export", "bob-codex")
     assert json.loads(exported.stdout)["status"] == "deleted"
+
+
+@pytest.mark.invariant(48, 90)
+async def test_owner_remove_deletes_every_agent_and_revokes_devices_and_grants_with_a_proven_receipt(
+    world: World,
+) -> None:
+    await world.trust("bob", "alice")
+    await world.trust("alice", "bob")
+    code = await enroll(world, "bob")
+    async with world.hub() as hub:
+        device = await hub.devices.redeem(code, "laptop")
+    bobs = {r["agent_id"] for r in world.sql("SELECT x.agent_id FROM room_agents x JOIN agents a USING (agent_id)"
+                                             " JOIN owners o USING (owner_id) WHERE o.handle = 'bob'")}  # fmt: skip
+    tokens = set().union(*(token_ids(world, h) for h in ("bob-claude", "bob-codex", "bob-admin")))
+    seq = world.sql("SELECT max(seq) AS s FROM audit")[0]["s"]
+
+    receipt = await cli_json(world, "owner", "remove", "bob", "--yes")
+
+    assert receipt["proven"] is True and receipt["subject"] == "bob"
+    answers = {c["token_id"]: (c["kind"], c["answer"]) for c in receipt["credentials"]}
+    assert answers == {
+        **{t: ("agent_token", "token_revoked") for t in tokens},
+        device.device_id: ("device", "device_revoked"),
+    }
+    withdrawn = [(w["kind"], w["id"]) for w in receipt["withdrawn"]]
+    assert sorted(k for k, _ in withdrawn if k == "grant") == ["grant", "grant"]
+    assert {i for k, i in withdrawn if k == "membership"} == bobs
+    assert {w["id"] for w in receipt["withdrawn"] if w["kind"] == "room_membership"} == {
+        r["room_id"] for r in world.sql("SELECT room_id FROM rooms WHERE name IN ('bobs-den', 'shared')")
+    }
+    actions = [r["action"] for r in world.sql("SELECT action FROM audit WHERE seq > ? ORDER BY seq", (seq,))]
+    assert actions == ["agent.delete"] * 3 + ["owner.remove"]
+    assert world.chain_verifies()
+    assert world.sql("SELECT count(*) AS n FROM grants WHERE revoked_at IS NULL")[0]["n"] == 0
+
+    # Refused in practice: the device and every agent token; the owner gone and the handle retired.
+    async with world.hub() as hub:
+        with pytest.raises(DeviceDenied):
+            await hub.devices.authenticate(device.credential)
+    assert (await tool_error(world, "bob-claude", "memory", "whoami", {})).startswith("UNAUTHENTICATED")
+    listed = await cli_json(world, "owner", "list")
+    assert "bob" not in {o["handle"] for o in listed["owners"]}
+    again = await cli(world, "owner", "add", "bob", "--json")
+    assert json.loads(again.stdout)["code"] == "CONFLICT" and "never reused" in json.loads(again.stdout)["message"]
+    adopt = await cli(world, "agent", "add", "bob-new", "--owner", "bob", "--tool", "claude", "--json")
+    assert json.loads(adopt.stdout)["code"] == "NOT_FOUND"

@@ -21,7 +21,7 @@ from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, secret_
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.principals import AgentTool, Caller, held_scopes
 from agent_rooms_mcp.settings import Limits
-from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.database import Store, fresh_snapshot
 
 log = structlog.get_logger("agent_rooms_mcp.auth")
 
@@ -146,12 +146,9 @@ def prove_refused(db_path: Path, issuer: PassportIssuer, token_ids: Sequence[str
     revoking transaction committed, on a connection of its own opened just for this, so the answer is what
     the database file says to any process, not what a cached connection saw. It is not a failed
     authentication: it writes no audit row, counts no failure and spends no rate limit (DESIGN §6)."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA query_only=ON")
-        conn.execute("BEGIN")
-        now, answers = datetime.now(UTC), dict[str, str | None]()
+    answers = dict[str, str | None]()
+    with fresh_snapshot(db_path) as conn:
+        now = datetime.now(UTC)
         for token_id in token_ids:
             found = conn.execute("SELECT token_hash, run_id FROM tokens WHERE token_id = ?", (token_id,)).fetchone()
             if found is None:
@@ -163,10 +160,7 @@ def prove_refused(db_path: Path, issuer: PassportIssuer, token_ids: Sequence[str
                 answers[token_id] = None
             except _Denied as denied:
                 answers[token_id] = denied.reason
-        conn.execute("COMMIT")
-        return answers
-    finally:
-        conn.close()
+    return answers
 
 
 class _Denied(Exception):

@@ -122,8 +122,18 @@ class Accounts:
         check_handle(handle)
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
-            if conn.execute("SELECT 1 FROM owners WHERE handle = ?", (handle,)).fetchone():
+            if conn.execute("SELECT 1 FROM owners WHERE handle = ? AND removed_at IS NULL", (handle,)).fetchone():
                 raise RoomsError(ErrorCode.CONFLICT, f"owner {handle!r} already exists")
+            # A removed owner's handle is retired for good, as a deleted agent's is (DESIGN §6).
+            if conn.execute(
+                "SELECT 1 FROM owners WHERE handle = ? UNION SELECT 1 FROM retired_handles"
+                " WHERE kind = 'owner' AND handle = ?",
+                (handle, handle),
+            ).fetchone():
+                raise RoomsError(
+                    ErrorCode.CONFLICT,
+                    f"owner handle {handle!r} belonged to a removed owner and is never reused; choose another handle",
+                )
             owner_id = new_id("own")
             conn.execute(
                 "INSERT INTO owners (owner_id, handle, created_at, local) VALUES (?, ?, ?, ?)",
@@ -135,9 +145,8 @@ class Accounts:
         return await self._store.write(run)
 
     async def list_owners(self) -> OwnerList:
-        return await self._store.read(
-            lambda c: OwnerList(owners=[_owner_info(r) for r in c.execute("SELECT * FROM owners ORDER BY handle")])
-        )
+        sql = "SELECT * FROM owners WHERE removed_at IS NULL ORDER BY handle"
+        return await self._store.read(lambda c: OwnerList(owners=[_owner_info(r) for r in c.execute(sql)]))
 
     async def set_owner_local(self, operator: Actor, handle: str, local: bool) -> OwnerInfo:
         """Mark whether this hub spawns the owner's agents (DESIGN §5, an operator action). Their waiting

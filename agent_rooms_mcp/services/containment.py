@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from datetime import timedelta
 
 import anyio
 
@@ -34,6 +35,8 @@ from agent_rooms_mcp.models import (
 from agent_rooms_mcp.run_states import FINAL_STATES, HELD_STATES, WAITING_STATES, RunState, sql_words
 from agent_rooms_mcp.services import stopping
 from agent_rooms_mcp.services.accounts import Accounts, agent_info, record_revocation
+from agent_rooms_mcp.services.devices import prove_devices_refused
+from agent_rooms_mcp.services.listeners import release_device
 from agent_rooms_mcp.services.run_control import Runs
 from agent_rooms_mcp.services.withdrawal import withdraw
 from agent_rooms_mcp.settings import WakeSettings
@@ -58,26 +61,62 @@ class Containment:
 
         def run(conn: sqlite3.Connection) -> _Done:
             agent = queries.agent(conn, agent_ref)
-            agent_id, now = str(agent["agent_id"]), now_utc()
-            done = _Done(agent_id, str(agent["handle"]), now)
-            _withdraw_runs(conn, actor, done, "agent_id = ?", (agent_id,), "agent_deleted")
-            done.token_ids += _revoke_tokens(conn, "agent_id = ?", (agent_id,), now)
-            conn.execute(
-                "UPDATE agents SET status = 'deleted', deleted_at = ?, cred_epoch = cred_epoch + 1 WHERE agent_id = ?",
-                (now, agent_id),
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO retired_handles (kind, handle, retired_at) VALUES ('agent', ?, ?)",
-                (agent["handle"], now),
-            )
-            done.withdrawn += _end_memberships(conn, "x.agent_id = ?", (agent_id,), "agent_deleted", now)
-            done.withdrawn += _withdraw_proposals(conn, "(proposer_id = ? OR target_id = ?)", (agent_id, agent_id), now)
-            revocation = record_revocation(conn, "agent", agent_id, "agent_delete", now)
-            audit.append(conn, actor, "agent.delete", target=agent_id, detail=done.detail(revocation))
-            return done
+            return _delete_agent(conn, actor, agent, now_utc(), "agent_deleted")
 
         done = await self._store.write(run, notify=True)
         return await self._receipt("agent.delete", done)
+
+    async def remove_owner(self, actor: Actor, owner_ref: str, device_idle_s: int) -> Receipt:
+        """An operator action, in one transaction: `agent delete` of each of the owner's agents (each with its
+        own revocation and audit rows), their devices revoked (their listeners' runs stop_pending, as a
+        device revoke leaves them), every grant to and from them revoked, their room memberships ended,
+        their unused enrollment codes voided; the owner archived and the handle retired (DESIGN §6)."""
+
+        def run(conn: sqlite3.Connection) -> _Done:
+            owner = queries.owner(conn, owner_ref)
+            owner_id, now = str(owner["owner_id"]), now_utc()
+            done = _Done(owner_id, str(owner["handle"]), now)
+            for agent in conn.execute(
+                "SELECT * FROM agents WHERE owner_id = ? AND status = 'active' ORDER BY handle", (owner_id,)
+            ).fetchall():
+                done.absorb(_delete_agent(conn, actor, agent, now, "owner_removed"))
+            for device in conn.execute(
+                "UPDATE devices SET revoked_at = ? WHERE owner_id = ? AND revoked_at IS NULL RETURNING device_id",
+                (now, owner_id),
+            ).fetchall():
+                done.stop_pending += release_device(conn, actor, device["device_id"], now)
+            done.device_ids = [
+                r["device_id"] for r in conn.execute("SELECT device_id FROM devices WHERE owner_id = ?", (owner_id,))
+            ]
+            conn.execute(
+                "UPDATE enrollments SET expires_at = ? WHERE owner_id = ? AND used_at IS NULL AND expires_at > ?",
+                (now, owner_id, now),
+            )
+            for grant in conn.execute(
+                "UPDATE grants SET revoked_at = ? WHERE (from_owner = ? OR to_owner = ?) AND revoked_at IS NULL"
+                " RETURNING grant_id",
+                (now, owner_id, owner_id),
+            ).fetchall():
+                done.withdrawn.append(WithdrawnItem(kind="grant", id=grant["grant_id"]))
+            done.withdrawn += _withdraw_proposals(
+                conn, "(proposer_owner_id = ? OR target_owner_id = ?)", (owner_id, owner_id), now
+            )
+            for room in conn.execute(
+                "DELETE FROM room_owners WHERE owner_id = ? RETURNING room_id", (owner_id,)
+            ).fetchall():
+                done.withdrawn.append(WithdrawnItem(kind="room_membership", id=room["room_id"]))
+            conn.execute("UPDATE owners SET removed_at = ? WHERE owner_id = ?", (now, owner_id))
+            conn.execute(
+                "INSERT OR IGNORE INTO retired_handles (kind, handle, retired_at) VALUES ('owner', ?, ?)",
+                (owner["handle"], now),
+            )
+            revocation = record_revocation(conn, "owner", owner_id, "owner_remove", now)
+            detail = {**done.detail(revocation), "devices": len(done.device_ids)}
+            audit.append(conn, actor, "owner.remove", target=owner_id, detail=detail)
+            return done
+
+        done = await self._store.write(run, notify=True)
+        return await self._receipt("owner.remove", done, device_idle_s=device_idle_s)
 
     async def quarantine_room(self, actor: Actor, room_ref: str) -> Receipt:
         """In one transaction: every waiting wake of the room withdrawn and every running one marked for the stop
@@ -199,7 +238,7 @@ class Containment:
 
         return await self._store.read(run)
 
-    async def _receipt(self, action: str, done: _Done) -> Receipt:
+    async def _receipt(self, action: str, done: _Done, *, device_idle_s: int = 0) -> Receipt:
         # The proof runs on a fresh connection of its own, off the event loop: it may wait on the file.
         answers = await anyio.to_thread.run_sync(prove_refused, self._store.path, self._issuer, done.token_ids)
         credentials = [
@@ -212,7 +251,20 @@ class Containment:
             )
             for token_id, answer in answers.items()
         ]
-        runs = await self._wait(done.stopping)
+        if done.device_ids:
+            idle = timedelta(seconds=device_idle_s)
+            proved = await anyio.to_thread.run_sync(prove_devices_refused, self._store.path, done.device_ids, idle)
+            credentials += [
+                CredentialReceipt(
+                    token_id=device_id,
+                    kind="device",
+                    run_id=None,
+                    refused=answer is not None,
+                    answer=answer or "accepted",
+                )
+                for device_id, answer in proved.items()
+            ]
+        runs = await self._wait(done.stopping, also=done.stop_pending)
         return Receipt(
             action=action,  # type: ignore[arg-type]
             subject_id=done.subject_id,
@@ -224,9 +276,11 @@ class Containment:
             proven=all(c.refused for c in credentials) and all(r.processes_gone for r in runs),
         )
 
-    async def _wait(self, run_ids: Sequence[str]) -> list[RunReceipt]:
-        """Each run marked for the stop ladder, as it ended, or as it stands when the ladder's time is up."""
+    async def _wait(self, run_ids: Sequence[str], *, also: Sequence[str] = ()) -> list[RunReceipt]:
+        """Each run marked for the stop ladder, as it ended, or as it stands when the ladder's time is up; and
+        the runs `also` names (a revoked device's, whose end only its listener can report) as they stand."""
         await stopping.wait_for_end(self._runs, self._store, self._caps, run_ids)
+        run_ids = [*run_ids, *also]
 
         def read(conn: sqlite3.Connection) -> list[RunReceipt]:
             out = []
@@ -265,6 +319,15 @@ class _Done:
         self.withdrawn: list[WithdrawnItem] = []
         self.stopping: list[str] = []  # runs the stop ladder ends
         self.ended: list[RunReceipt] = []  # wakes withdrawn before any process existed
+        self.device_ids: list[str] = []
+        self.stop_pending: list[str] = []  # runs of a revoked device's listener: their end comes from it
+
+    def absorb(self, other: _Done) -> None:
+        self.token_ids += other.token_ids
+        self.run_of.update(other.run_of)
+        self.withdrawn += other.withdrawn
+        self.stopping += other.stopping
+        self.ended += other.ended
 
     def detail(self, revocation: str) -> dict[str, object]:
         return {
@@ -272,8 +335,30 @@ class _Done:
             "tokens": len(self.token_ids),
             "runs_stopping": self.stopping,
             "withdrawn": {kind: sum(1 for w in self.withdrawn if w.kind == kind)
-                          for kind in ("membership", "wake", "proposal", "invite")},
+                          for kind in ("membership", "wake", "proposal", "invite", "grant", "room_membership")},
         }  # fmt: skip
+
+
+def _delete_agent(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, now: str, reason: str) -> _Done:
+    """One agent's delete, inside the caller's transaction: its `agent.delete` audit row says what it did."""
+    agent_id = str(agent["agent_id"])
+    done = _Done(agent_id, str(agent["handle"]), now)
+    _withdraw_runs(conn, actor, done, "agent_id = ?", (agent_id,), reason)
+    done.token_ids += _revoke_tokens(conn, "agent_id = ?", (agent_id,), now)
+    # The epoch too: a passport of it, wherever a copy is, names an epoch that is no longer current.
+    conn.execute(
+        "UPDATE agents SET status = 'deleted', deleted_at = ?, cred_epoch = cred_epoch + 1 WHERE agent_id = ?",
+        (now, agent_id),
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO retired_handles (kind, handle, retired_at) VALUES ('agent', ?, ?)",
+        (agent["handle"], now),
+    )
+    done.withdrawn += _end_memberships(conn, "x.agent_id = ?", (agent_id,), reason, now)
+    done.withdrawn += _withdraw_proposals(conn, "(proposer_id = ? OR target_id = ?)", (agent_id, agent_id), now)
+    revocation = record_revocation(conn, "agent", agent_id, "agent_delete", now)
+    audit.append(conn, actor, "agent.delete", target=agent_id, detail=done.detail(revocation))
+    return done
 
 
 def _withdraw_runs(

@@ -266,3 +266,21 @@ class Store:
             if version != seen:
                 seen = version
                 self.notify_changed()
+
+
+@contextmanager
+def fresh_snapshot(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection opened just for this, inside one read transaction, closed after: what the
+    database file says to any process now, not what a long-lived connection of ours last saw. A receipt's
+    proof that a credential is refused reads through one (DESIGN §6)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute("BEGIN")
+        yield conn
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+

@@ -39,7 +39,10 @@ def room(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
 
 
 def owner(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
-    row = conn.execute("SELECT * FROM owners WHERE owner_id = ? OR handle = ?", (ref, ref)).fetchone()
+    # A removed owner answers as one that never existed (DESIGN §6).
+    row = conn.execute(
+        "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
+    ).fetchone()
     if row is None:
         raise not_found("owner")
     return row
