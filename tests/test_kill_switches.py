@@ -396,3 +396,29 @@ async def test_owner_remove_deletes_every_agent_and_revokes_devices_and_grants_w
     assert json.loads(again.stdout)["code"] == "CONFLICT" and "never reused" in json.loads(again.stdout)["message"]
     adopt = await cli(world, "agent", "add", "bob-new", "--owner", "bob", "--tool", "claude", "--json")
     assert json.loads(adopt.stdout)["code"] == "NOT_FOUND"
+
+
+@pytest.mark.invariant(51)
+async def test_a_quarantined_rooms_tasks_and_files_answer_former_members_as_missing_ones_do(world: World) -> None:
+    async with world.client("alice-claude") as c:
+        task = (await c.call_tool("create_task", {"room": "lobby", "title": "t"})).structured_content
+        shared = await c.call_tool("share_file", {"room": "lobby", "name": "a.txt", "content": "alice's"})
+    file_id = shared.structured_content["file_id"]  # type: ignore[index]
+    async with world.hub() as hub:
+        await hub.containment.quarantine_room(OPERATOR, "lobby")
+    calls = [
+        ("update_task", {"task": task["task_id"], "status": "done"}, {"task": "task_doesnotexist", "status": "done"}),  # type: ignore[index]
+        (
+            "assign_task",
+            {"task": task["task_id"], "assignee": "alice-codex"},
+            {"task": "task_doesnotexist", "assignee": "alice-codex"},
+        ),  # type: ignore[index]
+        ("read_file", {"room": "lobby", "file_id": file_id}, {"room": "no-such-room", "file_id": "file_doesnotexist"}),
+        ("list_tasks", {"room": "lobby"}, {"room": "no-such-room"}),
+    ]
+    before = world.fingerprint()
+    for tool, hidden, missing in calls:
+        gone = await tool_error(world, "alice-claude", "memory", tool, hidden)
+        never = await tool_error(world, "alice-claude", "memory", tool, missing)
+        assert gone == never and gone.startswith("NOT_FOUND"), (tool, gone, never)
+    assert world.fingerprint() == before
