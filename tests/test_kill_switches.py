@@ -22,6 +22,7 @@ import pytest
 
 from agent_rooms_mcp import owner_actions
 from agent_rooms_mcp.auth.authenticator import prove_refused
+from agent_rooms_mcp.cli.common import receipt_text
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.services.devices import DeviceDenied
 from agent_rooms_mcp.settings import WakeSettings
@@ -248,23 +249,42 @@ async def test_the_proof_answers_accepted_for_a_credential_that_still_works(worl
 
 
 async def test_a_run_whose_end_nobody_confirms_is_reported_stop_pending_never_stopped(tmp_path: Path) -> None:
-    # No supervisor holds the run (as for a listener gone quiet): the ladder's time passes with no end recorded.
+    # No supervisor holds alice's run, and bob's is held by his laptop's listener, which has gone quiet:
+    # the ladder's time passes and neither end is recorded.
     quick = WakeSettings(enabled=False, grace_int_s=0.1, grace_term_s=0.1, lease_s=0.3, poll_s=0.05)
     world = await build_world(tmp_path / "home", quick)
     await world.run_token("alice-claude", "lobby")
+    await world.run_token("bob-claude", "bobs-den")
+    code = await enroll(world, "bob")
     async with world.hub() as hub:
-        receipt = await hub.containment.delete_agent(OPERATOR, "alice-claude")
-    [run] = receipt.runs
-    assert (run.state, run.processes_gone, receipt.proven) == ("stop_pending", False, False)
-    assert all(c.refused for c in receipt.credentials) and len(receipt.credentials) == 2
-    # The command says so and exits 1: a script never takes it for done.
-    world2 = await build_world(tmp_path / "home2", quick)
-    await world2.run_token("alice-claude", "lobby")
-    done = await cli(world2, "agent", "delete", "alice-claude", "--yes")
-    assert done.returncode == 1 and b"stop_pending" in done.stdout and b"NOT PROVEN" in done.stdout
+        device = await hub.devices.redeem(code, "laptop")
+    seen = "2026-01-01T00:00:00.000000Z"
+    conn = sqlite3.connect(world.db)
+    with conn:
+        conn.execute(
+            "INSERT INTO listeners (holder, device_id, owner_id, host, max_running, max_running_per_agent,"
+            " started_at, seen_at) SELECT 'lis_quiet', ?, owner_id, 'laptop', 1, 1, ?, ? FROM owners"
+            " WHERE handle = 'bob'",
+            (device.device_id, seen, seen),
+        )
+        conn.execute("UPDATE runs SET lease_holder = 'lis_quiet' WHERE agent_id IN"
+                     " (SELECT agent_id FROM agents WHERE handle = 'bob-claude')")  # fmt: skip
+    conn.close()
+    async with world.hub() as hub:
+        alices = await hub.containment.delete_agent(OPERATOR, "alice-claude")
+        bobs = await hub.containment.delete_agent(OPERATOR, "bob-claude")
+    for receipt, listener, contact in ((alices, None, None), (bobs, "lis_quiet", seen)):
+        [run] = receipt.runs
+        assert (run.state, run.processes_gone, receipt.proven) == ("stop_pending", False, False)
+        assert (run.listener, run.last_contact) == (listener, contact)
+        # Its credentials are refused all the same: only the processes' end is unconfirmed.
+        assert all(c.refused for c in receipt.credentials) and len(receipt.credentials) == 2
+    # What the command prints says so (and it exits 1 on a receipt not proven).
+    text = receipt_text(bobs)
+    assert "stop_pending" in text and "lis_quiet" in text and text.endswith("NOT PROVEN: see the lines above")
 
 
-async def test_a_queued_wake_and_a_pending_proposal_are_withdrawn_by_the_delete(woken: World) -> None:
+async def test_a_queued_wake_is_withdrawn_by_the_delete(woken: World) -> None:
     await post(woken, "alice-claude", "@alice-bot when you can")  # no supervisor: the wake only queues
     [queued] = runs(woken, "alice-bot")
     async with woken.hub() as hub:
@@ -422,3 +442,17 @@ async def test_a_quarantined_rooms_tasks_and_files_answer_former_members_as_miss
         never = await tool_error(world, "alice-claude", "memory", tool, missing)
         assert gone == never and gone.startswith("NOT_FOUND"), (tool, gone, never)
     assert world.fingerprint() == before
+
+
+async def test_a_pending_proposal_of_a_deleted_agent_is_withdrawn_with_it(world: World) -> None:
+    await world.trust("alice", "bob")
+    async with world.client("bob-claude") as bob:
+        offered = await bob.call_tool(
+            "create_task", {"room": "shared", "title": "for alice", "assignee": "alice-claude"}
+        )
+    proposal = offered.structured_content["proposal_id"]  # type: ignore[index]
+    assert world.sql("SELECT state FROM proposals WHERE proposal_id = ?", (proposal,))[0]["state"] == "pending"
+    async with world.hub() as hub:
+        receipt = await hub.containment.delete_agent(OPERATOR, "bob-claude")
+    assert ("proposal", proposal) in {(w.kind, w.id) for w in receipt.withdrawn}
+    assert world.sql("SELECT state FROM proposals WHERE proposal_id = ?", (proposal,))[0]["state"] == "withdrawn"

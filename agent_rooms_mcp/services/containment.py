@@ -85,6 +85,8 @@ class Containment:
                 (now, owner_id),
             ).fetchall():
                 done.stop_pending += release_device(conn, actor, device["device_id"], now)
+            # A run its listener holds ends only when that listener says so: reported as it stands, not waited on.
+            done.stopping = [r for r in done.stopping if r not in done.stop_pending]
             done.device_ids = [
                 r["device_id"] for r in conn.execute("SELECT device_id FROM devices WHERE owner_id = ?", (owner_id,))
             ]
@@ -396,10 +398,14 @@ def _withdraw_runs(
 
 
 def _revoke_tokens(conn: sqlite3.Connection, where: str, args: tuple[str, ...], now: str) -> list[str]:
-    """Revoke every live token matching `where`; the ids of those the receipt must prove refused: the ones
-    revoked now and those that were already revoked or ended (each is named, and each must be refused)."""
+    """Revoke every live token matching `where`; the ids of those this switch revoked (a held run's token
+    revoked a moment earlier by its withdrawal, at the same `now`, among them), which the receipt must
+    prove refused. Tokens revoked before, by something else, are not this switch's to claim."""
     conn.execute(f"UPDATE tokens SET revoked_at = ? WHERE {where} AND revoked_at IS NULL", (now, *args))
-    return [r["token_id"] for r in conn.execute(f"SELECT token_id FROM tokens WHERE {where} ORDER BY created_at", args)]
+    rows = conn.execute(
+        f"SELECT token_id FROM tokens WHERE {where} AND revoked_at = ? ORDER BY created_at", (*args, now)
+    ).fetchall()
+    return [r["token_id"] for r in rows]
 
 
 def _end_memberships(
