@@ -28,7 +28,7 @@ from agent_rooms_mcp.services.devices import DeviceDenied
 from agent_rooms_mcp.settings import WakeSettings
 from tests.conftest import OPERATOR, World, build_world
 from tests.test_auth import assert_401, in_session, open_legacy_session, raw_http, tool_call
-from tests.test_devices import enroll
+from tests.test_devices import bearer, enroll, login, served
 from tests.wakeworld import Fakes, post, runs, supervisor, until
 
 pytestmark = pytest.mark.anyio
@@ -327,12 +327,16 @@ async def test_denied_kill_switches_change_nothing(world: World) -> None:
 
 
 async def test_the_owner_api_deletes_an_owners_own_agent_with_its_receipt(world: World) -> None:
-    code = await enroll(world)
-    async with world.hub() as hub:
-        device = await hub.devices.redeem(code, "laptop")
-        bob = await hub.devices.authenticate(device.credential)
-        done = await owner_actions.perform(hub, bob, "agent.delete", {"handle": "bob-codex"})
-    receipt = done.model_dump()
+    async with served(world.settings) as api:
+        credential = (await login(api, await enroll(world))).json()["credential"]  # bob's laptop
+        before = world.fingerprint()
+        theirs = await api.post(
+            "/owner/v1/actions/agent.delete", json={"handle": "alice-claude"}, headers=bearer(credential)
+        )
+        assert theirs.status_code == 404 and world.fingerprint() == before
+        r = await api.post("/owner/v1/actions/agent.delete", json={"handle": "bob-codex"}, headers=bearer(credential))
+    assert r.status_code == 200, r.text
+    receipt = r.json()
     assert receipt["proven"] and {c["answer"] for c in receipt["credentials"]} == {"token_revoked"}
     [row] = world.sql("SELECT actor_kind, via FROM audit WHERE action = 'agent.delete'")
     assert (row["actor_kind"], row["via"]) == ("owner", "device")
