@@ -22,6 +22,7 @@ from agent_rooms_mcp.home import (
 from agent_rooms_mcp.ratelimit import RateLimits
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.consent import Consent
+from agent_rooms_mcp.services.containment import Containment
 from agent_rooms_mcp.services.devices import Devices
 from agent_rooms_mcp.services.files import Files
 from agent_rooms_mcp.services.grants import Grants
@@ -53,6 +54,7 @@ class Hub:
     rates: RateLimits
     devices: Devices
     listeners: Listeners
+    containment: Containment
 
     @classmethod
     @asynccontextmanager
@@ -70,6 +72,7 @@ class Hub:
             # A window of failed authentications that closed while no hub ran gets its summary now.
             await auth.failures.summarise_closed_windows()
             accounts = Accounts(store, issuer, limits, Vault(settings.master_key_path))
+            runs = Runs(store, limits)
             yield cls(
                 settings=settings,
                 store=store,
@@ -82,10 +85,11 @@ class Hub:
                 tasks=Tasks(store, limits, settings.wake),
                 grants=Grants(store),
                 consent=Consent(store, limits, settings.wake),
-                runs=Runs(store, limits),
+                runs=runs,
                 rates=RateLimits(store, limits),
                 devices=Devices(store, limits, key.verify_key, deployment_id),
                 listeners=Listeners(store, settings.wake, accounts, key, deployment_id),
+                containment=Containment(store, issuer, runs, settings.wake),
             )
 
 

@@ -519,3 +519,104 @@ class AuditRows(BaseModel):
     """`audit tail`: the latest rows, metadata only."""
 
     rows: list[dict[str, object]]
+
+
+# Kill switches (DESIGN §6): what a delete, quarantine or revoke did, each line proven where it can be.
+
+
+class CredentialReceipt(BaseModel):
+    """One credential revoked. `refused` is proven, not assumed: after the revoke committed, the lookup every
+    call passes through was run by the credential's hash on a fresh connection, and `answer` is why it now
+    refuses (`token_revoked`, `run_ended`, ...); `refused` false means it would still be accepted."""
+
+    token_id: Id  # a device's id for kind `device`
+    kind: Literal["agent_token", "run_token", "device"]
+    run_id: Id | None
+    refused: bool
+    answer: Word
+
+
+class RunReceipt(BaseModel):
+    """One run ended. `state` is what the run is now: `stopped` (or `withdrawn`) only once its supervisor
+    recorded its end, which it does after every process it started is gone; a run on a listener that has
+    not confirmed its end is `stop_pending`, with the listener and when it was last heard from."""
+
+    run_id: Id
+    agent: Handle
+    state: Word
+    stop_signal: run_states.StopSignal
+    processes_gone: bool
+    listener: Id | None = None
+    last_contact: Stamp | None = None
+
+
+class WithdrawnItem(BaseModel):
+    # `membership`: an agent's (id: the agent); `room_membership`: a removed owner's (id: the room).
+    kind: Literal["membership", "wake", "proposal", "invite", "grant", "room_membership"]
+    id: Id
+    room: Handle | None = None
+
+
+class Receipt(BaseModel):
+    """What a kill switch did. `proven`: every credential refused and every run's processes gone; false
+    means something is still pending (a listener's run) or, for a credential, that the revoke did not hold."""
+
+    action: Literal["agent.delete", "room.quarantine", "token.revoke", "owner.remove"]
+    subject_id: Id
+    subject: Handle | Id
+    at: Stamp
+    credentials: list[CredentialReceipt] = []
+    runs: list[RunReceipt] = []
+    withdrawn: list[WithdrawnItem] = []
+    proven: bool
+
+
+class TokenRevoked(Receipt):
+    """`token revoke`'s answer: the token as `token list` shows it, and the receipt."""
+
+    token_id: Id
+    agent: Handle
+    created_at: Stamp
+    expires_at: Stamp
+    status: Literal["active", "expired", "revoked"]
+
+
+class RoomArchive(BaseModel):
+    """`room export`: a room's archive for its owners' review (operator only). Message and task texts are
+    the archive's point and are given as stored; file contents are not, only their metadata."""
+
+    room_id: Id
+    name: Handle
+    created_at: Stamp
+    quarantined_at: Stamp | None
+    owners: list[dict[str, str]]
+    members: list[dict[str, str | None]]
+    messages: list[dict[str, object]]
+    tasks: list[dict[str, object]]
+    files: list[dict[str, object]]
+
+
+class ArchivedMembership(BaseModel):
+    room: Handle
+    joined_at: Stamp
+    ended_at: Stamp | None
+    reason: Word | None
+
+
+class ArchivedToken(BaseModel):
+    token_id: Id
+    run_id: Id | None
+    created_at: Stamp
+    expires_at: Stamp
+    revoked_at: Stamp | None
+
+
+class AgentExport(BaseModel):
+    """`agent export`: one agent's record for its owner, a deleted (archived) one too: the only place a
+    deleted agent still shows, to its owner and the operator alone, until the purge (invariant 49)."""
+
+    agent: AgentInfo
+    status: Literal["active", "deleted"]
+    deleted_at: str | None
+    memberships: list[ArchivedMembership]
+    tokens: list[ArchivedToken]

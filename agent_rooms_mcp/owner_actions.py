@@ -24,6 +24,7 @@ from agent_rooms_mcp.content import UNENCODABLE, unencodable_field
 from agent_rooms_mcp.errors import RoomsError, invalid, not_found
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import (
+    AgentExport,
     AgentInfo,
     AgentList,
     AuditRows,
@@ -37,11 +38,12 @@ from agent_rooms_mcp.models import (
     InviteAccepted,
     IssuedToken,
     ProposalList,
+    Receipt,
     RoomList,
     RoomSummary,
     StopResult,
-    TokenInfo,
     TokenList,
+    TokenRevoked,
 )
 from agent_rooms_mcp.principals import AgentTool, Human, Scope, parse_scopes
 from agent_rooms_mcp.services import stopping
@@ -164,7 +166,8 @@ async def _own_token(hub: Hub, who: Human, token_id: str) -> Human:
     def read(c: sqlite3.Connection) -> tuple[str, bool]:
         row = c.execute(
             "SELECT a.owner_id, o.local FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
-            " JOIN owners o ON o.owner_id = a.owner_id WHERE t.token_id = ? AND t.run_id IS NULL",
+            " JOIN owners o ON o.owner_id = a.owner_id"
+            " WHERE t.token_id = ? AND t.run_id IS NULL AND a.status = 'active'",
             (token_id,),
         ).fetchone()
         if row is None:
@@ -279,6 +282,39 @@ async def agent_stop(hub: Hub, who: Human, a: AgentStop) -> StopResult:
     )
 
 
+class AgentDelete(Args):
+    handle: str
+
+
+@_action("agent.delete", AgentDelete, Receipt)
+async def agent_delete(hub: Hub, who: Human, a: AgentDelete) -> Receipt:
+    """Delete an agent of the owner's own (DESIGN §6); another owner's looks missing (invariant 82)."""
+    who = await _own_agent(hub, who, a.handle)
+    return await hub.containment.delete_agent(who.actor, a.handle)
+
+
+class AgentExportArgs(Args):
+    handle: str
+
+
+@_action("agent.export", AgentExportArgs, AgentExport)
+async def agent_export(hub: Hub, who: Human, a: AgentExportArgs) -> AgentExport:
+    """An agent's record for its owner, a deleted one too: the only lookup that finds an archived agent, and
+    only for its own owner (or the operator); anyone else gets NOT_FOUND, as for a handle never used."""
+
+    def read(c: sqlite3.Connection) -> tuple[str, str]:
+        row = c.execute(
+            "SELECT agent_id, owner_id FROM agents WHERE agent_id = ? OR handle = ?", (a.handle, a.handle)
+        ).fetchone()
+        if row is None:
+            raise not_found("agent")
+        return str(row["agent_id"]), str(row["owner_id"])
+
+    agent_id, owner_id = await hub.store.read(read)
+    policy.require_own(who, owner_id, "agent")
+    return await hub.containment.export_agent(agent_id)
+
+
 # Tokens.
 
 
@@ -315,10 +351,10 @@ class TokenRevoke(Args):
     token_id: str
 
 
-@_action("token.revoke", TokenRevoke, TokenInfo)
-async def token_revoke(hub: Hub, who: Human, a: TokenRevoke) -> TokenInfo:
+@_action("token.revoke", TokenRevoke, TokenRevoked)
+async def token_revoke(hub: Hub, who: Human, a: TokenRevoke) -> TokenRevoked:
     who = await _own_token(hub, who, a.token_id)
-    return await hub.accounts.revoke_token(who.actor, a.token_id)
+    return await hub.containment.revoke_token(hub.accounts, who.actor, a.token_id)
 
 
 # Grants: an owner grants and revokes from themselves only.

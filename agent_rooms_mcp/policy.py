@@ -321,6 +321,7 @@ OPERATOR_ACTIONS = frozenset(
         "owner.verify",
         "owner.unverify",
         "owner.list",
+        "owner.remove",
         "agent.env.set",
         "agent.env.unset",
         "agent.env.list",
@@ -329,6 +330,7 @@ OPERATOR_ACTIONS = frozenset(
         "audit.verify",
         "purge",
         "room.quarantine",
+        "room.export",
     }
 )
 

@@ -7,7 +7,10 @@ reason goes to an audit row written in a transaction of its own.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
@@ -18,7 +21,7 @@ from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, secret_
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.principals import AgentTool, Caller, held_scopes
 from agent_rooms_mcp.settings import Limits
-from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.database import Store, fresh_snapshot
 
 log = structlog.get_logger("agent_rooms_mcp.auth")
 
@@ -83,56 +86,81 @@ class Authenticator:
         # reached /mcp is refused without ever being looked up (invariant 105).
         if kind not in kinds:
             raise _Denied("wrong_credential_kind")
-        row = await self._store.read(lambda c: c.execute(_LOOKUP, (secret_hash(credential),)).fetchone())
-        if row is None:
-            raise _Denied("unknown_token")
-        # From here on the audit row can name whose credential failed.
-        actor = audit.Actor("agent", row["agent_id"], row["owner_id"], row["token_id"])
-        # The prefix must say what the row is: a run's token is `arr_`, an agent's `art_`, and nothing else
-        # lives in this table (an OAuth token is looked up where the connector keeps them).
-        if kind is not (CredentialKind.AGENT if row["run_id"] is None else CredentialKind.RUN):
-            raise _Denied("wrong_credential_kind", actor)
-        if row["revoked_at"] is not None:
-            raise _Denied("token_revoked", actor)
-        # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server),
-        # and acts only in the room that woke it. Asked only for run tokens: an agent's own pays nothing.
-        run_room_id = None
-        if row["run_id"] is not None:
-            state, run_room_id = await self._run_state(row["run_id"])
-            if state not in ("running", "stopping"):
-                raise _Denied("run_ended", actor)
-        now = datetime.now(UTC)
-        if datetime.fromisoformat(row["expires_at"]) <= now:
-            raise _Denied("token_expired", actor)
-        try:
-            claims = self._issuer.check(row["passport"], now)
-        except PassportRejected as e:
-            raise _Denied(str(e), actor) from None
-        if (claims.agent_id, claims.jti, claims.owner_id) != (row["agent_id"], row["jti"], row["owner_id"]):
-            raise _Denied("passport_mismatch", actor)
-        if row["status"] != "active":
-            raise _Denied("agent_inactive", actor)
-        if claims.epoch != row["cred_epoch"]:
-            raise _Denied("stale_epoch", actor)
-        return Caller(
-            agent_id=row["agent_id"],
-            handle=row["handle"],
-            tool=AgentTool(row["tool"]),
-            owner_id=row["owner_id"],
-            owner_handle=row["owner_handle"],
-            owner_verified=row["verified_at"] is not None,
-            scopes=held_scopes(row["scopes"], row["run_id"]),
-            token_id=row["token_id"],
-            run_id=row["run_id"],
-            run_room_id=run_room_id,
-        )
+        digest = secret_hash(credential)
+        return await self._store.read(lambda c: look_up(c, digest, kind, self._issuer, datetime.now(UTC)))
 
-    async def _run_state(self, run_id: str) -> tuple[str | None, str | None]:
-        """The run's state and its room, in one statement."""
-        row = await self._store.read(
-            lambda c: c.execute("SELECT state, room_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        )
-        return (None, None) if row is None else (str(row["state"]), str(row["room_id"]))
+
+def look_up(
+    conn: sqlite3.Connection, digest: bytes, kind: CredentialKind, issuer: PassportIssuer, now: datetime
+) -> Caller:
+    """The credential whose hash is `digest`, presented as `kind`, judged as every call judges it: the caller
+    it authenticates, or `_Denied` with the reason. One function for `authenticate()` and for the proof a
+    receipt gives (`prove_refused`), so what a receipt proves is what the next call would meet. Reads only."""
+    row = conn.execute(_LOOKUP, (digest,)).fetchone()
+    if row is None:
+        raise _Denied("unknown_token")
+    # From here on the audit row can name whose credential failed.
+    actor = audit.Actor("agent", row["agent_id"], row["owner_id"], row["token_id"])
+    # The prefix must say what the row is: a run's token is `arr_`, an agent's `art_`, and nothing else
+    # lives in this table (an OAuth token is looked up where the connector keeps them).
+    if kind is not (CredentialKind.AGENT if row["run_id"] is None else CredentialKind.RUN):
+        raise _Denied("wrong_credential_kind", actor)
+    if row["revoked_at"] is not None:
+        raise _Denied("token_revoked", actor)
+    # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server),
+    # and acts only in the room that woke it. Asked only for run tokens: an agent's own pays nothing.
+    run_room_id = None
+    if row["run_id"] is not None:
+        run = conn.execute("SELECT state, room_id FROM runs WHERE run_id = ?", (row["run_id"],)).fetchone()
+        if run is None or run["state"] not in ("running", "stopping"):
+            raise _Denied("run_ended", actor)
+        run_room_id = str(run["room_id"])
+    if datetime.fromisoformat(row["expires_at"]) <= now:
+        raise _Denied("token_expired", actor)
+    try:
+        claims = issuer.check(row["passport"], now)
+    except PassportRejected as e:
+        raise _Denied(str(e), actor) from None
+    if (claims.agent_id, claims.jti, claims.owner_id) != (row["agent_id"], row["jti"], row["owner_id"]):
+        raise _Denied("passport_mismatch", actor)
+    if row["status"] != "active":
+        raise _Denied("agent_inactive", actor)
+    if claims.epoch != row["cred_epoch"]:
+        raise _Denied("stale_epoch", actor)
+    return Caller(
+        agent_id=row["agent_id"],
+        handle=row["handle"],
+        tool=AgentTool(row["tool"]),
+        owner_id=row["owner_id"],
+        owner_handle=row["owner_handle"],
+        owner_verified=row["verified_at"] is not None,
+        scopes=held_scopes(row["scopes"], row["run_id"]),
+        token_id=row["token_id"],
+        run_id=row["run_id"],
+        run_room_id=run_room_id,
+    )
+
+
+def prove_refused(db_path: Path, issuer: PassportIssuer, token_ids: Sequence[str]) -> dict[str, str | None]:
+    """For each token id, why `authenticate()` now refuses it (None: it would be accepted). Run after the
+    revoking transaction committed, on a connection of its own opened just for this, so the answer is what
+    the database file says to any process, not what a cached connection saw. It is not a failed
+    authentication: it writes no audit row, counts no failure and spends no rate limit (DESIGN §6)."""
+    answers = dict[str, str | None]()
+    with fresh_snapshot(db_path) as conn:
+        now = datetime.now(UTC)
+        for token_id in token_ids:
+            found = conn.execute("SELECT token_hash, run_id FROM tokens WHERE token_id = ?", (token_id,)).fetchone()
+            if found is None:
+                answers[token_id] = "unknown_token"
+                continue
+            kind = CredentialKind.AGENT if found["run_id"] is None else CredentialKind.RUN
+            try:
+                look_up(conn, bytes(found["token_hash"]), kind, issuer, now)
+                answers[token_id] = None
+            except _Denied as denied:
+                answers[token_id] = denied.reason
+    return answers
 
 
 class _Denied(Exception):

@@ -9,6 +9,7 @@ import click
 from agent_rooms_mcp.cli.common import (
     confirm_or_refuse,
     emit,
+    emit_receipt,
     guarded,
     json_option,
     operator,
@@ -21,8 +22,16 @@ from agent_rooms_mcp.cli.common import (
 from agent_rooms_mcp.errors import invalid
 from agent_rooms_mcp.local_env import LocalEnv
 from agent_rooms_mcp.logs import configure_logging
-from agent_rooms_mcp.models import AgentEnvList, AgentInfo, AgentList, StopResult
-from agent_rooms_mcp.owner_actions import AgentAdd, AgentScopes, AgentSet, AgentStop, NoArgs
+from agent_rooms_mcp.models import AgentEnvList, AgentExport, AgentInfo, AgentList, Receipt, StopResult
+from agent_rooms_mcp.owner_actions import (
+    AgentAdd,
+    AgentDelete,
+    AgentExportArgs,
+    AgentScopes,
+    AgentSet,
+    AgentStop,
+    NoArgs,
+)
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Scope, format_scopes, parse_scopes
 
 INVOKE_WARNING = (
@@ -144,6 +153,34 @@ def stop(handle: str, run_id: str | None, wait: bool, as_json: bool) -> None:
         as_json=as_json,
         text=lambda _: table(rows, ["RUN_ID", "STATE", "SIGNAL"]) if rows else "(nothing to stop)",
     )
+
+
+@agent.command("delete")
+@click.argument("handle")
+@click.option("--yes", is_flag=True, help="Confirm without asking.")
+@json_option
+def delete(handle: str, yes: bool, as_json: bool) -> None:
+    """Delete agent HANDLE at once: every token, passport and run token of it refused from its next call,
+    its memberships ended, its waiting wakes and pending proposals withdrawn, its runs stopped. Prints a
+    receipt proving each credential refused and each run's processes gone. The handle is never reused.
+
+    \b
+    Example:
+        agent-rooms agent delete alice-claude --yes
+    """
+    confirm_or_refuse(f"Delete agent {handle} and revoke every credential it holds? This cannot be undone.", yes)
+    done: Receipt = perform("agent.delete", AgentDelete(handle=handle), as_json=as_json)
+    emit_receipt(done, as_json=as_json)
+
+
+@agent.command("export")
+@click.argument("handle")
+@json_option
+def export(handle: str, as_json: bool) -> None:
+    """One of your agents' record as JSON, a deleted one too (until the purge): its memberships past and
+    present and its tokens. Another owner's agent answers NOT_FOUND, deleted or not."""
+    done: AgentExport = perform("agent.export", AgentExportArgs(handle=handle), as_json=as_json)
+    click.echo(done.model_dump_json(indent=2))
 
 
 @agent.group("env")

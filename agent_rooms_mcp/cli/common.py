@@ -18,6 +18,7 @@ from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.models import Receipt
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.remote import Remote
 from agent_rooms_mcp.settings import Settings
@@ -85,6 +86,31 @@ def guarded(fn: Callable[[], T], *, as_json: bool = False) -> T:
 
 def emit(result: BaseModel, *, as_json: bool, text: Callable[[Any], str]) -> None:
     click.echo(result.model_dump_json(indent=2) if as_json else text(result))
+
+
+def receipt_text(receipt: Receipt) -> str:
+    """A kill switch's receipt as lines a person reads: each credential with the refusal that proves it, each
+    run with how it ended, each thing withdrawn (DESIGN §6)."""
+    lines = [f"{receipt.action} {receipt.subject} ({receipt.subject_id}) at {receipt.at}"]
+    for c in receipt.credentials:
+        proof = f"refused: {c.answer}" if c.refused else "NOT REFUSED: still accepted"
+        lines.append(f"  credential {c.token_id} ({c.kind}) revoked, {proof}")
+    for r in receipt.runs:
+        how = "processes gone"
+        if not r.processes_gone:
+            how = f"end not confirmed (listener {r.listener}, last contact {r.last_contact})"
+        lines.append(f"  run {r.run_id} of {r.agent}: {r.state}, signal {r.stop_signal}, {how}")
+    for w in receipt.withdrawn:
+        lines.append(f"  {w.kind} {w.id}" + (f" in {w.room}" if w.room else "") + " withdrawn")
+    lines.append("proven" if receipt.proven else "NOT PROVEN: see the lines above")
+    return "\n".join(lines)
+
+
+def emit_receipt(receipt: Receipt, *, as_json: bool) -> None:
+    """Print a receipt; exit 1 when it could not prove everything, so a script never takes it for done."""
+    emit(receipt, as_json=as_json, text=receipt_text)
+    if not receipt.proven:
+        raise click.exceptions.Exit(1)
 
 
 def confirm_or_refuse(question: str, yes: bool) -> None:

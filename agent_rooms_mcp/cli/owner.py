@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import click
 
-from agent_rooms_mcp.cli.common import emit, json_option, operator, run, table
-from agent_rooms_mcp.models import Enrollment, OwnerInfo, OwnerList
+from agent_rooms_mcp.cli.common import (
+    confirm_or_refuse,
+    emit,
+    emit_receipt,
+    json_option,
+    operator,
+    refuse_on_device,
+    run,
+    settings,
+    table,
+)
+from agent_rooms_mcp.models import Enrollment, OwnerInfo, OwnerList, Receipt
 
 
 @click.group()
@@ -80,6 +90,21 @@ def unverify(handle: str, as_json: bool) -> None:
     """Withdraw the verification of owner HANDLE: cross-owner work with them is refused until verified again."""
     done: OwnerInfo = run(lambda hub: hub.accounts.unverify_owner(operator(), handle), as_json=as_json)
     emit(done, as_json=as_json, text=lambda o: f"{o.handle} is no longer verified")
+
+
+@owner.command("remove")
+@click.argument("handle")
+@click.option("--yes", is_flag=True, help="Confirm without asking.")
+@json_option
+def remove(handle: str, yes: bool, as_json: bool) -> None:
+    """Remove owner HANDLE (an operator action): every agent of theirs deleted as `agent delete` does, their
+    devices revoked, every grant to and from them revoked, their room memberships ended. Prints a receipt
+    proving each credential refused. Their handle is never reused."""
+    refuse_on_device(as_json)
+    confirm_or_refuse(f"Remove owner {handle}, deleting every agent of theirs and revoking their devices?", yes)
+    idle = settings().limits.device_idle_expiry_s
+    done: Receipt = run(lambda hub: hub.containment.remove_owner(operator(), handle, idle), as_json=as_json)
+    emit_receipt(done, as_json=as_json)
 
 
 @owner.command("enroll")

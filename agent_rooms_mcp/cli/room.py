@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from agent_rooms_mcp.cli.common import emit, json_option, operator, parse_duration, perform, run, table
-from agent_rooms_mcp.models import Invite, InviteAccepted, RoomList, RoomSummary
+from agent_rooms_mcp.cli.common import (
+    confirm_or_refuse,
+    emit,
+    emit_receipt,
+    json_option,
+    operator,
+    parse_duration,
+    perform,
+    refuse_on_device,
+    run,
+    table,
+)
+from agent_rooms_mcp.home import write_private_file
+from agent_rooms_mcp.models import Invite, InviteAccepted, Receipt, RoomArchive, RoomList, RoomSummary
 from agent_rooms_mcp.owner_actions import InviteAccept, InviteConfirm, InviteCreate, NoArgs, RoomAdd, RoomCreate
 
 
@@ -49,6 +63,40 @@ def remove(room_ref: str, agent_ref: str, as_json: bool) -> None:
     """Remove an agent from ROOM; from its next call on it sees nothing of the room."""
     done: RoomSummary = run(lambda hub: hub.rooms.remove_agent(operator(), room_ref, agent_ref), as_json=as_json)
     emit(done, as_json=as_json, text=lambda r: f"{agent_ref} removed from {r.name} ({r.member_count} agents left)")
+
+
+@room.command("quarantine")
+@click.argument("room_ref", metavar="ROOM")
+@click.option("--yes", is_flag=True, help="Confirm without asking.")
+@json_option
+def quarantine(room_ref: str, yes: bool, as_json: bool) -> None:
+    """Quarantine ROOM (an operator action): its runs stopped, its run tokens revoked, every agent
+    membership ended, its waiting wakes, pending proposals and invites withdrawn; from then on it answers
+    NOT_FOUND to everyone, like a room that never existed. Prints a receipt. `room export` still reads it.
+
+    \b
+    Example:
+        agent-rooms room quarantine design --yes
+    """
+    refuse_on_device(as_json)
+    confirm_or_refuse(f"Quarantine room {room_ref}, stopping its runs and ending every membership?", yes)
+    done: Receipt = run(lambda hub: hub.containment.quarantine_room(operator(), room_ref), as_json=as_json)
+    emit_receipt(done, as_json=as_json)
+
+
+@room.command("export")
+@click.argument("room_ref", metavar="ROOM")
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), help="Write here, not to stdout.")
+def export(room_ref: str, out: str | None) -> None:
+    """Write ROOM's archive as JSON (an operator action, quarantined rooms too): its owners, members,
+    messages, tasks and files' metadata, for the owners' review. The file is made readable by you alone."""
+    archive: RoomArchive = run(lambda hub: hub.containment.export_room(room_ref))
+    text = archive.model_dump_json(indent=2)
+    if out is None:
+        click.echo(text)
+        return
+    write_private_file(Path(out), (text + "\n").encode())
+    click.echo(f"wrote {out}", err=True)
 
 
 @room.command("list")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from agent_rooms_mcp.cli.common import emit, json_option, parse_duration, perform, table
-from agent_rooms_mcp.models import IssuedToken, TokenInfo, TokenList
+from agent_rooms_mcp.cli.common import emit, emit_receipt, json_option, parse_duration, perform, table
+from agent_rooms_mcp.models import IssuedToken, TokenList, TokenRevoked
 from agent_rooms_mcp.owner_actions import TokenIssue, TokenListArgs, TokenRevoke
 
 
@@ -48,6 +48,7 @@ def list_(agent: str | None, as_json: bool) -> None:
 @click.argument("token_id")
 @json_option
 def revoke(token_id: str, as_json: bool) -> None:
-    """Revoke one token; the agent's other tokens keep working. Effective on its next call."""
-    done: TokenInfo = perform("token.revoke", TokenRevoke(token_id=token_id), as_json=as_json)
-    emit(done, as_json=as_json, text=lambda t: f"revoked {t.token_id} of {t.agent}")
+    """Revoke one token; the agent's other tokens keep working. Effective on its next call; the receipt
+    shows the token refused by the same lookup every call makes."""
+    done: TokenRevoked = perform("token.revoke", TokenRevoke(token_id=token_id), as_json=as_json)
+    emit_receipt(done, as_json=as_json)

@@ -63,7 +63,7 @@ def checked_workdir(workdir: str, hub_home: Path) -> str:
     return str(resolved)
 
 
-def _agent_info(row: sqlite3.Row) -> AgentInfo:
+def agent_info(row: sqlite3.Row) -> AgentInfo:
     return AgentInfo(
         agent_id=row["agent_id"],
         handle=row["handle"],
@@ -139,8 +139,18 @@ class Accounts:
         check_handle(handle)
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
-            if conn.execute("SELECT 1 FROM owners WHERE handle = ?", (handle,)).fetchone():
+            if conn.execute("SELECT 1 FROM owners WHERE handle = ? AND removed_at IS NULL", (handle,)).fetchone():
                 raise RoomsError(ErrorCode.CONFLICT, f"owner {handle!r} already exists")
+            # A removed owner's handle is retired for good, as a deleted agent's is (DESIGN §6).
+            if conn.execute(
+                "SELECT 1 FROM owners WHERE handle = ? UNION SELECT 1 FROM retired_handles"
+                " WHERE kind = 'owner' AND handle = ?",
+                (handle, handle),
+            ).fetchone():
+                raise RoomsError(
+                    ErrorCode.CONFLICT,
+                    f"owner handle {handle!r} belonged to a removed owner and is never reused; choose another handle",
+                )
             owner_id = new_id("own")
             conn.execute(
                 "INSERT INTO owners (owner_id, handle, created_at, local) VALUES (?, ?, ?, ?)",
@@ -152,9 +162,8 @@ class Accounts:
         return await self._store.write(run)
 
     async def list_owners(self) -> OwnerList:
-        return await self._store.read(
-            lambda c: OwnerList(owners=[_owner_info(r) for r in c.execute("SELECT * FROM owners ORDER BY handle")])
-        )
+        sql = "SELECT * FROM owners WHERE removed_at IS NULL ORDER BY handle"
+        return await self._store.read(lambda c: OwnerList(owners=[_owner_info(r) for r in c.execute(sql)]))
 
     async def set_owner_local(self, operator: Actor, handle: str, local: bool) -> OwnerInfo:
         """Mark whether this hub spawns the owner's agents (DESIGN §5, an operator action). Their waiting
@@ -213,8 +222,19 @@ class Accounts:
 
         def run(conn: sqlite3.Connection) -> AgentInfo:
             owner = queries.owner(conn, owner_ref)
-            if conn.execute("SELECT 1 FROM agents WHERE handle = ?", (handle,)).fetchone():
+            if conn.execute("SELECT 1 FROM agents WHERE handle = ? AND status = 'active'", (handle,)).fetchone():
                 raise RoomsError(ErrorCode.CONFLICT, f"agent {handle!r} already exists")
+            # A deleted agent's handle is retired for good (DESIGN §6): whoever knew it must never meet
+            # someone else's agent under it. The retired list outlives the purge of the archived row.
+            if conn.execute(
+                "SELECT 1 FROM agents WHERE handle = ? UNION SELECT 1 FROM retired_handles"
+                " WHERE kind = 'agent' AND handle = ?",
+                (handle, handle),
+            ).fetchone():
+                raise RoomsError(
+                    ErrorCode.CONFLICT,
+                    f"agent handle {handle!r} belonged to a deleted agent and is never reused; choose another handle",
+                )
             agent_id = new_id("agt")
             conn.execute(
                 "INSERT INTO agents (agent_id, handle, owner_id, tool, scopes, workdir, created_at)"
@@ -228,7 +248,7 @@ class Accounts:
                 target=agent_id,
                 detail={"owner_id": owner["owner_id"], "tool": tool.value, "scopes": format_scopes(scopes)},
             )
-            return _agent_info(queries.agent(conn, agent_id))
+            return agent_info(queries.agent(conn, agent_id))
 
         return await self._store.write(run)
 
@@ -265,13 +285,13 @@ class Accounts:
                 (workdir, tool and tool.value, None if sandbox is None else int(sandbox), agent["agent_id"]),
             )
             audit.append(conn, operator, "agent.set", target=agent["agent_id"], detail=changes)
-            return _agent_info(queries.agent(conn, agent["agent_id"]))
+            return agent_info(queries.agent(conn, agent["agent_id"]))
 
         return await self._store.write(run)
 
     async def list_agents(self) -> AgentList:
         return await self._store.read(
-            lambda c: AgentList(agents=[_agent_info(r) for r in c.execute(_AGENTS + " ORDER BY a.handle")])
+            lambda c: AgentList(agents=[agent_info(r) for r in c.execute(_AGENTS + " ORDER BY a.handle")])
         )
 
     async def set_scopes(self, operator: Actor, agent_ref: str, scopes: frozenset[Scope]) -> AgentInfo:
@@ -285,7 +305,7 @@ class Accounts:
                 target=agent["agent_id"],
                 detail={"from": agent["scopes"], "to": format_scopes(scopes)},
             )
-            return _agent_info(queries.agent(conn, agent["agent_id"]))
+            return agent_info(queries.agent(conn, agent["agent_id"]))
 
         return await self._store.write(run)
 
@@ -336,7 +356,7 @@ class Accounts:
         def run(conn: sqlite3.Connection) -> TokenList:
             sql = (
                 "SELECT t.token_id, t.created_at, t.expires_at, t.revoked_at, a.handle FROM tokens t"
-                " JOIN agents a ON a.agent_id = t.agent_id WHERE t.run_id IS NULL"
+                " JOIN agents a ON a.agent_id = t.agent_id WHERE t.run_id IS NULL AND a.status = 'active'"
             )
             args: tuple[str, ...] = ()
             if agent_ref is not None:
@@ -375,8 +395,12 @@ class Accounts:
             if row is None:
                 raise not_found("token")
             if row["revoked_at"] is None:
-                conn.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ?", (now_utc(), token_id))
-                audit.append(conn, operator, "token.revoke", target=row["agent_id"], detail={"token_id": token_id})
+                now = now_utc()
+                conn.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ?", (now, token_id))
+                # A revocation row beside the audit row, in the same transaction (DESIGN §6, invariant 48).
+                revocation = record_revocation(conn, "token", token_id, "token_revoke", now)
+                detail = {"token_id": token_id, "revocation_id": revocation}
+                audit.append(conn, operator, "token.revoke", target=row["agent_id"], detail=detail)
             return TokenInfo(
                 token_id=token_id,
                 agent=row["handle"],
@@ -386,3 +410,14 @@ class Accounts:
             )
 
         return await self._store.write(run)
+
+
+def record_revocation(conn: sqlite3.Connection, kind: str, subject_id: str, cause: str, now: str) -> str:
+    """One row in `revocations` for a token, an agent's every credential, a room's run tokens or an owner,
+    written in the revoking transaction (DESIGN §6); its id goes into the audit row beside it."""
+    revocation_id = new_id("rev")
+    conn.execute(
+        "INSERT INTO revocations (revocation_id, kind, subject_id, cause, created_at) VALUES (?, ?, ?, ?, ?)",
+        (revocation_id, kind, subject_id, cause, now),
+    )
+    return revocation_id

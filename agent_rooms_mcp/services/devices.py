@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from nacl.signing import VerifyKey
 
@@ -28,7 +29,7 @@ from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.services.listeners import release_device
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
-from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.database import Store, fresh_snapshot
 
 ENROLLMENT_PREFIX = "enr"
 _SECRET_BYTES = 24  # 192 bits
@@ -42,6 +43,38 @@ class DeviceDenied(Exception):
         super().__init__(reason)
         self.reason = reason
         self.actor = actor
+
+
+def look_up_device(conn: sqlite3.Connection, digest: bytes, now: datetime, idle: timedelta) -> sqlite3.Row:
+    """The active device whose credential hash is `digest`, or DeviceDenied with the reason: the one lookup
+    behind `authenticate` and behind a receipt's proof that a device is now refused (services/containment)."""
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM devices WHERE cred_hash = ?", (digest,)).fetchone()
+    if row is None:
+        raise DeviceDenied("unknown_device")
+    actor = device_actor(row["owner_id"], row["device_id"])
+    if row["revoked_at"] is not None:
+        raise DeviceDenied("device_revoked", actor)
+    if datetime.fromisoformat(row["last_used_at"]) + idle <= now:
+        raise DeviceDenied("device_expired", actor)
+    return row
+
+
+def prove_devices_refused(db_path: Path, device_ids: Sequence[str], idle: timedelta) -> dict[str, str | None]:
+    """For each device id, why `authenticate` now refuses its credential (None: it would be accepted), read on
+    a fresh connection after the revoke committed; like `prove_refused` for tokens, it audits nothing."""
+    answers = dict[str, str | None]()
+    with fresh_snapshot(db_path) as conn:
+        now = datetime.now(UTC)
+        for device_id in device_ids:
+            found = conn.execute("SELECT cred_hash FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            try:
+                if found is None:
+                    raise DeviceDenied("unknown_device")
+                look_up_device(conn, bytes(found["cred_hash"]), now, idle)
+                answers[device_id] = None
+            except DeviceDenied as denied:
+                answers[device_id] = denied.reason
+    return answers
 
 
 def device_actor(owner_id: str, device_id: str) -> audit.Actor:
@@ -178,17 +211,10 @@ class Devices:
         if kind is not CredentialKind.DEVICE:
             raise DeviceDenied("wrong_credential_kind")
         idle = timedelta(seconds=self._limits.device_idle_expiry_s)
-        row = await self._store.read(
-            lambda c: c.execute("SELECT * FROM devices WHERE cred_hash = ?", (secret_hash(credential),)).fetchone()
-        )
-        if row is None:
-            raise DeviceDenied("unknown_device")
+        now, digest = datetime.now(UTC), secret_hash(credential)
+        row = await self._store.read(lambda c: look_up_device(c, digest, now, idle))
         actor = device_actor(row["owner_id"], row["device_id"])
-        if row["revoked_at"] is not None:
-            raise DeviceDenied("device_revoked", actor)
-        now, last_used = datetime.now(UTC), datetime.fromisoformat(row["last_used_at"])
-        if last_used + idle <= now:
-            raise DeviceDenied("device_expired", actor)
+        last_used = datetime.fromisoformat(row["last_used_at"])
         # Use is recorded coarsely: the 90-day expiry needs no more, and most requests then write nothing.
         if last_used + timedelta(seconds=self._limits.device_touch_s) <= now:
             await self._store.write(

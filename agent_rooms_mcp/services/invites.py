@@ -68,7 +68,7 @@ class Invites:
             # Missing, already confirmed, expired or another owner's: one answer, as for any id (invariant 82).
             row = conn.execute(
                 "UPDATE invites SET state = 'active', code_hash = ?, confirmed_at = ?"
-                " WHERE invite_id = ? AND state = 'pending_owner' AND expires_at > ?"
+                " WHERE invite_id = ? AND state = 'pending_owner' AND withdrawn_at IS NULL AND expires_at > ?"
                 " AND owner_id = coalesce(?, owner_id) RETURNING room_id, owner_id, expires_at",
                 (secret_hash(code), now, invite_id, now, owner_id),
             ).fetchone()
@@ -135,7 +135,8 @@ class Invites:
             claimed = (
                 conn.execute(
                     "UPDATE invites SET used_at = ?, used_by = ?"
-                    " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING invite_id, room_id",
+                    " WHERE code_hash = ? AND used_at IS NULL AND withdrawn_at IS NULL AND expires_at > ?"
+                    " RETURNING invite_id, room_id",
                     (now, owner["owner_id"], secret_hash(code), now),
                 ).fetchone()
                 if INVITE_RE.fullmatch(code)
@@ -189,7 +190,9 @@ def _why_invalid(conn: sqlite3.Connection, code: str) -> str:
     """For the audit row only: the caller sees one answer for every reason (invariant 37)."""
     if not INVITE_RE.fullmatch(code):
         return "malformed_code"
-    row = conn.execute("SELECT used_at FROM invites WHERE code_hash = ?", (secret_hash(code),)).fetchone()
+    row = conn.execute("SELECT used_at, withdrawn_at FROM invites WHERE code_hash = ?", (secret_hash(code),)).fetchone()
     if row is None:
         return "unknown_code"
+    if row["withdrawn_at"]:
+        return "withdrawn_code"
     return "used_code" if row["used_at"] else "expired_code"

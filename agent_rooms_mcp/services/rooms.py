@@ -183,7 +183,7 @@ class Rooms:
         return await self._store.read(
             # The operator's own listing at the terminal: every room, in one document.
             lambda c: RoomList(
-                rooms=[_summary(r) for r in c.execute(_SUMMARY + " ORDER BY r.name").fetchall()],
+                rooms=[_summary(r) for r in c.execute(_SUMMARY + " WHERE r.quarantined_at IS NULL ORDER BY r.name")],
                 next_after=0,
                 has_more=False,
             )

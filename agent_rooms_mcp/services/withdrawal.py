@@ -14,10 +14,9 @@ from agent_rooms_mcp.services import crossing
 
 
 def room_quarantined(conn: sqlite3.Connection, room_id: str) -> bool:
-    """The one place the claim and a running wake ask whether their room was quarantined (DESIGN §6).
-    No quarantine exists yet; when it does, its check goes here and every wake obeys it."""
-    del conn, room_id
-    return False
+    """The one place the claim and a running wake ask whether their room was quarantined (DESIGN §6)."""
+    row = conn.execute("SELECT quarantined_at FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+    return row is None or row["quarantined_at"] is not None
 
 
 def wake_facts(conn: sqlite3.Connection, run: sqlite3.Row) -> policy.WakeFacts:

@@ -244,3 +244,20 @@ class Store:
         wait, the one watcher of the rooms' long-polls looks for them all, and not at all while nobody waits."""
         with self.rooms.wanting_any():
             await self.wait_changed(timeout_s)
+
+
+@contextmanager
+def fresh_snapshot(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection opened just for this, inside one read transaction, closed after: what the
+    database file says to any process now, not what a long-lived connection of ours last saw. A receipt's
+    proof that a credential is refused reads through one (DESIGN §6)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute("BEGIN")
+        yield conn
+        conn.execute("COMMIT")
+    finally:
+        conn.close()

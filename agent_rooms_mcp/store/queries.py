@@ -19,7 +19,7 @@ def room_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlit
     token only its run's room); else NOT_FOUND, the same as a missing room (invariants 27, 87)."""
     row = conn.execute(
         f"SELECT r.*, {LATEST_SEQ} FROM rooms r JOIN room_agents x ON x.room_id = r.room_id AND x.agent_id = ?"
-        " WHERE r.room_id = ? OR r.name = ?",
+        " WHERE (r.room_id = ? OR r.name = ?) AND r.quarantined_at IS NULL",
         (caller.agent_id, ref, ref),
     ).fetchone()
     if row is None or not policy.reaches_room(caller, row["room_id"]):
@@ -29,7 +29,9 @@ def room_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlit
 
 def room(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
     row = conn.execute(
-        f"SELECT r.*, {LATEST_SEQ} FROM rooms r WHERE r.room_id = ? OR r.name = ?", (ref, ref)
+        # A quarantined room answers as one that never existed (DESIGN §6, invariant 51).
+        f"SELECT r.*, {LATEST_SEQ} FROM rooms r WHERE (r.room_id = ? OR r.name = ?) AND r.quarantined_at IS NULL",
+        (ref, ref),
     ).fetchone()
     if row is None:
         raise not_found("room")
@@ -37,7 +39,10 @@ def room(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
 
 
 def owner(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
-    row = conn.execute("SELECT * FROM owners WHERE owner_id = ? OR handle = ?", (ref, ref)).fetchone()
+    # A removed owner answers as one that never existed (DESIGN §6).
+    row = conn.execute(
+        "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
+    ).fetchone()
     if row is None:
         raise not_found("owner")
     return row
