@@ -184,6 +184,29 @@ def verify(conn: sqlite3.Connection) -> Verdict:
     return Verdict(True, count)
 
 
+def head(conn: sqlite3.Connection) -> tuple[int, bytes]:
+    """The log's last row: its seq (the row count of a gapless log) and its row_hash."""
+    last = conn.execute("SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(last[0]), bytes(last[1])) if last else (0, GENESIS)
+
+
+def held_to(conn: sqlite3.Connection, rows: int, head_hash: bytes) -> Verdict:
+    """Whether the log still holds the `rows` rows a checkpoint saw, row `rows` hashing to `head_hash`.
+
+    Beside `verify` this catches what the chain alone cannot: rows cut off the end (what is left still
+    chains), and a log whose hashes were recomputed after an edit (re-chained), or whose last row was
+    rewritten with a fresh hash. Either way row `rows` no longer hashes as it did when it was signed."""
+    count = head(conn)[0]
+    row = conn.execute("SELECT row_hash FROM audit WHERE seq = ?", (rows,)).fetchone()
+    if row is None:
+        cut = f"the log holds {count} rows, a checkpoint covers {rows}: rows were cut off its end"
+        return Verdict(False, count, count + 1, cut)
+    if bytes(row[0]) != head_hash:
+        rewritten = f"row {rows} is not the row a checkpoint signed: the log up to it was rewritten and re-chained"
+        return Verdict(False, count, rows, rewritten)
+    return Verdict(True, count)
+
+
 def tail(conn: sqlite3.Connection, n: int, owner_id: str | None = None) -> list[dict[str, Any]]:
     """The latest n rows, or the latest n rows about one owner: their own actions, their agents', and the
     operator's on their behalf."""

@@ -21,6 +21,7 @@ from agent_rooms_mcp.home import (
 )
 from agent_rooms_mcp.ratelimit import RateLimits
 from agent_rooms_mcp.services.accounts import Accounts
+from agent_rooms_mcp.services.audit_checkpoints import Checkpoints
 from agent_rooms_mcp.services.consent import Consent
 from agent_rooms_mcp.services.devices import Devices
 from agent_rooms_mcp.services.files import Files
@@ -53,6 +54,7 @@ class Hub:
     rates: RateLimits
     devices: Devices
     listeners: Listeners
+    checkpoints: Checkpoints
 
     @classmethod
     @asynccontextmanager
@@ -86,6 +88,7 @@ class Hub:
                 rates=RateLimits(store, limits),
                 devices=Devices(store, limits, key.verify_key, deployment_id),
                 listeners=Listeners(store, settings.wake, accounts, key, deployment_id),
+                checkpoints=Checkpoints(store, key, deployment_id, settings.audit_checkpoints_path),
             )
 
 

@@ -375,6 +375,27 @@ class AuditVerdict(BaseModel):
     rows: int
     first_bad_seq: int | None
     problem: str | None
+    # With --checkpoint: how many checkpoints the log was held to, and the most rows one of them covers.
+    checkpoints: int = 0
+    checkpoint_rows: int = 0
+
+
+class CheckpointPrevious(BaseModel):
+    rows: int
+    head: str
+    digest: str
+
+
+class AuditCheckpointResult(BaseModel):
+    """`audit checkpoint`: what was signed, the token itself, and where it was written."""
+
+    rows: int
+    head: str
+    at: str
+    prev: CheckpointPrevious | None
+    token: str
+    out: str | None
+    kept: str
 
 
 class CheckStatus(StrEnum):

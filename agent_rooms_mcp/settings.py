@@ -202,6 +202,12 @@ class Settings:
         """The supervisor's record of each run (events, stderr tail), kept apart so no run can rewrite it."""
         return self.home / "run-logs"
 
+    @property
+    def audit_checkpoints_path(self) -> Path:
+        """Every audit checkpoint this hub signed, one a line: the next one extends the last. The copy that
+        counts against tampering is the one the owner keeps away from this machine (DESIGN §6)."""
+        return self.home / "audit-checkpoints"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
