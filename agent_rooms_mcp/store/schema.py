@@ -517,7 +517,48 @@ ALTER TABLE runs ADD COLUMN spawned_at TEXT;
 UPDATE runs SET spawned_at = started_at WHERE pid IS NOT NULL;
 """
 
+# Kill switches (DESIGN §6, invariants 48, 49, 51, 90). A deleted agent, a quarantined room and a removed owner
+# stay as archived rows (their owners' export, the operators' `room export`) until the purge removes them;
+# `deleted_at`, `quarantined_at` and `removed_at` say since when, and the purge keys on them. A membership ended
+# by a kill switch moves to `ended_memberships`, so the archive still says who was in the room while every
+# membership query stays as it was. `revocations` holds one row per revocation (a token, an agent's every
+# credential, a room's run tokens, an owner), written in the same transaction as the revoke and its audit row.
+# `retired_handles` keeps every handle a delete or removal retired: it outlives the purge, so a handle is never
+# given to someone else (DESIGN §6). An invite withdrawn by a quarantine keeps its row with `withdrawn_at`.
+_V_KILL_SWITCHES = """
+ALTER TABLE agents ADD COLUMN deleted_at TEXT;
+ALTER TABLE rooms ADD COLUMN quarantined_at TEXT;
+ALTER TABLE owners ADD COLUMN removed_at TEXT;
+ALTER TABLE invites ADD COLUMN withdrawn_at TEXT;
+
+CREATE TABLE ended_memberships (
+  room_id TEXT NOT NULL,
+  agent_id TEXT NOT NULL,
+  joined_at TEXT NOT NULL,
+  ended_at TEXT NOT NULL,
+  reason TEXT NOT NULL CHECK (reason IN ('agent_deleted', 'room_quarantined', 'owner_removed')),
+  PRIMARY KEY (room_id, agent_id, ended_at)
+) STRICT;
+CREATE INDEX ended_memberships_by_agent ON ended_memberships(agent_id);
+
+CREATE TABLE revocations (
+  revocation_id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('token', 'agent', 'room', 'owner')),
+  subject_id TEXT NOT NULL,
+  cause TEXT NOT NULL CHECK (cause IN ('token_revoke', 'agent_delete', 'room_quarantine', 'owner_remove')),
+  created_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX revocations_by_subject ON revocations(subject_id);
+
+CREATE TABLE retired_handles (
+  kind TEXT NOT NULL CHECK (kind IN ('agent', 'owner')),
+  handle TEXT NOT NULL,
+  retired_at TEXT NOT NULL,
+  PRIMARY KEY (kind, handle)
+) STRICT;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
-    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS,
+    _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_KILL_SWITCHES,
 )  # fmt: skip
