@@ -29,6 +29,7 @@ from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.listeners import Listeners
 from agent_rooms_mcp.services.messages import Messages
+from agent_rooms_mcp.services.purge import Purge
 from agent_rooms_mcp.services.rooms import Rooms
 from agent_rooms_mcp.services.run_control import Runs
 from agent_rooms_mcp.services.tasks import Tasks
@@ -55,6 +56,7 @@ class Hub:
     devices: Devices
     listeners: Listeners
     checkpoints: Checkpoints
+    purge: Purge
 
     @classmethod
     @asynccontextmanager
@@ -89,6 +91,7 @@ class Hub:
                 devices=Devices(store, limits, key.verify_key, deployment_id),
                 listeners=Listeners(store, settings.wake, accounts, key, deployment_id),
                 checkpoints=Checkpoints(store, key, deployment_id, settings.audit_checkpoints_path),
+                purge=Purge(store, settings),
             )
 
 

@@ -380,6 +380,20 @@ class AuditVerdict(BaseModel):
     checkpoint_rows: int = 0
 
 
+class PurgeReport(BaseModel):
+    """`agent-rooms purge`: what was (with --dry-run: would be) removed, counted per kind, and what waits."""
+
+    dry_run: bool
+    # Archived or ended before this moment is past retention.
+    cutoff: str
+    removed: dict[str, int]
+    # Past retention but kept for now, with why (a run still live, a row its room still counts on).
+    deferred: dict[str, int]
+    # Whether the database file was rewritten and its WAL truncated (only when rows were removed).
+    compacted: bool
+    wal_truncated: bool
+
+
 class CheckpointPrevious(BaseModel):
     rows: int
     head: str

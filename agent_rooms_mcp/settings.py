@@ -100,6 +100,11 @@ class Limits:
     # How long the remote CLI waits for the hub to answer one owner action (`agent stop` waits for the
     # stop ladder, about a minute at most).
     owner_api_timeout_s: int = 120
+    # Archived agents and rooms, and ended runs' files, are kept this long, then purged (DESIGN §6).
+    retention_s: int = 30 * 24 * 3600
+    # A serving hub purges this long after it starts, then this often (0: never; `agent-rooms purge` still does).
+    purge_first_s: int = 60
+    purge_every_s: int = 6 * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:

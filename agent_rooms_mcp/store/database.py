@@ -127,6 +127,17 @@ def _waiting_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connect
         conn.execute("PRAGMA busy_timeout=0")
 
 
+def _compact(conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
+    """On the writer's thread, outside any transaction (VACUUM refuses to run inside one)."""
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    try:
+        conn.execute("VACUUM")
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy == 0
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
+
+
 def _guarded(guard: Guard, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
     def run(conn: sqlite3.Connection) -> T:
         guard(conn)
@@ -220,6 +231,15 @@ class Store:
         if notify:
             self.notify_changed()
         return result
+
+    async def compact(self) -> bool:
+        """Rewrite the file without free space and truncate the WAL to nothing, so bytes that rows held before
+        they were deleted survive in neither (DESIGN §6 purge). True if the WAL was truncated; False if another
+        connection's read kept the checkpoint from finishing (the next purge tries again)."""
+        async with self._write_lock:
+            with anyio.CancelScope(shield=True):
+                truncated = await self._writer._execute(_compact, self._writer._conn, self._busy_timeout_ms)
+        return bool(truncated)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn on the read-only connection, inside one snapshot, on the event loop's thread."""
