@@ -127,15 +127,17 @@ def _waiting_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connect
         conn.execute("PRAGMA busy_timeout=0")
 
 
-def _compact(conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
-    """On the writer's thread, outside any transaction (VACUUM refuses to run inside one)."""
-    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+def _compact(path: Path, busy_timeout_ms: int) -> bool:
+    """VACUUM, then truncate the WAL, on a connection of its own: VACUUM refuses to run on one with any statement
+    unfinished, and the writer's own connection cannot promise that (a pragma's result row left unread counts)."""
+    conn = sqlite3.connect(path, isolation_level=None)
     try:
+        conn.executescript(_pragmas(busy_timeout_ms))
         conn.execute("VACUUM")
-        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        [(busy, _, _)] = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return busy == 0
     finally:
-        conn.execute("PRAGMA busy_timeout=0")
+        conn.close()
 
 
 def _guarded(guard: Guard, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
@@ -236,10 +238,11 @@ class Store:
         """Rewrite the file without free space and truncate the WAL to nothing, so bytes that rows held before
         they were deleted survive in neither (DESIGN §6 purge). True if the WAL was truncated; False if another
         connection's read kept the checkpoint from finishing (the next purge tries again)."""
+        # Under the write lock, so none of this process's writes waits on the VACUUM's lock in SQLite's handler.
         async with self._write_lock:
             with anyio.CancelScope(shield=True):
-                truncated = await self._writer._execute(_compact, self._writer._conn, self._busy_timeout_ms)
-        return bool(truncated)
+                truncated = await anyio.to_thread.run_sync(_compact, self.path, self._busy_timeout_ms)
+        return truncated
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn on the read-only connection, inside one snapshot, on the event loop's thread."""
