@@ -281,5 +281,7 @@ def _remove_all(paths: tuple[tuple[str, Path], ...]) -> None:
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass  # another hub process's purge got there first
         except OSError as e:
             log.warning("purge.remove_failed", path=str(target), error=type(e).__name__)
