@@ -150,6 +150,8 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
     assert all(s.encode() in wal(world).read_bytes() for s in sentinels)
     settings = world.settings
     async with world.hub() as hub:
+        checkpoint = await hub.checkpoints.issue(OPERATOR)
+        audit_before = [tuple(r) for r in world.audit_rows()]
         # Not yet past retention (the oldest thing here ended two days ago): nothing goes.
         assert removed(await Purge(hub.store, settings, later(27)).run(OPERATOR)) == {}
         report = await Purge(hub.store, settings, later(31)).run(OPERATOR)
@@ -178,6 +180,9 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
     assert [r["action"] for r in after[len(audit_before) :]] == ["purge"]
     assert json.loads(after[-1]["detail"])["messages"] == 2
     assert world.chain_verifies()
+    async with world.hub() as hub:
+        held = await hub.checkpoints.hold(hub.checkpoints.read([checkpoint.token], "checkpoint"))
+    assert held.verdict.ok and held.covered_rows == len(audit_before)
     assert [s for s in sentinels if s.encode() in database_bytes(world)] == []
     # The lobby lives on, without the deleted agent's message.
     assert [r["text"] for r in world.sql("SELECT text FROM messages m JOIN rooms r USING (room_id)"
