@@ -389,8 +389,8 @@ class PurgeReport(BaseModel):
     removed: dict[str, int]
     # Past retention but kept for now, with why (a run still live, a row its room still counts on).
     deferred: dict[str, int]
-    # Whether the database file was rewritten and its WAL truncated (only when rows were removed).
-    compacted: bool
+    # After rows were removed: whether the file was rewritten (when much of it was free) and the WAL truncated.
+    vacuumed: bool
     wal_truncated: bool
 
 

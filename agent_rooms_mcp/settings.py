@@ -105,6 +105,9 @@ class Limits:
     # A serving hub purges this long after it starts, then this often (0: never; `agent-rooms purge` still does).
     purge_first_s: int = 60
     purge_every_s: int = 6 * 3600
+    # After a purge, the database file is rewritten (VACUUM) only when this share of it is free pages: deleted
+    # bytes are zeroed by secure_delete either way, and VACUUM holds the write lock for seconds on a big file.
+    purge_vacuum_free_fraction: float = 0.25
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:

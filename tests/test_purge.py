@@ -141,14 +141,17 @@ async def archived(world: World) -> AsyncIterator[dict[str, str]]:
 
 
 @pytest.mark.invariant(49, 50, 52)
+@pytest.mark.parametrize("vacuum", [True, False], ids=["vacuumed", "secure_delete_alone"])
 async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it_removed(
-    world: World, archived: dict[str, str]
+    world: World, archived: dict[str, str], vacuum: bool
 ) -> None:
     sentinels = [archived[k] for k in ("room", "agent", "room_file", "task")]
     audit_before = [tuple(r) for r in world.audit_rows()]
     # The sentinels are on disk now, in the WAL too: the checks below could fail.
     assert all(s.encode() in wal(world).read_bytes() for s in sentinels)
-    settings = world.settings
+    # Whether the file is rewritten afterwards or not, the bytes are gone: secure_delete zeroed them in place.
+    limits = replace(world.settings.limits, purge_vacuum_free_fraction=0.0 if vacuum else 2.0)
+    settings = replace(world.settings, limits=limits)
     async with world.hub() as hub:
         checkpoint = await hub.checkpoints.issue(OPERATOR)
         audit_before = [tuple(r) for r in world.audit_rows()]
@@ -164,7 +167,7 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
         "rooms": 1, "agents": 1, "messages": 2, "files": 1, "tasks": 1, "runs": 1, "tokens": 2, "passports": 2,
         "run_dirs": 2, "run_logs": 2,
     }  # fmt: skip
-    assert report.compacted and report.wal_truncated
+    assert report.wal_truncated and report.vacuumed is vacuum
     # The rows are gone.
     assert count(world, "SELECT count(*) FROM rooms WHERE name = 'bobs-den'") == 0
     assert count(world, "SELECT count(*) FROM agents WHERE handle = 'alice-codex'") == 0
@@ -192,7 +195,7 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
     fingerprint, rows = world.fingerprint(), len(after)
     async with world.hub() as hub:
         again = await Purge(hub.store, settings, later(31)).run(OPERATOR)
-    assert removed(again) == {} and not again.compacted
+    assert removed(again) == {} and not again.vacuumed and not again.wal_truncated
     assert world.fingerprint() == fingerprint and len(world.audit_rows()) == rows
     assert world.chain_verifies()
 
@@ -208,7 +211,7 @@ async def test_a_dry_run_counts_exactly_what_a_purge_removes_and_changes_nothing
         assert (world.settings.runs_dir / archived["agent_run_id"]).exists()
         assert archived["room"].encode() in database_bytes(world)
         real = await Purge(hub.store, world.settings, later(31)).run(OPERATOR)
-    assert dry.dry_run and not dry.compacted
+    assert dry.dry_run and not dry.vacuumed and not dry.wal_truncated
     assert dry.removed == real.removed and removed(real)
 
 

@@ -6,6 +6,7 @@ import click
 
 from agent_rooms_mcp.cli.common import emit, json_option, operator, run
 from agent_rooms_mcp.models import PurgeReport
+from agent_rooms_mcp.services.purge import ROW_KINDS
 
 
 @click.command()
@@ -26,7 +27,7 @@ def _text(report: PurgeReport) -> str:
     lines = [f"{verb} (archived or ended before {report.cutoff}): " + (", ".join(found) or "nothing")]
     if report.deferred:
         lines.append("kept for now: " + ", ".join(f"{n} {why}" for why, n in report.deferred.items()))
-    if report.compacted:
+    if any(report.removed[k] for k in ROW_KINDS):
         wal = "truncated" if report.wal_truncated else "NOT truncated: another process was reading; purge again"
-        lines.append(f"database compacted; WAL {wal}")
+        lines.append(f"database {'vacuumed, ' if report.vacuumed else ''}WAL {wal}")
     return "\n".join(lines)

@@ -16,7 +16,8 @@ Such a row is blanked instead of deleted, and its agent stays (archived, holding
 finds the room has moved on.
 
 Deleted rows' bytes must not survive in the file or its WAL: every connection has `secure_delete` on, and
-after a purge that removed rows the file is vacuumed and the WAL truncated (`Store.compact`). A dry run does
+after a purge that removed rows the WAL is truncated, and the file vacuumed when much of it is free
+(`Store.compact`). A dry run does
 the same deletes in a transaction it rolls back, so its counts are exactly what a real run would remove.
 """
 
@@ -87,18 +88,17 @@ class Purge:
             # After the commit: a directory goes only once no row points at it. One that cannot be removed
             # now is found again by the next purge.
             await anyio.to_thread.run_sync(_remove_all, removed.paths)
-        compacted = wal_truncated = False
-        if not dry_run and any(counts[k] for k in _ROW_KINDS):
-            wal_truncated = await self._store.compact()
-            compacted = True
+        vacuumed = wal_truncated = False
+        if not dry_run and any(counts[k] for k in ROW_KINDS):
+            vacuumed, wal_truncated = await self._store.compact(self._settings.limits.purge_vacuum_free_fraction)
         if not dry_run and +counts:
-            log.info("purge.done", **dict(counts), wal_truncated=wal_truncated)
+            log.info("purge.done", **dict(counts), vacuumed=vacuumed, wal_truncated=wal_truncated)
         return PurgeReport(
             dry_run=dry_run,
             cutoff=cutoff,
             removed={k: counts[k] for k in KINDS},
             deferred=dict(sorted(removed.deferred.items())),
-            compacted=compacted,
+            vacuumed=vacuumed,
             wal_truncated=wal_truncated,
         )
 
@@ -155,8 +155,8 @@ class Purge:
 
 
 # Every kind a report names, rows first; a report lists them all, zero or not, so scripts can rely on the keys.
-_ROW_KINDS = ("rooms", "agents", "messages", "files", "tasks", "proposals", "invites", "runs", "tokens", "passports")
-KINDS = (*_ROW_KINDS, "run_dirs", "run_logs", "workdirs")
+ROW_KINDS = ("rooms", "agents", "messages", "files", "tasks", "proposals", "invites", "runs", "tokens", "passports")
+KINDS = (*ROW_KINDS, "run_dirs", "run_logs", "workdirs")
 
 
 @dataclass(frozen=True, slots=True)
