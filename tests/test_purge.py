@@ -9,6 +9,7 @@ as those commands commit it.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
@@ -134,6 +135,10 @@ async def archived(world: World) -> AsyncIterator[dict[str, str]]:
         # A live agent's run that ended two days ago: its files go once it is past retention, its row stays.
         "old_run": await ended_run(world, "alice-claude", "shared", marks["old_run"], now - 2 * DAY),
     }
+    # The workdir the supervisor makes for an agent that has none of its own, with what its CLI left there.
+    workdir = world.settings.home / "workdirs" / "alice-codex"
+    workdir.mkdir(parents=True)
+    (workdir / "notes.md").write_text(marks["agent_run"])
     archive_agent(world, "alice-codex")
     quarantine_room(world, "bobs-den")
     yield {**marks, **{f"{k}_id": v for k, v in ids.items()}}
@@ -165,7 +170,7 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
 
     assert removed(report) == {
         "rooms": 1, "agents": 1, "messages": 2, "files": 1, "tasks": 1, "runs": 1, "tokens": 2, "passports": 2,
-        "run_dirs": 2, "run_logs": 2,
+        "run_dirs": 2, "run_logs": 2, "workdirs": 1,
     }  # fmt: skip
     assert report.wal_truncated and report.vacuumed is vacuum
     # The rows are gone.
@@ -177,6 +182,8 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
     assert count(world, "SELECT count(*) FROM runs WHERE run_id = ?", (archived["old_run_id"],)) == 1
     for run in (archived["agent_run_id"], archived["old_run_id"]):
         assert not (settings.runs_dir / run).exists() and not (settings.run_logs_dir / run).exists()
+    assert not (settings.home / "workdirs" / "alice-codex").exists()
+    assert (settings.home / "workdirs").is_dir()
     # The audit log lost nothing, gained one metadata-only row, and verifies.
     after = world.audit_rows()
     assert [tuple(r) for r in after[: len(audit_before)]] == audit_before
@@ -281,3 +288,25 @@ async def test_a_serving_hub_purges_on_its_own(world: World, archived: dict[str,
     assert (row["actor_kind"], row["actor_id"]) == ("system", "purge")
     assert world.chain_verifies()
     assert archived["agent"].encode() not in database_bytes(world)
+
+
+async def test_the_purge_removes_only_what_a_run_could_have_made_and_never_follows_a_link(
+    world: World, tmp_path: Path
+) -> None:
+    runs = world.settings.runs_dir
+    runs.mkdir()
+    outside = tmp_path / "owners-files"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    # A left-over run directory no run owns, a link shaped like one, and something else entirely.
+    stray, link = runs / ("run_" + "a" * 22), runs / ("run_" + "b" * 22)
+    stray.mkdir()
+    link.symlink_to(outside, target_is_directory=True)
+    (runs / "README").write_text("not a run")
+    async with world.hub() as hub:
+        soon = await Purge(hub.store, world.settings, later(29)).run(OPERATOR)
+        assert soon.removed["run_dirs"] == 0  # by their own age, not yet past retention
+        report = await Purge(hub.store, world.settings, later(31)).run(OPERATOR)
+    assert report.removed["run_dirs"] == 2
+    assert not stray.exists() and not os.path.lexists(link)
+    assert (outside / "precious").read_text() == "keep me" and (runs / "README").exists()

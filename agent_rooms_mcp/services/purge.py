@@ -46,8 +46,9 @@ from agent_rooms_mcp.store.database import Store
 
 log = structlog.get_logger("agent_rooms_mcp.purge")
 
-# The names `tokens.new_id("run")` makes, and the handles a default workdir is named after: the purge removes
-# directories only by names it could have made, never whatever else someone put beside them.
+# The names `tokens.new_id("run")` makes: the purge removes only directories a run could have made under
+# `runs/` and `run-logs/`, never whatever else someone put beside them (a workdir it removes is named by the
+# purged agent's own row).
 _RUN_DIR = re.compile(r"run_[A-Za-z0-9_-]{22}")
 _FINAL = tuple(sorted(s.value for s in FINAL_STATES))
 _FINAL_SQL = ", ".join(f"'{s}'" for s in _FINAL)
