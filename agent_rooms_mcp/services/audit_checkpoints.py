@@ -99,7 +99,8 @@ class Checkpoints:
             os.close(fd)  # closing releases the lock
 
     def _last_kept(self) -> Previous | None:
-        lines = [line for line in self._kept.read_text(encoding="ascii").splitlines() if line.strip()]
+        text = self._kept.read_text(encoding="ascii", errors="replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         if not lines:
             return None
         try:
@@ -115,6 +116,7 @@ class Checkpoints:
     def read(self, tokens: list[str], source: str) -> list[Checkpoint]:
         """The checkpoints of a file (one a line, the hub's own kept file included), each verified, and each
         extending the one before it in the file; INVALID_ARGUMENT naming the file and the line otherwise."""
+        tokens = [t.strip() for t in tokens if t.strip()]
         if not tokens:
             raise invalid(source, "holds no checkpoint")
         checkpoints: list[Checkpoint] = []
