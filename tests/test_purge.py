@@ -24,6 +24,7 @@ from click.testing import CliRunner, Result
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import PurgeReport
@@ -194,6 +195,11 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
         held = await hub.checkpoints.hold(hub.checkpoints.read([checkpoint.token], "checkpoint"))
     assert held.verdict.ok and held.covered_rows == len(audit_before)
     assert [s for s in sentinels if s.encode() in database_bytes(world)] == []
+    # The purged agent's token, presented again, is refused like any unknown one.
+    async with world.hub() as hub:
+        with pytest.raises(RoomsError) as refused:
+            await hub.auth.authenticate(world.tokens["alice-codex"], MCP_KINDS, transport="test")
+    assert refused.value.code is ErrorCode.UNAUTHENTICATED
     # The lobby lives on, without the deleted agent's message.
     assert [r["text"] for r in world.sql("SELECT text FROM messages m JOIN rooms r USING (room_id)"
                                          " WHERE r.name = 'lobby'")] == ["the lobby goes on"]  # fmt: skip
