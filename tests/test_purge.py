@@ -195,11 +195,6 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
         held = await hub.checkpoints.hold(hub.checkpoints.read([checkpoint.token], "checkpoint"))
     assert held.verdict.ok and held.covered_rows == len(audit_before)
     assert [s for s in sentinels if s.encode() in database_bytes(world)] == []
-    # The purged agent's token, presented again, is refused like any unknown one.
-    async with world.hub() as hub:
-        with pytest.raises(RoomsError) as refused:
-            await hub.auth.authenticate(world.tokens["alice-codex"], MCP_KINDS, transport="test")
-    assert refused.value.code is ErrorCode.UNAUTHENTICATED
     # The lobby lives on, without the deleted agent's message.
     assert [r["text"] for r in world.sql("SELECT text FROM messages m JOIN rooms r USING (room_id)"
                                          " WHERE r.name = 'lobby'")] == ["the lobby goes on"]  # fmt: skip
@@ -211,6 +206,11 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
     assert removed(again) == {} and not again.vacuumed and not again.wal_truncated
     assert world.fingerprint() == fingerprint and len(world.audit_rows()) == rows
     assert world.chain_verifies()
+    # The purged agent's token, presented again, is refused like any unknown one.
+    async with world.hub() as hub:
+        with pytest.raises(RoomsError) as refused:
+            await hub.auth.authenticate(world.tokens["alice-codex"], MCP_KINDS, transport="test")
+    assert refused.value.code is ErrorCode.UNAUTHENTICATED
 
 
 @pytest.mark.invariant(52)
