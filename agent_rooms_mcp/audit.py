@@ -169,10 +169,11 @@ class Verdict:
     problem: str | None = None
 
 
-def verify(conn: sqlite3.Connection) -> Verdict:
-    """Walk the chain from seq 1: gapless, each prev_hash the previous row_hash, each row_hash recomputes."""
-    prev, expected, count = GENESIS, 1, 0
-    for row in conn.execute("SELECT * FROM audit ORDER BY seq"):
+def verify(conn: sqlite3.Connection, after: tuple[int, bytes] = (0, GENESIS)) -> Verdict:
+    """Walk the chain from seq 1: gapless, each prev_hash the previous row_hash, each row_hash recomputes.
+    `after`: a row already verified, (seq, row_hash): walk only the rows after it."""
+    (count, prev), expected = after, after[0] + 1
+    for row in conn.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq", (after[0],)):
         seq = row["seq"]
         if seq != expected:
             return Verdict(False, count, expected, f"row {expected} is missing")
