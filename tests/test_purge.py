@@ -274,8 +274,14 @@ async def test_a_deleted_agents_message_that_is_its_rooms_latest_is_blanked_so_i
     assert world.chain_verifies()
 
 
-async def test_a_room_with_a_run_still_live_waits_for_it(world: World) -> None:
-    await world.run_token("bob-claude", "bobs-den")  # recorded as running
+async def test_a_room_whose_run_has_not_confirmed_its_end_waits_for_it(world: World) -> None:
+    # A run on a listener that went silent: `stop_pending` until it confirms its processes are gone.
+    await world.run_token("bob-claude", "bobs-den")
+    conn = sqlite3.connect(world.db)
+    with conn:
+        conn.execute("UPDATE runs SET state = 'stop_pending' WHERE room_id = (SELECT room_id FROM rooms"
+                     " WHERE name = 'bobs-den')")  # fmt: skip
+    conn.close()
     quarantine_room(world, "bobs-den")
     async with world.hub() as hub:
         report = await Purge(hub.store, world.settings, later(31)).run(OPERATOR)
