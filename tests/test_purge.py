@@ -285,7 +285,7 @@ async def test_a_room_whose_run_has_not_confirmed_its_end_waits_for_it(world: Wo
     quarantine_room(world, "bobs-den")
     async with world.hub() as hub:
         report = await Purge(hub.store, world.settings, later(31)).run(OPERATOR)
-    assert report.deferred == {"rooms_with_live_runs": 1} and report.removed["rooms"] == 0
+    assert report.deferred == {"rooms_with_unfinished_runs": 1} and report.removed["rooms"] == 0
     assert count(world, "SELECT count(*) FROM rooms WHERE name = 'bobs-den'") == 1
 
 

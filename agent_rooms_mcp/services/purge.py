@@ -108,13 +108,13 @@ class Purge:
         deferred: Counter[str] = Counter()
         run_ids: list[str] = []
         rooms = _archived(conn, "rooms", "room_id", "quarantined_at", cutoff, "r.room_id = x.room_id")
-        deferred["rooms_with_live_runs"] = rooms.held
+        deferred["rooms_with_unfinished_runs"] = rooms.held
         if rooms.ids:
             run_ids += _purge_rooms(conn, json.dumps(rooms.ids), counts)
         agents = _archived(
             conn, "agents", "agent_id", "deleted_at", cutoff, "r.agent_id = x.agent_id OR r.caused_by = x.agent_id"
         )
-        deferred["agents_with_live_runs"] = agents.held
+        deferred["agents_with_unfinished_runs"] = agents.held
         workdirs: list[str] = []
         if agents.ids:
             ids = json.dumps(agents.ids)
@@ -163,7 +163,7 @@ KINDS = (*ROW_KINDS, "run_dirs", "run_logs", "workdirs")
 @dataclass(frozen=True, slots=True)
 class _Archived:
     ids: list[str]
-    held: int  # past retention, but a run of theirs is not over yet
+    held: int  # past retention, but a run of theirs has not ended (a silent listener's stop_pending among them)
 
 
 def _archived(conn: sqlite3.Connection, table: str, key: str, since: str, cutoff: str, touches: str) -> _Archived:
