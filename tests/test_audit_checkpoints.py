@@ -285,3 +285,13 @@ def test_a_checkpoint_never_passes_as_a_passport_or_a_wake_claim_nor_they_as_a_c
     for other in (passport, sign_claim(KEY, DEP, claim, "lst_a", timedelta(seconds=30))):
         with pytest.raises(CheckpointRefused, match="not an audit checkpoint"):
             read_checkpoint(other, KEY.verify_key, DEP)
+
+
+def test_a_printed_checkpoint_is_the_token_alone_so_a_redirect_keeps_exactly_it(home: Path) -> None:
+    printed = ar(home, "audit", "checkpoint")
+    assert printed.exit_code == 0 and "the first of its series" in printed.stderr
+    kept = home.parent / "redirected"
+    kept.write_text(printed.stdout)
+    assert printed.stdout.count("\n") == 1 and printed.stdout.startswith("v4.public.")
+    verified = ar(home, "audit", "verify", "--checkpoint", str(kept))
+    assert verified.stdout.endswith("holds to 1 checkpoint(s), to row 6\n")

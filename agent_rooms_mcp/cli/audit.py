@@ -86,12 +86,12 @@ def checkpoint(out: Path | None, as_json: bool) -> None:
             out.write_text(issued.token + "\n", encoding="ascii")
         except OSError as e:
             raise Failed(
-                "INVALID_ARGUMENT", f"--out {out}: {e.strerror}; the hub keeps a copy in {settings_kept()}", as_json
+                "INVALID_ARGUMENT", f"--out {out}: {e.strerror}; the hub keeps a copy in {_kept()}", as_json
             ) from e
     prev = None if c.prev is None else CheckpointPrevious(rows=c.prev.rows, head=c.prev.head, digest=c.prev.digest)
     result = AuditCheckpointResult(
         rows=c.rows, head=c.head, at=c.at, prev=prev, token=issued.token, out=str(out) if out else None,
-        kept=str(settings_kept()),
+        kept=str(_kept()),
     )  # fmt: skip
     if as_json:
         click.echo(result.model_dump_json(indent=2))
@@ -106,7 +106,7 @@ def checkpoint(out: Path | None, as_json: bool) -> None:
         click.echo(issued.token)
 
 
-def settings_kept() -> Path:
+def _kept() -> Path:
     return settings().audit_checkpoints_path
 
 
