@@ -169,10 +169,11 @@ class Verdict:
     problem: str | None = None
 
 
-def verify(conn: sqlite3.Connection) -> Verdict:
-    """Walk the chain from seq 1: gapless, each prev_hash the previous row_hash, each row_hash recomputes."""
-    prev, expected, count = GENESIS, 1, 0
-    for row in conn.execute("SELECT * FROM audit ORDER BY seq"):
+def verify(conn: sqlite3.Connection, after: tuple[int, bytes] = (0, GENESIS)) -> Verdict:
+    """Walk the chain from seq 1: gapless, each prev_hash the previous row_hash, each row_hash recomputes.
+    `after`: a row already verified, (seq, row_hash): walk only the rows after it."""
+    (count, prev), expected = after, after[0] + 1
+    for row in conn.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq", (after[0],)):
         seq = row["seq"]
         if seq != expected:
             return Verdict(False, count, expected, f"row {expected} is missing")
@@ -181,6 +182,29 @@ def verify(conn: sqlite3.Connection) -> Verdict:
         if bytes(row["row_hash"]) != row_hash(prev, seq, row):
             return Verdict(False, count, seq, "row_hash does not match the row's contents")
         prev, expected, count = bytes(row["row_hash"]), expected + 1, count + 1
+    return Verdict(True, count)
+
+
+def head(conn: sqlite3.Connection) -> tuple[int, bytes]:
+    """The log's last row: its seq (the row count of a gapless log) and its row_hash."""
+    last = conn.execute("SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(last[0]), bytes(last[1])) if last else (0, GENESIS)
+
+
+def held_to(conn: sqlite3.Connection, rows: int, head_hash: bytes) -> Verdict:
+    """Whether the log still holds the `rows` rows a checkpoint saw, row `rows` hashing to `head_hash`.
+
+    Beside `verify` this catches what the chain alone cannot: rows cut off the end (what is left still
+    chains), and a log whose hashes were recomputed after an edit (re-chained), or whose last row was
+    rewritten with a fresh hash. Either way row `rows` no longer hashes as it did when it was signed."""
+    count = head(conn)[0]
+    row = conn.execute("SELECT row_hash FROM audit WHERE seq = ?", (rows,)).fetchone()
+    if row is None:
+        cut = f"the log holds {count} rows, a checkpoint covers {rows}: rows were cut off its end"
+        return Verdict(False, count, count + 1, cut)
+    if bytes(row[0]) != head_hash:
+        rewritten = f"row {rows} is not the row a checkpoint signed: the log up to it was rewritten and re-chained"
+        return Verdict(False, count, rows, rewritten)
     return Verdict(True, count)
 
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+# What reads the time where a test must be able to move it (the purge's "30 days later"): a function the
+# caller passes in, the system clock unless told otherwise.
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 def iso(t: datetime) -> str:

@@ -23,6 +23,7 @@ from agent_rooms_mcp.auth.tokens import MCP_KINDS, CredentialKind
 from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
+from agent_rooms_mcp.housekeeping import housekeeping
 from agent_rooms_mcp.http_sessions import Sessions
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Caller
@@ -211,7 +212,7 @@ async def open_http_app(settings: Settings, *, exposure: Exposure | None = None)
     """The ASGI app with its hub open and the SDK's session manager running (tests drive it in-process).
     `exposure`: public mode's hosts, origins and proxies (public.py); loopback only by default."""
     exposure = exposure or Exposure()
-    async with Hub.open(settings) as hub, supervising(hub), mcp_app(hub, exposure=exposure) as app:
+    async with Hub.open(settings) as hub, supervising(hub), housekeeping(hub), mcp_app(hub, exposure=exposure) as app:
         # The owner API (DESIGN §9.1) sits beside /mcp, with a gate of its own: devices, never agents.
         yield beside(app, OwnerApi(hub, exposure))
 

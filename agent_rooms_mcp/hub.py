@@ -21,6 +21,7 @@ from agent_rooms_mcp.home import (
 )
 from agent_rooms_mcp.ratelimit import RateLimits
 from agent_rooms_mcp.services.accounts import Accounts
+from agent_rooms_mcp.services.audit_checkpoints import Checkpoints
 from agent_rooms_mcp.services.consent import Consent
 from agent_rooms_mcp.services.containment import Containment
 from agent_rooms_mcp.services.devices import Devices
@@ -29,6 +30,7 @@ from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.listeners import Listeners
 from agent_rooms_mcp.services.messages import Messages
+from agent_rooms_mcp.services.purge import Purge
 from agent_rooms_mcp.services.rooms import Rooms
 from agent_rooms_mcp.services.run_control import Runs
 from agent_rooms_mcp.services.tasks import Tasks
@@ -55,6 +57,8 @@ class Hub:
     devices: Devices
     listeners: Listeners
     containment: Containment
+    checkpoints: Checkpoints
+    purge: Purge
 
     @classmethod
     @asynccontextmanager
@@ -90,6 +94,8 @@ class Hub:
                 devices=Devices(store, limits, key.verify_key, deployment_id),
                 listeners=Listeners(store, settings.wake, accounts, key, deployment_id),
                 containment=Containment(store, issuer, runs, settings.wake),
+                checkpoints=Checkpoints(store, key, deployment_id, settings.audit_checkpoints_path),
+                purge=Purge(store, settings),
             )
 
 

@@ -376,6 +376,41 @@ class AuditVerdict(BaseModel):
     rows: int
     first_bad_seq: int | None
     problem: str | None
+    # With --checkpoint: how many checkpoints the log was held to, and the most rows one of them covers.
+    checkpoints: int = 0
+    checkpoint_rows: int = 0
+
+
+class PurgeReport(BaseModel):
+    """`agent-rooms purge`: what was (with --dry-run: would be) removed, counted per kind, and what waits."""
+
+    dry_run: bool
+    # Archived or ended before this moment is past retention.
+    cutoff: str
+    removed: dict[str, int]
+    # Past retention but kept for now, with why (a run still live, a row its room still counts on).
+    deferred: dict[str, int]
+    # After rows were removed: whether the file was rewritten (when much of it was free) and the WAL truncated.
+    vacuumed: bool
+    wal_truncated: bool
+
+
+class CheckpointPrevious(BaseModel):
+    rows: int
+    head: str
+    digest: str
+
+
+class AuditCheckpointResult(BaseModel):
+    """`audit checkpoint`: what was signed, the token itself, and where it was written."""
+
+    rows: int
+    head: str
+    at: str
+    prev: CheckpointPrevious | None
+    token: str
+    out: str | None
+    kept: str
 
 
 class CheckStatus(StrEnum):

@@ -328,6 +328,7 @@ OPERATOR_ACTIONS = frozenset(
         "room.remove",
         "run.log",
         "audit.verify",
+        "audit.checkpoint",
         "purge",
         "room.quarantine",
         "room.export",

@@ -116,6 +116,14 @@ class Limits:
     # How long `doctor` on an owner's machine waits for the hub: a check, not an action, so a hub out of
     # reach is reported soon rather than after the owner API's two minutes.
     doctor_hub_timeout_s: int = 10
+    # Archived agents and rooms, and ended runs' files, are kept this long, then purged (DESIGN §6).
+    retention_s: int = 30 * 24 * 3600
+    # A serving hub purges this long after it starts, then this often (0: never; `agent-rooms purge` still does).
+    purge_first_s: int = 60
+    purge_every_s: int = 6 * 3600
+    # After a purge, the database file is rewritten (VACUUM) only when this share of it is free pages: deleted
+    # bytes are zeroed by secure_delete either way, and VACUUM holds the write lock for seconds on a big file.
+    purge_vacuum_free_fraction: float = 0.25
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
@@ -259,6 +267,12 @@ class Settings:
     def run_logs_dir(self) -> Path:
         """The supervisor's record of each run (events, stderr tail), kept apart so no run can rewrite it."""
         return self.home / "run-logs"
+
+    @property
+    def audit_checkpoints_path(self) -> Path:
+        """Every audit checkpoint this hub signed, one a line: the next one extends the last. The copy that
+        counts against tampering is the one the owner keeps away from this machine (DESIGN §6)."""
+        return self.home / "audit-checkpoints"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -16,6 +16,7 @@ from mcp.server.stdio import stdio_server
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.errors import RoomsError
+from agent_rooms_mcp.housekeeping import housekeeping
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.lines import DISCARD_CHUNK, BoundedLines
 from agent_rooms_mcp.server import create_server
@@ -32,7 +33,7 @@ async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
 
     The server still serves: the client lists our tools and every call explains itself as UNAUTHENTICATED.
     """
-    async with Hub.open(settings) as hub, supervising(hub):
+    async with Hub.open(settings) as hub, supervising(hub), housekeeping(hub):
         if settings.stdio_token is None:
             log.warning("stdio.no_credential", hint=_HINT, problem=settings.stdio_token_problem)
         else:

@@ -198,6 +198,7 @@ OPERATOR_COMMANDS = (
     ("room", "remove", "lobby", "--agent", "alice-claude"),
     ("run", "log", "run_x"),
     ("audit", "verify"),
+    ("audit", "checkpoint"),
 )
 
 

@@ -14,6 +14,7 @@ from agent_rooms_mcp.cli.device import device, login
 from agent_rooms_mcp.cli.hubcmds import bridge, connect, doctor, init, quickstart, serve
 from agent_rooms_mcp.cli.listen import listen
 from agent_rooms_mcp.cli.owner import owner
+from agent_rooms_mcp.cli.purge import purge
 from agent_rooms_mcp.cli.room import invite, room
 from agent_rooms_mcp.cli.run import run_group
 from agent_rooms_mcp.cli.token import token
@@ -47,6 +48,7 @@ for command in (
     consent,
     run_group,
     audit,
+    purge,
     login,
     device,
     listen,

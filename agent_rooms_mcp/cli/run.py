@@ -25,7 +25,8 @@ def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
         return
     path = settings().run_logs_dir / info.run_id / ("stderr.log" if show_stderr else "events.jsonl")
     if not path.exists():
-        raise Failed("NOT_FOUND", f"run {run_id} has no {path.name} (it never started)", as_json)
+        why = "it never started" if info.ended_at is None else "it never started, or was purged after it ended"
+        raise Failed("NOT_FOUND", f"run {run_id} has no {path.name} ({why})", as_json)
     click.echo(
         table(
             [[info.run_id, info.agent, info.room, info.trigger, info.state, info.outcome or "-"]],

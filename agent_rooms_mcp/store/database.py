@@ -127,6 +127,24 @@ def _waiting_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connect
         conn.execute("PRAGMA busy_timeout=0")
 
 
+def _compact(path: Path, busy_timeout_ms: int, vacuum_free_fraction: float) -> tuple[bool, bool]:
+    """VACUUM if free pages make up `vacuum_free_fraction` of the file, then truncate the WAL; (vacuumed,
+    truncated). On a connection of its own: VACUUM refuses to run on one with any statement unfinished, and the
+    writer's own connection cannot promise that (a pragma's result row left unread counts)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.executescript(_pragmas(busy_timeout_ms))
+        [(pages,)] = conn.execute("PRAGMA page_count").fetchall()
+        [(free,)] = conn.execute("PRAGMA freelist_count").fetchall()
+        vacuum = free >= vacuum_free_fraction * pages  # 0: always
+        if vacuum:
+            conn.execute("VACUUM")
+        [(busy, _, _)] = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return vacuum, busy == 0
+    finally:
+        conn.close()
+
+
 def _guarded(guard: Guard, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
     def run(conn: sqlite3.Connection) -> T:
         guard(conn)
@@ -215,6 +233,18 @@ class Store:
         if notify:
             self.notify_changed()
         return result
+
+    async def compact(self, vacuum_free_fraction: float) -> tuple[bool, bool]:
+        """Make deleted rows' bytes unreadable from the disk (DESIGN §6 purge): `secure_delete` already zeroed
+        them in the pages, the WAL's older frames still hold them, so the WAL is checkpointed and truncated to
+        nothing. The file is rewritten (VACUUM) only when enough of it is free to be worth the time: VACUUM holds
+        the write lock for seconds on a big file (docs/PERFORMANCE.md). (vacuumed, truncated); not truncated
+        when another connection's read kept the checkpoint from finishing (the next purge tries again)."""
+        # Under the write lock, so none of this process's writes waits on the VACUUM's lock in SQLite's handler.
+        async with self._write_lock:
+            with anyio.CancelScope(shield=True):
+                done = await anyio.to_thread.run_sync(_compact, self.path, self._busy_timeout_ms, vacuum_free_fraction)
+        return done
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn on the read-only connection, inside one snapshot, on the event loop's thread."""
