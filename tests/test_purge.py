@@ -1,9 +1,7 @@
 """The purge (DESIGN §6): what is past retention is gone from the rows, the run files, and the database's bytes.
 
-"30 days later" is the purge's own clock moved forward (`Purge(..., clock=...)`), never a sleep. Archiving an
-agent or a room is what `agent delete` and `room quarantine` leave behind (the kill-switch schema's
-`deleted_at` and `quarantined_at`, memberships moved to `ended_memberships`, credentials revoked), written here
-as those commands commit it.
+"30 days later" is the purge's own clock moved forward (`Purge(..., clock=...)`), never a sleep. What is
+archived is archived by the kill switches themselves (`agent delete`, `room quarantine`).
 """
 
 from __future__ import annotations
@@ -21,13 +19,15 @@ import anyio
 import pytest
 from click.testing import CliRunner, Result
 
+from agent_rooms_mcp import owner_actions
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.cli import cli
-from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.models import PurgeReport
+from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.services.purge import KINDS, Purge
 from tests.conftest import OPERATOR, World
 
@@ -39,39 +39,21 @@ def later(days: float):  # type: ignore[no-untyped-def]
     return lambda: datetime.now(UTC) + timedelta(days=days)
 
 
-def archive_agent(world: World, handle: str) -> None:
-    """What `agent delete` commits: deleted, memberships ended, credentials revoked, the handle retired."""
-    now = now_utc()
-    conn = sqlite3.connect(world.db)
-    with conn:
-        (agent_id,) = conn.execute("SELECT agent_id FROM agents WHERE handle = ?", (handle,)).fetchone()
-        conn.execute("UPDATE agents SET status = 'deleted', deleted_at = ? WHERE agent_id = ?", (now, agent_id))
-        conn.execute(
-            "INSERT INTO ended_memberships (room_id, agent_id, joined_at, ended_at, reason)"
-            " SELECT room_id, agent_id, joined_at, ?, 'agent_deleted' FROM room_agents WHERE agent_id = ?",
-            (now, agent_id),
-        )
-        conn.execute("DELETE FROM room_agents WHERE agent_id = ?", (agent_id,))
-        conn.execute("UPDATE tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL", (now, agent_id))
-        conn.execute("INSERT INTO retired_handles (kind, handle, retired_at) VALUES ('agent', ?, ?)", (handle, now))
-    conn.close()
+async def archive_agent(world: World, handle: str) -> None:
+    async with world.hub() as hub:
+        await hub.containment.delete_agent(OPERATOR, handle)
 
 
-def quarantine_room(world: World, name: str) -> None:
-    """What `room quarantine` commits: quarantined, every membership ended, its invites withdrawn."""
-    now = now_utc()
-    conn = sqlite3.connect(world.db)
-    with conn:
-        (room_id,) = conn.execute("SELECT room_id FROM rooms WHERE name = ?", (name,)).fetchone()
-        conn.execute("UPDATE rooms SET quarantined_at = ? WHERE room_id = ?", (now, room_id))
-        conn.execute(
-            "INSERT INTO ended_memberships (room_id, agent_id, joined_at, ended_at, reason)"
-            " SELECT room_id, agent_id, joined_at, ?, 'room_quarantined' FROM room_agents WHERE room_id = ?",
-            (now, room_id),
-        )
-        conn.execute("DELETE FROM room_agents WHERE room_id = ?", (room_id,))
-        conn.execute("UPDATE invites SET withdrawn_at = ? WHERE room_id = ?", (now, room_id))
-    conn.close()
+async def quarantine_room(world: World, name: str) -> None:
+    async with world.hub() as hub:
+        await hub.containment.quarantine_room(OPERATOR, name)
+
+
+async def export(world: World, handle: str) -> dict[str, object]:
+    """The owner's export of an agent, deleted ones included (the operator acts for every owner)."""
+    async with world.hub() as hub:
+        done = await owner_actions.perform(hub, Human(OPERATOR), "agent.export", {"handle": handle})
+    return dict(done.model_dump())
 
 
 async def post(world: World, hub: Hub, agent: str, room: str, text: str) -> int:
@@ -140,8 +122,8 @@ async def archived(world: World) -> AsyncIterator[dict[str, str]]:
     workdir = world.settings.home / "workdirs" / "alice-codex"
     workdir.mkdir(parents=True)
     (workdir / "notes.md").write_text(marks["agent_run"])
-    archive_agent(world, "alice-codex")
-    quarantine_room(world, "bobs-den")
+    await archive_agent(world, "alice-codex")
+    await quarantine_room(world, "bobs-den")
     yield {**marks, **{f"{k}_id": v for k, v in ids.items()}}
     keeper.close()
 
@@ -153,6 +135,8 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
 ) -> None:
     sentinels = [archived[k] for k in ("room", "agent", "room_file", "task")]
     audit_before = [tuple(r) for r in world.audit_rows()]
+    # Until the purge, the deleted agent is in its owner's export.
+    assert (await export(world, "alice-codex"))["deleted_at"]
     # The sentinels are on disk now, in the WAL too: the checks below could fail.
     assert all(s.encode() in wal(world).read_bytes() for s in sentinels)
     # Whether the file is rewritten afterwards or not, the bytes are gone: secure_delete zeroed them in place.
@@ -206,6 +190,10 @@ async def test_thirty_days_later_the_purge_leaves_no_row_file_or_byte_of_what_it
     assert removed(again) == {} and not again.vacuumed and not again.wal_truncated
     assert world.fingerprint() == fingerprint and len(world.audit_rows()) == rows
     assert world.chain_verifies()
+    # The purged agent is gone from its owner's export too.
+    with pytest.raises(RoomsError) as gone:
+        await export(world, "alice-codex")
+    assert gone.value.code is ErrorCode.NOT_FOUND
     # The purged agent's token, presented again, is refused like any unknown one.
     async with world.hub() as hub:
         with pytest.raises(RoomsError) as refused:
@@ -259,7 +247,7 @@ async def test_a_deleted_agents_message_that_is_its_rooms_latest_is_blanked_so_i
     sentinel = f"last-word-{secrets.token_hex(12)}"
     async with world.hub() as hub:
         seq = await post(world, hub, "alice-codex", "lobby", sentinel)
-    archive_agent(world, "alice-codex")
+    await archive_agent(world, "alice-codex")
     async with world.hub() as hub:
         first = await Purge(hub.store, world.settings, later(31)).run(OPERATOR)
         assert first.deferred == {"agents_holding_a_rooms_latest": 1}
@@ -282,7 +270,7 @@ async def test_a_room_whose_run_has_not_confirmed_its_end_waits_for_it(world: Wo
         conn.execute("UPDATE runs SET state = 'stop_pending' WHERE room_id = (SELECT room_id FROM rooms"
                      " WHERE name = 'bobs-den')")  # fmt: skip
     conn.close()
-    quarantine_room(world, "bobs-den")
+    await quarantine_room(world, "bobs-den")
     async with world.hub() as hub:
         report = await Purge(hub.store, world.settings, later(31)).run(OPERATOR)
     assert report.deferred == {"rooms_with_unfinished_runs": 1} and report.removed["rooms"] == 0
