@@ -625,7 +625,9 @@ def workdir_exposure(workdir: Path, *, hub_home: Path, user_home: Path) -> str |
     if hub_home / "workdirs" in workdir.parents:
         return None
     for secret in (hub_home, user_home):
-        if workdir == secret or workdir in secret.parents:
+        if workdir == secret:
+            return f"{workdir} is a home ({secret}), which no woken CLI may see"
+        if workdir in secret.parents:
             return f"{workdir} contains {secret}, which no woken CLI may see"
     if hub_home in workdir.parents:
         return f"{workdir} lies inside the hub's home {hub_home}"
