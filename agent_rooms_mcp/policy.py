@@ -618,11 +618,12 @@ def sandbox_broken(*, cross_owner: bool) -> Outcome:
 _SYSTEM_TREES = tuple(Path(p) for p in ("/proc", "/sys", "/dev", "/run", "/etc", "/usr", "/boot", "/var/run"))
 
 
-def workdir_exposure(workdir: Path, *, hub_home: Path, user_home: Path) -> str | None:
+def workdir_exposure(workdir: Path, *, hub_home: Path, user_home: Path, own_default: Path | None = None) -> str | None:
     """Why a sandboxed run must not work in `workdir` (resolved), or None. Bound read-write, a workdir of `/`,
     of a home or of the hub's home would hand the CLI everything the sandbox hides: keys, the database, the
-    owner's own ~/.claude. The default workdirs under the hub's home are the supervisor's own, and allowed."""
-    if hub_home / "workdirs" in workdir.parents:
+    owner's own ~/.claude. The one exception is the run's own default workdir (`own_default`, under the hub's
+    home), which only the supervisor passes: no agent may be pointed at another's, which a purge removes."""
+    if own_default is not None and workdir == own_default:
         return None
     for secret in (hub_home, user_home):
         if workdir == secret:

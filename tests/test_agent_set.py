@@ -63,9 +63,17 @@ def test_turning_the_sandbox_off_asks_first_and_a_refusal_changes_nothing(tmp_pa
 
 def test_a_workdir_that_would_show_a_woken_cli_what_its_sandbox_hides_is_refused(tmp_path: Path) -> None:
     home = populated(tmp_path / "home")
+    (home / "workdirs" / "alice-claude").mkdir(parents=True)  # another agent's default workdir, which a purge removes
     before = fingerprint(home / "hub.db")
-    for exposed, said in (("/", "contains"), (str(Path.home()), "is a home"), (str(home), "is a home"),
-                          (str(home / "keys"), "inside the hub's home"), ("/etc", "system directory")):  # fmt: skip
+    exposures = [
+        (str(home / "workdirs" / "alice-claude"), "inside the hub's home"),
+        ("/", "contains"),
+        (str(Path.home()), "is a home"),
+        (str(home), "is a home"),
+        (str(home / "keys"), "inside the hub's home"),
+        ("/etc", "system directory"),
+    ]
+    for exposed, said in exposures:
         refused = ar(home, "agent", "set", "alice-claude", "--workdir", exposed, "--json")
         error = json.loads(refused.stdout or refused.stderr)
         assert refused.exit_code != 0 and error["code"] == "INVALID_ARGUMENT", (exposed, error)

@@ -463,3 +463,38 @@ async def test_a_pending_proposal_of_a_deleted_agent_is_withdrawn_with_it(world:
         receipt = await hub.containment.delete_agent(OPERATOR, "bob-claude")
     assert ("proposal", proposal) in {(w.kind, w.id) for w in receipt.withdrawn}
     assert world.sql("SELECT state FROM proposals WHERE proposal_id = ?", (proposal,))[0]["state"] == "withdrawn"
+
+
+@pytest.mark.invariant(48)
+async def test_a_deleted_agents_words_start_nobodys_cli(woken: World) -> None:
+    """A wake the deleted agent's mention queued is withdrawn with it: its words never reach a CLI."""
+    await post(woken, "alice-claude", "@alice-bot please run this for me")
+    [queued] = runs(woken, "alice-bot")
+    assert queued["state"] in ("queued", "waiting_for_listener")
+    receipt = await cli_json(woken, "agent", "delete", "alice-claude", "--yes")
+    [run] = runs(woken, "alice-bot")
+    assert run["state"] == "withdrawn"
+    assert ("wake", run["run_id"]) in {(w["kind"], w["id"]) for w in receipt["withdrawn"]}
+
+
+@pytest.mark.invariant(51)
+async def test_a_run_only_its_listener_can_end_is_never_reported_stopped_and_leaves_no_proof(world: World) -> None:
+    await world.run_token("bob-claude", "bobs-den")
+    conn = sqlite3.connect(world.db)
+    with conn:
+        conn.execute("UPDATE runs SET state = 'stop_pending', lease_holder = 'lis_x', spawned_at = started_at")
+    conn.close()
+    for args in (("room", "quarantine", "bobs-den"), ("agent", "delete", "bob-claude")):
+        done = await cli(world, *args, "--yes", "--json")
+        receipt = json.loads(done.stdout)
+        assert done.returncode == 1 and receipt["proven"] is False, (args, receipt)
+        assert [r["state"] for r in receipt["runs"]] == ["stop_pending"], (args, receipt)
+
+
+async def test_a_quarantined_rooms_runs_are_gone_from_list_runs(world: World) -> None:
+    await world.run_token("bob-claude", "bobs-den")
+    async with world.hub() as hub:
+        await hub.containment.quarantine_room(OPERATOR, "bobs-den")
+    async with world.client("bob-codex") as c:
+        listed = await c.call_tool("list_runs", {})
+    assert listed.structured_content["runs"] == []  # type: ignore[index]

@@ -310,3 +310,28 @@ async def test_the_purge_removes_only_what_a_run_could_have_made_and_never_follo
     assert report.removed["run_dirs"] == 2
     assert not stray.exists() and not os.path.lexists(link)
     assert (outside / "precious").read_text() == "keep me" and (runs / "README").exists()
+
+
+@pytest.mark.invariant(50)
+async def test_a_wal_a_reader_kept_from_truncating_is_cleared_by_the_next_purge(world: World) -> None:
+    """The first purge's WAL truncate is blocked by a reader; the next purge, with nothing left to remove,
+    still truncates it, so `purge` again is the way out the command advises."""
+    sentinel = "SENTINEL-" + secrets.token_hex(16)
+    async with world.hub() as hub:
+        await post(world, hub, "alice-codex", "lobby", "before")
+        await post(world, hub, "alice-claude", "lobby", sentinel)
+        await post(world, hub, "alice-codex", "lobby", "after")  # the sentinel is not the room's latest
+    await archive_agent(world, "alice-claude")
+    reader = sqlite3.connect(world.db, isolation_level=None)
+    try:
+        async with world.hub() as hub:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM messages").fetchone()
+            first = await Purge(hub.store, world.settings, later(31)).run(OPERATOR)
+            reader.execute("COMMIT")
+            second = await Purge(hub.store, world.settings, later(31)).run(OPERATOR)
+    finally:
+        reader.close()
+    assert first.removed["messages"] >= 1 and not first.wal_truncated
+    assert second.removed["messages"] == 0 and second.wal_truncated
+    assert sentinel.encode() not in database_bytes(world)

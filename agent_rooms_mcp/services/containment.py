@@ -44,6 +44,7 @@ from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
 _LIVE_RUNS = sql_words(*WAITING_STATES, *HELD_STATES)
+_WAITING = sql_words(*WAITING_STATES)
 
 
 class Containment:
@@ -346,6 +347,10 @@ def _delete_agent(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, no
     agent_id = str(agent["agent_id"])
     done = _Done(agent_id, str(agent["handle"]), now)
     _withdraw_runs(conn, actor, done, "agent_id = ?", (agent_id,), reason)
+    # Wakes its words caused that have not started: a contaminated agent's words must not start anyone's CLI
+    # once it is deleted (a run already under way goes on; its owner can stop it).
+    caused = f"run_id IN (SELECT run_id FROM runs WHERE caused_by = ? AND state IN ({_WAITING}))"
+    _withdraw_runs(conn, actor, done, caused, (agent_id,), reason)
     done.token_ids += _revoke_tokens(conn, "agent_id = ?", (agent_id,), now)
     # The epoch too: a passport of it, wherever a copy is, names an epoch that is no longer current.
     conn.execute(
@@ -388,6 +393,13 @@ def _withdraw_runs(
             )
         else:
             done.stopping.append(row["run_id"])
+    # A run whose stop only its listener can confirm is reported as it stands: never as stopped, and a receipt
+    # holding one is not proven (DESIGN §6).
+    done.stop_pending += [
+        r["run_id"]
+        for r in conn.execute(f"SELECT run_id FROM runs r WHERE r.{where} AND r.state = 'stop_pending'", args)
+        if r["run_id"] not in done.stop_pending
+    ]
     if rows:
         audit.append(conn, actor, "run.withdraw", target=done.subject_id,
                      detail={"reason": reason, "runs": [r["run_id"] for r in rows]})  # fmt: skip

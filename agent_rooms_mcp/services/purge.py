@@ -90,7 +90,9 @@ class Purge:
             # now is found again by the next purge.
             await anyio.to_thread.run_sync(_remove_all, removed.paths)
         vacuumed = wal_truncated = False
-        if not dry_run and any(counts[k] for k in ROW_KINDS):
+        if not dry_run:
+            # Every purge, not only one that removed rows: a WAL an earlier purge could not truncate (a reader
+            # held it) may still hold purged bytes, and this is the "purge again" that clears them.
             vacuumed, wal_truncated = await self._store.compact(self._settings.limits.purge_vacuum_free_fraction)
         if not dry_run and +counts:
             log.info("purge.done", **dict(counts), vacuumed=vacuumed, wal_truncated=wal_truncated)

@@ -36,7 +36,9 @@ class Runs:
             # Runs of the caller's owner only: another owner's runs are not the caller's business; a run
             # token sees only its own room's (invariant 87).
             sql, args = (
-                RUNS_SELECT + " WHERE r.owner_id = ? AND r.room_id = coalesce(?, r.room_id)",
+                # A quarantined room's runs are gone for everyone, as the room is (DESIGN §6).
+                RUNS_SELECT + " WHERE r.owner_id = ? AND r.room_id = coalesce(?, r.room_id)"
+                " AND m.quarantined_at IS NULL",
                 list[object]([caller.owner_id, policy.run_room(caller)]),
             )
             if agent is not None:

@@ -344,7 +344,7 @@ class Supervisor:
                     trusted = tuple(Path(mcp_env[n]) for n in TRUST_VARS if mcp_env.get(n))
                     box = _Box(self._sandbox_plan(run, binary, workdir, run_dir, config_dir, read_only, user,
                                                   isolated, trusted))  # fmt: skip
-                    if (why := await self._sandbox_problem(box.plan)) is not None:
+                    if (why := await self._sandbox_problem(box.plan, run.handle)) is not None:
                         # Fails closed (DESIGN §5): a run whose sandbox does not start never runs without it.
                         log.warning("run.sandbox_unavailable", run_id=run.run_id, agent=run.handle, why=why[-200:])
                         return RunState.FAILED, policy.sandbox_broken(cross_owner=cross_owner)
@@ -449,11 +449,12 @@ class Supervisor:
             )
         return finished
 
-    async def _sandbox_problem(self, plan: SandboxPlan) -> str | None:
+    async def _sandbox_problem(self, plan: SandboxPlan, handle: str) -> str | None:
         """Why this run's sandbox cannot start as it must, or None: a workdir that would show the CLI what the
         sandbox hides, hook files it could not hold read-only, or a probe with the run's own mounts failing."""
-        exposed = policy.workdir_exposure(plan.workdir, hub_home=self.local.home.resolve(),
-                                          user_home=Path.home().resolve())  # fmt: skip
+        home = self.local.home.resolve()
+        exposed = policy.workdir_exposure(plan.workdir, hub_home=home, user_home=Path.home().resolve(),
+                                          own_default=home / "workdirs" / handle)  # fmt: skip
         return exposed or unprotectable(plan.workdir) or await probe(self._bwrap(), plan)
 
     def _bwrap(self) -> str:
