@@ -107,7 +107,8 @@ async def machine_for(hub: Hub, root: Path, pair: Pair, url: str, fake: FakeCli,
     policy = home / "listen.toml"
     # The sandbox as the owner gets it by default where bubblewrap starts here (bench/wake.py's `sandboxed`).
     sandbox = "on" if wake.sandboxed() else "off"
-    policy.write_text(f'workdir_root = "{work.parent}"\n[agents.{pair.bot}]\nworkdir = "{work}"\nsandbox = "{sandbox}"\n')
+    agent = f'[agents.{pair.bot}]\nworkdir = "{work}"\nsandbox = "{sandbox}"\n'
+    policy.write_text(f'workdir_root = "{work.parent}"\n{agent}')
     policy.chmod(0o600)
     return machine
 

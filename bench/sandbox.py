@@ -55,8 +55,8 @@ from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.wake.sandbox import SandboxPlan, as_user, cli_dirs, probe_now, run_as, runtime_dirs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import wake  # noqa: E402
-from wake import OPERATOR, POLL_S, FakeCli, HubSide, Pair, Rotation, quantiles  # noqa: E402
+import wake
+from wake import OPERATOR, POLL_S, FakeCli, HubSide, Pair, Rotation, quantiles
 
 BENCH = Path(__file__).resolve().parent
 
@@ -383,7 +383,12 @@ def run(n_wake: int = 20, n_stop: int = 12) -> dict[str, Any]:
         with (root / "supervisors.log").open("w") as log_file:
             structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=log_file))
             print(f"sandbox bench: {len(MODES)} modes × ({n_wake} wakes, {n_stop} stops)", file=sys.stderr, flush=True)
-            raw = anyio.run(measure, root, n_wake, n_stop)
+            try:
+                raw = anyio.run(measure, root, n_wake, n_stop)
+            except BaseException:
+                tail = "\n".join((root / "supervisors.log").read_text(errors="replace").splitlines()[-30:])
+                print(f"--- supervisors' log tail ---\n{tail}", file=sys.stderr)
+                raise
     summary = summarize(raw)
     print_tables(summary)
     return {"method": method, "summary": summary, "raw": raw, "elapsed_s": round(time.monotonic() - started, 1)}

@@ -29,6 +29,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -162,6 +163,14 @@ class Rotation:
             await anyio.sleep(1.0)
 
 
+def fake_python() -> str:
+    """The interpreter the fake runs on. As root, the system's: the run-as user must reach it without the
+    sandbox's runtime binds too (this one may live under /root, as pyenv's does), and every series uses the
+    same one so that sandboxed and unsandboxed runs compare. It needs only the standard library."""
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    return system if AS_ROOT and system is not None else sys.executable
+
+
 class FakeCli:
     """bench/fake_cli.py behind a bash wrapper that notes the exec time; its records, by (event, run_id)."""
 
@@ -175,7 +184,7 @@ class FakeCli:
             "#!/bin/bash",
             "BENCH_EXEC_T=$EPOCHREALTIME",  # first: a bash builtin, no fork
             "export BENCH_EXEC_T " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exported.items()),
-            f'exec {shlex.quote(sys.executable)} -I -S {shlex.quote(str(BENCH / "fake_cli.py"))} "$@"',
+            f'exec {shlex.quote(fake_python())} -I -S {shlex.quote(str(BENCH / "fake_cli.py"))} "$@"',
         ]
         self.bin.write_text("\n".join(lines) + "\n")
         self.bin.chmod(0o755)
