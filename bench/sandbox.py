@@ -77,11 +77,12 @@ BASELINE = "no sandbox"
 OWNERS_PER_MODE = 12
 # A process of a stopped run still running this long after the stop call has escaped the stop.
 STOP_BOUND_S = 2.0
-WAKE_MEASURES = ("commit → exec", "claim → exec", "exec → fake's first Python line")
+WAKE_MEASURES = ("commit → exec", "claim → exec", "claim → spawn", "spawn → exec", "exec → fake's first Python line")
 STOP_MEASURES = ("stop call → SIGINT", "stop call → CLI gone", "stop call → every process gone",
                  "stop call → recorded stopped")  # fmt: skip
 # The measures whose per-round ratio to the baseline is reported.
-RATIO_MEASURES = ("commit → exec", "claim → exec", "stop call → CLI gone", "stop call → every process gone")
+RATIO_MEASURES = ("commit → exec", "claim → exec", "claim → spawn", "spawn → exec", "stop call → CLI gone",
+                  "stop call → every process gone")  # fmt: skip
 
 
 # --- a run's processes --------------------------------------------------------------------------
@@ -184,9 +185,32 @@ async def contained(root: Path, fake: FakeCli) -> AsyncIterator[list[Contained]]
         yield out
 
 
-async def one_wake(c: Contained, fake: FakeCli) -> dict[str, float]:
+async def one_wake(c: Contained, fake: FakeCli) -> dict[str, Any]:
+    """One wake; "claim → spawn" and "spawn → exec" are filled in from the supervisors' log by `spawns`."""
     [row] = await wake.wake_series(c.side, c.rotation, fake, 1, 0.05)
-    return {k: row[k] for k in WAKE_MEASURES}
+    # Runs are one at a time: this hub's latest is the one just measured.
+    last = await c.hub.store.read(
+        lambda conn: conn.execute("SELECT run_id, started_at FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
+    )
+    claim = wake.ts(last["started_at"])
+    start = await fake.wait("start", last["run_id"])
+    return {**row, "run_id": last["run_id"], "claim": claim, "exec": start["t_exec"]}
+
+
+def spawns(raw: dict[str, list[dict[str, Any]]], log: Path) -> None:
+    """Split each wake's claim → exec at the spawn, the supervisor's `run.spawn` line (logged as the process is
+    started): before it the run's files, its bridge and, sandboxed, the probe; after it bwrap (or setpriv) up
+    to the CLI's exec."""
+    spawned = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"run.spawn"' in line:
+            event = json.loads(line)
+            spawned[event["run_id"]] = wake.ts(event["timestamp"])
+    for m in MODES:
+        for row in raw[f"wake, {m.name}"]:
+            at = spawned[row.pop("run_id")]
+            claim, exec_t = row.pop("claim"), row.pop("exec")
+            row["claim → spawn"], row["spawn → exec"] = (at - claim) * 1e3, (exec_t - at) * 1e3
 
 
 async def one_stop(c: Contained, fake: FakeCli) -> dict[str, Any]:
@@ -231,7 +255,7 @@ async def measure(root: Path, n_wake: int, n_stop: int) -> dict[str, list[dict[s
     raw |= {f"stop, {m.name}": [] for m in MODES}
     async with contained(root, fake) as boxes:
         for c in boxes:  # uncounted: first calls pay for imports and caches
-            await one_wake(c, fake)
+            await wake.wake_series(c.side, c.rotation, fake, 1, 0.05)
             await one_stop(c, fake)
         for r in range(max(n_wake, n_stop)):
             k = r % len(boxes)
@@ -385,6 +409,8 @@ def run(n_wake: int = 20, n_stop: int = 12) -> dict[str, Any]:
             print(f"sandbox bench: {len(MODES)} modes × ({n_wake} wakes, {n_stop} stops)", file=sys.stderr, flush=True)
             try:
                 raw = anyio.run(measure, root, n_wake, n_stop)
+                log_file.flush()
+                spawns(raw, root / "supervisors.log")
             except BaseException:
                 tail = "\n".join((root / "supervisors.log").read_text(errors="replace").splitlines()[-30:])
                 print(f"--- supervisors' log tail ---\n{tail}", file=sys.stderr)
