@@ -25,7 +25,6 @@ a sandbox, there is nothing to compare: the part says why and measures nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -421,16 +420,7 @@ def run(n_wake: int = 20, n_stop: int = 12) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--wakes", type=int, default=20, help="wakes per mode")
-    ap.add_argument("--stops", type=int, default=12, help="stops per mode")
-    ap.add_argument("--out", type=Path, help="also write the results here as JSON")
-    a = ap.parse_args(argv)
-    result = run(a.wakes, a.stops)
-    if a.out is not None:
-        a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nsandbox bench took {result.get('elapsed_s', 0):.0f}s")
-    return 0
+    return wake.part_main(argv, __doc__, "sandbox", run, 20, 12)
 
 
 if __name__ == "__main__":

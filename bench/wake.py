@@ -578,17 +578,24 @@ def run(n_wake: int = 60, n_stop: int = 40) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--wakes", type=int, default=60, help="wakes per wake series")
-    ap.add_argument("--stops", type=int, default=40, help="stops per stop series")
+def part_main(
+    argv: list[str] | None, doc: str, name: str, bench: Callable[[int, int], dict[str, Any]], wakes: int, stops: int
+) -> int:
+    """A bench part run alone (`python bench/<part>.py`): its wake and stop counts, and an optional JSON file."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--wakes", type=int, default=wakes, help="wakes per series")
+    ap.add_argument("--stops", type=int, default=stops, help="stops per series")
     ap.add_argument("--out", type=Path, help="also write the results here as JSON")
     a = ap.parse_args(argv)
-    result = run(a.wakes, a.stops)
+    result = bench(a.wakes, a.stops)
     if a.out is not None:
         a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwake bench took {result['elapsed_s']:.0f}s")
+    print(f"\n{name} bench took {result.get('elapsed_s', 0):.0f}s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return part_main(argv, __doc__, "wake", run, 60, 40)
 
 
 if __name__ == "__main__":
