@@ -133,6 +133,7 @@ class Exits:
             try:
                 self.fds[pid] = os.pidfd_open(pid)
             except ProcessLookupError:
+                self.close()
                 raise RuntimeError(f"process {pid} of the run ended before the stop") from None
         self.at: dict[int, float] = {}
 
