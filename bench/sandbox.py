@@ -51,7 +51,8 @@ from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.settings import Settings
-from agent_rooms_mcp.wake.sandbox import SandboxPlan, as_user, cli_dirs, probe_now, run_as, runtime_dirs
+from agent_rooms_mcp.wake.egress import network_namespace_problem
+from agent_rooms_mcp.wake.sandbox import SandboxPlan, as_user, cli_dirs, home_secrets, probe_now, run_as, runtime_dirs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import wake
@@ -283,18 +284,22 @@ def probe_series(root: Path, fake: FakeCli, n: int) -> list[dict[str, Any]]:
         d.mkdir(parents=True)
     wake.give_to_run_as(*dirs[1:])
     caps = fake.caps()
+    bwrap = shutil.which(caps.bwrap) or caps.bwrap
+    # A network namespace of its own where the host allows one, as the supervisor gives a run's sandbox.
+    own_network = network_namespace_problem(bwrap) is None
     plan = SandboxPlan(workdir=dirs[1], run_dir=dirs[2], config_dir=dirs[3], read_only=False,
                        cli_dirs=cli_dirs(caps.claude_bin), runtime_dirs=runtime_dirs(),
                        extra_ro=tuple(map(Path, caps.sandbox_ro)), extra_rw=tuple(map(Path, caps.sandbox_rw)),
-                       hidden=(dirs[0],), run_as=user)  # fmt: skip
-    bwrap = shutil.which(caps.bwrap) or caps.bwrap
+                       hidden=(dirs[0], *home_secrets(Path.home())), run_as=user,
+                       share_net=not own_network)  # fmt: skip
     true = shutil.which("true") or "/usr/bin/true"
 
     def spawn(argv: list[str]) -> str | None:
         done = subprocess.run(argv, capture_output=True, env={}, check=False)
         return None if done.returncode == 0 else f"{argv[0]} exited {done.returncode}"
 
-    ways = {"probe (bwrap true)": lambda: probe_now(bwrap, plan), "spawn true": lambda: spawn([true])}
+    probe_name = "probe (bwrap true, own network)" if own_network else "probe (bwrap true)"
+    ways = {probe_name: lambda: probe_now(bwrap, plan), "spawn true": lambda: spawn([true])}
     if user is not None:
         ways["setpriv true"] = lambda: spawn(as_user(user, [true]))
     rows = []

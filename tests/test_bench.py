@@ -27,8 +27,10 @@ def test_the_sandbox_bench_runs_and_a_sandboxed_runs_daemon_ends_with_its_stop(t
         assert rows[mode, "commit → exec"]["n"] == 1
         assert rows[mode, "stop call → SIGINT"]["n"] == 1
     # The bench watched the sandboxed run's every process, the daemon its fake double-forked included (the
-    # spawned bwrap, the namespace's init, the CLI, the daemon), and none outlived the stop.
+    # spawned bwrap, the namespace's init, the CLI, the daemon, and with a network of its own the egress relay's
+    # loopback listener), and none outlived the stop.
     escapes = rows["sandbox", "runs with a process that escaped"]
-    assert (escapes["escaped"], escapes["processes_per_run"]) == (0, 4)
+    assert escapes["escaped"] == 0 and escapes["processes_per_run"] >= 4
     assert rows["sandbox", "stop call → every process gone"]["n"] == 1
-    assert {e["way"] for e in summary["probe"]} >= {"probe (bwrap true)", "spawn true"}
+    ways = {e["way"] for e in summary["probe"]}
+    assert "spawn true" in ways and any(way.startswith("probe (bwrap true") for way in ways)
