@@ -355,6 +355,9 @@ def print_tables(result: dict[str, Any]) -> None:
 def run(n_wake: int = 25, n_stop: int = 15, idle_s: float = IDLE_S) -> dict[str, Any]:
     """Every series and the idle part in a fresh temporary directory; prints the tables, returns the results."""
     started = time.monotonic()
+    if (why := wake.unwakeable()) is not None:
+        print(f"listener bench: skipped, {why}", file=sys.stderr, flush=True)
+        return {"skipped": why}
     with tempfile.TemporaryDirectory(prefix="agent-rooms-listener-bench-") as tmp:
         wake.open_to_run_as(Path(tmp))
         result = anyio.run(measure, Path(tmp), n_wake, n_stop, idle_s)

@@ -73,6 +73,20 @@ class Mode:
 
 MODES = (Mode("sandbox", sandbox=True), Mode("no sandbox", sandbox=False))
 BASELINE = "no sandbox"
+
+
+def unavailable(mode: Mode) -> str | None:
+    """Why this host runs no CLI in `mode`, or None: a root hub runs CLIs only sandboxed (DESIGN §5, policy's
+    `spawn_refusal`), so as root the unsandboxed baseline cannot be measured."""
+    if wake.AS_ROOT and not mode.sandbox:
+        return "as root a hub runs CLIs only in the sandbox (root_refused otherwise): run the bench as a normal user"
+    return None
+
+
+def modes() -> tuple[Mode, ...]:
+    return tuple(m for m in MODES if unavailable(m) is None)
+
+
 # Each mode's world: enough owners that none reaches the spawn cap (6 a minute) at this bench's pace.
 OWNERS_PER_MODE = 12
 # A process of a stopped run still running this long after the stop call has escaped the stop.
@@ -177,7 +191,7 @@ class Contained:
 async def contained(root: Path, fake: FakeCli) -> AsyncIterator[list[Contained]]:
     async with AsyncExitStack() as stack:
         out = []
-        for i, mode in enumerate(MODES):
+        for i, mode in enumerate(modes()):
             home = root / f"home-{i}"
             pairs = await wake.build_world(home, root / f"work-{i}", OWNERS_PER_MODE)
             hub = await stack.enter_async_context(Hub.open(Settings(home=home, wake=fake.caps(**mode.caps))))
@@ -210,7 +224,7 @@ def spawns(raw: dict[str, list[dict[str, Any]]], log: Path) -> None:
         if '"run.spawn"' in line:
             event = json.loads(line)
             spawned[event["run_id"]] = wake.ts(event["timestamp"])
-    for m in MODES:
+    for m in modes():
         for row in raw[f"wake, {m.name}"]:
             at = spawned[row.pop("run_id")]
             claim, exec_t = row.pop("claim"), row.pop("exec")
@@ -255,8 +269,8 @@ async def one_stop(c: Contained, fake: FakeCli) -> dict[str, Any]:
 
 async def measure(root: Path, n_wake: int, n_stop: int) -> dict[str, list[dict[str, Any]]]:
     fake = FakeCli(root / "fake")
-    raw: dict[str, list[dict[str, Any]]] = {f"wake, {m.name}": [] for m in MODES}
-    raw |= {f"stop, {m.name}": [] for m in MODES}
+    raw: dict[str, list[dict[str, Any]]] = {f"wake, {m.name}": [] for m in modes()}
+    raw |= {f"stop, {m.name}": [] for m in modes()}
     async with contained(root, fake) as boxes:
         for c in boxes:  # uncounted: first calls pay for imports and caches
             await wake.wake_series(c.side, c.rotation, fake, 1, 0.05)
@@ -332,14 +346,14 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     modes: list[dict[str, Any]] = []
     for m in MODES:
         for kind, measures in (("wake", WAKE_MEASURES), ("stop", STOP_MEASURES)):
-            rows = raw[f"{kind}, {m.name}"]
+            rows = raw.get(f"{kind}, {m.name}")
             if not rows:
                 continue
             for measure in measures:
                 values = [r[measure] for r in rows if r[measure] is not None]
                 entry: dict[str, Any] = {"mode": m.name, "kind": kind, "measure": measure}
                 entry |= quantiles(values) if values else {"n": 0}
-                if m.name != BASELINE and measure in COMPARED:
+                if m.name != BASELINE and measure in COMPARED and raw.get(f"{kind}, {BASELINE}"):
                     base = {r["round"]: r[measure] for r in raw[f"{kind}, {BASELINE}"]}
                     pairs = [(r[measure], base[r["round"]]) for r in rows if r[measure] is not None
                              and base.get(r["round"]) is not None]  # fmt: skip
@@ -396,7 +410,7 @@ def run(n_wake: int = 20, n_stop: int = 12) -> dict[str, Any]:
     """Every series in a fresh temporary directory; prints the tables and returns the results."""
     started = time.monotonic()
     method = {
-        "modes": [{"name": m.name, "sandbox": m.sandbox, "caps": m.caps} for m in MODES],
+        "modes": [{"name": m.name, "sandbox": m.sandbox, "caps": m.caps, "unavailable": unavailable(m)} for m in MODES],
         "baseline": BASELINE,
         "wakes_per_mode": n_wake,
         "stops_per_mode": n_stop,
@@ -413,7 +427,11 @@ def run(n_wake: int = 20, n_stop: int = 12) -> dict[str, Any]:
         configure_logging(json=True)
         with (root / "supervisors.log").open("w") as log_file:
             structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=log_file))
-            print(f"sandbox bench: {len(MODES)} modes × ({n_wake} wakes, {n_stop} stops)", file=sys.stderr, flush=True)
+            for m in MODES:
+                if (why := unavailable(m)) is not None:
+                    print(f"sandbox bench: mode {m.name!r} skipped, {why}", file=sys.stderr, flush=True)
+            what = f"{len(modes())} modes × ({n_wake} wakes, {n_stop} stops)"
+            print(f"sandbox bench: {what}", file=sys.stderr, flush=True)
             try:
                 raw = anyio.run(measure, root, n_wake, n_stop)
                 log_file.flush()

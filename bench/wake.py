@@ -541,9 +541,19 @@ def print_table(summary: list[dict[str, Any]]) -> None:
         )
 
 
+def unwakeable() -> str | None:
+    """Why this host can wake nothing for the bench, or None: a root hub runs CLIs only in the sandbox."""
+    if AS_ROOT and not sandboxed():
+        return f"as root CLIs run only in the sandbox, and {sandbox_problem()}"
+    return None
+
+
 def run(n_wake: int = 60, n_stop: int = 40) -> dict[str, Any]:
     """Both settings, in fresh temporary homes; prints the table and returns the results."""
     started = time.monotonic()
+    if (why := unwakeable()) is not None:
+        print(f"wake bench: skipped, {why}", file=sys.stderr, flush=True)
+        return {"skipped": why}
     with tempfile.TemporaryDirectory(prefix="agent-rooms-wake-bench-") as tmp:
         root = Path(tmp)
         open_to_run_as(root)
