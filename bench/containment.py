@@ -37,7 +37,7 @@ import anyio
 
 from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.settings import Settings, WakeSettings
+from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.wake.cgroups import Mechanism, detect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,7 +95,7 @@ async def stop_once(side: HubSide, rotation: Rotation, fake: FakeCli, mode: str,
 async def one_setting(
     home: Path, pairs: list[Any], fake: FakeCli, cgroup: str, per_series: int
 ) -> dict[str, list[dict[str, float | None]]]:
-    wake = WakeSettings(claude_bin=str(fake.bin), cgroup=cgroup, grace_int_s=GRACE_S, grace_term_s=GRACE_S)
+    wake = fake.caps(cgroup=cgroup, grace_int_s=GRACE_S, grace_term_s=GRACE_S)
     out: dict[str, list[dict[str, float | None]]] = {}
     async with Hub.open(Settings(home=home, wake=wake)) as hub, supervising(hub) as supervisor:
         assert supervisor is not None

@@ -94,9 +94,10 @@ async def machine_for(hub: Hub, root: Path, pair: Pair, url: str, fake: FakeCli,
     base = root / f"machine-{pair.owner}"
     work = base / "work" / pair.bot
     work.mkdir(parents=True)
+    wake.give_to_run_as(work)
     home = base / "agent-rooms"
     # Its own host id, as a second machine would have: recovery kills left-behind processes only on its own.
-    extra = {"HOME": str(base), "AGENT_ROOMS_CLAUDE_BIN": str(fake.bin), "AGENT_ROOMS_HOST_ID": pair.owner, **env}
+    extra = {"HOME": str(base), **fake.env(), "AGENT_ROOMS_HOST_ID": pair.owner, **env}
     machine = Machine(f"{pair.owner}-laptop", home, wake.scrubbed_env(home, **extra))
     done = await anyio.run_process(
         agent_rooms("login", url, "--code", made.code, "--name", machine.name), env=machine.env, check=False
@@ -104,7 +105,10 @@ async def machine_for(hub: Hub, root: Path, pair: Pair, url: str, fake: FakeCli,
     if done.returncode != 0:
         raise RuntimeError(f"login of {machine.name} to {url} failed: {done.stderr.decode(errors='replace')[-800:]}")
     policy = home / "listen.toml"
-    policy.write_text(f'workdir_root = "{work.parent}"\n[agents.{pair.bot}]\nworkdir = "{work}"\nsandbox = "off"\n')
+    # The sandbox as the owner gets it by default where bubblewrap starts here (bench/wake.py's `sandboxed`).
+    sandbox = "on" if wake.sandboxed() else "off"
+    agent = f'[agents.{pair.bot}]\nworkdir = "{work}"\nsandbox = "{sandbox}"\n'
+    policy.write_text(f'workdir_root = "{work.parent}"\n{agent}')
     policy.chmod(0o600)
     return machine
 
@@ -351,7 +355,11 @@ def print_tables(result: dict[str, Any]) -> None:
 def run(n_wake: int = 25, n_stop: int = 15, idle_s: float = IDLE_S) -> dict[str, Any]:
     """Every series and the idle part in a fresh temporary directory; prints the tables, returns the results."""
     started = time.monotonic()
+    if (why := wake.unwakeable()) is not None:
+        print(f"listener bench: skipped, {why}", file=sys.stderr, flush=True)
+        return {"skipped": why}
     with tempfile.TemporaryDirectory(prefix="agent-rooms-listener-bench-") as tmp:
+        wake.open_to_run_as(Path(tmp))
         result = anyio.run(measure, Path(tmp), n_wake, n_stop, idle_s)
     result = {
         "method": {

@@ -13,6 +13,8 @@ One run does, on a fresh hub in a temporary home:
    supervisor, and an idle listener's cost (bench/listener.py; `--listener-only`, `--skip-listener`).
 6. stop latency with a cgroup per run against the process-group sweep alone (bench/containment.py;
    `--containment-only`, `--skip-containment`).
+7. what the sandbox adds to a wake and a stop, against `--sandbox off` in the same run, and its probe's cost
+   per spawn (bench/sandbox.py; `--sandbox-only`, `--skip-sandbox`).
 
 The box is noisy, so tools are interleaved within each round (order rotated) and every ratio is
 computed within one round, then the median over rounds is reported with its [min-max].
@@ -42,6 +44,7 @@ from typing import Any
 
 import containment
 import listener
+import sandbox
 import waiters
 import wake
 from raw_client import Connection, tool_call
@@ -415,11 +418,17 @@ def main() -> int:
     ap.add_argument("--skip-listener", action="store_true", help="skip the listener bench")
     ap.add_argument("--containment-only", action="store_true", help="only the cgroup stop bench (bench/containment.py)")
     ap.add_argument("--skip-containment", action="store_true", help="skip the cgroup stop bench")
+    ap.add_argument("--sandbox-only", action="store_true", help="only the sandbox bench (bench/sandbox.py)")
+    ap.add_argument("--skip-sandbox", action="store_true", help="skip the sandbox bench")
+    ap.add_argument("--sandbox-wakes", type=int, default=20, help="wakes per mode in the sandbox bench")
+    ap.add_argument("--sandbox-stops", type=int, default=12, help="stops per mode in the sandbox bench")
     a = ap.parse_args()
     if a.wake_only and a.skip_wake:
         ap.error("--wake-only and --skip-wake exclude each other")
     if a.listener_only and (a.skip_listener or a.wake_only):
         ap.error("--listener-only excludes --skip-listener and --wake-only")
+    if a.sandbox_only and (a.skip_sandbox or a.wake_only or a.listener_only):
+        ap.error("--sandbox-only excludes --skip-sandbox, --wake-only and --listener-only")
     if a.rounds < 1 or a.seconds <= 0:
         ap.error("--rounds must be >= 1 and --seconds > 0")
     concs = [int(c) for c in a.conns.split(",")]
@@ -436,6 +445,8 @@ def main() -> int:
         return part_only(a.out, info, "listener", listener.run, started)
     if a.containment_only:
         return part_only(a.out, info, "containment", containment.run, started)
+    if a.sandbox_only:
+        return part_only(a.out, info, "sandbox", lambda: sandbox.run(a.sandbox_wakes, a.sandbox_stops), started)
     if a.profile is not None:
         a.profile.mkdir(parents=True, exist_ok=True)
         a.profile = a.profile.resolve()
@@ -459,6 +470,7 @@ def main() -> int:
         waiters.print_table(waiters_result)
     listener_result = None if a.skip_listener else listener.run()
     containment_result = None if a.skip_containment else containment.run()
+    sandbox_result = None if a.skip_sandbox else sandbox.run(a.sandbox_wakes, a.sandbox_stops)
     elapsed = time.monotonic() - started
     result = {
         "machine": info,
@@ -485,6 +497,8 @@ def main() -> int:
         result["listener"] = listener_result
     if containment_result is not None:
         result["containment"] = containment_result
+    if sandbox_result is not None:
+        result["sandbox"] = sandbox_result
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out} ({elapsed:.0f}s)")
     over = [e for e in http if "budget" in e and not e["budget"]["within_limit"]]

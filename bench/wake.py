@@ -29,6 +29,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -56,8 +57,11 @@ from agent_rooms_mcp.principals import AgentTool, Caller, parse_scopes
 from agent_rooms_mcp.settings import Settings, WakeSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests/sandboxhost.py, shared with the wake tests
 from raw_client import Connection, tool_call
 from world import UNLIMITED_RATES
+
+from tests.sandboxhost import AS_ROOT, RUN_AS, give_to_run_as, sandbox_problem, wake_settings_env
 
 BENCH = Path(__file__).resolve().parent
 OPERATOR = Actor("operator", "bench-operator")
@@ -98,12 +102,14 @@ class Pair:
     token: str  # the poster's
 
 
-async def build_world(home: Path, workroot: Path) -> list[Pair]:
+async def build_world(home: Path, workroot: Path, owners: int = OWNERS) -> list[Pair]:
+    """`owners` pairs. Their bots run sandboxed, the default, where bubblewrap starts here; elsewhere with the
+    sandbox off (`agent set --sandbox off`, the operator's choice), as the wake tests do (`sandboxed()`)."""
     settings = Settings(home=home)
     await init_home(settings, OPERATOR)
     pairs = []
     async with Hub.open(settings) as hub:
-        for i in range(OWNERS):
+        for i in range(owners):
             owner = f"owner{i:02d}"
             poster, bot, room = f"{owner}-poster", f"{owner}-bot", f"room{i:02d}"
             await hub.accounts.add_owner(OPERATOR, owner, local=True)  # this hub spawns their agents
@@ -111,12 +117,27 @@ async def build_world(home: Path, workroot: Path) -> list[Pair]:
             await hub.accounts.add_agent(OPERATOR, poster, owner, AgentTool.CLAUDE, scopes, None)
             workdir = workroot / bot
             workdir.mkdir(parents=True)
+            give_to_run_as(workdir)
             scopes = parse_scopes("read,post,task,invoke")
             await hub.accounts.add_agent(OPERATOR, bot, owner, AgentTool.CLAUDE, scopes, str(workdir))
+            if not sandboxed():
+                await hub.accounts.set_agent(OPERATOR, bot, sandbox=False)
             token = (await hub.accounts.issue_token(OPERATOR, poster, timedelta(days=1))).token
             await hub.rooms.create(OPERATOR, room, owner, [poster, bot])
             pairs.append(Pair(owner, poster, bot, room, token))
     return pairs
+
+
+def sandboxed() -> bool:
+    """Do the bench's woken fakes run in the sandbox (bubblewrap starts here), as a user's would by default?"""
+    return sandbox_problem() is None
+
+
+def open_to_run_as(root: Path) -> None:
+    """As root, let the run-as user through the bench's temporary directory (created 0700): an unsandboxed
+    run reaches its fake and workdir at their host paths. Inside the sandbox bwrap makes the parents itself."""
+    if AS_ROOT:
+        root.chmod(0o755)
 
 
 class Rotation:
@@ -142,6 +163,14 @@ class Rotation:
             await anyio.sleep(1.0)
 
 
+def fake_python() -> str:
+    """The interpreter the fake runs on. As root, the system's: the run-as user must reach it without the
+    sandbox's runtime binds too (this one may live under /root, as pyenv's does), and every series uses the
+    same one so that sandboxed and unsandboxed runs compare. It needs only the standard library."""
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    return system if AS_ROOT and system is not None else sys.executable
+
+
 class FakeCli:
     """bench/fake_cli.py behind a bash wrapper that notes the exec time; its records, by (event, run_id)."""
 
@@ -155,13 +184,25 @@ class FakeCli:
             "#!/bin/bash",
             "BENCH_EXEC_T=$EPOCHREALTIME",  # first: a bash builtin, no fork
             "export BENCH_EXEC_T " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exported.items()),
-            f'exec {shlex.quote(sys.executable)} -I -S {shlex.quote(str(BENCH / "fake_cli.py"))} "$@"',
+            f'exec {shlex.quote(fake_python())} -I -S {shlex.quote(str(BENCH / "fake_cli.py"))} "$@"',
         ]
         self.bin.write_text("\n".join(lines) + "\n")
         self.bin.chmod(0o755)
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
         self._offset = 0
         self.mode("ok")
+        self.root = root
+        give_to_run_as(root)  # as root the fake runs as RUN_AS, and appends to its log
+
+    def caps(self, **overrides: Any) -> WakeSettings:
+        """Default caps but the fake claude; as root its runs go to RUN_AS (DESIGN §5 "Never root"). In the
+        sandbox the fake sees this bench's scripts read-only and its own directory (mode, log) read-write."""
+        return WakeSettings(claude_bin=str(self.bin), run_as=RUN_AS, sandbox_ro=(str(BENCH),),
+                            sandbox_rw=(str(self.root),), **overrides)  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        """`caps()` for a separate process (a hub, a listener)."""
+        return wake_settings_env(self.caps())
 
     def mode(self, name: str) -> None:
         self.mode_file.write_text(name)
@@ -362,7 +403,7 @@ async def same_process(root: Path, n_wake: int, n_stop: int) -> dict[str, list[d
     pairs = await build_world(home, root / "work-same")
     fake = FakeCli(root / "fake-same")
     # Default caps and poll; only the binary differs, as AGENT_ROOMS_CLAUDE_BIN would set it.
-    settings = Settings(home=home, wake=WakeSettings(claude_bin=str(fake.bin)))
+    settings = Settings(home=home, wake=fake.caps())
     out: dict[str, list[dict[str, float]]] = {}
     async with Hub.open(settings) as hub, supervising(hub) as supervisor:
         assert supervisor is not None
@@ -418,7 +459,7 @@ async def hub_server(home: Path, fake: FakeCli, log: Path) -> AsyncIterator[tupl
     """`serve --http` on `home` (defaults but the fake claude and the raised rates), as (process, port);
     its log's tail is printed if the block fails."""
     port = free_port()
-    env = scrubbed_env(home, AGENT_ROOMS_CLAUDE_BIN=str(fake.bin), **UNLIMITED_RATES)
+    env = scrubbed_env(home, **fake.env(), **UNLIMITED_RATES)
     argv = [sys.executable, "-m", "agent_rooms_mcp", "serve", "--http", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out_file:
         proc = subprocess.Popen(argv, env=env, stdout=out_file, stderr=subprocess.STDOUT, cwd=BENCH.parent)
@@ -500,11 +541,22 @@ def print_table(summary: list[dict[str, Any]]) -> None:
         )
 
 
+def unwakeable() -> str | None:
+    """Why this host can wake nothing for the bench, or None: a root hub runs CLIs only in the sandbox."""
+    if AS_ROOT and not sandboxed():
+        return f"as root CLIs run only in the sandbox, and {sandbox_problem()}"
+    return None
+
+
 def run(n_wake: int = 60, n_stop: int = 40) -> dict[str, Any]:
     """Both settings, in fresh temporary homes; prints the table and returns the results."""
     started = time.monotonic()
+    if (why := unwakeable()) is not None:
+        print(f"wake bench: skipped, {why}", file=sys.stderr, flush=True)
+        return {"skipped": why}
     with tempfile.TemporaryDirectory(prefix="agent-rooms-wake-bench-") as tmp:
         root = Path(tmp)
+        open_to_run_as(root)
         # The in-process supervisor logs as `serve` does (JSON lines), into a file rather than our terminal.
         configure_logging(json=True)
         log_file = (root / "wake-same.log").open("w")
@@ -526,6 +578,8 @@ def run(n_wake: int = 60, n_stop: int = 40) -> dict[str, Any]:
             "spawns_per_owner_per_minute_max": SPAWNS_PER_OWNER,
             "poll_s": POLL_S,
             "caps": "defaults (WakeSettings())",
+            "sandbox": "on" if sandboxed() else f"off: {sandbox_problem()}",
+            "run_as": RUN_AS or None,
             "aims_ms": {f"{s}: {m}": v for (s, m), v in AIMS.items()},
         },
         "summary": summary,
@@ -534,17 +588,24 @@ def run(n_wake: int = 60, n_stop: int = 40) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--wakes", type=int, default=60, help="wakes per wake series")
-    ap.add_argument("--stops", type=int, default=40, help="stops per stop series")
+def part_main(
+    argv: list[str] | None, doc: str, name: str, bench: Callable[[int, int], dict[str, Any]], wakes: int, stops: int
+) -> int:
+    """A bench part run alone (`python bench/<part>.py`): its wake and stop counts, and an optional JSON file."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--wakes", type=int, default=wakes, help="wakes per series")
+    ap.add_argument("--stops", type=int, default=stops, help="stops per series")
     ap.add_argument("--out", type=Path, help="also write the results here as JSON")
     a = ap.parse_args(argv)
-    result = run(a.wakes, a.stops)
+    result = bench(a.wakes, a.stops)
     if a.out is not None:
         a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwake bench took {result['elapsed_s']:.0f}s")
+    print(f"\n{name} bench took {result.get('elapsed_s', 0):.0f}s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return part_main(argv, __doc__, "wake", run, 60, 40)
 
 
 if __name__ == "__main__":

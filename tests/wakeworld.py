@@ -3,13 +3,9 @@ supervisor, and polling the database for a run's end (a deadline bounds a broken
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import pwd
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -26,26 +22,9 @@ from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.wake.supervisor import Supervisor
 from tests.conftest import AGENTS, OPERATOR, World, build_world
 from tests.fakes.common import FAKES_DIR, write_wrapper
+from tests.sandboxhost import AS_ROOT, RUN_AS, give_to_run_as, sandbox_problem, wake_settings_env
 
 FINAL = ("completed", "failed", "stopped", "lost", "withdrawn", "expired")
-
-
-# DESIGN §5 "Never root": a root supervisor runs CLIs only as an unprivileged user, here Debian's `nobody`.
-AS_ROOT = os.geteuid() == 0
-RUN_AS = "nobody" if AS_ROOT else ""
-
-
-@functools.cache
-def sandbox_problem() -> str | None:
-    """Why woken CLIs cannot run in bubblewrap on this machine, or None when they can."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return "bubblewrap (bwrap) is not installed"
-    probe = [bwrap, "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "true"]
-    if not AS_ROOT:
-        probe[1:1] = ["--unshare-user"]
-    done = subprocess.run(probe, capture_output=True, check=False)
-    return None if done.returncode == 0 else f"bwrap cannot start a sandbox here: {done.stderr.decode().strip()}"
 
 
 def skip_without_sandbox(why: str) -> None:
@@ -56,16 +35,6 @@ def skip_without_sandbox(why: str) -> None:
     if os.environ.get("AGENT_ROOMS_REQUIRE_BWRAP") == "1":
         pytest.fail(f"AGENT_ROOMS_REQUIRE_BWRAP=1 but {problem}")
     pytest.skip(f"{why}: {problem}")
-
-
-def give_to_run_as(*paths: Path) -> None:
-    """As root, hand directories a woken CLI writes in (its workdir, the fakes' log) to the run-as user."""
-    if not AS_ROOT:
-        return
-    user = pwd.getpwnam(RUN_AS)
-    for top in paths:
-        for found in (top, *top.rglob("*")):
-            os.lchown(found, user.pw_uid, user.pw_gid)
 
 
 def wake_caps(fakes: Fakes, **overrides: Any) -> WakeSettings:
@@ -86,15 +55,7 @@ def wake_caps(fakes: Fakes, **overrides: Any) -> WakeSettings:
 
 def wake_env(fakes: Fakes) -> dict[str, str]:
     """`wake_caps` as a separate process (a hub or listener) reads it from its environment."""
-    caps = wake_caps(fakes)
-    return {
-        "AGENT_ROOMS_CLAUDE_BIN": caps.claude_bin,
-        "AGENT_ROOMS_CODEX_BIN": caps.codex_bin,
-        "AGENT_ROOMS_OPENCLAW_BIN": caps.openclaw_bin,
-        "AGENT_ROOMS_RUN_AS": caps.run_as,
-        "AGENT_ROOMS_SANDBOX_RO": os.pathsep.join(caps.sandbox_ro),
-        "AGENT_ROOMS_SANDBOX_RW": os.pathsep.join(caps.sandbox_rw),
-    }
+    return wake_settings_env(wake_caps(fakes))
 
 
 async def unsandboxed_unless_available(hub: Hub, *handles: str) -> None:
