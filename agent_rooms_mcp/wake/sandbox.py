@@ -156,10 +156,13 @@ def runtime_dirs() -> tuple[Path, ...]:
     import agent_rooms_mcp
 
     found: list[Path] = []
-    for prefix in (sys.base_prefix, sys.prefix, str(Path(agent_rooms_mcp.__file__).resolve().parent)):
-        path = Path(prefix).resolve()
-        if not _under(path, Path("/usr")) and path not in found:
-            found.append(path)
+    package = Path(agent_rooms_mcp.__file__).parent
+    for prefix in (sys.base_prefix, sys.prefix, package, Path(sys.executable).parent):
+        # As given and resolved: the bridge and the relay are started by `sys.executable`'s own path, which
+        # may pass through a symlink (a venv reached by a link) that the sandbox must show as well.
+        for path in (Path(prefix).absolute(), Path(prefix).resolve()):
+            if not _under(path, Path("/usr")) and path not in found:
+                found.append(path)
     return tuple(found)
 
 
