@@ -78,6 +78,10 @@ class Purge:
         self._settings = settings
         self._clock = clock
 
+    def _wal_left(self) -> bool:
+        wal = self._store.path.with_name(self._store.path.name + "-wal")
+        return wal.exists() and wal.stat().st_size > 0
+
     async def run(self, actor: Actor, *, dry_run: bool = False) -> PurgeReport:
         cutoff = iso(self._clock() - timedelta(seconds=self._settings.limits.retention_s))
         try:
@@ -90,8 +94,8 @@ class Purge:
             # now is found again by the next purge.
             await anyio.to_thread.run_sync(_remove_all, removed.paths)
         vacuumed = wal_truncated = False
-        if not dry_run:
-            # Every purge, not only one that removed rows: a WAL an earlier purge could not truncate (a reader
+        if not dry_run and (any(counts[k] for k in ROW_KINDS) or self._wal_left()):
+            # Also when nothing was removed but a WAL is left: one an earlier purge could not truncate (a reader
             # held it) may still hold purged bytes, and this is the "purge again" that clears them.
             vacuumed, wal_truncated = await self._store.compact(self._settings.limits.purge_vacuum_free_fraction)
         if not dry_run and +counts:
