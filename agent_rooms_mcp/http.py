@@ -92,6 +92,7 @@ class BearerGate:
             refused = await self._hub.auth.refuse(
                 "credential_in_query", None, transport=self._transport, address=address
             )
+            await _drain(receive, self._body_cap)
             await _auth_failed(send, refused)
             return
         scheme, _, credential = headers.get("authorization", "").partition(" ")
@@ -103,6 +104,7 @@ class BearerGate:
                     "not_this_runs_socket", presented, transport=self._transport, address=address, actor=caller.actor
                 )
         except RoomsError as e:
+            await _drain(receive, self._body_cap)
             await _auth_failed(send, e)
             return
         public = headers.get(_SESSION_HEADER.decode())
@@ -111,11 +113,13 @@ class BearerGate:
             if session is None:
                 reason = "session_of_another_agent" if self._sessions.known(public) else "unknown_session"
                 await self._refuse(reason, caller)
+                await _drain(receive, self._body_cap)
                 await _respond(send, 404, {"error": "NOT_FOUND"})
                 return
             scope = {**scope, "headers": _with_header(scope["headers"], _SESSION_HEADER, session.sdk_id.encode())}
         opening = public is None and _may_open_session(scope, headers)
         if opening and not await self._sessions.admit(caller.agent_id):
+            await _drain(receive, self._body_cap)
             await _respond(send, 429, {"error": "RATE_LIMITED"}, ((b"retry-after", self._retry_after),))
             return
         scope.setdefault("state", {})[HTTP_CALLER_KEY] = caller
@@ -186,6 +190,20 @@ def _may_open_session(scope: Scope, headers: dict[str, str]) -> bool:
 
 def _with_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
     return [(k, value if k.lower() == name else v) for k, v in headers]
+
+
+async def _drain(receive: Receive, cap: int) -> None:
+    """Read, and drop, the body of a request answered without it (up to `cap`, the body limit its length was
+    checked against). A connection closed with the request unread is reset by the kernel, and a proxy in front
+    may then lose the answer it was relaying: behind Caddy a 429's body was cut off that way."""
+    read = 0
+    while read <= cap:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 async def _respond(send: Send, status: int, body: dict[str, str], extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
