@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import os
 import socket
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 # A Unix socket path longer than this is reached relative to its directory (sun_path is 108 bytes on Linux).
 SUN_PATH_MAX = 100
 PRIVATE_SOCKET = 0o600
+
+
+@contextmanager
+def _address(path: Path, open_flag: int) -> Iterator[str]:
+    """The address to bind or connect `path` by: itself, or, past sun_path's length, the same name through its
+    directory's descriptor (Linux's /proc/self/fd), open while the address is used."""
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, open_flag | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def bind_private_unix(path: Path, backlog: int) -> socket.socket:
@@ -22,15 +37,8 @@ def bind_private_unix(path: Path, backlog: int) -> socket.socket:
         path.unlink()  # a socket left by a crashed server: the run directory is this run's alone
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        if len(os.fsencode(path)) <= SUN_PATH_MAX:
-            sock.bind(str(path))
-        else:
-            # A longer path is bound through the run directory's descriptor (Linux's /proc/self/fd).
-            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                sock.bind(f"/proc/self/fd/{fd}/{path.name}")
-            finally:
-                os.close(fd)
+        with _address(path, os.O_RDONLY) as address:
+            sock.bind(address)
         # Before listen(): nobody can connect before the mode is ours (the 0700 directory already shuts
         # out other users; this keeps the socket private even if the directory's mode were widened).
         os.chmod(path, PRIVATE_SOCKET)
@@ -45,14 +53,8 @@ def connect_unix(path: Path) -> socket.socket:
     """A blocking connection to the socket at `path`, however long the path."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        if len(os.fsencode(path)) <= SUN_PATH_MAX:
-            sock.connect(str(path))
-        else:
-            fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                sock.connect(f"/proc/self/fd/{fd}/{path.name}")
-            finally:
-                os.close(fd)
+        with _address(path, os.O_PATH) as address:
+            sock.connect(address)
     except BaseException:
         sock.close()
         raise
