@@ -391,6 +391,9 @@ async def test_owner_remove_deletes_every_agent_and_revokes_devices_and_grants_w
     bobs = {r["agent_id"] for r in world.sql("SELECT x.agent_id FROM room_agents x JOIN agents a USING (agent_id)"
                                              " JOIN owners o USING (owner_id) WHERE o.handle = 'bob'")}  # fmt: skip
     tokens = set().union(*(token_ids(world, h) for h in ("bob-claude", "bob-codex", "bob-admin")))
+    async with world.hub() as hub:
+        invite = await hub.invites.create_as_owner(OPERATOR, "shared", "bob", 3600)
+        alices = await hub.invites.create_as_owner(OPERATOR, "shared", "alice", 3600)
     seq = world.sql("SELECT max(seq) AS s FROM audit")[0]["s"]
 
     receipt = await cli_json(world, "owner", "remove", "bob", "--yes")
@@ -403,6 +406,8 @@ async def test_owner_remove_deletes_every_agent_and_revokes_devices_and_grants_w
     }
     withdrawn = [(w["kind"], w["id"]) for w in receipt["withdrawn"]]
     assert sorted(k for k, _ in withdrawn if k == "grant") == ["grant", "grant"]
+    # The invite Bob gave is void with him; Alice's to the same room still stands.
+    assert [i for k, i in withdrawn if k == "invite"] == [invite.invite_id]
     assert {i for k, i in withdrawn if k == "membership"} == bobs
     assert {w["id"] for w in receipt["withdrawn"] if w["kind"] == "room_membership"} == {
         r["room_id"] for r in world.sql("SELECT room_id FROM rooms WHERE name IN ('bobs-den', 'shared')")
@@ -423,6 +428,9 @@ async def test_owner_remove_deletes_every_agent_and_revokes_devices_and_grants_w
     assert json.loads(again.stdout)["code"] == "CONFLICT" and "never reused" in json.loads(again.stdout)["message"]
     adopt = await cli(world, "agent", "add", "bob-new", "--owner", "bob", "--tool", "claude", "--json")
     assert json.loads(adopt.stdout)["code"] == "NOT_FOUND"
+    for code, answer in ((invite.code, "INVITE_INVALID"), (alices.code, None)):
+        accepted = await cli(world, "invite", "accept", code, "--owner", "carol", "--agent", "carol-claude", "--json")
+        assert json.loads(accepted.stdout).get("code") == answer, accepted.stdout
 
 
 @pytest.mark.invariant(51)

@@ -71,7 +71,8 @@ class Containment:
         """An operator action, in one transaction: `agent delete` of each of the owner's agents (each with its
         own revocation and audit rows), their devices revoked (their listeners' runs stop_pending, as a
         device revoke leaves them), every grant to and from them revoked, their room memberships ended,
-        their unused enrollment codes voided; the owner archived and the handle retired (DESIGN §6)."""
+        their unused enrollment codes and the invites they gave voided; the owner archived and the handle
+        retired (DESIGN §6)."""
 
         def run(conn: sqlite3.Connection) -> _Done:
             owner = queries.owner(conn, owner_ref)
@@ -104,6 +105,14 @@ class Containment:
             done.withdrawn += _withdraw_proposals(
                 conn, "(proposer_owner_id = ? OR target_owner_id = ?)", (owner_id, owner_id), now
             )
+            # Their invites would otherwise still let someone in on their word after they are gone: an
+            # invite is the inviting owner's say-so (invites.owner_id), pending confirmation or not.
+            for row in conn.execute(
+                "UPDATE invites SET withdrawn_at = ? WHERE owner_id = ? AND used_at IS NULL AND withdrawn_at IS NULL"
+                " AND expires_at > ? RETURNING invite_id, (SELECT name FROM rooms r WHERE r.room_id = invites.room_id)",
+                (now, owner_id, now),
+            ).fetchall():
+                done.withdrawn.append(WithdrawnItem(kind="invite", id=row[0], room=row[1]))
             for room in conn.execute(
                 "DELETE FROM room_owners WHERE owner_id = ? RETURNING room_id", (owner_id,)
             ).fetchall():
