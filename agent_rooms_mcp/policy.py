@@ -712,6 +712,31 @@ def withdrawal_reason(f: WakeFacts, *, started: bool) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class RunHold:
+    """Who holds a run now, loaded where its token is minted."""
+
+    state: RunState
+    holder: str | None
+    lease: int
+    stop_requested: bool
+
+
+def run_token_refusal(now: RunHold | None, holder: str | None, lease: int) -> str | None:
+    """Why no token may be minted for a run claimed by (`holder`, `lease`), or None.
+
+    The token is minted just after the claim, in a transaction of its own. A quarantine, delete, stop or
+    another supervisor's recovery landing between the two revoked the tokens the run had then, none; a token
+    minted after would outlive the switch that ended its run (invariants 77, 93, 103)."""
+    if now is None:
+        return "the run no longer exists"
+    if now.state != RunState.RUNNING or now.stop_requested:
+        return f"the run is {now.state.value}{' with a stop asked for' if now.stop_requested else ''}"
+    if (now.holder, now.lease) != (holder, lease):
+        return "another claim holds the run now"
+    return None
+
+
 # DESIGN §5, Network: where a sandboxed run's egress proxy lets the CLI go. Each CLI's model API (Codex's
 # ChatGPT login calls chatgpt.com's backend and refreshes at auth.openai.com), the hosts of the base URLs
 # its environment names, and the hub when the bridge reaches it over the network (a listener's runs).

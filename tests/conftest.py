@@ -148,7 +148,9 @@ class World:
             )
         conn.close()
         async with self.hub() as hub:
-            issued = await hub.accounts.issue_run_token(OPERATOR, agent, run_id, timedelta(hours=1))
+            issued = await hub.accounts.issue_run_token(
+                OPERATOR, agent, run_id, timedelta(hours=1), holder=None, lease=0
+            )
         return issued.token
 
     async def trust(self, giver: str, taker: str) -> None:

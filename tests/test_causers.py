@@ -106,7 +106,9 @@ async def bobs_run_for_alice(world: World, mcp: Calls) -> str:
             OPERATOR, "bob-helper", "bob", AgentTool.CLAUDE, parse_scopes("read,post,task,invoke"), None
         )
         await hub.rooms.add_agent(OPERATOR, "shared", "bob-helper")
-        issued = await hub.accounts.issue_run_token(OPERATOR, "bob-codex", run["run_id"], timedelta(hours=1))
+        issued = await hub.accounts.issue_run_token(
+            OPERATOR, "bob-codex", run["run_id"], timedelta(hours=1), holder=None, lease=0
+        )
     return issued.token
 
 

@@ -24,6 +24,7 @@ from agent_rooms_mcp.policy import (
 )
 from agent_rooms_mcp.policy import ProposalState as PS
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
+from agent_rooms_mcp.run_states import RunState
 
 ALICE = Caller(
     agent_id="agt_alice",
@@ -488,6 +489,27 @@ WITHDRAW = [
 @pytest.mark.parametrize("facts, started, expected", WITHDRAW)
 def test_withdrawal_reason(facts: policy.WakeFacts, started: bool, expected: str | None) -> None:
     assert policy.withdrawal_reason(facts, started=started) == expected
+
+
+HELD = policy.RunHold(state=RunState.RUNNING, holder="sup_a", lease=2, stop_requested=False)
+MINT = [
+    pytest.param(HELD, None, id="held-by-this-claim"),
+    pytest.param(None, "the run no longer exists", id="gone"),
+    pytest.param(replace(HELD, stop_requested=True), "the run is running with a stop asked for", id="stop-asked"),
+    pytest.param(
+        replace(HELD, state=RunState.STOPPING, stop_requested=True),
+        "the run is stopping with a stop asked for",
+        id="withdrawn-while-held",
+    ),
+    pytest.param(replace(HELD, state=RunState.QUEUED, holder=None), "the run is queued", id="recovered"),
+    pytest.param(replace(HELD, lease=3), "another claim holds the run now", id="claimed-again-same-holder"),
+    pytest.param(replace(HELD, holder="sup_b", lease=3), "another claim holds the run now", id="claimed-elsewhere"),
+]
+
+
+@pytest.mark.parametrize("now, expected", MINT)
+def test_run_token_refusal(now: policy.RunHold | None, expected: str | None) -> None:
+    assert policy.run_token_refusal(now, "sup_a", 2) == expected
 
 
 @pytest.mark.parametrize(

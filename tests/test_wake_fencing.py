@@ -17,7 +17,7 @@ from agent_rooms_mcp.book import Ending, LeaseLost, this_host
 from agent_rooms_mcp.embedded import embedded_supervisor
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.services.runbook import LocalWakeBook
-from tests.conftest import World
+from tests.conftest import OPERATOR, World
 from tests.test_wake_guards import PAST, execute
 from tests.wakeworld import Fakes, post, runs, until
 
@@ -124,3 +124,36 @@ async def test_a_supervisor_that_lost_a_started_run_stops_its_cli_and_records_no
     assert (after["state"], after["outcome"], after["stop_signal"]) == ("lost", "lost", None)
     assert ends(woken, run["run_id"]) == ["run.lost"]
     assert not woken.sql("SELECT 1 FROM tokens WHERE run_id = ? AND revoked_at IS NULL", (run["run_id"],))
+
+
+@pytest.mark.invariant(93, 103)
+@pytest.mark.parametrize("between", ["a stop", "a quarantine", "another claim"])
+async def test_no_run_token_is_minted_after_a_switch_lands_between_the_claim_and_the_mint(
+    woken: World, between: str
+) -> None:
+    """The claim and the run token's mint are two transactions (the book's `_claim` then `_equip`, called
+    apart here because nothing public stands between them). A switch that lands in the gap revoked the
+    tokens the run had then, none: the mint must refuse, or its token would outlive the switch."""
+    await post(woken, "alice-claude", "@alice-bot please look")
+    async with Hub.open(woken.settings) as hub:
+        sup = book(hub, "sup_a")
+        claimed = await sup._claim()
+        assert claimed is not None
+        if between == "a stop":
+            await hub.runs.stop_as_owner(OPERATOR, "alice-bot", claimed.run_id)
+        elif between == "a quarantine":
+            # The quarantine's receipt waits for the run's end, which only the supervisor between the two
+            # steps would bring: let it wait in the background and look at the run as it leaves it.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.containment.quarantine_room, OPERATOR, "lobby")
+                await until(lambda: runs(woken, "alice-bot")[0]["stop_requested_at"], "the quarantine lands")
+                tg.cancel_scope.cancel()
+        else:
+            execute(woken, "UPDATE runs SET lease_until = ? WHERE run_id = ?", (PAST, claimed.run_id))
+            assert await book(hub, "sup_b").recover() == []
+            assert await book(hub, "sup_b").claim() is not None
+        live = woken.sql("SELECT token_id FROM tokens WHERE run_id = ? AND revoked_at IS NULL", (claimed.run_id,))
+        equipped = await sup._equip(claimed)
+    assert equipped.run_token == ""
+    assert woken.sql("SELECT token_id FROM tokens WHERE run_id = ? AND revoked_at IS NULL", (claimed.run_id,)) == live
+    assert woken.chain_verifies()

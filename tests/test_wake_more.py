@@ -268,14 +268,22 @@ async def test_a_chain_of_wakes_stops_at_depth_three(tmp_path: Path, fakes: Fake
     # The audit row says the mention was refused (per handle, or as a count in the older shape).
     assert audited.get("outcomes", {}).get("alice-cx") == "refused" or audited.get("refused") == 1, audited
     # What the depth-3 run saw: SPAWN_CAP. Ask again as that run, with a run token for it.
-    depth3 = world.sql("SELECT run_id FROM runs WHERE depth = 3")[0]["run_id"]
+    [claimed] = world.sql("SELECT run_id, lease_holder, lease_epoch FROM runs WHERE depth = 3")
+    depth3 = claimed["run_id"]
     # A run token works only while its run runs: put the finished depth-3 run back in that state.
     conn = sqlite3.connect(world.db)
     with conn:
         conn.execute("UPDATE runs SET state = 'running' WHERE run_id = ?", (depth3,))
     conn.close()
     async with world.hub() as hub:
-        token = await hub.accounts.issue_run_token(OPERATOR, "alice-bot", depth3, timedelta(minutes=5))
+        token = await hub.accounts.issue_run_token(
+            OPERATOR,
+            "alice-bot",
+            depth3,
+            timedelta(minutes=5),
+            holder=claimed["lease_holder"],
+            lease=claimed["lease_epoch"],
+        )
     async with world.client(None, token=token.token) as c:
         r = await c.call_tool("post_message", {"room": "lobby", "text": "@alice-cx one more"})
     assert not r.is_error, r.content

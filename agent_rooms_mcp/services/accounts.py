@@ -313,12 +313,23 @@ class Accounts:
         """A new passport and the one bearer token bound to it. The token is returned once, never stored."""
         return await self._mint(operator, agent_ref, ttl, run_id=None)
 
-    async def issue_run_token(self, actor: Actor, agent_ref: str, run_id: str, ttl: timedelta) -> IssuedToken:
+    async def issue_run_token(
+        self, actor: Actor, agent_ref: str, run_id: str, ttl: timedelta, *, holder: str | None, lease: int
+    ) -> IssuedToken:
         """A token for one woken run: it holds the agent's scopes but `consent` and `manage`, and the
-        supervisor revokes it when the run ends (DESIGN §2)."""
-        return await self._mint(actor, agent_ref, ttl, run_id=run_id)
+        supervisor revokes it when the run ends (DESIGN §2). Minted only while the claim (`holder`,
+        `lease`) still holds the run and no stop was asked for (policy.run_token_refusal)."""
+        return await self._mint(actor, agent_ref, ttl, run_id=run_id, held_by=(holder, lease))
 
-    async def _mint(self, actor: Actor, agent_ref: str, ttl: timedelta, *, run_id: str | None) -> IssuedToken:
+    async def _mint(
+        self,
+        actor: Actor,
+        agent_ref: str,
+        ttl: timedelta,
+        *,
+        run_id: str | None,
+        held_by: tuple[str | None, int] | None = None,
+    ) -> IssuedToken:
         longest = self._limits.token_ttl_max_s
         if not timedelta(0) < ttl <= timedelta(seconds=longest):
             raise invalid("ttl", f"must be positive and at most {longest // 86400} days")
@@ -326,6 +337,10 @@ class Accounts:
 
         def run(conn: sqlite3.Connection) -> IssuedToken:
             agent = queries.agent(conn, agent_ref)
+            if run_id is not None and held_by is not None:
+                refusal = policy.run_token_refusal(queries.run_hold(conn, run_id), *held_by)
+                if refusal is not None:
+                    raise RoomsError(ErrorCode.CONFLICT, f"no token for run {run_id}: {refusal}")
             now = datetime.now(UTC)
             passport, claims = self._issuer.issue(
                 agent_id=agent["agent_id"],

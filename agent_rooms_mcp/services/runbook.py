@@ -228,7 +228,12 @@ class LocalWakeBook:
             return replace(claimed, env=None)
         try:
             issued = await self._accounts.issue_run_token(
-                self._actor, claimed.agent_id, claimed.run_id, timedelta(seconds=self._caps.run_limit_s)
+                self._actor,
+                claimed.agent_id,
+                claimed.run_id,
+                timedelta(seconds=self._caps.run_limit_s),
+                holder=self._holder,
+                lease=claimed.lease,
             )
         except Exception as e:  # the supervisor ends it; a claim must never leave a run held and idle
             log.warning("run.token_refused", run_id=claimed.run_id, error=type(e).__name__)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.principals import Caller, Scope, held_scopes
+from agent_rooms_mcp.run_states import RunState
 
 # A room's latest message seq, read off the (room_id, seq) index instead of a counter every post rewrites.
 LATEST_SEQ = "(SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.room_id = r.room_id) AS latest_seq"
@@ -131,3 +132,18 @@ def member_agent(conn: sqlite3.Connection, room_id: str, handle: str) -> sqlite3
     if row is None:
         raise not_found("agent in this room")
     return row
+
+
+def run_hold(conn: sqlite3.Connection, run_id: str) -> policy.RunHold | None:
+    """Who holds the run now and whether a stop was asked for; None for a run that does not exist."""
+    row = conn.execute(
+        "SELECT state, lease_holder, lease_epoch, stop_requested_at FROM runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return policy.RunHold(
+        state=RunState(row["state"]),
+        holder=row["lease_holder"],
+        lease=row["lease_epoch"],
+        stop_requested=row["stop_requested_at"] is not None,
+    )
