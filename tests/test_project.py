@@ -24,7 +24,11 @@ TESTS = ROOT / "tests"
 README = (ROOT / "README.md").read_text()
 
 BANNED = {  # where -> imports it must never make (DESIGN §10: transport -> auth -> service -> store)
-    "agent_rooms_mcp/policy.py": ("agent_rooms_mcp.store", "agent_rooms_mcp.services", "aiosqlite", "anyio", "mcp"),
+    # Rules are pure functions over loaded facts: nothing of the layers that load them, call them or serve them.
+    "agent_rooms_mcp/policy": (
+        "agent_rooms_mcp.store", "agent_rooms_mcp.services", "agent_rooms_mcp.web", "agent_rooms_mcp.cli",
+        "agent_rooms_mcp.wake", "agent_rooms_mcp.server", "agent_rooms_mcp.http", "aiosqlite", "anyio", "mcp",
+    ),
     "agent_rooms_mcp/content.py": ("agent_rooms_mcp", "aiosqlite", "anyio", "mcp"),
     "agent_rooms_mcp/services": (
         "agent_rooms_mcp.server", "agent_rooms_mcp.cli", "agent_rooms_mcp.http", "agent_rooms_mcp.wake", "mcp"

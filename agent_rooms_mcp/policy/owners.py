@@ -1,0 +1,100 @@
+"""Owners, devices and the operator (DESIGN §2, §9.1): who acts for which owner, what only the operator does,
+which device a device may revoke, and the owner's rules for bringing owners and agents into rooms."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent_rooms_mcp.errors import forbidden, invalid, not_found, unauthenticated
+from agent_rooms_mcp.principals import Human
+
+# Owner actions from a device (DESIGN §2, §9.1). The operator at the hub's CLI acts for any owner; an owner on
+# a device acts only on their own things. Naming another owner as yourself is FORBIDDEN_SCOPE (owners are no
+# secret: the device knows who it is); naming another owner's agent, token, room or device is NOT_FOUND, as
+# for one that does not exist (invariant 82).
+
+# What only the operator does, on the hub's machine: a device asking for one of these is refused by name.
+OPERATOR_ACTIONS = frozenset(
+    {
+        "owner.add",
+        "owner.enroll",
+        "owner.verify",
+        "owner.unverify",
+        "owner.list",
+        "owner.remove",
+        "agent.env.set",
+        "agent.env.unset",
+        "agent.env.list",
+        "room.remove",
+        "run.log",
+        "audit.verify",
+        "audit.checkpoint",
+        "purge",
+        "room.quarantine",
+        "room.export",
+    }
+)
+
+
+def acts_for(who: Human, owner_id: str) -> bool:
+    """Whether `who` may act on things of owner `owner_id`."""
+    return who.owner_id is None or who.owner_id == owner_id
+
+
+def acting_for(who: Human, owner_id: str, owner_is_local: bool) -> Human:
+    """Who acts on a thing of owner `owner_id`, as its audit rows will say (DESIGN §2): the operator acting
+    for an owner who is not local to the hub acts on that owner's behalf; anyone else acts as themselves."""
+    if who.is_operator and not owner_is_local:
+        return Human(replace(who.actor, on_behalf_of=owner_id), who.owner_id, who.device_id)
+    return who
+
+
+def require_self(who: Human, owner_id: str, handle: str) -> None:
+    """`who` names owner `handle` as the one acting (`--owner`, `--from`, `--by`): only themselves."""
+    if not acts_for(who, owner_id):
+        raise forbidden(f"this device acts for its own owner only, not for {handle}")
+
+
+def require_own(who: Human, owner_id: str, kind: str) -> None:
+    """`who` names a thing of owner `owner_id`: another owner's looks missing (invariant 82)."""
+    if not acts_for(who, owner_id):
+        raise not_found(kind)
+
+
+def require_not_operator_action(name: str) -> None:
+    if name in OPERATOR_ACTIONS:
+        raise forbidden(f"{name} is an operator action: run it with the agent-rooms CLI on the hub's machine")
+
+
+def require_operator(what: str) -> None:
+    """Something only the operator sets, on the hub's machine (DESIGN §5: a hub-spawned run's workdir)."""
+    raise forbidden(f"{what} is the operator's to set, on the hub's machine")
+
+
+def may_revoke_device(who: Human, device_owner_id: str, device_id: str) -> None:
+    """The operator revokes any device; a device revokes only itself (DESIGN §9.1): another device of the same
+    owner is a console or operator action, another owner's device does not exist for it."""
+    if who.is_operator or who.device_id == device_id:
+        return
+    require_own(who, device_owner_id, "device")
+    raise forbidden("a device may revoke only itself; revoke another one at the console or on the hub's machine")
+
+
+def device_holds(revoked: bool, expired: bool) -> None:
+    """Inside a write an owner action makes from a device, the device must still be enrolled: one revoked or
+    gone idle since its request authenticated answers UNAUTHENTICATED, and the write rolls back."""
+    if revoked or expired:
+        raise unauthenticated("device_revoked_during_call")
+
+
+def require_owner_in_room(in_room: bool, field: str, owner: str, room: str, way_out: str = "") -> None:
+    """The operator acts for an owner in a room (a consent mode, an invite, an agent brought in directly) only
+    if that owner is in it; anyone else comes in through an invite."""
+    if not in_room:
+        raise invalid(field, f"{owner} is not in room {room}{way_out}")
+
+
+def require_own_agent(agent_owner_id: str, owner_id: str, agent: str) -> None:
+    """An owner brings only their own agents into a room; another owner's come with that owner's invite."""
+    if agent_owner_id != owner_id:
+        raise invalid("agent", f"{agent} does not belong to this owner")
