@@ -9,9 +9,10 @@ import click
 from agent_rooms_mcp import __version__
 from agent_rooms_mcp.cli.agent import agent
 from agent_rooms_mcp.cli.audit import audit
+from agent_rooms_mcp.cli.connect import connect
 from agent_rooms_mcp.cli.consent import consent, grant
 from agent_rooms_mcp.cli.device import device, login
-from agent_rooms_mcp.cli.hubcmds import bridge, connect, doctor, init, quickstart, serve
+from agent_rooms_mcp.cli.hubcmds import bridge, doctor, init, quickstart, serve
 from agent_rooms_mcp.cli.listen import listen
 from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.purge import purge
