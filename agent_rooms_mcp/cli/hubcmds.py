@@ -174,25 +174,35 @@ def serve(
 
 @click.command()
 @exposure_options(files_must_exist=False)
+@click.option(
+    "--fix", is_flag=True, help="Tighten the home's file modes (0700 directories, 0600 secrets); nothing else."
+)
 @json_option
 def doctor(
-    host: str, public_url: str | None, trust_proxy: str | None, tls_cert: str | None, tls_key: str | None, as_json: bool
+    host: str,
+    public_url: str | None,
+    trust_proxy: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    fix: bool,
+    as_json: bool,
 ) -> None:
-    """Check this hub's home, and the public-mode flags `serve --http` would be given; exit 1 on any failure.
+    """Check this hub's home, its agents' CLIs and workdirs, runs, tokens, client configuration, and the
+    public-mode flags `serve --http` would be given; exit 1 on any failure. Each check has a stable id.
 
     \b
     Example, before serving behind a TLS proxy:
         agent-rooms doctor --host 0.0.0.0 --public-url https://hub.example.com --trust-proxy 127.0.0.1
     """
     exposed = Exposed(host, public_url, trust_proxy, tls_cert, tls_key)
-    report = guarded(lambda: check_all(settings(), exposed), as_json=as_json)
+    report = guarded(lambda: check_all(settings(), exposed, fix=fix), as_json=as_json)
     emit(report, as_json=as_json, text=_report_text)
     if not report.ok:
         sys.exit(1)
 
 
 def _report_text(report: DoctorReport) -> str:
-    lines = []
+    lines = [f"fixed {line}" for line in report.fixed]
     for c in report.checks:
         lines.append(f"{c.status.value:<5} {c.id:<17} {c.message}")
         if c.fix:
