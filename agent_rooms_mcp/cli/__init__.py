@@ -18,6 +18,7 @@ from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.purge import purge
 from agent_rooms_mcp.cli.room import invite, room
 from agent_rooms_mcp.cli.run import run_group
+from agent_rooms_mcp.cli.status import status
 from agent_rooms_mcp.cli.token import token
 
 
@@ -40,6 +41,7 @@ for command in (
     connect,
     serve,
     doctor,
+    status,
     owner,
     agent,
     token,
