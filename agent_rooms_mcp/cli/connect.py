@@ -25,7 +25,17 @@ from agent_rooms_mcp.models import CheckStatus, DoctorReport
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.settings import Settings
 
-__all__ = ["DEFAULT_URL", "claude_http", "claude_stdio", "connect", "ensure_token_file", "token_file"]
+__all__ = [
+    "DEFAULT_URL",
+    "claude_http",
+    "claude_stdio",
+    "codex_toml",
+    "connect",
+    "ensure_token_file",
+    "mcp_json",
+    "report_text",
+]
+__all__ += ["token_file"]
 
 
 async def ensure_token_file(hub: Hub, agent: str, *, new: bool) -> bool:
@@ -216,7 +226,8 @@ def _check(s: Settings, url: str | None, *, yes: bool, as_json: bool) -> None:
 
 
 def report_text(report: DoctorReport) -> str:
-    lines = []
+    """`doctor`'s and `--check`'s report for people: a line per check, its fix below it."""
+    lines = [f"fixed: {line}" for line in report.fixed]
     for c in report.checks:
         lines.append(f"{c.status.value:<5} {c.id:<22} {c.message}")
         if c.fix:

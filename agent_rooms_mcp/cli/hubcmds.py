@@ -14,13 +14,19 @@ import click
 
 from agent_rooms_mcp import clients
 from agent_rooms_mcp.cli.common import Failed, emit, guarded, json_option, operator, settings
-from agent_rooms_mcp.cli.connect import DEFAULT_URL, claude_http, claude_stdio, ensure_token_file, token_file
+from agent_rooms_mcp.cli.connect import (
+    DEFAULT_URL,
+    claude_http,
+    claude_stdio,
+    ensure_token_file,
+    report_text,
+    token_file,
+)
 from agent_rooms_mcp.doctor import Exposed
 from agent_rooms_mcp.doctor import check as check_all
 from agent_rooms_mcp.errors import ErrorCode
 from agent_rooms_mcp.hub import Hub, check_home, init_home
 from agent_rooms_mcp.logs import configure_logging
-from agent_rooms_mcp.models import DoctorReport
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
 from agent_rooms_mcp.public import BindRefused, exposure_for
 from agent_rooms_mcp.settings import Settings
@@ -196,18 +202,9 @@ def doctor(
     """
     exposed = Exposed(host, public_url, trust_proxy, tls_cert, tls_key)
     report = guarded(lambda: check_all(settings(), exposed, fix=fix), as_json=as_json)
-    emit(report, as_json=as_json, text=_report_text)
+    emit(report, as_json=as_json, text=report_text)
     if not report.ok:
         sys.exit(1)
-
-
-def _report_text(report: DoctorReport) -> str:
-    lines = [f"fixed {line}" for line in report.fixed]
-    for c in report.checks:
-        lines.append(f"{c.status.value:<5} {c.id:<17} {c.message}")
-        if c.fix:
-            lines.append(f"{'':<23} fix: {c.fix}")
-    return "\n".join(lines)
 
 
 @click.command()
