@@ -13,17 +13,23 @@ import os
 import shutil
 import ssl
 import stat
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent_rooms_mcp import listen_policy, remote
+import anyio
+
+from agent_rooms_mcp import clients, listen_policy, remote
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.home import PRIVATE_DIR, HomeError, check_private_file, load_issuer_key
+from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.listen_policy import ListenPolicy
 from agent_rooms_mcp.listener import listener_holds_lock
-from agent_rooms_mcp.models import CheckStatus, DeviceList, DoctorCheck, DoctorReport
+from agent_rooms_mcp.models import AgentInfo, CheckStatus, DeviceList, DoctorCheck, DoctorReport, RunInfo, TokenInfo
 from agent_rooms_mcp.public import BindRefused, exposure_for, is_loopback
+from agent_rooms_mcp.services.overview import SharedInvoke
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.wake import cgroups
 from agent_rooms_mcp.wake.egress import loopback_listeners, network_namespace_problem
@@ -44,9 +50,14 @@ class Exposed:
     tls_key: str | None = None
 
 
-def check(settings: Settings, exposed: Exposed) -> DoctorReport:
-    checks = [*home_checks(settings), *listener_checks(settings), *exposure_checks(exposed), *wake_checks(settings)]
-    return DoctorReport(ok=all(c.status is not FAIL for c in checks), checks=checks)
+def check(settings: Settings, exposed: Exposed, *, fix: bool = False) -> DoctorReport:
+    fixed = fix_modes(settings) if fix else []
+    home = home_checks(settings)
+    checks = [*home, *listener_checks(settings), *exposure_checks(exposed), *wake_checks(settings)]
+    if settings.db_path.exists() and all(c.status is not FAIL for c in home):
+        # What is in the database, and the clients configured for it: only a home that opens safely is read.
+        checks += anyio.run(hub_checks, settings, exposed)
+    return DoctorReport(ok=all(c.status is not FAIL for c in checks), checks=checks, fixed=fixed)
 
 
 def _ok(check_id: str, message: str) -> DoctorCheck:
@@ -424,3 +435,149 @@ def sandbox_network(bwrap: str | None) -> DoctorCheck:
         message=f"{problem}: a woken CLI shares this host's network; {reach}",
         fix=f"{fix}, or stop or firewall the services behind those ports",
     )
+
+
+# What the database holds (DESIGN §9.5): the agents' CLIs and workdirs, stale runs, tokens near expiry,
+# invoke agents in rooms shared with another owner, and the clients configured for this hub.
+
+
+async def hub_checks(settings: Settings, exposed: Exposed) -> list[DoctorCheck]:
+    async with Hub.open(settings) as hub:
+        agents = (await hub.accounts.list_agents()).agents
+        local = {o.handle for o in (await hub.accounts.list_owners()).owners if o.local}
+        mine = [a for a in agents if a.owner in local]  # the agents this hub spawns; others wake on listeners
+        checks = [_agent_clis(settings, mine), _agent_workdirs(mine)]
+        checks.append(_stale_runs(await hub.overview.stale_runs(settings.limits.doctor_stale_run_s)))
+        checks.append(_tokens_near_expiry(settings, (await hub.accounts.list_tokens(None)).tokens))
+        checks.append(_shared_invoke(await hub.overview.invoke_in_shared_rooms()))
+        urls = {exposed.public_url.rstrip("/") + "/mcp"} if exposed.public_url else set()
+        checks += await clients.drift(settings, hub.accounts.token_status, Path.cwd(), urls)
+    return checks
+
+
+def cli_version(binary: str, timeout_s: float) -> str | None:
+    """`BIN --version`'s first line, or None when it is not installed or does not answer."""
+    found = shutil.which(binary)
+    if found is None:
+        return None
+    try:
+        done = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def _agent_clis(settings: Settings, agents: list[AgentInfo]) -> DoctorCheck:
+    tools = sorted({a.tool for a in agents})
+    if not tools:
+        return _ok("agents.cli", "no agent of a local owner: this hub spawns no CLI")
+    binaries = {
+        "claude": settings.wake.claude_bin,
+        "codex": settings.wake.codex_bin,
+        "openclaw": settings.wake.openclaw_bin,
+    }
+    found, missing = [], []
+    for tool in tools:
+        binary = binaries.get(tool, tool)
+        version = cli_version(binary, settings.limits.client_cli_timeout_s)
+        if version is None:
+            missing.append((tool, binary, [a.handle for a in agents if a.tool == tool]))
+        else:
+            found.append(f"{tool}: {version}")
+    if missing:
+        said = "; ".join(f"{binary} does not answer --version: the wakes of {', '.join(who)} end "
+                         "cli_not_found" for tool, binary, who in missing)  # fmt: skip
+        fix = "install it (npm install -g @anthropic-ai/claude-code / @openai/codex), or name its path in "
+        fix += "AGENT_ROOMS_CLAUDE_BIN / AGENT_ROOMS_CODEX_BIN / AGENT_ROOMS_OPENCLAW_BIN"
+        return DoctorCheck(id="agents.cli", status=WARN, message=said, fix=fix)
+    return _ok("agents.cli", "; ".join(found))
+
+
+def _agent_workdirs(agents: list[AgentInfo]) -> DoctorCheck:
+    for a in agents:
+        if a.workdir is not None and not Path(a.workdir).is_dir():
+            fix = f"mkdir -p {a.workdir}, or agent-rooms agent set {a.handle} --workdir DIR"
+            return _fail("agents.workdir", f"{a.handle}'s workdir {a.workdir} is not a directory: its wakes end"
+                         " workdir_missing", fix)  # fmt: skip
+    set_ = [a for a in agents if a.workdir is not None]
+    return _ok("agents.workdir", f"{len(set_)} workdir(s) exist; the others' runs work in a directory of their own")
+
+
+SHOWN = 5  # items a check names before "and N more"
+
+
+def _stale_runs(runs: list[RunInfo]) -> DoctorCheck:
+    if not runs:
+        return _ok("runs.stale", "no run waits or runs past its time")
+    shown = ", ".join(f"{r.run_id} ({r.agent}, {r.state} since {r.started_at or r.created_at})" for r in runs[:SHOWN])
+    more = f" and {len(runs) - SHOWN} more" if len(runs) > SHOWN else ""
+    return DoctorCheck(
+        id="runs.stale",
+        status=WARN,
+        message=f"{len(runs)} run(s) stale: {shown}{more}",
+        fix="start the hub (agent-rooms serve) or the owner's listener so they settle, or stop them: "
+        "agent-rooms agent stop AGENT",
+    )
+
+
+def _tokens_near_expiry(settings: Settings, tokens: list[TokenInfo]) -> DoctorCheck:
+    soon = datetime.now(UTC) + timedelta(seconds=settings.limits.doctor_token_warn_s)
+    near = [t for t in tokens if t.status == "active" and datetime.fromisoformat(t.expires_at) < soon]
+    if not near:
+        return _ok("tokens.expiry", "no active agent token expires within the warning window")
+    shown = ", ".join(f"{t.token_id} of {t.agent} at {t.expires_at}" for t in near[:SHOWN])
+    more = f" and {len(near) - SHOWN} more" if len(near) > SHOWN else ""
+    return DoctorCheck(
+        id="tokens.expiry",
+        status=WARN,
+        message=f"{len(near)} token(s) expiring soon: {shown}{more}",
+        fix="agent-rooms connect AGENT --new-token (entries made with --apply read the new one)",
+    )
+
+
+def _shared_invoke(found: list[SharedInvoke]) -> DoctorCheck:
+    if not found:
+        return _ok("rooms.invoke", "no unsandboxed invoke agent sits in a room another owner is in")
+    shown = ", ".join(f"{f.agent} in {f.room}" for f in found)
+    return DoctorCheck(
+        id="rooms.invoke",
+        status=WARN,
+        message=f"woken without a sandbox, with their owner's permissions, on words from other owners: {shown}",
+        fix="agent-rooms agent set AGENT --sandbox on, or take invoke away (agent-rooms agent scopes AGENT ...), "
+        "or run other owners' work on a hub of its own (README: public mode)",
+    )
+
+
+# `doctor --fix`: file modes only. Anything riskier is the person's to do, from the fix each check names.
+
+
+def fix_modes(settings: Settings) -> list[str]:
+    """Tighten the home's directories to 0700 and its secret files to 0600: only this user's own, never
+    through a link, and nothing else changed."""
+    me = os.geteuid()
+    fixed: list[str] = []
+    dirs = [settings.home, settings.keys_dir, settings.tokens_dir]
+    files = [
+        *_database_files(settings.db_path),
+        settings.issuer_key_path,
+        settings.master_key_path,
+        settings.applied_clients_path,
+        remote.device_path(settings),
+        settings.home / listen_policy.POLICY_FILE,
+        *(sorted(settings.tokens_dir.glob("*")) if settings.tokens_dir.is_dir() else []),
+    ]
+    for path, kind, mode in [
+        *((d, stat.S_ISDIR, PRIVATE_DIR) for d in dirs),
+        *((f, stat.S_ISREG, 0o600) for f in files),
+    ]:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not kind(st.st_mode) or st.st_uid != me or not stat.S_IMODE(st.st_mode) & 0o077:
+            continue
+        os.chmod(path, mode, follow_symlinks=False)
+        fixed.append(f"chmod {mode:o} {path}")
+    return fixed

@@ -30,6 +30,7 @@ from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.listeners import Listeners
 from agent_rooms_mcp.services.messages import Messages
+from agent_rooms_mcp.services.overview import Overview
 from agent_rooms_mcp.services.purge import Purge
 from agent_rooms_mcp.services.rooms import Rooms
 from agent_rooms_mcp.services.run_control import Runs
@@ -59,6 +60,7 @@ class Hub:
     containment: Containment
     checkpoints: Checkpoints
     purge: Purge
+    overview: Overview
 
     @classmethod
     @asynccontextmanager
@@ -96,6 +98,7 @@ class Hub:
                 containment=Containment(store, issuer, runs, settings.wake),
                 checkpoints=Checkpoints(store, key, deployment_id, settings.audit_checkpoints_path),
                 purge=Purge(store, settings),
+                overview=Overview(store),
             )
 
 

@@ -431,6 +431,7 @@ class DoctorCheck(BaseModel):
 class DoctorReport(BaseModel):
     ok: bool  # no check failed (a warning leaves it true)
     checks: list[DoctorCheck]
+    fixed: list[str] = []  # what `doctor --fix` changed (file modes only), before the checks above ran
 
 
 class GrantInfo(BaseModel):
@@ -655,3 +656,42 @@ class AgentExport(BaseModel):
     deleted_at: str | None
     memberships: list[ArchivedMembership]
     tokens: list[ArchivedToken]
+
+
+# `agent-rooms status` (DESIGN §9.5): one screen per owner, read through the services.
+
+
+class OutgoingProposal(BaseModel):
+    """A proposal an owner's agent made that waits on another owner's decision."""
+
+    proposal_id: str
+    kind: Literal["task", "wake"]
+    room: str
+    proposer: str
+    target: str
+    target_owner: str
+    created_at: str
+
+
+class ListenerInfo(BaseModel):
+    holder: str
+    device: str
+    host: str
+    started_at: str
+    seen_at: str
+    agents: list[str]
+
+
+class OwnerStatus(BaseModel):
+    owner: OwnerInfo
+    agents: list[AgentInfo]
+    runs: list[RunInfo]  # live and queued
+    consents_waiting_on_owner: list[Proposal]
+    consents_waiting_on_others: list[OutgoingProposal]
+    grants: list[GrantInfo]
+    devices: list[DeviceInfo]
+    listeners: list[ListenerInfo]
+
+
+class StatusReport(BaseModel):
+    owners: list[OwnerStatus]

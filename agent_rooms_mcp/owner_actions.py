@@ -37,10 +37,12 @@ from agent_rooms_mcp.models import (
     Invite,
     InviteAccepted,
     IssuedToken,
+    OwnerStatus,
     ProposalList,
     Receipt,
     RoomList,
     RoomSummary,
+    StatusReport,
     StopResult,
     TokenList,
     TokenRevoked,
@@ -539,3 +541,38 @@ class DeviceRevoke(Args):
 @_action("device.revoke", DeviceRevoke, DeviceInfo)
 async def device_revoke(hub: Hub, who: Human, a: DeviceRevoke) -> DeviceInfo:
     return await hub.devices.revoke(who, a.device_id)
+
+
+# `status` (DESIGN §9.5): one screen per owner, each part read through the service that owns it.
+
+
+class StatusArgs(Args):
+    owner: str | None = None
+
+
+@_action("status", StatusArgs, StatusReport)
+async def status(hub: Hub, who: Human, a: StatusArgs) -> StatusReport:
+    """Every owner for the operator (or the one named); on a device, its own owner only (policy.require_self)."""
+    owners = (await hub.accounts.list_owners()).owners
+    if a.owner is not None or who.owner_id is not None:
+        ref = a.owner if a.owner is not None else await _handle(hub, who.owner_id or "")
+        await _self(hub, who, ref)  # a device names only its own owner
+        owners = [o for o in owners if ref in (o.handle, o.owner_id)]
+    agents = (await hub.accounts.list_agents()).agents
+    devices = (await hub.devices.list_devices(who)).devices
+    limit = hub.settings.limits.page_max
+    screens = []
+    for o in owners:
+        screens.append(
+            OwnerStatus(
+                owner=o,
+                agents=[x for x in agents if x.owner == o.handle],
+                runs=await hub.overview.live_runs(o.owner_id),
+                consents_waiting_on_owner=(await hub.consent.pending_for_owner(o.handle, None, 0, limit)).proposals,
+                consents_waiting_on_others=await hub.overview.outgoing_proposals(o.owner_id),
+                grants=(await hub.grants.list_grants(o.handle, include_revoked=False)).grants,
+                devices=[d for d in devices if d.owner == o.handle],
+                listeners=await hub.overview.listeners(o.owner_id),
+            )
+        )
+    return StatusReport(owners=screens)

@@ -116,6 +116,13 @@ class Limits:
     # How long `doctor` on an owner's machine waits for the hub: a check, not an action, so a hub out of
     # reach is reported soon rather than after the owner API's two minutes.
     doctor_hub_timeout_s: int = 10
+    # `doctor` warns of an agent's token that expires within this long: its client stops working then.
+    doctor_token_warn_s: int = 7 * 24 * 3600
+    # `doctor` calls a run stale that is queued this long, or running with a lease this long expired.
+    doctor_stale_run_s: int = 3600
+    # How long `connect --apply/--check` and `doctor` wait for a client's own command (`claude mcp add`,
+    # `claude mcp list`, which health-checks every server it knows) before giving up on it.
+    client_cli_timeout_s: int = 120
     # Archived agents and rooms, and ended runs' files, are kept this long, then purged (DESIGN §6).
     retention_s: int = 30 * 24 * 3600
     # A serving hub purges this long after it starts, then this often (0: never; `agent-rooms purge` still does).
@@ -229,6 +236,34 @@ def _paths(value: str | None) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientPaths:
+    """Where the MCP clients `connect --apply` configures keep their configuration (DESIGN §9): Claude Code's
+    `~/.claude.json` and settings (under CLAUDE_CONFIG_DIR when set), Codex's `config.toml` (CODEX_HOME)."""
+
+    claude_config_dir: Path
+    claude_json: Path
+    codex_home: Path
+
+    @property
+    def claude_settings(self) -> Path:
+        return self.claude_config_dir / "settings.json"
+
+    @property
+    def codex_config(self) -> Path:
+        return self.codex_home / "config.toml"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ClientPaths:
+        user_home = Path(env.get("HOME") or Path.home()).expanduser()
+        config_dir = env.get("CLAUDE_CONFIG_DIR")
+        claude_dir = Path(config_dir).expanduser() if config_dir else user_home / ".claude"
+        # With CLAUDE_CONFIG_DIR set, Claude Code keeps its `.claude.json` inside that directory too.
+        claude_json = claude_dir / ".claude.json" if config_dir else user_home / ".claude.json"
+        codex = env.get("CODEX_HOME")
+        return cls(claude_dir, claude_json, Path(codex).expanduser() if codex else user_home / ".codex")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
     limits: Limits = field(default=DEFAULT_LIMITS)
@@ -237,6 +272,7 @@ class Settings:
     # Set when AGENT_ROOMS_TOKEN_FILE named a file we refused to read; the server still starts.
     stdio_token_problem: str | None = None
     wake: WakeSettings = field(default_factory=WakeSettings)
+    clients: ClientPaths = field(default_factory=lambda: ClientPaths.from_env(os.environ))
 
     @property
     def db_path(self) -> Path:
@@ -269,6 +305,11 @@ class Settings:
         return self.home / "run-logs"
 
     @property
+    def applied_clients_path(self) -> Path:
+        """What `connect --apply` configured, so `--check`, `--new-token` and `doctor` know its entries."""
+        return self.home / "clients.json"
+
+    @property
     def audit_checkpoints_path(self) -> Path:
         """Every audit checkpoint this hub signed, one a line: the next one extends the last. The copy that
         counts against tampering is the one the owner keeps away from this machine (DESIGN §6)."""
@@ -288,6 +329,7 @@ class Settings:
             stdio_token=token.strip() if token else None,
             stdio_token_problem=problem,
             wake=WakeSettings.from_env(env),
+            clients=ClientPaths.from_env(env),
         )
 
 

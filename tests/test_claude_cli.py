@@ -29,7 +29,7 @@ async def test_claude_mcp_list_reports_the_stdio_server_connected(world: World, 
     line = printed.stdout.decode().strip()
     assert CLAUDE is not None
     # The printed line names this interpreter's agent-rooms; under pytest that is the venv's own script.
-    assert line.startswith("claude mcp add agent-rooms ")
+    assert line.startswith("claude mcp add --scope user agent-rooms ")
     env = {
         "HOME": str(home),
         "PATH": f"{Path(CLAUDE).parent}:{Path(sys.executable).parent}:/usr/bin:/bin",

@@ -84,7 +84,7 @@ def test_quickstart_is_idempotent_and_mints_nothing_the_second_time(home: Path) 
     token = token_file.read_text()
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     second = ar(home, "quickstart")
-    assert "claude mcp add agent-rooms" in second.stdout
+    assert "claude mcp add --scope user agent-rooms" in second.stdout
     assert token_file.read_text() == token
     assert len(ok_json(home, "token", "list")["tokens"]) == 1
     assert token.strip() not in first.stdout + second.stdout  # printed lines read the file, never paste it
@@ -130,10 +130,11 @@ def test_connect_prints_each_client_config_with_the_token_in_a_private_file(home
     token_file = home / "tokens" / "alice-claude.token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     token = token_file.read_text().strip()
-    assert claude.stdout.startswith("claude mcp add agent-rooms -e AGENT_ROOMS_HOME=")
+    assert claude.stdout.startswith("claude mcp add --scope user agent-rooms -e AGENT_ROOMS_HOME=")
     assert f"AGENT_ROOMS_TOKEN_FILE={token_file}" in claude.stdout and claude.stdout.rstrip().endswith(" serve")
     http = ar(home, "connect", "alice-claude", "--client", "claude", "--http", "http://127.0.0.1:8765/mcp")
-    assert f"$(cat {token_file})" in http.stdout
+    assert "'Authorization: Bearer ${AGENT_ROOMS_TOKEN}'" in http.stdout and "$(cat" not in http.stdout
+    assert f'export AGENT_ROOMS_TOKEN="$(cat {token_file})"' in http.stderr
     codex = ar(home, "connect", "alice-claude", "--client", "codex").stdout
     assert "[mcp_servers.agent-rooms]" in codex and 'args = ["serve"]' in codex
     codex_http = ar(home, "connect", "alice-claude", "--client", "codex", "--http", "http://127.0.0.1:8765/mcp").stdout

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from nacl.signing import SigningKey
 
 from agent_rooms_mcp.auth.paseto import k4_pid
@@ -22,9 +23,10 @@ from agent_rooms_mcp.listener import only_listener
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.wake.cgroups import Mechanism, detect
 from tests.conftest import OPERATOR, World
+from tests.fakes.common import write_wrapper
 from tests.hubprocess import free_port, serve_http
 from tests.test_public import self_signed
-from tests.wakeworld import AS_ROOT, RUN_AS, sandbox_problem
+from tests.wakeworld import AS_ROOT, RUN_AS, post, sandbox_problem
 
 HOME_CHECKS = ["home.dir", "home.database", "home.issuer_key", "home.master_key", "home.tokens"]
 PUBLIC_CHECKS = ["public.url", "public.proxy", "public.tls", "public.bind"]
@@ -35,17 +37,36 @@ CGROUP_STATUS = "warn" if detect().mechanism is Mechanism.PROCESS_GROUP else "ok
 # Woken CLIs: as root, which user they run as; everywhere, whether the sandbox starts.
 # (wake.network is judged on the host's own powers: tests/test_egress.py drives it both ways.)
 WAKE_CHECKS = [*(["wake.run_as"] if AS_ROOT else []), "wake.sandbox", "wake.network", "wake.cgroup"]
+# What the database holds (agents.cli is judged on the host: whether claude and codex are installed here).
+HUB_CHECKS = ["agents.cli", "agents.workdir", "runs.stale", "tokens.expiry", "rooms.invoke"]
+CLIENT_CHECKS = ["clients.entries", "clients.token", "clients.duplicate", "clients.literal_token", "clients.connector"]
+ALL_CHECKS = HOME_CHECKS + PUBLIC_CHECKS + WAKE_CHECKS + HUB_CHECKS + CLIENT_CHECKS
+
+
+def invoke(args: list[str], env: dict[str, str]) -> Result:
+    """The command, on a thread of its own: doctor opens the hub with an event loop of its own, which cannot
+    start on the thread of an async test's loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(CliRunner().invoke, cli, args, env=env).result()
 
 
 def doctor(home: Path, *flags: str, **env: str) -> tuple[int, dict[str, Any]]:
-    env = {"AGENT_ROOMS_HOME": str(home), "AGENT_ROOMS_RUN_AS": RUN_AS, **env}
-    done = CliRunner().invoke(cli, ["doctor", "--json", *flags], env=env)
+    # The clients' configuration is read from a HOME of the test's own, never the person's running it.
+    user = home.parent / "user"
+    user.mkdir(exist_ok=True)
+    clients = {"HOME": str(user), "CLAUDE_CONFIG_DIR": "", "CODEX_HOME": "", "AGENT_ROOMS_TOKEN": ""}
+    # The suite's tokens live a day: unless a test says otherwise, a day ahead is not "soon".
+    clients["AGENT_ROOMS_LIMIT_DOCTOR_TOKEN_WARN_S"] = "3600"
+    env = {"AGENT_ROOMS_HOME": str(home), "AGENT_ROOMS_RUN_AS": RUN_AS, **clients, **env}
+    done = invoke(["doctor", "--json", *flags], env)
     return done.exit_code, json.loads(done.stdout)
 
 
 def statuses(report: dict[str, Any]) -> dict[str, str]:
-    """The home's and the flags' checks; the wake.* ones are judged on the host (and tested below)."""
-    return {c["id"]: c["status"] for c in report["checks"] if not c["id"].startswith("wake.")}
+    """The home's and the flags' checks; the wake.* ones and agents.cli are judged on the host (tested below)."""
+    return {
+        c["id"]: c["status"] for c in report["checks"] if not c["id"].startswith("wake.") and c["id"] != "agents.cli"
+    }
 
 
 def the(report: dict[str, Any], check_id: str) -> dict[str, Any]:
@@ -60,7 +81,7 @@ def serve_refuses(home: Path, *flags: str) -> bool:
 async def test_a_healthy_home_on_loopback_passes_every_check(world: World) -> None:
     code, report = doctor(world.settings.home)
     assert code == 0 and report["ok"], report
-    assert [c["id"] for c in report["checks"]] == HOME_CHECKS + PUBLIC_CHECKS + WAKE_CHECKS
+    assert [c["id"] for c in report["checks"]] == ALL_CHECKS
     assert set(statuses(report).values()) == {"ok"}
     if sandbox_problem() is None:
         # (the suite's run-as user is `nobody`, which doctor rightly warns is shared)
@@ -68,13 +89,13 @@ async def test_a_healthy_home_on_loopback_passes_every_check(world: World) -> No
         assert wake == {"wake.sandbox": "ok", "wake.network": "ok"}
     assert the(report, "wake.cgroup")["status"] == CGROUP_STATUS
     # Text for people: one line per check.
-    env = {"AGENT_ROOMS_HOME": str(world.settings.home), "AGENT_ROOMS_RUN_AS": RUN_AS}
-    text = CliRunner().invoke(cli, ["doctor"], env=env)
-    assert (
-        text.exit_code == 0
-        and text.stdout.count("\nok ") + text.stdout.count("\nwarn ")
-        == len(HOME_CHECKS + PUBLIC_CHECKS + WAKE_CHECKS) - 1
-    )
+    env = {
+        "AGENT_ROOMS_HOME": str(world.settings.home),
+        "AGENT_ROOMS_RUN_AS": RUN_AS,
+        "HOME": str(world.settings.home.parent / "user"),
+    }
+    text = invoke(["doctor"], env)
+    assert text.exit_code == 0 and text.stdout.count("\nok ") + text.stdout.count("\nwarn ") == len(ALL_CHECKS) - 1
 
 
 async def test_a_sandbox_that_cannot_start_is_a_warning_naming_bubblewrap(world: World, tmp_path: Path) -> None:
@@ -328,3 +349,97 @@ async def test_doctor_names_the_run_containment_in_force_and_warns_when_it_is_th
     assert code == 0 and report["ok"] and off["status"] == "warn"
     assert off["message"].startswith("process-group sweep only") and "AGENT_ROOMS_CGROUP=off" in off["message"]
     assert "unset AGENT_ROOMS_CGROUP" in off["fix"]
+
+
+# What the database holds, and the clients configured for it (DESIGN §9.5): each problem planted in a real
+# hub, reported under its own id.
+
+
+async def test_each_problem_in_the_hub_is_reported_under_its_own_id(world: World, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    write_wrapper("claude", bin_dir)
+    write_wrapper("codex", bin_dir)
+    clis = {"AGENT_ROOMS_CLAUDE_BIN": str(bin_dir / "claude"), "AGENT_ROOMS_CODEX_BIN": str(bin_dir / "codex")}
+    code, report = doctor(world.settings.home, **clis)
+    assert code == 0 and the(report, "agents.cli")["status"] == "ok"
+    assert "2.1.330 (Claude Code)" in the(report, "agents.cli")["message"]
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    async with world.hub() as hub:
+        await hub.accounts.set_agent(OPERATOR, "alice-claude", workdir=str(workdir))
+        # bob-codex holds invoke and sits in "shared" with alice: without its sandbox, her words reach a CLI
+        # running with bob's permissions.
+        await hub.accounts.set_agent(OPERATOR, "bob-codex", sandbox=False)
+    workdir.rmdir()
+    await post(world, "bob-claude", "@bob-codex look", room="bobs-den")  # queued: no supervisor runs here
+    code, report = doctor(
+        world.settings.home,
+        AGENT_ROOMS_CLAUDE_BIN=str(tmp_path / "no-claude"),
+        AGENT_ROOMS_LIMIT_DOCTOR_STALE_RUN_S="0",
+        AGENT_ROOMS_LIMIT_DOCTOR_TOKEN_WARN_S=str(2 * 24 * 3600),
+    )
+    got = {c["id"]: c for c in report["checks"]}
+    assert code == 1 and not report["ok"]
+    assert got["agents.cli"]["status"] == "warn" and "no-claude" in got["agents.cli"]["message"]
+    assert "cli_not_found" in got["agents.cli"]["message"]
+    assert got["agents.workdir"]["status"] == "fail" and str(workdir) in got["agents.workdir"]["message"]
+    assert "workdir_missing" in got["agents.workdir"]["message"]
+    assert got["runs.stale"]["status"] == "warn" and "bob-codex, queued" in got["runs.stale"]["message"]
+    assert got["tokens.expiry"]["status"] == "warn" and "8 token(s)" in got["tokens.expiry"]["message"]
+    assert got["rooms.invoke"]["status"] == "warn" and got["rooms.invoke"]["message"].endswith("bob-codex in shared")
+    failed = {k for k, v in statuses(report).items() if v == "fail"}
+    assert failed == {"agents.workdir"}, report
+
+
+async def test_client_drift_is_the_same_check_in_doctor_as_in_connect_check(world: World, tmp_path: Path) -> None:
+    """One implementation: a client entry whose token was revoked fails `clients.token` in both."""
+    user = world.settings.home.parent / "user"
+    user.mkdir()
+    bin_dir = tmp_path / "bin"
+    write_wrapper("claude", bin_dir)
+    env = {
+        "AGENT_ROOMS_HOME": str(world.settings.home),
+        "HOME": str(user),
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "AGENT_ROOMS_CLAUDE_BIN": str(bin_dir / "claude"),
+        "CLAUDE_CONFIG_DIR": "",
+        "AGENT_ROOMS_TOKEN": "",
+    }
+    assert invoke(["connect", "alice-claude", "--apply"], env).exit_code == 0
+    token_id = json.loads(invoke(["token", "list", "alice-claude", "--json"], env).stdout)["tokens"][-1]["token_id"]
+    assert invoke(["token", "revoke", token_id, "--json"], env).exit_code == 0
+    code, report = doctor(world.settings.home, **env)
+    check = json.loads(invoke(["connect", "--check", "--json"], env).stdout)["checks"]
+    assert code == 1 and the(report, "clients.token") == next(c for c in check if c["id"] == "clients.token")
+    assert the(report, "clients.token")["status"] == "fail" and "revoked" in the(report, "clients.token")["message"]
+
+
+async def test_fix_tightens_the_homes_modes_and_nothing_else(world: World) -> None:
+    home = world.settings.home
+    token = home / "tokens" / "alice-claude.token"
+    token.write_text("x\n")
+    loose = {
+        home: 0o755,
+        home / "tokens": 0o750,
+        token: 0o644,
+        home / "hub.db": 0o640,
+        home / "keys" / "issuer.paserk": 0o604,
+    }
+    for path, mode in loose.items():
+        path.chmod(mode)
+    elsewhere = home.parent / "not-ours.txt"
+    elsewhere.write_text("x")
+    elsewhere.chmod(0o644)
+    (home / "tokens" / "link.token").symlink_to(elsewhere)
+    code, report = doctor(home)
+    assert code == 1 and {"home.dir", "home.database"} <= {k for k, v in statuses(report).items() if v == "fail"}
+    code, report = doctor(home, "--fix")
+    assert sorted(report["fixed"]) == sorted(f"chmod {700 if p.is_dir() else 600} {p}" for p in loose)
+    for path in loose:
+        assert os.stat(path).st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    # Through a link: nothing changed, and the link is still reported.
+    assert elsewhere.stat().st_mode & 0o777 == 0o644
+    assert the(report, "home.tokens")["status"] == "fail" and code == 1
+    (home / "tokens" / "link.token").unlink()
+    code, report = doctor(home)
+    assert code == 0 and report["fixed"] == []

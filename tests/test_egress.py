@@ -20,13 +20,14 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.policy import allowed_hosts
@@ -545,8 +546,14 @@ def test_a_sandboxed_cli_reaches_only_the_proxy_and_through_it_only_its_listed_h
 # doctor: whether this host gives a sandbox a network namespace, and if not, what a run could reach.
 
 
+def invoke(args: list[str], env: dict[str, str]) -> Result:
+    """On a thread of its own: doctor opens the hub with an event loop of its own (not this test's)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(CliRunner().invoke, cli, args, env=env).result()
+
+
 def sandbox_network(home: Path, path: str) -> tuple[dict[str, object], bool]:
-    done = CliRunner().invoke(cli, ["doctor", "--json"], env={"AGENT_ROOMS_HOME": str(home), "PATH": path})
+    done = invoke(["doctor", "--json"], {"AGENT_ROOMS_HOME": str(home), "PATH": path})
     report = json.loads(done.stdout)
     return next(c for c in report["checks"] if c["id"] == "wake.network"), report["ok"]
 

@@ -158,8 +158,10 @@ def test_examples_match_what_connect_prints() -> None:
     assert 'args = ["serve"]' in stdio_toml and "AGENT_ROOMS_TOKEN_FILE" in stdio_toml
     assert 'bearer_token_env_var = "AGENT_ROOMS_TOKEN"' in stdio_toml
     claude = (ROOT / "examples" / "claude-stdio.sh").read_text()
-    assert "claude mcp add agent-rooms" in claude and "-- " in claude and " serve" in claude
-    assert "Bearer $(cat " in (ROOT / "examples" / "claude-http.sh").read_text()
+    assert "claude mcp add --scope user agent-rooms" in claude and "-- " in claude and " serve" in claude
+    http = (ROOT / "examples" / "claude-http.sh").read_text()
+    # A shell `$(cat FILE)` in the header would store the token itself in ~/.claude.json (issue 18).
+    assert "'Authorization: Bearer ${AGENT_ROOMS_TOKEN}'" in http and "Bearer $(cat" not in http
 
 
 def test_the_two_agent_demo_runs(tmp_path: Path) -> None:

@@ -39,6 +39,11 @@ def credential_kind(credential: str) -> CredentialKind | None:
     return None if found is None else CredentialKind(found.group(1))
 
 
+def holds_credential(text: str) -> bool:
+    """Whether `text` holds anything shaped like one of our credentials (a client's config file must not)."""
+    return _CREDENTIAL_RE.search(text) is not None
+
+
 def new_token(kind: CredentialKind) -> str:
     return kind.value + secrets.token_urlsafe(32)  # 256 bits
 

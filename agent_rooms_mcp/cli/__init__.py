@@ -9,14 +9,16 @@ import click
 from agent_rooms_mcp import __version__
 from agent_rooms_mcp.cli.agent import agent
 from agent_rooms_mcp.cli.audit import audit
+from agent_rooms_mcp.cli.connect import connect
 from agent_rooms_mcp.cli.consent import consent, grant
 from agent_rooms_mcp.cli.device import device, login
-from agent_rooms_mcp.cli.hubcmds import bridge, connect, doctor, init, quickstart, serve
+from agent_rooms_mcp.cli.hubcmds import bridge, doctor, init, quickstart, serve
 from agent_rooms_mcp.cli.listen import listen
 from agent_rooms_mcp.cli.owner import owner
 from agent_rooms_mcp.cli.purge import purge
 from agent_rooms_mcp.cli.room import invite, room
 from agent_rooms_mcp.cli.run import run_group
+from agent_rooms_mcp.cli.status import status
 from agent_rooms_mcp.cli.token import token
 
 
@@ -39,6 +41,7 @@ for command in (
     connect,
     serve,
     doctor,
+    status,
     owner,
     agent,
     token,

@@ -1,4 +1,4 @@
-"""`agent-rooms init | quickstart | connect | serve | doctor`: the hub's own lifecycle and first run (DESIGN §9)."""
+"""`agent-rooms init | quickstart | serve | doctor`: the hub's own lifecycle and first run (DESIGN §9)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,27 @@ import re
 import socket
 import sys
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import anyio
 import click
 
-from agent_rooms_mcp import owner_actions
-from agent_rooms_mcp.cli import connect as snippets
-from agent_rooms_mcp.cli.common import Failed, emit, guarded, json_option, operator, run, settings
+from agent_rooms_mcp import clients
+from agent_rooms_mcp.cli.common import Failed, emit, guarded, json_option, operator, settings
+from agent_rooms_mcp.cli.connect import (
+    DEFAULT_URL,
+    claude_http,
+    claude_stdio,
+    ensure_token_file,
+    report_text,
+    token_file,
+)
 from agent_rooms_mcp.doctor import Exposed
 from agent_rooms_mcp.doctor import check as check_all
 from agent_rooms_mcp.errors import ErrorCode
-from agent_rooms_mcp.home import check_private_file, write_private_file
 from agent_rooms_mcp.hub import Hub, check_home, init_home
 from agent_rooms_mcp.logs import configure_logging
-from agent_rooms_mcp.models import DoctorReport
-from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, Human, format_scopes
+from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
 from agent_rooms_mcp.public import BindRefused, exposure_for
 from agent_rooms_mcp.settings import Settings
 
@@ -34,23 +38,6 @@ def init() -> None:
     s = settings()
     created = guarded(lambda: anyio.run(init_home, s, operator()))
     click.echo(f"{'initialised' if created else 'already initialised'}: {s.home}")
-
-
-async def _ensure_token_file(hub: Hub, agent: str, *, new: bool) -> bool:
-    """Mint a token into the agent's 0600 token file if it has none (or `new`); a replaced one is revoked.
-    For an agent of an owner who is not local, the operator does both on that owner's behalf (DESIGN §2)."""
-    path = snippets.token_file(hub.settings, agent)
-    if path.exists():
-        check_private_file(path)  # a file others can read would be refused by the server anyway
-        if not new:
-            return False
-    actor = (await owner_actions.acting_on_agent(hub, Human(operator()), agent)).actor
-    issued = await hub.accounts.issue_token(actor, agent, timedelta(seconds=hub.settings.limits.token_ttl_default_s))
-    if path.exists():
-        # Nobody holds the old token once its file is overwritten: it must not stay valid.
-        await hub.accounts.revoke_secret(actor, path.read_text(encoding="ascii").strip())
-    write_private_file(path, issued.token.encode("ascii") + b"\n")
-    return True
 
 
 def _os_handle() -> str:
@@ -74,9 +61,9 @@ def quickstart() -> None:
                 await hub.accounts.add_owner(operator(), owner, local=True)
                 await hub.accounts.add_agent(operator(), agent, owner, AgentTool.CLAUDE, DEFAULT_SCOPES, None)
                 await hub.rooms.create(operator(), "lobby", owner, [agent])
-                await _ensure_token_file(hub, agent, new=False)
+                await ensure_token_file(hub, agent, new=False)
                 scopes = format_scopes(DEFAULT_SCOPES)
-                token_path = snippets.token_file(s, agent)
+                token_path = token_file(s, agent)
                 click.echo(f"created owner {owner}, agent {agent} (scopes {scopes}), room lobby, token in {token_path}")
                 return agent
             agents = await hub.accounts.list_agents()
@@ -85,44 +72,18 @@ def quickstart() -> None:
     first = guarded(lambda: anyio.run(main))
     click.echo(f"hub home: {s.home}\n")
     click.echo(f"Connect Claude Code as {first} (stdio; starts the hub on demand):")
-    click.echo(f"  {snippets.claude_stdio(s, first)}\n")
-    click.echo("Or over HTTP, while `agent-rooms serve --http` runs:")
-    click.echo(f"  {snippets.claude_http(s, first, snippets.DEFAULT_URL)}\n")
-    click.echo("Add only one of the two: both register the server as `agent-rooms`.\n")
+    click.echo(f"  {claude_stdio(s, first)}\n")
+    click.echo("Or over HTTP, while `agent-rooms serve --http` runs (Claude Code reads the token from the")
+    click.echo("environment when it connects, so export it in the shell that starts claude):")
+    click.echo(f"  {clients.token_env_line(s, first)}")
+    click.echo(f"  {claude_http(s, first, DEFAULT_URL)}\n")
+    click.echo("Add only one of the two: both register the server as `agent-rooms`.")
+    click.echo(f"`agent-rooms connect {first} --client claude --apply` runs the first for you.\n")
     click.echo(f"Next: `agent-rooms agent add NAME --owner {owner} --tool codex` for a second agent,")
     click.echo(
         f"`agent-rooms connect NAME --client codex` for its config, `agent-rooms invite create lobby --by {owner}`"
     )
     click.echo("to bring in another person.")
-
-
-@click.command("connect")
-@click.argument("agent")
-@click.option("--client", type=click.Choice(["claude", "codex", "json"]), default="claude", show_default=True)
-@click.option("--http", "url", default=None, help=f"Connect over HTTP to this URL (e.g. {snippets.DEFAULT_URL}).")
-@click.option("--new-token", is_flag=True, help="Mint a fresh token into the agent's token file.")
-def connect(agent: str, client: str, url: str | None, new_token: bool) -> None:
-    """Print the exact `claude mcp add` command, Codex config.toml block, or .mcp.json entry for AGENT.
-
-    \b
-    Example:
-        agent-rooms connect alice-claude --client claude
-    """
-    s = settings()
-
-    async def main(hub: Hub) -> bool:
-        await hub.accounts.list_tokens(agent)  # NOT_FOUND for an unknown agent, before any file is written
-        return await _ensure_token_file(hub, agent, new=new_token)
-
-    minted = run(main)
-    if minted:
-        click.echo(f"# token written to {snippets.token_file(s, agent)} (0600)", err=True)
-    if client == "claude":
-        click.echo(snippets.claude_http(s, agent, url) if url else snippets.claude_stdio(s, agent))
-    elif client == "codex":
-        click.echo(snippets.codex_toml(s, agent, url), nl=False)
-    else:
-        click.echo(snippets.mcp_json(s, agent, url))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -219,30 +180,31 @@ def serve(
 
 @click.command()
 @exposure_options(files_must_exist=False)
+@click.option(
+    "--fix", is_flag=True, help="Tighten the home's file modes (0700 directories, 0600 secrets); nothing else."
+)
 @json_option
 def doctor(
-    host: str, public_url: str | None, trust_proxy: str | None, tls_cert: str | None, tls_key: str | None, as_json: bool
+    host: str,
+    public_url: str | None,
+    trust_proxy: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    fix: bool,
+    as_json: bool,
 ) -> None:
-    """Check this hub's home, and the public-mode flags `serve --http` would be given; exit 1 on any failure.
+    """Check this hub's home, its agents' CLIs and workdirs, runs, tokens, client configuration, and the
+    public-mode flags `serve --http` would be given; exit 1 on any failure. Each check has a stable id.
 
     \b
     Example, before serving behind a TLS proxy:
         agent-rooms doctor --host 0.0.0.0 --public-url https://hub.example.com --trust-proxy 127.0.0.1
     """
     exposed = Exposed(host, public_url, trust_proxy, tls_cert, tls_key)
-    report = guarded(lambda: check_all(settings(), exposed), as_json=as_json)
-    emit(report, as_json=as_json, text=_report_text)
+    report = guarded(lambda: check_all(settings(), exposed, fix=fix), as_json=as_json)
+    emit(report, as_json=as_json, text=report_text)
     if not report.ok:
         sys.exit(1)
-
-
-def _report_text(report: DoctorReport) -> str:
-    lines = []
-    for c in report.checks:
-        lines.append(f"{c.status.value:<5} {c.id:<17} {c.message}")
-        if c.fix:
-            lines.append(f"{'':<23} fix: {c.fix}")
-    return "\n".join(lines)
 
 
 @click.command()

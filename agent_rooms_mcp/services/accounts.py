@@ -393,6 +393,29 @@ class Accounts:
 
         return await self._store.read(run)
 
+    async def token_status(self, token: str) -> TokenInfo | None:
+        """The standing of the agent token whose secret this is (a token file's), None if the hub never
+        issued it: a read for `connect --check` and `doctor`, which judge a client's token without using it."""
+
+        def run(conn: sqlite3.Connection) -> TokenInfo | None:
+            row = conn.execute(
+                "SELECT t.token_id, t.created_at, t.expires_at, t.revoked_at, a.handle, a.status FROM tokens t"
+                " JOIN agents a ON a.agent_id = t.agent_id WHERE t.token_hash = ? AND t.run_id IS NULL",
+                (secret_hash(token),),
+            ).fetchone()
+            if row is None:
+                return None
+            dead = row["revoked_at"] or row["status"] != "active"
+            return TokenInfo(
+                token_id=row["token_id"],
+                agent=row["handle"],
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+                status="revoked" if dead else "expired" if row["expires_at"] <= now_utc() else "active",
+            )
+
+        return await self._store.read(run)
+
     async def revoke_secret(self, operator: Actor, token: str) -> None:
         """Revoke the token whose secret this is, if the hub knows it (a token file being replaced)."""
         row = await self._store.read(

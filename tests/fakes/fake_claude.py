@@ -669,6 +669,10 @@ class ClaudeHooks(Hooks):
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["mcp"]:  # configuration, not a run: `claude mcp add|get|list|remove`
+        import mcp_config
+
+        return mcp_config.claude(sys.argv[2:])
     fake = Fake.start("claude")
     try:
         return Claude(fake).run()

@@ -359,6 +359,13 @@ class CodexHooks(Hooks):
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["mcp"]:  # configuration, not a run: `codex mcp add|get|list|remove`
+        import mcp_config
+
+        return mcp_config.codex(sys.argv[2:])
+    if sys.argv[1:2] in (["--version"], ["-V"]):
+        print("codex-cli 0.169.0")
+        return 0
     fake = Fake.start("codex")
     try:
         return Codex(fake).run()
