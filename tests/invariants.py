@@ -49,7 +49,7 @@ def _rows() -> list[Invariant]:
         38: ("accepting exists only in the CLI and adds that owner's agents only, in one transaction", "core"),
         39: ("an invite past the room's pending cap is refused and changes nothing", "core"),
         40: (
-            "console login links and enrollment codes: >= 128 bits, expire, single use (only a POST), void after 5 failures",
+            "console login links and enrollment codes: >= 128 bits, expire, single use (a POST), void after 5 failures",
             "network console",
         ),
         41: ("a new room's consent mode is task_by_task", "consent"),
@@ -110,7 +110,7 @@ def _rows() -> list[Invariant]:
         ),
         90: ("revocation receipts are proven: each credential named is refused by a real lookup first", "containment"),
         91: (
-            "enrollment codes and console login links are single use, short-lived, hashed at rest, limited after failures",
+            "enrollment codes and console links are single use, short-lived, hashed at rest, limited after failures",
             "network console",
         ),
         92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),

@@ -149,7 +149,7 @@ async def test_a_login_link_is_void_after_5_failures_and_dead_once_expired(
 
     link_id, secret = code_of(await link_for(world, "bob")).split(".")
     with sqlite3.connect(world.db) as conn:  # five minutes from now, already past
-        conn.execute("UPDATE console_links SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE link_id = ?", (link_id,))
+        conn.execute("UPDATE console_links SET expires_at = '2000-01-01T00:00:00Z' WHERE link_id = ?", (link_id,))
     late = await http.post("/console/login", data={"code": f"{link_id}.{secret}"}, headers=SAME_ORIGIN)
     assert late.status_code == 401 and "set-cookie" not in late.headers
 
