@@ -131,6 +131,10 @@ class Console:
 
     async def _handle(self, request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
+        if headers.get("origin") == "null" and headers.get("sec-fetch-site") == "same-origin":
+            # Under our `Referrer-Policy: no-referrer` a browser sends `Origin: null` with its own forms; its
+            # fetch metadata says where the form came from, and the cross-origin check below goes by that.
+            del headers["origin"]
         peer = request.client.host if request.client else None
         refusal = self._exposure.refusal(peer, headers)
         if refusal is not None:
@@ -333,7 +337,7 @@ class Console:
         done = await self._act(
             who, "agent.stop", {"handle": form.get("agent", ""), "run_id": form.get("run_id", ""), "wait": False}
         )
-        return self._back("runs", f"stop asked: {', '.join(r.run_id for r in done.runs) or 'nothing live'}")
+        return self._back("runs", f"stop asked: {', '.join(r.run_id for r in done.stopped) or 'nothing live'}")
 
     async def _agents(self, request: Request, who: Human, form: Form) -> Response:
         assert who.owner_id is not None
