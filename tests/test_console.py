@@ -4,18 +4,22 @@ action as the CLI. `test_console_browser.py` drives the same pages in a real Chr
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
+from click.testing import CliRunner
 from jinja2 import DictLoader, Environment
 
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.auth.tokens import secret_hash
+from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.owner_actions import perform
@@ -334,3 +338,40 @@ async def test_the_operator_minting_for_an_owner_who_is_not_local_acts_on_their_
         await perform(hub, Human(OPERATOR), "console.link", {"owner": "bob", "base_url": HTTP_BASE})
     dave, bob = world.sql("SELECT detail FROM audit WHERE action = 'console.link' ORDER BY seq")
     assert '"on_behalf_of":"own_' in dave["detail"] and "on_behalf_of" not in bob["detail"]
+
+
+async def test_a_same_origin_form_under_no_referrer_passes_though_its_origin_is_null(
+    world: World, http: httpx2.AsyncClient
+) -> None:
+    await log_in(http, world, "alice")
+    token_id = world.token_ids["alice-claude"]
+    foreign = await http.post(
+        "/console/tokens/revoke",
+        data={"token_id": token_id},
+        headers={"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+    )
+    assert foreign.status_code == 403
+    own = await http.post(
+        "/console/tokens/revoke",
+        data={"token_id": token_id},
+        headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+    )
+    assert own.status_code == 303
+
+
+async def test_the_console_command_prints_a_link_and_refuses_without_an_owner(world: World) -> None:
+    env = {"AGENT_ROOMS_HOME": str(world.settings.home)}
+
+    def invoke(*args: str) -> Any:  # the CLI runs its own event loop: in a thread of its own
+        return anyio.to_thread.run_sync(lambda: CliRunner().invoke(cli, list(args), env=env))
+
+    done = await invoke("console", "--owner", "alice", "--json")
+    assert done.exit_code == 0, done.output
+    made = json.loads(done.stdout)
+    assert made["owner"] == "alice" and made["url"].startswith("http://127.0.0.1:8765/console/login?code=cln_")
+    (row,) = world.sql("SELECT * FROM audit WHERE action = 'console.link'")
+    assert (row["actor_kind"], row["via"]) == ("operator", "cli")
+    missing = await invoke("console")
+    assert missing.exit_code == 1 and "--owner HANDLE" in missing.output
+    bad = await invoke("console", "--owner", "alice", "--url", "file:///etc")
+    assert bad.exit_code == 1 and "INVALID_ARGUMENT: base_url" in bad.output

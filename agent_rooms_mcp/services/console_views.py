@@ -183,11 +183,12 @@ class ConsoleViews:
         return await self._store.read(audit.verify)
 
     async def handles(self) -> dict[str, str]:
-        """Owner and agent ids -> handles, for audit rows in plain words."""
+        """Owner, agent and room ids -> handles and names, for audit rows in plain words."""
 
         def read(conn: sqlite3.Connection) -> dict[str, str]:
             names = {r[0]: r[1] for r in conn.execute("SELECT owner_id, handle FROM owners")}
             names.update({r[0]: r[1] for r in conn.execute("SELECT agent_id, handle FROM agents")})
+            names.update({r[0]: r[1] for r in conn.execute("SELECT room_id, name FROM rooms")})
             return names
 
         return await self._store.read(read)
