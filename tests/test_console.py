@@ -25,6 +25,7 @@ from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.owner_actions import perform
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.public import exposure_for
+from agent_rooms_mcp.services.console_sessions import revoke_all
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.web.console.app import CSP, environment
 from tests.conftest import HTTP_BASE, OPERATOR, World
@@ -375,3 +376,39 @@ async def test_the_console_command_prints_a_link_and_refuses_without_an_owner(wo
     assert missing.exit_code == 1 and "--owner HANDLE" in missing.output
     bad = await invoke("console", "--owner", "alice", "--url", "file:///etc")
     assert bad.exit_code == 1 and "INVALID_ARGUMENT: base_url" in bad.output
+
+
+async def test_giving_invoke_needs_the_handle_typed_and_a_refusal_changes_nothing(
+    world: World, http: httpx2.AsyncClient
+) -> None:
+    await log_in(http, world, "alice")
+    before = world.fingerprint()
+    untyped = {"handle": "alice-claude", "scopes": "read,post,task,invoke", "confirm": "yes"}
+    refused = await http.post("/console/agents/scopes", data=untyped, headers=SAME_ORIGIN)
+    assert refused.status_code == 400 and "confirm" in refused.text
+    assert world.fingerprint() == before
+    typed = {**untyped, "confirm": "alice-claude"}
+    assert (await http.post("/console/agents/scopes", data=typed, headers=SAME_ORIGIN)).status_code == 303
+    (agent,) = world.sql("SELECT scopes FROM agents WHERE handle = 'alice-claude'")
+    assert "invoke" in agent["scopes"]
+    # Narrowing needs no confirmation; another owner's agent looks missing.
+    narrow = {"handle": "alice-claude", "scopes": "read"}
+    assert (await http.post("/console/agents/scopes", data=narrow, headers=SAME_ORIGIN)).status_code == 303
+    theirs = {"handle": "bob-claude", "scopes": "read"}
+    assert (await http.post("/console/agents/scopes", data=theirs, headers=SAME_ORIGIN)).status_code == 404
+
+
+async def test_an_idle_session_expires_and_a_restore_can_end_every_session(
+    world: World, http: httpx2.AsyncClient
+) -> None:
+    await log_in(http, world, "alice")
+    assert (await http.get("/console")).headers["location"] == "/console/"
+    assert (await http.get("/console/")).status_code == 200
+    with sqlite3.connect(world.db) as conn:  # last seen 16 minutes ago: past the 15 minutes of idle
+        conn.execute("UPDATE console_sessions SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-16 minutes')")
+    assert (await http.get("/console/")).status_code == 401
+    await log_in(http, world, "alice")
+    assert (await http.get("/console/")).status_code == 200
+    with sqlite3.connect(world.db) as conn:
+        assert revoke_all(conn, "2030-01-01T00:00:00Z") == 2  # the idle one is marked revoked too
+    assert (await http.get("/console/")).status_code == 401

@@ -288,6 +288,15 @@ async def test_an_owner_runs_the_console_in_a_real_browser(
         (token,) = world.sql("SELECT revoked_at FROM tokens WHERE token_id = ?", (token_id,))
         assert token["revoked_at"] is None
 
+        # At phone width every page still fits: nothing wider than the screen but tables, which scroll.
+        browser.set_window_size(390, 844)
+        for name, page in [("16-phone-home", "/console/"), ("17-phone-room", "/console/room?name=shared")]:
+            browser.get(base + page)
+            browser.save_screenshot(str(shots / f"{name}.png"))
+            width = browser.execute_script("return document.documentElement.scrollWidth")
+            assert width <= browser.execute_script("return window.innerWidth"), (page, width)
+        browser.set_window_size(1100, 900)
+
         # Log out; the console asks for a new link, and the used link does not bring the session back.
         browser.get(base + "/console/")
         browser.find_element(By.ID, "logout").click()

@@ -194,7 +194,7 @@ def beside(mcp_app: ASGIApp, api: OwnerApi, console: ASGIApp | None = None) -> A
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             await api(scope, receive, send)
-        elif console is not None and scope["type"] == "http" and scope["path"].startswith(CONSOLE):
+        elif console is not None and scope["type"] == "http" and scope["path"].startswith(CONSOLE.rstrip("/")):
             await console(scope, receive, send)
         else:
             await mcp_app(scope, receive, send)

@@ -152,6 +152,8 @@ class Console:
                 message="this form was sent from another site; the console refused it",
             )
         path = request.url.path
+        if path == PREFIX.rstrip("/"):
+            return RedirectResponse(PREFIX, status_code=303)
         if path.startswith(PREFIX + "static/") and method == "GET":
             return self._static(path.removeprefix(PREFIX + "static/"))
         if path == LOGIN_PATH:
