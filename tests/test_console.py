@@ -197,8 +197,13 @@ PAGES = ["", "consents", "runs", "agents", "rooms", "room?name=shared", "grants"
 
 @pytest.mark.invariant(96)
 async def test_every_page_carries_the_csp_and_safety_headers(world: World, http: httpx2.AsyncClient) -> None:
+    rows = len(world.audit_rows())
     anonymous = await http.get("/console/")
     assert anonymous.status_code == 401 and "agent-rooms console" in anonymous.text
+    assert len(world.audit_rows()) == rows  # not logged in yet is no failed attempt
+    forged = await http.get("/console/", headers={"Cookie": "agent-rooms-console=" + "x" * 43})
+    assert forged.status_code == 401 and world.audit_rows()[-1]["reason"] == "unknown_console_session"
+    http.cookies.clear()
     await log_in(http, world, "bob")
     for page in [*PAGES, "static/console.css", "static/console.js", "nowhere", "login"]:
         answer = await http.get("/console/" + page)

@@ -31,6 +31,7 @@ SESSION_PREFIX = "csn"
 LOGIN_PATH = "/console/login"
 _SECRET_BYTES = 24  # 192 bits
 _COOKIE_BYTES = 32  # 256 bits
+MISSING_SESSION = "missing_console_session"
 
 
 class ConsoleDenied(Exception):
@@ -143,7 +144,7 @@ class ConsoleSessions:
         """The owner a session cookie stands for, or ConsoleDenied: revoked, idle too long, past its absolute
         expiry, or opened through a device revoked since."""
         if not cookie or not cookie.isascii():
-            raise ConsoleDenied("missing_console_session")
+            raise ConsoleDenied(MISSING_SESSION)
         digest, now = secret_hash(cookie), datetime.now(UTC)
 
         def read(conn: sqlite3.Connection) -> sqlite3.Row:

@@ -16,11 +16,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from agent_rooms_mcp import owner_actions, policy
+from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Human, parse_scopes
 from agent_rooms_mcp.public import Exposure
-from agent_rooms_mcp.services.console_sessions import LOGIN_PATH, ConsoleDenied
+from agent_rooms_mcp.services.console_sessions import LOGIN_PATH, MISSING_SESSION, ConsoleDenied
 from agent_rooms_mcp.services.console_views import ConsoleViews
 from agent_rooms_mcp.store.database import guarded_writes
 
@@ -164,13 +165,17 @@ class Console:
         try:
             who = await logged_in_owner(self._hub, request, self.cookie_name)
         except ConsoleDenied as denied:
-            await self._hub.auth.refuse(
-                denied.reason,
-                None,
-                transport=_TRANSPORT,
-                address=self._exposure.client_address(peer, headers),
-                actor=denied.actor,
-            )
+            # A browser with no cookie at all is someone who has not logged in yet, not a failed attempt.
+            if denied.reason != MISSING_SESSION:
+                refused = await self._hub.auth.refuse(
+                    denied.reason,
+                    None,
+                    transport=_TRANSPORT,
+                    address=self._exposure.client_address(peer, headers),
+                    actor=denied.actor,
+                )
+                if isinstance(refused, AuthRateLimited):
+                    return self._rate_limited(refused)
             if method == "GET" and not path.endswith(".json"):
                 return self._page("login.html", None, status=401, code=None)
             return self._page("error.html", None, status=401, code="UNAUTHENTICATED", message="log in again")
@@ -189,6 +194,12 @@ class Console:
         context.setdefault("done", None)
         body = self._env.get_template(template).render(logged_in=who is not None, **context)
         return HTMLResponse(body, status_code=status)
+
+    def _rate_limited(self, e: AuthRateLimited) -> Response:
+        """Past the failed-authentication limit (DESIGN §9.3): 429 with Retry-After, as at /mcp."""
+        response = self._page("error.html", None, status=429, code="RATE_LIMITED", message="too many failed attempts")
+        response.headers["retry-after"] = str(e.retry_after_s)
+        return response
 
     def _static(self, name: str) -> Response:
         media = _STATIC.get(name)
@@ -241,12 +252,14 @@ class Console:
         except ConsoleDenied as denied:
             headers = {k.lower(): v for k, v in request.headers.items()}
             peer = request.client.host if request.client else None
-            await self._hub.auth.refuse(
+            refused = await self._hub.auth.refuse(
                 denied.reason,
                 form.get("code"),
                 transport=_TRANSPORT,
                 address=self._exposure.client_address(peer, headers),
             )
+            if isinstance(refused, AuthRateLimited):
+                return self._rate_limited(refused)
             return self._page("login.html", None, status=401, code=None, failed=True)
         response = RedirectResponse(PREFIX, status_code=303)
         response.set_cookie(
