@@ -53,7 +53,10 @@ class Exposed:
 def check(settings: Settings, exposed: Exposed, *, fix: bool = False) -> DoctorReport:
     fixed = fix_modes(settings) if fix else []
     home = home_checks(settings)
-    checks = [*home, *listener_checks(settings), *exposure_checks(exposed), *wake_checks(settings)]
+    checks = [*home, *listener_checks(settings), *exposure_checks(exposed)]
+    if settings.db_path.exists():  # a hub's home: it serves the console (an owner's machine does not)
+        checks.append(console_check(exposed.public_url))
+    checks += wake_checks(settings)
     if settings.db_path.exists() and all(c.status is not FAIL for c in home):
         # What is in the database, and the clients configured for it: only a home that opens safely is read.
         checks += anyio.run(hub_checks, settings, exposed)
@@ -294,6 +297,20 @@ def exposure_checks(e: Exposed) -> list[DoctorCheck]:
     )
     tls, tls_check = _tls(e.tls_cert, e.tls_key)
     return [url_check, proxy_check, tls_check, _bind(e.host, url, proxy, tls)]
+
+
+def console_check(public_url: str | None) -> DoctorCheck:
+    """DESIGN §9.2: over plain-HTTP loopback a browser sends the console's cookie to every port of the host,
+    so a local program on another port could ride it; sessions there are kept short, and said so."""
+    if public_url is not None:
+        return _ok("console.cookie", "console sessions use a __Host- Secure cookie under HTTPS")
+    return DoctorCheck(
+        id="console.cookie",
+        status=WARN,
+        message="the console runs over plain HTTP on loopback: its cookie reaches every port of this host, so "
+        "sessions last at most 15 minutes idle and 2 hours in all",
+        fix="serve it under HTTPS with --public-url (and TLS or a proxy) for a Secure, __Host- cookie",
+    )
 
 
 LOOPBACK = "127.0.0.1"

@@ -30,6 +30,7 @@ from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.web.console import Console
 from agent_rooms_mcp.web.owner_api import OwnerApi, beside
 
 log = structlog.get_logger("agent_rooms_mcp.http")
@@ -232,7 +233,8 @@ async def open_http_app(settings: Settings, *, exposure: Exposure | None = None)
     exposure = exposure or Exposure()
     async with Hub.open(settings) as hub, supervising(hub), housekeeping(hub), mcp_app(hub, exposure=exposure) as app:
         # The owner API (DESIGN §9.1) sits beside /mcp, with a gate of its own: devices, never agents.
-        yield beside(app, OwnerApi(hub, exposure))
+        # So does the owner console (DESIGN §9.2): a session cookie of an owner, never a bearer credential.
+        yield beside(app, OwnerApi(hub, exposure), Console(hub, exposure))
 
 
 @asynccontextmanager

@@ -23,6 +23,7 @@ from agent_rooms_mcp.ratelimit import RateLimits
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.audit_checkpoints import Checkpoints
 from agent_rooms_mcp.services.consent import Consent
+from agent_rooms_mcp.services.console_sessions import ConsoleSessions
 from agent_rooms_mcp.services.containment import Containment
 from agent_rooms_mcp.services.devices import Devices
 from agent_rooms_mcp.services.files import Files
@@ -61,6 +62,7 @@ class Hub:
     checkpoints: Checkpoints
     purge: Purge
     overview: Overview
+    console: ConsoleSessions
 
     @classmethod
     @asynccontextmanager
@@ -99,6 +101,7 @@ class Hub:
                 checkpoints=Checkpoints(store, key, deployment_id, settings.audit_checkpoints_path),
                 purge=Purge(store, settings),
                 overview=Overview(store),
+                console=ConsoleSessions(store, limits),
             )
 
 

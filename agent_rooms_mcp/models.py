@@ -484,6 +484,14 @@ class StopResult(BaseModel):
 # Devices (DESIGN §9.1): CLI and owner API results, never tool results.
 
 
+class ConsoleLink(BaseModel):
+    """A one-time console login link (DESIGN §9.2), shown once to whoever asked for it."""
+
+    owner: str
+    url: str
+    expires_at: str
+
+
 class Enrollment(BaseModel):
     """A one-time enrollment code, shown once to the operator, with the line the owner runs."""
 

@@ -29,6 +29,7 @@ from agent_rooms_mcp.models import (
     AgentList,
     AuditRows,
     ConsentModeSet,
+    ConsoleLink,
     DecisionResult,
     DeviceInfo,
     DeviceList,
@@ -425,18 +426,24 @@ class ConsentDecide(Args):
     ref: str
     owner: str
     reason: str | None = None
+    # The payload hash the console's page showed: a decision on anything else is CONFLICT (DESIGN §9.2).
+    payload_sha256: str | None = None
 
 
 @_action("consent.accept", ConsentDecide, DecisionResult)
 async def consent_accept(hub: Hub, who: Human, a: ConsentDecide) -> DecisionResult:
     who = await _self(hub, who, a.owner)
-    return await hub.consent.decide_as_owner(who.actor, a.owner, a.ref, accept=True, reason=None)
+    return await hub.consent.decide_as_owner(
+        who.actor, a.owner, a.ref, accept=True, reason=None, shown=a.payload_sha256
+    )
 
 
 @_action("consent.reject", ConsentDecide, DecisionResult)
 async def consent_reject(hub: Hub, who: Human, a: ConsentDecide) -> DecisionResult:
     who = await _self(hub, who, a.owner)
-    return await hub.consent.decide_as_owner(who.actor, a.owner, a.ref, accept=False, reason=a.reason)
+    return await hub.consent.decide_as_owner(
+        who.actor, a.owner, a.ref, accept=False, reason=a.reason, shown=a.payload_sha256
+    )
 
 
 # Rooms and invites.
@@ -576,3 +583,20 @@ async def status(hub: Hub, who: Human, a: StatusArgs) -> StatusReport:
             )
         )
     return StatusReport(owners=screens)
+
+
+# The console (DESIGN §9.2): a one-time login link, minted on the hub's machine or through a device.
+
+
+class ConsoleLinkArgs(Args):
+    owner: str
+    # Where the owner's browser reaches the hub: the CLI's --url on the hub, the enrolled hub's URL on a device.
+    base_url: str = Field(pattern=r"^https?://[^\s/?#]+/?$")
+
+
+@_action("console.link", ConsoleLinkArgs, ConsoleLink)
+async def console_link(hub: Hub, who: Human, a: ConsoleLinkArgs) -> ConsoleLink:
+    """A login link for the owner `who` acts as; the operator minting one for an owner who is not local is
+    audited as acting on that owner's behalf (policy.acting_for)."""
+    who = await _self(hub, who, a.owner)
+    return await hub.console.mint_link(who, a.owner, a.base_url)

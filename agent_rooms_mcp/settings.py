@@ -110,6 +110,23 @@ class Limits:
     # A device's last use is written at most this often (the expiry above needs no finer clock).
     device_touch_s: int = 3600
     device_name_chars: int = 64
+    # The owner console (DESIGN §9.2): a login link lives 5 minutes and is void after 5 failed attempts at it.
+    console_link_ttl_s: int = 5 * 60
+    console_link_failures_max: int = 5
+    # A console session over plain-HTTP loopback: a browser sends its cookie to every port of the host, so it
+    # is short (idle, and in all). Under HTTPS (public mode) the cookie is `__Host-` and `Secure`, and lasts longer.
+    console_loopback_idle_s: int = 15 * 60
+    console_loopback_absolute_s: int = 2 * 3600
+    console_https_idle_s: int = 60 * 60
+    console_https_absolute_s: int = 12 * 3600
+    # A session's last use is written at most this often (the idle expiry needs no finer clock).
+    console_touch_s: int = 30
+    # Rows a console page lists at most (audit tail, messages, runs).
+    console_rows: int = 50
+    # A console form's body (a reason, a scope list): a few fields, never a document.
+    console_form_bytes: int = 64 * KIB
+    # The tail of a run's event log a console page shows.
+    console_run_log_bytes: int = 64 * KIB
     # How long the remote CLI waits for the hub to answer one owner action (`agent stop` waits for the
     # stop ladder, about a minute at most).
     owner_api_timeout_s: int = 120

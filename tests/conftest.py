@@ -202,6 +202,13 @@ async def build_world(home: Path, wake: WakeSettings = NO_SUPERVISOR) -> World:
     return world
 
 
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """The hub runs on asyncio (uvicorn, aiosqlite). anyio's plugin would run every test on each backend it
+    finds installed, and Selenium (the console's browser tests) brings trio along."""
+    return "asyncio"
+
+
 @pytest.fixture
 async def world(tmp_path: Path) -> World:
     return await build_world(tmp_path / "home")

@@ -48,7 +48,10 @@ def _rows() -> list[Invariant]:
         37: ("unknown, expired, revoked and used codes get the identical INVITE_INVALID", "core"),
         38: ("accepting exists only in the CLI and adds that owner's agents only, in one transaction", "core"),
         39: ("an invite past the room's pending cap is refused and changes nothing", "core"),
-        40: ("connect codes of the approval page", "later"),
+        40: (
+            "console login links and enrollment codes: >= 128 bits, expire, single use (a POST), void after 5 failures",
+            "network console",
+        ),
         41: ("a new room's consent mode is task_by_task", "consent"),
         42: ("task_by_task: cross-owner work starts pending and wakes nobody", "consent wake"),
         43: ("only the target's owner moves a proposal out of pending", "consent"),
@@ -106,7 +109,10 @@ def _rows() -> list[Invariant]:
             "containment",
         ),
         90: ("revocation receipts are proven: each credential named is refused by a real lookup first", "containment"),
-        91: ("enrollment codes are single use, short-lived, hashed at rest, void after repeated failures", "network"),
+        91: (
+            "enrollment codes and console links are single use, short-lived, hashed at rest, limited after failures",
+            "network console",
+        ),
         92: ("a device acts only for its owner, never calls an MCP tool, and is refused once revoked", "network"),
         93: (
             "one listener holds an agent at a time; a reported spawn is never re-queued; a restart marks runs lost",
@@ -117,6 +123,11 @@ def _rows() -> list[Invariant]:
             "network",
         ),
         95: ("binding beyond loopback needs a public URL; forwarded headers count only when trusted", "network"),
+        96: (
+            "console pages escape all room content, every unsafe request passes the cross-origin check, session"
+            " cookies are HttpOnly, SameSite=Strict, and __Host- and Secure under HTTPS",
+            "console",
+        ),
         99: ("the hub spawns only local owners' agents; other owners' wakes wait for a listener or expire", "network"),
         100: ("no sandboxed process opens the hub's database or home: a woken CLI has only the bridge", "containment"),
         101: (

@@ -11,6 +11,7 @@ from agent_rooms_mcp.cli.agent import agent
 from agent_rooms_mcp.cli.audit import audit
 from agent_rooms_mcp.cli.connect import connect
 from agent_rooms_mcp.cli.consent import consent, grant
+from agent_rooms_mcp.cli.console import console
 from agent_rooms_mcp.cli.device import device, login
 from agent_rooms_mcp.cli.hubcmds import bridge, doctor, init, quickstart, serve
 from agent_rooms_mcp.cli.listen import listen
@@ -55,6 +56,7 @@ for command in (
     login,
     device,
     listen,
+    console,
 ):
     cli.add_command(command)
 cli.add_command(bridge)

@@ -6,7 +6,8 @@
 - `tasks`: who acts on a task, its status board, when handing it over wakes;
 - `owners`: owners, devices and operator actions, who is brought into a room;
 - `runs`: spawning, sandboxing, where a wake waits, why it is refused or withdrawn;
-- `egress`: where a sandboxed run's network may go.
+- `egress`: where a sandboxed run's network may go;
+- `console`: the owner console's cross-origin check, shown payload hash and confirmations.
 No module here imports services, the store or a transport (tests/test_project.py pins it).
 """
 
@@ -36,6 +37,13 @@ from agent_rooms_mcp.policy.consent import (
     sees_proposal,
     starts_accepted,
     still_accepted,
+)
+from agent_rooms_mcp.policy.console import (
+    SAFE_METHODS,
+    console_session_holds,
+    cross_origin_allowed,
+    require_invoke_confirmation,
+    require_shown_payload,
 )
 from agent_rooms_mcp.policy.core import (
     RUN_TOKEN_LIVE_STATES,
@@ -102,6 +110,7 @@ __all__ = [
     "OPENCLAW_PROVIDER_HOSTS",
     "OPERATOR_ACTIONS",
     "RUN_TOKEN_LIVE_STATES",
+    "SAFE_METHODS",
     "SPAWNABLE",
     "STRICTNESS",
     "TRANSITIONS",
@@ -127,8 +136,10 @@ __all__ = [
     "agent_may_set_mode",
     "allowed_hosts",
     "check_mode_choice",
+    "console_session_holds",
     "constrainable",
     "credential_holds",
+    "cross_origin_allowed",
     "cross_owner_wake",
     "decide",
     "decide_by_task_id",
@@ -145,6 +156,7 @@ __all__ = [
     "propose",
     "reaches_room",
     "relation",
+    "require_invoke_confirmation",
     "require_not_operator_action",
     "require_operator",
     "require_own",
@@ -152,6 +164,7 @@ __all__ = [
     "require_owner_in_room",
     "require_scope",
     "require_self",
+    "require_shown_payload",
     "run_room",
     "run_token_refusal",
     "sandbox_broken",

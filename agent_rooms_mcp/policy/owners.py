@@ -77,6 +77,8 @@ def may_revoke_device(who: Human, device_owner_id: str, device_id: str) -> None:
     if who.is_operator or who.device_id == device_id:
         return
     require_own(who, device_owner_id, "device")
+    if who.device_id is None and who.actor.via == "console":  # the owner at the console: any device of theirs
+        return
     raise forbidden("a device may revoke only itself; revoke another one at the console or on the hub's machine")
 
 

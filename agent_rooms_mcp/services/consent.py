@@ -97,8 +97,9 @@ class Consent:
         return await self._store.write(run, notify=True)
 
     async def decide_as_owner(
-        self, operator: Actor, owner_ref: str, ref: str, *, accept: bool, reason: str | None
+        self, operator: Actor, owner_ref: str, ref: str, *, accept: bool, reason: str | None, shown: str | None = None
     ) -> DecisionResult:
+        """`shown`: the payload hash the deciding page showed (the console's form); any other is CONFLICT."""
         self._check_reason(accept, reason)
 
         def run(conn: sqlite3.Connection) -> DecisionResult:
@@ -106,6 +107,7 @@ class Consent:
             # A person decides at the hub's CLI, on a device, or at the console: the row says which.
             decider = decisions.Decider(OwnerId(owner["owner_id"]), operator, operator.via or "cli", None)
             proposal = decisions.proposal_for(conn, ref, OwnerViewer(owner["owner_id"]), accept=accept)
+            policy.require_shown_payload(shown, proposal.payload_sha256)
             return decisions.decide(conn, self._caps, decider, proposal, accept, reason)
 
         return await self._store.write(run, notify=True)

@@ -575,7 +575,40 @@ CREATE TABLE retired_handles (
 ) STRICT;
 """
 
+# The owner console (DESIGN §9.2). A login link is `LINK_ID.SECRET` like an enrollment code: the id finds the
+# row so failed attempts count on it (void after 5), only the secret's hash is kept, and `used_at` makes it
+# single use. A session is found by its cookie's hash; `revoked_at` ends it (logout, a revoked device, a
+# restore revoking every console session: `console_sessions.revoke_all`). `device_id` is the device that
+# minted its link, if one did: revoking that device ends the session on its next request.
+_V_CONSOLE = """
+CREATE TABLE console_links (
+  link_id TEXT PRIMARY KEY,
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  secret_hash BLOB NOT NULL,
+  device_id TEXT,
+  created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL,
+  failures INTEGER NOT NULL DEFAULT 0,
+  used_at TEXT
+) STRICT;
+
+CREATE TABLE console_sessions (
+  session_id TEXT PRIMARY KEY,
+  owner_id TEXT NOT NULL REFERENCES owners(owner_id),
+  cookie_hash BLOB NOT NULL UNIQUE,
+  link_id TEXT NOT NULL,
+  device_id TEXT,
+  secure INTEGER NOT NULL CHECK (secure IN (0, 1)),
+  created_at TEXT NOT NULL,
+  last_seen_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL,
+  revoked_at TEXT
+) STRICT;
+CREATE INDEX console_sessions_by_owner ON console_sessions(owner_id);
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
     _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_SANDBOX, _V_LISTENER_RATES, _V_KILL_SWITCHES,
+    _V_CONSOLE,
 )  # fmt: skip

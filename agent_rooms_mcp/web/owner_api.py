@@ -35,6 +35,7 @@ from agent_rooms_mcp.web import listener_api
 log = structlog.get_logger("agent_rooms_mcp.owner_api")
 
 PREFIX = "/owner/v1/"
+CONSOLE = "/console/"
 LISTENER = "listener/"
 _TRANSPORT = "owner_api"
 _STATUS = {
@@ -186,12 +187,15 @@ async def _respond(send: Send, status: int, body: dict[str, Any], extra: tuple[t
     await send({"type": "http.response.body", "body": payload})
 
 
-def beside(mcp_app: ASGIApp, api: OwnerApi) -> ASGIApp:
-    """One ASGI app: the owner API under /owner/v1/, everything else to the MCP app and its gate."""
+def beside(mcp_app: ASGIApp, api: OwnerApi, console: ASGIApp | None = None) -> ASGIApp:
+    """One ASGI app: the owner API under /owner/v1/, the owner console under /console/ (and /console, sent
+    there), everything else to the MCP app and its gate."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             await api(scope, receive, send)
+        elif console is not None and scope["type"] == "http" and scope["path"].startswith(CONSOLE.rstrip("/")):
+            await console(scope, receive, send)
         else:
             await mcp_app(scope, receive, send)
 
