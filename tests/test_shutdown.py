@@ -33,6 +33,8 @@ from tests.test_remote_cli import Machine
 EXIT_BOUND_S = 60
 MODERN = "2026-07-28"
 UVICORN_TICK_S = 0.1
+# Long polls cut short at the stop answer within this; their own timeouts (25 s, 50 s) are longer.
+LONG_POLL_CUT_S = 20
 OPERATOR = Actor("operator", "op", via="cli")
 
 
@@ -87,10 +89,9 @@ class OneConnection:
                 except ValueError:
                     return status, {"not_json": body.decode(errors="replace")}
 
-    @property
-    def closing(self) -> bool:
-        """The server said this answer was its last on the connection (`Connection: close`)."""
-        return self._conn.their_state in (h11.MUST_CLOSE, h11.CLOSED)
+    async def closed(self) -> bool:
+        """Whether the server closes the connection with nothing more to say (read after an answer)."""
+        return await self.answer() is None
 
 
 class Listener:
@@ -145,9 +146,10 @@ async def keep_asking(conn: OneConnection, ask: Any, answers: list[int]) -> None
     collects the statuses it answered."""
     while (answer := await conn.answer()) is not None:
         answers.append(answer[0])
-        if conn.closing:
-            return
-        await ask(conn)
+        try:
+            await ask(conn)
+        except (anyio.BrokenResourceError, h11.LocalProtocolError):
+            return  # closed after its answer
 
 
 async def exits(process: Process) -> int:
@@ -193,3 +195,54 @@ async def test_connections_accepted_as_the_stop_begins_are_closed_and_the_server
                 await exits(served.process)  # -15: uvicorn raises the SIGTERM it caught again, once stopped
     # Closed unanswered: the server was stopping when they arrived (each client tries again elsewhere).
     assert answers == {"listener": [], "agent": []}
+
+
+async def in_flight(probe: OneConnection, ask: Any, refused: Any) -> None:
+    """Until `probe`'s request is refused for another of the same caller's being in flight: then it is."""
+    while True:
+        await ask(probe)
+        answer = await probe.answer()
+        assert answer is not None
+        if refused(answer):
+            return
+        await anyio.sleep(0.05)  # answered: the long poll has not begun yet; nothing to wait on but time
+
+
+def waiting_already(answer: tuple[int, dict[str, Any]]) -> bool:
+    return answer[0] == 429
+
+
+def waits_past_cap(answer: tuple[int, dict[str, Any]]) -> bool:
+    result = answer[1].get("result", {})
+    return bool(result.get("isError")) and "RATE_LIMITED" in json.dumps(result)
+
+
+async def test_long_polls_in_flight_are_answered_as_the_stop_begins(world: World, tmp_path: Path) -> None:
+    """A listener's `wait` (25 s) and an agent's `wait_for_messages` (50 s) answer what they have, nothing new,
+    as soon as the server is told to stop: not at their own timeouts, however long the grace."""
+    env = {"AGENT_ROOMS_LIMIT_WAITS_PER_AGENT": "1", "AGENT_ROOMS_LIMIT_HTTP_SHUTDOWN_GRACE_S": "3600"}
+    async with serve_http(world.settings.home, env=env) as served:
+        listener = await listener_of(world, served, tmp_path)
+        agent = Agent(world.tokens["alice-claude"])
+        async with (
+            OneConnection.to(served) as polling,
+            OneConnection.to(served) as mcp,
+            OneConnection.to(served) as probe,
+        ):
+            await listener.wait(polling, 25_000)
+            await agent.wait_for_messages(mcp, 50)
+            # Each is in flight once a second of its caller's is refused for it (one at a time per listener,
+            # and here one per agent).
+            await in_flight(probe, lambda c: listener.wait(c, 0), waiting_already)
+            await in_flight(probe, lambda c: agent.wait_for_messages(c, 1), waits_past_cap)
+            served.process.send_signal(signal.SIGTERM)
+            # Well inside both polls' own time: only their end at the stop answers them by then.
+            with anyio.fail_after(LONG_POLL_CUT_S):
+                work = await polling.answer()
+                page = await mcp.answer()
+                # And each connection is closed after its answer: none is left for a next request to hold.
+                assert await polling.closed() and await mcp.closed()
+            await exits(served.process)
+    assert work == (200, {"work": False})
+    assert page is not None and page[0] == 200
+    assert page[1]["result"]["structuredContent"]["messages"] == []
