@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import h11
+import httpx2
 from anyio.abc import Process, SocketStream
 
 from agent_rooms_mcp.audit import Actor
@@ -246,3 +247,28 @@ async def test_long_polls_in_flight_are_answered_as_the_stop_begins(world: World
     assert work == (200, {"work": False})
     assert page is not None and page[0] == 200
     assert page[1]["result"]["structuredContent"]["messages"] == []
+
+
+async def test_a_stream_of_server_messages_open_does_not_hold_the_stop(world: World) -> None:
+    """A legacy-era session's GET stream (an MCP client's channel for the server's own messages) stays open
+    as long as its client: the server told to stop ends it rather than wait, however long the grace."""
+    legacy = "2025-11-25"
+    client = {"protocolVersion": legacy, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": client}
+    token = world.tokens["alice-claude"]
+    headers = {"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream"}
+    env = {"AGENT_ROOMS_LIMIT_HTTP_SHUTDOWN_GRACE_S": "3600"}
+    async with serve_http(world.settings.home, env=env) as served, httpx2.AsyncClient(headers=headers) as http:
+        opened = await http.post(served.mcp, json=hello)
+        assert opened.status_code == 200, opened.text
+        session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": legacy}
+        ready = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post(served.mcp, json=ready, headers=session)).status_code == 202
+        timeout = httpx2.Timeout(10, read=None)  # the stream says nothing until it ends
+        async with http.stream("GET", served.mcp, headers=session, timeout=timeout) as stream:
+            assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+            served.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(EXIT_BOUND_S):
+                async for _ in stream.aiter_bytes():
+                    pass  # until the server ends the stream
+            await exits(served.process)
