@@ -230,11 +230,18 @@ async def _unauthenticated(send: Send) -> None:
 async def open_http_app(settings: Settings, *, exposure: Exposure | None = None) -> AsyncIterator[ASGIApp]:
     """The ASGI app with its hub open and the SDK's session manager running (tests drive it in-process).
     `exposure`: public mode's hosts, origins and proxies (public.py); loopback only by default."""
+    async with open_http_hub(settings, exposure=exposure) as (_, app):
+        yield app
+
+
+@asynccontextmanager
+async def open_http_hub(settings: Settings, *, exposure: Exposure | None = None) -> AsyncIterator[tuple[Hub, ASGIApp]]:
+    """`open_http_app`'s app with the hub it serves (`serve --http` ends the hub's long polls as it stops)."""
     exposure = exposure or Exposure()
     async with Hub.open(settings) as hub, supervising(hub), housekeeping(hub), mcp_app(hub, exposure=exposure) as app:
         # The owner API (DESIGN §9.1) sits beside /mcp, with a gate of its own: devices, never agents.
         # So does the owner console (DESIGN §9.2): a session cookie of an owner, never a bearer credential.
-        yield beside(app, OwnerApi(hub, exposure), Console(hub, exposure))
+        yield hub, beside(app, OwnerApi(hub, exposure), Console(hub, exposure))
 
 
 @asynccontextmanager
@@ -276,6 +283,12 @@ class HttpHub:
         self._settings = settings
         self._exposure = exposure
         self._app: ASGIApp | None = None
+        self._hub: Hub | None = None
+
+    def stop_long_polls(self) -> None:
+        """The server begins to stop: its long polls answer now rather than hold it (serving.Server's on_stop)."""
+        if self._hub is not None:
+            self._hub.store.end_long_polls()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -286,11 +299,11 @@ class HttpHub:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         try:
-            async with open_http_app(self._settings, exposure=self._exposure) as app:
-                self._app = app
+            async with open_http_hub(self._settings, exposure=self._exposure) as (hub, app):
+                self._hub, self._app = hub, app
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
-                self._app = None
+                self._hub, self._app = None, None
         except Exception as e:
             # Startup failed (an unsafe key file, no hub): uvicorn prints this and exits.
             await send({"type": "lifespan.startup.failed", "message": str(e)})

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 from agent_rooms_mcp.bridge import SOCKET_ENV, TOKEN_FILE_ENV
 from agent_rooms_mcp.http import mcp_app
 from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.serving import bounded_protocol
+from agent_rooms_mcp.serving import Server, bounded_protocol
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.sockets import bind_private_unix
 from agent_rooms_mcp.wake.supervisor import OpenBridge
@@ -58,7 +58,9 @@ async def _serve_unix(app: ASGIApp, path: Path, limits: Limits) -> AsyncIterator
         # A bridge still connected when its run ends (a long-poll in flight) must not hold up the run's end.
         timeout_graceful_shutdown=limits.bridge_close_s,
     )
-    server = uvicorn.Server(config)
+    # Ours, not uvicorn's: a connection accepted as the bridge closes is closed too (serving.py). The hub's long
+    # polls go on: this is one run's socket ending, not the hub.
+    server = Server(config)
     try:
         async with anyio.create_task_group() as tg:
             # `_serve`, not `serve`: `serve` installs process-wide signal handlers, which one run's server

@@ -10,16 +10,27 @@ At the cap a new connection does not simply bounce: the oldest connection waitin
 sent part of a head first, then an idle keep-alive one) is closed to make room, so connections that
 only hold sockets cannot lock out a client that sends a real request. Only when every connection is
 busy with a request is the newcomer closed.
+
+Told to stop (SIGTERM: `systemctl stop`), `Server` ends in bounded time. uvicorn tells the connections it
+has to close, then waits for all of them; but a connection its loop accepted in the same turn as it began to
+stop is made (`connection_made`) only after that, was never told, and was answered with keep-alive for as long
+as its client kept asking: a listener, asking its next long poll at once, held the server for ever. Such a
+connection is closed as it is made. Long polls in flight are answered at once (`on_stop`), so closing does not
+wait on them, and `timeout_graceful_shutdown` bounds whatever else a request holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import h11
 import structlog
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from agent_rooms_mcp.settings import DEFAULT_LIMITS, Limits
 
@@ -42,6 +53,12 @@ class BoundedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if isinstance(self.server_state, StoppingState) and self.server_state.stopping:
+            # Made after uvicorn told every connection to close: told now, as those were (it closes at once,
+            # its request unread), or its client's next request would keep it open, and the server with it.
+            log.info("http.connection_closed", reason="server_stopping")
+            self.shutdown()
+            return
         self._waiting_since = self.loop.time()
         self._arm("head", self.limits.http_head_timeout_s)
         if len(self.connections) > self.limits.http_connections and not self._evict_one():
@@ -108,6 +125,32 @@ class BoundedH11Protocol(H11Protocol):
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+
+class StoppingState(ServerState):
+    """uvicorn's state shared by a server's connections, with whether the server has begun to stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = False
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, with `BoundedH11Protocol` knowing when it stops. `on_stop` runs as the stop begins,
+    before uvicorn waits on the connections: the app answers its long polls there."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self._state = StoppingState()
+        self.server_state = self._state
+        self._on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._state.stopping = True
+        log.info("http.stopping", connections=len(self._state.connections))
+        if self._on_stop is not None:
+            self._on_stop()
+        await super().shutdown(sockets)
 
 
 def bounded_protocol(limits: Limits) -> type[BoundedH11Protocol]:

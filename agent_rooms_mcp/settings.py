@@ -50,6 +50,8 @@ class Limits:
     http_head_timeout_s: float = 10.0
     http_body_timeout_s: float = 30.0
     http_connections: int = 512
+    # `serve --http` told to stop waits this long for requests still running (long polls answer at once).
+    http_shutdown_grace_s: int = 10
     # Legacy-era (initialize) sessions: per agent and in all, closed after this long without a request.
     http_sessions_per_agent: int = 8
     http_sessions: int = 512

@@ -150,7 +150,7 @@ def serve(
     import uvicorn
 
     from agent_rooms_mcp.http import HttpHub
-    from agent_rooms_mcp.serving import bounded_protocol
+    from agent_rooms_mcp.serving import Server, bounded_protocol
 
     try:
         socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
@@ -161,8 +161,9 @@ def serve(
     shown = f" as {public_url}" if public_url else ""
     click.echo(f"agent-rooms serving {scheme}://{host}:{port}/mcp{shown} (Ctrl-C to stop)", err=True)
     # Our protocol: uvicorn's h11 one with head and body timers and a connection cap (serving.py).
+    app = HttpHub(s, exposure)
     config = uvicorn.Config(
-        HttpHub(s, exposure),
+        app,
         host=host,
         port=port,
         log_config=None,
@@ -174,8 +175,11 @@ def serve(
         proxy_headers=False,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
+        # Told to stop, the server answers its long polls at once (`on_stop`); a request still running after
+        # this long (a slow client's upload, a stream) is cancelled, so a stop never waits without end.
+        timeout_graceful_shutdown=s.limits.http_shutdown_grace_s,
     )
-    uvicorn.Server(config).run()
+    Server(config, on_stop=app.stop_long_polls).run()
 
 
 @click.command()

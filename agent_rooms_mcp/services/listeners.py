@@ -100,21 +100,20 @@ class ListenerBook(LocalWakeBook):
     async def wait_for_work(self, timeout_s: float) -> bool:
         """True as soon as this listener has something to do: a wake it may claim, a run it must stop, or
         a change while it holds running runs (whose wakes may need withdrawing); False after timeout_s."""
-        deadline = anyio.current_time() + timeout_s
         start = seen = self._store.data_version()
         looked = -_RECHECK_S  # look at once
-        while True:
-            now, version = anyio.current_time(), self._store.data_version()
-            # A commit of any process is looked at at once (the store's one watch for every waiting listener
-            # sees another process's within watch_s); without one, time-freed wakes every _RECHECK_S.
-            if version != seen or now - looked >= _RECHECK_S:
-                seen, looked = version, now
-                if await self._store.read(partial(self._has_work, changed=version != start)):
-                    return True
-            left = deadline - now
-            if left <= 0:
-                return False
-            await self._store.wait_any_change(min(left, _RECHECK_S))
+        # Over at the timeout, or at once when the server stops (the listener asks again, of the next hub).
+        with self._store.long_poll(timeout_s):
+            while True:
+                now, version = anyio.current_time(), self._store.data_version()
+                # A commit of any process is looked at at once (the store's one watch for every waiting
+                # listener sees another process's within watch_s); without one, time-freed wakes every _RECHECK_S.
+                if version != seen or now - looked >= _RECHECK_S:
+                    seen, looked = version, now
+                    if await self._store.read(partial(self._has_work, changed=version != start)):
+                        return True
+                await self._store.wait_any_change(_RECHECK_S)
+        return False
 
     def _has_work(self, conn: sqlite3.Connection, *, changed: bool) -> bool:
         startable, args = self._startable(datetime.now(UTC))

@@ -8,8 +8,6 @@ import sqlite3
 from collections import Counter
 from dataclasses import replace
 
-import anyio
-
 from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
@@ -246,7 +244,8 @@ class Messages:
             )
         self._waits[caller.agent_id] += 1
         try:
-            with anyio.move_on_after(timeout_s):
+            # Over at the timeout, or at once when the server stops: an empty page then, as at a timeout.
+            with self._store.long_poll(timeout_s):
                 while True:
                     page, room_id = await self._checked_read(caller, room_ref, after, limit)
                     if page.messages:

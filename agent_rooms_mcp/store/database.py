@@ -174,6 +174,9 @@ class Store:
         self._changed = anyio.Event()
         # Long-polls wait here, by room, and for any process's commit (store/watch.py): one watcher for both.
         self.rooms = RoomWatch(reader, watch_s, self._wake_pollers)
+        # The long polls in flight (`long_poll`), and whether the process has stopped serving them.
+        self._long_polls: set[anyio.CancelScope] = set()
+        self._long_polls_ended = False
 
     @classmethod
     @asynccontextmanager
@@ -274,6 +277,27 @@ class Store:
         wait, the one watcher of the rooms' long-polls looks for them all, and not at all while nobody waits."""
         with self.rooms.wanting_any():
             await self.wait_changed(timeout_s)
+
+    @contextmanager
+    def long_poll(self, timeout_s: float) -> Iterator[anyio.CancelScope]:
+        """The scope of a client's long poll (a listener's `wait`, `wait_for_messages`): over after timeout_s,
+        or as soon as the process stops serving (`end_long_polls`), so the poll answers what it has (nothing
+        new) and the server, told to stop, is not held for the rest of the poll's time."""
+        scope = anyio.move_on_after(timeout_s)
+        if self._long_polls_ended:
+            scope.cancel()
+        self._long_polls.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._long_polls.discard(scope)
+
+    def end_long_polls(self) -> None:
+        """The server stops: every long poll in flight ends now, and any begun later ends at once."""
+        self._long_polls_ended = True
+        for scope in list(self._long_polls):
+            scope.cancel()
 
 
 @contextmanager
