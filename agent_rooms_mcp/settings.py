@@ -203,6 +203,11 @@ class WakeSettings:
     host_id: str = ""
     # A wake of an owner who is not local waits this long for that owner's listener, then ends `expired`.
     listener_wait_s: float = 3600.0
+    # A wake queued for the hub's own supervisor that none started in this long ends `expired`: only a
+    # supervisor that is off (AGENT_ROOMS_SUPERVISOR=0) or stuck lets it pass (DESIGN §5 "Receipts that settle").
+    queued_wait_s: float = 24 * 3600.0
+    # How often a serving process, supervisor or not, ends the wakes past those expiries (housekeeping.py).
+    settle_every_s: float = 60.0
     # DESIGN §5 "Never root": the unprivileged user (name or UID[:GID]) a root supervisor runs CLIs as.
     run_as: str = ""
     bwrap: str = "bwrap"
