@@ -250,7 +250,25 @@ class WakeSettings:
             sandbox_hide=_paths(env.get("AGENT_ROOMS_SANDBOX_HIDE")),
             cgroup=cgroup,
             run_pids_max=int(raw_pids),
+            # How long a wake may wait before it ends `expired` (DESIGN §5 "Receipts that settle").
+            listener_wait_s=_seconds(env, "listener_wait_s", _WAKE_DEFAULTS.listener_wait_s),
+            queued_wait_s=_seconds(env, "queued_wait_s", _WAKE_DEFAULTS.queued_wait_s),
+            settle_every_s=_seconds(env, "settle_every_s", _WAKE_DEFAULTS.settle_every_s),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A WakeSettings duration set as AGENT_ROOMS_LIMIT_<NAME>, as every limit may be."""
+    raw = env.get(f"AGENT_ROOMS_LIMIT_{name.upper()}")
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"AGENT_ROOMS_LIMIT_{name.upper()}: not a number: {raw!r}") from None
+
+
+_WAKE_DEFAULTS = WakeSettings()
 
 
 def _paths(value: str | None) -> tuple[str, ...]:
