@@ -615,7 +615,9 @@ async def test_agent_stop_and_run_log_on_the_command_line(
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["RUN_ID", "AGENT", "ROOM", "TRIGGER", "STATE", "OUTCOME"]
     assert lines[1].split() == [run["run_id"], "alice-bot", "lobby", "mention", "stopped", "stopped"]
-    events = [json.loads(line) for line in lines[2:]]
+    # Why it ended, in plain words, before the events its CLI printed.
+    assert lines[2] == "status: stopped, ended: an owner stopped it (agent stop)"
+    events = [json.loads(line) for line in lines[3:]]
     assert {"type": "system", "subtype": "init"}.items() <= events[0].items()
     assert events[-1]["type"] == "result"
 
