@@ -25,6 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.cli import cli
+from agent_rooms_mcp.clock import now_utc
 from tests.conftest import fingerprint
 from tests.hubprocess import CLI, serve_http
 
@@ -194,8 +195,9 @@ def alice_wake(hub: HubMachine) -> None:
         conn.execute(
             "INSERT INTO runs (run_id, agent_id, owner_id, room_id, trigger, cause_id, caused_by, constrained, depth,"
             " state, created_at) SELECT 'run_alicesownrun0000000000', a.agent_id, a.owner_id, r.room_id, 'mention',"
-            " 'msg_x', a.agent_id, 0, 1, 'queued', '2026-01-01T00:00:00.000000Z'"
-            " FROM agents a, rooms r WHERE a.handle = 'alice-claude' AND r.name = 'lobby'"
+            " 'msg_x', a.agent_id, 0, 1, 'queued', ?"
+            " FROM agents a, rooms r WHERE a.handle = 'alice-claude' AND r.name = 'lobby'",
+            (now_utc(),),  # new: the serving hub's housekeeping would end an old one `expired`
         )
     conn.close()
 
@@ -221,6 +223,8 @@ async def test_a_device_cannot_act_as_the_operator_or_for_another_owner(hub: Hub
     bob = await enrolled(hub, tmp_path, "bob-laptop")
     await bob.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
     alice_wake(hub)
+    # Runs are an owner's own (run list, run log): Alice's run looks missing to Bob, as one never made.
+    assert (await bob.ok("run", "list"))["runs"] == []
     before = hub.fingerprint()
     for command in OPERATOR_COMMANDS:
         done = await bob.refused("FORBIDDEN_SCOPE", *command)
@@ -235,9 +239,7 @@ async def test_a_device_cannot_act_as_the_operator_or_for_another_owner(hub: Hub
     await bob.refused("FORBIDDEN_SCOPE", "grant", "add", "--from", "alice", "--to", "bob")
     await bob.refused("NOT_FOUND", "agent", "stop", "alice-claude")
     await bob.refused("FORBIDDEN_SCOPE", "consent", "accept", "prop_x", "--owner", "alice")
-    # Runs are an owner's own (run list, run log): Alice's run looks missing to Bob, as one never made.
     [alice_run] = hub.sql("SELECT run_id FROM runs")
-    assert (await bob.ok("run", "list"))["runs"] == []
     await bob.refused("FORBIDDEN_SCOPE", "run", "list", "--owner", "alice")
     await bob.refused("NOT_FOUND", "run", "log", alice_run["run_id"])
     await bob.refused("NOT_FOUND", "run", "log", "run_x")
