@@ -205,3 +205,36 @@ async def test_run_list_shows_a_queued_run_as_not_started(woken: World) -> None:
     assert "not started: queued" in text, text
     code, missing = await cli(woken, "run", "log", "run_nosuchrunatall0000000", ok=False)
     assert code == 1 and "NOT_FOUND" in missing
+
+
+@pytest.mark.invariant(98)
+async def test_a_mention_waiting_on_consent_follows_the_owners_decision(world: World) -> None:
+    """Another owner's agent: the mention waits on its owner (pending_consent), then reads the fate of the run
+    an acceptance made, or `refused` once rejected (no supervisor here: an accepted wake stays queued)."""
+    await world.trust("bob", "alice")
+
+    async def mention_bob() -> dict[str, Any]:
+        async with world.client("alice-claude") as c:
+            r = await c.call_tool("post_message", {"room": "shared", "text": "@bob-codex have a look"})
+        assert not r.is_error, r.content
+        [said] = r.structured_content["mentions"]  # type: ignore[index]
+        assert said["outcome"] == "pending_consent" and said["run_id"] is None
+        return {"seq": r.structured_content["seq"], "proposal_id": said["proposal_id"]}  # type: ignore[index]
+
+    accepted, rejected = await mention_bob(), await mention_bob()
+    [waiting] = await read_mentions(world, "alice-claude", accepted["seq"], room="shared")
+    assert (waiting["outcome"], waiting["run_id"]) == ("pending_consent", None)
+    async with world.client("bob-admin") as c:
+        ok = await c.call_tool("accept_task", {"task": accepted["proposal_id"]})
+        assert not ok.is_error, ok.content
+        no = await c.call_tool("reject_task", {"task": rejected["proposal_id"], "reason": "busy"})
+        assert not no.is_error, no.content
+    [queued] = await read_mentions(world, "alice-claude", accepted["seq"], room="shared")
+    [run] = world.sql("SELECT run_id, state FROM runs WHERE proposal_id = ?", (accepted["proposal_id"],))
+    assert (queued["outcome"], queued["run_id"]) == ("queued", run["run_id"])
+    [refused] = await read_mentions(world, "alice-claude", rejected["seq"], room="shared")
+    assert (refused["outcome"], refused["run_id"]) == ("refused", None)
+    async with world.hub() as hub:
+        await hub.runs.stop_as_owner(OPERATOR, "bob-codex", None)
+    [stopped] = await read_mentions(world, "alice-claude", accepted["seq"], room="shared")
+    assert (stopped["outcome"], stopped["code"], stopped["run_id"]) == ("stopped", "stopped", run["run_id"])
