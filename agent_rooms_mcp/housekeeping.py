@@ -9,16 +9,44 @@ import anyio
 import structlog
 
 from agent_rooms_mcp.audit import Actor
+from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.services import runs
 
 log = structlog.get_logger("agent_rooms_mcp.housekeeping")
 # Who the serving hub's own purge is audited as: nobody asked for it.
 SYSTEM = Actor("system", "purge")
+# Who ends the wakes that waited past their expiry, when no supervisor's recovery did first.
+SETTLER = Actor("system", "settle")
 
 
 @asynccontextmanager
 async def housekeeping(hub: Hub) -> AsyncIterator[None]:
-    """Purge `purge_first_s` after the hub starts, then every `purge_every_s`, while the block runs."""
+    """While the block runs: purge `purge_first_s` after the hub starts, then every `purge_every_s`; and every
+    `settle_every_s`, end the wakes that waited past their expiry."""
+
+    async def settling() -> None:
+        # In every serving process, supervisor or not: a hub serving with its supervisor off would otherwise
+        # leave queued wakes queued forever, and nobody would expire a listener's that never came (DESIGN §5).
+        while True:
+            try:
+                if await hub.store.write(lambda c: runs.expire_waiting(c, hub.settings.wake, SETTLER, now_utc())):
+                    hub.store.notify_changed()
+            except Exception as e:  # as for the purge: the next look tries again
+                log.warning("settle.failed", error=type(e).__name__)
+            await anyio.sleep(hub.settings.wake.settle_every_s)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(settling)
+        try:
+            async with _purging(hub):
+                yield
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _purging(hub: Hub) -> AsyncIterator[None]:
     limits = hub.settings.limits
     if limits.purge_every_s <= 0:
         yield

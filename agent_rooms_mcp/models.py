@@ -112,11 +112,20 @@ class Mentioned(StrEnum):
 
 
 class MentionOutcome(BaseModel):
+    """What mentioning one member did. `post_message` says what it did at once; `read_messages` says where it
+    stands now (DESIGN §5 "Receipts that settle"): a wake that ran ends `completed`, `failed` (with the reason
+    in `code`), `stopped`, `lost`, `withdrawn` (the reason in `code`) or `expired`."""
+
     handle: Handle
-    outcome: Literal["notified", "woken", "queued", "pending_consent", "refused"]
+    outcome: Literal[
+        "notified", "woken", "queued", "pending_consent", "refused",
+        "completed", "failed", "stopped", "lost", "withdrawn", "expired",
+    ]  # fmt: skip
     code: Word | None = None
     # For pending_consent: the proposal its owner decides on (list_pending_consents, accept_task).
     proposal_id: Id | None = None
+    # The run the mention woke or joined, once there is one (list_runs, `agent-rooms run log`).
+    run_id: Id | None = None
 
 
 class PostedMessage(BaseModel):
@@ -137,7 +146,7 @@ class Message(BaseModel):
     author: Author
     relation: Relation
     created_at: Stamp
-    mentions: list[Handle]
+    mentions: list[MentionOutcome]
     reply_to: int | None
     text: Text
     flags: list[Word]
@@ -703,3 +712,18 @@ class OwnerStatus(BaseModel):
 
 class StatusReport(BaseModel):
     owners: list[OwnerStatus]
+
+
+# Backup and restore (DESIGN §9.5): CLI results, never tool results.
+
+
+class BackupWritten(BaseModel):
+    path: str
+
+
+class Restored(BaseModel):
+    source: str
+    kept_credentials: bool
+    # How many live credentials of each kind the restore ended, in plain words ("bearer and run tokens": 3).
+    revoked: dict[str, int]
+    audit_seq: int

@@ -43,6 +43,8 @@ from agent_rooms_mcp.models import (
     Receipt,
     RoomList,
     RoomSummary,
+    RunInfo,
+    RunList,
     StatusReport,
     StopResult,
     TokenList,
@@ -600,3 +602,42 @@ async def console_link(hub: Hub, who: Human, a: ConsoleLinkArgs) -> ConsoleLink:
     audited as acting on that owner's behalf (policy.acting_for)."""
     who = await _self(hub, who, a.owner)
     return await hub.console.mint_link(who, a.owner, a.base_url)
+
+
+# Runs (DESIGN §9.5 `run list`, `run log`): an owner sees their own agents' runs; another's look missing.
+
+
+class RunListArgs(Args):
+    owner: str | None = None
+    after: int = Field(default=0, ge=0, le=INT_MAX)
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+@_action("run.list", RunListArgs, RunList)
+async def run_list(hub: Hub, who: Human, a: RunListArgs) -> RunList:
+    """Runs newest first: a device's own owner's; the operator's, every owner's or those of `owner`."""
+    owner_id = who.owner_id
+    if a.owner is not None:
+        row = await hub.store.read(lambda c: queries.owner(c, a.owner or ""))
+        policy.require_self(who, row["owner_id"], row["handle"])
+        owner_id = str(row["owner_id"])
+    return await hub.runs.list_as_owner(owner_id, after=a.after, limit=min(a.limit, hub.settings.limits.page_max))
+
+
+class RunGet(Args):
+    run_id: str
+
+
+@_action("run.get", RunGet, RunInfo)
+async def run_get(hub: Hub, who: Human, a: RunGet) -> RunInfo:
+    """One run's record: its state, and why it ended or never started (its outcome)."""
+    owner_id = await hub.store.read(
+        lambda c: (
+            (row := c.execute("SELECT owner_id FROM runs WHERE run_id = ?", (a.run_id,)).fetchone())
+            and str(row["owner_id"])
+        )
+    )
+    if not owner_id:
+        raise not_found("run")
+    policy.require_own(who, owner_id, "run")
+    return await hub.runs.get(a.run_id)

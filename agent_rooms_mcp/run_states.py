@@ -86,6 +86,18 @@ def is_listed_outcome(outcome: str) -> bool:
     return outcome in Outcome._value2member_map_ and outcome != Outcome.WITHDRAWN
 
 
+def mention_outcome(state: str, outcome: str | None) -> tuple[str, str | None]:
+    """Where a mention that woke a run stands, from that run's state and outcome (DESIGN §5 "Receipts that
+    settle"): still waiting is `queued`, held is `woken`, and a final state is itself, with its reason as the
+    code (`withdrawn:<reason>` gives the reason word)."""
+    if state in WAITING_STATES:
+        return "queued", None
+    if state not in FINAL_STATES:
+        return "woken", None
+    head, _, reason = (outcome or "").partition(":")
+    return state, (reason or head or None)
+
+
 def sql_words(*words: StrEnum) -> str:
     """Enum words as an SQL list of literals (`'running', 'stopping'`): safe to splice, since the words are
     this module's constants, never input; it keeps each state written once even inside SQL text."""

@@ -205,6 +205,11 @@ class WakeSettings:
     host_id: str = ""
     # A wake of an owner who is not local waits this long for that owner's listener, then ends `expired`.
     listener_wait_s: float = 3600.0
+    # A wake queued for the hub's own supervisor that none started in this long ends `expired`: only a
+    # supervisor that is off (AGENT_ROOMS_SUPERVISOR=0) or stuck lets it pass (DESIGN §5 "Receipts that settle").
+    queued_wait_s: float = 24 * 3600.0
+    # How often a serving process, supervisor or not, ends the wakes past those expiries (housekeeping.py).
+    settle_every_s: float = 60.0
     # DESIGN §5 "Never root": the unprivileged user (name or UID[:GID]) a root supervisor runs CLIs as.
     run_as: str = ""
     bwrap: str = "bwrap"
@@ -247,7 +252,25 @@ class WakeSettings:
             sandbox_hide=_paths(env.get("AGENT_ROOMS_SANDBOX_HIDE")),
             cgroup=cgroup,
             run_pids_max=int(raw_pids),
+            # How long a wake may wait before it ends `expired` (DESIGN §5 "Receipts that settle").
+            listener_wait_s=_seconds(env, "listener_wait_s", _WAKE_DEFAULTS.listener_wait_s),
+            queued_wait_s=_seconds(env, "queued_wait_s", _WAKE_DEFAULTS.queued_wait_s),
+            settle_every_s=_seconds(env, "settle_every_s", _WAKE_DEFAULTS.settle_every_s),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A WakeSettings duration set as AGENT_ROOMS_LIMIT_<NAME>, as every limit may be."""
+    raw = env.get(f"AGENT_ROOMS_LIMIT_{name.upper()}")
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"AGENT_ROOMS_LIMIT_{name.upper()}: not a number: {raw!r}") from None
+
+
+_WAKE_DEFAULTS = WakeSettings()
 
 
 def _paths(value: str | None) -> tuple[str, ...]:

@@ -128,6 +128,10 @@ def _rows() -> list[Invariant]:
             " cookies are HttpOnly, SameSite=Strict, and __Host- and Secure under HTTPS",
             "console",
         ),
+        98: (
+            "every wake ends in a final state its causer can see; none stays woken or queued past its expiry",
+            "operate",
+        ),
         99: ("the hub spawns only local owners' agents; other owners' wakes wait for a listener or expire", "network"),
         100: ("no sandboxed process opens the hub's database or home: a woken CLI has only the bridge", "containment"),
         101: (
@@ -147,6 +151,10 @@ def _rows() -> list[Invariant]:
         106: (
             "an agent only tightens consent modes; agent invites wait for the owner, no usable code in results",
             "hardening",
+        ),
+        107: (
+            "a restore revokes every credential in the restored database unless told to keep them; backups are 0600",
+            "operate",
         ),
     }
     return [Invariant(n, text, frozenset(issues.split())) for n, (text, issues) in table.items()]

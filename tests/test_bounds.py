@@ -19,8 +19,8 @@ from mcp.types import CallToolResult
 
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
-from agent_rooms_mcp.models import Author, Message
-from agent_rooms_mcp.services.messages import _MESSAGE_FIXED_BYTES
+from agent_rooms_mcp.models import Author, MentionOutcome, Message
+from agent_rooms_mcp.services.messages import _MESSAGE_FIXED_BYTES, mentions_hint
 from agent_rooms_mcp.services.render import item_bytes, text_hint
 from agent_rooms_mcp.settings import DEFAULT_LIMITS as L
 from tests.conftest import OPERATOR, World
@@ -217,7 +217,16 @@ def test_the_cheap_bound_read_messages_trusts_is_never_below_the_exact_size() ->
     """read_messages skips exact measuring when the cheap bounds fit; they must bound every kind of text."""
     texts = ["", "plain", HOSTILE[:3000], "é字😀" * 500, "\x01\x1f\x7f\u2028" * 500, "<<>>&" * 500]
     for text in texts:
-        for mentions in ([], ["h" * 63] * 40):
+        # The largest mentions a message can carry: long handles, long codes, a proposal and a run each.
+        largest = MentionOutcome(
+            handle="h" * 63,
+            outcome="pending_consent",
+            code="CONSTRAINED_RUNTIME_REQUIRED",
+            proposal_id=new_id("prop"),
+            run_id=new_id("run"),
+        )
+        small = MentionOutcome(handle="h", outcome="lost")
+        for mentions in ([], [largest] * 40, [small] * 40):
             message = Message(
                 message_id=new_id("msg"),
                 seq=2**53 - 1,
@@ -229,7 +238,7 @@ def test_the_cheap_bound_read_messages_trusts_is_never_below_the_exact_size() ->
                 text=text,
                 flags=["bidi", "zero_width", "tag_chars", "control", "ansi", "ignorable"],
             )
-            cheap = _MESSAGE_FIXED_BYTES + text_hint([message.text, *message.mentions, *message.flags])
+            cheap = _MESSAGE_FIXED_BYTES + text_hint([message.text, *message.flags]) + mentions_hint(mentions)
             assert cheap >= item_bytes(message), text[:20]
 
 

@@ -395,6 +395,7 @@ async def test_a_wake_cannot_be_accepted_once_its_target_lost_invoke(world: Worl
         "outcome": "refused",
         "code": "FORBIDDEN_SCOPE",
         "proposal_id": None,
+        "run_id": None,
     }
 
 

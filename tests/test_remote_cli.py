@@ -25,6 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.cli import cli
+from agent_rooms_mcp.clock import now_utc
 from tests.conftest import fingerprint
 from tests.hubprocess import CLI, serve_http
 
@@ -187,6 +188,20 @@ async def test_an_owner_works_from_their_own_machine_audited_via_device(hub: Hub
     assert sorted(r["name"] for r in (await bob.ok("room", "list"))["rooms"]) == ["den", "lobby"]
 
 
+def alice_wake(hub: HubMachine) -> None:
+    """A run of alice-claude's, written as a mention's wake would be (no supervisor runs in this hub)."""
+    conn = sqlite3.connect(hub.machine.home / "hub.db")
+    with conn:
+        conn.execute(
+            "INSERT INTO runs (run_id, agent_id, owner_id, room_id, trigger, cause_id, caused_by, constrained, depth,"
+            " state, created_at) SELECT 'run_alicesownrun0000000000', a.agent_id, a.owner_id, r.room_id, 'mention',"
+            " 'msg_x', a.agent_id, 0, 1, 'queued', ?"
+            " FROM agents a, rooms r WHERE a.handle = 'alice-claude' AND r.name = 'lobby'",
+            (now_utc(),),  # new: the serving hub's housekeeping would end an old one `expired`
+        )
+    conn.close()
+
+
 # Operator actions (DESIGN §2), as a device would type them: each refused on the device, before any request.
 OPERATOR_COMMANDS = (
     ("owner", "add", "mallory"),
@@ -196,7 +211,8 @@ OPERATOR_COMMANDS = (
     ("owner", "verify", "bob"),
     ("owner", "list"),
     ("room", "remove", "lobby", "--agent", "alice-claude"),
-    ("run", "log", "run_x"),
+    ("backup", "hub.backup"),
+    ("restore", "hub.backup", "--yes"),
     ("audit", "verify"),
     ("audit", "checkpoint"),
 )
@@ -206,6 +222,9 @@ OPERATOR_COMMANDS = (
 async def test_a_device_cannot_act_as_the_operator_or_for_another_owner(hub: HubMachine, tmp_path: Path) -> None:
     bob = await enrolled(hub, tmp_path, "bob-laptop")
     await bob.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
+    alice_wake(hub)
+    # Runs are an owner's own (run list, run log): Alice's run looks missing to Bob, as one never made.
+    assert (await bob.ok("run", "list"))["runs"] == []
     before = hub.fingerprint()
     for command in OPERATOR_COMMANDS:
         done = await bob.refused("FORBIDDEN_SCOPE", *command)
@@ -220,7 +239,14 @@ async def test_a_device_cannot_act_as_the_operator_or_for_another_owner(hub: Hub
     await bob.refused("FORBIDDEN_SCOPE", "grant", "add", "--from", "alice", "--to", "bob")
     await bob.refused("NOT_FOUND", "agent", "stop", "alice-claude")
     await bob.refused("FORBIDDEN_SCOPE", "consent", "accept", "prop_x", "--owner", "alice")
+    [alice_run] = hub.sql("SELECT run_id FROM runs")
+    await bob.refused("FORBIDDEN_SCOPE", "run", "list", "--owner", "alice")
+    await bob.refused("NOT_FOUND", "run", "log", alice_run["run_id"])
+    await bob.refused("NOT_FOUND", "run", "log", "run_x")
     assert hub.fingerprint() == before
+    # The operator, on the hub's machine, sees everyone's, and reads why it has not started.
+    assert [r["run_id"] for r in (await hub.machine.ok("run", "list"))["runs"]] == [alice_run["run_id"]]
+    assert (await hub.machine.ok("run", "log", alice_run["run_id"]))["state"] == "queued"
 
     # The API itself refuses an operator action by name, audited as the device's.
     credential = json.loads((bob.home / "device.json").read_text())["credential"]

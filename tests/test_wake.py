@@ -25,8 +25,11 @@ from tests.wakeworld import Fakes, ended, post, runs, supervisor, until
 async def test_a_mention_wakes_the_agent_which_replies_with_its_run_token(woken: World, fakes: Fakes) -> None:
     async with supervisor(woken):
         posted = await post(woken, "alice-claude", "@alice-bot please look at the build")
-        assert posted["mentions"] == [{"handle": "alice-bot", "outcome": "woken", "code": None, "proposal_id": None}]
+        [said] = posted["mentions"]
+        assert said == {"handle": "alice-bot", "outcome": "woken", "code": None, "proposal_id": None,
+                        "run_id": said["run_id"]}  # fmt: skip
         [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    assert said["run_id"] == run["run_id"]
     assert (run["state"], run["outcome"], run["trigger"], run["cause_id"]) == (
         "completed", "ok", "mention", posted["message_id"]
     )  # fmt: skip

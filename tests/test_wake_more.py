@@ -288,7 +288,7 @@ async def test_a_chain_of_wakes_stops_at_depth_three(tmp_path: Path, fakes: Fake
         r = await c.call_tool("post_message", {"room": "lobby", "text": "@alice-cx one more"})
     assert not r.is_error, r.content
     assert r.structured_content["mentions"] == [
-        {"handle": "alice-cx", "outcome": "refused", "code": "SPAWN_CAP", "proposal_id": None}
+        {"handle": "alice-cx", "outcome": "refused", "code": "SPAWN_CAP", "proposal_id": None, "run_id": None}
     ]
     assert world.sql("SELECT count(*) AS n FROM runs WHERE depth > 3")[0]["n"] == 0
     assert len(world.sql("SELECT run_id FROM runs")) == 3
@@ -357,7 +357,13 @@ async def test_another_owners_openclaw_agent_is_refused_constrained_runtime_requ
     async with supervisor(world):
         posted = await post(world, "alice-claude", "@bob-claw hello", room="shared")
         assert posted["mentions"] == [
-            {"handle": "bob-claw", "outcome": "refused", "code": "CONSTRAINED_RUNTIME_REQUIRED", "proposal_id": None}
+            {
+                "handle": "bob-claw",
+                "outcome": "refused",
+                "code": "CONSTRAINED_RUNTIME_REQUIRED",
+                "proposal_id": None,
+                "run_id": None,
+            }
         ]
         failed, task = await call(
             world, "alice-claude", "create_task", {"room": "shared", "title": "do it", "assignee": "bob-claw"}
@@ -609,7 +615,9 @@ async def test_agent_stop_and_run_log_on_the_command_line(
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["RUN_ID", "AGENT", "ROOM", "TRIGGER", "STATE", "OUTCOME"]
     assert lines[1].split() == [run["run_id"], "alice-bot", "lobby", "mention", "stopped", "stopped"]
-    events = [json.loads(line) for line in lines[2:]]
+    # Why it ended, in plain words, before the events its CLI printed.
+    assert lines[2] == "status: stopped, ended: an owner stopped it (agent stop)"
+    events = [json.loads(line) for line in lines[3:]]
     assert {"type": "system", "subtype": "init"}.items() <= events[0].items()
     assert events[-1]["type"] == "result"
 
@@ -631,12 +639,13 @@ async def test_agent_stop_and_run_log_on_the_command_line(
     r = await agent_rooms(world, "run", "log", "run_nope", "--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["code"] == "NOT_FOUND"
 
-    # A run that never started has no log yet: said so in text, its state shown with --json.
+    # A run that never started has no log yet: its status says so in text, its state is shown with --json.
     await post(world, "alice-claude", "@alice-bot when you can")  # no supervisor now: it stays queued
     waiting = runs(world, "alice-bot")[-1]
     assert waiting["state"] == "queued"
     r = await agent_rooms(world, "run", "log", waiting["run_id"])
-    assert r.exit_code == 1 and r.stderr.startswith("NOT_FOUND:"), (r.stdout, r.stderr)
+    assert r.exit_code == 0 and "status: not started: queued" in r.stdout, (r.stdout, r.stderr)
+    assert "(no events.jsonl kept for this run)" in r.stdout
     r = await agent_rooms(world, "run", "log", waiting["run_id"], "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["state"] == "queued"
 

@@ -9,6 +9,7 @@ import click
 from agent_rooms_mcp import __version__
 from agent_rooms_mcp.cli.agent import agent
 from agent_rooms_mcp.cli.audit import audit
+from agent_rooms_mcp.cli.backup import backup, restore
 from agent_rooms_mcp.cli.connect import connect
 from agent_rooms_mcp.cli.consent import consent, grant
 from agent_rooms_mcp.cli.console import console
@@ -53,6 +54,8 @@ for command in (
     run_group,
     audit,
     purge,
+    backup,
+    restore,
     login,
     device,
     listen,

@@ -1,11 +1,67 @@
-"""`agent-rooms run`: woken runs, and what each one's CLI printed."""
+"""`agent-rooms run`: woken runs, why each ended or never started, and what each one's CLI printed."""
 
 from __future__ import annotations
 
 import click
 
-from agent_rooms_mcp.cli.common import Failed, emit, json_option, run, settings, table
-from agent_rooms_mcp.models import RunInfo
+from agent_rooms_mcp.cli.common import emit, json_option, perform, remote, settings, table
+from agent_rooms_mcp.models import RunInfo, RunList
+from agent_rooms_mcp.owner_actions import RunGet, RunListArgs
+from agent_rooms_mcp.run_states import FINAL_STATES, WAITING_STATES, Outcome, RunState
+
+# What each outcome means to the person reading `run log`, and what to do about it (README "Run outcomes").
+REASONS: dict[str, str] = {
+    Outcome.OK: "the CLI finished its turn",
+    Outcome.CLI_NOT_FOUND: "the agent's CLI was not found: install it, or set AGENT_ROOMS_CLAUDE_BIN /"
+    " AGENT_ROOMS_CODEX_BIN / AGENT_ROOMS_OPENCLAW_BIN, then mention the agent again",
+    Outcome.WORKDIR_MISSING: "the agent's workdir does not exist: agent-rooms agent set HANDLE --workdir DIR",
+    Outcome.SANDBOX_UNAVAILABLE: "the sandbox (bwrap) could not start here: agent-rooms doctor says why",
+    Outcome.SANDBOX_REQUIRED: "another owner caused it, and such a wake runs only inside a working sandbox",
+    Outcome.ROOT_REFUSED: "the hub runs as root and no unprivileged user is set: set AGENT_ROOMS_RUN_AS",
+    Outcome.ENV_UNAVAILABLE: "the agent's sealed variables could not be opened",
+    Outcome.MCP_FAILED: "the CLI could not reach the hub through its bridge",
+    Outcome.AUTH: "the CLI is not logged in to its provider",
+    Outcome.RATE_LIMIT: "the provider rate-limited the CLI; its wakes wait and retry",
+    Outcome.USAGE_LIMIT: "the CLI hit a usage or turn limit",
+    Outcome.OUTPUT_CAP: "the CLI printed more than a run may",
+    Outcome.TIME_LIMIT: "the run went past its time limit and was stopped",
+    Outcome.STOPPED: "an owner stopped it (agent stop)",
+    Outcome.SHUTDOWN: "the hub shut down while it ran",
+    Outcome.LOST: "its supervisor went away while it ran; whether it finished is unknown",
+    Outcome.EXPIRED: "no listener of its owner came online before it expired (agent-rooms listen)",
+}
+
+
+# Outcomes of a wake whose CLI never ran: refused or ended before anything was executed.
+NEVER_RAN = frozenset(
+    {
+        Outcome.CLI_NOT_FOUND,
+        Outcome.WORKDIR_MISSING,
+        Outcome.SANDBOX_UNAVAILABLE,
+        Outcome.SANDBOX_REQUIRED,
+        Outcome.ROOT_REFUSED,
+        Outcome.ENV_UNAVAILABLE,
+        Outcome.EXPIRED,
+    }
+)
+
+
+def reason(info: RunInfo) -> str:
+    """In plain words: where a run stands, and why it ended or never started."""
+    if info.state in WAITING_STATES:
+        if info.state == RunState.WAITING_FOR_LISTENER:
+            return "not started: waiting for its owner's listener (agent-rooms listen)"
+        return "not started: queued behind a cap or a back-off"
+    if info.state not in FINAL_STATES:
+        return f"running ({info.state})"
+    outcome = info.outcome or ""
+    head, _, why = outcome.partition(":")
+    if head == Outcome.WITHDRAWN:
+        text = f"withdrawn: {why.replace('_', ' ')}"
+    else:
+        text = REASONS.get(outcome, outcome or "no reason recorded")
+    started = "never started" if outcome in NEVER_RAN or not info.started_at else "ended"
+    return f"{info.state}, {started}: {text}"
 
 
 @click.group("run")
@@ -13,24 +69,53 @@ def run_group() -> None:
     """Runs: woken, headless executions of an agent's CLI."""
 
 
+@run_group.command("list")
+@click.option("--owner", help="Only this owner's runs (on a device: always your own).")
+@click.option("--all", "every", is_flag=True, help="Every run, page after page (default: the newest 50).")
+@json_option
+def list_(owner: str | None, every: bool, as_json: bool) -> None:
+    """List runs, newest first: state, outcome, and whether each is running or finished."""
+    page: RunList = perform("run.list", RunListArgs(owner=owner), as_json=as_json)
+    runs = list(page.runs)
+    while every and page.has_more:
+        page = perform("run.list", RunListArgs(owner=owner, after=page.next_after), as_json=as_json)
+        runs += page.runs
+    if as_json:
+        click.echo(RunList(runs=runs, boundary=page.boundary, notice=page.notice, next_after=page.next_after,
+                           has_more=page.has_more).model_dump_json(indent=2))  # fmt: skip
+        return
+    rows = [
+        [r.run_id, r.agent, r.room, r.trigger, r.state, r.outcome or "-", r.ended_at or r.started_at or r.created_at]
+        for r in runs
+    ]
+    click.echo(table(rows, ["RUN_ID", "AGENT", "ROOM", "TRIGGER", "STATE", "OUTCOME", "SINCE"]))
+    if page.has_more and not every:
+        click.echo("(more: --all)")
+
+
 @run_group.command("log")
 @click.argument("run_id")
 @click.option("--stderr", "show_stderr", is_flag=True, help="Show the tail of the CLI's stderr instead.")
 @json_option
 def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
-    """Show RUN_ID's state and the events its CLI printed (kept per run, bounded), or its stderr tail."""
-    info: RunInfo = run(lambda hub: hub.runs.get(run_id), as_json=as_json)
+    """Show RUN_ID's state, why it ended or never started, and the events its CLI printed (kept per run,
+    bounded, on the hub's machine), or its stderr tail."""
+    info: RunInfo = perform("run.get", RunGet(run_id=run_id), as_json=as_json)
     if as_json:  # the run's record; the logs themselves are files, for people
         emit(info, as_json=True, text=str)
         return
-    path = settings().run_logs_dir / info.run_id / ("stderr.log" if show_stderr else "events.jsonl")
-    if not path.exists():
-        why = "it never started" if info.ended_at is None else "it never started, or was purged after it ended"
-        raise Failed("NOT_FOUND", f"run {run_id} has no {path.name} ({why})", as_json)
     click.echo(
         table(
             [[info.run_id, info.agent, info.room, info.trigger, info.state, info.outcome or "-"]],
             ["RUN_ID", "AGENT", "ROOM", "TRIGGER", "STATE", "OUTCOME"],
         )
     )
+    click.echo(f"status: {reason(info)}")
+    if remote(as_json) is not None:
+        return  # the CLI's own output stays on the hub's machine
+    path = settings().run_logs_dir / info.run_id / ("stderr.log" if show_stderr else "events.jsonl")
+    if not path.exists():
+        # Not an error: the status line already says why (never started, not yet, or purged since it ended).
+        click.echo(f"(no {path.name} kept for this run)")
+        return
     click.echo(path.read_text(errors="replace"), nl=False)

@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 
 from agent_rooms_mcp import audit, content, policy
@@ -16,7 +17,7 @@ from agent_rooms_mcp.ids import MessageId, RoomId
 from agent_rooms_mcp.models import Author, Mentioned, MentionOutcome, Message, MessagePage, PostedMessage
 from agent_rooms_mcp.policy import ConsentState, MentionEffect, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
-from agent_rooms_mcp.run_states import Trigger
+from agent_rooms_mcp.run_states import Trigger, mention_outcome
 from agent_rooms_mcp.services import crossing, proposals, runs
 from agent_rooms_mcp.services.render import cut_page, item_bytes, notice, render, text_hint
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
@@ -31,7 +32,7 @@ _AT_HANDLE = re.compile(
 )
 
 _PAGE = (
-    "SELECT m.message_id, m.seq, m.text, m.mentions, m.reply_to, m.created_at,"
+    "SELECT m.message_id, m.seq, m.text, m.mentions, m.mention_outcomes, m.reply_to, m.created_at,"
     " a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle"
     " FROM messages m JOIN agents a ON a.agent_id = m.agent_id JOIN owners o ON o.owner_id = a.owner_id"
     " WHERE m.room_id = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"
@@ -57,11 +58,76 @@ _MESSAGE_FIXED_BYTES = item_bytes(
 )
 
 
-def _said(handle: str, outcome: Mentioned, code: str | None = None, proposal_id: str | None = None) -> MentionOutcome:
+def _said(
+    handle: str,
+    outcome: Mentioned,
+    code: str | None = None,
+    proposal_id: str | None = None,
+    run_id: str | None = None,
+) -> MentionOutcome:
     """A mention's outcome as the poster reads it: the enum's value in the result's closed list."""
     return MentionOutcome.model_validate(
-        {"handle": handle, "outcome": outcome.value, "code": code, "proposal_id": proposal_id}
+        {"handle": handle, "outcome": outcome.value, "code": code, "proposal_id": proposal_id, "run_id": run_id}
     )
+
+
+# A mention with every field empty: what one adds to a page besides its words (see `mentions_hint`).
+_MENTION_FIXED_BYTES = item_bytes(MentionOutcome(handle="a", outcome="notified")) + 1
+
+
+def mentions_hint(mentions: Sequence[MentionOutcome]) -> int:
+    """A cheap upper bound on what a message's mentions add to a page (as `text_hint` is for its text)."""
+    return sum(
+        _MENTION_FIXED_BYTES + text_hint([m.handle, m.outcome, m.code or "", m.proposal_id or "", m.run_id or ""])
+        for m in mentions
+    )
+
+
+# Where each mention of a page's messages stands now: the runs they woke or joined, and the proposals they wait
+# on with the run an acceptance made (by `runs_by_cause`). One query for the whole page, whatever its size.
+_SETTLED = (
+    "SELECT 'run' AS via, run_id AS key, state, outcome, run_id FROM runs WHERE run_id IN ({runs})"
+    " UNION ALL SELECT 'proposal', p.proposal_id, p.state, NULL, NULL FROM proposals p"
+    " WHERE p.proposal_id IN ({props})"
+    " UNION ALL SELECT 'accepted', cause_id, state, outcome, run_id FROM runs"
+    f" WHERE cause_id IN ({{props}}) AND trigger = '{Trigger.WAKE_PROPOSAL.value}'"
+)
+
+
+def _current_mentions(conn: sqlite3.Connection, page: Sequence[sqlite3.Row]) -> list[list[MentionOutcome]]:
+    """Each message's mentions as they stand now (DESIGN §5 "Receipts that settle"). A message from before
+    outcomes were kept shows its mentions as `notified`: what it woke was not recorded with it."""
+    posted = [
+        [MentionOutcome.model_validate(o) for o in json.loads(r["mention_outcomes"])]
+        if r["mention_outcomes"]
+        else [MentionOutcome(handle=h, outcome="notified") for h in json.loads(r["mentions"])]
+        for r in page
+    ]
+    run_ids = list({m.run_id for ms in posted for m in ms if m.run_id})
+    proposal_ids = list({m.proposal_id for ms in posted for m in ms if m.proposal_id})
+    if not run_ids and not proposal_ids:
+        return posted
+    sql = _SETTLED.format(runs=",".join("?" * len(run_ids)), props=",".join("?" * len(proposal_ids)))
+    seen: dict[tuple[str, str], sqlite3.Row] = {}
+    for row in conn.execute(sql, [*run_ids, *proposal_ids, *proposal_ids]):
+        seen[(row["via"], row["key"])] = row
+    return [[_settled(m, seen) for m in ms] for ms in posted]
+
+
+def _settled(said: MentionOutcome, seen: dict[tuple[str, str], sqlite3.Row]) -> MentionOutcome:
+    run = seen.get(("run", said.run_id)) if said.run_id else None
+    if run is None and said.proposal_id:
+        run = seen.get(("accepted", said.proposal_id))
+        proposal = seen.get(("proposal", said.proposal_id))
+        if run is None and proposal is not None and proposal["state"] != ConsentState.PENDING:
+            # Decided without a run: rejected is refused; superseded or withdrawn is withdrawn, saying which.
+            if proposal["state"] == ConsentState.REJECTED:
+                return said.model_copy(update={"outcome": Mentioned.REFUSED.value, "code": None})
+            return said.model_copy(update={"outcome": "withdrawn", "code": proposal["state"]})
+    if run is None:
+        return said
+    outcome, code = mention_outcome(run["state"], run["outcome"])
+    return said.model_copy(update={"outcome": outcome, "code": code, "run_id": run["run_id"]})
 
 
 def _mention(
@@ -90,7 +156,7 @@ def _mention(
     cause = runs.Cause(Trigger.MENTION, message_id, room_id, caller.agent_id, caller.run_id, causers=causers)
     if effect is MentionEffect.WAKE:
         woke = runs.enqueue(conn, caps, member, cause)
-        return _said(handle, Mentioned(woke.outcome), code=woke.code)
+        return _said(handle, Mentioned(woke.outcome), code=woke.code, run_id=woke.run_id)
     try:
         verdict = proposals.judge(conn, caller, room_id, member, wake=True, causers=causers)
     except RoomsError as e:
@@ -110,7 +176,7 @@ def _mention(
         return _said(handle, Mentioned.PENDING_CONSENT, proposal_id=proposal_id)
     # Accepted at once by the owner's standing mode: woken, constrained, as another owner caused it.
     woke = runs.enqueue(conn, caps, member, replace(cause, proposal_id=proposal_id))
-    return _said(handle, Mentioned(woke.outcome), code=woke.code, proposal_id=proposal_id)
+    return _said(handle, Mentioned(woke.outcome), code=woke.code, proposal_id=proposal_id, run_id=woke.run_id)
 
 
 def _post_detail(
@@ -166,9 +232,11 @@ class Messages:
                 if outcome.proposal_id:
                     proposals.append(outcome.proposal_id)
             resolved = [h for h in wanted if h in members]
+            # What each member's mention did is kept with the message, so its readers see where it stands later.
+            kept = [o.model_dump(exclude_none=True) for o in outcomes if o.handle in members]
             conn.execute(
-                "INSERT INTO messages (message_id, room_id, seq, agent_id, text, mentions, reply_to, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (message_id, room_id, seq, agent_id, text, mentions, reply_to, created_at,"
+                " mention_outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message_id,
                     room["room_id"],
@@ -178,6 +246,7 @@ class Messages:
                     json.dumps(resolved),
                     reply_to,
                     now_utc(),
+                    json.dumps(kept) if kept else None,
                 ),
             )
             audit.append(
@@ -200,6 +269,7 @@ class Messages:
             rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
             page = rows[:limit]
             rendered, boundary = render(caller, page, [r["text"] for r in page])
+            mentions = _current_mentions(conn, page)
             messages = [
                 Message(
                     message_id=r["message_id"],
@@ -207,17 +277,17 @@ class Messages:
                     author=item.author,
                     relation=item.relation,
                     created_at=r["created_at"],
-                    mentions=json.loads(r["mentions"]),
+                    mentions=said,
                     reply_to=r["reply_to"],
                     text=item.text,
                     flags=item.flags,
                 )
-                for r, item in zip(page, rendered, strict=True)
+                for r, item, said in zip(page, rendered, mentions, strict=True)
             ]
             empty = MessagePage(
                 messages=[], next_after=start, has_more=True, boundary=boundary, notice=notice(boundary)
             )
-            hints = [_MESSAGE_FIXED_BYTES + text_hint([m.text, *m.mentions, *m.flags]) for m in messages]
+            hints = [_MESSAGE_FIXED_BYTES + text_hint([m.text, *m.flags]) + mentions_hint(m.mentions) for m in messages]
             cut = cut_page(self._limits, empty, messages, [m.seq for m in messages], len(rows), start, hints)
             return empty.model_copy(
                 update={"messages": messages[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}

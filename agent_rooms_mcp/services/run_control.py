@@ -31,38 +31,58 @@ class Runs:
         self, caller: Caller, *, agent: str | None, room: str | None, state: str | None, after: int, limit: int
     ) -> RunList:
         policy.require_scope(caller, Scope.READ)
-
-        def run(conn: sqlite3.Connection) -> RunList:
-            # Runs of the caller's owner only: another owner's runs are not the caller's business; a run
-            # token sees only its own room's (invariant 87).
-            sql, args = (
-                # A quarantined room's runs are gone for everyone, as the room is (DESIGN §6).
-                RUNS_SELECT + " WHERE r.owner_id = ? AND r.room_id = coalesce(?, r.room_id)"
-                " AND m.quarantined_at IS NULL",
-                list[object]([caller.owner_id, policy.run_room(caller)]),
+        # Runs of the caller's owner only: another owner's runs are not the caller's business; a run
+        # token sees only its own room's (invariant 87).
+        return await self._store.read(
+            lambda conn: self._page(
+                conn, caller, caller.owner_id, policy.run_room(caller), agent, room, state, after, limit
             )
-            if agent is not None:
-                sql += " AND (a.handle = ? OR a.agent_id = ?)"
-                args += [agent, agent]
-            if room is not None:
-                sql += " AND (m.name = ? OR m.room_id = ?)"
-                args += [room, room]
-            if state is not None:
-                sql += " AND r.state = ?"
-                args.append(state)
-            if after:
-                # Newest first, so the page after a cursor holds the runs made before it.
-                sql += " AND r.rowid < ?"
-                args.append(after)
-            rows = conn.execute(sql + " ORDER BY r.rowid DESC LIMIT ?", (*args, limit + 1)).fetchall()
-            runs, boundary = _infos(caller, rows[:limit])
-            empty = RunList(runs=[], boundary=boundary, notice=notice(boundary), next_after=after, has_more=True)
-            cut = cut_page(self._limits, empty, runs, [r["position"] for r in rows], len(rows), after)
-            return empty.model_copy(
-                update={"runs": runs[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
-            )
+        )
 
-        return await self._store.read(run)
+    async def list_as_owner(self, owner_id: str | None, *, after: int, limit: int) -> RunList:
+        """`agent-rooms run list`: an owner's runs, newest first (the operator's: every owner's when None)."""
+        return await self._store.read(
+            lambda conn: self._page(conn, None, owner_id, None, None, None, None, after, limit)
+        )
+
+    def _page(
+        self,
+        conn: sqlite3.Connection,
+        viewer: Viewer | None,
+        owner_id: str | None,
+        run_room: str | None,
+        agent: str | None,
+        room: str | None,
+        state: str | None,
+        after: int,
+        limit: int,
+    ) -> RunList:
+        sql, args = (
+            # A quarantined room's runs are gone for everyone, as the room is (DESIGN §6).
+            RUNS_SELECT + " WHERE r.owner_id = coalesce(?, r.owner_id) AND r.room_id = coalesce(?, r.room_id)"
+            " AND m.quarantined_at IS NULL",
+            list[object]([owner_id, run_room]),
+        )
+        if agent is not None:
+            sql += " AND (a.handle = ? OR a.agent_id = ?)"
+            args += [agent, agent]
+        if room is not None:
+            sql += " AND (m.name = ? OR m.room_id = ?)"
+            args += [room, room]
+        if state is not None:
+            sql += " AND r.state = ?"
+            args.append(state)
+        if after:
+            # Newest first, so the page after a cursor holds the runs made before it.
+            sql += " AND r.rowid < ?"
+            args.append(after)
+        rows = conn.execute(sql + " ORDER BY r.rowid DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        runs, boundary = _infos(viewer, rows[:limit])
+        empty = RunList(runs=[], boundary=boundary, notice=notice(boundary), next_after=after, has_more=True)
+        cut = cut_page(self._limits, empty, runs, [r["position"] for r in rows], len(rows), after)
+        return empty.model_copy(
+            update={"runs": runs[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
+        )
 
     async def stop_as_agent(self, caller: Caller, agent_ref: str, run_id: str | None) -> StopResult:
         policy.require_scope(caller, Scope.MANAGE)
@@ -97,7 +117,7 @@ class Runs:
             row = conn.execute(RUNS_SELECT + " WHERE r.run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise not_found("run")
-            [info], _ = _infos(OwnerViewer(row["owner_id"]), [row])
+            [info], _ = _infos(None, [row])
             return info
 
         return await self._store.read(run)
@@ -137,9 +157,14 @@ def _request_stop(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, ru
     return StopResult(stopped=stopped)
 
 
-def _infos(viewer: Viewer, rows: Sequence[sqlite3.Row]) -> tuple[list[RunInfo], str | None]:
-    """Runs as their owner sees them. An outcome and a session id are what the agent's CLI reported: its
-    words, rendered like any other free text (a CLI may quote whatever its prompt held)."""
+def _infos(viewer: Viewer | None, rows: Sequence[sqlite3.Row]) -> tuple[list[RunInfo], str | None]:
+    """Runs as `viewer` sees them, or (None) each as its own owner does. An outcome and a session id are what
+    the agent's CLI reported: its words, rendered like any other free text (a CLI may quote whatever its
+    prompt held)."""
+    if viewer is None:
+        each = [_infos(OwnerViewer(row["owner_id"]), [row]) for row in rows]
+        # Each run's words are its own owner's agent's: never another owner's, so no envelope is needed.
+        return [info for infos, _ in each for info in infos], next((b for _, b in each if b), None)
     shown, boundary = render_columns(viewer, rows, ("outcome", "session_id"))
     infos = [
         RunInfo(

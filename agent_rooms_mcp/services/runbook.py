@@ -29,7 +29,7 @@ from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, Outcome, Run
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.accounts import Accounts
 from agent_rooms_mcp.services.render import said
-from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, startable_args, waiting_state_of
+from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, expire_waiting, startable_args, waiting_state_of
 from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, withdrawal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
@@ -151,16 +151,7 @@ class LocalWakeBook:
         return None
 
     def _expire(self, conn: sqlite3.Connection, now: str) -> None:
-        oldest = iso(datetime.now(UTC) - timedelta(seconds=self._caps.listener_wait_s))
-        for row in conn.execute(
-            "SELECT run_id, agent_id FROM runs WHERE state = ? AND created_at < ?",
-            (RunState.WAITING_FOR_LISTENER, oldest),
-        ).fetchall():
-            conn.execute(
-                "UPDATE runs SET state = ?, outcome = ?, ended_at = ? WHERE run_id = ? AND state = ?",
-                (RunState.EXPIRED, Outcome.EXPIRED, now, row["run_id"], RunState.WAITING_FOR_LISTENER),
-            )
-            audit.append(conn, self._actor, "run.expire", target=row["agent_id"], detail={"run_id": row["run_id"]})
+        expire_waiting(conn, self._caps, self._actor, now)
 
     async def claim(self) -> Claimed | None:
         """The oldest queued run that no cap holds back, now held by this supervisor; None if there is none.

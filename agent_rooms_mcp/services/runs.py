@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from agent_rooms_mcp import policy
+from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.principals import AgentTool, Scope, held_scopes
-from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, RunState, Trigger, sql_words
+from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, Outcome, RunState, Trigger, sql_words
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.settings import WakeSettings
 
@@ -104,6 +105,34 @@ def rehome_waiting_wakes(conn: sqlite3.Connection, owner_id: str, *, local: bool
     return conn.execute("UPDATE runs SET state = ? WHERE owner_id = ? AND state = ?", (to, owner_id, frm)).rowcount
 
 
+def expire_waiting(conn: sqlite3.Connection, caps: WakeSettings, actor: Actor, now: str) -> int:
+    """End `expired` every wake that waited past its expiry, audited, in the caller's transaction; how many.
+
+    A wake for a listener waits `listener_wait_s` for one to come online; a wake queued for the hub's own
+    supervisor waits `queued_wait_s`, which only a supervisor that is off (or stuck) lets pass. Either way its
+    causer then sees `expired` (DESIGN §5 "Receipts that settle", invariant 98), never a wake queued forever."""
+    clock = datetime.fromisoformat(now)
+    rows = conn.execute(
+        "SELECT run_id, agent_id, state FROM runs"
+        " WHERE (state = ? AND created_at < ?) OR (state = ? AND created_at < ?)",
+        (
+            RunState.WAITING_FOR_LISTENER,
+            iso(clock - timedelta(seconds=caps.listener_wait_s)),
+            RunState.QUEUED,
+            iso(clock - timedelta(seconds=caps.queued_wait_s)),
+        ),
+    ).fetchall()
+    for row in rows:
+        conn.execute(
+            "UPDATE runs SET state = ?, outcome = ?, ended_at = ? WHERE run_id = ? AND state = ?",
+            (RunState.EXPIRED, Outcome.EXPIRED, now, row["run_id"], row["state"]),
+        )
+        audit.append(
+            conn, actor, "run.expire", target=row["agent_id"], detail={"run_id": row["run_id"], "was": row["state"]}
+        )
+    return len(rows)
+
+
 def startable_args(caps: WakeSettings, now: datetime) -> dict[str, object]:
     return {
         "now": iso(now),
@@ -133,6 +162,8 @@ class Cause:
 class Enqueued:
     outcome: Literal["woken", "queued", "notified", "refused"]
     code: str | None = None
+    # The run this wake is (or joined): its final state is the receipt its causer reads later (DESIGN §5).
+    run_id: str | None = None
 
 
 def wakes(target: sqlite3.Row) -> bool:
@@ -161,15 +192,17 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, c
         return Enqueued("refused", "SPAWN_CAP")
     causers = crossing.dumps(cause.causers)
     state = waiting_state_of(conn, target["owner_id"])
-    if (
-        cause.trigger == Trigger.MENTION
-        and conn.execute(
-            "SELECT 1 FROM runs WHERE agent_id = ? AND state = ? AND trigger = ? AND room_id = ?"
+    joined = (
+        conn.execute(
+            "SELECT run_id FROM runs WHERE agent_id = ? AND state = ? AND trigger = ? AND room_id = ?"
             " AND causers = ? AND constrained = ?",
             (target["agent_id"], state, Trigger.MENTION, cause.room_id, causers, int(constrained)),
         ).fetchone()
-    ):
-        return Enqueued("queued")
+        if cause.trigger == Trigger.MENTION
+        else None
+    )
+    if joined is not None:
+        return Enqueued("queued", run_id=joined["run_id"])
     # The queue cap is charged to the owners whose words ask (DESIGN §5): one owner cannot fill another's queue.
     for owner_id in crossing.others(cause.causers, target["owner_id"]) or (target["owner_id"],):
         if conn.execute(_QUEUED_CHARGED_TO, {"owner": owner_id}).fetchone()[0] >= caps.max_queued_per_owner:
@@ -197,10 +230,10 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, c
         ),
     )
     if state != RunState.QUEUED:  # it waits for its owner's listener: nothing here will wake it now
-        return Enqueued("queued")
+        return Enqueued("queued", run_id=run_id)
     # `queued` when a cap or a back-off will keep it waiting (DESIGN §5: "over a cap: queued").
     startable = conn.execute(
         "SELECT 1 FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE r.run_id = :run_id AND" + STARTABLE,
         {"run_id": run_id, **startable_args(caps, datetime.now(UTC))},
     ).fetchone()
-    return Enqueued("woken" if startable else "queued")
+    return Enqueued("woken" if startable else "queued", run_id=run_id)

@@ -16,18 +16,22 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import aiosqlite
 import anyio
+import structlog
 
 from agent_rooms_mcp.home import secure_database_files
 from agent_rooms_mcp.settings import DEFAULT_LIMITS
+from agent_rooms_mcp.store.backup import copy_database, held_open
 from agent_rooms_mcp.store.schema import MIGRATIONS
 from agent_rooms_mcp.store.watch import RoomWatch
 
 T = TypeVar("T")
+log = structlog.get_logger("agent_rooms_mcp.store")
 
 READER_BUSY_TIMEOUT_MS = 1000
 
@@ -56,23 +60,36 @@ def _pragmas(busy_timeout_ms: int) -> str:
     )
 
 
-def migrate(conn: sqlite3.Connection, lock_path: Path) -> int:
+def migrate(conn: sqlite3.Connection, lock_path: Path, *, backup_first: bool = True) -> int:
     """Bring the schema to the newest version; each step commits with its user_version bump.
 
     Processes starting together on an old database (stdio sessions and the HTTP hub) take turns on a
     lock file, and each reads the version only once it holds the lock: otherwise two could both read
-    the old version and the second would apply a migration again.
+    the old version and the second would apply a migration again. A database of an older schema is first
+    copied beside itself (README "Upgrading"), unless `backup_first` is off (a restore's own working copy,
+    whose source file is the backup).
     """
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        return _migrate_locked(conn)
+        return _migrate_locked(conn, backup_first=backup_first)
     finally:
         os.close(fd)  # closing releases the lock
 
 
-def _migrate_locked(conn: sqlite3.Connection) -> int:
+def upgrade_backup_path(db_path: Path, version: int) -> Path:
+    """Where the copy taken before upgrading a database of schema `version` goes: beside it, named so."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return db_path.with_name(f"{db_path.name}.v{version}-{stamp}.bak")
+
+
+def _migrate_locked(conn: sqlite3.Connection, *, backup_first: bool) -> int:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if backup_first and 0 < version < len(MIGRATIONS):
+        [(_, _, file)] = conn.execute("PRAGMA database_list").fetchall()[:1]
+        dest = upgrade_backup_path(Path(file), version)
+        copy_database(conn, dest)
+        log.warning("store.upgrade_backup", backup=str(dest), from_version=version, to_version=len(MIGRATIONS))
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         # executescript() commits any open transaction first, so BEGIN and COMMIT live in the script.
         try:
@@ -183,6 +200,14 @@ class Store:
     async def open(
         cls, path: Path, *, busy_timeout_ms: int = 10_000, watch_s: float = DEFAULT_LIMITS.waiter_watch_s
     ) -> AsyncIterator[Store]:
+        # Held while open, so `restore` never replaces the file under this process (store/backup.py).
+        with held_open(path):
+            async with cls._opened(path, busy_timeout_ms=busy_timeout_ms, watch_s=watch_s) as store:
+                yield store
+
+    @classmethod
+    @asynccontextmanager
+    async def _opened(cls, path: Path, *, busy_timeout_ms: int, watch_s: float) -> AsyncIterator[Store]:
         writer = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
             writer.row_factory = sqlite3.Row

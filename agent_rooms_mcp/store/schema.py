@@ -607,8 +607,16 @@ CREATE TABLE console_sessions (
 CREATE INDEX console_sessions_by_owner ON console_sessions(owner_id);
 """
 
+# Receipts that settle (DESIGN §5, invariant 98): what each mention did when posted, with the run it woke or
+# joined and the proposal it waits on, so `read_messages` can show each mention's current outcome with one
+# look at those runs (by primary key, or by `runs_by_cause` for a proposal's later run). Older messages have
+# none and show their mentions as posted words only.
+_V_RECEIPTS = """
+ALTER TABLE messages ADD COLUMN mention_outcomes TEXT;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
     _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_SANDBOX, _V_LISTENER_RATES, _V_KILL_SWITCHES,
-    _V_CONSOLE,
+    _V_CONSOLE, _V_RECEIPTS,
 )  # fmt: skip
