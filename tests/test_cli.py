@@ -90,6 +90,56 @@ def test_quickstart_is_idempotent_and_mints_nothing_the_second_time(home: Path) 
     assert token.strip() not in first.stdout + second.stdout  # printed lines read the file, never paste it
 
 
+def test_every_next_step_quickstart_prints_runs_as_printed_and_the_second_agent_joins_the_lobby(
+    tmp_path: Path,
+) -> None:
+    """A new user copies quickstart's lines into a shell whose PATH lacks the venv (before following the PATH
+    advice): each `agent-rooms` line must run as printed, and the Codex agent it suggests must end up in the lobby."""
+    home = tmp_path / "home"
+    env = {"AGENT_ROOMS_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    script = str(Path(sys.executable).parent / "agent-rooms")
+    first = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    steps = [line.strip() for line in first.stdout.splitlines() if line.startswith(f"  {script} ")]
+    assert [s.split()[1] for s in steps] == ["agent", "room", "connect", "invite"], first.stdout
+    for step in steps:
+        done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+    codex = steps[0].split()[3]
+    assert codex.endswith("-codex")
+    conn = sqlite3.connect(home / "hub.db")
+    members = {
+        r[0]
+        for r in conn.execute(
+            "SELECT a.handle FROM room_agents m JOIN agents a USING (agent_id) JOIN rooms r USING (room_id)"
+            " WHERE r.name = 'lobby'"
+        )
+    }
+    conn.close()
+    assert codex in members and len(members) == 2
+    # Run again, it offers no line that would now collide with what the first run's lines made.
+    again = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    steps = [line.strip() for line in again.stdout.splitlines() if line.startswith(f"  {script} ")]
+    assert [s.split()[1] for s in steps] == ["connect", "invite"], again.stdout
+    for step in steps:
+        done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+
+
+def test_quickstart_prints_the_bare_command_when_path_finds_this_installation(tmp_path: Path) -> None:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"AGENT_ROOMS_HOME": str(tmp_path / "home"), "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        ["agent-rooms", "quickstart", "--http", "http://127.0.0.1:8800/mcp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "\n  agent-rooms room add lobby --agent " in out
+    assert "http://127.0.0.1:8800/mcp" in out  # `make run PORT=8800` passes its URL on
+
+
 def test_token_issue_prints_once_and_revoke_marks_it(home: Path) -> None:
     populated(home)
     issued = ok_json(home, "token", "issue", "alice-claude")

@@ -3,9 +3,10 @@ which device a device may revoke, and the owner's rules for bringing owners and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
-from agent_rooms_mcp.errors import forbidden, invalid, not_found, unauthenticated
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, forbidden, invalid, not_found, unauthenticated
 from agent_rooms_mcp.principals import Human
 
 # Owner actions from a device (DESIGN §2, §9.1). The operator at the hub's CLI acts for any owner; an owner on
@@ -100,3 +101,17 @@ def require_own_agent(agent_owner_id: str, owner_id: str, agent: str) -> None:
     """An owner brings only their own agents into a room; another owner's come with that owner's invite."""
     if agent_owner_id != owner_id:
         raise invalid("agent", f"{agent} does not belong to this owner")
+
+
+def require_accept_adds_agents(named: Iterable[str], already_in_room: Iterable[str], room: str) -> None:
+    """An invite accept must bring at least one of the owner's agents into the room: the code is one-time, so
+    an accept that would add nothing (no agent named, or every named agent a member already) is refused and
+    the code stays usable. Room access is by agent, so an owner with no agent there has nothing to join with."""
+    named, present = list(named), set(already_in_room)
+    if not named:
+        raise invalid("agents", "name at least one of your agents to bring in (--agent HANDLE); the code stays unused")
+    if all(handle in present for handle in named):
+        raise RoomsError(
+            ErrorCode.CONFLICT,
+            f"{', '.join(named)} already in room {room}: accepting would add nothing; the code stays unused",
+        )
