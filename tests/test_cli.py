@@ -140,6 +140,41 @@ def test_quickstart_prints_the_bare_command_when_path_finds_this_installation(tm
     assert "http://127.0.0.1:8800/mcp" in out  # `make run PORT=8800` passes its URL on
 
 
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["agent", "scopes", "bob-codx", "read"], "no such agent 'bob-codx' (agent-rooms agent list)"),
+        (["room", "add", "lobbby", "--agent", "alice-claude"], "no such room 'lobbby' (agent-rooms room list)"),
+        (["invite", "create", "lobby", "--by", "zed"], "no such owner 'zed' (agent-rooms owner list)"),
+        (["token", "revoke", "tok_" + "A" * 22], f"no such token 'tok_{'A' * 22}' (agent-rooms token list)"),
+        (["device", "revoke", "dev_" + "A" * 22], f"no such device 'dev_{'A' * 22}' (agent-rooms device list)"),
+        (
+            ["consent", "accept", "prop_" + "A" * 22, "--owner", "alice"],
+            f"no such task or proposal 'prop_{'A' * 22}' (agent-rooms consent list --owner alice)",
+        ),
+        (["run", "log", "run_" + "A" * 22], f"no such run 'run_{'A' * 22}'"),
+    ],
+    ids=["agent", "room", "owner", "token", "device", "proposal", "run"],
+)
+def test_a_not_found_names_the_value_refused_and_the_command_that_lists_the_valid_ones(
+    home: Path, args: list[str], said: str
+) -> None:
+    populated(home)
+    r = ar(home, *args)
+    assert r.exit_code == 1 and r.stderr.strip().startswith(f"NOT_FOUND: {said}"), r.stderr
+    assert json.loads(ar(home, *args, "--json").stdout) == {"code": "NOT_FOUND", "message": r.stderr.strip()[11:]}
+
+
+@pytest.mark.invariant(18)
+def test_a_not_found_quotes_only_id_and_handle_shaped_references_never_a_token_or_free_text(home: Path) -> None:
+    populated(home)
+    token = ok_json(home, "token", "issue", "alice-claude")["token"]
+    for args in (["token", "revoke", token], ["agent", "scopes", "Bob <b@x>; rm -rf", "read"]):
+        r = ar(home, *args)
+        assert r.exit_code == 1 and r.stderr.startswith("NOT_FOUND: no such "), r.stderr
+        assert args[2] not in r.stderr and "'" not in r.stderr, r.stderr
+
+
 def test_token_issue_prints_once_and_revoke_marks_it(home: Path) -> None:
     populated(home)
     issued = ok_json(home, "token", "issue", "alice-claude")

@@ -56,10 +56,10 @@ def require_self(who: Human, owner_id: str, handle: str) -> None:
         raise forbidden(f"this device acts for its own owner only, not for {handle}")
 
 
-def require_own(who: Human, owner_id: str, kind: str) -> None:
-    """`who` names a thing of owner `owner_id`: another owner's looks missing (invariant 82)."""
+def require_own(who: Human, owner_id: str, kind: str, ref: str | None = None) -> None:
+    """`who` names a thing of owner `owner_id` (as `ref`): another owner's looks missing (invariant 82)."""
     if not acts_for(who, owner_id):
-        raise not_found(kind)
+        raise not_found(kind, ref)
 
 
 def require_not_operator_action(name: str) -> None:
@@ -77,7 +77,7 @@ def may_revoke_device(who: Human, device_owner_id: str, device_id: str) -> None:
     owner is a console or operator action, another owner's device does not exist for it."""
     if who.is_operator or who.device_id == device_id:
         return
-    require_own(who, device_owner_id, "device")
+    require_own(who, device_owner_id, "device", device_id)
     if who.device_id is None and who.actor.via == "console":  # the owner at the console: any device of theirs
         return
     raise forbidden("a device may revoke only itself; revoke another one at the console or on the hub's machine")

@@ -24,7 +24,7 @@ def room_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlit
         (caller.agent_id, ref, ref),
     ).fetchone()
     if row is None or not policy.reaches_room(caller, row["room_id"]):
-        raise not_found("room")
+        raise not_found("room", ref)
     return row
 
 
@@ -35,7 +35,7 @@ def room(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
         (ref, ref),
     ).fetchone()
     if row is None:
-        raise not_found("room")
+        raise not_found("room", ref)
     return row
 
 
@@ -45,7 +45,7 @@ def owner(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
         "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
     ).fetchone()
     if row is None:
-        raise not_found("owner")
+        raise not_found("owner", ref)
     return row
 
 
@@ -56,7 +56,7 @@ def agent(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
         (ref, ref),
     ).fetchone()
     if row is None:
-        raise not_found("agent")
+        raise not_found("agent", ref)
     return row
 
 
@@ -130,7 +130,7 @@ def member_agent(conn: sqlite3.Connection, room_id: str, handle: str) -> sqlite3
     """An active agent in the room by handle; NOT_FOUND whether it is unknown or simply elsewhere."""
     row = conn.execute(_MEMBERS + " AND (a.handle = ? OR a.agent_id = ?)", (room_id, handle, handle)).fetchone()
     if row is None:
-        raise not_found("agent in this room")
+        raise not_found("agent in this room", handle)
     return row
 
 
