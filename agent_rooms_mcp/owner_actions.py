@@ -535,7 +535,13 @@ class AuditTail(Args):
 
 @_action("audit.tail", AuditTail, AuditRows)
 async def audit_tail(hub: Hub, who: Human, a: AuditTail) -> AuditRows:
-    return AuditRows(rows=await hub.store.read(lambda c: audit.tail(c, a.count, who.owner_id)))
+    def read(c: sqlite3.Connection) -> AuditRows:
+        rows = audit.tail(c, a.count, who.owner_id)
+        named = {r[k] for r in rows for k in ("actor_id", "owner_id", "target") if isinstance(r[k], str)}
+        named |= {r["detail"][audit.ON_BEHALF_OF] for r in rows if audit.ON_BEHALF_OF in r["detail"]}
+        return AuditRows(rows=rows, names=queries.display_names(c, named, who.owner_id))
+
+    return await hub.store.read(read)
 
 
 @_action("device.list", NoArgs, DeviceList)

@@ -275,6 +275,20 @@ def test_audit_tail_shows_metadata(home: Path) -> None:
     assert "room.create" in ar(home, "audit", "tail").stdout
 
 
+def test_audit_tail_shows_a_person_handles_and_names_and_json_keeps_the_ids(home: Path) -> None:
+    populated(home)
+    rows = json.loads(ar(home, "audit", "tail", "--json").stdout)
+    by_action = {r["action"]: r for r in rows}
+    assert by_action["agent.add"]["target"].startswith("agt_") and by_action["room.create"]["target"].startswith(
+        "room_"
+    )
+    text = ar(home, "audit", "tail").stdout
+    assert ": agent.add alice-claude ok" in text and ": room.create lobby ok" in text and ": owner.add alice ok" in text
+    for r in rows:  # no id of something the operator can name shows raw
+        for value in (r["target"], r["owner_id"]):
+            assert value is None or value not in text, value
+
+
 def test_a_new_token_file_revokes_the_token_it_replaces(home: Path) -> None:
     populated(home)
     ar(home, "connect", "alice-claude")
