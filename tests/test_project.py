@@ -189,6 +189,21 @@ def test_the_readme_and_docs_name_only_files_that_ship(doc: str) -> None:
     assert unshipped(text, path.parent) == []
 
 
+def test_make_run_serves_where_port_and_host_say_and_shows_progress_and_the_path_line() -> None:
+    """`make run PORT=…` once ignored PORT; its install ran with pip --quiet (minutes of silence); and nothing
+    said how to reach `agent-rooms` outside the checkout."""
+    env = {"PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        ["make", "-n", "-B", "run", "PORT=8800", "HOST=127.0.0.2"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "quickstart --http http://127.0.0.2:8800/mcp" in run.stdout
+    assert "serve --http --host 127.0.0.2 --port 8800" in run.stdout
+    assert f'export PATH="{ROOT / ".venv" / "bin"}:$PATH"' in run.stdout
+    [pip] = [line for line in run.stdout.splitlines() if "pip install" in line]
+    assert "--quiet" not in pip and " -q" not in pip
+
+
 def test_redaction_doctest() -> None:
     assert doctest.testmod(logs).failed == 0
 
