@@ -644,6 +644,6 @@ async def run_get(hub: Hub, who: Human, a: RunGet) -> RunInfo:
         )
     )
     if not owner_id:
-        raise not_found("run")
-    policy.require_own(who, owner_id, "run")
+        raise not_found("run", a.run_id)
+    policy.require_own(who, owner_id, "run", a.run_id)
     return await hub.runs.get(a.run_id)
