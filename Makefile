@@ -3,19 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# `make run PORT=8800` (and HOST=) serve elsewhere; quickstart prints client lines for the same URL.
+HOST ?= 127.0.0.1
+PORT ?= 8765
 
 .PHONY: install run test typecheck lint bench clean
 
+# pip's own lines (one per package it collects and installs) show progress: a first install takes minutes on a
+# slow machine, and a silent one looks hung. `make install` (and so run and test) prints them once.
 $(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@echo "==> installing agent-rooms and its test tools into $(VENV) (pip prints each package)"
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
+	@echo "==> installed: $(abspath $(BIN))/agent-rooms"
 
 install: $(STAMP)
 
+# make cannot change the calling shell's PATH, and writing a shim outside the checkout unasked is a surprise
+# to undo: so `run` prints the one line that puts `agent-rooms` on PATH, and the README shows it too.
 run: $(STAMP)
-	$(BIN)/agent-rooms quickstart
-	$(BIN)/agent-rooms serve --http
+	$(BIN)/agent-rooms quickstart --http http://$(HOST):$(PORT)/mcp
+	@echo
+	@echo "To type agent-rooms in any shell, put it on PATH (add the line to ~/.bashrc to keep it):"
+	@echo '  export PATH="$(abspath $(BIN)):$$PATH"'
+	@echo
+	$(BIN)/agent-rooms serve --http --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -44,6 +44,10 @@ class RoomsError(Exception):
         self.message = message
         self.audit_reason = audit_reason or code.value.lower()
         self.retry_after_ms = retry_after_ms
+        # NOT_FOUND only: the kind looked for and the reference the caller gave. Tool results never show the
+        # reference (their text is the same for every missing thing); the operator's CLI names it, with the
+        # command that lists the valid ones (cli/common.py).
+        self.missing: tuple[str, str | None] | None = None
 
 
 # Wherever two cases must look the same for security, the error comes from one of these
@@ -54,9 +58,12 @@ def unauthenticated(reason: str) -> RoomsError:
     return RoomsError(ErrorCode.UNAUTHENTICATED, "invalid or revoked credentials", audit_reason=reason)
 
 
-def not_found(kind: str) -> RoomsError:
-    # The same words whether it is missing or hidden from this caller (DESIGN §3).
-    return RoomsError(ErrorCode.NOT_FOUND, f"no such {kind}")
+def not_found(kind: str, ref: str | None = None) -> RoomsError:
+    # The same words whether it is missing or hidden from this caller (DESIGN §3). `ref` is what the caller
+    # named: pass it on the missing and the hidden path alike, so neither says more than the other.
+    error = RoomsError(ErrorCode.NOT_FOUND, f"no such {kind}")
+    error.missing = (kind, ref)
+    return error
 
 
 def invite_invalid(reason: str) -> RoomsError:

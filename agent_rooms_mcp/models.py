@@ -572,6 +572,8 @@ class AuditRows(BaseModel):
     """`audit tail`: the latest rows, metadata only."""
 
     rows: list[dict[str, object]]
+    # Handles and room names for the ids in `rows` that the reader may see, for the human form of the rows.
+    names: dict[str, str] = {}
 
 
 # Kill switches (DESIGN §6): what a delete, quarantine or revoke did, each line proven where it can be.

@@ -148,7 +148,7 @@ async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
         return owner_id, bool(queries.owner(c, owner_id)["local"])
 
     owner_id, local = await hub.store.read(read)
-    policy.require_own(who, owner_id, "agent")
+    policy.require_own(who, owner_id, "agent", agent_ref)
     return policy.acting_for(who, owner_id, local)
 
 
@@ -176,11 +176,11 @@ async def _own_token(hub: Hub, who: Human, token_id: str) -> Human:
             (token_id,),
         ).fetchone()
         if row is None:
-            raise not_found("token")
+            raise not_found("token", token_id)
         return str(row["owner_id"]), bool(row["local"])
 
     owner_id, local = await hub.store.read(read)
-    policy.require_own(who, owner_id, "token")
+    policy.require_own(who, owner_id, "token", token_id)
     return policy.acting_for(who, owner_id, local)
 
 
@@ -193,7 +193,7 @@ async def _own_room(hub: Hub, who: Human, room_ref: str) -> None:
     def read(c: sqlite3.Connection) -> None:
         room = queries.room(c, room_ref)
         if queries.owner_joined(c, room["room_id"], owner_id) is None:
-            raise not_found("room")
+            raise not_found("room", room_ref)
 
     await hub.store.read(read)
 
@@ -312,11 +312,11 @@ async def agent_export(hub: Hub, who: Human, a: AgentExportArgs) -> AgentExport:
             "SELECT agent_id, owner_id FROM agents WHERE agent_id = ? OR handle = ?", (a.handle, a.handle)
         ).fetchone()
         if row is None:
-            raise not_found("agent")
+            raise not_found("agent", a.handle)
         return str(row["agent_id"]), str(row["owner_id"])
 
     agent_id, owner_id = await hub.store.read(read)
-    policy.require_own(who, owner_id, "agent")
+    policy.require_own(who, owner_id, "agent", a.handle)
     return await hub.containment.export_agent(agent_id)
 
 
@@ -535,7 +535,13 @@ class AuditTail(Args):
 
 @_action("audit.tail", AuditTail, AuditRows)
 async def audit_tail(hub: Hub, who: Human, a: AuditTail) -> AuditRows:
-    return AuditRows(rows=await hub.store.read(lambda c: audit.tail(c, a.count, who.owner_id)))
+    def read(c: sqlite3.Connection) -> AuditRows:
+        rows = audit.tail(c, a.count, who.owner_id)
+        named = {r[k] for r in rows for k in ("actor_id", "owner_id", "target") if isinstance(r[k], str)}
+        named |= {r["detail"][audit.ON_BEHALF_OF] for r in rows if audit.ON_BEHALF_OF in r["detail"]}
+        return AuditRows(rows=rows, names=queries.display_names(c, named, who.owner_id))
+
+    return await hub.store.read(read)
 
 
 @_action("device.list", NoArgs, DeviceList)
@@ -638,6 +644,6 @@ async def run_get(hub: Hub, who: Human, a: RunGet) -> RunInfo:
         )
     )
     if not owner_id:
-        raise not_found("run")
-    policy.require_own(who, owner_id, "run")
+        raise not_found("run", a.run_id)
+    policy.require_own(who, owner_id, "run", a.run_id)
     return await hub.runs.get(a.run_id)

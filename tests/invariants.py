@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+import ast
+import sys
+from collections import defaultdict
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -161,3 +165,51 @@ def _rows() -> list[Invariant]:
 
 
 INVARIANTS = _rows()
+
+
+# docs/INVARIANTS.md is rendered from the rows above and the tests' own tags, so the shipped list cannot drift
+# from what the suite proves: tests/test_project.py compares the file with this rendering.
+DOC_COMMAND = ".venv/bin/python -m tests.invariants > docs/INVARIANTS.md"
+
+
+def proving_tests(tests_dir: Path) -> dict[int, list[str]]:
+    """Invariant number -> `file::test` names tagged `@pytest.mark.invariant(N, ...)` under tests_dir."""
+    proofs: dict[int, list[str]] = defaultdict(list)
+    for path in sorted(tests_dir.rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and ast.unparse(deco.func) == "pytest.mark.invariant":
+                    for arg in deco.args:
+                        number = ast.literal_eval(arg)
+                        proofs[int(number)].append(f"{path.relative_to(tests_dir.parent).as_posix()}::{node.name}")
+    return {n: sorted(set(names)) for n, names in proofs.items()}
+
+
+def render_doc(tests_dir: Path) -> str:
+    proofs = proving_tests(tests_dir)
+    lines = [
+        "# Security invariants, and the tests that prove them",
+        "",
+        "Each row is a promise the hub keeps whatever a caller sends, and the tests that try to break it. A",
+        '"denied call changes nothing" means a hash of every table but the audit log is the same before and after.',
+        "Numbers follow the project's security review, so gaps are invariants this version does not make (signed",
+        "per-call proofs, for one). A row with no test belongs to work that is not built yet.",
+        "",
+        f"This file is generated (`{DOC_COMMAND}`), and `tests/test_project.py`",
+        "fails when it disagrees with `tests/invariants.py` or with the `@pytest.mark.invariant(N)` tags in `tests/`.",
+        "",
+        "| # | invariant | proven by |",
+        "|---|---|---|",
+    ]
+    for inv in INVARIANTS:
+        tests = proofs.get(inv.number)
+        proof = "<br>".join(f"`{t}`" for t in tests) if tests else f"not built yet ({', '.join(sorted(inv.issues))})"
+        lines.append(f"| {inv.number} | {inv.text.replace('|', '/')} | {proof} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_doc(Path(__file__).resolve().parent))

@@ -1,7 +1,8 @@
 """The README's `claude mcp add` line with the real Claude Code CLI, when it is installed.
 
-Install it with `npm i @anthropic-ai/claude-code` and put its bin directory on PATH (or set CLAUDE_BIN);
-otherwise these tests are skipped. `claude mcp list` health-checks each server without a model.
+Install it with `npm i @anthropic-ai/claude-code` and put its bin directory on PATH, or name the binary in
+AGENT_ROOMS_TEST_CLAUDE_BIN (as tests/test_contract_claude.py reads it); otherwise these tests are skipped.
+`claude mcp list` health-checks each server without a model.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 
 from tests.conftest import World
 
-CLAUDE = os.environ.get("CLAUDE_BIN") or shutil.which("claude")
-pytestmark = pytest.mark.skipif(CLAUDE is None, reason="the Claude Code CLI is not installed")
+CLAUDE = os.environ.get("AGENT_ROOMS_TEST_CLAUDE_BIN") or shutil.which("claude")
+pytestmark = pytest.mark.skipif(CLAUDE is None, reason="no Claude Code CLI (PATH or AGENT_ROOMS_TEST_CLAUDE_BIN)")
 
 
 async def test_claude_mcp_list_reports_the_stdio_server_connected(world: World, tmp_path: Path) -> None:

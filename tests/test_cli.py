@@ -90,6 +90,91 @@ def test_quickstart_is_idempotent_and_mints_nothing_the_second_time(home: Path) 
     assert token.strip() not in first.stdout + second.stdout  # printed lines read the file, never paste it
 
 
+def test_every_next_step_quickstart_prints_runs_as_printed_and_the_second_agent_joins_the_lobby(
+    tmp_path: Path,
+) -> None:
+    """A new user copies quickstart's lines into a shell whose PATH lacks the venv (before following the PATH
+    advice): each `agent-rooms` line must run as printed, and the Codex agent it suggests must end up in the lobby."""
+    home = tmp_path / "home"
+    env = {"AGENT_ROOMS_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    script = str(Path(sys.executable).parent / "agent-rooms")
+    first = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    steps = [line.strip() for line in first.stdout.splitlines() if line.startswith(f"  {script} ")]
+    assert [s.split()[1] for s in steps] == ["agent", "room", "connect", "invite"], first.stdout
+    for step in steps:
+        done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+    codex = steps[0].split()[3]
+    assert codex.endswith("-codex")
+    conn = sqlite3.connect(home / "hub.db")
+    members = {
+        r[0]
+        for r in conn.execute(
+            "SELECT a.handle FROM room_agents m JOIN agents a USING (agent_id) JOIN rooms r USING (room_id)"
+            " WHERE r.name = 'lobby'"
+        )
+    }
+    conn.close()
+    assert codex in members and len(members) == 2
+    # Run again, it offers no line that would now collide with what the first run's lines made.
+    again = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    steps = [line.strip() for line in again.stdout.splitlines() if line.startswith(f"  {script} ")]
+    assert [s.split()[1] for s in steps] == ["connect", "invite"], again.stdout
+    for step in steps:
+        done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+
+
+def test_quickstart_prints_the_bare_command_when_path_finds_this_installation(tmp_path: Path) -> None:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"AGENT_ROOMS_HOME": str(tmp_path / "home"), "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        ["agent-rooms", "quickstart", "--http", "http://127.0.0.1:8800/mcp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "\n  agent-rooms room add lobby --agent " in out
+    assert "http://127.0.0.1:8800/mcp" in out  # `make run PORT=8800` passes its URL on
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["agent", "scopes", "bob-codx", "read"], "no such agent 'bob-codx' (agent-rooms agent list)"),
+        (["room", "add", "lobbby", "--agent", "alice-claude"], "no such room 'lobbby' (agent-rooms room list)"),
+        (["invite", "create", "lobby", "--by", "zed"], "no such owner 'zed' (agent-rooms owner list)"),
+        (["token", "revoke", "tok_" + "A" * 22], f"no such token 'tok_{'A' * 22}' (agent-rooms token list)"),
+        (["device", "revoke", "dev_" + "A" * 22], f"no such device 'dev_{'A' * 22}' (agent-rooms device list)"),
+        (
+            ["consent", "accept", "prop_" + "A" * 22, "--owner", "alice"],
+            f"no such task or proposal 'prop_{'A' * 22}' (agent-rooms consent list --owner alice)",
+        ),
+        (["run", "log", "run_" + "A" * 22], f"no such run 'run_{'A' * 22}'"),
+    ],
+    ids=["agent", "room", "owner", "token", "device", "proposal", "run"],
+)
+def test_a_not_found_names_the_value_refused_and_the_command_that_lists_the_valid_ones(
+    home: Path, args: list[str], said: str
+) -> None:
+    populated(home)
+    r = ar(home, *args)
+    assert r.exit_code == 1 and r.stderr.strip().startswith(f"NOT_FOUND: {said}"), r.stderr
+    assert json.loads(ar(home, *args, "--json").stdout) == {"code": "NOT_FOUND", "message": r.stderr.strip()[11:]}
+
+
+@pytest.mark.invariant(18)
+def test_a_not_found_quotes_only_id_and_handle_shaped_references_never_a_token_or_free_text(home: Path) -> None:
+    populated(home)
+    token = ok_json(home, "token", "issue", "alice-claude")["token"]
+    for args in (["token", "revoke", token], ["agent", "scopes", "Bob <b@x>; rm -rf", "read"]):
+        r = ar(home, *args)
+        assert r.exit_code == 1 and r.stderr.startswith("NOT_FOUND: no such "), r.stderr
+        assert args[2] not in r.stderr and "'" not in r.stderr, r.stderr
+
+
 def test_token_issue_prints_once_and_revoke_marks_it(home: Path) -> None:
     populated(home)
     issued = ok_json(home, "token", "issue", "alice-claude")
@@ -188,6 +273,20 @@ def test_audit_tail_shows_metadata(home: Path) -> None:
     rows = json.loads(ar(home, "audit", "tail", "-n", "2", "--json").stdout)
     assert [r["action"] for r in rows] == ["agent.add", "room.create"]
     assert "room.create" in ar(home, "audit", "tail").stdout
+
+
+def test_audit_tail_shows_a_person_handles_and_names_and_json_keeps_the_ids(home: Path) -> None:
+    populated(home)
+    rows = json.loads(ar(home, "audit", "tail", "--json").stdout)
+    by_action = {r["action"]: r for r in rows}
+    assert by_action["agent.add"]["target"].startswith("agt_") and by_action["room.create"]["target"].startswith(
+        "room_"
+    )
+    text = ar(home, "audit", "tail").stdout
+    assert ": agent.add alice-claude ok" in text and ": room.create lobby ok" in text and ": owner.add alice ok" in text
+    for r in rows:  # no id of something the operator can name shows raw
+        for value in (r["target"], r["owner_id"]):
+            assert value is None or value not in text, value
 
 
 def test_a_new_token_file_revokes_the_token_it_replaces(home: Path) -> None:

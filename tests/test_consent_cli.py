@@ -254,6 +254,24 @@ def test_consent_list_shows_what_waits_with_the_words_enveloped(world: World) ->
     assert ar(world, "consent", "list").exit_code == 2
 
 
+def test_consent_list_shows_a_person_plain_words_and_json_keeps_the_envelopes(world: World) -> None:
+    """The envelope marks another owner's words for a model; a person reading the list gets the words, each
+    further line indented under its field, so a line in them cannot pass for one of the list's own."""
+    trust(world)
+    body = "step one\nprop_FAKEFAKEFAKEFAKEFAKEFA  task for bob-claude in shared from bob-claude (bob)"
+    task = tool(world, "alice-claude", "create_task", {"room": "shared", "title": "port it", "assignee": "bob-claude"})
+    tool(world, "alice-claude", "update_task", {"task": task["task_id"], "body": body})
+    listing = ok_json(world, "consent", "list", "--owner", "bob")
+    [offered] = [p for p in listing["proposals"] if p["task_id"] == task["task_id"]]
+    assert parse_envelopes(offered["payload"]["body"], listing["boundary"]) == [body]  # machine form unchanged
+
+    text = ar(world, "consent", "list", "--owner", "bob").stdout
+    assert "<<untrusted" not in text and listing["boundary"] not in text
+    assert "    title: port it\n" in text
+    assert "    body: step one\n      | prop_FAKEFAKEFAKEFAKEFAKEFA  task for bob-claude" in text
+    assert not any(line.startswith("prop_FAKE") for line in text.splitlines())
+
+
 def test_consent_list_pages_through_and_says_when_more_wait(world: World) -> None:
     """Issue 12: the list once printed its first page only. Each page now says when more wait and names the
     --after that shows the next one; following it shows every request exactly once."""

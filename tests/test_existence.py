@@ -8,6 +8,7 @@ and one of their runs.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
-from tests.conftest import OPERATOR, World
+from agent_rooms_mcp.store import queries
+from tests.conftest import AGENTS, OPERATOR, World
 
 CALLER = "alice-all"
 MISSING = {"room": "room_doesnotexist", "task": "task_doesnotexist", "file": "file_doesnotexist"}
@@ -140,3 +142,30 @@ async def test_a_mention_of_an_agent_elsewhere_is_refused_as_one_that_does_not_e
         r = await me.call_tool("post_message", {"room": "lobby", "text": "hi", "mentions": ["bob-codex", "no-one"]})
     elsewhere, nobody = r.structured_content["mentions"]
     assert (elsewhere["outcome"], elsewhere["code"]) == (nobody["outcome"], nobody["code"]) == ("refused", "NOT_FOUND")
+
+
+@pytest.mark.invariant(82)
+async def test_audit_tails_names_show_an_owner_only_what_that_owner_can_see(world: World) -> None:
+    """`audit tail` puts handles in place of ids; for an owner's device only its own handle, the rooms it is in
+    and the agents there: a name for any other id would say that it exists."""
+    conn = sqlite3.connect(world.db)
+    conn.row_factory = sqlite3.Row
+    try:
+        ids = {r[0] for r in conn.execute("SELECT owner_id FROM owners UNION SELECT agent_id FROM agents")}
+        ids |= {r[0] for r in conn.execute("SELECT room_id FROM rooms")}
+        [bob] = [r[0] for r in conn.execute("SELECT owner_id FROM owners WHERE handle = 'bob'")]
+        seen_by_bob = set(queries.display_names(conn, ids, bob).values())
+        seen_by_operator = set(queries.display_names(conn, ids, None).values())
+    finally:
+        conn.close()
+    assert seen_by_bob == {
+        "bob",
+        "bob-claude",
+        "bob-codex",
+        "bob-admin",
+        "alice-claude",
+        "alice-admin",
+        "shared",
+        "bobs-den",
+    }
+    assert seen_by_operator == {"alice", "bob", "carol", "lobby", "shared", "bobs-den", *AGENTS}

@@ -49,7 +49,19 @@ async def test_concurrent_accepts_across_processes_have_exactly_one_winner(world
     """Inside one process the writer thread serialises accepts; across processes only the SQL claim does."""
     code = await _create_code(world)
     env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home)}
-    argv = [sys.executable, "-m", "agent_rooms_mcp", "invite", "accept", code, "--owner", "carol", "--json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "agent_rooms_mcp",
+        "invite",
+        "accept",
+        code,
+        "--owner",
+        "carol",
+        "--agent",
+        "carol-claude",
+    ]
+    argv.append("--json")
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
     results = await anyio.to_thread.run_sync(lambda: [p.communicate(timeout=120) for p in procs])
     codes = [json.loads(out).get("code", "won") for out, _ in results]
@@ -65,7 +77,7 @@ async def _create_code(world: World) -> str:
 async def test_unknown_expired_and_used_codes_get_the_identical_answer(world: World) -> None:
     async with world.hub() as hub:
         used = await hub.invites.create_as_owner(OPERATOR, "lobby", "alice", 3600)
-        await hub.invites.accept(OPERATOR, used.code, "carol", [])
+        await hub.invites.accept(OPERATOR, used.code, "carol", ["carol-claude"])
         expired = await hub.invites.create_as_owner(OPERATOR, "lobby", "alice", 3600)
     # The expiry is moved into the past directly: no sleeping in tests.
     conn = sqlite3.connect(world.db)
@@ -113,6 +125,37 @@ async def test_accepting_cannot_bring_in_another_owners_agent_and_then_changes_n
     assert raised.value.code is ErrorCode.INVALID_ARGUMENT
     assert world.fingerprint() == before  # the code is still unused, no membership was made
     assert await _accept(world, invite.code, "carol", ["carol-claude"]) == "won"
+
+
+@pytest.mark.invariant(38)
+async def test_an_accept_that_would_add_nothing_is_refused_and_leaves_the_code_usable(world: World) -> None:
+    """One-time codes: an accept naming no agent, or only agents already in the room, must not spend the code."""
+    async with world.hub() as hub:
+        invite = await hub.invites.create_as_owner(OPERATOR, "shared", "alice", 3600)
+    before = world.fingerprint()
+    # Bob is in `shared` with both his agents already; no agent at all adds nothing either.
+    env = {**os.environ, "AGENT_ROOMS_HOME": str(world.settings.home)}
+    for agents, code, words in (
+        ([], "INVALID_ARGUMENT", "--agent"),
+        (["bob-claude", "bob-codex"], "CONFLICT", "bob-claude, bob-codex already in room shared"),
+    ):
+        argv = [sys.executable, "-m", "agent_rooms_mcp", "invite", "accept", invite.code, "--owner", "bob", "--json"]
+        for agent in agents:
+            argv += ["--agent", agent]
+        done = await anyio.run_process(argv, env=env, check=False)
+        answer = json.loads(done.stdout)
+        assert done.returncode == 1 and answer["code"] == code and words in answer["message"], answer
+        assert "the code stays unused" in answer["message"]
+        assert world.fingerprint() == before  # nothing joined, the code is not marked used
+    # The very same code then brings in someone it adds.
+    assert await _accept(world, invite.code, "carol", ["carol-claude"]) == "won"
+    [row] = world.sql(
+        "SELECT count(*) AS n FROM room_agents m JOIN agents a USING (agent_id) JOIN rooms r USING (room_id)"
+        " WHERE a.handle = 'carol-claude' AND r.name = 'shared'"
+    )
+    assert row["n"] == 1
+    denied = world.sql("SELECT reason FROM audit WHERE action = 'cli.invite.accept' AND outcome = 'denied'")
+    assert [r["reason"] for r in denied] == ["invalid_argument", "conflict"]
 
 
 @pytest.mark.invariant(39)

@@ -17,7 +17,7 @@ from agent_rooms_mcp import logs
 from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.errors import ErrorCode
 from agent_rooms_mcp.server import TOOLS
-from tests.invariants import INVARIANTS
+from tests.invariants import DOC_COMMAND, INVARIANTS, render_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -147,6 +147,61 @@ def test_every_security_invariant_of_built_work_has_a_test() -> None:
         for n in marks.split(",")
     }
     assert owed - cited == set()
+
+
+def test_docs_invariants_is_the_rendering_of_the_rows_and_the_tests_tags() -> None:
+    shipped = (ROOT / "docs" / "INVARIANTS.md").read_text()
+    assert shipped == render_doc(TESTS), f"docs/INVARIANTS.md is stale: run {DOC_COMMAND}"
+
+
+# What a user reads ships with the project: a link or a repository path the README or docs name must exist in the
+# checkout, and nothing points at the design notes that live beside the repository.
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_REPO_PATH = re.compile(r"`((?:docs|examples|tests|bench|agent_rooms_mcp)/[^`\s<>*]*)`")
+_OUTSIDE = re.compile(r"\bDESIGN\b|\.\./|shared/research")
+
+
+def unshipped(text: str, base: Path) -> list[str]:
+    """Links and repository paths in `text` (a file in `base`) that do not exist, and mentions of files that
+    live outside the repository."""
+    links = [t.split("#")[0] for t in _LINK.findall(text) if "://" not in t and not t.startswith("#")]
+    named = [base / t for t in links if t] + [ROOT / t for t in _REPO_PATH.findall(text)]
+    missing = sorted(
+        str(p.relative_to(ROOT)) for p in named if not (p.exists() and p.resolve().is_relative_to(ROOT.resolve()))
+    )
+    return missing + [m.group(0) for m in _OUTSIDE.finditer(text)]
+
+
+def test_the_checker_of_shipped_names_catches_what_it_is_for() -> None:
+    planted = "see [the design](../shared/DESIGN.md), `docs/NOPE.md` and [ok](docs/WAKE.md) and DESIGN §5"
+    assert unshipped(planted, ROOT) == ["../shared/DESIGN.md", "docs/NOPE.md", "../", "DESIGN", "DESIGN"]
+
+
+# docs/PERFORMANCE.md is the benchmark's developer notes (it names its own output, bench/results.json): not here.
+@pytest.mark.parametrize(
+    "doc", ["README.md", "CHANGELOG.md", "docs/THREAT_MODEL.md", "docs/WAKE.md", "docs/INVARIANTS.md"]
+)
+def test_the_readme_and_docs_name_only_files_that_ship(doc: str) -> None:
+    path = ROOT / doc
+    text = path.read_text()
+    if doc == "docs/INVARIANTS.md":  # its rows name tests, checked by the test above
+        text = text.split("| # |")[0]
+    assert unshipped(text, path.parent) == []
+
+
+def test_make_run_serves_where_port_and_host_say_and_shows_progress_and_the_path_line() -> None:
+    """`make run PORT=…` once ignored PORT; its install ran with pip --quiet (minutes of silence); and nothing
+    said how to reach `agent-rooms` outside the checkout."""
+    env = {"PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        ["make", "-n", "-B", "run", "PORT=8800", "HOST=127.0.0.2"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "quickstart --http http://127.0.0.2:8800/mcp" in run.stdout
+    assert "serve --http --host 127.0.0.2 --port 8800" in run.stdout
+    assert f'export PATH="{ROOT / ".venv" / "bin"}:$PATH"' in run.stdout
+    [pip] = [line for line in run.stdout.splitlines() if "pip install" in line]
+    assert "--quiet" not in pip and " -q" not in pip
 
 
 def test_redaction_doctest() -> None:

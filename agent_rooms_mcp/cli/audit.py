@@ -11,7 +11,7 @@ import click
 from agent_rooms_mcp import audit as audit_log
 from agent_rooms_mcp.cli.common import Failed, json_option, operator, perform, run, settings
 from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.models import AuditCheckpointResult, AuditVerdict, CheckpointPrevious
+from agent_rooms_mcp.models import AuditCheckpointResult, AuditRows, AuditVerdict, CheckpointPrevious
 from agent_rooms_mcp.owner_actions import AuditTail
 from agent_rooms_mcp.services.audit_checkpoints import Held
 
@@ -114,14 +114,21 @@ def _kept() -> Path:
 @click.option("-n", "count", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @json_option
 def tail(count: int, as_json: bool) -> None:
-    """Show the latest audit rows (metadata only: never bodies or secrets)."""
-    rows = perform("audit.tail", AuditTail(count=count), as_json=as_json).rows
+    """Show the latest audit rows (metadata only: never bodies or secrets), with handles and room names in
+    place of ids; --json keeps the rows as stored."""
+    tail: AuditRows = perform("audit.tail", AuditTail(count=count), as_json=as_json)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(tail.rows, indent=2))
         return
-    for r in rows:
-        who = f"{r['actor_kind']}:{r['actor_id'] or '-'}" + (f" via {r['via']}" if r.get("via") else "")
-        if audit_log.ON_BEHALF_OF in r["detail"]:
-            who += f" for {r['detail'][audit_log.ON_BEHALF_OF]}"
+
+    def name(value: object) -> str:
+        return tail.names.get(value, str(value)) if isinstance(value, str) else "-"
+
+    for r in tail.rows:
+        who = f"{r['actor_kind']} {name(r['actor_id'])}" + (f" via {r['via']}" if r.get("via") else "")
+        detail = r["detail"]
+        if isinstance(detail, dict) and audit_log.ON_BEHALF_OF in detail:
+            who += f" for {name(detail[audit_log.ON_BEHALF_OF])}"
         why = f" ({r['reason']})" if r["reason"] else ""
-        click.echo(f"{r['seq']:>6} {r['ts']} {who} {r['action']} {r['target'] or '-'} {r['outcome']}{why}")
+        when = str(r["ts"])[:19].replace("T", " ")  # to the second, UTC, as a person reads it
+        click.echo(f"{r['seq']:>6} {when} {who}: {r['action']} {name(r['target'])} {r['outcome']}{why}")

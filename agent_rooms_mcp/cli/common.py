@@ -79,9 +79,52 @@ def guarded(fn: Callable[[], T], *, as_json: bool = False) -> T:
     try:
         return fn()
     except RoomsError as e:
-        raise Failed(e.code.value, e.message, as_json) from e
+        raise Failed(e.code.value, e.message if e.missing is None else not_found_text(*e.missing), as_json) from e
     except (HomeError, PermissionError) as e:
         raise Failed("HOME", str(e), as_json) from e
+
+
+# The command that lists what a NOT_FOUND's kind could have named. A kind whose command this build lacks (or
+# none here) gets no pointer rather than a wrong one.
+_LISTED_BY = {
+    "agent": "agent list",
+    "agent in this room": "room list",
+    "owner": "owner list",
+    "room": "room list",
+    "token": "token list",
+    "run": "run list",
+    "run of this agent still queued or running": "run list",
+    "device": "device list",
+    "task or proposal": "consent list --owner OWNER",
+    "active grant": "grant list",
+    "variable for this agent": "agent env list AGENT",
+}
+
+
+def not_found_text(kind: str, ref: str | None) -> str:
+    """`no such agent 'bob-codx' (agent-rooms agent list)`: the reference as typed, when it is id- or
+    handle-shaped (an error quotes nothing else, DESIGN §7), and where to find the valid ones."""
+    text = f"no such {kind}"
+    if ref is not None and audit.safe_target(ref) == ref:
+        text += f" '{ref}'"
+    listing = _LISTED_BY.get(kind)
+    if listing is not None and _has_command(listing):
+        context = click.get_current_context(silent=True)
+        owner = context.params.get("owner_ref") if context else None
+        if isinstance(owner, str) and audit.safe_target(owner) == owner:
+            listing = listing.replace("OWNER", owner)  # the owner this very command named
+        text += f" (agent-rooms {listing})"
+    return text
+
+
+def _has_command(line: str) -> bool:
+    context = click.get_current_context(silent=True)
+    command: click.Command | None = context.find_root().command if context else None
+    for word in line.split():
+        if word.isupper() or word.startswith("--"):
+            break
+        command = command.commands.get(word) if isinstance(command, click.Group) else None
+    return command is not None
 
 
 def emit(result: BaseModel, *, as_json: bool, text: Callable[[Any], str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from agent_rooms_mcp.cli.common import emit, json_option, perform, table
+from agent_rooms_mcp.content import parse_envelopes
 from agent_rooms_mcp.models import ConsentModeSet, DecisionResult, GrantInfo, GrantList, ProposalList
 from agent_rooms_mcp.owner_actions import ConsentDecide, ConsentListArgs, ConsentModeArgs, GrantChange, GrantListArgs
 from agent_rooms_mcp.policy import ConsentMode
@@ -101,7 +102,11 @@ def list_(owner_ref: str, room_ref: str | None, after: int, as_json: bool) -> No
             return "(nothing waits on your decision)" if not after else "(nothing more waits on your decision)"
         blocks = []
         for item in p.proposals:
-            words = "\n".join(f"    {k}: {item.payload[k]}" for k in ("title", "body", "text") if k in item.payload)
+            words = "\n".join(
+                f"    {k}: {plain_words(item.payload[k], p.boundary)}"
+                for k in ("title", "body", "text")
+                if k in item.payload
+            )
             about = f" (task {item.task_id})" if item.task_id else ""
             blocks.append(
                 f"{item.proposal_id}  {item.kind}{about} for {item.target} in {item.room}"
@@ -116,6 +121,15 @@ def list_(owner_ref: str, room_ref: str | None, after: int, as_json: bool) -> No
         return "\n".join(blocks)
 
     emit(pending, as_json=as_json, text=text)
+
+
+def plain_words(value: object, boundary: str | None) -> str:
+    """Another owner's words for a person: out of the envelope that marks them for a model (the payload is
+    sanitised either way), each further line indented under its field so no line can pass for the CLI's own."""
+    text = str(value)
+    if boundary is not None and (inside := parse_envelopes(text, boundary)):
+        text = "\n".join(inside)
+    return text.replace("\n", "\n      | ")
 
 
 @consent.command("accept")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import getpass
 import re
+import shutil
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -45,14 +47,23 @@ def _os_handle() -> str:
     return handle[:40]
 
 
+def _typed_command() -> str:
+    """How a person types this installation's `agent-rooms`: the bare name when PATH finds this very one, else
+    its absolute path, so every line quickstart prints runs as printed in a shell whose PATH lacks the venv."""
+    ours = clients.command_path()
+    found = shutil.which("agent-rooms")
+    return "agent-rooms" if found is not None and Path(found).resolve() == Path(ours).resolve() else ours
+
+
 @click.command()
-def quickstart() -> None:
+@click.option("--http", "url", default=DEFAULT_URL, show_default=True, help="The URL `serve --http` will answer at.")
+def quickstart(url: str) -> None:
     """First run: on an empty home create an owner, an agent, a `lobby` room and a token file; then (every
-    time, minting nothing new) print how to connect Claude Code."""
+    time, minting nothing new) print how to connect Claude Code, and the next steps as runnable lines."""
     s = settings()
     owner, agent = _os_handle(), f"{_os_handle()}-claude"
 
-    async def main() -> str:
+    async def main() -> tuple[str, str, bool]:
         await init_home(s, operator())
         async with Hub.open(s) as hub:
             owners = await hub.accounts.list_owners()
@@ -65,25 +76,31 @@ def quickstart() -> None:
                 scopes = format_scopes(DEFAULT_SCOPES)
                 token_path = token_file(s, agent)
                 click.echo(f"created owner {owner}, agent {agent} (scopes {scopes}), room lobby, token in {token_path}")
-                return agent
-            agents = await hub.accounts.list_agents()
-            return agents.agents[0].handle if agents.agents else agent
+            agents = (await hub.accounts.list_agents()).agents
+            if not agents:
+                return agent, owner, False
+            first = agents[0]
+            # The suggested second agent: offered until it exists, so the printed lines never collide.
+            return first.handle, first.owner, any(a.handle == f"{first.owner}-codex" for a in agents)
 
-    first = guarded(lambda: anyio.run(main))
+    first, first_owner, second_exists = guarded(lambda: anyio.run(main))
+    second, cmd = f"{first_owner}-codex", _typed_command()
     click.echo(f"hub home: {s.home}\n")
     click.echo(f"Connect Claude Code as {first} (stdio; starts the hub on demand):")
     click.echo(f"  {claude_stdio(s, first)}\n")
     click.echo("Or over HTTP, while `agent-rooms serve --http` runs (Claude Code reads the token from the")
     click.echo("environment when it connects, so export it in the shell that starts claude):")
     click.echo(f"  {clients.token_env_line(s, first)}")
-    click.echo(f"  {claude_http(s, first, DEFAULT_URL)}\n")
+    click.echo(f"  {claude_http(s, first, url)}\n")
     click.echo("Add only one of the two: both register the server as `agent-rooms`.")
-    click.echo(f"`agent-rooms connect {first} --client claude --apply` runs the first for you.\n")
-    click.echo(f"Next: `agent-rooms agent add NAME --owner {owner} --tool codex` for a second agent,")
-    click.echo(
-        f"`agent-rooms connect NAME --client codex` for its config, `agent-rooms invite create lobby --by {owner}`"
-    )
-    click.echo("to bring in another person.")
+    click.echo(f"`{cmd} connect {first} --client claude --apply` runs the first for you.\n")
+    click.echo("Next, a second agent (Codex) in the lobby, and its Codex config:")
+    if not second_exists:
+        click.echo(f"  {cmd} agent add {second} --owner {first_owner} --tool codex")
+        click.echo(f"  {cmd} room add lobby --agent {second}")
+    click.echo(f"  {cmd} connect {second} --client codex")
+    click.echo("To bring in another person (prints a one-time code for them):")
+    click.echo(f"  {cmd} invite create lobby --by {first_owner}")
 
 
 F = TypeVar("F", bound=Callable[..., Any])

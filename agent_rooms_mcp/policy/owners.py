@@ -3,9 +3,10 @@ which device a device may revoke, and the owner's rules for bringing owners and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
-from agent_rooms_mcp.errors import forbidden, invalid, not_found, unauthenticated
+from agent_rooms_mcp.errors import ErrorCode, RoomsError, forbidden, invalid, not_found, unauthenticated
 from agent_rooms_mcp.principals import Human
 
 # Owner actions from a device (DESIGN §2, §9.1). The operator at the hub's CLI acts for any owner; an owner on
@@ -55,10 +56,10 @@ def require_self(who: Human, owner_id: str, handle: str) -> None:
         raise forbidden(f"this device acts for its own owner only, not for {handle}")
 
 
-def require_own(who: Human, owner_id: str, kind: str) -> None:
-    """`who` names a thing of owner `owner_id`: another owner's looks missing (invariant 82)."""
+def require_own(who: Human, owner_id: str, kind: str, ref: str | None = None) -> None:
+    """`who` names a thing of owner `owner_id` (as `ref`): another owner's looks missing (invariant 82)."""
     if not acts_for(who, owner_id):
-        raise not_found(kind)
+        raise not_found(kind, ref)
 
 
 def require_not_operator_action(name: str) -> None:
@@ -76,7 +77,7 @@ def may_revoke_device(who: Human, device_owner_id: str, device_id: str) -> None:
     owner is a console or operator action, another owner's device does not exist for it."""
     if who.is_operator or who.device_id == device_id:
         return
-    require_own(who, device_owner_id, "device")
+    require_own(who, device_owner_id, "device", device_id)
     if who.device_id is None and who.actor.via == "console":  # the owner at the console: any device of theirs
         return
     raise forbidden("a device may revoke only itself; revoke another one at the console or on the hub's machine")
@@ -100,3 +101,17 @@ def require_own_agent(agent_owner_id: str, owner_id: str, agent: str) -> None:
     """An owner brings only their own agents into a room; another owner's come with that owner's invite."""
     if agent_owner_id != owner_id:
         raise invalid("agent", f"{agent} does not belong to this owner")
+
+
+def require_accept_adds_agents(named: Iterable[str], already_in_room: Iterable[str], room: str) -> None:
+    """An invite accept must bring at least one of the owner's agents into the room: the code is one-time, so
+    an accept that would add nothing (no agent named, or every named agent a member already) is refused and
+    the code stays usable. Room access is by agent, so an owner with no agent there has nothing to join with."""
+    named, present = list(named), set(already_in_room)
+    if not named:
+        raise invalid("agents", "name at least one of your agents to bring in (--agent HANDLE); the code stays unused")
+    if all(handle in present for handle in named):
+        raise RoomsError(
+            ErrorCode.CONFLICT,
+            f"{', '.join(named)} already in room {room}: accepting would add nothing; the code stays unused",
+        )

@@ -431,7 +431,7 @@ class Accounts:
                 (token_id,),
             ).fetchone()
             if row is None:
-                raise not_found("token")
+                raise not_found("token", token_id)
             if row["revoked_at"] is None:
                 now = now_utc()
                 conn.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ?", (now, token_id))

@@ -173,7 +173,7 @@ class Containment:
         def run(conn: sqlite3.Connection) -> RoomArchive:
             room = conn.execute("SELECT * FROM rooms WHERE room_id = ? OR name = ?", (room_ref, room_ref)).fetchone()
             if room is None:
-                raise not_found("room")
+                raise not_found("room", room_ref)
             room_id = room["room_id"]
 
             def rows(sql: str) -> list[dict[str, object]]:
@@ -227,7 +227,7 @@ class Containment:
                 (agent_id,),
             ).fetchone()
             if row is None:
-                raise not_found("agent")
+                raise not_found("agent", agent_id)
             memberships = conn.execute(
                 "SELECT m.name AS room, x.joined_at, NULL AS ended_at, NULL AS reason FROM room_agents x"
                 " JOIN rooms m ON m.room_id = x.room_id WHERE x.agent_id = ?"

@@ -35,18 +35,19 @@ class Decider:
 def proposal_for(conn: sqlite3.Connection, ref: str, viewer: Viewer, *, accept: bool) -> ProposalRow:
     """A proposal by its id, or a task's current one by the task id. NOT_FOUND unless the viewer may see it
     (`policy.sees_proposal`): a stranger learns nothing, not even that it exists."""
+    asked = ref  # what the caller named, for the CLI's NOT_FOUND: the same on every path below
     if ref.startswith("task_"):
         task = conn.execute(
             "SELECT room_id, proposal_id, assignee_owner_id FROM tasks WHERE task_id = ?", (ref,)
         ).fetchone()
         if task is None or not _sees(conn, viewer, task["assignee_owner_id"], task["room_id"]):
-            raise not_found("task or proposal")
+            raise not_found("task or proposal", asked)
         asks = conn.execute("SELECT count(*) FROM proposals WHERE task_id = ?", (ref,)).fetchone()[0]
         policy.decide_by_task_id(crosses=task["proposal_id"] is not None, proposals_for_task=asks, accept=accept)
         ref = task["proposal_id"]
     row = conn.execute(PROPOSALS + " WHERE p.proposal_id = ?", (ref,)).fetchone()
     if row is None or not _sees(conn, viewer, row["target_owner_id"], row["room_id"]):
-        raise not_found("task or proposal")
+        raise not_found("task or proposal", asked)
     return ProposalRow.of(row)
 
 

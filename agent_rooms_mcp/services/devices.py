@@ -262,7 +262,7 @@ class Devices:
         def run(conn: sqlite3.Connection) -> DeviceInfo:
             row = conn.execute(_DEVICES + " WHERE d.device_id = ?", (target,)).fetchone()
             if row is None:
-                raise not_found("device")
+                raise not_found("device", target)
             policy.may_revoke_device(who, row["owner_id"], row["device_id"])
             if row["revoked_at"] is None:
                 conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ?", (iso(now), target))

@@ -145,6 +145,20 @@ class Invites:
             if claimed is None:
                 raise invite_invalid(_why_invalid(conn, code))
             room_id = claimed["room_id"]
+            room = conn.execute("SELECT name FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+            # Checked after the claim so an invalid code still gets its one answer (invariant 37); raising
+            # here rolls the claim back, so a refused accept leaves the code usable.
+            named = [queries.agent(conn, ref) for ref in agent_refs]
+            for agent in named:
+                policy.require_own_agent(agent["owner_id"], owner["owner_id"], agent["handle"])
+            present = [
+                a["handle"]
+                for a in named
+                if conn.execute(
+                    "SELECT 1 FROM room_agents WHERE room_id = ? AND agent_id = ?", (room_id, a["agent_id"])
+                ).fetchone()
+            ]
+            policy.require_accept_adds_agents([a["handle"] for a in named], present, room["name"])
             # An owner with no agent left in the room who comes back arrives anew: trust_room trusts those
             # present when it was set, and someone who left and returned was not continuously so.
             returning = not conn.execute(
@@ -165,7 +179,6 @@ class Invites:
                 target=room_id,
                 detail={"invite_id": claimed["invite_id"], "owner_id": owner["owner_id"], "agents": added},
             )
-            room = conn.execute("SELECT name FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
             return InviteAccepted(room_id=room_id, room=room["name"], owner=owner["handle"], agents=agent_refs)
 
         try:

@@ -206,7 +206,7 @@ def pending(
     if room_ref is not None:
         room = queries.room(conn, room_ref)
         if queries.owner_joined(conn, room["room_id"], viewer.owner_id) is None:
-            raise not_found("room")
+            raise not_found("room", room_ref)
         sql += " AND p.room_id = ?"
         args.append(room["room_id"])
     # In the order they were made, so the rowid is the cursor.

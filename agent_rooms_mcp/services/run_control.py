@@ -92,7 +92,7 @@ class Runs:
             agent = queries.agent(conn, agent_ref)
             # Another owner's agent answers as a missing one: a refusal must not confirm that a handle exists.
             if not policy.owns_agent(caller, agent["owner_id"]):
-                raise not_found("agent")
+                raise not_found("agent", agent_ref)
             return _request_stop(conn, caller.actor, agent, run_id)
 
         return await self._store.write(run, notify=True)
@@ -116,7 +116,7 @@ class Runs:
         def run(conn: sqlite3.Connection) -> RunInfo:
             row = conn.execute(RUNS_SELECT + " WHERE r.run_id = ?", (run_id,)).fetchone()
             if row is None:
-                raise not_found("run")
+                raise not_found("run", run_id)
             [info], _ = _infos(None, [row])
             return info
 
@@ -137,7 +137,7 @@ def _request_stop(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, ru
     now, stopped = now_utc(), []
     rows = conn.execute(sql, args).fetchall()
     if run_id is not None and not rows:
-        raise not_found("run of this agent still queued or running")
+        raise not_found("run of this agent still queued or running", run_id)
     for row in rows:
         if row["state"] in (RunState.QUEUED, RunState.WAITING_FOR_LISTENER):
             conn.execute(

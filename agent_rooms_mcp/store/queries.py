@@ -24,7 +24,7 @@ def room_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlit
         (caller.agent_id, ref, ref),
     ).fetchone()
     if row is None or not policy.reaches_room(caller, row["room_id"]):
-        raise not_found("room")
+        raise not_found("room", ref)
     return row
 
 
@@ -35,7 +35,7 @@ def room(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
         (ref, ref),
     ).fetchone()
     if row is None:
-        raise not_found("room")
+        raise not_found("room", ref)
     return row
 
 
@@ -45,7 +45,7 @@ def owner(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
         "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
     ).fetchone()
     if row is None:
-        raise not_found("owner")
+        raise not_found("owner", ref)
     return row
 
 
@@ -56,7 +56,7 @@ def agent(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
         (ref, ref),
     ).fetchone()
     if row is None:
-        raise not_found("agent")
+        raise not_found("agent", ref)
     return row
 
 
@@ -130,7 +130,7 @@ def member_agent(conn: sqlite3.Connection, room_id: str, handle: str) -> sqlite3
     """An active agent in the room by handle; NOT_FOUND whether it is unknown or simply elsewhere."""
     row = conn.execute(_MEMBERS + " AND (a.handle = ? OR a.agent_id = ?)", (room_id, handle, handle)).fetchone()
     if row is None:
-        raise not_found("agent in this room")
+        raise not_found("agent in this room", handle)
     return row
 
 
@@ -147,3 +147,28 @@ def run_hold(conn: sqlite3.Connection, run_id: str) -> policy.RunHold | None:
         lease=row["lease_epoch"],
         stop_requested=row["stop_requested_at"] is not None,
     )
+
+
+def display_names(conn: sqlite3.Connection, ids: set[str], owner_id: str | None) -> dict[str, str]:
+    """Owner and agent handles and room names for the ids in `ids`, for a person reading them (`audit tail`).
+    `owner_id` None is the operator, who sees every name; an owner sees only their own handle, agents in the
+    rooms they are in and those rooms: naming any other id would tell them it exists (invariant 82)."""
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    wanted = sorted(ids)
+    joined = "SELECT room_id FROM room_owners WHERE owner_id = ?"
+    found = conn.execute(
+        f"SELECT owner_id, handle FROM owners WHERE owner_id IN ({marks}) AND (? IS NULL OR owner_id = ?)",
+        (*wanted, owner_id, owner_id),
+    ).fetchall()
+    found += conn.execute(
+        f"SELECT agent_id, handle FROM agents WHERE agent_id IN ({marks}) AND (? IS NULL OR owner_id = ?"
+        f" OR agent_id IN (SELECT agent_id FROM room_agents WHERE room_id IN ({joined})))",
+        (*wanted, owner_id, owner_id, owner_id),
+    ).fetchall()
+    found += conn.execute(
+        f"SELECT room_id, name FROM rooms WHERE room_id IN ({marks}) AND (? IS NULL OR room_id IN ({joined}))",
+        (*wanted, owner_id, owner_id),
+    ).fetchall()
+    return {str(row[0]): str(row[1]) for row in found}
