@@ -606,8 +606,9 @@ class RunReceipt(BaseModel):
 
 
 class WithdrawnItem(BaseModel):
-    # `membership`: an agent's (id: the agent); `room_membership`: a removed owner's (id: the room).
-    kind: Literal["membership", "wake", "proposal", "invite", "grant", "room_membership"]
+    # `membership`: an agent's (id: the agent); `room_membership`: a removed owner's (id: the room);
+    # `console_session`: a removed owner's session in the owner console (id: the session).
+    kind: Literal["membership", "wake", "proposal", "invite", "grant", "room_membership", "console_session"]
     id: Id
     room: Handle | None = None
 

@@ -25,8 +25,8 @@ from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.owner_actions import perform
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.public import exposure_for
-from agent_rooms_mcp.services.console_sessions import revoke_all
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.store.credentials import revoke_all
 from agent_rooms_mcp.web.console.app import CSP, environment
 from tests.conftest import HTTP_BASE, OPERATOR, World
 from tests.invariants import INVARIANTS  # noqa: F401 (the rows these tests cite live there)
@@ -415,5 +415,5 @@ async def test_an_idle_session_expires_and_a_restore_can_end_every_session(
     await log_in(http, world, "alice")
     assert (await http.get("/console/")).status_code == 200
     with sqlite3.connect(world.db) as conn:
-        assert revoke_all(conn, "2030-01-01T00:00:00Z") == 2  # the idle one is marked revoked too
+        assert revoke_all(conn, "2030-01-01T00:00:00Z")["console_sessions"] == 2  # the idle one is revoked too
     assert (await http.get("/console/")).status_code == 401

@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import pytest
@@ -24,6 +25,9 @@ from agent_rooms_mcp import owner_actions
 from agent_rooms_mcp.auth.authenticator import prove_refused
 from agent_rooms_mcp.cli.common import receipt_text
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
+from agent_rooms_mcp.models import ConsoleLink
+from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.services.console_sessions import ConsoleDenied
 from agent_rooms_mcp.services.devices import DeviceDenied
 from agent_rooms_mcp.settings import WakeSettings
 from tests.conftest import OPERATOR, World, build_world
@@ -75,6 +79,14 @@ async def wedged_run(woken: World, fakes: Fakes) -> tuple[sqlite3.Row, dict[str,
     [run] = runs(woken, "alice-bot")
     assert alive(run["pid"]) and not gone(call, "orphan_pid")
     return run, call
+
+
+URL = "http://127.0.0.1:8765"
+
+
+def console_code(link: ConsoleLink) -> str:
+    """The `LINK.SECRET` code a console login link carries in its query."""
+    return parse_qs(urlsplit(link.url).query)["code"][0]
 
 
 async def tool_error(world: World, agent: str, transport: str, tool: str, args: dict[str, Any]) -> str:
@@ -394,6 +406,11 @@ async def test_owner_remove_deletes_every_agent_and_revokes_devices_and_grants_w
     async with world.hub() as hub:
         invite = await hub.invites.create_as_owner(OPERATOR, "shared", "bob", 3600)
         alices = await hub.invites.create_as_owner(OPERATOR, "shared", "alice", 3600)
+        # Bob at the console: one session open, one login link not yet used.
+        session = await hub.console.redeem(
+            console_code(await hub.console.mint_link(Human(OPERATOR), "bob", URL)), secure=False
+        )
+        unused = console_code(await hub.console.mint_link(Human(OPERATOR), "bob", URL))
     seq = world.sql("SELECT max(seq) AS s FROM audit")[0]["s"]
 
     receipt = await cli_json(world, "owner", "remove", "bob", "--yes")
@@ -406,6 +423,12 @@ async def test_owner_remove_deletes_every_agent_and_revokes_devices_and_grants_w
     }
     withdrawn = [(w["kind"], w["id"]) for w in receipt["withdrawn"]]
     assert sorted(k for k, _ in withdrawn if k == "grant") == ["grant", "grant"]
+    assert [i for k, i in withdrawn if k == "console_session"] == [session.session_id]
+    async with world.hub() as hub:
+        with pytest.raises(ConsoleDenied, match="console_session_revoked"):
+            await hub.console.authenticate(session.cookie)
+        with pytest.raises(ConsoleDenied, match="used_console_link"):
+            await hub.console.redeem(unused, secure=False)
     # The invite Bob gave is void with him; Alice's to the same room still stands.
     assert [i for k, i in withdrawn if k == "invite"] == [invite.invite_id]
     assert {i for k, i in withdrawn if k == "membership"} == bobs

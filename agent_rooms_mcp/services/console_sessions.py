@@ -58,11 +58,6 @@ def console_actor(owner_id: str, session_id: str) -> audit.Actor:
     return audit.Actor("owner", owner_id, owner_id, session_id, via="console")
 
 
-def revoke_all(conn: sqlite3.Connection, now: str) -> int:
-    """End every console session, in the caller's transaction (a restore revokes them all, DESIGN §9.5)."""
-    return conn.execute("UPDATE console_sessions SET revoked_at = ? WHERE revoked_at IS NULL", (now,)).rowcount
-
-
 class ConsoleSessions:
     def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store

@@ -71,8 +71,8 @@ class Containment:
         """An operator action, in one transaction: `agent delete` of each of the owner's agents (each with its
         own revocation and audit rows), their devices revoked (their listeners' runs stop_pending, as a
         device revoke leaves them), every grant to and from them revoked, their room memberships ended,
-        their unused enrollment codes and the invites they gave voided; the owner archived and the handle
-        retired (DESIGN §6)."""
+        their unused enrollment codes, console sessions and links, and the invites they gave voided; the owner
+        archived and the handle retired (DESIGN §6)."""
 
         def run(conn: sqlite3.Connection) -> _Done:
             owner = queries.owner(conn, owner_ref)
@@ -96,6 +96,15 @@ class Containment:
                 "UPDATE enrollments SET expires_at = ? WHERE owner_id = ? AND used_at IS NULL AND expires_at > ?",
                 (now, owner_id, now),
             )
+            # The console (DESIGN §9.2) is a way in as the owner: their sessions end and their unused login
+            # links are spent, as their devices are revoked.
+            conn.execute("UPDATE console_links SET used_at = ? WHERE owner_id = ? AND used_at IS NULL", (now, owner_id))
+            for row in conn.execute(
+                "UPDATE console_sessions SET revoked_at = ? WHERE owner_id = ? AND revoked_at IS NULL"
+                " RETURNING session_id",
+                (now, owner_id),
+            ).fetchall():
+                done.withdrawn.append(WithdrawnItem(kind="console_session", id=row["session_id"]))
             for grant in conn.execute(
                 "UPDATE grants SET revoked_at = ? WHERE (from_owner = ? OR to_owner = ?) AND revoked_at IS NULL"
                 " RETURNING grant_id",

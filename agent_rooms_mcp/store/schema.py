@@ -578,7 +578,7 @@ CREATE TABLE retired_handles (
 # The owner console (DESIGN §9.2). A login link is `LINK_ID.SECRET` like an enrollment code: the id finds the
 # row so failed attempts count on it (void after 5), only the secret's hash is kept, and `used_at` makes it
 # single use. A session is found by its cookie's hash; `revoked_at` ends it (logout, a revoked device, a
-# restore revoking every console session: `console_sessions.revoke_all`). `device_id` is the device that
+# restore revoking every console session: store/credentials.py's registry). `device_id` is the device that
 # minted its link, if one did: revoking that device ends the session on its next request.
 _V_CONSOLE = """
 CREATE TABLE console_links (
