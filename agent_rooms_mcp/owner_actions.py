@@ -192,7 +192,7 @@ async def _own_room(hub: Hub, who: Human, room_ref: str) -> None:
 
     def read(c: sqlite3.Connection) -> None:
         room = queries.room(c, room_ref)
-        if queries.owner_joined(c, room["room_id"], owner_id) is None:
+        if queries.owner_joined(c, room.room_id, owner_id) is None:
             raise not_found("room")
 
     await hub.store.read(read)

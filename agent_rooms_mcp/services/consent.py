@@ -57,8 +57,8 @@ class Consent:
     ) -> ConsentModeSet:
         def run(conn: sqlite3.Connection) -> ConsentModeSet:
             room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
-            in_room = queries.owner_joined(conn, room["room_id"], owner["owner_id"]) is not None
-            policy.require_owner_in_room(in_room, "owner", owner["handle"], room["name"])
+            in_room = queries.owner_joined(conn, room.room_id, owner["owner_id"]) is not None
+            policy.require_owner_in_room(in_room, "owner", owner["handle"], room.name)
             return consent_modes.set_mode(conn, operator, room, owner["owner_id"], mode, collaborator)
 
         return await self._store.write(run)

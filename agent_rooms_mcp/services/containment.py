@@ -137,8 +137,8 @@ class Containment:
 
         def run(conn: sqlite3.Connection) -> _Done:
             room = queries.room(conn, room_ref)
-            room_id, now = str(room["room_id"]), now_utc()
-            done = _Done(room_id, str(room["name"]), now)
+            room_id, now = str(room.room_id), now_utc()
+            done = _Done(room_id, str(room.name), now)
             _withdraw_runs(conn, actor, done, "room_id = ?", (room_id,), "room_quarantined")
             done.token_ids += _revoke_tokens(
                 conn, "run_id IN (SELECT run_id FROM runs WHERE room_id = ?)", (room_id,), now
@@ -151,7 +151,7 @@ class Containment:
                 " AND expires_at > ? RETURNING invite_id",
                 (now, room_id, now),
             ).fetchall():
-                done.withdrawn.append(WithdrawnItem(kind="invite", id=row["invite_id"], room=room["name"]))
+                done.withdrawn.append(WithdrawnItem(kind="invite", id=row["invite_id"], room=room.name))
             revocation = record_revocation(conn, "room", room_id, "room_quarantine", now)
             audit.append(conn, actor, "room.quarantine", target=room_id, detail=done.detail(revocation))
             return done

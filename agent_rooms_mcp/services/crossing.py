@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent_rooms_mcp import policy
-from agent_rooms_mcp.policy import ConsentMode
 from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.rows import TaskRow, load_causers
 
 Causers = frozenset[str]
 
@@ -32,13 +32,13 @@ def task_payload(task_id: str, room_id: str, title: str, body: str, assignee_id:
     return {"task_id": task_id, "room_id": room_id, "title": title, "body": body, "assignee_id": assignee_id}
 
 
-def task_digest(task: sqlite3.Row, assignee_id: str) -> str:
+def task_digest(task: TaskRow, assignee_id: str) -> str:
     """The hash of a task's current words offered to `assignee_id` (the task row's own assignee or not)."""
-    return canonical(task_payload(task["task_id"], task["room_id"], task["title"], task["body"], assignee_id))[1]
+    return canonical(task_payload(task.task_id, task.room_id, task.title, task.body, assignee_id))[1]
 
 
 def loads(stored: str | None) -> Causers:
-    return frozenset(json.loads(stored or "[]"))
+    return load_causers(stored)
 
 
 def dumps(causers: Iterable[str]) -> str:
@@ -65,9 +65,9 @@ def standing(conn: sqlite3.Connection, room_id: str, target_owner_id: str, propo
         return policy.Standing()
     joined = queries.owner_joined(conn, room_id, proposer_owner_id)
     return policy.Standing(
-        mode=ConsentMode(row["mode"]),
-        collaborator_id=row["collaborator_id"],
-        proposer_trusted_by_room=joined is not None and joined <= row["set_at"],
+        mode=row.mode,
+        collaborator_id=row.collaborator_id,
+        proposer_trusted_by_room=joined is not None and joined <= row.set_at,
     )
 
 

@@ -20,8 +20,9 @@ from agent_rooms_mcp.services.rooms import add_member_agent
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import RoomRow
 
-_RoomFinder = Callable[[sqlite3.Connection], tuple[sqlite3.Row, str]]
+_RoomFinder = Callable[[sqlite3.Connection], tuple[RoomRow, str]]
 
 
 class Invites:
@@ -34,7 +35,7 @@ class Invites:
         what reaches a model can never bring anyone into a room by itself."""
         policy.require_scope(caller, Scope.MANAGE)
 
-        def member_room(conn: sqlite3.Connection) -> tuple[sqlite3.Row, str]:
+        def member_room(conn: sqlite3.Connection) -> tuple[RoomRow, str]:
             queries.recheck_caller(conn, caller, Scope.MANAGE)
             return queries.room_for_member(conn, room_ref, caller), caller.owner_id
 
@@ -48,10 +49,10 @@ class Invites:
         )
 
     async def create_as_owner(self, operator: Actor, room_ref: str, owner_ref: str, ttl_s: int) -> Invite:
-        def room_of_owner(conn: sqlite3.Connection) -> tuple[sqlite3.Row, str]:
+        def room_of_owner(conn: sqlite3.Connection) -> tuple[RoomRow, str]:
             room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
-            in_room = queries.owner_joined(conn, room["room_id"], owner["owner_id"]) is not None
-            policy.require_owner_in_room(in_room, "by", owner["handle"], room["name"])
+            in_room = queries.owner_joined(conn, room.room_id, owner["owner_id"]) is not None
+            policy.require_owner_in_room(in_room, "by", owner["handle"], room.name)
             return room, owner["owner_id"]
 
         code = new_invite_code()
@@ -99,12 +100,12 @@ class Invites:
             now = datetime.now(UTC)
             pending = conn.execute(
                 "SELECT count(*) FROM invites WHERE room_id = ? AND used_at IS NULL AND expires_at > ?",
-                (room["room_id"], iso(now)),
+                (room.room_id, iso(now)),
             ).fetchone()[0]
             if pending >= lim.pending_invites_per_room:
                 raise RoomsError(
                     ErrorCode.CONFLICT,
-                    f"room {room['name']} already has {pending} pending invites; let some expire or be used",
+                    f"room {room.name} already has {pending} pending invites; let some expire or be used",
                 )
             invite_id, expires = new_id("invite"), iso(now + timedelta(seconds=ttl_s))
             conn.execute(
@@ -112,7 +113,7 @@ class Invites:
                 " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     invite_id,
-                    room["room_id"],
+                    room.room_id,
                     "pending_owner" if code is None else "active",
                     None if code is None else secret_hash(code),
                     owner_id,
@@ -121,8 +122,8 @@ class Invites:
                     expires,
                 ),
             )
-            audit.append(conn, actor, "invite.create", target=room["room_id"], detail={"invite_id": invite_id})
-            return invite_id, room["name"], expires
+            audit.append(conn, actor, "invite.create", target=room.room_id, detail={"invite_id": invite_id})
+            return invite_id, room.name, expires
 
         return await self._store.write(run)
 

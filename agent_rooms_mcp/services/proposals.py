@@ -19,11 +19,12 @@ from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.ids import AgentId, GrantId, MessageId, OwnerId, ProposalId, RoomId, TaskId
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, Proposal, ProposalList, ProposerRef
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState
-from agent_rooms_mcp.principals import AgentTool, Caller, Viewer, held_scopes
+from agent_rooms_mcp.principals import Caller, Viewer
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.render import cut_page, notice, render
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.rows import MemberAgent
 
 PROPOSALS = (
     "SELECT p.rowid AS position, p.*, r.name AS room_name,"
@@ -99,16 +100,16 @@ class ProposalRow:
 
 
 def cross_owner(
-    conn: sqlite3.Connection, actor: Caller, room_id: str, target: sqlite3.Row, causers: crossing.Causers
+    conn: sqlite3.Connection, actor: Caller, room_id: str, target: MemberAgent, causers: crossing.Causers
 ) -> policy.CrossOwner:
-    """Facts for `policy.propose`; target is a member row (agent_id, scopes, owner_id, tool). `causers` are
+    """Facts for `policy.propose` about `target`, the agent asked. `causers` are
     every owner whose words the request carries: the actor's owner, a task's authors, a run's causers."""
     return policy.CrossOwner(
         actor=actor,
-        target_owner_id=target["owner_id"],
-        target_scopes=held_scopes(target["scopes"], None),
-        crossers=crossing.crossers(conn, room_id, target["owner_id"], causers),
-        target_constrainable=policy.constrainable(AgentTool(target["tool"])),
+        target_owner_id=target.owner_id,
+        target_scopes=target.scopes,
+        crossers=crossing.crossers(conn, room_id, target.owner_id, causers),
+        target_constrainable=policy.constrainable(target.tool),
     )
 
 
@@ -126,7 +127,7 @@ def judge(
     conn: sqlite3.Connection,
     actor: Caller,
     room_id: str,
-    target: sqlite3.Row,
+    target: MemberAgent,
     *,
     wake: bool,
     causers: crossing.Causers,
@@ -143,7 +144,7 @@ class Offer:
 
     kind: ProposalKind
     room_id: RoomId
-    target: sqlite3.Row
+    target: MemberAgent
     payload: dict[str, Any]
     task_id: TaskId | None = None
     message_id: MessageId | None = None
@@ -168,8 +169,8 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdi
             offer.room_id,
             actor.agent_id,
             actor.owner_id,
-            offer.target["agent_id"],
-            offer.target["owner_id"],
+            offer.target.agent_id,
+            offer.target.owner_id,
             verdict.grant_ids[0],
             json.dumps(verdict.grant_ids),
             crossing.dumps(verdict.causers),
@@ -179,7 +180,7 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdi
             text,
             digest,
             state.value,
-            offer.target["owner_id"] if by_mode else None,
+            offer.target.owner_id if by_mode else None,
             "mode" if by_mode else None,
             now,
             now if by_mode else None,
@@ -205,10 +206,10 @@ def pending(
     sql, args = PROPOSALS + " WHERE p.target_owner_id = ? AND p.state = 'pending'", [viewer.owner_id]
     if room_ref is not None:
         room = queries.room(conn, room_ref)
-        if queries.owner_joined(conn, room["room_id"], viewer.owner_id) is None:
+        if queries.owner_joined(conn, room.room_id, viewer.owner_id) is None:
             raise not_found("room")
         sql += " AND p.room_id = ?"
-        args.append(room["room_id"])
+        args.append(room.room_id)
     # In the order they were made, so the rowid is the cursor.
     fetched = conn.execute(sql + " AND p.rowid > ? ORDER BY p.rowid LIMIT ?", (*args, after, limit + 1)).fetchall()
     rows = [ProposalRow.of(r) for r in fetched[:limit]]

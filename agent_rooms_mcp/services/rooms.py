@@ -71,8 +71,8 @@ class Rooms:
 
         def run(conn: sqlite3.Connection) -> RoomDetail:
             room = queries.room_for_member(conn, ref, caller)
-            mode = queries.consent_mode(conn, room["room_id"], caller.owner_id)
-            rows = conn.execute(_MEMBER_PAGE, (room["room_id"], after, limit + 1)).fetchall()
+            mode = queries.consent_mode(conn, room.room_id, caller.owner_id)
+            rows = conn.execute(_MEMBER_PAGE, (room.room_id, after, limit + 1)).fetchall()
             members = [
                 Member(
                     handle=m["handle"],
@@ -83,12 +83,12 @@ class Rooms:
                 for m in rows[:limit]
             ]
             empty = RoomDetail(
-                room_id=room["room_id"],
-                name=room["name"],
-                created_at=room["created_at"],
+                room_id=room.room_id,
+                name=room.name,
+                created_at=room.created_at,
                 members=[],
-                consent_mode=mode["mode"] if mode else ConsentMode.TASK_BY_TASK.value,
-                latest_seq=room["latest_seq"],
+                consent_mode=mode.mode.value if mode else ConsentMode.TASK_BY_TASK.value,
+                latest_seq=room.latest_seq,
                 next_after=after,
                 has_more=True,
             )
@@ -147,18 +147,18 @@ class Rooms:
             room = queries.room(conn, room_ref)
             agent = queries.agent(conn, agent_ref)
             # Only an owner already in the room brings agents in directly; others need an invite.
-            in_room = queries.owner_joined(conn, room["room_id"], agent["owner_id"]) is not None
+            in_room = queries.owner_joined(conn, room.room_id, agent["owner_id"]) is not None
             way_out = "; bring them in with an invite"
-            policy.require_owner_in_room(in_room, "agent", agent["owner_handle"], room["name"], way_out)
-            add_member_agent(conn, room["room_id"], agent["owner_id"], agent["agent_id"], now_utc())
+            policy.require_owner_in_room(in_room, "agent", agent["owner_handle"], room.name, way_out)
+            add_member_agent(conn, room.room_id, agent["owner_id"], agent["agent_id"], now_utc())
             audit.append(
                 conn,
                 operator,
                 "room.add_agent",
-                target=room["room_id"],
+                target=room.room_id,
                 detail={"agent_id": agent["agent_id"]},
             )
-            return _summary_of(conn, room["room_id"])
+            return _summary_of(conn, room.room_id)
 
         return await self._store.write(run)
 
@@ -168,14 +168,14 @@ class Rooms:
         def run(conn: sqlite3.Connection) -> RoomSummary:
             room, agent = queries.room(conn, room_ref), queries.agent(conn, agent_ref)
             gone = conn.execute(
-                "DELETE FROM room_agents WHERE room_id = ? AND agent_id = ?", (room["room_id"], agent["agent_id"])
+                "DELETE FROM room_agents WHERE room_id = ? AND agent_id = ?", (room.room_id, agent["agent_id"])
             ).rowcount
             if not gone:
-                raise invalid("agent", f"{agent['handle']} is not in room {room['name']}")
+                raise invalid("agent", f"{agent['handle']} is not in room {room.name}")
             audit.append(
-                conn, operator, "room.remove_agent", target=room["room_id"], detail={"agent_id": agent["agent_id"]}
+                conn, operator, "room.remove_agent", target=room.room_id, detail={"agent_id": agent["agent_id"]}
             )
-            return _summary_of(conn, room["room_id"])
+            return _summary_of(conn, room.room_id)
 
         return await self._store.write(run)
 
