@@ -23,6 +23,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.content import UNENCODABLE, unencodable_field
 from agent_rooms_mcp.errors import RoomsError, invalid, not_found
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.models import (
     AgentExport,
     AgentInfo,
@@ -143,8 +144,8 @@ async def _self(hub: Hub, who: Human, owner_ref: str) -> Human:
 async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
     """`who`, acting on an agent of their own (or, the operator, on anyone's)."""
 
-    def read(c: sqlite3.Connection) -> tuple[str, bool]:
-        owner_id = str(queries.agent(c, agent_ref)["owner_id"])
+    def read(c: sqlite3.Connection) -> tuple[OwnerId, bool]:
+        owner_id = OwnerId(queries.agent(c, agent_ref)["owner_id"])
         return owner_id, bool(queries.owner(c, owner_id)["local"])
 
     owner_id, local = await hub.store.read(read)
@@ -168,7 +169,7 @@ async def _self_with_agents(hub: Hub, who: Human, owner_ref: str, agents: list[s
 
 
 async def _own_token(hub: Hub, who: Human, token_id: str) -> Human:
-    def read(c: sqlite3.Connection) -> tuple[str, bool]:
+    def read(c: sqlite3.Connection) -> tuple[OwnerId, bool]:
         row = c.execute(
             "SELECT a.owner_id, o.local FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
             " JOIN owners o ON o.owner_id = a.owner_id"
@@ -177,7 +178,7 @@ async def _own_token(hub: Hub, who: Human, token_id: str) -> Human:
         ).fetchone()
         if row is None:
             raise not_found("token")
-        return str(row["owner_id"]), bool(row["local"])
+        return OwnerId(row["owner_id"]), bool(row["local"])
 
     owner_id, local = await hub.store.read(read)
     policy.require_own(who, owner_id, "token")
@@ -307,13 +308,13 @@ async def agent_export(hub: Hub, who: Human, a: AgentExportArgs) -> AgentExport:
     """An agent's record for its owner, a deleted one too: the only lookup that finds an archived agent, and
     only for its own owner (or the operator); anyone else gets NOT_FOUND, as for a handle never used."""
 
-    def read(c: sqlite3.Connection) -> tuple[str, str]:
+    def read(c: sqlite3.Connection) -> tuple[str, OwnerId]:
         row = c.execute(
             "SELECT agent_id, owner_id FROM agents WHERE agent_id = ? OR handle = ?", (a.handle, a.handle)
         ).fetchone()
         if row is None:
             raise not_found("agent")
-        return str(row["agent_id"]), str(row["owner_id"])
+        return str(row["agent_id"]), OwnerId(row["owner_id"])
 
     agent_id, owner_id = await hub.store.read(read)
     policy.require_own(who, owner_id, "agent")

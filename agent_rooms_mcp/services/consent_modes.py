@@ -10,6 +10,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import invalid
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.models import ConsentModeSet
 from agent_rooms_mcp.policy import ConsentMode
 from agent_rooms_mcp.services import crossing
@@ -21,7 +22,7 @@ def set_mode(
     conn: sqlite3.Connection,
     actor: Actor,
     room: RoomRow,
-    owner_id: str,
+    owner_id: OwnerId,
     mode: str,
     collaborator: str | None,
     *,
@@ -39,7 +40,7 @@ def set_mode(
         if collaborator and chosen is ConsentMode.TRUST_COLLABORATOR
         else None
     )
-    collaborator_id = None if found is None else str(found["owner_id"])
+    collaborator_id = None if found is None else OwnerId(found["owner_id"])
     policy.check_mode_choice(
         chosen,
         owner_id,

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent_rooms_mcp import policy
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.rows import TaskRow, load_causers
@@ -54,12 +55,14 @@ def of_writer(conn: sqlite3.Connection, caller: Caller) -> Causers:
     return frozenset({caller.owner_id}) | loads(row["causers"] if row else None)
 
 
-def others(causers: Causers, owner_id: str) -> tuple[str, ...]:
+def others(causers: Causers, owner_id: OwnerId) -> tuple[str, ...]:
     """The causers other than `owner_id`, in a fixed order: `policy.whose_words_cross`."""
     return policy.whose_words_cross(causers, owner_id)
 
 
-def standing(conn: sqlite3.Connection, room_id: str, target_owner_id: str, proposer_owner_id: str) -> policy.Standing:
+def standing(
+    conn: sqlite3.Connection, room_id: str, target_owner_id: OwnerId, proposer_owner_id: OwnerId
+) -> policy.Standing:
     row = queries.consent_mode(conn, room_id, target_owner_id)
     if row is None:
         return policy.Standing()
@@ -72,7 +75,7 @@ def standing(conn: sqlite3.Connection, room_id: str, target_owner_id: str, propo
 
 
 def crossers(
-    conn: sqlite3.Connection, room_id: str, target_owner_id: str, causers: Causers
+    conn: sqlite3.Connection, room_id: str, target_owner_id: OwnerId, causers: Causers
 ) -> tuple[policy.Crosser, ...]:
     """The facts `policy.propose` judges for every owner whose words would reach `target_owner_id`."""
     return tuple(
@@ -82,5 +85,5 @@ def crossers(
             verified=queries.owners_verified(conn, target_owner_id, owner_id),
             standing=standing(conn, room_id, target_owner_id, owner_id),
         )
-        for owner_id in others(causers, target_owner_id)
+        for owner_id in map(OwnerId, others(causers, target_owner_id))
     )

@@ -50,7 +50,7 @@ def proposal_for(conn: sqlite3.Connection, ref: str, viewer: Viewer, *, accept: 
     return ProposalRow.of(row)
 
 
-def _sees(conn: sqlite3.Connection, viewer: Viewer, target_owner_id: str | None, room_id: str) -> bool:
+def _sees(conn: sqlite3.Connection, viewer: Viewer, target_owner_id: OwnerId | None, room_id: str) -> bool:
     """The facts `policy.sees_proposal` judges: is the viewer in the room? An agent sees a room it is in;
     an owner at the CLI (no agent) one they joined."""
     if not viewer.agent_id:
@@ -61,7 +61,7 @@ def _sees(conn: sqlite3.Connection, viewer: Viewer, target_owner_id: str | None,
                 "SELECT 1 FROM room_agents WHERE room_id = ? AND agent_id = ?", (room_id, viewer.agent_id)
             ).fetchone()
         )
-    return policy.sees_proposal(viewer.owner_id, target_owner_id or "", viewer_in_room=in_room)
+    return policy.sees_proposal(viewer.owner_id, target_owner_id or OwnerId(""), viewer_in_room=in_room)
 
 
 def _present(conn: sqlite3.Connection, proposal: ProposalRow) -> bool:

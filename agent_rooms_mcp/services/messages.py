@@ -135,7 +135,7 @@ def _mention(
     conn: sqlite3.Connection,
     caps: WakeSettings,
     caller: Caller,
-    room_id: str,
+    room_id: RoomId,
     member: MemberAgent,
     message_id: str,
     seq: int,
@@ -167,7 +167,7 @@ def _mention(
     payload = {"room_id": room_id, "message_id": message_id, "seq": seq, "text": text, "target_id": member.agent_id}
     offer = proposals.Offer(
         kind=ProposalKind.WAKE,
-        room_id=RoomId(room_id),
+        room_id=room_id,
         target=member,
         payload=payload,
         message_id=MessageId(message_id),

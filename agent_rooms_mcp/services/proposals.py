@@ -16,7 +16,7 @@ from agent_rooms_mcp import policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import not_found
-from agent_rooms_mcp.ids import AgentId, GrantId, MessageId, OwnerId, ProposalId, RoomId, TaskId
+from agent_rooms_mcp.ids import AgentId, GrantId, MessageId, OwnerId, ProposalId, RoomId, RunId, TaskId
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, Proposal, ProposalList, ProposerRef
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState
 from agent_rooms_mcp.principals import Caller, Viewer
@@ -59,7 +59,7 @@ class ProposalRow:
     target_owner_id: OwnerId
     grant_ids: tuple[GrantId, ...]  # every grant it was made under
     causers: crossing.Causers  # every owner whose words it carries
-    run_id: str | None  # the run that made it, if a run did
+    run_id: RunId | None  # the run that made it, if a run did
     task_id: TaskId | None
     payload: str  # canonical JSON, as hashed
     payload_sha256: str
@@ -84,7 +84,7 @@ class ProposalRow:
             target_owner_id=OwnerId(r["target_owner_id"]),
             grant_ids=tuple(GrantId(g) for g in json.loads(r["grant_ids"] or "[]")),
             causers=crossing.loads(r["causers"]),
-            run_id=r["run_id"],
+            run_id=None if r["run_id"] is None else RunId(r["run_id"]),
             task_id=None if r["task_id"] is None else TaskId(r["task_id"]),
             payload=r["payload"],
             payload_sha256=r["payload_sha256"],
@@ -203,7 +203,8 @@ def pending(
     conn: sqlite3.Connection, limits: Limits, viewer: Viewer, room_ref: str | None, after: int, limit: int
 ) -> ProposalList:
     """One page of what waits on the viewer's owner's decision, oldest first, bounded like every list."""
-    sql, args = PROPOSALS + " WHERE p.target_owner_id = ? AND p.state = 'pending'", [viewer.owner_id]
+    sql = PROPOSALS + " WHERE p.target_owner_id = ? AND p.state = 'pending'"
+    args: list[str] = [viewer.owner_id]
     if room_ref is not None:
         room = queries.room(conn, room_ref)
         if queries.owner_joined(conn, room.room_id, viewer.owner_id) is None:

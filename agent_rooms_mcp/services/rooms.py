@@ -9,6 +9,7 @@ from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.models import Member, RoomDetail, RoomList, RoomSummary
 from agent_rooms_mcp.policy import ConsentMode
 from agent_rooms_mcp.principals import HANDLE_RE, Caller, Scope
@@ -190,7 +191,7 @@ class Rooms:
         )
 
 
-def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: str, agent_ref: str, now: str) -> str:
+def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: OwnerId, agent_ref: str, now: str) -> str:
     """Add one of owner_id's own agents to the room (agents of another owner are refused)."""
     agent = queries.agent(conn, agent_ref)
     policy.require_own_agent(agent["owner_id"], owner_id, agent["handle"])
@@ -198,4 +199,4 @@ def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: str, agen
         "INSERT OR IGNORE INTO room_agents (room_id, agent_id, joined_at) VALUES (?, ?, ?)",
         (room_id, agent["agent_id"], now),
     )
-    return agent["agent_id"]
+    return str(agent["agent_id"])

@@ -15,6 +15,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import iso, now_utc
+from agent_rooms_mcp.ids import AgentId, ProposalId, RoomId, RunId
 from agent_rooms_mcp.principals import Scope
 from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, Outcome, RunState, Trigger, sql_words
 from agent_rooms_mcp.services import crossing
@@ -151,11 +152,11 @@ class Cause:
 
     trigger: Trigger
     cause_id: str
-    room_id: str
-    by_agent_id: str
-    by_run_id: str | None  # set when a woken run caused it: its depth counts
+    room_id: RoomId
+    by_agent_id: AgentId
+    by_run_id: RunId | None  # set when a woken run caused it: its depth counts
     causers: crossing.Causers  # every owner whose words it carries (DESIGN §4 "Causers")
-    proposal_id: str | None = None  # the accepted proposal it runs, if another owner's words are in it
+    proposal_id: ProposalId | None = None  # the accepted proposal it runs, if another owner's words are in it
     payload_sha256: str | None = None  # a task wake: the hash of the payload agreed to
 
 

@@ -316,7 +316,7 @@ def _offer(
     conn: sqlite3.Connection,
     caps: WakeSettings,
     caller: Caller,
-    room_id: str,
+    room_id: RoomId,
     task_id: str,
     title: str,
     body: str,
@@ -332,7 +332,7 @@ def _offer(
     proposal_id = None
     if verdict.state != ConsentState.AUTO:
         offer = proposals.Offer(
-            kind=ProposalKind.TASK, room_id=RoomId(room_id), target=target, payload=payload, task_id=TaskId(task_id)
+            kind=ProposalKind.TASK, room_id=room_id, target=target, payload=payload, task_id=TaskId(task_id)
         )
         proposal_id = proposals.record_proposal(conn, caller, offer, verdict)
         conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))

@@ -42,7 +42,7 @@ def room(conn: sqlite3.Connection, ref: str) -> RoomRow:
 
 def owner(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
     # A removed owner answers as one that never existed (DESIGN §6).
-    row = conn.execute(
+    row: sqlite3.Row | None = conn.execute(
         "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
     ).fetchone()
     if row is None:
@@ -51,7 +51,7 @@ def owner(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
 
 
 def agent(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
-    row = conn.execute(
+    row: sqlite3.Row | None = conn.execute(
         "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
         " WHERE (a.agent_id = ? OR a.handle = ?) AND a.status = 'active'",
         (ref, ref),
