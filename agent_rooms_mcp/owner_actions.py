@@ -137,8 +137,8 @@ async def _self(hub: Hub, who: Human, owner_ref: str) -> Human:
     """`who`, acting as the owner they name: a device may name only its own, and the operator acting for an
     owner who is not local acts on their behalf (policy.acting_for)."""
     row = await hub.store.read(lambda c: queries.owner(c, owner_ref))
-    policy.require_self(who, row["owner_id"], row["handle"])
-    return policy.acting_for(who, row["owner_id"], bool(row["local"]))
+    policy.require_self(who, row.owner_id, row.handle)
+    return policy.acting_for(who, row.owner_id, row.local)
 
 
 async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
@@ -146,7 +146,7 @@ async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
 
     def read(c: sqlite3.Connection) -> tuple[OwnerId, bool]:
         owner_id = OwnerId(queries.agent(c, agent_ref)["owner_id"])
-        return owner_id, bool(queries.owner(c, owner_id)["local"])
+        return owner_id, bool(queries.owner(c, owner_id).local)
 
     owner_id, local = await hub.store.read(read)
     policy.require_own(who, owner_id, "agent")
@@ -200,7 +200,7 @@ async def _own_room(hub: Hub, who: Human, room_ref: str) -> None:
 
 
 async def _handle(hub: Hub, owner_id: str) -> str:
-    return str((await hub.store.read(lambda c: queries.owner(c, owner_id)))["handle"])
+    return str((await hub.store.read(lambda c: queries.owner(c, owner_id))).handle)
 
 
 # Agents.

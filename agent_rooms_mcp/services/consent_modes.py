@@ -86,7 +86,7 @@ def _mode_set(
     return ConsentModeSet(
         room=room.name,
         room_id=room.room_id,
-        owner=owner["handle"],
+        owner=owner.handle,
         mode=chosen.value,
-        collaborator=queries.owner(conn, collaborator_id)["handle"] if collaborator_id else None,
+        collaborator=queries.owner(conn, collaborator_id).handle if collaborator_id else None,
     )

@@ -84,7 +84,7 @@ class ConsoleViews:
         self._rows = rows
 
     async def owner_handle(self, owner_id: str) -> str:
-        return str((await self._store.read(lambda c: queries.owner(c, owner_id)))["handle"])
+        return str((await self._store.read(lambda c: queries.owner(c, owner_id))).handle)
 
     async def pending(self, owner_id: str) -> list[Pending]:
         return await self._store.read(lambda c: _pending(c, owner_id, self._rows))

@@ -76,8 +76,8 @@ class Containment:
 
         def run(conn: sqlite3.Connection) -> _Done:
             owner = queries.owner(conn, owner_ref)
-            owner_id, now = str(owner["owner_id"]), now_utc()
-            done = _Done(owner_id, str(owner["handle"]), now)
+            owner_id, now = str(owner.owner_id), now_utc()
+            done = _Done(owner_id, str(owner.handle), now)
             for agent in conn.execute(
                 "SELECT * FROM agents WHERE owner_id = ? AND status = 'active' ORDER BY handle", (owner_id,)
             ).fetchall():
@@ -120,7 +120,7 @@ class Containment:
             conn.execute("UPDATE owners SET removed_at = ? WHERE owner_id = ?", (now, owner_id))
             conn.execute(
                 "INSERT OR IGNORE INTO retired_handles (kind, handle, retired_at) VALUES ('owner', ?, ?)",
-                (owner["handle"], now),
+                (owner.handle, now),
             )
             revocation = record_revocation(conn, "owner", owner_id, "owner_remove", now)
             detail = {**done.detail(revocation), "devices": len(done.device_ids)}

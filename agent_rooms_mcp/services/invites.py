@@ -51,9 +51,9 @@ class Invites:
     async def create_as_owner(self, operator: Actor, room_ref: str, owner_ref: str, ttl_s: int) -> Invite:
         def room_of_owner(conn: sqlite3.Connection) -> tuple[RoomRow, str]:
             room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
-            in_room = queries.owner_joined(conn, room.room_id, owner["owner_id"]) is not None
-            policy.require_owner_in_room(in_room, "by", owner["handle"], room.name)
-            return room, owner["owner_id"]
+            in_room = queries.owner_joined(conn, room.room_id, owner.owner_id) is not None
+            policy.require_owner_in_room(in_room, "by", owner.handle, room.name)
+            return room, owner.owner_id
 
         code = new_invite_code()
         invite_id, room, expires = await self._create(operator, ttl_s, room_of_owner, code=code)
@@ -64,7 +64,7 @@ class Invites:
         code = new_invite_code()
 
         def run(conn: sqlite3.Connection) -> Invite:
-            owner_id = None if owner_ref is None else queries.owner(conn, owner_ref)["owner_id"]
+            owner_id = None if owner_ref is None else queries.owner(conn, owner_ref).owner_id
             now = now_utc()
             # Missing, already confirmed, expired or another owner's: one answer, as for any id (invariant 82).
             row = conn.execute(
@@ -138,7 +138,7 @@ class Invites:
                     "UPDATE invites SET used_at = ?, used_by = ?"
                     " WHERE code_hash = ? AND used_at IS NULL AND withdrawn_at IS NULL AND expires_at > ?"
                     " RETURNING invite_id, room_id",
-                    (now, owner["owner_id"], secret_hash(code), now),
+                    (now, owner.owner_id, secret_hash(code), now),
                 ).fetchone()
                 if INVITE_RE.fullmatch(code)
                 else None
@@ -151,23 +151,23 @@ class Invites:
             returning = not conn.execute(
                 "SELECT 1 FROM room_agents x JOIN agents a ON a.agent_id = x.agent_id"
                 " WHERE x.room_id = ? AND a.owner_id = ?",
-                (room_id, owner["owner_id"]),
+                (room_id, owner.owner_id),
             ).fetchone()
             conn.execute(
                 "INSERT INTO room_owners (room_id, owner_id, joined_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (room_id, owner_id) DO UPDATE SET joined_at = excluded.joined_at WHERE ?",
-                (room_id, owner["owner_id"], now, returning),
+                (room_id, owner.owner_id, now, returning),
             )
-            added = [add_member_agent(conn, room_id, owner["owner_id"], ref, now) for ref in agent_refs]
+            added = [add_member_agent(conn, room_id, owner.owner_id, ref, now) for ref in agent_refs]
             audit.append(
                 conn,
                 operator,
                 "invite.accept",
                 target=room_id,
-                detail={"invite_id": claimed["invite_id"], "owner_id": owner["owner_id"], "agents": added},
+                detail={"invite_id": claimed["invite_id"], "owner_id": owner.owner_id, "agents": added},
             )
             room = conn.execute("SELECT name FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
-            return InviteAccepted(room_id=room_id, room=room["name"], owner=owner["handle"], agents=agent_refs)
+            return InviteAccepted(room_id=room_id, room=room["name"], owner=owner.handle, agents=agent_refs)
 
         try:
             return await self._store.write(run)

@@ -124,20 +124,20 @@ class Rooms:
             room_id, now = new_id("room"), now_utc()
             conn.execute(
                 "INSERT INTO rooms (room_id, name, created_by, created_at) VALUES (?, ?, ?, ?)",
-                (room_id, name, owner["owner_id"], now),
+                (room_id, name, owner.owner_id, now),
             )
             conn.execute(
                 "INSERT INTO room_owners (room_id, owner_id, joined_at) VALUES (?, ?, ?)",
-                (room_id, owner["owner_id"], now),
+                (room_id, owner.owner_id, now),
             )
             for ref in agent_refs:
-                add_member_agent(conn, room_id, owner["owner_id"], ref, now)
+                add_member_agent(conn, room_id, owner.owner_id, ref, now)
             audit.append(
                 conn,
                 operator,
                 "room.create",
                 target=room_id,
-                detail={"owner_id": owner["owner_id"], "agents": len(agent_refs)},
+                detail={"owner_id": owner.owner_id, "agents": len(agent_refs)},
             )
             return _summary_of(conn, room_id)
 

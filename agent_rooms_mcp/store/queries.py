@@ -10,7 +10,7 @@ from agent_rooms_mcp import policy
 from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.principals import Caller, Scope, held_scopes
 from agent_rooms_mcp.run_states import RunState
-from agent_rooms_mcp.store.rows import MemberAgent, ModeInForce, RoomRow, TaskRow
+from agent_rooms_mcp.store.rows import MemberAgent, ModeInForce, OwnerRow, RoomRow, TaskRow
 
 # A room's latest message seq, read off the (room_id, seq) index instead of a counter every post rewrites.
 LATEST_SEQ = "(SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.room_id = r.room_id) AS latest_seq"
@@ -40,14 +40,14 @@ def room(conn: sqlite3.Connection, ref: str) -> RoomRow:
     return RoomRow.from_row(row)
 
 
-def owner(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
+def owner(conn: sqlite3.Connection, ref: str) -> OwnerRow:
     # A removed owner answers as one that never existed (DESIGN §6).
     row: sqlite3.Row | None = conn.execute(
         "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
     ).fetchone()
     if row is None:
         raise not_found("owner")
-    return row
+    return OwnerRow.from_row(row)
 
 
 def agent(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:

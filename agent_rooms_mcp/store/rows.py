@@ -144,3 +144,26 @@ class RoomRow:
             created_at=str(r["created_at"]),
             latest_seq=int(r["latest_seq"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRow:
+    """An owner who has not been removed."""
+
+    owner_id: OwnerId
+    handle: str
+    created_at: str
+    verified_at: str | None  # None: not identity-verified, and no grant may cross to or from them
+    verified_method: str | None
+    local: bool  # their agents' wakes run on the hub's own supervisor, not a listener of theirs
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> OwnerRow:
+        return cls(
+            owner_id=OwnerId(r["owner_id"]),
+            handle=str(r["handle"]),
+            created_at=str(r["created_at"]),
+            verified_at=r["verified_at"],
+            verified_method=r["verified_method"],
+            local=bool(r["local"]),
+        )
