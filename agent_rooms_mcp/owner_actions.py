@@ -620,8 +620,8 @@ async def run_list(hub: Hub, who: Human, a: RunListArgs) -> RunList:
     owner_id = who.owner_id
     if a.owner is not None:
         row = await hub.store.read(lambda c: queries.owner(c, a.owner or ""))
-        policy.require_self(who, row["owner_id"], row["handle"])
-        owner_id = str(row["owner_id"])
+        policy.require_self(who, row.owner_id, row.handle)
+        owner_id = row.owner_id
     return await hub.runs.list_as_owner(owner_id, after=a.after, limit=min(a.limit, hub.settings.limits.page_max))
 
 
@@ -635,7 +635,7 @@ async def run_get(hub: Hub, who: Human, a: RunGet) -> RunInfo:
     owner_id = await hub.store.read(
         lambda c: (
             (row := c.execute("SELECT owner_id FROM runs WHERE run_id = ?", (a.run_id,)).fetchone())
-            and str(row["owner_id"])
+            and OwnerId(row["owner_id"])
         )
     )
     if not owner_id:
