@@ -26,6 +26,7 @@ from agent_rooms_mcp.gate import HTTP_CALLER_KEY
 from agent_rooms_mcp.housekeeping import housekeeping
 from agent_rooms_mcp.http_sessions import Sessions
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.ids import RunId
 from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.server import create_server, existing_hub
@@ -48,7 +49,7 @@ class BearerGate:
         hub: Hub,
         exposure: Exposure,
         *,
-        only_run: str | None = None,
+        only_run: RunId | None = None,
         transport: str = "http",
     ) -> None:
         self._app = app
@@ -249,7 +250,7 @@ async def mcp_app(
     hub: Hub,
     *,
     exposure: Exposure | None = None,
-    only_run: str | None = None,
+    only_run: RunId | None = None,
     transport: str = "http",
 ) -> AsyncIterator[ASGIApp]:
     """The gated MCP app on an open hub: `serve --http`'s, and each run's bridge socket's (`only_run`), so both

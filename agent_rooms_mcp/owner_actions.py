@@ -23,6 +23,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.content import UNENCODABLE, unencodable_field
 from agent_rooms_mcp.errors import RoomsError, invalid, not_found
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.models import (
     AgentExport,
     AgentInfo,
@@ -136,16 +137,16 @@ async def _self(hub: Hub, who: Human, owner_ref: str) -> Human:
     """`who`, acting as the owner they name: a device may name only its own, and the operator acting for an
     owner who is not local acts on their behalf (policy.acting_for)."""
     row = await hub.store.read(lambda c: queries.owner(c, owner_ref))
-    policy.require_self(who, row["owner_id"], row["handle"])
-    return policy.acting_for(who, row["owner_id"], bool(row["local"]))
+    policy.require_self(who, row.owner_id, row.handle)
+    return policy.acting_for(who, row.owner_id, row.local)
 
 
 async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
     """`who`, acting on an agent of their own (or, the operator, on anyone's)."""
 
-    def read(c: sqlite3.Connection) -> tuple[str, bool]:
-        owner_id = str(queries.agent(c, agent_ref)["owner_id"])
-        return owner_id, bool(queries.owner(c, owner_id)["local"])
+    def read(c: sqlite3.Connection) -> tuple[OwnerId, bool]:
+        owner_id = OwnerId(queries.agent(c, agent_ref)["owner_id"])
+        return owner_id, bool(queries.owner(c, owner_id).local)
 
     owner_id, local = await hub.store.read(read)
     policy.require_own(who, owner_id, "agent", agent_ref)
@@ -168,7 +169,7 @@ async def _self_with_agents(hub: Hub, who: Human, owner_ref: str, agents: list[s
 
 
 async def _own_token(hub: Hub, who: Human, token_id: str) -> Human:
-    def read(c: sqlite3.Connection) -> tuple[str, bool]:
+    def read(c: sqlite3.Connection) -> tuple[OwnerId, bool]:
         row = c.execute(
             "SELECT a.owner_id, o.local FROM tokens t JOIN agents a ON a.agent_id = t.agent_id"
             " JOIN owners o ON o.owner_id = a.owner_id"
@@ -177,7 +178,7 @@ async def _own_token(hub: Hub, who: Human, token_id: str) -> Human:
         ).fetchone()
         if row is None:
             raise not_found("token", token_id)
-        return str(row["owner_id"]), bool(row["local"])
+        return OwnerId(row["owner_id"]), bool(row["local"])
 
     owner_id, local = await hub.store.read(read)
     policy.require_own(who, owner_id, "token", token_id)
@@ -192,14 +193,14 @@ async def _own_room(hub: Hub, who: Human, room_ref: str) -> None:
 
     def read(c: sqlite3.Connection) -> None:
         room = queries.room(c, room_ref)
-        if queries.owner_joined(c, room["room_id"], owner_id) is None:
+        if queries.owner_joined(c, room.room_id, owner_id) is None:
             raise not_found("room", room_ref)
 
     await hub.store.read(read)
 
 
 async def _handle(hub: Hub, owner_id: str) -> str:
-    return str((await hub.store.read(lambda c: queries.owner(c, owner_id)))["handle"])
+    return str((await hub.store.read(lambda c: queries.owner(c, owner_id))).handle)
 
 
 # Agents.
@@ -307,13 +308,13 @@ async def agent_export(hub: Hub, who: Human, a: AgentExportArgs) -> AgentExport:
     """An agent's record for its owner, a deleted one too: the only lookup that finds an archived agent, and
     only for its own owner (or the operator); anyone else gets NOT_FOUND, as for a handle never used."""
 
-    def read(c: sqlite3.Connection) -> tuple[str, str]:
+    def read(c: sqlite3.Connection) -> tuple[str, OwnerId]:
         row = c.execute(
             "SELECT agent_id, owner_id FROM agents WHERE agent_id = ? OR handle = ?", (a.handle, a.handle)
         ).fetchone()
         if row is None:
             raise not_found("agent", a.handle)
-        return str(row["agent_id"]), str(row["owner_id"])
+        return str(row["agent_id"]), OwnerId(row["owner_id"])
 
     agent_id, owner_id = await hub.store.read(read)
     policy.require_own(who, owner_id, "agent", a.handle)
@@ -625,8 +626,8 @@ async def run_list(hub: Hub, who: Human, a: RunListArgs) -> RunList:
     owner_id = who.owner_id
     if a.owner is not None:
         row = await hub.store.read(lambda c: queries.owner(c, a.owner or ""))
-        policy.require_self(who, row["owner_id"], row["handle"])
-        owner_id = str(row["owner_id"])
+        policy.require_self(who, row.owner_id, row.handle)
+        owner_id = row.owner_id
     return await hub.runs.list_as_owner(owner_id, after=a.after, limit=min(a.limit, hub.settings.limits.page_max))
 
 
@@ -640,7 +641,7 @@ async def run_get(hub: Hub, who: Human, a: RunGet) -> RunInfo:
     owner_id = await hub.store.read(
         lambda c: (
             (row := c.execute("SELECT owner_id FROM runs WHERE run_id = ?", (a.run_id,)).fetchone())
-            and str(row["owner_id"])
+            and OwnerId(row["owner_id"])
         )
     )
     if not owner_id:

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.errors import invalid
+from agent_rooms_mcp.ids import AgentId, OwnerId, RoomId, RunId
 
 
 class Scope(StrEnum):
@@ -65,35 +66,39 @@ class Viewer(Protocol):
     """Whoever a result is rendered for: an agent's `Caller`, or an owner at the CLI (`OwnerViewer`)."""
 
     @property
-    def agent_id(self) -> str: ...
+    def agent_id(self) -> AgentId: ...
 
     @property
-    def owner_id(self) -> str: ...
+    def owner_id(self) -> OwnerId: ...
+
+
+# An owner at the CLI reads as no agent: no item is ever theirs as "self".
+NO_AGENT = AgentId("")
 
 
 @dataclass(frozen=True, slots=True)
 class OwnerViewer:
     """An owner reading at the CLI: every agent's item is "same_owner" or "cross_owner" to them, never "self"."""
 
-    owner_id: str
-    agent_id: str = ""
+    owner_id: OwnerId
+    agent_id: AgentId = NO_AGENT
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     """An authenticated agent for the span of one call. Never stored, never cached."""
 
-    agent_id: str
+    agent_id: AgentId
     handle: str
     tool: AgentTool
-    owner_id: str
+    owner_id: OwnerId
     owner_handle: str
     owner_verified: bool
     scopes: frozenset[Scope]
     token_id: str
-    run_id: str | None = None
+    run_id: RunId | None = None
     # A run token acts only in the room whose message or task woke its run (DESIGN §2, invariant 87).
-    run_room_id: str | None = None
+    run_room_id: RoomId | None = None
 
     @property
     def actor(self) -> Actor:
@@ -106,7 +111,7 @@ class Human:
     or an owner on an enrolled device (§9.1), who acts only on their own things."""
 
     actor: Actor
-    owner_id: str | None = None  # None: the operator
+    owner_id: OwnerId | None = None  # None: the operator
     device_id: str | None = None
 
     @property

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 from agent_rooms_mcp.bridge import SOCKET_ENV, TOKEN_FILE_ENV
 from agent_rooms_mcp.http import mcp_app
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.ids import RunId
 from agent_rooms_mcp.serving import Server, bounded_protocol
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.sockets import bind_private_unix
@@ -38,7 +39,7 @@ def socket_bridge(hub: Hub) -> OpenBridge:
     async def open_bridge(run_id: str, run_dir: Path, token_file: Path) -> AsyncIterator[dict[str, str]]:
         path = run_dir / SOCKET_NAME
         async with (
-            mcp_app(hub, only_run=run_id, transport="bridge") as app,
+            mcp_app(hub, only_run=RunId(run_id), transport="bridge") as app,
             _serve_unix(app, path, hub.settings.limits),
         ):
             yield {TOKEN_FILE_ENV: str(token_file), SOCKET_ENV: str(path), "AGENT_ROOMS_RUN_ID": run_id}

@@ -19,6 +19,7 @@ from agent_rooms_mcp.auth.failures import FailedAuth, attempt_of
 from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
 from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, secret_hash
 from agent_rooms_mcp.errors import RoomsError
+from agent_rooms_mcp.ids import AgentId, OwnerId, RoomId, RunId
 from agent_rooms_mcp.principals import AgentTool, Caller, held_scopes
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store.database import Store, fresh_snapshot
@@ -114,7 +115,7 @@ def look_up(
         run = conn.execute("SELECT state, room_id FROM runs WHERE run_id = ?", (row["run_id"],)).fetchone()
         if run is None or run["state"] not in ("running", "stopping"):
             raise _Denied("run_ended", actor)
-        run_room_id = str(run["room_id"])
+        run_room_id = RoomId(run["room_id"])
     if datetime.fromisoformat(row["expires_at"]) <= now:
         raise _Denied("token_expired", actor)
     try:
@@ -128,15 +129,15 @@ def look_up(
     if claims.epoch != row["cred_epoch"]:
         raise _Denied("stale_epoch", actor)
     return Caller(
-        agent_id=row["agent_id"],
+        agent_id=AgentId(row["agent_id"]),
         handle=row["handle"],
         tool=AgentTool(row["tool"]),
-        owner_id=row["owner_id"],
+        owner_id=OwnerId(row["owner_id"]),
         owner_handle=row["owner_handle"],
         owner_verified=row["verified_at"] is not None,
         scopes=held_scopes(row["scopes"], row["run_id"]),
         token_id=row["token_id"],
-        run_id=row["run_id"],
+        run_id=None if row["run_id"] is None else RunId(row["run_id"]),
         run_room_id=run_room_id,
     )
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, conflict, forbidden, forbidden_scope, invalid
+from agent_rooms_mcp.ids import AgentId, OwnerId
 from agent_rooms_mcp.policy.core import require_scope
 from agent_rooms_mcp.principals import Caller, Scope
 
@@ -40,13 +41,13 @@ class Standing:
     """The target owner's consent mode in one room, as loaded inside the transaction."""
 
     mode: ConsentMode = ConsentMode.TASK_BY_TASK
-    collaborator_id: str | None = None
+    collaborator_id: OwnerId | None = None
     # trust_room trusts the owners who were in the room when the mode was set, not later arrivals:
     # anyone with `manage` in the room can invite a stranger, and that must not widen the trust.
     proposer_trusted_by_room: bool = False
 
 
-def starts_accepted(standing: Standing, proposer_owner_id: str) -> bool:
+def starts_accepted(standing: Standing, proposer_owner_id: OwnerId) -> bool:
     """DESIGN §4: the target owner's mode decides whether a cross-owner proposal starts accepted."""
     match standing.mode:
         case ConsentMode.TASK_BY_TASK:
@@ -59,7 +60,7 @@ def starts_accepted(standing: Standing, proposer_owner_id: str) -> bool:
             return standing.proposer_trusted_by_room
 
 
-def agent_may_set_mode(current: Standing, chosen: ConsentMode, collaborator_id: str | None) -> None:
+def agent_may_set_mode(current: Standing, chosen: ConsentMode, collaborator_id: OwnerId | None) -> None:
     """DESIGN §2: an agent may only tighten its owner's consent mode; widening is an owner action.
 
     Tightening is a strictly stricter mode that trusts no one the current one does not: moving from
@@ -82,7 +83,7 @@ class Crosser:
     """One owner whose words cross to the target's owner: the acting agent's owner, a task's authors, or a
     run's causers (DESIGN §4). Facts as loaded inside the transaction."""
 
-    owner_id: str
+    owner_id: OwnerId
     grant_id: str | None  # the active grant from the target's owner to this owner
     verified: bool  # this owner and the target's owner both
     standing: Standing  # the target owner's mode, as it stands towards this owner
@@ -93,7 +94,7 @@ class CrossOwner:
     """Facts about one agent acting on another's agent: giving it a task, or mentioning it so it would wake."""
 
     actor: Caller
-    target_owner_id: str
+    target_owner_id: OwnerId
     target_scopes: frozenset[Scope]
     # Every owner whose words cross other than the target's own, in a fixed order; empty when none does.
     crossers: tuple[Crosser, ...]
@@ -130,10 +131,10 @@ def still_accepted(crossers: tuple[Crosser, ...]) -> bool:
 class Decision:
     """Facts about a decision on one proposal, by an agent of `decider_owner_id` or that owner's CLI."""
 
-    decider_owner_id: str
+    decider_owner_id: OwnerId
     proposal_state: ProposalState
-    proposer_owner_id: str
-    target_owner_id: str
+    proposer_owner_id: OwnerId
+    target_owner_id: OwnerId
     target_scopes: frozenset[Scope]
     wake: bool
     grant_active: bool  # every grant the proposal was made under, not merely some grant now
@@ -195,7 +196,7 @@ class MentionEffect(StrEnum):
     PROPOSE = "propose"  # another owner's words cross: a request judged by `propose`, waiting or refused
 
 
-def mention_effect(actor_agent_id: str, member_agent_id: str, *, others_cross: bool) -> MentionEffect:
+def mention_effect(actor_agent_id: AgentId, member_agent_id: AgentId, *, others_cross: bool) -> MentionEffect:
     """DESIGN §3.1: mentioning oneself only notifies; an agent whose owner's words are the only ones in the
     post is woken as its owner's own; any other owner's words make it a request. Whether a tool can be spawned
     at all is asked only after that request is judged, so a refusal reveals nothing about the target."""
@@ -213,7 +214,7 @@ def may_decide(caller: Caller) -> None:
         raise forbidden_scope(Scope.CONSENT.value)
 
 
-def sees_proposal(viewer_owner_id: str, target_owner_id: str, *, viewer_in_room: bool) -> bool:
+def sees_proposal(viewer_owner_id: OwnerId, target_owner_id: OwnerId, *, viewer_in_room: bool) -> bool:
     """A proposal is visible to its target's owner and to those in its room; to anyone else it answers
     NOT_FOUND like one that does not exist (invariant 82)."""
     return target_owner_id == viewer_owner_id or viewer_in_room
@@ -252,10 +253,10 @@ def _unverified() -> RoomsError:
 
 def check_mode_choice(
     chosen: ConsentMode,
-    owner_id: str,
+    owner_id: OwnerId,
     *,
     collaborator: str | None,
-    collaborator_id: str | None,
+    collaborator_id: OwnerId | None,
     collaborator_in_room: bool,
 ) -> None:
     """A consent mode names a collaborator exactly when it is trust_collaborator, and that collaborator is
@@ -274,7 +275,7 @@ def check_mode_choice(
 
 
 def mode_unchanged(
-    previous: tuple[ConsentMode, str | None] | None, chosen: ConsentMode, collaborator_id: str | None
+    previous: tuple[ConsentMode, OwnerId | None] | None, chosen: ConsentMode, collaborator_id: OwnerId | None
 ) -> bool:
     """Setting the mode already in force (task_by_task when none was ever set) changes nothing: above all it
     must not move trust_room's moment forward and so silently trust owners who arrived since."""
@@ -287,8 +288,8 @@ def mode_unchanged(
 class GrantRequest:
     """Facts about one owner granting another: handles for the messages, who is unverified, any active grant."""
 
-    giver_id: str
-    taker_id: str
+    giver_id: OwnerId
+    taker_id: OwnerId
     giver: str
     taker: str
     unverified: tuple[str, ...]  # handles of the two owners not yet identity-verified

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent_rooms_mcp.errors import forbidden_scope, unauthenticated
+from agent_rooms_mcp.ids import AgentId, OwnerId, RoomId, RunId
 from agent_rooms_mcp.models import Relation
 from agent_rooms_mcp.principals import Caller, Scope, Viewer
 
@@ -19,7 +20,7 @@ def require_scope(caller: Caller, scope: Scope) -> None:
         raise forbidden_scope(scope.value)
 
 
-def run_room(caller: Caller) -> str | None:
+def run_room(caller: Caller) -> RoomId | None:
     """The one room a run token may see and act in, or None for an agent's own token (DESIGN §2).
 
     Every room a run was not woken in answers as if the agent were not a member (NOT_FOUND, invariant 87),
@@ -28,25 +29,25 @@ def run_room(caller: Caller) -> str | None:
     return caller.run_room_id if caller.run_id is not None else None
 
 
-def reaches_room(caller: Caller, room_id: str) -> bool:
+def reaches_room(caller: Caller, room_id: RoomId) -> bool:
     """May this credential see room_id, given that its agent is a member? A run only its own room."""
     bound = run_room(caller)
     return bound is None or bound == room_id
 
 
-def may_use_run_socket(caller: Caller, socket_run_id: str) -> bool:
+def may_use_run_socket(caller: Caller, socket_run_id: RunId) -> bool:
     """A run's bridge socket (DESIGN §5) admits that run's token and no other credential: not another run's,
     not the agent's own. Anything else is refused like a bad token (401), since the socket is the run's alone.
     """
     return caller.run_id is not None and caller.run_id == socket_run_id
 
 
-def owns_agent(caller: Caller, agent_owner_id: str) -> bool:
+def owns_agent(caller: Caller, agent_owner_id: OwnerId) -> bool:
     """An agent acts on its own owner's agents only; any other answers NOT_FOUND, as a missing one (invariant 82)."""
     return agent_owner_id == caller.owner_id
 
 
-def relation(caller: Viewer, agent_id: str, owner_id: str) -> Relation:
+def relation(caller: Viewer, agent_id: AgentId, owner_id: OwnerId) -> Relation:
     """DESIGN §3 provenance: how the author of an item stands to the caller."""
     if agent_id == caller.agent_id:
         return "self"
@@ -78,7 +79,7 @@ def credential_holds(now: CredentialNow | None, scope: Scope) -> None:
         raise forbidden_scope(scope.value)
 
 
-def whose_words_cross(causers: frozenset[str], target_owner_id: str) -> tuple[str, ...]:
+def whose_words_cross(causers: frozenset[str], target_owner_id: OwnerId) -> tuple[str, ...]:
     """DESIGN §4 "Causers": every owner whose words reach the target's agent other than its own owner, in a
     fixed order. Empty means nothing crosses an owner boundary and there is nothing to consent to."""
     return tuple(sorted(c for c in causers if c != target_owner_id))

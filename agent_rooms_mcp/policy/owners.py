@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, forbidden, invalid, not_found, unauthenticated
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.principals import Human
 
 # Owner actions from a device (DESIGN §2, §9.1). The operator at the hub's CLI acts for any owner; an owner on
@@ -37,12 +38,12 @@ OPERATOR_ACTIONS = frozenset(
 )
 
 
-def acts_for(who: Human, owner_id: str) -> bool:
+def acts_for(who: Human, owner_id: OwnerId) -> bool:
     """Whether `who` may act on things of owner `owner_id`."""
     return who.owner_id is None or who.owner_id == owner_id
 
 
-def acting_for(who: Human, owner_id: str, owner_is_local: bool) -> Human:
+def acting_for(who: Human, owner_id: OwnerId, owner_is_local: bool) -> Human:
     """Who acts on a thing of owner `owner_id`, as its audit rows will say (DESIGN §2): the operator acting
     for an owner who is not local to the hub acts on that owner's behalf; anyone else acts as themselves."""
     if who.is_operator and not owner_is_local:
@@ -50,13 +51,13 @@ def acting_for(who: Human, owner_id: str, owner_is_local: bool) -> Human:
     return who
 
 
-def require_self(who: Human, owner_id: str, handle: str) -> None:
+def require_self(who: Human, owner_id: OwnerId, handle: str) -> None:
     """`who` names owner `handle` as the one acting (`--owner`, `--from`, `--by`): only themselves."""
     if not acts_for(who, owner_id):
         raise forbidden(f"this device acts for its own owner only, not for {handle}")
 
 
-def require_own(who: Human, owner_id: str, kind: str, ref: str | None = None) -> None:
+def require_own(who: Human, owner_id: OwnerId, kind: str, ref: str | None = None) -> None:
     """`who` names a thing of owner `owner_id` (as `ref`): another owner's looks missing (invariant 82)."""
     if not acts_for(who, owner_id):
         raise not_found(kind, ref)
@@ -72,7 +73,7 @@ def require_operator(what: str) -> None:
     raise forbidden(f"{what} is the operator's to set, on the hub's machine")
 
 
-def may_revoke_device(who: Human, device_owner_id: str, device_id: str) -> None:
+def may_revoke_device(who: Human, device_owner_id: OwnerId, device_id: str) -> None:
     """The operator revokes any device; a device revokes only itself (DESIGN §9.1): another device of the same
     owner is a console or operator action, another owner's device does not exist for it."""
     if who.is_operator or who.device_id == device_id:
@@ -97,7 +98,7 @@ def require_owner_in_room(in_room: bool, field: str, owner: str, room: str, way_
         raise invalid(field, f"{owner} is not in room {room}{way_out}")
 
 
-def require_own_agent(agent_owner_id: str, owner_id: str, agent: str) -> None:
+def require_own_agent(agent_owner_id: OwnerId, owner_id: OwnerId, agent: str) -> None:
     """An owner brings only their own agents into a room; another owner's come with that owner's invite."""
     if agent_owner_id != owner_id:
         raise invalid("agent", f"{agent} does not belong to this owner")

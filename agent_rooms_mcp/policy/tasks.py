@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, conflict, forbidden
+from agent_rooms_mcp.ids import AgentId
 from agent_rooms_mcp.policy.consent import ConsentState
 from agent_rooms_mcp.policy.core import require_scope
 from agent_rooms_mcp.principals import Caller, Scope
@@ -33,8 +34,8 @@ class TaskAction:
     """Facts about an agent acting on an existing task: a status change, a note, an edit or a reassignment."""
 
     actor: Caller
-    creator_id: str
-    assignee_id: str | None
+    creator_id: AgentId
+    assignee_id: AgentId | None
     status: TaskStatus
     consent_state: ConsentState
 
@@ -63,14 +64,16 @@ def act_on_task(f: TaskAction, *, new_status: TaskStatus | None = None, edits: b
         raise conflict(f"a task cannot go from {f.status} to {new_status}")
 
 
-def may_reassign(target_agent_id: str, assignee_id: str | None, consent_state: ConsentState, target: str) -> None:
+def may_reassign(
+    target_agent_id: AgentId, assignee_id: AgentId | None, consent_state: ConsentState, target: str
+) -> None:
     """Asking the same agent again renews a request still open or turned down (say, after a new grant); work
     its owner already agreed to needs no asking."""
     if target_agent_id == assignee_id and consent_state in (ConsentState.AUTO, ConsentState.ACCEPTED):
         raise conflict(f"the task is already assigned to {target}")
 
 
-def task_wakes(state: ConsentState, assignee_id: str, actor_agent_id: str) -> bool:
+def task_wakes(state: ConsentState, assignee_id: AgentId, actor_agent_id: AgentId) -> bool:
     """Agreed work wakes its assignee (its owner's own, or accepted), unless the assignee is the one handing
     it over: an agent never wakes itself."""
     return state in (ConsentState.AUTO, ConsentState.ACCEPTED) and assignee_id != actor_agent_id

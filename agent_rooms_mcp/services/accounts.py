@@ -28,6 +28,7 @@ from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import OwnerRow
 from agent_rooms_mcp.vault import AGENT_ENV, Vault
 
 _AGENTS = (
@@ -36,15 +37,15 @@ _AGENTS = (
 )
 
 
-def _owner_info(row: sqlite3.Row) -> OwnerInfo:
+def _owner_info(row: OwnerRow) -> OwnerInfo:
     return OwnerInfo(
-        owner_id=row["owner_id"],
-        handle=row["handle"],
-        created_at=row["created_at"],
-        verified=row["verified_at"] is not None,
-        verified_at=row["verified_at"],
-        verified_method=row["verified_method"],
-        local=bool(row["local"]),
+        owner_id=row.owner_id,
+        handle=row.handle,
+        created_at=row.created_at,
+        verified=row.verified_at is not None,
+        verified_at=row.verified_at,
+        verified_method=row.verified_method,
+        local=row.local,
     )
 
 
@@ -163,7 +164,9 @@ class Accounts:
 
     async def list_owners(self) -> OwnerList:
         sql = "SELECT * FROM owners WHERE removed_at IS NULL ORDER BY handle"
-        return await self._store.read(lambda c: OwnerList(owners=[_owner_info(r) for r in c.execute(sql)]))
+        return await self._store.read(
+            lambda c: OwnerList(owners=[_owner_info(OwnerRow.from_row(r)) for r in c.execute(sql)])
+        )
 
     async def set_owner_local(self, operator: Actor, handle: str, local: bool) -> OwnerInfo:
         """Mark whether this hub spawns the owner's agents (DESIGN §5, an operator action). Their waiting
@@ -171,10 +174,10 @@ class Accounts:
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
             owner = queries.owner(conn, handle)
-            conn.execute("UPDATE owners SET local = ? WHERE owner_id = ?", (int(local), owner["owner_id"]))
-            moved = runs.rehome_waiting_wakes(conn, owner["owner_id"], local=local)
-            audit.append(conn, operator, "owner.set", target=owner["owner_id"], detail={"local": local, "wakes": moved})
-            return _owner_info(queries.owner(conn, owner["owner_id"]))
+            conn.execute("UPDATE owners SET local = ? WHERE owner_id = ?", (int(local), owner.owner_id))
+            moved = runs.rehome_waiting_wakes(conn, owner.owner_id, local=local)
+            audit.append(conn, operator, "owner.set", target=owner.owner_id, detail={"local": local, "wakes": moved})
+            return _owner_info(queries.owner(conn, owner.owner_id))
 
         return await self._store.write(run, notify=True)
 
@@ -183,10 +186,10 @@ class Accounts:
             owner = queries.owner(conn, handle)
             conn.execute(
                 "UPDATE owners SET verified_at = ?, verified_method = ?, verified_by = ? WHERE owner_id = ?",
-                (now_utc(), method, operator.id, owner["owner_id"]),
+                (now_utc(), method, operator.id, owner.owner_id),
             )
-            audit.append(conn, operator, "owner.verify", target=owner["owner_id"], detail={"method": method})
-            return _owner_info(queries.owner(conn, owner["owner_id"]))
+            audit.append(conn, operator, "owner.verify", target=owner.owner_id, detail={"method": method})
+            return _owner_info(queries.owner(conn, owner.owner_id))
 
         return await self._store.write(run)
 
@@ -196,14 +199,14 @@ class Accounts:
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
             owner = queries.owner(conn, handle)
-            if owner["verified_at"] is not None:
+            if owner.verified_at is not None:
                 conn.execute(
                     "UPDATE owners SET verified_at = NULL, verified_method = NULL, verified_by = NULL"
                     " WHERE owner_id = ?",
-                    (owner["owner_id"],),
+                    (owner.owner_id,),
                 )
-                audit.append(conn, operator, "owner.unverify", target=owner["owner_id"])
-            return _owner_info(queries.owner(conn, owner["owner_id"]))
+                audit.append(conn, operator, "owner.unverify", target=owner.owner_id)
+            return _owner_info(queries.owner(conn, owner.owner_id))
 
         return await self._store.write(run)
 
@@ -239,14 +242,14 @@ class Accounts:
             conn.execute(
                 "INSERT INTO agents (agent_id, handle, owner_id, tool, scopes, workdir, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (agent_id, handle, owner["owner_id"], tool.value, format_scopes(scopes), workdir, now_utc()),
+                (agent_id, handle, owner.owner_id, tool.value, format_scopes(scopes), workdir, now_utc()),
             )
             audit.append(
                 conn,
                 operator,
                 "agent.add",
                 target=agent_id,
-                detail={"owner_id": owner["owner_id"], "tool": tool.value, "scopes": format_scopes(scopes)},
+                detail={"owner_id": owner.owner_id, "tool": tool.value, "scopes": format_scopes(scopes)},
             )
             return agent_info(queries.agent(conn, agent_id))
 

@@ -57,9 +57,9 @@ class Consent:
     ) -> ConsentModeSet:
         def run(conn: sqlite3.Connection) -> ConsentModeSet:
             room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
-            in_room = queries.owner_joined(conn, room["room_id"], owner["owner_id"]) is not None
-            policy.require_owner_in_room(in_room, "owner", owner["handle"], room["name"])
-            return consent_modes.set_mode(conn, operator, room, owner["owner_id"], mode, collaborator)
+            in_room = queries.owner_joined(conn, room.room_id, owner.owner_id) is not None
+            policy.require_owner_in_room(in_room, "owner", owner.handle, room.name)
+            return consent_modes.set_mode(conn, operator, room, owner.owner_id, mode, collaborator)
 
         return await self._store.write(run)
 
@@ -77,7 +77,7 @@ class Consent:
         """One page, from the cursor `after`: the same page size and byte bound as the tool's."""
 
         def run(conn: sqlite3.Connection) -> ProposalList:
-            viewer = OwnerViewer(queries.owner(conn, owner_ref)["owner_id"])
+            viewer = OwnerViewer(queries.owner(conn, owner_ref).owner_id)
             return proposals.pending(conn, self._limits, viewer, room_ref, after, min(limit, self._limits.page_max))
 
         return await self._store.read(run)
@@ -105,8 +105,8 @@ class Consent:
         def run(conn: sqlite3.Connection) -> DecisionResult:
             owner = queries.owner(conn, owner_ref)
             # A person decides at the hub's CLI, on a device, or at the console: the row says which.
-            decider = decisions.Decider(OwnerId(owner["owner_id"]), operator, operator.via or "cli", None)
-            proposal = decisions.proposal_for(conn, ref, OwnerViewer(owner["owner_id"]), accept=accept)
+            decider = decisions.Decider(OwnerId(owner.owner_id), operator, operator.via or "cli", None)
+            proposal = decisions.proposal_for(conn, ref, OwnerViewer(owner.owner_id), accept=accept)
             policy.require_shown_payload(shown, proposal.payload_sha256)
             return decisions.decide(conn, self._caps, decider, proposal, accept, reason)
 

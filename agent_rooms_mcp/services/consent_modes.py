@@ -10,17 +10,19 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import invalid
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.models import ConsentModeSet
 from agent_rooms_mcp.policy import ConsentMode
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.rows import RoomRow
 
 
 def set_mode(
     conn: sqlite3.Connection,
     actor: Actor,
-    room: sqlite3.Row,
-    owner_id: str,
+    room: RoomRow,
+    owner_id: OwnerId,
     mode: str,
     collaborator: str | None,
     *,
@@ -38,39 +40,39 @@ def set_mode(
         if collaborator and chosen is ConsentMode.TRUST_COLLABORATOR
         else None
     )
-    collaborator_id = None if found is None else str(found["owner_id"])
+    collaborator_id = None if found is None else OwnerId(found["owner_id"])
     policy.check_mode_choice(
         chosen,
         owner_id,
         collaborator=collaborator,
         collaborator_id=collaborator_id,
         collaborator_in_room=collaborator_id is not None
-        and queries.owner_joined(conn, room["room_id"], collaborator_id) is not None,
+        and queries.owner_joined(conn, room.room_id, collaborator_id) is not None,
     )
-    previous = queries.consent_mode(conn, room["room_id"], owner_id)
-    in_force = None if previous is None else (ConsentMode(previous["mode"]), previous["collaborator_id"])
+    previous = queries.consent_mode(conn, room.room_id, owner_id)
+    in_force = None if previous is None else (previous.mode, previous.collaborator_id)
     if policy.mode_unchanged(in_force, chosen, collaborator_id):
         return _mode_set(conn, room, owner_id, chosen, collaborator_id)
     if tighten_only:
         # Loaded for the collaborator being named, so the rule can tell whether the mode in force trusts it.
-        current = crossing.standing(conn, room["room_id"], owner_id, collaborator_id or owner_id)
+        current = crossing.standing(conn, room.room_id, owner_id, collaborator_id or owner_id)
         policy.agent_may_set_mode(current, chosen, collaborator_id)
     # Applies to proposals made from now on; pending ones keep waiting for a decision (invariant 46).
     conn.execute(
         "INSERT INTO consent_modes (room_id, owner_id, mode, collaborator_id, set_at) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (room_id, owner_id) DO UPDATE SET mode = excluded.mode,"
         " collaborator_id = excluded.collaborator_id, set_at = excluded.set_at",
-        (room["room_id"], owner_id, chosen.value, collaborator_id, now_utc()),
+        (room.room_id, owner_id, chosen.value, collaborator_id, now_utc()),
     )
     audit.append(
         conn,
         actor,
         "consent.mode",
-        target=room["room_id"],
+        target=room.room_id,
         detail={
             "owner_id": owner_id,
             "mode": chosen.value,
-            "previous": previous["mode"] if previous else ConsentMode.TASK_BY_TASK.value,
+            "previous": previous.mode.value if previous else ConsentMode.TASK_BY_TASK.value,
             "collaborator_id": collaborator_id,
         },
     )
@@ -78,13 +80,13 @@ def set_mode(
 
 
 def _mode_set(
-    conn: sqlite3.Connection, room: sqlite3.Row, owner_id: str, chosen: ConsentMode, collaborator_id: str | None
+    conn: sqlite3.Connection, room: RoomRow, owner_id: str, chosen: ConsentMode, collaborator_id: str | None
 ) -> ConsentModeSet:
     owner = queries.owner(conn, owner_id)
     return ConsentModeSet(
-        room=room["name"],
-        room_id=room["room_id"],
-        owner=owner["handle"],
+        room=room.name,
+        room_id=room.room_id,
+        owner=owner.handle,
         mode=chosen.value,
-        collaborator=queries.owner(conn, collaborator_id)["handle"] if collaborator_id else None,
+        collaborator=queries.owner(conn, collaborator_id).handle if collaborator_id else None,
     )

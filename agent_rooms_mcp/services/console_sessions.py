@@ -86,11 +86,11 @@ class ConsoleSessions:
             conn.execute(
                 "INSERT INTO console_links (link_id, owner_id, secret_hash, device_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (link_id, owner["owner_id"], secret_hash(secret), who.device_id, iso(now), expires),
+                (link_id, owner.owner_id, secret_hash(secret), who.device_id, iso(now), expires),
             )
-            audit.append(conn, who.actor, "console.link", target=owner["owner_id"], detail={"link": link_id})
+            audit.append(conn, who.actor, "console.link", target=owner.owner_id, detail={"link": link_id})
             url = f"{base_url.rstrip('/')}{LOGIN_PATH}?code={quote(f'{link_id}.{secret}')}"
-            return ConsoleLink(owner=owner["handle"], url=url, expires_at=expires)
+            return ConsoleLink(owner=owner.handle, url=url, expires_at=expires)
 
         return await self._store.write(run)
 

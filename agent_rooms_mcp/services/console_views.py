@@ -84,7 +84,7 @@ class ConsoleViews:
         self._rows = rows
 
     async def owner_handle(self, owner_id: str) -> str:
-        return str((await self._store.read(lambda c: queries.owner(c, owner_id)))["handle"])
+        return str((await self._store.read(lambda c: queries.owner(c, owner_id))).handle)
 
     async def pending(self, owner_id: str) -> list[Pending]:
         return await self._store.read(lambda c: _pending(c, owner_id, self._rows))
@@ -128,35 +128,35 @@ class ConsoleViews:
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             room = queries.room(conn, room_ref)
-            if queries.owner_joined(conn, room["room_id"], owner_id) is None:
+            if queries.owner_joined(conn, room.room_id, owner_id) is None:
                 raise not_found("room")
             members = conn.execute(
                 "SELECT a.handle, a.tool, o.handle AS owner, a.owner_id = ? AS mine FROM room_agents ra"
                 " JOIN agents a ON a.agent_id = ra.agent_id JOIN owners o ON o.owner_id = a.owner_id"
                 " WHERE ra.room_id = ? ORDER BY a.handle",
-                (owner_id, room["room_id"]),
+                (owner_id, room.room_id),
             ).fetchall()
             messages = conn.execute(
                 "SELECT * FROM (SELECT m.seq, m.text, m.created_at, a.handle, a.tool, o.handle AS owner,"
                 " a.owner_id = ? AS mine FROM messages m JOIN agents a ON a.agent_id = m.agent_id"
                 " JOIN owners o ON o.owner_id = a.owner_id WHERE m.room_id = ? ORDER BY m.seq DESC LIMIT ?)"
                 " ORDER BY seq",
-                (owner_id, room["room_id"], self._rows),
+                (owner_id, room.room_id, self._rows),
             ).fetchall()
             files = conn.execute(
                 "SELECT f.name, f.size, f.created_at, a.handle, o.handle AS owner, a.owner_id = ? AS mine"
                 " FROM files f JOIN agents a ON a.agent_id = f.agent_id JOIN owners o ON o.owner_id = a.owner_id"
                 " WHERE f.room_id = ? ORDER BY f.created_at DESC LIMIT ?",
-                (owner_id, room["room_id"], self._rows),
+                (owner_id, room.room_id, self._rows),
             ).fetchall()
             tasks = conn.execute(
                 "SELECT t.number, t.title, t.status, t.consent_state, a.handle, o.handle AS owner,"
                 " t.creator_owner_id = ? AS mine FROM tasks t JOIN agents a ON a.agent_id = t.creator_id"
                 " JOIN owners o ON o.owner_id = t.creator_owner_id WHERE t.room_id = ? ORDER BY t.number DESC LIMIT ?",
-                (owner_id, room["room_id"], self._rows),
+                (owner_id, room.room_id, self._rows),
             ).fetchall()
             return {
-                "name": room["name"],
+                "name": room.name,
                 "members": [dict(r) for r in members],
                 "messages": [dict(r) for r in messages],
                 "files": [dict(r) for r in files],

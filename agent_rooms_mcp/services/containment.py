@@ -76,8 +76,8 @@ class Containment:
 
         def run(conn: sqlite3.Connection) -> _Done:
             owner = queries.owner(conn, owner_ref)
-            owner_id, now = str(owner["owner_id"]), now_utc()
-            done = _Done(owner_id, str(owner["handle"]), now)
+            owner_id, now = str(owner.owner_id), now_utc()
+            done = _Done(owner_id, str(owner.handle), now)
             for agent in conn.execute(
                 "SELECT * FROM agents WHERE owner_id = ? AND status = 'active' ORDER BY handle", (owner_id,)
             ).fetchall():
@@ -129,7 +129,7 @@ class Containment:
             conn.execute("UPDATE owners SET removed_at = ? WHERE owner_id = ?", (now, owner_id))
             conn.execute(
                 "INSERT OR IGNORE INTO retired_handles (kind, handle, retired_at) VALUES ('owner', ?, ?)",
-                (owner["handle"], now),
+                (owner.handle, now),
             )
             revocation = record_revocation(conn, "owner", owner_id, "owner_remove", now)
             detail = {**done.detail(revocation), "devices": len(done.device_ids)}
@@ -146,8 +146,8 @@ class Containment:
 
         def run(conn: sqlite3.Connection) -> _Done:
             room = queries.room(conn, room_ref)
-            room_id, now = str(room["room_id"]), now_utc()
-            done = _Done(room_id, str(room["name"]), now)
+            room_id, now = str(room.room_id), now_utc()
+            done = _Done(room_id, str(room.name), now)
             _withdraw_runs(conn, actor, done, "room_id = ?", (room_id,), "room_quarantined")
             done.token_ids += _revoke_tokens(
                 conn, "run_id IN (SELECT run_id FROM runs WHERE room_id = ?)", (room_id,), now
@@ -160,7 +160,7 @@ class Containment:
                 " AND expires_at > ? RETURNING invite_id",
                 (now, room_id, now),
             ).fetchall():
-                done.withdrawn.append(WithdrawnItem(kind="invite", id=row["invite_id"], room=room["name"]))
+                done.withdrawn.append(WithdrawnItem(kind="invite", id=row["invite_id"], room=room.name))
             revocation = record_revocation(conn, "room", room_id, "room_quarantine", now)
             audit.append(conn, actor, "room.quarantine", target=room_id, detail=done.detail(revocation))
             return done

@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent_rooms_mcp import policy
-from agent_rooms_mcp.policy import ConsentMode
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.rows import TaskRow, load_causers
 
 Causers = frozenset[str]
 
@@ -32,13 +33,13 @@ def task_payload(task_id: str, room_id: str, title: str, body: str, assignee_id:
     return {"task_id": task_id, "room_id": room_id, "title": title, "body": body, "assignee_id": assignee_id}
 
 
-def task_digest(task: sqlite3.Row, assignee_id: str) -> str:
+def task_digest(task: TaskRow, assignee_id: str) -> str:
     """The hash of a task's current words offered to `assignee_id` (the task row's own assignee or not)."""
-    return canonical(task_payload(task["task_id"], task["room_id"], task["title"], task["body"], assignee_id))[1]
+    return canonical(task_payload(task.task_id, task.room_id, task.title, task.body, assignee_id))[1]
 
 
 def loads(stored: str | None) -> Causers:
-    return frozenset(json.loads(stored or "[]"))
+    return load_causers(stored)
 
 
 def dumps(causers: Iterable[str]) -> str:
@@ -54,25 +55,27 @@ def of_writer(conn: sqlite3.Connection, caller: Caller) -> Causers:
     return frozenset({caller.owner_id}) | loads(row["causers"] if row else None)
 
 
-def others(causers: Causers, owner_id: str) -> tuple[str, ...]:
+def others(causers: Causers, owner_id: OwnerId) -> tuple[str, ...]:
     """The causers other than `owner_id`, in a fixed order: `policy.whose_words_cross`."""
     return policy.whose_words_cross(causers, owner_id)
 
 
-def standing(conn: sqlite3.Connection, room_id: str, target_owner_id: str, proposer_owner_id: str) -> policy.Standing:
+def standing(
+    conn: sqlite3.Connection, room_id: str, target_owner_id: OwnerId, proposer_owner_id: OwnerId
+) -> policy.Standing:
     row = queries.consent_mode(conn, room_id, target_owner_id)
     if row is None:
         return policy.Standing()
     joined = queries.owner_joined(conn, room_id, proposer_owner_id)
     return policy.Standing(
-        mode=ConsentMode(row["mode"]),
-        collaborator_id=row["collaborator_id"],
-        proposer_trusted_by_room=joined is not None and joined <= row["set_at"],
+        mode=row.mode,
+        collaborator_id=row.collaborator_id,
+        proposer_trusted_by_room=joined is not None and joined <= row.set_at,
     )
 
 
 def crossers(
-    conn: sqlite3.Connection, room_id: str, target_owner_id: str, causers: Causers
+    conn: sqlite3.Connection, room_id: str, target_owner_id: OwnerId, causers: Causers
 ) -> tuple[policy.Crosser, ...]:
     """The facts `policy.propose` judges for every owner whose words would reach `target_owner_id`."""
     return tuple(
@@ -82,5 +85,5 @@ def crossers(
             verified=queries.owners_verified(conn, target_owner_id, owner_id),
             standing=standing(conn, room_id, target_owner_id, owner_id),
         )
-        for owner_id in others(causers, target_owner_id)
+        for owner_id in map(OwnerId, others(causers, target_owner_id))
     )

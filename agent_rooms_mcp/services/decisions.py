@@ -14,7 +14,7 @@ from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.ids import AgentId, OwnerId
 from agent_rooms_mcp.models import DecisionResult
 from agent_rooms_mcp.policy import ConsentState, ProposalKind
-from agent_rooms_mcp.principals import AgentTool, Scope, Viewer, held_scopes
+from agent_rooms_mcp.principals import Scope, Viewer
 from agent_rooms_mcp.run_states import Trigger
 from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.services.proposals import PROPOSALS, ProposalRow
@@ -51,7 +51,7 @@ def proposal_for(conn: sqlite3.Connection, ref: str, viewer: Viewer, *, accept: 
     return ProposalRow.of(row)
 
 
-def _sees(conn: sqlite3.Connection, viewer: Viewer, target_owner_id: str | None, room_id: str) -> bool:
+def _sees(conn: sqlite3.Connection, viewer: Viewer, target_owner_id: OwnerId | None, room_id: str) -> bool:
     """The facts `policy.sees_proposal` judges: is the viewer in the room? An agent sees a room it is in;
     an owner at the CLI (no agent) one they joined."""
     if not viewer.agent_id:
@@ -62,16 +62,14 @@ def _sees(conn: sqlite3.Connection, viewer: Viewer, target_owner_id: str | None,
                 "SELECT 1 FROM room_agents WHERE room_id = ? AND agent_id = ?", (room_id, viewer.agent_id)
             ).fetchone()
         )
-    return policy.sees_proposal(viewer.owner_id, target_owner_id or "", viewer_in_room=in_room)
+    return policy.sees_proposal(viewer.owner_id, target_owner_id or OwnerId(""), viewer_in_room=in_room)
 
 
 def _present(conn: sqlite3.Connection, proposal: ProposalRow) -> bool:
     """Both agents still in the room, and the proposer still holding `task`."""
-    members = {m["agent_id"]: m for m in queries.room_members(conn, proposal.room_id)}
+    members = {m.agent_id: m for m in queries.room_members(conn, proposal.room_id)}
     proposer = members.get(proposal.proposer_id)
-    return (
-        proposer is not None and proposal.target_id in members and Scope.TASK in held_scopes(proposer["scopes"], None)
-    )
+    return proposer is not None and proposal.target_id in members and Scope.TASK in proposer.scopes
 
 
 def decide(
@@ -82,7 +80,7 @@ def decide(
     accept: bool,
     reason: str | None,
 ) -> DecisionResult:
-    target = queries.agent(conn, proposal.target_id)
+    target = queries.target_agent(conn, proposal.target_id)
     grant_ids = list(proposal.grant_ids)
     marks = ",".join("?" * len(grant_ids))
     revoked = conn.execute(
@@ -94,12 +92,12 @@ def decide(
             proposal_state=proposal.state,
             proposer_owner_id=proposal.proposer_owner_id,
             target_owner_id=proposal.target_owner_id,
-            target_scopes=held_scopes(target["scopes"], None),
+            target_scopes=target.scopes,
             wake=proposal.kind is ProposalKind.WAKE,
             grant_active=bool(grant_ids) and revoked == 0,
             owners_verified=queries.owners_verified(conn, proposal.target_owner_id, *proposal.causers),
             parties_present=_present(conn, proposal),
-            target_constrainable=policy.constrainable(AgentTool(target["tool"])),
+            target_constrainable=policy.constrainable(target.tool),
         ),
         accept=accept,
     )

@@ -127,12 +127,12 @@ class Devices:
             conn.execute(
                 "INSERT INTO enrollments (enrollment_id, owner_id, secret_hash, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (enrollment_id, owner["owner_id"], secret_hash(secret), iso(now), expires),
+                (enrollment_id, owner.owner_id, secret_hash(secret), iso(now), expires),
             )
-            audit.append(conn, operator, "owner.enroll", target=owner["owner_id"], detail={"enrollment": enrollment_id})
+            audit.append(conn, operator, "owner.enroll", target=owner.owner_id, detail={"enrollment": enrollment_id})
             code = f"{enrollment_id}.{secret}"
             return Enrollment(
-                owner=owner["handle"],
+                owner=owner.handle,
                 code=code,
                 expires_at=expires,
                 login_command=f"agent-rooms login {hub_url} --code {code}",

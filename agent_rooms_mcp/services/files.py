@@ -65,7 +65,7 @@ class Files:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     file_id,
-                    room["room_id"],
+                    room.room_id,
                     safe_name,
                     media_type,
                     len(data),
@@ -79,7 +79,7 @@ class Files:
                 conn,
                 caller.actor,
                 "file.share",
-                target=room["room_id"],
+                target=room.room_id,
                 detail={"file_id": file_id, "size": len(data), "sha256": digest},
             )
             return SharedFile(file_id=file_id, name=safe_name, size=len(data), sha256=digest)
@@ -114,7 +114,7 @@ class Files:
             rows = conn.execute(
                 _WITH_AUTHOR.format(extra=", f.rowid AS position")
                 + " WHERE f.room_id = ? AND f.rowid > ? ORDER BY f.rowid LIMIT ?",
-                (room["room_id"], after, limit + 1),
+                (room.room_id, after, limit + 1),
             ).fetchall()
             page = rows[:limit]
             # A file's name and media type are its sharer's words like its content: the same path renders them.
@@ -152,7 +152,7 @@ class Files:
             row = conn.execute(
                 _WITH_AUTHOR.format(extra=", substr(f.content, ?, ?) AS chunk")
                 + " WHERE f.file_id = ? AND f.room_id = ?",
-                (offset + 1, length, file_id, room["room_id"]),
+                (offset + 1, length, file_id, room.room_id),
             ).fetchone()
             if row is None:
                 raise not_found("file")

@@ -43,25 +43,25 @@ class Grants:
             giver, taker = queries.owner(conn, from_ref), queries.owner(conn, to_ref)
             policy.may_grant(
                 policy.GrantRequest(
-                    giver_id=giver["owner_id"],
-                    taker_id=taker["owner_id"],
-                    giver=giver["handle"],
-                    taker=taker["handle"],
-                    unverified=tuple(o["handle"] for o in (giver, taker) if o["verified_at"] is None),
-                    already_granted=queries.active_grant(conn, giver["owner_id"], taker["owner_id"]) is not None,
+                    giver_id=giver.owner_id,
+                    taker_id=taker.owner_id,
+                    giver=giver.handle,
+                    taker=taker.handle,
+                    unverified=tuple(o.handle for o in (giver, taker) if o.verified_at is None),
+                    already_granted=queries.active_grant(conn, giver.owner_id, taker.owner_id) is not None,
                 )
             )
             grant_id = new_id("grant")
             conn.execute(
                 "INSERT INTO grants (grant_id, from_owner, to_owner, created_at) VALUES (?, ?, ?, ?)",
-                (grant_id, giver["owner_id"], taker["owner_id"], now_utc()),
+                (grant_id, giver.owner_id, taker.owner_id, now_utc()),
             )
             audit.append(
                 conn,
                 operator,
                 "grant.add",
                 target=grant_id,
-                detail={"from": giver["owner_id"], "to": taker["owner_id"]},
+                detail={"from": giver.owner_id, "to": taker.owner_id},
             )
             return _info(conn.execute(_GRANTS + " WHERE g.grant_id = ?", (grant_id,)).fetchone())
 
@@ -73,7 +73,7 @@ class Grants:
 
         def run(conn: sqlite3.Connection) -> GrantInfo:
             giver, taker = queries.owner(conn, from_ref), queries.owner(conn, to_ref)
-            grant_id = queries.active_grant(conn, giver["owner_id"], taker["owner_id"])
+            grant_id = queries.active_grant(conn, giver.owner_id, taker.owner_id)
             if grant_id is None:
                 raise not_found("active grant")
             conn.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", (now_utc(), grant_id))
@@ -82,7 +82,7 @@ class Grants:
                 operator,
                 "grant.revoke",
                 target=grant_id,
-                detail={"from": giver["owner_id"], "to": taker["owner_id"]},
+                detail={"from": giver.owner_id, "to": taker.owner_id},
             )
             return _info(conn.execute(_GRANTS + " WHERE g.grant_id = ?", (grant_id,)).fetchone())
 
@@ -92,7 +92,7 @@ class Grants:
         def run(conn: sqlite3.Connection) -> GrantList:
             sql, args = _GRANTS + " WHERE 1", []
             if owner_ref is not None:
-                owner_id = queries.owner(conn, owner_ref)["owner_id"]
+                owner_id = queries.owner(conn, owner_ref).owner_id
                 sql += " AND (g.from_owner = ? OR g.to_owner = ?)"
                 args += [owner_id, owner_id]
             if not include_revoked:

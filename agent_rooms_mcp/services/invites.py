@@ -20,8 +20,9 @@ from agent_rooms_mcp.services.rooms import add_member_agent
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import RoomRow
 
-_RoomFinder = Callable[[sqlite3.Connection], tuple[sqlite3.Row, str]]
+_RoomFinder = Callable[[sqlite3.Connection], tuple[RoomRow, str]]
 
 
 class Invites:
@@ -34,7 +35,7 @@ class Invites:
         what reaches a model can never bring anyone into a room by itself."""
         policy.require_scope(caller, Scope.MANAGE)
 
-        def member_room(conn: sqlite3.Connection) -> tuple[sqlite3.Row, str]:
+        def member_room(conn: sqlite3.Connection) -> tuple[RoomRow, str]:
             queries.recheck_caller(conn, caller, Scope.MANAGE)
             return queries.room_for_member(conn, room_ref, caller), caller.owner_id
 
@@ -48,11 +49,11 @@ class Invites:
         )
 
     async def create_as_owner(self, operator: Actor, room_ref: str, owner_ref: str, ttl_s: int) -> Invite:
-        def room_of_owner(conn: sqlite3.Connection) -> tuple[sqlite3.Row, str]:
+        def room_of_owner(conn: sqlite3.Connection) -> tuple[RoomRow, str]:
             room, owner = queries.room(conn, room_ref), queries.owner(conn, owner_ref)
-            in_room = queries.owner_joined(conn, room["room_id"], owner["owner_id"]) is not None
-            policy.require_owner_in_room(in_room, "by", owner["handle"], room["name"])
-            return room, owner["owner_id"]
+            in_room = queries.owner_joined(conn, room.room_id, owner.owner_id) is not None
+            policy.require_owner_in_room(in_room, "by", owner.handle, room.name)
+            return room, owner.owner_id
 
         code = new_invite_code()
         invite_id, room, expires = await self._create(operator, ttl_s, room_of_owner, code=code)
@@ -63,7 +64,7 @@ class Invites:
         code = new_invite_code()
 
         def run(conn: sqlite3.Connection) -> Invite:
-            owner_id = None if owner_ref is None else queries.owner(conn, owner_ref)["owner_id"]
+            owner_id = None if owner_ref is None else queries.owner(conn, owner_ref).owner_id
             now = now_utc()
             # Missing, already confirmed, expired or another owner's: one answer, as for any id (invariant 82).
             row = conn.execute(
@@ -99,12 +100,12 @@ class Invites:
             now = datetime.now(UTC)
             pending = conn.execute(
                 "SELECT count(*) FROM invites WHERE room_id = ? AND used_at IS NULL AND expires_at > ?",
-                (room["room_id"], iso(now)),
+                (room.room_id, iso(now)),
             ).fetchone()[0]
             if pending >= lim.pending_invites_per_room:
                 raise RoomsError(
                     ErrorCode.CONFLICT,
-                    f"room {room['name']} already has {pending} pending invites; let some expire or be used",
+                    f"room {room.name} already has {pending} pending invites; let some expire or be used",
                 )
             invite_id, expires = new_id("invite"), iso(now + timedelta(seconds=ttl_s))
             conn.execute(
@@ -112,7 +113,7 @@ class Invites:
                 " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     invite_id,
-                    room["room_id"],
+                    room.room_id,
                     "pending_owner" if code is None else "active",
                     None if code is None else secret_hash(code),
                     owner_id,
@@ -121,8 +122,8 @@ class Invites:
                     expires,
                 ),
             )
-            audit.append(conn, actor, "invite.create", target=room["room_id"], detail={"invite_id": invite_id})
-            return invite_id, room["name"], expires
+            audit.append(conn, actor, "invite.create", target=room.room_id, detail={"invite_id": invite_id})
+            return invite_id, room.name, expires
 
         return await self._store.write(run)
 
@@ -137,7 +138,7 @@ class Invites:
                     "UPDATE invites SET used_at = ?, used_by = ?"
                     " WHERE code_hash = ? AND used_at IS NULL AND withdrawn_at IS NULL AND expires_at > ?"
                     " RETURNING invite_id, room_id",
-                    (now, owner["owner_id"], secret_hash(code), now),
+                    (now, owner.owner_id, secret_hash(code), now),
                 ).fetchone()
                 if INVITE_RE.fullmatch(code)
                 else None
@@ -150,7 +151,7 @@ class Invites:
             # here rolls the claim back, so a refused accept leaves the code usable.
             named = [queries.agent(conn, ref) for ref in agent_refs]
             for agent in named:
-                policy.require_own_agent(agent["owner_id"], owner["owner_id"], agent["handle"])
+                policy.require_own_agent(agent["owner_id"], owner.owner_id, agent["handle"])
             present = [
                 a["handle"]
                 for a in named
@@ -164,22 +165,22 @@ class Invites:
             returning = not conn.execute(
                 "SELECT 1 FROM room_agents x JOIN agents a ON a.agent_id = x.agent_id"
                 " WHERE x.room_id = ? AND a.owner_id = ?",
-                (room_id, owner["owner_id"]),
+                (room_id, owner.owner_id),
             ).fetchone()
             conn.execute(
                 "INSERT INTO room_owners (room_id, owner_id, joined_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (room_id, owner_id) DO UPDATE SET joined_at = excluded.joined_at WHERE ?",
-                (room_id, owner["owner_id"], now, returning),
+                (room_id, owner.owner_id, now, returning),
             )
-            added = [add_member_agent(conn, room_id, owner["owner_id"], ref, now) for ref in agent_refs]
+            added = [add_member_agent(conn, room_id, owner.owner_id, ref, now) for ref in agent_refs]
             audit.append(
                 conn,
                 operator,
                 "invite.accept",
                 target=room_id,
-                detail={"invite_id": claimed["invite_id"], "owner_id": owner["owner_id"], "agents": added},
+                detail={"invite_id": claimed["invite_id"], "owner_id": owner.owner_id, "agents": added},
             )
-            return InviteAccepted(room_id=room_id, room=room["name"], owner=owner["handle"], agents=agent_refs)
+            return InviteAccepted(room_id=room_id, room=room["name"], owner=owner.handle, agents=agent_refs)
 
         try:
             return await self._store.write(run)

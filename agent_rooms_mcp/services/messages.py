@@ -23,6 +23,7 @@ from agent_rooms_mcp.services.render import cut_page, item_bytes, notice, render
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import MemberAgent
 
 # ASCII only, exact handles: a look-alike letter ends the match instead of resolving to someone.
 # A combining mark right after a handle changes how it reads ("@bob-codex\u0301"), so it ends no match.
@@ -134,8 +135,8 @@ def _mention(
     conn: sqlite3.Connection,
     caps: WakeSettings,
     caller: Caller,
-    room_id: str,
-    member: sqlite3.Row,
+    room_id: RoomId,
+    member: MemberAgent,
     message_id: str,
     seq: int,
     text: str,
@@ -148,9 +149,9 @@ def _mention(
     whether the wake waits as a proposal. Refused or waiting, the message itself is still posted and every
     member reads it. "Another owner" includes every causer of the run that posts (invariant 102): a run
     woken by Alice's words mentioning an agent of its own owner makes a request on Alice's behalf too."""
-    handle = member["handle"]
-    others_cross = bool(policy.whose_words_cross(causers, member["owner_id"]))
-    effect = policy.mention_effect(caller.agent_id, member["agent_id"], others_cross=others_cross)
+    handle = member.handle
+    others_cross = bool(policy.whose_words_cross(causers, member.owner_id))
+    effect = policy.mention_effect(caller.agent_id, member.agent_id, others_cross=others_cross)
     if effect is MentionEffect.NOTIFY:
         return _said(handle, Mentioned.NOTIFIED)
     cause = runs.Cause(Trigger.MENTION, message_id, room_id, caller.agent_id, caller.run_id, causers=causers)
@@ -163,10 +164,10 @@ def _mention(
         return _said(handle, Mentioned.REFUSED, code=e.code.value)
     if not runs.wakes(member):  # a pull-only tool (chat, other): there is nothing to spawn
         return _said(handle, Mentioned.NOTIFIED)
-    payload = {"room_id": room_id, "message_id": message_id, "seq": seq, "text": text, "target_id": member["agent_id"]}
+    payload = {"room_id": room_id, "message_id": message_id, "seq": seq, "text": text, "target_id": member.agent_id}
     offer = proposals.Offer(
         kind=ProposalKind.WAKE,
-        room_id=RoomId(room_id),
+        room_id=room_id,
         target=member,
         payload=payload,
         message_id=MessageId(message_id),
@@ -213,12 +214,12 @@ class Messages:
         def run(conn: sqlite3.Connection) -> PostedMessage:
             queries.recheck_caller(conn, caller, Scope.POST)
             room = queries.room_for_member(conn, room_ref, caller)
-            if reply_to is not None and not 1 <= reply_to <= room["latest_seq"]:
+            if reply_to is not None and not 1 <= reply_to <= room.latest_seq:
                 raise invalid("reply_to", "no message with that seq in this room")
-            members = {m["handle"]: m for m in queries.room_members(conn, room["room_id"])} if wanted else {}
+            members = {m.handle: m for m in queries.room_members(conn, room.room_id)} if wanted else {}
             explicit = set(mentions)
             causers = crossing.of_writer(conn, caller) if wanted else frozenset()
-            message_id, seq = new_id("msg"), room["latest_seq"] + 1
+            message_id, seq = new_id("msg"), room.latest_seq + 1
             outcomes, proposals = [], []
             for handle in wanted:
                 member = members.get(handle)
@@ -227,7 +228,7 @@ class Messages:
                         # Non-members and unknown handles look alike (DESIGN §3).
                         outcomes.append(_said(handle, Mentioned.REFUSED, code="NOT_FOUND"))
                     continue
-                outcome = _mention(conn, self._caps, caller, room["room_id"], member, message_id, seq, text, causers)
+                outcome = _mention(conn, self._caps, caller, room.room_id, member, message_id, seq, text, causers)
                 outcomes.append(outcome)
                 if outcome.proposal_id:
                     proposals.append(outcome.proposal_id)
@@ -239,7 +240,7 @@ class Messages:
                 " mention_outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message_id,
-                    room["room_id"],
+                    room.room_id,
                     seq,
                     caller.agent_id,
                     text,
@@ -253,7 +254,7 @@ class Messages:
                 conn,
                 caller.actor,
                 "message.post",
-                target=room["room_id"],
+                target=room.room_id,
                 detail=_post_detail(message_id, seq, resolved, outcomes, proposals),
             )
             return PostedMessage(message_id=message_id, seq=seq, mentions=outcomes)
@@ -265,8 +266,8 @@ class Messages:
 
         def run(conn: sqlite3.Connection) -> MessagePage:
             room = queries.room_for_member(conn, room_ref, caller)
-            start = max(room["latest_seq"] - limit, 0) if after is None else after
-            rows = conn.execute(_PAGE, (room["room_id"], start, limit + 1)).fetchall()
+            start = max(room.latest_seq - limit, 0) if after is None else after
+            rows = conn.execute(_PAGE, (room.room_id, start, limit + 1)).fetchall()
             page = rows[:limit]
             rendered, boundary = render(caller, page, [r["text"] for r in page])
             mentions = _current_mentions(conn, page)
@@ -333,6 +334,6 @@ class Messages:
 
         def still_reading(conn: sqlite3.Connection) -> str:
             queries.recheck_caller(conn, caller, Scope.READ)
-            return str(queries.room_for_member(conn, room_ref, caller)["room_id"])
+            return str(queries.room_for_member(conn, room_ref, caller).room_id)
 
         return page, await self._store.read(still_reading)

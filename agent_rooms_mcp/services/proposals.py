@@ -16,14 +16,15 @@ from agent_rooms_mcp import policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import not_found
-from agent_rooms_mcp.ids import AgentId, GrantId, MessageId, OwnerId, ProposalId, RoomId, TaskId
+from agent_rooms_mcp.ids import AgentId, GrantId, MessageId, OwnerId, ProposalId, RoomId, RunId, TaskId
 from agent_rooms_mcp.models import PAYLOAD_TEXT_FIELDS, Proposal, ProposalList, ProposerRef
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState
-from agent_rooms_mcp.principals import AgentTool, Caller, Viewer, held_scopes
+from agent_rooms_mcp.principals import Caller, Viewer
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.render import cut_page, notice, render
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.rows import MemberAgent
 
 PROPOSALS = (
     "SELECT p.rowid AS position, p.*, r.name AS room_name,"
@@ -58,7 +59,7 @@ class ProposalRow:
     target_owner_id: OwnerId
     grant_ids: tuple[GrantId, ...]  # every grant it was made under
     causers: crossing.Causers  # every owner whose words it carries
-    run_id: str | None  # the run that made it, if a run did
+    run_id: RunId | None  # the run that made it, if a run did
     task_id: TaskId | None
     payload: str  # canonical JSON, as hashed
     payload_sha256: str
@@ -83,7 +84,7 @@ class ProposalRow:
             target_owner_id=OwnerId(r["target_owner_id"]),
             grant_ids=tuple(GrantId(g) for g in json.loads(r["grant_ids"] or "[]")),
             causers=crossing.loads(r["causers"]),
-            run_id=r["run_id"],
+            run_id=None if r["run_id"] is None else RunId(r["run_id"]),
             task_id=None if r["task_id"] is None else TaskId(r["task_id"]),
             payload=r["payload"],
             payload_sha256=r["payload_sha256"],
@@ -99,16 +100,16 @@ class ProposalRow:
 
 
 def cross_owner(
-    conn: sqlite3.Connection, actor: Caller, room_id: str, target: sqlite3.Row, causers: crossing.Causers
+    conn: sqlite3.Connection, actor: Caller, room_id: str, target: MemberAgent, causers: crossing.Causers
 ) -> policy.CrossOwner:
-    """Facts for `policy.propose`; target is a member row (agent_id, scopes, owner_id, tool). `causers` are
+    """Facts for `policy.propose` about `target`, the agent asked. `causers` are
     every owner whose words the request carries: the actor's owner, a task's authors, a run's causers."""
     return policy.CrossOwner(
         actor=actor,
-        target_owner_id=target["owner_id"],
-        target_scopes=held_scopes(target["scopes"], None),
-        crossers=crossing.crossers(conn, room_id, target["owner_id"], causers),
-        target_constrainable=policy.constrainable(AgentTool(target["tool"])),
+        target_owner_id=target.owner_id,
+        target_scopes=target.scopes,
+        crossers=crossing.crossers(conn, room_id, target.owner_id, causers),
+        target_constrainable=policy.constrainable(target.tool),
     )
 
 
@@ -126,7 +127,7 @@ def judge(
     conn: sqlite3.Connection,
     actor: Caller,
     room_id: str,
-    target: sqlite3.Row,
+    target: MemberAgent,
     *,
     wake: bool,
     causers: crossing.Causers,
@@ -143,7 +144,7 @@ class Offer:
 
     kind: ProposalKind
     room_id: RoomId
-    target: sqlite3.Row
+    target: MemberAgent
     payload: dict[str, Any]
     task_id: TaskId | None = None
     message_id: MessageId | None = None
@@ -168,8 +169,8 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdi
             offer.room_id,
             actor.agent_id,
             actor.owner_id,
-            offer.target["agent_id"],
-            offer.target["owner_id"],
+            offer.target.agent_id,
+            offer.target.owner_id,
             verdict.grant_ids[0],
             json.dumps(verdict.grant_ids),
             crossing.dumps(verdict.causers),
@@ -179,7 +180,7 @@ def record_proposal(conn: sqlite3.Connection, actor: Caller, offer: Offer, verdi
             text,
             digest,
             state.value,
-            offer.target["owner_id"] if by_mode else None,
+            offer.target.owner_id if by_mode else None,
             "mode" if by_mode else None,
             now,
             now if by_mode else None,
@@ -202,13 +203,14 @@ def pending(
     conn: sqlite3.Connection, limits: Limits, viewer: Viewer, room_ref: str | None, after: int, limit: int
 ) -> ProposalList:
     """One page of what waits on the viewer's owner's decision, oldest first, bounded like every list."""
-    sql, args = PROPOSALS + " WHERE p.target_owner_id = ? AND p.state = 'pending'", [viewer.owner_id]
+    sql = PROPOSALS + " WHERE p.target_owner_id = ? AND p.state = 'pending'"
+    args: list[str] = [viewer.owner_id]
     if room_ref is not None:
         room = queries.room(conn, room_ref)
-        if queries.owner_joined(conn, room["room_id"], viewer.owner_id) is None:
+        if queries.owner_joined(conn, room.room_id, viewer.owner_id) is None:
             raise not_found("room", room_ref)
         sql += " AND p.room_id = ?"
-        args.append(room["room_id"])
+        args.append(room.room_id)
     # In the order they were made, so the rowid is the cursor.
     fetched = conn.execute(sql + " AND p.rowid > ? ORDER BY p.rowid LIMIT ?", (*args, after, limit + 1)).fetchall()
     rows = [ProposalRow.of(r) for r in fetched[:limit]]

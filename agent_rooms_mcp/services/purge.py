@@ -264,7 +264,7 @@ def _purge_agents(conn: sqlite3.Connection, ids: str, counts: Counter[str], defe
 
 
 def _exists(conn: sqlite3.Connection, table: str, where: str, args: tuple[str, ...]) -> bool:
-    return conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {where})", args).fetchone()[0] == 1
+    return bool(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {where})", args).fetchone()[0] == 1)
 
 
 def _entries(root: Path) -> list[os.DirEntry[str]]:

@@ -9,6 +9,7 @@ from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.models import Member, RoomDetail, RoomList, RoomSummary
 from agent_rooms_mcp.policy import ConsentMode
 from agent_rooms_mcp.principals import HANDLE_RE, Caller, Scope
@@ -71,8 +72,8 @@ class Rooms:
 
         def run(conn: sqlite3.Connection) -> RoomDetail:
             room = queries.room_for_member(conn, ref, caller)
-            mode = queries.consent_mode(conn, room["room_id"], caller.owner_id)
-            rows = conn.execute(_MEMBER_PAGE, (room["room_id"], after, limit + 1)).fetchall()
+            mode = queries.consent_mode(conn, room.room_id, caller.owner_id)
+            rows = conn.execute(_MEMBER_PAGE, (room.room_id, after, limit + 1)).fetchall()
             members = [
                 Member(
                     handle=m["handle"],
@@ -83,12 +84,12 @@ class Rooms:
                 for m in rows[:limit]
             ]
             empty = RoomDetail(
-                room_id=room["room_id"],
-                name=room["name"],
-                created_at=room["created_at"],
+                room_id=room.room_id,
+                name=room.name,
+                created_at=room.created_at,
                 members=[],
-                consent_mode=mode["mode"] if mode else ConsentMode.TASK_BY_TASK.value,
-                latest_seq=room["latest_seq"],
+                consent_mode=mode.mode.value if mode else ConsentMode.TASK_BY_TASK.value,
+                latest_seq=room.latest_seq,
                 next_after=after,
                 has_more=True,
             )
@@ -123,20 +124,20 @@ class Rooms:
             room_id, now = new_id("room"), now_utc()
             conn.execute(
                 "INSERT INTO rooms (room_id, name, created_by, created_at) VALUES (?, ?, ?, ?)",
-                (room_id, name, owner["owner_id"], now),
+                (room_id, name, owner.owner_id, now),
             )
             conn.execute(
                 "INSERT INTO room_owners (room_id, owner_id, joined_at) VALUES (?, ?, ?)",
-                (room_id, owner["owner_id"], now),
+                (room_id, owner.owner_id, now),
             )
             for ref in agent_refs:
-                add_member_agent(conn, room_id, owner["owner_id"], ref, now)
+                add_member_agent(conn, room_id, owner.owner_id, ref, now)
             audit.append(
                 conn,
                 operator,
                 "room.create",
                 target=room_id,
-                detail={"owner_id": owner["owner_id"], "agents": len(agent_refs)},
+                detail={"owner_id": owner.owner_id, "agents": len(agent_refs)},
             )
             return _summary_of(conn, room_id)
 
@@ -147,18 +148,18 @@ class Rooms:
             room = queries.room(conn, room_ref)
             agent = queries.agent(conn, agent_ref)
             # Only an owner already in the room brings agents in directly; others need an invite.
-            in_room = queries.owner_joined(conn, room["room_id"], agent["owner_id"]) is not None
+            in_room = queries.owner_joined(conn, room.room_id, agent["owner_id"]) is not None
             way_out = "; bring them in with an invite"
-            policy.require_owner_in_room(in_room, "agent", agent["owner_handle"], room["name"], way_out)
-            add_member_agent(conn, room["room_id"], agent["owner_id"], agent["agent_id"], now_utc())
+            policy.require_owner_in_room(in_room, "agent", agent["owner_handle"], room.name, way_out)
+            add_member_agent(conn, room.room_id, agent["owner_id"], agent["agent_id"], now_utc())
             audit.append(
                 conn,
                 operator,
                 "room.add_agent",
-                target=room["room_id"],
+                target=room.room_id,
                 detail={"agent_id": agent["agent_id"]},
             )
-            return _summary_of(conn, room["room_id"])
+            return _summary_of(conn, room.room_id)
 
         return await self._store.write(run)
 
@@ -168,14 +169,14 @@ class Rooms:
         def run(conn: sqlite3.Connection) -> RoomSummary:
             room, agent = queries.room(conn, room_ref), queries.agent(conn, agent_ref)
             gone = conn.execute(
-                "DELETE FROM room_agents WHERE room_id = ? AND agent_id = ?", (room["room_id"], agent["agent_id"])
+                "DELETE FROM room_agents WHERE room_id = ? AND agent_id = ?", (room.room_id, agent["agent_id"])
             ).rowcount
             if not gone:
-                raise invalid("agent", f"{agent['handle']} is not in room {room['name']}")
+                raise invalid("agent", f"{agent['handle']} is not in room {room.name}")
             audit.append(
-                conn, operator, "room.remove_agent", target=room["room_id"], detail={"agent_id": agent["agent_id"]}
+                conn, operator, "room.remove_agent", target=room.room_id, detail={"agent_id": agent["agent_id"]}
             )
-            return _summary_of(conn, room["room_id"])
+            return _summary_of(conn, room.room_id)
 
         return await self._store.write(run)
 
@@ -190,7 +191,7 @@ class Rooms:
         )
 
 
-def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: str, agent_ref: str, now: str) -> str:
+def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: OwnerId, agent_ref: str, now: str) -> str:
     """Add one of owner_id's own agents to the room (agents of another owner are refused)."""
     agent = queries.agent(conn, agent_ref)
     policy.require_own_agent(agent["owner_id"], owner_id, agent["handle"])
@@ -198,4 +199,4 @@ def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: str, agen
         "INSERT OR IGNORE INTO room_agents (room_id, agent_id, joined_at) VALUES (?, ?, ?)",
         (room_id, agent["agent_id"], now),
     )
-    return agent["agent_id"]
+    return str(agent["agent_id"])

@@ -33,6 +33,7 @@ from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, expire_waiting
 from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, withdrawal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import WakeRow
 from agent_rooms_mcp.vault import VaultError
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
@@ -195,7 +196,7 @@ class LocalWakeBook:
                 row = conn.execute(first, args).fetchone()
                 if row is None:
                     return None
-                reason = withdrawal(conn, row, started=False)
+                reason = withdrawal(conn, WakeRow.from_row(row), started=False)
                 words = _words(conn, row) if reason is None else None
                 if words is None:
                     reason = reason or "payload_missing"
@@ -347,7 +348,11 @@ class LocalWakeBook:
         rows = conn.execute(
             "SELECT * FROM runs WHERE lease_holder = ? AND state = ?", (self._holder, RunState.RUNNING)
         ).fetchall()
-        return [(r["run_id"], r["agent_id"], why) for r in rows if (why := withdrawal(conn, r, started=True))]
+        return [
+            (r["run_id"], r["agent_id"], why)
+            for r in rows
+            if (why := withdrawal(conn, WakeRow.from_row(r), started=True))
+        ]
 
     async def _stop_requests(self) -> set[str]:
         if await self._store.read(self.withdrawn_runs):

@@ -15,10 +15,12 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import iso, now_utc
-from agent_rooms_mcp.principals import AgentTool, Scope, held_scopes
+from agent_rooms_mcp.ids import AgentId, ProposalId, RoomId, RunId
+from agent_rooms_mcp.principals import Scope
 from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, Outcome, RunState, Trigger, sql_words
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.settings import WakeSettings
+from agent_rooms_mcp.store.rows import MemberAgent
 
 _QUEUED, _HELD, _WAITING = sql_words(RunState.QUEUED), sql_words(*HELD_STATES), sql_words(*WAITING_STATES)
 
@@ -150,11 +152,11 @@ class Cause:
 
     trigger: Trigger
     cause_id: str
-    room_id: str
-    by_agent_id: str
-    by_run_id: str | None  # set when a woken run caused it: its depth counts
+    room_id: RoomId
+    by_agent_id: AgentId
+    by_run_id: RunId | None  # set when a woken run caused it: its depth counts
     causers: crossing.Causers  # every owner whose words it carries (DESIGN §4 "Causers")
-    proposal_id: str | None = None  # the accepted proposal it runs, if another owner's words are in it
+    proposal_id: ProposalId | None = None  # the accepted proposal it runs, if another owner's words are in it
     payload_sha256: str | None = None  # a task wake: the hash of the payload agreed to
 
 
@@ -166,15 +168,15 @@ class Enqueued:
     run_id: str | None = None
 
 
-def wakes(target: sqlite3.Row) -> bool:
+def wakes(target: MemberAgent) -> bool:
     """Would waking reach this agent at all: it holds `invoke` and its tool can be spawned."""
-    return Scope.INVOKE in held_scopes(target["scopes"], None) and policy.spawnable(AgentTool(target["tool"]))
+    return Scope.INVOKE in target.scopes and policy.spawnable(target.tool)
 
 
-def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, cause: Cause) -> Enqueued:
+def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: MemberAgent, cause: Cause) -> Enqueued:
     """Write the wake for `target` in the caller's transaction (the durable outbox), or say why not.
 
-    target: agent_id, owner_id, tool, scopes. The wake carries its causers and is constrained when any of
+    The wake carries its causers and is constrained when any of
     them is another owner than the target's (invariant 102). A mention joins a queued mention wake of the
     same agent and room only when both carry the same causers and constraint (DESIGN §5): merging must
     neither widen a run nor hide whose words are in it. A task wake is bound to its payload, so never merges.
@@ -182,7 +184,7 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, c
     if not wakes(target):
         return Enqueued("notified")
     depth = 1
-    constrained = bool(crossing.others(cause.causers, target["owner_id"]))
+    constrained = bool(crossing.others(cause.causers, target.owner_id))
     if cause.by_run_id is not None:
         row = conn.execute("SELECT depth, constrained FROM runs WHERE run_id = ?", (cause.by_run_id,)).fetchone()
         depth = (row["depth"] if row else 0) + 1
@@ -191,12 +193,12 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, c
     if depth > caps.max_depth:
         return Enqueued("refused", "SPAWN_CAP")
     causers = crossing.dumps(cause.causers)
-    state = waiting_state_of(conn, target["owner_id"])
+    state = waiting_state_of(conn, target.owner_id)
     joined = (
         conn.execute(
             "SELECT run_id FROM runs WHERE agent_id = ? AND state = ? AND trigger = ? AND room_id = ?"
             " AND causers = ? AND constrained = ?",
-            (target["agent_id"], state, Trigger.MENTION, cause.room_id, causers, int(constrained)),
+            (target.agent_id, state, Trigger.MENTION, cause.room_id, causers, int(constrained)),
         ).fetchone()
         if cause.trigger == Trigger.MENTION
         else None
@@ -204,7 +206,7 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, c
     if joined is not None:
         return Enqueued("queued", run_id=joined["run_id"])
     # The queue cap is charged to the owners whose words ask (DESIGN §5): one owner cannot fill another's queue.
-    for owner_id in crossing.others(cause.causers, target["owner_id"]) or (target["owner_id"],):
+    for owner_id in crossing.others(cause.causers, target.owner_id) or (target.owner_id,):
         if conn.execute(_QUEUED_CHARGED_TO, {"owner": owner_id}).fetchone()[0] >= caps.max_queued_per_owner:
             return Enqueued("refused", "SPAWN_CAP")
     run_id = new_id("run")
@@ -214,8 +216,8 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: sqlite3.Row, c
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run_id,
-            target["agent_id"],
-            target["owner_id"],
+            target.agent_id,
+            target.owner_id,
             cause.room_id,
             cause.trigger,
             cause.cause_id,

@@ -14,8 +14,8 @@ from typing import Any
 from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
-from agent_rooms_mcp.errors import invalid, not_found, too_large
-from agent_rooms_mcp.ids import RoomId, TaskId
+from agent_rooms_mcp.errors import invalid, too_large
+from agent_rooms_mcp.ids import ProposalId, RoomId, TaskId
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
@@ -25,6 +25,7 @@ from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, 
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import MemberAgent, TaskRow
 
 _TASKS = (
     "SELECT t.*, r.name AS room_name, p.reason AS consent_reason, p.decided_via, p.decided_by,"
@@ -74,17 +75,17 @@ class Tasks:
         def run(conn: sqlite3.Connection) -> TaskView:
             queries.recheck_caller(conn, caller, Scope.TASK)
             room = queries.room_for_member(conn, room_ref, caller)
-            target = queries.member_agent(conn, room["room_id"], assignee) if assignee else None
+            target = queries.member_agent(conn, room.room_id, assignee) if assignee else None
             # The words are the caller's, and, written from a woken run, those of every owner that caused it.
             causers = crossing.of_writer(conn, caller)
             verdict = (
-                proposals.judge(conn, caller, room["room_id"], target, wake=False, causers=causers)
+                proposals.judge(conn, caller, room.room_id, target, wake=False, causers=causers)
                 if target is not None
                 else proposals.Verdict(ConsentState.AUTO, causers)
             )
             task_id, now = new_id("task"), now_utc()
             number = conn.execute(
-                "SELECT coalesce(max(number), 0) + 1 FROM tasks WHERE room_id = ?", (room["room_id"],)
+                "SELECT coalesce(max(number), 0) + 1 FROM tasks WHERE room_id = ?", (room.room_id,)
             ).fetchone()[0]
             conn.execute(
                 "INSERT INTO tasks (task_id, room_id, number, title, body, creator_id, creator_owner_id,"
@@ -92,29 +93,29 @@ class Tasks:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?)",
                 (
                     task_id,
-                    room["room_id"],
+                    room.room_id,
                     number,
                     title,
                     body,
                     caller.agent_id,
                     caller.owner_id,
-                    target["agent_id"] if target else None,
-                    target["owner_id"] if target else None,
+                    target.agent_id if target else None,
+                    target.owner_id if target else None,
                     verdict.state.value,
                     crossing.dumps(causers),
                     now,
                     now,
                 ),
             )
-            proposal_id = _offer(conn, self._caps, caller, room["room_id"], task_id, title, body, target, verdict)
+            proposal_id = _offer(conn, self._caps, caller, room.room_id, task_id, title, body, target, verdict)
             audit.append(
                 conn,
                 caller.actor,
                 "task.create",
-                target=room["room_id"],
+                target=room.room_id,
                 detail={
                     "task_id": task_id,
-                    "assignee_id": target and target["agent_id"],
+                    "assignee_id": target and target.agent_id,
                     **_consent(verdict.state, proposal_id),
                 },
             )
@@ -127,36 +128,34 @@ class Tasks:
 
         def run(conn: sqlite3.Connection) -> TaskView:
             queries.recheck_caller(conn, caller, Scope.TASK)
-            task = _task_for_member(conn, task_ref, caller)
+            task = queries.task_for_member(conn, task_ref, caller)
             policy.act_on_task(_action(caller, task))
-            target = queries.member_agent(conn, task["room_id"], assignee)
-            policy.may_reassign(
-                target["agent_id"], task["assignee_id"], ConsentState(task["consent_state"]), target["handle"]
-            )
+            target = queries.member_agent(conn, task.room_id, assignee)
+            policy.may_reassign(target.agent_id, task.assignee_id, task.consent_state, target.handle)
             # Handed on, the task carries its authors' words and the hander's (invariant 78).
-            causers = crossing.loads(task["causers"]) | crossing.of_writer(conn, caller)
-            verdict = proposals.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
+            causers = task.causers | crossing.of_writer(conn, caller)
+            verdict = proposals.judge(conn, caller, task.room_id, target, wake=False, causers=causers)
             # A new assignee is a new request: the old one's pending proposal no longer stands, and the wake
             # the old assignee was given is withdrawn (the run handing the task on goes on).
-            proposals.close_proposal(conn, task["proposal_id"], ProposalState.SUPERSEDED)
+            proposals.close_proposal(conn, task.proposal_id, ProposalState.SUPERSEDED)
             withdrawal.withdraw_task_wakes(conn, caller.actor, task, "reassigned", keep_run_id=caller.run_id)
             proposal_id = _offer(
-                conn, self._caps, caller, task["room_id"], task["task_id"], task["title"], task["body"], target, verdict
+                conn, self._caps, caller, task.room_id, task.task_id, task.title, task.body, target, verdict
             )
             state = verdict.state
             conn.execute(
                 "UPDATE tasks SET assignee_id = ?, assignee_owner_id = ?, consent_state = ?, proposal_id = ?,"
                 " status = 'open', updated_at = ? WHERE task_id = ?",
-                (target["agent_id"], target["owner_id"], state.value, proposal_id, now_utc(), task["task_id"]),
+                (target.agent_id, target.owner_id, state.value, proposal_id, now_utc(), task.task_id),
             )
             audit.append(
                 conn,
                 caller.actor,
                 "task.assign",
-                target=task["room_id"],
-                detail={"task_id": task["task_id"], "assignee_id": target["agent_id"], **_consent(state, proposal_id)},
+                target=task.room_id,
+                detail={"task_id": task.task_id, "assignee_id": target.agent_id, **_consent(state, proposal_id)},
             )
-            return self._view(conn, caller, task["task_id"])
+            return self._view(conn, caller, task.task_id)
 
         return await self._store.write(run, notify=True)
 
@@ -177,30 +176,30 @@ class Tasks:
 
         def run(conn: sqlite3.Connection) -> TaskView:
             queries.recheck_caller(conn, caller, Scope.TASK)
-            task = _task_for_member(conn, task_ref, caller)
-            moved = new_status if new_status is not None and new_status != task["status"] else None
-            new_title = task["title"] if title is None else title
-            new_body = task["body"] if body is None else body
-            edited = (new_title, new_body) != (task["title"], task["body"])
+            task = queries.task_for_member(conn, task_ref, caller)
+            moved = new_status if new_status is not None and new_status != task.status else None
+            new_title = task.title if title is None else title
+            new_body = task.body if body is None else body
+            edited = (new_title, new_body) != (task.title, task.body)
             policy.act_on_task(_action(caller, task), new_status=moved, edits=edited)
-            state, proposal_id = ConsentState(task["consent_state"]), task["proposal_id"]
+            state, proposal_id = task.consent_state, task.proposal_id
             # Every owner who ever set the title or body stays among the task's causers.
-            causers = crossing.loads(task["causers"]) | (crossing.of_writer(conn, caller) if edited else set())
+            causers = task.causers | (crossing.of_writer(conn, caller) if edited else set())
             if moved == TaskStatus.CANCELLED:
                 # Cancelled work is withdrawn from whoever was woken for it, queued or running (invariant 77).
                 withdrawal.withdraw_task_wakes(conn, caller.actor, task, "task_cancelled", keep_run_id=caller.run_id)
             if moved in (TaskStatus.DONE, TaskStatus.CANCELLED):
                 # A finished task asks nothing of anyone any more: no decision may land on it.
                 proposals.close_proposal(conn, proposal_id, ProposalState.WITHDRAWN)
-            elif edited and task["assignee_id"] is not None:
+            elif edited and task.assignee_id is not None:
                 # The owner agreed to the old words, not these: the edit is a new proposal (invariant 45), and
                 # the wake queued for the old words is withdrawn, before it starts or while it runs (77).
                 withdrawal.withdraw_task_wakes(conn, caller.actor, task, "edited", keep_run_id=caller.run_id)
-                target = queries.member_agent(conn, task["room_id"], task["assignee_id"])
-                verdict = proposals.judge(conn, caller, task["room_id"], target, wake=False, causers=causers)
+                target = queries.member_agent(conn, task.room_id, task.assignee_id)
+                verdict = proposals.judge(conn, caller, task.room_id, target, wake=False, causers=causers)
                 proposals.close_proposal(conn, proposal_id, ProposalState.SUPERSEDED)
                 proposal_id = _offer(
-                    conn, self._caps, caller, task["room_id"], task["task_id"], new_title, new_body, target, verdict
+                    conn, self._caps, caller, task.room_id, task.task_id, new_title, new_body, target, verdict
                 )
                 state = verdict.state
             conn.execute(
@@ -208,7 +207,7 @@ class Tasks:
                 " note = coalesce(?, note), note_by = CASE WHEN ? IS NULL THEN note_by ELSE ? END, updated_at = ?"
                 " WHERE task_id = ?",
                 (
-                    (moved or TaskStatus(task["status"])).value,
+                    (moved or task.status).value,
                     new_title,
                     new_body,
                     state.value,
@@ -218,23 +217,23 @@ class Tasks:
                     note,
                     caller.agent_id,
                     now_utc(),
-                    task["task_id"],
+                    task.task_id,
                 ),
             )
             audit.append(
                 conn,
                 caller.actor,
                 "task.update",
-                target=task["room_id"],
+                target=task.room_id,
                 detail={
-                    "task_id": task["task_id"],
-                    "status": [task["status"], (moved or task["status"])],
+                    "task_id": task.task_id,
+                    "status": [task.status.value, (moved or task.status).value],
                     "edited": edited,
                     "note": note is not None,
                     **_consent(state, proposal_id),
                 },
             )
-            return self._view(conn, caller, task["task_id"])
+            return self._view(conn, caller, task.task_id)
 
         return await self._store.write(run, notify=True)
 
@@ -269,9 +268,9 @@ class Tasks:
             room = queries.room_for_member(conn, room_ref, caller)
             rows = conn.execute(
                 _TASKS + " WHERE t.room_id = ? AND t.number > ?" + filters + " ORDER BY t.number LIMIT ?",
-                (room["room_id"], after, *args, limit + 1),
+                (room.room_id, after, *args, limit + 1),
             ).fetchall()
-            wakes = conn.execute(_WAKES, (room["room_id"], caller.owner_id)).fetchall()
+            wakes = conn.execute(_WAKES, (room.room_id, caller.owner_id)).fetchall()
             tasks, requests, boundary = _render(caller, rows[:limit], wakes)
             empty = TaskList(
                 tasks=[],
@@ -317,27 +316,27 @@ def _offer(
     conn: sqlite3.Connection,
     caps: WakeSettings,
     caller: Caller,
-    room_id: str,
+    room_id: RoomId,
     task_id: str,
     title: str,
     body: str,
-    target: sqlite3.Row | None,
+    target: MemberAgent | None,
     verdict: proposals.Verdict,
-) -> str | None:
+) -> ProposalId | None:
     """Hand the task to `target`: the proposal when another owner's words cross to its agent (None when
     none does), and the wake, in this transaction, once the work is agreed (same owner, or accepted). The
     wake is bound to the payload agreed to and carries every owner whose words are in it."""
     if target is None:
         return None
-    payload = crossing.task_payload(task_id, room_id, title, body, target["agent_id"])
+    payload = crossing.task_payload(task_id, room_id, title, body, target.agent_id)
     proposal_id = None
     if verdict.state != ConsentState.AUTO:
         offer = proposals.Offer(
-            kind=ProposalKind.TASK, room_id=RoomId(room_id), target=target, payload=payload, task_id=TaskId(task_id)
+            kind=ProposalKind.TASK, room_id=room_id, target=target, payload=payload, task_id=TaskId(task_id)
         )
         proposal_id = proposals.record_proposal(conn, caller, offer, verdict)
         conn.execute("UPDATE tasks SET proposal_id = ? WHERE task_id = ?", (proposal_id, task_id))
-    if policy.task_wakes(verdict.state, target["agent_id"], caller.agent_id):
+    if policy.task_wakes(verdict.state, target.agent_id, caller.agent_id):
         cause = runs.Cause(
             Trigger.TASK,
             task_id,
@@ -352,25 +351,13 @@ def _offer(
     return proposal_id
 
 
-def _task_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlite3.Row:
-    """The task if the caller is in its room (a run token: its run's room); NOT_FOUND otherwise, as for a task
-    that does not exist."""
-    row = conn.execute(
-        "SELECT t.* FROM tasks t JOIN room_agents m ON m.room_id = t.room_id AND m.agent_id = ? WHERE t.task_id = ?",
-        (caller.agent_id, ref),
-    ).fetchone()
-    if row is None or not policy.reaches_room(caller, row["room_id"]):
-        raise not_found("task")
-    return row
-
-
-def _action(caller: Caller, task: sqlite3.Row) -> policy.TaskAction:
+def _action(caller: Caller, task: TaskRow) -> policy.TaskAction:
     return policy.TaskAction(
         actor=caller,
-        creator_id=task["creator_id"],
-        assignee_id=task["assignee_id"],
-        status=TaskStatus(task["status"]),
-        consent_state=ConsentState(task["consent_state"]),
+        creator_id=task.creator_id,
+        assignee_id=task.assignee_id,
+        status=task.status,
+        consent_state=task.consent_state,
     )
 
 

@@ -11,6 +11,8 @@ from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.principals import Scope, held_scopes
 from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, RunState, Trigger, sql_words, withdrawn
 from agent_rooms_mcp.services import crossing
+from agent_rooms_mcp.store import queries
+from agent_rooms_mcp.store.rows import TaskRow, WakeRow
 
 
 def room_quarantined(conn: sqlite3.Connection, room_id: str) -> bool:
@@ -19,49 +21,47 @@ def room_quarantined(conn: sqlite3.Connection, room_id: str) -> bool:
     return row is None or row["quarantined_at"] is not None
 
 
-def wake_facts(conn: sqlite3.Connection, run: sqlite3.Row) -> policy.WakeFacts:
+def wake_facts(conn: sqlite3.Connection, run: WakeRow) -> policy.WakeFacts:
     """What `policy.withdrawal_reason` judges, read in the caller's transaction."""
-    agent = conn.execute("SELECT status, scopes FROM agents WHERE agent_id = ?", (run["agent_id"],)).fetchone()
+    agent = conn.execute("SELECT status, scopes FROM agents WHERE agent_id = ?", (run.agent_id,)).fetchone()
     member = conn.execute(
-        "SELECT 1 FROM room_agents WHERE room_id = ? AND agent_id = ?", (run["room_id"], run["agent_id"])
+        "SELECT 1 FROM room_agents WHERE room_id = ? AND agent_id = ?", (run.room_id, run.agent_id)
     ).fetchone()
-    crossers = crossing.crossers(conn, run["room_id"], run["owner_id"], crossing.loads(run["causers"]))
+    crossers = crossing.crossers(conn, run.room_id, run.owner_id, run.causers)
     proposal = None
-    if run["proposal_id"] is not None:
+    if run.proposal_id is not None:
         proposal = conn.execute(
-            "SELECT state, decided_via FROM proposals WHERE proposal_id = ?", (run["proposal_id"],)
+            "SELECT state, decided_via FROM proposals WHERE proposal_id = ?", (run.proposal_id,)
         ).fetchone()
     task = None
-    if run["trigger"] == Trigger.TASK:
-        row = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (run["cause_id"],)).fetchone()
+    if run.trigger == Trigger.TASK:
+        row = queries.task(conn, run.cause_id)
         task = policy.WakeTask(
-            status=policy.TaskStatus(row["status"]) if row else None,
-            still_assigned=bool(
-                row and row["assignee_id"] == run["agent_id"] and row["proposal_id"] == run["proposal_id"]
-            ),
-            payload_bound=run["payload_sha256"] is not None,
-            words_unchanged=bool(row and crossing.task_digest(row, run["agent_id"]) == run["payload_sha256"]),
+            status=row.status if row else None,
+            still_assigned=bool(row and row.assignee_id == run.agent_id and row.proposal_id == run.proposal_id),
+            payload_bound=run.payload_sha256 is not None,
+            words_unchanged=bool(row and crossing.task_digest(row, run.agent_id) == run.payload_sha256),
         )
     return policy.WakeFacts(
         agent_active=agent is not None and agent["status"] == "active",
         holds_invoke=agent is not None and Scope.INVOKE in held_scopes(agent["scopes"], None),
         member=member is not None,
-        room_quarantined=room_quarantined(conn, run["room_id"]),
+        room_quarantined=room_quarantined(conn, run.room_id),
         crossers=tuple(crossers),
-        runs_proposal=run["proposal_id"] is not None,
+        runs_proposal=run.proposal_id is not None,
         proposal_accepted=proposal is not None and proposal["state"] == "accepted",
         auto_accepted=proposal is not None and proposal["decided_via"] == "mode",
         task=task,
     )
 
 
-def withdrawal(conn: sqlite3.Connection, run: sqlite3.Row, *, started: bool) -> str | None:
+def withdrawal(conn: sqlite3.Connection, run: WakeRow, *, started: bool) -> str | None:
     """Why a wake may no longer run, re-checked against everything it needed (DESIGN §4), or None."""
     return policy.withdrawal_reason(wake_facts(conn, run), started=started)
 
 
 def withdraw_task_wakes(
-    conn: sqlite3.Connection, actor: Actor, task: sqlite3.Row, reason: str, *, keep_run_id: str | None
+    conn: sqlite3.Connection, actor: Actor, task: TaskRow, reason: str, *, keep_run_id: str | None
 ) -> None:
     """An edit, reassignment or cancellation of a task withdraws the wakes it queued, in the same
     transaction, and asks the supervisor to stop those already running (invariant 77). The run making the
@@ -69,7 +69,7 @@ def withdraw_task_wakes(
     rows = conn.execute(
         f"SELECT run_id, state FROM runs WHERE trigger = ? AND cause_id = ?"
         f" AND state IN ({sql_words(*WAITING_STATES, *HELD_STATES)}) AND run_id IS NOT ?",
-        (Trigger.TASK, task["task_id"], keep_run_id),
+        (Trigger.TASK, task.task_id, keep_run_id),
     ).fetchall()
     if not rows:
         return
@@ -80,8 +80,8 @@ def withdraw_task_wakes(
         conn,
         actor,
         "run.withdraw",
-        target=task["room_id"],
-        detail={"task_id": task["task_id"], "reason": reason, "runs": [r["run_id"] for r in rows]},
+        target=task.room_id,
+        detail={"task_id": task.task_id, "reason": reason, "runs": [r["run_id"] for r in rows]},
     )
 
 

@@ -10,12 +10,13 @@ from agent_rooms_mcp import policy
 from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.principals import Caller, Scope, held_scopes
 from agent_rooms_mcp.run_states import RunState
+from agent_rooms_mcp.store.rows import MemberAgent, ModeInForce, OwnerRow, RoomRow, TaskRow
 
 # A room's latest message seq, read off the (room_id, seq) index instead of a counter every post rewrites.
 LATEST_SEQ = "(SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.room_id = r.room_id) AS latest_seq"
 
 
-def room_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlite3.Row:
+def room_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> RoomRow:
     """The room by id or name, if the caller's agent is a member and its credential reaches the room (a run
     token only its run's room); else NOT_FOUND, the same as a missing room (invariants 27, 87)."""
     row = conn.execute(
@@ -25,10 +26,10 @@ def room_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> sqlit
     ).fetchone()
     if row is None or not policy.reaches_room(caller, row["room_id"]):
         raise not_found("room", ref)
-    return row
+    return RoomRow.from_row(row)
 
 
-def room(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
+def room(conn: sqlite3.Connection, ref: str) -> RoomRow:
     row = conn.execute(
         # A quarantined room answers as one that never existed (DESIGN §6, invariant 51).
         f"SELECT r.*, {LATEST_SEQ} FROM rooms r WHERE (r.room_id = ? OR r.name = ?) AND r.quarantined_at IS NULL",
@@ -36,21 +37,21 @@ def room(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
     ).fetchone()
     if row is None:
         raise not_found("room", ref)
-    return row
+    return RoomRow.from_row(row)
 
 
-def owner(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
+def owner(conn: sqlite3.Connection, ref: str) -> OwnerRow:
     # A removed owner answers as one that never existed (DESIGN §6).
-    row = conn.execute(
+    row: sqlite3.Row | None = conn.execute(
         "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
     ).fetchone()
     if row is None:
         raise not_found("owner", ref)
-    return row
+    return OwnerRow.from_row(row)
 
 
 def agent(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
-    row = conn.execute(
+    row: sqlite3.Row | None = conn.execute(
         "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
         " WHERE (a.agent_id = ? OR a.handle = ?) AND a.status = 'active'",
         (ref, ref),
@@ -67,8 +68,8 @@ _MEMBERS = (
 )
 
 
-def room_members(conn: sqlite3.Connection, room_id: str) -> list[sqlite3.Row]:
-    return conn.execute(_MEMBERS + " ORDER BY a.handle", (room_id,)).fetchall()
+def room_members(conn: sqlite3.Connection, room_id: str) -> list[MemberAgent]:
+    return [MemberAgent.from_row(r) for r in conn.execute(_MEMBERS + " ORDER BY a.handle", (room_id,))]
 
 
 def recheck_caller(conn: sqlite3.Connection, caller: Caller, scope: Scope) -> None:
@@ -111,11 +112,12 @@ def owners_verified(conn: sqlite3.Connection, *owner_ids: str) -> bool:
     return bool(verified == len(wanted))
 
 
-def consent_mode(conn: sqlite3.Connection, room_id: str, owner_id: str) -> sqlite3.Row | None:
-    return conn.execute(
+def consent_mode(conn: sqlite3.Connection, room_id: str, owner_id: str) -> ModeInForce | None:
+    row = conn.execute(
         "SELECT mode, collaborator_id, set_at FROM consent_modes WHERE room_id = ? AND owner_id = ?",
         (room_id, owner_id),
     ).fetchone()
+    return None if row is None else ModeInForce.from_row(row)
 
 
 def owner_joined(conn: sqlite3.Connection, room_id: str, owner_id: str) -> str | None:
@@ -126,12 +128,35 @@ def owner_joined(conn: sqlite3.Connection, room_id: str, owner_id: str) -> str |
     return None if row is None else str(row["joined_at"])
 
 
-def member_agent(conn: sqlite3.Connection, room_id: str, handle: str) -> sqlite3.Row:
+def member_agent(conn: sqlite3.Connection, room_id: str, handle: str) -> MemberAgent:
     """An active agent in the room by handle; NOT_FOUND whether it is unknown or simply elsewhere."""
     row = conn.execute(_MEMBERS + " AND (a.handle = ? OR a.agent_id = ?)", (room_id, handle, handle)).fetchone()
     if row is None:
         raise not_found("agent in this room", handle)
-    return row
+    return MemberAgent.from_row(row)
+
+
+def target_agent(conn: sqlite3.Connection, ref: str) -> MemberAgent:
+    """An active agent by id or handle, as the consent and wake services judge it, wherever it is a member."""
+    return MemberAgent.from_row(agent(conn, ref))
+
+
+def task_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> TaskRow:
+    """The task if the caller is in its room (a run token: its run's room); NOT_FOUND otherwise, as for a task
+    that does not exist."""
+    row = conn.execute(
+        "SELECT t.* FROM tasks t JOIN room_agents m ON m.room_id = t.room_id AND m.agent_id = ? WHERE t.task_id = ?",
+        (caller.agent_id, ref),
+    ).fetchone()
+    if row is None or not policy.reaches_room(caller, row["room_id"]):
+        raise not_found("task")
+    return TaskRow.from_row(row)
+
+
+def task(conn: sqlite3.Connection, task_id: str) -> TaskRow | None:
+    """The task by id, wherever it is (a wake's re-check: the wake already names its room), or None."""
+    row = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    return None if row is None else TaskRow.from_row(row)
 
 
 def run_hold(conn: sqlite3.Connection, run_id: str) -> policy.RunHold | None:
