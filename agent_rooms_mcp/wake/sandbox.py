@@ -205,7 +205,10 @@ def bwrap_argv(bwrap: str, plan: SandboxPlan, command: Sequence[str], *, info_fd
     # inside one of them (the default one, under the home) is bound again on top.
     hidden = (*map(Path, _HIDDEN), *plan.hidden)
     for path in hidden:
-        argv += _hide(path)
+        # Sealed (mode 0000) unless one of the run's own directories is bound below it afterwards: an empty
+        # but listable stand-in still answers "it exists" where a host's ~/.ssh was, and reads as a success.
+        below = any(_under(own, path) for own in (plan.workdir, plan.config_dir, plan.run_dir))
+        argv += _hide(path, sealed=not below)
     if any(_under(plan.workdir, path) for path in hidden):
         argv += _workdir(plan)
     argv += _bind("--bind", plan.config_dir)
@@ -267,11 +270,12 @@ def home_secrets(home: Path) -> tuple[Path, ...]:
     return tuple(home / name for name in _HOME_SECRETS)
 
 
-def _hide(path: Path) -> list[str]:
+def _hide(path: Path, *, sealed: bool) -> list[str]:
     if path.is_dir() and not path.is_symlink():
-        # Empty and the sandbox's own (the run's directories are bound below it afterwards, which needs it
-        # writable); nothing written there reaches the host.
-        return ["--tmpfs", str(path)]
+        # Empty and the sandbox's own (where the run's directories are bound below it afterwards, which needs
+        # it writable and passable); nothing written there reaches the host. The CLI holds no capability, so
+        # a sealed one cannot be listed or entered even by its owner.
+        return [*(["--perms", "0000"] if sealed else []), "--tmpfs", str(path)]
     if path.exists():
         return ["--ro-bind", "/dev/null", str(path)]
     return []
