@@ -32,6 +32,7 @@ from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.listeners import Listeners
 from agent_rooms_mcp.services.messages import Messages
 from agent_rooms_mcp.services.overview import Overview
+from agent_rooms_mcp.services.oauth import OAuth
 from agent_rooms_mcp.services.purge import Purge
 from agent_rooms_mcp.services.rooms import Rooms
 from agent_rooms_mcp.services.run_control import Runs
@@ -63,6 +64,7 @@ class Hub:
     purge: Purge
     overview: Overview
     console: ConsoleSessions
+    oauth: OAuth
 
     @classmethod
     @asynccontextmanager
@@ -79,7 +81,8 @@ class Hub:
             auth = Authenticator(store, issuer, limits)
             # A window of failed authentications that closed while no hub ran gets its summary now.
             await auth.failures.summarise_closed_windows()
-            accounts = Accounts(store, issuer, limits, Vault(settings.master_key_path))
+            vault = Vault(settings.master_key_path)
+            accounts = Accounts(store, issuer, limits, vault)
             runs = Runs(store, limits)
             yield cls(
                 settings=settings,
@@ -102,6 +105,7 @@ class Hub:
                 purge=Purge(store, settings),
                 overview=Overview(store),
                 console=ConsoleSessions(store, limits),
+                oauth=OAuth(store, issuer, limits, vault),
             )
 
 

@@ -150,6 +150,21 @@ class Limits:
     # After a purge, the database file is rewritten (VACUUM) only when this share of it is free pages: deleted
     # bytes are zeroed by secure_delete either way, and VACUUM holds the write lock for seconds on a big file.
     purge_vacuum_free_fraction: float = 0.25
+    # The Claude.ai connector's OAuth (DESIGN §9.4): an authorization request waits this long for the owner's
+    # approval, its code lives this long, an access token this long. A refresh token lives 30 days from its
+    # last use and never past 90 days from the approval; the one just replaced is honoured once more within
+    # the grace (Claude.ai may refresh twice at once). `/register` takes this many registrations an hour
+    # from one source and in all; a client never approved is deleted after a day, one unused after 90 days.
+    oauth_request_ttl_s: int = 10 * 60
+    oauth_code_ttl_s: int = 60
+    oauth_access_ttl_s: int = 3600
+    oauth_refresh_idle_s: int = 30 * 24 * 3600
+    oauth_refresh_max_s: int = 90 * 24 * 3600
+    oauth_refresh_grace_s: int = 30
+    oauth_register_per_source_per_h: int = 10
+    oauth_register_per_h: int = 100
+    oauth_unapproved_client_s: int = 24 * 3600
+    oauth_unused_client_s: int = 90 * 24 * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
