@@ -32,7 +32,7 @@ from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.web.console import Console
-from agent_rooms_mcp.web.oauth_api import OAuthApi, resource_metadata_url, with_oauth
+from agent_rooms_mcp.web.oauth_api import OAuthApi, check_test_allowance, resource_metadata_url, with_oauth
 from agent_rooms_mcp.web.owner_api import OwnerApi, beside
 
 log = structlog.get_logger("agent_rooms_mcp.http")
@@ -244,6 +244,7 @@ async def open_http_app(settings: Settings, *, exposure: Exposure | None = None)
 async def open_http_hub(settings: Settings, *, exposure: Exposure | None = None) -> AsyncIterator[tuple[Hub, ASGIApp]]:
     """`open_http_app`'s app with the hub it serves (`serve --http` ends the hub's long polls as it stops)."""
     exposure = exposure or Exposure()
+    check_test_allowance(settings, exposure)
     async with Hub.open(settings) as hub, supervising(hub), housekeeping(hub), mcp_app(hub, exposure=exposure) as app:
         # The owner API (DESIGN §9.1) sits beside /mcp, with a gate of its own: devices, never agents.
         # So does the owner console (DESIGN §9.2): a session cookie of an owner, never a bearer credential.

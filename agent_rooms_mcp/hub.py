@@ -12,6 +12,7 @@ from nacl.signing import SigningKey
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.authenticator import Authenticator
 from agent_rooms_mcp.auth.passports import PassportIssuer
+from agent_rooms_mcp.cimd import ClientDocuments
 from agent_rooms_mcp.home import (
     HomeError,
     create_issuer_key,
@@ -105,7 +106,7 @@ class Hub:
                 purge=Purge(store, settings),
                 overview=Overview(store),
                 console=ConsoleSessions(store, limits),
-                oauth=OAuth(store, issuer, limits, vault),
+                oauth=OAuth(store, issuer, limits, vault, ClientDocuments(limits, settings.oauth_cimd_test_ca)),
             )
 
 

@@ -165,6 +165,16 @@ class Limits:
     oauth_register_per_h: int = 100
     oauth_unapproved_client_s: int = 24 * 3600
     oauth_unused_client_s: int = 90 * 24 * 3600
+    # Client ID metadata documents (DESIGN §9.4, invariant 108): one fetch takes at most this long and this
+    # many bytes; a document is cached for its max-age clamped to these bounds, a failure for this long; at
+    # most this many fetches a minute go to one host, and this many in all.
+    oauth_cimd_timeout_s: float = 5.0
+    oauth_cimd_bytes: int = 5 * KIB
+    oauth_cimd_cache_min_s: int = 5 * 60
+    oauth_cimd_cache_max_s: int = 24 * 3600
+    oauth_cimd_failure_cache_s: int = 60
+    oauth_cimd_fetches_per_host_per_min: int = 10
+    oauth_cimd_fetches_per_min: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
@@ -330,6 +340,11 @@ class Settings:
     stdio_token_problem: str | None = None
     wake: WakeSettings = field(default_factory=WakeSettings)
     clients: ClientPaths = field(default_factory=lambda: ClientPaths.from_env(os.environ))
+    # AGENT_ROOMS_OAUTH_ALLOW_LOOPBACK_CIMD_FOR_TESTS=CA.pem: FOR THE TEST SUITE ONLY. Client ID metadata
+    # documents may then come from loopback addresses, over TLS this CA vouches for. A hub refuses to serve
+    # OAuth with it unless its own public URL is a loopback one (web/oauth_api.py), so no real deployment can
+    # run with it.
+    oauth_cimd_test_ca: Path | None = None
 
     @property
     def db_path(self) -> Path:
@@ -387,6 +402,7 @@ class Settings:
             stdio_token_problem=problem,
             wake=WakeSettings.from_env(env),
             clients=ClientPaths.from_env(env),
+            oauth_cimd_test_ca=Path(ca) if (ca := env.get("AGENT_ROOMS_OAUTH_ALLOW_LOOPBACK_CIMD_FOR_TESTS")) else None,
         )
 
 

@@ -165,6 +165,11 @@ def _rows() -> list[Invariant]:
             "a restore revokes every credential in the restored database unless told to keep them; backups are 0600",
             "operate",
         ),
+        108: (
+            "a client ID metadata document comes only from a public address (checked on the connected socket), "
+            "without redirects, within 5 s and 5 KiB, and names its own URL byte for byte",
+            "connector",
+        ),
     }
     return [Invariant(n, text, frozenset(issues.split())) for n, (text, issues) in table.items()]
 

@@ -53,6 +53,11 @@ class Flow:
     redirect_uri: str = CLAUDE
     client_id: str = ""
     verifier: str = ""
+    issuer: str = ISSUER
+
+    @property
+    def resource(self) -> str:
+        return self.issuer + "/mcp"
 
     async def register(self, **extra: Any) -> httpx2.Response:
         body = {"client_name": "Claude", "redirect_uris": [self.redirect_uri], "token_endpoint_auth_method": "none"}
@@ -71,7 +76,7 @@ class Flow:
             "code_challenge_method": "S256",
             "state": "st-1",
             "scope": "read post task",
-            "resource": RESOURCE,
+            "resource": self.resource,
             **overrides,
         }
         return await self.http.get("/authorize?" + urlencode(params))
@@ -80,7 +85,7 @@ class Flow:
         answer = await self.authorize()
         assert answer.status_code == 302, answer.text
         location = urlsplit(answer.headers["location"])
-        assert f"{location.scheme}://{location.netloc}{location.path}" == ISSUER + "/console/authorize"
+        assert f"{location.scheme}://{location.netloc}{location.path}" == self.issuer + "/console/authorize"
         return parse_qs(location.query)["request"][0]
 
     async def approve(self, agent: str = "alice-claude", scopes: frozenset[Scope] = ALL) -> dict[str, str]:
@@ -96,7 +101,7 @@ class Flow:
             "redirect_uri": self.redirect_uri,
             "client_id": self.client_id,
             "code_verifier": self.verifier,
-            "resource": RESOURCE,
+            "resource": self.resource,
             **overrides,
         }
         return await self.http.post("/token", content=urlencode(form), headers=FORM)

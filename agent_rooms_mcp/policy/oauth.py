@@ -3,6 +3,7 @@ hold, which redirect URIs and metadata-document URLs and addresses are allowed, 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -93,3 +94,44 @@ def oauth_refresh_use(replaced_at: str | None, has_successor: bool, now: str, gr
     if has_successor and grace_ends is not None and now < grace_ends:
         return RefreshUse.GRACE
     return RefreshUse.REUSE
+
+
+def cimd_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a client ID metadata document's address (DESIGN §9.4), or None: https, a host, a
+    path beyond `/`, and no userinfo, query or fragment."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return "must be an https URL"
+    if "@" in parts.netloc:
+        return "must not carry userinfo"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return "must not carry a query or fragment"
+    if parts.path in ("", "/"):
+        return "must have a path"
+    try:
+        parts.port  # noqa: B018 - a port that is not a number is refused
+    except ValueError:
+        return "has a port that is not a number"
+    return None
+
+
+# 100.64.0.0/10 (RFC 6598, carrier-grade NAT): neither private nor global to `ipaddress`, and as internal.
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+def cimd_address_refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback: bool) -> bool:
+    """Whether the hub must not fetch a metadata document from `address` (invariant 108): anything but a public
+    unicast address. `allow_loopback` is for the test suite's own HTTPS server only."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return not allow_loopback
+    return (
+        address.is_private
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+        or address.is_reserved
+        or address in _CGNAT
+        or not address.is_global
+    )

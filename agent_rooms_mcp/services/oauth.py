@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import structlog
 
@@ -29,6 +29,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.passports import PassportIssuer
 from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, new_id, new_token, secret_hash
+from agent_rooms_mcp.cimd import ClientDocuments, DocumentRefused
 from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.principals import Human, Scope, format_scopes, held_scopes
@@ -108,11 +109,14 @@ def _later(now: datetime, seconds: int, cap: str | None = None) -> str:
 
 
 class OAuth:
-    def __init__(self, store: Store, issuer: PassportIssuer, limits: Limits, vault: Vault) -> None:
+    def __init__(
+        self, store: Store, issuer: PassportIssuer, limits: Limits, vault: Vault, documents: ClientDocuments
+    ) -> None:
         self._store = store
         self._issuer = issuer
         self._limits = limits
         self._vault = vault
+        self._documents = documents
 
     # Registration (RFC 7591), the fallback to metadata documents. RFC 7592 (managing a registration) is not
     # offered: a client that changes registers again, and unused registrations are deleted.
@@ -149,7 +153,18 @@ class OAuth:
         AuthorizeRefused when the client or redirect URI is not to be trusted with a redirect at all."""
         client_id = params.get("client_id") or ""
         redirect_uri = params.get("redirect_uri") or ""
-        client = await self._store.read(lambda c: _client(c, client_id))
+        fetched = client_id.startswith("https://")
+        if fetched:
+            # A client ID metadata document (preferred over registration): fetched under the rules of cimd.py.
+            try:
+                document = await self._documents.get(client_id, urlsplit(resource).hostname)
+            except DocumentRefused as refused:
+                raise AuthorizeRefused("invalid_client", f"client_id's metadata document {refused}") from None
+            client: ClientMetadata | None = ClientMetadata(
+                document.client_id, "cimd", document.client_name, document.redirect_uris, document.application_type
+            )
+        else:
+            client = await self._store.read(lambda c: _client(c, client_id))
         if client is None:
             raise AuthorizeRefused("invalid_client", f"client_id {client_id!r}: unknown; register it first")
         if not redirect_uri or not policy.oauth_redirect_matches(redirect_uri, client.redirect_uris):
@@ -178,6 +193,8 @@ class OAuth:
         now = datetime.now(UTC)
 
         def run(conn: sqlite3.Connection) -> None:
+            if fetched:  # kept while the client is in use, so the approval page and /token find it
+                _save_client(conn, client, iso(now))
             conn.execute(
                 "INSERT INTO oauth_requests (request_id, client_id, redirect_uri, state, code_challenge, scopes,"
                 " resource, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.public import Exposure
+from agent_rooms_mcp.public import BindRefused, Exposure, is_loopback
 from agent_rooms_mcp.services.oauth import AuthorizeRefused, OAuthError
+from agent_rooms_mcp.settings import Settings
 
 log = structlog.get_logger("agent_rooms_mcp.oauth_api")
 
@@ -35,6 +36,16 @@ _PATHS = frozenset({AS_METADATA, RESOURCE_METADATA, "/authorize", "/token", "/re
 _BODY_CAP = 64 * 1024  # an OAuth request is a short form or a small JSON document
 _HOUR = 3600.0
 _NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+
+
+def check_test_allowance(settings: Settings, exposure: Exposure) -> None:
+    """The test suite's loopback allowance for metadata documents must never reach a hub others can reach:
+    BindRefused unless the public URL is itself a loopback one (or there is none)."""
+    if settings.oauth_cimd_test_ca is not None and exposure.public is not None and not is_loopback(exposure.public[1]):
+        raise BindRefused(
+            "AGENT_ROOMS_OAUTH_ALLOW_LOOPBACK_CIMD_FOR_TESTS is for the test suite only: unset it to serve"
+            f" {exposure.issuer}"
+        )
 
 
 def resource_metadata_url(exposure: Exposure) -> str | None:
@@ -146,8 +157,8 @@ class OAuthApi:
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": _scopes(),
             "authorization_response_iss_parameter_supported": True,
-            # Client ID metadata documents are not fetched yet (see README): registration is the way in.
-            "client_id_metadata_document_supported": False,
+            # Client ID metadata documents are preferred; registration is the fallback (DESIGN §9.4).
+            "client_id_metadata_document_supported": True,
         }
 
     def _resource_metadata(self) -> dict[str, Any]:
