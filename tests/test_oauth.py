@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -490,3 +491,25 @@ async def test_oauth_endpoints_exist_only_in_public_mode(world: World) -> None:
         assert (await http.get("/.well-known/oauth-authorization-server")).status_code != 200
         refused = await http.post("/mcp", json={})
         assert (refused.status_code, refused.headers["www-authenticate"]) == (401, "Bearer")
+
+
+@pytest.mark.invariant(14)
+async def test_an_expired_access_token_gets_the_same_401_and_does_not_count_against_the_failure_limit(
+    world: World,
+) -> None:
+    limits = replace(world.settings.limits, failed_auth_limit=1, failed_auth_window_s=10**9)
+    world = replace(world, settings=replace(world.settings, limits=limits))
+    async with flow(world) as f:
+        pair = await f.tokens()
+        with closing(sqlite3.connect(world.db)) as conn, conn:  # an hour later, as far as the token knows
+            conn.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE grant_id IS NOT NULL")
+        answers = [await f.http.post("/mcp", json={}, headers={"Authorization": f"Bearer {pair['access_token']}"})
+                   for _ in range(3)]  # fmt: skip
+        assert [a.status_code for a in answers] == [401, 401, 401]
+        assert len({(a.text, a.headers["www-authenticate"]) for a in answers}) == 1
+        # An unknown token from the same source is counted as ever: past the limit, 429.
+        unknown = f"aro_{secrets.token_urlsafe(32)}"
+        codes = [(await f.http.post("/mcp", json={}, headers={"Authorization": f"Bearer {unknown}"})).status_code
+                 for _ in range(3)]  # fmt: skip
+        assert codes == [401, 429, 429]
+    assert [r["reason"] for r in world.audit_rows() if r["action"] == "auth.authenticate"].count("token_expired") == 3

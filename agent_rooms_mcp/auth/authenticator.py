@@ -18,7 +18,7 @@ from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.auth.failures import FailedAuth, attempt_of
 from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
 from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, secret_hash
-from agent_rooms_mcp.errors import RoomsError
+from agent_rooms_mcp.errors import RoomsError, unauthenticated
 from agent_rooms_mcp.ids import AgentId, OwnerId, RoomId, RunId
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope, held_scopes
 from agent_rooms_mcp.settings import Limits
@@ -64,6 +64,14 @@ class Authenticator:
         try:
             return await self._resolve(credential, kinds, audience)
         except _Denied as denied:
+            if denied.reason == "token_expired" and credential_kind(credential or "") is CredentialKind.OAUTH_ACCESS:
+                # DESIGN §9.3: an expired OAuth access token is how Claude.ai learns to refresh, from an egress
+                # many users share; counted, it would lock them all out. Audited, answered the same, not counted.
+                log.info("auth.denied", reason=denied.reason, transport=transport)
+                await audit.record_denial(
+                    self._store, denied.actor, "auth.authenticate", denied.reason, detail={"transport": transport}
+                )
+                raise unauthenticated(denied.reason) from None
             raise await self.refuse(
                 denied.reason, credential, transport=transport, address=address, actor=denied.actor
             ) from None
