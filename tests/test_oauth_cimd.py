@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
+import httpx2
 import pytest
 from anyio.abc import SocketStream
 from anyio.streams.tls import TLSListener
@@ -26,7 +28,8 @@ from agent_rooms_mcp.cimd import ClientDocuments, DocumentRefused
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.public import BindRefused, Exposure
 from tests.conftest import World
-from tests.test_oauth import CLAUDE, PUBLIC, Flow, oauth_error, served, whoami
+from tests.hubprocess import free_port, serve_http
+from tests.test_oauth import CLAUDE, FORM, PUBLIC, Flow, mcp_status, oauth_error, served, whoami
 from tests.test_public import self_signed
 
 LOCAL_ISSUER = "https://localhost:8443"
@@ -321,3 +324,37 @@ async def test_the_loopback_allowance_is_refused_for_a_hub_with_a_public_address
     with pytest.raises(BindRefused, match="test suite only"):
         async with open_http_app(trusting(world, ca).settings, exposure=PUBLIC):
             pass
+
+
+@pytest.mark.invariant(97, 108)
+async def test_the_whole_flow_against_a_served_hub_behind_tls(world: World, tmp_path: Path) -> None:
+    """A real `serve --http` process with TLS of its own, a public URL on loopback, and the test-only
+    allowance: discover, register (a metadata document, then registration), approve, exchange, call,
+    refresh, revoke, over real sockets."""
+    (tmp_path / "hub").mkdir()
+    hub_cert, hub_key = self_signed(tmp_path / "hub")
+    port = free_port()
+    issuer = f"https://localhost:{port}"
+    flags = ["--public-url", issuer, "--tls-cert", str(hub_cert), "--tls-key", str(hub_key)]
+    async with doc_server(tmp_path) as (docs, docs_ca):
+        env = {"AGENT_ROOMS_OAUTH_ALLOW_LOOPBACK_CIMD_FOR_TESTS": str(docs_ca)}
+        async with (
+            serve_http(world.settings.home, *flags, env=env, port=port, base="https://localhost"),
+            httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(hub_cert)), base_url=issuer) as http,
+        ):
+            challenge = (await http.post("/mcp", json={})).headers["www-authenticate"]
+            assert challenge == f'Bearer resource_metadata="{issuer}/.well-known/oauth-protected-resource/mcp"'
+            server = (await http.get("/.well-known/oauth-authorization-server")).json()
+            assert server["issuer"] == issuer and server["client_id_metadata_document_supported"] is True
+            for registration in ("document", "dcr"):
+                f = Flow(world, http, issuer=issuer)
+                if registration == "document":
+                    f.client_id = docs.document()
+                pair = await f.tokens()
+                assert (await whoami(http, pair["access_token"], issuer))["agent"]["handle"] == "alice-claude"
+                second = (await f.refresh(pair["refresh_token"])).json()
+                assert (await whoami(http, second["access_token"], issuer))["agent"]["handle"] == "alice-claude"
+                form = {"token": second["access_token"], "client_id": f.client_id}
+                assert (await http.post("/revoke", content=urlencode(form), headers=FORM)).status_code == 200
+                assert await mcp_status(http, second["access_token"]) == 401
+                assert oauth_error(await f.refresh(second["refresh_token"])) == "invalid_grant"
