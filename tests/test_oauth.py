@@ -29,6 +29,7 @@ from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.principals import Human, Scope, parse_scopes
 from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.services.oauth import revoke_every_family
+from agent_rooms_mcp.services.purge import Purge
 from tests.conftest import OPERATOR, World
 
 ISSUER = "https://hub.example"
@@ -527,3 +528,16 @@ async def test_every_family_can_be_revoked_at_once_for_a_restore(world: World) -
             assert await mcp_status(f.http, pair["access_token"]) == 401
             assert oauth_error(await f.refresh(pair["refresh_token"])) == "invalid_grant"
         assert await mcp_status(f.http, world.tokens["alice-claude"]) == 200
+
+
+async def test_a_deleted_agent_with_a_connector_is_purged_with_its_grants(world: World) -> None:
+    async with flow(world) as f:
+        pair = await f.tokens("alice-codex")
+        await f.refresh(pair["refresh_token"])
+    async with world.hub() as hub:
+        await hub.containment.delete_agent(OPERATOR, "alice-codex")
+        month_later = Purge(hub.store, world.settings, clock=lambda: datetime.now(UTC) + timedelta(days=31))
+        await month_later.run(OPERATOR)
+    for table in ("oauth_grants", "oauth_refresh", "oauth_codes"):
+        assert world.sql(f"SELECT count(*) FROM {table}")[0][0] == 0, table
+    assert world.sql("SELECT count(*) FROM tokens WHERE grant_id IS NOT NULL")[0][0] == 0
