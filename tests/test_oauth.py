@@ -187,6 +187,7 @@ async def test_discover_register_authorize_exchange_call_refresh_revoke(world: W
             f'Bearer resource_metadata="{ISSUER}/.well-known/oauth-protected-resource/mcp"'
         )
         resource = (await f.http.get("/.well-known/oauth-protected-resource/mcp")).json()
+        assert (await f.http.get("/.well-known/oauth-protected-resource")).json() == resource
         assert resource["resource"] == RESOURCE and resource["authorization_servers"] == [ISSUER]
         assert sorted(resource["scopes_supported"]) == ["post", "read", "task"]
         server = (await f.http.get("/.well-known/oauth-authorization-server")).json()

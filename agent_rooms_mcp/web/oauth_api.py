@@ -32,7 +32,11 @@ log = structlog.get_logger("agent_rooms_mcp.oauth_api")
 
 AS_METADATA = "/.well-known/oauth-authorization-server"
 RESOURCE_METADATA = "/.well-known/oauth-protected-resource/mcp"
-_PATHS = frozenset({AS_METADATA, RESOURCE_METADATA, "/authorize", "/token", "/register", "/revoke"})
+# Where a client that missed the 401's pointer looks next (the MCP authorization spec's fallback): the same.
+_RESOURCE_METADATA_ROOT = "/.well-known/oauth-protected-resource"
+_PATHS = frozenset(
+    {AS_METADATA, RESOURCE_METADATA, _RESOURCE_METADATA_ROOT, "/authorize", "/token", "/register", "/revoke"}
+)
 _BODY_CAP = 64 * 1024  # an OAuth request is a short form or a small JSON document
 _HOUR = 3600.0
 _NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
@@ -118,7 +122,7 @@ class OAuthApi:
         path, method = scope["path"], scope["method"]
         if method == "GET" and path == AS_METADATA:
             return 200, self._server_metadata(), ()
-        if method == "GET" and path == RESOURCE_METADATA:
+        if method == "GET" and path in (RESOURCE_METADATA, _RESOURCE_METADATA_ROOT):
             return 200, self._resource_metadata(), ()
         if method == "GET" and path == "/authorize":
             params = _single(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
