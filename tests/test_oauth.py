@@ -542,3 +542,19 @@ async def test_a_deleted_agent_with_a_connector_is_purged_with_its_grants(world:
     for table in ("oauth_grants", "oauth_refresh", "oauth_codes"):
         assert world.sql(f"SELECT count(*) FROM {table}")[0][0] == 0, table
     assert world.sql("SELECT count(*) FROM tokens WHERE grant_id IS NOT NULL")[0][0] == 0
+
+
+@pytest.mark.invariant(14)
+async def test_guessing_at_the_token_endpoint_meets_the_failed_authentication_limit(world: World) -> None:
+    limits = replace(world.settings.limits, failed_auth_limit=2, failed_auth_window_s=10**9)
+    world = replace(world, settings=replace(world.settings, limits=limits))
+    async with flow(world) as f:
+        pair = await f.tokens()
+        before = world.fingerprint()
+        guess = f"arf_{secrets.token_urlsafe(32)}"
+        assert [(await f.refresh(guess)).status_code for _ in range(3)] == [400, 400, 429]
+        assert world.fingerprint() == before
+        # The family's own refresh token, another credential, still works.
+        assert (await f.refresh(pair["refresh_token"])).status_code == 200
+    reasons = [r["reason"] for r in world.audit_rows() if r["action"] == "auth.authenticate"]
+    assert "oauth_refresh_token" in reasons

@@ -23,6 +23,7 @@ import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent_rooms_mcp import policy
+from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.public import BindRefused, Exposure, is_loopback
 from agent_rooms_mcp.services.oauth import AuthorizeRefused, OAuthError
@@ -40,6 +41,7 @@ _PATHS = frozenset(
 _BODY_CAP = 64 * 1024  # an OAuth request is a short form or a small JSON document
 _HOUR = 3600.0
 _NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+_TRANSPORT = "oauth"
 
 
 def check_test_allowance(settings: Settings, exposure: Exposure) -> None:
@@ -142,7 +144,23 @@ class OAuthApi:
             return 201, await self._hub.oauth.register(await _json(receive, headers)), _NO_STORE
         form = await _form(receive, headers)
         if path == "/token":
-            return 200, await self._hub.oauth.token(form, self._resource), _NO_STORE
+            try:
+                return 200, await self._hub.oauth.token(form, self._resource), _NO_STORE
+            except OAuthError as e:
+                if e.error != "invalid_grant":
+                    raise
+                # A code or refresh token that did not work is a failed authentication: counted and audited by
+                # the same limiter as /mcp's (bounded rows), so guessing at /token meets the same 429.
+                presented = form.get("refresh_token") or form.get("code")
+                address = self._exposure.client_address(peer, headers)
+                refused = await self._hub.auth.refuse(
+                    f"oauth_{form.get('grant_type', 'none')}", presented, transport=_TRANSPORT, address=address
+                )
+                if isinstance(refused, AuthRateLimited):
+                    raise _Answer(
+                        429, {"error": "RATE_LIMITED"}, ((b"retry-after", str(refused.retry_after_s).encode()),)
+                    ) from None
+                raise
         await self._hub.oauth.revoke(form)  # /revoke: the same answer whatever it found (RFC 7009 §2.2)
         return 200, {}, _NO_STORE
 
