@@ -247,6 +247,26 @@ async def test_a_wrong_verifier_is_refused_and_issues_nothing(world: World) -> N
 
 
 @pytest.mark.invariant(97)
+async def test_a_code_exchanged_for_another_resource_or_by_another_client_issues_nothing(world: World) -> None:
+    async with flow(world) as f:
+        await f.register()
+        code = (await f.approve())["code"]
+        before = world.fingerprint()
+        for overrides, error in [
+            ({"resource": "https://other.example/mcp"}, "invalid_target"),
+            ({"client_id": "oac_someone_else"}, "invalid_grant"),
+            ({"redirect_uri": "https://claude.com/api/mcp/auth_callback"}, "invalid_grant"),
+            ({"grant_type": "password"}, "unsupported_grant_type"),
+        ]:
+            answer = await f.exchange(code, **overrides)
+            assert (answer.status_code, oauth_error(answer)) == (400, error), overrides
+        assert world.fingerprint() == before
+        async with world.hub() as hub:
+            pending = await hub.oauth.pending(await f.request_id())
+        assert (pending.client_name, pending.client_host, pending.loopback) == ("Claude", None, False)
+
+
+@pytest.mark.invariant(97)
 async def test_a_reused_code_is_refused_and_revokes_what_it_bought(world: World) -> None:
     async with flow(world) as f:
         await f.register()

@@ -129,7 +129,7 @@ async def test_a_metadata_document_client_authorizes_exchanges_and_calls(world: 
         assert docs.hits == ["/client.json"]
         async with world.hub() as hub:
             pending = await hub.oauth.pending(await f.request_id())
-        assert (pending.client_name, pending.verified, pending.loopback) == ("Claude Code", True, True)
+        assert (pending.client_name, pending.client_host, pending.loopback) == ("Claude Code", "localhost", True)
 
 
 async def refused(f: Flow, client_id: str) -> str:

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from agent_rooms_mcp.vault import Vault
 
 log = structlog.get_logger("agent_rooms_mcp.oauth")
 
+# An authorization code: not a credential any entry point accepts, so not a CredentialKind.
+CODE_PREFIX = "arc_"
 # Where /authorize sends the browser: the console's same-site approval page (DESIGN §9.2, §9.4).
 CONSOLE_AUTHORIZE = "/console/authorize"
 # The vault purpose under which a replaced refresh token keeps its successor pair for the grace.
@@ -83,7 +86,9 @@ class PendingAuthorization:
     request_id: str
     client_id: str
     client_name: str
-    verified: bool  # a metadata document's host vouches for its name; a registered client's name is unverified
+    # A metadata-document client is shown by its client_id's host, which vouches for it; a registered client has
+    # only the name it gave itself, shown marked unverified (None here).
+    client_host: str | None
     redirect_uri: str
     loopback: bool
     scopes: frozenset[Scope]
@@ -226,7 +231,7 @@ class OAuth:
                 request_id=request_id,
                 client_id=client.client_id,
                 client_name=client.client_name,
-                verified=client.kind == "cimd",
+                client_host=urlsplit(client.client_id).hostname if client.kind == "cimd" else None,
                 redirect_uri=row["redirect_uri"],
                 loopback=row["redirect_uri"] not in policy.CLAUDE_CALLBACKS,
                 scopes=frozenset(Scope(s) for s in row["scopes"].split(",") if s),
@@ -237,7 +242,7 @@ class OAuth:
     async def approve(self, request_id: str, who: Human, agent_ref: str, scopes: frozenset[Scope]) -> str:
         """The owner lets the client act as one of their agents with `scopes`: the redirect back to the client
         with a single-use code and `iss`. Audited; NOT_FOUND for an unknown, expired or decided request."""
-        code = new_token(CredentialKind.OAUTH_ACCESS).replace(CredentialKind.OAUTH_ACCESS.value, "arc_", 1)
+        code = CODE_PREFIX + secrets.token_urlsafe(32)  # 256 bits, single use, stored hashed
         now = datetime.now(UTC)
 
         def run(conn: sqlite3.Connection) -> str:
