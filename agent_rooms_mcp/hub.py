@@ -32,8 +32,8 @@ from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.listeners import Listeners
 from agent_rooms_mcp.services.messages import Messages
-from agent_rooms_mcp.services.overview import Overview
 from agent_rooms_mcp.services.oauth import OAuth
+from agent_rooms_mcp.services.overview import Overview
 from agent_rooms_mcp.services.purge import Purge
 from agent_rooms_mcp.services.rooms import Rooms
 from agent_rooms_mcp.services.run_control import Runs
