@@ -605,6 +605,8 @@ CREATE TABLE console_sessions (
   revoked_at TEXT
 ) STRICT;
 CREATE INDEX console_sessions_by_owner ON console_sessions(owner_id);
+"""
+
 # The Claude.ai connector (DESIGN §9.4, invariants 97, 105, 108): the hub as its own OAuth 2.1 authorization
 # server. A client is a metadata-document URL (`cimd`) or a registered `oac_` id (`dcr`); `approved_at` and
 # `last_used_at` drive the deletion of clients never approved (24 h) or unused (90 days). A pending
