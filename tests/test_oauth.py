@@ -28,8 +28,8 @@ from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.principals import Human, Scope, parse_scopes
 from agent_rooms_mcp.public import Exposure
-from agent_rooms_mcp.services.oauth import revoke_every_family
 from agent_rooms_mcp.services.purge import Purge
+from agent_rooms_mcp.store.credentials import revoke_all
 from tests.conftest import OPERATOR, World
 
 ISSUER = "https://hub.example"
@@ -538,17 +538,17 @@ async def test_an_expired_access_token_gets_the_same_401_and_does_not_count_agai
     assert [r["reason"] for r in world.audit_rows() if r["action"] == "auth.authenticate"].count("token_expired") == 3
 
 
-async def test_every_family_can_be_revoked_at_once_for_a_restore(world: World) -> None:
+@pytest.mark.invariant(107)
+async def test_a_restore_revokes_every_connector_through_the_credential_registry(world: World) -> None:
     async with flow(world) as f:
         first, second = await f.tokens(), await f.tokens("alice-codex")
         async with world.hub() as hub:
             now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            revoked = await hub.store.write(lambda c: revoke_every_family(c, now, OPERATOR, "restore"))
-        assert revoked == 2
+            revoked = await hub.store.write(lambda c: revoke_all(c, now))
+        assert revoked["oauth_grants"] == 2
         for pair in (first, second):
             assert await mcp_status(f.http, pair["access_token"]) == 401
             assert oauth_error(await f.refresh(pair["refresh_token"])) == "invalid_grant"
-        assert await mcp_status(f.http, world.tokens["alice-claude"]) == 200
 
 
 async def test_a_deleted_agent_with_a_connector_is_purged_with_its_grants(world: World) -> None:

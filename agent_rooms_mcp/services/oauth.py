@@ -611,15 +611,3 @@ def revoke_grant(conn: sqlite3.Connection, grant_id: str, now: str, actor: Actor
     )
     log.info("oauth.family_revoked", grant_id=grant_id, reason=reason)
     return revoked
-
-
-def revoke_every_family(conn: sqlite3.Connection, now: str, actor: Actor, reason: str) -> int:
-    """Every OAuth credential of the hub revoked in the caller's transaction (a restore: DESIGN §6, invariant
-    107): each live grant with its access and refresh tokens, and every pending code and request. The number
-    of families revoked."""
-    live = [r[0] for r in conn.execute("SELECT grant_id FROM oauth_grants WHERE revoked_at IS NULL")]
-    for grant_id in live:
-        revoke_grant(conn, grant_id, now, actor, reason)
-    conn.execute("DELETE FROM oauth_codes")
-    conn.execute("DELETE FROM oauth_requests")
-    return len(live)
