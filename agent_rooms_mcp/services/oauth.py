@@ -335,7 +335,7 @@ class OAuth:
             work = self._refresh(form)
         else:
             raise OAuthError("unsupported_grant_type", "grant_type must be authorization_code or refresh_token")
-        answer = await self._store.write(work)
+        answer: dict[str, Any] | OAuthError = await self._store.write(work)
         if isinstance(answer, OAuthError):  # refused by a transaction that revoked a family, and committed
             raise answer
         return answer
@@ -569,7 +569,7 @@ def _client(conn: sqlite3.Connection, client_id: str) -> ClientMetadata | None:
 
 
 def _request(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row:
-    row = conn.execute(
+    row: sqlite3.Row | None = conn.execute(
         "SELECT * FROM oauth_requests WHERE request_id = ? AND expires_at > ?", (request_id, iso(datetime.now(UTC)))
     ).fetchone()
     if row is None:
@@ -579,7 +579,7 @@ def _request(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row:
 
 def _live_grant(conn: sqlite3.Connection, grant_id: str, now: datetime) -> sqlite3.Row:
     """The grant a code or refresh token draws on, while it and its agent live (a token dies with its agent)."""
-    grant = conn.execute(
+    grant: sqlite3.Row | None = conn.execute(
         "SELECT g.*, a.status, a.owner_id, p.passport FROM oauth_grants g JOIN agents a ON a.agent_id = g.agent_id"
         " JOIN passports p ON p.jti = g.jti WHERE g.grant_id = ?",
         (grant_id,),
