@@ -1,4 +1,5 @@
-"""Periodic work a serving hub does beside its requests: the purge of what is past retention (DESIGN §6)."""
+"""Periodic work a serving hub does beside its requests: the purge of what is past retention (DESIGN §6), and
+the sweep of OAuth leftovers (DESIGN §9.4)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ async def _purging(hub: Hub) -> AsyncIterator[None]:
                 await hub.purge.run(SYSTEM)
             except Exception as e:  # a failed purge must not take the hub down; the next one tries again
                 log.warning("purge.failed", error=type(e).__name__)
+            try:
+                # OAuth leftovers: expired requests and codes, spent grace pairs, stale clients (DESIGN §9.4).
+                await hub.oauth.sweep()
+            except Exception as e:
+                log.warning("oauth.sweep_failed", error=type(e).__name__)
             await anyio.sleep(limits.purge_every_s)
 
     async with anyio.create_task_group() as tg:

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.auth.failures import AuthRateLimited
-from agent_rooms_mcp.auth.tokens import MCP_KINDS, CredentialKind
+from agent_rooms_mcp.auth.tokens import MCP_KINDS, PUBLIC_MCP_KINDS, CredentialKind
 from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import HTTP_CALLER_KEY
@@ -32,6 +32,7 @@ from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.server import create_server, existing_hub
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.web.console import Console
+from agent_rooms_mcp.web.oauth_api import OAuthApi, check_test_allowance, resource_metadata_url, with_oauth
 from agent_rooms_mcp.web.owner_api import OwnerApi, beside
 
 log = structlog.get_logger("agent_rooms_mcp.http")
@@ -61,6 +62,12 @@ class BearerGate:
         self._transport = transport
         self._body_cap = hub.settings.limits.http_body_bytes
         self._retry_after = str(hub.settings.limits.http_retry_after_s).encode()
+        # Public mode: /mcp also takes OAuth access tokens issued for it, and its 401 tells a client where to
+        # find the authorization server (DESIGN §9.4); elsewhere the plain `Bearer` of DESIGN §2.
+        self._audience = exposure.resource
+        self._kinds = PUBLIC_MCP_KINDS if self._audience is not None else MCP_KINDS
+        metadata = resource_metadata_url(exposure)
+        self._challenge = b"Bearer" if metadata is None else f'Bearer resource_metadata="{metadata}"'.encode()
         # Legacy-era sessions, capped per agent and in all (http_sessions.py).
         self._sessions = Sessions(hub.settings.limits, self._terminate_session)
 
@@ -95,19 +102,21 @@ class BearerGate:
                 "credential_in_query", None, transport=self._transport, address=address
             )
             await _drain(receive, self._body_cap)
-            await _auth_failed(send, refused)
+            await _auth_failed(send, refused, self._challenge)
             return
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         presented = credential.strip() if scheme.lower() == "bearer" else None
         try:
-            caller = await self._hub.auth.authenticate(presented, MCP_KINDS, transport=self._transport, address=address)
+            caller = await self._hub.auth.authenticate(
+                presented, self._kinds, transport=self._transport, address=address, audience=self._audience
+            )
             if self._only_run is not None and not policy.may_use_run_socket(caller, self._only_run):
                 raise await self._hub.auth.refuse(
                     "not_this_runs_socket", presented, transport=self._transport, address=address, actor=caller.actor
                 )
         except RoomsError as e:
             await _drain(receive, self._body_cap)
-            await _auth_failed(send, e)
+            await _auth_failed(send, e, self._challenge)
             return
         public = headers.get(_SESSION_HEADER.decode())
         session = None if public is None else self._sessions.get(public, caller.agent_id)
@@ -215,16 +224,12 @@ async def _respond(send: Send, status: int, body: dict[str, str], extra: tuple[t
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _auth_failed(send: Send, e: RoomsError) -> None:
+async def _auth_failed(send: Send, e: RoomsError, challenge: bytes) -> None:
     if isinstance(e, AuthRateLimited):  # DESIGN §9.3: 429 with Retry-After, before any tool runs
         await _respond(send, 429, {"error": "RATE_LIMITED"}, ((b"retry-after", str(e.retry_after_s).encode()),))
     else:
-        await _unauthenticated(send)
-
-
-async def _unauthenticated(send: Send) -> None:
-    # Identical for every reason: the reason is in the audit row only (DESIGN §2, invariant 14).
-    await _respond(send, 401, {"error": "UNAUTHENTICATED"}, ((b"www-authenticate", b"Bearer"),))
+        # Identical for every reason: the reason is in the audit row only (DESIGN §2, §9.4, invariant 14).
+        await _respond(send, 401, {"error": "UNAUTHENTICATED"}, ((b"www-authenticate", challenge),))
 
 
 @asynccontextmanager
@@ -239,10 +244,13 @@ async def open_http_app(settings: Settings, *, exposure: Exposure | None = None)
 async def open_http_hub(settings: Settings, *, exposure: Exposure | None = None) -> AsyncIterator[tuple[Hub, ASGIApp]]:
     """`open_http_app`'s app with the hub it serves (`serve --http` ends the hub's long polls as it stops)."""
     exposure = exposure or Exposure()
+    check_test_allowance(settings, exposure)
     async with Hub.open(settings) as hub, supervising(hub), housekeeping(hub), mcp_app(hub, exposure=exposure) as app:
         # The owner API (DESIGN §9.1) sits beside /mcp, with a gate of its own: devices, never agents.
         # So does the owner console (DESIGN §9.2): a session cookie of an owner, never a bearer credential.
-        yield hub, beside(app, OwnerApi(hub, exposure), Console(hub, exposure))
+        served = beside(app, OwnerApi(hub, exposure), Console(hub, exposure))
+        # Public mode: the hub is the authorization server of its own /mcp (DESIGN §9.4).
+        yield hub, (served if exposure.issuer is None else with_oauth(served, OAuthApi(hub, exposure)))
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ from nacl.signing import SigningKey
 from agent_rooms_mcp import audit
 from agent_rooms_mcp.auth.authenticator import Authenticator
 from agent_rooms_mcp.auth.passports import PassportIssuer
+from agent_rooms_mcp.cimd import ClientDocuments
 from agent_rooms_mcp.home import (
     HomeError,
     create_issuer_key,
@@ -31,6 +32,7 @@ from agent_rooms_mcp.services.grants import Grants
 from agent_rooms_mcp.services.invites import Invites
 from agent_rooms_mcp.services.listeners import Listeners
 from agent_rooms_mcp.services.messages import Messages
+from agent_rooms_mcp.services.oauth import OAuth
 from agent_rooms_mcp.services.overview import Overview
 from agent_rooms_mcp.services.purge import Purge
 from agent_rooms_mcp.services.rooms import Rooms
@@ -63,6 +65,7 @@ class Hub:
     purge: Purge
     overview: Overview
     console: ConsoleSessions
+    oauth: OAuth
 
     @classmethod
     @asynccontextmanager
@@ -79,7 +82,8 @@ class Hub:
             auth = Authenticator(store, issuer, limits)
             # A window of failed authentications that closed while no hub ran gets its summary now.
             await auth.failures.summarise_closed_windows()
-            accounts = Accounts(store, issuer, limits, Vault(settings.master_key_path))
+            vault = Vault(settings.master_key_path)
+            accounts = Accounts(store, issuer, limits, vault)
             runs = Runs(store, limits)
             yield cls(
                 settings=settings,
@@ -102,6 +106,7 @@ class Hub:
                 purge=Purge(store, settings),
                 overview=Overview(store),
                 console=ConsoleSessions(store, limits),
+                oauth=OAuth(store, issuer, limits, vault, ClientDocuments(limits, settings.oauth_cimd_test_ca)),
             )
 
 

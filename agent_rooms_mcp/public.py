@@ -32,6 +32,22 @@ class Exposure:
     public: tuple[str, str] | None = None
     # Peers whose forwarded headers count; when not empty, the only peers served.
     proxies: frozenset[Address] = frozenset()
+    # The public URL's scheme://host[:port], as given (lowercased): the OAuth issuer (DESIGN §9.4). Derived
+    # from `public` when not given.
+    public_origin: str | None = None
+
+    @property
+    def issuer(self) -> str | None:
+        """The OAuth issuer, in public mode only: the public URL."""
+        if self.public is None:
+            return None
+        return self.public_origin or f"{self.public[0]}://{self.public[1]}"
+
+    @property
+    def resource(self) -> str | None:
+        """The canonical MCP resource (RFC 8707) OAuth access tokens are bound to: the public URL plus /mcp."""
+        issuer = self.issuer
+        return None if issuer is None else issuer + "/mcp"
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -90,6 +106,7 @@ def exposure_for(
     if trust_proxy is not None and not proxies:
         raise BindRefused("--trust-proxy needs at least one address (e.g. --trust-proxy 127.0.0.1)")
     public = None if public_url is None else _public(public_url)
+    origin = None if public_url is None else "https://" + urlsplit(public_url).netloc.lower()
     if not is_loopback(host):
         if public is None:
             raise BindRefused(
@@ -101,7 +118,7 @@ def exposure_for(
                 f"refusing to bind {host} without TLS: give --tls-cert F --tls-key F, or put a TLS proxy in"
                 " front and name it with --trust-proxy ADDR (see examples/Caddyfile)"
             )
-    return Exposure(public, proxies)
+    return Exposure(public, proxies, origin)
 
 
 def is_loopback(host: str) -> bool:

@@ -150,6 +150,31 @@ class Limits:
     # After a purge, the database file is rewritten (VACUUM) only when this share of it is free pages: deleted
     # bytes are zeroed by secure_delete either way, and VACUUM holds the write lock for seconds on a big file.
     purge_vacuum_free_fraction: float = 0.25
+    # The Claude.ai connector's OAuth (DESIGN §9.4): an authorization request waits this long for the owner's
+    # approval, its code lives this long, an access token this long. A refresh token lives 30 days from its
+    # last use and never past 90 days from the approval; the one just replaced is honoured once more within
+    # the grace (Claude.ai may refresh twice at once). `/register` takes this many registrations an hour
+    # from one source and in all; a client never approved is deleted after a day, one unused after 90 days.
+    oauth_request_ttl_s: int = 10 * 60
+    oauth_code_ttl_s: int = 60
+    oauth_access_ttl_s: int = 3600
+    oauth_refresh_idle_s: int = 30 * 24 * 3600
+    oauth_refresh_max_s: int = 90 * 24 * 3600
+    oauth_refresh_grace_s: int = 30
+    oauth_register_per_source_per_h: int = 10
+    oauth_register_per_h: int = 100
+    oauth_unapproved_client_s: int = 24 * 3600
+    oauth_unused_client_s: int = 90 * 24 * 3600
+    # Client ID metadata documents (DESIGN §9.4, invariant 108): one fetch takes at most this long and this
+    # many bytes; a document is cached for its max-age clamped to these bounds, a failure for this long; at
+    # most this many fetches a minute go to one host, and this many in all.
+    oauth_cimd_timeout_s: float = 5.0
+    oauth_cimd_bytes: int = 5 * KIB
+    oauth_cimd_cache_min_s: int = 5 * 60
+    oauth_cimd_cache_max_s: int = 24 * 3600
+    oauth_cimd_failure_cache_s: int = 60
+    oauth_cimd_fetches_per_host_per_min: int = 10
+    oauth_cimd_fetches_per_min: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
@@ -315,6 +340,11 @@ class Settings:
     stdio_token_problem: str | None = None
     wake: WakeSettings = field(default_factory=WakeSettings)
     clients: ClientPaths = field(default_factory=lambda: ClientPaths.from_env(os.environ))
+    # AGENT_ROOMS_OAUTH_ALLOW_LOOPBACK_CIMD_FOR_TESTS=CA.pem: FOR THE TEST SUITE ONLY. Client ID metadata
+    # documents may then come from loopback addresses, over TLS this CA vouches for. A hub refuses to serve
+    # OAuth with it unless its own public URL is a loopback one (web/oauth_api.py), so no real deployment can
+    # run with it.
+    oauth_cimd_test_ca: Path | None = None
 
     @property
     def db_path(self) -> Path:
@@ -372,6 +402,7 @@ class Settings:
             stdio_token_problem=problem,
             wake=WakeSettings.from_env(env),
             clients=ClientPaths.from_env(env),
+            oauth_cimd_test_ca=Path(ca) if (ca := env.get("AGENT_ROOMS_OAUTH_ALLOW_LOOPBACK_CIMD_FOR_TESTS")) else None,
         )
 
 

@@ -44,7 +44,7 @@ def _rows() -> list[Invariant]:
         28: ("listings never reveal rooms the caller is not in", "core"),
         29: ("a removed agent gets nothing of the room afterwards", "core"),
         31: ("another principal's ids grant nothing: NOT_FOUND", "core"),
-        32: ("no MCP tool changes scopes", "core"),
+        32: ("no MCP tool changes scopes; an OAuth token never carries consent or manage", "core connector"),
         33: ("human-only actions have no tool: tools/list is the documented list", "core"),
         34: ("authorisation is re-checked inside the write transaction", "core"),
         35: ("invite codes carry >= 128 bits and only their hash is stored", "core"),
@@ -132,6 +132,11 @@ def _rows() -> list[Invariant]:
             " cookies are HttpOnly, SameSite=Strict, and __Host- and Secure under HTTPS",
             "console",
         ),
+        97: (
+            "OAuth: PKCE S256 only, codes single use, refresh rotation with a 30 s grace then family revocation, "
+            "Claude's callbacks or loopback only, audience-bound access tokens, dead with their agent, iss always",
+            "connector",
+        ),
         98: (
             "every wake ends in a final state its causer can see; none stays woken or queued past its expiry",
             "operate",
@@ -159,6 +164,11 @@ def _rows() -> list[Invariant]:
         107: (
             "a restore revokes every credential in the restored database unless told to keep them; backups are 0600",
             "operate",
+        ),
+        108: (
+            "a client ID metadata document comes only from a public address (checked on the connected socket), "
+            "without redirects, within 5 s and 5 KiB, and names its own URL byte for byte",
+            "connector",
         ),
     }
     return [Invariant(n, text, frozenset(issues.split())) for n, (text, issues) in table.items()]

@@ -14,26 +14,28 @@ from pathlib import Path
 
 import structlog
 
-from agent_rooms_mcp import audit
+from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.auth.failures import FailedAuth, attempt_of
 from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
 from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, secret_hash
-from agent_rooms_mcp.errors import RoomsError
+from agent_rooms_mcp.errors import RoomsError, unauthenticated
 from agent_rooms_mcp.ids import AgentId, OwnerId, RoomId, RunId
-from agent_rooms_mcp.principals import AgentTool, Caller, held_scopes
+from agent_rooms_mcp.principals import AgentTool, Caller, Scope, held_scopes
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store.database import Store, fresh_snapshot
 
 log = structlog.get_logger("agent_rooms_mcp.auth")
 
 _LOOKUP = """
-SELECT t.token_id, t.expires_at, t.revoked_at, t.run_id, p.passport, p.jti,
+SELECT t.token_id, t.expires_at, t.revoked_at, t.run_id, t.grant_id, p.passport, p.jti,
        a.agent_id, a.handle, a.tool, a.scopes, a.status, a.cred_epoch,
-       o.owner_id, o.handle AS owner_handle, o.verified_at
+       o.owner_id, o.handle AS owner_handle, o.verified_at,
+       g.scopes AS grant_scopes, g.audience, g.revoked_at AS grant_revoked_at
   FROM tokens t
   JOIN passports p ON p.jti = t.jti
   JOIN agents a ON a.agent_id = t.agent_id
   JOIN owners o ON o.owner_id = a.owner_id
+  LEFT JOIN oauth_grants g ON g.grant_id = t.grant_id
  WHERE t.token_hash = ?
 """
 
@@ -51,14 +53,25 @@ class Authenticator:
         *,
         transport: str,
         address: str | None = None,
+        audience: str | None = None,
     ) -> Caller:
         """The caller, or RoomsError: UNAUTHENTICATED, or RATE_LIMITED once this source (`address`, None on
         stdio) has failed too often. A valid credential pays nothing for the limit: failures are counted after
         the lookup, and the limit keys on the credential's hash, so others' failures never lock it out.
-        `kinds`: the credential kinds this entry point accepts; any other is refused before any lookup."""
+        `kinds`: the credential kinds this entry point accepts; any other is refused before any lookup.
+        `audience`: the resource this entry point is (public mode's `https://HUB/mcp`); an OAuth access token
+        issued for any other is refused, and none is accepted where there is no audience (DESIGN §9.4)."""
         try:
-            return await self._resolve(credential, kinds)
+            return await self._resolve(credential, kinds, audience)
         except _Denied as denied:
+            if denied.reason == "token_expired" and credential_kind(credential or "") is CredentialKind.OAUTH_ACCESS:
+                # DESIGN §9.3: an expired OAuth access token is how Claude.ai learns to refresh, from an egress
+                # many users share; counted, it would lock them all out. Audited, answered the same, not counted.
+                log.info("auth.denied", reason=denied.reason, transport=transport)
+                await audit.record_denial(
+                    self._store, denied.actor, "auth.authenticate", denied.reason, detail={"transport": transport}
+                )
+                raise unauthenticated(denied.reason) from None
             raise await self.refuse(
                 denied.reason, credential, transport=transport, address=address, actor=denied.actor
             ) from None
@@ -77,7 +90,7 @@ class Authenticator:
         log.info("auth.denied", reason=reason, transport=transport)
         return await self.failures.fail(attempt_of(credential, transport, address), reason, actor)
 
-    async def _resolve(self, credential: str | None, kinds: frozenset[CredentialKind]) -> Caller:
+    async def _resolve(self, credential: str | None, kinds: frozenset[CredentialKind], audience: str | None) -> Caller:
         if not credential:
             raise _Denied("missing_credential")
         kind = credential_kind(credential)
@@ -88,11 +101,16 @@ class Authenticator:
         if kind not in kinds:
             raise _Denied("wrong_credential_kind")
         digest = secret_hash(credential)
-        return await self._store.read(lambda c: look_up(c, digest, kind, self._issuer, datetime.now(UTC)))
+        return await self._store.read(lambda c: look_up(c, digest, kind, self._issuer, datetime.now(UTC), audience))
 
 
 def look_up(
-    conn: sqlite3.Connection, digest: bytes, kind: CredentialKind, issuer: PassportIssuer, now: datetime
+    conn: sqlite3.Connection,
+    digest: bytes,
+    kind: CredentialKind,
+    issuer: PassportIssuer,
+    now: datetime,
+    audience: str | None = None,
 ) -> Caller:
     """The credential whose hash is `digest`, presented as `kind`, judged as every call judges it: the caller
     it authenticates, or `_Denied` with the reason. One function for `authenticate()` and for the proof a
@@ -102,12 +120,18 @@ def look_up(
         raise _Denied("unknown_token")
     # From here on the audit row can name whose credential failed.
     actor = audit.Actor("agent", row["agent_id"], row["owner_id"], row["token_id"])
-    # The prefix must say what the row is: a run's token is `arr_`, an agent's `art_`, and nothing else
-    # lives in this table (an OAuth token is looked up where the connector keeps them).
-    if kind is not (CredentialKind.AGENT if row["run_id"] is None else CredentialKind.RUN):
+    # The prefix must say what the row is: a run's token is `arr_`, an OAuth access token `aro_`, an
+    # agent's own `art_`.
+    if kind is not row_kind(row["run_id"], row["grant_id"]):
         raise _Denied("wrong_credential_kind", actor)
     if row["revoked_at"] is not None:
         raise _Denied("token_revoked", actor)
+    if row["grant_id"] is not None:
+        # An OAuth access token: its family alive, and issued for this very resource (DESIGN §9.4).
+        if row["grant_revoked_at"] is not None:
+            raise _Denied("token_revoked", actor)
+        if audience is None or row["audience"] != audience:
+            raise _Denied("wrong_audience", actor)
     # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server),
     # and acts only in the room that woke it. Asked only for run tokens: an agent's own pays nothing.
     run_room_id = None
@@ -135,7 +159,7 @@ def look_up(
         owner_id=OwnerId(row["owner_id"]),
         owner_handle=row["owner_handle"],
         owner_verified=row["verified_at"] is not None,
-        scopes=held_scopes(row["scopes"], row["run_id"]),
+        scopes=_scopes(row),
         token_id=row["token_id"],
         run_id=None if row["run_id"] is None else RunId(row["run_id"]),
         run_room_id=run_room_id,
@@ -151,17 +175,37 @@ def prove_refused(db_path: Path, issuer: PassportIssuer, token_ids: Sequence[str
     with fresh_snapshot(db_path) as conn:
         now = datetime.now(UTC)
         for token_id in token_ids:
-            found = conn.execute("SELECT token_hash, run_id FROM tokens WHERE token_id = ?", (token_id,)).fetchone()
+            found = conn.execute(
+                "SELECT t.token_hash, t.run_id, t.grant_id, g.audience FROM tokens t"
+                " LEFT JOIN oauth_grants g ON g.grant_id = t.grant_id WHERE t.token_id = ?",
+                (token_id,),
+            ).fetchone()
             if found is None:
                 answers[token_id] = "unknown_token"
                 continue
-            kind = CredentialKind.AGENT if found["run_id"] is None else CredentialKind.RUN
+            kind = row_kind(found["run_id"], found["grant_id"])
             try:
-                look_up(conn, bytes(found["token_hash"]), kind, issuer, now)
+                look_up(conn, bytes(found["token_hash"]), kind, issuer, now, found["audience"])
                 answers[token_id] = None
             except _Denied as denied:
                 answers[token_id] = denied.reason
     return answers
+
+
+def row_kind(run_id: str | None, grant_id: str | None) -> CredentialKind:
+    """The kind of credential a `tokens` row is."""
+    if grant_id is not None:
+        return CredentialKind.OAUTH_ACCESS
+    return CredentialKind.AGENT if run_id is None else CredentialKind.RUN
+
+
+def _scopes(row: sqlite3.Row) -> frozenset[Scope]:
+    """What the credential may do at this call: the agent's scopes now, narrowed for a run token, and for an
+    OAuth token to what its owner granted and an OAuth client may ever hold (invariant 32)."""
+    held = held_scopes(row["scopes"], row["run_id"])
+    if row["grant_id"] is None:
+        return held
+    return policy.oauth_held_scopes(held, frozenset(Scope(s) for s in row["grant_scopes"].split(",") if s))
 
 
 class _Denied(Exception):

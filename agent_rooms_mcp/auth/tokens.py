@@ -26,9 +26,10 @@ class CredentialKind(StrEnum):
     OAUTH_REFRESH = "arf_"  # its refresh token: only ever at /token
 
 
-# Where MCP tools are served (/mcp, stdio, in-memory): agents and runs. The Claude.ai connector adds
-# OAUTH_ACCESS here with the store it is looked up in; until then no `aro_` token exists to accept.
+# Where MCP tools are served (/mcp, stdio, in-memory): agents and runs.
 MCP_KINDS = frozenset({CredentialKind.AGENT, CredentialKind.RUN})
+# /mcp in public mode also takes the Claude.ai connector's access tokens, bound to that URL (DESIGN §9.4).
+PUBLIC_MCP_KINDS = MCP_KINDS | {CredentialKind.OAUTH_ACCESS}
 # Every kind is its prefix and 256 random bits in base64url.
 _CREDENTIAL_RE = re.compile("(" + "|".join(kind.value for kind in CredentialKind) + ")[A-Za-z0-9_-]{43}")
 

@@ -7,7 +7,8 @@
 - `owners`: owners, devices and operator actions, who is brought into a room;
 - `runs`: spawning, sandboxing, where a wake waits, why it is refused or withdrawn;
 - `egress`: where a sandboxed run's network may go;
-- `console`: the owner console's cross-origin check, shown payload hash and confirmations.
+- `console`: the owner console's cross-origin check, shown payload hash and confirmations;
+- `oauth`: the Claude.ai connector: OAuth scopes, redirect URIs, refresh-token reuse, metadata-document fetches.
 No module here imports services, the store or a transport (tests/test_project.py pins it).
 """
 
@@ -63,6 +64,20 @@ from agent_rooms_mcp.policy.egress import (
     OPENCLAW_PROVIDER_HOSTS,
     allowed_hosts,
 )
+from agent_rooms_mcp.policy.oauth import (
+    CLAUDE_CALLBACKS,
+    OAUTH_LOOPBACK_HOSTS,
+    OAUTH_SCOPES,
+    RefreshUse,
+    cimd_address_refused,
+    cimd_url_problem,
+    oauth_approvable_scopes,
+    oauth_held_scopes,
+    oauth_redirect_matches,
+    oauth_redirect_registrable,
+    oauth_refresh_use,
+    oauth_requested_scopes,
+)
 from agent_rooms_mcp.policy.owners import (
     OPERATOR_ACTIONS,
     acting_for,
@@ -106,8 +121,11 @@ from agent_rooms_mcp.policy.tasks import (
 
 __all__ = [
     "BASE_URL_VARS",
+    "CLAUDE_CALLBACKS",
     "CONSTRAINABLE",
     "MODEL_API_HOSTS",
+    "OAUTH_LOOPBACK_HOSTS",
+    "OAUTH_SCOPES",
     "OPENCLAW_PROVIDER_HOSTS",
     "OPERATOR_ACTIONS",
     "RUN_TOKEN_LIVE_STATES",
@@ -125,6 +143,7 @@ __all__ = [
     "MentionEffect",
     "ProposalKind",
     "ProposalState",
+    "RefreshUse",
     "RunHold",
     "Standing",
     "TaskAction",
@@ -137,6 +156,8 @@ __all__ = [
     "agent_may_set_mode",
     "allowed_hosts",
     "check_mode_choice",
+    "cimd_address_refused",
+    "cimd_url_problem",
     "console_session_holds",
     "constrainable",
     "credential_holds",
@@ -153,6 +174,12 @@ __all__ = [
     "may_use_run_socket",
     "mention_effect",
     "mode_unchanged",
+    "oauth_approvable_scopes",
+    "oauth_held_scopes",
+    "oauth_redirect_matches",
+    "oauth_redirect_registrable",
+    "oauth_refresh_use",
+    "oauth_requested_scopes",
     "owns_agent",
     "propose",
     "reaches_room",

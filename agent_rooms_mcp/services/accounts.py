@@ -375,6 +375,9 @@ class Accounts:
             sql = (
                 "SELECT t.token_id, t.created_at, t.expires_at, t.revoked_at, a.handle FROM tokens t"
                 " JOIN agents a ON a.agent_id = t.agent_id WHERE t.run_id IS NULL AND a.status = 'active'"
+                # An OAuth family mints an access token an hour: it is listed by its newest one.
+                " AND (t.grant_id IS NULL OR t.token_id = (SELECT n.token_id FROM tokens n"
+                " WHERE n.grant_id = t.grant_id ORDER BY n.created_at DESC LIMIT 1))"
             )
             args: tuple[str, ...] = ()
             if agent_ref is not None:
@@ -442,6 +445,11 @@ class Accounts:
                 revocation = record_revocation(conn, "token", token_id, "token_revoke", now)
                 detail = {"token_id": token_id, "revocation_id": revocation}
                 audit.append(conn, operator, "token.revoke", target=row["agent_id"], detail=detail)
+                if row["grant_id"] is not None:
+                    # An OAuth access token's family goes with it, or its refresh token would mint the next.
+                    from agent_rooms_mcp.services.oauth import revoke_grant  # oauth.py imports this module
+
+                    revoke_grant(conn, row["grant_id"], now, operator, "token_revoke")
             return TokenInfo(
                 token_id=token_id,
                 agent=row["handle"],

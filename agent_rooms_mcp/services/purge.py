@@ -225,6 +225,11 @@ def _purge_agents(conn: sqlite3.Connection, ids: str, counts: Counter[str], defe
     runs = json.dumps(run_ids)
     _run_credentials(conn, runs, counts)
     _delete(conn, counts, "tokens", f"DELETE FROM tokens WHERE agent_id IN {_IDS}", ids)
+    # An agent's OAuth grants (the Claude.ai connector) and their codes and refresh tokens go with it.
+    grants = f"(SELECT grant_id FROM oauth_grants WHERE agent_id IN {_IDS})"
+    for table in ("oauth_codes", "oauth_refresh"):
+        _delete(conn, counts, None, f"DELETE FROM {table} WHERE grant_id IN {grants}", ids)
+    _delete(conn, counts, None, f"DELETE FROM oauth_grants WHERE agent_id IN {_IDS}", ids)
     _delete(conn, counts, "passports", f"DELETE FROM passports WHERE agent_id IN {_IDS}", ids)
     for table in ("agent_env", "listener_holds", "rate_buckets", "room_agents", "ended_memberships"):
         _delete(conn, counts, None, f"DELETE FROM {table} WHERE agent_id IN {_IDS}", ids)

@@ -42,6 +42,12 @@ CREDENTIAL_TABLES: tuple[CredentialTable, ...] = (
     CredentialTable(
         "console_links", "console login links", "UPDATE console_links SET used_at = :now WHERE used_at IS NULL"
     ),
+    # The Claude.ai connector (DESIGN §9.4): its access tokens are `tokens` rows (above); a revoked grant ends its
+    # refresh tokens, and a code not yet exchanged is spent (a spent code presented again revokes nothing live).
+    CredentialTable(
+        "oauth_grants", "OAuth connector grants", "UPDATE oauth_grants SET revoked_at = :now WHERE revoked_at IS NULL"
+    ),
+    CredentialTable("oauth_codes", "OAuth codes", "UPDATE oauth_codes SET used_at = :now WHERE used_at IS NULL"),
 )
 
 

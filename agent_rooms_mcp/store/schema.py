@@ -607,6 +607,77 @@ CREATE TABLE console_sessions (
 CREATE INDEX console_sessions_by_owner ON console_sessions(owner_id);
 """
 
+# The Claude.ai connector (DESIGN §9.4, invariants 97, 105, 108): the hub as its own OAuth 2.1 authorization
+# server. A client is a metadata-document URL (`cimd`) or a registered `oac_` id (`dcr`); `approved_at` and
+# `last_used_at` drive the deletion of clients never approved (24 h) or unused (90 days). A pending
+# authorization waits under a random id for the owner's console page. A grant is one approval: one agent, its
+# passport, the scopes chosen and the audience; it is the family its code, refresh tokens and access tokens
+# belong to, and revoking it revokes them all. Access tokens (`aro_`) are rows of `tokens` with a `grant_id`,
+# so they are listed, revoked and killed with their agent like any bearer token. Refresh tokens (`arf_`) are
+# hashed like every secret; the one just replaced keeps its successor pair sealed by the vault for the 30 s
+# in which a second, concurrent refresh gets that same pair.
+_V_OAUTH = """
+CREATE TABLE oauth_clients (
+  client_id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('cimd', 'dcr')),
+  client_name TEXT NOT NULL,
+  redirect_uris TEXT NOT NULL,
+  application_type TEXT NOT NULL CHECK (application_type IN ('web', 'native')),
+  created_at TEXT NOT NULL,
+  approved_at TEXT,
+  last_used_at TEXT
+) STRICT;
+
+CREATE TABLE oauth_requests (
+  request_id TEXT PRIMARY KEY,
+  client_id TEXT NOT NULL REFERENCES oauth_clients(client_id) ON DELETE CASCADE,
+  redirect_uri TEXT NOT NULL,
+  state TEXT,
+  code_challenge TEXT NOT NULL,
+  scopes TEXT NOT NULL,
+  resource TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE oauth_grants (
+  grant_id TEXT PRIMARY KEY,
+  client_id TEXT NOT NULL,
+  agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+  jti TEXT NOT NULL REFERENCES passports(jti),
+  scopes TEXT NOT NULL,
+  audience TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL,
+  revoked_at TEXT
+) STRICT;
+CREATE INDEX oauth_grants_by_agent ON oauth_grants(agent_id);
+
+CREATE TABLE oauth_codes (
+  code_hash BLOB PRIMARY KEY,
+  grant_id TEXT NOT NULL REFERENCES oauth_grants(grant_id),
+  client_id TEXT NOT NULL,
+  redirect_uri TEXT NOT NULL,
+  code_challenge TEXT NOT NULL,
+  expires_at TEXT NOT NULL,
+  used_at TEXT
+) STRICT;
+
+CREATE TABLE oauth_refresh (
+  refresh_id TEXT PRIMARY KEY,
+  token_hash BLOB NOT NULL UNIQUE,
+  grant_id TEXT NOT NULL REFERENCES oauth_grants(grant_id),
+  created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL,
+  replaced_at TEXT,
+  successor BLOB
+) STRICT;
+CREATE INDEX oauth_refresh_by_grant ON oauth_refresh(grant_id);
+
+ALTER TABLE tokens ADD COLUMN grant_id TEXT REFERENCES oauth_grants(grant_id);
+CREATE INDEX tokens_by_grant ON tokens(grant_id) WHERE grant_id IS NOT NULL;
+"""
+
 # Receipts that settle (DESIGN §5, invariant 98): what each mention did when posted, with the run it woke or
 # joined and the proposal it waits on, so `read_messages` can show each mention's current outcome with one
 # look at those runs (by primary key, or by `runs_by_cause` for a proposal's later run). Older messages have
@@ -618,5 +689,5 @@ ALTER TABLE messages ADD COLUMN mention_outcomes TEXT;
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
     _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_SANDBOX, _V_LISTENER_RATES, _V_KILL_SWITCHES,
-    _V_CONSOLE, _V_RECEIPTS,
+    _V_CONSOLE, _V_RECEIPTS, _V_OAUTH,
 )  # fmt: skip

@@ -1,0 +1,264 @@
+"""The OAuth 2.1 endpoints of public mode (DESIGN §9.4): thin ASGI over `services/oauth.py`.
+
+- `GET /.well-known/oauth-authorization-server` (RFC 8414) and `GET /.well-known/oauth-protected-resource/mcp`
+  (RFC 9728): the metadata a client discovers from the 401 at /mcp.
+- `GET /authorize`: validates and stores the request, then sends the browser to the console's approval page
+  (a cross-site arrival carries no SameSite=Strict cookie, so the page continues same-site).
+- `POST /token`, `POST /register` (RFC 7591, limited per source and in all), `POST /revoke` (RFC 7009).
+
+Served only in public mode: the issuer and the resource are the public URL's. Errors are OAuth's JSON
+(`{"error", "error_description"}`); nothing here authenticates an MCP caller, which stays BearerGate's alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+import structlog
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agent_rooms_mcp import policy
+from agent_rooms_mcp.auth.failures import AuthRateLimited
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.public import BindRefused, Exposure, is_loopback
+from agent_rooms_mcp.services.oauth import AuthorizeRefused, OAuthError
+from agent_rooms_mcp.settings import Settings
+
+log = structlog.get_logger("agent_rooms_mcp.oauth_api")
+
+AS_METADATA = "/.well-known/oauth-authorization-server"
+RESOURCE_METADATA = "/.well-known/oauth-protected-resource/mcp"
+# Where a client that missed the 401's pointer looks next (the MCP authorization spec's fallback): the same.
+_RESOURCE_METADATA_ROOT = "/.well-known/oauth-protected-resource"
+_PATHS = frozenset(
+    {AS_METADATA, RESOURCE_METADATA, _RESOURCE_METADATA_ROOT, "/authorize", "/token", "/register", "/revoke"}
+)
+_BODY_CAP = 64 * 1024  # an OAuth request is a short form or a small JSON document
+_HOUR = 3600.0
+_NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+_TRANSPORT = "oauth"
+
+
+def check_test_allowance(settings: Settings, exposure: Exposure) -> None:
+    """The test suite's loopback allowance for metadata documents must never reach a hub others can reach:
+    BindRefused unless the public URL is itself a loopback one (or there is none)."""
+    if settings.oauth_cimd_test_ca is not None and exposure.public is not None and not is_loopback(exposure.public[1]):
+        raise BindRefused(
+            "AGENT_ROOMS_OAUTH_ALLOW_LOOPBACK_CIMD_FOR_TESTS is for the test suite only: unset it to serve"
+            f" {exposure.issuer}"
+        )
+
+
+def resource_metadata_url(exposure: Exposure) -> str | None:
+    issuer = exposure.issuer
+    return None if issuer is None else issuer + RESOURCE_METADATA
+
+
+class _Answer(Exception):
+    def __init__(self, status: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.status, self.body, self.headers = status, body, headers
+
+
+class _Window:
+    """Events in the last hour, per key and in all: the registration limit (one serving process answers /register,
+    so the count lives in it; a restart forgets it, which the global cap bounds)."""
+
+    def __init__(self, per_key: int, overall: int) -> None:
+        self._per_key, self._overall = per_key, overall
+        self._keys: dict[str | None, deque[float]] = {}
+        self._all: deque[float] = deque()
+
+    def admit(self, key: str | None) -> bool:
+        now = anyio.current_time()
+        for q in (self._all, *self._keys.values()):
+            while q and q[0] <= now - _HOUR:
+                q.popleft()
+        self._keys = {k: q for k, q in self._keys.items() if q}
+        mine = self._keys.setdefault(key, deque())
+        if len(mine) >= self._per_key or len(self._all) >= self._overall:
+            return False
+        mine.append(now)
+        self._all.append(now)
+        return True
+
+
+class OAuthApi:
+    def __init__(self, hub: Hub, exposure: Exposure) -> None:
+        assert exposure.issuer is not None and exposure.resource is not None  # mounted in public mode only
+        self._hub = hub
+        self._exposure = exposure
+        self._issuer: str = exposure.issuer
+        self._resource: str = exposure.resource
+        limits = hub.settings.limits
+        self._registrations = _Window(limits.oauth_register_per_source_per_h, limits.oauth_register_per_h)
+
+    @staticmethod
+    def serves(path: str) -> bool:
+        return path in _PATHS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, body, headers = await self._handle(scope, receive)
+        except _Answer as a:
+            status, body, headers = a.status, a.body, a.headers
+        except OAuthError as e:
+            status, body, headers = e.status, {"error": e.error, "error_description": e.description}, _NO_STORE
+        except Exception as e:
+            log.error("oauth_api.internal_error", path=scope.get("path"), error=type(e).__name__)
+            status, body, headers = 500, {"error": "server_error"}, _NO_STORE
+        await _respond(send, status, body, headers)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[int, dict[str, Any], tuple[tuple[bytes, bytes], ...]]:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        peer = (scope.get("client") or (None,))[0]
+        refusal = self._exposure.refusal(peer, headers)
+        if refusal is not None:
+            raise _Answer(refusal[0], {"error": refusal[1]})
+        path, method = scope["path"], scope["method"]
+        if method == "GET" and path == AS_METADATA:
+            return 200, self._server_metadata(), ()
+        if method == "GET" and path in (RESOURCE_METADATA, _RESOURCE_METADATA_ROOT):
+            return 200, self._resource_metadata(), ()
+        if method == "GET" and path == "/authorize":
+            params = _single(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+            try:
+                location = await self._hub.oauth.authorize(params, self._resource)
+            except AuthorizeRefused as e:
+                # Not redirected: the client or its redirect URI is the very thing not trusted (RFC 6749 §4.1.2.1).
+                raise _Answer(400, {"error": e.error, "error_description": e.description}) from None
+            if location.startswith("/"):  # our own approval page, at the public URL
+                location = self._issuer + location
+            raise _Answer(302, {}, ((b"location", location.encode()), *_NO_STORE))
+        if method != "POST":
+            raise _Answer(405, {"error": "invalid_request", "error_description": f"{method} {path}: not allowed"})
+        if path == "/register":
+            if not self._registrations.admit(self._exposure.client_address(peer, headers)):
+                raise _Answer(429, {"error": "RATE_LIMITED"}, ((b"retry-after", b"3600"),))
+            return 201, await self._hub.oauth.register(await _json(receive, headers)), _NO_STORE
+        form = await _form(receive, headers)
+        if path == "/token":
+            try:
+                return 200, await self._hub.oauth.token(form, self._resource), _NO_STORE
+            except OAuthError as e:
+                if e.error != "invalid_grant":
+                    raise
+                # A code or refresh token that did not work is a failed authentication: counted and audited by
+                # the same limiter as /mcp's (bounded rows), so guessing at /token meets the same 429.
+                presented = form.get("refresh_token") or form.get("code")
+                address = self._exposure.client_address(peer, headers)
+                refused = await self._hub.auth.refuse(
+                    f"oauth_{form.get('grant_type', 'none')}", presented, transport=_TRANSPORT, address=address
+                )
+                if isinstance(refused, AuthRateLimited):
+                    raise _Answer(
+                        429, {"error": "RATE_LIMITED"}, ((b"retry-after", str(refused.retry_after_s).encode()),)
+                    ) from None
+                raise
+        await self._hub.oauth.revoke(form)  # /revoke: the same answer whatever it found (RFC 7009 §2.2)
+        return 200, {}, _NO_STORE
+
+    def _server_metadata(self) -> dict[str, Any]:
+        issuer = self._issuer
+        return {
+            "issuer": issuer,
+            "authorization_endpoint": issuer + "/authorize",
+            "token_endpoint": issuer + "/token",
+            "registration_endpoint": issuer + "/register",
+            "revocation_endpoint": issuer + "/revoke",
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "revocation_endpoint_auth_methods_supported": ["none"],
+            "scopes_supported": _scopes(),
+            "authorization_response_iss_parameter_supported": True,
+            # Client ID metadata documents are preferred; registration is the fallback (DESIGN §9.4).
+            "client_id_metadata_document_supported": True,
+        }
+
+    def _resource_metadata(self) -> dict[str, Any]:
+        return {
+            "resource": self._resource,
+            "authorization_servers": [self._issuer],
+            "scopes_supported": _scopes(),
+            "bearer_methods_supported": ["header"],
+        }
+
+
+def _scopes() -> list[str]:
+    return sorted(s.value for s in policy.OAUTH_SCOPES)
+
+
+def _single(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Request parameters, each at most once (RFC 6749 §3.1, §3.2)."""
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise OAuthError("invalid_request", f"{name}: given more than once")
+        params[name] = value
+    return params
+
+
+async def _read(receive: Receive, headers: Mapping[str, str]) -> bytes:
+    length = headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > _BODY_CAP:
+        raise OAuthError("invalid_request", f"body: at most {_BODY_CAP} bytes", 413)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _BODY_CAP:
+            raise OAuthError("invalid_request", f"body: at most {_BODY_CAP} bytes", 413)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _form(receive: Receive, headers: Mapping[str, str]) -> dict[str, str]:
+    if headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise OAuthError("invalid_request", "send the parameters as application/x-www-form-urlencoded")
+    raw = await _read(receive, headers)
+    try:
+        return _single(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw)))
+    except (UnicodeDecodeError, ValueError):
+        raise OAuthError("invalid_request", "body: not a form") from None
+
+
+async def _json(receive: Receive, headers: Mapping[str, str]) -> dict[str, Any]:
+    raw = await _read(receive, headers)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise OAuthError("invalid_client_metadata", "body: not JSON") from None
+    if not isinstance(body, dict):
+        raise OAuthError("invalid_client_metadata", "body: must be a JSON object")
+    return body
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any], extra: tuple[tuple[bytes, bytes], ...]) -> None:
+    payload = b"" if status == 302 else json.dumps(body).encode()
+    headers = [(b"content-length", str(len(payload)).encode()), *extra]
+    if payload:
+        headers.append((b"content-type", b"application/json"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def with_oauth(app: ASGIApp, api: OAuthApi) -> ASGIApp:
+    """One ASGI app: the OAuth endpoints beside everything else."""
+
+    async def routed(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and OAuthApi.serves(scope["path"]):
+            await api(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return routed
