@@ -163,6 +163,13 @@ class Limits:
     oauth_refresh_grace_s: int = 30
     oauth_register_per_source_per_h: int = 10
     oauth_register_per_h: int = 100
+    # `/authorize` is anonymous and stores each request until it is approved or expires: at most this many
+    # from one source an hour and in all, this many waiting at once, and a `state` of at most this many bytes
+    # (else a loop of long requests fills the database under the one write lock).
+    oauth_authorize_per_source_per_h: int = 120
+    oauth_authorize_per_h: int = 2000
+    oauth_requests_pending_max: int = 500
+    oauth_state_max_bytes: int = 1024
     oauth_unapproved_client_s: int = 24 * 3600
     oauth_unused_client_s: int = 90 * 24 * 3600
     # Client ID metadata documents (DESIGN §9.4, invariant 108): one fetch takes at most this long and this

@@ -320,6 +320,9 @@ async def test_a_refresh_token_reused_after_the_grace_revokes_the_family(world: 
         "http://user@localhost/callback",
         "http://localhost/callback?x=1",
         "http://localhost/callback#f",
+        "http://[::1]evil.example/callback",
+        "http://[::1].evil.example:8080/callback",
+        "http://localhost:0/callback",
         "myapp://callback",
     ],
 )
@@ -492,6 +495,22 @@ async def test_registration_is_limited_per_source(world: World) -> None:
     world = replace(world, settings=replace(world.settings, limits=limits))
     async with flow(world) as f:
         assert [(await f.register()).status_code for _ in range(3)] == [201, 201, 429]
+
+
+async def test_anonymous_authorization_requests_cannot_fill_the_database(world: World) -> None:
+    """`/authorize` stores each request before anyone logs in: a long `state`, a flood from one source and
+    too many waiting at once are each refused, storing nothing."""
+    limits = replace(world.settings.limits, oauth_authorize_per_source_per_h=4, oauth_requests_pending_max=2)
+    world = replace(world, settings=replace(world.settings, limits=limits))
+    async with flow(world) as f:
+        await f.register()
+        long = await f.authorize(state="s" * (limits.oauth_state_max_bytes + 1))
+        assert (long.status_code, oauth_error(long)) == (400, "invalid_request") and "location" not in long.headers
+        assert [(await f.authorize()).status_code for _ in range(2)] == [302, 302]
+        full = await f.authorize()
+        assert (full.status_code, oauth_error(full)) == (400, "temporarily_unavailable")
+        assert (await f.authorize()).status_code == 429  # the fifth from this source within the hour
+    assert world.sql("SELECT count(*) AS n FROM oauth_requests")[0]["n"] == 2
 
 
 async def test_the_sweep_deletes_clients_never_approved_and_expired_requests(world: World) -> None:

@@ -4,6 +4,7 @@ hold, which redirect URIs and metadata-document URLs and addresses are allowed, 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ OAUTH_SCOPES = frozenset({Scope.READ, Scope.POST, Scope.TASK})
 # Claude's callbacks, matched exactly; every other non-loopback redirect is refused whatever a client lists.
 CLAUDE_CALLBACKS = frozenset({"https://claude.ai/api/mcp/auth_callback", "https://claude.com/api/mcp/auth_callback"})
 OAUTH_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_LOOPBACK_AUTHORITY = re.compile(r"(?P<host>localhost|127\.0\.0\.1|\[::1\])(?::(?P<port>[0-9]{1,5}))?")
 
 
 def _loopback_redirect(uri: str) -> tuple[str, str] | None:
@@ -24,15 +26,13 @@ def _loopback_redirect(uri: str) -> tuple[str, str] | None:
     parts = urlsplit(uri)
     if parts.scheme != "http" or parts.username or parts.password or parts.query or parts.fragment:
         return None
-    host = parts.netloc.rsplit("@", 1)[-1]
-    host = host.split("]", 1)[0] + "]" if host.startswith("[") else host.split(":", 1)[0]
-    if host.lower() not in OAUTH_LOOPBACK_HOSTS:
+    # The whole authority is a loopback host and at most a numeric port: `[::1]evil.example` or a host
+    # glued to anything else is not read as loopback, whatever a lenient parser would make of it.
+    authority = _LOOPBACK_AUTHORITY.fullmatch(parts.netloc.lower())
+    if authority is None or (authority["port"] is not None and not 0 < int(authority["port"]) < 65536):
         return None
-    try:
-        parts.port  # noqa: B018 - a port that is not a number is refused
-    except ValueError:
-        return None
-    return host.lower(), parts.path or "/"
+    host = authority["host"]
+    return host, parts.path or "/"
 
 
 def oauth_redirect_registrable(uri: str) -> bool:

@@ -175,6 +175,8 @@ class OAuth:
         if not redirect_uri or not policy.oauth_redirect_matches(redirect_uri, client.redirect_uris):
             raise AuthorizeRefused("invalid_request", f"redirect_uri {redirect_uri!r}: not registered for this client")
         state = params.get("state")
+        if state is not None and len(state.encode()) > self._limits.oauth_state_max_bytes:
+            raise AuthorizeRefused("invalid_request", f"state: at most {self._limits.oauth_state_max_bytes} bytes")
 
         def back(error: str, description: str) -> str:
             return _redirect(
@@ -198,6 +200,11 @@ class OAuth:
         now = datetime.now(UTC)
 
         def run(conn: sqlite3.Connection) -> None:
+            waiting = conn.execute("SELECT count(*) FROM oauth_requests WHERE expires_at > ?", (iso(now),)).fetchone()[
+                0
+            ]
+            if waiting >= self._limits.oauth_requests_pending_max:
+                raise AuthorizeRefused("temporarily_unavailable", "too many authorization requests wait; try later")
             if fetched:  # kept while the client is in use, so the approval page and /token find it
                 _save_client(conn, client, iso(now))
             conn.execute(

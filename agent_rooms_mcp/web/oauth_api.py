@@ -65,8 +65,8 @@ class _Answer(Exception):
 
 
 class _Window:
-    """Events in the last hour, per key and in all: the registration limit (one serving process answers /register,
-    so the count lives in it; a restart forgets it, which the global cap bounds)."""
+    """Events in the last hour, per key and in all: the limits of /register and /authorize (one serving process
+    answers them, so the count lives in it; a restart forgets it, which the global cap bounds)."""
 
     def __init__(self, per_key: int, overall: int) -> None:
         self._per_key, self._overall = per_key, overall
@@ -96,6 +96,7 @@ class OAuthApi:
         self._resource: str = exposure.resource
         limits = hub.settings.limits
         self._registrations = _Window(limits.oauth_register_per_source_per_h, limits.oauth_register_per_h)
+        self._authorizations = _Window(limits.oauth_authorize_per_source_per_h, limits.oauth_authorize_per_h)
 
     @staticmethod
     def serves(path: str) -> bool:
@@ -127,6 +128,8 @@ class OAuthApi:
         if method == "GET" and path in (RESOURCE_METADATA, _RESOURCE_METADATA_ROOT):
             return 200, self._resource_metadata(), ()
         if method == "GET" and path == "/authorize":
+            if not self._authorizations.admit(self._exposure.client_address(peer, headers)):
+                raise _Answer(429, {"error": "RATE_LIMITED"}, ((b"retry-after", b"3600"),))
             params = _single(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
             try:
                 location = await self._hub.oauth.authorize(params, self._resource)
