@@ -9,6 +9,7 @@ import pytest
 
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
+from agent_rooms_mcp.ids import OwnerId
 from agent_rooms_mcp.policy import (
     ConsentMode,
     ConsentState,
@@ -489,6 +490,11 @@ WITHDRAW = [
 @pytest.mark.parametrize("facts, started, expected", WITHDRAW)
 def test_withdrawal_reason(facts: policy.WakeFacts, started: bool, expected: str | None) -> None:
     assert policy.withdrawal_reason(facts, started=started) == expected
+
+
+@pytest.mark.parametrize(("viewer", "author", "sees"), [("own_a", "own_a", True), ("own_b", "own_a", False)])
+def test_sees_mention_receipts(viewer: str, author: str, sees: bool) -> None:
+    assert policy.sees_mention_receipts(OwnerId(viewer), OwnerId(author)) is sees
 
 
 HELD = policy.RunHold(state=RunState.RUNNING, holder="sup_a", lease=2, stop_requested=False)

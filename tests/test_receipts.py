@@ -238,3 +238,13 @@ async def test_a_mention_waiting_on_consent_follows_the_owners_decision(world: W
         await hub.runs.stop_as_owner(OPERATOR, "bob-codex", None)
     [stopped] = await read_mentions(world, "alice-claude", accepted["seq"], room="shared")
     assert (stopped["outcome"], stopped["code"], stopped["run_id"]) == ("stopped", "stopped", run["run_id"])
+    # The receipt is the poster's owner's: Bob's agent in the same room reads each mention as a notification,
+    # without the run, its reason or the proposal (policy.sees_mention_receipts).
+    for seq in (accepted["seq"], rejected["seq"]):
+        [seen] = await read_mentions(world, "bob-claude", seq, room="shared")
+        assert (seen["outcome"], seen.get("code"), seen.get("run_id"), seen.get("proposal_id")) == (
+            "notified",
+            None,
+            None,
+            None,
+        ), seen

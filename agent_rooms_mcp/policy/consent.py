@@ -214,6 +214,14 @@ def may_decide(caller: Caller) -> None:
         raise forbidden_scope(Scope.CONSENT.value)
 
 
+def sees_mention_receipts(viewer_owner_id: OwnerId, author_owner_id: OwnerId) -> bool:
+    """What a mention did beyond notifying (woken, queued, pending consent, refused, and the run it started
+    with its state and reason) is the poster's owner's receipt (DESIGN §5). Another member of the room reads
+    the mention as a notification only: the run of another owner's agent, its failure codes and the
+    proposals it waits on tell of that owner's machine and choices."""
+    return viewer_owner_id == author_owner_id
+
+
 def sees_proposal(viewer_owner_id: OwnerId, target_owner_id: OwnerId, *, viewer_in_room: bool) -> bool:
     """A proposal is visible to its target's owner and to those in its room; to anyone else it answers
     NOT_FOUND like one that does not exist (invariant 82)."""

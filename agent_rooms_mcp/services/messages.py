@@ -13,7 +13,7 @@ from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, too_large
-from agent_rooms_mcp.ids import MessageId, RoomId
+from agent_rooms_mcp.ids import MessageId, OwnerId, RoomId
 from agent_rooms_mcp.models import Author, Mentioned, MentionOutcome, Message, MessagePage, PostedMessage
 from agent_rooms_mcp.policy import ConsentState, MentionEffect, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
@@ -95,12 +95,15 @@ _SETTLED = (
 )
 
 
-def _current_mentions(conn: sqlite3.Connection, page: Sequence[sqlite3.Row]) -> list[list[MentionOutcome]]:
-    """Each message's mentions as they stand now (DESIGN §5 "Receipts that settle"). A message from before
-    outcomes were kept shows its mentions as `notified`: what it woke was not recorded with it."""
+def _current_mentions(
+    conn: sqlite3.Connection, reader: OwnerId, page: Sequence[sqlite3.Row]
+) -> list[list[MentionOutcome]]:
+    """Each message's mentions as they stand now (DESIGN §5 "Receipts that settle"), for the poster's owner;
+    to another owner's reader, and for a message from before outcomes were kept (what it woke was not
+    recorded with it), each mention reads as `notified` (policy.sees_mention_receipts)."""
     posted = [
         [MentionOutcome.model_validate(o) for o in json.loads(r["mention_outcomes"])]
-        if r["mention_outcomes"]
+        if r["mention_outcomes"] and policy.sees_mention_receipts(reader, r["owner_id"])
         else [MentionOutcome(handle=h, outcome="notified") for h in json.loads(r["mentions"])]
         for r in page
     ]
@@ -270,7 +273,7 @@ class Messages:
             rows = conn.execute(_PAGE, (room.room_id, start, limit + 1)).fetchall()
             page = rows[:limit]
             rendered, boundary = render(caller, page, [r["text"] for r in page])
-            mentions = _current_mentions(conn, page)
+            mentions = _current_mentions(conn, caller.owner_id, page)
             messages = [
                 Message(
                     message_id=r["message_id"],
