@@ -8,9 +8,13 @@ each page go to AGENT_ROOMS_SCREENSHOTS, or `console-screenshots` under the test
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import secrets
 import shutil
+import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -18,14 +22,19 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp.owner_actions import perform
 from agent_rooms_mcp.principals import Human
 from tests.conftest import OPERATOR, World
-from tests.hubprocess import serve_http
+from tests.hubprocess import free_port, serve_http
+from tests.test_public import self_signed
 from tests.wakeworld import Fakes, runs, until, wake_env
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -83,6 +92,8 @@ def browser() -> Iterator[Any]:
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
+    # The OAuth test serves the hub behind a certificate made for that test alone; no other test uses TLS.
+    options.add_argument("--ignore-certificate-errors")
     # The performance log holds every response's headers: the CSP is checked on each page the browser got.
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -308,3 +319,119 @@ async def test_an_owner_runs_the_console_in_a_real_browser(
         _wait(browser, lambda d: d.find_elements(By.ID, "login-failed"), "a used link is refused")
         browser.save_screenshot(str(shots / "15-link-reused.png"))
         await anyio.sleep(0)
+
+
+@contextmanager
+def _loopback_catcher() -> Iterator[tuple[int, list[dict[str, str]]]]:
+    """A native client's loopback redirect listener (RFC 8252 §7.3): the port it listens on, and the query of
+    every request that reached /callback."""
+    caught: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            if parts.path == "/callback":
+                caught.append({k: v[0] for k, v in parse_qs(parts.query).items()})
+            body = b"<!doctype html><p id=caught>You can close this window.</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], caught
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.invariant(96, 97, 105)
+async def test_a_client_is_approved_on_the_console_page_in_a_real_browser(
+    world: World, browser: Any, shots: Path, tmp_path: Path
+) -> None:
+    """The Claude.ai connector's authorize step end to end against a served hub behind TLS: a scripted client
+    registers, the browser arrives at /authorize from it, the owner logs in by a console link and approves
+    as their chat agent, the browser lands on the client's loopback redirect, and the client's token acts
+    as that agent at /mcp."""
+    from selenium.webdriver.common.by import By
+
+    async with world.hub() as hub:
+        chat = {"handle": "alice-chat", "owner": "alice", "tool": "chat", "scopes": "read,post"}
+        await perform(hub, Human(OPERATOR), "agent.add", chat)
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    issuer = f"https://localhost:{port}"
+    flags = ["--public-url", issuer, "--tls-cert", str(cert), "--tls-key", str(key)]
+    tls = ssl.create_default_context(cafile=str(cert))
+    with _loopback_catcher() as (callback_port, caught):
+        async with (
+            serve_http(world.settings.home, *flags, port=port, base="https://localhost"),
+            httpx2.AsyncClient(verify=tls, base_url=issuer) as http,
+        ):
+            # The client registers with the loopback path; it listens on a port of its own choosing.
+            registered = await http.post(
+                "/register",
+                json={
+                    "client_name": "Scripted CLI",
+                    "redirect_uris": ["http://127.0.0.1/callback"],
+                    "token_endpoint_auth_method": "none",
+                    "application_type": "native",
+                },
+            )
+            assert registered.status_code == 201, registered.text
+            client_id = registered.json()["client_id"]
+            redirect_uri = f"http://127.0.0.1:{callback_port}/callback"
+            verifier = secrets.token_urlsafe(48)
+            challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            query = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri,
+                     "code_challenge": challenge, "code_challenge_method": "S256", "state": "browser-1",
+                     "scope": "read post task", "resource": issuer + "/mcp"}  # fmt: skip
+
+            # Not logged in: the page says how; the login by link then comes back to this request.
+            browser.get(issuer + "/authorize?" + urlencode(query))
+            _wait(browser, lambda d: d.find_elements(By.ID, "authorize-login"), "the log-in-to-approve page")
+            browser.get(await _mint(world, "alice", issuer))
+            browser.find_element(By.ID, "login").click()
+            _wait(browser, lambda d: d.find_elements(By.ID, "approve"), "the approval page after the login")
+            assert browser.find_element(By.ID, "unverified").is_displayed()
+            assert browser.find_element(By.ID, "client-name").text == "Scripted CLI"
+            assert browser.find_element(By.ID, "redirect").text == f"http://127.0.0.1:{callback_port}"
+            assert browser.find_element(By.ID, "loopback-warning").is_displayed()
+            assert not browser.find_elements(By.CSS_SELECTOR, "#agent-bob-claude, main img")
+            # The chat agent comes first and is chosen; only the scopes it holds are ticked.
+            assert browser.find_element(By.ID, "agent-alice-chat").is_selected()
+            ticked = {s: browser.find_element(By.ID, f"scope-{s}").is_selected() for s in ("read", "post", "task")}
+            assert ticked == {"read": True, "post": True, "task": False}
+            browser.save_screenshot(str(shots / "20-authorize.png"))
+            browser.find_element(By.ID, "approve").click()
+            _wait(browser, lambda d: caught, "the browser reaches the client's loopback redirect")
+            [params] = caught
+            assert params["state"] == "browser-1" and params["iss"] == issuer, params
+
+            exchanged = await http.post(
+                "/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": params["code"],
+                    "redirect_uri": redirect_uri,
+                    "client_id": client_id,
+                    "code_verifier": verifier,
+                    "resource": issuer + "/mcp",
+                },
+            )
+            assert exchanged.status_code == 200, exchanged.text
+            bearer = {"Authorization": f"Bearer {exchanged.json()['access_token']}"}
+            async with (
+                httpx2.AsyncClient(verify=tls, headers=bearer) as mcp_http,
+                Client(streamable_http_client(issuer + "/mcp", http_client=mcp_http)) as c,
+            ):
+                who = (await c.call_tool("whoami", {})).structured_content
+            assert who["agent"]["handle"] == "alice-chat" and sorted(who["scopes"]) == ["post", "read"], who
+    [row] = [r for r in world.audit_rows() if r["action"] == "oauth.approve"]
+    assert (row["actor_kind"], row["via"]) == ("owner", "console")

@@ -1,6 +1,6 @@
 """The Claude.ai connector's OAuth 2.1 (DESIGN §9.4, invariants 32, 97, 105): a scripted client over real HTTP
-against the hub in public mode, in process. The approval page is the console's (not wired yet): these tests
-approve through the service, as the page and the CLI do, with an owner principal.
+against the hub in public mode, in process. These tests approve through the service, as the console's
+approval page does (`test_console_authorize.py` drives the page), with an owner principal.
 
 Every refusal is checked to issue nothing: the database's fingerprint (audit rows aside) is unchanged, unless
 the refusal is one that must revoke (a reused code or refresh token revokes its family)."""

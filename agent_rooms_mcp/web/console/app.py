@@ -7,7 +7,7 @@ import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import structlog
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -20,6 +20,7 @@ from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import Human, parse_scopes
+from agent_rooms_mcp.principals import Scope as AgentScope
 from agent_rooms_mcp.public import Exposure
 from agent_rooms_mcp.services.console_sessions import LOGIN_PATH, MISSING_SESSION, ConsoleDenied
 from agent_rooms_mcp.services.console_views import ConsoleViews
@@ -52,6 +53,10 @@ _STATUS = {
 # Characters that reorder or hide text (bidi overrides and isolates, zero-width joiners): shown as a visible
 # mark in room content, so another owner's words cannot make a line read as something else.
 _HIDDEN = re.compile("[\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+AUTHORIZE_PATH = PREFIX + "authorize"
+# An authorization request id as the OAuth service mints it (new_id): anything else is never echoed anywhere.
+_REQUEST_ID = re.compile(r"oar_[A-Za-z0-9_-]{16,64}")
+_OAUTH_SCOPE_ORDER = (AgentScope.READ, AgentScope.POST, AgentScope.TASK)
 
 Form = dict[str, str]
 Page = Callable[[Request, Human, Form], Awaitable[Response]]
@@ -91,6 +96,10 @@ class Console:
         # Under HTTPS (public mode) the cookie is `__Host-` and `Secure` (DESIGN §9.2, invariant 96).
         self._secure = exposure.public is not None
         self.cookie_name = "__Host-agent-rooms-console" if self._secure else "agent-rooms-console"
+        # The approval page a not-logged-in owner arrived at, so the login that follows goes back to it. It
+        # names a request id only (no secret: approving still needs the session), and is only ever used to
+        # build a link to our own approval page.
+        self.return_cookie = "__Host-agent-rooms-authorize" if self._secure else "agent-rooms-authorize"
         self._env = environment()
         limits = hub.settings.limits
         self._views = ConsoleViews(hub.store, hub.settings.run_logs_dir, limits.console_rows)
@@ -115,6 +124,8 @@ class Console:
             ("POST", "devices/revoke"): self._revoke_device,
             ("GET", "audit"): self._audit,
             ("POST", "logout"): self._logout,
+            ("GET", "authorize"): self._authorize,
+            ("POST", "authorize"): self._authorize_decide,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -127,7 +138,9 @@ class Console:
             # Only the exception's type is logged: its message may carry a form field.
             log.error("console.internal_error", path=scope.get("path"), error=type(e).__name__)
             response = self._page("error.html", None, status=500, code="INTERNAL", message="something went wrong")
-        response.headers.update(SECURITY_HEADERS)
+        for name, value in SECURITY_HEADERS.items():
+            # setdefault: the approval page widens form-action to its one redirect origin (see _authorize).
+            response.headers.setdefault(name, value)
         await response(scope, receive, send)
 
     async def _handle(self, request: Request) -> Response:
@@ -176,6 +189,8 @@ class Console:
                 )
                 if isinstance(refused, AuthRateLimited):
                     return self._rate_limited(refused)
+            if method == "GET" and path == AUTHORIZE_PATH:
+                return self._authorize_login(request)
             if method == "GET" and not path.endswith(".json"):
                 return self._page("login.html", None, status=401, code=None)
             return self._page("error.html", None, status=401, code="UNAUTHENTICATED", message="log in again")
@@ -261,7 +276,12 @@ class Console:
             if isinstance(refused, AuthRateLimited):
                 return self._rate_limited(refused)
             return self._page("login.html", None, status=401, code=None, failed=True)
-        response = RedirectResponse(PREFIX, status_code=303)
+        pending = request.cookies.get(self.return_cookie, "")
+        if _REQUEST_ID.fullmatch(pending):
+            response = RedirectResponse(AUTHORIZE_PATH + "?" + urlencode({"request": pending}), status_code=303)
+            response.delete_cookie(self.return_cookie, path="/", secure=self._secure, httponly=True, samesite="lax")
+        else:
+            response = RedirectResponse(PREFIX, status_code=303)
         response.set_cookie(
             self.cookie_name,
             login.cookie,
@@ -429,3 +449,91 @@ class Console:
         names = await self._views.handles()
         verdict = await self._views.audit_verdict()
         return self._page("audit.html", who, rows=list(reversed(rows)), names=names, verdict=verdict)
+
+    # The OAuth approval page (DESIGN §9.4): a client asked at /authorize; the owner picks which of their agents
+    # it acts as and with which scopes, or denies. The service decides and audits; this only shows and asks.
+
+    def _authorize_login(self, request: Request) -> Response:
+        """Not logged in: say how, and remember the request so the login comes back here."""
+        request_id = request.query_params.get("request", "")
+        known = _REQUEST_ID.fullmatch(request_id) is not None
+        response = self._page(
+            "authorize_login.html",
+            None,
+            status=401,
+            back=AUTHORIZE_PATH + "?" + urlencode({"request": request_id}) if known else None,
+        )
+        if known:
+            # Lax, not Strict: it is set on a navigation that started at the client's site.
+            response.set_cookie(
+                self.return_cookie,
+                request_id,
+                max_age=self._hub.settings.limits.oauth_request_ttl_s,
+                path="/",
+                secure=self._secure,
+                httponly=True,
+                samesite="lax",
+            )
+        return response
+
+    def _gone(self, who: Human) -> Response:
+        return self._page(
+            "error.html",
+            who,
+            status=404,
+            code="NOT_FOUND",
+            message="this authorization request is unknown, expired or already decided; nothing was issued."
+            " Start again from the app that sent you here",
+        )
+
+    async def _authorize(self, request: Request, who: Human, form: Form) -> Response:
+        request_id = request.query_params.get("request", "")
+        if not _REQUEST_ID.fullmatch(request_id):
+            return self._gone(who)
+        try:
+            pending = await self._hub.oauth.pending(request_id)
+        except RoomsError as e:
+            if e.code is ErrorCode.NOT_FOUND:
+                return self._gone(who)
+            raise
+        redirect = urlsplit(pending.redirect_uri)
+        port = redirect.port or (443 if redirect.scheme == "https" else 80)
+        agents = [a for a in (await self._act(who, "agent.list", {})).agents]
+        # Typically a chat agent: listed first and chosen by default.
+        agents.sort(key=lambda a: (a.tool != "chat", a.handle))
+        offered = [s for s in _OAUTH_SCOPE_ORDER if s in pending.scopes]
+        response = self._page(
+            "authorize.html",
+            who,
+            pending=pending,
+            scheme=redirect.scheme,
+            host=redirect.hostname or "",
+            port=port,
+            agents=agents,
+            offered=offered,
+            held={a.handle: sorted(set(a.scopes) & {s.value for s in offered}) for a in agents},
+        )
+        # A form's redirect is checked against form-action too (Chromium), so the approval page alone may send
+        # its form on to the one redirect URI the service validated for this request, and nowhere else.
+        origin = f"{redirect.scheme}://{redirect.netloc}"
+        response.headers["content-security-policy"] = CSP.replace("form-action 'self'", f"form-action 'self' {origin}")
+        return response
+
+    async def _authorize_decide(self, request: Request, who: Human, form: Form) -> Response:
+        request_id = form.get("request", "")
+        if not _REQUEST_ID.fullmatch(request_id):
+            return self._gone(who)
+        decision = form.get("decision")
+        try:
+            if decision == "approve":
+                scopes = frozenset(s for s in _OAUTH_SCOPE_ORDER if form.get(f"scope_{s.value}") == "on")
+                location = await self._hub.oauth.approve(request_id, who, form.get("agent", ""), scopes)
+            elif decision == "deny":
+                location = await self._hub.oauth.deny(request_id, who)
+            else:
+                raise invalid("decision", "approve or deny")
+        except RoomsError as e:
+            if e.code is ErrorCode.NOT_FOUND and "authorization request" in e.message:
+                return self._gone(who)
+            raise
+        return RedirectResponse(location, status_code=303)
