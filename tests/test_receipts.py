@@ -248,3 +248,22 @@ async def test_a_mention_waiting_on_consent_follows_the_owners_decision(world: W
             None,
             None,
         ), seen
+
+
+@pytest.mark.invariant(98)
+async def test_an_accepted_wake_the_queue_refuses_settles_refused_spawn_cap(world: World) -> None:
+    """Accepted, but the queue its causer is charged to is full: no run is made, and the mention that waited on
+    the consent reads `refused` with SPAWN_CAP, not `pending_consent` or a withdrawal it never had."""
+    await world.trust("bob", "alice")
+    full = with_wake(world, max_queued_per_owner=0)
+    async with full.client("alice-claude") as c:
+        r = await c.call_tool("post_message", {"room": "shared", "text": "@bob-codex have a look"})
+    assert not r.is_error, r.content
+    [said] = r.structured_content["mentions"]  # type: ignore[index]
+    assert said["outcome"] == "pending_consent"
+    async with full.client("bob-admin") as c:
+        ok = await c.call_tool("accept_task", {"task": said["proposal_id"]})
+    assert not ok.is_error, ok.content
+    assert not world.sql("SELECT 1 FROM runs WHERE proposal_id = ?", (said["proposal_id"],))
+    [now] = await read_mentions(world, "alice-claude", r.structured_content["seq"], room="shared")  # type: ignore[index]
+    assert (now["outcome"], now["code"], now["run_id"]) == ("refused", "SPAWN_CAP", None), now

@@ -126,7 +126,13 @@ def decide(
             proposal_id=proposal.proposal_id,
             payload_sha256=proposal.payload_sha256,
         )
-        woke = runs.enqueue(conn, caps, target, cause).outcome
+        enqueued = runs.enqueue(conn, caps, target, cause)
+        woke = enqueued.outcome
+        if enqueued.run_id is None:  # refused or only notified: the mention waiting on it settles with that
+            conn.execute(
+                "UPDATE proposals SET wake_outcome = ?, wake_code = ? WHERE proposal_id = ?",
+                (enqueued.outcome, enqueued.code, proposal.proposal_id),
+            )
     audit.append(
         conn,
         decider.actor,

@@ -88,7 +88,7 @@ def mentions_hint(mentions: Sequence[MentionOutcome]) -> int:
 # on with the run an acceptance made (by `runs_by_cause`). One query for the whole page, whatever its size.
 _SETTLED = (
     "SELECT 'run' AS via, run_id AS key, state, outcome, run_id FROM runs WHERE run_id IN ({runs})"
-    " UNION ALL SELECT 'proposal', p.proposal_id, p.state, NULL, NULL FROM proposals p"
+    " UNION ALL SELECT 'proposal', p.proposal_id, p.state, p.wake_outcome, p.wake_code FROM proposals p"
     " WHERE p.proposal_id IN ({props})"
     " UNION ALL SELECT 'accepted', cause_id, state, outcome, run_id FROM runs"
     f" WHERE cause_id IN ({{props}}) AND trigger = '{Trigger.WAKE_PROPOSAL.value}'"
@@ -127,6 +127,10 @@ def _settled(said: MentionOutcome, seen: dict[tuple[str, str], sqlite3.Row]) -> 
             # Decided without a run: rejected is refused; superseded or withdrawn is withdrawn, saying which.
             if proposal["state"] == ConsentState.REJECTED:
                 return said.model_copy(update={"outcome": Mentioned.REFUSED.value, "code": None})
+            if proposal["state"] == ConsentState.ACCEPTED and proposal["outcome"] is not None:
+                # Accepted, and its wake refused (SPAWN_CAP) or only notified: the proposal row says which
+                # (its `outcome` and `run_id` columns here carry the wake's outcome and code).
+                return said.model_copy(update={"outcome": proposal["outcome"], "code": proposal["run_id"]})
             return said.model_copy(update={"outcome": "withdrawn", "code": proposal["state"]})
     if run is None:
         return said

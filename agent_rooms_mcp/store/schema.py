@@ -686,8 +686,16 @@ _V_RECEIPTS = """
 ALTER TABLE messages ADD COLUMN mention_outcomes TEXT;
 """
 
+# Receipts that settle (DESIGN §5): an accepted wake proposal whose wake could not be queued (the queue cap, or
+# a target that can no longer be woken) says so, so the mention waiting on it settles instead of reading
+# `pending_consent` for ever.
+_V_ACCEPTED_WAKE = """
+ALTER TABLE proposals ADD COLUMN wake_outcome TEXT;
+ALTER TABLE proposals ADD COLUMN wake_code TEXT;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
     _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_SANDBOX, _V_LISTENER_RATES, _V_KILL_SWITCHES,
-    _V_CONSOLE, _V_RECEIPTS, _V_OAUTH,
+    _V_CONSOLE, _V_RECEIPTS, _V_OAUTH, _V_ACCEPTED_WAKE,
 )  # fmt: skip
