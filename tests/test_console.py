@@ -127,10 +127,13 @@ async def test_a_login_link_has_128_bits_is_hashed_at_rest_and_only_its_post_con
     (row,) = world.sql("SELECT * FROM console_links WHERE link_id = ?", (link_id,))
     assert bytes(row["secret_hash"]) == secret_hash(secret)
     assert secret.encode() not in world.db.read_bytes()
-    # A scanner's GET shows a button and consumes nothing.
+    # A scanner's GET shows a button and consumes nothing; the page names whom the link logs in, so a link an
+    # owner minted for themselves and sent on does not log its clicker in as them unawares.
     for _ in range(3):
         page = await http.get(f"/console/login?code={code}")
-        assert page.status_code == 200 and 'name="code"' in page.text
+        assert page.status_code == 200 and 'name="code"' in page.text and "Log in as bob" in page.text
+    forged = await http.get(f"/console/login?code={link_id}.{'x' * len(secret)}")
+    assert 'name="code"' not in forged.text and "bob" not in forged.text
     assert world.sql("SELECT used_at FROM console_links")[0]["used_at"] is None
     answer = await http.post("/console/login", data={"code": code}, headers=SAME_ORIGIN)
     assert answer.status_code == 303 and answer.headers["location"] == "/console/"

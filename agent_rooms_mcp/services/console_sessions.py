@@ -94,6 +94,30 @@ class ConsoleSessions:
 
         return await self._store.write(run)
 
+    async def link_owner(self, code: str) -> str | None:
+        """The handle of the owner a still usable link logs in, for its page to name before the button: a link
+        someone else minted for themselves would otherwise log its clicker in as them unawares (and they would
+        approve a connector onto the sender's agent). Reads only; a wrong secret answers None, uncounted:
+        192 bits leave nothing to guess."""
+        link_id, dot, secret = code.partition(".")
+        if not dot or not link_id.startswith(LINK_PREFIX + "_") or not secret.isascii():
+            return None
+        now = iso(datetime.now(UTC))
+
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT l.secret_hash, l.used_at, l.failures, l.expires_at, o.handle FROM console_links l"
+                " JOIN owners o ON o.owner_id = l.owner_id WHERE l.link_id = ?",
+                (link_id,),
+            ).fetchone()
+            usable = row is not None and row["used_at"] is None and row["expires_at"] > now
+            if not usable or row["failures"] >= self._limits.console_link_failures_max:
+                return None
+            matches = secrets.compare_digest(bytes(row["secret_hash"]), secret_hash(secret))
+            return str(row["handle"]) if matches else None
+
+        return await self._store.read(read)
+
     async def redeem(self, code: str, *, secure: bool) -> Login:
         """Consume a link and open a session; ConsoleDenied for an unknown, expired, used or void link (a wrong
         secret is counted on its link, in a transaction that stays committed)."""

@@ -258,7 +258,7 @@ class Console:
     async def _login(self, request: Request, method: str) -> Response:
         if method == "GET":  # a link scanner may GET this: it only shows the button
             code = request.query_params.get("code", "")
-            return self._page("login.html", None, code=code)
+            return self._page("login.html", None, code=code, link_owner=await self._hub.console.link_owner(code))
         if method != "POST":
             return self._page("error.html", None, status=405, code="METHOD_NOT_ALLOWED", message="use the button")
         form = await self._form(request)
