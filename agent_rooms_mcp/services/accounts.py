@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
-from agent_rooms_mcp.auth.passports import PassportIssuer
+from agent_rooms_mcp.auth.passports import Claims, PassportIssuer
 from agent_rooms_mcp.auth.tokens import CredentialKind, new_id, new_token, secret_hash
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.envrules import check_extra
@@ -345,19 +345,8 @@ class Accounts:
                 if refusal is not None:
                     raise RoomsError(ErrorCode.CONFLICT, f"no token for run {run_id}: {refusal}")
             now = datetime.now(UTC)
-            passport, claims = self._issuer.issue(
-                agent_id=agent["agent_id"],
-                owner_id=agent["owner_id"],
-                tool=agent["tool"],
-                epoch=agent["cred_epoch"],
-                ttl=ttl,
-                now=now,
-            )
+            claims = record_passport(conn, self._issuer, agent, ttl, now)
             issued, expires = iso(now), iso(claims.exp)
-            conn.execute(
-                "INSERT INTO passports (jti, agent_id, passport, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-                (claims.jti, agent["agent_id"], passport, issued, expires),
-            )
             token_id = new_id("tok")
             conn.execute(
                 "INSERT INTO tokens (token_id, token_hash, agent_id, jti, run_id, created_at, expires_at)"
@@ -459,6 +448,26 @@ class Accounts:
             )
 
         return await self._store.write(run)
+
+
+def record_passport(
+    conn: sqlite3.Connection, issuer: PassportIssuer, agent: sqlite3.Row, ttl: timedelta, now: datetime
+) -> Claims:
+    """Issue `agent`'s passport at its current epoch and record it, in the caller's transaction: every credential
+    (a bearer or run token, an OAuth grant) stands on one, and `authenticate()` finds it by its jti."""
+    passport, claims = issuer.issue(
+        agent_id=agent["agent_id"],
+        owner_id=agent["owner_id"],
+        tool=agent["tool"],
+        epoch=agent["cred_epoch"],
+        ttl=ttl,
+        now=now,
+    )
+    conn.execute(
+        "INSERT INTO passports (jti, agent_id, passport, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        (claims.jti, agent["agent_id"], passport, iso(now), iso(claims.exp)),
+    )
+    return claims
 
 
 def record_revocation(conn: sqlite3.Connection, kind: str, subject_id: str, cause: str, now: str) -> str:

@@ -34,7 +34,7 @@ from agent_rooms_mcp.cimd import ClientDocuments, DocumentRefused
 from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.principals import Human, Scope, format_scopes, held_scopes
-from agent_rooms_mcp.services.accounts import record_revocation
+from agent_rooms_mcp.services.accounts import record_passport, record_revocation
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -260,18 +260,7 @@ class OAuth:
             policy.oauth_approvable_scopes(scopes, requested, held_scopes(agent["scopes"], None))
             conn.execute("DELETE FROM oauth_requests WHERE request_id = ?", (request_id,))
             ttl = timedelta(seconds=self._limits.oauth_refresh_max_s)
-            passport, claims = self._issuer.issue(
-                agent_id=agent["agent_id"],
-                owner_id=agent["owner_id"],
-                tool=agent["tool"],
-                epoch=agent["cred_epoch"],
-                ttl=ttl,
-                now=now,
-            )
-            conn.execute(
-                "INSERT INTO passports (jti, agent_id, passport, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-                (claims.jti, agent["agent_id"], passport, iso(now), iso(claims.exp)),
-            )
+            claims = record_passport(conn, self._issuer, agent, ttl, now)
             grant_id = new_id("ogr")
             conn.execute(
                 "INSERT INTO oauth_grants (grant_id, client_id, agent_id, jti, scopes, audience, created_at,"
