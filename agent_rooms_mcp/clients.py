@@ -132,13 +132,19 @@ class ConfigError(Exception):
     """A client's configuration file that cannot be read: named with the reason, never quoted."""
 
 
-def _json(path: Path) -> dict[str, Any] | None:
+def _text(path: Path) -> str | None:
+    """A client's file, or None when there is none; unreadable is a ConfigError naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    if (text := _text(path)) is None:
+        return None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -147,12 +153,8 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def _toml(path: Path) -> dict[str, Any] | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if (text := _text(path)) is None:
         return None
-    except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
