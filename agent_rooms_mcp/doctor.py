@@ -428,6 +428,12 @@ def wake_checks(settings: Settings) -> list[DoctorCheck]:
 PORTS_SHOWN = 20
 
 
+def _first(items: list[str], shown: int) -> str:
+    """The first `shown` items, and how many more there are: a check names some, never thousands."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
 def sandbox_network(bwrap: str | None) -> DoctorCheck:
     problem = network_namespace_problem(bwrap)
     if problem is None:
@@ -439,8 +445,7 @@ def sandbox_network(bwrap: str | None) -> DoctorCheck:
     elif not ports:
         reach = "no TCP port listens on loopback now"
     else:
-        more = f" and {len(ports) - PORTS_SHOWN} more" if len(ports) > PORTS_SHOWN else ""
-        reach = f"it could reach these loopback TCP ports: {', '.join(ports[:PORTS_SHOWN])}{more}"
+        reach = f"it could reach these loopback TCP ports: {_first(ports, PORTS_SHOWN)}"
     if bwrap is None:
         fix = "install bubblewrap (Debian: apt install bubblewrap)"
     else:
@@ -528,12 +533,11 @@ SHOWN = 5  # items a check names before "and N more"
 def _stale_runs(runs: list[RunInfo]) -> DoctorCheck:
     if not runs:
         return _ok("runs.stale", "no run waits or runs past its time")
-    shown = ", ".join(f"{r.run_id} ({r.agent}, {r.state} since {r.started_at or r.created_at})" for r in runs[:SHOWN])
-    more = f" and {len(runs) - SHOWN} more" if len(runs) > SHOWN else ""
+    shown = _first([f"{r.run_id} ({r.agent}, {r.state} since {r.started_at or r.created_at})" for r in runs], SHOWN)
     return DoctorCheck(
         id="runs.stale",
         status=WARN,
-        message=f"{len(runs)} run(s) stale: {shown}{more}",
+        message=f"{len(runs)} run(s) stale: {shown}",
         fix="start the hub (agent-rooms serve) or the owner's listener so they settle, or stop them: "
         "agent-rooms agent stop AGENT",
     )
@@ -544,12 +548,11 @@ def _tokens_near_expiry(settings: Settings, tokens: list[TokenInfo]) -> DoctorCh
     near = [t for t in tokens if t.status == "active" and datetime.fromisoformat(t.expires_at) < soon]
     if not near:
         return _ok("tokens.expiry", "no active agent token expires within the warning window")
-    shown = ", ".join(f"{t.token_id} of {t.agent} at {t.expires_at}" for t in near[:SHOWN])
-    more = f" and {len(near) - SHOWN} more" if len(near) > SHOWN else ""
+    shown = _first([f"{t.token_id} of {t.agent} at {t.expires_at}" for t in near], SHOWN)
     return DoctorCheck(
         id="tokens.expiry",
         status=WARN,
-        message=f"{len(near)} token(s) expiring soon: {shown}{more}",
+        message=f"{len(near)} token(s) expiring soon: {shown}",
         fix="agent-rooms connect AGENT --new-token (entries made with --apply read the new one)",
     )
 
