@@ -174,13 +174,14 @@ class Limits:
     oauth_unused_client_s: int = 90 * 24 * 3600
     # Client ID metadata documents (DESIGN §9.4, invariant 108): one fetch takes at most this long and this
     # many bytes; a document is cached for its max-age clamped to these bounds, a failure for this long; at
-    # most this many fetches a minute go to one host, and this many in all.
+    # most this many fetches a minute go to one registrable domain (all of `*.evil.example` is one), and this
+    # many in all.
     oauth_cimd_timeout_s: float = 5.0
     oauth_cimd_bytes: int = 5 * KIB
     oauth_cimd_cache_min_s: int = 5 * 60
     oauth_cimd_cache_max_s: int = 24 * 3600
     oauth_cimd_failure_cache_s: int = 60
-    oauth_cimd_fetches_per_host_per_min: int = 10
+    oauth_cimd_fetches_per_domain_per_min: int = 10
     oauth_cimd_fetches_per_min: int = 60
 
     @classmethod
