@@ -183,6 +183,12 @@ class Limits:
     oauth_cimd_failure_cache_s: int = 60
     oauth_cimd_fetches_per_domain_per_min: int = 10
     oauth_cimd_fetches_per_min: int = 60
+    # Refused OAuth requests (services/oauth_refusals.py): in each window, a source's first refusal of each kind
+    # gets an audit row, up to this many rows a source, for at most this many sources; the rest are counted
+    # into one summary row per source when the window is over.
+    oauth_refusal_window_s: int = 60
+    oauth_refusal_rows_per_source: int = 5
+    oauth_refusal_sources_per_window: int = 50
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
