@@ -95,8 +95,13 @@ _ACTIONS = {
 
 
 class _Window:
-    """Events in the last hour, per key and in all: the limits of /register and /authorize (one serving process
-    answers them, so the count lives in it; a restart forgets it, which the global cap bounds)."""
+    """Events in the last hour, per key and in all: the limits of /register and /authorize per source.
+
+    They live in this process's memory: a restart forgets them, and each process serving the same database
+    counts its own. That is enough because what bounds the database is counted in it and shared: /register's
+    limit in all (services/oauth.py counts the registrations of the last hour) and the requests waiting at
+    once (`oauth_requests_pending_max`). These windows only spread the work between sources, and nobody outside
+    can restart the hub."""
 
     def __init__(self, per_key: int, overall: int) -> None:
         self._per_key, self._overall = per_key, overall
