@@ -734,6 +734,21 @@ async def test_refusals_past_the_rows_are_counted_into_one_summary_per_source_wh
         "oauth.authorize invalid_request": 7,
         "oauth.authorize invalid_scope": 6,
     }
+    # A window whose refusals are only counted is summarised by the sweep too, with no refusal after it.
+    async with world.hub() as hub:
+        trace = RefusalTrace(hub.store, limits, clock=lambda: now[0])
+        for _ in range(3):
+            await trace.refused("oauth.token", "invalid_target", address="192.0.2.1", client_id=None)
+        await trace.flush()  # the window is not over: nothing yet
+        assert world.audit_rows()[-1]["action"] == "oauth.token"
+        now[0] += 60
+        await trace.flush()
+    last = world.audit_rows()[-1]
+    assert (last["action"], last["target"], json.loads(last["detail"])["refusals"]) == (
+        "oauth.refusals",
+        "192.0.2.1",
+        3,
+    )
     assert audit_verified(world)
 
 

@@ -493,9 +493,10 @@ class OAuth:
 
     async def sweep(self, now: datetime | None = None) -> dict[str, int]:
         """Housekeeping: expired requests and codes, successor pairs past their grace, and clients never
-        approved within a day or unused for 90 days (DESIGN §9.4)."""
+        approved within a day or unused for 90 days (DESIGN §9.4); and the refusal trace's pending summaries."""
         now = now or datetime.now(UTC)
         limits = self._limits
+        await self.refusals.flush()
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             stamp = iso(now)

@@ -14,7 +14,7 @@ Unlike failed authentication, a refusal here spends no limit (the endpoints' own
 web/oauth_api.py), and the counts live in this process's memory: a flood of anonymous requests takes the one
 write lock only for its first rows, not once per request. What a restart loses is the counts of a window not
 yet summarised, never a first row (written at once); nobody outside can restart the hub. The summary of a
-window is written by the next refusal after it.
+window is written by the next refusal after it, or by the hub's periodic OAuth sweep, whichever comes first.
 
 A row names the OAuth error, the source (an address, an IPv6 peer's /64) and the client id (through
 `safe_target`: an id kept, anything else hashed) or a metadata-document client's host; never a code, verifier,
@@ -92,6 +92,12 @@ class RefusalTrace:
             if host is not None:
                 detail["client_host"] = host
             await audit.record_denial(self._store, audit.ANONYMOUS, action, reason, detail=detail, target=client_id)
+
+    async def flush(self) -> None:
+        """Write the summaries of a window that is over, if no refusal since has (the hub's sweep calls this)."""
+        closed = self._roll()
+        if closed is not None:
+            await self._summarise(closed)
 
     def _roll(self) -> _Window | None:
         """Start a new window if the current one is over; the one that ended, if it has anything to summarise."""
