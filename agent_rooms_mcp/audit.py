@@ -113,7 +113,9 @@ def append(
 # The ids `tokens.new_id` makes: a known prefix and 128 random bits. Anything else a caller names is kept
 # only if it is shaped like a handle or a room name; credentials are checked first, since a lowercase
 # token or invite code would pass for a handle.
-_ID_RE = re.compile(r"(?:agt|cln|csn|dep|dev|enr|file|grant|invite|msg|own|prop|room|run|task|tok)_[A-Za-z0-9_-]{22}")
+_ID_RE = re.compile(
+    r"(?:agt|cln|csn|dep|dev|enr|file|grant|invite|msg|oac|own|prop|room|run|task|tok)_[A-Za-z0-9_-]{22}"
+)
 _SECRET_PREFIXES = (*(kind.value for kind in CredentialKind), INVITE_PREFIX)
 _HASHED_HEX_CHARS = 16
 

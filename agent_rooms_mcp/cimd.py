@@ -7,14 +7,20 @@ forgery risk (SSRF): the rules below keep it to public web servers and small JSO
   goes to one of those very addresses, and the connected socket's peer is checked again, so a name that
   resolves differently a moment later (DNS rebinding) changes nothing;
 - no redirects, one deadline for the whole fetch, a byte cap, `application/json` only;
-- the answer, or the failure, is cached (max-age clamped; failures briefly), and fetches are counted per host
-  and in all, so a flood of made-up client ids cannot make the hub a scanner.
+- the answer, or the failure, is cached (max-age clamped; failures briefly), and fetches are counted per
+  registrable domain and in all, so a flood of made-up client ids cannot make the hub a scanner: every name
+  under `evil.example` (`a1.evil.example`, `a2.evil.example`, ...) spends the one budget of `evil.example`.
+
+The cache and the counts live in this process's memory. A restart forgets them, which buys a caller nothing it
+could not have by waiting: the counts cover one minute, and a forgotten document is fetched again under the
+same budget. Nobody outside can restart the hub.
 
 No library does this on the server side. HTTP/1.1 framing is h11's; the socket, TLS and every check are ours.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -24,7 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -35,12 +41,35 @@ from anyio.abc import SocketAttribute
 from agent_rooms_mcp import policy
 from agent_rooms_mcp.settings import Limits
 
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
+
 log = structlog.get_logger("agent_rooms_mcp.cimd")
 
 _MAX_AGE_RE = re.compile(r"(?:^|[,\s])max-age\s*=\s*(\d+)", re.IGNORECASE)
 _HEAD_BYTES = 16 * 1024
 _MINUTE = 60.0
 _NAME_CHARS = 100
+
+
+@functools.cache
+def _suffixes() -> PublicSuffixList:
+    """The ICANN section of the Public Suffix List the package bundles (read from its file, never fetched). Its
+    private section (github.io, trycloudflare.com, ...) is left out on purpose: the budget spares the servers a
+    fetch goes to, and every name under such a suffix is served by the one operator who registered it. Read
+    once, on first need: it takes about 0.35 s, which no CLI command should pay (nor its import)."""
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList(only_icann=True)
+
+
+def registrable_domain(host: str) -> str:
+    """What the fetch budget counts against: the registrable domain (eTLD+1) of `host`, `evil.example` for
+    `a1.evil.example`; an IP address, or a name that is itself a public suffix, counts as itself."""
+    host = host.lower().rstrip(".")
+    if _ip(host.strip("[]")) is not None:
+        return host
+    return _suffixes().privatesuffix(host) or host
 
 
 # (host, port) -> the addresses DNS gives, as text.
@@ -72,7 +101,7 @@ class ClientDocuments:
         if test_ca is not None:
             self._tls.load_verify_locations(cafile=str(test_ca))
         self._cache: dict[str, tuple[float, ClientDocument | DocumentRefused]] = {}
-        self._hosts: dict[str, deque[float]] = {}
+        self._domains: dict[str, deque[float]] = {}
         self._all: deque[float] = deque()
 
     async def get(self, url: str, own_host: str | None) -> ClientDocument:
@@ -87,7 +116,9 @@ class ClientDocuments:
                 raise cached[1]
             return cached[1]
         host = (urlsplit(url).hostname or "").lower()
-        if not self._admit(host, now):
+        if _suffixes.cache_info().currsize == 0:  # the first fetch reads the list, off the event loop
+            await anyio.to_thread.run_sync(_suffixes)
+        if not self._admit(registrable_domain(host), now):
             # Not cached: the limit says nothing about the document.
             raise DocumentRefused("too many metadata document fetches; try again in a minute")
         limits = self._limits
@@ -106,15 +137,15 @@ class ClientDocuments:
             del self._cache[next(iter(self._cache))]
         self._cache[url] = (until, value)
 
-    def _admit(self, host: str, now: float) -> bool:
-        for q in (self._all, *self._hosts.values()):
+    def _admit(self, domain: str, now: float) -> bool:
+        for q in (self._all, *self._domains.values()):
             while q and q[0] <= now - _MINUTE:
                 q.popleft()
-        self._hosts = {h: q for h, q in self._hosts.items() if q}
-        mine = self._hosts.setdefault(host, deque())
+        self._domains = {d: q for d, q in self._domains.items() if q}
+        mine = self._domains.setdefault(domain, deque())
         limits = self._limits
         if (
-            len(mine) >= limits.oauth_cimd_fetches_per_host_per_min
+            len(mine) >= limits.oauth_cimd_fetches_per_domain_per_min
             or len(self._all) >= limits.oauth_cimd_fetches_per_min
         ):
             return False

@@ -174,14 +174,21 @@ class Limits:
     oauth_unused_client_s: int = 90 * 24 * 3600
     # Client ID metadata documents (DESIGN §9.4, invariant 108): one fetch takes at most this long and this
     # many bytes; a document is cached for its max-age clamped to these bounds, a failure for this long; at
-    # most this many fetches a minute go to one host, and this many in all.
+    # most this many fetches a minute go to one registrable domain (all of `*.evil.example` is one), and this
+    # many in all.
     oauth_cimd_timeout_s: float = 5.0
     oauth_cimd_bytes: int = 5 * KIB
     oauth_cimd_cache_min_s: int = 5 * 60
     oauth_cimd_cache_max_s: int = 24 * 3600
     oauth_cimd_failure_cache_s: int = 60
-    oauth_cimd_fetches_per_host_per_min: int = 10
+    oauth_cimd_fetches_per_domain_per_min: int = 10
     oauth_cimd_fetches_per_min: int = 60
+    # Refused OAuth requests (services/oauth_refusals.py): in each window, a source's first refusal of each kind
+    # gets an audit row, up to this many rows a source, for at most this many sources; the rest are counted
+    # into one summary row per source when the window is over.
+    oauth_refusal_window_s: int = 60
+    oauth_refusal_rows_per_source: int = 5
+    oauth_refusal_sources_per_window: int = 50
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:

@@ -238,6 +238,31 @@ async def test_a_cross_origin_post_is_refused_and_changes_nothing(
     assert done.status_code == 303
 
 
+@pytest.mark.parametrize("page", ["/console/agents", "/console/consents", "/console/runs", "/console/grants",
+                                  "/console/devices"])  # fmt: skip
+async def test_a_pages_done_line_shows_only_known_messages_never_the_links_text(
+    world: World, http: httpx2.AsyncClient, page: str
+) -> None:
+    """`?done=` names a key of a fixed set: a link someone crafted cannot make the console say anything."""
+    await log_in(http, world, "alice")
+    crafted = "token revoked. Your session expired: log in again at https://evil.example"
+    for done in (crafted, "token.revoke</p><p>x", "__class__", ""):
+        shown = await http.get(page, params={"done": done})
+        assert shown.status_code == 200 and 'id="done"' not in shown.text, done
+        assert "evil.example" not in shown.text
+    known = await http.get(page, params={"done": "token.revoke"})
+    assert '<p class="done" id="done">Done: the token is revoked.</p>' in known.text
+
+
+async def test_an_action_comes_back_with_a_done_key_and_its_message(world: World, http: httpx2.AsyncClient) -> None:
+    await log_in(http, world, "alice")
+    done = await http.post(
+        "/console/tokens/revoke", data={"token_id": world.token_ids["alice-claude"]}, headers=SAME_ORIGIN
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/console/agents?done=token.revoke"
+    assert "Done: the token is revoked." in (await http.get(done.headers["location"])).text
+
+
 async def test_decisions_carry_the_hash_shown_and_write_the_clis_audit_row_via_console(
     world: World, http: httpx2.AsyncClient
 ) -> None:

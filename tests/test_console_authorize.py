@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx2
@@ -17,6 +18,7 @@ from tests.conftest import World
 from tests.invariants import INVARIANTS  # noqa: F401 (the rows these tests cite live there)
 from tests.test_console import code_of, link_for
 from tests.test_oauth import CLAUDE, ISSUER, LOOPBACK, Flow, back, flow, whoami
+from tests.test_oauth_cimd import LOCAL_ISSUER, doc_server, local_flow, trusting
 
 SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin", "Origin": ISSUER}
 ALL_SCOPES = {"scope_read": "on", "scope_post": "on", "scope_task": "on"}
@@ -27,8 +29,9 @@ def agent_id(world: World, handle: str) -> str:
 
 
 async def log_in(f: Flow, owner: str = "alice") -> httpx2.Response:
-    code = code_of(await link_for(f.world, owner, ISSUER))
-    return await f.http.post("/console/login", data={"code": code}, headers=SAME_ORIGIN)
+    code = code_of(await link_for(f.world, owner, f.issuer))
+    headers = {"Sec-Fetch-Site": "same-origin", "Origin": f.issuer}
+    return await f.http.post("/console/login", data={"code": code}, headers=headers)
 
 
 @asynccontextmanager
@@ -164,3 +167,38 @@ async def test_an_unknown_request_gets_a_clear_page_and_nothing_is_issued(world:
         assert answer.status_code == 404 and "nothing was issued" in answer.text
         assert "<script>" not in page.text
         assert world.fingerprint() == before
+
+
+@pytest.mark.invariant(97, 108)
+async def test_a_metadata_document_client_is_shown_by_its_host_and_approved_through_the_page(
+    world: World, tmp_path: Path
+) -> None:
+    """A client known by its metadata document (served over HTTPS by a local server the test trusts): the page
+    names the host that publishes the document, not an unverified self-chosen name, and its name is only
+    text; approving there gives the client a code it exchanges to act as the chosen agent."""
+    async with doc_server(tmp_path) as (docs, ca), local_flow(trusting(world, ca)) as f:
+        f.client_id = docs.document(client_name="Claude Code <script>alert(1)</script>")
+        asked = await f.authorize()
+        assert asked.status_code == 302, asked.text
+        page_url = asked.headers["location"]
+        assert page_url.startswith(LOCAL_ISSUER + "/console/authorize?request=oar_")
+        request_id = page_url.split("request=", 1)[1]
+        assert (await log_in(f)).headers["location"] == "/console/"
+        page = await f.http.get(f"/console/authorize?request={request_id}")
+        assert page.status_code == 200
+        assert '<b id="client-host">localhost</b>' in page.text and 'id="unverified"' not in page.text
+        assert "Claude Code &lt;script&gt;" in page.text and "<script>alert" not in page.text
+        assert "https://claude.ai:443" in page.text and "loopback-warning" not in page.text
+        same_origin = {"Sec-Fetch-Site": "same-origin", "Origin": LOCAL_ISSUER}
+        form = {"request": request_id, "decision": "approve", "agent": "alice-claude", **ALL_SCOPES}
+        answer = await f.http.post("/console/authorize", data=form, headers=same_origin)
+        assert answer.status_code == 303, answer.text
+        params = back(answer.headers["location"], CLAUDE)
+        assert (params["iss"], params["state"]) == (LOCAL_ISSUER, "st-1")
+        tokens = await f.exchange(params["code"])
+        assert tokens.status_code == 200, tokens.text
+        who = await whoami(f.http, tokens.json()["access_token"], LOCAL_ISSUER)
+        assert who["agent"]["handle"] == "alice-claude"
+        assert docs.hits == ["/client.json"]  # fetched once, at /authorize; the page and /token used the copy
+    [row] = [r for r in world.audit_rows() if r["action"] == "oauth.approve"]
+    assert (row["actor_kind"], row["via"]) == ("owner", "console") and docs.url() in row["detail"]

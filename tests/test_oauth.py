@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.principals import Human, Scope, parse_scopes
 from agent_rooms_mcp.public import Exposure
+from agent_rooms_mcp.services.oauth_refusals import RefusalTrace
 from agent_rooms_mcp.services.purge import Purge
 from agent_rooms_mcp.store.credentials import revoke_all
 from tests.conftest import OPERATOR, World
@@ -497,6 +499,20 @@ async def test_registration_is_limited_per_source(world: World) -> None:
         assert [(await f.register()).status_code for _ in range(3)] == [201, 201, 429]
 
 
+async def test_the_registration_limit_in_all_outlives_a_restart(world: World) -> None:
+    """The per-source count lives in the serving process; the count in all is the registrations themselves, so a
+    restarted hub (or another process on the same database) does not hand out a fresh hour."""
+    limits = replace(world.settings.limits, oauth_register_per_h=2)
+    world = replace(world, settings=replace(world.settings, limits=limits))
+    async with flow(world) as f:
+        assert [(await f.register()).status_code for _ in range(2)] == [201, 201]
+    async with flow(world) as restarted:
+        refused = await restarted.register()
+        assert (refused.status_code, oauth_error(refused)) == (429, "RATE_LIMITED")
+        assert refused.headers["retry-after"] == "3600"
+    assert world.sql("SELECT count(*) FROM oauth_clients")[0][0] == 2
+
+
 async def test_anonymous_authorization_requests_cannot_fill_the_database(world: World) -> None:
     """`/authorize` stores each request before anyone logs in: a long `state`, a flood from one source and
     too many waiting at once are each refused, storing nothing."""
@@ -597,3 +613,146 @@ async def test_guessing_at_the_token_endpoint_meets_the_failed_authentication_li
         assert (await f.refresh(pair["refresh_token"])).status_code == 200
     reasons = [r["reason"] for r in world.audit_rows() if r["action"] == "auth.authenticate"]
     assert "oauth_refresh_token" in reasons
+
+
+# Refused requests at the endpoints: each kind leaves its audit row, a flood a bounded number.
+
+
+def denials(world: World, action: str) -> list[sqlite3.Row]:
+    return [r for r in world.audit_rows() if r["action"] == action and r["outcome"] == "denied"]
+
+
+def audit_dump(world: World) -> str:
+    return " ".join(str(tuple(r)) for r in world.audit_rows())
+
+
+async def test_each_refusal_at_an_oauth_endpoint_leaves_one_denial_row_naming_code_client_and_source(
+    world: World,
+) -> None:
+    limits = replace(
+        world.settings.limits,
+        oauth_register_per_source_per_h=3,
+        oauth_authorize_per_source_per_h=9,
+        oauth_refusal_rows_per_source=20,  # one source here, refused in nine ways
+    )
+    world = replace(world, settings=replace(world.settings, limits=limits))
+    async with flow(world) as f:
+        assert (await f.register(redirect_uris=["https://evil.example/cb"])).status_code == 400
+        await f.register()
+        client = f.client_id
+        assert (await f.authorize(redirect_uri="https://evil.example/cb")).status_code == 400
+        assert (await f.authorize(scope="manage")).status_code == 302  # sent back to the client with its error
+        code = (await f.approve())["code"]
+        assert (await f.exchange(code, resource="https://other.example/mcp")).status_code == 400
+        assert (await f.exchange(code, grant_type="password")).status_code == 400
+        form = {"token": f"arf_{secrets.token_urlsafe(32)}", "client_id": client}
+        assert (await f.http.post("/revoke", content=urlencode(form), headers=FORM)).status_code == 200
+        assert (await f.http.post("/revoke", json=form)).status_code == 400  # not a form
+        assert [(await f.register()).status_code for _ in range(2)] == [201, 429]
+        f.client_id = client
+        # Past the per-source limit of /authorize (9 here; three asked above).
+        assert [(await f.authorize()).status_code for _ in range(7)] == [302] * 6 + [429]
+    rows = {(r["action"], r["reason"]): r for r in world.audit_rows() if r["outcome"] == "denied"}
+    expected = {
+        ("oauth.client.register", "invalid_redirect_uri"): None,
+        ("oauth.client.register", "rate_limited"): None,
+        ("oauth.authorize", "invalid_request"): client,
+        ("oauth.authorize", "invalid_scope"): client,
+        ("oauth.authorize", "rate_limited"): client,
+        ("oauth.token", "invalid_target"): client,
+        ("oauth.token", "unsupported_grant_type"): client,
+        ("oauth.revoke", "not_revoked"): client,
+        ("oauth.revoke", "invalid_request"): None,
+    }
+    assert set(expected) <= set(rows), set(expected) - set(rows)
+    for key, target in expected.items():
+        row = rows[key]
+        assert (row["actor_kind"], row["target"]) == ("anonymous", target), key
+        assert json.loads(row["detail"]) == {"source": "203.0.113.7"}, key
+    # The code, its verifier and the token revoked are in no row.
+    dump = audit_dump(world)
+    for secret in (code, f.verifier, form["token"]):
+        assert secret not in dump
+
+
+async def test_a_metadata_document_clients_refusal_names_its_host_and_keeps_its_url_only_hashed(world: World) -> None:
+    async with flow(world) as f:
+        f.client_id = "https://10.0.0.1/client.json"  # never fetched: not a public address
+        assert (await f.authorize()).status_code == 400
+    [row] = denials(world, "oauth.authorize")
+    assert row["reason"] == "invalid_client" and row["target"].startswith("sha256:")
+    assert json.loads(row["detail"]) == {"source": "203.0.113.7", "client_host": "10.0.0.1"}
+
+
+async def test_a_flood_of_refusals_leaves_one_row_per_kind_and_source_in_a_window(world: World) -> None:
+    limits = replace(world.settings.limits, oauth_register_per_source_per_h=5, oauth_refusal_window_s=10**6)
+    world = replace(world, settings=replace(world.settings, limits=limits))
+    async with flow(world) as f:
+        answers = [(await f.register(redirect_uris=["https://evil.example/cb"])).status_code for _ in range(100)]
+        assert answers.count(400) == 5 and answers.count(429) == 95
+        for _ in range(100):
+            assert (await f.authorize(client_id="oac_nobody")).status_code == 400
+    assert sorted(r["reason"] for r in denials(world, "oauth.client.register")) == [
+        "invalid_redirect_uri",
+        "rate_limited",
+    ]
+    assert len(denials(world, "oauth.authorize")) == 1
+
+
+async def test_refusals_past_the_rows_are_counted_into_one_summary_per_source_when_the_window_ends(
+    world: World,
+) -> None:
+    """Many sources, many kinds: each window writes at most sources × rows + sources + 1 rows, and the
+    summaries hold every refusal that had no row of its own."""
+    limits = replace(
+        world.settings.limits,
+        oauth_refusal_window_s=60,
+        oauth_refusal_rows_per_source=2,
+        oauth_refusal_sources_per_window=10,
+    )
+    now = [1_000_020.0]
+    async with world.hub() as hub:
+        trace = RefusalTrace(hub.store, limits, clock=lambda: now[0])
+        before = len(world.audit_rows())
+        for n in range(600):
+            source = f"198.51.100.{n % 30}"  # 30 sources; 10 get rows, 20 are counted together
+            error = ("invalid_client", "invalid_request", "invalid_scope")[n // 30 % 3]
+            await trace.refused("oauth.authorize", error, address=source, client_id=None)
+        first = world.audit_rows()[before:]
+        assert len(first) == 10 * 2  # each of 10 sources: its first 2 kinds
+        now[0] += 60  # the window is over: the next refusal writes its summaries, then its own row
+        await trace.refused("oauth.token", "invalid_target", address="198.51.100.1", client_id=None)
+    rows = world.audit_rows()[before:]
+    summaries = [r for r in rows if r["action"] == "oauth.refusals"]
+    assert len(summaries) == 10 + 1  # one per source with rows, one for the other 20 together (`*`)
+    assert len(rows) == 20 + 11 + 1 <= 10 * 2 + 10 + 1 + 1
+    counted = {r["target"]: json.loads(r["detail"]) for r in summaries}
+    assert counted["*"]["refusals"] == 400 and counted["198.51.100.0"]["refusals"] == 20
+    assert sum(d["refusals"] for d in counted.values()) == 600
+    assert counted["198.51.100.0"]["kinds"] == {
+        "oauth.authorize invalid_client": 7,
+        "oauth.authorize invalid_request": 7,
+        "oauth.authorize invalid_scope": 6,
+    }
+    # A window whose refusals are only counted is summarised by the sweep too, with no refusal after it.
+    async with world.hub() as hub:
+        trace = RefusalTrace(hub.store, limits, clock=lambda: now[0])
+        for _ in range(3):
+            await trace.refused("oauth.token", "invalid_target", address="192.0.2.1", client_id=None)
+        await trace.flush()  # the window is not over: nothing yet
+        assert world.audit_rows()[-1]["action"] == "oauth.token"
+        now[0] += 60
+        await trace.flush()
+    last = world.audit_rows()[-1]
+    assert (last["action"], last["target"], json.loads(last["detail"])["refusals"]) == (
+        "oauth.refusals",
+        "192.0.2.1",
+        3,
+    )
+    assert audit_verified(world)
+
+
+def audit_verified(world: World) -> bool:
+    with closing(sqlite3.connect(world.db)) as conn:
+        conn.row_factory = sqlite3.Row
+        return audit.verify(conn).ok

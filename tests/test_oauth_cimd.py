@@ -8,6 +8,7 @@ certificate, and serve the hub with a loopback public URL, the only kind that al
 from __future__ import annotations
 
 import json
+import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from anyio.abc import SocketStream
 from anyio.streams.tls import TLSListener
 
 from agent_rooms_mcp import policy
-from agent_rooms_mcp.cimd import ClientDocuments, DocumentRefused
+from agent_rooms_mcp.cimd import ClientDocuments, DocumentRefused, registrable_domain
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.public import BindRefused, Exposure
 from tests.conftest import World
@@ -301,13 +302,15 @@ async def test_a_document_that_is_not_json_is_refused(world: World, tmp_path: Pa
         assert "application/json" in await refused(f, url)
 
 
-async def test_failures_are_cached_for_a_minute_and_fetches_are_limited_per_host(world: World, tmp_path: Path) -> None:
+async def test_failures_are_cached_for_a_minute_and_fetches_are_limited_per_domain(
+    world: World, tmp_path: Path
+) -> None:
     async with doc_server(tmp_path) as (docs, ca), local_flow(trusting(world, ca)) as f:
         await refused(f, docs.url("/missing.json"))
         docs.document("/missing.json")  # fixed now, but the failure stands for a minute
         await refused(f, docs.url("/missing.json"))
         assert docs.hits == ["/missing.json"]
-    world = trusting(world, ca, oauth_cimd_fetches_per_host_per_min=2)
+    world = trusting(world, ca, oauth_cimd_fetches_per_domain_per_min=2)
     (tmp_path / "2").mkdir()
     async with doc_server(tmp_path / "2") as (docs, ca), local_flow(trusting(world, ca)) as f:
         for n in range(3):
@@ -317,6 +320,51 @@ async def test_failures_are_cached_for_a_minute_and_fetches_are_limited_per_host
             assert (await f.authorize()).status_code == 302
         assert "too many" in await refused(f, docs.url("/c2.json"))
         assert docs.hits == ["/c0.json", "/c1.json"]
+
+
+async def test_made_up_subdomains_share_one_domains_fetch_budget_and_another_domain_keeps_its_own(
+    world: World,
+) -> None:
+    """`a1.evil.example`, `a2.evil.example`, ...: each name is new, but all are one registrable domain, so 100 of
+    them get no more fetches than one domain's budget. The resolver stands for the network: a name asked of it
+    is a fetch the budget let through (it answers no address, so nothing is fetched for real)."""
+    asked: list[str] = []
+
+    async def nowhere(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return []
+
+    documents = ClientDocuments(world.settings.limits, resolve=nowhere)
+    budget = world.settings.limits.oauth_cimd_fetches_per_domain_per_min
+    refusals = []
+    for n in range(100):
+        with pytest.raises(DocumentRefused) as refused:
+            await documents.get(f"https://a{n}.{secrets.token_hex(4)}.evil.example/client.json", None)
+        refusals.append(str(refused.value))
+    assert len(asked) == budget and all(h.endswith(".evil.example") for h in asked)
+    assert refusals.count("too many metadata document fetches; try again in a minute") == 100 - budget
+    # Another domain, and another registrable domain under a two-label public suffix, are unaffected.
+    for url in ("https://client.other.example/c.json", "https://x.y.evil.co.uk/c.json", "https://z.evil.co.uk/c.json"):
+        with pytest.raises(DocumentRefused, match="no address"):
+            await documents.get(url, None)
+    assert asked[budget:] == ["client.other.example", "x.y.evil.co.uk", "z.evil.co.uk"]
+
+
+@pytest.mark.parametrize(
+    "host, domain",
+    [
+        ("a1.evil.example", "evil.example"),
+        ("A.B.Evil.Example.", "evil.example"),
+        ("evil.example", "evil.example"),
+        ("x.y.evil.co.uk", "evil.co.uk"),
+        ("someone.github.io", "github.io"),  # a private suffix: one operator's servers, one budget
+        ("co.uk", "co.uk"),  # a public suffix itself
+        ("203.0.113.9", "203.0.113.9"),
+        ("[2001:db8::1]", "[2001:db8::1]"),
+    ],
+)
+def test_the_fetch_budget_counts_by_registrable_domain(host: str, domain: str) -> None:
+    assert registrable_domain(host) == domain
 
 
 async def test_the_loopback_allowance_is_refused_for_a_hub_with_a_public_address(world: World, tmp_path: Path) -> None:

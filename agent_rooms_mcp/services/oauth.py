@@ -35,6 +35,7 @@ from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.principals import Human, Scope, format_scopes, held_scopes
 from agent_rooms_mcp.services.accounts import record_passport, record_revocation
+from agent_rooms_mcp.services.oauth_refusals import RefusalTrace
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -68,6 +69,15 @@ class OAuthError(Exception):
 class AuthorizeRefused(OAuthError):
     """An authorization request whose client or redirect URI cannot be trusted: answered on the hub's own
     page, never by a redirect (RFC 6749 §4.1.2.1)."""
+
+
+class AuthorizeRedirected(OAuthError):
+    """An authorization request refused with its error sent back to the client's own (validated) redirect URI,
+    `iss` included (RFC 6749 §4.1.2.1, RFC 9207): `location` is that redirect."""
+
+    def __init__(self, error: str, description: str, location: str) -> None:
+        super().__init__(error, description)
+        self.location = location
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +132,26 @@ class OAuth:
         self._limits = limits
         self._vault = vault
         self._documents = documents
+        # Where the web layer reports every refused request, for its bounded audit trace.
+        self.refusals = RefusalTrace(store, limits)
 
     # Registration (RFC 7591), the fallback to metadata documents. RFC 7592 (managing a registration) is not
     # offered: a client that changes registers again, and unused registrations are deleted.
 
     async def register(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
         client = _registered_metadata(metadata)
+        now = datetime.now(UTC)
 
         def run(conn: sqlite3.Connection) -> None:
-            _save_client(conn, client, iso(datetime.now(UTC)))
+            # The limit in all, counted from the registrations themselves: unlike the per-source count in the web
+            # layer's memory, no restart resets it and every process serving this database shares it.
+            hour_ago = iso(now - timedelta(hours=1))
+            made = conn.execute(
+                "SELECT count(*) FROM oauth_clients WHERE kind = 'dcr' AND created_at > ?", (hour_ago,)
+            ).fetchone()[0]
+            if made >= self._limits.oauth_register_per_h:
+                raise OAuthError("RATE_LIMITED", "too many registrations this hour; try later", 429)
+            _save_client(conn, client, iso(now))
             audit.append(
                 conn,
                 _ANONYMOUS,
@@ -154,8 +175,8 @@ class OAuth:
     # The authorization request: validated, then stored under a random id for the console page.
 
     async def authorize(self, params: Mapping[str, str], resource: str) -> str:
-        """The same-site page to send the browser to, or a redirect back to the client with the error; raises
-        AuthorizeRefused when the client or redirect URI is not to be trusted with a redirect at all."""
+        """The same-site page to send the browser to. Raises AuthorizeRedirected to send the error back to the
+        client, or AuthorizeRefused when the client or redirect URI is not to be trusted with a redirect at all."""
         client_id = params.get("client_id") or ""
         redirect_uri = params.get("redirect_uri") or ""
         fetched = client_id.startswith("https://")
@@ -178,24 +199,25 @@ class OAuth:
         if state is not None and len(state.encode()) > self._limits.oauth_state_max_bytes:
             raise AuthorizeRefused("invalid_request", f"state: at most {self._limits.oauth_state_max_bytes} bytes")
 
-        def back(error: str, description: str) -> str:
-            return _redirect(
+        def back(error: str, description: str) -> AuthorizeRedirected:
+            location = _redirect(
                 redirect_uri,
                 {"error": error, "error_description": description, "state": state, "iss": issuer_of(resource)},
             )
+            return AuthorizeRedirected(error, description, location)
 
         if params.get("response_type") != "code":
-            return back("unsupported_response_type", "response_type must be code")
+            raise back("unsupported_response_type", "response_type must be code")
         if params.get("code_challenge_method") != "S256":
-            return back("invalid_request", "code_challenge_method must be S256 (PKCE is required)")
+            raise back("invalid_request", "code_challenge_method must be S256 (PKCE is required)")
         challenge = params.get("code_challenge") or ""
         if not _CHALLENGE_RE.fullmatch(challenge):
-            return back("invalid_request", "code_challenge: give the S256 challenge, 43 base64url characters")
+            raise back("invalid_request", "code_challenge: give the S256 challenge, 43 base64url characters")
         if params.get("resource") != resource:
-            return back("invalid_target", f"resource must be {resource}")
+            raise back("invalid_target", f"resource must be {resource}")
         scopes = policy.oauth_requested_scopes(params.get("scope"))
         if scopes is None:
-            return back("invalid_scope", "scope: ask for read, post and task only")
+            raise back("invalid_scope", "scope: ask for read, post and task only")
         request_id = new_id("oar")
         now = datetime.now(UTC)
 
@@ -446,9 +468,9 @@ class OAuth:
             "scope": " ".join(grant["scopes"].split(",")),
         }
 
-    async def revoke(self, form: Mapping[str, str]) -> None:
+    async def revoke(self, form: Mapping[str, str]) -> bool:
         """RFC 7009: revoking either token of a family revokes the whole family (the grant). An unknown token,
-        or one issued to another client, changes nothing and is answered the same (§2.2)."""
+        or one issued to another client, changes nothing and is answered the same (§2.2): False."""
         token = form.get("token") or ""
         kind = credential_kind(token)
         if kind is CredentialKind.OAUTH_ACCESS:
@@ -458,21 +480,23 @@ class OAuth:
             sql = "SELECT g.grant_id, g.client_id FROM oauth_refresh r JOIN oauth_grants g ON g.grant_id = r.grant_id"
             sql += " WHERE r.token_hash = ?"
         else:
-            return
+            return False
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: sqlite3.Connection) -> bool:
             row = conn.execute(sql, (secret_hash(token),)).fetchone()
             if row is None or row["client_id"] != form.get("client_id"):
-                return
+                return False
             revoke_grant(conn, row["grant_id"], iso(datetime.now(UTC)), _ANONYMOUS, "client_revoke")
+            return True
 
-        await self._store.write(run)
+        return await self._store.write(run)
 
     async def sweep(self, now: datetime | None = None) -> dict[str, int]:
         """Housekeeping: expired requests and codes, successor pairs past their grace, and clients never
-        approved within a day or unused for 90 days (DESIGN §9.4)."""
+        approved within a day or unused for 90 days (DESIGN §9.4); and the refusal trace's pending summaries."""
         now = now or datetime.now(UTC)
         limits = self._limits
+        await self.refusals.flush()
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             stamp = iso(now)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,7 +27,7 @@ from agent_rooms_mcp import policy
 from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.public import BindRefused, Exposure, is_loopback
-from agent_rooms_mcp.services.oauth import AuthorizeRefused, OAuthError
+from agent_rooms_mcp.services.oauth import AuthorizeRedirected, AuthorizeRefused, OAuthError
 from agent_rooms_mcp.settings import Settings
 
 log = structlog.get_logger("agent_rooms_mcp.oauth_api")
@@ -60,13 +61,47 @@ def resource_metadata_url(exposure: Exposure) -> str | None:
 
 
 class _Answer(Exception):
-    def __init__(self, status: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        self.status, self.body, self.headers = status, body, headers
+    """An answer made before the service had its say. `audited`: its refusal is already in the audit log (a
+    failed authentication at /token) or already reported to the refusal trace."""
+
+    def __init__(
+        self,
+        status: int,
+        body: dict[str, Any],
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        *,
+        audited: bool = False,
+    ) -> None:
+        self.status, self.body, self.headers, self.audited = status, body, headers, audited
+
+
+@dataclass
+class _Asked:
+    """What one request at an endpoint was, for the audit trace of its refusal."""
+
+    action: str = ""
+    address: str | None = None
+    client_id: str | None = None
+    refused: str | None = None  # the OAuth error it was refused with
+
+
+# The audit action of a refusal at each endpoint.
+_ACTIONS = {
+    "/register": "oauth.client.register",
+    "/authorize": "oauth.authorize",
+    "/token": "oauth.token",
+    "/revoke": "oauth.revoke",
+}
 
 
 class _Window:
-    """Events in the last hour, per key and in all: the limits of /register and /authorize (one serving process
-    answers them, so the count lives in it; a restart forgets it, which the global cap bounds)."""
+    """Events in the last hour, per key and in all: the limits of /register and /authorize per source.
+
+    They live in this process's memory: a restart forgets them, and each process serving the same database
+    counts its own. That is enough because what bounds the database is counted in it and shared: /register's
+    limit in all (services/oauth.py counts the registrations of the last hour) and the requests waiting at
+    once (`oauth_requests_pending_max`). These windows only spread the work between sources, and nobody outside
+    can restart the hub."""
 
     def __init__(self, per_key: int, overall: int) -> None:
         self._per_key, self._overall = per_key, overall
@@ -103,36 +138,68 @@ class OAuthApi:
         return path in _PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        asked = _Asked()
         try:
-            status, body, headers = await self._handle(scope, receive)
+            status, body, headers = await self._handle(scope, receive, asked)
         except _Answer as a:
             status, body, headers = a.status, a.body, a.headers
         except OAuthError as e:
             status, body, headers = e.status, {"error": e.error, "error_description": e.description}, _NO_STORE
+            if e.status == 429:
+                headers = (*headers, (b"retry-after", b"3600"))
         except Exception as e:
             log.error("oauth_api.internal_error", path=scope.get("path"), error=type(e).__name__)
             status, body, headers = 500, {"error": "server_error"}, _NO_STORE
+        if asked.refused is not None:
+            # Every refusal at an endpoint leaves its trace (bounded under a flood): the error code, the source,
+            # the client id as named; never a code, verifier or token.
+            try:
+                await self._hub.oauth.refusals.refused(
+                    asked.action, asked.refused, address=asked.address, client_id=asked.client_id
+                )
+            except Exception as e:  # the caller still gets its answer; the failure to audit it is logged
+                log.error("oauth_api.refusal_unaudited", action=asked.action, error=type(e).__name__)
         await _respond(send, status, body, headers)
 
     async def _handle(
-        self, scope: Scope, receive: Receive
+        self, scope: Scope, receive: Receive, asked: _Asked
     ) -> tuple[int, dict[str, Any], tuple[tuple[bytes, bytes], ...]]:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         peer = (scope.get("client") or (None,))[0]
         refusal = self._exposure.refusal(peer, headers)
-        if refusal is not None:
+        if refusal is not None:  # the front door's refusal (Host, Origin), as for every other path
             raise _Answer(refusal[0], {"error": refusal[1]})
         path, method = scope["path"], scope["method"]
         if method == "GET" and path == AS_METADATA:
             return 200, self._server_metadata(), ()
         if method == "GET" and path in (RESOURCE_METADATA, _RESOURCE_METADATA_ROOT):
             return 200, self._resource_metadata(), ()
+        asked.address = self._exposure.client_address(peer, headers)
+        asked.action = _ACTIONS.get(path, "oauth.request")
+        try:
+            return await self._endpoint(scope, receive, headers, asked)
+        except _Answer as a:
+            if not a.audited and a.status >= 400:
+                asked.refused = str(a.body.get("error", "refused")).lower()
+            raise
+        except OAuthError as e:
+            asked.refused = e.error.lower()
+            raise
+
+    async def _endpoint(
+        self, scope: Scope, receive: Receive, headers: Mapping[str, str], asked: _Asked
+    ) -> tuple[int, dict[str, Any], tuple[tuple[bytes, bytes], ...]]:
+        path, method = scope["path"], scope["method"]
         if method == "GET" and path == "/authorize":
-            if not self._authorizations.admit(self._exposure.client_address(peer, headers)):
-                raise _Answer(429, {"error": "RATE_LIMITED"}, ((b"retry-after", b"3600"),))
             params = _single(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+            asked.client_id = params.get("client_id")
+            if not self._authorizations.admit(asked.address):
+                raise _Answer(429, {"error": "RATE_LIMITED"}, ((b"retry-after", b"3600"),))
             try:
                 location = await self._hub.oauth.authorize(params, self._resource)
+            except AuthorizeRedirected as e:
+                asked.refused = e.error
+                raise _Answer(302, {}, ((b"location", e.location.encode()), *_NO_STORE), audited=True) from None
             except AuthorizeRefused as e:
                 # Not redirected: the client or its redirect URI is the very thing not trusted (RFC 6749 §4.1.2.1).
                 raise _Answer(400, {"error": e.error, "error_description": e.description}) from None
@@ -142,10 +209,11 @@ class OAuthApi:
         if method != "POST":
             raise _Answer(405, {"error": "invalid_request", "error_description": f"{method} {path}: not allowed"})
         if path == "/register":
-            if not self._registrations.admit(self._exposure.client_address(peer, headers)):
+            if not self._registrations.admit(asked.address):
                 raise _Answer(429, {"error": "RATE_LIMITED"}, ((b"retry-after", b"3600"),))
             return 201, await self._hub.oauth.register(await _json(receive, headers)), _NO_STORE
         form = await _form(receive, headers)
+        asked.client_id = form.get("client_id")
         if path == "/token":
             try:
                 return 200, await self._hub.oauth.token(form, self._resource), _NO_STORE
@@ -155,16 +223,21 @@ class OAuthApi:
                 # A code or refresh token that did not work is a failed authentication: counted and audited by
                 # the same limiter as /mcp's (bounded rows), so guessing at /token meets the same 429.
                 presented = form.get("refresh_token") or form.get("code")
-                address = self._exposure.client_address(peer, headers)
                 refused = await self._hub.auth.refuse(
-                    f"oauth_{form.get('grant_type', 'none')}", presented, transport=_TRANSPORT, address=address
+                    f"oauth_{form.get('grant_type', 'none')}", presented, transport=_TRANSPORT, address=asked.address
                 )
                 if isinstance(refused, AuthRateLimited):
                     raise _Answer(
-                        429, {"error": "RATE_LIMITED"}, ((b"retry-after", str(refused.retry_after_s).encode()),)
+                        429,
+                        {"error": "RATE_LIMITED"},
+                        ((b"retry-after", str(refused.retry_after_s).encode()),),
+                        audited=True,
                     ) from None
-                raise
-        await self._hub.oauth.revoke(form)  # /revoke: the same answer whatever it found (RFC 7009 §2.2)
+                raise _Answer(e.status, {"error": e.error, "error_description": e.description}, _NO_STORE,
+                              audited=True) from None  # fmt: skip
+        # /revoke: the same answer whatever it found (RFC 7009 §2.2); a revoke that revoked nothing is a refusal.
+        if not await self._hub.oauth.revoke(form):
+            asked.refused = "not_revoked"
         return 200, {}, _NO_STORE
 
     def _server_metadata(self) -> dict[str, Any]:

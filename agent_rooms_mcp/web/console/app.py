@@ -57,6 +57,19 @@ AUTHORIZE_PATH = PREFIX + "authorize"
 # An authorization request id as the OAuth service mints it (new_id): anything else is never echoed anywhere.
 _REQUEST_ID = re.compile(r"oar_[A-Za-z0-9_-]{16,64}")
 _OAUTH_SCOPE_ORDER = (AgentScope.READ, AgentScope.POST, AgentScope.TASK)
+# What a page says after an action, by key: `?done=` names a key, never text, so a link someone crafted cannot
+# make the console say what it did not do. An unknown key shows nothing.
+DONE = {
+    "consent.accepted": "the proposal is accepted.",
+    "consent.rejected": "the proposal is rejected.",
+    "consent.decided": "the proposal is decided; its state is below.",
+    "run.stop": "stop asked; the run's state below says when it has ended.",
+    "run.none": "nothing live to stop.",
+    "agent.scopes": "the agent's scopes are changed.",
+    "token.revoke": "the token is revoked.",
+    "consent.mode": "the consent mode is set.",
+    "device.revoke": "the device is revoked.",
+}
 
 Form = dict[str, str]
 Page = Callable[[Request, Human, Form], Awaitable[Response]]
@@ -206,7 +219,7 @@ class Console:
     # Plumbing.
 
     def _page(self, template: str, who: Human | None, *, status: int = 200, **context: Any) -> Response:
-        context.setdefault("done", None)
+        context["done"] = DONE.get(context.get("done") or "")
         body = self._env.get_template(template).render(logged_in=who is not None, **context)
         return HTMLResponse(body, status_code=status)
 
@@ -251,6 +264,7 @@ class Console:
 
     @staticmethod
     def _back(to: str, done: str) -> Response:
+        assert done in DONE, done  # a key of DONE: the page shows its text, never the parameter
         return RedirectResponse(PREFIX + to + "?" + urlencode({"done": done}), status_code=303)
 
     # Login and logout.
@@ -337,7 +351,8 @@ class Console:
         if decision == "reject":
             args["reason"] = form.get("reason") or None
         done = await self._act(who, f"consent.{decision}", args)
-        return self._back("consents", f"{done.proposal_id}: {done.consent_state}")
+        state = f"consent.{done.consent_state}"
+        return self._back("consents", state if state in DONE else "consent.decided")
 
     async def _runs(self, request: Request, who: Human, form: Form) -> Response:
         assert who.owner_id is not None
@@ -372,7 +387,7 @@ class Console:
         done = await self._act(
             who, "agent.stop", {"handle": form.get("agent", ""), "run_id": form.get("run_id", ""), "wait": False}
         )
-        return self._back("runs", f"stop asked: {', '.join(r.run_id for r in done.stopped) or 'nothing live'}")
+        return self._back("runs", "run.stop" if done.stopped else "run.none")
 
     async def _agents(self, request: Request, who: Human, form: Form) -> Response:
         assert who.owner_id is not None
@@ -397,11 +412,11 @@ class Console:
         before = parse_scopes(",".join(agents[handle].scopes)) if handle in agents else frozenset()
         policy.require_invoke_confirmation(before, after, form.get("confirm", ""), handle)
         await self._act(who, "agent.scopes", {"handle": handle, "scopes": text})
-        return self._back("agents", f"{handle}: scopes {text}")
+        return self._back("agents", "agent.scopes")
 
     async def _revoke_token(self, request: Request, who: Human, form: Form) -> Response:
-        done = await self._act(who, "token.revoke", {"token_id": form.get("token_id", "")})
-        return self._back("agents", f"token {done.token_id} revoked")
+        await self._act(who, "token.revoke", {"token_id": form.get("token_id", "")})
+        return self._back("agents", "token.revoke")
 
     async def _rooms(self, request: Request, who: Human, form: Form) -> Response:
         return self._page("rooms.html", who, rooms=(await self._act(who, "room.list", {})).rooms)
@@ -429,8 +444,8 @@ class Console:
             "owner": await self._me(who),
             "collaborator": form.get("collaborator") or None,
         }
-        done = await self._act(who, "consent.mode", args)
-        return self._back("grants", f"{done.room}: {done.mode}")
+        await self._act(who, "consent.mode", args)
+        return self._back("grants", "consent.mode")
 
     async def _devices(self, request: Request, who: Human, form: Form) -> Response:
         return self._page(
@@ -441,8 +456,8 @@ class Console:
         )
 
     async def _revoke_device(self, request: Request, who: Human, form: Form) -> Response:
-        done = await self._act(who, "device.revoke", {"device_id": form.get("device_id", "")})
-        return self._back("devices", f"device {done.name} revoked")
+        await self._act(who, "device.revoke", {"device_id": form.get("device_id", "")})
+        return self._back("devices", "device.revoke")
 
     async def _audit(self, request: Request, who: Human, form: Form) -> Response:
         rows = (await self._act(who, "audit.tail", {"count": self._hub.settings.limits.console_rows})).rows
