@@ -10,10 +10,11 @@ What the CLI does (2.1.197): `claude mcp add --transport http NAME URL` stores t
 it, follows the 401 to our metadata and says "Needs authentication"; `claude mcp login NAME` opens the authorize
 URL with $BROWSER (here a script that hands it to the test's Chromium) and waits on a loopback /callback. It runs
 only on a terminal (else: "stdin isn't a terminal"), so it gets a pty. By default its client is Claude's metadata
-document, https://claude.ai/oauth/claude-code-client-metadata, which the hub must fetch from claude.ai: a box
-without the internet cannot, and the hub refuses the client (invalid_client). The flow is then finished the other
-way Claude Code offers, a client registered in advance (`mcp add --client-id --callback-port`), and the
-CLI's session reaches `whoami` as the agent the owner chose.
+document, https://claude.ai/oauth/claude-code-client-metadata, which the hub must fetch from claude.ai. The first
+test serves that document from a stand-in claude.ai (root and bwrap: the hub alone gets an /etc/hosts naming a
+loopback address claude.ai, and the test-only allowance to fetch from loopback). The second shows what a hub that
+cannot reach claude.ai does (refuses the client: invalid_client) and connects the other way Claude Code offers,
+a client registered in advance (`claude mcp add --client-id --callback-port`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from __future__ import annotations
 import json
 import os
 import pty
+import secrets
 import shutil
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -43,7 +46,7 @@ from agent_rooms_mcp.principals import Human
 from tests import test_console_browser
 from tests.conftest import OPERATOR, World
 from tests.fake_anthropic import FakeAnthropic, Reply, Request, Text, ToolUse
-from tests.hubprocess import free_port, serve_http
+from tests.hubprocess import Served, free_port, serve_http
 from tests.test_console_browser import _mint, _wait
 from tests.test_public import self_signed
 from tests.wakeworld import until
@@ -58,6 +61,15 @@ pytestmark = pytest.mark.skipif(
 )
 CLI_DEADLINE_S = 240  # bounds a hung CLI only; it says nothing about speed
 CLAUDE_CODE_CLIENT = "https://claude.ai/oauth/claude-code-client-metadata"
+# The document Claude publishes at that URL, as quoted in anthropics/claude-code issues 37747 and 64705.
+CLAUDE_CODE_DOCUMENT = {
+    "client_id": CLAUDE_CODE_CLIENT,
+    "client_name": "Claude Code",
+    "redirect_uris": ["http://localhost/callback", "http://127.0.0.1/callback"],
+    "grant_types": ["authorization_code", "refresh_token"],
+    "response_types": ["code"],
+    "token_endpoint_auth_method": "none",
+}
 SERVER = "agent-rooms"
 WHOAMI = f"mcp__{SERVER}__whoami"
 
@@ -179,100 +191,195 @@ async def ar(world: World, *args: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
-async def test_the_real_claude_code_connects_over_oauth_and_its_browser_step_runs_in_chromium(
-    world: World, browser: Any, shots: Path, tmp_path: Path
-) -> None:
-    from selenium.webdriver.common.by import By
-
+@asynccontextmanager
+async def hub_with_chat(
+    world: World, tmp_path: Path, *, env: dict[str, str] | None = None, wrap: Sequence[str] = ()
+) -> AsyncIterator[tuple[Served, Cli]]:
+    """A public-mode hub with TLS of its own on a loopback public URL, alice's chat agent on it, and the CLI."""
     async with world.hub() as hub:
         chat = {"handle": "alice-chat", "owner": "alice", "tool": "chat", "scopes": "read,post"}
         await perform(hub, Human(OPERATOR), "agent.add", chat)
-    cert, key = self_signed(tmp_path)
-    claude = Cli(tmp_path, cert)
+    (tmp_path / "hub").mkdir()
+    cert, key = self_signed(tmp_path / "hub")
     port = free_port()
-    issuer = f"https://localhost:{port}"
-    flags = ["--public-url", issuer, "--tls-cert", str(cert), "--tls-key", str(key)]
-    async with serve_http(world.settings.home, *flags, port=port, base="https://localhost") as served:
+    flags = ["--public-url", f"https://localhost:{port}", "--tls-cert", str(cert), "--tls-key", str(key)]
+    async with serve_http(world.settings.home, *flags, env=env, port=port, base="https://localhost", wrap=wrap) as hub:
+        claude = Cli(tmp_path, cert)
         # Added as Claude Code's docs say; its probe follows the 401 to our metadata and asks for a login.
-        added = await claude.run("mcp", "add", "--transport", "http", SERVER, served.mcp)
+        added = await claude.run("mcp", "add", "--transport", "http", SERVER, hub.mcp)
         assert f"Added HTTP MCP server {SERVER}" in added, added
         assert "Needs authentication" in await claude.health()
+        yield hub, claude
 
-        # Its own client first: Claude's metadata document, PKCE S256, our resource and scopes, a loopback
-        # callback. The hub then fetches that document from claude.ai.
-        with claude.login():
-            url = await claude.opened_url()
+
+async def log_in(claude: Cli, hub: Served, world: World, browser: Any, shot: Path, shown: dict[str, str]) -> str:
+    """`claude mcp login` with its browser step in Chromium: alice logs in by a console link and approves it as
+    alice-chat; the CLI's callback listener gets the code. The authorize URL the CLI opened."""
+    from selenium.webdriver.common.by import By
+
+    with claude.login() as (login, said):
+        url = await claude.opened_url()
+        assert url.startswith(f"{hub.base}/authorize?"), url
+        callback = urlsplit(parse_qs(urlsplit(url).query)["redirect_uri"][0])
+        # The owner is not logged in: the page says how; the login by link comes back to the request.
+        browser.get(url)
+        _wait(browser, lambda d: d.find_elements(By.ID, "authorize-login"), "the log-in-to-approve page")
+        browser.get(await _mint(world, "alice", hub.base))
+        browser.find_element(By.ID, "login").click()
+        _wait(browser, lambda d: d.find_elements(By.ID, "approve"), "the approval page after the login")
+        assert {key: browser.find_element(By.ID, key).text for key in shown} == shown
+        assert browser.find_element(By.ID, "redirect").text == f"http://localhost:{callback.port}"
+        assert browser.find_element(By.ID, "loopback-warning").is_displayed()
+        assert browser.find_element(By.ID, "agent-alice-chat").is_selected()
+        browser.save_screenshot(str(shot))
+        browser.find_element(By.ID, "approve").click()
+        # Chromium lands on the CLI's own callback listener, which exchanges the code and says so.
+        await until(lambda: login.poll() is not None, "the CLI finishes its login")
+        assert login.returncode == 0 and f'Authenticated with "{SERVER}"' in "".join(said), "".join(said)
+    return url
+
+
+async def acts_as_chat_until_revoked(claude: Cli, world: World) -> None:
+    """After the login: the CLI is connected, its session's whoami is alice-chat with the scopes approved, the
+    approval is audited, `token list` shows the connector and `token revoke` ends it."""
+    assert "Connected" in await claude.health()
+    with FakeAnthropic(model) as api:
+        session = await claude.run(
+            "-p", "who am I?", "--allowedTools", WHOAMI, "--output-format", "json",
+            ANTHROPIC_BASE_URL=api.url, ANTHROPIC_API_KEY="sk-ant-fake",
+        )  # fmt: skip
+        answers = whoami_results(api)
+    assert len(answers) == 1, session
+    # alice-chat holds no credential but the one this approval issued: the session used the CLI's token.
+    [who] = answers
+    assert who["agent"]["handle"] == "alice-chat" and sorted(who["scopes"]) == ["post", "read"], who
+
+    chat_id = world.sql("SELECT agent_id FROM agents WHERE handle = 'alice-chat'")[0]["agent_id"]
+    by_action = {(r["action"], r["actor_kind"]): r for r in world.audit_rows() if r["target"] == chat_id}
+    assert by_action[("oauth.approve", "owner")]["via"] == "console", by_action
+    assert ("oauth.token.code", "oauth_client") in by_action, by_action
+    [issued] = world.sql("SELECT token_id, grant_id FROM tokens WHERE agent_id = ?", (chat_id,))
+    assert issued["grant_id"] is not None
+    listed = [t for t in (await ar(world, "token", "list"))["tokens"] if t["agent"] == "alice-chat"]
+    assert [(t["token_id"], t["status"]) for t in listed] == [(issued["token_id"], "active")], listed
+
+    # Revoked one by one: the CLI is asked to log in again (its refresh token died with the grant).
+    await ar(world, "token", "revoke", issued["token_id"])
+    assert "Needs authentication" in await claude.health()
+
+
+def certificate(tmp: Path, host: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `host` and its key (openssl, as tests.test_public.self_signed)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificate to serve TLS with")
+    cert, key = tmp / f"{host}.pem", tmp / f"{host}.key"
+    argv = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    argv += ["-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}", "-days", "2"]
+    subprocess.run([*argv, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@contextmanager
+def stand_in_for_claude_ai(tmp_path: Path) -> Iterator[tuple[list[str], Path, list[str]]]:
+    """Claude Code's metadata document served as claude.ai would, on port 443 of a random loopback address: the
+    command that runs the hub with an /etc/hosts naming that address claude.ai, the certificate the hub is
+    told to trust (the test-only allowance), and the paths fetched. A thread of its own: Selenium's calls
+    block this test's event loop while the hub fetches."""
+    bwrap = shutil.which("bwrap")
+    if os.geteuid() != 0 or bwrap is None:
+        pytest.skip("a stand-in claude.ai needs root (port 443) and bwrap (an /etc/hosts for the hub alone)")
+    address = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n::1 localhost\n{address} claude.ai\n")
+    cert, key = certificate(tmp_path, "claude.ai")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(str(cert), str(key))
+    document, hits = json.dumps(CLAUDE_CODE_DOCUMENT).encode(), []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            found = self.path == urlsplit(CLAUDE_CODE_CLIENT).path
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(document) if found else 0))
+            self.end_headers()
+            self.wfile.write(document if found else b"")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((address, 443), Handler)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # --die-with-parent: the hub ends with bwrap when the test ends it.
+        yield (
+            [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(hosts), "/etc/hosts", "--die-with-parent", "--"],
+            cert,
+            hits,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_the_real_claude_code_connects_with_its_own_client_and_the_browser_step_in_chromium(
+    world: World, browser: Any, shots: Path, tmp_path: Path
+) -> None:
+    """Claude Code's default: its client is Claude's metadata document, which the hub fetches from claude.ai
+    (here a stand-in serving the document Claude publishes, the hub alone resolving claude.ai to it)."""
+    with stand_in_for_claude_ai(tmp_path) as (wrap, claude_ai_cert, fetched):
+        env = {"AGENT_ROOMS_OAUTH_ALLOW_LOOPBACK_CIMD_FOR_TESTS": str(claude_ai_cert)}
+        async with hub_with_chat(world, tmp_path, env=env, wrap=wrap) as (hub, claude):
+            shown = {"client-name": "Claude Code", "client-host": "claude.ai"}
+            url = await log_in(claude, hub, world, browser, shots / "30-claude-code-own-client.png", shown)
             query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
             assert query["client_id"] == CLAUDE_CODE_CLIENT, query
             assert (query["response_type"], query["code_challenge_method"]) == ("code", "S256"), query
-            assert query["resource"] == served.mcp and set(query["scope"].split()) <= {"read", "post", "task"}
+            assert query["resource"] == hub.mcp and set(query["scope"].split()) <= {"read", "post", "task"}
+            # Its loopback callback has a port; the document lists none: any port is taken (RFC 8252 §7.3).
             callback = urlsplit(query["redirect_uri"])
             assert (callback.scheme, callback.hostname, callback.path) == ("http", "localhost", "/callback"), query
-            assert url.startswith(f"{issuer}/authorize?"), url
+            assert callback.port is not None and fetched == [urlsplit(CLAUDE_CODE_CLIENT).path]
+            await acts_as_chat_until_revoked(claude, world)
+
+
+async def test_the_real_claude_code_connects_with_a_client_registered_in_advance(
+    world: World, browser: Any, shots: Path, tmp_path: Path
+) -> None:
+    """Where the hub cannot reach claude.ai, Claude Code's own client is refused; a client registered at
+    /register and given to `claude mcp add --client-id` connects instead."""
+    from selenium.webdriver.common.by import By
+
+    async with hub_with_chat(world, tmp_path) as (hub, claude):
+        with claude.login():
+            url = await claude.opened_url()
+            assert parse_qs(urlsplit(url).query)["client_id"] == [CLAUDE_CODE_CLIENT], url
             browser.get(url)
-            shown = browser.find_element(By.TAG_NAME, "body").text
+            page = browser.find_element(By.TAG_NAME, "body").text
             if not browser.find_elements(By.ID, "authorize-login"):  # the login page: the hub fetched it
                 # No internet here: the document cannot be fetched, and the client is refused, not let in.
-                assert "invalid_client" in shown and "could not be fetched" in shown, shown
+                assert "invalid_client" in page and "could not be fetched" in page, page
 
-        # A client registered in advance, the way Claude Code offers for such servers (--client-id).
-        async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(cert))) as http:
+        async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(claude.cert))) as http:
             registered = await http.post(
-                f"{issuer}/register",
+                f"{hub.base}/register",
                 json={"client_name": "Claude Code", "redirect_uris": ["http://localhost/callback"],
                       "token_endpoint_auth_method": "none", "application_type": "native"},
             )  # fmt: skip
         assert registered.status_code == 201, registered.text
         client_id = registered.json()["client_id"]
         await claude.run("mcp", "remove", SERVER)
-        callback_port = str(free_port())
-        flags = ["--client-id", client_id, "--callback-port", callback_port]
-        added = await claude.run("mcp", "add", "--transport", "http", *flags, SERVER, served.mcp)
+        flags = ["--client-id", client_id, "--callback-port", str(free_port())]
+        added = await claude.run("mcp", "add", "--transport", "http", *flags, SERVER, hub.mcp)
         assert f"Added HTTP MCP server {SERVER}" in added, added
 
-        with claude.login() as (login, said):
-            url = await claude.opened_url()
-            assert parse_qs(urlsplit(url).query)["client_id"] == [client_id], url
-            # The owner is not logged in: the page says how; the login by link comes back to the request.
-            browser.get(url)
-            _wait(browser, lambda d: d.find_elements(By.ID, "authorize-login"), "the log-in-to-approve page")
-            browser.get(await _mint(world, "alice", issuer))
-            browser.find_element(By.ID, "login").click()
-            _wait(browser, lambda d: d.find_elements(By.ID, "approve"), "the approval page after the login")
-            assert browser.find_element(By.ID, "client-name").text == "Claude Code"
-            assert browser.find_element(By.ID, "unverified").is_displayed()
-            assert browser.find_element(By.ID, "redirect").text == f"http://localhost:{callback_port}"
-            assert browser.find_element(By.ID, "agent-alice-chat").is_selected()
-            browser.save_screenshot(str(shots / "30-claude-code-authorize.png"))
-            browser.find_element(By.ID, "approve").click()
-            # Chromium lands on the CLI's own callback listener, which exchanges the code and says so.
-            await until(lambda: login.poll() is not None, "the CLI finishes its login")
-            assert login.returncode == 0 and f'Authenticated with "{SERVER}"' in "".join(said), "".join(said)
-            browser.save_screenshot(str(shots / "31-claude-code-callback.png"))
-
-        assert "Connected" in await claude.health()
-        # A session whose model calls whoami: the CLI's token acts as the chosen agent, with its scopes only.
-        with FakeAnthropic(model) as api:
-            session = await claude.run(
-                "-p", "who am I?", "--allowedTools", WHOAMI, "--output-format", "json",
-                ANTHROPIC_BASE_URL=api.url, ANTHROPIC_API_KEY="sk-ant-fake",
-            )  # fmt: skip
-            answers = whoami_results(api)
-        assert len(answers) == 1, session
-        # alice-chat holds no credential but the one this approval issued: the session used the CLI's token.
-        [who] = answers
-        assert who["agent"]["handle"] == "alice-chat" and sorted(who["scopes"]) == ["post", "read"], who
-
-        # The approval and the exchange are on the audit; the token the CLI got is alice-chat's only one.
-        chat_id = world.sql("SELECT agent_id FROM agents WHERE handle = 'alice-chat'")[0]["agent_id"]
-        by_action = {(r["action"], r["actor_kind"]): r for r in world.audit_rows() if r["target"] == chat_id}
-        assert by_action[("oauth.approve", "owner")]["via"] == "console", by_action
-        assert ("oauth.token.code", "oauth_client") in by_action, by_action
-        [issued] = world.sql("SELECT token_id, grant_id FROM tokens WHERE agent_id = ?", (chat_id,))
-        assert issued["grant_id"] is not None
-        listed = [t for t in (await ar(world, "token", "list"))["tokens"] if t["agent"] == "alice-chat"]
-        assert [(t["token_id"], t["status"]) for t in listed] == [(issued["token_id"], "active")], listed
-
-        # Revoked one by one: the CLI is asked to log in again (its refresh token died with the grant).
-        await ar(world, "token", "revoke", issued["token_id"])
-        assert "Needs authentication" in await claude.health()
+        shown = {
+            "client-name": "Claude Code",
+            "unverified": "(unverified: this name is what the client registered itself as)",
+        }
+        url = await log_in(claude, hub, world, browser, shots / "31-claude-code-registered-client.png", shown)
+        assert parse_qs(urlsplit(url).query)["client_id"] == [client_id], url
+        await acts_as_chat_until_revoked(claude, world)
