@@ -107,7 +107,7 @@ class Cli:
             )
             return done.stdout + done.stderr
 
-        # Off this test's loop: the hub is another process, but the fake model's server and Chromium are not.
+        # Off this test's loop, which stays free meanwhile (as tests/test_connect_real.py runs the CLI).
         return await anyio.to_thread.run_sync(run)
 
     async def health(self) -> str:
@@ -169,8 +169,8 @@ def model(request: Request) -> Reply:
 
 
 def whoami_results(api: FakeAnthropic) -> list[dict[str, Any]]:
-    """Every whoami answer the CLI showed its model, parsed."""
-    found = []
+    """Every whoami answer the CLI showed its model, parsed (once each: a later call repeats the history)."""
+    found: dict[str, dict[str, Any]] = {}
     for call in api.messages():
         for message in call.body.get("messages") or []:
             content = message.get("content")
@@ -179,8 +179,8 @@ def whoami_results(api: FakeAnthropic) -> list[dict[str, Any]]:
                     continue
                 inner = block.get("content")
                 text = inner if isinstance(inner, str) else "".join(p.get("text", "") for p in inner or [])
-                found.append(json.loads(text))
-    return found
+                found[block.get("tool_use_id", "")] = json.loads(text)
+    return list(found.values())
 
 
 async def ar(world: World, *args: str) -> dict[str, Any]:
