@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +64,16 @@ async def serve_http(
     env: Mapping[str, str] | None = None,
     port: int | None = None,
     base: str = "http://127.0.0.1",
+    wrap: Sequence[str] = (),
 ) -> AsyncIterator[Served]:
     """`agent-rooms serve --http --port PORT FLAGS…` on `home`, listening when this yields, ended after.
 
     `env` adds to (or overrides) this process's environment; `port` is for flags that must name it in
     advance (a --public-url). The server's output goes to a file, not a pipe nobody reads: a chatty server
-    would otherwise block on a full pipe."""
+    would otherwise block on a full pipe. `wrap` is a command the server runs under (e.g. bwrap giving it an
+    /etc/hosts of its own)."""
     port = free_port() if port is None else port
-    argv = [*CLI, "serve", "--http", "--port", str(port), *flags]
+    argv = [*wrap, *CLI, "serve", "--http", "--port", str(port), *flags]
     full_env = {**os.environ, "AGENT_ROOMS_HOME": str(home), **(env or {})}
     with tempfile.TemporaryFile() as output:
         async with await anyio.open_process(argv, env=full_env, stdout=output, stderr=output) as server:

@@ -19,12 +19,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import anyio
+import anyio.to_thread
 import httpx2
 import pytest
+from click.testing import CliRunner, Result
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from agent_rooms_mcp import audit
+from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.errors import ErrorCode, RoomsError
 from agent_rooms_mcp.http import open_http_app
 from agent_rooms_mcp.principals import Human, Scope, parse_scopes
@@ -490,6 +494,23 @@ async def test_token_list_shows_a_connector_and_token_revoke_ends_its_family(wor
         assert oauth_error(await f.refresh(second["refresh_token"])) == "invalid_grant"
         # The agent's own bearer token is untouched.
         assert await mcp_status(f.http, world.tokens["alice-claude"]) == 200
+
+
+async def test_token_revoke_json_on_a_connector_prints_one_json_document(world: World) -> None:
+    """Revoking a connector's token logs its family's end; that line must not land in the JSON on stdout (it
+    did, unconfigured structlog writing to stdout, breaking `token revoke ID --json` for the real CLI's token)."""
+    async with flow(world) as f:
+        await f.tokens()
+    env = {"AGENT_ROOMS_HOME": str(world.settings.home)}
+
+    def ar(*args: str) -> Result:
+        return CliRunner().invoke(cli, [*args, "--json"], env=env)
+
+    listed = json.loads((await anyio.to_thread.run_sync(ar, "token", "list", "alice-claude")).stdout)["tokens"]
+    [oauth] = [t for t in listed if t["token_id"] != world.token_ids["alice-claude"]]
+    done = await anyio.to_thread.run_sync(ar, "token", "revoke", oauth["token_id"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["status"] == "revoked"
 
 
 async def test_registration_is_limited_per_source(world: World) -> None:

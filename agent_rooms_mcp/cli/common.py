@@ -18,6 +18,7 @@ from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.models import Receipt
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.remote import Remote
@@ -223,6 +224,10 @@ def perform(name: str, args: BaseModel, *, as_json: bool = False) -> Any:
     far = remote(as_json)
     if far is not None:
         return guarded(lambda: far.call(name, raw, action.result), as_json=as_json)
+
+    # The hub's services run in this process and log (e.g. oauth.family_revoked on `token revoke`): on stderr,
+    # never into the result or the JSON document on stdout.
+    configure_logging()
 
     async def main() -> BaseModel:
         async with Hub.open(settings()) as hub:
