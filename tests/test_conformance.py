@@ -40,7 +40,9 @@ from tests.test_public import self_signed
 
 ENTRY = Path("node_modules/@modelcontextprotocol/conformance/dist/index.js")
 PINNED = NpmPins(Path(__file__).parent / "conformance", "MCP conformance", "AGENT_ROOMS_REQUIRE_CONFORMANCE", ENTRY)
-BASELINE: dict[str, Any] = json.loads((PINNED.pins / "baseline.json").read_text())
+BASELINE_FILE = PINNED.pins / "baseline.json"
+BASELINE: dict[str, Any] = json.loads(BASELINE_FILE.read_text())
+Failed = dict[str, str]  # a check's id: what the suite said of it
 SPEC = "2026-07-28"
 # The server scenarios that mean something against a hub without the suite's fixture tools (`test_simple_text`,
 # `test://static-text` …); the others are under `not_run` in the baseline, each with its reason.
@@ -77,8 +79,8 @@ class Conformance:
             done = await anyio.run_process(argv, env={"PATH": os.environ.get("PATH", "")}, check=False)
         return done.returncode, done.stdout.decode() + done.stderr.decode()
 
-    async def failures(self, command: str, scenario: str, *args: str) -> set[str]:
-        """The ids of the checks of one scenario that failed."""
+    async def failures(self, command: str, scenario: str, *args: str) -> Failed:
+        """The checks of one scenario that did not pass, with what the suite said of each."""
         out = Path(tempfile.mkdtemp(dir=self.scratch))
         rc, said = await self.run(command, "--scenario", scenario, *args, "-o", str(out))
         failed = _failed_checks(out)
@@ -87,7 +89,7 @@ class Conformance:
 
     async def authorization(
         self, args: list[str], env: dict[str, str], on_url: Callable[[str], Awaitable[None]]
-    ) -> dict[str, set[str]]:
+    ) -> dict[str, Failed]:
         """Every authorization-server scenario, in the one run that shares the metadata between them: the URL the
         code grant prints for a person to open goes to `on_url`, while the suite waits on its callback."""
         out = Path(tempfile.mkdtemp(dir=self.scratch))
@@ -122,7 +124,7 @@ def conformance(tmp_path_factory: pytest.TempPathFactory) -> Conformance:
     return Conformance(home / NODE, home / ENTRY, tmp_path_factory.mktemp("conformance"))
 
 
-def _failed_checks(out: Path) -> dict[str, set[str]]:
+def _failed_checks(out: Path) -> dict[str, Failed]:
     """Per scenario in a results folder (`server-<scenario>-<time>/checks.json`, or `authorization-server-…`), the
     ids of the checks that did not pass: a warning is a SHOULD and does not count, a skipped check does."""
     failed = {}
@@ -130,12 +132,19 @@ def _failed_checks(out: Path) -> dict[str, set[str]]:
         scenario = re.sub(r"^(authorization-)?server-|-\d{4}-\d\d-\d\dT[\d-]+Z$", "", found.parent.name)
         checks = json.loads(found.read_text())
         assert checks, f"{scenario} ran no checks"
-        failed[scenario] = {c["id"] for c in checks if c["status"] not in PASSED}
+        failed[scenario] = {c["id"]: c.get("errorMessage") or c["status"] for c in checks if c["status"] not in PASSED}
     return failed
 
 
-def expected(group: str, scenarios: tuple[str, ...]) -> dict[str, set[str]]:
-    return {s: set(BASELINE[group].get(s, {})) for s in scenarios}
+def assert_as_baselined(baselined: dict[str, Failed], scenarios: tuple[str, ...], failed: dict[str, Failed]) -> None:
+    """Every scenario ran; each check that did not pass is in the baseline, and each in the baseline still fails."""
+    assert set(failed) == set(scenarios)
+    unexpected = {
+        f"{s}:{c}": said for s, checks in failed.items() for c, said in checks.items() if c not in baselined.get(s, {})
+    }
+    assert not unexpected, f"checks that fail and are not in {BASELINE_FILE.name}: {unexpected}"
+    stale = [f"{s}:{c}" for s, checks in baselined.items() for c in checks if c not in failed.get(s, {})]
+    assert not stale, f"checks in {BASELINE_FILE.name} that now pass: remove them: {stale}"
 
 
 class BearerProxy:
@@ -208,14 +217,14 @@ async def test_the_server_scenarios_fail_only_as_the_baseline_says(world: World,
     """server-stateless (server/discover, the per-request _meta), http-header-validation (Mcp-Method and Mcp-Name),
     caching (ttlMs and cacheScope on list results), dns-rebinding-protection and the rest that apply, at
     2026-07-28, against one served loopback hub."""
-    failed: dict[str, set[str]] = {}
+    failed: dict[str, Failed] = {}
     async with (
         serve_http(world.settings.home) as served,
         bearer_proxy(served.base, world.tokens["alice-claude"]) as url,
     ):
         for scenario in SERVER_SCENARIOS:
             failed[scenario] = await conformance.failures("server", scenario, "--url", url, "--spec-version", SPEC)
-    assert failed == expected("server", SERVER_SCENARIOS)
+    assert_as_baselined(BASELINE["server"], SERVER_SCENARIOS, failed)
 
 
 async def test_the_authorization_server_scenarios_fail_only_as_the_baseline_says(
@@ -242,7 +251,7 @@ async def test_the_authorization_server_scenarios_fail_only_as_the_baseline_says
             {"NODE_EXTRA_CA_CERTS": str(cert)},
             lambda url: approve(world, http, url),
         )
-    assert failed == expected("authorization", AUTHORIZATION_SCENARIOS)
+    assert_as_baselined(BASELINE["authorization"], AUTHORIZATION_SCENARIOS, failed)
 
 
 async def approve(world: World, http: httpx2.AsyncClient, authorize: str) -> None:
@@ -260,8 +269,7 @@ async def approve(world: World, http: httpx2.AsyncClient, authorize: str) -> Non
 async def test_every_scenario_of_the_pinned_suite_is_run_or_named_with_why_not(conformance: Conformance) -> None:
     """A newer pin brings scenarios of its own: each must be run above or listed under `not_run` with a reason;
     and a scenario run is never also excused as not run."""
-    known = await conformance.scenarios("--server", "--spec-version", SPEC)
-    known |= await conformance.scenarios("--authorization", "--spec-version", SPEC)
+    known = await conformance.scenarios("--server", "--authorization", "--spec-version", SPEC)
     run = set(SERVER_SCENARIOS) | set(AUTHORIZATION_SCENARIOS)
     not_run = BASELINE["not_run"]
     assert run.isdisjoint(not_run)
@@ -272,3 +280,19 @@ async def test_every_scenario_of_the_pinned_suite_is_run_or_named_with_why_not(c
     for group in ("server", "authorization"):
         for checks in BASELINE[group].values():
             assert all(isinstance(why, str) and why for why in checks.values())
+
+
+@pytest.mark.parametrize(
+    ("failed", "complaint"),
+    [
+        ({"stateless": {"known": "fixture", "new": "broke"}}, "not in baseline.json: {'stateless:new': 'broke'}"),
+        ({"stateless": {}}, r"now pass: remove them: \['stateless:known'\]"),
+        ({}, "assert set"),
+    ],
+)
+def test_the_baseline_fails_a_run_on_a_new_failure_a_stale_entry_or_a_scenario_not_run(
+    failed: dict[str, Failed], complaint: str
+) -> None:
+    with pytest.raises(AssertionError, match=complaint):
+        assert_as_baselined({"stateless": {"known": "needs a fixture"}}, ("stateless",), failed)
+    assert_as_baselined({"stateless": {"known": "needs a fixture"}}, ("stateless",), {"stateless": {"known": "x"}})
