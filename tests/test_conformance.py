@@ -59,7 +59,7 @@ SERVER_SCENARIOS = (
 )
 AUTHORIZATION_SCENARIOS = ("authorization-server-metadata-endpoint", "authorization-code-grant")
 LOOPBACK = "http://127.0.0.1"  # the code grant's callback: any port, the registered path (RFC 8252 §7.3)
-# Generous bounds for a loaded two-core machine, not expectations: a scenario takes a second or two.
+# A generous bound for a loaded two-core machine, not an expectation: a scenario takes a few seconds.
 SCENARIO_TIMEOUT_S = 120
 PASSED = {"SUCCESS", "WARNING", "INFO"}
 # Hop-by-hop headers, and the length the proxy recomputes; Host and Origin pass as the suite sent them.
@@ -199,8 +199,9 @@ async def bearer_proxy(upstream: str, token: str) -> AsyncIterator[str]:
     port = free_port()
     async with httpx2.AsyncClient(timeout=SCENARIO_TIMEOUT_S) as http:
         app = BearerProxy(upstream, token, http)
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-        config.timeout_graceful_shutdown = 5
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", timeout_graceful_shutdown=5
+        )
         server = uvicorn.Server(config)
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve)
