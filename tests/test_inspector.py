@@ -10,15 +10,12 @@ why; CI sets AGENT_ROOMS_REQUIRE_INSPECTOR=1 so that there a missing Inspector f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import pytest
@@ -28,15 +25,11 @@ from agent_rooms_mcp.home import write_private_file
 from agent_rooms_mcp.server import TOOLS
 from tests.conftest import World
 from tests.hubprocess import serve_http
+from tests.npmpins import NODE, NpmPins
 
-PINS = Path(__file__).parent / "inspector"
-CACHE = Path(__file__).resolve().parents[1] / ".cache" / "inspector"
-NODE = Path("node_modules/node/bin/node")
 LAUNCHER = Path("node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js")
-REQUIRED = "AGENT_ROOMS_REQUIRE_INSPECTOR"
-# Generous bounds for a loaded two-core machine, not expectations: about 30 s to install, 1-3 s a call.
-PING_TIMEOUT_S = 60
-INSTALL_TIMEOUT_S = 900
+PINNED = NpmPins(Path(__file__).parent / "inspector", "MCP Inspector", "AGENT_ROOMS_REQUIRE_INSPECTOR", LAUNCHER)
+# A generous bound for a loaded two-core machine, not an expectation: 1-3 s a call.
 CALL_TIMEOUT_S = 180
 CONNECT_TIMEOUT_MS = 120_000
 # What a TypeScript-SDK client says when structuredContent does not match the tool's outputSchema.
@@ -63,59 +56,9 @@ class Inspector:
         return done.returncode, json.loads(out) if out.strip() else {}, done.stderr.decode()
 
 
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get(REQUIRED):
-        pytest.fail(f"{reason} ({REQUIRED} is set)")
-    pytest.skip(reason)
-
-
-def _install() -> Path:
-    """The pinned Inspector, installed once per lock file; a half-done install is never reused."""
-    pins = [PINS / "package.json", PINS / "package-lock.json"]
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in pins)).hexdigest()[:16]
-    home = CACHE / key
-    if (home / LAUNCHER).exists() and (home / NODE).exists():
-        return home
-    npm = shutil.which("npm")
-    if npm is None:
-        _unavailable("npm is not installed: the MCP Inspector checks need it")
-    try:
-        ping = subprocess.run(
-            [npm, "ping", "--fetch-retries=0", f"--fetch-timeout={PING_TIMEOUT_S * 1000 // 2}"],
-            capture_output=True,
-            text=True,
-            timeout=PING_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        _unavailable("the npm registry did not answer `npm ping`: the MCP Inspector checks need it")
-    if ping.returncode != 0:
-        said = [line for line in ping.stderr.splitlines() if line.startswith("npm error")] or ["no error text"]
-        _unavailable(f"the npm registry is unreachable ({said[0]}): the MCP Inspector checks need it")
-    staging = CACHE / f"{key}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for p in pins:
-        shutil.copy(p, staging / p.name)
-    installed = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=staging,
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT_S,
-        check=False,
-    )
-    assert installed.returncode == 0, installed.stderr[-4000:]
-    try:
-        staging.rename(home)
-    except OSError:  # another run installed it meanwhile
-        shutil.rmtree(staging, ignore_errors=True)
-    return home
-
-
 @pytest.fixture(scope="module")
 def inspector(tmp_path_factory: pytest.TempPathFactory) -> Inspector:
-    home = _install()
+    home = PINNED.install()
     return Inspector(home / NODE, home / LAUNCHER, tmp_path_factory.mktemp("inspector-home"))
 
 
