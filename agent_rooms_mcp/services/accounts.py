@@ -28,13 +28,8 @@ from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
-from agent_rooms_mcp.store.rows import OwnerRow
+from agent_rooms_mcp.store.rows import AgentRow, OwnerRow
 from agent_rooms_mcp.vault import AGENT_ENV, Vault
-
-_AGENTS = (
-    "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
-    " WHERE a.status = 'active'"
-)
 
 
 def _owner_info(row: OwnerRow) -> OwnerInfo:
@@ -64,24 +59,24 @@ def checked_workdir(workdir: str, hub_home: Path) -> str:
     return str(resolved)
 
 
-def agent_info(row: sqlite3.Row) -> AgentInfo:
+def agent_info(agent: AgentRow) -> AgentInfo:
     return AgentInfo(
-        agent_id=row["agent_id"],
-        handle=row["handle"],
-        owner=row["owner_handle"],
-        tool=row["tool"],
-        scopes=[s for s in row["scopes"].split(",") if s],
-        workdir=row["workdir"],
-        sandbox=bool(row["sandbox"]),
-        created_at=row["created_at"],
+        agent_id=agent.agent_id,
+        handle=agent.handle,
+        owner=agent.owner_handle,
+        tool=agent.tool.value,
+        scopes=[s.value for s in Scope if s in agent.scopes],
+        workdir=agent.workdir,
+        sandbox=agent.sandbox,
+        created_at=agent.created_at,
     )
 
 
-def _env_names(conn: sqlite3.Connection, agent: sqlite3.Row) -> AgentEnvList:
+def _env_names(conn: sqlite3.Connection, agent: AgentRow) -> AgentEnvList:
     names = [
-        r[0] for r in conn.execute("SELECT name FROM agent_env WHERE agent_id = ? ORDER BY name", (agent["agent_id"],))
+        r[0] for r in conn.execute("SELECT name FROM agent_env WHERE agent_id = ? ORDER BY name", (agent.agent_id,))
     ]
-    return AgentEnvList(agent=agent["handle"], names=names)
+    return AgentEnvList(agent=agent.handle, names=names)
 
 
 class Accounts:
@@ -97,16 +92,16 @@ class Accounts:
         def run(conn: sqlite3.Connection) -> AgentEnvList:
             agent = queries.agent(conn, agent_ref)
             try:
-                check_extra(name, value, agent["tool"])
+                check_extra(name, value, agent.tool)
             except ValueError as e:
                 raise invalid("name", str(e)) from None
-            sealed = self._vault.seal(AGENT_ENV, f"{agent['agent_id']}/{name}", value)
+            sealed = self._vault.seal(AGENT_ENV, f"{agent.agent_id}/{name}", value)
             conn.execute(
                 "INSERT INTO agent_env (agent_id, name, sealed, set_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (agent_id, name) DO UPDATE SET sealed = excluded.sealed, set_at = excluded.set_at",
-                (agent["agent_id"], name, sealed, now_utc()),
+                (agent.agent_id, name, sealed, now_utc()),
             )
-            audit.append(conn, operator, "agent.env.set", target=agent["agent_id"], detail={"name": name})
+            audit.append(conn, operator, "agent.env.set", target=agent.agent_id, detail={"name": name})
             return _env_names(conn, agent)
 
         return await self._store.write(run)
@@ -115,11 +110,11 @@ class Accounts:
         def run(conn: sqlite3.Connection) -> AgentEnvList:
             agent = queries.agent(conn, agent_ref)
             gone = conn.execute(
-                "DELETE FROM agent_env WHERE agent_id = ? AND name = ?", (agent["agent_id"], name)
+                "DELETE FROM agent_env WHERE agent_id = ? AND name = ?", (agent.agent_id, name)
             ).rowcount
             if not gone:
                 raise not_found("variable for this agent")
-            audit.append(conn, operator, "agent.env.unset", target=agent["agent_id"], detail={"name": name})
+            audit.append(conn, operator, "agent.env.unset", target=agent.agent_id, detail={"name": name})
             return _env_names(conn, agent)
 
         return await self._store.write(run)
@@ -285,30 +280,28 @@ class Accounts:
             conn.execute(
                 "UPDATE agents SET workdir = coalesce(?, workdir), tool = coalesce(?, tool),"
                 " sandbox = coalesce(?, sandbox) WHERE agent_id = ?",
-                (workdir, tool and tool.value, None if sandbox is None else int(sandbox), agent["agent_id"]),
+                (workdir, tool and tool.value, None if sandbox is None else int(sandbox), agent.agent_id),
             )
-            audit.append(conn, operator, "agent.set", target=agent["agent_id"], detail=changes)
-            return agent_info(queries.agent(conn, agent["agent_id"]))
+            audit.append(conn, operator, "agent.set", target=agent.agent_id, detail=changes)
+            return agent_info(queries.agent(conn, agent.agent_id))
 
         return await self._store.write(run)
 
     async def list_agents(self) -> AgentList:
-        return await self._store.read(
-            lambda c: AgentList(agents=[agent_info(r) for r in c.execute(_AGENTS + " ORDER BY a.handle")])
-        )
+        return await self._store.read(lambda c: AgentList(agents=[agent_info(a) for a in queries.active_agents(c)]))
 
     async def set_scopes(self, operator: Actor, agent_ref: str, scopes: frozenset[Scope]) -> AgentInfo:
         def run(conn: sqlite3.Connection) -> AgentInfo:
             agent = queries.agent(conn, agent_ref)
-            conn.execute("UPDATE agents SET scopes = ? WHERE agent_id = ?", (format_scopes(scopes), agent["agent_id"]))
+            conn.execute("UPDATE agents SET scopes = ? WHERE agent_id = ?", (format_scopes(scopes), agent.agent_id))
             audit.append(
                 conn,
                 operator,
                 "agent.scopes",
-                target=agent["agent_id"],
-                detail={"from": agent["scopes"], "to": format_scopes(scopes)},
+                target=agent.agent_id,
+                detail={"from": format_scopes(agent.scopes), "to": format_scopes(scopes)},
             )
-            return agent_info(queries.agent(conn, agent["agent_id"]))
+            return agent_info(queries.agent(conn, agent.agent_id))
 
         return await self._store.write(run)
 
@@ -351,11 +344,11 @@ class Accounts:
             conn.execute(
                 "INSERT INTO tokens (token_id, token_hash, agent_id, jti, run_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (token_id, secret_hash(token), agent["agent_id"], claims.jti, run_id, issued, expires),
+                (token_id, secret_hash(token), agent.agent_id, claims.jti, run_id, issued, expires),
             )
             detail = {"token_id": token_id} if run_id is None else {"token_id": token_id, "run_id": run_id}
-            audit.append(conn, actor, "token.issue", target=agent["agent_id"], detail=detail)
-            return IssuedToken(token=token, token_id=token_id, agent=agent["handle"], expires_at=expires)
+            audit.append(conn, actor, "token.issue", target=agent.agent_id, detail=detail)
+            return IssuedToken(token=token, token_id=token_id, agent=agent.handle, expires_at=expires)
 
         return await self._store.write(run)
 
@@ -371,7 +364,7 @@ class Accounts:
             args: tuple[str, ...] = ()
             if agent_ref is not None:
                 sql += " AND t.agent_id = ?"
-                args = (queries.agent(conn, agent_ref)["agent_id"],)
+                args = (queries.agent(conn, agent_ref).agent_id,)
             now = now_utc()
             return TokenList(
                 tokens=[
@@ -451,21 +444,21 @@ class Accounts:
 
 
 def record_passport(
-    conn: sqlite3.Connection, issuer: PassportIssuer, agent: sqlite3.Row, ttl: timedelta, now: datetime
+    conn: sqlite3.Connection, issuer: PassportIssuer, agent: AgentRow, ttl: timedelta, now: datetime
 ) -> Claims:
     """Issue `agent`'s passport at its current epoch and record it, in the caller's transaction: every credential
     (a bearer or run token, an OAuth grant) stands on one, and `authenticate()` finds it by its jti."""
     passport, claims = issuer.issue(
-        agent_id=agent["agent_id"],
-        owner_id=agent["owner_id"],
-        tool=agent["tool"],
-        epoch=agent["cred_epoch"],
+        agent_id=agent.agent_id,
+        owner_id=agent.owner_id,
+        tool=agent.tool,
+        epoch=agent.cred_epoch,
         ttl=ttl,
         now=now,
     )
     conn.execute(
         "INSERT INTO passports (jti, agent_id, passport, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-        (claims.jti, agent["agent_id"], passport, iso(now), iso(claims.exp)),
+        (claims.jti, agent.agent_id, passport, iso(now), iso(claims.exp)),
     )
     return claims
 

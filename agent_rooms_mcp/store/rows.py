@@ -44,6 +44,43 @@ class MemberAgent:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentRow:
+    """An agent as the operator's and owners' actions read it (`queries.agent`): what it is, whose, where its
+    woken runs work, and the credential epoch its next passport is issued at."""
+
+    agent_id: AgentId
+    handle: str
+    owner_id: OwnerId
+    owner_handle: str
+    tool: AgentTool
+    scopes: frozenset[Scope]  # as stored: a run token's narrowing is the authenticator's, not the row's
+    workdir: str | None
+    sandbox: bool
+    cred_epoch: int
+    created_at: str
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> AgentRow:
+        """From a row holding the agent's columns and its owner's handle as `owner_handle`."""
+        return cls(
+            agent_id=AgentId(r["agent_id"]),
+            handle=str(r["handle"]),
+            owner_id=OwnerId(r["owner_id"]),
+            owner_handle=str(r["owner_handle"]),
+            tool=AgentTool(r["tool"]),
+            scopes=held_scopes(r["scopes"], None),
+            workdir=r["workdir"],
+            sandbox=bool(r["sandbox"]),
+            cred_epoch=int(r["cred_epoch"]),
+            created_at=str(r["created_at"]),
+        )
+
+    def member(self) -> MemberAgent:
+        """The same agent as the consent and wake services judge it."""
+        return MemberAgent(self.agent_id, self.handle, self.tool, self.scopes, self.owner_id, self.owner_handle)
+
+
+@dataclass(frozen=True, slots=True)
 class ModeInForce:
     """An owner's consent mode in one room, as last set (DESIGN §4); no row means task_by_task."""
 
