@@ -97,9 +97,9 @@ class ModeInForce:
         )
 
 
-def load_causers(stored: str | None) -> frozenset[str]:
+def load_causers(stored: str | None) -> frozenset[OwnerId]:
     """Every owner whose words a row carries, from its stored JSON list (DESIGN §4 "Causers")."""
-    return frozenset(json.loads(stored or "[]"))
+    return frozenset(OwnerId(o) for o in json.loads(stored or "[]"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +116,7 @@ class TaskRow:
     status: TaskStatus
     consent_state: ConsentState
     proposal_id: ProposalId | None  # the proposal it was last offered under, if another owner's words crossed
-    causers: frozenset[str]  # every owner who ever set its title or body, and who handed it on
+    causers: frozenset[OwnerId]  # every owner who ever set its title or body, and who handed it on
 
     @classmethod
     def from_row(cls, r: sqlite3.Row) -> TaskRow:
@@ -145,7 +145,7 @@ class WakeRow:
     room_id: RoomId
     trigger: Trigger
     cause_id: str  # the message, task or proposal that caused it
-    causers: frozenset[str]
+    causers: frozenset[OwnerId]
     proposal_id: ProposalId | None  # the accepted proposal it runs, if another owner's words are in it
     payload_sha256: str | None  # a task wake: the hash of the words agreed to
 
