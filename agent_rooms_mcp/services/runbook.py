@@ -33,7 +33,7 @@ from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, expire_waiting
 from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, withdrawal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
-from agent_rooms_mcp.store.rows import WakeRow
+from agent_rooms_mcp.store.rows import AbandonedRun, WakeRow
 from agent_rooms_mcp.vault import VaultError
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
@@ -111,44 +111,45 @@ class LocalWakeBook:
                 + self._recovers,
                 (now, *self._recovers_args),
             ).fetchall()
-            return [left for row in rows if (left := self.end_abandoned(conn, row, now)) is not None]
+            abandoned = [AbandonedRun.from_row(r) for r in rows]
+            return [left for gone in abandoned if (left := self.end_abandoned(conn, gone, now)) is not None]
 
         with _busy_is_unavailable():
             return await self._store.write(run)
 
-    def end_abandoned(self, conn: sqlite3.Connection, row: sqlite3.Row, now: str) -> LeftBehind | None:
+    def end_abandoned(self, conn: sqlite3.Connection, run: AbandonedRun, now: str) -> LeftBehind | None:
         """A held run whose holder is gone (its lease ran out, or its listener restarted): never spawned ->
         waiting again; its spawn reported -> `lost` (DESIGN §9.1: never run twice), with its CLI returned
         when it ran on this host, for the caller to make sure it is gone. A process on another host is not
         ours to kill: its pid here names some unrelated process."""
-        revoke_run_tokens(conn, row["run_id"], now)  # a token minted before the crash dies too
-        detail = {"run_id": row["run_id"], "lease_holder": row["lease_holder"], "lease_host": row["lease_host"]}
-        spawned = row["spawned_at"] is not None or row["pid"] is not None
-        if not spawned and row["withdraw_reason"] is not None:
+        revoke_run_tokens(conn, run.run_id, now)  # a token minted before the crash dies too
+        detail = {"run_id": run.run_id, "lease_holder": run.lease_holder, "lease_host": run.lease_host}
+        spawned = run.spawned_at is not None or run.pid is not None
+        if not spawned and run.withdraw_reason is not None:
             # Withdrawn before its CLI ever started: it ends so, rather than queue again.
-            withdraw(conn, row["run_id"], RunState.QUEUED, row["withdraw_reason"], now)
-            audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
-                         detail={**detail, "reason": row["withdraw_reason"]})  # fmt: skip
+            withdraw(conn, run.run_id, RunState.QUEUED, run.withdraw_reason, now)
+            audit.append(conn, self._actor, "run.withdraw", target=run.agent_id,
+                         detail={**detail, "reason": run.withdraw_reason})  # fmt: skip
             return None
         if not spawned:
             # Back to where its owner's wakes wait now: the owner may have stopped being local.
             conn.execute(
                 "UPDATE runs SET state = ?, lease_holder = NULL, lease_host = NULL, lease_until = NULL,"
                 " started_at = NULL WHERE run_id = ?",
-                (waiting_state_of(conn, row["owner_id"]), row["run_id"]),
+                (waiting_state_of(conn, run.owner_id), run.run_id),
             )
-            audit.append(conn, self._actor, "run.requeue", target=row["agent_id"], detail=detail)
+            audit.append(conn, self._actor, "run.requeue", target=run.agent_id, detail=detail)
             return None
         conn.execute(
             "UPDATE runs SET state = ?, outcome = ?, ended_at = ?, lease_holder = NULL, lease_until = NULL"
             " WHERE run_id = ?",
-            (RunState.LOST, Outcome.LOST, now, row["run_id"]),
+            (RunState.LOST, Outcome.LOST, now, run.run_id),
         )
-        audit.append(conn, self._actor, "run.lost", target=row["agent_id"], detail=detail)
+        audit.append(conn, self._actor, "run.lost", target=run.agent_id, detail=detail)
         # A lease written before leases named their host was written on the hub's own machine.
-        ours = row["lease_host"] == self._host or (row["lease_host"] is None and self._expires)
-        if row["pid"] is not None and row["pid_start"] is not None and ours:
-            return LeftBehind(row["run_id"], row["pid"], row["pid_start"])
+        ours = run.lease_host == self._host or (run.lease_host is None and self._expires)
+        if run.pid is not None and run.pid_start is not None and ours:
+            return LeftBehind(run.run_id, run.pid, run.pid_start)
         return None
 
     def _expire(self, conn: sqlite3.Connection, now: str) -> None:
@@ -196,8 +197,9 @@ class LocalWakeBook:
                 row = conn.execute(first, args).fetchone()
                 if row is None:
                     return None
-                reason = withdrawal(conn, WakeRow.from_row(row), started=False)
-                words = _words(conn, row) if reason is None else None
+                wake = WakeRow.from_row(row)
+                reason = withdrawal(conn, wake, started=False)
+                words = _words(conn, wake) if reason is None else None
                 if words is None:
                     reason = reason or "payload_missing"
                     withdraw(conn, row["run_id"], RunState.QUEUED, reason, iso(now))
@@ -447,30 +449,29 @@ class LocalWakeBook:
         return follow_up
 
 
-def _words(conn: sqlite3.Connection, run: sqlite3.Row) -> CauseText | None:
+def _words(conn: sqlite3.Connection, run: WakeRow) -> CauseText | None:
     """The words a claimed run is given: an accepted proposal's payload, a task's agreed words (the hash
     `withdrawal` checked proves the row still holds them), or the message that mentioned it. None when
     they are gone."""
-    causers = crossing.loads(run["causers"])
-    foreign = bool(crossing.others(causers, run["owner_id"]))
+    foreign = bool(crossing.others(run.causers, run.owner_id))
     payload = None
-    if run["proposal_id"] is not None:
+    if run.proposal_id is not None:
         stored = conn.execute(
-            "SELECT payload, payload_sha256 FROM proposals WHERE proposal_id = ?", (run["proposal_id"],)
+            "SELECT payload, payload_sha256 FROM proposals WHERE proposal_id = ?", (run.proposal_id,)
         ).fetchone()
         if stored is None or crossing.canonical(json.loads(stored["payload"]))[1] != stored["payload_sha256"]:
             return None
         payload = json.loads(stored["payload"])
-    if run["trigger"] == Trigger.TASK:
-        task = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (run["cause_id"],)).fetchone()
+    if run.trigger == Trigger.TASK:
+        task = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (run.cause_id,)).fetchone()
         if task is None:
             return None
         words = payload or {"title": task["title"], "body": task["body"]}
         text, author_id = f"{words['title']}\n\n{words['body']}", task["creator_id"]
     else:
-        message_id = payload["message_id"] if payload and run["trigger"] == "wake_proposal" else run["cause_id"]
+        message_id = payload["message_id"] if payload and run.trigger == Trigger.WAKE_PROPOSAL else run.cause_id
         message = conn.execute(
-            "SELECT text, agent_id FROM messages WHERE room_id = ? AND message_id = ?", (run["room_id"], message_id)
+            "SELECT text, agent_id FROM messages WHERE room_id = ? AND message_id = ?", (run.room_id, message_id)
         ).fetchone()
         if message is None:
             return None
@@ -480,7 +481,7 @@ def _words(conn: sqlite3.Connection, run: sqlite3.Row) -> CauseText | None:
         " JOIN owners o ON o.owner_id = a.owner_id WHERE a.agent_id = ?",
         (author_id,),
     ).fetchone()
-    cross = foreign or author["owner_id"] != run["owner_id"]
+    cross = foreign or author["owner_id"] != run.owner_id
     return rendered(CauseText(text, author["handle"], author["owner_handle"], cross))
 
 

@@ -165,6 +165,59 @@ class WakeRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AbandonedRun:
+    """A held run whose holder may be gone, as the wake book's recovery reads it (`runbook.ABANDONED_COLUMNS`):
+    whether its CLI was ever spawned, where, and whether it was withdrawn meanwhile."""
+
+    run_id: RunId
+    agent_id: AgentId
+    owner_id: OwnerId
+    pid: int | None
+    pid_start: int | None
+    spawned_at: str | None
+    lease_holder: str | None
+    lease_host: str | None  # None: a lease written before leases named their host (on the hub's own machine)
+    withdraw_reason: str | None
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> AbandonedRun:
+        return cls(
+            run_id=RunId(r["run_id"]),
+            agent_id=AgentId(r["agent_id"]),
+            owner_id=OwnerId(r["owner_id"]),
+            pid=r["pid"],
+            pid_start=r["pid_start"],
+            spawned_at=r["spawned_at"],
+            lease_holder=r["lease_holder"],
+            lease_host=r["lease_host"],
+            withdraw_reason=r["withdraw_reason"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerRow:
+    """One listener process of a device (DESIGN §9.1), as its wake book is built from it."""
+
+    holder: str
+    device_id: str
+    owner_id: OwnerId
+    host: str
+    max_running: int
+    max_running_per_agent: int
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> ListenerRow:
+        return cls(
+            holder=str(r["holder"]),
+            device_id=str(r["device_id"]),
+            owner_id=OwnerId(r["owner_id"]),
+            host=str(r["host"]),
+            max_running=int(r["max_running"]),
+            max_running_per_agent=int(r["max_running_per_agent"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RoomRow:
     """A room that is not quarantined, with its latest message's seq (0 before the first post)."""
 
