@@ -158,6 +158,13 @@ def _request_stop(conn: sqlite3.Connection, actor: Actor, agent: AgentRow, run_i
     return StopResult(stopped=stopped)
 
 
+def as_their_owners_see(conn: sqlite3.Connection, where: str, args: Sequence[object]) -> list[RunInfo]:
+    """The runs `where` selects (a condition on `RUNS_SELECT`, and its order), each as its own owner sees it:
+    for the overviews that read across owners (services/overview.py)."""
+    infos, _ = _infos(None, conn.execute(RUNS_SELECT + where, args).fetchall())
+    return infos
+
+
 def _infos(viewer: Viewer | None, rows: Sequence[sqlite3.Row]) -> tuple[list[RunInfo], str | None]:
     """Runs as `viewer` sees them, or (None) each as its own owner does. An outcome and a session id are what
     the agent's CLI reported: its words, rendered like any other free text (a CLI may quote whatever its
