@@ -1,16 +1,13 @@
 """Devices: an owner's own machines, enrolled by a one-time code, acting for that owner only (DESIGN §9.1).
 
-An enrollment code is `ENROLLMENT_ID.SECRET`. The id (128 random bits, like every id) finds the row, so a
-wrong secret counts against that one code whichever source tries it, and the code is void after
-`enrollment_failures_max` of them; the secret (192 bits) is stored only as a hash. Redeeming one makes a
-device and its credential (`ard_` + 256 bits, stored as a hash), which expires once it goes
-`device_idle_expiry_s` unused. A device credential is never valid for MCP tools: it is looked up here only,
-never by the agents' authenticator (invariant 105).
+An enrollment code is a one-time code (`services/one_time_codes.py`), void after `enrollment_failures_max`
+wrong secrets. Redeeming one makes a device and its credential (`ard_` + 256 bits, stored as a hash), which
+expires once it goes `device_idle_expiry_s` unused. A device credential is never valid for MCP tools: it is
+looked up here only, never by the agents' authenticator (invariant 105).
 """
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,13 +23,12 @@ from agent_rooms_mcp.encoding import b64url_encode
 from agent_rooms_mcp.errors import invalid, not_found
 from agent_rooms_mcp.models import DeviceInfo, DeviceList, DeviceLogin, Enrollment, HubIdentity
 from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.services import one_time_codes
 from agent_rooms_mcp.services.listeners import release_device
+from agent_rooms_mcp.services.one_time_codes import ENROLLMENT
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store, fresh_snapshot
-
-ENROLLMENT_PREFIX = "enr"
-_SECRET_BYTES = 24  # 192 bits
 
 
 class DeviceDenied(Exception):
@@ -117,25 +113,18 @@ class Devices:
 
     async def enroll(self, operator: audit.Actor, owner_ref: str, hub_url: str) -> Enrollment:
         """A one-time code for owner `owner_ref` (operator action, on the hub's machine)."""
-        enrollment_id = new_id(ENROLLMENT_PREFIX)
-        secret = secrets.token_urlsafe(_SECRET_BYTES)
-        now = datetime.now(UTC)
-        expires = iso(now + timedelta(seconds=self._limits.enrollment_ttl_s))
+        ttl = timedelta(seconds=self._limits.enrollment_ttl_s)
 
         def run(conn: sqlite3.Connection) -> Enrollment:
             owner = queries.owner(conn, owner_ref)
-            conn.execute(
-                "INSERT INTO enrollments (enrollment_id, owner_id, secret_hash, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (enrollment_id, owner.owner_id, secret_hash(secret), iso(now), expires),
-            )
-            audit.append(conn, operator, "owner.enroll", target=owner.owner_id, detail={"enrollment": enrollment_id})
-            code = f"{enrollment_id}.{secret}"
+            issued = one_time_codes.issue(conn, ENROLLMENT, owner.owner_id, datetime.now(UTC), ttl, None)
+            detail = {"enrollment": issued.code_id}
+            audit.append(conn, operator, "owner.enroll", target=owner.owner_id, detail=detail)
             return Enrollment(
                 owner=owner.handle,
-                code=code,
-                expires_at=expires,
-                login_command=f"agent-rooms login {hub_url} --code {code}",
+                code=issued.code,
+                expires_at=issued.expires_at,
+                login_command=f"agent-rooms login {hub_url} --code {issued.code}",
             )
 
         return await self._store.write(run)
@@ -146,49 +135,36 @@ class Devices:
         name = name.strip()
         if not name or len(name) > self._limits.device_name_chars or not name.isprintable():
             raise invalid("name", f"give the device a printable name of at most {self._limits.device_name_chars}")
-        enrollment_id, dot, secret = code.partition(".")
-        if not dot or not enrollment_id.startswith(ENROLLMENT_PREFIX + "_"):
-            raise DeviceDenied("malformed_enrollment_code")
+        parts = one_time_codes.split(ENROLLMENT, code)
+        if parts is None:
+            raise DeviceDenied(ENROLLMENT.refused("malformed"))
+        enrollment_id, secret = parts
         credential = new_token(CredentialKind.DEVICE)
         device_id = new_id("dev")
 
         def run(conn: sqlite3.Connection) -> DeviceLogin | str:
-            row = conn.execute(
-                "SELECT e.*, o.handle AS owner_handle FROM enrollments e JOIN owners o ON o.owner_id = e.owner_id"
-                " WHERE e.enrollment_id = ?",
-                (enrollment_id,),
-            ).fetchone()
-            if row is None:
-                return "unknown_enrollment_code"
             now = now_utc()
-            if row["used_at"] is not None:
-                return "used_enrollment_code"
-            if row["failures"] >= self._limits.enrollment_failures_max:
-                return "void_enrollment_code"
-            if row["expires_at"] <= now:
-                return "expired_enrollment_code"
-            if not secrets.compare_digest(bytes(row["secret_hash"]), secret_hash(secret)):
-                conn.execute("UPDATE enrollments SET failures = failures + 1 WHERE enrollment_id = ?", (enrollment_id,))
-                return "wrong_enrollment_secret"
-            conn.execute(
-                "UPDATE enrollments SET used_at = ?, device_id = ? WHERE enrollment_id = ?",
-                (now, device_id, enrollment_id),
+            enrollment = one_time_codes.redeem(
+                conn, ENROLLMENT, enrollment_id, secret, now, self._limits.enrollment_failures_max
             )
+            if isinstance(enrollment, str):
+                return enrollment
+            conn.execute("UPDATE enrollments SET device_id = ? WHERE enrollment_id = ?", (device_id, enrollment_id))
             conn.execute(
                 "INSERT INTO devices (device_id, owner_id, name, cred_hash, created_at, last_used_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (device_id, row["owner_id"], name, secret_hash(credential), now, now),
+                (device_id, enrollment.owner_id, name, secret_hash(credential), now, now),
             )
             audit.append(
                 conn,
-                device_actor(row["owner_id"], device_id),
+                device_actor(enrollment.owner_id, device_id),
                 "device.enroll",
                 target=device_id,
                 detail={"enrollment": enrollment_id},
             )
             return DeviceLogin(
                 device_id=device_id,
-                owner=row["owner_handle"],
+                owner=enrollment.owner_handle,
                 name=name,
                 credential=credential,
                 issuer_kid=self._kid,
