@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
@@ -57,6 +58,30 @@ def checked_workdir(workdir: str, hub_home: Path) -> str:
     if why := policy.workdir_exposure(resolved, hub_home=hub_home.resolve(), user_home=Path.home().resolve()):
         raise invalid("workdir", f"{why}: give a project directory of its own")
     return str(resolved)
+
+
+# Where each kind of handle lives, the condition a live one meets, and what became of one no longer live.
+_HANDLES = {
+    "owner": ("owners", "removed_at IS NULL", "a removed owner"),
+    "agent": ("agents", "status = 'active'", "a deleted agent"),
+}
+
+
+def _require_new_handle(conn: sqlite3.Connection, kind: Literal["owner", "agent"], handle: str) -> None:
+    """CONFLICT for a handle in use, and for one ever used: a removed owner's or a deleted agent's handle is
+    retired for good (DESIGN §6), so whoever knew it never meets someone else under it. The retired list
+    outlives the purge of the archived row."""
+    table, live, gone = _HANDLES[kind]
+    if conn.execute(f"SELECT 1 FROM {table} WHERE handle = ? AND {live}", (handle,)).fetchone():
+        raise RoomsError(ErrorCode.CONFLICT, f"{kind} {handle!r} already exists")
+    if conn.execute(
+        f"SELECT 1 FROM {table} WHERE handle = ? UNION SELECT 1 FROM retired_handles WHERE kind = ? AND handle = ?",
+        (handle, kind, handle),
+    ).fetchone():
+        raise RoomsError(
+            ErrorCode.CONFLICT,
+            f"{kind} handle {handle!r} belonged to {gone} and is never reused; choose another handle",
+        )
 
 
 def agent_info(agent: AgentRow) -> AgentInfo:
@@ -135,18 +160,7 @@ class Accounts:
         check_handle(handle)
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
-            if conn.execute("SELECT 1 FROM owners WHERE handle = ? AND removed_at IS NULL", (handle,)).fetchone():
-                raise RoomsError(ErrorCode.CONFLICT, f"owner {handle!r} already exists")
-            # A removed owner's handle is retired for good, as a deleted agent's is (DESIGN §6).
-            if conn.execute(
-                "SELECT 1 FROM owners WHERE handle = ? UNION SELECT 1 FROM retired_handles"
-                " WHERE kind = 'owner' AND handle = ?",
-                (handle, handle),
-            ).fetchone():
-                raise RoomsError(
-                    ErrorCode.CONFLICT,
-                    f"owner handle {handle!r} belonged to a removed owner and is never reused; choose another handle",
-                )
+            _require_new_handle(conn, "owner", handle)
             owner_id = new_id("own")
             conn.execute(
                 "INSERT INTO owners (owner_id, handle, created_at, local) VALUES (?, ?, ?, ?)",
@@ -220,19 +234,7 @@ class Accounts:
 
         def run(conn: sqlite3.Connection) -> AgentInfo:
             owner = queries.owner(conn, owner_ref)
-            if conn.execute("SELECT 1 FROM agents WHERE handle = ? AND status = 'active'", (handle,)).fetchone():
-                raise RoomsError(ErrorCode.CONFLICT, f"agent {handle!r} already exists")
-            # A deleted agent's handle is retired for good (DESIGN §6): whoever knew it must never meet
-            # someone else's agent under it. The retired list outlives the purge of the archived row.
-            if conn.execute(
-                "SELECT 1 FROM agents WHERE handle = ? UNION SELECT 1 FROM retired_handles"
-                " WHERE kind = 'agent' AND handle = ?",
-                (handle, handle),
-            ).fetchone():
-                raise RoomsError(
-                    ErrorCode.CONFLICT,
-                    f"agent handle {handle!r} belonged to a deleted agent and is never reused; choose another handle",
-                )
+            _require_new_handle(conn, "agent", handle)
             agent_id = new_id("agt")
             conn.execute(
                 "INSERT INTO agents (agent_id, handle, owner_id, tool, scopes, workdir, created_at)"
