@@ -29,6 +29,7 @@ from agent_rooms_mcp.services.one_time_codes import ENROLLMENT
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store, fresh_snapshot
+from agent_rooms_mcp.store.rows import DeviceRow
 
 
 class DeviceDenied(Exception):
@@ -41,18 +42,22 @@ class DeviceDenied(Exception):
         self.actor = actor
 
 
-def look_up_device(conn: sqlite3.Connection, digest: bytes, now: datetime, idle: timedelta) -> sqlite3.Row:
+_DEVICES = "SELECT d.*, o.handle AS owner_handle FROM devices d JOIN owners o ON o.owner_id = d.owner_id"
+
+
+def look_up_device(conn: sqlite3.Connection, digest: bytes, now: datetime, idle: timedelta) -> DeviceRow:
     """The active device whose credential hash is `digest`, or DeviceDenied with the reason: the one lookup
     behind `authenticate` and behind a receipt's proof that a device is now refused (services/containment)."""
-    row: sqlite3.Row | None = conn.execute("SELECT * FROM devices WHERE cred_hash = ?", (digest,)).fetchone()
+    row = conn.execute(_DEVICES + " WHERE d.cred_hash = ?", (digest,)).fetchone()
     if row is None:
         raise DeviceDenied("unknown_device")
-    actor = device_actor(row["owner_id"], row["device_id"])
-    if row["revoked_at"] is not None:
+    device = DeviceRow.from_row(row)
+    actor = device_actor(device.owner_id, device.device_id)
+    if device.revoked_at is not None:
         raise DeviceDenied("device_revoked", actor)
-    if datetime.fromisoformat(row["last_used_at"]) + idle <= now:
+    if datetime.fromisoformat(device.last_used_at) + idle <= now:
         raise DeviceDenied("device_expired", actor)
-    return row
+    return device
 
 
 def prove_devices_refused(db_path: Path, device_ids: Sequence[str], idle: timedelta) -> dict[str, str | None]:
@@ -77,24 +82,21 @@ def device_actor(owner_id: str, device_id: str) -> audit.Actor:
     return audit.Actor("owner", owner_id, owner_id, device_id, via="device")
 
 
-def _info(row: sqlite3.Row, now: datetime, idle: timedelta) -> DeviceInfo:
-    if row["revoked_at"] is not None:
+def _info(device: DeviceRow, now: datetime, idle: timedelta) -> DeviceInfo:
+    if device.revoked_at is not None:
         status = "revoked"
-    elif datetime.fromisoformat(row["last_used_at"]) + idle <= now:
+    elif datetime.fromisoformat(device.last_used_at) + idle <= now:
         status = "expired"
     else:
         status = "active"
     return DeviceInfo(
-        device_id=row["device_id"],
-        owner=row["owner_handle"],
-        name=row["name"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
+        device_id=device.device_id,
+        owner=device.owner_handle,
+        name=device.name,
+        created_at=device.created_at,
+        last_used_at=device.last_used_at,
         status=status,  # type: ignore[arg-type]
     )
-
-
-_DEVICES = "SELECT d.*, o.handle AS owner_handle FROM devices d JOIN owners o ON o.owner_id = d.owner_id"
 
 
 class Devices:
@@ -188,18 +190,18 @@ class Devices:
             raise DeviceDenied("wrong_credential_kind")
         idle = timedelta(seconds=self._limits.device_idle_expiry_s)
         now, digest = datetime.now(UTC), secret_hash(credential)
-        row = await self._store.read(lambda c: look_up_device(c, digest, now, idle))
-        actor = device_actor(row["owner_id"], row["device_id"])
-        last_used = datetime.fromisoformat(row["last_used_at"])
+        device = await self._store.read(lambda c: look_up_device(c, digest, now, idle))
+        actor = device_actor(device.owner_id, device.device_id)
+        last_used = datetime.fromisoformat(device.last_used_at)
         # Use is recorded coarsely: the 90-day expiry needs no more, and most requests then write nothing.
         if last_used + timedelta(seconds=self._limits.device_touch_s) <= now:
             await self._store.write(
                 lambda c: c.execute(
                     "UPDATE devices SET last_used_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-                    (iso(now), row["device_id"]),
+                    (iso(now), device.device_id),
                 )
             )
-        return Human(actor, owner_id=row["owner_id"], device_id=row["device_id"])
+        return Human(actor, owner_id=device.owner_id, device_id=device.device_id)
 
     def still_active(self, device_id: str) -> Callable[[sqlite3.Connection], None]:
         """A write guard (`store.database.guarded_writes`): the device is still active, not revoked nor
@@ -220,13 +222,9 @@ class Devices:
     async def list_devices(self, who: Human) -> DeviceList:
         """The operator sees every device; a device sees its owner's."""
         now, idle = datetime.now(UTC), timedelta(seconds=self._limits.device_idle_expiry_s)
-        rows = await self._store.read(
-            lambda c: c.execute(
-                _DEVICES + " WHERE ?1 IS NULL OR d.owner_id = ?1 ORDER BY d.created_at, d.device_id",
-                (who.owner_id,),
-            ).fetchall()
-        )
-        return DeviceList(devices=[_info(r, now, idle) for r in rows])
+        sql = _DEVICES + " WHERE ?1 IS NULL OR d.owner_id = ?1 ORDER BY d.created_at, d.device_id"
+        devices = await self._store.read(lambda c: [DeviceRow.from_row(r) for r in c.execute(sql, (who.owner_id,))])
+        return DeviceList(devices=[_info(d, now, idle) for d in devices])
 
     async def revoke(self, who: Human, device_id: str | None) -> DeviceInfo:
         """Revoke a device: on a device, `None` means itself. Effective on its next request."""
@@ -235,17 +233,21 @@ class Devices:
             raise invalid("device_id", "name the device to revoke (see: agent-rooms device list)")
         now, idle = datetime.now(UTC), timedelta(seconds=self._limits.device_idle_expiry_s)
 
-        def run(conn: sqlite3.Connection) -> DeviceInfo:
+        def device(conn: sqlite3.Connection) -> DeviceRow:
             row = conn.execute(_DEVICES + " WHERE d.device_id = ?", (target,)).fetchone()
             if row is None:
                 raise not_found("device", target)
-            policy.may_revoke_device(who, row["owner_id"], row["device_id"])
-            if row["revoked_at"] is None:
+            return DeviceRow.from_row(row)
+
+        def run(conn: sqlite3.Connection) -> DeviceInfo:
+            found = device(conn)
+            policy.may_revoke_device(who, found.owner_id, found.device_id)
+            if found.revoked_at is None:
                 conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ?", (iso(now), target))
                 # Its listener's runs lose their tokens in this same transaction (DESIGN §9.1).
                 runs = release_device(conn, who.actor, target, iso(now))
                 audit.append(conn, who.actor, "device.revoke", target=target,
-                             detail={"owner_id": row["owner_id"], "runs": runs})  # fmt: skip
-            return _info(conn.execute(_DEVICES + " WHERE d.device_id = ?", (target,)).fetchone(), now, idle)
+                             detail={"owner_id": found.owner_id, "runs": runs})  # fmt: skip
+            return _info(device(conn), now, idle)
 
         return await self._store.write(run)

@@ -218,6 +218,32 @@ class ListenerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """An owner's enrolled device (DESIGN §9.1), as its credential is judged and its listing shows it."""
+
+    device_id: str
+    owner_id: OwnerId
+    owner_handle: str
+    name: str
+    created_at: str
+    last_used_at: str  # recorded coarsely (`device_touch_s`): the idle expiry needs no more
+    revoked_at: str | None
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> DeviceRow:
+        """From a row holding the device's columns and its owner's handle as `owner_handle`."""
+        return cls(
+            device_id=str(r["device_id"]),
+            owner_id=OwnerId(r["owner_id"]),
+            owner_handle=str(r["owner_handle"]),
+            name=str(r["name"]),
+            created_at=str(r["created_at"]),
+            last_used_at=str(r["last_used_at"]),
+            revoked_at=r["revoked_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RoomRow:
     """A room that is not quarantined, with its latest message's seq (0 before the first post)."""
 
