@@ -25,6 +25,7 @@ from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, Le
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.models import Relation
+from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, Outcome, RunState, Trigger, sql_words, withdrawn
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.accounts import Accounts
@@ -409,7 +410,7 @@ class LocalWakeBook:
                     "tools": ending.tool_counts,
                 }
             if ended_as == Outcome.RATE_LIMIT:
-                detail["follow_up"] = self._back_off(conn, row, reset_at, now)
+                detail["follow_up"] = self._back_off(conn, WakeRow.from_row(row), AgentTool(row["tool"]), reset_at, now)
             elif final == RunState.COMPLETED:
                 conn.execute("DELETE FROM backoffs WHERE owner_id = ? AND tool = ?", (row["owner_id"], row["tool"]))
             audit.append(conn, self._actor, "run.end", target=row["agent_id"], detail=detail)
@@ -418,21 +419,23 @@ class LocalWakeBook:
         with _busy_is_unavailable():
             await self._store.write(run, notify=True)
 
-    def _back_off(self, conn: sqlite3.Connection, row: sqlite3.Row, reset_at: datetime | None, now: str) -> str | None:
+    def _back_off(
+        self, conn: sqlite3.Connection, run: WakeRow, tool: AgentTool, reset_at: datetime | None, now: str
+    ) -> str | None:
         """Back-off for the run's (owner, tool), and the follow-up run queued to resume it (None when the
         agent already has a queued wake, which will resume the session anyway)."""
         tries = conn.execute(
-            "SELECT attempts FROM backoffs WHERE owner_id = ? AND tool = ?", (row["owner_id"], row["tool"])
+            "SELECT attempts FROM backoffs WHERE owner_id = ? AND tool = ?", (run.owner_id, tool)
         ).fetchone()
         retry_at = iso(backoff_until(datetime.now(UTC), reset_at, tries["attempts"] if tries else 0, self._caps))
         conn.execute(
             "INSERT INTO backoffs (owner_id, tool, not_before, attempts) VALUES (?, ?, ?, 1)"
             " ON CONFLICT (owner_id, tool) DO UPDATE SET not_before = excluded.not_before,"
             " attempts = attempts + 1",
-            (row["owner_id"], row["tool"], retry_at),
+            (run.owner_id, tool, retry_at),
         )
         if conn.execute(
-            f"SELECT 1 FROM runs WHERE agent_id = ? AND state IN ({sql_words(*WAITING_STATES)})", (row["agent_id"],)
+            f"SELECT 1 FROM runs WHERE agent_id = ? AND state IN ({sql_words(*WAITING_STATES)})", (run.agent_id,)
         ).fetchone():
             return None
         follow_up = new_id("run")
@@ -442,10 +445,10 @@ class LocalWakeBook:
             " proposal_id, payload_sha256, constrained, depth, state, resume, not_before, created_at)"
             " SELECT ?, agent_id, owner_id, room_id, trigger, cause_id, caused_by, causers, proposal_id,"
             " payload_sha256, constrained, depth, ?, 1, ?, ? FROM runs WHERE run_id = ?",
-            (follow_up, waiting_state_of(conn, row["owner_id"]), retry_at, now, row["run_id"]),
+            (follow_up, waiting_state_of(conn, run.owner_id), retry_at, now, run.run_id),
         )
-        audit.append(conn, self._actor, "run.follow_up", target=row["agent_id"],
-                     detail={"run_id": follow_up, "after": row["run_id"], "not_before": retry_at})  # fmt: skip
+        audit.append(conn, self._actor, "run.follow_up", target=run.agent_id,
+                     detail={"run_id": follow_up, "after": run.run_id, "not_before": retry_at})  # fmt: skip
         return follow_up
 
 
