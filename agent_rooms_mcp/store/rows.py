@@ -2,8 +2,10 @@
 
 Each type names the columns its query selects and converts them once, where the row is read: ids become
 their `NewType`s, stored words their enums, an agent's stored scopes a set. A service that receives one
-cannot ask for a column the query never selected, and the type checker sees every field. `store/queries.py`
-loads them (one `from_row` per type, built from the query that selects its columns).
+cannot ask for a column the query never selected, and the type checker sees every field. Each has one
+`from_row`, called where its query is: `store/queries.py` for facts many services share, the owning service
+for its own table's (a device, a listener, an abandoned run). A row read only beside its query, by the
+function that renders it, stays a `sqlite3.Row`.
 """
 
 from __future__ import annotations
