@@ -34,7 +34,7 @@ from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, expire_waiting
 from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, withdrawal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
-from agent_rooms_mcp.store.rows import AbandonedRun, WakeRow
+from agent_rooms_mcp.store.rows import AbandonedRun, ClaimRow, WakeRow
 from agent_rooms_mcp.vault import VaultError
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
@@ -198,16 +198,17 @@ class LocalWakeBook:
                 row = conn.execute(first, args).fetchone()
                 if row is None:
                     return None
-                wake = WakeRow.from_row(row)
+                claim = ClaimRow.from_row(row)
+                wake = claim.wake
                 reason = withdrawal(conn, wake, started=False)
                 words = _words(conn, wake) if reason is None else None
                 if words is None:
                     reason = reason or "payload_missing"
-                    withdraw(conn, row["run_id"], RunState.QUEUED, reason, iso(now))
-                    audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
-                                 detail={"run_id": row["run_id"], "reason": reason})  # fmt: skip
+                    withdraw(conn, wake.run_id, RunState.QUEUED, reason, iso(now))
+                    audit.append(conn, self._actor, "run.withdraw", target=wake.agent_id,
+                                 detail={"run_id": wake.run_id, "reason": reason})  # fmt: skip
                     continue
-                return self._hold(conn, row, words, now)
+                return self._hold(conn, claim, words, now)
 
         return await self._store.write(run)
 
@@ -238,41 +239,42 @@ class LocalWakeBook:
     async def _open_env(self, agent_id: str) -> dict[str, str]:
         return await self._accounts.env_for_run(agent_id)
 
-    def _hold(self, conn: sqlite3.Connection, row: sqlite3.Row, words: CauseText, now: datetime) -> Claimed:
+    def _hold(self, conn: sqlite3.Connection, claim: ClaimRow, words: CauseText, now: datetime) -> Claimed:
+        wake = claim.wake
         [lease] = conn.execute(
             "UPDATE runs SET state = ?, lease_holder = ?, lease_host = ?, lease_until = ?, started_at = ?,"
             " lease_epoch = lease_epoch + 1 WHERE run_id = ? RETURNING lease_epoch",
-            (RunState.RUNNING, self._holder, self._host, self._lease(), iso(now), row["run_id"]),
+            (RunState.RUNNING, self._holder, self._host, self._lease(), iso(now), wake.run_id),
         ).fetchone()
-        audit.append(conn, self._actor, "run.claim", target=row["agent_id"],
-                     detail={"run_id": row["run_id"], "host": self._host})  # fmt: skip
+        audit.append(conn, self._actor, "run.claim", target=wake.agent_id,
+                     detail={"run_id": wake.run_id, "host": self._host})  # fmt: skip
         # A constrained session may hold another owner's words: an unconstrained run never resumes
         # it, so each kind of run continues its own kind of session.
         last = conn.execute(
             "SELECT session_id FROM runs WHERE agent_id = ? AND session_id IS NOT NULL AND constrained = ?"
             " ORDER BY started_at DESC LIMIT 1",
-            (row["agent_id"], row["constrained"]),
+            (wake.agent_id, claim.constrained),
         ).fetchone()
         return Claimed(
-            run_id=row["run_id"],
-            agent_id=row["agent_id"],
-            handle=row["handle"],
-            owner_id=row["owner_id"],
-            tool=row["tool"],
-            workdir=row["workdir"],
-            room_id=row["room_id"],
-            room_name=row["room_name"],
-            trigger=row["trigger"],
-            cause_id=row["cause_id"],
-            caused_by=row["caused_by"],
-            causers=tuple(sorted(crossing.loads(row["causers"]))),
-            constrained=bool(row["constrained"]),
-            depth=row["depth"],
+            run_id=wake.run_id,
+            agent_id=wake.agent_id,
+            handle=claim.handle,
+            owner_id=wake.owner_id,
+            tool=claim.tool.value,
+            workdir=claim.workdir,
+            room_id=wake.room_id,
+            room_name=claim.room_name,
+            trigger=wake.trigger.value,
+            cause_id=wake.cause_id,
+            caused_by=claim.caused_by,
+            causers=tuple(sorted(wake.causers)),
+            constrained=claim.constrained,
+            depth=claim.depth,
             resume_session=(last["session_id"] or None) if last else None,  # "" marks a session lost
             words=words,
-            retry=bool(row["resume"]),
+            retry=claim.resume,
             lease=lease,
-            sandbox=bool(row["sandbox"]),
+            sandbox=claim.sandbox,
         )
 
     def _held(self, conn: sqlite3.Connection, run_id: str, lease: int, sets: str, args: tuple[object, ...]) -> None:

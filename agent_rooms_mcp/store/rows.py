@@ -167,6 +167,38 @@ class WakeRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRow:
+    """A waiting wake as the wake book's claim reads it (`services/runs.RUNS_SELECT`): the wake its re-check
+    judges, and what starting its agent's CLI needs."""
+
+    wake: WakeRow
+    handle: str
+    tool: AgentTool
+    workdir: str | None
+    sandbox: bool
+    room_name: str
+    caused_by: AgentId
+    constrained: bool  # another owner's words are in it: it runs constrained, and resumes only such a session
+    depth: int
+    resume: bool  # a follow-up after a rate limit: it continues the session, never replays the request
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> ClaimRow:
+        return cls(
+            wake=WakeRow.from_row(r),
+            handle=str(r["handle"]),
+            tool=AgentTool(r["tool"]),
+            workdir=r["workdir"],
+            sandbox=bool(r["sandbox"]),
+            room_name=str(r["room_name"]),
+            caused_by=AgentId(r["caused_by"]),
+            constrained=bool(r["constrained"]),
+            depth=int(r["depth"]),
+            resume=bool(r["resume"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class AbandonedRun:
     """A held run whose holder may be gone, as the wake book's recovery reads it (`runbook.ABANDONED_COLUMNS`):
     whether its CLI was ever spawned, where, and whether it was withdrawn meanwhile."""
