@@ -42,7 +42,7 @@ def room(conn: sqlite3.Connection, ref: str) -> RoomRow:
 
 def owner(conn: sqlite3.Connection, ref: str) -> OwnerRow:
     # A removed owner answers as one that never existed (DESIGN §6).
-    row: sqlite3.Row | None = conn.execute(
+    row = conn.execute(
         "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
     ).fetchone()
     if row is None:
