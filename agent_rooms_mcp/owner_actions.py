@@ -145,7 +145,7 @@ async def _own_agent(hub: Hub, who: Human, agent_ref: str) -> Human:
     """`who`, acting on an agent of their own (or, the operator, on anyone's)."""
 
     def read(c: sqlite3.Connection) -> tuple[OwnerId, bool]:
-        owner_id = OwnerId(queries.agent(c, agent_ref)["owner_id"])
+        owner_id = queries.agent(c, agent_ref).owner_id
         return owner_id, bool(queries.owner(c, owner_id).local)
 
     owner_id, local = await hub.store.read(read)

@@ -79,7 +79,7 @@ def credential_holds(now: CredentialNow | None, scope: Scope) -> None:
         raise forbidden_scope(scope.value)
 
 
-def whose_words_cross(causers: frozenset[str], target_owner_id: OwnerId) -> tuple[str, ...]:
+def whose_words_cross(causers: frozenset[OwnerId], target_owner_id: OwnerId) -> tuple[OwnerId, ...]:
     """DESIGN §4 "Causers": every owner whose words reach the target's agent other than its own owner, in a
     fixed order. Empty means nothing crosses an owner boundary and there is nothing to consent to."""
     return tuple(sorted(c for c in causers if c != target_owner_id))

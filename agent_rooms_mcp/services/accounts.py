@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from agent_rooms_mcp import audit, policy
 from agent_rooms_mcp.audit import Actor
@@ -28,13 +29,8 @@ from agent_rooms_mcp.services import runs
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
-from agent_rooms_mcp.store.rows import OwnerRow
+from agent_rooms_mcp.store.rows import AgentRow, OwnerRow
 from agent_rooms_mcp.vault import AGENT_ENV, Vault
-
-_AGENTS = (
-    "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
-    " WHERE a.status = 'active'"
-)
 
 
 def _owner_info(row: OwnerRow) -> OwnerInfo:
@@ -64,24 +60,48 @@ def checked_workdir(workdir: str, hub_home: Path) -> str:
     return str(resolved)
 
 
-def agent_info(row: sqlite3.Row) -> AgentInfo:
+# Where each kind of handle lives, the condition a live one meets, and what became of one no longer live.
+_HANDLES = {
+    "owner": ("owners", "removed_at IS NULL", "a removed owner"),
+    "agent": ("agents", "status = 'active'", "a deleted agent"),
+}
+
+
+def _require_new_handle(conn: sqlite3.Connection, kind: Literal["owner", "agent"], handle: str) -> None:
+    """CONFLICT for a handle in use, and for one ever used: a removed owner's or a deleted agent's handle is
+    retired for good (DESIGN §6), so whoever knew it never meets someone else under it. The retired list
+    outlives the purge of the archived row."""
+    table, live, gone = _HANDLES[kind]
+    if conn.execute(f"SELECT 1 FROM {table} WHERE handle = ? AND {live}", (handle,)).fetchone():
+        raise RoomsError(ErrorCode.CONFLICT, f"{kind} {handle!r} already exists")
+    if conn.execute(
+        f"SELECT 1 FROM {table} WHERE handle = ? UNION SELECT 1 FROM retired_handles WHERE kind = ? AND handle = ?",
+        (handle, kind, handle),
+    ).fetchone():
+        raise RoomsError(
+            ErrorCode.CONFLICT,
+            f"{kind} handle {handle!r} belonged to {gone} and is never reused; choose another handle",
+        )
+
+
+def agent_info(agent: AgentRow) -> AgentInfo:
     return AgentInfo(
-        agent_id=row["agent_id"],
-        handle=row["handle"],
-        owner=row["owner_handle"],
-        tool=row["tool"],
-        scopes=[s for s in row["scopes"].split(",") if s],
-        workdir=row["workdir"],
-        sandbox=bool(row["sandbox"]),
-        created_at=row["created_at"],
+        agent_id=agent.agent_id,
+        handle=agent.handle,
+        owner=agent.owner_handle,
+        tool=agent.tool.value,
+        scopes=[s.value for s in Scope if s in agent.scopes],
+        workdir=agent.workdir,
+        sandbox=agent.sandbox,
+        created_at=agent.created_at,
     )
 
 
-def _env_names(conn: sqlite3.Connection, agent: sqlite3.Row) -> AgentEnvList:
+def _env_names(conn: sqlite3.Connection, agent: AgentRow) -> AgentEnvList:
     names = [
-        r[0] for r in conn.execute("SELECT name FROM agent_env WHERE agent_id = ? ORDER BY name", (agent["agent_id"],))
+        r[0] for r in conn.execute("SELECT name FROM agent_env WHERE agent_id = ? ORDER BY name", (agent.agent_id,))
     ]
-    return AgentEnvList(agent=agent["handle"], names=names)
+    return AgentEnvList(agent=agent.handle, names=names)
 
 
 class Accounts:
@@ -97,16 +117,16 @@ class Accounts:
         def run(conn: sqlite3.Connection) -> AgentEnvList:
             agent = queries.agent(conn, agent_ref)
             try:
-                check_extra(name, value, agent["tool"])
+                check_extra(name, value, agent.tool)
             except ValueError as e:
                 raise invalid("name", str(e)) from None
-            sealed = self._vault.seal(AGENT_ENV, f"{agent['agent_id']}/{name}", value)
+            sealed = self._vault.seal(AGENT_ENV, f"{agent.agent_id}/{name}", value)
             conn.execute(
                 "INSERT INTO agent_env (agent_id, name, sealed, set_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (agent_id, name) DO UPDATE SET sealed = excluded.sealed, set_at = excluded.set_at",
-                (agent["agent_id"], name, sealed, now_utc()),
+                (agent.agent_id, name, sealed, now_utc()),
             )
-            audit.append(conn, operator, "agent.env.set", target=agent["agent_id"], detail={"name": name})
+            audit.append(conn, operator, "agent.env.set", target=agent.agent_id, detail={"name": name})
             return _env_names(conn, agent)
 
         return await self._store.write(run)
@@ -115,11 +135,11 @@ class Accounts:
         def run(conn: sqlite3.Connection) -> AgentEnvList:
             agent = queries.agent(conn, agent_ref)
             gone = conn.execute(
-                "DELETE FROM agent_env WHERE agent_id = ? AND name = ?", (agent["agent_id"], name)
+                "DELETE FROM agent_env WHERE agent_id = ? AND name = ?", (agent.agent_id, name)
             ).rowcount
             if not gone:
                 raise not_found("variable for this agent")
-            audit.append(conn, operator, "agent.env.unset", target=agent["agent_id"], detail={"name": name})
+            audit.append(conn, operator, "agent.env.unset", target=agent.agent_id, detail={"name": name})
             return _env_names(conn, agent)
 
         return await self._store.write(run)
@@ -140,18 +160,7 @@ class Accounts:
         check_handle(handle)
 
         def run(conn: sqlite3.Connection) -> OwnerInfo:
-            if conn.execute("SELECT 1 FROM owners WHERE handle = ? AND removed_at IS NULL", (handle,)).fetchone():
-                raise RoomsError(ErrorCode.CONFLICT, f"owner {handle!r} already exists")
-            # A removed owner's handle is retired for good, as a deleted agent's is (DESIGN §6).
-            if conn.execute(
-                "SELECT 1 FROM owners WHERE handle = ? UNION SELECT 1 FROM retired_handles"
-                " WHERE kind = 'owner' AND handle = ?",
-                (handle, handle),
-            ).fetchone():
-                raise RoomsError(
-                    ErrorCode.CONFLICT,
-                    f"owner handle {handle!r} belonged to a removed owner and is never reused; choose another handle",
-                )
+            _require_new_handle(conn, "owner", handle)
             owner_id = new_id("own")
             conn.execute(
                 "INSERT INTO owners (owner_id, handle, created_at, local) VALUES (?, ?, ?, ?)",
@@ -225,19 +234,7 @@ class Accounts:
 
         def run(conn: sqlite3.Connection) -> AgentInfo:
             owner = queries.owner(conn, owner_ref)
-            if conn.execute("SELECT 1 FROM agents WHERE handle = ? AND status = 'active'", (handle,)).fetchone():
-                raise RoomsError(ErrorCode.CONFLICT, f"agent {handle!r} already exists")
-            # A deleted agent's handle is retired for good (DESIGN §6): whoever knew it must never meet
-            # someone else's agent under it. The retired list outlives the purge of the archived row.
-            if conn.execute(
-                "SELECT 1 FROM agents WHERE handle = ? UNION SELECT 1 FROM retired_handles"
-                " WHERE kind = 'agent' AND handle = ?",
-                (handle, handle),
-            ).fetchone():
-                raise RoomsError(
-                    ErrorCode.CONFLICT,
-                    f"agent handle {handle!r} belonged to a deleted agent and is never reused; choose another handle",
-                )
+            _require_new_handle(conn, "agent", handle)
             agent_id = new_id("agt")
             conn.execute(
                 "INSERT INTO agents (agent_id, handle, owner_id, tool, scopes, workdir, created_at)"
@@ -285,30 +282,28 @@ class Accounts:
             conn.execute(
                 "UPDATE agents SET workdir = coalesce(?, workdir), tool = coalesce(?, tool),"
                 " sandbox = coalesce(?, sandbox) WHERE agent_id = ?",
-                (workdir, tool and tool.value, None if sandbox is None else int(sandbox), agent["agent_id"]),
+                (workdir, tool and tool.value, None if sandbox is None else int(sandbox), agent.agent_id),
             )
-            audit.append(conn, operator, "agent.set", target=agent["agent_id"], detail=changes)
-            return agent_info(queries.agent(conn, agent["agent_id"]))
+            audit.append(conn, operator, "agent.set", target=agent.agent_id, detail=changes)
+            return agent_info(queries.agent(conn, agent.agent_id))
 
         return await self._store.write(run)
 
     async def list_agents(self) -> AgentList:
-        return await self._store.read(
-            lambda c: AgentList(agents=[agent_info(r) for r in c.execute(_AGENTS + " ORDER BY a.handle")])
-        )
+        return await self._store.read(lambda c: AgentList(agents=[agent_info(a) for a in queries.active_agents(c)]))
 
     async def set_scopes(self, operator: Actor, agent_ref: str, scopes: frozenset[Scope]) -> AgentInfo:
         def run(conn: sqlite3.Connection) -> AgentInfo:
             agent = queries.agent(conn, agent_ref)
-            conn.execute("UPDATE agents SET scopes = ? WHERE agent_id = ?", (format_scopes(scopes), agent["agent_id"]))
+            conn.execute("UPDATE agents SET scopes = ? WHERE agent_id = ?", (format_scopes(scopes), agent.agent_id))
             audit.append(
                 conn,
                 operator,
                 "agent.scopes",
-                target=agent["agent_id"],
-                detail={"from": agent["scopes"], "to": format_scopes(scopes)},
+                target=agent.agent_id,
+                detail={"from": format_scopes(agent.scopes), "to": format_scopes(scopes)},
             )
-            return agent_info(queries.agent(conn, agent["agent_id"]))
+            return agent_info(queries.agent(conn, agent.agent_id))
 
         return await self._store.write(run)
 
@@ -351,11 +346,11 @@ class Accounts:
             conn.execute(
                 "INSERT INTO tokens (token_id, token_hash, agent_id, jti, run_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (token_id, secret_hash(token), agent["agent_id"], claims.jti, run_id, issued, expires),
+                (token_id, secret_hash(token), agent.agent_id, claims.jti, run_id, issued, expires),
             )
             detail = {"token_id": token_id} if run_id is None else {"token_id": token_id, "run_id": run_id}
-            audit.append(conn, actor, "token.issue", target=agent["agent_id"], detail=detail)
-            return IssuedToken(token=token, token_id=token_id, agent=agent["handle"], expires_at=expires)
+            audit.append(conn, actor, "token.issue", target=agent.agent_id, detail=detail)
+            return IssuedToken(token=token, token_id=token_id, agent=agent.handle, expires_at=expires)
 
         return await self._store.write(run)
 
@@ -371,7 +366,7 @@ class Accounts:
             args: tuple[str, ...] = ()
             if agent_ref is not None:
                 sql += " AND t.agent_id = ?"
-                args = (queries.agent(conn, agent_ref)["agent_id"],)
+                args = (queries.agent(conn, agent_ref).agent_id,)
             now = now_utc()
             return TokenList(
                 tokens=[
@@ -451,21 +446,21 @@ class Accounts:
 
 
 def record_passport(
-    conn: sqlite3.Connection, issuer: PassportIssuer, agent: sqlite3.Row, ttl: timedelta, now: datetime
+    conn: sqlite3.Connection, issuer: PassportIssuer, agent: AgentRow, ttl: timedelta, now: datetime
 ) -> Claims:
     """Issue `agent`'s passport at its current epoch and record it, in the caller's transaction: every credential
     (a bearer or run token, an OAuth grant) stands on one, and `authenticate()` finds it by its jti."""
     passport, claims = issuer.issue(
-        agent_id=agent["agent_id"],
-        owner_id=agent["owner_id"],
-        tool=agent["tool"],
-        epoch=agent["cred_epoch"],
+        agent_id=agent.agent_id,
+        owner_id=agent.owner_id,
+        tool=agent.tool,
+        epoch=agent.cred_epoch,
         ttl=ttl,
         now=now,
     )
     conn.execute(
         "INSERT INTO passports (jti, agent_id, passport, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-        (claims.jti, agent["agent_id"], passport, iso(now), iso(claims.exp)),
+        (claims.jti, agent.agent_id, passport, iso(now), iso(claims.exp)),
     )
     return claims
 

@@ -1,11 +1,10 @@
 """Console login links and sessions (DESIGN §9.2, invariants 40, 91, 96).
 
-A login link carries `LINK_ID.SECRET`: the id (128 random bits) finds the row, so a wrong secret counts
-against that one link whichever source tries it, and the link is void after `console_link_failures_max`
-of them; the secret (192 bits) is kept only as a hash, and the link is consumed by the POST that redeems
-it (a GET only shows a button: link scanners and unfurlers must not log anyone in). A session is a random
-cookie (256 bits) kept as a hash, with an idle and an absolute expiry; under plain-HTTP loopback both are
-short, since a browser sends a loopback cookie to every port of the host.
+A login link carries a one-time code (`services/one_time_codes.py`), void after `console_link_failures_max`
+wrong secrets and consumed by the POST that redeems it (a GET only shows a button: link scanners and
+unfurlers must not log anyone in). A session is a random cookie (256 bits) kept as a hash, with an idle and
+an absolute expiry; under plain-HTTP loopback both are short, since a browser sends a loopback cookie to
+every port of the host.
 """
 
 from __future__ import annotations
@@ -22,14 +21,14 @@ from agent_rooms_mcp.auth.tokens import new_id, secret_hash
 from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.models import ConsoleLink
 from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.services import one_time_codes
+from agent_rooms_mcp.services.one_time_codes import CONSOLE_LINK
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
 
-LINK_PREFIX = "cln"
 SESSION_PREFIX = "csn"
 LOGIN_PATH = "/console/login"
-_SECRET_BYTES = 24  # 192 bits
 _COOKIE_BYTES = 32  # 256 bits
 MISSING_SESSION = "missing_console_session"
 
@@ -76,80 +75,54 @@ class ConsoleSessions:
     async def mint_link(self, who: Human, owner_ref: str, base_url: str) -> ConsoleLink:
         """A one-time link for owner `owner_ref`; `who` is already known to act as that owner (owner_actions).
         A device's link remembers the device, so revoking it ends the sessions the link opened."""
-        link_id = new_id(LINK_PREFIX)
-        secret = secrets.token_urlsafe(_SECRET_BYTES)
-        now = datetime.now(UTC)
-        expires = iso(now + timedelta(seconds=self._limits.console_link_ttl_s))
+        ttl = timedelta(seconds=self._limits.console_link_ttl_s)
 
         def run(conn: sqlite3.Connection) -> ConsoleLink:
             owner = queries.owner(conn, owner_ref)
-            conn.execute(
-                "INSERT INTO console_links (link_id, owner_id, secret_hash, device_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (link_id, owner.owner_id, secret_hash(secret), who.device_id, iso(now), expires),
-            )
-            audit.append(conn, who.actor, "console.link", target=owner.owner_id, detail={"link": link_id})
-            url = f"{base_url.rstrip('/')}{LOGIN_PATH}?code={quote(f'{link_id}.{secret}')}"
-            return ConsoleLink(owner=owner.handle, url=url, expires_at=expires)
+            link = one_time_codes.issue(conn, CONSOLE_LINK, owner.owner_id, datetime.now(UTC), ttl, who.device_id)
+            audit.append(conn, who.actor, "console.link", target=owner.owner_id, detail={"link": link.code_id})
+            url = f"{base_url.rstrip('/')}{LOGIN_PATH}?code={quote(link.code)}"
+            return ConsoleLink(owner=owner.handle, url=url, expires_at=link.expires_at)
 
         return await self._store.write(run)
 
     async def link_owner(self, code: str) -> str | None:
         """The handle of the owner a still usable link logs in, for its page to name before the button: a link
         someone else minted for themselves would otherwise log its clicker in as them unawares (and they would
-        approve a connector onto the sender's agent). Reads only; a wrong secret answers None, uncounted:
-        192 bits leave nothing to guess."""
-        link_id, dot, secret = code.partition(".")
-        if not dot or not link_id.startswith(LINK_PREFIX + "_") or not secret.isascii():
-            return None
-        now = iso(datetime.now(UTC))
+        approve a connector onto the sender's agent). Reads only; a wrong secret answers None, uncounted."""
+        now, failures_max = iso(datetime.now(UTC)), self._limits.console_link_failures_max
 
         def read(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT l.secret_hash, l.used_at, l.failures, l.expires_at, o.handle FROM console_links l"
-                " JOIN owners o ON o.owner_id = l.owner_id WHERE l.link_id = ?",
-                (link_id,),
-            ).fetchone()
-            usable = row is not None and row["used_at"] is None and row["expires_at"] > now
-            if not usable or row["failures"] >= self._limits.console_link_failures_max:
-                return None
-            matches = secrets.compare_digest(bytes(row["secret_hash"]), secret_hash(secret))
-            return str(row["handle"]) if matches else None
+            link = one_time_codes.usable(conn, CONSOLE_LINK, code, now, failures_max)
+            return None if link is None else link.owner_handle
 
         return await self._store.read(read)
 
     async def redeem(self, code: str, *, secure: bool) -> Login:
         """Consume a link and open a session; ConsoleDenied for an unknown, expired, used or void link (a wrong
         secret is counted on its link, in a transaction that stays committed)."""
-        link_id, dot, secret = code.partition(".")
-        if not dot or not link_id.startswith(LINK_PREFIX + "_") or not secret.isascii():
-            raise ConsoleDenied("malformed_console_link")
+        parts = one_time_codes.split(CONSOLE_LINK, code)
+        if parts is None:
+            raise ConsoleDenied(CONSOLE_LINK.refused("malformed"))
+        link_id, secret = parts
         cookie = secrets.token_urlsafe(_COOKIE_BYTES)
         session_id = new_id(SESSION_PREFIX)
         _, absolute = self._lifetimes(secure)
 
         def run(conn: sqlite3.Connection) -> Login | str:
-            row = conn.execute("SELECT * FROM console_links WHERE link_id = ?", (link_id,)).fetchone()
-            if row is None:
-                return "unknown_console_link"
             now = datetime.now(UTC)
-            if row["used_at"] is not None:
-                return "used_console_link"
-            if row["failures"] >= self._limits.console_link_failures_max:
-                return "void_console_link"
-            if row["expires_at"] <= iso(now):
-                return "expired_console_link"
-            if not secrets.compare_digest(bytes(row["secret_hash"]), secret_hash(secret)):
-                conn.execute("UPDATE console_links SET failures = failures + 1 WHERE link_id = ?", (link_id,))
-                return "wrong_console_link_secret"
-            conn.execute("UPDATE console_links SET used_at = ? WHERE link_id = ?", (iso(now), link_id))
+            link = one_time_codes.redeem(
+                conn, CONSOLE_LINK, link_id, secret, iso(now), self._limits.console_link_failures_max
+            )
+            if isinstance(link, str):
+                return link
             conn.execute(
                 "INSERT INTO console_sessions (session_id, owner_id, cookie_hash, link_id, device_id, secure,"
                 " created_at, last_seen_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (session_id, row["owner_id"], secret_hash(cookie), link_id, row["device_id"], int(secure),
+                (session_id, link.owner_id, secret_hash(cookie), link_id, link.device_id, int(secure),
                  iso(now), iso(now), iso(now + absolute)),
             )  # fmt: skip
-            audit.append(conn, console_actor(row["owner_id"], session_id), "console.login", target=session_id,
+            audit.append(conn, console_actor(link.owner_id, session_id), "console.login", target=session_id,
                          detail={"link": link_id, "secure": secure})  # fmt: skip
             return Login(cookie, session_id, int(absolute.total_seconds()))
 

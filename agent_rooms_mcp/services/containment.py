@@ -42,6 +42,7 @@ from agent_rooms_mcp.services.withdrawal import withdraw
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import AgentRow
 
 _LIVE_RUNS = sql_words(*WAITING_STATES, *HELD_STATES)
 _WAITING = sql_words(*WAITING_STATES)
@@ -78,9 +79,7 @@ class Containment:
             owner = queries.owner(conn, owner_ref)
             owner_id, now = str(owner.owner_id), now_utc()
             done = _Done(owner_id, str(owner.handle), now)
-            for agent in conn.execute(
-                "SELECT * FROM agents WHERE owner_id = ? AND status = 'active' ORDER BY handle", (owner_id,)
-            ).fetchall():
+            for agent in queries.active_agents(conn, owner_id):
                 done.absorb(_delete_agent(conn, actor, agent, now, "owner_removed"))
             for device in conn.execute(
                 "UPDATE devices SET revoked_at = ? WHERE owner_id = ? AND revoked_at IS NULL RETURNING device_id",
@@ -230,11 +229,7 @@ class Containment:
         """An agent's record, deleted or not, by id (its owner resolved and checked by the caller)."""
 
         def run(conn: sqlite3.Connection) -> AgentExport:
-            row = conn.execute(
-                "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
-                " WHERE a.agent_id = ?",
-                (agent_id,),
-            ).fetchone()
+            row = conn.execute(queries.AGENT + " WHERE a.agent_id = ?", (agent_id,)).fetchone()
             if row is None:
                 raise not_found("agent", agent_id)
             memberships = conn.execute(
@@ -250,7 +245,7 @@ class Containment:
                 (agent_id,),
             ).fetchall()
             return AgentExport(
-                agent=agent_info(row),
+                agent=agent_info(AgentRow.from_row(row)),
                 status=row["status"],
                 deleted_at=row["deleted_at"],
                 memberships=[ArchivedMembership(**dict(m)) for m in memberships],
@@ -360,10 +355,10 @@ class _Done:
         }  # fmt: skip
 
 
-def _delete_agent(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, now: str, reason: str) -> _Done:
+def _delete_agent(conn: sqlite3.Connection, actor: Actor, agent: AgentRow, now: str, reason: str) -> _Done:
     """One agent's delete, inside the caller's transaction: its `agent.delete` audit row says what it did."""
-    agent_id = str(agent["agent_id"])
-    done = _Done(agent_id, str(agent["handle"]), now)
+    agent_id = agent.agent_id
+    done = _Done(agent_id, agent.handle, now)
     _withdraw_runs(conn, actor, done, "agent_id = ?", (agent_id,), reason)
     # Wakes its words caused that have not started: a contaminated agent's words must not start anyone's CLI
     # once it is deleted (a run already under way goes on; its owner can stop it).
@@ -377,7 +372,7 @@ def _delete_agent(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, no
     )
     conn.execute(
         "INSERT OR IGNORE INTO retired_handles (kind, handle, retired_at) VALUES ('agent', ?, ?)",
-        (agent["handle"], now),
+        (agent.handle, now),
     )
     done.withdrawn += _end_memberships(conn, "x.agent_id = ?", (agent_id,), reason, now)
     done.withdrawn += _withdraw_proposals(conn, "(proposer_id = ? OR target_id = ?)", (agent_id, agent_id), now)

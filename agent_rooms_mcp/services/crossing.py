@@ -19,7 +19,7 @@ from agent_rooms_mcp.principals import Caller
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.rows import TaskRow, load_causers
 
-Causers = frozenset[str]
+Causers = frozenset[OwnerId]  # every owner whose words a message, task, proposal or wake carries
 
 
 def canonical(payload: dict[str, Any]) -> tuple[str, str]:
@@ -55,7 +55,7 @@ def of_writer(conn: sqlite3.Connection, caller: Caller) -> Causers:
     return frozenset({caller.owner_id}) | loads(row["causers"] if row else None)
 
 
-def others(causers: Causers, owner_id: OwnerId) -> tuple[str, ...]:
+def others(causers: Causers, owner_id: OwnerId) -> tuple[OwnerId, ...]:
     """The causers other than `owner_id`, in a fixed order: `policy.whose_words_cross`."""
     return policy.whose_words_cross(causers, owner_id)
 
@@ -85,5 +85,5 @@ def crossers(
             verified=queries.owners_verified(conn, target_owner_id, owner_id),
             standing=standing(conn, room_id, target_owner_id, owner_id),
         )
-        for owner_id in map(OwnerId, others(causers, target_owner_id))
+        for owner_id in others(causers, target_owner_id)
     )

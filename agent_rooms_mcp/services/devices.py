@@ -1,16 +1,13 @@
 """Devices: an owner's own machines, enrolled by a one-time code, acting for that owner only (DESIGN §9.1).
 
-An enrollment code is `ENROLLMENT_ID.SECRET`. The id (128 random bits, like every id) finds the row, so a
-wrong secret counts against that one code whichever source tries it, and the code is void after
-`enrollment_failures_max` of them; the secret (192 bits) is stored only as a hash. Redeeming one makes a
-device and its credential (`ard_` + 256 bits, stored as a hash), which expires once it goes
-`device_idle_expiry_s` unused. A device credential is never valid for MCP tools: it is looked up here only,
-never by the agents' authenticator (invariant 105).
+An enrollment code is a one-time code (`services/one_time_codes.py`), void after `enrollment_failures_max`
+wrong secrets. Redeeming one makes a device and its credential (`ard_` + 256 bits, stored as a hash), which
+expires once it goes `device_idle_expiry_s` unused. A device credential is never valid for MCP tools: it is
+looked up here only, never by the agents' authenticator (invariant 105).
 """
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,13 +23,13 @@ from agent_rooms_mcp.encoding import b64url_encode
 from agent_rooms_mcp.errors import invalid, not_found
 from agent_rooms_mcp.models import DeviceInfo, DeviceList, DeviceLogin, Enrollment, HubIdentity
 from agent_rooms_mcp.principals import Human
+from agent_rooms_mcp.services import one_time_codes
 from agent_rooms_mcp.services.listeners import release_device
+from agent_rooms_mcp.services.one_time_codes import ENROLLMENT
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store, fresh_snapshot
-
-ENROLLMENT_PREFIX = "enr"
-_SECRET_BYTES = 24  # 192 bits
+from agent_rooms_mcp.store.rows import DeviceRow
 
 
 class DeviceDenied(Exception):
@@ -45,18 +42,22 @@ class DeviceDenied(Exception):
         self.actor = actor
 
 
-def look_up_device(conn: sqlite3.Connection, digest: bytes, now: datetime, idle: timedelta) -> sqlite3.Row:
+_DEVICES = "SELECT d.*, o.handle AS owner_handle FROM devices d JOIN owners o ON o.owner_id = d.owner_id"
+
+
+def look_up_device(conn: sqlite3.Connection, digest: bytes, now: datetime, idle: timedelta) -> DeviceRow:
     """The active device whose credential hash is `digest`, or DeviceDenied with the reason: the one lookup
     behind `authenticate` and behind a receipt's proof that a device is now refused (services/containment)."""
-    row: sqlite3.Row | None = conn.execute("SELECT * FROM devices WHERE cred_hash = ?", (digest,)).fetchone()
+    row = conn.execute(_DEVICES + " WHERE d.cred_hash = ?", (digest,)).fetchone()
     if row is None:
         raise DeviceDenied("unknown_device")
-    actor = device_actor(row["owner_id"], row["device_id"])
-    if row["revoked_at"] is not None:
+    device = DeviceRow.from_row(row)
+    actor = device_actor(device.owner_id, device.device_id)
+    if device.revoked_at is not None:
         raise DeviceDenied("device_revoked", actor)
-    if datetime.fromisoformat(row["last_used_at"]) + idle <= now:
+    if datetime.fromisoformat(device.last_used_at) + idle <= now:
         raise DeviceDenied("device_expired", actor)
-    return row
+    return device
 
 
 def prove_devices_refused(db_path: Path, device_ids: Sequence[str], idle: timedelta) -> dict[str, str | None]:
@@ -81,24 +82,21 @@ def device_actor(owner_id: str, device_id: str) -> audit.Actor:
     return audit.Actor("owner", owner_id, owner_id, device_id, via="device")
 
 
-def _info(row: sqlite3.Row, now: datetime, idle: timedelta) -> DeviceInfo:
-    if row["revoked_at"] is not None:
+def _info(device: DeviceRow, now: datetime, idle: timedelta) -> DeviceInfo:
+    if device.revoked_at is not None:
         status = "revoked"
-    elif datetime.fromisoformat(row["last_used_at"]) + idle <= now:
+    elif datetime.fromisoformat(device.last_used_at) + idle <= now:
         status = "expired"
     else:
         status = "active"
     return DeviceInfo(
-        device_id=row["device_id"],
-        owner=row["owner_handle"],
-        name=row["name"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
+        device_id=device.device_id,
+        owner=device.owner_handle,
+        name=device.name,
+        created_at=device.created_at,
+        last_used_at=device.last_used_at,
         status=status,  # type: ignore[arg-type]
     )
-
-
-_DEVICES = "SELECT d.*, o.handle AS owner_handle FROM devices d JOIN owners o ON o.owner_id = d.owner_id"
 
 
 class Devices:
@@ -117,25 +115,18 @@ class Devices:
 
     async def enroll(self, operator: audit.Actor, owner_ref: str, hub_url: str) -> Enrollment:
         """A one-time code for owner `owner_ref` (operator action, on the hub's machine)."""
-        enrollment_id = new_id(ENROLLMENT_PREFIX)
-        secret = secrets.token_urlsafe(_SECRET_BYTES)
-        now = datetime.now(UTC)
-        expires = iso(now + timedelta(seconds=self._limits.enrollment_ttl_s))
+        ttl = timedelta(seconds=self._limits.enrollment_ttl_s)
 
         def run(conn: sqlite3.Connection) -> Enrollment:
             owner = queries.owner(conn, owner_ref)
-            conn.execute(
-                "INSERT INTO enrollments (enrollment_id, owner_id, secret_hash, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (enrollment_id, owner.owner_id, secret_hash(secret), iso(now), expires),
-            )
-            audit.append(conn, operator, "owner.enroll", target=owner.owner_id, detail={"enrollment": enrollment_id})
-            code = f"{enrollment_id}.{secret}"
+            issued = one_time_codes.issue(conn, ENROLLMENT, owner.owner_id, datetime.now(UTC), ttl, None)
+            detail = {"enrollment": issued.code_id}
+            audit.append(conn, operator, "owner.enroll", target=owner.owner_id, detail=detail)
             return Enrollment(
                 owner=owner.handle,
-                code=code,
-                expires_at=expires,
-                login_command=f"agent-rooms login {hub_url} --code {code}",
+                code=issued.code,
+                expires_at=issued.expires_at,
+                login_command=f"agent-rooms login {hub_url} --code {issued.code}",
             )
 
         return await self._store.write(run)
@@ -146,49 +137,36 @@ class Devices:
         name = name.strip()
         if not name or len(name) > self._limits.device_name_chars or not name.isprintable():
             raise invalid("name", f"give the device a printable name of at most {self._limits.device_name_chars}")
-        enrollment_id, dot, secret = code.partition(".")
-        if not dot or not enrollment_id.startswith(ENROLLMENT_PREFIX + "_"):
-            raise DeviceDenied("malformed_enrollment_code")
+        parts = one_time_codes.split(ENROLLMENT, code)
+        if parts is None:
+            raise DeviceDenied(ENROLLMENT.refused("malformed"))
+        enrollment_id, secret = parts
         credential = new_token(CredentialKind.DEVICE)
         device_id = new_id("dev")
 
         def run(conn: sqlite3.Connection) -> DeviceLogin | str:
-            row = conn.execute(
-                "SELECT e.*, o.handle AS owner_handle FROM enrollments e JOIN owners o ON o.owner_id = e.owner_id"
-                " WHERE e.enrollment_id = ?",
-                (enrollment_id,),
-            ).fetchone()
-            if row is None:
-                return "unknown_enrollment_code"
             now = now_utc()
-            if row["used_at"] is not None:
-                return "used_enrollment_code"
-            if row["failures"] >= self._limits.enrollment_failures_max:
-                return "void_enrollment_code"
-            if row["expires_at"] <= now:
-                return "expired_enrollment_code"
-            if not secrets.compare_digest(bytes(row["secret_hash"]), secret_hash(secret)):
-                conn.execute("UPDATE enrollments SET failures = failures + 1 WHERE enrollment_id = ?", (enrollment_id,))
-                return "wrong_enrollment_secret"
-            conn.execute(
-                "UPDATE enrollments SET used_at = ?, device_id = ? WHERE enrollment_id = ?",
-                (now, device_id, enrollment_id),
+            enrollment = one_time_codes.redeem(
+                conn, ENROLLMENT, enrollment_id, secret, now, self._limits.enrollment_failures_max
             )
+            if isinstance(enrollment, str):
+                return enrollment
+            conn.execute("UPDATE enrollments SET device_id = ? WHERE enrollment_id = ?", (device_id, enrollment_id))
             conn.execute(
                 "INSERT INTO devices (device_id, owner_id, name, cred_hash, created_at, last_used_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (device_id, row["owner_id"], name, secret_hash(credential), now, now),
+                (device_id, enrollment.owner_id, name, secret_hash(credential), now, now),
             )
             audit.append(
                 conn,
-                device_actor(row["owner_id"], device_id),
+                device_actor(enrollment.owner_id, device_id),
                 "device.enroll",
                 target=device_id,
                 detail={"enrollment": enrollment_id},
             )
             return DeviceLogin(
                 device_id=device_id,
-                owner=row["owner_handle"],
+                owner=enrollment.owner_handle,
                 name=name,
                 credential=credential,
                 issuer_kid=self._kid,
@@ -212,18 +190,18 @@ class Devices:
             raise DeviceDenied("wrong_credential_kind")
         idle = timedelta(seconds=self._limits.device_idle_expiry_s)
         now, digest = datetime.now(UTC), secret_hash(credential)
-        row = await self._store.read(lambda c: look_up_device(c, digest, now, idle))
-        actor = device_actor(row["owner_id"], row["device_id"])
-        last_used = datetime.fromisoformat(row["last_used_at"])
+        device = await self._store.read(lambda c: look_up_device(c, digest, now, idle))
+        actor = device_actor(device.owner_id, device.device_id)
+        last_used = datetime.fromisoformat(device.last_used_at)
         # Use is recorded coarsely: the 90-day expiry needs no more, and most requests then write nothing.
         if last_used + timedelta(seconds=self._limits.device_touch_s) <= now:
             await self._store.write(
                 lambda c: c.execute(
                     "UPDATE devices SET last_used_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-                    (iso(now), row["device_id"]),
+                    (iso(now), device.device_id),
                 )
             )
-        return Human(actor, owner_id=row["owner_id"], device_id=row["device_id"])
+        return Human(actor, owner_id=device.owner_id, device_id=device.device_id)
 
     def still_active(self, device_id: str) -> Callable[[sqlite3.Connection], None]:
         """A write guard (`store.database.guarded_writes`): the device is still active, not revoked nor
@@ -244,13 +222,9 @@ class Devices:
     async def list_devices(self, who: Human) -> DeviceList:
         """The operator sees every device; a device sees its owner's."""
         now, idle = datetime.now(UTC), timedelta(seconds=self._limits.device_idle_expiry_s)
-        rows = await self._store.read(
-            lambda c: c.execute(
-                _DEVICES + " WHERE ?1 IS NULL OR d.owner_id = ?1 ORDER BY d.created_at, d.device_id",
-                (who.owner_id,),
-            ).fetchall()
-        )
-        return DeviceList(devices=[_info(r, now, idle) for r in rows])
+        sql = _DEVICES + " WHERE ?1 IS NULL OR d.owner_id = ?1 ORDER BY d.created_at, d.device_id"
+        devices = await self._store.read(lambda c: [DeviceRow.from_row(r) for r in c.execute(sql, (who.owner_id,))])
+        return DeviceList(devices=[_info(d, now, idle) for d in devices])
 
     async def revoke(self, who: Human, device_id: str | None) -> DeviceInfo:
         """Revoke a device: on a device, `None` means itself. Effective on its next request."""
@@ -259,17 +233,21 @@ class Devices:
             raise invalid("device_id", "name the device to revoke (see: agent-rooms device list)")
         now, idle = datetime.now(UTC), timedelta(seconds=self._limits.device_idle_expiry_s)
 
-        def run(conn: sqlite3.Connection) -> DeviceInfo:
+        def device(conn: sqlite3.Connection) -> DeviceRow:
             row = conn.execute(_DEVICES + " WHERE d.device_id = ?", (target,)).fetchone()
             if row is None:
                 raise not_found("device", target)
-            policy.may_revoke_device(who, row["owner_id"], row["device_id"])
-            if row["revoked_at"] is None:
+            return DeviceRow.from_row(row)
+
+        def run(conn: sqlite3.Connection) -> DeviceInfo:
+            found = device(conn)
+            policy.may_revoke_device(who, found.owner_id, found.device_id)
+            if found.revoked_at is None:
                 conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ?", (iso(now), target))
                 # Its listener's runs lose their tokens in this same transaction (DESIGN §9.1).
                 runs = release_device(conn, who.actor, target, iso(now))
                 audit.append(conn, who.actor, "device.revoke", target=target,
-                             detail={"owner_id": row["owner_id"], "runs": runs})  # fmt: skip
-            return _info(conn.execute(_DEVICES + " WHERE d.device_id = ?", (target,)).fetchone(), now, idle)
+                             detail={"owner_id": found.owner_id, "runs": runs})  # fmt: skip
+            return _info(device(conn), now, idle)
 
         return await self._store.write(run)

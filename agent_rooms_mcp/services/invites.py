@@ -151,15 +151,15 @@ class Invites:
             # here rolls the claim back, so a refused accept leaves the code usable.
             named = [queries.agent(conn, ref) for ref in agent_refs]
             for agent in named:
-                policy.require_own_agent(agent["owner_id"], owner.owner_id, agent["handle"])
+                policy.require_own_agent(agent.owner_id, owner.owner_id, agent.handle)
             present = [
-                a["handle"]
+                a.handle
                 for a in named
                 if conn.execute(
-                    "SELECT 1 FROM room_agents WHERE room_id = ? AND agent_id = ?", (room_id, a["agent_id"])
+                    "SELECT 1 FROM room_agents WHERE room_id = ? AND agent_id = ?", (room_id, a.agent_id)
                 ).fetchone()
             ]
-            policy.require_accept_adds_agents([a["handle"] for a in named], present, room["name"])
+            policy.require_accept_adds_agents([a.handle for a in named], present, room["name"])
             # An owner with no agent left in the room who comes back arrives anew: trust_room trusts those
             # present when it was set, and someone who left and returned was not continuously so.
             returning = not conn.execute(

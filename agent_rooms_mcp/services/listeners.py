@@ -33,6 +33,7 @@ from agent_rooms_mcp.services.runs import LISTENER_STARTABLE, RUNS_SELECT, start
 from agent_rooms_mcp.services.withdrawal import revoke_run_tokens
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import AbandonedRun, ListenerRow
 
 log = structlog.get_logger("agent_rooms_mcp.listeners")
 
@@ -56,13 +57,13 @@ class ListenerBook(LocalWakeBook):
     _expires = False
 
     def __init__(
-        self, store: Store, caps: WakeSettings, accounts: Accounts, row: sqlite3.Row, *, key: SigningKey, dep: str
+        self, store: Store, caps: WakeSettings, accounts: Accounts, row: ListenerRow, *, key: SigningKey, dep: str
     ) -> None:
-        super().__init__(store, caps, accounts, holder=row["holder"], host=row["host"])
-        self._device_id = row["device_id"]
-        self._owner_id = row["owner_id"]
-        self._max_running = row["max_running"]
-        self._max_per_agent = row["max_running_per_agent"]
+        super().__init__(store, caps, accounts, holder=row.holder, host=row.host)
+        self._device_id = row.device_id
+        self._owner_id = row.owner_id
+        self._max_running = row.max_running
+        self._max_per_agent = row.max_running_per_agent
         self._key = key
         self._deployment_id = dep
 
@@ -247,7 +248,7 @@ class Listeners:
             f"SELECT {ABANDONED_COLUMNS} FROM runs WHERE lease_holder = ? AND agent_id = ? AND state IN ({_HELD})",
             (old, agent_id),
         ).fetchall()
-        left = [book.end_abandoned(conn, row, now) for row in rows]
+        left = [book.end_abandoned(conn, AbandonedRun.from_row(row), now) for row in rows]
         return [Abandoned(run_id=x.run_id, pid=x.pid, pid_start=x.pid_start) for x in left if x is not None]
 
     @contextmanager
@@ -266,15 +267,15 @@ class Listeners:
         """The book of this device's listener `holder`; refused for a holder of another device."""
         device_id, _ = _device_of(who)
         row = await self._store.read(lambda c: _listener(c, holder))
-        if row is None or row["device_id"] != device_id:
+        if row is None or row.device_id != device_id:
             # Not a refusal of the device (that is a 401): the listener says hello again and goes on.
             raise RoomsError(ErrorCode.CONFLICT, "no listener of this device has that holder id; say hello")
         return ListenerBook(self._store, self._caps, self._accounts, row, key=self._key, dep=self._deployment_id)
 
 
-def _listener(conn: sqlite3.Connection, holder: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute("SELECT * FROM listeners WHERE holder = ?", (holder,)).fetchone()
-    return row
+def _listener(conn: sqlite3.Connection, holder: str) -> ListenerRow | None:
+    row = conn.execute("SELECT * FROM listeners WHERE holder = ?", (holder,)).fetchone()
+    return None if row is None else ListenerRow.from_row(row)
 
 
 def _device_of(who: Human) -> tuple[str, str]:

@@ -33,7 +33,7 @@ from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, new_id,
 from agent_rooms_mcp.cimd import ClientDocuments, DocumentRefused
 from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.errors import not_found
-from agent_rooms_mcp.principals import Human, Scope, format_scopes, held_scopes
+from agent_rooms_mcp.principals import Human, Scope, format_scopes
 from agent_rooms_mcp.services.accounts import record_passport, record_revocation
 from agent_rooms_mcp.services.oauth_refusals import RefusalTrace
 from agent_rooms_mcp.settings import Limits
@@ -277,9 +277,9 @@ class OAuth:
         def run(conn: sqlite3.Connection) -> str:
             row = _request(conn, request_id)
             agent = queries.agent(conn, agent_ref)
-            policy.require_own(who, agent["owner_id"], "agent")
+            policy.require_own(who, agent.owner_id, "agent")
             requested = frozenset(Scope(s) for s in row["scopes"].split(",") if s)
-            policy.oauth_approvable_scopes(scopes, requested, held_scopes(agent["scopes"], None))
+            policy.oauth_approvable_scopes(scopes, requested, agent.scopes)
             conn.execute("DELETE FROM oauth_requests WHERE request_id = ?", (request_id,))
             ttl = timedelta(seconds=self._limits.oauth_refresh_max_s)
             claims = record_passport(conn, self._issuer, agent, ttl, now)
@@ -290,7 +290,7 @@ class OAuth:
                 (
                     grant_id,
                     row["client_id"],
-                    agent["agent_id"],
+                    agent.agent_id,
                     claims.jti,
                     format_scopes(scopes),
                     row["resource"],
@@ -318,7 +318,7 @@ class OAuth:
                 conn,
                 who.actor,
                 "oauth.approve",
-                target=agent["agent_id"],
+                target=agent.agent_id,
                 detail={"grant_id": grant_id, "client_id": row["client_id"], "scopes": format_scopes(scopes)},
             )
             return _redirect(

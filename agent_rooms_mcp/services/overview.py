@@ -10,10 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from agent_rooms_mcp.clock import iso
 from agent_rooms_mcp.models import ListenerInfo, OutgoingProposal, RunInfo
-from agent_rooms_mcp.principals import OwnerViewer, Scope
+from agent_rooms_mcp.principals import Scope
 from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, RunState, sql_words
-from agent_rooms_mcp.services.run_control import _infos
-from agent_rooms_mcp.services.runs import RUNS_SELECT
+from agent_rooms_mcp.services.run_control import as_their_owners_see
 from agent_rooms_mcp.store.database import Store
 
 _WAITING, _HELD = sql_words(*WAITING_STATES), sql_words(*HELD_STATES)
@@ -40,13 +39,12 @@ class Overview:
         cutoff = iso(datetime.now(UTC) - timedelta(seconds=older_than_s))
 
         def run(conn: sqlite3.Connection) -> list[RunInfo]:
-            rows = conn.execute(
-                RUNS_SELECT + f" WHERE (r.state IN ({_WAITING}) AND r.created_at < ?)"
-                f" OR (r.state IN ({_HELD}) AND coalesce(r.lease_until, r.created_at) < ?)"
-                " ORDER BY r.created_at",
+            return as_their_owners_see(
+                conn,
+                f" WHERE (r.state IN ({_WAITING}) AND r.created_at < ?)"
+                f" OR (r.state IN ({_HELD}) AND coalesce(r.lease_until, r.created_at) < ?) ORDER BY r.created_at",
                 (cutoff, cutoff),
-            ).fetchall()
-            return [_info(row) for row in rows]
+            )
 
         return await self._store.read(run)
 
@@ -54,10 +52,9 @@ class Overview:
         """An owner's runs that have not ended: queued, waiting for a listener, running or stopping."""
 
         def run(conn: sqlite3.Connection) -> list[RunInfo]:
-            rows = conn.execute(
-                RUNS_SELECT + f" WHERE r.owner_id = ? AND r.state IN ({_LIVE}) ORDER BY r.created_at", (owner_id,)
-            ).fetchall()
-            return [_info(row) for row in rows]
+            return as_their_owners_see(
+                conn, f" WHERE r.owner_id = ? AND r.state IN ({_LIVE}) ORDER BY r.created_at", (owner_id,)
+            )
 
         return await self._store.read(run)
 
@@ -96,18 +93,7 @@ class Overview:
                 " WHERE p.proposer_owner_id = ? AND p.state = 'pending' ORDER BY p.created_at",
                 (owner_id,),
             ).fetchall()
-            return [
-                OutgoingProposal(
-                    proposal_id=r["proposal_id"],
-                    kind=r["kind"],
-                    room=r["room"],
-                    proposer=r["proposer"],
-                    target=r["target"],
-                    target_owner=r["target_owner"],
-                    created_at=r["created_at"],
-                )
-                for r in rows
-            ]
+            return [OutgoingProposal(**dict(r)) for r in rows]  # the columns are named as its fields
 
         return await self._store.read(run)
 
@@ -136,9 +122,3 @@ class Overview:
             ]
 
         return await self._store.read(run)
-
-
-def _info(row: sqlite3.Row) -> RunInfo:
-    # Each run as its own owner sees it (its CLI's words rendered as such), whoever reads the overview.
-    [info], _ = _infos(OwnerViewer(row["owner_id"]), [row])
-    return info

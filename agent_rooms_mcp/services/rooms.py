@@ -148,16 +148,16 @@ class Rooms:
             room = queries.room(conn, room_ref)
             agent = queries.agent(conn, agent_ref)
             # Only an owner already in the room brings agents in directly; others need an invite.
-            in_room = queries.owner_joined(conn, room.room_id, agent["owner_id"]) is not None
+            in_room = queries.owner_joined(conn, room.room_id, agent.owner_id) is not None
             way_out = "; bring them in with an invite"
-            policy.require_owner_in_room(in_room, "agent", agent["owner_handle"], room.name, way_out)
-            add_member_agent(conn, room.room_id, agent["owner_id"], agent["agent_id"], now_utc())
+            policy.require_owner_in_room(in_room, "agent", agent.owner_handle, room.name, way_out)
+            add_member_agent(conn, room.room_id, agent.owner_id, agent.agent_id, now_utc())
             audit.append(
                 conn,
                 operator,
                 "room.add_agent",
                 target=room.room_id,
-                detail={"agent_id": agent["agent_id"]},
+                detail={"agent_id": agent.agent_id},
             )
             return _summary_of(conn, room.room_id)
 
@@ -169,13 +169,11 @@ class Rooms:
         def run(conn: sqlite3.Connection) -> RoomSummary:
             room, agent = queries.room(conn, room_ref), queries.agent(conn, agent_ref)
             gone = conn.execute(
-                "DELETE FROM room_agents WHERE room_id = ? AND agent_id = ?", (room.room_id, agent["agent_id"])
+                "DELETE FROM room_agents WHERE room_id = ? AND agent_id = ?", (room.room_id, agent.agent_id)
             ).rowcount
             if not gone:
-                raise invalid("agent", f"{agent['handle']} is not in room {room.name}")
-            audit.append(
-                conn, operator, "room.remove_agent", target=room.room_id, detail={"agent_id": agent["agent_id"]}
-            )
+                raise invalid("agent", f"{agent.handle} is not in room {room.name}")
+            audit.append(conn, operator, "room.remove_agent", target=room.room_id, detail={"agent_id": agent.agent_id})
             return _summary_of(conn, room.room_id)
 
         return await self._store.write(run)
@@ -194,9 +192,9 @@ class Rooms:
 def add_member_agent(conn: sqlite3.Connection, room_id: str, owner_id: OwnerId, agent_ref: str, now: str) -> str:
     """Add one of owner_id's own agents to the room (agents of another owner are refused)."""
     agent = queries.agent(conn, agent_ref)
-    policy.require_own_agent(agent["owner_id"], owner_id, agent["handle"])
+    policy.require_own_agent(agent.owner_id, owner_id, agent.handle)
     conn.execute(
         "INSERT OR IGNORE INTO room_agents (room_id, agent_id, joined_at) VALUES (?, ?, ?)",
-        (room_id, agent["agent_id"], now),
+        (room_id, agent.agent_id, now),
     )
-    return str(agent["agent_id"])
+    return agent.agent_id

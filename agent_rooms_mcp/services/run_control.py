@@ -18,6 +18,7 @@ from agent_rooms_mcp.services.runs import RUNS_SELECT
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
+from agent_rooms_mcp.store.rows import AgentRow
 
 
 class Runs:
@@ -91,7 +92,7 @@ class Runs:
             queries.recheck_caller(conn, caller, Scope.MANAGE)
             agent = queries.agent(conn, agent_ref)
             # Another owner's agent answers as a missing one: a refusal must not confirm that a handle exists.
-            if not policy.owns_agent(caller, agent["owner_id"]):
+            if not policy.owns_agent(caller, agent.owner_id):
                 raise not_found("agent", agent_ref)
             return _request_stop(conn, caller.actor, agent, run_id)
 
@@ -123,13 +124,13 @@ class Runs:
         return await self._store.read(run)
 
 
-def _request_stop(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, run_id: str | None) -> StopResult:
+def _request_stop(conn: sqlite3.Connection, actor: Actor, agent: AgentRow, run_id: str | None) -> StopResult:
     """Wakes nobody holds end at once (nothing to signal); running ones are marked `stopping` for the
     supervisor that holds them, which sends the signals and records how the run ended."""
     live = (RunState.QUEUED, RunState.WAITING_FOR_LISTENER, RunState.RUNNING, RunState.STOPPING)
     sql, args = (
         f"SELECT * FROM runs WHERE agent_id = ? AND state IN ({', '.join('?' * len(live))})",
-        [agent["agent_id"], *live],
+        [agent.agent_id, *live],
     )
     if run_id is not None:
         sql += " AND run_id = ?"
@@ -153,8 +154,15 @@ def _request_stop(conn: sqlite3.Connection, actor: Actor, agent: sqlite3.Row, ru
             )
             signal = StopSignal(row["stop_signal"] or StopSignal.NONE)
             stopped.append(StoppedRun(run_id=row["run_id"], stop_signal=signal, state=RunState.STOPPING))
-    audit.append(conn, actor, "agent.stop", target=agent["agent_id"], detail={"runs": [s.run_id for s in stopped]})
+    audit.append(conn, actor, "agent.stop", target=agent.agent_id, detail={"runs": [s.run_id for s in stopped]})
     return StopResult(stopped=stopped)
+
+
+def as_their_owners_see(conn: sqlite3.Connection, where: str, args: Sequence[object]) -> list[RunInfo]:
+    """The runs `where` selects (a condition on `RUNS_SELECT`, and its order), each as its own owner sees it:
+    for the overviews that read across owners (services/overview.py)."""
+    infos, _ = _infos(None, conn.execute(RUNS_SELECT + where, args).fetchall())
+    return infos
 
 
 def _infos(viewer: Viewer | None, rows: Sequence[sqlite3.Row]) -> tuple[list[RunInfo], str | None]:

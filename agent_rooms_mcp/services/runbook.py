@@ -25,6 +25,7 @@ from agent_rooms_mcp.book import BookUnavailable, CauseText, Claimed, Ending, Le
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.models import Relation
+from agent_rooms_mcp.principals import AgentTool
 from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, Outcome, RunState, Trigger, sql_words, withdrawn
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.services.accounts import Accounts
@@ -33,7 +34,7 @@ from agent_rooms_mcp.services.runs import RUNS_SELECT, STARTABLE, expire_waiting
 from agent_rooms_mcp.services.withdrawal import revoke_run_tokens, withdraw, withdrawal
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.database import Store
-from agent_rooms_mcp.store.rows import WakeRow
+from agent_rooms_mcp.store.rows import AbandonedRun, ClaimRow, WakeRow
 from agent_rooms_mcp.vault import VaultError
 
 log = structlog.get_logger("agent_rooms_mcp.wake")
@@ -111,44 +112,45 @@ class LocalWakeBook:
                 + self._recovers,
                 (now, *self._recovers_args),
             ).fetchall()
-            return [left for row in rows if (left := self.end_abandoned(conn, row, now)) is not None]
+            abandoned = [AbandonedRun.from_row(r) for r in rows]
+            return [left for gone in abandoned if (left := self.end_abandoned(conn, gone, now)) is not None]
 
         with _busy_is_unavailable():
             return await self._store.write(run)
 
-    def end_abandoned(self, conn: sqlite3.Connection, row: sqlite3.Row, now: str) -> LeftBehind | None:
+    def end_abandoned(self, conn: sqlite3.Connection, run: AbandonedRun, now: str) -> LeftBehind | None:
         """A held run whose holder is gone (its lease ran out, or its listener restarted): never spawned ->
         waiting again; its spawn reported -> `lost` (DESIGN §9.1: never run twice), with its CLI returned
         when it ran on this host, for the caller to make sure it is gone. A process on another host is not
         ours to kill: its pid here names some unrelated process."""
-        revoke_run_tokens(conn, row["run_id"], now)  # a token minted before the crash dies too
-        detail = {"run_id": row["run_id"], "lease_holder": row["lease_holder"], "lease_host": row["lease_host"]}
-        spawned = row["spawned_at"] is not None or row["pid"] is not None
-        if not spawned and row["withdraw_reason"] is not None:
+        revoke_run_tokens(conn, run.run_id, now)  # a token minted before the crash dies too
+        detail = {"run_id": run.run_id, "lease_holder": run.lease_holder, "lease_host": run.lease_host}
+        spawned = run.spawned_at is not None or run.pid is not None
+        if not spawned and run.withdraw_reason is not None:
             # Withdrawn before its CLI ever started: it ends so, rather than queue again.
-            withdraw(conn, row["run_id"], RunState.QUEUED, row["withdraw_reason"], now)
-            audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
-                         detail={**detail, "reason": row["withdraw_reason"]})  # fmt: skip
+            withdraw(conn, run.run_id, RunState.QUEUED, run.withdraw_reason, now)
+            audit.append(conn, self._actor, "run.withdraw", target=run.agent_id,
+                         detail={**detail, "reason": run.withdraw_reason})  # fmt: skip
             return None
         if not spawned:
             # Back to where its owner's wakes wait now: the owner may have stopped being local.
             conn.execute(
                 "UPDATE runs SET state = ?, lease_holder = NULL, lease_host = NULL, lease_until = NULL,"
                 " started_at = NULL WHERE run_id = ?",
-                (waiting_state_of(conn, row["owner_id"]), row["run_id"]),
+                (waiting_state_of(conn, run.owner_id), run.run_id),
             )
-            audit.append(conn, self._actor, "run.requeue", target=row["agent_id"], detail=detail)
+            audit.append(conn, self._actor, "run.requeue", target=run.agent_id, detail=detail)
             return None
         conn.execute(
             "UPDATE runs SET state = ?, outcome = ?, ended_at = ?, lease_holder = NULL, lease_until = NULL"
             " WHERE run_id = ?",
-            (RunState.LOST, Outcome.LOST, now, row["run_id"]),
+            (RunState.LOST, Outcome.LOST, now, run.run_id),
         )
-        audit.append(conn, self._actor, "run.lost", target=row["agent_id"], detail=detail)
+        audit.append(conn, self._actor, "run.lost", target=run.agent_id, detail=detail)
         # A lease written before leases named their host was written on the hub's own machine.
-        ours = row["lease_host"] == self._host or (row["lease_host"] is None and self._expires)
-        if row["pid"] is not None and row["pid_start"] is not None and ours:
-            return LeftBehind(row["run_id"], row["pid"], row["pid_start"])
+        ours = run.lease_host == self._host or (run.lease_host is None and self._expires)
+        if run.pid is not None and run.pid_start is not None and ours:
+            return LeftBehind(run.run_id, run.pid, run.pid_start)
         return None
 
     def _expire(self, conn: sqlite3.Connection, now: str) -> None:
@@ -196,15 +198,17 @@ class LocalWakeBook:
                 row = conn.execute(first, args).fetchone()
                 if row is None:
                     return None
-                reason = withdrawal(conn, WakeRow.from_row(row), started=False)
-                words = _words(conn, row) if reason is None else None
+                claim = ClaimRow.from_row(row)
+                wake = claim.wake
+                reason = withdrawal(conn, wake, started=False)
+                words = _words(conn, wake) if reason is None else None
                 if words is None:
                     reason = reason or "payload_missing"
-                    withdraw(conn, row["run_id"], RunState.QUEUED, reason, iso(now))
-                    audit.append(conn, self._actor, "run.withdraw", target=row["agent_id"],
-                                 detail={"run_id": row["run_id"], "reason": reason})  # fmt: skip
+                    withdraw(conn, wake.run_id, RunState.QUEUED, reason, iso(now))
+                    audit.append(conn, self._actor, "run.withdraw", target=wake.agent_id,
+                                 detail={"run_id": wake.run_id, "reason": reason})  # fmt: skip
                     continue
-                return self._hold(conn, row, words, now)
+                return self._hold(conn, claim, words, now)
 
         return await self._store.write(run)
 
@@ -235,41 +239,42 @@ class LocalWakeBook:
     async def _open_env(self, agent_id: str) -> dict[str, str]:
         return await self._accounts.env_for_run(agent_id)
 
-    def _hold(self, conn: sqlite3.Connection, row: sqlite3.Row, words: CauseText, now: datetime) -> Claimed:
+    def _hold(self, conn: sqlite3.Connection, claim: ClaimRow, words: CauseText, now: datetime) -> Claimed:
+        wake = claim.wake
         [lease] = conn.execute(
             "UPDATE runs SET state = ?, lease_holder = ?, lease_host = ?, lease_until = ?, started_at = ?,"
             " lease_epoch = lease_epoch + 1 WHERE run_id = ? RETURNING lease_epoch",
-            (RunState.RUNNING, self._holder, self._host, self._lease(), iso(now), row["run_id"]),
+            (RunState.RUNNING, self._holder, self._host, self._lease(), iso(now), wake.run_id),
         ).fetchone()
-        audit.append(conn, self._actor, "run.claim", target=row["agent_id"],
-                     detail={"run_id": row["run_id"], "host": self._host})  # fmt: skip
+        audit.append(conn, self._actor, "run.claim", target=wake.agent_id,
+                     detail={"run_id": wake.run_id, "host": self._host})  # fmt: skip
         # A constrained session may hold another owner's words: an unconstrained run never resumes
         # it, so each kind of run continues its own kind of session.
         last = conn.execute(
             "SELECT session_id FROM runs WHERE agent_id = ? AND session_id IS NOT NULL AND constrained = ?"
             " ORDER BY started_at DESC LIMIT 1",
-            (row["agent_id"], row["constrained"]),
+            (wake.agent_id, claim.constrained),
         ).fetchone()
         return Claimed(
-            run_id=row["run_id"],
-            agent_id=row["agent_id"],
-            handle=row["handle"],
-            owner_id=row["owner_id"],
-            tool=row["tool"],
-            workdir=row["workdir"],
-            room_id=row["room_id"],
-            room_name=row["room_name"],
-            trigger=row["trigger"],
-            cause_id=row["cause_id"],
-            caused_by=row["caused_by"],
-            causers=tuple(sorted(crossing.loads(row["causers"]))),
-            constrained=bool(row["constrained"]),
-            depth=row["depth"],
+            run_id=wake.run_id,
+            agent_id=wake.agent_id,
+            handle=claim.handle,
+            owner_id=wake.owner_id,
+            tool=claim.tool.value,
+            workdir=claim.workdir,
+            room_id=wake.room_id,
+            room_name=claim.room_name,
+            trigger=wake.trigger.value,
+            cause_id=wake.cause_id,
+            caused_by=claim.caused_by,
+            causers=tuple(sorted(wake.causers)),
+            constrained=claim.constrained,
+            depth=claim.depth,
             resume_session=(last["session_id"] or None) if last else None,  # "" marks a session lost
             words=words,
-            retry=bool(row["resume"]),
+            retry=claim.resume,
             lease=lease,
-            sandbox=bool(row["sandbox"]),
+            sandbox=claim.sandbox,
         )
 
     def _held(self, conn: sqlite3.Connection, run_id: str, lease: int, sets: str, args: tuple[object, ...]) -> None:
@@ -407,7 +412,7 @@ class LocalWakeBook:
                     "tools": ending.tool_counts,
                 }
             if ended_as == Outcome.RATE_LIMIT:
-                detail["follow_up"] = self._back_off(conn, row, reset_at, now)
+                detail["follow_up"] = self._back_off(conn, WakeRow.from_row(row), AgentTool(row["tool"]), reset_at, now)
             elif final == RunState.COMPLETED:
                 conn.execute("DELETE FROM backoffs WHERE owner_id = ? AND tool = ?", (row["owner_id"], row["tool"]))
             audit.append(conn, self._actor, "run.end", target=row["agent_id"], detail=detail)
@@ -416,21 +421,23 @@ class LocalWakeBook:
         with _busy_is_unavailable():
             await self._store.write(run, notify=True)
 
-    def _back_off(self, conn: sqlite3.Connection, row: sqlite3.Row, reset_at: datetime | None, now: str) -> str | None:
+    def _back_off(
+        self, conn: sqlite3.Connection, run: WakeRow, tool: AgentTool, reset_at: datetime | None, now: str
+    ) -> str | None:
         """Back-off for the run's (owner, tool), and the follow-up run queued to resume it (None when the
         agent already has a queued wake, which will resume the session anyway)."""
         tries = conn.execute(
-            "SELECT attempts FROM backoffs WHERE owner_id = ? AND tool = ?", (row["owner_id"], row["tool"])
+            "SELECT attempts FROM backoffs WHERE owner_id = ? AND tool = ?", (run.owner_id, tool)
         ).fetchone()
         retry_at = iso(backoff_until(datetime.now(UTC), reset_at, tries["attempts"] if tries else 0, self._caps))
         conn.execute(
             "INSERT INTO backoffs (owner_id, tool, not_before, attempts) VALUES (?, ?, ?, 1)"
             " ON CONFLICT (owner_id, tool) DO UPDATE SET not_before = excluded.not_before,"
             " attempts = attempts + 1",
-            (row["owner_id"], row["tool"], retry_at),
+            (run.owner_id, tool, retry_at),
         )
         if conn.execute(
-            f"SELECT 1 FROM runs WHERE agent_id = ? AND state IN ({sql_words(*WAITING_STATES)})", (row["agent_id"],)
+            f"SELECT 1 FROM runs WHERE agent_id = ? AND state IN ({sql_words(*WAITING_STATES)})", (run.agent_id,)
         ).fetchone():
             return None
         follow_up = new_id("run")
@@ -440,37 +447,36 @@ class LocalWakeBook:
             " proposal_id, payload_sha256, constrained, depth, state, resume, not_before, created_at)"
             " SELECT ?, agent_id, owner_id, room_id, trigger, cause_id, caused_by, causers, proposal_id,"
             " payload_sha256, constrained, depth, ?, 1, ?, ? FROM runs WHERE run_id = ?",
-            (follow_up, waiting_state_of(conn, row["owner_id"]), retry_at, now, row["run_id"]),
+            (follow_up, waiting_state_of(conn, run.owner_id), retry_at, now, run.run_id),
         )
-        audit.append(conn, self._actor, "run.follow_up", target=row["agent_id"],
-                     detail={"run_id": follow_up, "after": row["run_id"], "not_before": retry_at})  # fmt: skip
+        audit.append(conn, self._actor, "run.follow_up", target=run.agent_id,
+                     detail={"run_id": follow_up, "after": run.run_id, "not_before": retry_at})  # fmt: skip
         return follow_up
 
 
-def _words(conn: sqlite3.Connection, run: sqlite3.Row) -> CauseText | None:
+def _words(conn: sqlite3.Connection, run: WakeRow) -> CauseText | None:
     """The words a claimed run is given: an accepted proposal's payload, a task's agreed words (the hash
     `withdrawal` checked proves the row still holds them), or the message that mentioned it. None when
     they are gone."""
-    causers = crossing.loads(run["causers"])
-    foreign = bool(crossing.others(causers, run["owner_id"]))
+    foreign = bool(crossing.others(run.causers, run.owner_id))
     payload = None
-    if run["proposal_id"] is not None:
+    if run.proposal_id is not None:
         stored = conn.execute(
-            "SELECT payload, payload_sha256 FROM proposals WHERE proposal_id = ?", (run["proposal_id"],)
+            "SELECT payload, payload_sha256 FROM proposals WHERE proposal_id = ?", (run.proposal_id,)
         ).fetchone()
         if stored is None or crossing.canonical(json.loads(stored["payload"]))[1] != stored["payload_sha256"]:
             return None
         payload = json.loads(stored["payload"])
-    if run["trigger"] == Trigger.TASK:
-        task = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (run["cause_id"],)).fetchone()
+    if run.trigger == Trigger.TASK:
+        task = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (run.cause_id,)).fetchone()
         if task is None:
             return None
         words = payload or {"title": task["title"], "body": task["body"]}
         text, author_id = f"{words['title']}\n\n{words['body']}", task["creator_id"]
     else:
-        message_id = payload["message_id"] if payload and run["trigger"] == "wake_proposal" else run["cause_id"]
+        message_id = payload["message_id"] if payload and run.trigger == Trigger.WAKE_PROPOSAL else run.cause_id
         message = conn.execute(
-            "SELECT text, agent_id FROM messages WHERE room_id = ? AND message_id = ?", (run["room_id"], message_id)
+            "SELECT text, agent_id FROM messages WHERE room_id = ? AND message_id = ?", (run.room_id, message_id)
         ).fetchone()
         if message is None:
             return None
@@ -480,7 +486,7 @@ def _words(conn: sqlite3.Connection, run: sqlite3.Row) -> CauseText | None:
         " JOIN owners o ON o.owner_id = a.owner_id WHERE a.agent_id = ?",
         (author_id,),
     ).fetchone()
-    cross = foreign or author["owner_id"] != run["owner_id"]
+    cross = foreign or author["owner_id"] != run.owner_id
     return rendered(CauseText(text, author["handle"], author["owner_handle"], cross))
 
 

@@ -10,7 +10,7 @@ from agent_rooms_mcp import policy
 from agent_rooms_mcp.errors import not_found
 from agent_rooms_mcp.principals import Caller, Scope, held_scopes
 from agent_rooms_mcp.run_states import RunState
-from agent_rooms_mcp.store.rows import MemberAgent, ModeInForce, OwnerRow, RoomRow, TaskRow
+from agent_rooms_mcp.store.rows import AgentRow, MemberAgent, ModeInForce, OwnerRow, RoomRow, TaskRow
 
 # A room's latest message seq, read off the (room_id, seq) index instead of a counter every post rewrites.
 LATEST_SEQ = "(SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.room_id = r.room_id) AS latest_seq"
@@ -42,7 +42,7 @@ def room(conn: sqlite3.Connection, ref: str) -> RoomRow:
 
 def owner(conn: sqlite3.Connection, ref: str) -> OwnerRow:
     # A removed owner answers as one that never existed (DESIGN §6).
-    row: sqlite3.Row | None = conn.execute(
+    row = conn.execute(
         "SELECT * FROM owners WHERE (owner_id = ? OR handle = ?) AND removed_at IS NULL", (ref, ref)
     ).fetchone()
     if row is None:
@@ -50,15 +50,22 @@ def owner(conn: sqlite3.Connection, ref: str) -> OwnerRow:
     return OwnerRow.from_row(row)
 
 
-def agent(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
-    row: sqlite3.Row | None = conn.execute(
-        "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
-        " WHERE (a.agent_id = ? OR a.handle = ?) AND a.status = 'active'",
-        (ref, ref),
-    ).fetchone()
+# An agent with its owner's handle: `AgentRow`'s columns.
+AGENT = "SELECT a.*, o.handle AS owner_handle FROM agents a JOIN owners o ON o.owner_id = a.owner_id"
+
+
+def agent(conn: sqlite3.Connection, ref: str) -> AgentRow:
+    """An active agent by id or handle; a deleted one answers as one that never existed (DESIGN §6)."""
+    row = conn.execute(AGENT + " WHERE (a.agent_id = ? OR a.handle = ?) AND a.status = 'active'", (ref, ref)).fetchone()
     if row is None:
         raise not_found("agent", ref)
-    return row
+    return AgentRow.from_row(row)
+
+
+def active_agents(conn: sqlite3.Connection, owner_id: str | None = None) -> list[AgentRow]:
+    """Every active agent by handle, or only `owner_id`'s."""
+    sql = AGENT + " WHERE a.status = 'active' AND a.owner_id = coalesce(?, a.owner_id) ORDER BY a.handle"
+    return [AgentRow.from_row(r) for r in conn.execute(sql, (owner_id,))]
 
 
 _MEMBERS = (
@@ -138,7 +145,7 @@ def member_agent(conn: sqlite3.Connection, room_id: str, handle: str) -> MemberA
 
 def target_agent(conn: sqlite3.Connection, ref: str) -> MemberAgent:
     """An active agent by id or handle, as the consent and wake services judge it, wherever it is a member."""
-    return MemberAgent.from_row(agent(conn, ref))
+    return agent(conn, ref).member()
 
 
 def task_for_member(conn: sqlite3.Connection, ref: str, caller: Caller) -> TaskRow:

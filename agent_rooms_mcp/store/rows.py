@@ -2,8 +2,10 @@
 
 Each type names the columns its query selects and converts them once, where the row is read: ids become
 their `NewType`s, stored words their enums, an agent's stored scopes a set. A service that receives one
-cannot ask for a column the query never selected, and the type checker sees every field. `store/queries.py`
-loads them (one `from_row` per type, built from the query that selects its columns).
+cannot ask for a column the query never selected, and the type checker sees every field. Each has one
+`from_row`, called where its query is: `store/queries.py` for facts many services share, the owning service
+for its own table's (a device, a listener, an abandoned run). A row read only beside its query, by the
+function that renders it, stays a `sqlite3.Row`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,43 @@ class MemberAgent:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentRow:
+    """An agent as the operator's and owners' actions read it (`queries.agent`): what it is, whose, where its
+    woken runs work, and the credential epoch its next passport is issued at."""
+
+    agent_id: AgentId
+    handle: str
+    owner_id: OwnerId
+    owner_handle: str
+    tool: AgentTool
+    scopes: frozenset[Scope]  # as stored: a run token's narrowing is the authenticator's, not the row's
+    workdir: str | None
+    sandbox: bool
+    cred_epoch: int
+    created_at: str
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> AgentRow:
+        """From a row holding the agent's columns and its owner's handle as `owner_handle`."""
+        return cls(
+            agent_id=AgentId(r["agent_id"]),
+            handle=str(r["handle"]),
+            owner_id=OwnerId(r["owner_id"]),
+            owner_handle=str(r["owner_handle"]),
+            tool=AgentTool(r["tool"]),
+            scopes=held_scopes(r["scopes"], None),
+            workdir=r["workdir"],
+            sandbox=bool(r["sandbox"]),
+            cred_epoch=int(r["cred_epoch"]),
+            created_at=str(r["created_at"]),
+        )
+
+    def member(self) -> MemberAgent:
+        """The same agent as the consent and wake services judge it."""
+        return MemberAgent(self.agent_id, self.handle, self.tool, self.scopes, self.owner_id, self.owner_handle)
+
+
+@dataclass(frozen=True, slots=True)
 class ModeInForce:
     """An owner's consent mode in one room, as last set (DESIGN §4); no row means task_by_task."""
 
@@ -60,9 +99,9 @@ class ModeInForce:
         )
 
 
-def load_causers(stored: str | None) -> frozenset[str]:
+def load_causers(stored: str | None) -> frozenset[OwnerId]:
     """Every owner whose words a row carries, from its stored JSON list (DESIGN §4 "Causers")."""
-    return frozenset(json.loads(stored or "[]"))
+    return frozenset(OwnerId(o) for o in json.loads(stored or "[]"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +118,7 @@ class TaskRow:
     status: TaskStatus
     consent_state: ConsentState
     proposal_id: ProposalId | None  # the proposal it was last offered under, if another owner's words crossed
-    causers: frozenset[str]  # every owner who ever set its title or body, and who handed it on
+    causers: frozenset[OwnerId]  # every owner who ever set its title or body, and who handed it on
 
     @classmethod
     def from_row(cls, r: sqlite3.Row) -> TaskRow:
@@ -108,7 +147,7 @@ class WakeRow:
     room_id: RoomId
     trigger: Trigger
     cause_id: str  # the message, task or proposal that caused it
-    causers: frozenset[str]
+    causers: frozenset[OwnerId]
     proposal_id: ProposalId | None  # the accepted proposal it runs, if another owner's words are in it
     payload_sha256: str | None  # a task wake: the hash of the words agreed to
 
@@ -124,6 +163,117 @@ class WakeRow:
             causers=load_causers(r["causers"]),
             proposal_id=None if r["proposal_id"] is None else ProposalId(r["proposal_id"]),
             payload_sha256=r["payload_sha256"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRow:
+    """A waiting wake as the wake book's claim reads it (`services/runs.RUNS_SELECT`): the wake its re-check
+    judges, and what starting its agent's CLI needs."""
+
+    wake: WakeRow
+    handle: str
+    tool: AgentTool
+    workdir: str | None
+    sandbox: bool
+    room_name: str
+    caused_by: AgentId
+    constrained: bool  # another owner's words are in it: it runs constrained, and resumes only such a session
+    depth: int
+    resume: bool  # a follow-up after a rate limit: it continues the session, never replays the request
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> ClaimRow:
+        return cls(
+            wake=WakeRow.from_row(r),
+            handle=str(r["handle"]),
+            tool=AgentTool(r["tool"]),
+            workdir=r["workdir"],
+            sandbox=bool(r["sandbox"]),
+            room_name=str(r["room_name"]),
+            caused_by=AgentId(r["caused_by"]),
+            constrained=bool(r["constrained"]),
+            depth=int(r["depth"]),
+            resume=bool(r["resume"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonedRun:
+    """A held run whose holder may be gone, as the wake book's recovery reads it (`runbook.ABANDONED_COLUMNS`):
+    whether its CLI was ever spawned, where, and whether it was withdrawn meanwhile."""
+
+    run_id: RunId
+    agent_id: AgentId
+    owner_id: OwnerId
+    pid: int | None
+    pid_start: int | None
+    spawned_at: str | None
+    lease_holder: str | None
+    lease_host: str | None  # None: a lease written before leases named their host (on the hub's own machine)
+    withdraw_reason: str | None
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> AbandonedRun:
+        return cls(
+            run_id=RunId(r["run_id"]),
+            agent_id=AgentId(r["agent_id"]),
+            owner_id=OwnerId(r["owner_id"]),
+            pid=r["pid"],
+            pid_start=r["pid_start"],
+            spawned_at=r["spawned_at"],
+            lease_holder=r["lease_holder"],
+            lease_host=r["lease_host"],
+            withdraw_reason=r["withdraw_reason"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerRow:
+    """One listener process of a device (DESIGN §9.1), as its wake book is built from it."""
+
+    holder: str
+    device_id: str
+    owner_id: OwnerId
+    host: str
+    max_running: int
+    max_running_per_agent: int
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> ListenerRow:
+        return cls(
+            holder=str(r["holder"]),
+            device_id=str(r["device_id"]),
+            owner_id=OwnerId(r["owner_id"]),
+            host=str(r["host"]),
+            max_running=int(r["max_running"]),
+            max_running_per_agent=int(r["max_running_per_agent"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """An owner's enrolled device (DESIGN §9.1), as its credential is judged and its listing shows it."""
+
+    device_id: str
+    owner_id: OwnerId
+    owner_handle: str
+    name: str
+    created_at: str
+    last_used_at: str  # recorded coarsely (`device_touch_s`): the idle expiry needs no more
+    revoked_at: str | None
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> DeviceRow:
+        """From a row holding the device's columns and its owner's handle as `owner_handle`."""
+        return cls(
+            device_id=str(r["device_id"]),
+            owner_id=OwnerId(r["owner_id"]),
+            owner_handle=str(r["owner_handle"]),
+            name=str(r["name"]),
+            created_at=str(r["created_at"]),
+            last_used_at=str(r["last_used_at"]),
+            revoked_at=r["revoked_at"],
         )
 
 
