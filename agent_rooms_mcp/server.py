@@ -394,9 +394,14 @@ class ToolMetadata(FuncMetadata):
     and encode it twice (its text block indented). It is dumped once here, and its text block is that dump's
     compact JSON (`render.result_text`, which the page byte caps count with)."""
 
+    @functools.cached_property
+    def _text_fields(self) -> frozenset[str]:
+        return frozenset(k for k, f in self.arg_model.model_fields.items() if _is_text(f.annotation))
+
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
-        fields = self.arg_model.model_fields
-        text = {k for k, v in data.items() if isinstance(v, str) and k in fields and _is_text(fields[k].annotation)}
+        text = self._text_fields
+        if not any(isinstance(v, str) and k not in text for k, v in data.items()):
+            return data  # no string the SDK would try as JSON: most calls, and every call of a text-only tool
         parsed = super().pre_parse_json({k: v for k, v in data.items() if k not in text})
         return {k: parsed.get(k, v) if k not in text else v for k, v in data.items()}
 
