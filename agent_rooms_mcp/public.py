@@ -83,7 +83,7 @@ class Exposure:
     def client_address(self, peer: str | None, headers: dict[str, str]) -> str | None:
         """The address to count a request against: the peer's, or, when the peer is a named proxy, the first
         address the proxies did not add themselves (read from the right, the end a proxy appends to)."""
-        if _ip(peer) not in self.proxies:
+        if not self.proxies or _ip(peer) not in self.proxies:
             return peer
         hops = _forwarded_for(headers)
         for hop in reversed(hops):

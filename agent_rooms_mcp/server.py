@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union, get_args,
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from agent_rooms_mcp import __version__, audit
@@ -39,6 +39,7 @@ from agent_rooms_mcp.models import (
     TaskView,
     WhoAmI,
 )
+from agent_rooms_mcp.services.render import result_text
 from agent_rooms_mcp.settings import DEFAULT_LIMITS as L
 from agent_rooms_mcp.settings import INT_MAX
 
@@ -382,21 +383,40 @@ def _is_text(annotation: Any) -> bool:
     return annotation is str
 
 
-class TextArguments(FuncMetadata):
-    """The SDK parses JSON it finds in string arguments not typed exactly `str` (for clients that send a
-    list as JSON text). For optional text that would turn a file or note such as '{"a": 1}' or 'null' into
-    a dict or None; text arguments stay the text the client sent."""
+class ToolMetadata(FuncMetadata):
+    """How a tool's arguments come in and its result goes out, where the SDK's defaults don't fit.
+
+    Arguments: the SDK parses JSON it finds in string arguments not typed exactly `str` (for clients that send
+    a list as JSON text). For optional text that would turn a file or note such as '{"a": 1}' or 'null' into a
+    dict or None; text arguments stay the text the client sent.
+
+    Results: our result models are built, and so validated, by our own code; the SDK would validate each again
+    and encode it twice (its text block indented). It is dumped once here, and its text block is that dump's
+    compact JSON (`render.result_text`, which the page byte caps count with)."""
+
+    @functools.cached_property
+    def _text_fields(self) -> frozenset[str]:
+        return frozenset(k for k, f in self.arg_model.model_fields.items() if _is_text(f.annotation))
 
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
-        fields = self.arg_model.model_fields
-        text = {k for k, v in data.items() if isinstance(v, str) and k in fields and _is_text(fields[k].annotation)}
+        text = self._text_fields
+        if not any(isinstance(v, str) and k not in text for k, v in data.items()):
+            return data  # no string the SDK would try as JSON: most calls, and every call of a text-only tool
         parsed = super().pre_parse_json({k: v for k, v in data.items() if k not in text})
         return {k: parsed.get(k, v) if k not in text else v for k, v in data.items()}
+
+    def convert_result(self, result: Any) -> CallToolResult | InputRequiredResult:
+        if self.output_model is None or type(result) is not self.output_model:
+            return super().convert_result(result)
+        structured = result.model_dump(mode="json")
+        return CallToolResult(
+            content=[TextContent(type="text", text=result_text(structured))], structured_content=structured
+        )
 
 
 def build_tool(fn: Callable[..., Awaitable[Any]], hints: ToolAnnotations) -> Tool:
     tool = Tool.from_function(map_errors(fn), annotations=hints)
-    tool.fn_metadata = TextArguments.model_validate(dict(tool.fn_metadata))
+    tool.fn_metadata = ToolMetadata.model_validate(dict(tool.fn_metadata))
     return tool
 
 

@@ -101,12 +101,7 @@ def _current_mentions(
     """Each message's mentions as they stand now (DESIGN §5 "Receipts that settle"), for the poster's owner;
     to another owner's reader, and for a message from before outcomes were kept (what it woke was not
     recorded with it), each mention reads as `notified` (policy.sees_mention_receipts)."""
-    posted = [
-        [MentionOutcome.model_validate(o) for o in json.loads(r["mention_outcomes"])]
-        if r["mention_outcomes"] and policy.sees_mention_receipts(reader, r["owner_id"])
-        else [MentionOutcome(handle=h, outcome="notified") for h in json.loads(r["mentions"])]
-        for r in page
-    ]
+    posted = [_as_posted(r, reader) for r in page]
     run_ids = list({m.run_id for ms in posted for m in ms if m.run_id})
     proposal_ids = list({m.proposal_id for ms in posted for m in ms if m.proposal_id})
     if not run_ids and not proposal_ids:
@@ -116,6 +111,15 @@ def _current_mentions(
     for row in conn.execute(sql, [*run_ids, *proposal_ids, *proposal_ids]):
         seen[(row["via"], row["key"])] = row
     return [[_settled(m, seen) for m in ms] for ms in posted]
+
+
+def _as_posted(row: sqlite3.Row, reader: OwnerId) -> list[MentionOutcome]:
+    """One message's mentions as kept when it was posted, before any has settled."""
+    if row["mention_outcomes"] and policy.sees_mention_receipts(reader, row["owner_id"]):
+        return [MentionOutcome.model_validate(o) for o in json.loads(row["mention_outcomes"])]
+    if row["mentions"] == "[]":  # most messages mention nobody: no JSON to parse
+        return []
+    return [MentionOutcome(handle=h, outcome="notified") for h in json.loads(row["mentions"])]
 
 
 def _settled(said: MentionOutcome, seen: dict[tuple[str, str], sqlite3.Row]) -> MentionOutcome:

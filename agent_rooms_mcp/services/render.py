@@ -47,7 +47,9 @@ def render(caller: Viewer, rows: Sequence[Fields], texts: Sequence[str]) -> tupl
 
     One boundary per response, chosen after every cross-owner text is known, so no content holds it.
     """
-    labels = [provenance(caller, row) for row in rows]
+    # A page's items come from few writers: each writer's label is made once and shared by their items.
+    known: dict[str, tuple[Author, Relation]] = {}
+    labels = [known.get(row["agent_id"]) or known.setdefault(row["agent_id"], provenance(caller, row)) for row in rows]
     shown, boundary = said(
         [(text, author.handle, author.owner, rel) for text, (author, rel) in zip(texts, labels, strict=True)]
     )
@@ -93,29 +95,34 @@ def notice(boundary: str | None) -> str | None:
     return content.UNTRUSTED_NOTICE if boundary else None
 
 
-# The size of an answer is what the client receives. For a structured result the SDK (mcp 2.x MCPServer) sends
-# the structured content as compact JSON and, again, a text block holding `pydantic_core.to_json(result,
-# indent=2)`, itself a JSON string on the wire: each quote, backslash and newline of that rendering is
-# escaped once more. Both count; they are measured with the encoder the SDK uses.
+# The size of an answer is what the client receives. A structured result is sent as its structured content and,
+# again, as a text block holding the same JSON (`result_text`), itself a JSON string on the wire: each quote and
+# backslash of it is escaped once more. Both count; they are measured with the encoder the text block uses.
+
+
+def result_text(structured: dict[str, Any]) -> str:
+    """The text block a structured result is also sent as (DESIGN §3.1): the same JSON, compact. The SDK's own
+    rendering indents it by two, which made every answer's text a third larger for the model to read, and cost a
+    second encoding of the result on every call."""
+    return pydantic_core.to_json(structured).decode()
 
 
 def result_bytes(result: BaseModel) -> int:
-    """The bytes `result` takes in a tool's answer: its structured content plus the SDK's text rendering."""
-    return len(pydantic_core.to_json(result)) + _as_string(pydantic_core.to_json(result, indent=2), 0)
+    """The bytes `result` takes in a tool's answer: its structured content plus its text block, quoted."""
+    rendered = pydantic_core.to_json(result)
+    return len(rendered) + _escaped(rendered) + 2
 
 
-def item_bytes(item: BaseModel, depth: int = 2) -> int:
-    """What one item of a result's list adds to `result_bytes`: itself in both renderings, its separators,
-    and the indentation each of its lines gets at `depth` (2: an item of a list at the result's top level)."""
-    # +2: its comma, and once per list the newline that opens it.
-    return len(pydantic_core.to_json(item)) + 2 + _as_string(pydantic_core.to_json(item, indent=2), depth) + 2 * depth
+def item_bytes(item: BaseModel) -> int:
+    """What one item of a result's list adds to `result_bytes`: itself in both renderings, each with its comma."""
+    rendered = pydantic_core.to_json(item)
+    return len(rendered) + 1 + _escaped(rendered) + 1
 
 
-def _as_string(rendered: bytes, depth: int) -> int:
-    """Bytes of `rendered` as a JSON string: its quotes and backslashes are escaped, a newline is `\\n`, and
-    nothing else needs escaping (the rendering already escaped every control character)."""
-    newlines = rendered.count(b"\n")
-    return len(rendered) + rendered.count(b'"') + rendered.count(b"\\") + newlines * (1 + 2 * depth) + 4
+def _escaped(rendered: bytes) -> int:
+    """Bytes of `rendered` inside a JSON string: its quotes and backslashes are escaped, and nothing else needs
+    escaping (the rendering already escaped every control character)."""
+    return len(rendered) + rendered.count(b'"') + rendered.count(b"\\")
 
 
 _ESCAPED = re.compile(r'[\x00-\x1f"\\]')
