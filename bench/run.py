@@ -555,16 +555,19 @@ def main() -> int:
     ap.add_argument("--sandbox-wakes", type=int, default=20, help="wakes per mode in the sandbox bench")
     ap.add_argument("--sandbox-stops", type=int, default=12, help="stops per mode in the sandbox bench")
     ap.add_argument("--fan-outs", type=int, default=3, help="fan-outs measured per series in the waiters bench")
+    ap.add_argument("--room-waiters", type=int, default=50, help="of --waiters, how many wait in the posted room")
     ap.add_argument("--skip-coldstart", action="store_true", help="skip the stdio cold-start bench")
     ap.add_argument("--coldstarts", type=int, default=12, help="interleaved stdio starts of each server")
     ap.add_argument("--skip-bigroom", action="store_true", help="skip the room-size bench (bench/bigroom.py)")
     ap.add_argument("--big-room", type=int, default=1_000_000, help="messages in the big room of the room-size bench")
     ap.add_argument("--quick", action="store_true", help="every part with fewer rounds and samples, for development")
     a = ap.parse_args()
-    if a.quick:
-        a.rounds, a.seconds, a.memory_seconds = 3, 0.6, 0.3
-        a.wakes, a.stops, a.sandbox_wakes, a.sandbox_stops = 10, 6, 4, 3
-        a.fan_outs, a.coldstarts = 1, 4
+    if a.quick:  # fewer of everything, except what was given explicitly
+        quick = {"rounds": 3, "seconds": 0.6, "memory_seconds": 0.3, "wakes": 10, "stops": 6, "sandbox_wakes": 4,
+                 "sandbox_stops": 3, "fan_outs": 1, "coldstarts": 4}  # fmt: skip
+        for name, value in quick.items():
+            if getattr(a, name) == ap.get_default(name):
+                setattr(a, name, value)
     if a.wake_only and a.skip_wake:
         ap.error("--wake-only and --skip-wake exclude each other")
     if a.listener_only and (a.skip_listener or a.wake_only):
@@ -608,7 +611,13 @@ def main() -> int:
     memory = summarize(memory_rows, "cpu_us_call", [None]) if memory_rows else []
     print_tables(http, memory)
     wake_result = None if a.skip_wake else wake.run(a.wakes, a.stops)
-    waiters_result = None if a.skip_waiters else waiters.run(a.waiters, reps=a.fan_outs)
+    waiters_result = (
+        None
+        if a.skip_waiters
+        else waiters.run(
+            a.waiters, 1.0 if a.quick else 3.0, 50 if a.quick else 200, reps=a.fan_outs, room_waiters=a.room_waiters
+        )
+    )
     if waiters_result is not None:
         waiters.print_table(waiters_result)
     coldstart_result = None if a.skip_coldstart else coldstart.run(a.coldstarts)

@@ -116,7 +116,6 @@ async def _measure(
     result["none"].update(await _posts(pid, port, tokens[OTHER], posts))
 
     conns = [await Connection.open(port) for _ in range(waiters)]
-    poster = await Connection.open(port)
     try:
         measured: list[float] = []
         after = 0
@@ -124,16 +123,15 @@ async def _measure(
             # The first time the N are parked, the idle CPU and posts beside them are measured too.
             beside = result["waiting"] if rep == 0 else None
             ms, after = await _fan_out(
-                pid, port, conns, tokens[WAITER], "lobby", after, poster, tokens[POSTER], rep, beside,
+                pid, port, conns, tokens[WAITER], "lobby", after, tokens[POSTER], rep, beside,
                 (port, tokens[OTHER], posts, idle_s),
             )  # fmt: skip
             measured.append(ms)
         result["fan_out_last_ms"] = statistics.median(measured)
         result["fan_out_ms"] = measured
         if room_waiters and waiters > room_waiters:
-            result["room"] = await _room_fan_out(pid, port, conns, tokens, room_waiters, after, poster, reps)
+            result["room"] = await _room_fan_out(pid, port, conns, tokens, room_waiters, after, reps)
     finally:
-        await poster.close()
         for c in conns:
             await c.close()
     return result
@@ -146,7 +144,6 @@ async def _fan_out(
     waiter_token: str,
     room: str,
     after: int,
-    poster: Connection,
     poster_token: str,
     rep: int,
     measure_beside: dict[str, Any] | None,
@@ -175,8 +172,14 @@ async def _fan_out(
             measure_beside["idle_cores"] = await _idle_cores(pid, b_idle)
             measure_beside.update(await _posts(pid, b_port, b_token, b_posts))
         post = tool_call(port, "post_message", {"room": room, "text": text}, token=poster_token)
+        # A fresh connection, as before the first fan-out: one left idle through the measures beside the waiters
+        # would have been closed by the server's keep-alive timeout.
+        poster = await Connection.open(port)
         t0 = time.perf_counter()
-        seq = json.loads(await poster.call(post))["result"]["structuredContent"]["seq"]
+        try:
+            seq = json.loads(await poster.call(post))["result"]["structuredContent"]["seq"]
+        finally:
+            await poster.close()
         bodies = await asyncio.wait_for(asyncio.gather(*tasks), WAIT_TIMEOUT_S)
     finally:
         for t in tasks:
@@ -194,13 +197,16 @@ async def _room_fan_out(
     tokens: dict[str, str],
     in_room: int,
     after: int,
-    poster: Connection,
     reps: int,
 ) -> dict[str, Any]:
     """`in_room` waiters in lobby and the rest idle in another room: a post into lobby, timed until the last of
     lobby's waiters is answered, while the others' calls stay unanswered (checked)."""
     read = tool_call(port, "read_messages", {"room": OTHER_ROOM, "limit": 1}, token=tokens[OTHER])
-    latest = json.loads(await poster.call(read))["result"]["structuredContent"]["messages"][-1]["seq"]
+    reader = await Connection.open(port)
+    try:
+        latest = json.loads(await reader.call(read))["result"]["structuredContent"]["messages"][-1]["seq"]
+    finally:
+        await reader.close()
     idle_wait = tool_call(
         port, "wait_for_messages", {"room": OTHER_ROOM, "after": latest, "timeout_s": WAIT_TIMEOUT_S},
         token=tokens[OTHER],
@@ -209,8 +215,8 @@ async def _room_fan_out(
     try:
         measured = []
         for rep in range(reps):
-            ms, after = await _fan_out(pid, port, conns[:in_room], tokens[WAITER], "lobby", after, poster,
-                                       tokens[POSTER], 100 + rep, None, (0, "", 0, 0.0))  # fmt: skip
+            ms, after = await _fan_out(pid, port, conns[:in_room], tokens[WAITER], "lobby", after, tokens[POSTER],
+                                       100 + rep, None, (0, "", 0, 0.0))  # fmt: skip
             measured.append(ms)
             if any(t.done() for t in idle):
                 raise RuntimeError("a waiter in another room was answered by a post into lobby")
@@ -222,21 +228,27 @@ async def _room_fan_out(
 
 async def echo_burst(port: int, calls: int, reps: int) -> dict[str, Any]:
     """The fan-out's baseline: the bare SDK echo server, `calls` keep-alive connections each sending one echo call
-    at once; milliseconds from the first send until the last answer, median over reps."""
+    at once; milliseconds from the first send until the last answer, median over reps. Each rep opens its
+    connections afresh (untimed): ones answered a rep ago may have met the server's keep-alive timeout when the
+    previous burst took seconds."""
     request = tool_call(port, "echo", {"text": "wake up"})
-    conns = [await Connection.open(port) for _ in range(calls)]
-    measured = []
+    warm = await Connection.open(port)
     try:
-        for c in conns[:8]:  # warm the server's code paths, as the hub's are by then
-            await c.call(request)
-        for _ in range(reps):
+        for _ in range(8):  # warm the server's code paths, as the hub's are by then
+            await warm.call(request)
+    finally:
+        await warm.close()
+    measured = []
+    for _ in range(reps):
+        conns = [await Connection.open(port) for _ in range(calls)]
+        try:
             await asyncio.sleep(SETTLE_S / 2)
             t0 = time.perf_counter()
             await asyncio.gather(*(c.call(request) for c in conns))
             measured.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        for c in conns:
-            await c.close()
+        finally:
+            for c in conns:
+                await c.close()
     return {"calls": calls, "last_ms": statistics.median(measured), "ms": measured}
 
 
