@@ -6,19 +6,32 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 
 from agent_rooms_mcp.book import this_host
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.services.runbook import LocalWakeBook
-from agent_rooms_mcp.wake.supervisor import Local, Supervisor
+from agent_rooms_mcp.wake.supervisor import Local, OpenBridge, Supervisor
+
+
+def _run_socket(hub: Hub) -> OpenBridge:
+    """run_socket's bridge, imported at the first run spawned rather than at start: a run's socket serves
+    http.py's app (and http.py starts this supervisor), so importing it up front loaded the whole HTTP stack,
+    console templates included, into every stdio hub's cold start (DESIGN §11)."""
+
+    @asynccontextmanager
+    async def open_bridge(run_id: str, run_dir: Path, token_file: Path) -> AsyncIterator[dict[str, str]]:
+        from agent_rooms_mcp.run_socket import socket_bridge
+
+        async with socket_bridge(hub)(run_id, run_dir, token_file) as env:
+            yield env
+
+    return open_bridge
 
 
 def embedded_supervisor(hub: Hub) -> Supervisor:
-    # Imported here: a run's socket serves http.py's app, and http.py starts this supervisor.
-    from agent_rooms_mcp.run_socket import socket_bridge
-
     settings = hub.settings
     book = LocalWakeBook(
         hub.store,
@@ -34,7 +47,7 @@ def embedded_supervisor(hub: Hub) -> Supervisor:
         run_logs_dir=settings.run_logs_dir,
         limits=settings.limits,
     )
-    return Supervisor(book, local, socket_bridge(hub))
+    return Supervisor(book, local, _run_socket(hub))
 
 
 @asynccontextmanager

@@ -9,14 +9,17 @@ as ours. No auth, no store, no audit, no structlog line.
 which the SDK runs on a worker thread (anyio.to_thread); the research scripts measured that one, so it
 is reported alongside, for reference: it costs one thread hop more than `echo`.
 
+Served over stdio (`--stdio`) it is the cold-start baseline (bench/coldstart.py): `MCPServer.run("stdio")`, the
+SDK's own way, importing nothing the stdio path does not need (uvicorn is imported for HTTP only).
+
 Usage: python bench/echo_server.py PORT
+       python bench/echo_server.py --stdio
 """
 
 from __future__ import annotations
 
 import sys
 
-import uvicorn
 from mcp.server import MCPServer
 
 
@@ -37,6 +40,11 @@ def build() -> MCPServer:
 
 
 def main() -> None:
+    if sys.argv[1] == "--stdio":
+        build().run("stdio")
+        return
+    import uvicorn
+
     port = int(sys.argv[1])
     app = build().streamable_http_app(json_response=True)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")

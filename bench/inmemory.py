@@ -1,7 +1,8 @@
 """In-memory figures (information only, DESIGN §11): `mcp.Client(server)` in this one process, auto mode.
 
 Process CPU per call (time.process_time, every thread of the process: client, server and the SQLite
-threads) for the bare server's `echo` and `echo_sync` and for our server's `whoami` and `post_message`, one caller,
+threads) for the bare server's `echo` and `echo_sync` and for our server's `whoami`, `post_message` and
+`read_messages` (20, after 20 posts), one caller,
 interleaved round by round. Logging is configured as `agent-rooms serve` does (structlog JSON on
 stderr at INFO), so the gate's per-call line is paid here too; run.py sends stderr to a file.
 
@@ -72,7 +73,20 @@ async def main(rounds: int, seconds: float) -> list[dict[str, Any]]:
             if result.is_error:
                 raise RuntimeError(f"post_message failed: {result}")
 
-        calls = {"echo": call_echo, "echo_sync": call_echo_sync, "whoami": call_whoami, "post_message": call_post}
+        async def call_read() -> None:
+            result = await hub.call_tool("read_messages", {"room": "lobby", "limit": 20})
+            if result.is_error:
+                raise RuntimeError(f"read_messages failed: {result}")
+
+        for _ in range(20):  # every read_messages reads a full page of 20
+            await call_post()
+        calls = {
+            "echo": call_echo,
+            "echo_sync": call_echo_sync,
+            "whoami": call_whoami,
+            "post_message": call_post,
+            "read_messages": call_read,
+        }
         order = list(calls)
         for r in range(rounds):
             k = r % len(order)

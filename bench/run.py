@@ -1,20 +1,29 @@
-"""`make bench`: server CPU per call and calls/s for whoami and post_message against a bare SDK echo (DESIGN §11).
+"""`make bench`: every row of DESIGN §11's table in one run, each beside its baseline, and a summary of them all.
 
 One run does, on a fresh hub in a temporary home:
 1. in-memory (`mcp.Client(server)`, one process, information only): process CPU per call;
 2. HTTP: the real server (`python -m agent_rooms_mcp serve --http`, i.e. uvicorn with `HttpHub`) and
    bench/echo_server.py, each in its own process, driven by bench/raw_client.py over loopback keep-alive
    connections. Server CPU is the server process's utime+stime (/proc/<pid>/stat) over the timed window,
-   divided by the calls that came back 200 without `"isError":true`;
+   divided by the calls that came back 200 without `"isError":true`. The tools: whoami, post_message and
+   read_messages (the latest 20 of `lobby`, pre-filled with PREFILL posts);
 3. wake and stop latency of the supervisor with a fake CLI (bench/wake.py; `--wake-only`, `--skip-wake`);
 4. 1,000 idle `wait_for_messages` calls: the server's CPU while they wait and `post_message` latency beside
-   them, against none, and the fan-out of one post to all of them (bench/waiters.py; `--skip-waiters`).
+   them, against none, the fan-out of one post to all of them against the bare SDK server answering as many echo
+   calls sent at once, and a post to the 50 waiters of its room while the rest wait elsewhere (bench/waiters.py;
+   `--skip-waiters`).
 5. wake and stop latency through `agent-rooms listen` over HTTP and HTTPS (Caddy), against the hub's own
    supervisor, and an idle listener's cost (bench/listener.py; `--listener-only`, `--skip-listener`).
 6. stop latency with a cgroup per run against the process-group sweep alone (bench/containment.py;
    `--containment-only`, `--skip-containment`).
 7. what the sandbox adds to a wake and a stop, against `--sandbox off` in the same run, and its probe's cost
    per spawn (bench/sandbox.py; `--sandbox-only`, `--skip-sandbox`).
+8. stdio cold start, spawn -> `initialize` and -> first `tools/list`, against a bare SDK stdio server
+   (bench/coldstart.py; `--skip-coldstart`).
+9. server CPU to read the latest 50 of a room at 1 M messages against a room at 1 k (bench/bigroom.py;
+   `--skip-bigroom`).
+It ends with one table of DESIGN §11's rows: ours, the baseline, the ratio, the target, the limit, met or not.
+`--quick` runs every part with fewer rounds, for development (its figures are rougher, not different).
 
 The box is noisy, so tools are interleaved within each round (order rotated) and every ratio is
 computed within one round, then the median over rounds is reported with its [min-max].
@@ -42,6 +51,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bigroom
+import coldstart
 import containment
 import listener
 import sandbox
@@ -51,12 +62,15 @@ from raw_client import Connection, tool_call
 from world import AGENT, ROOM, UNLIMITED_RATES, build_hub
 
 BENCH = Path(__file__).resolve().parent
-TOOLS = ("echo", "echo_sync", "whoami", "post_message")
+TOOLS = ("echo", "echo_sync", "whoami", "post_message", "read_messages")
 BASELINES = ("echo", "echo_sync")
 TEXT = "hello from the agent-rooms bench, " + "x" * 30
 WARMUP_S = 0.4
 # DESIGN §11, over HTTP: (aim, must not exceed), as server CPU per call ÷ echo's.
-BUDGET = {"whoami": (1.25, 1.5), "post_message": (1.5, 2.0)}
+BUDGET = {"whoami": (1.2, 1.35), "post_message": (1.4, 1.7), "read_messages": (1.5, 1.8)}
+# read_messages reads a page of this many; `lobby` holds at least this many before anything is timed.
+READ_PAGE = 20
+PREFILL = READ_PAGE
 PACKAGES = (
     "mcp",
     "mcp-types",
@@ -195,6 +209,7 @@ async def sanity(servers: dict[str, Server], requests: dict[str, bytes]) -> None
             "echo_sync": lambda r, s: r["content"][0]["text"] == TEXT,
             "whoami": lambda r, s: s.get("agent", {}).get("handle") == AGENT,
             "post_message": lambda r, s: isinstance(s.get("seq"), int) and s["seq"] >= 1,
+            "read_messages": lambda r, s: len(s.get("messages", [])) == READ_PAGE,
         }[tool](result, structured)
         if not ok:
             raise RuntimeError(f"unexpected {tool} result: {result}")
@@ -264,7 +279,14 @@ async def http_rounds(
             "echo_sync": tool_call(echo_port, "echo_sync", {"text": TEXT}),
             "whoami": tool_call(hub_port, "whoami", {}, token=token),
             "post_message": tool_call(hub_port, "post_message", {"room": ROOM, "text": TEXT}, token=token),
+            "read_messages": tool_call(hub_port, "read_messages", {"room": ROOM, "limit": READ_PAGE}, token=token),
         }
+        conn = await Connection.open(hub_port)
+        try:
+            for _ in range(PREFILL):  # so that every read_messages, the first included, reads a full page
+                await conn.call(requests["post_message"])
+        finally:
+            await conn.close()
         await sanity(servers, requests)
         rows = []
         for r in range(rounds):
@@ -397,6 +419,116 @@ def print_tables(http: list[dict[str, Any]], memory: list[dict[str, Any]]) -> No
             )
 
 
+# --- DESIGN §11, row by row ---------------------------------------------------------------------
+
+
+def _row(
+    measure: str,
+    ours: float | None,
+    baseline: float | None,
+    unit: str,
+    target: float,
+    limit: float,
+    *,
+    judged: float | None = None,
+    strict: bool = False,
+    also: bool = True,
+) -> dict[str, Any]:
+    """One row of the summary. `judged` is what the target and limit apply to (the ratio when there is a
+    baseline, else ours); `also` is a further condition of the limit (the fan-out's ≤ 1 s)."""
+    ratio = ours / baseline if ours is not None and baseline else None
+    value = judged if judged is not None else ratio if baseline is not None else ours
+    verdict = "not measured"
+    if value is not None:
+        met = value < target if strict else value <= target
+        verdict = "met" if met and also else "within limit" if value <= limit and also else "OVER LIMIT"
+    return {
+        "measure": measure,
+        "ours": ours,
+        "baseline": baseline,
+        "ratio": ratio if judged is None else judged,
+        "unit": unit,
+        "target": target,
+        "limit": limit,
+        "verdict": verdict,
+    }
+
+
+def design_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """DESIGN §11's table from this run's results; a part that was skipped is `not measured`."""
+    rows = []
+    http = {(e["conc"], e["tool"]): e for e in result.get("http", [])}
+    for tool, label in (
+        ("whoami", "whoami"),
+        ("post_message", "post_message"),
+        ("read_messages", "read_messages (20)"),
+    ):
+        aim, limit = BUDGET[tool]
+        for conc in result["method"]["http_conns"]:
+            e, echo = http.get((conc, tool)), http.get((conc, "echo"))
+            ours = e["cpu_us_call"]["median"] if e else None
+            base = echo["cpu_us_call"]["median"] if echo else None
+            judged = e["ratio_to_echo"]["median"] if e else None  # the median of per-round ratios
+            rows.append(_row(f"{label} ÷ echo, HTTP, {conc} conn", ours, base, "µs server CPU/call", aim, limit,
+                             judged=judged))  # fmt: skip
+    w = result.get("waiters")
+    n = w["method"]["waiters"] if w else 1000
+    rows.append(
+        _row(f"server CPU of {n:,} idle wait_for_messages", w["waiting"]["idle_cores"] if w else None, None,
+             "cores", 0.01, 0.02)
+    )  # fmt: skip
+    fan, echo_burst = (w["fan_out_last_ms"], w["echo"]["last_ms"]) if w else (None, None)
+    rows.append(
+        _row(f"a post → the last of {n:,} waiters answered ÷ {n:,} echo calls", fan, echo_burst, "ms", 1.2, 1.5,
+             also=fan is None or fan <= 1000)
+    )  # fmt: skip
+    room = w.get("room") if w else None
+    rows.append(
+        _row(f"a post → the last of {room['in_room'] if room else 50} waiters in its room answered",
+             room["last_ms"] if room else None, None, "ms", 20, 50)
+    )  # fmt: skip
+    c = result.get("coldstart")
+    for key, label in (("initialize_s", "initialize"), ("tools_list_s", "first tools/list")):
+        s = c["summary"][key] if c else None
+        rows.append(
+            _row(f"stdio cold start ÷ bare SDK server's, to {label}", s["ours_median"] * 1e3 if s else None,
+                 s["sdk_median"] * 1e3 if s else None, "ms", 1.1, 1.2, judged=s["ratio"]["median"] if s else None)
+        )  # fmt: skip
+    b = result.get("bigroom")
+    big = b["method"]["big"] if b else 1_000_000
+    rows.append(
+        _row(f"latest 50 of a room at {big:,} messages ÷ at 1,000", b["cpu_us_read"]["big"] if b else None,
+             b["cpu_us_read"]["small"] if b else None, "µs server CPU/read", 1.1, 1.2,
+             judged=b["ratio"]["median"] if b else None)
+    )  # fmt: skip
+    lst = {(e["series"], e["measure"]): e for e in (result.get("listener") or {}).get("summary", [])}
+    for series, measure, label, aim, limit in (
+        ("wake, listener over HTTP", "commit → exec", "wake via a listener, commit → CLI exec, p50", 300, 1000),
+        ("stop, listener over HTTP", "stop call → SIGINT", "stop via a listener, call → SIGINT, p50", 1000, 2000),
+    ):
+        e = lst.get((series, measure))
+        rows.append(_row(label, e["p50"] if e else None, None, "ms", aim, limit, strict=True))
+    return rows
+
+
+def print_summary(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    load = os.getloadavg()
+    print(
+        f"\nDESIGN §11, this run: {info['nproc']} CPUs ({info['cpu_model']}), load at start "
+        f"{info['loadavg_at_start'][0]:.2f}, now {load[0]:.2f}"
+    )
+    print("| measure | ours | baseline | ratio | target | must not exceed | met? |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ours = "—" if r["ours"] is None else f"{r['ours']:,.{3 if r['unit'] == 'cores' else 1}f} {r['unit']}"
+        base = "—" if r["baseline"] is None else f"{r['baseline']:,.1f}"
+        ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+        x = "×" if r["baseline"] is not None or r["ratio"] is not None else f" {r['unit']}"
+        limit = f"{r['limit']}{x}" + (", and ≤ 1 s" if "echo calls" in r["measure"] else "")
+        target = f"{'<' if 'p50' in r['measure'] else '≤'} {r['target']}{x}"
+        print(f"| {r['measure']} | {ours} | {base} | {ratio} | {target} | {limit} | {r['verdict']} |")
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -422,7 +554,20 @@ def main() -> int:
     ap.add_argument("--skip-sandbox", action="store_true", help="skip the sandbox bench")
     ap.add_argument("--sandbox-wakes", type=int, default=20, help="wakes per mode in the sandbox bench")
     ap.add_argument("--sandbox-stops", type=int, default=12, help="stops per mode in the sandbox bench")
+    ap.add_argument("--fan-outs", type=int, default=3, help="fan-outs measured per series in the waiters bench")
+    ap.add_argument("--room-waiters", type=int, default=50, help="of --waiters, how many wait in the posted room")
+    ap.add_argument("--skip-coldstart", action="store_true", help="skip the stdio cold-start bench")
+    ap.add_argument("--coldstarts", type=int, default=12, help="interleaved stdio starts of each server")
+    ap.add_argument("--skip-bigroom", action="store_true", help="skip the room-size bench (bench/bigroom.py)")
+    ap.add_argument("--big-room", type=int, default=1_000_000, help="messages in the big room of the room-size bench")
+    ap.add_argument("--quick", action="store_true", help="every part with fewer rounds and samples, for development")
     a = ap.parse_args()
+    if a.quick:  # fewer of everything, except what was given explicitly
+        quick = {"rounds": 3, "seconds": 0.6, "memory_seconds": 0.3, "wakes": 10, "stops": 6, "sandbox_wakes": 4,
+                 "sandbox_stops": 3, "fan_outs": 1, "coldstarts": 4}  # fmt: skip
+        for name, value in quick.items():
+            if getattr(a, name) == ap.get_default(name):
+                setattr(a, name, value)
     if a.wake_only and a.skip_wake:
         ap.error("--wake-only and --skip-wake exclude each other")
     if a.listener_only and (a.skip_listener or a.wake_only):
@@ -459,15 +604,29 @@ def main() -> int:
             memory_rows = inmemory_rounds(home, tokens[AGENT], a.rounds, a.memory_seconds, logdir)
         print(f"http: {a.rounds} rounds × conns {concs} × {len(TOOLS)} tools × {a.seconds}s", file=sys.stderr)
         http_rows = asyncio.run(http_rounds(home, tokens[AGENT], a.rounds, a.seconds, concs, logdir, a.profile))
-        posts = check_posts(home, memory_rows + http_rows, sanity_posts=1)
+        # The HTTP sanity post and prefill, and the in-memory prefill (bench/inmemory.py) when it ran.
+        posts = check_posts(home, memory_rows + http_rows, sanity_posts=1 + PREFILL + (PREFILL if memory_rows else 0))
         print(f"check: {posts} posts counted = messages stored = message.post audit rows", file=sys.stderr)
     http = summarize(http_rows, "server_cpu_us_call", list(concs))
     memory = summarize(memory_rows, "cpu_us_call", [None]) if memory_rows else []
     print_tables(http, memory)
     wake_result = None if a.skip_wake else wake.run(a.wakes, a.stops)
-    waiters_result = None if a.skip_waiters else waiters.run(a.waiters)
+    waiters_result = (
+        None
+        if a.skip_waiters
+        else waiters.run(
+            a.waiters, 1.0 if a.quick else 3.0, 50 if a.quick else 200, reps=a.fan_outs, room_waiters=a.room_waiters
+        )
+    )
     if waiters_result is not None:
         waiters.print_table(waiters_result)
+    coldstart_result = None if a.skip_coldstart else coldstart.run(a.coldstarts)
+    if coldstart_result is not None:
+        coldstart.print_table(coldstart_result)
+    bigroom_rounds, bigroom_seconds = (3, 0.5) if a.quick else (5, 1.0)
+    bigroom_result = None if a.skip_bigroom else bigroom.run(a.big_room, 1_000, bigroom_rounds, bigroom_seconds)
+    if bigroom_result is not None:
+        bigroom.print_table(bigroom_result)
     listener_result = None if a.skip_listener else listener.run()
     containment_result = None if a.skip_containment else containment.run()
     sandbox_result = None if a.skip_sandbox else sandbox.run(a.sandbox_wakes, a.sandbox_stops)
@@ -499,6 +658,12 @@ def main() -> int:
         result["containment"] = containment_result
     if sandbox_result is not None:
         result["sandbox"] = sandbox_result
+    if coldstart_result is not None:
+        result["coldstart"] = coldstart_result
+    if bigroom_result is not None:
+        result["bigroom"] = bigroom_result
+    result["summary"] = design_rows(result)
+    print_summary(result["summary"], info)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out} ({elapsed:.0f}s)")
     over = [e for e in http if "budget" in e and not e["budget"]["within_limit"]]

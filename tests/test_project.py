@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ast
 import doctest
+import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -103,7 +105,11 @@ def test_every_module_says_what_it_holds_in_its_first_line(path: str) -> None:
 
 
 def command_paths(group: click.Group, prefix: str = "") -> Iterator[str]:
-    for name, command in group.commands.items():
+    # Through list_commands and get_command, as help and completion see them: the top group loads lazily.
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, f"{prefix}{name} is listed but does not load"
         if isinstance(command, click.Group):
             yield from command_paths(command, f"{prefix}{name} ")
         else:
@@ -116,7 +122,9 @@ def test_cli_command_is_documented_and_has_help(path: str) -> None:
     command: click.Command = cli
     for part in path.split():
         assert isinstance(command, click.Group)
-        command = command.commands[part]
+        found = command.get_command(click.Context(command), part)
+        assert found is not None
+        command = found
     assert command.help and len(command.help.split()) >= 4
 
 
@@ -227,3 +235,56 @@ def test_the_two_agent_demo_runs(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "5. the room holds 2 messages" in done.stdout
+
+
+# What a stdio `serve` must not load at start (DESIGN §11's cold start): the console's templates, our HTTP app and
+# its web layers, a run's socket (the first spawn imports it), the other commands' modules and what only they use.
+# uvicorn and starlette are not on the list: the SDK's own server imports them (mcp.server.streamable_http).
+STDIO_SERVE_NEVER_IMPORTS = (
+    "jinja2",
+    "agent_rooms_mcp.http",
+    "agent_rooms_mcp.web",
+    "agent_rooms_mcp.run_socket",
+    "agent_rooms_mcp.serving",
+    "agent_rooms_mcp.doctor",
+    "agent_rooms_mcp.listener",
+    "agent_rooms_mcp.clients",
+    "agent_rooms_mcp.remote",
+    "agent_rooms_mcp.owner_actions",
+    *(f"agent_rooms_mcp.cli.{m}" for m in ("hubcmds", "connect", "agent", "listen", "device", "console", "room")),
+)
+
+
+_packages = tuple(f"{m}." for m in STDIO_SERVE_NEVER_IMPORTS)
+
+
+def test_a_stdio_serve_imports_neither_the_http_stack_nor_the_other_commands(tmp_path: Path) -> None:
+    """Every module a real `python -m agent_rooms_mcp serve` imports, from spawn through `initialize` and the first
+    `tools/list` with the supervisor running, as `-X importtime` lists them: an assertion on imports, not on time."""
+    env = {"PATH": "/usr/bin:/bin", "AGENT_ROOMS_HOME": str(tmp_path / "home"), "AGENT_ROOMS_SUPERVISOR": "1"}
+    subprocess.run([sys.executable, "-m", "agent_rooms_mcp", "init"], env=env, check=True, capture_output=True)
+    hello = {
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    }  # fmt: skip
+    lines = [
+        hello,
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    ]
+    argv = [sys.executable, "-X", "importtime", "-m", "agent_rooms_mcp", "serve"]
+    with subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in lines))
+        proc.stdin.flush()
+        answer: dict[str, Any] = {}
+        while answer.get("id") != 2:
+            line = proc.stdout.readline()
+            assert line, "the server closed stdout before answering tools/list"
+            answer = json.loads(line)
+        proc.stdin.close()  # EOF ends a stdio server
+        stderr = proc.stderr.read().decode()
+    assert answer["result"]["tools"], stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    assert "agent_rooms_mcp.stdio" in imported and "agent_rooms_mcp.wake.supervisor" in imported  # the real path
+    assert sorted(m for m in imported if m in STDIO_SERVE_NEVER_IMPORTS or m.startswith(_packages)) == []

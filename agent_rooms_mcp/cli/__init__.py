@@ -2,29 +2,61 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import click
 
 from agent_rooms_mcp import __version__
-from agent_rooms_mcp.cli.agent import agent
-from agent_rooms_mcp.cli.audit import audit
-from agent_rooms_mcp.cli.backup import backup, restore
-from agent_rooms_mcp.cli.connect import connect
-from agent_rooms_mcp.cli.consent import consent, grant
-from agent_rooms_mcp.cli.console import console
-from agent_rooms_mcp.cli.device import device, login
-from agent_rooms_mcp.cli.hubcmds import bridge, doctor, init, quickstart, serve
-from agent_rooms_mcp.cli.listen import listen
-from agent_rooms_mcp.cli.owner import owner
-from agent_rooms_mcp.cli.purge import purge
-from agent_rooms_mcp.cli.room import invite, room
-from agent_rooms_mcp.cli.run import run_group
-from agent_rooms_mcp.cli.status import status
-from agent_rooms_mcp.cli.token import token
+
+# name -> (module under agent_rooms_mcp.cli, attribute). A command's module is imported only when that command
+# is run, or when help or completion lists the commands: a stdio client launches `agent-rooms serve` for every
+# session, and every other command's imports (the HTTP stack, the console's templates, doctor, the listener, the
+# device client) would be paid at each of those cold starts (DESIGN §11).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("hubcmds", "init"),
+    "quickstart": ("hubcmds", "quickstart"),
+    "connect": ("connect", "connect"),
+    "serve": ("serve", "serve"),
+    "doctor": ("hubcmds", "doctor"),
+    "status": ("status", "status"),
+    "owner": ("owner", "owner"),
+    "agent": ("agent", "agent"),
+    "token": ("token", "token"),
+    "room": ("room", "room"),
+    "invite": ("room", "invite"),
+    "grant": ("consent", "grant"),
+    "consent": ("consent", "consent"),
+    "run": ("run", "run_group"),
+    "audit": ("audit", "audit"),
+    "purge": ("purge", "purge"),
+    "backup": ("backup", "backup"),
+    "restore": ("backup", "restore"),
+    "login": ("device", "login"),
+    "device": ("device", "device"),
+    "listen": ("listen", "listen"),
+    "console": ("console", "console"),
+    "bridge": ("hubcmds", "bridge"),
+}
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose commands are imported by name on first use (click's documented lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attr = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"agent_rooms_mcp.cli.{module}"), attr)
+            if not isinstance(command, click.Command) or command.name != cmd_name:
+                raise RuntimeError(f"agent_rooms_mcp.cli.{module}.{attr} is not the command {cmd_name!r}")
+            self.add_command(command)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="agent-rooms")
 @click.option(
     "--hub",
@@ -35,34 +67,6 @@ from agent_rooms_mcp.cli.token import token
 )
 def cli(hub: str | None) -> None:
     """agent-rooms: a hub where AI agents of one or several people share rooms, messages and files."""
-
-
-for command in (
-    init,
-    quickstart,
-    connect,
-    serve,
-    doctor,
-    status,
-    owner,
-    agent,
-    token,
-    room,
-    invite,
-    grant,
-    consent,
-    run_group,
-    audit,
-    purge,
-    backup,
-    restore,
-    login,
-    device,
-    listen,
-    console,
-):
-    cli.add_command(command)
-cli.add_command(bridge)
 
 
 def main() -> None:

@@ -6,14 +6,13 @@ import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
 from pydantic import BaseModel
 
-from agent_rooms_mcp import audit, owner_actions
-from agent_rooms_mcp import remote as remote_device
+from agent_rooms_mcp import audit
 from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.home import HomeError
@@ -21,8 +20,10 @@ from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.models import Receipt
 from agent_rooms_mcp.principals import Human
-from agent_rooms_mcp.remote import Remote
 from agent_rooms_mcp.settings import Settings
+
+if TYPE_CHECKING:
+    from agent_rooms_mcp.remote import Remote
 
 T = TypeVar("T")
 
@@ -196,6 +197,8 @@ def remote(as_json: bool) -> Remote | None:
     context = click.get_current_context(silent=True)
     url = context.find_root().params.get("hub") if context else None
     here = settings()
+    # Imported here: the device side brings an HTTP client, which `serve` (a stdio hub's cold start) never needs.
+    from agent_rooms_mcp import remote as remote_device
 
     def find() -> Remote | None:
         device = remote_device.load(here)
@@ -206,7 +209,7 @@ def remote(as_json: bool) -> Remote | None:
         # The credential goes only to the hub that issued it, never to whatever URL a command names.
         if url is not None and remote_device.hub_url(url) != device.hub:
             raise HomeError(f"this machine is enrolled with {device.hub}, not {url}; log in there first")
-        return Remote(here, device)
+        return remote_device.Remote(here, device)
 
     return guarded(find, as_json=as_json)
 
@@ -219,6 +222,8 @@ def refuse_on_device(as_json: bool) -> None:
 
 def perform(name: str, args: BaseModel, *, as_json: bool = False) -> Any:
     """Owner action `name` (owner_actions): sent to the enrolled hub, or run here as the operator."""
+    from agent_rooms_mcp import owner_actions  # here, not at the top: `serve` never performs an owner action
+
     action = owner_actions.ACTIONS[name]
     raw = args.model_dump(mode="json")
     far = remote(as_json)
