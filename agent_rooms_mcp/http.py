@@ -97,7 +97,7 @@ class BearerGate:
         query = scope.get("query_string", b"").decode("latin-1").lower()
         # Whom a failed authentication counts against: forwarded headers count only from a named proxy.
         address = self._exposure.client_address(peer, headers)
-        if "token" in query or "bearer" in query or any(k.value in query for k in CredentialKind):
+        if query and ("token" in query or "bearer" in query or any(k.value in query for k in CredentialKind)):
             refused = await self._hub.auth.refuse(
                 "credential_in_query", None, transport=self._transport, address=address
             )
