@@ -22,6 +22,8 @@ One run does, on a fresh hub in a temporary home:
    (bench/coldstart.py; `--skip-coldstart`).
 9. server CPU to read the latest 50 of a room at 1 M messages against a room at 1 k (bench/bigroom.py;
    `--skip-bigroom`).
+10. the HTTP rows again as instructions per call under callgrind, which the box's noise does not move
+   (bench/instructions.py; `--skip-instructions`; skipped, saying so, without valgrind).
 It ends with one table of DESIGN §11's rows: ours, the baseline, the ratio, the target, the limit, met or not.
 `--quick` runs every part with fewer rounds, for development (its figures are rougher, not different).
 
@@ -54,6 +56,7 @@ from typing import Any
 import bigroom
 import coldstart
 import containment
+import instructions
 import listener
 import sandbox
 import waiters
@@ -559,6 +562,9 @@ def main() -> int:
     ap.add_argument("--skip-coldstart", action="store_true", help="skip the stdio cold-start bench")
     ap.add_argument("--coldstarts", type=int, default=12, help="interleaved stdio starts of each server")
     ap.add_argument("--skip-bigroom", action="store_true", help="skip the room-size bench (bench/bigroom.py)")
+    ap.add_argument(
+        "--skip-instructions", action="store_true", help="skip the callgrind count (bench/instructions.py)"
+    )
     ap.add_argument("--big-room", type=int, default=1_000_000, help="messages in the big room of the room-size bench")
     ap.add_argument("--quick", action="store_true", help="every part with fewer rounds and samples, for development")
     a = ap.parse_args()
@@ -627,6 +633,7 @@ def main() -> int:
     bigroom_result = None if a.skip_bigroom else bigroom.run(a.big_room, 1_000, bigroom_rounds, bigroom_seconds)
     if bigroom_result is not None:
         bigroom.print_table(bigroom_result)
+    instructions_result = None if a.skip_instructions else instructions.run(20 if a.quick else 100)
     listener_result = None if a.skip_listener else listener.run()
     containment_result = None if a.skip_containment else containment.run()
     sandbox_result = None if a.skip_sandbox else sandbox.run(a.sandbox_wakes, a.sandbox_stops)
@@ -662,6 +669,8 @@ def main() -> int:
         result["coldstart"] = coldstart_result
     if bigroom_result is not None:
         result["bigroom"] = bigroom_result
+    if instructions_result is not None:
+        result["instructions"] = instructions_result
     result["summary"] = design_rows(result)
     print_summary(result["summary"], info)
     a.out.write_text(json.dumps(result, indent=2) + "\n")

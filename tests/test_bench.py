@@ -49,6 +49,7 @@ def test_make_bench_gives_every_design_row_with_its_baseline_at_the_smallest_siz
     argv = [
         sys.executable, "bench/run.py", "--quick", "--rounds", "1", "--seconds", "0.1", "--conns", "1",
         "--memory-seconds", "0", "--skip-wake", "--skip-listener", "--skip-containment", "--skip-sandbox",
+        "--skip-instructions",
         "--waiters", "6", "--room-waiters", "2", "--fan-outs", "1", "--coldstarts", "1", "--big-room", "500",
         "--out", str(out),
     ]  # fmt: skip
