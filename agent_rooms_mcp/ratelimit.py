@@ -63,15 +63,20 @@ TOOL_BUCKETS: dict[str, Bucket] = {
 }
 
 
+# Each bucket's rate, by the name of its setting in Limits.
+_RATE_SETTING = {
+    Bucket.POSTS: "rate_posts_per_min",
+    Bucket.FILE_WRITES: "rate_file_writes_per_min",
+    Bucket.TASK_WRITES: "rate_task_writes_per_min",
+    Bucket.READS: "rate_reads_per_min",
+    Bucket.OWNER_ACTIONS: "rate_owner_actions_per_min",
+    Bucket.LISTENER_REQUESTS: "rate_listener_requests_per_min",
+}
+
+
 def per_minute(limits: Limits, bucket: Bucket) -> int:
-    return {
-        Bucket.POSTS: limits.rate_posts_per_min,
-        Bucket.FILE_WRITES: limits.rate_file_writes_per_min,
-        Bucket.TASK_WRITES: limits.rate_task_writes_per_min,
-        Bucket.READS: limits.rate_reads_per_min,
-        Bucket.OWNER_ACTIONS: limits.rate_owner_actions_per_min,
-        Bucket.LISTENER_REQUESTS: limits.rate_listener_requests_per_min,
-    }[bucket]
+    rate: int = getattr(limits, _RATE_SETTING[bucket])
+    return rate
 
 
 class RateLimited(RoomsError):
@@ -114,12 +119,15 @@ class RateLimits:
     def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store
         self._limits = limits
+        self._rates = {bucket: per_minute(limits, bucket) for bucket in Bucket}
         self._credit: dict[tuple[str, Bucket], _Credit] = {}
 
     async def charge(self, caller: Caller, tool: str) -> None:
         """Take one call from `caller`'s bucket for `tool`, or raise RATE_LIMITED (with retry_after_ms)."""
         bucket = TOOL_BUCKETS.get(tool, Bucket.READS)
-        await self._take(_Holder(caller.agent_id, caller.actor, caller.handle, "agent"), bucket)
+        # Most calls are answered from local credit: their holder is only named when a settlement needs it.
+        if not self._spent_locally(caller.agent_id, bucket):
+            await self._settle(_Holder(caller.agent_id, caller.actor, caller.handle, "agent"), bucket)
 
     async def charge_device(self, who: Human, bucket: Bucket = Bucket.OWNER_ACTIONS) -> None:
         """Take one call from `who`'s device's bucket (its owner actions, or its listeners' requests), or
@@ -127,17 +135,26 @@ class RateLimits:
         must not use up its owner's actions, nor a script of owner actions starve the listener."""
         if who.device_id is None:
             raise ValueError("only a device's calls are rate limited here; the operator's are not")
-        await self._take(_Holder(who.device_id, who.actor, who.device_id, "device"), bucket)
+        if not self._spent_locally(who.device_id, bucket):
+            await self._settle(_Holder(who.device_id, who.actor, who.device_id, "device"), bucket)
 
-    async def _take(self, holder: _Holder, bucket: Bucket) -> None:
-        rate = per_minute(self._limits, bucket)
-        refill = rate / 60.0
+    def _spent_locally(self, key: str, bucket: Bucket) -> bool:
+        """Take the call from this process's credit for the bucket if it has some left (see the module's text)."""
+        credit = self._credit.get((key, bucket))
+        if credit is None or not credit.at or credit.spent + 1 >= self._limits.rate_local_calls:
+            return False
+        rate = self._rates[bucket]
+        level = min(float(rate), credit.level + (time.time() - credit.at) * rate / 60.0) - credit.spent
+        if level < 1:
+            return False
+        credit.spent += 1
+        return True
+
+    async def _settle(self, holder: _Holder, bucket: Bucket) -> None:
+        """Settle what this process spent of the bucket with the shared row, and take this call from it."""
+        rate = self._rates[bucket]
         credit = self._credit.setdefault((holder.key, bucket), _Credit())
         now = time.time()
-        level = min(float(rate), credit.level + (now - credit.at) * refill) - credit.spent
-        if credit.at and level >= 1 and credit.spent + 1 < self._limits.rate_local_calls:
-            credit.spent += 1
-            return
         spent, credit.spent = credit.spent, 0
         # A refusal settles too (one write, as a failed authentication is): each is counted where every
         # process sees it, for the episode's summary row.

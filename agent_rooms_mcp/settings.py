@@ -91,12 +91,14 @@ class Limits:
     failed_auth_sources_per_window: int = 50
     # Per-agent token buckets (DESIGN §9.3, ratelimit.py): calls a minute, which is also the burst. Each
     # process answers up to `rate_local_calls` calls from credit before it settles with the shared bucket
-    # in the database (1: every call settles; more: cheaper, and a process may run that far ahead).
+    # in the database (1: every call settles; more: cheaper, and a process may run that far ahead of the
+    # others: a hub served by one process is exact whatever this is, its credit being the whole bucket's
+    # state). A settlement is a write transaction with its WAL write (docs/PERFORMANCE.md: the default was 4).
     rate_posts_per_min: int = 60
     rate_file_writes_per_min: int = 20
     rate_task_writes_per_min: int = 120
     rate_reads_per_min: int = 300
-    rate_local_calls: int = 4
+    rate_local_calls: int = 16
     # Owner actions an enrolled device may send a minute (DESIGN §9.3 "and per device"), counted like the
     # agents' buckets: each refused action writes an audit row, so this bounds what a device can write.
     rate_owner_actions_per_min: int = 120

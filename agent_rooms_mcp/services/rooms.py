@@ -102,12 +102,11 @@ class Rooms:
 
     async def count_for(self, caller: Caller) -> int:
         # A run token counts only its run's room, as list_rooms shows it (invariant 87).
-        return await self._store.read(
-            lambda c: c.execute(
-                "SELECT count(*) FROM room_agents WHERE agent_id = ? AND room_id = coalesce(?, room_id)",
-                (caller.agent_id, policy.run_room(caller)),
-            ).fetchone()[0]
+        row = await self._store.read_one(
+            "SELECT count(*) FROM room_agents WHERE agent_id = ? AND room_id = coalesce(?, room_id)",
+            (caller.agent_id, policy.run_room(caller)),
         )
+        return int(row[0]) if row is not None else 0
 
     # Operator (CLI) actions: human-only, never MCP tools (DESIGN §2).
 

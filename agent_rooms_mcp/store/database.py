@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -277,6 +277,13 @@ class Store:
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn on the read-only connection, inside one snapshot, on the event loop's thread."""
         return _in_transaction(self._reader, fn, "BEGIN")
+
+    async def read_one(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Row | None:
+        """The first row of one statement on the read-only connection. A single statement reads one snapshot
+        by itself, so it needs no BEGIN and COMMIT around it (each a statement of its own for the driver);
+        anything that reads twice and needs both reads to agree uses `read`."""
+        row: sqlite3.Row | None = self._reader.execute(sql, params).fetchone()
+        return row
 
     def data_version(self) -> int:
         """Changes whenever another connection, in any process, commits to the database (SQLite's
