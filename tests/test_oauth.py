@@ -13,7 +13,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import AsyncExitStack, asynccontextmanager, closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -518,6 +518,37 @@ async def test_registration_is_limited_per_source(world: World) -> None:
     world = replace(world, settings=replace(world.settings, limits=limits))
     async with flow(world) as f:
         assert [(await f.register()).status_code for _ in range(3)] == [201, 201, 429]
+
+
+async def test_the_per_source_limits_count_an_ipv6_host_by_its_64(world: World) -> None:
+    """/register and /authorize count a source as every per-source count does (auth/failures.source_of): one host
+    holding a /64 (what a cheap VPS is given) cannot rotate its addresses past the limit; another /64 is
+    another source."""
+    limits = replace(
+        world.settings.limits,
+        oauth_register_per_source_per_h=2,
+        oauth_authorize_per_source_per_h=2,
+        oauth_requests_pending_max=100,
+    )
+    world = replace(world, settings=replace(world.settings, limits=limits))
+    async with open_http_app(world.settings, exposure=PUBLIC) as app, AsyncExitStack() as clients:
+
+        async def at(address: str) -> Flow:
+            transport = httpx2.ASGITransport(app=app, client=(address, 40000))
+            http = await clients.enter_async_context(httpx2.AsyncClient(transport=transport, base_url=ISSUER))
+            return Flow(world, http)
+
+        registered = [(await (await at(f"2001:db8:1:1::{n + 1:x}")).register()).status_code for n in range(6)]
+        assert registered == [201, 201, 429, 429, 429, 429]
+        other = await at("2001:db8:1:2::1")
+        assert (await other.register()).status_code == 201
+        asked = []
+        for n in range(6):
+            f = await at(f"2001:db8:1:1:{n + 1:x}::")
+            f.client_id = other.client_id
+            asked.append((await f.authorize()).status_code)
+        assert asked == [302, 302, 429, 429, 429, 429]
+        assert (await other.authorize()).status_code == 302
 
 
 async def test_the_registration_limit_in_all_outlives_a_restart(world: World) -> None:
