@@ -804,6 +804,63 @@ async def test_refusals_past_the_rows_are_counted_into_one_summary_per_source_wh
     assert audit_verified(world)
 
 
+def refusal_summaries(world: World) -> list[tuple[str, int]]:
+    rows = world.sql("SELECT target, detail FROM audit WHERE action = 'oauth.refusals' ORDER BY seq")
+    return [(r["target"], json.loads(r["detail"])["refusals"]) for r in rows]
+
+
+def long_refusal_windows(world: World) -> World:
+    """A window far longer than a test: none ends unless a test says the time is later."""
+    limits = replace(world.settings.limits, oauth_refusal_window_s=10**6)
+    return replace(world, settings=replace(world.settings, limits=limits))
+
+
+async def test_the_hubs_sweep_writes_the_refusal_summary_of_a_window_that_is_over(world: World) -> None:
+    world = long_refusal_windows(world)
+    async with world.hub() as hub:
+        for _ in range(3):
+            await hub.oauth.refusals.refused("oauth.token", "invalid_target", address="192.0.2.1", client_id=None)
+        await hub.oauth.sweep()
+        assert refusal_summaries(world) == []  # the window is under way
+        await hub.oauth.sweep(datetime.now(UTC) + timedelta(seconds=10**6))
+        assert refusal_summaries(world) == [("192.0.2.1", 3)]
+
+
+async def test_the_refusal_counts_of_the_window_under_way_are_written_as_the_hub_closes(world: World) -> None:
+    world = long_refusal_windows(world)
+    async with flow(world) as f:
+        for _ in range(4):
+            assert (await f.authorize(client_id="oac_nobody")).status_code == 400
+        assert refusal_summaries(world) == []
+    assert refusal_summaries(world) == [("203.0.113.7", 4)]
+    assert audit_verified(world)
+
+
+async def test_a_refusal_summary_not_written_keeps_its_counts_and_the_sweep_goes_on(world: World) -> None:
+    """The database refuses the summary (a trigger stands for a full disk): the sweep still deletes the stale
+    client, and the window's counts wait for the next sweep, which writes them whole."""
+    world = long_refusal_windows(world)
+    later = datetime.now(UTC) + timedelta(seconds=10**6)
+    async with world.hub() as hub:
+        for _ in range(5):
+            await hub.oauth.refusals.refused("oauth.token", "invalid_target", address="192.0.2.1", client_id=None)
+        await hub.oauth.register(
+            {"client_name": "Idle", "redirect_uris": [CLAUDE], "token_endpoint_auth_method": "none"}
+        )
+        with closing(sqlite3.connect(world.db)) as conn, conn:
+            conn.execute(
+                "CREATE TRIGGER no_summaries BEFORE INSERT ON audit WHEN NEW.action = 'oauth.refusals'"
+                " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        assert (await hub.oauth.sweep(later))["clients"] == 1
+        assert refusal_summaries(world) == []
+        with closing(sqlite3.connect(world.db)) as conn, conn:
+            conn.execute("DROP TRIGGER no_summaries")
+        await hub.oauth.sweep(later)
+        assert refusal_summaries(world) == [("192.0.2.1", 5)]
+    assert audit_verified(world)
+
+
 def audit_verified(world: World) -> bool:
     with closing(sqlite3.connect(world.db)) as conn:
         conn.row_factory = sqlite3.Row
