@@ -2,7 +2,8 @@
 that is its `client_id`, which anyone on the internet chooses. Fetching a URL a stranger names is a request
 forgery risk (SSRF): the rules below keep it to public web servers and small JSON documents.
 
-- the URL: https, a path, no userinfo, query or fragment (policy.cimd_url_problem);
+- the URL: https, a host that is a plain ASCII DNS name (never an IP address), a path, no userinfo, query or
+  fragment (policy.cimd_url_problem);
 - DNS is resolved once, and every address it gives must be public and not the hub's own; the connection
   goes to one of those very addresses, and the connected socket's peer is checked again, so a name that
   resolves differently a moment later (DNS rebinding) changes nothing;
@@ -65,9 +66,11 @@ def _suffixes() -> PublicSuffixList:
 
 def registrable_domain(host: str) -> str:
     """What the fetch budget counts against: the registrable domain (eTLD+1) of `host`, `evil.example` for
-    `a1.evil.example`; an IP address, or a name that is itself a public suffix, counts as itself."""
+    `a1.evil.example`; an IP address, or a name that is itself a public suffix, counts as itself. The host is
+    one policy.cimd_url_problem let through, a plain ASCII DNS name: one spelling for one name, so no spelling
+    of a domain has a budget of its own."""
     host = host.lower().rstrip(".")
-    if _ip(host.strip("[]")) is not None:
+    if _ip(host) is not None:
         return host
     return _suffixes().privatesuffix(host) or host
 

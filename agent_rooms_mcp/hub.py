@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
+import structlog
 from nacl.signing import SigningKey
 
 from agent_rooms_mcp import audit
@@ -41,6 +43,8 @@ from agent_rooms_mcp.services.tasks import Tasks
 from agent_rooms_mcp.settings import Settings
 from agent_rooms_mcp.store.database import Store
 from agent_rooms_mcp.vault import Vault, create_master_key
+
+log = structlog.get_logger("agent_rooms_mcp.hub")
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Hub:
             vault = Vault(settings.master_key_path)
             accounts = Accounts(store, issuer, limits, vault)
             runs = Runs(store, limits)
-            yield cls(
+            hub = cls(
                 settings=settings,
                 store=store,
                 auth=auth,
@@ -108,6 +112,16 @@ class Hub:
                 console=ConsoleSessions(store, limits),
                 oauth=OAuth(store, issuer, limits, vault, ClientDocuments(limits, settings.oauth_cimd_test_ca)),
             )
+            try:
+                yield hub
+            finally:
+                # The refusal trace counts in memory (services/oauth_refusals.py): written now, or lost with the
+                # process. Shielded: a hub is usually closed by cancellation, which would cancel the write too.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await hub.oauth.refusals.close()
+                    except Exception as e:  # the hub closes all the same; what was not written is said
+                        log.error("oauth.refusals_unwritten", error=type(e).__name__)
 
 
 def check_home(settings: Settings) -> SigningKey:

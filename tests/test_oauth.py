@@ -13,7 +13,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import AsyncExitStack, asynccontextmanager, closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -520,6 +520,37 @@ async def test_registration_is_limited_per_source(world: World) -> None:
         assert [(await f.register()).status_code for _ in range(3)] == [201, 201, 429]
 
 
+async def test_the_per_source_limits_count_an_ipv6_host_by_its_64(world: World) -> None:
+    """/register and /authorize count a source as every per-source count does (auth/failures.source_of): one host
+    holding a /64 (what a cheap VPS is given) cannot rotate its addresses past the limit; another /64 is
+    another source."""
+    limits = replace(
+        world.settings.limits,
+        oauth_register_per_source_per_h=2,
+        oauth_authorize_per_source_per_h=2,
+        oauth_requests_pending_max=100,
+    )
+    world = replace(world, settings=replace(world.settings, limits=limits))
+    async with open_http_app(world.settings, exposure=PUBLIC) as app, AsyncExitStack() as clients:
+
+        async def at(address: str) -> Flow:
+            transport = httpx2.ASGITransport(app=app, client=(address, 40000))
+            http = await clients.enter_async_context(httpx2.AsyncClient(transport=transport, base_url=ISSUER))
+            return Flow(world, http)
+
+        registered = [(await (await at(f"2001:db8:1:1::{n + 1:x}")).register()).status_code for n in range(6)]
+        assert registered == [201, 201, 429, 429, 429, 429]
+        other = await at("2001:db8:1:2::1")
+        assert (await other.register()).status_code == 201
+        asked = []
+        for n in range(6):
+            f = await at(f"2001:db8:1:1:{n + 1:x}::")
+            f.client_id = other.client_id
+            asked.append((await f.authorize()).status_code)
+        assert asked == [302, 302, 429, 429, 429, 429]
+        assert (await other.authorize()).status_code == 302
+
+
 async def test_the_registration_limit_in_all_outlives_a_restart(world: World) -> None:
     """The per-source count lives in the serving process; the count in all is the registrations themselves, so a
     restarted hub (or another process on the same database) does not hand out a fresh hour."""
@@ -770,6 +801,63 @@ async def test_refusals_past_the_rows_are_counted_into_one_summary_per_source_wh
         "192.0.2.1",
         3,
     )
+    assert audit_verified(world)
+
+
+def refusal_summaries(world: World) -> list[tuple[str, int]]:
+    rows = world.sql("SELECT target, detail FROM audit WHERE action = 'oauth.refusals' ORDER BY seq")
+    return [(r["target"], json.loads(r["detail"])["refusals"]) for r in rows]
+
+
+def long_refusal_windows(world: World) -> World:
+    """A window far longer than a test: none ends unless a test says the time is later."""
+    limits = replace(world.settings.limits, oauth_refusal_window_s=10**6)
+    return replace(world, settings=replace(world.settings, limits=limits))
+
+
+async def test_the_hubs_sweep_writes_the_refusal_summary_of_a_window_that_is_over(world: World) -> None:
+    world = long_refusal_windows(world)
+    async with world.hub() as hub:
+        for _ in range(3):
+            await hub.oauth.refusals.refused("oauth.token", "invalid_target", address="192.0.2.1", client_id=None)
+        await hub.oauth.sweep()
+        assert refusal_summaries(world) == []  # the window is under way
+        await hub.oauth.sweep(datetime.now(UTC) + timedelta(seconds=10**6))
+        assert refusal_summaries(world) == [("192.0.2.1", 3)]
+
+
+async def test_the_refusal_counts_of_the_window_under_way_are_written_as_the_hub_closes(world: World) -> None:
+    world = long_refusal_windows(world)
+    async with flow(world) as f:
+        for _ in range(4):
+            assert (await f.authorize(client_id="oac_nobody")).status_code == 400
+        assert refusal_summaries(world) == []
+    assert refusal_summaries(world) == [("203.0.113.7", 4)]
+    assert audit_verified(world)
+
+
+async def test_a_refusal_summary_not_written_keeps_its_counts_and_the_sweep_goes_on(world: World) -> None:
+    """The database refuses the summary (a trigger stands for a full disk): the sweep still deletes the stale
+    client, and the window's counts wait for the next sweep, which writes them whole."""
+    world = long_refusal_windows(world)
+    later = datetime.now(UTC) + timedelta(seconds=10**6)
+    async with world.hub() as hub:
+        for _ in range(5):
+            await hub.oauth.refusals.refused("oauth.token", "invalid_target", address="192.0.2.1", client_id=None)
+        await hub.oauth.register(
+            {"client_name": "Idle", "redirect_uris": [CLAUDE], "token_endpoint_auth_method": "none"}
+        )
+        with closing(sqlite3.connect(world.db)) as conn, conn:
+            conn.execute(
+                "CREATE TRIGGER no_summaries BEFORE INSERT ON audit WHEN NEW.action = 'oauth.refusals'"
+                " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        assert (await hub.oauth.sweep(later))["clients"] == 1
+        assert refusal_summaries(world) == []
+        with closing(sqlite3.connect(world.db)) as conn, conn:
+            conn.execute("DROP TRIGGER no_summaries")
+        await hub.oauth.sweep(later)
+        assert refusal_summaries(world) == [("192.0.2.1", 5)]
     assert audit_verified(world)
 
 

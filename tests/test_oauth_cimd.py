@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import anyio
 import httpx2
 import pytest
+from anyio._core._sockets import idna2008_resolve
 from anyio.abc import SocketStream
 from anyio.streams.tls import TLSListener
 
@@ -194,31 +195,34 @@ async def test_a_client_id_url_of_the_wrong_shape_is_never_fetched(
 
 @pytest.mark.invariant(108)
 @pytest.mark.parametrize(
-    "host",
+    "host, reason",
     [
-        "localhost",  # loopback, by name
-        "127.0.0.1",
-        "[::1]",
-        "10.0.0.1",  # private
-        "192.168.1.1",
-        "172.16.0.1",
-        "169.254.169.254",  # link-local (cloud metadata)
-        "[fe80::1]",
-        "100.64.0.1",  # CGNAT
-        "224.0.0.1",  # multicast
-        "0.0.0.0",  # unspecified
-        "[::]",
-        "[::ffff:127.0.0.1]",  # loopback in IPv6 clothing
+        ("localhost", "not a public address"),  # loopback, by name: refused on its addresses
+        # An IP literal is refused by the URL rule before anything else: a client id names a domain.
+        ("127.0.0.1", "is an IP address"),
+        ("[::1]", "not an IP address"),
+        ("10.0.0.1", "is an IP address"),  # private
+        ("192.168.1.1", "is an IP address"),
+        ("172.16.0.1", "is an IP address"),
+        ("169.254.169.254", "is an IP address"),  # link-local (cloud metadata)
+        ("[fe80::1]", "not an IP address"),
+        ("100.64.0.1", "is an IP address"),  # CGNAT
+        ("224.0.0.1", "is an IP address"),  # multicast
+        ("0.0.0.0", "is an IP address"),  # unspecified
+        ("[::]", "not an IP address"),
+        ("[::ffff:127.0.0.1]", "not an IP address"),  # loopback in IPv6 clothing
+        ("2130706433", "is an IP address"),  # 127.0.0.1 as one number, as inet_aton reads it
+        ("0x7f000001", "is an IP address"),
     ],
 )
 async def test_a_document_is_never_fetched_from_an_address_that_is_not_public(
-    world: World, tmp_path: Path, host: str
+    world: World, tmp_path: Path, host: str, reason: str
 ) -> None:
     # Without the test-only allowance, as every real hub runs.
     async with doc_server(tmp_path) as (docs, _ca), served(world, PUBLIC) as http:
         f = Flow(world, http)
         docs.document()
-        assert "not a public address" in await refused(f, f"https://{host}:{docs.port}/client.json")
+        assert reason in await refused(f, f"https://{host}:{docs.port}/client.json")
         assert docs.hits == []
 
 
@@ -350,6 +354,80 @@ async def test_made_up_subdomains_share_one_domains_fetch_budget_and_another_dom
     assert asked[budget:] == ["client.other.example", "x.y.evil.co.uk", "z.evil.co.uk"]
 
 
+# Spellings of one domain or address that a resolver or socket folds together, while the Public Suffix List,
+# which splits on '.' only, would count each as a registrable domain of its own (hostile review h-R).
+SPELLINGS: dict[str, Callable[[int], str]] = {
+    # IDNA (UTS 46, what anyio.getaddrinfo asks DNS) maps these to '.'.
+    "ideographic-dots": lambda n: f"a{n}\u3002evil\u3002example",
+    "fullwidth-dot": lambda n: f"a{n}\uff0eevil.example",
+    # Fullwidth letters fold to ASCII (UTS 46): 16 spellings of evil.example.
+    "fullwidth-letters": lambda n: (
+        "".join(chr(ord(c) + 0xFEE0) if n >> i & 1 else c for i, c in enumerate("evil")) + ".example"
+    ),
+    # glibc inet_aton takes one number for the whole address, with any leading zeros: all connect to 1.1.1.1.
+    "ipv4-as-one-number": lambda n: "0x" + "0" * n + "1010101",
+    # One IPv6 address, its zero groups spelled 0, 00, 000 or 0000: 256 strings, one address.
+    "ipv6-one-address": lambda n: (
+        "[2001:4860:4860:" + ":".join("0" * (1 + (n >> 2 * i & 3)) for i in range(4)) + ":8888]"
+    ),
+    # The addresses of one /64 (what a cheap VPS is given).
+    "ipv6-one-64": lambda n: f"[2001:db8:1:1::{n:x}]",
+}
+
+
+@pytest.mark.invariant(108)
+@pytest.mark.parametrize("spell", SPELLINGS.values(), ids=SPELLINGS.keys())
+async def test_no_spelling_of_one_domain_or_address_gets_a_fetch_budget_of_its_own(
+    world: World, spell: Callable[[int], str]
+) -> None:
+    """The resolver stands for the network and records what getaddrinfo would really hand DNS or inet_aton: the
+    URL rule refuses every such spelling, so together they get no more fetches than one domain's budget."""
+    asked: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append(idna2008_resolve(host).decode())
+        return []
+
+    documents = ClientDocuments(world.settings.limits, resolve=resolver)
+    budget = world.settings.limits.oauth_cimd_fetches_per_domain_per_min
+    for n in range(budget * 3):
+        with pytest.raises(DocumentRefused):
+            await documents.get(f"https://{spell(n)}/client.json", None)
+    assert len(asked) <= budget, f"{len(asked)} fetches of one target in a minute, budget {budget}: {asked[:4]}"
+
+
+@pytest.mark.invariant(108)
+@pytest.mark.parametrize(
+    "host, problem",
+    [
+        ("claude.ai", None),
+        ("localhost:8443", None),  # one label, a port
+        ("a-1.xn--bcher-kva.example", None),  # an IDN in its xn-- form
+        ("1password.com", None),  # a label may begin with a digit
+        ("b\u00fccher.example", "must be a DNS name"),  # an IDN not in its xn-- form
+        ("a\u3002evil.example", "must be a DNS name"),
+        ("Evil.example", "must be a DNS name"),
+        ("evil.example.", "must be a DNS name"),
+        ("a..evil.example", "must be a DNS name"),
+        ("-a.evil.example", "must be a DNS name"),
+        ("a_b.evil.example", "must be a DNS name"),
+        ("a%2eevil.example", "must be a DNS name"),
+        ("x" * 64 + ".example", "must be a DNS name"),
+        ("[2001:db8::1]", "must be a DNS name"),
+        ("1.1.1.1", "is an IP address"),
+        ("16843009", "is an IP address"),
+        ("0x01010101", "is an IP address"),
+        ("0177.1", "is an IP address"),
+    ],
+)
+def test_a_client_id_host_must_be_a_plain_ascii_dns_name(host: str, problem: str | None) -> None:
+    found = policy.cimd_url_problem(f"https://{host}/client.json")
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found and found.startswith("host "), found
+
+
 @pytest.mark.parametrize(
     "host, domain",
     [
@@ -360,7 +438,6 @@ async def test_made_up_subdomains_share_one_domains_fetch_budget_and_another_dom
         ("someone.github.io", "github.io"),  # a private suffix: one operator's servers, one budget
         ("co.uk", "co.uk"),  # a public suffix itself
         ("203.0.113.9", "203.0.113.9"),
-        ("[2001:db8::1]", "[2001:db8::1]"),
     ],
 )
 def test_the_fetch_budget_counts_by_registrable_domain(host: str, domain: str) -> None:

@@ -18,6 +18,12 @@ OAUTH_SCOPES = frozenset({Scope.READ, Scope.POST, Scope.TASK})
 CLAUDE_CALLBACKS = frozenset({"https://claude.ai/api/mcp/auth_callback", "https://claude.com/api/mcp/auth_callback"})
 OAUTH_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _LOOPBACK_AUTHORITY = re.compile(r"(?P<host>localhost|127\.0\.0\.1|\[::1\])(?::(?P<port>[0-9]{1,5}))?")
+# A DNS name as the letter-digit-hyphen rule spells it (RFC 1123 §2.1): labels of 1-63 lowercase ASCII letters,
+# digits and inner hyphens, joined by single dots, no trailing dot. An IDN is in its `xn--` form.
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+# A name whose last label is a number, decimal or 0x hex, is an IPv4 address to inet_aton and to the WHATWG URL
+# parser (`0x1010101`, `16843009`, `1.1.1.1`, `0177.1`): no top-level domain is numeric.
+_NUMERIC_LAST_LABEL = re.compile(r"(?:\A|\.)(?:[0-9]+|0x[0-9a-f]*)\Z")
 
 
 def _loopback_redirect(uri: str) -> tuple[str, str] | None:
@@ -97,8 +103,8 @@ def oauth_refresh_use(replaced_at: str | None, has_successor: bool, now: str, gr
 
 
 def cimd_url_problem(url: str) -> str | None:
-    """Why `url` cannot be a client ID metadata document's address (DESIGN §9.4), or None: https, a host, a
-    path beyond `/`, and no userinfo, query or fragment."""
+    """Why `url` cannot be a client ID metadata document's address (DESIGN §9.4), or None: https, a host that is
+    a plain ASCII DNS name, a path beyond `/`, and no userinfo, query or fragment."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         return "must be an https URL"
@@ -112,6 +118,23 @@ def cimd_url_problem(url: str) -> str | None:
         parts.port  # noqa: B018 - a port that is not a number is refused
     except ValueError:
         return "has a port that is not a number"
+    return _cimd_host_problem(parts.netloc.rpartition(":")[0] if parts.port is not None else parts.netloc)
+
+
+def _cimd_host_problem(host: str) -> str | None:
+    """Why the host, as the URL spells it, is not a plain DNS name, or None. A client id names a domain
+    (Claude's is on claude.ai), and the fetch budget counts by registrable domain (cimd.registrable_domain): a
+    host any resolver or socket would read as another spelling of one domain or address (Unicode dots, fullwidth
+    letters, upper case, a trailing dot, an IP literal in any of its forms) would otherwise get a budget of its
+    own for every spelling."""
+    shown = host.encode("ascii", "backslashreplace").decode()
+    if _DNS_NAME.fullmatch(host) is None:
+        return (
+            f"host {shown} must be a DNS name in lowercase ASCII: letters, digits, hyphens, dots between labels "
+            "(an IDN in its xn-- form), no trailing dot, not an IP address"
+        )
+    if _NUMERIC_LAST_LABEL.search(host) is not None:
+        return f"host {shown} is an IP address; a client id must name a domain"
     return None
 
 

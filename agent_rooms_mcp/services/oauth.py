@@ -496,7 +496,10 @@ class OAuth:
         approved within a day or unused for 90 days (DESIGN §9.4); and the refusal trace's pending summaries."""
         now = now or datetime.now(UTC)
         limits = self._limits
-        await self.refusals.flush()
+        try:
+            await self.refusals.flush(now.timestamp())
+        except Exception as e:  # the audit trace's failure must not keep the leftovers below from being swept
+            log.error("oauth.refusals_flush_failed", error=type(e).__name__)
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             stamp = iso(now)

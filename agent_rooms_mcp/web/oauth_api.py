@@ -24,7 +24,7 @@ import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent_rooms_mcp import policy
-from agent_rooms_mcp.auth.failures import AuthRateLimited
+from agent_rooms_mcp.auth.failures import AuthRateLimited, source_of
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.public import BindRefused, Exposure, is_loopback
 from agent_rooms_mcp.services.oauth import AuthorizeRedirected, AuthorizeRefused, OAuthError
@@ -95,7 +95,8 @@ _ACTIONS = {
 
 
 class _Window:
-    """Events in the last hour, per key and in all: the limits of /register and /authorize per source.
+    """Events in the last hour, per key and in all: the limits of /register and /authorize per source, keyed as
+    every per-source count is (auth/failures.source_of: an IPv6 peer by its /64, which one host commonly holds).
 
     They live in this process's memory: a restart forgets them, and each process serving the same database
     counts its own. That is enough because what bounds the database is counted in it and shared: /register's
@@ -105,10 +106,10 @@ class _Window:
 
     def __init__(self, per_key: int, overall: int) -> None:
         self._per_key, self._overall = per_key, overall
-        self._keys: dict[str | None, deque[float]] = {}
+        self._keys: dict[str, deque[float]] = {}
         self._all: deque[float] = deque()
 
-    def admit(self, key: str | None) -> bool:
+    def admit(self, key: str) -> bool:
         now = anyio.current_time()
         for q in (self._all, *self._keys.values()):
             while q and q[0] <= now - _HOUR:
@@ -193,7 +194,7 @@ class OAuthApi:
         if method == "GET" and path == "/authorize":
             params = _single(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
             asked.client_id = params.get("client_id")
-            if not self._authorizations.admit(asked.address):
+            if not self._authorizations.admit(source_of(asked.address, _TRANSPORT)):
                 raise _Answer(429, {"error": "RATE_LIMITED"}, ((b"retry-after", b"3600"),))
             try:
                 location = await self._hub.oauth.authorize(params, self._resource)
@@ -209,7 +210,7 @@ class OAuthApi:
         if method != "POST":
             raise _Answer(405, {"error": "invalid_request", "error_description": f"{method} {path}: not allowed"})
         if path == "/register":
-            if not self._registrations.admit(asked.address):
+            if not self._registrations.admit(source_of(asked.address, _TRANSPORT)):
                 raise _Answer(429, {"error": "RATE_LIMITED"}, ((b"retry-after", b"3600"),))
             return 201, await self._hub.oauth.register(await _json(receive, headers)), _NO_STORE
         form = await _form(receive, headers)
