@@ -562,9 +562,7 @@ def main() -> int:
     ap.add_argument("--skip-coldstart", action="store_true", help="skip the stdio cold-start bench")
     ap.add_argument("--coldstarts", type=int, default=12, help="interleaved stdio starts of each server")
     ap.add_argument("--skip-bigroom", action="store_true", help="skip the room-size bench (bench/bigroom.py)")
-    ap.add_argument(
-        "--skip-instructions", action="store_true", help="skip the callgrind count (bench/instructions.py)"
-    )
+    ap.add_argument("--skip-instructions", action="store_true", help="skip the callgrind count (bench/instructions.py)")
     ap.add_argument("--big-room", type=int, default=1_000_000, help="messages in the big room of the room-size bench")
     ap.add_argument("--quick", action="store_true", help="every part with fewer rounds and samples, for development")
     a = ap.parse_args()

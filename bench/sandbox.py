@@ -426,7 +426,10 @@ def run(n_wake: int = 20, n_stop: int = 12) -> dict[str, Any]:
         wake.open_to_run_as(root)
         configure_logging(json=True)
         with (root / "supervisors.log").open("w") as log_file:
-            structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=log_file))
+            # Not cached (see bench/wake.py): a logger cached earlier on another file would miss this one.
+            structlog.configure(
+                logger_factory=structlog.WriteLoggerFactory(file=log_file), cache_logger_on_first_use=False
+            )
             for m in MODES:
                 if (why := unavailable(m)) is not None:
                     print(f"sandbox bench: mode {m.name!r} skipped, {why}", file=sys.stderr, flush=True)
@@ -440,6 +443,8 @@ def run(n_wake: int = 20, n_stop: int = 12) -> dict[str, Any]:
                 tail = "\n".join((root / "supervisors.log").read_text(errors="replace").splitlines()[-30:])
                 print(f"--- supervisors' log tail ---\n{tail}", file=sys.stderr)
                 raise
+            finally:
+                structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=sys.stderr))
     summary = summarize(raw)
     print_tables(summary)
     return {"method": method, "summary": summary, "raw": raw, "elapsed_s": round(time.monotonic() - started, 1)}

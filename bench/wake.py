@@ -560,11 +560,14 @@ def run(n_wake: int = 60, n_stop: int = 40) -> dict[str, Any]:
         # The in-process supervisor logs as `serve` does (JSON lines), into a file rather than our terminal.
         configure_logging(json=True)
         log_file = (root / "wake-same.log").open("w")
-        structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=log_file))
+        # Not cached: a logger cached on this file would keep writing to it after it is closed, and the later
+        # in-process parts (containment, sandbox) then failed with "I/O operation on closed file".
+        structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=log_file), cache_logger_on_first_use=False)
         try:
             print(f"wake bench, same process: {n_wake} wakes, {n_stop} stops", file=sys.stderr, flush=True)
             raw = anyio.run(same_process, root, n_wake, n_stop)
         finally:
+            structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=sys.stderr))
             log_file.close()
         print(f"wake bench, across processes: 2 × {n_wake} wakes, 2 × {n_stop} stops", file=sys.stderr, flush=True)
         raw |= anyio.run(across_processes, root, n_wake, n_stop)
