@@ -29,6 +29,8 @@ from agent_rooms_mcp.server import TOOLS
 from tests.conftest import World
 from tests.hubprocess import serve_http
 
+# On one xdist worker: the module's Inspector is installed and its fixture built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("inspector")
 PINS = Path(__file__).parent / "inspector"
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "inspector"
 NODE = Path("node_modules/node/bin/node")
