@@ -31,10 +31,14 @@ run: $(STAMP)
 	@echo
 	$(BIN)/agent-rooms serve --http --host $(HOST) --port $(PORT)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist): most tests wait on subprocesses and sockets, so more
+# workers than cores pay. --dist loadgroup keeps each xdist_group (tests that share a one-time install or look
+# at every process on the host) on one worker. `make test TEST_WORKERS=0` runs it in this process alone.
+TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # mypy rather than pyright: it installs from pip like everything else here (pyright needs Node), and its
 # pydantic plugin checks model constructors. Its settings live in pyproject.toml's [tool.mypy].

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -183,9 +185,8 @@ def fingerprint(db: Path) -> str:
         conn.close()
 
 
-async def build_world(home: Path, wake: WakeSettings = NO_SUPERVISOR) -> World:
-    """Without a supervisor unless `wake` asks for one: a mention of an invoke agent then only queues."""
-    world = World(Settings(home=home, limits=replace(DEFAULT_LIMITS, **SUITE_RATES), wake=wake))
+async def _populate(home: Path) -> World:
+    world = World(Settings(home=home, limits=replace(DEFAULT_LIMITS, **SUITE_RATES), wake=NO_SUPERVISOR))
     await init_home(world.settings, OPERATOR)
     async with world.hub() as hub:
         # Local owners: the wake tests' hub spawns their agents itself (DESIGN §5 "Where a wake runs").
@@ -200,6 +201,25 @@ async def build_world(home: Path, wake: WakeSettings = NO_SUPERVISOR) -> World:
         invite = await hub.invites.create_as_owner(OPERATOR, "shared", "alice", 3600)
         await hub.invites.accept(OPERATOR, invite.code, "bob", SHARED_BOB_AGENTS)
     return world
+
+
+# Every test's world is the same hub (keys, schema, agents and their tokens, rooms, an invite), and building it
+# costs a third of a second of CPU: a tenth of the suite. Each test process builds it once and each test gets a
+# copy of its files in its own home. Nothing in them names the home's path; the copies share keys and ids.
+# The directory goes when the process ends (TemporaryDirectory's finalizer).
+_TEMPLATE: list[tuple[World, tempfile.TemporaryDirectory[str]]] = []
+
+
+async def build_world(home: Path, wake: WakeSettings = NO_SUPERVISOR) -> World:
+    """Without a supervisor unless `wake` asks for one: a mention of an invoke agent then only queues."""
+    if not _TEMPLATE:
+        scratch = tempfile.TemporaryDirectory(prefix="agent-rooms-world-")
+        _TEMPLATE.append((await _populate(Path(scratch.name) / "home"), scratch))
+    template = _TEMPLATE[0][0]
+    # The hub is closed, so the database is one file (its WAL checkpointed); copy2 keeps the 0600/0700 modes.
+    shutil.copytree(template.settings.home, home, symlinks=True)
+    settings = replace(template.settings, home=home, wake=wake)
+    return World(settings, tokens=dict(template.tokens), token_ids=dict(template.token_ids))
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,8 @@ async def opened(containment: Containment) -> AsyncIterator[RunCgroup]:
 
 
 @pytest.mark.invariant(89)
+# One fork bomb at a time (one xdist worker): a stop's check looks for any fork_bomb process on the host.
+@pytest.mark.xdist_group("fork-bomb")
 async def test_a_fork_bomb_is_bounded_by_pids_max_and_nothing_of_it_outlives_the_stop(bounded: Containment) -> None:
     marker = uuid.uuid4().hex
     probe = Probe()
@@ -303,6 +305,7 @@ def running_cmdline(*words: str) -> list[int]:
 
 
 @pytest.mark.invariant(89)
+@pytest.mark.xdist_group("fork-bomb")
 @pytest.mark.parametrize("scenario", ["fork_bomb", "daemon"])
 async def test_an_owner_stop_ends_every_process_of_the_woken_cli_and_removes_its_cgroup(
     woken: World, fakes: Fakes, scenario: str

@@ -39,6 +39,8 @@ from tests.test_oauth import alice
 from tests.test_public import self_signed
 
 ENTRY = Path("node_modules/@modelcontextprotocol/conformance/dist/index.js")
+# On one xdist worker: the suite is installed once and its hubs served one group at a time, not on every worker.
+pytestmark = pytest.mark.xdist_group("conformance")
 PINNED = NpmPins(Path(__file__).parent / "conformance", "MCP conformance", "AGENT_ROOMS_REQUIRE_CONFORMANCE", ENTRY)
 BASELINE_FILE = PINNED.pins / "baseline.json"
 BASELINE: dict[str, Any] = json.loads(BASELINE_FILE.read_text())

@@ -478,9 +478,11 @@ def test_openclaw_envelopes(fx: Env) -> None:
 def test_openclaw_hang_signals(fx: Env, sig: signal.Signals, code: int) -> None:
     live = Live("openclaw", openclaw_argv(fx.cwd), fx, fx.env("hang"))
     try:
-        deadline = time.monotonic() + 10
+        # A bound for a loaded machine: a signal sent before the fake's handlers are in place kills it outright.
+        deadline = time.monotonic() + 120
         while not fx.log.exists() and time.monotonic() < deadline:
             time.sleep(0.02)  # the log line is written once the handlers are in place
+        assert fx.log.exists(), "the fake never said its handlers were in place"
         live.p.send_signal(sig)
         assert live.rest() == [] and live.wait() == code
     finally:

@@ -27,6 +27,8 @@ from tests.conftest import World
 from tests.hubprocess import serve_http
 from tests.npmpins import NODE, NpmPins
 
+# On one xdist worker: the module's Inspector is installed and its fixture built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("inspector")
 LAUNCHER = Path("node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js")
 PINNED = NpmPins(Path(__file__).parent / "inspector", "MCP Inspector", "AGENT_ROOMS_REQUIRE_INSPECTOR", LAUNCHER)
 # A generous bound for a loaded two-core machine, not an expectation: 1-3 s a call.

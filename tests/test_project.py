@@ -231,7 +231,8 @@ def test_the_two_agent_demo_runs(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "two_agents.py")],
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=120,
+        # A bound for a loaded machine (the suite runs on several workers beside other work), not a speed check.
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "5. the room holds 2 messages" in done.stdout

@@ -183,8 +183,9 @@ def test_denylist_matches(name: str) -> None:
         assert is_denied(name)
 
 
+# Sorted: BASE_ALLOW is a set, and every xdist worker must collect the same tests in the same order.
 @pytest.mark.parametrize(
-    "name", [*BASE_ALLOW, "CLAUDE_CONFIG_DIR", "CODEX_HOME", "OPENCLAW_HOME", "ANTHROPIC_BASE_URL"]
+    "name", [*sorted(BASE_ALLOW), "CLAUDE_CONFIG_DIR", "CODEX_HOME", "OPENCLAW_HOME", "ANTHROPIC_BASE_URL"]
 )
 def test_denylist_spares_the_allowlist(name: str) -> None:
     assert not is_denied(name)
