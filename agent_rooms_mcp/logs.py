@@ -33,6 +33,18 @@ def _json_line(event: EventDict, **_: object) -> str:
     return pydantic_core.to_json(event, fallback=repr).decode()
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was set up: a CLI command run in-process
+    (a test's CliRunner) swaps it for a buffer of its own and closes that buffer after, and a logger cached on it
+    would then fail every later line with "I/O operation on closed file"."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     json = (not sys.stderr.isatty()) if json is None else json
     shared: list[Processor] = [
@@ -53,7 +65,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
     structlog.configure(
         processors=[*shared, *render],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -127,12 +127,13 @@ def _denial_writers(path: Path) -> list[str]:
 
 
 def test_only_the_audit_module_writes_denial_rows() -> None:
-    """Every refusal goes through `audit.record_denial`. The two other writers are the flood counters:
-    authentication's failure counter and the per-agent rate limiter, each of which must count and audit a
-    refusal in the same transaction as its counter, so a flood leaves a bounded number of rows."""
+    """Every refusal goes through `audit.record_denial`. The other writers are the flood counters:
+    authentication's failure counter, the per-agent rate limiter and the OAuth endpoints' refusal trace, each of
+    which must count and audit a refusal in the same transaction as its counter (or its window's summary), so a
+    flood leaves a bounded number of rows."""
     writers = {
         str(p.relative_to(PACKAGE)): _denial_writers(p)
         for p in sorted(PACKAGE.rglob("*.py"))
         if p.name != "audit.py" and _denial_writers(p)
     }
-    assert set(writers) <= {"auth/failures.py", "ratelimit.py"}, writers
+    assert set(writers) <= {"auth/failures.py", "ratelimit.py", "services/oauth_refusals.py"}, writers

@@ -561,13 +561,17 @@ def _target(fd: str) -> str:
 @pytest.fixture
 def quiet_logs() -> Iterator[io.StringIO]:
     """The supervisor logs while CliRunner holds sys.stdout: keep its lines out of the command's output."""
-    saved = structlog.get_config()
+    configured, saved = structlog.is_configured(), structlog.get_config()
     sink = io.StringIO()
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sink))
     try:
         yield sink
     finally:
-        structlog.configure(**saved)
+        # As it was, unconfigured included: a CLI command configures its logging only where nothing has.
+        if configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
 
 
 async def agent_rooms(world: World, *args: str) -> Result:

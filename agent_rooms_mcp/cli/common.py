@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
+import structlog
 from pydantic import BaseModel
 
 from agent_rooms_mcp import audit
@@ -231,8 +232,10 @@ def perform(name: str, args: BaseModel, *, as_json: bool = False) -> Any:
         return guarded(lambda: far.call(name, raw, action.result), as_json=as_json)
 
     # The hub's services run in this process and log (e.g. oauth.family_revoked on `token revoke`): on stderr,
-    # never into the result or the JSON document on stdout.
-    configure_logging()
+    # never into the result or the JSON document on stdout. A process that set up its logging already (a
+    # serving hub running this command in-process, a test capturing its lines) keeps it.
+    if not structlog.is_configured():
+        configure_logging()
 
     async def main() -> BaseModel:
         async with Hub.open(settings()) as hub:
