@@ -585,15 +585,17 @@ async def agent_rooms(world: World, *args: str) -> Result:
 
 
 async def test_agent_stop_and_run_log_on_the_command_line(
-    tmp_path: Path, fakes: Fakes, quiet_logs: io.StringIO
+    tmp_path: Path, fakes: Fakes, quiet_logs: io.StringIO, capsys: pytest.CaptureFixture[str]
 ) -> None:
     world = await wake_world(tmp_path, fakes, reply=False)
+    errors: list[str] = []  # each command's stderr
     fakes.scenario("hang")
     async with supervisor(world):
         await post(world, "alice-claude", "@alice-bot work")
         run = await until(lambda: running(world, "alice-bot"), "the CLI is up")
         await until(lambda: fakes.calls(), "the fake logged its start")
         r = await agent_rooms(world, "agent", "stop", "alice-bot")
+        errors.append(r.stderr)
         assert r.exit_code == 0, (r.stdout, r.stderr)
         # It returned once the run had ended, and says so.
         [now] = runs(world, "alice-bot")
@@ -603,16 +605,22 @@ async def test_agent_stop_and_run_log_on_the_command_line(
 
         # --json: nothing left to stop, then a second run stopped.
         r = await agent_rooms(world, "agent", "stop", "alice-bot", "--json")
+        errors.append(r.stderr)
         assert r.exit_code == 0 and json.loads(r.stdout) == {"stopped": []}
         await post(world, "alice-claude", "@alice-bot again")
         again = await until(lambda: running(world, "alice-bot"), "the second CLI is up")
         await until(lambda: len(fakes.calls()) == 2, "the fake logged its start")
         r = await agent_rooms(world, "agent", "stop", "alice-bot", "--json")
+        errors.append(r.stderr)
         assert r.exit_code == 0, (r.stdout, r.stderr)
         assert json.loads(r.stdout) == {
             "stopped": [{"run_id": again["run_id"], "stop_signal": "SIGINT", "state": "stopped"}]
         }
-    assert "run.end" in quiet_logs.getvalue()  # the supervisor's lines went to the log, not the command's output
+    # The supervisor's lines went to the log, not the command's output (each stdout above is exactly the
+    # command's): to this fixture's sink, or, where an earlier test of this process had its loggers cached, to
+    # stderr, which is the command's own while one runs.
+    logged = quiet_logs.getvalue() + capsys.readouterr().err + "".join(errors)
+    assert "run.end" in logged
 
     r = await agent_rooms(world, "run", "log", run["run_id"])
     assert r.exit_code == 0, (r.stdout, r.stderr)
