@@ -25,39 +25,19 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from raw_client import Connection, tool_call
+from wake import free_port, wait_port
 from world import AGENT, ROOM, UNLIMITED_RATES, build_hub
 
 BENCH = Path(__file__).resolve().parent
 TEXT = "hello from the agent-rooms bench, " + "x" * 30
 PREFILL = 25  # posts before the reads, so read_messages returns a full page of 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s  # under valgrind a start takes a minute or more
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"a server under callgrind exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"a server under callgrind did not listen on {port} within {timeout_s:.0f}s")
 
 
 def _control(pid: int, *args: str) -> None:
@@ -77,7 +57,7 @@ async def _measure(calls: int) -> dict[str, float]:
     home, out = Path(tempfile.mkdtemp(prefix="ar-bench-cg-")), Path(tempfile.mkdtemp(prefix="ar-bench-cg-out-"))
     tokens = await build_hub(home)
     env = {**os.environ, **UNLIMITED_RATES, "AGENT_ROOMS_HOME": str(home), "AGENT_ROOMS_SUPERVISOR": "0"}
-    hub_port, echo_port = _free_port(), _free_port()
+    hub_port, echo_port = free_port(), free_port()
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
     py = sys.executable
     hub = subprocess.Popen(
@@ -90,8 +70,9 @@ async def _measure(calls: int) -> dict[str, float]:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=BENCH.parent,
     )  # fmt: skip
     try:
-        _wait_listening(hub, hub_port)
-        _wait_listening(echo, echo_port)
+        # Under valgrind a server takes a minute or more to start.
+        await wait_port(hub_port, hub, timeout_s=300)
+        await wait_port(echo_port, echo, timeout_s=300)
         token = tokens[AGENT]
         arguments: dict[str, dict[str, Any]] = {
             "whoami": {},
