@@ -63,20 +63,15 @@ TOOL_BUCKETS: dict[str, Bucket] = {
 }
 
 
-# Each bucket's rate, by the name of its setting in Limits.
-_RATE_SETTING = {
-    Bucket.POSTS: "rate_posts_per_min",
-    Bucket.FILE_WRITES: "rate_file_writes_per_min",
-    Bucket.TASK_WRITES: "rate_task_writes_per_min",
-    Bucket.READS: "rate_reads_per_min",
-    Bucket.OWNER_ACTIONS: "rate_owner_actions_per_min",
-    Bucket.LISTENER_REQUESTS: "rate_listener_requests_per_min",
-}
-
-
 def per_minute(limits: Limits, bucket: Bucket) -> int:
-    rate: int = getattr(limits, _RATE_SETTING[bucket])
-    return rate
+    return {
+        Bucket.POSTS: limits.rate_posts_per_min,
+        Bucket.FILE_WRITES: limits.rate_file_writes_per_min,
+        Bucket.TASK_WRITES: limits.rate_task_writes_per_min,
+        Bucket.READS: limits.rate_reads_per_min,
+        Bucket.OWNER_ACTIONS: limits.rate_owner_actions_per_min,
+        Bucket.LISTENER_REQUESTS: limits.rate_listener_requests_per_min,
+    }[bucket]
 
 
 class RateLimited(RoomsError):
