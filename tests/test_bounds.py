@@ -9,6 +9,7 @@ Every integer argument has an upper bound, so 2^70 is INVALID_ARGUMENT naming th
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +21,8 @@ from mcp.types import CallToolResult
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.models import Author, MentionOutcome, Message
-from agent_rooms_mcp.services.messages import _MESSAGE_FIXED_BYTES, mentions_hint
-from agent_rooms_mcp.services.render import item_bytes, text_hint
+from agent_rooms_mcp.services.messages import page_hint
+from agent_rooms_mcp.services.render import item_bytes
 from agent_rooms_mcp.settings import DEFAULT_LIMITS as L
 from tests.conftest import OPERATOR, World
 
@@ -215,7 +216,8 @@ async def test_every_integer_argument_of_every_tool_is_bounded_and_out_of_range_
 @pytest.mark.invariant(65)
 def test_the_cheap_bound_read_messages_trusts_is_never_below_the_exact_size() -> None:
     """read_messages skips exact measuring when the cheap bounds fit; they must bound every kind of text."""
-    texts = ["", "plain", HOSTILE[:3000], "é字😀" * 500, "\x01\x1f\x7f\u2028" * 500, "<<>>&" * 500]
+    texts = ["", "plain", HOSTILE[:3000], "é字😀" * 500, "\x01\x1f\x7f\u2028" * 500, "<<>>&" * 500, '"\\' * 500]
+    messages: list[Message] = []
     for text in texts:
         # The largest mentions a message can carry: long handles, long codes, a proposal and a run each.
         largest = MentionOutcome(
@@ -226,7 +228,8 @@ def test_the_cheap_bound_read_messages_trusts_is_never_below_the_exact_size() ->
             run_id=new_id("run"),
         )
         small = MentionOutcome(handle="h", outcome="lost")
-        for mentions in ([], [largest] * 40, [small] * 40):
+        every_flag = ["bidi", "zero_width", "tag_chars", "control", "ansi", "ignorable"]
+        for mentions, flags in itertools.product(([], [largest] * 40, [small] * 40), ([], every_flag)):
             message = Message(
                 message_id=new_id("msg"),
                 seq=2**53 - 1,
@@ -236,10 +239,11 @@ def test_the_cheap_bound_read_messages_trusts_is_never_below_the_exact_size() ->
                 mentions=mentions,
                 reply_to=2**53 - 1,
                 text=text,
-                flags=["bidi", "zero_width", "tag_chars", "control", "ansi", "ignorable"],
+                flags=flags,
             )
-            cheap = _MESSAGE_FIXED_BYTES + text_hint([message.text, *message.flags]) + mentions_hint(mentions)
-            assert cheap >= item_bytes(message), text[:20]
+            assert page_hint([message]) >= item_bytes(message), text[:20]
+            messages.append(message)
+    assert page_hint(messages) >= sum(item_bytes(m) for m in messages)
 
 
 @pytest.mark.invariant(81)

@@ -19,7 +19,7 @@ from agent_rooms_mcp.policy import ConsentState, MentionEffect, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
 from agent_rooms_mcp.run_states import Trigger, mention_outcome
 from agent_rooms_mcp.services import crossing, proposals, runs
-from agent_rooms_mcp.services.render import cut_page, item_bytes, notice, render, text_hint
+from agent_rooms_mcp.services.render import CHAR_BYTES_MAX, cut_page, item_bytes, notice, render, text_hint
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -33,10 +33,14 @@ _AT_HANDLE = re.compile(
 )
 
 _PAGE = (
-    "SELECT m.message_id, m.seq, m.text, m.mentions, m.mention_outcomes, m.reply_to, m.created_at,"
-    " a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle"
-    " FROM messages m JOIN agents a ON a.agent_id = m.agent_id JOIN owners o ON o.owner_id = a.owner_id"
-    " WHERE m.room_id = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"
+    "SELECT message_id, seq, agent_id, text, mentions, mention_outcomes, reply_to, created_at"
+    " FROM messages WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+# A page's writers, each once: a page comes from few of them, and joining every message to its agent and owner
+# cost a third of the page's SQL. The foreign keys keep every message's writer in the same snapshot.
+_WRITERS = (
+    "SELECT a.agent_id, a.handle, a.tool, a.owner_id, o.handle AS owner_handle"
+    " FROM agents a JOIN owners o ON o.owner_id = a.owner_id WHERE a.agent_id IN ({})"
 )
 
 
@@ -95,13 +99,24 @@ _SETTLED = (
 )
 
 
+def page_hint(messages: Sequence[Message]) -> int:
+    """A cheap upper bound on what these messages add to a page, so a page far below the cap (nearly every one)
+    is not encoded an extra time to measure it: a few sums over the page rather than a bound per message."""
+    return (
+        len(messages) * _MESSAGE_FIXED_BYTES
+        + CHAR_BYTES_MAX * sum(len(m.text) for m in messages)
+        + sum(text_hint(m.flags) + mentions_hint(m.mentions) for m in messages if m.flags or m.mentions)
+    )
+
+
 def _current_mentions(
-    conn: sqlite3.Connection, reader: OwnerId, page: Sequence[sqlite3.Row]
+    conn: sqlite3.Connection, reader: OwnerId, page: Sequence[sqlite3.Row], writers: Sequence[sqlite3.Row]
 ) -> list[list[MentionOutcome]]:
     """Each message's mentions as they stand now (DESIGN §5 "Receipts that settle"), for the poster's owner;
     to another owner's reader, and for a message from before outcomes were kept (what it woke was not
-    recorded with it), each mention reads as `notified` (policy.sees_mention_receipts)."""
-    posted = [_as_posted(r, reader) for r in page]
+    recorded with it), each mention reads as `notified` (policy.sees_mention_receipts). `writers[i]` is the
+    row of the agent that wrote `page[i]`."""
+    posted = [_as_posted(r, w["owner_id"], reader) for r, w in zip(page, writers, strict=True)]
     run_ids = list({m.run_id for ms in posted for m in ms if m.run_id})
     proposal_ids = list({m.proposal_id for ms in posted for m in ms if m.proposal_id})
     if not run_ids and not proposal_ids:
@@ -113,9 +128,9 @@ def _current_mentions(
     return [[_settled(m, seen) for m in ms] for ms in posted]
 
 
-def _as_posted(row: sqlite3.Row, reader: OwnerId) -> list[MentionOutcome]:
+def _as_posted(row: sqlite3.Row, poster: OwnerId, reader: OwnerId) -> list[MentionOutcome]:
     """One message's mentions as kept when it was posted, before any has settled."""
-    if row["mention_outcomes"] and policy.sees_mention_receipts(reader, row["owner_id"]):
+    if row["mention_outcomes"] and policy.sees_mention_receipts(reader, poster):
         return [MentionOutcome.model_validate(o) for o in json.loads(row["mention_outcomes"])]
     if row["mentions"] == "[]":  # most messages mention nobody: no JSON to parse
         return []
@@ -280,8 +295,11 @@ class Messages:
             start = max(room.latest_seq - limit, 0) if after is None else after
             rows = conn.execute(_PAGE, (room.room_id, start, limit + 1)).fetchall()
             page = rows[:limit]
-            rendered, boundary = render(caller, page, [r["text"] for r in page])
-            mentions = _current_mentions(conn, caller.owner_id, page)
+            ids = list({r["agent_id"] for r in page})
+            by_id = {w["agent_id"]: w for w in conn.execute(_WRITERS.format(",".join("?" * len(ids))), ids)}
+            writers = [by_id[r["agent_id"]] for r in page]
+            rendered, boundary = render(caller, writers, [r["text"] for r in page])
+            mentions = _current_mentions(conn, caller.owner_id, page, writers)
             messages = [
                 Message(
                     message_id=r["message_id"],
@@ -299,8 +317,8 @@ class Messages:
             empty = MessagePage(
                 messages=[], next_after=start, has_more=True, boundary=boundary, notice=notice(boundary)
             )
-            hints = [_MESSAGE_FIXED_BYTES + text_hint([m.text, *m.flags]) + mentions_hint(m.mentions) for m in messages]
-            cut = cut_page(self._limits, empty, messages, [m.seq for m in messages], len(rows), start, hints)
+            bound = page_hint(messages)
+            cut = cut_page(self._limits, empty, messages, [m.seq for m in messages], len(rows), start, bound)
             return empty.model_copy(
                 update={"messages": messages[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
             )

@@ -50,10 +50,12 @@ def render(caller: Viewer, rows: Sequence[Fields], texts: Sequence[str]) -> tupl
     # A page's items come from few writers: each writer's label is made once and shared by their items.
     known: dict[str, tuple[Author, Relation]] = {}
     labels = [known.get(row["agent_id"]) or known.setdefault(row["agent_id"], provenance(caller, row)) for row in rows]
-    shown, boundary = said(
-        [(text, author.handle, author.owner, rel) for text, (author, rel) in zip(texts, labels, strict=True)]
-    )
-    return [Rendered(c.text, list(c.flags), a, rel) for c, (a, rel) in zip(shown, labels, strict=True)], boundary
+    cleaned = [content.sanitize(text) for text in texts]
+    boundary = _boundary(cleaned, [rel for _, rel in labels])
+    return [
+        Rendered(_shown(clean, boundary, author.handle, author.owner, rel), list(clean.flags), author, rel)
+        for clean, (author, rel) in zip(cleaned, labels, strict=True)
+    ], boundary
 
 
 def render_columns(
@@ -70,19 +72,27 @@ def render_columns(
 
 
 def said(items: Sequence[tuple[str, str, str, Relation]]) -> tuple[list[content.Clean], str | None]:
-    """The rendering itself, of (text, author handle, owner handle, relation to the reader): for `render`,
-    and for the wake prompt, whose reader is the woken agent. Returns each text as shown, with its flags."""
+    """The rendering itself, of (text, author handle, owner handle, relation to the reader): for the wake
+    prompt, whose reader is the woken agent (`render` is the same for a result). Returns each text as shown,
+    with its flags."""
     cleaned = [content.sanitize(text) for text, _, _, _ in items]
-    foreign = [c.text for c, item in zip(cleaned, items, strict=True) if item[3] == "cross_owner"]
-    boundary = content.new_boundary(foreign) if foreign else None
-    out = []
-    for clean, (_, author, owner, rel) in zip(cleaned, items, strict=True):
-        if boundary is not None and rel == "cross_owner":
-            clean = content.Clean(
-                content.envelope(clean.text, boundary=boundary, author=author, owner=owner), clean.flags
-            )
-        out.append(clean)
-    return out, boundary
+    boundary = _boundary(cleaned, [rel for _, _, _, rel in items])
+    return [
+        content.Clean(_shown(clean, boundary, author, owner, rel), clean.flags)
+        for clean, (_, author, owner, rel) in zip(cleaned, items, strict=True)
+    ], boundary
+
+
+def _boundary(cleaned: Sequence[content.Clean], relations: Sequence[Relation]) -> str | None:
+    """A boundary that none of the cross-owner texts holds, or None when no other owner wrote any."""
+    foreign = [c.text for c, rel in zip(cleaned, relations, strict=True) if rel == "cross_owner"]
+    return content.new_boundary(foreign) if foreign else None
+
+
+def _shown(clean: content.Clean, boundary: str | None, author: str, owner: str, rel: Relation) -> str:
+    if boundary is None or rel != "cross_owner":
+        return clean.text
+    return content.envelope(clean.text, boundary=boundary, author=author, owner=owner)
 
 
 def flags_of(*items: Rendered | None) -> list[str]:
@@ -128,6 +138,10 @@ def _escaped(rendered: bytes) -> int:
 _ESCAPED = re.compile(r'[\x00-\x1f"\\]')
 # A mention or similar short string in a list: its quotes, comma, newline and indentation in both renderings.
 _LISTED_STRING_BYTES = 24
+# The most one character of free text can add to an answer across both renderings: a control character is
+# `\u0001` (6 bytes) in the structured content and `\\u0001` (7) in the text block; a quote is 2 then 4, and a
+# character of 4 UTF-8 bytes is 4 then 4. So 13 bytes per character (not per byte) bounds every text.
+CHAR_BYTES_MAX = 13
 
 
 def text_hint(texts: Iterable[str]) -> int:
@@ -146,13 +160,12 @@ def page_budget(limits: Limits, empty: BaseModel) -> int:
     return limits.page_bytes - limits.result_frame_bytes - result_bytes(empty)
 
 
-def within_bytes(
-    items: Sequence[BaseModel], budget: int, hints: Sequence[int] | None = None, *, keep_one: bool = True
-) -> int:
+def within_bytes(items: Sequence[BaseModel], budget: int, bound: int | None = None, *, keep_one: bool = True) -> int:
     """How many leading items fit in `budget` bytes of answer. A page keeps at least one (`keep_one`), so a
     reader always moves on: the input caps keep any one item under the page cap, escaped text and all.
-    `hints`, cheap upper bounds of each item's bytes, spare a page far below the budget an extra encoding."""
-    if hints is not None and sum(hints) <= budget:
+    `bound`, a cheap upper bound of all the items' bytes together, spares a page far below the budget an extra
+    encoding of each item."""
+    if bound is not None and bound <= budget:
         return len(items)
     total = 0
     for i, item in enumerate(items):
@@ -178,9 +191,9 @@ def cut_page(
     cursors: Sequence[int],
     fetched: int,
     after: int,
-    hints: Sequence[int] | None = None,
+    bound: int | None = None,
 ) -> Cut:
     """End a page at its count (`fetched` rows were asked for one more than the page holds) or at the byte cap,
     whichever comes first. `empty` is the result without its items; `cursors[i]` is item i's position."""
-    kept = within_bytes(items, page_budget(limits, empty), hints)
+    kept = within_bytes(items, page_budget(limits, empty), bound)
     return Cut(kept, cursors[kept - 1] if kept else after, fetched > kept)
