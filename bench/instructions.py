@@ -79,7 +79,11 @@ async def _measure(calls: int) -> dict[str, float]:
             "post_message": {"room": ROOM, "text": TEXT},
             "read_messages": {"room": ROOM, "limit": 20},
         }
-        requests = {"echo": (echo, echo_port, tool_call(echo_port, "echo", {"text": TEXT}))}
+        requests = {
+            "echo": (echo, echo_port, tool_call(echo_port, "echo", {"text": TEXT})),
+            # The SDK alone sending read_messages' answer (bench/echo_server.py), for reference beside it.
+            "echo_page": (echo, echo_port, tool_call(echo_port, "echo_page", {"text": TEXT})),
+        }
         for tool, args in arguments.items():
             requests[tool] = (hub, hub_port, tool_call(hub_port, tool, args, token=token))
         conn = await Connection.open(hub_port)

@@ -65,8 +65,10 @@ from raw_client import Connection, tool_call
 from world import AGENT, ROOM, UNLIMITED_RATES, build_hub
 
 BENCH = Path(__file__).resolve().parent
-TOOLS = ("echo", "echo_sync", "whoami", "post_message", "read_messages")
-BASELINES = ("echo", "echo_sync")
+TOOLS = ("echo", "echo_sync", "echo_page", "whoami", "post_message", "read_messages")
+# Served by bench/echo_server.py; each is a column of ratios. echo_page, the SDK sending read_messages' answer, is
+# served over HTTP only (the in-memory rows have no such column).
+BASELINES = ("echo", "echo_sync", "echo_page")
 TEXT = "hello from the agent-rooms bench, " + "x" * 30
 WARMUP_S = 0.4
 # DESIGN §11, over HTTP: (aim, must not exceed), as server CPU per call ÷ echo's.
@@ -210,6 +212,7 @@ async def sanity(servers: dict[str, Server], requests: dict[str, bytes]) -> None
         ok = {
             "echo": lambda r, s: r["content"][0]["text"] == TEXT,
             "echo_sync": lambda r, s: r["content"][0]["text"] == TEXT,
+            "echo_page": lambda r, s: len(s.get("messages", [])) == READ_PAGE,
             "whoami": lambda r, s: s.get("agent", {}).get("handle") == AGENT,
             "post_message": lambda r, s: isinstance(s.get("seq"), int) and s["seq"] >= 1,
             "read_messages": lambda r, s: len(s.get("messages", [])) == READ_PAGE,
@@ -280,6 +283,7 @@ async def http_rounds(
         requests = {
             "echo": tool_call(echo_port, "echo", {"text": TEXT}),
             "echo_sync": tool_call(echo_port, "echo_sync", {"text": TEXT}),
+            "echo_page": tool_call(echo_port, "echo_page", {"text": TEXT}),
             "whoami": tool_call(hub_port, "whoami", {}, token=token),
             "post_message": tool_call(hub_port, "post_message", {"room": ROOM, "text": TEXT}, token=token),
             "read_messages": tool_call(hub_port, "read_messages", {"room": ROOM, "limit": READ_PAGE}, token=token),
@@ -366,6 +370,8 @@ def summarize(rows: list[dict[str, Any]], cpu_key: str, concs: list[int | None])
         by_round = {(r["round"], r["tool"]): r for r in sub}
         for tool in TOOLS:
             mine = [r for r in sub if r["tool"] == tool]
+            if not mine:  # echo_page, in memory
+                continue
             entry: dict[str, Any] = {
                 "conc": conc,
                 "tool": tool,
@@ -373,9 +379,11 @@ def summarize(rows: list[dict[str, Any]], cpu_key: str, concs: list[int | None])
                 "cpu_us_call": spread([r[cpu_key] for r in mine]),
             }
             for base in BASELINES:
-                entry[f"ratio_to_{base}"] = spread(
-                    [r[cpu_key] / by_round[(r["round"], base)][cpu_key] for r in mine if (r["round"], base) in by_round]
-                )
+                ratios = [
+                    r[cpu_key] / by_round[(r["round"], base)][cpu_key] for r in mine if (r["round"], base) in by_round
+                ]
+                if ratios:
+                    entry[f"ratio_to_{base}"] = spread(ratios)
             if tool in BUDGET and cpu_key == "server_cpu_us_call":
                 aim, limit = BUDGET[tool]
                 median = entry["ratio_to_echo"]["median"]
@@ -399,8 +407,11 @@ def fmt(s: dict[str, float], digits: int = 0) -> str:
 
 def print_tables(http: list[dict[str, Any]], memory: list[dict[str, Any]]) -> None:
     print("\nHTTP: raw keep-alive client -> uvicorn, 1 process each; median [min–max] over rounds")
-    print("| conns | tool | calls/s | server CPU µs/call | ÷ echo | budget (aim / limit) | ÷ echo_sync | p50 ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| conns | tool | calls/s | server CPU µs/call | ÷ echo | budget (aim / limit) | ÷ echo_sync | ÷ echo_page"
+        " | p50 ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for e in http:
         budget = ""
         if "budget" in e:
@@ -409,7 +420,8 @@ def print_tables(http: list[dict[str, Any]], memory: list[dict[str, Any]]) -> No
             budget = f"{b['aim']}× / {b['limit']}×: {verdict}"
         print(
             f"| {e['conc']} | {e['tool']} | {fmt(e['calls_s'])} | {fmt(e['cpu_us_call'])} | "
-            f"{fmt(e['ratio_to_echo'], 2)} | {budget} | {fmt(e['ratio_to_echo_sync'], 2)} | {e['p50_ms']:.2f} |"
+            f"{fmt(e['ratio_to_echo'], 2)} | {budget} | {fmt(e['ratio_to_echo_sync'], 2)} | "
+            f"{fmt(e['ratio_to_echo_page'], 2)} | {e['p50_ms']:.2f} |"
         )
     if memory:
         print("\nIn-memory: mcp.Client(server) in one process, 1 caller (information only)")
@@ -530,6 +542,17 @@ def print_summary(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
         limit = f"{r['limit']}{x}" + (", and ≤ 1 s" if "echo calls" in r["measure"] else "")
         target = f"{'<' if 'p50' in r['measure'] else '≤'} {r['target']}{x}"
         print(f"| {r['measure']} | {ours} | {base} | {ratio} | {target} | {limit} | {r['verdict']} |")
+
+
+def print_answer_cost(http: list[dict[str, Any]]) -> None:
+    """read_messages beside echo_page, the SDK alone sending an answer of the same size: how much of its ratio to
+    echo is the size of its answer, which the SDK's own work on it sets, and how much is ours."""
+    for e in http:
+        if e["tool"] in ("echo_page", "read_messages") and "ratio_to_echo_page" in e:
+            print(
+                f"for reference, {e['conc']} conn: {e['tool']} ÷ echo {e['ratio_to_echo']['median']:.2f}×, "
+                f"÷ echo_page (the SDK sending the same page) {e['ratio_to_echo_page']['median']:.2f}×"
+            )
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -671,6 +694,7 @@ def main() -> int:
         result["instructions"] = instructions_result
     result["summary"] = design_rows(result)
     print_summary(result["summary"], info)
+    print_answer_cost(http)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out} ({elapsed:.0f}s)")
     over = [e for e in http if "budget" in e and not e["budget"]["within_limit"]]
