@@ -148,15 +148,15 @@ async def serve_stdio(settings: Settings) -> None:
     # MCPServer has no public way to run on custom streams: the low-level server does (mcp-sdk.md).
     lowlevel = mcp._lowlevel_server
     hub, doorway = _OpeningHub(), _Doorway()
-    failed: list[BaseException] = []
+    failed: list[Exception] = []
 
     async def open_hub(scope: anyio.CancelScope) -> None:
         with anyio.move_on_after(OPEN_WITHIN_S):
             await doorway.wanted.wait()
-        # The hub's modules are loaded on a worker thread: done on the event loop they would hold it for tens of
-        # milliseconds, and the tool list just answered would wait in the SDK's stdout writer until they had.
-        await anyio.to_thread.run_sync(_load_hub_modules)
         try:
+            # The hub's modules are loaded on a worker thread: on the event loop they would hold it for tens of
+            # milliseconds, and the tool list just answered would wait in the SDK's stdout writer until they had.
+            await anyio.to_thread.run_sync(_load_hub_modules)
             # The server's own lifespan (GatedServer keeps the hub it opened for its refusals' audit rows).
             async with lowlevel.lifespan(lowlevel) as opened:
                 hub.open_as(opened)
