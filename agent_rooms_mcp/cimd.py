@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
-import h11
 import structlog
 from anyio.abc import SocketAttribute
 
@@ -100,12 +99,19 @@ class ClientDocuments:
         self._resolve: Resolver = resolve or _getaddrinfo
         # Only the test suite sets this (settings.py): loopback allowed, and its own CA trusted.
         self._allow_loopback = test_ca is not None
-        self._tls = ssl.create_default_context()
-        if test_ca is not None:
-            self._tls.load_verify_locations(cafile=str(test_ca))
+        self._test_ca = test_ca
         self._cache: dict[str, tuple[float, ClientDocument | DocumentRefused]] = {}
         self._domains: dict[str, deque[float]] = {}
         self._all: deque[float] = deque()
+
+    @functools.cached_property
+    def _tls(self) -> ssl.SSLContext:
+        """Made at the first fetch, not with the hub: loading the system's CA certificates costs about 250 M
+        instructions (6 % of a stdio session's CPU, and of every CLI command's), and most hubs never fetch one."""
+        tls = ssl.create_default_context()
+        if self._test_ca is not None:
+            tls.load_verify_locations(cafile=str(self._test_ca))
+        return tls
 
     async def get(self, url: str, own_host: str | None) -> ClientDocument:
         """The checked document at `url`, or DocumentRefused. `own_host`: the hub's public host name, whose
@@ -157,6 +163,8 @@ class ClientDocuments:
         return True
 
     async def _fetch(self, url: str, own_host: str | None) -> tuple[ClientDocument, int | None]:
+        import h11  # here and in _exchange, not at the top: a hub that never fetches never loads it (DESIGN §11)
+
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port or 443
         try:
@@ -205,6 +213,8 @@ class ClientDocuments:
         return policy.cimd_address_refused(address, allow_loopback=self._allow_loopback)
 
     async def _exchange(self, stream: Any, netloc: str, path: str) -> tuple[bytes, int | None]:
+        import h11
+
         cap = self._limits.oauth_cimd_bytes
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_HEAD_BYTES)
         request = h11.Request(

@@ -2,47 +2,43 @@
 
 from __future__ import annotations
 
+import importlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
-from nacl.signing import SigningKey
 
-from agent_rooms_mcp import audit
-from agent_rooms_mcp.auth.authenticator import Authenticator
-from agent_rooms_mcp.auth.passports import PassportIssuer
-from agent_rooms_mcp.cimd import ClientDocuments
-from agent_rooms_mcp.home import (
-    HomeError,
-    create_issuer_key,
-    ensure_private_dir,
-    load_issuer_key,
-    secure_database_files,
-)
-from agent_rooms_mcp.ratelimit import RateLimits
-from agent_rooms_mcp.services.accounts import Accounts
-from agent_rooms_mcp.services.audit_checkpoints import Checkpoints
-from agent_rooms_mcp.services.consent import Consent
-from agent_rooms_mcp.services.console_sessions import ConsoleSessions
-from agent_rooms_mcp.services.containment import Containment
-from agent_rooms_mcp.services.devices import Devices
-from agent_rooms_mcp.services.files import Files
-from agent_rooms_mcp.services.grants import Grants
-from agent_rooms_mcp.services.invites import Invites
-from agent_rooms_mcp.services.listeners import Listeners
-from agent_rooms_mcp.services.messages import Messages
-from agent_rooms_mcp.services.oauth import OAuth
-from agent_rooms_mcp.services.overview import Overview
-from agent_rooms_mcp.services.purge import Purge
-from agent_rooms_mcp.services.rooms import Rooms
-from agent_rooms_mcp.services.run_control import Runs
-from agent_rooms_mcp.services.tasks import Tasks
+from agent_rooms_mcp.home import HomeError, load_issuer_key
 from agent_rooms_mcp.settings import Settings
-from agent_rooms_mcp.store.database import Store
-from agent_rooms_mcp.vault import Vault, create_master_key
+
+if TYPE_CHECKING:
+    from nacl.signing import SigningKey
+
+    from agent_rooms_mcp import audit
+    from agent_rooms_mcp.auth.authenticator import Authenticator
+    from agent_rooms_mcp.ratelimit import RateLimits
+    from agent_rooms_mcp.services.accounts import Accounts
+    from agent_rooms_mcp.services.audit_checkpoints import Checkpoints
+    from agent_rooms_mcp.services.consent import Consent
+    from agent_rooms_mcp.services.console_sessions import ConsoleSessions
+    from agent_rooms_mcp.services.containment import Containment
+    from agent_rooms_mcp.services.devices import Devices
+    from agent_rooms_mcp.services.files import Files
+    from agent_rooms_mcp.services.grants import Grants
+    from agent_rooms_mcp.services.invites import Invites
+    from agent_rooms_mcp.services.listeners import Listeners
+    from agent_rooms_mcp.services.messages import Messages
+    from agent_rooms_mcp.services.oauth import OAuth
+    from agent_rooms_mcp.services.overview import Overview
+    from agent_rooms_mcp.services.purge import Purge
+    from agent_rooms_mcp.services.rooms import Rooms
+    from agent_rooms_mcp.services.run_control import Runs
+    from agent_rooms_mcp.services.tasks import Tasks
+    from agent_rooms_mcp.store.database import Store
 
 log = structlog.get_logger("agent_rooms_mcp.hub")
 
@@ -74,6 +70,32 @@ class Hub:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Hub]:
+        # The services are imported here, not at the top: importing `Hub` (gate.py and server.py do, and so every
+        # stdio start before it answers `initialize`) loads no service, policy or store module (DESIGN §11).
+        from agent_rooms_mcp.auth.authenticator import Authenticator
+        from agent_rooms_mcp.auth.passports import PassportIssuer
+        from agent_rooms_mcp.cimd import ClientDocuments
+        from agent_rooms_mcp.ratelimit import RateLimits
+        from agent_rooms_mcp.services.accounts import Accounts
+        from agent_rooms_mcp.services.audit_checkpoints import Checkpoints
+        from agent_rooms_mcp.services.consent import Consent
+        from agent_rooms_mcp.services.console_sessions import ConsoleSessions
+        from agent_rooms_mcp.services.containment import Containment
+        from agent_rooms_mcp.services.devices import Devices
+        from agent_rooms_mcp.services.files import Files
+        from agent_rooms_mcp.services.grants import Grants
+        from agent_rooms_mcp.services.invites import Invites
+        from agent_rooms_mcp.services.listeners import Listeners
+        from agent_rooms_mcp.services.messages import Messages
+        from agent_rooms_mcp.services.oauth import OAuth
+        from agent_rooms_mcp.services.overview import Overview
+        from agent_rooms_mcp.services.purge import Purge
+        from agent_rooms_mcp.services.rooms import Rooms
+        from agent_rooms_mcp.services.run_control import Runs
+        from agent_rooms_mcp.services.tasks import Tasks
+        from agent_rooms_mcp.store.database import Store
+        from agent_rooms_mcp.vault import Vault
+
         key = check_home(settings)
         async with Store.open(
             settings.db_path, busy_timeout_ms=settings.limits.busy_timeout_ms, watch_s=settings.limits.waiter_watch_s
@@ -124,6 +146,44 @@ class Hub:
                         log.error("oauth.refusals_unwritten", error=type(e).__name__)
 
 
+def load_modules() -> None:
+    """Import what `Hub.open` imports, for a caller that would rather load it off its event loop (stdio.py)."""
+    for name in _OPEN_IMPORTS:
+        importlib.import_module(name)
+
+
+_OPEN_IMPORTS = (
+    "agent_rooms_mcp.auth.authenticator",
+    "agent_rooms_mcp.auth.passports",
+    "agent_rooms_mcp.cimd",
+    "agent_rooms_mcp.ratelimit",
+    *(
+        f"agent_rooms_mcp.services.{name}"
+        for name in [
+            "accounts",
+            "audit_checkpoints",
+            "consent",
+            "console_sessions",
+            "containment",
+            "devices",
+            "files",
+            "grants",
+            "invites",
+            "listeners",
+            "messages",
+            "oauth",
+            "overview",
+            "purge",
+            "rooms",
+            "run_control",
+            "tasks",
+        ]
+    ),
+    "agent_rooms_mcp.store.database",
+    "agent_rooms_mcp.vault",
+)
+
+
 def check_home(settings: Settings) -> SigningKey:
     """The issuer key of an initialised, safe home; HomeError naming the fix otherwise."""
     if not settings.db_path.exists():
@@ -133,6 +193,11 @@ def check_home(settings: Settings) -> SigningKey:
 
 async def init_home(settings: Settings, operator: audit.Actor) -> bool:
     """Create the home, issuer key and database if missing. Idempotent; True if anything was created."""
+    from agent_rooms_mcp import audit
+    from agent_rooms_mcp.home import create_issuer_key, ensure_private_dir, secure_database_files
+    from agent_rooms_mcp.store.database import Store
+    from agent_rooms_mcp.vault import create_master_key
+
     created = False
     for d in (settings.home, settings.keys_dir, settings.tokens_dir):
         ensure_private_dir(d)

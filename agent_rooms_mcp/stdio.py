@@ -1,7 +1,15 @@
-"""stdio transport: the SDK's stdio streams fed by a line reader with a size cap and bounded memory.
+"""stdio transport: the SDK's stdio streams fed by a line reader with a size cap and bounded memory, and a hub that
+opens once the client has its tool list.
 
 The SDK reads stdin with an unbounded `async for line`; one huge line would be held whole in memory
 (`lines.BoundedLines` instead).
+
+A client that launches the hub (Claude Code, per session) waits for the `initialize` answer and the tool list, and
+neither needs the hub (DESIGN §11: cold start). So the SDK serves from the start, and the hub (its services, the
+store, the supervisor, housekeeping) opens after the tool list has gone out, or as soon as a message needs it, or
+`OPEN_WITHIN_S` after the start for a client that never lists the tools, whichever comes first. Until it has opened,
+a request that could use it waits in front of the SDK, and every message after it waits behind it: no call is ever
+answered by a hub that has not opened, and the first call still authenticates against the store.
 """
 
 from __future__ import annotations
@@ -9,14 +17,20 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
 
+import anyio
 import structlog
+from mcp.server.runner import serve_dual_era_loop
 from mcp.server.stdio import stdio_server
+from mcp.shared._context_streams import ContextSendStream, create_context_streams
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.message import SessionMessage
+from mcp.types import JSONRPCError, JSONRPCRequest, JSONRPCResponse, RequestId
 
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
-from agent_rooms_mcp.embedded import supervising
 from agent_rooms_mcp.errors import RoomsError
-from agent_rooms_mcp.housekeeping import housekeeping
 from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.lines import DISCARD_CHUNK, BoundedLines
 from agent_rooms_mcp.server import create_server
@@ -26,6 +40,11 @@ log = structlog.get_logger("agent_rooms_mcp.stdio")
 
 _HINT = "set AGENT_ROOMS_TOKEN_FILE (a 0600 file) or AGENT_ROOMS_TOKEN; see `agent-rooms connect AGENT`"
 
+# The requests the SDK answers without the hub. Any other request waits until the hub has opened.
+NEEDS_NO_HUB = frozenset({"initialize", "ping", "tools/list"})
+# A client that never lists the tools still gets the supervisor and housekeeping this soon after the start.
+OPEN_WITHIN_S = 1.0
+
 
 @asynccontextmanager
 async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
@@ -33,6 +52,10 @@ async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
 
     The server still serves: the client lists our tools and every call explains itself as UNAUTHENTICATED.
     """
+    # Imported here: the supervisor's and housekeeping's modules are loaded as the hub opens, after the tool list.
+    from agent_rooms_mcp.embedded import supervising
+    from agent_rooms_mcp.housekeeping import housekeeping
+
     async with Hub.open(settings) as hub, supervising(hub), housekeeping(hub):
         if settings.stdio_token is None:
             log.warning("stdio.no_credential", hint=_HINT, problem=settings.stdio_token_problem)
@@ -44,11 +67,119 @@ async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
         yield hub
 
 
+def _load_hub_modules() -> None:
+    from agent_rooms_mcp import embedded, housekeeping, hub  # noqa: F401  (the supervisor's and housekeeping's)
+
+    hub.load_modules()
+
+
+class _OpeningHub(Hub):
+    """The lifespan state the SDK is handed before the hub has opened: every attribute read is the opened hub's.
+
+    Nothing reads one before then: `_Doorway` lets through only the requests in NEEDS_NO_HUB until the hub has
+    opened, and none of those reach our code. A read before that is a wiring bug, and fails loudly."""
+
+    def __init__(self) -> None:  # a Hub with nothing of its own: it only points at the hub once that has opened
+        object.__setattr__(self, "_opened", None)
+
+    def open_as(self, hub: Hub) -> None:
+        object.__setattr__(self, "_opened", hub)
+
+    def __getattr__(self, name: str) -> Any:
+        hub = object.__getattribute__(self, "_opened")
+        if hub is None:
+            raise RuntimeError(f"hub.{name} was read before the hub opened")
+        return getattr(hub, name)
+
+
+class _Doorway:
+    """Between stdin and the SDK: holds the first request that needs the hub, and everything after it, until the
+    hub has opened; asks for the hub to open at once when it holds one, and when the tool list has been answered."""
+
+    def __init__(self) -> None:
+        self.wanted = anyio.Event()  # open the hub now
+        self.opened = anyio.Event()
+        self._listing: set[RequestId] = set()  # ids of tools/list requests not answered yet
+
+    async def forward(
+        self, source: ReadStream[SessionMessage | Exception], sink: ContextSendStream[SessionMessage | Exception]
+    ) -> None:
+        async with sink:
+            async for item in source:
+                if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
+                    method = item.message.method
+                    if method == "tools/list":
+                        self._listing.add(item.message.id)
+                    elif method not in NEEDS_NO_HUB and not self.opened.is_set():
+                        self.wanted.set()
+                        await self.opened.wait()
+                await sink.send(item)
+
+    def answered(self, item: SessionMessage) -> None:
+        if isinstance(item.message, JSONRPCResponse | JSONRPCError) and item.message.id in self._listing:
+            self._listing.discard(item.message.id)
+            self.wanted.set()  # the client has what it needs to start: the hub opens behind its answer
+
+
+class _Answers:
+    """The SDK's write stream, telling the doorway what went out."""
+
+    def __init__(self, inner: WriteStream[SessionMessage], doorway: _Doorway) -> None:
+        self._inner, self._doorway = inner, doorway
+
+    async def send(self, item: SessionMessage, /) -> None:
+        await self._inner.send(item)
+        self._doorway.answered(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _Answers:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
 async def serve_stdio(settings: Settings) -> None:
     mcp = create_server(lambda _: _checked_hub(settings))
+    # MCPServer has no public way to run on custom streams: the low-level server does (mcp-sdk.md).
+    lowlevel = mcp._lowlevel_server
+    hub, doorway = _OpeningHub(), _Doorway()
+    failed: list[Exception] = []
+
+    async def open_hub(scope: anyio.CancelScope) -> None:
+        with anyio.move_on_after(OPEN_WITHIN_S):
+            await doorway.wanted.wait()
+        try:
+            # The hub's modules are loaded on a worker thread: on the event loop they would hold it for tens of
+            # milliseconds, and the tool list just answered would wait in the SDK's stdout writer until they had.
+            await anyio.to_thread.run_sync(_load_hub_modules)
+            # The server's own lifespan (GatedServer keeps the hub it opened for its refusals' audit rows).
+            async with lowlevel.lifespan(lowlevel) as opened:
+                hub.open_as(opened)
+                doorway.opened.set()
+                await anyio.sleep_forever()
+        except Exception as e:  # raised as itself after the server stops, as it was when the hub opened first
+            failed.append(e)
+            scope.cancel()
+
     # Read our own duplicate of fd 0 so the line cap applies; the SDK still owns stdout.
     raw = os.fdopen(os.dup(0), "rb", buffering=DISCARD_CHUNK)
     async with stdio_server(stdin=BoundedLines(raw, settings.limits.stdio_line_bytes)) as (reader, writer):  # type: ignore[arg-type]
-        # MCPServer has no public way to run on custom streams: the low-level server does (mcp-sdk.md).
-        lowlevel = mcp._lowlevel_server
-        await lowlevel.run(reader, writer, lowlevel.create_initialization_options())
+        passed, received = create_context_streams[SessionMessage | Exception](0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(doorway.forward, reader, passed)
+            tg.start_soon(open_hub, tg.cancel_scope)
+            await serve_dual_era_loop(
+                lowlevel,
+                received,
+                _Answers(writer, doorway),
+                lifespan_state=hub,
+                init_options=lowlevel.create_initialization_options(),
+            )
+            tg.cancel_scope.cancel()
+        if failed:  # inside stdio_server, so that its reader of stdin is cancelled too
+            raise failed[0]
