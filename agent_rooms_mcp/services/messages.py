@@ -255,7 +255,7 @@ class Messages:
                     seq,
                     caller.agent_id,
                     text,
-                    json.dumps(resolved),
+                    json.dumps(resolved) if resolved else "[]",  # most posts mention nobody: no encoder call
                     reply_to,
                     now_utc(),
                     json.dumps(kept) if kept else None,
