@@ -99,8 +99,8 @@ async def test_processes_starting_together_on_a_fresh_database_migrate_it_once(t
 
 
 async def test_a_post_that_mentions_nobody_still_wakes_a_wait_for_any_commit(world: World) -> None:
-    """Such a post wakes only the room watcher, not the supervisor's poll (docs/PERFORMANCE.md): a listener's
-    long poll, which waits for any commit, is still told, through the watcher."""
+    """Such a post wakes only the room watcher, not the supervisor's poll (`Store.notify_changed(pollers=False)`):
+    a listener's long poll, which waits for any commit, is still told, through the watcher."""
     async with world.hub() as hub:
         caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
         with anyio.fail_after(5):  # far inside the wait's own 60 s: only the post can end it
