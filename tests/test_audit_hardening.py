@@ -178,6 +178,36 @@ async def test_the_next_row_is_still_appended_and_the_chain_verifies(world: Worl
     assert world.chain_verifies()
 
 
+def test_a_row_hashes_as_it_always_has() -> None:
+    """Known answers, computed before the append path was made cheaper: every chain already written must still
+    verify, so the bytes hashed (PAE over the fields, `via` only when set) may never change."""
+    row: dict[str, Any] = {
+        "ts": "2026-12-07T18:00:00.123456Z", "actor_kind": "agent", "actor_id": "agt_1", "owner_id": "own_1",
+        "action": "message.post", "target": "room_1", "outcome": "ok", "reason": None, "cred_id": "tok_1",
+        "detail": '{"mentions":0,"message_id":"msg_1","seq":7}', "via": None,
+    }  # fmt: skip
+    assert audit.row_hash(bytes(range(32)), 42, row).hex() == (
+        "425d3407e91cbaed5fcbaccb90ae72c7a063626ef081281fd535767733f371b7"
+    )
+    assert audit.row_hash(bytes(range(32)), 43, {**row, "via": "cli", "reason": ""}).hex() == (
+        "800d37cfbb398d4f4b45600c2666ebc24fac7b53fc5da32e35cd77b95ed577bc"
+    )
+
+
+async def test_an_appended_row_keeps_its_detail_in_one_spelling(world: World) -> None:
+    """Keys sorted, no spaces: the detail text is hashed into the chain, so its spelling is part of the row."""
+    conn = sqlite3.connect(world.db, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("BEGIN IMMEDIATE")
+    seq = audit.append(conn, OPERATOR, "test.detail", detail={"b": [1, "é"], "a": {"z": None, "y": True}})
+    conn.execute("COMMIT")
+    [row] = conn.execute("SELECT detail, via FROM audit WHERE seq = ?", (seq,)).fetchall()
+    conn.close()
+    assert row["detail"] == '{"a":{"y":true,"z":null},"b":[1,"\\u00e9"]}'
+    assert row["via"] is None
+    assert world.chain_verifies()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 15. A failed COMMIT rolls back and leaves the writer able to write
 

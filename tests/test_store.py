@@ -96,3 +96,26 @@ async def test_processes_starting_together_on_a_fresh_database_migrate_it_once(t
     assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
     assert {r.stdout.strip() for r in results} == {str(len(MIGRATIONS)).encode()}
     assert stat.S_IMODE(db.with_name("hub.db.migrate-lock").stat().st_mode) == 0o600
+
+
+async def test_a_post_that_mentions_nobody_still_wakes_a_wait_for_any_commit(world: World) -> None:
+    """Such a post wakes only the room watcher, not the supervisor's poll (`Store.notify_changed(pollers=False)`):
+    a listener's long poll, which waits for any commit, is still told, through the watcher."""
+    async with world.hub() as hub:
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
+        with anyio.fail_after(5):  # far inside the wait's own 60 s: only the post can end it
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.store.wait_any_change, 60)
+                await anyio.lowlevel.checkpoint()  # the wait begins: it is counted before it first blocks
+                await hub.messages.post(caller, "lobby", "nobody mentioned", [], None)
+
+
+async def test_a_post_that_mentions_a_member_wakes_the_pollers_at_once(world: World) -> None:
+    """A mention can queue a run: the supervisor's wait (`wait_changed`) is woken by the commit itself."""
+    async with world.hub() as hub:
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.store.wait_changed, 60)
+                await anyio.lowlevel.checkpoint()  # the wait begins: it is counted before it first blocks
+                await hub.messages.post(caller, "lobby", "over to you", ["alice-codex"], None)

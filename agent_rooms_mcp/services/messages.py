@@ -270,7 +270,7 @@ class Messages:
                     seq,
                     caller.agent_id,
                     text,
-                    json.dumps(resolved),
+                    json.dumps(resolved) if resolved else "[]",  # most posts mention nobody: no encoder call
                     reply_to,
                     now_utc(),
                     json.dumps(kept) if kept else None,
@@ -285,7 +285,11 @@ class Messages:
             )
             return PostedMessage(message_id=message_id, seq=seq, mentions=outcomes)
 
-        return await self._store.write(run, notify=True)
+        posted = await self._store.write(run)
+        # Only a mention can queue a run or make a proposal: a post that mentions nobody wakes the rooms' waiters
+        # alone, not the supervisor (which would look for work such a post cannot make, once per post).
+        self._store.notify_changed(pollers=bool(posted.mentions))
+        return posted
 
     async def read(self, caller: Caller, room_ref: str, after: int | None, limit: int) -> MessagePage:
         policy.require_scope(caller, Scope.READ)

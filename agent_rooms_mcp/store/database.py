@@ -189,6 +189,7 @@ class Store:
         # One transaction at a time on the writer, wherever it runs (loop or aiosqlite's thread).
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._changed = anyio.Event()
+        self._pollers = 0  # tasks in `wait_changed`: with none, a commit has nobody to wake
         # Long-polls wait here, by room, and for any process's commit (store/watch.py): one watcher for both.
         self.rooms = RoomWatch(reader, watch_s, self._wake_pollers)
         # The long polls in flight (`long_poll`), and whether the process has stopped serving them.
@@ -290,19 +291,29 @@ class Store:
         `PRAGMA data_version`): a poller compares it and skips its work when nothing moved."""
         return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
 
-    def notify_changed(self) -> None:
-        """Wake this process's pollers (the supervisor) and have the room watcher look at once."""
-        self._wake_pollers()
+    def notify_changed(self, *, pollers: bool = True) -> None:
+        """Wake this process's pollers (the supervisor) and have the room watcher look at once. `pollers=False`:
+        a commit that changed nothing a poller looks for (a post that mentioned nobody) wakes only the room
+        watcher, which still tells the waiters for any commit (`wait_any_change`); the supervisor sees it at its
+        next look."""
+        if pollers:
+            self._wake_pollers()
         self.rooms.poke()
 
     def _wake_pollers(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        # An event nobody waits on is as good as a fresh one: with no pollers there is nothing to set or replace.
+        if self._pollers:
+            self._changed.set()
+            self._changed = anyio.Event()
 
     async def wait_changed(self, timeout_s: float) -> None:
         """Return when this process commits a change, or after timeout_s (another process may have)."""
-        with anyio.move_on_after(timeout_s):
-            await self._changed.wait()
+        self._pollers += 1
+        try:
+            with anyio.move_on_after(timeout_s):
+                await self._changed.wait()
+        finally:
+            self._pollers -= 1
 
     async def wait_any_change(self, timeout_s: float) -> None:
         """Return when any process commits a change (seen within `watch_s`), or after timeout_s. However many

@@ -66,8 +66,11 @@ class RoomWatch:
             self._any_waiters -= 1
 
     def poke(self) -> None:
-        """This process committed: look now rather than at the next tick."""
-        self._poked.set()
+        """This process committed: look now rather than at the next tick. With nobody waiting a look would find
+        nothing to do, and a waiter that comes later pokes for itself, so the watcher is left asleep (a wake-up
+        is a task step and a fresh timer on every post)."""
+        if self._rooms or self._any_waiters:
+            self._poked.set()
 
     async def wait_past(self, room_id: str, seq: int) -> int:
         """Return the room's latest seq once it is greater than `seq` (the caller bounds the wait)."""
