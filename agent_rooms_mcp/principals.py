@@ -52,9 +52,13 @@ def parse_scopes(text: str) -> frozenset[Scope]:
     return frozenset(Scope(n) for n in names)
 
 
+# Scopes by name, for `held_scopes` on every call: a dict lookup, where calling the enum walks its machinery.
+_SCOPE_OF = {scope.value: scope for scope in Scope}
+
+
 def held_scopes(stored: str, run_id: str | None) -> frozenset[Scope]:
     """The scopes a credential holds: the agent's stored ones, narrowed for a run token."""
-    scopes = frozenset(Scope(s) for s in stored.split(",") if s)
+    scopes = frozenset(_SCOPE_OF[s] for s in stored.split(",") if s)
     return scopes - RUN_WITHHELD if run_id is not None else scopes
 
 
