@@ -119,11 +119,13 @@ class GatedServer(MCPServer[Hub]):
         self, name: str, arguments: dict[str, Any], context: Context[Hub, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         started = time.perf_counter()
-        hub = context.request_context.lifespan_context if context is not None else None
+        # Read once: the SDK's Context is a pydantic model, and each read of it is a lookup among its private fields.
+        request_context = context.request_context if context is not None else None
+        hub = request_context.lifespan_context if request_context is not None else None
         try:
-            if context is None:  # only a direct in-process call has none: nothing to authenticate it by
+            if request_context is None:  # only a direct in-process call has none: nothing to authenticate it by
                 raise unauthenticated("no_request")
-            call = Call(context.request_context.lifespan_context, await _caller(context.request_context))
+            call = Call(request_context.lifespan_context, await _caller(request_context))
             # Per-agent abuse limits, before the tool runs: a refused call changes nothing (DESIGN §9.3).
             await call.hub.rates.charge(call.caller, name)
         except RoomsError as e:

@@ -141,9 +141,15 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def process_cpu(pid: int) -> float:
     """utime + stime of every thread of pid, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    user, system = process_times(pid)
+    return user + system
+
+
+def process_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of every thread of pid, in seconds: user and kernel time apart."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
 def free_port() -> int:
@@ -238,10 +244,12 @@ async def http_cell(server: Server, request: bytes, conc: int, seconds: float) -
     try:
         warm_until = time.perf_counter() + WARMUP_S
         warmup_calls = sum(await asyncio.gather(*(loop(c, warm_until, False) for c in conns)))
-        cpu0, client0, t0 = process_cpu(server.proc.pid), time.process_time(), time.perf_counter()
+        (user0, sys0), client0, t0 = process_times(server.proc.pid), time.process_time(), time.perf_counter()
         counts = await asyncio.gather(*(loop(c, t0 + seconds, True) for c in conns))
         wall = time.perf_counter() - t0
-        cpu, client = process_cpu(server.proc.pid) - cpu0, time.process_time() - client0
+        (user1, sys1), client = process_times(server.proc.pid), time.process_time() - client0
+        user, system = user1 - user0, sys1 - sys0
+        cpu = user + system
     finally:
         for c in conns:
             await c.close()
@@ -252,6 +260,10 @@ async def http_cell(server: Server, request: bytes, conc: int, seconds: float) -
         "warmup_calls": warmup_calls,
         "calls_s": n / wall,
         "server_cpu_us_call": cpu / n * 1e6,
+        # Kernel time apart: our calls make system calls echo's do not (SQLite's WAL read locks, the log line's
+        # write), which instructions under callgrind leave out (docs/PERFORMANCE.md).
+        "server_user_us_call": user / n * 1e6,
+        "server_sys_us_call": system / n * 1e6,
         "server_cores": cpu / wall,
         "client_cpu_us_call": client / n * 1e6,
         "p50_ms": latencies[len(latencies) // 2] * 1e3,
@@ -305,7 +317,8 @@ async def http_rounds(
                     rows.append({"round": r, "conc": conc, "tool": tool, **cell})
                     print(
                         f"  http round {r + 1}/{rounds} conns={conc:<2} {tool:<12} {cell['calls_s']:7.0f} calls/s"
-                        f"  server {cell['server_cpu_us_call']:6.0f} µs/call",
+                        f"  server {cell['server_cpu_us_call']:6.0f} µs/call"
+                        f" ({cell['server_sys_us_call']:4.0f} of it kernel)",
                         file=sys.stderr,
                         flush=True,
                     )

@@ -30,12 +30,14 @@ _LOOKUP = """
 SELECT t.token_id, t.expires_at, t.revoked_at, t.run_id, t.grant_id, p.passport, p.jti,
        a.agent_id, a.handle, a.tool, a.scopes, a.status, a.cred_epoch,
        o.owner_id, o.handle AS owner_handle, o.verified_at,
-       g.scopes AS grant_scopes, g.audience, g.revoked_at AS grant_revoked_at
+       g.scopes AS grant_scopes, g.audience, g.revoked_at AS grant_revoked_at,
+       r.state AS run_state, r.room_id AS run_room_id
   FROM tokens t
   JOIN passports p ON p.jti = t.jti
   JOIN agents a ON a.agent_id = t.agent_id
   JOIN owners o ON o.owner_id = a.owner_id
   LEFT JOIN oauth_grants g ON g.grant_id = t.grant_id
+  LEFT JOIN runs r ON r.run_id = t.run_id
  WHERE t.token_hash = ?
 """
 
@@ -100,22 +102,22 @@ class Authenticator:
         # reached /mcp is refused without ever being looked up (invariant 105).
         if kind not in kinds:
             raise _Denied("wrong_credential_kind")
-        digest = secret_hash(credential)
-        return await self._store.read(lambda c: look_up(c, digest, kind, self._issuer, datetime.now(UTC), audience))
+        # One statement, so one snapshot by itself: no BEGIN and COMMIT around it (each a statement of its own).
+        row = await self._store.read_one(_LOOKUP, (secret_hash(credential),))
+        return judge(row, kind, self._issuer, datetime.now(UTC), audience)
 
 
-def look_up(
-    conn: sqlite3.Connection,
-    digest: bytes,
+def judge(
+    row: sqlite3.Row | None,
     kind: CredentialKind,
     issuer: PassportIssuer,
     now: datetime,
     audience: str | None = None,
 ) -> Caller:
-    """The credential whose hash is `digest`, presented as `kind`, judged as every call judges it: the caller
-    it authenticates, or `_Denied` with the reason. One function for `authenticate()` and for the proof a
-    receipt gives (`prove_refused`), so what a receipt proves is what the next call would meet. Reads only."""
-    row = conn.execute(_LOOKUP, (digest,)).fetchone()
+    """The credential whose `_LOOKUP` row is `row` (None: no such hash), presented as `kind`, judged as every
+    call judges it: the caller it authenticates, or `_Denied` with the reason. One function for
+    `authenticate()` and for the proof a receipt gives (`prove_refused`), so what a receipt proves is what the
+    next call would meet."""
     if row is None:
         raise _Denied("unknown_token")
     # From here on the audit row can name whose credential failed.
@@ -133,13 +135,12 @@ def look_up(
         if audience is None or row["audience"] != audience:
             raise _Denied("wrong_audience", actor)
     # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server),
-    # and acts only in the room that woke it. Asked only for run tokens: an agent's own pays nothing.
+    # and acts only in the room that woke it.
     run_room_id = None
     if row["run_id"] is not None:
-        run = conn.execute("SELECT state, room_id FROM runs WHERE run_id = ?", (row["run_id"],)).fetchone()
-        if run is None or run["state"] not in ("running", "stopping"):
+        if row["run_state"] not in ("running", "stopping"):  # None: the run's row is gone
             raise _Denied("run_ended", actor)
-        run_room_id = RoomId(run["room_id"])
+        run_room_id = RoomId(row["run_room_id"])
     if datetime.fromisoformat(row["expires_at"]) <= now:
         raise _Denied("token_expired", actor)
     try:
@@ -185,7 +186,7 @@ def prove_refused(db_path: Path, issuer: PassportIssuer, token_ids: Sequence[str
                 continue
             kind = row_kind(found["run_id"], found["grant_id"])
             try:
-                look_up(conn, bytes(found["token_hash"]), kind, issuer, now, found["audience"])
+                judge(conn.execute(_LOOKUP, (found["token_hash"],)).fetchone(), kind, issuer, now, found["audience"])
                 answers[token_id] = None
             except _Denied as denied:
                 answers[token_id] = denied.reason

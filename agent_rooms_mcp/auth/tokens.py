@@ -32,12 +32,14 @@ MCP_KINDS = frozenset({CredentialKind.AGENT, CredentialKind.RUN})
 PUBLIC_MCP_KINDS = MCP_KINDS | {CredentialKind.OAUTH_ACCESS}
 # Every kind is its prefix and 256 random bits in base64url.
 _CREDENTIAL_RE = re.compile("(" + "|".join(kind.value for kind in CredentialKind) + ")[A-Za-z0-9_-]{43}")
+# By prefix: a dict lookup, where calling the enum on its value walks the enum machinery on every call.
+_KIND_OF_PREFIX = {kind.value: kind for kind in CredentialKind}
 
 
 def credential_kind(credential: str) -> CredentialKind | None:
     """The kind a well-formed credential claims by its prefix; None for anything malformed."""
     found = _CREDENTIAL_RE.fullmatch(credential)
-    return None if found is None else CredentialKind(found.group(1))
+    return None if found is None else _KIND_OF_PREFIX[found.group(1)]
 
 
 def holds_credential(text: str) -> bool:
