@@ -69,6 +69,7 @@ TOOLS = ("echo", "echo_sync", "echo_page", "whoami", "post_message", "read_messa
 # Served by bench/echo_server.py; each is a column of ratios. echo_page, the SDK sending read_messages' answer, is
 # served over HTTP only (the in-memory rows have no such column).
 BASELINES = ("echo", "echo_sync", "echo_page")
+INMEMORY_TOOLS = tuple(t for t in TOOLS if t != "echo_page")
 TEXT = "hello from the agent-rooms bench, " + "x" * 30
 WARMUP_S = 0.4
 # DESIGN §11, over HTTP: (aim, must not exceed), as server CPU per call ÷ echo's.
@@ -346,7 +347,7 @@ def inmemory_rounds(home: Path, token: str, rounds: int, seconds: float, logdir:
             stdout=subprocess.PIPE,
             stderr=err,
             cwd=BENCH.parent,
-            timeout=60 + rounds * len(TOOLS) * (seconds + 1),
+            timeout=60 + rounds * len(INMEMORY_TOOLS) * (seconds + 1),
         )
     if done.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
@@ -640,7 +641,7 @@ def main() -> int:
         tokens = asyncio.run(build_hub(home))
         memory_rows = []
         if a.memory_seconds > 0:
-            print(f"in-memory: {a.rounds} rounds × {len(TOOLS)} tools × {a.memory_seconds}s", file=sys.stderr)
+            print(f"in-memory: {a.rounds} rounds × {len(INMEMORY_TOOLS)} tools × {a.memory_seconds}s", file=sys.stderr)
             memory_rows = inmemory_rounds(home, tokens[AGENT], a.rounds, a.memory_seconds, logdir)
         print(f"http: {a.rounds} rounds × conns {concs} × {len(TOOLS)} tools × {a.seconds}s", file=sys.stderr)
         http_rows = asyncio.run(http_rounds(home, tokens[AGENT], a.rounds, a.seconds, concs, logdir, a.profile))
