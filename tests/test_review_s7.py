@@ -1,0 +1,113 @@
+"""Session 7's review (issue 19): what the performance changes broke, each as a test of what held before them.
+
+Real `python -m agent_rooms_mcp serve` processes over their pipes, as a client that launches the hub drives them.
+A wait here is a bound on a hung server, never a timing assertion: the test fails rather than waiting for ever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from agent_rooms_mcp.home import write_private_file
+from tests.conftest import World
+
+REPO = Path(__file__).resolve().parent.parent
+ALICE = "alice-claude"
+HELLO = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}  # fmt: skip
+READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+LIST = {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}
+STUCK_S = 60
+# How long a process whose hub failed may take to end: it used to end at once.
+ENDS_WITHIN_S = 30
+
+
+def _call(rpc_id: int, name: str, **arguments: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+
+
+def _serve(world: World, errlog: IO[bytes]) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
+    env["AGENT_ROOMS_HOME"] = str(world.settings.home)
+    path = world.settings.tokens_dir / "agent.token"
+    write_private_file(path, world.tokens[ALICE].encode("ascii"))
+    env["AGENT_ROOMS_TOKEN_FILE"] = str(path)
+    argv = [sys.executable, "-m", "agent_rooms_mcp", "serve"]
+    return subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog)
+
+
+def _send(stdin: IO[bytes] | None, *messages: dict[str, Any]) -> None:
+    assert stdin is not None
+    stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+    stdin.flush()
+
+
+def _answers(stdout: bytes) -> dict[Any, dict[str, Any]]:
+    return {m.get("id"): m for m in (json.loads(line) for line in stdout.splitlines() if line.strip())}
+
+
+async def test_a_call_written_just_before_stdin_closes_is_still_answered(world: World, tmp_path: Path) -> None:
+    """A one-shot client (`printf '…' | agent-rooms serve`) writes its requests and closes stdin. Before the
+    hub opened behind the tool list, its call was answered; now the held call is forwarded to the SDK with the
+    end of stdin right behind it, the SDK cancels it as in flight, and the client never hears back, although the
+    post was made (stdio.py `_Doorway.forward`)."""
+    with (tmp_path / "stderr.log").open("wb") as errlog, _serve(world, errlog) as proc:
+        _send(proc.stdin, HELLO, READY, _call(2, "post_message", room="lobby", text="one shot"))
+        out, _ = proc.communicate(timeout=STUCK_S)
+    assert [r["text"] for r in world.sql("SELECT text FROM messages")] == ["one shot"]
+    answers = _answers(out)
+    assert 1 in answers
+    assert 2 in answers, "the post was made, but its answer never came"
+    assert not answers[2]["result"].get("isError"), answers[2]
+
+
+async def test_a_client_closing_stdin_ends_the_serve_cleanly(world: World, tmp_path: Path) -> None:
+    """Stdin closed after a call: exit 0 and nothing on stderr but the log lines. The hub now closes under the
+    cancellation of `serve_stdio`'s task group (`tg.cancel_scope.cancel()` after the SDK's loop returns), so
+    aiosqlite's close of the writer is cancelled and its thread reports into a closed event loop: every
+    stdio session ended with a traceback ("Event loop is closed") on stderr."""
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as errlog, _serve(world, errlog) as proc:
+        _send(proc.stdin, HELLO, READY, LIST, _call(2, "whoami"))
+        assert proc.stdout is not None
+        seen: set[Any] = set()
+        while 2 not in seen:
+            line = proc.stdout.readline()
+            assert line, "the server closed stdout before answering"
+            seen.add(json.loads(line).get("id"))
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(STUCK_S)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    stray = [line for line in log.read_text().splitlines() if line and not line.startswith("{")]
+    assert stray == [], "\n".join(stray[-20:])
+
+
+async def test_a_serve_whose_hub_cannot_open_ends_without_waiting_for_stdin(world: World, tmp_path: Path) -> None:
+    """A database that cannot be opened: the process used to end at once (exit 1, the error on stderr), and the
+    client saw its server go. Now the handshake and the tool list are answered first, the held call is never
+    answered, and the process stays alive after printing the error, its interpreter waiting on the worker thread
+    blocked in a read of stdin, until the client closes stdin or kills it."""
+    world.db.write_bytes(b"not a database" * 1000)
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as errlog, _serve(world, errlog) as proc:
+        try:
+            _send(proc.stdin, HELLO, READY, LIST, _call(2, "whoami"))
+            for _ in range(ENDS_WITHIN_S * 10):
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+            ended = proc.poll() is not None
+        finally:
+            proc.kill()
+            proc.wait(STUCK_S)
+    assert "file is not a database" in log.read_text()
+    assert ended, "the hub failed to open, and the process is still running with stdin open"
