@@ -57,8 +57,8 @@ def _answers(stdout: bytes) -> dict[Any, dict[str, Any]]:
 async def test_a_call_written_just_before_stdin_closes_is_still_answered(world: World, tmp_path: Path) -> None:
     """A one-shot client (`printf '…' | agent-rooms serve`) writes its requests and closes stdin. Before the
     hub opened behind the tool list, its call was answered; now the held call is forwarded to the SDK with the
-    end of stdin right behind it, the SDK cancels it as in flight, and the client never hears back, although the
-    post was made (stdio.py `_Doorway.forward`)."""
+    end of stdin right behind it (stdio.py `_Doorway.forward`), and the SDK's loop, at that end, cancels its calls
+    in flight: the post is made, audited and logged as a `tool.call`, but its answer is never written."""
     with (tmp_path / "stderr.log").open("wb") as errlog, _serve(world, errlog) as proc:
         _send(proc.stdin, HELLO, READY, _call(2, "post_message", room="lobby", text="one shot"))
         out, _ = proc.communicate(timeout=STUCK_S)
