@@ -7,10 +7,15 @@ use it without loading the store.
 from __future__ import annotations
 
 import json
+import queue
 import re
+import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import structlog
 
 log = structlog.get_logger("agent_rooms_mcp.stdio")
@@ -28,13 +33,45 @@ class BoundedLines:
     def __init__(self, raw: BinaryIO, limit: int) -> None:
         self._raw = raw
         self._limit = limit
+        self._asks: queue.SimpleQueue[tuple[int, Callable[[bytes | Exception], None]]] = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
 
     def __aiter__(self) -> BoundedLines:
         return self
 
     async def _readline(self, size: int) -> bytes:
-        # A blocked read of stdin cannot be interrupted; at shutdown the thread is left to EOF.
-        return await anyio.to_thread.run_sync(self._raw.readline, size, abandon_on_cancel=True)
+        """One read, on a daemon thread of this reader's own. A read of a pipe cannot be interrupted, and a worker
+        thread blocked in one keeps the interpreter from exiting (it waits for every non-daemon thread): a server
+        that stops while its client still holds stdin open (a hub that failed to open) would linger until the
+        client closed it. Abandoned when the caller is cancelled; its line is then read by nobody."""
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read_forever, name="agent-rooms stdin", daemon=True)
+            self._reader.start()
+        token = anyio.lowlevel.current_token()
+        done = anyio.Event()
+        got: list[bytes | Exception] = []
+
+        def deliver(result: bytes | Exception) -> None:
+            got.append(result)
+            done.set()
+
+        self._asks.put((size, lambda result: anyio.from_thread.run_sync(deliver, result, token=token)))
+        await done.wait()
+        if isinstance(got[0], Exception):
+            raise got[0]
+        return got[0]
+
+    def _read_forever(self) -> None:
+        while True:
+            size, deliver = self._asks.get()
+            try:
+                result: bytes | Exception = self._raw.readline(size)
+            except Exception as e:  # handed to the reader, as a worker thread would
+                result = e
+            try:
+                deliver(result)
+            except Exception:  # the event loop has ended: nobody reads any more
+                return
 
     async def __anext__(self) -> str:
         line = await self._readline(self._limit + 1)

@@ -44,6 +44,10 @@ _HINT = "set AGENT_ROOMS_TOKEN_FILE (a 0600 file) or AGENT_ROOMS_TOKEN; see `age
 NEEDS_NO_HUB = frozenset({"initialize", "ping", "tools/list"})
 # A client that never lists the tools still gets the supervisor and housekeeping this soon after the start.
 OPEN_WITHIN_S = 1.0
+# When stdin ends, the SDK cancels the calls still in flight. A call the doorway held for the hub would so be lost
+# where, with the hub open, it would have been answered at once (a one-shot `printf … | agent-rooms serve`): the
+# end of stdin is passed on once every call sent before it has its answer, or after this long (a long poll).
+ANSWER_BEFORE_END_S = 5.0
 
 
 @asynccontextmanager
@@ -100,6 +104,10 @@ class _Doorway:
         self.wanted = anyio.Event()  # open the hub now
         self.opened = anyio.Event()
         self._listing: set[RequestId] = set()  # ids of tools/list requests not answered yet
+        self._held = False  # whether a request ever waited here for the hub
+        self._unanswered: set[RequestId] = set()  # ids of requests passed on and not answered yet
+        self._all_answered = anyio.Event()
+        self._all_answered.set()
 
     async def forward(
         self, source: ReadStream[SessionMessage | Exception], sink: ContextSendStream[SessionMessage | Exception]
@@ -111,12 +119,23 @@ class _Doorway:
                     if method == "tools/list":
                         self._listing.add(item.message.id)
                     elif method not in NEEDS_NO_HUB and not self.opened.is_set():
+                        self._held = True
                         self.wanted.set()
                         await self.opened.wait()
+                    self._unanswered.add(item.message.id)
+                    self._all_answered = anyio.Event()
                 await sink.send(item)
+            if self._held:  # see ANSWER_BEFORE_END_S
+                with anyio.move_on_after(ANSWER_BEFORE_END_S):
+                    await self._all_answered.wait()
 
     def answered(self, item: SessionMessage) -> None:
-        if isinstance(item.message, JSONRPCResponse | JSONRPCError) and item.message.id in self._listing:
+        if not isinstance(item.message, JSONRPCResponse | JSONRPCError):
+            return
+        self._unanswered.discard(item.message.id)
+        if not self._unanswered:
+            self._all_answered.set()
+        if item.message.id in self._listing:
             self._listing.discard(item.message.id)
             self.wanted.set()  # the client has what it needs to start: the hub opens behind its answer
 
@@ -149,10 +168,14 @@ async def serve_stdio(settings: Settings) -> None:
     lowlevel = mcp._lowlevel_server
     hub, doorway = _OpeningHub(), _Doorway()
     failed: list[Exception] = []
+    served = anyio.Event()  # the SDK's loop has ended: the hub closes
+    forwarding = anyio.CancelScope()
 
     async def open_hub(scope: anyio.CancelScope) -> None:
         with anyio.move_on_after(OPEN_WITHIN_S):
             await doorway.wanted.wait()
+        if served.is_set():
+            return  # the client left before anything needed the hub
         try:
             # The hub's modules are loaded on a worker thread: on the event loop they would hold it for tens of
             # milliseconds, and the tool list just answered would wait in the SDK's stdout writer until they had.
@@ -161,17 +184,23 @@ async def serve_stdio(settings: Settings) -> None:
             async with lowlevel.lifespan(lowlevel) as opened:
                 hub.open_as(opened)
                 doorway.opened.set()
-                await anyio.sleep_forever()
+                # Closed when serving ends, not by cancellation: under a cancelled scope every await of the close
+                # would be cancelled too, the store's writer thread left to report into a closed event loop.
+                await served.wait()
         except Exception as e:  # raised as itself after the server stops, as it was when the hub opened first
             failed.append(e)
             scope.cancel()
+
+    async def forward(reader: ReadStream[SessionMessage | Exception], sink: Any) -> None:
+        with forwarding:
+            await doorway.forward(reader, sink)
 
     # Read our own duplicate of fd 0 so the line cap applies; the SDK still owns stdout.
     raw = os.fdopen(os.dup(0), "rb", buffering=DISCARD_CHUNK)
     async with stdio_server(stdin=BoundedLines(raw, settings.limits.stdio_line_bytes)) as (reader, writer):  # type: ignore[arg-type]
         passed, received = create_context_streams[SessionMessage | Exception](0)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(doorway.forward, reader, passed)
+            tg.start_soon(forward, reader, passed)
             tg.start_soon(open_hub, tg.cancel_scope)
             await serve_dual_era_loop(
                 lowlevel,
@@ -180,6 +209,8 @@ async def serve_stdio(settings: Settings) -> None:
                 lifespan_state=hub,
                 init_options=lowlevel.create_initialization_options(),
             )
-            tg.cancel_scope.cancel()
+            served.set()
+            doorway.wanted.set()  # an open that has not begun need not wait out OPEN_WITHIN_S to see it
+            forwarding.cancel()  # stdin has ended, or the SDK stopped serving without it: nothing more to pass on
         if failed:  # inside stdio_server, so that its reader of stdin is cancelled too
             raise failed[0]

@@ -1,4 +1,5 @@
-"""Session 7's review (issue 19): what the performance changes broke, each as a test of what held before them.
+"""How a stdio `serve` ends, now that its hub opens behind the tool list (stdio.py): a call sent just before stdin
+closes is answered, a closed stdin ends it cleanly, and a hub that cannot open ends it without waiting for stdin.
 
 Real `python -m agent_rooms_mcp serve` processes over their pipes, as a client that launches the hub drives them.
 A wait here is a bound on a hung server, never a timing assertion: the test fails rather than waiting for ever.
@@ -26,7 +27,7 @@ HELLO = {
 READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 LIST = {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}
 STUCK_S = 60
-# How long a process whose hub failed may take to end: it used to end at once.
+# How long a process whose hub failed may take to end: a bound on a hang, it ends at once.
 ENDS_WITHIN_S = 30
 
 
@@ -55,10 +56,10 @@ def _answers(stdout: bytes) -> dict[Any, dict[str, Any]]:
 
 
 async def test_a_call_written_just_before_stdin_closes_is_still_answered(world: World, tmp_path: Path) -> None:
-    """A one-shot client (`printf '…' | agent-rooms serve`) writes its requests and closes stdin. Before the
-    hub opened behind the tool list, its call was answered; now the held call is forwarded to the SDK with the
-    end of stdin right behind it (stdio.py `_Doorway.forward`), and the SDK's loop, at that end, cancels its calls
-    in flight: the post is made, audited and logged as a `tool.call`, but its answer is never written."""
+    """A one-shot client (`printf '…' | agent-rooms serve`) writes its requests and closes stdin. Its call waits
+    for the hub, and the end of stdin right behind it would have the SDK cancel the call in flight: the post made,
+    audited and logged, its answer never written. The end is passed on once the call is answered
+    (stdio.ANSWER_BEFORE_END_S)."""
     with (tmp_path / "stderr.log").open("wb") as errlog, _serve(world, errlog) as proc:
         _send(proc.stdin, HELLO, READY, _call(2, "post_message", room="lobby", text="one shot"))
         out, _ = proc.communicate(timeout=STUCK_S)
@@ -70,10 +71,9 @@ async def test_a_call_written_just_before_stdin_closes_is_still_answered(world: 
 
 
 async def test_a_client_closing_stdin_ends_the_serve_cleanly(world: World, tmp_path: Path) -> None:
-    """Stdin closed after a call: exit 0 and nothing on stderr but the log lines. The hub now closes under the
-    cancellation of `serve_stdio`'s task group (`tg.cancel_scope.cancel()` after the SDK's loop returns), so
-    aiosqlite's close of the writer is cancelled and its thread reports into a closed event loop: every
-    stdio session ended with a traceback ("Event loop is closed") on stderr."""
+    """Stdin closed after a call: exit 0 and nothing on stderr but the log lines. Closed under a cancelled scope,
+    the hub would have aiosqlite's close of the writer cancelled, its thread reporting into a closed event loop
+    ("Event loop is closed" on stderr): it closes when serving ends instead."""
     log = tmp_path / "stderr.log"
     with log.open("wb") as errlog, _serve(world, errlog) as proc:
         _send(proc.stdin, HELLO, READY, LIST, _call(2, "whoami"))
@@ -92,10 +92,9 @@ async def test_a_client_closing_stdin_ends_the_serve_cleanly(world: World, tmp_p
 
 
 async def test_a_serve_whose_hub_cannot_open_ends_without_waiting_for_stdin(world: World, tmp_path: Path) -> None:
-    """A database that cannot be opened: the process used to end at once (exit 1, the error on stderr), and the
-    client saw its server go. Now the handshake and the tool list are answered first, the held call is never
-    answered, and the process stays alive after printing the error, its interpreter waiting on the worker thread
-    blocked in a read of stdin, until the client closes stdin or kills it."""
+    """A database that cannot be opened: the handshake and the tool list are answered, then the process ends (the
+    error on stderr) and the client sees its server go. A read of stdin blocked on a non-daemon thread would keep
+    the interpreter alive until the client closed stdin (lines.BoundedLines reads on a daemon thread)."""
     world.db.write_bytes(b"not a database" * 1000)
     log = tmp_path / "stderr.log"
     with log.open("wb") as errlog, _serve(world, errlog) as proc:
