@@ -592,14 +592,15 @@ class Claude:
             orphan = subprocess.Popen(
                 [sleep, "600"], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
             )
-            self.fake.log(orphan_pid=orphan.pid)
             # Wedged in the tool: only SIGKILL ends it, and the sleep survives unless the supervisor sweeps it.
+            # Handlers before the log line, which a test may wait for before it signals.
             self.fake.on_sigint("ignore")
             self.fake.on_sigterm("ignore")
+            self.fake.log(orphan_pid=orphan.pid)
         else:
-            self.fake.log()
             self.fake.on_sigint("ignore" if s == "ignore_sigint" else "raise")
             self.fake.on_sigterm("raise")
+            self.fake.log()
         try:
             self.init()
             sleep_forever()

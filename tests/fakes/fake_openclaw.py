@@ -128,9 +128,10 @@ def run(fake: Fake) -> int:
         fake.emit({"ok": False, "status": "error", "error": error, "model": None, "provider": None})
         return 1
     if s in ("hang", "ignore_sigint"):
-        fake.log()
+        # Handlers first, then the log line: a test waits for the line before it signals (tests/test_fakes.py).
         fake.on_sigint("ignore" if s == "ignore_sigint" else "raise")
         fake.on_sigterm("raise")
+        fake.log()
         timeout = o.get("timeout")
         try:
             sleep_forever(timeout if timeout is not None else 600)
