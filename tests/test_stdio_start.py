@@ -1,5 +1,7 @@
 """A stdio hub answers the handshake and the tool list before its hub has opened (DESIGN §11, cold start), and
 nothing else: a request that needs the hub waits for it, and a client that never lists the tools still gets one.
+How it ends: a call sent just before stdin closes is answered, a closed stdin ends it cleanly, and a hub that
+cannot open ends it without waiting for stdin.
 
 Real `python -m agent_rooms_mcp serve` processes over their pipes; no time is asserted, only what is answered."""
 
@@ -25,6 +27,9 @@ HELLO = {
 READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 # A bound on a hung server, not a timing assertion: the test fails rather than waiting for ever.
 STUCK_S = 60
+LIST = {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}
+# How long a process whose hub failed may take to end: a bound on a hang, it ends at once.
+ENDS_WITHIN_S = 30
 
 
 def _serve(world: World, errlog: IO[bytes], token: str | None) -> subprocess.Popen[bytes]:
@@ -91,3 +96,68 @@ async def test_a_client_that_never_lists_the_tools_still_gets_its_hub(world: Wor
             proc.stdin.close()
             proc.wait(STUCK_S)
     assert proc.returncode == 0, log.read_text()[-2000:]
+
+
+def _call(rpc_id: int, name: str, **arguments: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+
+
+def _answers(stdout: bytes) -> dict[Any, dict[str, Any]]:
+    return {m.get("id"): m for m in (json.loads(line) for line in stdout.splitlines() if line.strip())}
+
+
+async def test_a_call_written_just_before_stdin_closes_is_still_answered(world: World, tmp_path: Path) -> None:
+    """A one-shot client (`printf '…' | agent-rooms serve`) writes its requests and closes stdin. Its call waits
+    for the hub, and the end of stdin right behind it would have the SDK cancel the call in flight: the post made,
+    audited and logged, its answer never written. The end is passed on once the call is answered
+    (stdio.ANSWER_BEFORE_END_S)."""
+    with (tmp_path / "stderr.log").open("wb") as errlog, _serve(world, errlog, world.tokens[ALICE]) as proc:
+        _send(proc.stdin, HELLO, READY, _call(2, "post_message", room="lobby", text="one shot"))
+        out, _ = proc.communicate(timeout=STUCK_S)
+    assert [r["text"] for r in world.sql("SELECT text FROM messages")] == ["one shot"]
+    answers = _answers(out)
+    assert 1 in answers
+    assert 2 in answers, "the post was made, but its answer never came"
+    assert not answers[2]["result"].get("isError"), answers[2]
+
+
+async def test_a_client_closing_stdin_ends_the_serve_cleanly(world: World, tmp_path: Path) -> None:
+    """Stdin closed after a call: exit 0 and nothing on stderr but the log lines. Closed under a cancelled scope,
+    the hub would have aiosqlite's close of the writer cancelled, its thread reporting into a closed event loop
+    ("Event loop is closed" on stderr): it closes when serving ends instead."""
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as errlog, _serve(world, errlog, world.tokens[ALICE]) as proc:
+        _send(proc.stdin, HELLO, READY, LIST, _call(2, "whoami"))
+        assert proc.stdout is not None
+        seen: set[Any] = set()
+        while 2 not in seen:
+            line = proc.stdout.readline()
+            assert line, "the server closed stdout before answering"
+            seen.add(json.loads(line).get("id"))
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(STUCK_S)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    stray = [line for line in log.read_text().splitlines() if line and not line.startswith("{")]
+    assert stray == [], "\n".join(stray[-20:])
+
+
+async def test_a_serve_whose_hub_cannot_open_ends_without_waiting_for_stdin(world: World, tmp_path: Path) -> None:
+    """A database that cannot be opened: the handshake and the tool list are answered, then the process ends (the
+    error on stderr) and the client sees its server go. A read of stdin blocked on a non-daemon thread would keep
+    the interpreter alive until the client closed stdin (lines.BoundedLines reads on a daemon thread)."""
+    world.db.write_bytes(b"not a database" * 1000)
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as errlog, _serve(world, errlog, world.tokens[ALICE]) as proc:
+        try:
+            _send(proc.stdin, HELLO, READY, LIST, _call(2, "whoami"))
+            for _ in range(ENDS_WITHIN_S * 10):
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+            ended = proc.poll() is not None
+        finally:
+            proc.kill()
+            proc.wait(STUCK_S)
+    assert "file is not a database" in log.read_text()
+    assert ended, "the hub failed to open, and the process is still running with stdin open"
