@@ -300,7 +300,9 @@ class Messages:
             rows = conn.execute(_PAGE, (room.room_id, start, limit + 1)).fetchall()
             page = rows[:limit]
             ids = list({r["agent_id"] for r in page})
-            by_id = {w["agent_id"]: w for w in conn.execute(_WRITERS.format(",".join("?" * len(ids))), ids)}
+            # An empty page (every long poll that times out) has no writers to look up.
+            found = conn.execute(_WRITERS.format(",".join("?" * len(ids))), ids) if ids else ()
+            by_id = {w["agent_id"]: w for w in found}
             writers = [by_id[r["agent_id"]] for r in page]
             rendered, boundary = render(caller, writers, [r["text"] for r in page])
             mentions = _current_mentions(conn, caller.owner_id, page, writers)
