@@ -561,11 +561,13 @@ def print_summary(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
 def print_answer_cost(http: list[dict[str, Any]]) -> None:
     """read_messages beside echo_page, the SDK alone sending an answer of the same size: how much of its ratio to
     echo is the size of its answer, which the SDK's own work on it sets, and how much is ours."""
+    page = {e["conc"]: e for e in http if e["tool"] == "echo_page"}
     for e in http:
-        if e["tool"] in ("echo_page", "read_messages") and "ratio_to_echo_page" in e:
+        if e["tool"] == "read_messages" and e["conc"] in page:
             print(
-                f"for reference, {e['conc']} conn: {e['tool']} ÷ echo {e['ratio_to_echo']['median']:.2f}×, "
-                f"÷ echo_page (the SDK sending the same page) {e['ratio_to_echo_page']['median']:.2f}×"
+                f"for reference, {e['conc']} conn: read_messages ÷ echo {e['ratio_to_echo']['median']:.2f}×, "
+                f"÷ echo_page {e['ratio_to_echo_page']['median']:.2f}×; echo_page (the SDK sending the same page) "
+                f"÷ echo {page[e['conc']]['ratio_to_echo']['median']:.2f}×"
             )
 
 
