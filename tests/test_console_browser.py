@@ -313,7 +313,9 @@ async def test_an_owner_runs_the_console_in_a_real_browser(
         browser.find_element(By.ID, "logout").click()
         _wait(browser, lambda d: d.find_elements(By.ID, "logged-out"), "logged out")
         browser.get(base + "/console/")
-        assert "agent-rooms console --owner" in browser.page_source
+        # Waited for, as every other page here: right after the logout's own navigation, a page source read at once
+        # was once empty.
+        _wait(browser, lambda d: "agent-rooms console --owner" in d.page_source, "the console asks for a new link")
         browser.get(link)  # a used link offers no button any more (its POST is refused too: test_console.py)
         _wait(browser, lambda d: d.find_elements(By.ID, "login-failed"), "a used link is refused")
         assert not browser.find_elements(By.ID, "login")
