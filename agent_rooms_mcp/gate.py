@@ -129,7 +129,7 @@ class GatedServer(MCPServer[Hub]):
             # Per-agent abuse limits, before the tool runs: a refused call changes nothing (DESIGN §9.3).
             await call.hub.rates.charge(call.caller, name)
         except RoomsError as e:
-            log.info("tool.call", tool=name, outcome="denied", code=e.code.value, ms=_ms(started))
+            log.info("tool.call", tool=name, outcome="denied", error=e.code.value, ms=_ms(started))
             if e.audit_reason in _GATE_REASONS:  # authentication's own refusals are audited where they happen
                 await self._audit_refusal(hub, name, e.audit_reason)
             return error_result(e)
