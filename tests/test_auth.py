@@ -873,3 +873,13 @@ async def test_every_store_connection_has_secure_delete_on(world: World) -> None
         writer = await hub.store.write(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0])
         reader = await hub.store.read(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0])
     assert (writer, reader) == (1, 1)
+
+
+async def test_a_credential_row_is_read_by_the_columns_the_lookup_selects(world: World) -> None:
+    """`judge` reads `_LOOKUP`'s row by position, through `_Found`: the two must name the same columns in the
+    same order, or a check would read the wrong column and pass (a revoked token read as an expiry, say)."""
+    from agent_rooms_mcp.auth.authenticator import _LOOKUP, _Found
+
+    with sqlite3.connect(world.db) as conn:
+        described = [d[0] for d in conn.execute(_LOOKUP, (b"",)).description]
+    assert described == list(_Found._fields)

@@ -7,10 +7,10 @@ reason goes to an audit row written in a transaction of its own.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -107,8 +107,39 @@ class Authenticator:
         return judge(row, kind, self._issuer, datetime.now(UTC), audience)
 
 
+class _Found(NamedTuple):
+    """A `_LOOKUP` row, its columns by position: a `sqlite3.Row` looks a name up by comparing it with every column
+    name in turn, and judging a credential reads some twenty of them on every call. The order is `_LOOKUP`'s
+    (a test checks the two against each other)."""
+
+    token_id: str
+    expires_at: str
+    revoked_at: str | None
+    run_id: str | None
+    grant_id: str | None
+    passport: str
+    jti: str
+    agent_id: str
+    handle: str
+    tool: str
+    scopes: str
+    status: str
+    cred_epoch: int
+    owner_id: str
+    owner_handle: str
+    verified_at: str | None
+    grant_scopes: str | None
+    audience: str | None
+    grant_revoked_at: str | None
+    run_state: str | None
+    run_room_id: str | None
+
+
+_TOOLS = {t.value: t for t in AgentTool}
+
+
 def judge(
-    row: sqlite3.Row | None,
+    row: Sequence[Any] | None,
     kind: CredentialKind,
     issuer: PassportIssuer,
     now: datetime,
@@ -120,49 +151,48 @@ def judge(
     next call would meet."""
     if row is None:
         raise _Denied("unknown_token")
-    # From here on the audit row can name whose credential failed.
-    actor = audit.Actor("agent", row["agent_id"], row["owner_id"], row["token_id"])
+    found = _Found._make(row)
     # The prefix must say what the row is: a run's token is `arr_`, an OAuth access token `aro_`, an
     # agent's own `art_`.
-    if kind is not row_kind(row["run_id"], row["grant_id"]):
-        raise _Denied("wrong_credential_kind", actor)
-    if row["revoked_at"] is not None:
-        raise _Denied("token_revoked", actor)
-    if row["grant_id"] is not None:
+    if kind is not row_kind(found.run_id, found.grant_id):
+        raise _Denied("wrong_credential_kind", found)
+    if found.revoked_at is not None:
+        raise _Denied("token_revoked", found)
+    if found.grant_id is not None:
         # An OAuth access token: its family alive, and issued for this very resource (DESIGN §9.4).
-        if row["grant_revoked_at"] is not None:
-            raise _Denied("token_revoked", actor)
-        if audience is None or row["audience"] != audience:
-            raise _Denied("wrong_audience", actor)
+        if found.grant_revoked_at is not None:
+            raise _Denied("token_revoked", found)
+        if audience is None or found.audience != audience:
+            raise _Denied("wrong_audience", found)
     # A run token lives only while its run does, even if nobody was left to revoke it (a crashed server),
     # and acts only in the room that woke it.
     run_room_id = None
-    if row["run_id"] is not None:
-        if row["run_state"] not in ("running", "stopping"):  # None: the run's row is gone
-            raise _Denied("run_ended", actor)
-        run_room_id = RoomId(row["run_room_id"])
-    if datetime.fromisoformat(row["expires_at"]) <= now:
-        raise _Denied("token_expired", actor)
+    if found.run_id is not None:
+        if found.run_state not in ("running", "stopping"):  # None: the run's row is gone
+            raise _Denied("run_ended", found)
+        run_room_id = None if found.run_room_id is None else RoomId(found.run_room_id)
+    if datetime.fromisoformat(found.expires_at) <= now:
+        raise _Denied("token_expired", found)
     try:
-        claims = issuer.check(row["passport"], now)
+        claims = issuer.check(found.passport, now)
     except PassportRejected as e:
-        raise _Denied(str(e), actor) from None
-    if (claims.agent_id, claims.jti, claims.owner_id) != (row["agent_id"], row["jti"], row["owner_id"]):
-        raise _Denied("passport_mismatch", actor)
-    if row["status"] != "active":
-        raise _Denied("agent_inactive", actor)
-    if claims.epoch != row["cred_epoch"]:
-        raise _Denied("stale_epoch", actor)
+        raise _Denied(str(e), found) from None
+    if (claims.agent_id, claims.jti, claims.owner_id) != (found.agent_id, found.jti, found.owner_id):
+        raise _Denied("passport_mismatch", found)
+    if found.status != "active":
+        raise _Denied("agent_inactive", found)
+    if claims.epoch != found.cred_epoch:
+        raise _Denied("stale_epoch", found)
     return Caller(
-        agent_id=AgentId(row["agent_id"]),
-        handle=row["handle"],
-        tool=AgentTool(row["tool"]),
-        owner_id=OwnerId(row["owner_id"]),
-        owner_handle=row["owner_handle"],
-        owner_verified=row["verified_at"] is not None,
-        scopes=_scopes(row),
-        token_id=row["token_id"],
-        run_id=None if row["run_id"] is None else RunId(row["run_id"]),
+        agent_id=AgentId(found.agent_id),
+        handle=found.handle,
+        tool=_TOOLS[found.tool],
+        owner_id=OwnerId(found.owner_id),
+        owner_handle=found.owner_handle,
+        owner_verified=found.verified_at is not None,
+        scopes=_scopes(found),
+        token_id=found.token_id,
+        run_id=None if found.run_id is None else RunId(found.run_id),
         run_room_id=run_room_id,
     )
 
@@ -200,17 +230,26 @@ def row_kind(run_id: str | None, grant_id: str | None) -> CredentialKind:
     return CredentialKind.AGENT if run_id is None else CredentialKind.RUN
 
 
-def _scopes(row: sqlite3.Row) -> frozenset[Scope]:
+def _scopes(found: _Found) -> frozenset[Scope]:
     """What the credential may do at this call: the agent's scopes now, narrowed for a run token, and for an
     OAuth token to what its owner granted and an OAuth client may ever hold (invariant 32)."""
-    held = held_scopes(row["scopes"], row["run_id"])
-    if row["grant_id"] is None:
+    held = held_scopes(found.scopes, found.run_id)
+    if found.grant_id is None:
         return held
-    return policy.oauth_held_scopes(held, frozenset(Scope(s) for s in row["grant_scopes"].split(",") if s))
+    granted = found.grant_scopes or ""
+    return policy.oauth_held_scopes(held, frozenset(Scope(s) for s in granted.split(",") if s))
 
 
 class _Denied(Exception):
-    def __init__(self, reason: str, actor: audit.Actor = audit.ANONYMOUS) -> None:
+    """A refusal and its reason; with the credential's row once it was found, so the audit row can name whose
+    credential failed (built only for a refusal: an accepted call never needs it)."""
+
+    def __init__(self, reason: str, found: _Found | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.actor = actor
+        self.found = found
+
+    @property
+    def actor(self) -> audit.Actor:
+        f = self.found
+        return audit.ANONYMOUS if f is None else audit.Actor("agent", f.agent_id, f.owner_id, f.token_id)
