@@ -119,3 +119,31 @@ async def test_a_post_that_mentions_a_member_wakes_the_pollers_at_once(world: Wo
                 tg.start_soon(hub.store.wait_changed, 60)
                 await anyio.lowlevel.checkpoint()  # the wait begins: it is counted before it first blocks
                 await hub.messages.post(caller, "lobby", "over to you", ["alice-codex"], None)
+
+
+async def test_authentication_goes_on_while_a_write_waits_on_the_writers_thread(world: World) -> None:
+    """`read_one` (every authentication) reads on the writer's connection while no write holds it. While a write
+    waits for another process's lock on aiosqlite's thread, that connection is the thread's: the read goes to the
+    reader instead. Were it sent to the writer, it would wait behind the thread inside SQLite with the event
+    loop stopped, and the other process's commit below could never come."""
+    other = sqlite3.connect(world.db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    posted: list[PostedMessage] = []
+    async with world.hub() as hub:
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
+        rooms = await hub.rooms.count_for(caller)
+
+        async def post() -> None:
+            posted.append(await hub.messages.post(caller, "lobby", "after the other writer", [], None))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(post)
+                await anyio.sleep(0.3)
+                assert posted == []  # the post waits on the thread, holding the write lock
+                again = await hub.auth.authenticate(world.tokens["bob-claude"], MCP_KINDS, transport="test")
+                assert again.handle == "bob-claude"
+                assert await hub.rooms.count_for(caller) == rooms  # the other single read, the same way
+                other.execute("COMMIT")
+    other.close()
+    assert [p.seq for p in posted] == [1]

@@ -280,10 +280,24 @@ class Store:
         return _in_transaction(self._reader, fn, "BEGIN")
 
     async def read_one(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Row | None:
-        """The first row of one statement on the read-only connection. A single statement reads one snapshot
-        by itself, so it needs no BEGIN and COMMIT around it (each a statement of its own for the driver);
-        anything that reads twice and needs both reads to agree uses `read`."""
-        row: sqlite3.Row | None = self._reader.execute(sql, params).fetchone()
+        """The first row of one SELECT. A single statement reads one snapshot by itself, so it needs no BEGIN and
+        COMMIT around it (each a statement of its own for the driver); anything that reads twice and needs both
+        reads to agree uses `read`.
+
+        On the writer's connection while no write holds it (nothing can take it while this runs: it never
+        awaits, and aiosqlite's thread uses the connection only under the write lock). In WAL mode a commit
+        empties the page cache of every connection but the one that made it: on the reader, every call after a
+        post read its authentication's pages from the file again (eight `pread`s a post). SQLite can make even
+        a read wait in rare cases (another process recovering the WAL); the writer waits for nothing, so that
+        read is asked again of the reader, which waits its short while."""
+        if not self._write_lock.locked():
+            try:
+                row: sqlite3.Row | None = self._writer._conn.execute(sql, params).fetchone()
+                return row
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+        row = self._reader.execute(sql, params).fetchone()
         return row
 
     def data_version(self) -> int:
