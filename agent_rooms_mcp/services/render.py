@@ -20,6 +20,9 @@ from agent_rooms_mcp.models import Author, Relation
 from agent_rooms_mcp.principals import Viewer
 from agent_rooms_mcp.settings import Limits
 
+# A result, or an item of one, built directly in the JSON shape its model dumps to (`model_dump(mode="json")`).
+Shape = dict[str, Any]
+
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
@@ -117,13 +120,13 @@ def result_text(structured: dict[str, Any]) -> str:
     return pydantic_core.to_json(structured).decode()
 
 
-def result_bytes(result: BaseModel) -> int:
+def result_bytes(result: BaseModel | Shape) -> int:
     """The bytes `result` takes in a tool's answer: its structured content plus its text block, quoted."""
     rendered = pydantic_core.to_json(result)
     return len(rendered) + _escaped(rendered) + 2
 
 
-def item_bytes(item: BaseModel) -> int:
+def item_bytes(item: BaseModel | Shape) -> int:
     """What one item of a result's list adds to `result_bytes`: itself in both renderings, each with its comma."""
     rendered = pydantic_core.to_json(item)
     return len(rendered) + 1 + _escaped(rendered) + 1
@@ -155,12 +158,14 @@ def text_hint(texts: Iterable[str]) -> int:
     return total
 
 
-def page_budget(limits: Limits, empty: BaseModel) -> int:
+def page_budget(limits: Limits, empty: BaseModel | Shape) -> int:
     """Bytes left for a page's items: the cap less the result without them (`empty`) and the frame around it."""
     return limits.page_bytes - limits.result_frame_bytes - result_bytes(empty)
 
 
-def within_bytes(items: Sequence[BaseModel], budget: int, bound: int | None = None, *, keep_one: bool = True) -> int:
+def within_bytes(
+    items: Sequence[BaseModel | Shape], budget: int, bound: int | None = None, *, keep_one: bool = True
+) -> int:
     """How many leading items fit in `budget` bytes of answer. A page keeps at least one (`keep_one`), so a
     reader always moves on: the input caps keep any one item under the page cap, escaped text and all.
     `bound`, a cheap upper bound of all the items' bytes together, spares a page far below the budget an extra
@@ -186,8 +191,8 @@ class Cut:
 
 def cut_page(
     limits: Limits,
-    empty: BaseModel,
-    items: Sequence[BaseModel],
+    empty: BaseModel | Shape,
+    items: Sequence[BaseModel | Shape],
     cursors: Sequence[int],
     fetched: int,
     after: int,
