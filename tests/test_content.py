@@ -20,6 +20,7 @@ from agent_rooms_mcp.content import (
     new_boundary,
     parse_envelopes,
     sanitize,
+    sanitize_all,
 )
 
 BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
@@ -261,6 +262,17 @@ def test_hidden_characters_anywhere_in_any_text_are_removed_and_flagged(
 
 
 IGNORABLE_SET = frozenset(IGNORABLE)
+
+# Text with nothing to remove (plain, and ordinary non-ASCII), or anything at all.
+_CLEAN_TEXT = st.text(alphabet=st.sampled_from("ab \t\n~é字😀"))
+
+
+@pytest.mark.invariant(63)
+@settings(max_examples=300, database=None, deadline=None)
+@given(st.lists(_CLEAN_TEXT | st.text(), max_size=6))
+def test_a_page_of_texts_is_sanitised_as_each_of_them_alone(texts: list[str]) -> None:
+    """`sanitize_all` scans a page's texts together first: it must give what sanitising each alone gives."""
+    assert sanitize_all(texts) == [sanitize(text) for text in texts]
 
 
 @pytest.mark.invariant(80)
