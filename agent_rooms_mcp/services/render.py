@@ -24,7 +24,9 @@ from agent_rooms_mcp.settings import Limits
 Shape = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, three times the cost of a plain one,
+# and a page makes one per item (nobody changes one after `render`).
+@dataclass(slots=True)
 class Rendered:
     text: str
     flags: list[str]
