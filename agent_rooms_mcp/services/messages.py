@@ -349,13 +349,20 @@ class Messages:
             start = max(room.latest_seq - limit, 0) if after is None else after
             rows = conn.execute(_PAGE, (room.room_id, start, limit + 1)).fetchall()
             page = rows[:limit]
-            ids = list({r["agent_id"] for r in page})
+            # The page by column, in _PAGE's order: a sqlite3.Row finds a column by name comparing it with each.
+            _, _, agent_ids, texts, mentioned, outcomes, _, _ = zip(*page, strict=True) if page else ((),) * 8
+            ids = list(set(agent_ids))
             # An empty page (every long poll that times out) has no writers to look up.
             found = conn.execute(_WRITERS.format(",".join("?" * len(ids))), ids) if ids else ()
             by_id = {w["agent_id"]: w for w in found}
-            writers = [by_id[r["agent_id"]] for r in page]
-            rendered, boundary = render(caller, writers, [r["text"] for r in page])
-            messages = _shaped(page, rendered, _current_mentions(conn, caller.owner_id, page, writers))
+            writers = [by_id[agent_id] for agent_id in agent_ids]
+            rendered, boundary = render(caller, writers, texts)
+            # Most pages mention nobody: no mentions to read or settle.
+            if any(outcomes) or any(m != "[]" for m in mentioned):
+                mentions = _current_mentions(conn, caller.owner_id, page, writers)
+            else:
+                mentions = [[]] * len(page)
+            messages = _shaped(page, rendered, mentions)
             empty = {
                 "messages": [],
                 "next_after": start,
