@@ -20,7 +20,6 @@ from agent_rooms_mcp.content import (
     new_boundary,
     parse_envelopes,
     sanitize,
-    sanitize_all,
 )
 
 BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
@@ -270,9 +269,15 @@ _CLEAN_TEXT = st.text(alphabet=st.sampled_from("ab \t\n~é字😀"))
 @pytest.mark.invariant(63)
 @settings(max_examples=300, database=None, deadline=None)
 @given(st.lists(_CLEAN_TEXT | st.text(), max_size=6))
-def test_a_page_of_texts_is_sanitised_as_each_of_them_alone(texts: list[str]) -> None:
-    """`sanitize_all` scans a page's texts together first: it must give what sanitising each alone gives."""
-    assert sanitize_all(texts) == [sanitize(text) for text in texts]
+def test_a_page_passes_as_unchanged_only_when_sanitising_would_change_none_of_its_texts(texts: list[str]) -> None:
+    """`render` shows a page's texts as they are when one scan of them all (`unchanged`) says it may."""
+    if content.unchanged(texts):
+        assert [sanitize(text) for text in texts] == [Clean(text, ()) for text in texts]
+
+
+@given(st.lists(_CLEAN_TEXT, max_size=6))
+def test_a_page_with_nothing_to_remove_passes_as_unchanged(texts: list[str]) -> None:
+    assert content.unchanged(texts)
 
 
 @pytest.mark.invariant(80)

@@ -55,11 +55,11 @@ def render(caller: Viewer, rows: Sequence[Fields], texts: Sequence[str]) -> tupl
     # A page's items come from few writers: each writer's label is made once and shared by their items.
     known: dict[str, tuple[Author, Relation]] = {}
     labels = [known.get(row["agent_id"]) or known.setdefault(row["agent_id"], provenance(caller, row)) for row in rows]
-    cleaned = content.sanitize_all(texts)
+    if content.unchanged(texts) and all(rel != "cross_owner" for _, rel in known.values()):
+        # Nothing to remove and no other owner's words (nearly every page): each text is shown as it is.
+        return [Rendered(text, [], author, rel) for text, (author, rel) in zip(texts, labels, strict=True)], None
+    cleaned = [content.sanitize(text) for text in texts]
     boundary = _boundary(cleaned, [rel for _, rel in labels])
-    if boundary is None:  # no other owner wrote any of them: each is shown as sanitised
-        shown = zip(cleaned, labels, strict=True)
-        return [Rendered(clean.text, list(clean.flags), author, rel) for clean, (author, rel) in shown], None
     return [
         Rendered(_shown(clean, boundary, author.handle, author.owner, rel), list(clean.flags), author, rel)
         for clean, (author, rel) in zip(cleaned, labels, strict=True)
