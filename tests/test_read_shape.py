@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pydantic_core
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -88,3 +89,33 @@ async def test_read_messages_sends_its_shape_and_that_again_as_its_text(world: W
             assert_shaped_as_the_model(r.structured_content)
             assert [block.text for block in r.content if block.type == "text"] == [result_text(r.structured_content)]
     assert len(r.structured_content["messages"]) == 0  # the timed-out long poll
+
+
+# Every JSON value a result can hold, and more: floats, 64-bit integers, any text as values and keys.
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts
+    | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
+)
+
+
+def test_the_text_block_encoder_writes_every_character_as_pydantic_core_does() -> None:
+    """result_text uses orjson, the byte bounds pydantic_core: each escapes a character on its own, so every
+    character the same is every text the same."""
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert orjson.dumps(every) == pydantic_core.to_json(every)
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values)
+def test_the_text_block_is_pydantic_cores_json_of_any_value(value: Any) -> None:
+    assert result_text({"value": value}).encode() == pydantic_core.to_json({"value": value})
+
+
+def test_the_text_block_of_an_integer_past_64_bits_is_still_written() -> None:
+    assert result_text({"n": 2**70}) == '{"n":1180591620717411303424}'
