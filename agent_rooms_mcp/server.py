@@ -139,11 +139,13 @@ async def post_message(
     return await call.hub.messages.post(call.caller, room, text, mentions or [], reply_to)
 
 
-async def read_messages(room: RoomRef, after: Seq | None = None, limit: MessageLimit = L.page_default) -> MessagePage:
+async def read_messages(
+    room: RoomRef, after: Seq | None = None, limit: MessageLimit = L.page_default
+) -> Annotated[CallToolResult, MessagePage]:
     """Read a room's messages in seq order. Without `after` you get the latest page; pass the result's
     `next_after` as `after` to continue. Another owner's text is inside <<untrusted ...>> marks."""
     call = current_call()
-    return await call.hub.messages.read(call.caller, room, after, limit)
+    return structured_result((await call.hub.messages.read(call.caller, room, after, limit)).structured)
 
 
 async def wait_for_messages(
@@ -153,11 +155,11 @@ async def wait_for_messages(
         L.long_poll_default_s
     ),
     limit: MessageLimit = L.page_default,
-) -> MessagePage:
+) -> Annotated[CallToolResult, MessagePage]:
     """Wait until the room has a message with seq greater than `after`, then return them like
     read_messages; returns an empty list when `timeout_s` passes first."""
     call = current_call()
-    return await call.hub.messages.wait(call.caller, room, after, limit, timeout_s)
+    return structured_result((await call.hub.messages.wait(call.caller, room, after, limit, timeout_s)).structured)
 
 
 async def share_file(
@@ -392,7 +394,10 @@ class ToolMetadata(FuncMetadata):
 
     Results: our result models are built, and so validated, by our own code; the SDK would validate each again
     and encode it twice (its text block indented). It is dumped once here, and its text block is that dump's
-    compact JSON (`render.result_text`, which the page byte caps count with)."""
+    compact JSON (`render.result_text`, which the page byte caps count with). A tool that builds its result
+    already in its model's JSON shape (`read_messages`, declared `Annotated[CallToolResult, Model]` so the model
+    stays its schema) hands back the finished `structured_result`, which passes as it is: the SDK would validate
+    it against the model, the very work the shape was built to skip (tests hold each such shape to its model)."""
 
     @functools.cached_property
     def _text_fields(self) -> frozenset[str]:
@@ -406,12 +411,18 @@ class ToolMetadata(FuncMetadata):
         return {k: parsed.get(k, v) if k not in text else v for k, v in data.items()}
 
     def convert_result(self, result: Any) -> CallToolResult | InputRequiredResult:
+        if type(result) is CallToolResult:  # an error result, or one built in its model's shape
+            return result
         if self.output_model is None or type(result) is not self.output_model:
             return super().convert_result(result)
-        structured = result.model_dump(mode="json")
-        return CallToolResult(
-            content=[TextContent(type="text", text=result_text(structured))], structured_content=structured
-        )
+        return structured_result(result.model_dump(mode="json"))
+
+
+def structured_result(structured: dict[str, Any]) -> CallToolResult:
+    """A structured result as sent: its structured content, and that again as its compact JSON text block."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=result_text(structured))], structured_content=structured
+    )
 
 
 def build_tool(fn: Callable[..., Awaitable[Any]], hints: ToolAnnotations) -> Tool:

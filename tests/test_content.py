@@ -262,6 +262,23 @@ def test_hidden_characters_anywhere_in_any_text_are_removed_and_flagged(
 
 IGNORABLE_SET = frozenset(IGNORABLE)
 
+# Text with nothing to remove (plain, and ordinary non-ASCII), or anything at all.
+_CLEAN_TEXT = st.text(alphabet=st.sampled_from("ab \t\n~é字😀"))
+
+
+@pytest.mark.invariant(63)
+@settings(max_examples=300, database=None, deadline=None)
+@given(st.lists(_CLEAN_TEXT | st.text(), max_size=6))
+def test_a_page_passes_as_unchanged_only_when_sanitising_would_change_none_of_its_texts(texts: list[str]) -> None:
+    """`render` shows a page's texts as they are when one scan of them all (`unchanged`) says it may."""
+    if content.unchanged(texts):
+        assert [sanitize(text) for text in texts] == [Clean(text, ()) for text in texts]
+
+
+@given(st.lists(_CLEAN_TEXT, max_size=6))
+def test_a_page_with_nothing_to_remove_passes_as_unchanged(texts: list[str]) -> None:
+    assert content.unchanged(texts)
+
 
 @pytest.mark.invariant(80)
 @settings(max_examples=300, database=None, deadline=None)

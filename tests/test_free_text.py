@@ -134,7 +134,14 @@ def reachable(tp: Any, found: set[type] | None = None) -> set[type]:
     return found
 
 
-RESULT_MODELS = {fn.__name__: typing.get_type_hints(fn)["return"] for fn, _ in TOOLS}
+def result_model(fn: Any) -> type[BaseModel]:
+    """A tool's result model: its return type, or the model in `Annotated[CallToolResult, Model]` (a tool that
+    builds its result directly in the model's shape)."""
+    declared = typing.get_type_hints(fn, include_extras=True)["return"]
+    return get_args(declared)[1] if get_origin(declared) is Annotated else declared
+
+
+RESULT_MODELS = {fn.__name__: result_model(fn) for fn, _ in TOOLS}
 
 
 # --- the world ----------------------------------------------------------------------------------------

@@ -7,19 +7,29 @@ import re
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import cast
 
 from agent_rooms_mcp import audit, content, policy
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, too_large
 from agent_rooms_mcp.ids import MessageId, OwnerId, RoomId
-from agent_rooms_mcp.models import Author, Mentioned, MentionOutcome, Message, MessagePage, PostedMessage
+from agent_rooms_mcp.models import Author, Mentioned, MentionOutcome, Message, PostedMessage
 from agent_rooms_mcp.policy import ConsentState, MentionEffect, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
 from agent_rooms_mcp.run_states import Trigger, mention_outcome
 from agent_rooms_mcp.services import crossing, proposals, runs
-from agent_rooms_mcp.services.render import CHAR_BYTES_MAX, cut_page, item_bytes, notice, render, text_hint
+from agent_rooms_mcp.services.render import (
+    CHAR_BYTES_MAX,
+    Rendered,
+    Shape,
+    cut_page,
+    item_bytes,
+    notice,
+    render,
+    text_hint,
+)
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
@@ -80,10 +90,12 @@ def _said(
 _MENTION_FIXED_BYTES = item_bytes(MentionOutcome(handle="a", outcome="notified")) + 1
 
 
-def mentions_hint(mentions: Sequence[MentionOutcome]) -> int:
-    """A cheap upper bound on what a message's mentions add to a page (as `text_hint` is for its text)."""
+def mentions_hint(mentions: Sequence[Shape]) -> int:
+    """A cheap upper bound on what a message's mentions (shaped as `MentionOutcome` dumps) add to a page, as
+    `text_hint` is for its text."""
     return sum(
-        _MENTION_FIXED_BYTES + text_hint([m.handle, m.outcome, m.code or "", m.proposal_id or "", m.run_id or ""])
+        _MENTION_FIXED_BYTES
+        + text_hint([m["handle"], m["outcome"], m["code"] or "", m["proposal_id"] or "", m["run_id"] or ""])
         for m in mentions
     )
 
@@ -99,14 +111,52 @@ _SETTLED = (
 )
 
 
-def page_hint(messages: Sequence[Message]) -> int:
-    """A cheap upper bound on what these messages add to a page, so a page far below the cap (nearly every one)
-    is not encoded an extra time to measure it: a few sums over the page rather than a bound per message."""
+def page_hint(messages: Sequence[Shape]) -> int:
+    """A cheap upper bound on what these messages (shaped as `Message` dumps) add to a page, so a page far below
+    the cap (nearly every one) is not encoded an extra time to measure it: a few sums over the page rather than a
+    bound per message."""
     return (
         len(messages) * _MESSAGE_FIXED_BYTES
-        + CHAR_BYTES_MAX * sum(len(m.text) for m in messages)
-        + sum(text_hint(m.flags) + mentions_hint(m.mentions) for m in messages if m.flags or m.mentions)
+        + CHAR_BYTES_MAX * sum(len(m["text"]) for m in messages)
+        + sum(text_hint(m["flags"]) + mentions_hint(m["mentions"]) for m in messages if m["flags"] or m["mentions"])
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of messages built directly in the JSON shape `MessagePage` dumps to (`structured`, sent as it is):
+    building 20 `Message` models, each validated, only for the server to dump them again cost more than the rest
+    of a read. `MessagePage` stays the tools' schema; tests/test_read_shape.py holds the shape to it, byte for byte."""
+
+    structured: Shape
+
+    @property
+    def messages(self) -> list[Shape]:
+        return cast(list[Shape], self.structured["messages"])
+
+
+def _shaped(
+    page: Sequence[sqlite3.Row], rendered: Sequence[Rendered], mentions: Sequence[list[MentionOutcome]]
+) -> list[Shape]:
+    """Each message of `page` as `Message` dumps it (`model_dump(mode="json")`): its fields in the model's order,
+    each writer's label dumped once for all their messages."""
+    authors: dict[str, Shape] = {}
+    return [
+        {
+            "message_id": message_id,
+            "seq": seq,
+            "author": authors.get(agent_id) or authors.setdefault(agent_id, item.author.model_dump()),
+            "relation": item.relation,
+            "created_at": created_at,
+            "mentions": [m.model_dump() for m in said] if said else [],
+            "reply_to": reply_to,
+            "text": item.text,
+            "flags": item.flags,
+        }
+        for (message_id, seq, agent_id, _, _, _, reply_to, created_at), item, said in zip(
+            page, rendered, mentions, strict=True
+        )
+    ]
 
 
 def _current_mentions(
@@ -291,47 +341,44 @@ class Messages:
         self._store.notify_changed(pollers=bool(posted.mentions))
         return posted
 
-    async def read(self, caller: Caller, room_ref: str, after: int | None, limit: int) -> MessagePage:
+    async def read(self, caller: Caller, room_ref: str, after: int | None, limit: int) -> Page:
         policy.require_scope(caller, Scope.READ)
 
-        def run(conn: sqlite3.Connection) -> MessagePage:
+        def run(conn: sqlite3.Connection) -> Page:
             room = queries.room_for_member(conn, room_ref, caller)
             start = max(room.latest_seq - limit, 0) if after is None else after
             rows = conn.execute(_PAGE, (room.room_id, start, limit + 1)).fetchall()
             page = rows[:limit]
-            ids = list({r["agent_id"] for r in page})
+            # The page by column, in _PAGE's order: a sqlite3.Row finds a column by name comparing it with each.
+            _, _, agent_ids, texts, mentioned, outcomes, _, _ = zip(*page, strict=True) if page else ((),) * 8
+            ids = list(set(agent_ids))
             # An empty page (every long poll that times out) has no writers to look up.
             found = conn.execute(_WRITERS.format(",".join("?" * len(ids))), ids) if ids else ()
             by_id = {w["agent_id"]: w for w in found}
-            writers = [by_id[r["agent_id"]] for r in page]
-            rendered, boundary = render(caller, writers, [r["text"] for r in page])
-            mentions = _current_mentions(conn, caller.owner_id, page, writers)
-            messages = [
-                Message(
-                    message_id=r["message_id"],
-                    seq=r["seq"],
-                    author=item.author,
-                    relation=item.relation,
-                    created_at=r["created_at"],
-                    mentions=said,
-                    reply_to=r["reply_to"],
-                    text=item.text,
-                    flags=item.flags,
-                )
-                for r, item, said in zip(page, rendered, mentions, strict=True)
-            ]
-            empty = MessagePage(
-                messages=[], next_after=start, has_more=True, boundary=boundary, notice=notice(boundary)
-            )
+            writers = [by_id[agent_id] for agent_id in agent_ids]
+            rendered, boundary = render(caller, writers, texts)
+            # Most pages mention nobody: no mentions to read or settle.
+            if any(outcomes) or any(m != "[]" for m in mentioned):
+                mentions = _current_mentions(conn, caller.owner_id, page, writers)
+            else:
+                mentions = [[]] * len(page)
+            messages = _shaped(page, rendered, mentions)
+            empty = {
+                "messages": [],
+                "next_after": start,
+                "has_more": True,
+                "boundary": boundary,
+                "notice": notice(boundary),
+            }
             bound = page_hint(messages)
-            cut = cut_page(self._limits, empty, messages, [m.seq for m in messages], len(rows), start, bound)
-            return empty.model_copy(
-                update={"messages": messages[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
+            cut = cut_page(self._limits, empty, messages, [m["seq"] for m in messages], len(rows), start, bound)
+            return Page(
+                {**empty, "messages": messages[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
             )
 
         return await self._store.read(run)
 
-    async def wait(self, caller: Caller, room_ref: str, after: int, limit: int, timeout_s: float) -> MessagePage:
+    async def wait(self, caller: Caller, room_ref: str, after: int, limit: int, timeout_s: float) -> Page:
         """Return as soon as there is a message after `after`, or an empty page at the timeout.
 
         While it waits the call costs nothing: it sleeps until a commit moves its room's latest seq
@@ -363,7 +410,7 @@ class Messages:
             if not self._waits[caller.agent_id]:
                 del self._waits[caller.agent_id]
 
-    async def _checked_read(self, caller: Caller, room_ref: str, after: int, limit: int) -> tuple[MessagePage, str]:
+    async def _checked_read(self, caller: Caller, room_ref: str, after: int, limit: int) -> tuple[Page, str]:
         """The page, then the credential and membership again in a later snapshot, and the room's id."""
         page = await self.read(caller, room_ref, after, limit)
 
