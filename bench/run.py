@@ -92,6 +92,7 @@ PACKAGES = (
     "pydantic-core",
     "pynacl",
     "structlog",
+    "orjson",
     "agent-rooms-mcp",
 )
 

@@ -6,6 +6,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import anyio
@@ -147,3 +148,61 @@ async def test_authentication_goes_on_while_a_write_waits_on_the_writers_thread(
                 other.execute("COMMIT")
     other.close()
     assert [p.seq for p in posted] == [1]
+
+
+# Another process that is recovering the WAL index: it holds the shm file's WRITE (byte 120) and RECOVER
+# (byte 122) locks, fcntl locks as SQLite's unix VFS takes them, with the index's two header copies not
+# (yet) agreeing. A connection starting a read then gets SQLITE_BUSY_RECOVERY, an *extended* busy code,
+# until the recovery ends (here after `hold` seconds, the header restored).
+_RECOVERING = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    shm, hold = sys.argv[1], float(sys.argv[2])
+    fd = os.open(shm, os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 120)
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 122)
+    before = os.pread(fd, 4, 8)  # iChange of the first header copy
+    os.pwrite(fd, bytes(b ^ 0xFF for b in before), 8)
+    print("recovering", flush=True)
+    time.sleep(hold)
+    os.pwrite(fd, before, 8)
+    os.close(fd)
+    """
+)
+
+
+async def test_a_single_read_waits_out_another_process_recovering_the_wal(world: World) -> None:
+    """`Store.read_one` reads on the writer's connection, which waits for nothing (busy_timeout 0). A read during
+    another process's WAL recovery gets SQLITE_BUSY_RECOVERY (261, an extended code whose low byte is
+    SQLITE_BUSY): it is asked again of the reader, which waits it out, and the call is answered."""
+    async with world.hub() as hub:
+        await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")  # WAL + shm exist
+        shm = world.db.with_name(world.db.name + "-shm")
+        with subprocess.Popen(
+            [sys.executable, "-c", _RECOVERING, str(shm), "0.3"], stdout=subprocess.PIPE, text=True
+        ) as other:
+            assert other.stdout is not None and other.stdout.readline().strip() == "recovering"
+            try:
+                with anyio.fail_after(10):
+                    caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
+            except sqlite3.OperationalError as e:
+                raise AssertionError(f"the read failed at once: {e.sqlite_errorname}") from e
+        assert caller.handle == "alice-claude"
+
+
+async def test_a_write_waits_out_another_process_recovering_the_wal(world: World) -> None:
+    """BEGIN IMMEDIATE during another process's WAL recovery fails with SQLITE_BUSY_RECOVERY: like plain
+    SQLITE_BUSY, the write goes to the writer's thread to wait its busy_timeout, and the post is made."""
+    async with world.hub() as hub:
+        caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
+        shm = world.db.with_name(world.db.name + "-shm")
+        with subprocess.Popen(
+            [sys.executable, "-c", _RECOVERING, str(shm), "0.3"], stdout=subprocess.PIPE, text=True
+        ) as other:
+            assert other.stdout is not None and other.stdout.readline().strip() == "recovering"
+            try:
+                with anyio.fail_after(10):
+                    posted = await hub.messages.post(caller, "lobby", "during recovery", [], None)
+            except sqlite3.OperationalError as e:
+                raise AssertionError(f"the write failed at once: {e.sqlite_errorname}") from e
+        assert posted.seq == 1

@@ -124,12 +124,18 @@ def _finish(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> 
     return result
 
 
+def _busy(e: sqlite3.Error) -> bool:
+    """SQLITE_BUSY in any of its forms: Python gives the extended code, such as SQLITE_BUSY_RECOVERY (261) while
+    another process recovers the WAL, whose low byte is the primary one."""
+    return e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
 def _begin_if_free(conn: sqlite3.Connection) -> bool:
     """BEGIN IMMEDIATE without waiting (the writer's busy_timeout is 0); False if another process writes."""
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as e:
-        if e.sqlite_errorcode == sqlite3.SQLITE_BUSY and not conn.in_transaction:
+        if _busy(e) and not conn.in_transaction:
             return False
         raise
     return True
@@ -295,7 +301,7 @@ class Store:
                 row: sqlite3.Row | None = self._writer._conn.execute(sql, params).fetchone()
                 return row
             except sqlite3.OperationalError as e:
-                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                if not _busy(e):
                     raise
         row = self._reader.execute(sql, params).fetchone()
         return row
