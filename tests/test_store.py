@@ -206,3 +206,14 @@ async def test_a_write_waits_out_another_process_recovering_the_wal(world: World
             except sqlite3.OperationalError as e:
                 raise AssertionError(f"the write failed at once: {e.sqlite_errorname}") from e
         assert posted.seq == 1
+
+
+async def test_a_single_read_refuses_any_statement_but_a_select(world: World) -> None:
+    """`read_one` runs on the writer's connection, which has no `query_only` guard: it takes a SELECT and nothing
+    else, and a refused statement changes nothing."""
+    async with world.hub() as hub:
+        with pytest.raises(ValueError, match="single SELECT"):
+            await hub.store.read_one("DELETE FROM messages")
+        with pytest.raises(ValueError, match="single SELECT"):
+            await hub.store.read_one("UPDATE agents SET status = 'deleted'")
+    assert world.sql("SELECT count(*) AS n FROM agents WHERE status = 'deleted'")[0]["n"] == 0

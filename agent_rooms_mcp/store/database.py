@@ -296,6 +296,10 @@ class Store:
         post read its authentication's pages from the file again (eight `pread`s a post). SQLite can make even
         a read wait in rare cases (another process recovering the WAL); the writer waits for nothing, so that
         read is asked again of the reader, which waits its short while."""
+        if not sql.lstrip().startswith("SELECT"):
+            # The writer's connection has no `query_only` guard: one statement that writes would commit here,
+            # outside the write lock and the request's write guard.
+            raise ValueError("read_one takes a single SELECT")
         if not self._write_lock.locked():
             try:
                 row: sqlite3.Row | None = self._writer._conn.execute(sql, params).fetchone()
