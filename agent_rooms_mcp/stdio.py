@@ -14,14 +14,18 @@ answered by a hub that has not opened, and the first call still authenticates ag
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
 import anyio
 import structlog
+from mcp.server.mcpserver import MCPServer
 from mcp.server.runner import serve_dual_era_loop
 from mcp.server.stdio import stdio_server
 from mcp.shared._context_streams import ContextSendStream, create_context_streams
@@ -31,9 +35,9 @@ from mcp.types import JSONRPCError, JSONRPCRequest, JSONRPCResponse, RequestId
 
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import RoomsError
-from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.hub import OPEN_IMPORTS, Hub
 from agent_rooms_mcp.lines import DISCARD_CHUNK, BoundedLines
-from agent_rooms_mcp.server import create_server
+from agent_rooms_mcp.server import create_server, listed_tools
 from agent_rooms_mcp.settings import Settings
 
 log = structlog.get_logger("agent_rooms_mcp.stdio")
@@ -71,10 +75,19 @@ async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
         yield hub
 
 
-def _load_hub_modules() -> None:
-    from agent_rooms_mcp import embedded, housekeeping, hub  # noqa: F401  (the supervisor's and housekeeping's)
-
-    hub.load_modules()
+def _prepare(server: MCPServer[Hub], leaving: threading.Event) -> None:
+    """What the first call would otherwise wait for: the modules of the hub, its supervisor and housekeeping, then
+    the tools listed from the cache, built in full. Step by step, and no further once the client has left: one that
+    only lists the tools (a client checking its servers) should not pay for a hub it will never call."""
+    steps: list[Callable[[], object]] = [
+        functools.partial(importlib.import_module, name)
+        for name in (*OPEN_IMPORTS, "agent_rooms_mcp.embedded", "agent_rooms_mcp.housekeeping")
+    ]
+    steps += [tool.complete for tool in listed_tools(server)]
+    for step in steps:
+        if leaving.is_set():
+            return
+        step()
 
 
 class _OpeningHub(Hub):
@@ -169,6 +182,7 @@ async def serve_stdio(settings: Settings) -> None:
     hub, doorway = _OpeningHub(), _Doorway()
     failed: list[Exception] = []
     served = anyio.Event()  # the SDK's loop has ended: the hub closes
+    leaving = threading.Event()  # the same, for `_prepare` on its worker thread
     forwarding = anyio.CancelScope()
 
     async def open_hub(scope: anyio.CancelScope) -> None:
@@ -177,9 +191,11 @@ async def serve_stdio(settings: Settings) -> None:
         if served.is_set():
             return  # the client left before anything needed the hub
         try:
-            # The hub's modules are loaded on a worker thread: on the event loop they would hold it for tens of
-            # milliseconds, and the tool list just answered would wait in the SDK's stdout writer until they had.
-            await anyio.to_thread.run_sync(_load_hub_modules)
+            # On a worker thread: on the event loop this would hold it for tens of milliseconds, and the tool list
+            # just answered would wait in the SDK's stdout writer until it had. No call runs before the hub opens.
+            await anyio.to_thread.run_sync(_prepare, mcp, leaving)
+            if served.is_set():
+                return
             # The server's own lifespan (GatedServer keeps the hub it opened for its refusals' audit rows).
             async with lowlevel.lifespan(lowlevel) as opened:
                 hub.open_as(opened)
@@ -210,6 +226,7 @@ async def serve_stdio(settings: Settings) -> None:
                 init_options=lowlevel.create_initialization_options(),
             )
             served.set()
+            leaving.set()
             doorway.wanted.set()  # an open that has not begun need not wait out OPEN_WITHIN_S to see it
             forwarding.cancel()  # stdin has ended, or the SDK stopped serving without it: nothing more to pass on
         if failed:  # inside stdio_server, so that its reader of stdin is cancelled too
