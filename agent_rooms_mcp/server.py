@@ -422,7 +422,8 @@ def build_tool(fn: Callable[..., Awaitable[Any]], hints: ToolAnnotations) -> Too
 
 class ListedTool(Tool):
     """A tool as tools/list shows it, its schemas read from `tool_cache`: the rest of it (its argument model, its
-    result's validator) is built, by `build_tool` as any tool is, at its first call or by `listed_tools`.
+    result's validator) is built by `build_tool`, as any tool is, at its first call. A session calls a few of our
+    tools; the others are never built.
 
     Until then only what the list shows is set; `fn_metadata`, which every call reads first, is not, and reading it
     completes the tool."""
@@ -465,11 +466,6 @@ def _tools() -> list[Tool]:
     tools = [build_tool(fn, hints) for fn, hints in TOOLS]
     tool_cache.save({t.name: tool_cache.Schemas(t.parameters, t.output_schema) for t in tools})
     return tools
-
-
-def listed_tools(server: MCPServer[Hub]) -> list[ListedTool]:
-    """The server's tools listed from the cache, to complete ahead of their first call (stdio does, off its loop)."""
-    return [tool for tool in server._tool_manager.list_tools() if isinstance(tool, ListedTool)]
 
 
 def create_server(lifespan: HubLifespan) -> MCPServer[Hub]:

@@ -14,18 +14,16 @@ answered by a hub that has not opened, and the first call still authenticates ag
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
 import anyio
 import structlog
-from mcp.server.mcpserver import MCPServer
 from mcp.server.runner import serve_dual_era_loop
 from mcp.server.stdio import stdio_server
 from mcp.shared._context_streams import ContextSendStream, create_context_streams
@@ -37,7 +35,7 @@ from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.hub import OPEN_IMPORTS, Hub
 from agent_rooms_mcp.lines import DISCARD_CHUNK, BoundedLines
-from agent_rooms_mcp.server import create_server, listed_tools
+from agent_rooms_mcp.server import create_server
 from agent_rooms_mcp.settings import Settings
 
 log = structlog.get_logger("agent_rooms_mcp.stdio")
@@ -75,19 +73,14 @@ async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
         yield hub
 
 
-def _prepare(server: MCPServer[Hub], leaving: threading.Event) -> None:
-    """What the first call would otherwise wait for: the modules of the hub, its supervisor and housekeeping, then
-    the tools listed from the cache, built in full. Step by step, and no further once the client has left: one that
-    only lists the tools (a client checking its servers) should not pay for a hub it will never call."""
-    steps: list[Callable[[], object]] = [
-        functools.partial(importlib.import_module, name)
-        for name in (*OPEN_IMPORTS, "agent_rooms_mcp.embedded", "agent_rooms_mcp.housekeeping")
-    ]
-    steps += [tool.complete for tool in listed_tools(server)]
-    for step in steps:
+def _prepare(leaving: threading.Event) -> None:
+    """Load what opening the hub imports (its services and store, the supervisor, housekeeping), one module at a
+    time, and no further once the client has left: one that only lists the tools (a client checking its servers)
+    should not pay for a hub it will never call."""
+    for name in (*OPEN_IMPORTS, "agent_rooms_mcp.embedded", "agent_rooms_mcp.housekeeping"):
         if leaving.is_set():
             return
-        step()
+        importlib.import_module(name)
 
 
 class _OpeningHub(Hub):
@@ -191,9 +184,9 @@ async def serve_stdio(settings: Settings) -> None:
         if served.is_set():
             return  # the client left before anything needed the hub
         try:
-            # On a worker thread: on the event loop this would hold it for tens of milliseconds, and the tool list
-            # just answered would wait in the SDK's stdout writer until it had. No call runs before the hub opens.
-            await anyio.to_thread.run_sync(_prepare, mcp, leaving)
+            # The hub's modules are loaded on a worker thread: on the event loop they would hold it for tens of
+            # milliseconds, and the tool list just answered would wait in the SDK's stdout writer until they had.
+            await anyio.to_thread.run_sync(_prepare, leaving)
             if served.is_set():
                 return
             # The server's own lifespan (GatedServer keeps the hub it opened for its refusals' audit rows).
