@@ -42,8 +42,9 @@ log = structlog.get_logger("agent_rooms_mcp.stdio")
 
 _HINT = "set AGENT_ROOMS_TOKEN_FILE (a 0600 file) or AGENT_ROOMS_TOKEN; see `agent-rooms connect AGENT`"
 
-# The requests the SDK answers without the hub. Any other request waits until the hub has opened.
-NEEDS_NO_HUB = frozenset({"initialize", "ping", "tools/list"})
+# The requests the SDK answers without the hub. Any other request waits until the hub has opened. `server/discover`
+# is a 2026-07-28 client's opening request, in place of `initialize` (the SDK answers it from the server's own state).
+NEEDS_NO_HUB = frozenset({"initialize", "server/discover", "ping", "tools/list"})
 # A client that never lists the tools still gets the supervisor and housekeeping this soon after the start.
 OPEN_WITHIN_S = 1.0
 # When stdin ends, the SDK cancels the calls still in flight. A call the doorway held for the hub would so be lost
