@@ -431,7 +431,9 @@ class ListedTool(Tool):
     _source: tuple[Callable[..., Awaitable[Any]], ToolAnnotations]
 
     @classmethod
-    def listed(cls, fn: Callable[..., Awaitable[Any]], hints: ToolAnnotations, schemas: tool_cache.Schemas) -> Tool:
+    def listed(
+        cls, fn: Callable[..., Awaitable[Any]], hints: ToolAnnotations, schemas: tool_cache.Schemas
+    ) -> ListedTool:
         wrapped = map_errors(fn)  # what `Tool.from_function` names and describes the tool by
         shown: dict[str, Any] = {  # all but `fn_metadata`, which `model_construct` leaves unset
             "fn": wrapped,

@@ -7,9 +7,10 @@ The SDK reads stdin with an unbounded `async for line`; one huge line would be h
 A client that launches the hub (Claude Code, per session) waits for the `initialize` answer and the tool list, and
 neither needs the hub (DESIGN §11: cold start). So the SDK serves from the start, and the hub (its services, the
 store, the supervisor, housekeeping) opens after the tool list has gone out, or as soon as a message needs it, or
-`OPEN_WITHIN_S` after the start for a client that never lists the tools, whichever comes first. Until it has opened,
-a request that could use it waits in front of the SDK, and every message after it waits behind it: no call is ever
-answered by a hub that has not opened, and the first call still authenticates against the store.
+`OPEN_WITHIN_S` after the start for a client that never lists the tools, whichever comes first; not at all for a
+client that leaves before it has. Until it has opened, a request that could use it waits in front of the SDK, and
+every message after it waits behind it: no call is ever answered by a hub that has not opened, and the first call
+still authenticates against the store.
 """
 
 from __future__ import annotations
