@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -146,13 +145,8 @@ class Hub:
                         log.error("oauth.refusals_unwritten", error=type(e).__name__)
 
 
-def load_modules() -> None:
-    """Import what `Hub.open` imports, for a caller that would rather load it off its event loop (stdio.py)."""
-    for name in _OPEN_IMPORTS:
-        importlib.import_module(name)
-
-
-_OPEN_IMPORTS = (
+# What `Hub.open` imports, for a caller that would rather load it off its event loop (stdio.py).
+OPEN_IMPORTS = (
     "agent_rooms_mcp.auth.authenticator",
     "agent_rooms_mcp.auth.passports",
     "agent_rooms_mcp.cimd",

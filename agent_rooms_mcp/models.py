@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from agent_rooms_mcp import run_states
 
@@ -48,19 +48,27 @@ Wording = Annotated[str, Token("server wording", r"[\x20-\x7e]+")]  # fixed sent
 PAYLOAD_TEXT_FIELDS = ("title", "body", "text")
 
 
-class AgentRef(BaseModel):
+class Model(BaseModel):
+    """The base of every model here. Each builds its validator and serializer at its first use, not at import: a
+    stdio start imports this module for its tools' result types, and lists the tools from their cached schemas
+    (tool_cache.py) before any is used (DESIGN §11: cold start)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class AgentRef(Model):
     handle: Handle
     agent_id: Id
     tool: Word
 
 
-class OwnerRef(BaseModel):
+class OwnerRef(Model):
     handle: Handle
     owner_id: Id
     verified: bool
 
 
-class WhoAmI(BaseModel):
+class WhoAmI(Model):
     agent: AgentRef
     owner: OwnerRef
     scopes: list[Word]
@@ -68,28 +76,28 @@ class WhoAmI(BaseModel):
     rooms: int
 
 
-class RoomSummary(BaseModel):
+class RoomSummary(Model):
     room_id: Id
     name: Handle
     member_count: int
     latest_seq: int
 
 
-class RoomList(BaseModel):
+class RoomList(Model):
     rooms: list[RoomSummary]
     # Every list is paged (DESIGN §3): pass `next_after` as `after` while `has_more`.
     next_after: int
     has_more: bool
 
 
-class Member(BaseModel):
+class Member(Model):
     handle: Handle
     owner: Handle
     tool: Word
     relation: Relation
 
 
-class RoomDetail(BaseModel):
+class RoomDetail(Model):
     room_id: Id
     name: Handle
     created_at: Stamp
@@ -111,7 +119,7 @@ class Mentioned(StrEnum):
     REFUSED = "refused"
 
 
-class MentionOutcome(BaseModel):
+class MentionOutcome(Model):
     """What mentioning one member did. `post_message` says what it did at once; `read_messages` says where it
     stands now (DESIGN §5 "Receipts that settle"): a wake that ran ends `completed`, `failed` (with the reason
     in `code`), `stopped`, `lost`, `withdrawn` (the reason in `code`) or `expired`."""
@@ -128,19 +136,19 @@ class MentionOutcome(BaseModel):
     run_id: Id | None = None
 
 
-class PostedMessage(BaseModel):
+class PostedMessage(Model):
     message_id: Id
     seq: int
     mentions: list[MentionOutcome]
 
 
-class Author(BaseModel):
+class Author(Model):
     handle: Handle
     owner: Handle
     tool: Word
 
 
-class Message(BaseModel):
+class Message(Model):
     message_id: Id
     seq: int
     author: Author
@@ -152,7 +160,7 @@ class Message(BaseModel):
     flags: list[Word]
 
 
-class MessagePage(BaseModel):
+class MessagePage(Model):
     messages: list[Message]
     next_after: int
     has_more: bool
@@ -160,14 +168,14 @@ class MessagePage(BaseModel):
     notice: Wording | None
 
 
-class SharedFile(BaseModel):
+class SharedFile(Model):
     file_id: Id
     name: Text
     size: int
     sha256: Hex
 
 
-class FileInfo(BaseModel):
+class FileInfo(Model):
     file_id: Id
     name: Text
     size: int
@@ -179,7 +187,7 @@ class FileInfo(BaseModel):
     flags: list[Word]
 
 
-class FileList(BaseModel):
+class FileList(Model):
     files: list[FileInfo]
     boundary: Hex | None
     notice: Wording | None
@@ -187,7 +195,7 @@ class FileList(BaseModel):
     has_more: bool
 
 
-class FileRange(BaseModel):
+class FileRange(Model):
     file_id: Id
     name: Text
     offset: int
@@ -203,7 +211,7 @@ class FileRange(BaseModel):
     notice: Wording | None
 
 
-class Invite(BaseModel):
+class Invite(Model):
     """A usable invite, shown once to its owner at the CLI: never a tool result (invariant 106)."""
 
     invite_id: Id
@@ -213,7 +221,7 @@ class Invite(BaseModel):
     accept_command: Wording
 
 
-class PendingInvite(BaseModel):
+class PendingInvite(Model):
     """What `create_invite` returns: an invite waiting for the owner, and how the owner confirms it."""
 
     invite_id: Id
@@ -223,7 +231,7 @@ class PendingInvite(BaseModel):
     confirm_command: Wording
 
 
-class Task(BaseModel):
+class Task(Model):
     task_id: Id
     room: Handle
     room_id: Id
@@ -251,7 +259,7 @@ class TaskView(Task):
     notice: Wording | None
 
 
-class WakeRequest(BaseModel):
+class WakeRequest(Model):
     """A request by your owner's agents to wake another owner's agent in this room, and where it stands."""
 
     proposal_id: Id
@@ -263,7 +271,7 @@ class WakeRequest(BaseModel):
     decided_at: Stamp | None
 
 
-class TaskList(BaseModel):
+class TaskList(Model):
     tasks: list[Task]
     next_after: int
     has_more: bool
@@ -273,12 +281,12 @@ class TaskList(BaseModel):
     notice: Wording | None
 
 
-class ProposerRef(BaseModel):
+class ProposerRef(Model):
     agent: Handle
     owner: Handle
 
 
-class Proposal(BaseModel):
+class Proposal(Model):
     proposal_id: Id
     kind: Literal["task", "wake"]
     room: Handle
@@ -294,7 +302,7 @@ class Proposal(BaseModel):
     created_at: Stamp
 
 
-class ProposalList(BaseModel):
+class ProposalList(Model):
     proposals: list[Proposal]
     next_after: int
     has_more: bool
@@ -302,14 +310,14 @@ class ProposalList(BaseModel):
     notice: Wording | None
 
 
-class DecisionResult(BaseModel):
+class DecisionResult(Model):
     proposal_id: Id
     kind: Literal["task", "wake"]
     task_id: Id | None
     consent_state: Word
 
 
-class ConsentModeSet(BaseModel):
+class ConsentModeSet(Model):
     room: Handle
     room_id: Id
     owner: Handle
@@ -320,7 +328,7 @@ class ConsentModeSet(BaseModel):
 # CLI documents (`--json`).
 
 
-class OwnerInfo(BaseModel):
+class OwnerInfo(Model):
     owner_id: str
     handle: str
     created_at: str
@@ -330,11 +338,11 @@ class OwnerInfo(BaseModel):
     local: bool  # the hub's own supervisor spawns this owner's agents (DESIGN §5); others wait for a listener
 
 
-class OwnerList(BaseModel):
+class OwnerList(Model):
     owners: list[OwnerInfo]
 
 
-class AgentInfo(BaseModel):
+class AgentInfo(Model):
     agent_id: str
     handle: str
     owner: str
@@ -345,23 +353,23 @@ class AgentInfo(BaseModel):
     created_at: str
 
 
-class AgentList(BaseModel):
+class AgentList(Model):
     agents: list[AgentInfo]
 
 
-class AgentEnvList(BaseModel):
+class AgentEnvList(Model):
     agent: str
     names: list[str]
 
 
-class IssuedToken(BaseModel):
+class IssuedToken(Model):
     token: str
     token_id: str
     agent: str
     expires_at: str
 
 
-class TokenInfo(BaseModel):
+class TokenInfo(Model):
     token_id: str
     agent: str
     created_at: str
@@ -369,18 +377,18 @@ class TokenInfo(BaseModel):
     status: Literal["active", "expired", "revoked"]
 
 
-class TokenList(BaseModel):
+class TokenList(Model):
     tokens: list[TokenInfo]
 
 
-class InviteAccepted(BaseModel):
+class InviteAccepted(Model):
     room_id: str
     room: str
     owner: str
     agents: list[str]
 
 
-class AuditVerdict(BaseModel):
+class AuditVerdict(Model):
     ok: bool
     rows: int
     first_bad_seq: int | None
@@ -390,7 +398,7 @@ class AuditVerdict(BaseModel):
     checkpoint_rows: int = 0
 
 
-class PurgeReport(BaseModel):
+class PurgeReport(Model):
     """`agent-rooms purge`: what was (with --dry-run: would be) removed, counted per kind, and what waits."""
 
     dry_run: bool
@@ -404,13 +412,13 @@ class PurgeReport(BaseModel):
     wal_truncated: bool
 
 
-class CheckpointPrevious(BaseModel):
+class CheckpointPrevious(Model):
     rows: int
     head: str
     digest: str
 
 
-class AuditCheckpointResult(BaseModel):
+class AuditCheckpointResult(Model):
     """`audit checkpoint`: what was signed, the token itself, and where it was written."""
 
     rows: int
@@ -428,7 +436,7 @@ class CheckStatus(StrEnum):
     FAIL = "fail"
 
 
-class DoctorCheck(BaseModel):
+class DoctorCheck(Model):
     """One check of `agent-rooms doctor`: `id` is stable (scripts match on it), `fix` says what to do."""
 
     id: str
@@ -437,13 +445,13 @@ class DoctorCheck(BaseModel):
     fix: str | None
 
 
-class DoctorReport(BaseModel):
+class DoctorReport(Model):
     ok: bool  # no check failed (a warning leaves it true)
     checks: list[DoctorCheck]
     fixed: list[str] = []  # what `doctor --fix` changed (file modes only), before the checks above ran
 
 
-class GrantInfo(BaseModel):
+class GrantInfo(Model):
     grant_id: str
     from_owner: str
     to_owner: str
@@ -452,11 +460,11 @@ class GrantInfo(BaseModel):
     active: bool
 
 
-class GrantList(BaseModel):
+class GrantList(Model):
     grants: list[GrantInfo]
 
 
-class RunInfo(BaseModel):
+class RunInfo(Model):
     run_id: Id
     agent: Handle
     room: Handle
@@ -472,7 +480,7 @@ class RunInfo(BaseModel):
     constrained: bool
 
 
-class RunList(BaseModel):
+class RunList(Model):
     runs: list[RunInfo]
     boundary: Hex | None
     notice: Wording | None
@@ -480,20 +488,20 @@ class RunList(BaseModel):
     has_more: bool
 
 
-class StoppedRun(BaseModel):
+class StoppedRun(Model):
     run_id: Id
     stop_signal: run_states.StopSignal
     state: Word
 
 
-class StopResult(BaseModel):
+class StopResult(Model):
     stopped: list[StoppedRun]
 
 
 # Devices (DESIGN §9.1): CLI and owner API results, never tool results.
 
 
-class ConsoleLink(BaseModel):
+class ConsoleLink(Model):
     """A one-time console login link (DESIGN §9.2), shown once to whoever asked for it."""
 
     owner: str
@@ -501,7 +509,7 @@ class ConsoleLink(BaseModel):
     expires_at: str
 
 
-class Enrollment(BaseModel):
+class Enrollment(Model):
     """A one-time enrollment code, shown once to the operator, with the line the owner runs."""
 
     owner: str
@@ -510,7 +518,7 @@ class Enrollment(BaseModel):
     login_command: str
 
 
-class DeviceLogin(BaseModel):
+class DeviceLogin(Model):
     """What the hub answers a redeemed code with: the device credential (once) and the key to pin."""
 
     device_id: str
@@ -520,7 +528,7 @@ class DeviceLogin(BaseModel):
     issuer_kid: str
 
 
-class HeldElsewhere(BaseModel):
+class HeldElsewhere(Model):
     """An agent another listener of its owner holds now."""
 
     agent: str
@@ -528,7 +536,7 @@ class HeldElsewhere(BaseModel):
     host: str
 
 
-class Abandoned(BaseModel):
+class Abandoned(Model):
     """A run a restarted listener's former process held, ended `lost`: its CLI, if it still runs there."""
 
     run_id: str
@@ -536,7 +544,7 @@ class Abandoned(BaseModel):
     pid_start: int
 
 
-class ListenerHello(BaseModel):
+class ListenerHello(Model):
     """What the hub answers a listener's hello with (DESIGN §9.1)."""
 
     holder: str
@@ -547,7 +555,7 @@ class ListenerHello(BaseModel):
     left_behind: list[Abandoned] = []
 
 
-class DeviceInfo(BaseModel):
+class DeviceInfo(Model):
     device_id: str
     owner: str
     name: str
@@ -556,11 +564,11 @@ class DeviceInfo(BaseModel):
     status: Literal["active", "expired", "revoked"]
 
 
-class DeviceList(BaseModel):
+class DeviceList(Model):
     devices: list[DeviceInfo]
 
 
-class HubIdentity(BaseModel):
+class HubIdentity(Model):
     """What a hub says about itself at /owner/v1/hub, before any credential: the key `login` pins."""
 
     deployment_id: str
@@ -568,7 +576,7 @@ class HubIdentity(BaseModel):
     issuer_key: str = ""  # the public key itself (base64url), whose k4.pid is issuer_kid
 
 
-class AuditRows(BaseModel):
+class AuditRows(Model):
     """`audit tail`: the latest rows, metadata only."""
 
     rows: list[dict[str, object]]
@@ -579,7 +587,7 @@ class AuditRows(BaseModel):
 # Kill switches (DESIGN §6): what a delete, quarantine or revoke did, each line proven where it can be.
 
 
-class CredentialReceipt(BaseModel):
+class CredentialReceipt(Model):
     """One credential revoked. `refused` is proven, not assumed: after the revoke committed, the lookup every
     call passes through was run by the credential's hash on a fresh connection, and `answer` is why it now
     refuses (`token_revoked`, `run_ended`, ...); `refused` false means it would still be accepted."""
@@ -591,7 +599,7 @@ class CredentialReceipt(BaseModel):
     answer: Word
 
 
-class RunReceipt(BaseModel):
+class RunReceipt(Model):
     """One run ended. `state` is what the run is now: `stopped` (or `withdrawn`) only once its supervisor
     recorded its end, which it does after every process it started is gone; a run on a listener that has
     not confirmed its end is `stop_pending`, with the listener and when it was last heard from."""
@@ -605,7 +613,7 @@ class RunReceipt(BaseModel):
     last_contact: Stamp | None = None
 
 
-class WithdrawnItem(BaseModel):
+class WithdrawnItem(Model):
     # `membership`: an agent's (id: the agent); `room_membership`: a removed owner's (id: the room);
     # `console_session`: a removed owner's session in the owner console (id: the session).
     kind: Literal["membership", "wake", "proposal", "invite", "grant", "room_membership", "console_session"]
@@ -613,7 +621,7 @@ class WithdrawnItem(BaseModel):
     room: Handle | None = None
 
 
-class Receipt(BaseModel):
+class Receipt(Model):
     """What a kill switch did. `proven`: every credential refused and every run's processes gone; false
     means something is still pending (a listener's run) or, for a credential, that the revoke did not hold."""
 
@@ -637,7 +645,7 @@ class TokenRevoked(Receipt):
     status: Literal["active", "expired", "revoked"]
 
 
-class RoomArchive(BaseModel):
+class RoomArchive(Model):
     """`room export`: a room's archive for its owners' review (operator only). Message and task texts are
     the archive's point and are given as stored; file contents are not, only their metadata."""
 
@@ -652,14 +660,14 @@ class RoomArchive(BaseModel):
     files: list[dict[str, object]]
 
 
-class ArchivedMembership(BaseModel):
+class ArchivedMembership(Model):
     room: Handle
     joined_at: Stamp
     ended_at: Stamp | None
     reason: Word | None
 
 
-class ArchivedToken(BaseModel):
+class ArchivedToken(Model):
     token_id: Id
     run_id: Id | None
     created_at: Stamp
@@ -667,7 +675,7 @@ class ArchivedToken(BaseModel):
     revoked_at: Stamp | None
 
 
-class AgentExport(BaseModel):
+class AgentExport(Model):
     """`agent export`: one agent's record for its owner, a deleted (archived) one too: the only place a
     deleted agent still shows, to its owner and the operator alone, until the purge (invariant 49)."""
 
@@ -681,7 +689,7 @@ class AgentExport(BaseModel):
 # `agent-rooms status` (DESIGN §9.5): one screen per owner, read through the services.
 
 
-class OutgoingProposal(BaseModel):
+class OutgoingProposal(Model):
     """A proposal an owner's agent made that waits on another owner's decision."""
 
     proposal_id: str
@@ -693,7 +701,7 @@ class OutgoingProposal(BaseModel):
     created_at: str
 
 
-class ListenerInfo(BaseModel):
+class ListenerInfo(Model):
     holder: str
     device: str
     host: str
@@ -702,7 +710,7 @@ class ListenerInfo(BaseModel):
     agents: list[str]
 
 
-class OwnerStatus(BaseModel):
+class OwnerStatus(Model):
     owner: OwnerInfo
     agents: list[AgentInfo]
     runs: list[RunInfo]  # live and queued
@@ -713,18 +721,18 @@ class OwnerStatus(BaseModel):
     listeners: list[ListenerInfo]
 
 
-class StatusReport(BaseModel):
+class StatusReport(Model):
     owners: list[OwnerStatus]
 
 
 # Backup and restore (DESIGN §9.5): CLI results, never tool results.
 
 
-class BackupWritten(BaseModel):
+class BackupWritten(Model):
     path: str
 
 
-class Restored(BaseModel):
+class Restored(Model):
     source: str
     kept_credentials: bool
     # How many live credentials of each kind the restore ended, in plain words ("bearer and run tokens": 3).

@@ -14,7 +14,7 @@ from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import Field
 
-from agent_rooms_mcp import __version__, audit
+from agent_rooms_mcp import __version__, audit, tool_cache
 from agent_rooms_mcp.errors import RoomsError
 from agent_rooms_mcp.gate import GatedServer, HubLifespan, current_call, error_result
 from agent_rooms_mcp.hub import Hub
@@ -431,6 +431,56 @@ def build_tool(fn: Callable[..., Awaitable[Any]], hints: ToolAnnotations) -> Too
     return tool
 
 
+class ListedTool(Tool):
+    """A tool as tools/list shows it, its schemas read from `tool_cache`: the rest of it (its argument model, its
+    result's validator) is built by `build_tool`, as any tool is, at its first call. A session calls a few of our
+    tools; the others are never built.
+
+    Until then only what the list shows is set; `fn_metadata`, which every call reads first, is not, and reading it
+    completes the tool."""
+
+    _source: tuple[Callable[..., Awaitable[Any]], ToolAnnotations]
+
+    @classmethod
+    def listed(
+        cls, fn: Callable[..., Awaitable[Any]], hints: ToolAnnotations, schemas: tool_cache.Schemas
+    ) -> ListedTool:
+        wrapped = map_errors(fn)  # what `Tool.from_function` names and describes the tool by
+        shown: dict[str, Any] = {  # all but `fn_metadata`, which `model_construct` leaves unset
+            "fn": wrapped,
+            "name": wrapped.__name__,
+            "description": wrapped.__doc__ or "",
+            "parameters": schemas.input,
+            "is_async": True,
+            "annotations": hints,
+        }
+        tool = cls.model_construct(**shown)
+        tool._source = (fn, hints)
+        tool.__dict__["output_schema"] = schemas.output  # `Tool.output_schema` is a cached property
+        return tool
+
+    def complete(self) -> None:
+        if "fn_metadata" not in self.__dict__:
+            built = build_tool(*self._source)
+            self.__dict__.update({k: v for k, v in built.__dict__.items() if k != "output_schema"})
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "fn_metadata":
+            self.complete()
+            return self.__dict__[name]
+        return super().__getattr__(name)  # type: ignore[misc]  # pydantic's, for its private attributes
+
+
+def _tools() -> list[Tool]:
+    """Our tools: from the cached schemas when they are current, else built live (and the cache written)."""
+    cached = tool_cache.load()
+    if cached is not None and cached.keys() == {fn.__name__ for fn, _ in TOOLS}:
+        return [ListedTool.listed(fn, hints, cached[fn.__name__]) for fn, hints in TOOLS]
+    tools = [build_tool(fn, hints) for fn, hints in TOOLS]
+    tool_cache.save({t.name: tool_cache.Schemas(t.parameters, t.output_schema) for t in tools})
+    return tools
+
+
 def create_server(lifespan: HubLifespan) -> MCPServer[Hub]:
     """stdio and in-memory pass `lambda _: Hub.open(settings)`; HTTP passes the hub it already opened."""
     return GatedServer(
@@ -438,7 +488,7 @@ def create_server(lifespan: HubLifespan) -> MCPServer[Hub]:
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        tools=[build_tool(tool, hints) for tool, hints in TOOLS],
+        tools=_tools(),
     )
 
 

@@ -7,14 +7,17 @@ The SDK reads stdin with an unbounded `async for line`; one huge line would be h
 A client that launches the hub (Claude Code, per session) waits for the `initialize` answer and the tool list, and
 neither needs the hub (DESIGN §11: cold start). So the SDK serves from the start, and the hub (its services, the
 store, the supervisor, housekeeping) opens after the tool list has gone out, or as soon as a message needs it, or
-`OPEN_WITHIN_S` after the start for a client that never lists the tools, whichever comes first. Until it has opened,
-a request that could use it waits in front of the SDK, and every message after it waits behind it: no call is ever
-answered by a hub that has not opened, and the first call still authenticates against the store.
+`OPEN_WITHIN_S` after the start for a client that never lists the tools, whichever comes first; not at all for a
+client that leaves before it has. Until it has opened, a request that could use it waits in front of the SDK, and
+every message after it waits behind it: no call is ever answered by a hub that has not opened, and the first call
+still authenticates against the store.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -31,7 +34,7 @@ from mcp.types import JSONRPCError, JSONRPCRequest, JSONRPCResponse, RequestId
 
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.errors import RoomsError
-from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.hub import OPEN_IMPORTS, Hub
 from agent_rooms_mcp.lines import DISCARD_CHUNK, BoundedLines
 from agent_rooms_mcp.server import create_server
 from agent_rooms_mcp.settings import Settings
@@ -40,8 +43,9 @@ log = structlog.get_logger("agent_rooms_mcp.stdio")
 
 _HINT = "set AGENT_ROOMS_TOKEN_FILE (a 0600 file) or AGENT_ROOMS_TOKEN; see `agent-rooms connect AGENT`"
 
-# The requests the SDK answers without the hub. Any other request waits until the hub has opened.
-NEEDS_NO_HUB = frozenset({"initialize", "ping", "tools/list"})
+# The requests the SDK answers without the hub. Any other request waits until the hub has opened. `server/discover`
+# is a 2026-07-28 client's opening request, in place of `initialize` (the SDK answers it from the server's own state).
+NEEDS_NO_HUB = frozenset({"initialize", "server/discover", "ping", "tools/list"})
 # A client that never lists the tools still gets the supervisor and housekeeping this soon after the start.
 OPEN_WITHIN_S = 1.0
 # When stdin ends, the SDK cancels the calls still in flight. A call the doorway held for the hub would so be lost
@@ -71,10 +75,14 @@ async def _checked_hub(settings: Settings) -> AsyncIterator[Hub]:
         yield hub
 
 
-def _load_hub_modules() -> None:
-    from agent_rooms_mcp import embedded, housekeeping, hub  # noqa: F401  (the supervisor's and housekeeping's)
-
-    hub.load_modules()
+def _prepare(leaving: threading.Event) -> None:
+    """Load what opening the hub imports (its services and store, the supervisor, housekeeping), one module at a
+    time, and no further once the client has left: one that only lists the tools (a client checking its servers)
+    should not pay for a hub it will never call."""
+    for name in (*OPEN_IMPORTS, "agent_rooms_mcp.embedded", "agent_rooms_mcp.housekeeping"):
+        if leaving.is_set():
+            return
+        importlib.import_module(name)
 
 
 class _OpeningHub(Hub):
@@ -169,6 +177,7 @@ async def serve_stdio(settings: Settings) -> None:
     hub, doorway = _OpeningHub(), _Doorway()
     failed: list[Exception] = []
     served = anyio.Event()  # the SDK's loop has ended: the hub closes
+    leaving = threading.Event()  # the same, for `_prepare` on its worker thread
     forwarding = anyio.CancelScope()
 
     async def open_hub(scope: anyio.CancelScope) -> None:
@@ -179,7 +188,9 @@ async def serve_stdio(settings: Settings) -> None:
         try:
             # The hub's modules are loaded on a worker thread: on the event loop they would hold it for tens of
             # milliseconds, and the tool list just answered would wait in the SDK's stdout writer until they had.
-            await anyio.to_thread.run_sync(_load_hub_modules)
+            await anyio.to_thread.run_sync(_prepare, leaving)
+            if served.is_set():
+                return
             # The server's own lifespan (GatedServer keeps the hub it opened for its refusals' audit rows).
             async with lowlevel.lifespan(lowlevel) as opened:
                 hub.open_as(opened)
@@ -210,6 +221,7 @@ async def serve_stdio(settings: Settings) -> None:
                 init_options=lowlevel.create_initialization_options(),
             )
             served.set()
+            leaving.set()
             doorway.wanted.set()  # an open that has not begun need not wait out OPEN_WITHIN_S to see it
             forwarding.cancel()  # stdin has ended, or the SDK stopped serving without it: nothing more to pass on
         if failed:  # inside stdio_server, so that its reader of stdin is cancelled too

@@ -6,6 +6,10 @@ AGENT_ROOMS_TOKEN_FILE, as `agent-rooms connect` configures a client) until the 
 the first `tools/list` answer. The baseline is bench/echo_server.py --stdio (`MCPServer.run("stdio")`), spawned
 and driven the same way. The two are interleaved run by run (order alternated), the ratio taken within each
 pair, and the medians reported. The process's CPU (its own and its children's, from wait4) is reported too.
+
+`--instructions` counts instead, under callgrind, the instructions each server runs from its start to its first
+`tools/list` answer (dumped there with callgrind_control): deterministic, where the timed figures move with the
+box's load. It takes a minute or two.
 """
 
 from __future__ import annotations
@@ -93,7 +97,32 @@ def start_once(argv: list[str], env: dict[str, str], log: Path) -> dict[str, flo
     }
 
 
-def run(runs: int = 12) -> dict[str, Any]:
+def instructions_to_list(argv: list[str], env: dict[str, str], out: Path) -> int:
+    """Instructions one start under callgrind runs up to its first tools/list answer."""
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no"]
+    with (out.parent / f"{out.name}.log").open("ab") as err:
+        proc = subprocess.Popen(grind + argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        _send(proc.stdin, HELLO)
+        _reply(proc.stdout, 1)
+        _send(proc.stdin, READY, LIST)
+        _reply(proc.stdout, 2)
+        subprocess.run(["callgrind_control", "--dump=listed", str(proc.pid)], check=True, capture_output=True)
+        proc.stdin.close()
+        proc.wait(STUCK_S * 5)  # valgrind is slow to finish too
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    for f in out.parent.glob(f"{out.name}.{proc.pid}*"):
+        lines = f.read_text(errors="replace").splitlines()
+        if "desc: Trigger: dump listed" in lines:
+            return int(next(line for line in lines if line.startswith("totals:")).split()[1])
+    raise RuntimeError(f"callgrind wrote no dump at the tools/list answer for {argv}")
+
+
+def run(runs: int = 12, *, instructions: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="agent-rooms-coldstart-") as tmp:
         home = Path(tmp) / "home"
         tokens = asyncio.run(build_hub(home))
@@ -117,9 +146,13 @@ def run(runs: int = 12) -> dict[str, Any]:
             "ours": [sys.executable, "-m", "agent_rooms_mcp", "serve"],
             "sdk": [sys.executable, str(BENCH / "echo_server.py"), "--stdio"],
         }
-        # One start of each first, untimed: the first spawn after a build pays for compiling .pyc files.
+        # One start of each first, untimed: the first spawn after a build pays for compiling .pyc files (and ours
+        # for writing its tools' schemas beside them, tool_cache.py), as an installed hub's first start does.
         for name, argv in argvs.items():
             start_once(argv, env, Path(tmp) / f"{name}.log")
+        if instructions:
+            counts = {name: instructions_to_list(argv, env, Path(tmp) / name) for name, argv in argvs.items()}
+            return {"method": {"instructions": True}, "instructions_to_list": counts}
         rows: list[dict[str, Any]] = []
         for r in range(runs):
             order = ("ours", "sdk") if r % 2 == 0 else ("sdk", "ours")
@@ -155,6 +188,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(r: dict[str, Any]) -> None:
+    if "instructions_to_list" in r:
+        ours, sdk = r["instructions_to_list"]["ours"], r["instructions_to_list"]["sdk"]
+        print("\nstdio cold start: instructions from spawn to the first tools/list answer (callgrind)")
+        print(f"ours {ours / 1e9:.3f} G, bare SDK {sdk / 1e9:.3f} G: {ours / sdk:.3f}×")
+        return
     print(f"\nstdio cold start: spawn -> answer, median of {r['method']['runs']} interleaved runs each")
     print("| to | ours ms | bare SDK ms | ratio [min–max] |")
     print("|---|---|---|---|")
@@ -171,8 +209,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=12)
     ap.add_argument("--out", type=Path, help="write the result as JSON here")
+    ap.add_argument("--instructions", action="store_true", help="count instructions under callgrind instead")
     a = ap.parse_args()
-    r = run(a.runs)
+    r = run(a.runs, instructions=a.instructions)
     print_table(r)
     if a.out is not None:
         a.out.write_text(json.dumps(r, indent=2) + "\n")

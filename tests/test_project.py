@@ -260,8 +260,9 @@ _packages = tuple(f"{m}." for m in STDIO_SERVE_NEVER_IMPORTS)
 
 
 def test_a_stdio_serve_imports_neither_the_http_stack_nor_the_other_commands(tmp_path: Path) -> None:
-    """Every module a real `python -m agent_rooms_mcp serve` imports, from spawn through `initialize` and the first
-    `tools/list` with the supervisor running, as `-X importtime` lists them: an assertion on imports, not on time."""
+    """Every module a real `python -m agent_rooms_mcp serve` imports, from spawn through `initialize`, the first
+    `tools/list` and a call (the hub open, the supervisor running), as `-X importtime` lists them: an assertion on
+    imports, not on time."""
     env = {"PATH": "/usr/bin:/bin", "AGENT_ROOMS_HOME": str(tmp_path / "home"), "AGENT_ROOMS_SUPERVISOR": "1"}
     subprocess.run([sys.executable, "-m", "agent_rooms_mcp", "init"], env=env, check=True, capture_output=True)
     hello = {
@@ -272,6 +273,9 @@ def test_a_stdio_serve_imports_neither_the_http_stack_nor_the_other_commands(tmp
         hello,
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        # Answered once the hub has opened (UNAUTHENTICATED: no token): a client that leaves right after the list
+        # never gets the hub opened for it (stdio.py), and the supervisor's imports are part of what is checked.
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}},
     ]
     argv = [sys.executable, "-X", "importtime", "-m", "agent_rooms_mcp", "serve"]
     with subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
@@ -279,13 +283,15 @@ def test_a_stdio_serve_imports_neither_the_http_stack_nor_the_other_commands(tmp
         proc.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in lines))
         proc.stdin.flush()
         answer: dict[str, Any] = {}
-        while answer.get("id") != 2:
+        listed: dict[str, Any] = {}
+        while answer.get("id") != 3:
             line = proc.stdout.readline()
-            assert line, "the server closed stdout before answering tools/list"
+            assert line, "the server closed stdout before answering tools/list and the call"
             answer = json.loads(line)
+            listed = answer if answer.get("id") == 2 else listed
         proc.stdin.close()  # EOF ends a stdio server
         stderr = proc.stderr.read().decode()
-    assert answer["result"]["tools"], stderr[-2000:]
+    assert listed["result"]["tools"], stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
     assert "agent_rooms_mcp.stdio" in imported and "agent_rooms_mcp.wake.supervisor" in imported  # the real path
     assert sorted(m for m in imported if m in STDIO_SERVE_NEVER_IMPORTS or m.startswith(_packages)) == []

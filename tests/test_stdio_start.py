@@ -161,3 +161,22 @@ async def test_a_serve_whose_hub_cannot_open_ends_without_waiting_for_stdin(worl
             proc.wait(STUCK_S)
     assert "file is not a database" in log.read_text()
     assert ended, "the hub failed to open, and the process is still running with stdin open"
+
+
+async def test_a_2026_client_is_answered_its_discovery_and_tool_list_before_the_hub_opens(
+    world: World, tmp_path: Path
+) -> None:
+    """A 2026-07-28 client opens with `server/discover`, not `initialize`: it is answered, and the tool list after it,
+    without the hub, here one that cannot open."""
+    world.db.write_bytes(b"not a database" * 1000)
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": meta}}
+    with (tmp_path / "stderr.log").open("wb") as errlog, _serve(world, errlog, world.tokens[ALICE]) as proc:
+        try:
+            _send(proc.stdin, discover, listing)
+            assert "2026-07-28" in _answer(proc.stdout, 1)["result"]["supportedVersions"]
+            assert _answer(proc.stdout, 2)["result"]["tools"]
+        finally:
+            proc.kill()
+            proc.wait(STUCK_S)
