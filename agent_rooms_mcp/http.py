@@ -17,7 +17,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_rooms_mcp import audit, policy
+from agent_rooms_mcp import audit, models, policy
 from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.auth.tokens import MCP_KINDS, PUBLIC_MCP_KINDS, CredentialKind
 from agent_rooms_mcp.embedded import supervising
@@ -245,6 +245,7 @@ async def open_http_hub(settings: Settings, *, exposure: Exposure | None = None)
     """`open_http_app`'s app with the hub it serves (`serve --http` ends the hub's long polls as it stops)."""
     exposure = exposure or Exposure()
     check_test_allowance(settings, exposure)
+    models.build_all()  # deferred for a stdio start's sake (models.py); a served hub builds them before serving
     async with Hub.open(settings) as hub, supervising(hub), housekeeping(hub), mcp_app(hub, exposure=exposure) as app:
         # The owner API (DESIGN §9.1) sits beside /mcp, with a gate of its own: devices, never agents.
         # So does the owner console (DESIGN §9.2): a session cookie of an owner, never a bearer credential.

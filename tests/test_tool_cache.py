@@ -144,3 +144,20 @@ def test_no_cache_is_written_where_bytecode_is_not(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     save({"whoami": Schemas({"type": "object"}, None)}, tmp_path / "tool-schemas.json")
     assert not (tmp_path / "tool-schemas.json").exists()
+
+
+def test_a_served_hub_builds_every_model_before_it_serves() -> None:
+    """Models build at first use for a stdio start's sake; `serve --http` builds them all first (`build_all`), so
+    no call, and no periodic task's first run, pays for a build while it serves. In a fresh process: in this one,
+    earlier tests may have built them already."""
+    check = (
+        "from pydantic._internal._mock_val_ser import MockValSer\n"
+        "from agent_rooms_mcp import models\n"
+        "def every(m): return [m, *(s for c in m.__subclasses__() for s in every(c))]\n"
+        "deferred = [m.__name__ for m in every(models.Model)[1:] if isinstance(m.__pydantic_validator__, MockValSer)]\n"
+        "assert deferred, 'nothing was deferred: this test proves nothing'\n"
+        "models.build_all()\n"
+        "print([m.__name__ for m in every(models.Model)[1:] if isinstance(m.__pydantic_validator__, MockValSer)])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
