@@ -7,6 +7,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -171,41 +173,37 @@ _RECOVERING = textwrap.dedent(
 )
 
 
+@contextmanager
+def _recovering(world: World) -> Iterator[None]:
+    """Another process recovering the WAL for 0.3 s from when this yields; a call made meanwhile must not fail
+    at once with SQLITE_BUSY_RECOVERY (an extended code, whose low byte is SQLITE_BUSY)."""
+    shm = world.db.with_name(world.db.name + "-shm")
+    with subprocess.Popen([sys.executable, "-c", _RECOVERING, str(shm), "0.3"], stdout=subprocess.PIPE, text=True) as p:
+        assert p.stdout is not None and p.stdout.readline().strip() == "recovering"
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            raise AssertionError(f"the call failed at once: {e.sqlite_errorname}") from e
+
+
 async def test_a_single_read_waits_out_another_process_recovering_the_wal(world: World) -> None:
     """`Store.read_one` reads on the writer's connection, which waits for nothing (busy_timeout 0). A read during
-    another process's WAL recovery gets SQLITE_BUSY_RECOVERY (261, an extended code whose low byte is
-    SQLITE_BUSY): it is asked again of the reader, which waits it out, and the call is answered."""
+    another process's WAL recovery is asked again of the reader, which waits it out, and the call is answered."""
     async with world.hub() as hub:
         await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")  # WAL + shm exist
-        shm = world.db.with_name(world.db.name + "-shm")
-        with subprocess.Popen(
-            [sys.executable, "-c", _RECOVERING, str(shm), "0.3"], stdout=subprocess.PIPE, text=True
-        ) as other:
-            assert other.stdout is not None and other.stdout.readline().strip() == "recovering"
-            try:
-                with anyio.fail_after(10):
-                    caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
-            except sqlite3.OperationalError as e:
-                raise AssertionError(f"the read failed at once: {e.sqlite_errorname}") from e
-        assert caller.handle == "alice-claude"
+        with _recovering(world), anyio.fail_after(10):
+            caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
+    assert caller.handle == "alice-claude"
 
 
 async def test_a_write_waits_out_another_process_recovering_the_wal(world: World) -> None:
-    """BEGIN IMMEDIATE during another process's WAL recovery fails with SQLITE_BUSY_RECOVERY: like plain
-    SQLITE_BUSY, the write goes to the writer's thread to wait its busy_timeout, and the post is made."""
+    """BEGIN IMMEDIATE during another process's WAL recovery: like plain SQLITE_BUSY, the write goes to the
+    writer's thread to wait its busy_timeout, and the post is made."""
     async with world.hub() as hub:
         caller = await hub.auth.authenticate(world.tokens["alice-claude"], MCP_KINDS, transport="test")
-        shm = world.db.with_name(world.db.name + "-shm")
-        with subprocess.Popen(
-            [sys.executable, "-c", _RECOVERING, str(shm), "0.3"], stdout=subprocess.PIPE, text=True
-        ) as other:
-            assert other.stdout is not None and other.stdout.readline().strip() == "recovering"
-            try:
-                with anyio.fail_after(10):
-                    posted = await hub.messages.post(caller, "lobby", "during recovery", [], None)
-            except sqlite3.OperationalError as e:
-                raise AssertionError(f"the write failed at once: {e.sqlite_errorname}") from e
-        assert posted.seq == 1
+        with _recovering(world), anyio.fail_after(10):
+            posted = await hub.messages.post(caller, "lobby", "during recovery", [], None)
+    assert posted.seq == 1
 
 
 async def test_a_single_read_refuses_any_statement_but_a_select(world: World) -> None:
