@@ -29,14 +29,19 @@ def free_port() -> int:
 
 async def wait_listening(port: int, process: anyio.abc.Process | None = None, output: IO[bytes] | None = None) -> None:
     """Until something accepts on `port`. A server that exits first fails at once with what it printed,
-    rather than at the deadline with nothing to go on."""
+    rather than at the deadline with nothing to go on.
+
+    With the server's `output`, until it has also said it serves: `free_port` only found a port free a moment
+    ago, and another test's server may have taken it since; ours then refuses to start (CONFLICT), and without
+    this check the test would go on talking to that other hub."""
     while True:
+        # pread: the server writes through the same open file, and moving its offset would have it overwrite.
+        said = b"" if output is None else os.pread(output.fileno(), 1 << 20, 0)
         if process is not None and process.returncode is not None:
-            said = b""
-            if output is not None:
-                output.seek(0)
-                said = output.read()
             raise AssertionError(f"serve exited with {process.returncode} before listening:\n{said.decode()}")
+        if output is not None and b"agent-rooms serving" not in said:
+            await anyio.sleep(0.05)
+            continue
         try:
             stream = await anyio.connect_tcp("127.0.0.1", port)
         except OSError:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx2
+import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -41,3 +44,13 @@ async def test_healthz_answers_200_without_credentials_and_says_nothing_else(wor
         assert (await raw.post(f"{served.base}/healthz")).status_code == 401
         assert (await raw.get(f"{served.base}/healthz/x")).status_code == 401
         assert (await raw.get(f"{served.base}/healthz", headers={"Host": "evil.example"})).status_code == 421
+
+
+async def test_a_hub_that_could_not_take_its_port_is_not_taken_for_whatever_listens_there(world: World) -> None:
+    """`serve_http` picks a port that was free a moment ago; when another server (another test's) has taken it
+    since, our hub refuses to start, and the test must learn so rather than go on talking to the other one."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        with pytest.raises(AssertionError, match="cannot listen"):
+            async with serve_http(world.settings.home, port=port):
+                pass
