@@ -293,7 +293,7 @@ class Store:
         On the writer's connection while no write holds it (nothing can take it while this runs: it never
         awaits, and aiosqlite's thread uses the connection only under the write lock). In WAL mode a commit
         empties the page cache of every connection but the one that made it: on the reader, every call after a
-        post read its authentication's pages from the file again (eight `pread`s a post). SQLite can make even
+        post read its authentication's pages from the file again (about nine `pread`s a post). SQLite can make even
         a read wait in rare cases (another process recovering the WAL); the writer waits for nothing, so that
         read is asked again of the reader, which waits its short while."""
         if not sql.lstrip().startswith("SELECT"):
