@@ -7,15 +7,19 @@ Real `python -m agent_rooms_mcp serve` processes over their pipes; no time is as
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from agent_rooms_mcp.home import write_private_file
+from agent_rooms_mcp.hub import OPEN_IMPORTS, Hub
 from tests.conftest import World
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,3 +184,11 @@ async def test_a_2026_client_is_answered_its_discovery_and_tool_list_before_the_
         finally:
             proc.kill()
             proc.wait(STUCK_S)
+
+
+def test_the_modules_loaded_ahead_of_the_hub_are_those_its_opening_imports() -> None:
+    """A stdio start loads `OPEN_IMPORTS` on a worker thread so that `Hub.open` finds them loaded and does not hold
+    the event loop importing them; the list is kept by hand beside `Hub.open`'s own imports, so it is held to them."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Hub.open.__wrapped__)))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported == set(OPEN_IMPORTS)
