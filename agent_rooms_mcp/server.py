@@ -39,7 +39,7 @@ from agent_rooms_mcp.models import (
     TaskView,
     WhoAmI,
 )
-from agent_rooms_mcp.services.render import result_text
+from agent_rooms_mcp.results import result_text
 from agent_rooms_mcp.settings import DEFAULT_LIMITS as L
 from agent_rooms_mcp.settings import INT_MAX
 
@@ -394,7 +394,7 @@ class ToolMetadata(FuncMetadata):
 
     Results: our result models are built, and so validated, by our own code; the SDK would validate each again
     and encode it twice (its text block indented). It is dumped once here, and its text block is that dump's
-    compact JSON (`render.result_text`, which the page byte caps count with). A tool that builds its result
+    compact JSON (`results.result_text`, which the page byte caps count with). A tool that builds its result
     already in its model's JSON shape (`read_messages`, declared `Annotated[CallToolResult, Model]` so the model
     stays its schema) hands back the finished `structured_result`, which passes as it is: the SDK would validate
     it against the model, the very work the shape was built to skip (tests hold each such shape to its model)."""

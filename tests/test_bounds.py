@@ -21,8 +21,8 @@ from mcp.types import CallToolResult
 from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import now_utc
 from agent_rooms_mcp.models import Author, MentionOutcome, Message
+from agent_rooms_mcp.results import item_bytes
 from agent_rooms_mcp.services.messages import page_hint
-from agent_rooms_mcp.services.render import item_bytes
 from agent_rooms_mcp.settings import DEFAULT_LIMITS as L
 from tests.conftest import OPERATOR, World
 

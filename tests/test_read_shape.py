@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from agent_rooms_mcp.auth.tokens import MCP_KINDS
 from agent_rooms_mcp.models import MessagePage
-from agent_rooms_mcp.services.render import result_text
+from agent_rooms_mcp.results import result_text
 from tests.conftest import World, build_world
 
 # What sanitising and the envelopes act on, and what JSON escapes, among ordinary and astral text.

@@ -18,18 +18,10 @@ from agent_rooms_mcp.ids import MessageId, OwnerId, RoomId
 from agent_rooms_mcp.models import Author, Mentioned, MentionOutcome, Message, PostedMessage
 from agent_rooms_mcp.policy import ConsentState, MentionEffect, ProposalKind
 from agent_rooms_mcp.principals import AgentTool, Caller, Scope
+from agent_rooms_mcp.results import CHAR_BYTES_MAX, Shape, item_bytes, text_hint
 from agent_rooms_mcp.run_states import Trigger, mention_outcome
 from agent_rooms_mcp.services import crossing, proposals, runs
-from agent_rooms_mcp.services.render import (
-    CHAR_BYTES_MAX,
-    Rendered,
-    Shape,
-    cut_page,
-    item_bytes,
-    notice,
-    render,
-    text_hint,
-)
+from agent_rooms_mcp.services.render import Rendered, cut_page, notice, render
 from agent_rooms_mcp.settings import INT_MAX, Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store

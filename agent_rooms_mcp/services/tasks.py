@@ -19,9 +19,10 @@ from agent_rooms_mcp.ids import ProposalId, RoomId, TaskId
 from agent_rooms_mcp.models import Author, Task, TaskList, TaskView, WakeRequest
 from agent_rooms_mcp.policy import ConsentState, ProposalKind, ProposalState, TaskStatus
 from agent_rooms_mcp.principals import Caller, Scope
+from agent_rooms_mcp.results import result_bytes
 from agent_rooms_mcp.run_states import Trigger
 from agent_rooms_mcp.services import crossing, proposals, runs, withdrawal
-from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, result_bytes, within_bytes
+from agent_rooms_mcp.services.render import cut_page, flags_of, notice, render, within_bytes
 from agent_rooms_mcp.settings import Limits, WakeSettings
 from agent_rooms_mcp.store import queries
 from agent_rooms_mcp.store.database import Store
