@@ -335,48 +335,49 @@ class Messages:
 
     async def read(self, caller: Caller, room_ref: str, after: int | None, limit: int) -> Page:
         policy.require_scope(caller, Scope.READ)
+        return (await self._store.read(lambda conn: self._page(conn, caller, room_ref, after, limit)))[0]
 
-        def run(conn: sqlite3.Connection) -> Page:
-            room = queries.room_for_member(conn, room_ref, caller)
-            start = max(room.latest_seq - limit, 0) if after is None else after
-            rows = conn.execute(_PAGE, (room.room_id, start, limit + 1)).fetchall()
-            page = rows[:limit]
-            # The page by column, in _PAGE's order: a sqlite3.Row finds a column by name comparing it with each.
-            _, _, agent_ids, texts, mentioned, outcomes, _, _ = zip(*page, strict=True) if page else ((),) * 8
-            ids = list(set(agent_ids))
-            # An empty page (every long poll that times out) has no writers to look up.
-            found = conn.execute(_WRITERS.format(",".join("?" * len(ids))), ids) if ids else ()
-            by_id = {w["agent_id"]: w for w in found}
-            writers = [by_id[agent_id] for agent_id in agent_ids]
-            rendered, boundary = render(caller, writers, texts)
-            # Most pages mention nobody: no mentions to read or settle.
-            if any(outcomes) or any(m != "[]" for m in mentioned):
-                mentions = _current_mentions(conn, caller.owner_id, page, writers)
-            else:
-                mentions = [[]] * len(page)
-            messages = _shaped(page, rendered, mentions)
-            empty = {
-                "messages": [],
-                "next_after": start,
-                "has_more": True,
-                "boundary": boundary,
-                "notice": notice(boundary),
-            }
-            bound = page_hint(messages)
-            cut = cut_page(self._limits, empty, messages, [m["seq"] for m in messages], len(rows), start, bound)
-            return Page(
-                {**empty, "messages": messages[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
-            )
-
-        return await self._store.read(run)
+    def _page(
+        self, conn: sqlite3.Connection, caller: Caller, room_ref: str, after: int | None, limit: int
+    ) -> tuple[Page, str]:
+        """A page of the room after `after` (the latest `limit` without it), and the room's id."""
+        room = queries.room_for_member(conn, room_ref, caller)
+        start = max(room.latest_seq - limit, 0) if after is None else after
+        rows = conn.execute(_PAGE, (room.room_id, start, limit + 1)).fetchall()
+        page = rows[:limit]
+        # The page by column, in _PAGE's order: a sqlite3.Row finds a column by name comparing it with each.
+        _, _, agent_ids, texts, mentioned, outcomes, _, _ = zip(*page, strict=True) if page else ((),) * 8
+        ids = list(set(agent_ids))
+        # An empty page (every long poll that times out) has no writers to look up.
+        found = conn.execute(_WRITERS.format(",".join("?" * len(ids))), ids) if ids else ()
+        by_id = {w["agent_id"]: w for w in found}
+        writers = [by_id[agent_id] for agent_id in agent_ids]
+        rendered, boundary = render(caller, writers, texts)
+        # Most pages mention nobody: no mentions to read or settle.
+        if any(outcomes) or any(m != "[]" for m in mentioned):
+            mentions = _current_mentions(conn, caller.owner_id, page, writers)
+        else:
+            mentions = [[]] * len(page)
+        messages = _shaped(page, rendered, mentions)
+        empty = {
+            "messages": [],
+            "next_after": start,
+            "has_more": True,
+            "boundary": boundary,
+            "notice": notice(boundary),
+        }
+        bound = page_hint(messages)
+        cut = cut_page(self._limits, empty, messages, [m["seq"] for m in messages], len(rows), start, bound)
+        kept = {**empty, "messages": messages[: cut.kept], "next_after": cut.next_after, "has_more": cut.has_more}
+        return Page(kept), room.room_id
 
     async def wait(self, caller: Caller, room_ref: str, after: int, limit: int, timeout_s: float) -> Page:
         """Return as soon as there is a message after `after`, or an empty page at the timeout.
 
         While it waits the call costs nothing: it sleeps until a commit moves its room's latest seq
-        (store/watch.py). Before it answers, the credential is checked again in a snapshot taken after
-        the page's: a token revoked, an agent stopped or a run ended before a message was posted never
-        gets that message (invariant 83).
+        (store/watch.py). Before it answers, the credential is checked again in the page's snapshot: a
+        token revoked, an agent stopped or a run ended before a message was posted never gets that
+        message (invariant 83).
         """
         policy.require_scope(caller, Scope.READ)
         if self._waits[caller.agent_id] >= self._limits.waits_per_agent:
@@ -403,11 +404,12 @@ class Messages:
                 del self._waits[caller.agent_id]
 
     async def _checked_read(self, caller: Caller, room_ref: str, after: int, limit: int) -> tuple[Page, str]:
-        """The page, then the credential and membership again in a later snapshot, and the room's id."""
-        page = await self.read(caller, room_ref, after, limit)
+        """The page and the room's id, with the credential checked again in the page's own snapshot: a snapshot
+        that holds a message holds every commit before it, so a credential ended before the message was posted
+        is seen ended there (invariant 83), without a second read transaction for every waiter a post answers."""
 
-        def still_reading(conn: sqlite3.Connection) -> str:
+        def checked(conn: sqlite3.Connection) -> tuple[Page, str]:
             queries.recheck_caller(conn, caller, Scope.READ)
-            return str(queries.room_for_member(conn, room_ref, caller).room_id)
+            return self._page(conn, caller, room_ref, after, limit)
 
-        return page, await self._store.read(still_reading)
+        return await self._store.read(checked)
