@@ -19,17 +19,16 @@ from mcp.types import INVALID_REQUEST, PARSE_ERROR
 
 from agent_rooms_mcp import unreadable
 from agent_rooms_mcp.home import write_private_file
-from agent_rooms_mcp.settings import Limits
 from tests.conftest import World
 from tests.test_stdio_start import ALICE, HELLO, READY, REPO, STUCK_S
 
 WHOAMI = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
-LINE_CAP = Limits().stdio_line_bytes  # what `serve` runs with
+LINE_CAP = 4096  # set small, so the line over it is cheap
 
 
-def _serve(world: World, tmp_path: Path, lines: list[bytes]) -> tuple[list[dict[str, Any]], str]:
+def _serve(world: World, tmp_path: Path, lines: list[bytes], **limits: str) -> tuple[list[dict[str, Any]], str]:
     """Every line written at once, then stdin closed: the answers in the order written, and stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_ROOMS_")} | limits
     env["AGENT_ROOMS_HOME"] = str(world.settings.home)
     token_file = world.settings.tokens_dir / "agent.token"
     write_private_file(token_file, world.tokens[ALICE].encode("ascii"))
@@ -86,7 +85,8 @@ async def test_lines_that_are_not_messages_are_answered_with_id_null_and_the_ser
 async def test_an_over_long_line_without_a_request_id_is_answered_naming_the_cap(world: World, tmp_path: Path) -> None:
     """The cap's stand-in had no id to carry, and the SDK dropped it; it is answered with id null, as a request's
     stand-in is with its id (tests/test_integrity.py), with the code and text the bridge answers it with."""
-    answers, stderr = _serve(world, tmp_path, [_json(HELLO), _json(READY), b"y" * (LINE_CAP + 1), _json(WHOAMI)])
+    lines = [_json(HELLO), _json(READY), b"y" * (LINE_CAP + 1), _json(WHOAMI)]
+    answers, stderr = _serve(world, tmp_path, lines, AGENT_ROOMS_LIMIT_STDIO_LINE_BYTES=str(LINE_CAP))
     refused = [a for a in answers if a.get("id") is None]
     assert [a["error"] for a in refused] == [
         {"code": INVALID_REQUEST, "message": f"TOO_LARGE: a message line is at most {LINE_CAP} bytes"}
