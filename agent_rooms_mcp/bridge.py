@@ -42,7 +42,7 @@ import httpx2
 import structlog
 
 from agent_rooms_mcp.home import check_private_file
-from agent_rooms_mcp.lines import DISCARD_CHUNK, TOO_LARGE_METHOD, BoundedLines
+from agent_rooms_mcp.lines import DISCARD_CHUNK, TOO_LARGE_METHOD, BoundedLines, too_large_message
 from agent_rooms_mcp.logs import configure_logging
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.sockets import SUN_PATH_MAX
@@ -207,9 +207,7 @@ class Relay:
             return
         method, request_id = message.get("method"), message.get("id")
         if method == TOO_LARGE_METHOD:
-            await self._out.message(
-                _error(request_id, INVALID_REQUEST, f"TOO_LARGE: a message line is at most {self._limit} bytes")
-            )
+            await self._out.message(_error(request_id, INVALID_REQUEST, too_large_message(self._limit)))
             return
         if method is None or request_id is None:
             if method == "notifications/initialized":

@@ -20,15 +20,20 @@ import structlog
 
 log = structlog.get_logger("agent_rooms_mcp.stdio")
 
-# The method of the stand-in for a request whose line was too long: its answer is an error naming the cap.
+# The method of the stand-in for a line that was too long: its answer is an error naming the cap, with the
+# request's id when one was found (a request), else `id: null` (JSON-RPC's answer for a message it cannot identify).
 TOO_LARGE_METHOD = "agent-rooms/request-too-large"
 DISCARD_CHUNK = 64 * 1024
 _REQUEST_ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"[A-Za-z0-9_.:-]{1,64}")')
 
 
+def too_large_message(limit: int) -> str:
+    return f"TOO_LARGE: a message line is at most {limit} bytes"
+
+
 class BoundedLines:
-    """Lines of at most `limit` bytes. A longer line is skipped without being held in memory; if it was a
-    request, a small stand-in with the same id takes its place so the client gets an error, not silence."""
+    """Lines of at most `limit` bytes. A longer line is skipped without being held in memory, and a small stand-in
+    takes its place, with the same id if it was a request, so the client gets an error, not silence."""
 
     def __init__(self, raw: BinaryIO, limit: int) -> None:
         self._raw = raw
@@ -85,7 +90,7 @@ class BoundedLines:
         log.warning("stdio.line_too_large", limit=self._limit)
         # Only an id before "params" is the request's own: one inside the arguments must not be answered.
         found = _REQUEST_ID.search(head.split(b'"params"', 1)[0])
-        if found is None:
-            return "\n"  # an unparseable line: the SDK logs and drops it
-        stand_in = {"jsonrpc": "2.0", "id": json.loads(found.group(1)), "method": TOO_LARGE_METHOD}
+        stand_in: dict[str, object] = {"jsonrpc": "2.0", "method": TOO_LARGE_METHOD}
+        if found is not None:
+            stand_in["id"] = json.loads(found.group(1))
         return json.dumps(stand_in) + "\n"

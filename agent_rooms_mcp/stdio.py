@@ -19,7 +19,7 @@ import importlib
 import os
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any
 
@@ -38,6 +38,7 @@ from agent_rooms_mcp.hub import OPEN_IMPORTS, Hub
 from agent_rooms_mcp.lines import DISCARD_CHUNK, BoundedLines
 from agent_rooms_mcp.server import create_server
 from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.unreadable import answer_for
 
 log = structlog.get_logger("agent_rooms_mcp.stdio")
 
@@ -106,9 +107,11 @@ class _OpeningHub(Hub):
 
 class _Doorway:
     """Between stdin and the SDK: holds the first request that needs the hub, and everything after it, until the
-    hub has opened; asks for the hub to open at once when it holds one, and when the tool list has been answered."""
+    hub has opened; asks for the hub to open at once when it holds one, and when the tool list has been answered.
+    Answers itself a line that is not a message (unreadable.py), which the SDK would drop without an answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, line_limit: int) -> None:
+        self._line_limit = line_limit
         self.wanted = anyio.Event()  # open the hub now
         self.opened = anyio.Event()
         self._listing: set[RequestId] = set()  # ids of tools/list requests not answered yet
@@ -118,10 +121,24 @@ class _Doorway:
         self._all_answered.set()
 
     async def forward(
-        self, source: ReadStream[SessionMessage | Exception], sink: ContextSendStream[SessionMessage | Exception]
+        self,
+        source: ReadStream[SessionMessage | Exception],
+        sink: ContextSendStream[SessionMessage | Exception],
+        answers: WriteStream[SessionMessage],
     ) -> None:
         async with sink:
+            line = 0  # the SDK's reader sends one item per line of stdin: a message, or what reading it raised
             async for item in source:
+                line += 1
+                refusal = answer_for(item, line, self._line_limit)
+                if refusal is not None:
+                    if isinstance(item, Exception):  # a line over the cap was logged as it was skipped (lines.py)
+                        log.warning("stdio.unreadable_line", line=line, error=refusal.error.code)
+                    # Through the SDK's own writer: it writes one whole message at a time, so this cannot
+                    # interleave with an answer of the SDK's.
+                    with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):  # the SDK has stopped
+                        await answers.send(SessionMessage(refusal))
+                    continue
                 if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
                     method = item.message.method
                     if method == "tools/list":
@@ -174,7 +191,7 @@ async def serve_stdio(settings: Settings) -> None:
     mcp = create_server(lambda _: _checked_hub(settings))
     # MCPServer has no public way to run on custom streams: the low-level server does (mcp-sdk.md).
     lowlevel = mcp._lowlevel_server
-    hub, doorway = _OpeningHub(), _Doorway()
+    hub, doorway = _OpeningHub(), _Doorway(settings.limits.stdio_line_bytes)
     failed: list[Exception] = []
     served = anyio.Event()  # the SDK's loop has ended: the hub closes
     leaving = threading.Event()  # the same, for `_prepare` on its worker thread
@@ -202,21 +219,22 @@ async def serve_stdio(settings: Settings) -> None:
             failed.append(e)
             scope.cancel()
 
-    async def forward(reader: ReadStream[SessionMessage | Exception], sink: Any) -> None:
+    async def forward(reader: ReadStream[SessionMessage | Exception], sink: Any, answers: _Answers) -> None:
         with forwarding:
-            await doorway.forward(reader, sink)
+            await doorway.forward(reader, sink, answers)
 
     # Read our own duplicate of fd 0 so the line cap applies; the SDK still owns stdout.
     raw = os.fdopen(os.dup(0), "rb", buffering=DISCARD_CHUNK)
     async with stdio_server(stdin=BoundedLines(raw, settings.limits.stdio_line_bytes)) as (reader, writer):  # type: ignore[arg-type]
         passed, received = create_context_streams[SessionMessage | Exception](0)
+        answers = _Answers(writer, doorway)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(forward, reader, passed)
+            tg.start_soon(forward, reader, passed, answers)
             tg.start_soon(open_hub, tg.cancel_scope)
             await serve_dual_era_loop(
                 lowlevel,
                 received,
-                _Answers(writer, doorway),
+                answers,
                 lifespan_state=hub,
                 init_options=lowlevel.create_initialization_options(),
             )

@@ -283,6 +283,15 @@ async def test_a_line_over_the_cap_is_refused_with_bounded_memory(tmp_path: Path
     assert answer["id"] == 7 and answer["error"]["message"].startswith("TOO_LARGE")
 
 
+@pytest.mark.invariant(66)
+async def test_a_line_over_the_cap_without_a_request_id_is_refused_with_id_null(tmp_path: Path) -> None:
+    env = bridge_env(_token_file(tmp_path), tmp_path / "no.sock", AGENT_ROOMS_LIMIT_STDIO_LINE_BYTES="1000")
+    answer = await _one_answer(env, b"y" * 100_000)
+    assert answer["id"] is None and answer["error"] == {
+        "code": bridge.INVALID_REQUEST, "message": "TOO_LARGE: a message line is at most 1000 bytes"
+    }  # fmt: skip
+
+
 def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
     token = _token_file(tmp_path)
     token.chmod(0o644)

@@ -123,7 +123,9 @@ async def test_a_stdio_line_over_the_cap_is_refused_and_the_server_keeps_serving
                     break
             await proc.stdin.aclose()
             stderr = b"".join([chunk async for chunk in proc.stderr]).decode()
-    assert "error" in replies[7]  # the oversized request is answered, not silently dropped
+    # The oversized request is answered, not silently dropped, with the code and text the bridge answers it with.
+    cap = world.settings.limits.stdio_line_bytes
+    assert replies[7]["error"] == {"code": -32600, "message": f"TOO_LARGE: a message line is at most {cap} bytes"}
     assert "stdio.line_too_large" in stderr
     assert world.sql("SELECT count(*) AS n FROM messages")[0]["n"] == 0
     assert replies[8]["result"]["structuredContent"]["agent"]["handle"] == "alice-claude"
