@@ -55,15 +55,15 @@ def parse_scopes(text: str) -> frozenset[Scope]:
 
 def held_scopes(stored: str, run_id: str | None) -> frozenset[Scope]:
     """The scopes a credential holds: the agent's stored ones, narrowed for a run token."""
-    scopes = _stored_scopes(stored)
+    scopes = stored_scopes(stored)
     return scopes - RUN_WITHHELD if run_id is not None else scopes
 
 
 @functools.lru_cache(maxsize=64)
-def _stored_scopes(stored: str) -> frozenset[Scope]:
-    """A stored scope list as scopes. A pure function of the text, read afresh from its row on every call, so each
-    spelling is parsed once: `Scope(name)` goes through the enum's metaclass, ~7,000 instructions a name, and every
-    authentication and every write's re-check parses one list."""
+def stored_scopes(stored: str) -> frozenset[Scope]:
+    """A stored scope list (an agent's, or an OAuth grant's) as scopes. A pure function of the text, read afresh
+    from its row on every call, so each spelling is parsed once: `Scope(name)` goes through the enum's metaclass,
+    ~7,000 instructions a name, and every authentication and every write's re-check parses one list."""
     return frozenset(Scope(s) for s in stored.split(",") if s)
 
 

@@ -20,7 +20,7 @@ from agent_rooms_mcp.auth.passports import PassportIssuer, PassportRejected
 from agent_rooms_mcp.auth.tokens import CredentialKind, credential_kind, secret_hash
 from agent_rooms_mcp.errors import RoomsError, unauthenticated
 from agent_rooms_mcp.ids import AgentId, OwnerId, RoomId, RunId
-from agent_rooms_mcp.principals import AgentTool, Caller, Scope, held_scopes
+from agent_rooms_mcp.principals import AgentTool, Caller, Scope, held_scopes, stored_scopes
 from agent_rooms_mcp.settings import Limits
 from agent_rooms_mcp.store.database import Store, fresh_snapshot
 
@@ -236,8 +236,7 @@ def _scopes(found: _Found) -> frozenset[Scope]:
     held = held_scopes(found.scopes, found.run_id)
     if found.grant_id is None:
         return held
-    granted = found.grant_scopes or ""
-    return policy.oauth_held_scopes(held, frozenset(Scope(s) for s in granted.split(",") if s))
+    return policy.oauth_held_scopes(held, stored_scopes(found.grant_scopes or ""))
 
 
 class _Denied(Exception):
