@@ -349,3 +349,48 @@ async def test_a_variable_sealed_on_the_owners_machine_reaches_the_cli_and_never
     hub_files = b"".join(p.read_bytes() for p in world.settings.home.rglob("*") if p.is_file())
     assert secret.encode() not in hub_files
     assert not world.sql("SELECT 1 FROM agent_env")
+
+
+async def test_after_a_take_over_the_agent_starts_a_fresh_session_on_its_new_device(
+    remote_world: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    """A CLI session lives on the machine that made it: the first wake on another device must not try to
+    resume the laptop's session (the real CLI ends "No conversation found"), and the desktop's next wake
+    resumes the session the desktop made (walk finding 3)."""
+    world = remote_world
+    async with served(world) as url:
+        laptop = await enroll(world, url, tmp_path, "alice-laptop")
+        desktop = await enroll(world, url, tmp_path, "alice-desktop")
+        async with listening(laptop, fakes):
+            await post(world, "alice-claude", "@alice-bot first, on the laptop")
+            [first] = await until(lambda: ended(world, "alice-bot"), "the laptop's run ends")
+            async with listening(desktop, fakes, "--take-over"):
+                await until(lambda: world.sql("SELECT 1 FROM audit WHERE action = 'listener.take_over'"), "taken")
+                await post(world, "alice-claude", "@alice-bot second, on the desktop")
+                second = (await until(lambda: ended(world, "alice-bot")[1:], "the desktop's run ends"))[0]
+                await post(world, "alice-claude", "@alice-bot third, on the desktop again")
+                third = (await until(lambda: ended(world, "alice-bot")[2:], "the desktop's next run ends"))[0]
+        # `run log` on the owner's machine that ran it shows the events kept there (walk finding 4, DESIGN
+        # §9.1); on another of the owner's machines it says where they are.
+        shown = await laptop.ar("run", "log", first["run_id"])
+        stderr = await laptop.ar("run", "log", first["run_id"], "--stderr")
+        elsewhere = await desktop.ar("run", "log", first["run_id"])
+    assert (first["state"], first["outcome"]) == ("completed", "ok"), dict(first)
+    assert (second["state"], second["outcome"]) == ("completed", "ok"), dict(second)
+    assert second["session_id"] and second["session_id"] != first["session_id"]
+    # The desktop's own session is resumed on the desktop.
+    assert (third["state"], third["outcome"], third["session_id"]) == ("completed", "ok", second["session_id"])
+    resumed = [c.get("resumed") for c in fakes.calls() if c.get("tool", "claude") == "claude"]
+    assert resumed == [False, False, True], fakes.calls()
+
+    assert shown.code == 0, shown.err
+    lines = shown.out.splitlines()
+    assert lines[2] == "status: completed, ended: the CLI finished its turn", lines
+    assert {"type": "system", "subtype": "init"}.items() <= json.loads(lines[3]).items()
+    assert stderr.code == 0 and "(no stderr.log" not in stderr.out, stderr.out
+    assert elsewhere.code == 0 and '"type"' not in elsewhere.out, elsewhere.out
+    assert f"(no events.jsonl for this run on this machine, in {desktop.home / 'run-logs' / first['run_id']}" in (
+        elsewhere.out
+    )
+    helped = await desktop.ar("run", "log", "--help")
+    assert "run-logs" in helped.out and "hub's machine" in helped.out and "owner's machine" in helped.out

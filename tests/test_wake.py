@@ -248,6 +248,26 @@ async def test_a_cli_that_never_started_leaves_no_session_to_resume(woken: World
     assert "--session-id" in call["argv"] and "--resume" not in call["argv"]
 
 
+async def test_a_session_made_on_another_machine_is_never_resumed_here(woken: World, fakes: Fakes) -> None:
+    """A CLI keeps its sessions on the machine that ran it: a supervisor on another host (another hub
+    machine, or a listener's device) starts the agent afresh instead of resuming one it does not have, then
+    resumes its own (walk finding 3)."""
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot one")
+        [first] = await until(lambda: ended(woken, "alice-bot"), "first run")
+    elsewhere = replace(woken.settings, wake=replace(woken.settings.wake, host_id="another-machine"))
+    async with Hub.open(elsewhere) as hub, supervising(hub):
+        await post(woken, "alice-claude", "@alice-bot two")
+        _, second = await until(lambda: ended(woken, "alice-bot", 2), "second run")
+        await post(woken, "alice-claude", "@alice-bot three")
+        *_, third = await until(lambda: ended(woken, "alice-bot", 3), "third run")
+    assert [r["state"] for r in (first, second, third)] == ["completed"] * 3
+    assert second["session_id"] not in ("", None, first["session_id"])
+    assert third["session_id"] == second["session_id"]
+    argvs = [c["argv"] for c in fakes.calls()]
+    assert ["--resume" in a for a in argvs] == [False, False, True], argvs
+
+
 async def test_a_session_the_cli_lost_is_started_afresh_next_time(woken: World, fakes: Fakes) -> None:
     async with supervisor(woken):
         await post(woken, "alice-claude", "@alice-bot one")

@@ -14,6 +14,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ import structlog
 from click.testing import CliRunner, Result
 
 from agent_rooms_mcp.cli import cli
+from agent_rooms_mcp.embedded import supervising
+from agent_rooms_mcp.hub import Hub
 from agent_rooms_mcp.principals import AgentTool, parse_scopes
 from tests.conftest import AGENTS, OPERATOR, World, build_world
 from tests.fakes.common import write_wrapper
@@ -660,6 +663,45 @@ async def test_agent_stop_and_run_log_on_the_command_line(
     assert "(no events.jsonl kept for this run)" in r.stdout
     r = await agent_rooms(world, "run", "log", waiting["run_id"], "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["state"] == "queued"
+
+
+async def test_run_log_says_what_happened_when_the_cli_failed_and_never_that_its_supervisor_went_away(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    """Walk finding 3: a CLI that could not resume its session, or exited with an error none of its events
+    names, ends `failed` with outcome `lost` (DESIGN §7's closed list), while its supervisor was there all
+    along: the status line says what happened and where its stderr is, not "its supervisor went away"."""
+    world = await wake_world(tmp_path, fakes, reply=False)
+    async with supervisor(world):
+        await post(world, "alice-claude", "@alice-bot one")
+        await until(lambda: ended(world, "alice-bot"), "first run")
+        fakes.scenario("resume_missing")
+        await post(world, "alice-claude", "@alice-bot two")
+        _, gone = await until(lambda: ended(world, "alice-bot", 2), "second run")
+    assert (gone["state"], gone["outcome"], gone["session_id"]) == ("failed", "lost", "")
+    r = await agent_rooms(world, "run", "log", gone["run_id"], "--stderr")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    status = r.stdout.splitlines()[2]
+    assert status.startswith("status: failed, ended: the CLI could not resume the agent's last session"), status
+    assert "supervisor" not in status and "No conversation found" in r.stdout
+
+    # A CLI that prints an error and exits 1 without a result.
+    broken = fakes.root / "bin" / "broken-claude"
+    broken.write_text("#!/bin/sh\necho 'claude: something broke' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    settings = replace(world.settings, wake=replace(world.settings.wake, claude_bin=str(broken)))
+    async with Hub.open(settings) as hub, supervising(hub):
+        await post(world, "alice-claude", "@alice-bot three")
+        *_, failed = await until(lambda: ended(world, "alice-bot", 3), "the failing run ends")
+    assert (failed["state"], failed["outcome"]) == ("failed", "lost")
+    r = await agent_rooms(world, "run", "log", failed["run_id"])
+    status = r.stdout.splitlines()[2]
+    assert status == (
+        "status: failed, ended: the CLI exited with an error that none of its events names; its stderr says what"
+        f" it was (agent-rooms run log {failed['run_id']} --stderr, on the machine that ran it)"
+    ), status
+    r = await agent_rooms(world, "run", "log", failed["run_id"], "--stderr")
+    assert "claude: something broke" in r.stdout
 
 
 # --- 10. who sees and stops which runs ------------------------------------------------------------------------------

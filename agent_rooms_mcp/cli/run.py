@@ -46,6 +46,18 @@ NEVER_RAN = frozenset(
 )
 
 
+# `lost` whose supervisor recorded the end itself (state `failed`): the supervisor was there, the CLI failed.
+CLI_FAILED = (
+    "the CLI exited with an error that none of its events names; its stderr says what it was"
+    " (agent-rooms run log {run_id} --stderr, on the machine that ran it)"
+)
+# The supervisor records an empty session id when the CLI answered a resume "No conversation found".
+SESSION_GONE = (
+    "the CLI could not resume the agent's last session (it is not on the machine that ran this wake);"
+    " the next wake starts a fresh session"
+)
+
+
 def reason(info: RunInfo) -> str:
     """In plain words: where a run stands, and why it ended or never started."""
     if info.state in WAITING_STATES:
@@ -58,6 +70,8 @@ def reason(info: RunInfo) -> str:
     head, _, why = outcome.partition(":")
     if head == Outcome.WITHDRAWN:
         text = f"withdrawn: {why.replace('_', ' ')}"
+    elif outcome == Outcome.LOST and info.state == RunState.FAILED:
+        text = SESSION_GONE if info.session_id == "" else CLI_FAILED.format(run_id=info.run_id)
     else:
         text = REASONS.get(outcome, outcome or "no reason recorded")
     started = "never started" if outcome in NEVER_RAN or not info.started_at else "ended"
@@ -98,8 +112,11 @@ def list_(owner: str | None, every: bool, as_json: bool) -> None:
 @click.option("--stderr", "show_stderr", is_flag=True, help="Show the tail of the CLI's stderr instead.")
 @json_option
 def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
-    """Show RUN_ID's state, why it ended or never started, and the events its CLI printed (kept per run,
-    bounded, on the hub's machine), or its stderr tail."""
+    """Show RUN_ID's state, why it ended or never started, and the events its CLI printed, or its stderr tail.
+
+    Events and stderr stay, bounded, on the machine that ran the CLI, in its home's run-logs/RUN_ID/: the
+    hub's machine for a wake the hub ran, the owner's machine for one their listener ran (DESIGN §9.1).
+    Run this there to see them; elsewhere it shows the state and why."""
     info: RunInfo = perform("run.get", RunGet(run_id=run_id), as_json=as_json)
     if as_json:  # the run's record; the logs themselves are files, for people
         emit(info, as_json=True, text=str)
@@ -111,11 +128,18 @@ def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
         )
     )
     click.echo(f"status: {reason(info)}")
-    if remote(as_json) is not None:
-        return  # the CLI's own output stays on the hub's machine
-    path = settings().run_logs_dir / info.run_id / ("stderr.log" if show_stderr else "events.jsonl")
-    if not path.exists():
-        # Not an error: the status line already says why (never started, not yet, or purged since it ended).
+    # The run's own files, wherever the record came from: a listener keeps them in this machine's home.
+    kept = settings().run_logs_dir / info.run_id
+    path = kept / ("stderr.log" if show_stderr else "events.jsonl")
+    if path.exists():
+        click.echo(path.read_text(errors="replace"), nl=False)
+    elif info.state in WAITING_STATES or not info.started_at or info.outcome in NEVER_RAN:
+        # Not an error: the status line already says why (never started, or not yet).
         click.echo(f"(no {path.name} kept for this run)")
-        return
-    click.echo(path.read_text(errors="replace"), nl=False)
+    elif remote(as_json) is not None:
+        click.echo(f"(no {path.name} for this run on this machine, in {kept}: it ran elsewhere, on the machine of"
+                   " the listener that held the agent then, or on the hub's; run this there)")  # fmt: skip
+    else:
+        click.echo(f"(no {path.name} for this run in {kept}: a run an owner's listener ran keeps it on that"
+                   " owner's machine (run this there), and an ended run's files are purged after"
+                   " AGENT_ROOMS_LIMIT_RETENTION_S)")  # fmt: skip

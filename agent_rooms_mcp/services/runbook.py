@@ -251,8 +251,8 @@ class LocalWakeBook:
         # A constrained session may hold another owner's words: an unconstrained run never resumes
         # it, so each kind of run continues its own kind of session.
         last = conn.execute(
-            "SELECT session_id FROM runs WHERE agent_id = ? AND session_id IS NOT NULL AND constrained = ?"
-            " ORDER BY started_at DESC LIMIT 1",
+            "SELECT session_id, session_host FROM runs WHERE agent_id = ? AND session_id IS NOT NULL"
+            " AND constrained = ? ORDER BY started_at DESC LIMIT 1",
             (wake.agent_id, claim.constrained),
         ).fetchone()
         return Claimed(
@@ -270,12 +270,23 @@ class LocalWakeBook:
             causers=tuple(sorted(wake.causers)),
             constrained=claim.constrained,
             depth=claim.depth,
-            resume_session=(last["session_id"] or None) if last else None,  # "" marks a session lost
+            resume_session=self._resumable(last),
             words=words,
             retry=claim.resume,
             lease=lease,
             sandbox=claim.sandbox,
         )
+
+    def _resumable(self, last: sqlite3.Row | None) -> str | None:
+        """The agent's last session, if this supervisor can resume it. A CLI keeps its sessions on the machine
+        that ran it (in that home's CLI configuration): one made on another device, or on the hub, is not
+        there, and resuming it would end the run "No conversation found". Then the run starts afresh. ""
+        marks a session the CLI lost. A session recorded before sessions named their host was the hub's."""
+        if last is None or not last["session_id"]:
+            return None
+        host = last["session_host"]
+        here = host == self._host or (host is None and self._expires)
+        return str(last["session_id"]) if here else None
 
     def _held(self, conn: sqlite3.Connection, run_id: str, lease: int, sets: str, args: tuple[object, ...]) -> None:
         """Apply `sets` to the run only while this claim holds it: this holder, this claim's epoch, a held
@@ -316,7 +327,8 @@ class LocalWakeBook:
 
     async def session(self, run_id: str, lease: int, session_id: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            self._held(conn, run_id, lease, "session_id = ?", (session_id,))
+            # Where the session lives: the host of the lease that ran it (a listener's names its device).
+            self._held(conn, run_id, lease, "session_id = ?, session_host = lease_host", (session_id,))
             row = conn.execute("SELECT agent_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             # "" records a session the CLI lost: the next wake starts afresh.
             audit.append(conn, self._actor, "run.session", target=row["agent_id"],

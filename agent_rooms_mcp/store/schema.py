@@ -694,8 +694,15 @@ ALTER TABLE proposals ADD COLUMN wake_outcome TEXT;
 ALTER TABLE proposals ADD COLUMN wake_code TEXT;
 """
 
+# A CLI keeps its sessions on the machine that ran it (DESIGN §5, §9.1): a run's session names the host (a
+# listener's names its device) where it lives, so a wake on another device or on the hub starts afresh rather
+# than resume one that is not there. Older sessions have none: only the hub's own supervisor resumes them.
+_V_SESSION_HOST = """
+ALTER TABLE runs ADD COLUMN session_host TEXT;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1, _V2, _V3, _V4, _V5, _V_PAGING, _V_AUDIT, _V_AUTHZ, _V_WAKE, _V_RATES, _V_DEVICES, _V_RUNS_BOOK,
     _V_DEVICE_RATES, _V_LEASE_EPOCH, _V_LISTENERS, _V_SANDBOX, _V_LISTENER_RATES, _V_KILL_SWITCHES,
-    _V_CONSOLE, _V_RECEIPTS, _V_OAUTH, _V_ACCEPTED_WAKE,
+    _V_CONSOLE, _V_RECEIPTS, _V_OAUTH, _V_ACCEPTED_WAKE, _V_SESSION_HOST,
 )  # fmt: skip

@@ -380,6 +380,7 @@ class Supervisor:
         for session_id in pending:
             await self.book.session(run.run_id, run.lease, session_id)
         if reading.session_lost:  # the CLI no longer has it: the next wake starts afresh
+            log.warning("run.session_gone", run_id=run.run_id, agent=run.handle, session=run.resume_session)
             await self.book.session(run.run_id, run.lease, "")
         write_private_file(logs / "stderr.log", finished.stderr_tail)
         verdict = judge(reading, stop_requested=stop.is_set(), returncode=finished.returncode)
