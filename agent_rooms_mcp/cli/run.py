@@ -18,7 +18,8 @@ REASONS: dict[str, str] = {
     Outcome.SANDBOX_UNAVAILABLE: "the sandbox (bwrap) could not start here: agent-rooms doctor says why",
     Outcome.SANDBOX_REQUIRED: "another owner caused it, and such a wake runs only inside a working sandbox",
     Outcome.ROOT_REFUSED: "the hub runs as root and no unprivileged user is set: set AGENT_ROOMS_RUN_AS",
-    Outcome.ENV_UNAVAILABLE: "the agent's sealed variables could not be opened",
+    Outcome.ENV_UNAVAILABLE: "the agent's variables could not be opened, or one is no longer allowed (the log of"
+    " the hub or listener that ran it names which): see agent-rooms agent env list HANDLE",
     Outcome.MCP_FAILED: "the CLI could not reach the hub through its bridge",
     Outcome.AUTH: "the CLI is not logged in to its provider",
     Outcome.RATE_LIMIT: "the provider rate-limited the CLI; its wakes wait and retry",
