@@ -131,13 +131,38 @@ async def test_a_wake_no_listener_came_for_settles_expired(woken: World, fakes: 
     world = with_wake(woken, listener_wait_s=0.5)
     async with supervisor(world):
         posted = await post(world, "alice-claude", "@alice-bot please")
-        assert posted["mentions"][0]["outcome"] == "queued"
+        assert (posted["mentions"][0]["outcome"], posted["mentions"][0]["code"]) == ("queued", "waiting_for_listener")
         # Waiting is shown as waiting, not as woken, while it waits.
         [waiting] = await read_mentions(world, "alice-claude", posted["seq"])
         assert waiting["outcome"] in ("queued", "expired")
         await until(lambda: ended(world, "alice-bot"), "the wake expires")
     await settles(world, posted, posted["seq"], "expired", "expired")
     assert fakes.calls() == []
+
+
+@pytest.mark.invariant(98)
+async def test_a_cross_owner_wake_waiting_for_its_owners_listener_reads_so_to_the_poster_only(world: World) -> None:
+    # The walk (finding 10): Alice's mention of Bob's agent, Bob's listener not running, read `queued` for the
+    # hour it waited, and Alice cannot list Bob's runs. Her mention now says what it waits for, while it waits.
+    async with world.hub() as hub:
+        await hub.accounts.set_owner_local(OPERATOR, "bob", False)
+        await hub.consent.set_mode_as_owner(OPERATOR, "shared", "bob", "approve_all", None)
+    await world.trust("bob", "alice")
+    posted = await post(world, "alice-claude", "@bob-codex please", room="shared")
+    [said] = posted["mentions"]
+    assert (said["outcome"], said["code"]) == ("queued", "waiting_for_listener") and said["run_id"], said
+    [run] = runs(world, "bob-codex")
+    assert (run["run_id"], run["state"]) == (said["run_id"], "waiting_for_listener")
+    [now] = await read_mentions(world, "alice-claude", posted["seq"], room="shared")
+    assert (now["outcome"], now["code"], now["run_id"]) == ("queued", "waiting_for_listener", said["run_id"])
+    # Another member reads a notification only, as before (policy.sees_mention_receipts).
+    [other] = await read_mentions(world, "bob-claude", posted["seq"], room="shared")
+    assert (other["outcome"], other["code"], other["run_id"]) == ("notified", None, None)
+    # Where it waits is read afresh: once Bob's wakes are the hub's to run, it is merely queued.
+    async with world.hub() as hub:
+        await hub.accounts.set_owner_local(OPERATOR, "bob", True)
+    [now] = await read_mentions(world, "alice-claude", posted["seq"], room="shared")
+    assert (now["outcome"], now["code"]) == ("queued", None)
 
 
 @pytest.mark.invariant(98)
