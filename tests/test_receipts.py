@@ -9,6 +9,7 @@ import json
 import sqlite3
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -111,6 +112,26 @@ async def test_a_wake_whose_sandbox_cannot_start_settles_failed_sandbox_unavaila
         await until(lambda: ended(world, "alice-bot"), "the wake ends")
     await settles(world, posted, posted["seq"], "failed", "sandbox_unavailable")
     assert fakes.calls() == []
+
+
+async def test_a_cli_found_but_not_executable_inside_the_run_says_where_to_look(
+    woken: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    # The walk (finding 12): the hub found `claude`, the run could not execute it ("egress-relay: cannot run
+    # claude"), and `run log` said only "install it", though it was installed. A CLI whose interpreter is
+    # missing fails the same way: the status line now says it may be the run that could not execute it.
+    bindir = tmp_path / "broken-cli"
+    bindir.mkdir()
+    script = bindir / "claude"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    broken = replace(woken.settings, wake=replace(woken.settings.wake, claude_bin=str(script)))
+    async with Hub.open(broken) as hub, supervising(hub):
+        posted = await post(woken, "alice-claude", "@alice-bot first")
+        await until(lambda: ended(woken, "alice-bot"), "the run fails")
+    now = await settles(woken, posted, posted["seq"], "failed", "cli_not_found")
+    _, text = await cli(woken, "run", "log", now["run_id"])
+    assert "could not be executed inside the run (run log --stderr says which)" in text, text
 
 
 @pytest.mark.invariant(98)
