@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["BASE_ALLOW", "TOOL_ALLOW", "check_extra", "check_tool", "is_denied"]
+__all__ = ["BASE_ALLOW", "RUN_SETS", "TOOL_ALLOW", "check_extra", "check_new", "check_tool", "is_denied"]
 
 # Close to Codex's `inherit=core`; TERM and NO_COLOR are not inherited but set (below).
 BASE_ALLOW: frozenset[str] = frozenset(
@@ -89,6 +89,22 @@ _NEVER = re.compile(f"(?:{_MARKERS})|(?:{_INJECTION})|^AGENT_ROOMS_", re.IGNOREC
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+# What every spawn sets or takes from the process that spawns it, and why an owner's value for one would break
+# or subvert the run: the CLI is found on the spawning process's PATH (DESIGN §5), and with another PATH the
+# CLI's own interpreter, or the CLI itself, is not found inside the run ("cli_not_found", for the wrong reason).
+_SPAWN_PATH = "the CLI and what it runs are found on the PATH of the hub or listener that spawns it"
+RUN_SETS: Mapping[str, str] = MappingProxyType(
+    {
+        "PATH": f"{_SPAWN_PATH} (point AGENT_ROOMS_CLAUDE_BIN, _CODEX_BIN or _OPENCLAW_BIN at a CLI elsewhere)",
+        "HOME": "a sandboxed run's home is the agent's own CLI configuration directory, set at every spawn",
+        "TMPDIR": "each run gets a private temporary directory of its own",
+        "TERM": "the run's output is read as JSON, so every run gets TERM=dumb",
+        "NO_COLOR": "the run's output is read as JSON, so every run gets NO_COLOR=1",
+        "DISABLE_AUTOUPDATER": "a woken Claude must not replace its own binary under a running supervisor",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "a woken Claude sends only the traffic its work needs",
+    }
+)
+
 
 def is_denied(name: str) -> bool:
     """True if name is on the denylist of research/wake.md §5.3 (case-insensitive)."""
@@ -117,5 +133,17 @@ def check_extra(name: str, value: str, tool: str) -> None:
         raise ValueError(f"environment variable {name!r} is not a valid name=value pair")
     if name.upper().startswith("AGENT_ROOMS_"):
         raise ValueError(f"environment variable {name} is reserved for agent-rooms and cannot be configured")
+    if name in RUN_SETS:
+        why = RUN_SETS[name]
+        raise ValueError(f"environment variable {name} is set by agent-rooms for every run and cannot be set: {why}")
     if is_denied(name) and not _auth_allowed(name, tool):
         raise ValueError(f"environment variable {name} is denied for {tool} (it looks like a credential or marker)")
+
+
+def check_new(handle: str, name: str, value: str) -> None:
+    """What only a value being set must also pass (a stored one is not failed for it at a spawn): a value at
+    all. An empty variable tells a CLI nothing (an empty key is no key) and hides a mistake such as an empty
+    file piped in; `agent env unset` is how one is removed. ValueError naming the variable, never a value."""
+    if not value:
+        raise ValueError(f"environment variable {name} has an empty value: give it one, or remove it with: "
+                         f"agent-rooms agent env unset {handle} {name}")  # fmt: skip

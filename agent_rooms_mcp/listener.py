@@ -200,7 +200,10 @@ class HttpWakeBook:
         try:
             env: dict[str, str] | None = self._env.open_for(claimed.handle, claimed.tool)
         except (HomeError, VaultError) as e:  # the run fails closed with env_unavailable
-            log.warning("listener.env_refused", run_id=claimed.run_id, agent=claimed.handle, error=type(e).__name__)
+            # The message names the file and variable and the fix, never a value.
+            log.warning(
+                "listener.env_refused", run_id=claimed.run_id, agent=claimed.handle, error=type(e).__name__, why=str(e)
+            )
             env = None
         # The hub's workdir is never used, and a cross-owner wake runs constrained whatever the hub said.
         return replace(

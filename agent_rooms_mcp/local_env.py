@@ -19,7 +19,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from agent_rooms_mcp.encoding import EncodingError, b64url_decode, b64url_encode
-from agent_rooms_mcp.envrules import TOOL_ALLOW, check_extra
+from agent_rooms_mcp.envrules import TOOL_ALLOW, check_extra, check_new
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.home import (
     PRIVATE_FILE,
@@ -68,6 +68,10 @@ class LocalEnv:
         checks it in full (as the spawn does once more)."""
         check_handle(handle)
         _check(name, value, tool)
+        try:
+            check_new(handle, name, value)
+        except ValueError as e:
+            raise invalid("value", str(e)) from None
         with self._locked():
             stored = self._read()
             if not self._key_path.exists():

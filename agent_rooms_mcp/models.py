@@ -122,7 +122,8 @@ class Mentioned(StrEnum):
 class MentionOutcome(Model):
     """What mentioning one member did. `post_message` says what it did at once; `read_messages` says where it
     stands now (DESIGN §5 "Receipts that settle"): a wake that ran ends `completed`, `failed` (with the reason
-    in `code`), `stopped`, `lost`, `withdrawn` (the reason in `code`) or `expired`."""
+    in `code`), `stopped`, `lost`, `withdrawn` (the reason in `code`) or `expired`. `refused` has its error
+    code in `code`; a `queued` wake that waits for its owner's listener has `waiting_for_listener`."""
 
     handle: Handle
     outcome: Literal[

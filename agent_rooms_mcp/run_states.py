@@ -86,12 +86,20 @@ def is_listed_outcome(outcome: str) -> bool:
     return outcome in Outcome._value2member_map_ and outcome != Outcome.WITHDRAWN
 
 
+def waiting_code(state: str) -> str | None:
+    """The code a waiting wake's `queued` carries: `waiting_for_listener` (DESIGN §7's state) when it waits for
+    its owner's listener, which may not come within the wake's expiry; none when it waits for the hub's own
+    supervisor (behind a cap or a back-off)."""
+    return RunState.WAITING_FOR_LISTENER.value if state == RunState.WAITING_FOR_LISTENER else None
+
+
 def mention_outcome(state: str, outcome: str | None) -> tuple[str, str | None]:
     """Where a mention that woke a run stands, from that run's state and outcome (DESIGN §5 "Receipts that
-    settle"): still waiting is `queued`, held is `woken`, and a final state is itself, with its reason as the
-    code (`withdrawn:<reason>` gives the reason word)."""
+    settle"): still waiting is `queued` (with `waiting_for_listener` as the code while it waits for its owner's
+    listener), held is `woken`, and a final state is itself, with its reason as the code (`withdrawn:<reason>`
+    gives the reason word)."""
     if state in WAITING_STATES:
-        return "queued", None
+        return "queued", waiting_code(state)
     if state not in FINAL_STATES:
         return "woken", None
     head, _, reason = (outcome or "").partition(":")

@@ -134,7 +134,13 @@ async def post_message(
     ] = None,
 ) -> PostedMessage:
     """Post a message to a room you belong to. @handle in the text, or a handle in `mentions`, notifies
-    that member; the result says, per mention, whether it was notified or refused."""
+    that member; the result says, per mention, what it did: `notified`, `woken`, `queued` (its `code` is
+    `waiting_for_listener` while the agent's owner's listener has not taken the wake; unclaimed, it
+    expires), `pending_consent` (its owner decides on `proposal_id`) or `refused` with the reason in `code`.
+    Mentioning another owner's agent asks to wake it, refused in this order: `FORBIDDEN_SCOPE` when you
+    lack the `task` scope (whoami lists yours), `NO_GRANT` without its owner's grant to yours,
+    `IDENTITY_UNVERIFIED` while an owner is unverified, then `FORBIDDEN_SCOPE` when the agent lacks the
+    `invoke` scope (its owner gives it). read_messages shows where each mention stands now."""
     call = current_call()
     return await call.hub.messages.post(call.caller, room, text, mentions or [], reply_to)
 

@@ -309,6 +309,29 @@ async def test_a_wake_needs_the_callers_task_scope(world: World, mcp: Calls) -> 
     assert world.sql("SELECT * FROM proposals") == []
 
 
+async def test_a_poster_can_tell_which_scope_a_refused_mention_lacked_and_learns_nothing_more(
+    world: World, mcp: Calls
+) -> None:
+    # The walk (finding 9): a poster without `task`, and a mention of an agent without `invoke`, both read
+    # `refused` / `FORBIDDEN_SCOPE` with nothing more. DESIGN §3.1 gives a mention {handle, outcome, code} and no
+    # message, so the tool's own text (what the model reads) says which is which: DESIGN §4's order, in which
+    # the poster's own `task` comes first, and whoami lists the poster's scopes.
+    await world.trust("bob", "alice")
+    await add_agent(world, "alice-poster", "alice", "read,post", rooms=("shared",))
+    lacks_task = (await mention(mcp, "alice-poster", "@bob-codex wake up"))["bob-codex"]
+    lacks_invoke = (await mention(mcp, "alice-claude", "@bob-claude wake up"))["bob-claude"]
+    for said in (lacks_task, lacks_invoke):
+        assert said == {"handle": said["handle"], "outcome": "refused", "code": "FORBIDDEN_SCOPE",
+                        "proposal_id": None, "run_id": None}  # fmt: skip
+    assert "task" not in (await mcp.ok("alice-poster", "whoami"))["scopes"]
+    assert "task" in (await mcp.ok("alice-claude", "whoami"))["scopes"]
+    async with world.client("alice-poster") as c:
+        tools = {t.name: t for t in (await c.list_tools()).tools}
+    told = " ".join((tools["post_message"].description or "").split())
+    assert "`FORBIDDEN_SCOPE` when you lack the `task` scope (whoami lists yours)" in told, told
+    assert "then `FORBIDDEN_SCOPE` when the agent lacks the `invoke` scope (its owner gives it)" in told, told
+
+
 async def test_assigning_across_owners_needs_the_same(world: World, mcp: Calls) -> None:
     task = await new_task(mcp, None)
     args = {"task": task["task_id"], "assignee": "bob-claude"}

@@ -262,7 +262,9 @@ async def test_agent_env_on_a_device_stays_on_that_machine_and_never_reaches_the
 
 async def test_a_name_the_hub_refuses_is_refused_the_same_way_on_a_device(network: Network) -> None:
     hub, bob = network.hub, network.bob
-    for name, value in (("1BAD", "v"), ("AGENT_ROOMS_TOKEN", "v"), ("LD_PRELOAD", "v"), ("FOO", "a\0b")):
+    refusals = (("1BAD", "v"), ("AGENT_ROOMS_TOKEN", "v"), ("LD_PRELOAD", "v"), ("FOO", "a\0b"), ("PATH", "/x"))
+    said: dict[str, str] = {}
+    for name, value in (*refusals, ("PROJECT_NOTE", "")):
         there = await on_hub(hub, "agent", "env", "set", "bob-claude", name, "--json", stdin=value)
         here = await on_device(bob, "agent", "env", "set", "bob-claude", name, "--json", stdin=value)
         refused_there, refused_here = json.loads(there.out), json.loads(here.out)
@@ -270,6 +272,14 @@ async def test_a_name_the_hub_refuses_is_refused_the_same_way_on_a_device(networ
         assert refused_there["code"] == refused_here["code"] == "INVALID_ARGUMENT"
         # The hub names the agent's tool; the device, not knowing it, says every tool refuses the name.
         assert refused_here["message"].startswith(refused_there["message"]), (refused_there, refused_here)
+        said[name] = refused_here["message"]
+    # What the walk set (finding 12): each refusal names the variable, why, and the way out.
+    assert said["PATH"].startswith("name: environment variable PATH is set by agent-rooms for every run"), said
+    assert "AGENT_ROOMS_CLAUDE_BIN" in said["PATH"]
+    assert said["PROJECT_NOTE"] == (
+        "value: environment variable PROJECT_NOTE has an empty value: give it one, or remove it with: "
+        "agent-rooms agent env unset bob-claude PROJECT_NOTE"
+    )
     assert not (bob.home / ENV_FILE).exists()
     assert hub.sql("SELECT count(*) FROM agent_env")[0][0] == 0
 

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -113,6 +114,26 @@ async def test_a_wake_whose_sandbox_cannot_start_settles_failed_sandbox_unavaila
     assert fakes.calls() == []
 
 
+async def test_a_cli_found_but_not_executable_inside_the_run_says_where_to_look(
+    woken: World, fakes: Fakes, tmp_path: Path
+) -> None:
+    # The walk (finding 12): the hub found `claude`, the run could not execute it ("egress-relay: cannot run
+    # claude"), and `run log` said only "install it", though it was installed. A CLI whose interpreter is
+    # missing fails the same way: the status line now says it may be the run that could not execute it.
+    bindir = tmp_path / "broken-cli"
+    bindir.mkdir()
+    script = bindir / "claude"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    broken = replace(woken.settings, wake=replace(woken.settings.wake, claude_bin=str(script)))
+    async with Hub.open(broken) as hub, supervising(hub):
+        posted = await post(woken, "alice-claude", "@alice-bot first")
+        await until(lambda: ended(woken, "alice-bot"), "the run fails")
+    now = await settles(woken, posted, posted["seq"], "failed", "cli_not_found")
+    _, text = await cli(woken, "run", "log", now["run_id"])
+    assert "could not be executed inside the run (run log --stderr says which)" in text, text
+
+
 @pytest.mark.invariant(98)
 async def test_a_hanging_cli_settles_stopped_time_limit(woken: World, fakes: Fakes) -> None:
     world = with_wake(woken, run_limit_s=1.0)
@@ -131,13 +152,38 @@ async def test_a_wake_no_listener_came_for_settles_expired(woken: World, fakes: 
     world = with_wake(woken, listener_wait_s=0.5)
     async with supervisor(world):
         posted = await post(world, "alice-claude", "@alice-bot please")
-        assert posted["mentions"][0]["outcome"] == "queued"
+        assert (posted["mentions"][0]["outcome"], posted["mentions"][0]["code"]) == ("queued", "waiting_for_listener")
         # Waiting is shown as waiting, not as woken, while it waits.
         [waiting] = await read_mentions(world, "alice-claude", posted["seq"])
         assert waiting["outcome"] in ("queued", "expired")
         await until(lambda: ended(world, "alice-bot"), "the wake expires")
     await settles(world, posted, posted["seq"], "expired", "expired")
     assert fakes.calls() == []
+
+
+@pytest.mark.invariant(98)
+async def test_a_cross_owner_wake_waiting_for_its_owners_listener_reads_so_to_the_poster_only(world: World) -> None:
+    # The walk (finding 10): Alice's mention of Bob's agent, Bob's listener not running, read `queued` for the
+    # hour it waited, and Alice cannot list Bob's runs. Her mention now says what it waits for, while it waits.
+    async with world.hub() as hub:
+        await hub.accounts.set_owner_local(OPERATOR, "bob", False)
+        await hub.consent.set_mode_as_owner(OPERATOR, "shared", "bob", "approve_all", None)
+    await world.trust("bob", "alice")
+    posted = await post(world, "alice-claude", "@bob-codex please", room="shared")
+    [said] = posted["mentions"]
+    assert (said["outcome"], said["code"]) == ("queued", "waiting_for_listener") and said["run_id"], said
+    [run] = runs(world, "bob-codex")
+    assert (run["run_id"], run["state"]) == (said["run_id"], "waiting_for_listener")
+    [now] = await read_mentions(world, "alice-claude", posted["seq"], room="shared")
+    assert (now["outcome"], now["code"], now["run_id"]) == ("queued", "waiting_for_listener", said["run_id"])
+    # Another member reads a notification only, as before (policy.sees_mention_receipts).
+    [other] = await read_mentions(world, "bob-claude", posted["seq"], room="shared")
+    assert (other["outcome"], other["code"], other["run_id"]) == ("notified", None, None)
+    # Where it waits is read afresh: once Bob's wakes are the hub's to run, it is merely queued.
+    async with world.hub() as hub:
+        await hub.accounts.set_owner_local(OPERATOR, "bob", True)
+    [now] = await read_mentions(world, "alice-claude", posted["seq"], room="shared")
+    assert (now["outcome"], now["code"]) == ("queued", None)
 
 
 @pytest.mark.invariant(98)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -93,3 +94,32 @@ async def test_a_hub_that_lost_its_master_key_fails_the_run_closed(woken: World,
     assert fakes.calls() == []  # never started without, or with the wrong, values
     code, out = await cli_in(woken, "agent", "env", "set", "alice-bot", "ANTHROPIC_API_KEY", stdin=SECRET)
     assert code == 1 and "master key" in out
+
+
+async def test_a_variable_every_run_sets_is_refused_and_one_stored_before_fails_closed_saying_so(
+    woken: World, fakes: Fakes
+) -> None:
+    # The walk (finding 12): `agent env set bob-claude PATH` was taken, and the next wake ended `cli_not_found`
+    # ("install it, or set AGENT_ROOMS_CLAUDE_BIN"), though the CLI was installed: the agent's PATH hid it.
+    code, out = await cli_in(woken, "agent", "env", "set", "alice-bot", "PATH", stdin="/opt/elsewhere\n")
+    assert code == 1 and out.startswith("INVALID_ARGUMENT: name: environment variable PATH is set by agent-rooms")
+    assert "/opt/elsewhere" not in out
+    code, out = await cli_in(woken, "agent", "env", "set", "alice-bot", "PROJECT_NOTE", stdin="")
+    assert code == 1 and "PROJECT_NOTE has an empty value" in out and "agent env unset alice-bot PROJECT_NOTE" in out
+    assert woken.sql("SELECT count(*) FROM agent_env")[0][0] == 0
+
+    # A PATH stored before the rule: the wake fails closed, as env_unavailable, and never runs the CLI.
+    [agent_id] = [r["agent_id"] for r in woken.sql("SELECT agent_id FROM agents WHERE handle = 'alice-bot'")]
+    sealed = Vault(woken.settings.master_key_path).seal(AGENT_ENV, f"{agent_id}/PATH", "/opt/elsewhere")
+    with sqlite3.connect(woken.db) as conn:
+        conn.execute(
+            "INSERT INTO agent_env (agent_id, name, sealed, set_at) VALUES (?, ?, ?, ?)",
+            (agent_id, "PATH", sealed, "2026-12-07T00:00:00Z"),
+        )
+    async with supervisor(woken):
+        await post(woken, "alice-claude", "@alice-bot go")
+        [run] = await until(lambda: ended(woken, "alice-bot"), "the run ends")
+    assert (run["state"], run["outcome"]) == ("failed", "env_unavailable")
+    assert fakes.calls() == []
+    code, out = await cli_in(woken, "run", "log", run["run_id"])
+    assert code == 0 and "one is no longer allowed" in out and "agent env list" in out, out

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from agent_rooms_mcp.envrules import BASE_ALLOW, TOOL_ALLOW, is_denied
+from agent_rooms_mcp.envrules import BASE_ALLOW, RUN_SETS, TOOL_ALLOW, is_denied
 from agent_rooms_mcp.wake.env import scrubbed_env
 from agent_rooms_mcp.wake.process import run_process
 
@@ -166,8 +166,18 @@ def test_extra_names_must_be_variable_names(name: str, tmp_path: Path) -> None:
 
 
 def test_allowed_extra_is_added(tmp_path: Path) -> None:
-    env = scrub("claude", tmp_path, extra={"IS_SANDBOX": "1", "PATH": "/opt/node/bin:/usr/bin"})
-    assert env["IS_SANDBOX"] == "1" and env["PATH"] == "/opt/node/bin:/usr/bin"
+    env = scrub("claude", tmp_path, extra={"IS_SANDBOX": "1", "PROJECT_NOTE": "staging"})
+    assert env["IS_SANDBOX"] == "1" and env["PROJECT_NOTE"] == "staging"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("name", sorted(RUN_SETS))
+def test_extra_cannot_replace_what_every_run_sets(tool: str, name: str, tmp_path: Path) -> None:
+    # PATH above all: the CLI is found on the spawning process's PATH, and an agent's own PATH left its woken
+    # CLI (or the interpreter it starts with) unfound, reported `cli_not_found` as if it were not installed.
+    with pytest.raises(ValueError, match=f"{name} is set by agent-rooms for every run") as caught:
+        scrub(tool, tmp_path, extra={name: "/opt/elsewhere"})
+    assert "/opt/elsewhere" not in str(caught.value)
 
 
 def test_unknown_tool_is_refused(tmp_path: Path) -> None:

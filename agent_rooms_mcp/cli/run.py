@@ -12,13 +12,15 @@ from agent_rooms_mcp.run_states import FINAL_STATES, WAITING_STATES, Outcome, Ru
 # What each outcome means to the person reading `run log`, and what to do about it (README "Run outcomes").
 REASONS: dict[str, str] = {
     Outcome.OK: "the CLI finished its turn",
-    Outcome.CLI_NOT_FOUND: "the agent's CLI was not found: install it, or set AGENT_ROOMS_CLAUDE_BIN /"
-    " AGENT_ROOMS_CODEX_BIN / AGENT_ROOMS_OPENCLAW_BIN, then mention the agent again",
+    Outcome.CLI_NOT_FOUND: "the agent's CLI was not found, or could not be executed inside the run (run log"
+    " --stderr says which): install it, or set AGENT_ROOMS_CLAUDE_BIN / AGENT_ROOMS_CODEX_BIN /"
+    " AGENT_ROOMS_OPENCLAW_BIN, then mention the agent again",
     Outcome.WORKDIR_MISSING: "the agent's workdir does not exist: agent-rooms agent set HANDLE --workdir DIR",
     Outcome.SANDBOX_UNAVAILABLE: "the sandbox (bwrap) could not start here: agent-rooms doctor says why",
     Outcome.SANDBOX_REQUIRED: "another owner caused it, and such a wake runs only inside a working sandbox",
     Outcome.ROOT_REFUSED: "the hub runs as root and no unprivileged user is set: set AGENT_ROOMS_RUN_AS",
-    Outcome.ENV_UNAVAILABLE: "the agent's sealed variables could not be opened",
+    Outcome.ENV_UNAVAILABLE: "the agent's variables could not be opened, or one is no longer allowed (the log of"
+    " the hub or listener that ran it names which): see agent-rooms agent env list HANDLE",
     Outcome.MCP_FAILED: "the CLI could not reach the hub through its bridge",
     Outcome.AUTH: "the CLI is not logged in to its provider",
     Outcome.RATE_LIMIT: "the provider rate-limited the CLI; its wakes wait and retry",

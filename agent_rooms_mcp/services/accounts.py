@@ -12,7 +12,7 @@ from agent_rooms_mcp.audit import Actor
 from agent_rooms_mcp.auth.passports import Claims, PassportIssuer
 from agent_rooms_mcp.auth.tokens import CredentialKind, new_id, new_token, secret_hash
 from agent_rooms_mcp.clock import iso, now_utc
-from agent_rooms_mcp.envrules import check_extra
+from agent_rooms_mcp.envrules import check_extra, check_new
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid, not_found
 from agent_rooms_mcp.models import (
     AgentEnvList,
@@ -120,6 +120,10 @@ class Accounts:
                 check_extra(name, value, agent.tool)
             except ValueError as e:
                 raise invalid("name", str(e)) from None
+            try:
+                check_new(agent_ref, name, value)
+            except ValueError as e:
+                raise invalid("value", str(e)) from None
             sealed = self._vault.seal(AGENT_ENV, f"{agent.agent_id}/{name}", value)
             conn.execute(
                 "INSERT INTO agent_env (agent_id, name, sealed, set_at) VALUES (?, ?, ?, ?)"

@@ -220,7 +220,9 @@ class LocalWakeBook:
             # Sealed at rest; without the master key the run fails closed rather than start without them.
             env: dict[str, str] | None = await self._open_env(claimed.agent_id)
         except (HomeError, VaultError) as e:
-            log.warning("run.env_refused", run_id=claimed.run_id, agent=claimed.handle, error=type(e).__name__)
+            log.warning(
+                "run.env_refused", run_id=claimed.run_id, agent=claimed.handle, error=type(e).__name__, why=str(e)
+            )
             return replace(claimed, env=None)
         try:
             issued = await self._accounts.issue_run_token(

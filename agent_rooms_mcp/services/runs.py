@@ -17,7 +17,15 @@ from agent_rooms_mcp.auth.tokens import new_id
 from agent_rooms_mcp.clock import iso, now_utc
 from agent_rooms_mcp.ids import AgentId, ProposalId, RoomId, RunId
 from agent_rooms_mcp.principals import Scope
-from agent_rooms_mcp.run_states import HELD_STATES, WAITING_STATES, Outcome, RunState, Trigger, sql_words
+from agent_rooms_mcp.run_states import (
+    HELD_STATES,
+    WAITING_STATES,
+    Outcome,
+    RunState,
+    Trigger,
+    sql_words,
+    waiting_code,
+)
 from agent_rooms_mcp.services import crossing
 from agent_rooms_mcp.settings import WakeSettings
 from agent_rooms_mcp.store.rows import MemberAgent
@@ -204,7 +212,7 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: MemberAgent, c
         else None
     )
     if joined is not None:
-        return Enqueued("queued", run_id=joined["run_id"])
+        return Enqueued("queued", waiting_code(state), run_id=joined["run_id"])
     # The queue cap is charged to the owners whose words ask (DESIGN §5): one owner cannot fill another's queue.
     for owner_id in crossing.others(cause.causers, target.owner_id) or (target.owner_id,):
         if conn.execute(_QUEUED_CHARGED_TO, {"owner": owner_id}).fetchone()[0] >= caps.max_queued_per_owner:
@@ -232,7 +240,7 @@ def enqueue(conn: sqlite3.Connection, caps: WakeSettings, target: MemberAgent, c
         ),
     )
     if state != RunState.QUEUED:  # it waits for its owner's listener: nothing here will wake it now
-        return Enqueued("queued", run_id=run_id)
+        return Enqueued("queued", waiting_code(state), run_id=run_id)
     # `queued` when a cap or a back-off will keep it waiting (DESIGN §5: "over a cap: queued").
     startable = conn.execute(
         "SELECT 1 FROM runs r JOIN agents a ON a.agent_id = r.agent_id WHERE r.run_id = :run_id AND" + STARTABLE,

@@ -258,8 +258,10 @@ class Supervisor:
             except SandboxError as e:
                 log.warning("run.run_as_refused", run_id=run.run_id, error=str(e))
                 return RunState.FAILED, Outcome.ROOT_REFUSED
-        binary = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(tool, caps.openclaw_bin)
-        if shutil.which(binary) is None:  # found before spawning: behind setpriv it would read as exit 127
+        named = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(tool, caps.openclaw_bin)
+        # Found before spawning (behind setpriv a missing one would read as exit 127), on this process's PATH
+        # (DESIGN §5), and run by that path: the run's own PATH never decides which CLI, or whether one, runs.
+        if (binary := shutil.which(named)) is None:
             return RunState.FAILED, Outcome.CLI_NOT_FOUND
         run_dir, logs = local.runs_dir / run.run_id, local.run_logs_dir / run.run_id
         for d in (local.runs_dir, run_dir, local.run_logs_dir, logs):
@@ -278,7 +280,8 @@ class Supervisor:
                 os.environ, tool=tool.value, run_dir=run_dir, run_id=run.run_id, depth=run.depth, extra=run.env
             )
         except (HomeError, ValueError) as e:
-            log.warning("run.env_refused", run_id=run.run_id, agent=run.handle, error=type(e).__name__)
+            # The message names the variable and why, never its value: the owner's way to the fix.
+            log.warning("run.env_refused", run_id=run.run_id, agent=run.handle, error=type(e).__name__, why=str(e))
             return RunState.FAILED, Outcome.ENV_UNAVAILABLE
         if not run.run_token:  # without its credential the CLI could not reach the room
             return RunState.FAILED, Outcome.MCP_FAILED
