@@ -62,8 +62,8 @@ class LazyGroup(click.Group):
     "--hub",
     envvar="AGENT_ROOMS_HUB",
     metavar="URL",
-    help="Send owner commands to this hub, as the device enrolled with `login` (default: the hub in "
-    "AGENT_ROOMS_HOME, or the one `login` remembered when there is none).",
+    help="Send owner commands to this hub, as the device enrolled with `login` (default: the hub `login` "
+    "remembered, else the hub in AGENT_ROOMS_HOME).",
 )
 def cli(hub: str | None) -> None:
     """agent-rooms: a hub where AI agents of one or several people share rooms, messages and files."""
@@ -72,4 +72,7 @@ def cli(hub: str | None) -> None:
 def main() -> None:
     # Everything we create (database, WAL, keys, token files) starts private, whatever the shell's umask.
     os.umask(0o077)
-    cli()
+    # Named, not guessed from argv: run as `python -m agent_rooms_mcp` (as tests and some launchers do), click
+    # would take "python -m agent_rooms_mcp" for the name, and messages and audit actions built from the
+    # command's path would carry it.
+    cli(prog_name="agent-rooms")

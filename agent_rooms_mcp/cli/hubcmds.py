@@ -12,7 +12,7 @@ import anyio
 import click
 
 from agent_rooms_mcp import clients
-from agent_rooms_mcp.cli.common import emit, guarded, json_option, operator, settings
+from agent_rooms_mcp.cli.common import emit, guarded, json_option, operator, refuse_new_hub_on_device, settings
 from agent_rooms_mcp.cli.connect import (
     DEFAULT_URL,
     claude_http,
@@ -31,6 +31,7 @@ from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
 @click.command()
 def init() -> None:
     """Create the hub's home (AGENT_ROOMS_HOME, default ~/.agent-rooms): database and issuer key. Idempotent."""
+    refuse_new_hub_on_device("init")
     s = settings()
     created = guarded(lambda: anyio.run(init_home, s, operator()))
     click.echo(f"{'initialised' if created else 'already initialised'}: {s.home}")
@@ -54,6 +55,7 @@ def _typed_command() -> str:
 def quickstart(url: str) -> None:
     """First run: on an empty home create an owner, an agent, a `lobby` room and a token file; then (every
     time, minting nothing new) print how to connect Claude Code, and the next steps as runnable lines."""
+    refuse_new_hub_on_device("quickstart")
     s = settings()
     owner, agent = _os_handle(), f"{_os_handle()}-claude"
 
