@@ -60,7 +60,7 @@ def quickstart(url: str) -> None:
     s = settings()
     owner, agent = _os_handle(), f"{_os_handle()}-claude"
 
-    async def main() -> tuple[str, str, bool]:
+    async def main() -> tuple[str, str, bool, list[str]]:
         await init_home(s, operator())
         async with Hub.open(s) as hub:
             owners = await hub.accounts.list_owners()
