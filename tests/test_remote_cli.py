@@ -27,6 +27,7 @@ from agent_rooms_mcp import audit
 from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.clock import now_utc
 from tests.conftest import fingerprint
+from tests.fakes.common import write_wrapper
 from tests.hubprocess import CLI, serve_http
 
 
@@ -410,3 +411,44 @@ async def test_a_device_is_told_what_it_named_and_whom_to_ask_for_an_operator_ac
         refused.json()["message"]
         == f"owner verify is an operator action, run on the hub's machine: ask the operator of {hub.url}"
     )
+
+
+async def test_an_owner_connects_their_own_client_from_their_device_without_the_token_in_its_config(
+    hub: HubMachine, tmp_path: Path
+) -> None:
+    bob = await enrolled(hub, tmp_path, "bob-laptop")
+    write_wrapper("claude", tmp_path / "bin")
+    bob.env |= {"AGENT_ROOMS_CLAUDE_BIN": str(tmp_path / "bin" / "claude"), "CLAUDE_CONFIG_DIR": ""}
+    await bob.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
+    printed = await bob.ar("connect", "bob-claude", "--client", "claude")
+    assert printed.code == 0, printed
+    # The hub issued the token; it lives in this machine's 0600 file, and the entry names the variable.
+    token_path = bob.home / "tokens" / "bob-claude.token"
+    token = token_path.read_text().strip()
+    assert stat.S_IMODE(token_path.stat().st_mode) == 0o600 and token.startswith("art_")
+    assert printed.out.strip() == (
+        f"claude mcp add --scope user --transport http agent-rooms {hub.url}/mcp "
+        "-H 'Authorization: Bearer ${AGENT_ROOMS_TOKEN}'"
+    )
+    assert token not in printed.out + printed.err and f"$(cat {token_path})" in printed.err
+    # The README's line for Bob: applied with the client's own command, the token nowhere in its config.
+    applied = await bob.ok("connect", "bob-claude", "--client", "claude", "--apply")
+    assert applied["outcome"] == "added"
+    config = (bob.home.parent / ".claude.json").read_text()
+    assert "${AGENT_ROOMS_TOKEN}" in config and "art_" not in config
+    # And the token works at /mcp as bob-claude.
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+    async with http, Client(streamable_http_client(f"{hub.url}/mcp", http_client=http)) as client:
+        who = await client.call_tool("whoami", {})
+        assert not who.is_error and "bob-claude" in str(who.content)
+    # --new-token replaces the file and revokes the token it held, as on the hub's machine.
+    assert (await bob.ar("connect", "bob-claude", "--new-token")).code == 0
+    assert token_path.read_text().strip() != token
+    states = sorted(t["status"] for t in (await bob.ok("token", "list", "bob-claude"))["tokens"])
+    assert states == ["active", "revoked"]
+    # Another owner's agent is missing, as everywhere; --check says what to use here instead.
+    missing = await bob.refused("NOT_FOUND", "connect", "alice-claude")
+    assert missing.json()["message"] == "no such agent 'alice-claude' (agent-rooms agent list)"
+    assert not (bob.home / "tokens" / "alice-claude.token").exists()
+    check = await bob.refused("FORBIDDEN_SCOPE", "connect", "--check")
+    assert "token list AGENT" in check.json()["message"]

@@ -126,7 +126,8 @@ def _has_command(line: str) -> bool:
     for word in line.split():
         if word.isupper() or word.startswith("--"):
             break
-        command = command.commands.get(word) if isinstance(command, click.Group) else None
+        # get_command, not .commands: the top-level group loads a command only when it is asked for by name.
+        command = command.get_command(context, word) if isinstance(command, click.Group) and context else None
     return command is not None
 
 
