@@ -326,3 +326,12 @@ def test_token_lifetimes_are_capped(home: Path) -> None:
     r = ar(home, "token", "issue", "alice-claude", "--ttl", "367d")
     assert r.exit_code == 1 and r.stderr.startswith("INVALID_ARGUMENT: ttl")
     assert ar(home, "token", "issue", "alice-claude", "--ttl", "366d").exit_code == 0
+
+
+def test_a_mistyped_command_is_offered_the_one_meant(tmp_path: Path) -> None:
+    # A process of its own: in this one, earlier tests have loaded commands the lazy group would suggest anyway.
+    env = {"AGENT_ROOMS_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_rooms_mcp", "lisen"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and "No such command 'lisen'" in done.stderr and "'listen'" in done.stderr, done.stderr

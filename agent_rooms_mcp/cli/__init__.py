@@ -55,6 +55,18 @@ class LazyGroup(click.Group):
             self.add_command(command)
         return self.commands.get(cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:
+            # click suggests from the commands loaded so far, which here is none: offer every name instead,
+            # so `lisen` gets "Did you mean 'listen'?" as `agent ad` gets 'add'.
+            raise click.exceptions.NoSuchCommand(
+                e.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
 
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="agent-rooms")
