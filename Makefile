@@ -23,7 +23,11 @@ install: $(STAMP)
 
 # make cannot change the calling shell's PATH, and writing a shim outside the checkout unasked is a surprise
 # to undo: so `run` prints the one line that puts `agent-rooms` on PATH, and the README shows it too.
+# `run` passes serve no public-mode flags, so serve binds loopback only: a HOST beyond it is refused here, by
+# serve's own rule, before quickstart prints client lines for an address nothing will answer at.
 run: $(STAMP)
+	@$(BIN)/python -c 'import sys; from agent_rooms_mcp.public import is_loopback; sys.exit(not is_loopback(sys.argv[1]))' '$(HOST)' \
+	  || { echo 'make run serves on loopback only: HOST=$(HOST) is beyond it, where the hub needs public mode (--public-url https://HUB and TLS); start it with agent-rooms serve --http, as the README'"'"'s "Public mode" shows' >&2; exit 2; }
 	$(BIN)/agent-rooms quickstart --http http://$(HOST):$(PORT)/mcp
 	@echo
 	@echo "To type agent-rooms in any shell, put it on PATH (add the line to ~/.bashrc to keep it):"

@@ -53,7 +53,11 @@ class Exposed:
 def check(settings: Settings, exposed: Exposed, *, fix: bool = False) -> DoctorReport:
     fixed = fix_modes(settings) if fix else []
     home = home_checks(settings)
-    checks = [*home, *listener_checks(settings), *exposure_checks(exposed)]
+    # The public.* checks judge the flags `serve --http` would get: an owner's machine (a device, no hub) serves
+    # nothing, so they are left out there unless such flags were given.
+    owners_machine = not settings.db_path.exists() and remote.device_path(settings).exists()
+    exposure = exposure_checks(exposed) if not owners_machine or exposed != Exposed() else []
+    checks = [*home, *listener_checks(settings), *exposure]
     if settings.db_path.exists():  # a hub's home: it serves the console (an owner's machine does not)
         checks.append(console_check(exposed.public_url))
     checks += wake_checks(settings)

@@ -181,7 +181,12 @@ OPEN_IMPORTS = (
 def check_home(settings: Settings) -> SigningKey:
     """The issuer key of an initialised, safe home; HomeError naming the fix otherwise."""
     if not settings.db_path.exists():
-        raise HomeError(f"no hub at {settings.home}; run: agent-rooms init")
+        # Two ways out, for the two people who land here: the one starting a hub, and an owner whose hub is
+        # elsewhere (DESIGN §9.1), who would otherwise make an empty hub that then shadows nothing but confuses.
+        raise HomeError(
+            f"no hub at {settings.home}; to start one here, run: agent-rooms init; to use a hub elsewhere, log in"
+            " with the code its operator gave you: agent-rooms login URL --code CODE"
+        )
     return load_issuer_key(settings.issuer_key_path)
 
 

@@ -187,7 +187,12 @@ def _answer(response: httpx2.Response) -> Any:
             retry = response.headers.get("retry-after")
             message = str(body.get("message") or _GENERIC.get(code, code))
             retry_ms = body.get("retry_after_ms") or (int(retry) * 1000 if retry and retry.isdigit() else None)
-            raise RoomsError(ErrorCode(code), message, retry_after_ms=retry_ms)
+            error = RoomsError(ErrorCode(code), message, retry_after_ms=retry_ms)
+            missing = body.get("missing")
+            if code == "NOT_FOUND" and isinstance(missing, dict) and isinstance(missing.get("kind"), str):
+                ref = missing.get("ref")
+                error.missing = (missing["kind"], ref if isinstance(ref, str) else None)
+            raise error
         if code == "INTERNAL":  # the hub failed on its side (and logged it); nothing was changed
             raise HomeError(f"the hub at {response.url} failed on its side; its log says why (HTTP 500)")
     raise HomeError(f"the hub answered HTTP {response.status_code} without a code: is {response.url} agent-rooms?")

@@ -100,7 +100,14 @@ def test_every_next_step_quickstart_prints_runs_as_printed_and_the_second_agent_
     script = str(Path(sys.executable).parent / "agent-rooms")
     first = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
     steps = [line.strip() for line in first.stdout.splitlines() if line.startswith(f"  {script} ")]
-    assert [s.split()[1] for s in steps] == ["agent", "room", "connect", "invite"], first.stdout
+    assert [s.split()[1] for s in steps] == ["agent", "room", "connect", "owner", "owner", "invite"], first.stdout
+    assert [steps[3].split()[2], steps[4].split()[2]] == ["add", "enroll"]
+    # Another person's whole way in: an owner and a code for their machine here, then on their machine
+    # (their own `agent-rooms`, so the bare name) login, their agent, joining the lobby, and a listener.
+    theirs = [line.strip() for line in first.stdout.splitlines() if line.startswith("    agent-rooms ")]
+    assert [t.split()[1] for t in theirs] == ["login", "agent", "invite", "listen"], first.stdout
+    assert theirs[0].startswith("agent-rooms login http://127.0.0.1:8765 --code enr_")
+    assert "--owner bob" in theirs[1] and "invoke" in theirs[1] and "--owner bob --agent bob-claude" in theirs[2]
     for step in steps:
         done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (step, done.stdout, done.stderr)
@@ -119,7 +126,7 @@ def test_every_next_step_quickstart_prints_runs_as_printed_and_the_second_agent_
     # Run again, it offers no line that would now collide with what the first run's lines made.
     again = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
     steps = [line.strip() for line in again.stdout.splitlines() if line.startswith(f"  {script} ")]
-    assert [s.split()[1] for s in steps] == ["connect", "invite"], again.stdout
+    assert [s.split()[1] for s in steps] == ["connect", "owner", "invite"], again.stdout  # bob exists now
     for step in steps:
         done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (step, done.stdout, done.stderr)
@@ -319,3 +326,12 @@ def test_token_lifetimes_are_capped(home: Path) -> None:
     r = ar(home, "token", "issue", "alice-claude", "--ttl", "367d")
     assert r.exit_code == 1 and r.stderr.startswith("INVALID_ARGUMENT: ttl")
     assert ar(home, "token", "issue", "alice-claude", "--ttl", "366d").exit_code == 0
+
+
+def test_a_mistyped_command_is_offered_the_one_meant(tmp_path: Path) -> None:
+    # A process of its own: in this one, earlier tests have loaded commands the lazy group would suggest anyway.
+    env = {"AGENT_ROOMS_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_rooms_mcp", "lisen"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and "No such command 'lisen'" in done.stderr and "'listen'" in done.stderr, done.stderr

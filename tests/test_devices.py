@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -253,12 +254,19 @@ async def test_a_device_acts_for_its_owner_only_and_changes_nothing_when_refused
     assert world.fingerprint() == before
     denials = world.sql("SELECT * FROM audit WHERE outcome = 'denied' AND via = 'device'")
     assert len(denials) == len(refusals) and {r["actor_kind"] for r in denials} == {"owner"}
-    # Missing and another owner's look the same (invariant 82).
-    assert (await act("token.revoke", token_id="tok_" + "x" * 22)).json() == refusals[
-        "token.revoke of alice's token"
-    ].json()
+
+    # Missing and another owner's look the same (invariant 82): the same answer, but for the reference the
+    # device itself named, which it is told back (its CLI says it, as the hub's does).
+    def but_ref(answer: httpx2.Response, ref: str) -> dict[str, Any]:
+        body: dict[str, Any] = answer.json()
+        assert body["missing"]["ref"] == ref, body
+        return {**body, "missing": {**body["missing"], "ref": "REF"}}
+
+    alices_token = world.token_ids["alice-claude"]
+    missing_token = await act("token.revoke", token_id="tok_" + "x" * 22)
+    assert but_ref(missing_token, "tok_" + "x" * 22) == but_ref(refusals["token.revoke of alice's token"], alices_token)
     nobody = await act("room.create", name="mine", owner="bob", agents=["nobody-here"])
-    assert nobody.json() == refusals["room.create with alice's agent"].json()
+    assert but_ref(nobody, "nobody-here") == but_ref(refusals["room.create with alice's agent"], "alice-claude")
     listed = (await act("agent.list")).json()["agents"]
     assert {a["owner"] for a in listed} == {"bob"}
     rooms = {r["name"] for r in (await act("room.list")).json()["rooms"]}

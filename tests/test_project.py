@@ -295,3 +295,14 @@ def test_a_stdio_serve_imports_neither_the_http_stack_nor_the_other_commands(tmp
     imported = {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
     assert "agent_rooms_mcp.stdio" in imported and "agent_rooms_mcp.wake.supervisor" in imported  # the real path
     assert sorted(m for m in imported if m in STDIO_SERVE_NEVER_IMPORTS or m.startswith(_packages)) == []
+
+
+def test_make_run_beyond_loopback_is_refused_before_quickstart_prints_lines_for_it(tmp_path: Path) -> None:
+    """`make run HOST=0.0.0.0` printed paste-able `http://0.0.0.0:…/mcp` lines, then serve refused to bind."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AGENT_ROOMS_HOME": str(tmp_path / "home")}
+    run = subprocess.run(
+        ["make", "run", "HOST=0.0.0.0", "PORT=19103"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode != 0 and "0.0.0.0" not in run.stdout, run.stdout
+    assert "HOST=0.0.0.0 is beyond it" in run.stderr and "Public mode" in run.stderr, run.stderr
+    assert not (tmp_path / "home").exists()  # quickstart never ran

@@ -27,6 +27,7 @@ from agent_rooms_mcp import audit
 from agent_rooms_mcp.cli import cli
 from agent_rooms_mcp.clock import now_utc
 from tests.conftest import fingerprint
+from tests.fakes.common import write_wrapper
 from tests.hubprocess import CLI, serve_http
 
 
@@ -342,3 +343,112 @@ async def test_the_operator_acting_for_an_owner_who_is_not_local_is_audited_on_t
     assert {r["detail"].get("on_behalf_of") or r["owner_id"] for r in tail} == {bob_id}
     text = await bob.ar("audit", "tail", "-n", "500")
     assert "via cli for bob: " in text.out and bob_id not in text.out  # the person reads handles, not ids
+
+
+# A home that holds a hub and is logged in to another (DESIGN §9.1): `make run` first, then `login`.
+
+
+async def test_after_login_owner_commands_reach_the_hub_logged_in_to_and_say_so_beside_a_hub_of_its_own(
+    hub: HubMachine, tmp_path: Path
+) -> None:
+    laptop = Machine(tmp_path, "laptop")
+    assert (await laptop.ar("init")).code == 0
+    await laptop.ok("owner", "add", "me", "--local")
+    made = await hub.machine.ok("owner", "enroll", "bob", "--url", hub.url)
+    logged = await laptop.ar("login", hub.url, "--code", made["code"], "--name", "laptop")
+    # Login says the home holds a hub too, where owner commands go from now on, and how to keep the two apart.
+    assert logged.code == 0 and f"{laptop.home} also holds a hub of its own" in logged.err, logged
+    assert f"now go to {hub.url}" in logged.err and "AGENT_ROOMS_HOME" in logged.err
+
+    # An owner command goes to the hub logged in to (where bob exists), and says so on stderr.
+    added = await laptop.ar("agent", "add", "bob-codex", "--owner", "bob", "--tool", "codex", "--json")
+    assert added.code == 0, added
+    assert f"to {hub.url} as bob" in added.err and str(laptop.home) in added.err
+    assert hub.sql("SELECT 1 FROM agents WHERE handle = 'bob-codex'")
+    listed = await laptop.ar("agent", "list", "--json")
+    assert [a["handle"] for a in listed.json()["agents"]] == ["bob-codex"] and f"to {hub.url}" in listed.err
+    # An operator command can only mean the hub here: it acts there, and says so too.
+    owners = await laptop.ar("owner", "list", "--json")
+    assert [o["handle"] for o in owners.json()["owners"]] == ["me"], owners
+    assert f"on the hub in {laptop.home}" in owners.err and hub.url in owners.err
+
+
+async def test_a_fresh_machine_is_told_to_log_in_and_a_logged_in_home_makes_no_hub_beside_it(
+    hub: HubMachine, tmp_path: Path
+) -> None:
+    fresh = Machine(tmp_path, "fresh")
+    nothing = await fresh.refused("HOME", "agent", "list")
+    assert "agent-rooms init" in nothing.json()["message"]
+    assert "agent-rooms login URL --code CODE" in nothing.json()["message"]
+
+    bob = await enrolled(hub, tmp_path, "bob-laptop")
+    for command in ("init", "quickstart"):
+        done = await bob.ar(command)
+        assert done.code == 1 and f"logged in to {hub.url} as bob" in done.err, done
+        assert f"AGENT_ROOMS_HOME=DIR agent-rooms {command}" in done.err
+        assert not (bob.home / "hub.db").exists()
+
+
+async def test_a_device_is_told_what_it_named_and_whom_to_ask_for_an_operator_action(
+    hub: HubMachine, tmp_path: Path
+) -> None:
+    bob = await enrolled(hub, tmp_path, "bob-laptop")
+    # NOT_FOUND names the handle as typed and the command that lists the valid ones, as on the hub.
+    missing = await bob.refused("NOT_FOUND", "agent", "stop", "bob-claud")
+    assert missing.json()["message"] == "no such agent 'bob-claud' (agent-rooms agent list)"
+    # Alice's agent looks exactly as missing (invariant 82): the same words, naming what Bob typed.
+    hidden = await bob.refused("NOT_FOUND", "agent", "stop", "alice-claude")
+    assert hidden.json()["message"] == "no such agent 'alice-claude' (agent-rooms agent list)"
+    # A hint naming an operator command says whom to ask: Bob cannot run it.
+    await hub.machine.ok("owner", "add", "carol")
+    unverified = await bob.refused("IDENTITY_UNVERIFIED", "grant", "add", "--from", "bob", "--to", "carol")
+    assert (
+        unverified.json()["message"]
+        == "carol must be verified first, by the hub's operator: agent-rooms owner verify carol"
+    )
+    refused = await bob.refused("FORBIDDEN_SCOPE", "owner", "verify", "carol")
+    assert (
+        refused.json()["message"]
+        == f"owner verify is an operator action, run on the hub's machine: ask the operator of {hub.url}"
+    )
+
+
+async def test_an_owner_connects_their_own_client_from_their_device_without_the_token_in_its_config(
+    hub: HubMachine, tmp_path: Path
+) -> None:
+    bob = await enrolled(hub, tmp_path, "bob-laptop")
+    write_wrapper("claude", tmp_path / "bin")
+    bob.env |= {"AGENT_ROOMS_CLAUDE_BIN": str(tmp_path / "bin" / "claude"), "CLAUDE_CONFIG_DIR": ""}
+    await bob.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
+    printed = await bob.ar("connect", "bob-claude", "--client", "claude")
+    assert printed.code == 0, printed
+    # The hub issued the token; it lives in this machine's 0600 file, and the entry names the variable.
+    token_path = bob.home / "tokens" / "bob-claude.token"
+    token = token_path.read_text().strip()
+    assert stat.S_IMODE(token_path.stat().st_mode) == 0o600 and token.startswith("art_")
+    assert printed.out.strip() == (
+        f"claude mcp add --scope user --transport http agent-rooms {hub.url}/mcp "
+        "-H 'Authorization: Bearer ${AGENT_ROOMS_TOKEN}'"
+    )
+    assert token not in printed.out + printed.err and f"$(cat {token_path})" in printed.err
+    # The README's line for Bob: applied with the client's own command, the token nowhere in its config.
+    applied = await bob.ok("connect", "bob-claude", "--client", "claude", "--apply")
+    assert applied["outcome"] == "added"
+    config = (bob.home.parent / ".claude.json").read_text()
+    assert "${AGENT_ROOMS_TOKEN}" in config and "art_" not in config
+    # And the token works at /mcp as bob-claude.
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+    async with http, Client(streamable_http_client(f"{hub.url}/mcp", http_client=http)) as client:
+        who = await client.call_tool("whoami", {})
+        assert not who.is_error and "bob-claude" in str(who.content)
+    # --new-token replaces the file and revokes the token it held, as on the hub's machine.
+    assert (await bob.ar("connect", "bob-claude", "--new-token")).code == 0
+    assert token_path.read_text().strip() != token
+    states = sorted(t["status"] for t in (await bob.ok("token", "list", "bob-claude"))["tokens"])
+    assert states == ["active", "revoked"]
+    # Another owner's agent is missing, as everywhere; --check says what to use here instead.
+    missing = await bob.refused("NOT_FOUND", "connect", "alice-claude")
+    assert missing.json()["message"] == "no such agent 'alice-claude' (agent-rooms agent list)"
+    assert not (bob.home / "tokens" / "alice-claude.token").exists()
+    check = await bob.refused("FORBIDDEN_SCOPE", "connect", "--check")
+    assert "token list AGENT" in check.json()["message"]

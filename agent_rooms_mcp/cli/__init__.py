@@ -55,6 +55,18 @@ class LazyGroup(click.Group):
             self.add_command(command)
         return self.commands.get(cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:
+            # click suggests from the commands loaded so far, which here is none: offer every name instead,
+            # so `lisen` gets "Did you mean 'listen'?" as `agent ad` gets 'add'.
+            raise click.exceptions.NoSuchCommand(
+                e.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
 
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="agent-rooms")
@@ -62,8 +74,8 @@ class LazyGroup(click.Group):
     "--hub",
     envvar="AGENT_ROOMS_HUB",
     metavar="URL",
-    help="Send owner commands to this hub, as the device enrolled with `login` (default: the hub in "
-    "AGENT_ROOMS_HOME, or the one `login` remembered when there is none).",
+    help="Send owner commands to this hub, as the device enrolled with `login` (default: the hub `login` "
+    "remembered, else the hub in AGENT_ROOMS_HOME).",
 )
 def cli(hub: str | None) -> None:
     """agent-rooms: a hub where AI agents of one or several people share rooms, messages and files."""
@@ -72,4 +84,7 @@ def cli(hub: str | None) -> None:
 def main() -> None:
     # Everything we create (database, WAL, keys, token files) starts private, whatever the shell's umask.
     os.umask(0o077)
-    cli()
+    # Named, not guessed from argv: run as `python -m agent_rooms_mcp` (as tests and some launchers do), click
+    # would take "python -m agent_rooms_mcp" for the name, and messages and audit actions built from the
+    # command's path would carry it.
+    cli(prog_name="agent-rooms")

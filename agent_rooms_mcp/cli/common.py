@@ -126,7 +126,8 @@ def _has_command(line: str) -> bool:
     for word in line.split():
         if word.isupper() or word.startswith("--"):
             break
-        command = command.commands.get(word) if isinstance(command, click.Group) else None
+        # get_command, not .commands: the top-level group loads a command only when it is asked for by name.
+        command = command.get_command(context, word) if isinstance(command, click.Group) and context else None
     return command is not None
 
 
@@ -193,17 +194,27 @@ def parse_duration(text: str) -> int:
 
 
 def remote(as_json: bool) -> Remote | None:
-    """The hub this command goes to: `--hub` (or AGENT_ROOMS_HUB), else the one `login` remembered when this
-    home holds no hub of its own; None to run on the hub in this home."""
-    context = click.get_current_context(silent=True)
-    url = context.find_root().params.get("hub") if context else None
+    """The hub an owner command goes to: `--hub` (or AGENT_ROOMS_HUB), else the one `login` remembered (DESIGN
+    §9.1); None, with neither, to run on the hub in this home. A home that holds a hub of its own as well is
+    the one ambiguous case: each command there says on stderr which of the two it reached."""
+    far = _enrolled(as_json)
+    if far is not None and far.settings.db_path.exists():
+        _say_once(
+            f"to {far.device.hub} as {far.device.owner} (logged in there); the hub in {far.settings.home} "
+            "takes only operator commands while this home is logged in elsewhere"
+        )
+    return far
+
+
+def _enrolled(as_json: bool) -> Remote | None:
+    url = _hub_option()
     here = settings()
     # Imported here: the device side brings an HTTP client, which `serve` (a stdio hub's cold start) never needs.
     from agent_rooms_mcp import remote as remote_device
 
     def find() -> Remote | None:
         device = remote_device.load(here)
-        if url is None and (device is None or here.db_path.exists()):
+        if device is None and url is None:
             return None
         if device is None:
             raise HomeError(f"this machine is not enrolled with {url}; run: agent-rooms login {url} --code CODE")
@@ -215,10 +226,56 @@ def remote(as_json: bool) -> Remote | None:
     return guarded(find, as_json=as_json)
 
 
+def _hub_option() -> str | None:
+    context = click.get_current_context(silent=True)
+    url = context.find_root().params.get("hub") if context else None
+    return url if isinstance(url, str) else None
+
+
+def _say_once(line: str) -> None:
+    """One line on stderr, once per command (a command may ask where it goes more than once)."""
+    context = click.get_current_context(silent=True)
+    meta = context.find_root().meta if context else {}
+    if meta.get("agent_rooms.said_where") != line:
+        meta["agent_rooms.said_where"] = line
+        click.echo(f"agent-rooms: {line}", err=True)
+
+
 def refuse_on_device(as_json: bool) -> None:
-    """Operator actions run only on the hub's machine (DESIGN §2): refused on a device before anything."""
-    if remote(as_json) is not None:
-        raise Failed("FORBIDDEN_SCOPE", f"{_action()[4:]} is an operator action: run it on the hub's machine", as_json)
+    """Operator actions run only on the hub's machine (DESIGN §2): refused on a device before anything. In a
+    home that holds a hub and is logged in elsewhere too, they act on the hub here, and say so."""
+    far = _enrolled(as_json)
+    if far is None:
+        return
+    if _hub_option() is None and far.settings.db_path.exists():
+        _say_once(
+            f"on the hub in {far.settings.home} (an operator command), not on {far.device.hub}, where this home "
+            f"is logged in as {far.device.owner}"
+        )
+        return
+    raise Failed(
+        "FORBIDDEN_SCOPE",
+        f"{_action()[4:].replace('.', ' ')} is an operator action, run on the hub's machine: ask the operator of "
+        f"{far.device.hub}",
+        as_json,
+    )
+
+
+def refuse_new_hub_on_device(command: str) -> None:
+    """`init` and `quickstart` make no hub in a home logged in to another: owner commands there go to that hub
+    (DESIGN §9.1), so a hub made beside it would hold agents and rooms no owner command reaches."""
+    far = _enrolled(False)
+    if far is None:
+        return
+    if far.settings.db_path.exists():
+        refuse_on_device(False)  # made before this rule: it says which hub it acts on
+        return
+    raise Failed(
+        "HOME",
+        f"{far.settings.home} is logged in to {far.device.hub} as {far.device.owner}, and owner commands here go "
+        f"there; to start a hub of your own, give it a home of its own: AGENT_ROOMS_HOME=DIR agent-rooms {command}",
+        False,
+    )
 
 
 def perform(name: str, args: BaseModel, *, as_json: bool = False) -> Any:

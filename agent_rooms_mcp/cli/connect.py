@@ -17,11 +17,22 @@ from pathlib import Path
 import click
 
 from agent_rooms_mcp import clients, owner_actions
-from agent_rooms_mcp.cli.common import Failed, confirm_or_refuse, emit, json_option, operator, run, settings
+from agent_rooms_mcp.cli.common import (
+    Failed,
+    confirm_or_refuse,
+    emit,
+    json_option,
+    operator,
+    perform,
+    remote,
+    run,
+    settings,
+)
 from agent_rooms_mcp.clients import DEFAULT_URL, ClientCommandFailed, ConfigError, token_file
-from agent_rooms_mcp.home import check_private_file, write_private_file
+from agent_rooms_mcp.home import check_private_file, ensure_private_dir, write_private_file
 from agent_rooms_mcp.hub import Hub
-from agent_rooms_mcp.models import CheckStatus, DoctorReport
+from agent_rooms_mcp.models import CheckStatus, DoctorReport, IssuedToken
+from agent_rooms_mcp.owner_actions import TokenIssue, TokenRevoke
 from agent_rooms_mcp.principals import Human
 from agent_rooms_mcp.settings import Settings
 
@@ -131,6 +142,13 @@ def connect(
     if do_check:
         if do_apply or new_token:
             raise click.UsageError("--check only reads: run it without --apply or --new-token")
+        if remote(as_json) is not None:
+            raise Failed(
+                "FORBIDDEN_SCOPE",
+                "connect --check reads token states in the hub's database, on the hub's machine; here, "
+                "`agent-rooms token list AGENT` shows whether a token is active, and `claude mcp list` the entries",
+                as_json,
+            )
         _check(s, url, yes=yes, as_json=as_json)
         return
     if agent is None:
@@ -149,7 +167,15 @@ def connect(
         await hub.accounts.list_tokens(agent)  # NOT_FOUND for an unknown agent, before any file is written
         return await ensure_token_file(hub, agent, new=new_token)
 
-    minted = run(main, as_json=as_json)
+    far = remote(as_json)
+    if far is not None:
+        # An owner's own machine (DESIGN §9.1): issuing their agent's token is an owner action, sent to the
+        # hub; the token file is this machine's, and the entry reaches the hub over HTTP (no hub here to serve
+        # stdio), reading the token from the environment, never holding it.
+        url = url or far.device.hub + "/mcp"
+        minted = _device_token_file(s, agent, new=new_token, as_json=as_json)
+    else:
+        minted = run(main, as_json=as_json)
     if minted:
         click.echo(f"# token written to {token_file(s, agent)} (0600)", err=True)
     if do_apply:
@@ -165,6 +191,31 @@ def connect(
         click.echo(codex_toml(s, agent, url), nl=False)
     else:
         click.echo(mcp_json(s, agent, url))
+
+
+def _device_token_file(s: Settings, agent: str, *, new: bool, as_json: bool) -> bool:
+    """ensure_token_file on a device: the hub mints (the owner's own agent only, `token.issue`), this machine
+    keeps the token in its 0600 file and its id beside it, so that `--new-token` revokes the one it replaces."""
+    path = token_file(s, agent)
+    id_path = path.with_name(path.name + ".id")
+    if path.exists():
+        check_private_file(path)
+        if not new:
+            return False
+    ttl_s = s.limits.token_ttl_default_s
+    issued: IssuedToken = perform("token.issue", TokenIssue(agent=agent, ttl_s=ttl_s), as_json=as_json)
+    old_id = id_path.read_text(encoding="ascii").strip() if path.exists() and id_path.exists() else None
+    replaced = path.exists()
+    ensure_private_dir(s.tokens_dir)
+    write_private_file(path, issued.token.encode("ascii") + b"\n")
+    write_private_file(id_path, issued.token_id.encode("ascii") + b"\n")
+    if replaced and old_id is not None:
+        # Nobody holds the old token once its file is overwritten: it must not stay valid.
+        perform("token.revoke", TokenRevoke(token_id=old_id), as_json=as_json)
+    elif replaced:
+        click.echo(f"# the token {path} held before was not made here and is still valid: find it with "
+                   f"agent-rooms token list {agent}, then agent-rooms token revoke ID", err=True)  # fmt: skip
+    return True
 
 
 def _apply(

@@ -34,6 +34,17 @@ def login(hub_url: str, code: str, name: str | None, as_json: bool) -> None:
     else:
         click.echo(f"logged in to {device.hub} as {device.owner}, device {device.name} ({device.device_id})")
         click.echo(f"pinned issuer key {device.issuer_kid}; credential in {remote_device.device_path(here)}")
+    if here.db_path.exists():
+        # Both a hub and a device in one home: the one case where a command could reach a hub the person did
+        # not mean. Owner commands now go to the hub logged in to (DESIGN §9.1) and say so each time.
+        click.echo(
+            f"note: {here.home} also holds a hub of its own. Owner commands here (agent, token, room, invite, "
+            f"grant, consent, run, status, device, connect) now go to {device.hub} and say so; operator "
+            "commands (owner, purge, backup) and serve still act on the hub here. To keep them apart, give the "
+            f"device a home of its own: move {remote_device.device_path(here)} into an empty directory and set "
+            "AGENT_ROOMS_HOME to it.",
+            err=True,
+        )
 
 
 @click.group()

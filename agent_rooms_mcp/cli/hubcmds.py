@@ -7,12 +7,13 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import click
 
 from agent_rooms_mcp import clients
-from agent_rooms_mcp.cli.common import emit, guarded, json_option, operator, settings
+from agent_rooms_mcp.cli.common import emit, guarded, json_option, operator, refuse_new_hub_on_device, settings
 from agent_rooms_mcp.cli.connect import (
     DEFAULT_URL,
     claude_http,
@@ -31,6 +32,7 @@ from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
 @click.command()
 def init() -> None:
     """Create the hub's home (AGENT_ROOMS_HOME, default ~/.agent-rooms): database and issuer key. Idempotent."""
+    refuse_new_hub_on_device("init")
     s = settings()
     created = guarded(lambda: anyio.run(init_home, s, operator()))
     click.echo(f"{'initialised' if created else 'already initialised'}: {s.home}")
@@ -54,10 +56,11 @@ def _typed_command() -> str:
 def quickstart(url: str) -> None:
     """First run: on an empty home create an owner, an agent, a `lobby` room and a token file; then (every
     time, minting nothing new) print how to connect Claude Code, and the next steps as runnable lines."""
+    refuse_new_hub_on_device("quickstart")
     s = settings()
     owner, agent = _os_handle(), f"{_os_handle()}-claude"
 
-    async def main() -> tuple[str, str, bool]:
+    async def main() -> tuple[str, str, bool, list[str]]:
         await init_home(s, operator())
         async with Hub.open(s) as hub:
             owners = await hub.accounts.list_owners()
@@ -71,13 +74,14 @@ def quickstart(url: str) -> None:
                 token_path = token_file(s, agent)
                 click.echo(f"created owner {owner}, agent {agent} (scopes {scopes}), room lobby, token in {token_path}")
             agents = (await hub.accounts.list_agents()).agents
+            handles = [o.handle for o in (await hub.accounts.list_owners()).owners]
             if not agents:
-                return agent, owner, False
+                return agent, owner, False, handles
             first = agents[0]
             # The suggested second agent: offered until it exists, so the printed lines never collide.
-            return first.handle, first.owner, any(a.handle == f"{first.owner}-codex" for a in agents)
+            return first.handle, first.owner, any(a.handle == f"{first.owner}-codex" for a in agents), handles
 
-    first, first_owner, second_exists = guarded(lambda: anyio.run(main))
+    first, first_owner, second_exists, owners = guarded(lambda: anyio.run(main))
     second, cmd = f"{first_owner}-codex", _typed_command()
     click.echo(f"hub home: {s.home}\n")
     click.echo(f"Connect Claude Code as {first} (stdio; starts the hub on demand):")
@@ -93,8 +97,34 @@ def quickstart(url: str) -> None:
         click.echo(f"  {cmd} agent add {second} --owner {first_owner} --tool codex")
         click.echo(f"  {cmd} room add lobby --agent {second}")
     click.echo(f"  {cmd} connect {second} --client codex")
-    click.echo("To bring in another person (prints a one-time code for them):")
-    click.echo(f"  {cmd} invite create lobby --by {first_owner}")
+    _another_person(cmd, url, first_owner, owners)
+
+
+def _another_person(cmd: str, url: str, first_owner: str, owners: list[str]) -> None:
+    """The whole way in for another person (DESIGN §9.1): an owner, a code for their machine, a code for the
+    lobby here; then their own machine logs in, adds their agent, joins, and listens. The person is the first
+    owner after this one, or `bob` until there is one, so no line collides with what an earlier run's made."""
+    others = [o for o in owners if o != first_owner]
+    them = others[0] if others else ("alice" if first_owner == "bob" else "bob")
+    base = url.removesuffix("/").removesuffix("/mcp")
+    host = urlsplit(base).hostname or ""
+    click.echo(f"\nTo bring in another person ({them} here; use their name), on this machine:")
+    if not others:
+        click.echo(f"  {cmd} owner add {them}")
+    click.echo(f"  {cmd} owner enroll {them} --url {base}    # a one-time code for their machine")
+    click.echo(f"  {cmd} invite create lobby --by {first_owner}    # a one-time code to join the lobby")
+    click.echo("then on their machine, with their own agent-rooms and those two codes:")
+    click.echo(f"    agent-rooms login {base} --code enr_...")
+    click.echo(
+        f"    agent-rooms agent add {them}-claude --owner {them} --tool claude --scopes read,post,task,invoke --yes"
+    )
+    click.echo(f"    agent-rooms invite accept inv_... --owner {them} --agent {them}-claude")
+    click.echo(f"    agent-rooms listen    # wakes {them}-claude there (listen.toml: see the README)")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"{base} is reached from this machine only: another machine logs in at the hub's https:// address "
+            '(README, "Several people, several machines").'
+        )
 
 
 @click.command()

@@ -311,7 +311,9 @@ def may_grant(f: GrantRequest) -> None:
     if f.unverified:
         raise RoomsError(
             ErrorCode.IDENTITY_UNVERIFIED,
-            f"verify {' and '.join(f.unverified)} first: agent-rooms owner verify HANDLE",
+            # Verifying is the operator's (DESIGN §2): an owner on a device cannot run it, so the hint says whom.
+            f"{' and '.join(f.unverified)} must be verified first, by the hub's operator: "
+            + "; ".join(f"agent-rooms owner verify {h}" for h in f.unverified),
         )
     if f.already_granted:
         raise conflict(f"{f.giver} already grants {f.taker}")

@@ -65,7 +65,9 @@ def require_own(who: Human, owner_id: OwnerId, kind: str, ref: str | None = None
 
 def require_not_operator_action(name: str) -> None:
     if name in OPERATOR_ACTIONS:
-        raise forbidden(f"{name} is an operator action: run it with the agent-rooms CLI on the hub's machine")
+        raise forbidden(
+            f"{name} is an operator action: run with the agent-rooms CLI on the hub's machine; ask the hub's operator"
+        )
 
 
 def require_operator(what: str) -> None:

@@ -23,7 +23,7 @@ import structlog
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent_rooms_mcp import owner_actions
+from agent_rooms_mcp import audit, owner_actions
 from agent_rooms_mcp.auth.failures import AuthRateLimited
 from agent_rooms_mcp.errors import ErrorCode, RoomsError, invalid
 from agent_rooms_mcp.hub import Hub
@@ -147,6 +147,12 @@ def _error(e: RoomsError) -> _Answer:
         # A device revoked while its request ran gets the very answer any refused credential gets.
         return _Answer(401, {"error": "UNAUTHENTICATED"}, ((b"www-authenticate", b"Bearer"),))
     body: dict[str, Any] = {"code": e.code.value, "message": e.message}
+    if e.missing is not None:
+        # What the device itself named, so its CLI says it back with the command that lists the valid ones,
+        # as the hub's CLI does. Sent alike whether the thing is missing or hidden (invariant 82).
+        # Only a handle- or id-shaped reference goes back (DESIGN §7), never a pasted secret.
+        kind, ref = e.missing
+        body["missing"] = {"kind": kind, "ref": ref if ref is not None and audit.safe_target(ref) == ref else None}
     headers: tuple[tuple[bytes, bytes], ...] = ()
     if e.retry_after_ms is not None:
         body["retry_after_ms"] = e.retry_after_ms
