@@ -122,7 +122,9 @@ class Mentioned(StrEnum):
 class MentionOutcome(Model):
     """What mentioning one member did. `post_message` says what it did at once; `read_messages` says where it
     stands now (DESIGN §5 "Receipts that settle"): a wake that ran ends `completed`, `failed` (with the reason
-    in `code`), `stopped`, `lost`, `withdrawn` (the reason in `code`) or `expired`."""
+    in `code`), `stopped`, `lost`, `withdrawn` (the reason in `code`) or `expired`. `withdrawn` with
+    `cross_owner_refused_here`: the agent's owner runs it on their own machine, whose listen.toml has
+    `cross_owner = false` for it; only that owner can accept such wakes (`cross_owner = true` there)."""
 
     handle: Handle
     outcome: Literal[
