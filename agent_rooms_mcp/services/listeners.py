@@ -263,14 +263,20 @@ class Listeners:
         book = await self.book(who, holder)  # refused for another device's holder
 
         def run(conn: sqlite3.Connection) -> list[str]:
+            now = now_utc()
             rows = conn.execute(
                 "SELECT h.agent_id, a.handle FROM listener_holds h JOIN agents a ON a.agent_id = h.agent_id"
-                f" WHERE h.holder = ? AND h.agent_id NOT IN (SELECT agent_id FROM runs WHERE lease_holder = ?"
-                f" AND state IN ({_HELD}))",
-                (holder, holder),
+                " WHERE h.holder = ? AND h.until > ? AND h.agent_id NOT IN"
+                f" (SELECT agent_id FROM runs WHERE lease_holder = ? AND state IN ({_HELD}))",
+                (holder, now, holder),
             ).fetchall()
             for row in rows:
-                conn.execute("DELETE FROM listener_holds WHERE agent_id = ? AND holder = ?", (row["agent_id"], holder))
+                # Its lease ends now, as if it had lapsed: the row and its epoch stay, so the next listener's
+                # hello takes it over exactly as it would after the lease time.
+                conn.execute(
+                    "UPDATE listener_holds SET until = ? WHERE agent_id = ? AND holder = ?",
+                    (now, row["agent_id"], holder),
+                )
             if rows:
                 audit.append(conn, who.actor, "listener.release", target=book.device_id,
                              detail={"holder": holder, "holds": len(rows), "reason": "stopped"})  # fmt: skip
