@@ -76,7 +76,7 @@ async def test_listen_says_which_agents_accept_cross_owner_wakes_and_warns_as_ro
             said = await one.says("cross-owner wakes: refused")
     assert "cross-owner wakes: accepted for alice-cx" in said, said
     assert f"refused for alice-bot (cross_owner = false in {alice.home / 'listen.toml'})" in said, said
-    assert "set cross_owner = true under [agents.HANDLE]" in said, said
+    assert "set cross_owner = true under [agents.alice-bot] there" in said, said
     root_warning = "this listener runs as root and AGENT_ROOMS_RUN_AS is not set: every wake ends root_refused"
     if os.geteuid() == 0:
         assert f"warning: {root_warning}; set AGENT_ROOMS_RUN_AS" in said, said

@@ -162,7 +162,8 @@ def _announce(device: remote_device.Device, rules: listen_policy.ListenPolicy, h
     if refusing:
         _say(
             f"cross-owner wakes: refused for {', '.join(refusing)} (cross_owner = false in {rules.path}); "
-            "set cross_owner = true under [agents.HANDLE] there to accept wakes other owners' words cause"
+            f"set cross_owner = true under [agents.{refusing[0] if len(refusing) == 1 else 'HANDLE'}] there to"
+            " accept wakes other owners' words cause"
         )
 
 

@@ -112,11 +112,11 @@ class Supervisor:
             while not self._revoked.is_set():
                 try:
                     await self._claim_all(tg)
+                    self._book_answers()
                     await self._pass_on_stops()
                     # Time alone also frees wakes (a back-off or a spawn-rate minute passing): a look at
                     # least every TIME_LOOK_S, at once when the book says something moved.
                     await self.book.wait_for_work(TIME_LOOK_S)
-                    self._book_answers()
                 except BookUnavailable as e:
                     # A book that cannot answer now (a write lock held elsewhere past the busy timeout, a
                     # hub out of reach) must not take the supervisor down with it: the next look tries again.
