@@ -30,7 +30,7 @@ from agent_rooms_mcp.listener import listener_holds_lock
 from agent_rooms_mcp.models import AgentInfo, CheckStatus, DeviceList, DoctorCheck, DoctorReport, RunInfo, TokenInfo
 from agent_rooms_mcp.public import BindRefused, exposure_for, is_loopback
 from agent_rooms_mcp.services.overview import SharedInvoke
-from agent_rooms_mcp.settings import Settings
+from agent_rooms_mcp.settings import Settings, WakeSettings
 from agent_rooms_mcp.wake import cgroups
 from agent_rooms_mcp.wake.egress import loopback_listeners, network_namespace_problem
 from agent_rooms_mcp.wake.sandbox import RunAs, SandboxError, probe_here, run_as
@@ -383,32 +383,39 @@ def _bind(host: str, url: str | None, proxy: str | None, tls: tuple[str | None, 
 # Woken CLIs (DESIGN §5): never as root, and in a sandbox that starts here.
 
 
+def run_as_check(wake: WakeSettings, *, here: str = "this hub") -> tuple[DoctorCheck | None, RunAs | None]:
+    """As root, the user woken CLIs run as instead (DESIGN §5 "Never root"), judged: without one every wake
+    ends `root_refused`. `listen` says the same at its start (`here`: who runs as root). None when not root."""
+    if os.geteuid() != 0:
+        return None, None
+    if not wake.run_as:
+        return DoctorCheck(
+            id="wake.run_as", status=WARN,
+            message=f"{here} runs as root and AGENT_ROOMS_RUN_AS is not set: every wake ends root_refused",
+            fix="set AGENT_ROOMS_RUN_AS to an unprivileged user (e.g. nobody)",
+        ), None  # fmt: skip
+    try:
+        user = run_as(wake.run_as)
+    except SandboxError as e:
+        return _fail("wake.run_as", str(e), "set AGENT_ROOMS_RUN_AS to an existing unprivileged user"), None
+    if user.uid == NOBODY:
+        # Processes of the same uid can read a CLI's environment and files through /proc.
+        return DoctorCheck(
+            id="wake.run_as", status=WARN,
+            message=f"woken CLIs run as {user.name}, a uid system daemons share: any of them could read "
+            "a running CLI's environment and files",
+            fix="create a dedicated user (useradd --system agent-rooms-run) and set AGENT_ROOMS_RUN_AS",
+        ), user  # fmt: skip
+    return _ok("wake.run_as", f"woken CLIs run as {user.name} (uid {user.uid}), never root"), user
+
+
 def wake_checks(settings: Settings) -> list[DoctorCheck]:
     wake = settings.wake
     checks: list[DoctorCheck] = []
-    user: RunAs | None = None
-    if os.geteuid() == 0:
-        if not wake.run_as:
-            checks.append(DoctorCheck(
-                id="wake.run_as", status=WARN,
-                message="this hub runs as root and AGENT_ROOMS_RUN_AS is not set: every wake ends root_refused",
-                fix="set AGENT_ROOMS_RUN_AS to an unprivileged user (e.g. nobody)",
-            ))  # fmt: skip
-        else:
-            try:
-                user = run_as(wake.run_as)
-                if user.uid == NOBODY:
-                    # Processes of the same uid can read a CLI's environment and files through /proc.
-                    checks.append(DoctorCheck(
-                        id="wake.run_as", status=WARN,
-                        message=f"woken CLIs run as {user.name}, a uid system daemons share: any of them could read "
-                        "a running CLI's environment and files",
-                        fix="create a dedicated user (useradd --system agent-rooms-run) and set AGENT_ROOMS_RUN_AS",
-                    ))  # fmt: skip
-                else:
-                    checks.append(_ok("wake.run_as", f"woken CLIs run as {user.name} (uid {user.uid}), never root"))
-            except SandboxError as e:
-                checks.append(_fail("wake.run_as", str(e), "set AGENT_ROOMS_RUN_AS to an existing unprivileged user"))
+    # On an owner's machine (no database) the woken CLIs are the listener's.
+    check, user = run_as_check(wake, here="this hub" if settings.db_path.exists() else "the listener here")
+    if check is not None:
+        checks.append(check)
     bwrap = shutil.which(wake.bwrap)
     why = "bubblewrap (bwrap) is not installed" if bwrap is None else probe_here(bwrap, user)
     if why is None:

@@ -17,7 +17,7 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +51,28 @@ _API = "/owner/v1/listener/"
 # The hub answers a long poll within this (web/listener_api.WAIT_MAX_MS caps it); the read timeout is longer.
 WAIT_MS = 20_000
 TIMEOUT = httpx2.Timeout(10.0, read=WAIT_MS / 1000 + 15)
+# What a proxy answers when the hub behind it is gone: the hub is out of reach, as for a refused connection.
+_GATEWAY_DOWN = frozenset({502, 504})
+
+# A line for the person who started the listener (its stderr): what it holds, and whether the hub answers.
+Say = Callable[[str], None]
+
+
+def _quiet(_line: str) -> None:
+    return None
+
+
+class HubOutOfReach(BookUnavailable):
+    """The hub did not answer at all (a refused or timed-out connection, a proxy with nothing behind it)."""
+
+
+class HubRefused(BookUnavailable):
+    """The hub answered a request with one of DESIGN §7's codes: mid-run the supervisor tries again as for any
+    unavailable book; at the first hello there is nothing to try again for, and the code is said."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
 
 
 class HttpWakeBook:
@@ -67,6 +89,7 @@ class HttpWakeBook:
         caps: WakeSettings,
         *,
         take_over: bool = False,
+        say: Say = _quiet,
     ) -> None:
         self._http = http
         self._device = device
@@ -86,6 +109,8 @@ class HttpWakeBook:
         # Nothing is sent before this (anyio's clock): the hub's Retry-After, once it rate-limited the device.
         self._quiet_until = 0.0
         self.hello_answer: ListenerHello | None = None
+        self._say = say
+        self._out_since: float | None = None  # anyio's clock, since the hub stopped answering
 
     @property
     def holder(self) -> str:
@@ -113,7 +138,7 @@ class HttpWakeBook:
 
     async def _send(self, op: str, body: dict[str, Any]) -> httpx2.Response:
         try:
-            return await self._http.post(
+            answer = await self._http.post(
                 self._device.hub + _API + op,
                 json={"holder": self._holder, **body},
                 headers={"Authorization": f"Bearer {self._device.credential}"},
@@ -122,7 +147,25 @@ class HttpWakeBook:
                 timeout=TIMEOUT if op == "wait" else self._timeout,
             )
         except httpx2.HTTPError as e:
-            raise BookUnavailable(f"cannot reach the hub at {self._device.hub}: {type(e).__name__}") from None
+            raise self._out_of_reach(type(e).__name__) from None
+        if answer.status_code in _GATEWAY_DOWN:
+            raise self._out_of_reach(f"HTTP {answer.status_code} from the proxy in front of it")
+        if self._out_since is not None:
+            gone = anyio.current_time() - self._out_since
+            self._out_since = None
+            self._say(f"the hub at {self._device.hub} answers again (after {gone:.0f} s out of reach)")
+        return answer
+
+    def _out_of_reach(self, why: str) -> HubOutOfReach:
+        """Said once when the hub stops answering, not at every look (the supervisor looks each second)."""
+        if self._out_since is None:
+            self._out_since = anyio.current_time()
+            lease = self.hello_answer.lease_s if self.hello_answer is not None else self._caps.lease_s
+            self._say(
+                f"the hub at {self._device.hub} is out of reach ({why}); trying again. Runs here are stopped if "
+                f"it stays out of reach for {lease:.0f} s; wakes wait on the hub meanwhile."
+            )
+        return HubOutOfReach(f"cannot reach the hub at {self._device.hub}: {why}")
 
     def _read(self, op: str, answer: httpx2.Response) -> Any:
         if answer.status_code in (401, 403):
@@ -133,6 +176,8 @@ class HttpWakeBook:
             data = None
         if answer.status_code == 409 and isinstance(data, dict) and data.get("lease_lost"):
             raise LeaseLost(str(data.get("message")))
+        if answer.status_code != 200 and isinstance(data, dict) and isinstance(data.get("code"), str):
+            raise HubRefused(data["code"], str(data.get("message", ""))[:200])
         if answer.status_code != 200 or not isinstance(data, dict):
             # A busy hub (503) or a defect on either side: the supervisor tries again on its next look.
             raise BookUnavailable(f"the hub answered HTTP {answer.status_code} to {op}: {str(data)[:200]}")
@@ -153,6 +198,9 @@ class HttpWakeBook:
                 },
             )
         )
+        if self.hello_answer is not None:
+            for line in hold_changes(self.hello_answer, answer):
+                self._say(line)
         self.hello_answer = answer
         for left in answer.left_behind:
             # This listener restarted: its former process's CLIs, ended `lost` by the hub, must not run on.
@@ -189,6 +237,7 @@ class HttpWakeBook:
         )
         if reason is not None or rule is None:
             log.warning("listener.refused", run_id=claimed.run_id, agent=claimed.handle, reason=reason)
+            self._say(self._refusal_line(claimed.run_id, claimed.handle, reason or "not_in_local_policy"))
             # Ended here, so its causer sees why (DESIGN §5 receipts that settle).
             if reason == Outcome.SANDBOX_REQUIRED:
                 ending = Ending(RunState.FAILED, Outcome.SANDBOX_REQUIRED, StopSignal.NONE)
@@ -213,6 +262,18 @@ class HttpWakeBook:
             sandbox=rule.sandbox,
             env=env,
         )
+
+    def _refusal_line(self, run_id: str, handle: str, reason: str) -> str:
+        path = self._rules.path
+        why = {
+            "cross_owner_refused_here": f"another owner's words caused it and {path} has cross_owner = false for"
+            f" {handle}; to accept such wakes (sandboxed, read-only), set cross_owner = true under"
+            f" [agents.{handle}] there and restart agent-rooms listen",
+            "not_in_local_policy": f"{path} does not name {handle}",
+            "not_wakeable_here": f"{path} has wake = false for {handle}",
+            "workdir_outside_root": f"its workdir in {path} is not under workdir_root now",
+        }.get(reason, reason)
+        return f"refused: {run_id} of {handle}: {why}"
 
     async def _refuse_unverified(self, token: str, why: str) -> None:
         """A claim that does not verify is never run. Its run is ended so it does not stay held here for
@@ -269,10 +330,32 @@ class HttpWakeBook:
         left = (await self._post("recover", {}))["left_behind"]
         return [LeftBehind(str(x["run_id"]), int(x["pid"]), int(x["pid_start"])) for x in left]
 
+    async def bye(self) -> list[str]:
+        """Let go of the agents this listener holds (it is stopping): the handles the hub released."""
+        return [str(h) for h in (await self._post("bye", {}))["released"]]
+
     async def wait_for_work(self, timeout_s: float) -> bool:
         # A long poll: the hub answers as soon as there is a wake to claim or a run to stop, and re-checks
         # time-freed wakes itself, so an idle listener costs a request every WAIT_MS, not every timeout_s.
         return bool((await self._post("wait", {"timeout_ms": WAIT_MS}))["work"])
+
+
+def hold_changes(before: ListenerHello, after: ListenerHello) -> list[str]:
+    """What changed in what this listener holds between two hellos, in words for its owner (DESIGN §9.1: the
+    other devices are shown a take-over): an agent it was waiting for and holds now, and one it lost, with the
+    device that took it."""
+    lines = [f"holding: {h} (its wakes run here from now on)" for h in sorted(set(after.held) - set(before.held))]
+    elsewhere = {e.agent: e for e in after.elsewhere}
+    for handle in sorted(set(before.held) - set(after.held)):
+        taker = elsewhere.get(handle)
+        if taker is not None:
+            lines.append(
+                f"lost: {handle} was taken over by device {taker.device} on {taker.host}; its wakes run there now"
+                " (listen --take-over here takes it back)"
+            )
+        else:
+            lines.append(f"lost: {handle} is no longer held here (the hub no longer knows it as this owner's agent)")
+    return lines
 
 
 def _pause(answer: httpx2.Response, longest: float) -> float:

@@ -123,7 +123,9 @@ class MentionOutcome(Model):
     """What mentioning one member did. `post_message` says what it did at once; `read_messages` says where it
     stands now (DESIGN §5 "Receipts that settle"): a wake that ran ends `completed`, `failed` (with the reason
     in `code`), `stopped`, `lost`, `withdrawn` (the reason in `code`) or `expired`. `refused` has its error
-    code in `code`; a `queued` wake that waits for its owner's listener has `waiting_for_listener`."""
+    code in `code`; a `queued` wake that waits for its owner's listener has `waiting_for_listener`. `withdrawn`
+    with `cross_owner_refused_here`: the agent's owner runs it on their own machine, whose listen.toml has
+    `cross_owner = false` for it; only that owner can accept such wakes (`cross_owner = true` there)."""
 
     handle: Handle
     outcome: Literal[

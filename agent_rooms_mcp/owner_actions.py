@@ -588,7 +588,7 @@ async def status(hub: Hub, who: Human, a: StatusArgs) -> StatusReport:
                 consents_waiting_on_others=await hub.overview.outgoing_proposals(o.owner_id),
                 grants=(await hub.grants.list_grants(o.handle, include_revoked=False)).grants,
                 devices=[d for d in devices if d.owner == o.handle],
-                listeners=await hub.overview.listeners(o.owner_id),
+                listeners=await hub.overview.listeners(o.owner_id, hub.settings.wake.lease_s),
             )
         )
     return StatusReport(owners=screens)

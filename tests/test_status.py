@@ -4,6 +4,7 @@ machine (the operator sees every owner) and on an enrolled device (its own owner
 from __future__ import annotations
 
 import json
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,33 @@ async def test_on_a_device_status_shows_its_own_owner_only(remote_hub: HubMachin
     # Another owner's screen is refused, as any action for another owner is; a read changes nothing.
     await bob.refused("FORBIDDEN_SCOPE", "status", "--owner", "alice")
     assert hub.fingerprint() == before
+
+
+async def test_status_lists_the_listeners_that_matter_not_every_one_that_ever_ran(world: World) -> None:
+    """A listener live now (heard from within the lease time) or holding an agent is shown; one long gone and
+    holding nothing, and any of a revoked device, are history, kept in the audit log, not in `status`."""
+    async with world.hub() as hub:
+        await hub.accounts.set_owner_local(OPERATOR, "bob", False)
+        owners = {o.handle: o.owner_id for o in (await hub.accounts.list_owners()).owners}
+        devices = {}
+        for name in ("bob-laptop", "bob-old-vm"):
+            code = (await hub.devices.enroll(OPERATOR, "bob", "http://127.0.0.1:1")).code
+            login = await hub.devices.redeem(code, name)
+            devices[name] = Human(device_actor(owners["bob"], login.device_id), owners["bob"], login.device_id)
+        for holder, device, agents in (
+            ("lst_gone_long_ago", "bob-laptop", []),  # a Ctrl-C'd listener of yesterday
+            ("lst_on_the_vm", "bob-old-vm", ["bob-codex"]),
+            ("lst_live_now", "bob-laptop", ["bob-claude"]),
+        ):
+            await hub.listeners.hello(
+                devices[device], holder, "host", agents, take_over=False, max_running=1, max_running_per_agent=1
+            )
+        await hub.devices.revoke(Human(OPERATOR), devices["bob-old-vm"].device_id or "")
+    long_ago = "2026-01-01T00:00:00.000000Z"
+    conn = sqlite3.connect(world.db)
+    with conn:  # as if it last said hello long ago
+        conn.execute("UPDATE listeners SET seen_at = ?, started_at = ? WHERE holder = 'lst_gone_long_ago'",
+                     (long_ago, long_ago))  # fmt: skip
+    conn.close()
+    [bob] = screens(world.settings.home, "--owner", "bob").values()
+    assert [(x["holder"], x["agents"]) for x in bob["listeners"]] == [("lst_live_now", ["bob-claude"])]

@@ -18,7 +18,8 @@ REASONS: dict[str, str] = {
     Outcome.WORKDIR_MISSING: "the agent's workdir does not exist: agent-rooms agent set HANDLE --workdir DIR",
     Outcome.SANDBOX_UNAVAILABLE: "the sandbox (bwrap) could not start here: agent-rooms doctor says why",
     Outcome.SANDBOX_REQUIRED: "another owner caused it, and such a wake runs only inside a working sandbox",
-    Outcome.ROOT_REFUSED: "the hub runs as root and no unprivileged user is set: set AGENT_ROOMS_RUN_AS",
+    Outcome.ROOT_REFUSED: "its supervisor (the hub, or the owner's listener) runs as root and no unprivileged user"
+    " is set: set AGENT_ROOMS_RUN_AS where it runs",
     Outcome.ENV_UNAVAILABLE: "the agent's variables could not be opened, or one is no longer allowed (the log of"
     " the hub or listener that ran it names which): see agent-rooms agent env list HANDLE",
     Outcome.MCP_FAILED: "the CLI could not reach the hub through its bridge",
@@ -31,6 +32,19 @@ REASONS: dict[str, str] = {
     Outcome.SHUTDOWN: "the hub shut down while it ran",
     Outcome.LOST: "its supervisor went away while it ran; whether it finished is unknown",
     Outcome.EXPIRED: "no listener of its owner came online before it expired (agent-rooms listen)",
+}
+
+
+# Why the owner's listener refused a wake by its listen.toml (DESIGN §9.1), and what to change there ({agent}).
+LISTENER_REFUSALS: dict[str, str] = {
+    "cross_owner_refused_here": "another owner's words caused it, and the listen.toml of {agent}'s listener has"
+    " cross_owner = false for {agent} (the default). To accept such wakes (sandboxed, read-only), set"
+    " cross_owner = true under [agents.{agent}] in that listen.toml and restart agent-rooms listen",
+    "not_in_local_policy": "the listen.toml of {agent}'s listener does not name {agent}: add [agents.{agent}]"
+    " there and restart agent-rooms listen",
+    "not_wakeable_here": "the listen.toml of {agent}'s listener has wake = false for {agent}",
+    "workdir_outside_root": "the workdir listen.toml names for {agent} is not under its workdir_root (a link"
+    " leading out of it, say)",
 }
 
 
@@ -70,7 +84,9 @@ def reason(info: RunInfo) -> str:
         return f"running ({info.state})"
     outcome = info.outcome or ""
     head, _, why = outcome.partition(":")
-    if head == Outcome.WITHDRAWN:
+    if head == Outcome.WITHDRAWN and why in LISTENER_REFUSALS:
+        text = f"withdrawn by its listener: {LISTENER_REFUSALS[why].format(agent=info.agent)}"
+    elif head == Outcome.WITHDRAWN:
         text = f"withdrawn: {why.replace('_', ' ')}"
     elif outcome == Outcome.LOST and info.state == RunState.FAILED:
         text = SESSION_GONE if info.session_id == "" else CLI_FAILED.format(run_id=info.run_id)

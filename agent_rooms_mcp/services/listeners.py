@@ -68,6 +68,10 @@ class ListenerBook(LocalWakeBook):
         self._deployment_id = dep
 
     @property
+    def device_id(self) -> str:
+        return self._device_id
+
+    @property
     def _recovers_args(self) -> tuple[object, ...]:
         return (self._device_id,)
 
@@ -250,6 +254,35 @@ class Listeners:
         ).fetchall()
         left = [book.end_abandoned(conn, AbandonedRun.from_row(row), now) for row in rows]
         return [Abandoned(run_id=x.run_id, pid=x.pid, pid_start=x.pid_start) for x in left if x is not None]
+
+    async def bye(self, who: Human, holder: str) -> list[str]:
+        """A listener stopping cleanly (Ctrl-C) lets go of its agents at once, so another listener of the
+        owner may hold them without waiting for the lease to pass. An agent with a run this listener still
+        holds (its end not reported) stays held until that run's lease passes, as for a listener that died.
+        Returns the handles let go."""
+        book = await self.book(who, holder)  # refused for another device's holder
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            now = now_utc()
+            rows = conn.execute(
+                "SELECT h.agent_id, a.handle FROM listener_holds h JOIN agents a ON a.agent_id = h.agent_id"
+                " WHERE h.holder = ? AND h.until > ? AND h.agent_id NOT IN"
+                f" (SELECT agent_id FROM runs WHERE lease_holder = ? AND state IN ({_HELD}))",
+                (holder, now, holder),
+            ).fetchall()
+            for row in rows:
+                # Its lease ends now, as if it had lapsed: the row and its epoch stay, so the next listener's
+                # hello takes it over exactly as it would after the lease time.
+                conn.execute(
+                    "UPDATE listener_holds SET until = ? WHERE agent_id = ? AND holder = ?",
+                    (now, row["agent_id"], holder),
+                )
+            if rows:
+                audit.append(conn, who.actor, "listener.release", target=book.device_id,
+                             detail={"holder": holder, "holds": len(rows), "reason": "stopped"})  # fmt: skip
+            return sorted(r["handle"] for r in rows)
+
+        return await self._store.write(run)
 
     @contextmanager
     def waiting(self, holder: str) -> Iterator[None]:

@@ -97,17 +97,22 @@ class Overview:
 
         return await self._store.read(run)
 
-    async def listeners(self, owner_id: str) -> list[ListenerInfo]:
-        """The owner's listeners the hub has heard from, with the agents each holds now."""
+    async def listeners(self, owner_id: str, live_s: float) -> list[ListenerInfo]:
+        """The owner's listeners that matter now, with the agents each holds now: those heard from within
+        `live_s` (the lease time) or still holding an agent, of devices not revoked. A listener that stopped,
+        crashed or was replaced long ago is history (its `listener.*` audit rows keep it), not status."""
+        now = datetime.now(UTC)
+        fresh, current = iso(now - timedelta(seconds=live_s)), iso(now)
 
         def run(conn: sqlite3.Connection) -> list[ListenerInfo]:
             rows = conn.execute(
-                "SELECT l.holder, l.host, l.started_at, l.seen_at, d.name AS device,"
+                "SELECT * FROM (SELECT l.holder, l.host, l.started_at, l.seen_at, d.name AS device,"
                 " (SELECT group_concat(a.handle, ',') FROM listener_holds h JOIN agents a ON a.agent_id = h.agent_id"
-                "  WHERE h.holder = l.holder) AS held"
-                " FROM listeners l JOIN devices d ON d.device_id = l.device_id WHERE l.owner_id = ?"
-                " ORDER BY l.seen_at DESC",
-                (owner_id,),
+                "  WHERE h.holder = l.holder AND h.until > ?) AS held"
+                " FROM listeners l JOIN devices d ON d.device_id = l.device_id"
+                " WHERE l.owner_id = ? AND d.revoked_at IS NULL)"
+                " WHERE held IS NOT NULL OR seen_at >= ? ORDER BY seen_at DESC",
+                (current, owner_id, fresh),
             ).fetchall()
             return [
                 ListenerInfo(

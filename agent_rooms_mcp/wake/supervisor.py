@@ -96,6 +96,12 @@ class Supervisor:
         self._stops: dict[tuple[str, int], anyio.Event] = {}
         self._revoked = anyio.Event()
         self._netns: bool | None = None  # whether sandboxes get a network namespace here (`_own_network`)
+        self._unavailable_since: float | None = None  # anyio's clock, since the book stopped answering
+
+    @property
+    def running(self) -> int:
+        """How many runs this supervisor holds now."""
+        return len(self._stops)
 
     async def run(self) -> None:
         """Claim and run wakes until cancelled; on cancellation every child is stopped and reaped. When the
@@ -106,6 +112,7 @@ class Supervisor:
             while not self._revoked.is_set():
                 try:
                     await self._claim_all(tg)
+                    self._book_answers()
                     await self._pass_on_stops()
                     # Time alone also frees wakes (a back-off or a spawn-rate minute passing): a look at
                     # least every TIME_LOOK_S, at once when the book says something moved.
@@ -113,7 +120,7 @@ class Supervisor:
                 except BookUnavailable as e:
                     # A book that cannot answer now (a write lock held elsewhere past the busy timeout, a
                     # hub out of reach) must not take the supervisor down with it: the next look tries again.
-                    log.warning("supervisor.book_unavailable", error=str(e))
+                    self._book_unavailable(e)
                     await anyio.sleep(TIME_LOOK_S)
                 except BookRevoked:
                     self._revoke()
@@ -121,6 +128,18 @@ class Supervisor:
                 await anyio.sleep(0.1)
             tg.cancel_scope.cancel()
         raise BookRevoked("the hub refused this supervisor's credential; every run was stopped")
+
+    def _book_unavailable(self, e: BookUnavailable) -> None:
+        """One line when the book stops answering, not one a look (a look each second, a hub down for minutes)."""
+        if self._unavailable_since is None:
+            self._unavailable_since = anyio.current_time()
+            log.warning("supervisor.book_unavailable", error=str(e))
+
+    def _book_answers(self) -> None:
+        """And one line when it answers again."""
+        if self._unavailable_since is not None:
+            log.info("supervisor.book_available", after_s=round(anyio.current_time() - self._unavailable_since, 1))
+            self._unavailable_since = None
 
     def _revoke(self) -> None:
         if not self._revoked.is_set():
@@ -158,6 +177,7 @@ class Supervisor:
                 sent = anyio.current_time()
                 held = await self.book.renew()
                 renewed = sent  # the lease runs from when the renewal left, not when its answer came
+                self._book_answers()
                 for (run_id, lease), stop in before:
                     # Still ours to judge: a run that ended meanwhile is missing from the answer for that.
                     if held.get(run_id) != lease and (run_id, lease) in self._stops and not stop.is_set():
@@ -166,7 +186,7 @@ class Supervisor:
                         log.warning("run.lease_lost", run_id=run_id, lease=lease)
                         stop.set()
             except BookUnavailable as e:  # a database locked a long while, a hub out of reach: try again
-                log.warning("supervisor.book_unavailable", error=str(e))
+                self._book_unavailable(e)
                 if anyio.current_time() - renewed >= self._caps.lease_s and self._stops:
                     # A dead-man switch (DESIGN §9.1): past the lease time another supervisor may recover
                     # these runs and wake them again, so none may go on unrenewed.

@@ -10,6 +10,7 @@ bounded to what DESIGN §9.1 lets it send: states, session ids, times, the outco
 - `spawning`, `started`, `session`, `finish` {holder, run_id, lease, ...} -> {}; 409 with `lease_lost` when
   the claim no longer holds the run
 - `renew` {holder} -> {held}; `stops` {holder} -> {run_ids}; `recover` {holder} -> {left_behind}
+- `bye` {holder} -> {released}: a listener stopping lets go of the agents it holds (those with no run it holds)
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ async def _handle(hub: Hub, who: Human, op: str, body: Any) -> dict[str, Any]:
         if model is None:
             raise RoomsError(ErrorCode.NOT_FOUND, f"no listener operation {op[:40]!r}")
         args = _parse(model, body)
+        if op == "bye":
+            return {"released": await listeners.bye(who, args.holder)}
         book = await listeners.book(who, args.holder)
         if op == "wait":
             with listeners.waiting(args.holder):
@@ -186,6 +189,7 @@ _MODELS: dict[str, type[_Body]] = {
     "renew": _Body,
     "stops": _Body,
     "recover": _Body,
+    "bye": _Body,
     "spawning": _Run,
     "started": Started,
     "session": Session,
