@@ -154,6 +154,9 @@ async def test_hostile_reports_are_refused_by_name_and_change_nothing(remote: Wo
             ("finish", {**end, "outcome": "pwned"}, "outcome"),
             ("finish", {**end, "tool_counts": {"art_" + "A" * 43: 1}}, "tool_counts"),
             ("session", {**holder, **run, "session_id": "art_" + "A" * 43}, "session_id"),
+            # A session id is resumed as a CLI argument (`--resume ID`, `resume ID`): never one read as an option.
+            ("session", {**holder, **run, "session_id": "--dangerously-skip-permissions"}, "session_id"),
+            ("session", {**holder, **run, "session_id": "-c"}, "session_id"),
             ("wait", {**holder, "timeout_ms": 10**9}, "timeout_ms"),
             ("hello", {**holder, **HELLO, "host": "x", "max_running": 10**6}, "max_running"),
         ]
