@@ -154,6 +154,9 @@ async def test_hostile_reports_are_refused_by_name_and_change_nothing(remote: Wo
             ("finish", {**end, "outcome": "pwned"}, "outcome"),
             ("finish", {**end, "tool_counts": {"art_" + "A" * 43: 1}}, "tool_counts"),
             ("session", {**holder, **run, "session_id": "art_" + "A" * 43}, "session_id"),
+            # A session id is resumed as a CLI argument (`--resume ID`, `resume ID`): never one read as an option.
+            ("session", {**holder, **run, "session_id": "--dangerously-skip-permissions"}, "session_id"),
+            ("session", {**holder, **run, "session_id": "-c"}, "session_id"),
             ("wait", {**holder, "timeout_ms": 10**9}, "timeout_ms"),
             ("hello", {**holder, **HELLO, "host": "x", "max_running": 10**6}, "max_running"),
         ]
@@ -210,3 +213,41 @@ async def test_a_listeners_reported_reset_time_moves_the_back_off_only_within_it
             with sqlite3.connect(remote.db) as conn:
                 conn.execute("UPDATE backoffs SET not_before = '2000-01-01T00:00:00.000000Z'")
                 conn.execute("UPDATE runs SET not_before = NULL WHERE state = 'waiting_for_listener'")
+
+
+async def test_bye_lets_go_only_of_the_callers_own_idle_holds_and_keeps_the_fencing_epoch(remote: World) -> None:
+    """`bye` (a listener stopping): another device's or another owner's device naming the holder is refused; an
+    agent with a run in flight stays held; a released agent goes to the next listener under a new epoch, as
+    after a lapse, and the listener that said bye neither claims its wakes nor renews the hold back."""
+    await post(remote, "alice-claude", "@alice-bot please")
+    laptop_holder, desktop_holder = "lst_0123456789abcdef", "lst_fedcba9876543210"
+    async with remote.hub() as hub:
+        laptop, desktop = await device(hub), await device(hub, "desktop")
+        made = await hub.devices.enroll(OPERATOR, "bob", "http://127.0.0.1:1")
+        bobs = await hub.devices.authenticate((await hub.devices.redeem(made.code, "bobs")).credential)
+        run = await claimed(hub, laptop, laptop_holder)
+        before = remote.fingerprint()
+        for stranger in (desktop, bobs):
+            with pytest.raises(RoomsError) as refused:
+                await call(hub, stranger, "bye", holder=laptop_holder)
+            assert refused.value.code is ErrorCode.CONFLICT
+        assert remote.fingerprint() == before
+        # Its run is in flight: the agent stays held, and the desktop still waits for it.
+        assert (await call(hub, laptop, "bye", holder=laptop_holder))["released"] == []
+        hello = await call(hub, desktop, "hello", holder=desktop_holder, host="desktop", **HELLO)
+        assert hello["held"] == [] and [e["agent"] for e in hello["elsewhere"]] == ["alice-bot"]
+        await call(hub, laptop, "finish", holder=laptop_holder, state="completed", outcome="ok",
+                   stop_signal="none", **run)  # fmt: skip
+        assert (await call(hub, laptop, "bye", holder=laptop_holder))["released"] == ["alice-bot"]
+        await call(hub, laptop, "renew", holder=laptop_holder)  # after bye, before anyone took it: its own again
+        assert (await call(hub, laptop, "bye", holder=laptop_holder))["released"] == ["alice-bot"]
+        await post(remote, "alice-claude", "@alice-bot again")
+        assert (await call(hub, laptop, "claim", holder=laptop_holder))["claim"] is None
+        hello = await call(hub, desktop, "hello", holder=desktop_holder, host="desktop", **HELLO)
+        assert hello["held"] == ["alice-bot"]
+        await call(hub, laptop, "renew", holder=laptop_holder)  # too late: the hold is the desktop's now
+        assert (await call(hub, laptop, "claim", holder=laptop_holder))["claim"] is None
+        assert (await call(hub, desktop, "claim", holder=desktop_holder))["claim"] is not None
+    assert [tuple(r) for r in remote.sql("SELECT holder, epoch FROM listener_holds")] == [(desktop_holder, 2)]
+    assert remote.sql("SELECT count(*) FROM audit WHERE action = 'listener.release'")[0][0] == 2
+    assert remote.sql("SELECT count(*) FROM audit WHERE action = 'listener.take_over'")[0][0] == 1

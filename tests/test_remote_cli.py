@@ -452,3 +452,30 @@ async def test_an_owner_connects_their_own_client_from_their_device_without_the_
     assert not (bob.home / "tokens" / "alice-claude.token").exists()
     check = await bob.refused("FORBIDDEN_SCOPE", "connect", "--check")
     assert "token list AGENT" in check.json()["message"]
+
+
+async def test_connect_to_the_hub_logged_in_to_never_hands_it_the_token_file_of_the_hub_in_this_home(
+    hub: HubMachine, tmp_path: Path
+) -> None:
+    """A home with a hub of its own (`make run`, `init`) keeps its agents' token files in tokens/HANDLE.token;
+    after `login`, `connect HANDLE` makes an entry for the hub logged in to that reads tokens/HANDLE.token too.
+    When the hub here has an agent of that handle, the file holds the hub here's token: connect found it
+    'already there', minted nothing, and printed an entry that sends it to the other hub, where it is refused,
+    and which any operator of that hub sees. Nor may `--new-token` overwrite it: the hub here's own client
+    entry reads it."""
+    laptop = Machine(tmp_path, "laptop")
+    assert (await laptop.ar("init")).code == 0
+    await laptop.ok("owner", "add", "me", "--local")
+    await laptop.ok("agent", "add", "bob-claude", "--owner", "me", "--tool", "claude")
+    assert (await laptop.ar("connect", "bob-claude", "--client", "json")).code == 0
+    token_path = laptop.home / "tokens" / "bob-claude.token"
+    here_token = token_path.read_text().strip()
+    made = await hub.machine.ok("owner", "enroll", "bob", "--url", hub.url)
+    assert (await laptop.ar("login", hub.url, "--code", made["code"], "--name", "laptop")).code == 0
+    await laptop.ok("agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")  # on the hub logged in to
+
+    for args in (("connect", "bob-claude", "--client", "json"), ("connect", "bob-claude", "--new-token")):
+        done = await laptop.ar(*args)
+        assert token_path.read_text().strip() == here_token, args  # the hub here's client still reads its own
+        # Refused, naming the file and the way out, rather than an entry reading the hub here's token.
+        assert done.code == 1 and str(token_path) in done.err and "AGENT_ROOMS_HOME" in done.err, (args, done)

@@ -704,6 +704,31 @@ async def test_run_log_says_what_happened_when_the_cli_failed_and_never_that_its
     assert "claude: something broke" in r.stdout
 
 
+async def test_a_cli_named_by_a_relative_path_runs_the_file_that_was_checked_not_one_in_the_workdir(
+    tmp_path: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN §5: the CLI comes from AGENT_ROOMS_CLAUDE_BIN, else the server's PATH, and is run by the path found
+    there, so the run's own PATH never decides which CLI runs. A relative AGENT_ROOMS_CLAUDE_BIN (or a `.` in
+    PATH) was found relative to the supervisor's directory and then executed relative to the run's: the agent's
+    workdir, which holds whatever the agent (or another owner's words, in an earlier run) wrote there."""
+    world = await wake_world(tmp_path, fakes, reply=False)
+    checked = Path(fakes.bins["claude"])
+    monkeypatch.chdir(checked.parent.parent)  # the supervisor's own directory holds bin/claude
+    workdir = world.settings.home.parent / "work" / "alice-bot"
+    impostor = workdir / checked.parent.name / checked.name
+    impostor.parent.mkdir()
+    impostor.write_text("#!/bin/sh\necho 'the workdir chose this CLI' >&2\nexit 1\n")
+    impostor.chmod(0o755)
+    relative = f"{checked.parent.name}/{checked.name}"
+    settings = replace(world.settings, wake=replace(world.settings.wake, claude_bin=relative))
+    async with Hub.open(settings) as hub, supervising(hub):
+        await post(world, "alice-claude", "@alice-bot one")
+        [run] = await until(lambda: ended(world, "alice-bot"), "the run ends")
+    stderr = settings.run_logs_dir / run["run_id"] / "stderr.log"
+    assert "the workdir chose this CLI" not in (stderr.read_text() if stderr.exists() else "")
+    assert (run["state"], run["outcome"]) == ("completed", "ok"), dict(run)
+
+
 # --- 10. who sees and stops which runs ------------------------------------------------------------------------------
 
 

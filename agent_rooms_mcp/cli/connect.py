@@ -173,7 +173,7 @@ def connect(
         # hub; the token file is this machine's, and the entry reaches the hub over HTTP (no hub here to serve
         # stdio), reading the token from the environment, never holding it.
         url = url or far.device.hub + "/mcp"
-        minted = _device_token_file(s, agent, new=new_token, as_json=as_json)
+        minted = _device_token_file(s, far.device.hub, agent, new=new_token, as_json=as_json)
     else:
         minted = run(main, as_json=as_json)
     if minted:
@@ -193,28 +193,35 @@ def connect(
         click.echo(mcp_json(s, agent, url))
 
 
-def _device_token_file(s: Settings, agent: str, *, new: bool, as_json: bool) -> bool:
+def _device_token_file(s: Settings, hub: str, agent: str, *, new: bool, as_json: bool) -> bool:
     """ensure_token_file on a device: the hub mints (the owner's own agent only, `token.issue`), this machine
     keeps the token in its 0600 file and its id beside it, so that `--new-token` revokes the one it replaces."""
     path = token_file(s, agent)
     id_path = path.with_name(path.name + ".id")
     if path.exists():
         check_private_file(path)
+        if not id_path.exists():
+            # Not one this machine had the hub logged in to issue: in a home that holds a hub of its own, that
+            # hub's token for an agent of the same handle. An entry for the other hub must not send it there,
+            # and the hub here's own entry reads it.
+            raise Failed(
+                "HOME",
+                f"{path} holds a token that {hub} did not issue to this machine (a hub in {s.home} keeps its own"
+                f" tokens there): to connect to {hub}, give this device a home of its own"
+                " (AGENT_ROOMS_HOME=DIR agent-rooms login ...), or remove the file if nothing reads it",
+                as_json,
+            )
         if not new:
             return False
     ttl_s = s.limits.token_ttl_default_s
     issued: IssuedToken = perform("token.issue", TokenIssue(agent=agent, ttl_s=ttl_s), as_json=as_json)
-    old_id = id_path.read_text(encoding="ascii").strip() if path.exists() and id_path.exists() else None
-    replaced = path.exists()
+    old_id = id_path.read_text(encoding="ascii").strip() if path.exists() else None
     ensure_private_dir(s.tokens_dir)
     write_private_file(path, issued.token.encode("ascii") + b"\n")
     write_private_file(id_path, issued.token_id.encode("ascii") + b"\n")
-    if replaced and old_id is not None:
+    if old_id is not None:
         # Nobody holds the old token once its file is overwritten: it must not stay valid.
         perform("token.revoke", TokenRevoke(token_id=old_id), as_json=as_json)
-    elif replaced:
-        click.echo(f"# the token {path} held before was not made here and is still valid: find it with "
-                   f"agent-rooms token list {agent}, then agent-rooms token revoke ID", err=True)  # fmt: skip
     return True
 
 

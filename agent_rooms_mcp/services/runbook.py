@@ -284,7 +284,8 @@ class LocalWakeBook:
         that ran it (in that home's CLI configuration): one made on another device, or on the hub, is not
         there, and resuming it would end the run "No conversation found". Then the run starts afresh. ""
         marks a session the CLI lost. A session recorded before sessions named their host was the hub's."""
-        if last is None or not last["session_id"]:
+        # Nor one a CLI would read as an option ("--resume ID"): a listener's report before its API refused those.
+        if last is None or not last["session_id"] or str(last["session_id"]).startswith("-"):
             return None
         host = last["session_host"]
         here = host == self._host or (host is None and self._expires)

@@ -281,8 +281,11 @@ class Supervisor:
         named = {AgentTool.CLAUDE: caps.claude_bin, AgentTool.CODEX: caps.codex_bin}.get(tool, caps.openclaw_bin)
         # Found before spawning (behind setpriv a missing one would read as exit 127), on this process's PATH
         # (DESIGN §5), and run by that path: the run's own PATH never decides which CLI, or whether one, runs.
-        if (binary := shutil.which(named)) is None:
+        if (found := shutil.which(named)) is None:
             return RunState.FAILED, Outcome.CLI_NOT_FOUND
+        # Absolute: a relative name (bin/claude, or one a '.' in PATH found) would run from the run's directory,
+        # the agent's workdir, whatever file is there, and not the one just checked here.
+        binary = os.path.abspath(found)
         run_dir, logs = local.runs_dir / run.run_id, local.run_logs_dir / run.run_id
         for d in (local.runs_dir, run_dir, local.run_logs_dir, logs):
             ensure_private_dir(d)

@@ -66,8 +66,9 @@ class Started(_Run):
 
 
 class Session(_Run):
-    # A CLI's session id is a UUID or alike; no underscore, so nothing credential-shaped reaches the audit.
-    session_id: Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9.:\-]*$")]
+    # A CLI's session id is a UUID or alike; no underscore, so nothing credential-shaped reaches the audit; never
+    # a leading '-', since a resume passes it as a CLI argument ("--resume ID"), where it would read as an option.
+    session_id: Annotated[str, StringConstraints(max_length=128, pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9.:\-]*)?$")]
 
 
 class Finish(_Run):
