@@ -256,3 +256,41 @@ async def test_each_wake_is_one_plain_line_and_its_end_another_and_after_ctrl_c_
         f" listener's Ctrl-C or dead-man switch; agent-rooms run log {run_id} shows its events)"
     ) in stderr.out, stderr.out
     assert "elsewhere" not in stderr.out, stderr.out
+
+
+async def test_a_second_login_is_refused_under_a_running_listener_and_otherwise_names_the_device_it_replaces(
+    remote_world: World,
+    fakes: Fakes,
+    tmp_path: Path,
+) -> None:
+    """Walk 2 finding 4: a login over a listener would swap the credential under it (the listener goes on with
+    the old one); with none running, the login says which device it replaced, that it stays active, and how
+    to revoke it, since a device may revoke only itself (DESIGN §9.1)."""
+    world = remote_world
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        first = json.loads((alice.home / "device.json").read_text())
+        async with world.hub() as hub:
+            code = (await hub.devices.enroll(OPERATOR, "alice", url)).code
+        async with listen(alice, fakes) as one:
+            await one.says("holding: alice-bot")
+            refused = await alice.ar("login", url, "--code", code, "--name", "alice-again")
+        assert refused.code == 1, refused.out
+        assert json.loads((alice.home / "device.json").read_text()) == first
+        # The code was not spent on a login that could not go on.
+        again = await alice.ar("login", url, "--code", code, "--name", "alice-again")
+        listed = invoke(world.settings.home, "device", "list")
+    lock = alice.home / "listen.lock"
+    assert f"a listener runs from {alice.home} (it holds {lock}) as device alice-laptop ({first['device_id']})" in (
+        refused.err
+    ), refused.err
+    assert "Stop it first (Ctrl-C where agent-rooms listen runs), then log in" in refused.err, refused.err
+    assert again.code == 0, again.err
+    assert (
+        f"warning: this replaced device alice-laptop ({first['device_id']}) of alice at {url} in {alice.home}; it"
+        " stays active on the hub. Revoke it on the console's Devices page"
+    ) in again.err, again.err
+    assert f"agent-rooms device revoke {first['device_id']}" in again.err, again.err
+    assert "run agent-rooms device revoke here before logging in again" in again.err, again.err
+    [old_row] = [line for line in listed.stdout.splitlines() if first["device_id"] in line]
+    assert "active" in old_row, listed.stdout
