@@ -427,9 +427,12 @@ def listener_holds_lock(home: Path) -> bool:
         return False
 
 
-def listener_supervisor(settings: Settings, book: HttpWakeBook, device: Device, lease_s: float) -> Supervisor:
+def listener_supervisor(
+    settings: Settings, book: HttpWakeBook, device: Device, lease_s: float, say: Say = _quiet
+) -> Supervisor:
     """The supervisor over this listener's book, its leases kept on the hub's lease time (`lease_s`, from
-    the hello): its renewals and its dead-man switch must keep the hub's time, not this machine's setting."""
+    the hello): its renewals and its dead-man switch must keep the hub's time, not this machine's setting.
+    `say` gets its plain lines: each wake it starts and ends, and a dead-man switch that fires."""
     local = Local(
         wake=replace(settings.wake, lease_s=lease_s),
         home=settings.home,
@@ -437,4 +440,4 @@ def listener_supervisor(settings: Settings, book: HttpWakeBook, device: Device, 
         run_logs_dir=settings.run_logs_dir,
         limits=settings.limits,
     )
-    return Supervisor(book, local, https_bridge(device))
+    return Supervisor(book, local, https_bridge(device), say)

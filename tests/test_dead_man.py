@@ -62,3 +62,36 @@ async def test_a_supervisor_that_cannot_renew_for_the_lease_time_stops_every_run
         tg.cancel_scope.cancel()
     # Its end was never reported (the hub was out of reach): the hub still sees it held, for its recovery.
     assert runs(world, "alice-bot")[0]["state"] == "running"
+
+
+async def test_a_dead_man_switch_that_fires_says_so_in_a_plain_line_and_keeps_the_clis_stderr(
+    woken: World, fakes: Fakes
+) -> None:
+    """Walk 2 findings 3 and 5: the person who started the listener reads one plain line (not only a JSON log)
+    saying why its runs were stopped, a line for the wake and for its end, and the CLI's stderr is kept on
+    this machine although the hub never heard the end."""
+    fakes.scenario("hang")
+    world = replace(woken, settings=replace(woken.settings, wake=replace(woken.settings.wake, lease_s=1.5)))
+    said: list[str] = []
+    async with world.hub() as hub, anyio.create_task_group() as tg:
+        embedded = embedded_supervisor(hub)
+        book = CutOff(embedded.book)
+        supervisor = Supervisor(book, embedded.local, embedded.open_bridge, said.append)  # type: ignore[arg-type]
+        tg.start_soon(supervisor.run)
+        await post(world, "alice-claude", "@alice-bot please hang")
+        [run] = await until(lambda: [r for r in runs(world, "alice-bot") if r["pid"]] or None, "the CLI runs")
+        book.cut = True
+        await until(lambda: any(line.startswith("ended: ") for line in said) or None, "the run ends here")
+        tg.cancel_scope.cancel()
+    run_id = run["run_id"]
+    assert said[0] == f"woke: alice-bot in lobby ({run_id})", said
+    stopping = [line for line in said if line.startswith("stopping ")]
+    assert stopping == [
+        "stopping 1 run(s) here: the hub was out of reach for the lease time (2 s), after which it may give their"
+        " wakes to another device; the hub records them lost"
+    ], said
+    assert said[-1] == (
+        f"ended: alice-bot in lobby ({run_id}): the hub was out of reach to hear it, and records the run lost"
+    ), said
+    kept = world.settings.run_logs_dir / run_id
+    assert (kept / "events.jsonl").exists() and (kept / "stderr.log").exists(), list(kept.iterdir())

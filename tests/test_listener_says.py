@@ -121,6 +121,10 @@ async def test_a_cross_owner_wake_refused_by_listen_toml_names_the_setting_and_t
     on_hub = invoke(world.settings.home, "run", "log", run["run_id"])
     assert on_hub.exit_code == 0, on_hub.stderr
     assert shown.code == 0, shown.err
+    # On the very machine that handled it, `run log` never says it ran elsewhere: nothing ran (walk 2, 5).
+    assert "status: withdrawn, never started: withdrawn by its listener:" in shown.out, shown.out
+    assert "(no events.jsonl: its listener refused this wake before its CLI ran, so none was kept)" in shown.out
+    assert "elsewhere" not in shown.out, shown.out
     for text in (shown.out, on_hub.stdout):
         assert "listen.toml of bob-codex's listener has cross_owner = false for bob-codex" in text, text
         assert "set cross_owner = true under [agents.bob-codex] in that listen.toml" in text, text
@@ -214,3 +218,79 @@ async def test_a_listener_the_hub_refuses_at_hello_names_the_login_that_gets_a_n
     assert "UNAUTHENTICATED: the hub refused this device (revoked, expired or unknown there)" in done.err, done.err
     assert f"agent-rooms login {url} --code CODE" in done.err, done.err
     assert "agent-rooms owner enroll alice" in done.err, done.err
+
+
+async def test_each_wake_is_one_plain_line_and_its_end_another_and_after_ctrl_c_run_log_says_why_no_stderr(
+    remote_world: World,
+    fakes: Fakes,
+    tmp_path: Path,
+) -> None:
+    """Walk 2 findings 8 and 5: `listen` prints a "woke" and an "ended" line per wake (no body text); a run
+    stopped by the listener's Ctrl-C kept its events but no stderr, and `run log --stderr` on that machine says
+    so rather than that it ran elsewhere."""
+    world = remote_world
+    fakes.scenario("hang")
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        async with listen(alice, fakes) as one:
+            await one.says("holding: alice-bot")
+            await post(world, "alice-claude", "@alice-bot please hang about, secret words")
+            said = await one.says("woke: alice-bot in lobby (")
+            run_id = said.split("woke: alice-bot in lobby (")[1].split(")")[0]
+            await until(lambda: (alice.home / "run-logs" / run_id / "events.jsonl").exists() or None, "it runs")
+            one.proc.send_signal(signal.SIGINT)
+            with anyio.fail_after(60):
+                await one.proc.wait()
+            said = one.said()
+        events = await alice.ar("run", "log", run_id)
+        stderr = await alice.ar("run", "log", run_id, "--stderr")
+    assert f"ended: alice-bot in lobby ({run_id}): stopped, shutdown" in said, said
+    assert "secret words" not in said, said
+    # The listener's Ctrl-C, not the hub, shut it down: the status line does not blame the hub.
+    assert "status: stopped, ended: its supervisor shut down while it ran (the hub, or its owner's listener" in (
+        events.out
+    ), events.out
+    assert stderr.code == 0, stderr.err
+    assert (
+        "(no stderr.log for this run: its CLI printed nothing on stderr, or was stopped before it did, by its"
+        f" listener's Ctrl-C or dead-man switch; agent-rooms run log {run_id} shows its events)"
+    ) in stderr.out, stderr.out
+    assert "elsewhere" not in stderr.out, stderr.out
+
+
+async def test_a_second_login_is_refused_under_a_running_listener_and_otherwise_names_the_device_it_replaces(
+    remote_world: World,
+    fakes: Fakes,
+    tmp_path: Path,
+) -> None:
+    """Walk 2 finding 4: a login over a listener would swap the credential under it (the listener goes on with
+    the old one); with none running, the login says which device it replaced, that it stays active, and how
+    to revoke it, since a device may revoke only itself (DESIGN §9.1)."""
+    world = remote_world
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop")
+        first = json.loads((alice.home / "device.json").read_text())
+        async with world.hub() as hub:
+            code = (await hub.devices.enroll(OPERATOR, "alice", url)).code
+        async with listen(alice, fakes) as one:
+            await one.says("holding: alice-bot")
+            refused = await alice.ar("login", url, "--code", code, "--name", "alice-again")
+        assert refused.code == 1, refused.out
+        assert json.loads((alice.home / "device.json").read_text()) == first
+        # The code was not spent on a login that could not go on.
+        again = await alice.ar("login", url, "--code", code, "--name", "alice-again")
+        listed = invoke(world.settings.home, "device", "list")
+    lock = alice.home / "listen.lock"
+    assert f"a listener runs from {alice.home} (it holds {lock}) as device alice-laptop ({first['device_id']})" in (
+        refused.err
+    ), refused.err
+    assert "Stop it first (Ctrl-C where agent-rooms listen runs), then log in" in refused.err, refused.err
+    assert again.code == 0, again.err
+    assert (
+        f"warning: this replaced device alice-laptop ({first['device_id']}) of alice at {url} in {alice.home}; it"
+        " stays active on the hub. Revoke it on the console's Devices page"
+    ) in again.err, again.err
+    assert f"agent-rooms device revoke {first['device_id']}" in again.err, again.err
+    assert "run agent-rooms device revoke here before logging in again" in again.err, again.err
+    [old_row] = [line for line in listed.stdout.splitlines() if first["device_id"] in line]
+    assert "active" in old_row, listed.stdout

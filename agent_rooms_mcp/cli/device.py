@@ -8,8 +8,10 @@ import click
 
 from agent_rooms_mcp import remote as remote_device
 from agent_rooms_mcp.cli.common import emit, guarded, json_option, perform, remote, settings, table
+from agent_rooms_mcp.home import HomeError
 from agent_rooms_mcp.models import DeviceInfo, DeviceList
 from agent_rooms_mcp.owner_actions import DeviceRevoke, NoArgs
+from agent_rooms_mcp.settings import Settings
 
 
 @click.command("login")
@@ -28,7 +30,18 @@ def login(hub_url: str, code: str, name: str | None, as_json: bool) -> None:
         agent-rooms login https://hub.example.org --code enr_...
     """
     here = settings()
+    before = guarded(lambda: _replaceable(here), as_json=as_json)
     device = guarded(lambda: remote_device.login(here, hub_url, code, name or socket.gethostname()), as_json=as_json)
+    if before is not None:
+        # The old credential is gone from this home, but the device stays active on the hub until revoked, and
+        # a device may revoke only itself (DESIGN §9.1): only the console or the operator can revoke it now.
+        click.echo(
+            f"warning: this replaced device {before.name} ({before.device_id}) of {before.owner} at {before.hub} in"
+            f" {here.home}; it stays active on the hub. Revoke it on the console's Devices page (agent-rooms"
+            " console prints a login link), or ask the hub's operator to run: agent-rooms device revoke"
+            f" {before.device_id}. Next time, run agent-rooms device revoke here before logging in again.",
+            err=True,
+        )
     if as_json:
         click.echo(device.model_dump_json(indent=2, exclude={"credential"}))
     else:
@@ -45,6 +58,22 @@ def login(hub_url: str, code: str, name: str | None, as_json: bool) -> None:
             "AGENT_ROOMS_HOME to it.",
             err=True,
         )
+
+
+def _replaceable(here: Settings) -> remote_device.Device | None:
+    """The device a login in `here` would replace (None: none), refused while a listener runs from `here`:
+    it would go on with the old credential, holding the old device's agents (walk 2, finding 4)."""
+    from agent_rooms_mcp.listener import LOCK_FILE, listener_holds_lock  # the listener's imports are heavy
+
+    before = remote_device.load(here)
+    if before is not None and listener_holds_lock(here.home):
+        raise HomeError(
+            f"a listener runs from {here.home} (it holds {here.home / LOCK_FILE}) as device {before.name}"
+            f" ({before.device_id}) of {before.owner}; logging in again would replace its credential under it."
+            " Stop it first (Ctrl-C where agent-rooms listen runs), then log in, then start agent-rooms listen"
+            " again"
+        )
+    return before
 
 
 @click.group()

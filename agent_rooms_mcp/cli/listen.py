@@ -101,7 +101,7 @@ def listen(policy_path: Path | None, take_over: bool) -> None:
                     try:
                         hello = await _first_hello(book)
                         _announce(device, rules, hello)
-                        supervisor = listener_supervisor(here, book, device, hello.lease_s)
+                        supervisor = listener_supervisor(here, book, device, hello.lease_s, _say)
                         await supervisor.run()
                     except (BookRevoked, HubRefused) as e:
                         ended = e

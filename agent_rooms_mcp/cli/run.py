@@ -29,8 +29,10 @@ REASONS: dict[str, str] = {
     Outcome.OUTPUT_CAP: "the CLI printed more than a run may",
     Outcome.TIME_LIMIT: "the run went past its time limit and was stopped",
     Outcome.STOPPED: "an owner stopped it (agent stop)",
-    Outcome.SHUTDOWN: "the hub shut down while it ran",
-    Outcome.LOST: "its supervisor went away while it ran; whether it finished is unknown",
+    Outcome.SHUTDOWN: "its supervisor shut down while it ran (the hub, or its owner's listener on Ctrl-C)",
+    Outcome.LOST: "its supervisor stopped reporting while it ran (the hub's own, or its owner's listener, which"
+    " stops its runs itself when it cannot reach the hub for the lease time, and whose runs die with it);"
+    " whether it finished is unknown",
     Outcome.EXPIRED: "no listener of its owner came online before it expired (agent-rooms listen)",
 }
 
@@ -92,7 +94,8 @@ def reason(info: RunInfo) -> str:
         text = SESSION_GONE if info.session_id == "" else CLI_FAILED.format(run_id=info.run_id)
     else:
         text = REASONS.get(outcome, outcome or "no reason recorded")
-    started = "never started" if outcome in NEVER_RAN or not info.started_at else "ended"
+    refused = head == Outcome.WITHDRAWN and why in LISTENER_REFUSALS  # before its CLI was executed
+    started = "never started" if outcome in NEVER_RAN or refused or not info.started_at else "ended"
     return f"{info.state}, {started}: {text}"
 
 
@@ -149,11 +152,20 @@ def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
     # The run's own files, wherever the record came from: a listener keeps them in this machine's home.
     kept = settings().run_logs_dir / info.run_id
     path = kept / ("stderr.log" if show_stderr else "events.jsonl")
+    head, _, why = (info.outcome or "").partition(":")
     if path.exists():
         click.echo(path.read_text(errors="replace"), nl=False)
     elif info.state in WAITING_STATES or not info.started_at or info.outcome in NEVER_RAN:
         # Not an error: the status line already says why (never started, or not yet).
         click.echo(f"(no {path.name} kept for this run)")
+    elif head == Outcome.WITHDRAWN and why in LISTENER_REFUSALS:
+        # Refused by its listener's listen.toml before anything was executed: there is nothing to keep anywhere.
+        click.echo(f"(no {path.name}: its listener refused this wake before its CLI ran, so none was kept)")
+    elif show_stderr and (kept / "events.jsonl").exists():
+        # The run was here (its events are); its stderr is written when the CLI exits.
+        click.echo("(no stderr.log for this run: its CLI printed nothing on stderr, or was stopped before it did,"
+                   f" by its listener's Ctrl-C or dead-man switch; agent-rooms run log {info.run_id} shows its"
+                   " events)")  # fmt: skip
     elif remote(as_json) is not None:
         click.echo(f"(no {path.name} for this run on this machine, in {kept}: it ran elsewhere, on the machine of"
                    " the listener that held the agent then, or on the hub's; run this there)")  # fmt: skip

@@ -86,9 +86,18 @@ class Local:
     limits: Limits = DEFAULT_LIMITS  # the egress proxy's bounds
 
 
+# A plain line for the person who started the supervisor (a listener's stderr); the hub's own says nothing.
+Say = Callable[[str], None]
+
+
+def _quiet(_line: str) -> None:
+    return None
+
+
 class Supervisor:
-    def __init__(self, book: WakeBook, local: Local, open_bridge: OpenBridge) -> None:
+    def __init__(self, book: WakeBook, local: Local, open_bridge: OpenBridge, say: Say = _quiet) -> None:
         self.book = book
+        self._say = say
         self.local = local
         self.open_bridge = open_bridge
         self._caps = local.wake
@@ -191,6 +200,12 @@ class Supervisor:
                     # A dead-man switch (DESIGN §9.1): past the lease time another supervisor may recover
                     # these runs and wake them again, so none may go on unrenewed.
                     log.warning("supervisor.lease_lapsed", runs=len(self._stops))
+                    if fresh := sum(not stop.is_set() for stop in self._stops.values()):
+                        self._say(
+                            f"stopping {fresh} run(s) here: the hub was out of reach for the lease time"
+                            f" ({self._caps.lease_s:.0f} s), after which it may give their wakes to another"
+                            " device; the hub records them lost"
+                        )
                     self._stop_all()
             except BookRevoked:
                 self._revoke()
@@ -199,11 +214,13 @@ class Supervisor:
 
     async def _run_one(self, run: Claimed) -> None:
         stop = self._stops[run.run_id, run.lease]
+        self._say(f"woke: {run.handle} in {run.room_name} ({run.run_id})")
         reading = Reading()
         sent: list[str] = []  # the signals we sent, whoever asked
         # An unexpected error leaves the hub not knowing what the run did: DESIGN §7's word for that is lost.
         state, outcome, signal = RunState.FAILED, Outcome.LOST, StopSignal.NONE
         lost = False
+        unheard = "another device holds it now"  # why the hub did not hear its end, when it did not
         try:
             state, outcome = await self._spawn(run, stop, reading, sent)
             signal = StopSignal(sent[-1]) if sent else StopSignal.NONE
@@ -212,7 +229,7 @@ class Supervisor:
             lost = True
         except BookRevoked:
             # The hub refused this supervisor: it records nothing more, and stops every other run too.
-            lost = True
+            lost, unheard = True, "the hub refused this device"
             self._revoke()
         except anyio.get_cancelled_exc_class():
             # The server is shutting down: run_process has stopped the CLI and reaped it.
@@ -243,16 +260,18 @@ class Supervisor:
                 except LeaseLost:
                     lost = True
                 except BookRevoked:
-                    lost = True
+                    lost, unheard = True, "the hub refused this device"
                     self._revoke()
                 except BookUnavailable as e:
                     # Left held: its lease lapses and the hub's recovery ends it `lost`, as it must for a
                     # run whose end nobody could confirm.
-                    lost = True
+                    lost, unheard = True, "the hub was out of reach to hear it, and records the run lost"
                     log.warning("run.end_unreported", run_id=run.run_id, error=str(e))
                 self._stops.pop((run.run_id, run.lease), None)
                 log.info("run.end", run_id=run.run_id, agent=run.handle, state=state, outcome=outcome, signal=signal,
                          recorded=not lost)  # fmt: skip
+                said = f"ended: {run.handle} in {run.room_name} ({run.run_id})"
+                self._say(f"{said}: {unheard}" if lost else f"{said}: {state}, {outcome}")
 
     async def _spawn(
         self, run: Claimed, stop: anyio.Event, reading: Reading, sent: list[str]
@@ -403,12 +422,13 @@ class Supervisor:
                         box.move_aside(logs)
         finally:
             events.close()  # on every path: a shutdown mid-run must not leave the log open
+        # Kept before anything is told to the book: a hub out of reach then must not lose what the CLI said.
+        write_private_file(logs / "stderr.log", finished.stderr_tail)
         for session_id in pending:
             await self.book.session(run.run_id, run.lease, session_id)
         if reading.session_lost:  # the CLI no longer has it: the next wake starts afresh
             log.warning("run.session_gone", run_id=run.run_id, agent=run.handle, session=run.resume_session)
             await self.book.session(run.run_id, run.lease, "")
-        write_private_file(logs / "stderr.log", finished.stderr_tail)
         verdict = judge(reading, stop_requested=stop.is_set(), returncode=finished.returncode)
         state, outcome = verdict.state, verdict.outcome
         if finished.reason in LIMIT_OUTCOMES and not stop.is_set():
