@@ -77,6 +77,15 @@ def test_server_refuses_an_unsafe_key_file(home: Path, spoil: str) -> None:
     assert "HOME:" in r.stderr and "issuer.paserk" in r.stderr
 
 
+def test_room_lines_count_one_agent_in_the_singular(home: Path) -> None:
+    populated(home)
+    ok_json(home, "agent", "add", "alice-codex", "--owner", "alice", "--tool", "codex")
+    made = ar(home, "room", "create", "den", "--owner", "alice", "--agent", "alice-claude")
+    assert made.exit_code == 0 and made.stdout.rstrip().endswith("with 1 agent"), made.stdout
+    added = ar(home, "room", "add", "den", "--agent", "alice-codex")
+    assert added.stdout.strip() == "alice-codex is in den (2 agents)", added.stdout
+
+
 def test_quickstart_is_idempotent_and_mints_nothing_the_second_time(home: Path) -> None:
     first = ar(home, "quickstart")
     assert first.exit_code == 0, first.stderr
