@@ -8,12 +8,19 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import pytest
 from click.testing import CliRunner, Result
+from mcp import Client
+from mcp.types import CallToolResult
 
 from agent_rooms_mcp.cli import cli
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.server import create_server
+from agent_rooms_mcp.settings import Settings
 
 
 @pytest.fixture
@@ -174,6 +181,41 @@ def test_quickstart_names_the_operators_own_agent_and_never_brings_the_operator_
     ok_json(home, "grant", "add", "--from", "bob", "--to", "zed")
     out = quickstart()
     assert "owner verify" not in out and "grant add" not in out and "consent accept prop_... --owner bob" in out
+
+
+def test_quickstarts_lines_for_another_person_lead_a_first_mention_to_consent_not_no_grant(tmp_path: Path) -> None:
+    """Every line quickstart prints for bringing in bob, followed (his machine's as the operator may run them
+    here): zed's agent's first mention of bob-claude waits on bob's consent
+    instead of being refused NO_GRANT, `consent list --owner bob` shows it, and accepting it queues the wake."""
+    home = tmp_path / "home"
+    env = {"AGENT_ROOMS_HOME": str(home), "LOGNAME": "zed", "USER": "zed", "PATH": "/usr/bin:/bin"}
+    script = str(Path(sys.executable).parent / "agent-rooms")
+    out = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    here = [line.strip().split("    #")[0] for line in out.stdout.splitlines() if line.startswith(f"  {script} owner")]
+    theirs = [line.strip().split("    #")[0] for line in out.stdout.splitlines() if line.startswith("    agent-rooms ")]
+    [invite] = [line.strip().split("    #")[0] for line in out.stdout.splitlines() if " invite create " in line]
+    code = ok_json(home, *invite.split()[1:])["code"]
+    [agent, accept, grant] = [t for t in theirs if t.split()[1] in ("agent", "invite", "grant")]
+    for step in [*here, *(t.replace("agent-rooms", script, 1) for t in (agent, accept, grant))]:
+        done = subprocess.run(["bash", "-c", step.replace("inv_...", code)], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+    settings = replace(Settings.from_env(env), stdio_token=(home / "tokens" / "zed-claude.token").read_text().strip())
+
+    async def mention() -> CallToolResult:
+        async with Client(create_server(lambda _: Hub.open(settings))) as c:
+            return await c.call_tool("post_message", {"room": "lobby", "text": "@bob-claude please look"})
+
+    posted = anyio.run(mention)
+    assert not posted.is_error, posted.content
+    [mention] = posted.structured_content["mentions"]  # type: ignore[index]
+    assert mention["outcome"] == "pending_consent", mention
+    [line] = [t for t in theirs if t.startswith("agent-rooms consent list")]
+    waiting = ok_json(home, *line.split()[1:])["proposals"]
+    assert [(p["target"], p["kind"]) for p in waiting] == [("bob-claude", "wake")]
+    [accept] = [t for t in theirs if t.startswith("agent-rooms consent accept")]
+    args = accept.replace("prop_...", waiting[0]["proposal_id"]).split()[1:]
+    assert ok_json(home, *args)["consent_state"] == "accepted"
 
 
 def test_quickstart_prints_the_bare_command_when_path_finds_this_installation(tmp_path: Path) -> None:
