@@ -234,18 +234,26 @@ def _policy(settings: Settings) -> tuple[ListenPolicy | None, DoctorCheck]:
 def _workdirs(rules: ListenPolicy) -> DoctorCheck:
     """Each workdir the policy names exists and, its links followed now, lies under the root (`listen` checks
     again at each claim; a run in a missing one fails `workdir_missing`)."""
+    failed = workdir_failures(rules)
+    return failed[0] if failed else _ok("listen.workdirs", f"every workdir exists under {rules.workdir_root}")
+
+
+def workdir_failures(rules: ListenPolicy) -> list[DoctorCheck]:
+    """One failed `listen.workdirs` check for each workdir the policy names that is missing or leads out of
+    the root; `listen` warns with them at its start, in these words."""
+    failed = []
     for rule in rules.agents.values():
         where = f"agents.{rule.handle}.workdir"
         if rule.workdir is None:
             continue
         if not rule.workdir.is_dir():
             fix = f"mkdir -p {rule.workdir}, or name an existing directory under {rules.workdir_root}"
-            return _fail("listen.workdirs", f"{rules.path}: {where}: {rule.workdir} is not a directory", fix)
-        if not rules.inside_root(rule.workdir):
+            failed.append(_fail("listen.workdirs", f"{rules.path}: {where}: {rule.workdir} is not a directory", fix))
+        elif not rules.inside_root(rule.workdir):
             fix = f"name a directory under {rules.workdir_root}, or point the link back inside it"
-            return _fail("listen.workdirs", f"{rules.path}: {where}: {rule.workdir} leads out of"
-                         f" {rules.workdir_root}", fix)  # fmt: skip
-    return _ok("listen.workdirs", f"every workdir exists under {rules.workdir_root}")
+            failed.append(_fail("listen.workdirs", f"{rules.path}: {where}: {rule.workdir} leads out of"
+                                f" {rules.workdir_root}", fix))  # fmt: skip
+    return failed
 
 
 def _listener_running(settings: Settings, *, configured: bool) -> DoctorCheck:

@@ -56,7 +56,8 @@ def load(path: Path) -> ListenPolicy:
     if not path.exists():
         raise HomeError(
             f"{path}: no listener policy. Write one (0600) naming the agents this machine runs, e.g.\n"
-            '  workdir_root = "/home/you/work"\n  [agents.your-agent]\n  workdir = "/home/you/work/project"'
+            '  workdir_root = "/home/you/work"\n  [agents.your-agent]\n  workdir = "/home/you/work/project"\n'
+            "  cross_owner = true    # accept wakes other owners' words caused (default false: they end withdrawn)"
         )
     check_private_file(path)
     try:

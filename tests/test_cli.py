@@ -8,12 +8,19 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import pytest
 from click.testing import CliRunner, Result
+from mcp import Client
+from mcp.types import CallToolResult
 
 from agent_rooms_mcp.cli import cli
+from agent_rooms_mcp.hub import Hub
+from agent_rooms_mcp.server import create_server
+from agent_rooms_mcp.settings import Settings
 
 
 @pytest.fixture
@@ -77,6 +84,15 @@ def test_server_refuses_an_unsafe_key_file(home: Path, spoil: str) -> None:
     assert "HOME:" in r.stderr and "issuer.paserk" in r.stderr
 
 
+def test_room_lines_count_one_agent_in_the_singular(home: Path) -> None:
+    populated(home)
+    ok_json(home, "agent", "add", "alice-codex", "--owner", "alice", "--tool", "codex")
+    made = ar(home, "room", "create", "den", "--owner", "alice", "--agent", "alice-claude")
+    assert made.exit_code == 0 and made.stdout.rstrip().endswith("with 1 agent"), made.stdout
+    added = ar(home, "room", "add", "den", "--agent", "alice-codex")
+    assert added.stdout.strip() == "alice-codex is in den (2 agents)", added.stdout
+
+
 def test_quickstart_is_idempotent_and_mints_nothing_the_second_time(home: Path) -> None:
     first = ar(home, "quickstart")
     assert first.exit_code == 0, first.stderr
@@ -100,14 +116,18 @@ def test_every_next_step_quickstart_prints_runs_as_printed_and_the_second_agent_
     script = str(Path(sys.executable).parent / "agent-rooms")
     first = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
     steps = [line.strip() for line in first.stdout.splitlines() if line.startswith(f"  {script} ")]
-    assert [s.split()[1] for s in steps] == ["agent", "room", "connect", "owner", "owner", "invite"], first.stdout
-    assert [steps[3].split()[2], steps[4].split()[2]] == ["add", "enroll"]
-    # Another person's whole way in: an owner and a code for their machine here, then on their machine
-    # (their own `agent-rooms`, so the bare name) login, their agent, joining the lobby, and a listener.
+    assert [s.split()[1] for s in steps] == ["agent", "room", "connect", *["owner"] * 4, "invite"], first.stdout
+    assert [s.split()[2] for s in steps[3:7]] == ["add", "verify", "verify", "enroll"]
+    # Another person's whole way in: an owner, both owners verified (DESIGN §4) and a code for their machine
+    # here, then on their machine (their own `agent-rooms`, so the bare name) login, their agent, joining the
+    # lobby, the grant without which a mention of their agent is refused NO_GRANT, a listener, and consent.
     theirs = [line.strip() for line in first.stdout.splitlines() if line.startswith("    agent-rooms ")]
-    assert [t.split()[1] for t in theirs] == ["login", "agent", "invite", "listen"], first.stdout
+    kinds = ["login", "agent", "invite", "grant", "listen", "consent", "consent"]
+    assert [t.split()[1] for t in theirs] == kinds, first.stdout
     assert theirs[0].startswith("agent-rooms login http://127.0.0.1:8765 --code enr_")
     assert "--owner bob" in theirs[1] and "invoke" in theirs[1] and "--owner bob --agent bob-claude" in theirs[2]
+    assert theirs[3].startswith("agent-rooms grant add --from bob --to ") and "cross_owner = true" in theirs[4]
+    assert theirs[6].startswith("agent-rooms consent accept prop_... --owner bob")
     for step in steps:
         done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (step, done.stdout, done.stderr)
@@ -126,10 +146,76 @@ def test_every_next_step_quickstart_prints_runs_as_printed_and_the_second_agent_
     # Run again, it offers no line that would now collide with what the first run's lines made.
     again = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
     steps = [line.strip() for line in again.stdout.splitlines() if line.startswith(f"  {script} ")]
-    assert [s.split()[1] for s in steps] == ["connect", "owner", "invite"], again.stdout  # bob exists now
+    assert [s.split()[1] for s in steps] == ["connect", "owner", "invite"], again.stdout  # bob exists, both verified
     for step in steps:
         done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (step, done.stdout, done.stderr)
+
+
+def test_quickstart_names_the_operators_own_agent_and_never_brings_the_operator_in(home: Path) -> None:
+    """A second owner whose agent sorts first (bob-claude before zed-claude) joined: a second quickstart still
+    connects the operator's own agent, and the person it offers to bring in is bob, never the operator."""
+    me = {"AGENT_ROOMS_HOME": str(home), "LOGNAME": "zed", "USER": "zed"}
+
+    def quickstart() -> str:
+        done = CliRunner().invoke(cli, ["quickstart"], env=me, catch_exceptions=False)
+        assert done.exit_code == 0, done.stderr
+        return done.stdout
+
+    assert "created owner zed, agent zed-claude" in quickstart()
+    ok_json(home, "owner", "add", "bob")
+    ok_json(home, "agent", "add", "bob-claude", "--owner", "bob", "--tool", "claude")
+    out = quickstart()
+    assert "Connect Claude Code as zed-claude " in out and "connect zed-claude --client claude --apply" in out
+    assert "tokens/zed-claude.token" in out and "tokens/bob-claude.token" not in out
+    assert "agent add zed-codex --owner zed" in out
+    assert "another person (bob here" in out and "owner add bob" not in out and "enroll zed" not in out
+    assert "invite create lobby --by zed" in out and "--owner zed" not in out.split("another person")[1]
+    assert 'owner verify bob --method "in person"' in out and 'owner verify zed --method "in person"' in out
+    assert "agent-rooms grant add --from bob --to zed" in out
+    assert "consent list --owner bob" in out and "consent accept prop_... --owner bob" in out
+    assert not (home / "tokens" / "bob-claude.token").exists()  # nothing minted for another owner's agent
+    # Once both are verified and bob has granted zed, those lines are done and are no longer offered.
+    ok_json(home, "owner", "verify", "bob")
+    ok_json(home, "owner", "verify", "zed")
+    ok_json(home, "grant", "add", "--from", "bob", "--to", "zed")
+    out = quickstart()
+    assert "owner verify" not in out and "grant add" not in out and "consent accept prop_... --owner bob" in out
+
+
+def test_quickstarts_lines_for_another_person_lead_a_first_mention_to_consent_not_no_grant(tmp_path: Path) -> None:
+    """Every line quickstart prints for bringing in bob, followed (his machine's as the operator may run them
+    here): zed's agent's first mention of bob-claude waits on bob's consent
+    instead of being refused NO_GRANT, `consent list --owner bob` shows it, and accepting it queues the wake."""
+    home = tmp_path / "home"
+    env = {"AGENT_ROOMS_HOME": str(home), "LOGNAME": "zed", "USER": "zed", "PATH": "/usr/bin:/bin"}
+    script = str(Path(sys.executable).parent / "agent-rooms")
+    out = subprocess.run([script, "quickstart"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    here = [line.strip().split("    #")[0] for line in out.stdout.splitlines() if line.startswith(f"  {script} owner")]
+    theirs = [line.strip().split("    #")[0] for line in out.stdout.splitlines() if line.startswith("    agent-rooms ")]
+    [invite] = [line.strip().split("    #")[0] for line in out.stdout.splitlines() if " invite create " in line]
+    code = ok_json(home, *invite.split()[1:])["code"]
+    [agent, accept, grant] = [t for t in theirs if t.split()[1] in ("agent", "invite", "grant")]
+    for step in [*here, *(t.replace("agent-rooms", script, 1) for t in (agent, accept, grant))]:
+        done = subprocess.run(["bash", "-c", step.replace("inv_...", code)], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+    settings = replace(Settings.from_env(env), stdio_token=(home / "tokens" / "zed-claude.token").read_text().strip())
+
+    async def mention() -> CallToolResult:
+        async with Client(create_server(lambda _: Hub.open(settings))) as c:
+            return await c.call_tool("post_message", {"room": "lobby", "text": "@bob-claude please look"})
+
+    posted = anyio.run(mention)
+    assert not posted.is_error, posted.content
+    [mention] = posted.structured_content["mentions"]  # type: ignore[index]
+    assert mention["outcome"] == "pending_consent", mention
+    [line] = [t for t in theirs if t.startswith("agent-rooms consent list")]
+    waiting = ok_json(home, *line.split()[1:])["proposals"]
+    assert [(p["target"], p["kind"]) for p in waiting] == [("bob-claude", "wake")]
+    [accept] = [t for t in theirs if t.startswith("agent-rooms consent accept")]
+    args = accept.replace("prop_...", waiting[0]["proposal_id"]).split()[1:]
+    assert ok_json(home, *args)["consent_state"] == "accepted"
 
 
 def test_quickstart_prints_the_bare_command_when_path_finds_this_installation(tmp_path: Path) -> None:

@@ -84,6 +84,40 @@ async def test_listen_says_which_agents_accept_cross_owner_wakes_and_warns_as_ro
         assert root_warning not in said, said
 
 
+async def test_listen_warns_at_its_start_of_a_missing_workdir_in_doctors_words(
+    remote_world: World,
+    fakes: Fakes,
+    tmp_path: Path,
+) -> None:
+    """A workdir listen.toml names that does not exist would fail each wake of its agent: `listen` says so at
+    its start, with doctor's message and fix for `listen.workdirs`, and still listens."""
+    world = remote_world
+    rules = '[agents.alice-bot]\nworkdir = "ROOT/gone"\n' + SANDBOX + "\n"
+    async with served(world) as url:
+        alice = await enroll(world, url, tmp_path, "alice-laptop", rules)
+        doctor = await alice.ar("doctor", "--json")
+        [check] = [c for c in json.loads(doctor.out)["checks"] if c["id"] == "listen.workdirs"]
+        assert check["status"] == "fail" and "gone is not a directory" in check["message"], check
+        async with listen(alice, fakes) as one:
+            said = await one.says("holding: alice-bot")
+    assert f"warning: {check['message']}; {check['fix']}" in said, said
+
+
+async def test_listen_without_listen_toml_prints_an_example_that_accepts_cross_owner_wakes(
+    remote_world: World,
+    tmp_path: Path,
+) -> None:
+    """The example `listen` prints when there is no listen.toml names `cross_owner`, as the README's does:
+    copied as is, an agent woken by another owner's words is run, not withdrawn."""
+    async with served(remote_world) as url:
+        machine = await enroll(remote_world, url, tmp_path, "alice-laptop")
+        (machine.home / "listen.toml").unlink()
+        done = await machine.ar("listen")
+    assert done.code != 0
+    assert "no listener policy" in done.err, done.err
+    assert "  cross_owner = true    # accept wakes other owners' words caused (default false" in done.err, done.err
+
+
 async def test_a_cross_owner_wake_refused_by_listen_toml_names_the_setting_and_the_way_out(
     remote_world: World,
     fakes: Fakes,

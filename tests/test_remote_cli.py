@@ -283,6 +283,11 @@ async def test_a_revoked_device_is_refused_on_its_next_request(hub: HubMachine, 
     devices = (await laptop.ok("device", "list"))["devices"]
     assert sorted(d["name"] for d in devices) == ["bob-desktop", "bob-laptop"]
     ids = {d["name"]: d["device_id"] for d in devices}
+    # The table marks the device it is read on: the one `device revoke` (with no id) would revoke.
+    listed = (await laptop.ar("device", "list")).out
+    [mine] = [line for line in listed.splitlines() if ids["bob-laptop"] in line]
+    [theirs] = [line for line in listed.splitlines() if ids["bob-desktop"] in line]
+    assert "bob-laptop (this device)" in mine and "(this device)" not in theirs, listed
     # A device revokes itself only.
     await desktop.refused("FORBIDDEN_SCOPE", "device", "revoke", ids["bob-laptop"])
     gone = await laptop.ok("device", "revoke")

@@ -85,8 +85,13 @@ def device() -> None:
 @json_option
 def list_(as_json: bool) -> None:
     """List devices: on a device, its owner's; on the hub's machine, everyone's."""
+    far = remote(as_json)
     found: DeviceList = perform("device.list", NoArgs(), as_json=as_json)
-    rows = [[d.device_id, d.owner, d.name, d.status, d.last_used_at] for d in found.devices]
+    this = far.device.device_id if far is not None else None
+    rows = [
+        [d.device_id, d.owner, f"{d.name} (this device)" if d.device_id == this else d.name, d.status, d.last_used_at]
+        for d in found.devices
+    ]
     emit(found, as_json=as_json, text=lambda _: table(rows, ["DEVICE_ID", "OWNER", "NAME", "STATUS", "LAST_USED"]))
 
 

@@ -26,6 +26,7 @@ from agent_rooms_mcp.cli.serve import exposure_options
 from agent_rooms_mcp.doctor import Exposed
 from agent_rooms_mcp.doctor import check as check_all
 from agent_rooms_mcp.hub import Hub, init_home
+from agent_rooms_mcp.models import AgentInfo, OwnerInfo
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
 
 
@@ -60,7 +61,7 @@ def quickstart(url: str) -> None:
     s = settings()
     owner, agent = _os_handle(), f"{_os_handle()}-claude"
 
-    async def main() -> tuple[str, str, bool, list[str]]:
+    async def main() -> tuple[str, str, bool, list[str], dict[str, bool], set[str]]:
         await init_home(s, operator())
         async with Hub.open(s) as hub:
             owners = await hub.accounts.list_owners()
@@ -74,14 +75,19 @@ def quickstart(url: str) -> None:
                 token_path = token_file(s, agent)
                 click.echo(f"created owner {owner}, agent {agent} (scopes {scopes}), room lobby, token in {token_path}")
             agents = (await hub.accounts.list_agents()).agents
-            handles = [o.handle for o in (await hub.accounts.list_owners()).owners]
-            if not agents:
-                return agent, owner, False, handles
-            first = agents[0]
+            every = (await hub.accounts.list_owners()).owners
+            mine = _operators_owner(owner, every, agents)
+            ours = sorted((a for a in agents if a.owner == mine), key=lambda a: (a.tool != AgentTool.CLAUDE, a.handle))
+            # Another person is any owner this hub does not spawn for: never the one at this machine.
+            others = [o.handle for o in every if o.handle != mine and not o.local]
+            verified = {o.handle: o.verified for o in every}
+            grants = (await hub.grants.list_grants(None, include_revoked=False)).grants
+            granted = {g.from_owner for g in grants if g.to_owner == mine}
             # The suggested second agent: offered until it exists, so the printed lines never collide.
-            return first.handle, first.owner, any(a.handle == f"{first.owner}-codex" for a in agents), handles
+            codex_exists = any(a.handle == f"{mine}-codex" for a in agents)
+            return (ours[0].handle if ours else f"{mine}-claude"), mine, codex_exists, others, verified, granted
 
-    first, first_owner, second_exists, owners = guarded(lambda: anyio.run(main))
+    first, first_owner, second_exists, others, verified, granted = guarded(lambda: anyio.run(main))
     second, cmd = f"{first_owner}-codex", _typed_command()
     click.echo(f"hub home: {s.home}\n")
     click.echo(f"Connect Claude Code as {first} (stdio; starts the hub on demand):")
@@ -97,29 +103,51 @@ def quickstart(url: str) -> None:
         click.echo(f"  {cmd} agent add {second} --owner {first_owner} --tool codex")
         click.echo(f"  {cmd} room add lobby --agent {second}")
     click.echo(f"  {cmd} connect {second} --client codex")
-    _another_person(cmd, url, first_owner, owners)
+    _another_person(cmd, url, first_owner, others, verified, granted)
 
 
-def _another_person(cmd: str, url: str, first_owner: str, owners: list[str]) -> None:
-    """The whole way in for another person (DESIGN §9.1): an owner, a code for their machine, a code for the
-    lobby here; then their own machine logs in, adds their agent, joins, and listens. The person is the first
-    owner after this one, or `bob` until there is one, so no line collides with what an earlier run's made."""
-    others = [o for o in owners if o != first_owner]
-    them = others[0] if others else ("alice" if first_owner == "bob" else "bob")
+def _operators_owner(os_handle: str, owners: list[OwnerInfo], agents: list[AgentInfo]) -> str:
+    """The owner of the person at this machine: the one quickstart made for this login, else the first owner
+    whose agents this hub spawns (DESIGN §5, `local`); on a home made by hand with no local owner, the first
+    agent's owner; on one with no agent, the owner quickstart would make."""
+    if any(o.handle == os_handle for o in owners):
+        return os_handle
+    fallback = agents[0].owner if agents else os_handle
+    return next((o.handle for o in owners if o.local), fallback)
+
+
+def _another_person(
+    cmd: str, url: str, me: str, others: list[str], verified: dict[str, bool], granted: set[str]
+) -> None:
+    """The whole way in for another person (DESIGN §9.1): an owner, both owners verified, a code for their
+    machine, a code for the lobby here; then their own machine logs in, adds their agent, joins, grants this
+    owner (DESIGN §4: without it a mention of their agent is refused NO_GRANT), listens, and decides each
+    request. The person is the first owner this hub does not spawn for (never the operator), or `bob` until
+    there is one, so no line collides with what an earlier run's made."""
+    them = others[0] if others else next(h for h in ("bob", "alice", "carol", "dave", "erin") if h not in verified)
     base = url.removesuffix("/").removesuffix("/mcp")
     host = urlsplit(base).hostname or ""
     click.echo(f"\nTo bring in another person ({them} here; use their name), on this machine:")
-    if not others:
+    if them not in verified:
         click.echo(f"  {cmd} owner add {them}")
+    for who in (them, me):  # cross-owner work needs both owners verified (DESIGN §4)
+        if not verified.get(who, False):
+            click.echo(f'  {cmd} owner verify {who} --method "in person"    # who they are, as you checked it')
     click.echo(f"  {cmd} owner enroll {them} --url {base}    # a one-time code for their machine")
-    click.echo(f"  {cmd} invite create lobby --by {first_owner}    # a one-time code to join the lobby")
+    click.echo(f"  {cmd} invite create lobby --by {me}    # a one-time code to join the lobby")
     click.echo("then on their machine, with their own agent-rooms and those two codes:")
     click.echo(f"    agent-rooms login {base} --code enr_...")
     click.echo(
         f"    agent-rooms agent add {them}-claude --owner {them} --tool claude --scopes read,post,task,invoke --yes"
     )
     click.echo(f"    agent-rooms invite accept inv_... --owner {them} --agent {them}-claude")
-    click.echo(f"    agent-rooms listen    # wakes {them}-claude there (listen.toml: see the README)")
+    if them not in granted:
+        click.echo(
+            f"    agent-rooms grant add --from {them} --to {me}    # {me}'s agents may then ask {them}'s for work"
+        )
+    click.echo(f"    agent-rooms listen    # wakes {them}-claude there (listen.toml with cross_owner = true: README)")
+    click.echo(f"    agent-rooms consent list --owner {them}    # each request from {me}'s agents waits here")
+    click.echo(f"    agent-rooms consent accept prop_... --owner {them}    # then the listener wakes {them}-claude")
     if host in ("127.0.0.1", "localhost", "::1"):
         click.echo(
             f"{base} is reached from this machine only: another machine logs in at the hub's https:// address "

@@ -80,6 +80,7 @@ def listen(policy_path: Path | None, take_over: bool) -> None:
     device, rules = guarded(prepare)
     key, deployment_id = guarded(lambda: remote_device.pinned_key(here, device))
     _warn_as_root(here)
+    _warn_workdirs(rules)
     relogin = (
         f"Log in again with a new code (the operator makes one with: agent-rooms owner enroll {device.owner}): "
         f"agent-rooms login {device.hub} --code CODE"
@@ -145,6 +146,15 @@ def _warn_as_root(here: Settings) -> None:
     if check is not None and check.status is not CheckStatus.OK:
         instead = "" if here.wake.run_as else ", or run agent-rooms listen as an unprivileged user"
         _say(f"warning: {check.message}; {check.fix}{instead}")
+
+
+def _warn_workdirs(rules: listen_policy.ListenPolicy) -> None:
+    """A workdir that is missing (or leads out of the root) fails each wake of its agent `workdir_missing`:
+    said at the start, in doctor's words (`listen.workdirs`), rather than found in `run log` after a wake."""
+    from agent_rooms_mcp.doctor import workdir_failures
+
+    for check in workdir_failures(rules):
+        _say(f"warning: {check.message}; {check.fix}")
 
 
 def _announce(device: remote_device.Device, rules: listen_policy.ListenPolicy, hello: ListenerHello) -> None:

@@ -23,6 +23,10 @@ from agent_rooms_mcp.models import Invite, InviteAccepted, Receipt, RoomArchive,
 from agent_rooms_mcp.owner_actions import InviteAccept, InviteConfirm, InviteCreate, NoArgs, RoomAdd, RoomCreate
 
 
+def _agents(count: int) -> str:
+    return f"{count} agent" if count == 1 else f"{count} agents"
+
+
 @click.group()
 def room() -> None:
     """Rooms: private spaces where member agents talk and share files."""
@@ -42,7 +46,7 @@ def create(name: str, owner_ref: str, agents: tuple[str, ...], as_json: bool) ->
     """
     args = RoomCreate(name=name, owner=owner_ref, agents=list(agents))
     made: RoomSummary = perform("room.create", args, as_json=as_json)
-    emit(made, as_json=as_json, text=lambda r: f"created room {r.name} ({r.room_id}) with {r.member_count} agents")
+    emit(made, as_json=as_json, text=lambda r: f"created room {r.name} ({r.room_id}) with {_agents(r.member_count)}")
 
 
 @room.command("add")
@@ -52,7 +56,7 @@ def create(name: str, owner_ref: str, agents: tuple[str, ...], as_json: bool) ->
 def add(room_ref: str, agent_ref: str, as_json: bool) -> None:
     """Add one of a member owner's own agents to ROOM."""
     done: RoomSummary = perform("room.add", RoomAdd(room=room_ref, agent=agent_ref), as_json=as_json)
-    emit(done, as_json=as_json, text=lambda r: f"{agent_ref} is in {r.name} ({r.member_count} agents)")
+    emit(done, as_json=as_json, text=lambda r: f"{agent_ref} is in {r.name} ({_agents(r.member_count)})")
 
 
 @room.command("remove")
@@ -62,7 +66,7 @@ def add(room_ref: str, agent_ref: str, as_json: bool) -> None:
 def remove(room_ref: str, agent_ref: str, as_json: bool) -> None:
     """Remove an agent from ROOM; from its next call on it sees nothing of the room."""
     done: RoomSummary = run(lambda hub: hub.rooms.remove_agent(operator(), room_ref, agent_ref), as_json=as_json)
-    emit(done, as_json=as_json, text=lambda r: f"{agent_ref} removed from {r.name} ({r.member_count} agents left)")
+    emit(done, as_json=as_json, text=lambda r: f"{agent_ref} removed from {r.name} ({_agents(r.member_count)} left)")
 
 
 @room.command("quarantine")
