@@ -16,7 +16,7 @@ from agent_rooms_mcp.book import BookUnavailable
 from agent_rooms_mcp.embedded import embedded_supervisor
 from agent_rooms_mcp.wake.supervisor import Supervisor
 from tests.conftest import World
-from tests.wakeworld import Fakes, post, runs, until
+from tests.wakeworld import FINAL, Fakes, post, runs, until
 
 
 class CutOff:
@@ -95,3 +95,40 @@ async def test_a_dead_man_switch_that_fires_says_so_in_a_plain_line_and_keeps_th
     ), said
     kept = world.settings.run_logs_dir / run_id
     assert (kept / "events.jsonl").exists() and (kept / "stderr.log").exists(), list(kept.iterdir())
+
+
+class FirstEndUnheard:
+    """The hub's book behind a network that loses the first report of a run's end and nothing else, as a hub too
+    busy to answer that request in time did (a ReadTimeout under load)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.unheard = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def finish(self, *args: Any, **kwargs: Any) -> None:
+        if not self.unheard:
+            self.unheard += 1
+            raise BookUnavailable("cannot reach the hub: ReadTimeout")
+        await self._inner.finish(*args, **kwargs)
+
+
+async def test_an_end_the_hub_did_not_hear_once_is_reported_again_while_the_lease_holds(
+    woken: World, fakes: Fakes
+) -> None:
+    """Nothing lost: one report of an end that went unanswered must not leave a finished run to be recorded
+    `lost` when its lease lapses. The supervisor asks again while the lease holds; the run ends as it did."""
+    world = replace(woken, settings=replace(woken.settings, wake=replace(woken.settings.wake, lease_s=3.0)))
+    said: list[str] = []
+    async with world.hub() as hub, anyio.create_task_group() as tg:
+        embedded = embedded_supervisor(hub)
+        book = FirstEndUnheard(embedded.book)
+        tg.start_soon(Supervisor(book, embedded.local, embedded.open_bridge, said.append).run)  # type: ignore[arg-type]
+        await post(world, "alice-claude", "@alice-bot please review")
+        [run] = await until(lambda: [r for r in runs(world, "alice-bot") if r["state"] in FINAL] or None, "it ends")
+        tg.cancel_scope.cancel()
+    assert book.unheard == 1
+    assert (run["state"], run["outcome"]) == ("completed", "ok"), dict(run)
+    assert said[-1] == f"ended: alice-bot in lobby ({run['run_id']}): completed, ok", said

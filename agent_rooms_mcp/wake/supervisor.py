@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -106,6 +107,7 @@ class Supervisor:
         self._revoked = anyio.Event()
         self._netns: bool | None = None  # whether sandboxes get a network namespace here (`_own_network`)
         self._unavailable_since: float | None = None  # anyio's clock, since the book stopped answering
+        self._renewed_at: float | None = None  # anyio's clock, when the leases were last renewed (`_keep_leases`)
 
     @property
     def running(self) -> int:
@@ -174,7 +176,7 @@ class Supervisor:
                 stop.set()
 
     async def _keep_leases(self) -> None:
-        renewed = anyio.current_time()
+        renewed = self._renewed_at = anyio.current_time()
         while True:
             try:
                 for left in await self.book.recover():
@@ -185,7 +187,7 @@ class Supervisor:
                 before = list(self._stops.items())
                 sent = anyio.current_time()
                 held = await self.book.renew()
-                renewed = sent  # the lease runs from when the renewal left, not when its answer came
+                renewed = self._renewed_at = sent  # the lease runs from when the renewal left, not its answer
                 self._book_answers()
                 for (run_id, lease), stop in before:
                     # Still ours to judge: a run that ended meanwhile is missing from the answer for that.
@@ -211,6 +213,22 @@ class Supervisor:
                 self._revoke()
                 return
             await anyio.sleep(self._caps.lease_s / 3)
+
+    async def _report_end(self, run: Claimed, ending: Ending) -> None:
+        """Tell the book how a run ended. A book that did not answer (a hub slow or out of reach for a moment, a
+        lock held past the busy timeout) is asked again while the run's lease still holds from the last renewal,
+        which goes on meanwhile: the hub records an end nobody reported `lost`, so a moment's silence must not
+        make it one. Past the lease the hub's recovery may have ended the run already: the last error stands."""
+        pause = min(TIME_LOOK_S, self._caps.lease_s / 3)
+        while True:
+            try:
+                await self.book.finish(run.run_id, run.lease, ending)
+                return
+            except BookUnavailable:
+                held_until = (self._renewed_at if self._renewed_at is not None else -math.inf) + self._caps.lease_s
+                if self._revoked.is_set() or anyio.current_time() + pause >= held_until:
+                    raise
+                await anyio.sleep(pause)
 
     async def _run_one(self, run: Claimed) -> None:
         stop = self._stops[run.run_id, run.lease]
@@ -256,7 +274,7 @@ class Supervisor:
                 )
                 try:
                     if not lost:
-                        await self.book.finish(run.run_id, run.lease, ending)
+                        await self._report_end(run, ending)
                 except LeaseLost:
                     lost = True
                 except BookRevoked:
