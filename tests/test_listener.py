@@ -62,11 +62,11 @@ def policy(machine: Machine, root: Path, text: str) -> Path:
 
 
 @asynccontextmanager
-async def listening(machine: Machine, fakes: Fakes, *flags: str) -> AsyncIterator[Process]:
-    env = {**machine.env, **wake_env(fakes), "AGENT_ROOMS_HOST_ID": "owner-machine"}
-    log = machine.home.parent / "listen.log"
-    with log.open("ab") as err:
-        proc = await anyio.open_process([*_CLI, "listen", *flags], env=env, stdout=err, stderr=err)
+async def listener_process(env: dict[str, str], log: Path, *flags: str) -> AsyncIterator[Process]:
+    """`agent-rooms listen` with what it prints going to `log` (shown when the test fails); stopped at the end
+    as Ctrl-C would stop it, and killed if it does not end."""
+    with log.open("ab") as out:
+        proc = await anyio.open_process([*_CLI, "listen", *flags], env=env, stdout=out, stderr=out)
     async with proc:
         try:
             yield proc
@@ -79,6 +79,13 @@ async def listening(machine: Machine, fakes: Fakes, *flags: str) -> AsyncIterato
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+
+
+@asynccontextmanager
+async def listening(machine: Machine, fakes: Fakes, *flags: str) -> AsyncIterator[Process]:
+    env = {**machine.env, **wake_env(fakes), "AGENT_ROOMS_HOST_ID": "owner-machine"}
+    async with listener_process(env, machine.home.parent / "listen.log", *flags) as proc:
+        yield proc
 
 
 @asynccontextmanager

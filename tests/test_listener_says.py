@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -21,13 +20,11 @@ from anyio.abc import Process
 from agent_rooms_mcp.principals import Human
 from tests.conftest import World
 from tests.hubprocess import free_port
-from tests.test_listener import OPERATOR, RUNS_IT, ended, enroll, policy, served
+from tests.test_listener import OPERATOR, RUNS_IT, ended, enroll, listener_process, policy, served
 from tests.test_listener import remote_world as remote_world
 from tests.test_remote_cli import Machine
 from tests.test_status import invoke
 from tests.wakeworld import SANDBOX, Fakes, post, until, wake_env
-
-_CLI = [sys.executable, "-m", "agent_rooms_mcp"]
 
 
 class Listening:
@@ -47,20 +44,8 @@ class Listening:
 async def listen(machine: Machine, fakes: Fakes, *flags: str, **env: str) -> AsyncIterator[Listening]:
     log = machine.home.parent / f"listen-{os.urandom(4).hex()}.log"
     full = {**machine.env, **wake_env(fakes), "AGENT_ROOMS_HOST_ID": f"{machine.home.parent.name}-host", **env}
-    with log.open("ab") as out:
-        proc = await anyio.open_process([*_CLI, "listen", *flags], env=full, stdout=out, stderr=out)
-    async with proc:
-        try:
-            yield Listening(proc, log)
-        finally:
-            print(log.read_text(errors="replace")[-6000:])  # shown when the test fails
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                with anyio.move_on_after(30):
-                    await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+    async with listener_process(full, log, *flags) as proc:
+        yield Listening(proc, log)
 
 
 async def test_listen_says_which_agents_accept_cross_owner_wakes_and_warns_as_root_without_run_as(
