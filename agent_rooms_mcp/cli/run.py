@@ -76,6 +76,12 @@ SESSION_GONE = (
 )
 
 
+def listener_refusal(outcome: str | None) -> str | None:
+    """The reason word of a wake its owner's listener refused by its listen.toml (`withdrawn:<reason>`), else None."""
+    head, _, why = (outcome or "").partition(":")
+    return why if head == Outcome.WITHDRAWN and why in LISTENER_REFUSALS else None
+
+
 def reason(info: RunInfo) -> str:
     """In plain words: where a run stands, and why it ended or never started."""
     if info.state in WAITING_STATES:
@@ -86,16 +92,16 @@ def reason(info: RunInfo) -> str:
         return f"running ({info.state})"
     outcome = info.outcome or ""
     head, _, why = outcome.partition(":")
-    if head == Outcome.WITHDRAWN and why in LISTENER_REFUSALS:
-        text = f"withdrawn by its listener: {LISTENER_REFUSALS[why].format(agent=info.agent)}"
+    refused = listener_refusal(outcome)  # before its CLI was executed
+    if refused is not None:
+        text = f"withdrawn by its listener: {LISTENER_REFUSALS[refused].format(agent=info.agent)}"
     elif head == Outcome.WITHDRAWN:
         text = f"withdrawn: {why.replace('_', ' ')}"
     elif outcome == Outcome.LOST and info.state == RunState.FAILED:
         text = SESSION_GONE if info.session_id == "" else CLI_FAILED.format(run_id=info.run_id)
     else:
         text = REASONS.get(outcome, outcome or "no reason recorded")
-    refused = head == Outcome.WITHDRAWN and why in LISTENER_REFUSALS  # before its CLI was executed
-    started = "never started" if outcome in NEVER_RAN or refused or not info.started_at else "ended"
+    started = "never started" if outcome in NEVER_RAN or refused is not None or not info.started_at else "ended"
     return f"{info.state}, {started}: {text}"
 
 
@@ -152,13 +158,12 @@ def log(run_id: str, show_stderr: bool, as_json: bool) -> None:
     # The run's own files, wherever the record came from: a listener keeps them in this machine's home.
     kept = settings().run_logs_dir / info.run_id
     path = kept / ("stderr.log" if show_stderr else "events.jsonl")
-    head, _, why = (info.outcome or "").partition(":")
     if path.exists():
         click.echo(path.read_text(errors="replace"), nl=False)
     elif info.state in WAITING_STATES or not info.started_at or info.outcome in NEVER_RAN:
         # Not an error: the status line already says why (never started, or not yet).
         click.echo(f"(no {path.name} kept for this run)")
-    elif head == Outcome.WITHDRAWN and why in LISTENER_REFUSALS:
+    elif listener_refusal(info.outcome) is not None:
         # Refused by its listener's listen.toml before anything was executed: there is nothing to keep anywhere.
         click.echo(f"(no {path.name}: its listener refused this wake before its CLI ran, so none was kept)")
     elif show_stderr and (kept / "events.jsonl").exists():
