@@ -28,6 +28,7 @@ from agent_rooms_mcp.doctor import check as check_all
 from agent_rooms_mcp.hub import Hub, init_home
 from agent_rooms_mcp.models import AgentInfo, OwnerInfo
 from agent_rooms_mcp.principals import DEFAULT_SCOPES, AgentTool, format_scopes
+from agent_rooms_mcp.public import is_loopback
 
 
 @click.command()
@@ -148,7 +149,7 @@ def _another_person(
     click.echo(f"    agent-rooms listen    # wakes {them}-claude there (listen.toml with cross_owner = true: README)")
     click.echo(f"    agent-rooms consent list --owner {them}    # each request from {me}'s agents waits here")
     click.echo(f"    agent-rooms consent accept prop_... --owner {them}    # then the listener wakes {them}-claude")
-    if host in ("127.0.0.1", "localhost", "::1"):
+    if is_loopback(host):
         click.echo(
             f"{base} is reached from this machine only: another machine logs in at the hub's https:// address "
             '(README, "Several people, several machines").'
