@@ -17,7 +17,7 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +43,7 @@ from agent_rooms_mcp.settings import Settings, WakeSettings
 from agent_rooms_mcp.vault import VaultError
 from agent_rooms_mcp.wake.cgroups import remove_left_behind
 from agent_rooms_mcp.wake.process import kill_left_behind
-from agent_rooms_mcp.wake.supervisor import Local, OpenBridge, Supervisor
+from agent_rooms_mcp.wake.supervisor import Local, OpenBridge, Say, Supervisor, say_nothing
 
 log = structlog.get_logger("agent_rooms_mcp.listener")
 
@@ -53,13 +53,6 @@ WAIT_MS = 20_000
 TIMEOUT = httpx2.Timeout(10.0, read=WAIT_MS / 1000 + 15)
 # What a proxy answers when the hub behind it is gone: the hub is out of reach, as for a refused connection.
 _GATEWAY_DOWN = frozenset({502, 504})
-
-# A line for the person who started the listener (its stderr): what it holds, and whether the hub answers.
-Say = Callable[[str], None]
-
-
-def _quiet(_line: str) -> None:
-    return None
 
 
 class HubOutOfReach(BookUnavailable):
@@ -89,7 +82,7 @@ class HttpWakeBook:
         caps: WakeSettings,
         *,
         take_over: bool = False,
-        say: Say = _quiet,
+        say: Say = say_nothing,
     ) -> None:
         self._http = http
         self._device = device
@@ -428,7 +421,7 @@ def listener_holds_lock(home: Path) -> bool:
 
 
 def listener_supervisor(
-    settings: Settings, book: HttpWakeBook, device: Device, lease_s: float, say: Say = _quiet
+    settings: Settings, book: HttpWakeBook, device: Device, lease_s: float, say: Say = say_nothing
 ) -> Supervisor:
     """The supervisor over this listener's book, its leases kept on the hub's lease time (`lease_s`, from
     the hello): its renewals and its dead-man switch must keep the hub's time, not this machine's setting.

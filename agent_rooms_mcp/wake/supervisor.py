@@ -91,12 +91,12 @@ class Local:
 Say = Callable[[str], None]
 
 
-def _quiet(_line: str) -> None:
+def say_nothing(_line: str) -> None:
     return None
 
 
 class Supervisor:
-    def __init__(self, book: WakeBook, local: Local, open_bridge: OpenBridge, say: Say = _quiet) -> None:
+    def __init__(self, book: WakeBook, local: Local, open_bridge: OpenBridge, say: Say = say_nothing) -> None:
         self.book = book
         self._say = say
         self.local = local
